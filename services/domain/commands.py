@@ -1,0 +1,171 @@
+"""Handlers of `identity.commands` (staff tools, the API, the service itself)."""
+
+from __future__ import annotations
+
+from .core import Work, handles
+from .hygiene import clean_member_id
+from .ids import fact_user_id, member_user_id
+from .profile import profile_values, promote, set_values
+from .saga import approve, cancel_pending, refresh_candidates
+from .user import EMAIL, MOBILE, User, Value
+from .values import Rejected, parse_tags
+
+
+def _live(w: Work, user_id: str) -> User:
+    """The user a command names; a merged id resolves to its survivor (U8)."""
+    user = w.directory.resolve(user_id)
+    if user is None or user.deleted or user.channel_id != w.channel_id:
+        raise Rejected("unknown_user", f"no user {user_id!r} in channel {w.channel_id!r}")
+    return user
+
+
+@handles("profile.update")
+def on_profile_update(w: Work) -> None:
+    """Staff/API edits: qualified (C4); an anonymous user given contact data is a lead (C2)."""
+    msg = w.fact.msg
+    user = _live(w, msg.userId).copy()
+    is_member = user.type == "member"
+    values = profile_values(msg.profile, w.settings, qualified=True, member=is_member, at=w.at)
+    if msg.name is not None:
+        values["name"] = Value(msg.name, True, is_member, w.at)
+    if msg.tags is not None:
+        user.tags = _tags(msg.tags)
+    set_values(user, values)
+    promote(user)
+    user.last_contact_at = max(user.last_contact_at or w.at, w.at)
+    refresh_candidates(w, user)
+    w.put(user)
+
+
+def _tags(tags: list[str]) -> list[str]:
+    import orjson
+
+    try:
+        return sorted(set(parse_tags(orjson.dumps(tags).decode())))
+    except Rejected as err:
+        raise Rejected("invalid_value", f"tags: {err.reason}") from None
+
+
+@handles("member.upsert")
+def on_member_upsert(w: Work) -> None:
+    """The API's upsert by memberId: update that member or create it (member data, qualified)."""
+    msg = w.fact.msg
+    member_id = clean_member_id(msg.memberId)
+    values = profile_values(msg.profile, w.settings, qualified=True, member=True, at=w.at)
+    if msg.name is not None:
+        values["name"] = Value(msg.name, True, True, w.at)
+    found = w.directory.by_member(w.channel_id, member_id)
+    if found is not None:
+        user = found.copy()
+    else:
+        uid = member_user_id(w.channel_id, member_id)
+        if w.directory.get(uid) is not None:
+            uid = member_user_id(w.channel_id, f"{member_id}\x1f{w.at}")
+        user = User(id=uid, channel_id=w.channel_id, type="member", member_id=member_id, created_at=w.at, updated_at=w.at)
+    set_values(user, values)
+    user.last_contact_at = max(user.last_contact_at or w.at, w.at)
+    w.put(user)
+    _offer_to_waiting_leads(w, user)
+
+
+def _offer_to_waiting_leads(w: Work, member: User) -> None:
+    """U5: leads sharing the member's qualified contact get it as a candidate."""
+    for key, kind in ((EMAIL, "email"), (MOBILE, "mobile")):
+        val = member.fields.get(key)
+        if val is None or val.v is None or not val.q:
+            continue
+        for other in w.directory.by_contact(w.channel_id, kind, val.v, qualified_only=True):
+            if other.type != "member" and other.alive and member.id not in other.candidates:
+                lead = other.copy()
+                refresh_candidates(w, lead)
+                w.put(lead)
+
+
+@handles("lead.create")
+def on_lead_create(w: Work) -> None:
+    """The API's create by profile. A lead already holding that qualified contact is
+    updated instead of duplicated (the API is retried by its callers)."""
+    msg = w.fact.msg
+    values = profile_values(msg.profile, w.settings, qualified=True, member=False, at=w.at)
+    existing = None
+    for key, kind in ((EMAIL, "email"), (MOBILE, "mobile")):
+        val = values.get(key)
+        if val is not None and val.v is not None and existing is None:
+            leads = [u for u in w.directory.by_contact(w.channel_id, kind, val.v, qualified_only=True) if u.type == "lead"]
+            existing = max(leads, key=lambda u: (u.last_seen_at or 0, u.id)) if leads else None
+    if existing is not None:
+        user = existing.copy()
+    else:
+        user = User(id=fact_user_id(w.channel_id, w.fact.event_id), channel_id=w.channel_id, type="lead", created_at=w.at, updated_at=w.at)
+    set_values(user, values)
+    user.last_contact_at = max(user.last_contact_at or w.at, w.at)
+    refresh_candidates(w, user)
+    w.put(user)
+
+
+@handles("marketing.delivered")
+def on_delivered(w: Work) -> None:
+    """Delivery records follow the user through merges so no campaign is sent twice (U4).
+    Receiving a message does not make a lead (C2)."""
+    msg = w.fact.msg
+    user = _live(w, msg.userId)
+    if msg.campaignId in user.delivered:
+        return
+    user = user.copy()
+    user.delivered = sorted({*user.delivered, msg.campaignId})
+    w.put(user)
+
+
+@handles("unification.approve")
+def on_approve(w: Work) -> None:
+    msg = w.fact.msg
+    approve(w, msg.sourceUserId, msg.targetUserId)
+
+
+@handles("user.block", "user.unblock")
+def on_block(w: Work) -> None:
+    """B1: blocked users are hidden and not MU; blocking cancels pending unifications (U6)."""
+    msg = w.fact.msg
+    user = _live(w, msg.userId)
+    blocked = msg.type == "user.block"
+    if user.blocked == blocked:
+        return
+    changed = user.copy()
+    changed.blocked = blocked
+    w.put(changed)
+    if blocked:
+        cancel_pending(w, changed)
+
+
+@handles("user.delete")
+def on_delete(w: Work) -> None:
+    msg = w.fact.msg
+    erase(w, _live(w, msg.userId))
+
+
+@handles("member.delete")
+def on_member_delete(w: Work) -> None:
+    """B3: sites delete withdrawn members by memberId."""
+    msg = w.fact.msg
+    member_id = clean_member_id(msg.memberId)
+    user = w.directory.by_member(w.channel_id, member_id)
+    if user is None:
+        raise Rejected("unknown_user", f"no member {member_id!r} in channel {w.channel_id!r}")
+    erase(w, user)
+
+
+def erase(w: Work, user: User) -> None:
+    """B2: irreversible; personal data removed, the id kept so it never comes back."""
+    cancel_pending(w, user)
+    user = w.directory.get(user.id) or user
+    w.put(
+        User(
+            id=user.id,
+            channel_id=user.channel_id,
+            type=user.type,
+            created_at=user.created_at,
+            updated_at=user.updated_at,
+            deleted=True,
+            version=user.version,
+        )
+    )

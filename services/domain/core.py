@@ -1,0 +1,134 @@
+"""The pure core: apply one inbound fact to the users it touches.
+
+`apply(directory, fact, settings)` runs the fact's handler (a plain function listed in
+HANDLERS), then turns every touched user's before → after into `user-changed`
+publications. No I/O, no clock, no randomness: the event time and every id come from
+the fact, so replaying the same facts rebuilds the same state.
+A rejected fact changes nothing: the directory is restored and the reason returned.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .channel import ChannelSettings
+from .directory import Directory
+from .publication import Publication, publish
+from .unification import MergeRecord
+from .user import User
+from .values import Rejected
+
+
+@dataclass(frozen=True, slots=True)
+class Fact:
+    """An inbound message with its event time: `occurredAt` bounded by the broker
+    timestamp (a producer's clock cannot date a fact in the future of the log)."""
+
+    msg: Any  # a contracts.inbound model
+    at: int
+
+    @property
+    def channel_id(self) -> str:
+        return self.msg.channelId
+
+    @property
+    def event_id(self) -> str:
+        return self.msg.eventId
+
+
+@dataclass(frozen=True, slots=True)
+class Activity:
+    """A chat message or behaviour event, stored apart from the user and re-pointed to
+    the survivor on merge (U4)."""
+
+    channel_id: str
+    user_id: str
+    kind: str  # "chat" | "event"
+    event_id: str
+    at: int
+    body: dict[str, Any]
+
+
+@dataclass(slots=True)
+class Outcome:
+    rejection: Rejected | None = None
+    publications: list[Publication] = field(default_factory=list)
+    merges: list[MergeRecord] = field(default_factory=list)
+    activities: list[Activity] = field(default_factory=list)
+    # Facts the core emits for itself (e.g. approvals that wait for a login); kept for later use.
+    notes: list[str] = field(default_factory=list)
+
+
+class Work:
+    """What a handler gets: the directory, the fact, the channel settings, and the
+    outcome it fills. Remembers each touched user's state before this fact."""
+
+    def __init__(self, directory: Directory, fact: Fact, settings: ChannelSettings) -> None:
+        self.directory = directory
+        self.fact = fact
+        self.settings = settings
+        self.outcome = Outcome()
+        self.before: dict[str, User | None] = {}
+        self._changed_before = set(directory.changed)
+
+    @property
+    def at(self) -> int:
+        return self.fact.at
+
+    @property
+    def channel_id(self) -> str:
+        return self.fact.channel_id
+
+    def put(self, user: User) -> None:
+        if user.id not in self.before:
+            self.before[user.id] = self.directory.get(user.id)
+        self.directory.put(user)
+
+    def rollback(self) -> None:
+        for user_id, old in self.before.items():
+            if old is None:
+                self.directory.forget(user_id)
+            else:
+                self.directory.put(old)
+        for user_id in set(self.directory.changed) - self._changed_before:
+            self.directory.changed.pop(user_id)
+
+
+Handler = Callable[[Work], None]
+HANDLERS: dict[str, Handler] = {}
+
+
+def handles(*types: str) -> Callable[[Handler], Handler]:
+    def register(fn: Handler) -> Handler:
+        for t in types:
+            HANDLERS[t] = fn
+        return fn
+
+    return register
+
+
+def apply(directory: Directory, fact: Fact, settings: ChannelSettings) -> Outcome:
+    work = Work(directory, fact, settings)
+    handler = HANDLERS.get(fact.msg.type)
+    if handler is None:
+        work.outcome.rejection = Rejected("unknown_type", f"no handler for type {fact.msg.type!r}")
+        return work.outcome
+    try:
+        handler(work)
+    except Rejected as rejected:
+        work.rollback()
+        return Outcome(rejection=rejected)
+    for user_id, before in work.before.items():
+        after = directory.get(user_id)
+        assert after is not None
+        published, pubs = publish(before, after, fact.event_id, fact.at)
+        if pubs:
+            directory.put(published)
+            work.outcome.publications.extend(pubs)
+    return work.outcome
+
+
+# Register the handlers (import for their side effect on HANDLERS).
+from . import commands, sdk  # noqa: E402,F401

@@ -1,0 +1,98 @@
+"""What a fact changed, as `user-changed` messages (CONTRACT.md).
+
+Only leads and members are published (C1); their first message carries everything
+gathered while anonymous. Activity inside one session (lastSeenAt moving) is not a
+visible change; a new session is (sessionsCount moves). Versions grow by one per
+message of a user.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+from .ids import outbound_event_id
+from .user import User
+from .view import user_view
+
+# Keys whose change alone is activity within a session, not a visible change.
+_QUIET = frozenset({"lastSeenAt", "web.lastSeenAt", "mobile.lastSeenAt", "updatedAt"})
+
+
+@dataclass(frozen=True, slots=True)
+class Publication:
+    """One outbound message: `value is None` is the tombstone after merged/deleted."""
+
+    key: str
+    value: dict[str, Any] | None
+
+
+def _flat(view: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, val in view.items():
+        if key in ("web", "mobile", "profile") and isinstance(val, dict):
+            for sub, subval in val.items():
+                out[f"{key}.{sub}"] = subval
+        else:
+            out[key] = val
+    return out
+
+
+def changed_keys(before: User | None, after: User) -> list[str]:
+    old = _flat(user_view(before)) if before is not None else {}
+    new = _flat(user_view(after))
+    return sorted(k for k in old.keys() | new.keys() if k not in _QUIET and old.get(k) != new.get(k))
+
+
+def _published(user: User | None) -> bool:
+    return user is not None and user.version > 0
+
+
+def publish(before: User | None, after: User, causation_id: str, at: int) -> tuple[User, list[Publication]]:
+    """The messages that the change before → after makes visible, and `after` with its
+    version (and updatedAt, the time of the last visible change) moved on."""
+    key = f"{after.channel_id}:{after.id}"
+    if after.merged_into is not None or after.deleted:
+        if not _published(before) or (before is not None and not before.alive):
+            return after, []
+        change = "merged" if after.merged_into is not None else "deleted"
+        version = after.version + 1
+        msg = _message(after, version, change, [], causation_id, at, None)
+        msg["mergedInto"] = after.merged_into
+        return replace(after, version=version), [Publication(key, msg), Publication(key, None)]
+
+    if after.type == "anonymous":
+        return after, []
+
+    first = not _published(before)
+    keys = changed_keys(None if first else before, after)
+    if not keys:
+        return after, []
+    if first:
+        change = "created"
+    elif before is not None and before.blocked != after.blocked:
+        change = "blocked" if after.blocked else "unblocked"
+    else:
+        change = "updated"
+    version = after.version + 1
+    after = replace(after, version=version, updated_at=max(after.updated_at, at))
+    view = user_view(after)
+    return after, [Publication(key, _message(after, version, change, keys, causation_id, at, view))]
+
+
+def _message(
+    user: User, version: int, change: str, keys: list[str], causation_id: str, at: int,
+    view: dict[str, Any] | None,
+) -> dict[str, Any]:
+    return {
+        "eventId": outbound_event_id(user.id, version),
+        "channelId": user.channel_id,
+        "userId": user.id,
+        "version": version,
+        "change": change,
+        "changedKeys": keys,
+        "causationId": causation_id,
+        "occurredAt": at,
+        "mergedInto": None,
+        "user": view,
+    }

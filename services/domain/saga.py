@@ -1,0 +1,96 @@
+"""Unification candidates and the delayed-unification saga (U5, U6, U7, G2).
+
+The saga's state is on the source user (`pending_into`, `pending_since`), so it is
+written in the same transaction as the fact that moves it. It is defined in event
+time: a login that happened after the approval fires it, whichever was consumed first.
+"""
+
+from __future__ import annotations
+
+from .core import Work
+from .unification import merge
+from .user import EMAIL, MOBILE, User
+from .values import Rejected
+
+BLAST_RADIUS = 50  # G2: one fact merges at most this many sources
+
+
+def member_candidates(w: Work, user: User) -> list[str]:
+    """U5/U7/U9: members holding one of the user's qualified contacts, most recently
+    updated first. Only anonymous users and leads have candidates (U1)."""
+    if user.type == "member" or not user.alive:
+        return []
+    found: dict[str, User] = {}
+    for key, kind in ((EMAIL, "email"), (MOBILE, "mobile")):
+        val = user.fields.get(key)
+        if val is None or val.v is None or not val.q:
+            continue  # U9: unqualified contacts never unify
+        for other in w.directory.by_contact(w.channel_id, kind, val.v, qualified_only=True):
+            if other.type == "member" and other.alive and other.id != user.id:
+                found[other.id] = other
+    ranked = sorted(found.values(), key=lambda m: (-(m.updated_at or 0), m.id))
+    return [m.id for m in ranked]
+
+
+def refresh_candidates(w: Work, user: User) -> None:
+    """Recompute a working copy's candidates after its contacts changed."""
+    user.candidates = member_candidates(w, user)
+
+
+def approve(w: Work, source_id: str, target_id: str) -> None:
+    """U5: merge at once a source that never booted, or one whose target member has
+    already logged in after this approval (event time); else wait for that login."""
+    d = w.directory
+    source, target = d.get(source_id), d.resolve(target_id)
+    if source is not None and target is not None and source.merged_into == target.id:
+        return  # approved again after it already happened: nothing to do (U6: never twice)
+    source = d.resolve(source_id)
+    if source is None or not source.alive:
+        raise Rejected("unknown_user", f"no live user {source_id!r} to unify")
+    if target is None or not target.alive:
+        raise Rejected("unknown_user", f"no live member {target_id!r} to unify into")
+    if target.type != "member" or source.type == "member":
+        raise Rejected("invalid_unification", f"only an anonymous user or lead merges into a member (U1): {source.type} → {target.type}")
+    if source.blocked or target.blocked:
+        raise Rejected("invalid_unification", "a blocked user is not unified (U6)")
+    if not source.booted or (target.last_login_at is not None and target.last_login_at >= w.at):
+        do_merge(w, source, target)
+        return
+    waiting = source.copy()
+    waiting.pending_into, waiting.pending_since = target.id, w.at
+    w.put(waiting)
+
+
+def on_member_login(w: Work, member: User) -> None:
+    """The saga's trigger: the member's login fires the unifications approved before it."""
+    member = w.directory.get(member.id) or member
+    updated = member.copy()
+    updated.last_login_at = max(member.last_login_at or w.at, w.at)
+    w.put(updated)
+    waiting = [
+        s for s in w.directory.pending_for(w.channel_id, member.id)
+        if s.alive and s.pending_since is not None and s.pending_since <= w.at
+    ]
+    for source in waiting[:BLAST_RADIUS]:
+        target = w.directory.get(member.id)
+        assert target is not None
+        do_merge(w, source, target)
+
+
+def cancel_pending(w: Work, user: User) -> None:
+    """U6: deleting or blocking either side cancels a pending unification."""
+    if user.pending_into is not None:
+        left = (w.directory.get(user.id) or user).copy()
+        left.pending_into = left.pending_since = None
+        w.put(left)
+    for source in w.directory.pending_for(w.channel_id, user.id):
+        left = source.copy()
+        left.pending_into = left.pending_since = None
+        w.put(left)
+
+
+def do_merge(w: Work, source: User, target: User) -> None:
+    retired_source, merged_target, record = merge(source, target, w.at, w.fact.event_id)
+    w.put(retired_source)
+    w.put(merged_target)
+    w.outcome.merges.append(record)

@@ -1,0 +1,180 @@
+"""Handlers of `identity.sdk-events`: boot, login, chat, contact, track."""
+
+from __future__ import annotations
+
+from .channel import check_member_hash
+from .core import Activity, Work, handles
+from .hygiene import clean_email, clean_member_id, clean_mobile, clean_veil_id
+from .ids import member_user_id, veil_user_id
+from .profile import profile_values, promote, set_values
+from .saga import on_member_login
+from .sessions import logged_out, record_device, record_visit, veil_expired
+from .unification import merge
+from .user import EMAIL, MOBILE, User, Value
+
+EXTERNAL_MEDIA = frozenset({"line", "instagram"})
+QUALIFIED_MEDIA = frozenset({"phone", "email"})  # C4: caller id / sender address
+
+
+@handles("boot", "login")
+def on_visit(w: Work) -> None:
+    """A page load or login (S1, S2); with a memberId it is a login (U2, H1)."""
+    msg = w.fact.msg
+    veil = clean_veil_id(msg.veilId)
+    member_id = clean_member_id(msg.memberId) if msg.memberId is not None else None
+    if member_id is not None:
+        check_member_hash(w.settings, member_id, msg.memberHash)
+    is_member = member_id is not None
+    values = profile_values(msg.profile, w.settings, qualified=is_member, member=is_member, at=w.at)
+    if msg.name is not None:
+        values["name"] = Value(msg.name, is_member, is_member, w.at)
+
+    user = _visitor(w, veil, member_id)
+    platform = getattr(msg, "platform", None) or "web"
+    record_visit(user, veil, platform, w.at)
+    if msg.type == "boot":
+        if msg.device is not None:
+            record_device(user, platform, msg.device.model_dump())
+        user.language = msg.language or user.language
+        user.city = msg.city or user.city
+        user.country = msg.country or user.country
+    set_values(user, values)
+    promote(user)
+    w.put(user)
+    if is_member:
+        on_member_login(w, user)
+
+
+def _visitor(w: Work, veil: str, member_id: str | None) -> User:
+    """The user this veil is now (a working copy), resolving S3/S4 and logins (U2)."""
+    d, ch, at = w.directory, w.channel_id, w.at
+    cur = d.by_veil(ch, veil)
+    if cur is not None and (veil_expired(cur, veil, at) or (member_id is None and logged_out(cur, veil, at))):
+        _release_veil(w, cur, veil)
+        cur = None
+    if member_id is None:
+        return cur.copy() if cur is not None else new_anonymous(w, veil)
+
+    member = d.by_member(ch, member_id)
+    if member is None:
+        if cur is not None and cur.type != "member":
+            became = cur.copy()  # U2: no member has this memberId: the same user becomes it
+            became.type, became.member_id = "member", member_id
+            return became
+        if cur is not None:  # another member's browser: the veil changes hands (never member→member, U1)
+            _release_veil(w, cur, veil)
+        return _new_member(w, member_id)
+    if cur is None or cur.id == member.id:
+        return member.copy()
+    if cur.type == "member":
+        _release_veil(w, cur, veil)
+        return member.copy()
+    source, target, record = merge(cur, member, at, w.fact.event_id)  # U2: merged at once
+    w.put(source)
+    w.outcome.merges.append(record)
+    return target
+
+
+def new_anonymous(w: Work, veil: str) -> User:
+    """A new anonymous user on a veil. Its id derives from the veil; a veil that had a
+    user before (S3 logout, S4 expiry, a deleted user) gets an id that also names the
+    time, so ids never collide and replay derives the same ones. The projection
+    preloads `veil_user_id(channel, veil)` for every veil of a batch, so the check sees it."""
+    uid = veil_user_id(w.channel_id, veil)
+    if w.directory.get(uid) is not None:
+        uid = veil_user_id(w.channel_id, veil, w.at)
+    return User(id=uid, channel_id=w.channel_id, type="anonymous", created_at=w.at, updated_at=w.at)
+
+
+def _new_member(w: Work, member_id: str) -> User:
+    uid = member_user_id(w.channel_id, member_id)
+    if w.directory.get(uid) is not None:  # that memberId was deleted once (B3): a new person
+        uid = member_user_id(w.channel_id, f"{member_id}\x1f{w.at}")
+    return User(id=uid, channel_id=w.channel_id, type="member", member_id=member_id, created_at=w.at, updated_at=w.at)
+
+
+def _release_veil(w: Work, user: User, veil: str) -> None:
+    left = user.copy()
+    left.veils.pop(veil, None)
+    w.put(left)
+
+
+@handles("chat")
+def on_chat(w: Work) -> None:
+    """A chat makes a lead (C2, U10); phone/e-mail media carry a qualified contact (C4)
+    and attach to the customer holding it (D1)."""
+    msg = w.fact.msg
+    veil = clean_veil_id(msg.veilId)
+    qualified = msg.medium in QUALIFIED_MEDIA
+    contacts: dict[str, str] = {}
+    if msg.contact is not None:
+        if msg.contact.email is not None:
+            contacts[EMAIL] = clean_email(msg.contact.email)
+        if msg.contact.mobileNumber is not None:
+            contacts[MOBILE] = clean_mobile(msg.contact.mobileNumber)
+
+    found = w.directory.by_veil(w.channel_id, veil)
+    if found is None and qualified:
+        found = _help_desk_match(w, contacts)  # D1
+    user = found.copy() if found is not None else new_anonymous(w, veil)
+    user.veils.setdefault(veil, w.at)
+    user.last_contact_at = max(user.last_contact_at or w.at, w.at)
+    is_member = user.type == "member"
+    set_values(user, {k: Value(v, qualified, is_member, w.at) for k, v in contacts.items()})
+    if user.type == "anonymous":
+        user.type = "lead"
+    w.put(user)
+    body = {"chatId": msg.chatId, "medium": msg.medium}
+    if msg.message is not None:
+        body.update(messageId=msg.message.messageId, text=msg.message.text)
+    body["authorName"] = user.value("name") or user.value("profile.name")  # U4: kept as written
+    w.outcome.activities.append(Activity(w.channel_id, user.id, "chat", w.fact.event_id, w.at, body))
+
+
+def _help_desk_match(w: Work, contacts: dict[str, str]) -> User | None:
+    """D1: phone inquiries attach to the customer with that number, e-mail ones to the
+    customer with that address; members first, then the latest seen."""
+    users = [
+        u
+        for key, value in contacts.items()
+        for u in w.directory.by_contact(w.channel_id, "email" if key == EMAIL else "mobile", value)
+    ]
+    if not users:
+        return None
+    return max(users, key=lambda u: (u.type == "member", u.last_seen_at or 0, u.id))
+
+
+@handles("contact")
+def on_contact(w: Work) -> None:
+    """Contact data typed by the visitor: unqualified (C4), never unifies (U9); makes a lead (C2)."""
+    msg = w.fact.msg
+    veil = clean_veil_id(msg.veilId)
+    values: dict[str, Value] = {}
+    found = w.directory.by_veil(w.channel_id, veil)
+    is_member = found is not None and found.type == "member"
+    if msg.email is not None:
+        values[EMAIL] = Value(clean_email(msg.email), False, is_member, w.at)
+    if msg.mobileNumber is not None:
+        values[MOBILE] = Value(clean_mobile(msg.mobileNumber), False, is_member, w.at)
+    user = found.copy() if found is not None else new_anonymous(w, veil)
+    user.veils.setdefault(veil, w.at)
+    user.last_contact_at = max(user.last_contact_at or w.at, w.at)
+    set_values(user, values)
+    promote(user)
+    w.put(user)
+
+
+@handles("track")
+def on_track(w: Work) -> None:
+    """A behaviour event: collected for the veil's user (C1), never published itself."""
+    msg = w.fact.msg
+    veil = clean_veil_id(msg.veilId)
+    found = w.directory.by_veil(w.channel_id, veil)
+    if found is None:
+        user = new_anonymous(w, veil)
+        user.veils[veil] = w.at
+        w.put(user)
+    else:
+        user = found
+    body = {"name": msg.name, "properties": msg.properties}
+    w.outcome.activities.append(Activity(w.channel_id, user.id, "event", w.fact.event_id, w.at, body))

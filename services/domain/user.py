@@ -1,0 +1,138 @@
+"""The user aggregate: one customer record of a channel (T1) with its provenance.
+
+Profile values carry where they came from (`Value`): whether they are qualified (C4),
+whether they are member data, and the event time they were set. Merges and updates are
+decided from that provenance (U3), never from the order facts happened to arrive in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Literal
+
+UserType = Literal["anonymous", "lead", "member"]
+
+# The profile keys that are contact data (C2, C4, U9).
+EMAIL = "profile.email"
+MOBILE = "profile.mobileNumber"
+CONTACT_KEYS = (EMAIL, MOBILE)
+
+
+@dataclass(frozen=True, slots=True)
+class Value:
+    """A profile value with its provenance. `v is None` is an explicit clear."""
+
+    v: Any
+    q: bool  # qualified (C4)
+    m: bool  # member data: sent for a member by the site, the API or a member import (U3)
+    t: int  # event time it was set (epoch ms)
+
+    def to_json(self) -> list[Any]:
+        return [self.v, self.q, self.m, self.t]
+
+    @staticmethod
+    def from_json(raw: list[Any]) -> Value:
+        return Value(raw[0], raw[1], raw[2], raw[3])
+
+
+@dataclass(slots=True)
+class Platform:
+    """Per-platform activity (S1, S2): `web` or `mobile`."""
+
+    sessions_count: int = 0
+    last_seen_at: int | None = None
+    device: dict[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"sessionsCount": self.sessions_count, "lastSeenAt": self.last_seen_at, **self.device}
+
+    @staticmethod
+    def from_json(raw: dict[str, Any]) -> Platform:
+        raw = dict(raw)
+        return Platform(raw.pop("sessionsCount", 0), raw.pop("lastSeenAt", None), raw)
+
+
+@dataclass(slots=True)
+class User:
+    """State of one user. Handlers never mutate a stored instance: they work on
+    `copy()` and hand the new state back, so the caller can diff before/after."""
+
+    id: str
+    channel_id: str
+    type: UserType
+    created_at: int
+    updated_at: int
+    member_id: str | None = None
+    fields: dict[str, Value] = field(default_factory=dict)  # "name", "profile.*"
+    tags: list[str] = field(default_factory=list)
+    import_tags: list[str] = field(default_factory=list)
+    unsubscribe_email: bool = False
+    unsubscribe_texting: bool = False
+    has_push_token: bool = False
+    blocked: bool = False
+    masked: bool = False
+    deleted: bool = False
+    merged_into: str | None = None
+    language: str | None = None
+    city: str | None = None
+    country: str | None = None
+    sessions_count: int = 0
+    last_seen_at: int | None = None
+    last_activity_at: int | None = None  # for the 30-minute session window (S1)
+    last_contact_at: int | None = None  # for retention (B4)
+    web: Platform = field(default_factory=Platform)
+    mobile: Platform = field(default_factory=Platform)
+    veils: dict[str, int] = field(default_factory=dict)  # veilId -> its last activity (S3, S4)
+    booted: bool = False  # ever booted: decides the U5 timing
+    delivered: list[str] = field(default_factory=list)  # marketing campaigns (U4)
+    merged_user_ids: list[str] = field(default_factory=list)
+    candidates: list[str] = field(default_factory=list)  # members it may be unified into (U5)
+    pending_into: str | None = None  # approved, waiting for the member's next login (U5 saga)
+    pending_since: int | None = None  # event time of that approval
+    last_login_at: int | None = None  # a member's latest login (a boot/login with memberId)
+    version: int = 0  # last user-changed version published; 0 = never published
+
+    # -- copying and serialisation -------------------------------------------------
+    def copy(self) -> User:
+        return replace(
+            self,
+            fields=dict(self.fields),
+            tags=list(self.tags),
+            import_tags=list(self.import_tags),
+            web=Platform(self.web.sessions_count, self.web.last_seen_at, dict(self.web.device)),
+            mobile=Platform(self.mobile.sessions_count, self.mobile.last_seen_at, dict(self.mobile.device)),
+            veils=dict(self.veils),
+            delivered=list(self.delivered),
+            merged_user_ids=list(self.merged_user_ids),
+            candidates=list(self.candidates),
+        )
+
+    def value(self, key: str) -> Any:
+        got = self.fields.get(key)
+        return None if got is None else got.v
+
+    @property
+    def alive(self) -> bool:
+        return not self.deleted and self.merged_into is None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for f in _FIELDS:
+            v = getattr(self, f)
+            if f == "fields":
+                v = {k: val.to_json() for k, val in sorted(v.items())}
+            elif f in ("web", "mobile"):
+                v = v.to_json()
+            out[f] = v
+        return out
+
+    @staticmethod
+    def from_json(raw: dict[str, Any]) -> User:
+        raw = dict(raw)
+        raw["fields"] = {k: Value.from_json(v) for k, v in raw["fields"].items()}
+        raw["web"] = Platform.from_json(raw["web"])
+        raw["mobile"] = Platform.from_json(raw["mobile"])
+        return User(**raw)
+
+
+_FIELDS = tuple(f.name for f in fields(User))

@@ -1,0 +1,201 @@
+"""Apply one batch of inbound records in one PostgreSQL transaction (DESIGN: Flow 2).
+
+Validate each record (bad → dead letter), skip what the inbox says was applied, load
+every user the batch may touch in one query, run the pure core fact by fact, then
+write users, identities, activities, merges, the outbox, the applied eventIds and the
+partition offsets together. A crash anywhere loses nothing and applies nothing twice;
+a concurrent instance is fenced by the inbox row lock and the users' revisions.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+import orjson
+
+from contracts.inbound import InboundError, parse_inbound
+from contracts.topics import Topics
+from services.domain import core
+from services.domain.core import Activity, Fact
+from services.domain.directory import Directory, identities
+from services.domain.hygiene import clean_email, clean_member_id, clean_mobile, clean_veil_id
+from services.domain.ids import member_user_id, veil_user_id
+from services.domain.unification import MergeRecord
+from services.domain.user import User
+from services.domain.values import Rejected
+from services.store import repository as repo
+
+from .records import Record
+
+_MAX_LOAD_ROUNDS = 3
+
+
+@dataclass(slots=True)
+class BatchResult:
+    applied: int = 0
+    skipped: int = 0  # already applied (redelivery or duplicate eventId)
+    dead_letters: Counter[str] = field(default_factory=Counter)
+    published: int = 0
+    next_offsets: dict[tuple[str, int], int] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class _Parsed:
+    record: Record
+    fact: Fact | None = None
+    error: tuple[str, str] | None = None  # (code, message)
+
+
+async def apply_batch(pool: asyncpg.Pool, topics: Topics, records: list[Record], *, now_ms: int | None = None) -> BatchResult:
+    """Apply `records` (canonically ordered) exactly once. Raises repo.Conflict when a
+    concurrent instance got in the way; the caller retries (G3)."""
+    parsed = [_parse(topics, r) for r in records]
+    failed_at = now_ms if now_ms is not None else int(time.time() * 1000)  # only stamps dead letters
+    async with pool.acquire() as conn, conn.transaction():
+        partitions = sorted({(r.topic, r.partition) for r in records})
+        stored = await repo.lock_offsets(conn, partitions)
+        fresh = [p for p in parsed if p.record.offset >= stored[(p.record.topic, p.record.partition)]]
+        result = BatchResult(skipped=len(parsed) - len(fresh))
+
+        facts = [p for p in fresh if p.fact is not None]
+        seen = await repo.already_applied(conn, sorted({(p.fact.channel_id, p.fact.event_id) for p in facts if p.fact}))
+        settings = await repo.load_channels(conn, {p.fact.channel_id for p in facts if p.fact})
+        directory, revs = await _load(conn, [p.fact for p in facts if p.fact])
+
+        outbox: list[tuple[str, str | None, bytes | None]] = []
+        applied: list[tuple[str, str]] = []
+        merges: list[MergeRecord] = []
+        activities: list[Activity] = []
+        for p in fresh:
+            if p.fact is not None:
+                pair = (p.fact.channel_id, p.fact.event_id)
+                if pair in seen:
+                    result.skipped += 1  # idempotency on eventId (CONTRACT)
+                    continue
+                outcome = core.apply(directory, p.fact, settings[p.fact.channel_id])
+                if outcome.rejection is None:
+                    seen.add(pair)
+                    applied.append(pair)
+                    merges.extend(outcome.merges)
+                    activities.extend(outcome.activities)
+                    for pub in outcome.publications:
+                        outbox.append((topics.user_changed, pub.key, None if pub.value is None else orjson.dumps(pub.value)))
+                    result.published += len(outcome.publications)
+                    continue
+                p.error = (outcome.rejection.code, outcome.rejection.reason)
+            assert p.error is not None
+            outbox.append(_dead_letter(topics, p.record, *p.error, failed_at))
+            result.dead_letters[p.error[0]] += 1
+        result.applied = len(applied)
+
+        changed = list(directory.changed.values())
+        await repo.save_users(conn, changed, revs)
+        await repo.save_identities(conn, [(u, ids) for u in changed if (ids := identities(u)) != directory.loaded_identities(u.id)])
+        await repo.save_activities(conn, activities)
+        await repo.save_merges(conn, merges)
+        await repo.save_applied(conn, applied)
+        await repo.save_outbox(conn, outbox)
+        ends: dict[tuple[str, int], int] = {}
+        for r in records:
+            ends[(r.topic, r.partition)] = max(ends.get((r.topic, r.partition), 0), r.offset + 1)
+        result.next_offsets = {k: max(v, stored[k]) for k, v in ends.items()}
+        await repo.save_offsets(conn, result.next_offsets)
+    return result
+
+
+def _parse(topics: Topics, record: Record) -> _Parsed:
+    try:
+        msg = parse_inbound(topics.kind(record.topic), record.value or b"")
+    except InboundError as err:
+        return _Parsed(record, error=(err.code, err.message))
+    at = msg.occurredAt
+    if record.timestamp > 0 and at > record.timestamp:
+        at = record.timestamp  # event time never runs ahead of the log
+    return _Parsed(record, fact=Fact(msg, at))
+
+
+def _dead_letter(topics: Topics, r: Record, code: str, message: str, failed_at: int) -> tuple[str, str | None, bytes]:
+    key = r.key.decode("utf-8", "replace") if r.key is not None else None
+    body = {
+        "sourceTopic": r.topic,
+        "partition": r.partition,
+        "offset": r.offset,
+        "key": key,
+        "value": (r.value or b"").decode("utf-8", "replace"),
+        "error": {"code": code, "message": message},
+        "failedAt": failed_at,
+    }
+    return (topics.dead_letter, key, orjson.dumps(body))
+
+
+# -- loading ---------------------------------------------------------------------------
+
+
+def _keys_of(fact: Fact) -> tuple[set[str], set[repo.Key]]:
+    """Every user id and identity key this fact may look up (best effort: a value that
+    does not clean is skipped here; the handler rejects the fact)."""
+    msg, ch = fact.msg, fact.channel_id
+    ids: set[str] = set()
+    keys: set[repo.Key] = set()
+
+    def add(kind: str, raw: Any, clean: Any) -> str | None:
+        if not isinstance(raw, str):
+            return None
+        try:
+            value = clean(raw)
+        except Rejected:
+            return None
+        keys.add((ch, kind, value))
+        return value
+
+    if (veil := add("veil", getattr(msg, "veilId", None), clean_veil_id)) is not None:
+        ids.add(veil_user_id(ch, veil))
+    if (member := add("member", getattr(msg, "memberId", None), clean_member_id)) is not None:
+        ids.add(member_user_id(ch, member))
+    for attr in ("userId", "sourceUserId", "targetUserId"):
+        if isinstance(uid := getattr(msg, attr, None), str):
+            ids.add(uid)
+    contact = getattr(msg, "contact", None)
+    profile = getattr(msg, "profile", None) or {}
+    for raw, kind, clean in (
+        (getattr(msg, "email", None), "email", clean_email),
+        (getattr(msg, "mobileNumber", None), "mobile", clean_mobile),
+        (getattr(contact, "email", None), "email", clean_email),
+        (getattr(contact, "mobileNumber", None), "mobile", clean_mobile),
+        (profile.get("email"), "email", clean_email),
+        (profile.get("mobileNumber"), "mobile", clean_mobile),
+    ):
+        add(kind, raw, clean)
+    return ids, keys
+
+
+async def _load(conn: asyncpg.Connection, facts: list[Fact]) -> tuple[Directory, dict[str, int]]:
+    """Load the users the facts name, then what those users lead to: the survivor of a
+    merged id (U8) and the sources waiting for a loaded member's login (U5)."""
+    ids: set[str] = set()
+    keys: set[repo.Key] = set()
+    for fact in facts:
+        f_ids, f_keys = _keys_of(fact)
+        ids |= f_ids
+        keys |= f_keys
+    revs: dict[str, int] = {}
+    users: dict[str, User] = {}
+    asked_ids: set[str] = set()
+    asked_keys: set[repo.Key] = set()
+    for _ in range(_MAX_LOAD_ROUNDS):
+        ids -= asked_ids
+        keys -= asked_keys
+        if not ids and not keys:
+            break
+        asked_ids |= ids
+        asked_keys |= keys
+        for rev, user in await repo.load_users(conn, sorted(ids), sorted(keys)):
+            revs[user.id] = rev
+            users[user.id] = user
+        ids = {u.merged_into for u in users.values() if u.merged_into and u.merged_into not in users}
+        keys = {(u.channel_id, "pending", u.id) for u in users.values() if u.type == "member"}
+    return Directory(users.values()), revs

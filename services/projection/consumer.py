@@ -1,0 +1,149 @@
+"""The projection's Kafka side: consume inbound topics in batches, hand each batch to
+`apply_batch`, and keep the consumer positioned at the offsets stored in PostgreSQL.
+
+Offsets that count are the ones committed with the state (aiokafka's
+local_state_consumer pattern); Kafka commits are sent afterwards only as a hint for
+lag tools.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import asyncpg
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+
+from contracts.topics import Topics
+from services.runtime import metrics
+from services.store import repository as repo
+
+from .batch import BatchResult, apply_batch
+from .records import Record, canonical_order
+
+log = logging.getLogger("unifier.projection")
+
+_CONFLICT_RETRIES = 20
+
+
+class _SeekToStored(ConsumerRebalanceListener):
+    """On assignment, start each partition where PostgreSQL says we stopped."""
+
+    def __init__(self, projection: Projection) -> None:
+        self.projection = projection
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        return None
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        await self.projection.seek_to_stored(assigned)
+
+
+class Projection:
+    def __init__(self, pool: asyncpg.Pool, bootstrap: str, topics: Topics, group: str, batch_max: int) -> None:
+        self.pool = pool
+        self.topics = topics
+        self.batch_max = batch_max
+        self.consumer = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap,
+            group_id=f"{group}-projection",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_partition_fetch_bytes=4 * 1024 * 1024,
+            fetch_max_bytes=32 * 1024 * 1024,
+        )
+        self.healthy = False
+        self._fetched: dict[TopicPartition, int] = {}  # next offset after what we fetched
+
+    async def seek_to_stored(self, partitions: list[TopicPartition]) -> None:
+        stored = await repo.stored_offsets(self.pool, self.topics.inbound)
+        for tp in partitions:
+            offset = stored.get((tp.topic, tp.partition))
+            if offset is not None:
+                self.consumer.seek(tp, offset)
+            else:
+                await self.consumer.seek_to_beginning(tp)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await self.consumer.start()
+        self.consumer.subscribe(list(self.topics.inbound), listener=_SeekToStored(self))
+        try:
+            while not stop.is_set():
+                fetched = await self.consumer.getmany(timeout_ms=200, max_records=self.batch_max)
+                self.healthy = True
+                if not fetched:
+                    continue
+                runs = [
+                    [Record(tp.topic, tp.partition, m.offset, m.timestamp, m.key, m.value) for m in msgs]
+                    for tp, msgs in fetched.items()
+                ]
+                for tp, msgs in fetched.items():
+                    if msgs:
+                        self._fetched[tp] = msgs[-1].offset + 1
+                # The batch in flight is finished even when a stop arrives meanwhile.
+                await asyncio.shield(self.apply(canonical_order(runs)))
+                self._observe_lag()
+        finally:
+            await self.consumer.stop()
+
+    async def apply(self, records: list[Record]) -> BatchResult:
+        """Apply with retries: a conflict with another instance is retried, never dropped (G3)."""
+        started = time.perf_counter()
+        for attempt in range(1, _CONFLICT_RETRIES + 1):
+            try:
+                result = await apply_batch(self.pool, self.topics, records)
+                break
+            except repo.Conflict as err:
+                metrics.CONFLICTS.inc()
+                log.warning("batch conflict (attempt %d): %s; retrying", attempt, err)
+                await asyncio.sleep(min(0.05 * attempt, 1.0))
+            except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError) as err:
+                log.warning("database unavailable (%s); retrying batch", err)
+                await asyncio.sleep(min(0.5 * attempt, 5.0))
+        else:
+            raise RuntimeError(f"batch of {len(records)} records kept conflicting; giving up")
+        elapsed = time.perf_counter() - started
+        metrics.BATCH_SECONDS.observe(elapsed)
+        metrics.EVENTS_APPLIED.inc(result.applied)
+        for code, n in result.dead_letters.items():
+            metrics.DEAD_LETTERS.labels(code=code).inc(n)
+        self._follow_store(result.next_offsets)
+        log.info(
+            "batch: %d records, %d applied, %d skipped, %d dead-lettered, %d published in %.1f ms",
+            len(records), result.applied, result.skipped, sum(result.dead_letters.values()),
+            result.published, elapsed * 1000,
+        )
+        return result
+
+    def _follow_store(self, next_offsets: dict[tuple[str, int], int]) -> None:
+        """If another instance applied past what we fetched, jump ahead to its offsets;
+        then hint Kafka with what is applied."""
+        assigned = self.consumer.assignment()
+        hint = {}
+        for (topic, partition), offset in next_offsets.items():
+            tp = TopicPartition(topic, partition)
+            if tp not in assigned:
+                continue
+            if self._fetched.get(tp, 0) < offset:
+                self.consumer.seek(tp, offset)
+                self._fetched[tp] = offset
+            hint[tp] = offset
+        if hint:
+            asyncio.ensure_future(self._commit_hint(hint))
+
+    async def _commit_hint(self, offsets: dict[TopicPartition, int]) -> None:
+        try:
+            await self.consumer.commit(offsets)
+        except Exception as err:  # a hint only: a rebalance may have moved the partition
+            log.debug("offset hint not committed: %s", err)
+
+    def _observe_lag(self) -> None:
+        for tp in self.consumer.assignment():
+            high = self.consumer.highwater(tp)
+            if high is None:
+                continue
+            position = self._fetched.get(tp)
+            if position is None:
+                continue
+            metrics.CONSUMER_LAG.labels(topic=tp.topic, partition=str(tp.partition)).set(max(high - position, 0))

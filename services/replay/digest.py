@@ -1,0 +1,46 @@
+"""The digest of the canonical state: the same facts give the same digest.
+
+Canonical form: every user's full state (provenance included) in id order, then every
+merge record in (channel, source) order, each as sorted-key JSON, one per line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import asyncpg
+import orjson
+
+_OPTS = orjson.OPT_SORT_KEYS
+
+
+async def state_digest(conn: asyncpg.Connection | asyncpg.Pool) -> str:
+    h = hashlib.sha256()
+    async with _connection(conn) as c, c.transaction(isolation="repeatable_read", readonly=True):
+        async for row in c.cursor("SELECT state FROM users ORDER BY id", prefetch=2000):
+            h.update(orjson.dumps(row["state"], option=_OPTS) + b"\n")
+        h.update(b"--merges--\n")
+        async for row in c.cursor(
+            "SELECT channel_id, source_id, target_id, causation_id, occurred_at, contested FROM merges ORDER BY channel_id, source_id",
+            prefetch=2000,
+        ):
+            h.update(orjson.dumps(dict(row), option=_OPTS) + b"\n")
+    return h.hexdigest()
+
+
+class _connection:
+    """Use a given connection, or borrow one from a pool."""
+
+    def __init__(self, source: asyncpg.Connection | asyncpg.Pool) -> None:
+        self.source = source
+        self.conn: asyncpg.Connection | None = None
+
+    async def __aenter__(self) -> asyncpg.Connection:
+        if isinstance(self.source, asyncpg.Pool):
+            self.conn = await self.source.acquire()
+            return self.conn
+        return self.source
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.conn is not None:
+            await self.source.release(self.conn)  # type: ignore[union-attr]

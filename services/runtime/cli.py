@@ -1,0 +1,200 @@
+"""The `unifier` command line (CONTRACT.md, "Command line").
+
+Entry points only parse and hand over. Usage errors exit 2 with what is wrong
+(argparse's convention); "not found" exits 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import asyncpg
+import orjson
+
+from services.domain.hygiene import clean_email, clean_mobile
+from services.domain.values import PARSERS, Rejected
+
+from .config import ConfigError, Settings
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.command == "run" else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        settings = Settings.from_env()
+    except ConfigError as err:
+        print(f"unifier: {err}", file=sys.stderr)
+        return 2
+    try:
+        return int(asyncio.run(args.handler(settings, args)) or 0)
+    except UsageError as err:
+        print(f"unifier: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+class UsageError(Exception):
+    """Bad command-line input discovered after parsing (exit 2)."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="unifier", description="Event-sourced customer identity: unify anonymous users, leads and members.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run projection, saga and outbox relay until SIGTERM/SIGINT")
+    run.add_argument("--demo", action="store_true", help="also publish a small stream of sample SDK events")
+    run.set_defaults(handler=_run)
+
+    user = sub.add_parser("user", help="read users").add_subparsers(dest="user_command", required=True)
+    show = user.add_parser("show", help="print a user's current JSON (exit 1 when there is none)")
+    show.add_argument("channel")
+    who = show.add_mutually_exclusive_group(required=True)
+    who.add_argument("--user-id")
+    who.add_argument("--member-id")
+    who.add_argument("--veil-id")
+    who.add_argument("--email")
+    who.add_argument("--mobile-number")
+    show.set_defaults(handler=_user_show)
+
+    channel = sub.add_parser("channel", help="channel settings").add_subparsers(dest="channel_command", required=True)
+    conf = channel.add_parser("configure", help="set a channel's member-hash secret, MU limit, profile field types")
+    conf.add_argument("channel")
+    conf.add_argument("--member-hash-secret", help="H1: require memberHash on logins ('' removes it)")
+    conf.add_argument("--mu-limit", type=_non_negative, help="I17: managed-user limit")
+    conf.add_argument("--field", action="append", default=[], metavar="profile.key:type", help="P2: declare a profile key's type")
+    conf.set_defaults(handler=_channel_configure)
+
+    digest = sub.add_parser("digest", help="print the sha256 digest of the live state")
+    digest.set_defaults(handler=_digest)
+    return p
+
+
+def _non_negative(raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {raw!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError("must not be negative")
+    return value
+
+
+@asynccontextmanager
+async def _db(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
+    """A pool on the configured database, else on the embedded one under the data dir
+    (joined if `unifier run` is running, started otherwise)."""
+    from services.store.pool import create_pool
+
+    if settings.database_url:
+        pool = await create_pool(settings.database_url, settings.db_schema)
+        try:
+            yield pool
+        finally:
+            await pool.close()
+        return
+    from .embedded import EmbeddedPostgres
+
+    async with EmbeddedPostgres(settings.data_dir / "pg") as pg:
+        pool = await create_pool(pg.url, settings.db_schema)
+        try:
+            yield pool
+        finally:
+            await pool.close()
+
+
+def _print(obj: Any) -> None:
+    sys.stdout.write(orjson.dumps(obj).decode() + "\n")
+    sys.stdout.flush()
+
+
+async def _run(settings: Settings, args: argparse.Namespace) -> int:
+    from .service import run_service
+
+    if not args.demo:
+        await run_service(settings)
+        return 0
+    from .demo import run_demo
+
+    ready = asyncio.Event()
+    stop = asyncio.Event()
+    service = asyncio.create_task(run_service(settings, stop, ready=ready))
+    await asyncio.wait([service, asyncio.create_task(ready.wait())], return_when=asyncio.FIRST_COMPLETED)
+    demo = None if service.done() else asyncio.create_task(run_demo(settings, stop))
+    await service
+    if demo is not None:
+        demo.cancel()
+    return 0
+
+
+async def _user_show(settings: Settings, args: argparse.Namespace) -> int:
+    from .queries import find_user
+
+    try:
+        if args.user_id is not None:
+            by, value = "id", args.user_id
+        elif args.member_id is not None:
+            by, value = "member", args.member_id.strip()
+        elif args.veil_id is not None:
+            by, value = "veil", args.veil_id.strip()
+        elif args.email is not None:
+            by, value = "email", clean_email(args.email)
+        else:
+            by, value = "mobile", clean_mobile(args.mobile_number)
+    except Rejected as err:
+        raise UsageError(err.reason) from None
+    async with _db(settings) as pool:
+        found = await find_user(pool, args.channel, by, value)
+    if found is None:
+        print(f"unifier: no user in channel {args.channel!r} with {by} {value!r}", file=sys.stderr)
+        return 1
+    _print(found)
+    return 0
+
+
+async def _channel_configure(settings: Settings, args: argparse.Namespace) -> int:
+    fields: dict[str, str] = {}
+    for spec in args.field:
+        key, sep, type_name = spec.partition(":")
+        if not sep or not key.startswith("profile.") or len(key) <= len("profile."):
+            raise UsageError(f"--field {spec!r}: expected profile.key:type")
+        if type_name not in PARSERS:
+            raise UsageError(f"--field {spec!r}: type must be one of {', '.join(sorted(PARSERS))}")
+        fields[key] = type_name
+    secret = args.member_hash_secret
+    async with _db(settings) as pool:
+        row = await pool.fetchrow(
+            """INSERT INTO channels AS c (channel_id, member_hash_secret, mu_limit, field_types)
+               VALUES ($1, NULLIF($2, ''), $3, $4::jsonb)
+               ON CONFLICT (channel_id) DO UPDATE SET
+                 member_hash_secret = CASE WHEN $5 THEN NULLIF($2, '') ELSE c.member_hash_secret END,
+                 mu_limit = COALESCE($3, c.mu_limit),
+                 field_types = c.field_types || $4::jsonb
+               RETURNING channel_id, member_hash_secret IS NOT NULL AS member_hash, mu_limit, field_types""",
+            args.channel, secret, args.mu_limit, fields, secret is not None,
+        )
+    _print({"channelId": row["channel_id"], "memberHashRequired": row["member_hash"], "muLimit": row["mu_limit"], "fields": row["field_types"]})
+    return 0
+
+
+async def _digest(settings: Settings, args: argparse.Namespace) -> int:
+    from services.replay.digest import state_digest
+
+    async with _db(settings) as pool:
+        _print({"digest": await state_digest(pool)})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

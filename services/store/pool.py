@@ -1,0 +1,48 @@
+"""The one asyncpg pool: jsonb codec registered once, search_path set to our schema."""
+
+from __future__ import annotations
+
+from importlib import resources
+from typing import Any
+
+import asyncpg
+import orjson
+
+
+def _encode_jsonb(value: Any) -> bytes:
+    return b"\x01" + orjson.dumps(value)
+
+
+def _decode_jsonb(data: bytes) -> Any:
+    return orjson.loads(data[1:])
+
+
+async def _init(conn: asyncpg.Connection) -> None:
+    await conn.set_type_codec(
+        "jsonb", schema="pg_catalog", encoder=_encode_jsonb, decoder=_decode_jsonb, format="binary"
+    )
+
+
+async def create_pool(database_url: str, schema: str, *, min_size: int = 1, max_size: int = 4) -> asyncpg.Pool:
+    await ensure_schema(database_url, schema)
+    return await asyncpg.create_pool(
+        database_url,
+        min_size=min_size,
+        max_size=max_size,
+        init=_init,
+        server_settings={"search_path": schema, "application_name": "unifier"},
+    )
+
+
+async def ensure_schema(database_url: str, schema: str) -> None:
+    """Create the schema and its tables if missing (idempotent; safe for racing instances)."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        async with conn.transaction():
+            # Serialise concurrent migrations of the same schema.
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"unifier-migrate:{schema}")
+            await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+            await conn.execute(f'SET LOCAL search_path TO "{schema}"')
+            await conn.execute(resources.files("services.store").joinpath("schema.sql").read_text())
+    finally:
+        await conn.close()

@@ -1,0 +1,210 @@
+"""Set-based reads and writes of the state a batch needs (DESIGN: no per-message round
+trip). Each function is one statement over arrays (UNNEST), run inside the batch's
+transaction."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import asyncpg
+import orjson
+
+from services.domain.channel import ChannelSettings
+from services.domain.core import Activity
+from services.domain.directory import Identity
+from services.domain.unification import MergeRecord
+from services.domain.user import User
+
+
+class Conflict(Exception):
+    """Another instance changed what this batch read (G3): roll back and retry."""
+
+
+Key = tuple[str, str, str]  # (channel_id, kind, value)
+
+
+async def load_users(conn: asyncpg.Connection, ids: Sequence[str], keys: Sequence[Key]) -> list[tuple[int, User]]:
+    """Users by id, and users owning any of the identity keys."""
+    rows = await conn.fetch(
+        """
+        SELECT u.rev, u.state FROM users u WHERE u.id = ANY($1::text[])
+        UNION
+        SELECT u.rev, u.state FROM identities i JOIN users u ON u.id = i.user_id
+         WHERE (i.channel_id, i.kind, i.value) IN (
+               SELECT * FROM unnest($2::text[], $3::text[], $4::text[]))
+        """,
+        list(ids),
+        [k[0] for k in keys],
+        [k[1] for k in keys],
+        [k[2] for k in keys],
+    )
+    return [(r["rev"], User.from_json(r["state"])) for r in rows]
+
+
+async def load_channels(conn: asyncpg.Connection, channel_ids: Iterable[str]) -> dict[str, ChannelSettings]:
+    wanted = sorted(set(channel_ids))
+    rows = await conn.fetch(
+        "SELECT channel_id, member_hash_secret, mu_limit, field_types FROM channels WHERE channel_id = ANY($1::text[])",
+        wanted,
+    )
+    found = {r["channel_id"]: ChannelSettings(r["channel_id"], r["member_hash_secret"], r["mu_limit"], dict(r["field_types"])) for r in rows}
+    return {ch: found.get(ch) or ChannelSettings(ch) for ch in wanted}
+
+
+async def already_applied(conn: asyncpg.Connection, pairs: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
+    if not pairs:
+        return set()
+    rows = await conn.fetch(
+        """SELECT a.channel_id, a.event_id FROM applied_events a
+             JOIN unnest($1::text[], $2::text[]) AS p(c, e) ON a.channel_id = p.c AND a.event_id = p.e""",
+        [p[0] for p in pairs],
+        [p[1] for p in pairs],
+    )
+    return {(r[0], r[1]) for r in rows}
+
+
+async def lock_offsets(conn: asyncpg.Connection, partitions: Sequence[tuple[str, int]]) -> dict[tuple[str, int], int]:
+    """The inbox fence: lock each partition's stored offset for this transaction. A
+    second instance holding the same partition waits here, then skips what we applied."""
+    topics, parts = [p[0] for p in partitions], [p[1] for p in partitions]
+    await conn.execute(
+        """INSERT INTO inbox_offsets (topic, partition, next_offset)
+           SELECT t, p, 0 FROM unnest($1::text[], $2::int[]) AS x(t, p)
+           ON CONFLICT DO NOTHING""",
+        topics,
+        parts,
+    )
+    rows = await conn.fetch(
+        """SELECT o.topic, o.partition, o.next_offset FROM inbox_offsets o
+             JOIN unnest($1::text[], $2::int[]) AS x(t, p) ON o.topic = x.t AND o.partition = x.p
+            ORDER BY o.topic, o.partition
+              FOR UPDATE OF o""",
+        topics,
+        parts,
+    )
+    return {(r[0], r[1]): r[2] for r in rows}
+
+
+async def stored_offsets(conn: asyncpg.Connection | asyncpg.Pool, topics: Sequence[str]) -> dict[tuple[str, int], int]:
+    rows = await conn.fetch("SELECT topic, partition, next_offset FROM inbox_offsets WHERE topic = ANY($1::text[])", list(topics))
+    return {(r[0], r[1]): r[2] for r in rows}
+
+
+async def save_offsets(conn: asyncpg.Connection, offsets: dict[tuple[str, int], int]) -> None:
+    await conn.execute(
+        """UPDATE inbox_offsets o SET next_offset = x.n
+             FROM unnest($1::text[], $2::int[], $3::bigint[]) AS x(t, p, n)
+            WHERE o.topic = x.t AND o.partition = x.p""",
+        [k[0] for k in offsets],
+        [k[1] for k in offsets],
+        list(offsets.values()),
+    )
+
+
+async def save_users(conn: asyncpg.Connection, users: Sequence[User], revs: dict[str, int]) -> None:
+    """Write changed users, fenced on the revision they were loaded at (0 = new)."""
+    if not users:
+        return
+    cols: list[list[Any]] = [[] for _ in range(12)]
+    for u in users:
+        row = (
+            u.id, u.channel_id, revs.get(u.id, 0) + 1, u.type, u.member_id, u.merged_into,
+            u.deleted, u.blocked, u.masked, u.last_seen_at, u.updated_at, u.to_json(),
+        )
+        for col, val in zip(cols, row, strict=True):
+            col.append(val)
+    written = await conn.fetchval(
+        """
+        WITH w AS (
+          INSERT INTO users AS u (id, channel_id, rev, type, member_id, merged_into, deleted,
+                                  blocked, masked, last_seen_at, updated_at, state)
+          SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[],
+                               $6::text[], $7::bool[], $8::bool[], $9::bool[], $10::bigint[],
+                               $11::bigint[], $12::jsonb[])
+          ON CONFLICT (id) DO UPDATE SET
+              rev = EXCLUDED.rev, type = EXCLUDED.type, member_id = EXCLUDED.member_id,
+              merged_into = EXCLUDED.merged_into, deleted = EXCLUDED.deleted,
+              blocked = EXCLUDED.blocked, masked = EXCLUDED.masked,
+              last_seen_at = EXCLUDED.last_seen_at, updated_at = EXCLUDED.updated_at,
+              state = EXCLUDED.state
+          WHERE u.rev = EXCLUDED.rev - 1
+          RETURNING 1)
+        SELECT count(*) FROM w
+        """,
+        *cols,
+    )
+    if written != len(users):
+        raise Conflict(f"{len(users) - written} of {len(users)} users changed under this batch")
+
+
+async def save_identities(conn: asyncpg.Connection, changes: Sequence[tuple[User, frozenset[Identity]]]) -> None:
+    """Rewrite the identity rows of users whose identities changed."""
+    if not changes:
+        return
+    await conn.execute("DELETE FROM identities WHERE user_id = ANY($1::text[])", [u.id for u, _ in changes])
+    rows = [(u.channel_id, kind, value, u.id, q) for u, keys in changes for kind, value, q in keys]
+    if not rows:
+        return
+    try:
+        await conn.execute(
+            """INSERT INTO identities (channel_id, kind, value, user_id, qualified)
+               SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bool[])""",
+            *[list(col) for col in zip(*rows, strict=True)],
+        )
+    except asyncpg.UniqueViolationError as err:
+        raise Conflict(f"identity taken by another instance: {err.detail}") from err
+
+
+async def save_applied(conn: asyncpg.Connection, pairs: Sequence[tuple[str, str]]) -> None:
+    if pairs:
+        await conn.execute(
+            "INSERT INTO applied_events (channel_id, event_id) SELECT * FROM unnest($1::text[], $2::text[])",
+            [p[0] for p in pairs],
+            [p[1] for p in pairs],
+        )
+
+
+async def save_outbox(conn: asyncpg.Connection, rows: Sequence[tuple[str, str | None, bytes | None]]) -> None:
+    if rows:
+        await conn.execute(
+            "INSERT INTO outbox (topic, key, value) SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[])",
+            [r[0] for r in rows],
+            [r[1] for r in rows],
+            [r[2] for r in rows],
+        )
+        await conn.execute("SELECT pg_notify('unifier_outbox', '')")
+
+
+async def save_activities(conn: asyncpg.Connection, acts: Sequence[Activity]) -> None:
+    if acts:
+        await conn.execute(
+            """INSERT INTO activities (channel_id, event_id, user_id, kind, occurred_at, body)
+               SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::jsonb[])
+               ON CONFLICT DO NOTHING""",
+            [a.channel_id for a in acts], [a.event_id for a in acts], [a.user_id for a in acts],
+            [a.kind for a in acts], [a.at for a in acts], [a.body for a in acts],
+        )
+
+
+async def save_merges(conn: asyncpg.Connection, merges: Sequence[MergeRecord]) -> None:
+    """Record merges (G4) and re-point the sources' chats and events to the target (U4)."""
+    if not merges:
+        return
+    await conn.execute(
+        """INSERT INTO merges (channel_id, source_id, target_id, causation_id, occurred_at, contested)
+           SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::jsonb[])""",
+        [m.channel_id for m in merges], [m.source_id for m in merges], [m.target_id for m in merges],
+        [m.causation_id for m in merges], [m.occurred_at for m in merges],
+        [m.to_json()["contested"] for m in merges],
+    )
+    await conn.execute(
+        """UPDATE activities a SET user_id = x.t FROM unnest($1::text[], $2::text[]) AS x(s, t)
+            WHERE a.user_id = x.s""",
+        [m.source_id for m in merges],
+        [m.target_id for m in merges],
+    )
+
+
+def dumps(value: Any) -> bytes:
+    return orjson.dumps(value)

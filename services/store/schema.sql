@@ -1,0 +1,93 @@
+-- Unifier state. Every table lives in one schema (UNIFIER_DB_SCHEMA) so that a
+-- replay can build a fresh schema beside the live one and switch over.
+
+-- One row per user ever created (T1: channel_id on every row). `state` is the domain's
+-- User as JSON; the other columns are derived from it for queries and constraints.
+-- `rev` is the optimistic-concurrency fence: a batch writes a user only if the row
+-- is still at the revision it loaded (G3: two instances never overwrite each other).
+CREATE TABLE IF NOT EXISTS users (
+    id           text PRIMARY KEY,
+    channel_id   text NOT NULL,
+    rev          bigint NOT NULL,
+    type         text NOT NULL,
+    member_id    text,
+    merged_into  text,
+    deleted      boolean NOT NULL,
+    blocked      boolean NOT NULL,
+    masked       boolean NOT NULL,
+    last_seen_at bigint,
+    updated_at   bigint NOT NULL,
+    state        jsonb NOT NULL
+);
+CREATE INDEX IF NOT EXISTS users_channel ON users (channel_id);
+
+-- How facts find users: veils, member ids, contacts (with their qualification) and
+-- pending unifications (kind 'pending', value = target member id). Derived from
+-- users.state; rewritten with the user. A veil or member id has one live owner per
+-- channel: the unique index is the last line of defence against a racing instance.
+CREATE TABLE IF NOT EXISTS identities (
+    channel_id text NOT NULL,
+    kind       text NOT NULL,
+    value      text NOT NULL,
+    user_id    text NOT NULL,
+    qualified  boolean NOT NULL,
+    PRIMARY KEY (channel_id, kind, value, user_id)
+);
+CREATE UNIQUE INDEX IF NOT EXISTS identities_one_owner
+    ON identities (channel_id, kind, value) WHERE kind IN ('veil', 'member');
+CREATE INDEX IF NOT EXISTS identities_user ON identities (user_id);
+
+-- The inbox: the next offset to apply per inbound partition, committed with the state
+-- it produced (Kafka's own commits are only a hint), and the eventIds applied.
+CREATE TABLE IF NOT EXISTS inbox_offsets (
+    topic       text NOT NULL,
+    partition   integer NOT NULL,
+    next_offset bigint NOT NULL,
+    PRIMARY KEY (topic, partition)
+);
+CREATE TABLE IF NOT EXISTS applied_events (
+    channel_id text NOT NULL,
+    event_id   text NOT NULL,
+    PRIMARY KEY (channel_id, event_id)
+);
+
+-- The outbox (Debezium's shape): what the relay publishes, in id order. A NULL value
+-- is a tombstone. Dead letters go through it too, so they are as crash-safe as state.
+CREATE TABLE IF NOT EXISTS outbox (
+    id    bigserial PRIMARY KEY,
+    topic text NOT NULL,
+    key   text,
+    value bytea
+);
+
+-- G4: every merge, with the winner of every contested key. Survives the source.
+CREATE TABLE IF NOT EXISTS merges (
+    channel_id   text NOT NULL,
+    source_id    text NOT NULL,
+    target_id    text NOT NULL,
+    causation_id text NOT NULL,
+    occurred_at  bigint NOT NULL,
+    contested    jsonb NOT NULL,
+    PRIMARY KEY (channel_id, source_id)
+);
+
+-- Chats and behaviour events (U4): re-pointed to the survivor when users merge.
+CREATE TABLE IF NOT EXISTS activities (
+    channel_id  text NOT NULL,
+    event_id    text NOT NULL,
+    user_id     text NOT NULL,
+    kind        text NOT NULL,
+    occurred_at bigint NOT NULL,
+    body        jsonb NOT NULL,
+    PRIMARY KEY (channel_id, event_id)
+);
+CREATE INDEX IF NOT EXISTS activities_user ON activities (user_id);
+
+-- Channel settings (H1 secret, I17 MU limit, P2 field types): configuration set by
+-- `unifier channel configure`, read by every batch.
+CREATE TABLE IF NOT EXISTS channels (
+    channel_id         text PRIMARY KEY,
+    member_hash_secret text,
+    mu_limit           integer,
+    field_types        jsonb NOT NULL DEFAULT '{}'
+);
