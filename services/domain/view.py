@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .user import CONTACT_KEYS, User
+from .sessions import DEVICE_KEYS
+from .user import CONTACT_KEYS, Platform, User
 
 _PREFIX = "profile."
 
@@ -34,18 +35,23 @@ def user_view(user: User) -> dict[str, Any]:
         "qualified": qualified,
         "unsubscribeEmail": user.unsubscribe_email,
         "unsubscribeTexting": user.unsubscribe_texting,
-        "hasPushToken": user.has_push_token,
         "blocked": user.blocked,
         "masked": masked,
         "language": user.language,
         "city": user.city,
         "country": user.country,
         "sessionsCount": user.sessions_count,
-        "lastSeenAt": user.last_seen_at,
+        # Never null: users that never visited were last seen when created (I11).
+        "lastSeenAt": user.last_seen_at if user.last_seen_at is not None else user.created_at,
         "createdAt": user.created_at,
         "updatedAt": user.updated_at,
-        "web": user.web.to_json(),
-        "mobile": user.mobile.to_json(),
+        "web": _platform(user.web),
+        "mobile": _platform(user.mobile),
         "deliveredCampaigns": list(user.delivered),
         "mergedUserIds": list(user.merged_user_ids),
     }
+
+
+def _platform(p: Platform) -> dict[str, Any]:
+    """Every device key present (null when unknown), as the contract writes absent values."""
+    return {"sessionsCount": p.sessions_count, "lastSeenAt": p.last_seen_at, **{k: p.device.get(k) for k in DEVICE_KEYS}}

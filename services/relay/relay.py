@@ -73,10 +73,10 @@ class Relay:
         return len(rows)
 
 
-async def _wait(event: asyncio.Event, stop: asyncio.Event, timeout: float) -> None:
+async def _wait(event: asyncio.Event, stop: asyncio.Event, seconds: float) -> None:
     waiters = [asyncio.ensure_future(event.wait()), asyncio.ensure_future(stop.wait())]
     try:
-        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
     finally:
         for w in waiters:
             w.cancel()

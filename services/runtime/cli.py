@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import logging
 import sys
 from collections.abc import AsyncIterator, Sequence
@@ -78,7 +79,15 @@ def _parser() -> argparse.ArgumentParser:
 
     digest = sub.add_parser("digest", help="print the sha256 digest of the live state")
     digest.set_defaults(handler=_digest)
+
+    for module in EXTENSIONS:
+        importlib.import_module(module).register(sub)
     return p
+
+
+# Packages that add their own subcommands: each has `register(subparsers)` whose
+# handlers are `async def handler(settings, args) -> int` (see `_user_show`).
+EXTENSIONS: tuple[str, ...] = ()
 
 
 def _non_negative(raw: str) -> int:
@@ -92,7 +101,7 @@ def _non_negative(raw: str) -> int:
 
 
 @asynccontextmanager
-async def _db(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
+async def database(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
     """A pool on the configured database, else on the embedded one under the data dir
     (joined if `unifier run` is running, started otherwise)."""
     from services.store.pool import create_pool
@@ -154,7 +163,7 @@ async def _user_show(settings: Settings, args: argparse.Namespace) -> int:
             by, value = "mobile", clean_mobile(args.mobile_number)
     except Rejected as err:
         raise UsageError(err.reason) from None
-    async with _db(settings) as pool:
+    async with database(settings) as pool:
         found = await find_user(pool, args.channel, by, value)
     if found is None:
         print(f"unifier: no user in channel {args.channel!r} with {by} {value!r}", file=sys.stderr)
@@ -173,7 +182,7 @@ async def _channel_configure(settings: Settings, args: argparse.Namespace) -> in
             raise UsageError(f"--field {spec!r}: type must be one of {', '.join(sorted(PARSERS))}")
         fields[key] = type_name
     secret = args.member_hash_secret
-    async with _db(settings) as pool:
+    async with database(settings) as pool:
         row = await pool.fetchrow(
             """INSERT INTO channels AS c (channel_id, member_hash_secret, mu_limit, field_types)
                VALUES ($1, NULLIF($2, ''), $3, $4::jsonb)
@@ -191,7 +200,7 @@ async def _channel_configure(settings: Settings, args: argparse.Namespace) -> in
 async def _digest(settings: Settings, args: argparse.Namespace) -> int:
     from services.replay.digest import state_digest
 
-    async with _db(settings) as pool:
+    async with database(settings) as pool:
         _print({"digest": await state_digest(pool)})
     return 0
 
