@@ -43,10 +43,10 @@ class MergeRecord:
             "targetId": self.target_id,
             "causationId": self.causation_id,
             "occurredAt": self.occurred_at,
-            "contested": [
-                {"key": c.key, "winner": c.winner, "source": c.source_value, "target": c.target_value}
+            "contested": {
+                c.key: {"winner": c.winner, "source": c.source_value, "target": c.target_value}
                 for c in self.contested
-            ],
+            },
         }
 
 

@@ -39,8 +39,10 @@ class Relay:
     async def run(self, stop: asyncio.Event) -> None:
         await self.producer.start()
         conn: asyncpg.Connection = await self.pool.acquire()
+        wake = None
         try:
-            await conn.add_listener("unifier_outbox", lambda *_: self._wake.set())
+            wake = self._on_notify
+            await conn.add_listener("unifier_outbox", wake)
             while not stop.is_set():
                 if await conn.fetchval("SELECT pg_try_advisory_lock(hashtext($1))", self.lock_name):
                     break
@@ -52,9 +54,14 @@ class Relay:
                     await _wait(self._wake, stop, _POLL_S)
             await self.publish_once(conn)  # drain what the last batch wrote
         finally:
+            if wake is not None:
+                await conn.remove_listener("unifier_outbox", wake)
             await conn.execute("SELECT pg_advisory_unlock_all()")
             await self.pool.release(conn)
             await self.producer.stop()
+
+    def _on_notify(self, *_: object) -> None:
+        self._wake.set()
 
     async def publish_once(self, conn: asyncpg.Connection) -> int:
         self._wake.clear()

@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import importlib
 import logging
+import signal
 import sys
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -138,6 +139,8 @@ async def _run(settings: Settings, args: argparse.Namespace) -> int:
 
     ready = asyncio.Event()
     stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        asyncio.get_running_loop().add_signal_handler(sig, stop.set)
     service = asyncio.create_task(run_service(settings, stop, ready=ready))
     await asyncio.wait([service, asyncio.create_task(ready.wait())], return_when=asyncio.FIRST_COMPLETED)
     demo = None if service.done() else asyncio.create_task(run_demo(settings, stop))

@@ -22,11 +22,12 @@ log = logging.getLogger("unifier")
 
 
 async def run_service(settings: Settings, stop: asyncio.Event | None = None, *, ready: asyncio.Event | None = None) -> None:
-    stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
+    if stop is None:  # run as the process's main service: stop on SIGTERM/SIGINT
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, stop.set)
     topics = Topics(settings.topic_prefix)
     async with infrastructure(settings) as (bootstrap, database_url):
         await ensure_topics(bootstrap, settings.topic_prefix, settings.partitions)
