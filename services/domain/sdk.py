@@ -8,7 +8,7 @@ from .hygiene import clean_email, clean_member_id, clean_mobile, clean_veil_id
 from .ids import member_user_id, veil_user_id
 from .profile import profile_values, promote, set_values
 from .saga import on_member_login
-from .sessions import logged_out, record_device, record_visit, veil_expired
+from .sessions import PlatformName, logged_out, record_device, record_visit, veil_expired
 from .unification import merge
 from .user import EMAIL, MOBILE, User, Value
 
@@ -30,7 +30,7 @@ def on_visit(w: Work) -> None:
         values["name"] = Value(msg.name, is_member, is_member, w.at)
 
     user = _visitor(w, veil, member_id)
-    platform = getattr(msg, "platform", None) or "web"
+    platform: PlatformName = "mobile" if getattr(msg, "platform", None) == "mobile" else "web"
     record_visit(user, veil, platform, w.at)
     if msg.type == "boot":
         if msg.device is not None:

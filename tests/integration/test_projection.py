@@ -67,7 +67,7 @@ async def test_c1_c2_u2_visitor_becomes_lead_then_merges_into_member(settings: S
     assert await find_user(pool, CH, "id", lead_id) == {"id": lead_id, "mergedInto": member["id"]}  # U8
 
     by_user: dict[str, list[dict[str, Any]]] = {}
-    for key, value in changes:
+    for _key, value in changes:
         if value is not None:
             UserChanged.model_validate(value)  # every message matches the contract
             by_user.setdefault(value["userId"], []).append(value)
