@@ -282,7 +282,9 @@ ImportValueType = Literal["string", "number", "boolean", "date", "datetime", "li
 
 
 class ImportColumn(_Strict):
-    """One mapped CSV column (I5); `type` is set when the mapping creates a profile key."""
+    """One mapped CSV column (I5). `type` is the profile type (P2) the column is parsed
+    as — a key the mapping creates gets it declared — and absent for keys with a format of
+    their own (memberId, name, tags, the flags, the contacts)."""
 
     column: str = Field(description="The CSV header as in the file.")
     key: str = Field(description="`memberId`, `name`, `unsubscribeEmail`, `profile.email`, `tags`…")
@@ -312,6 +314,11 @@ class ImportRow(_Envelope):
         description="As a spreadsheet shows it: the header is row 1."
     )
     cells: dict[str, str] = Field(description="Mapped key → the cell text as in the file.")
+    rowError: str | None = Field(
+        default=None,
+        description="Why the importer could not read the row (e.g. more cells than columns);"
+        " the row fails with this reason.",
+    )
 
 
 class ImportFinished(_Envelope):

@@ -71,7 +71,9 @@ class Work:
         self.settings = settings
         self.outcome = Outcome()
         self.before: dict[str, User | None] = {}
-        self._changed_before = set(directory.changed)
+        # Users this fact adds to `directory.changed` (undone on rollback). Tracked in
+        # `put` rather than by copying `changed` here, which made a batch quadratic.
+        self._newly_changed: list[str] = []
 
     @property
     def at(self) -> int:
@@ -84,6 +86,8 @@ class Work:
     def put(self, user: User) -> None:
         if user.id not in self.before:
             self.before[user.id] = self.directory.get(user.id)
+            if user.id not in self.directory.changed:
+                self._newly_changed.append(user.id)
         self.directory.put(user)
 
     def rollback(self) -> None:
@@ -92,8 +96,8 @@ class Work:
                 self.directory.forget(user_id)
             else:
                 self.directory.put(old)
-        for user_id in set(self.directory.changed) - self._changed_before:
-            self.directory.changed.pop(user_id)
+        for user_id in self._newly_changed:
+            self.directory.changed.pop(user_id, None)
 
 
 Handler = Callable[[Work], None]
@@ -131,4 +135,4 @@ def apply(directory: Directory, fact: Fact, settings: ChannelSettings) -> Outcom
 
 
 # Register the handlers (import for their side effect on HANDLERS).
-from . import commands, sdk  # noqa: E402,F401
+from . import commands, imports, sdk  # noqa: E402,F401

@@ -37,15 +37,19 @@ def _canon(v: Any) -> bytes:
     return orjson.dumps(v, option=orjson.OPT_SORT_KEYS)
 
 
+def _once_rank(val: Value) -> tuple[bool, int, bytes, bool, bool]:
+    """P3: smaller wins — a value before a clear, then the earliest; provenance last,
+    so that two facts setting the same value at the same time still have one winner."""
+    return (val.v is None, val.t, _canon(val.v), not val.q, not val.m)
+
+
 def update_wins(key: str, new: Value, old: Value | None) -> bool:
     """Does `new` replace `old` on the same user?"""
     if old is None:
         return True
     if key in WRITE_ONCE:
-        if old.v is None:
-            return True
-        return new.v is not None and (new.t, _canon(new.v)) < (old.t, _canon(old.v))
-    return (new.q, new.t, _canon(new.v)) > (old.q, old.t, _canon(old.v))
+        return _once_rank(new) < _once_rank(old)
+    return (new.q, new.t, _canon(new.v), new.m) > (old.q, old.t, _canon(old.v), old.m)
 
 
 def _merge_rank(val: Value) -> tuple[bool, bool, bool, int, bytes]:
@@ -60,8 +64,5 @@ def merge_winner(key: str, a: Value | None, b: Value | None) -> Value | None:
     if a is None or b is None:
         return a if b is None else b
     if key in WRITE_ONCE:
-        present = [x for x in (a, b) if x.v is not None]
-        if not present:
-            return a if (a.t, _canon(a.v)) <= (b.t, _canon(b.v)) else b
-        return min(present, key=lambda x: (x.t, _canon(x.v)))
+        return a if _once_rank(a) <= _once_rank(b) else b
     return a if _merge_rank(a) >= _merge_rank(b) else b

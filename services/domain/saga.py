@@ -7,10 +7,14 @@ time: a login that happened after the approval fires it, whichever was consumed 
 
 from __future__ import annotations
 
-from .core import Work
+from typing import TYPE_CHECKING
+
 from .unification import merge
 from .user import EMAIL, MOBILE, User
 from .values import Rejected
+
+if TYPE_CHECKING:  # core imports the handlers, which import this module
+    from .core import Work
 
 BLAST_RADIUS = 50  # G2: one fact merges at most this many sources
 
@@ -45,9 +49,9 @@ def approve(w: Work, source_id: str, target_id: str) -> None:
     if source is not None and target is not None and source.merged_into == target.id:
         return  # approved again after it already happened: nothing to do (U6: never twice)
     source = d.resolve(source_id)
-    if source is None or not source.alive:
+    if source is None or not source.alive or source.channel_id != w.channel_id:
         raise Rejected("unknown_user", f"no live user {source_id!r} to unify")
-    if target is None or not target.alive:
+    if target is None or not target.alive or target.channel_id != w.channel_id:  # T1
         raise Rejected("unknown_user", f"no live member {target_id!r} to unify into")
     if target.type != "member" or source.type == "member":
         raise Rejected("invalid_unification", f"only an anonymous user or lead merges into a member (U1): {source.type} → {target.type}")

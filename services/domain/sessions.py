@@ -24,6 +24,7 @@ def record_visit(user: User, veil_id: str, platform: PlatformName, at: int) -> N
     plat = user.web if platform == "web" else user.mobile
     if session_ended(user.last_activity_at, at):
         user.sessions_count += 1
+    if session_ended(plat.last_seen_at, at):  # per platform: a first app boot inside a web session is an app session
         plat.sessions_count += 1
     user.last_activity_at = _later(user.last_activity_at, at)
     user.last_seen_at = _later(user.last_seen_at, at)

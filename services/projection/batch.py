@@ -24,9 +24,11 @@ from services.domain.core import Activity, Fact
 from services.domain.directory import Directory, identities
 from services.domain.hygiene import clean_email, clean_member_id, clean_mobile, clean_veil_id
 from services.domain.ids import member_user_id, veil_user_id
+from services.domain.imports import imported_member_user_id
 from services.domain.unification import MergeRecord
 from services.domain.user import User
 from services.domain.values import Rejected
+from services.store import import_log
 from services.store import repository as repo
 
 from .records import Record
@@ -65,6 +67,8 @@ async def apply_batch(pool: asyncpg.Pool, topics: Topics, records: list[Record],
         seen = await repo.already_applied(conn, sorted({(p.fact.channel_id, p.fact.event_id) for p in facts if p.fact}))
         settings = await repo.load_channels(conn, {p.fact.channel_id for p in facts if p.fact})
         directory, revs = await _load(conn, [p.fact for p in facts if p.fact])
+        # CSV import (I12-I17): definitions, MU budgets; written back below.
+        imports = await import_log.prepare(conn, [p.fact for p in facts if p.fact], settings, directory)
 
         outbox: list[tuple[str, str | None, bytes | None]] = []
         applied: list[tuple[str, str]] = []
@@ -99,6 +103,8 @@ async def apply_batch(pool: asyncpg.Pool, topics: Topics, records: list[Record],
         await repo.save_merges(conn, merges)
         await repo.save_applied(conn, applied)
         await repo.save_outbox(conn, outbox)
+        if imports is not None:
+            await import_log.save(conn, imports)
         ends: dict[tuple[str, int], int] = {}
         for r in records:
             ends[(r.topic, r.partition)] = max(ends.get((r.topic, r.partition), 0), r.offset + 1)
@@ -152,6 +158,13 @@ def _keys_of(fact: Fact) -> tuple[set[str], set[repo.Key]]:
         keys.add((ch, kind, value))
         return value
 
+    if msg.type == "import.row":  # CSV import: cells are keyed by the mapped key (I5)
+        cells = msg.cells
+        if (member := add("member", cells.get("memberId"), clean_member_id)) is not None:
+            ids.add(imported_member_user_id(ch, member))
+        add("email", cells.get("profile.email"), clean_email)
+        add("mobile", cells.get("profile.mobileNumber"), clean_mobile)
+        return ids, keys
     if (veil := add("veil", getattr(msg, "veilId", None), clean_veil_id)) is not None:
         ids.add(veil_user_id(ch, veil))
     if (member := add("member", getattr(msg, "memberId", None), clean_member_id)) is not None:

@@ -88,7 +88,7 @@ def _parser() -> argparse.ArgumentParser:
 
 # Packages that add their own subcommands: each has `register(subparsers)` whose
 # handlers are `async def handler(settings, args) -> int` (see `_user_show`).
-EXTENSIONS: tuple[str, ...] = ()
+EXTENSIONS: tuple[str, ...] = ("services.importer.cli",)
 
 
 def _non_negative(raw: str) -> int:

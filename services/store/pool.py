@@ -34,6 +34,10 @@ async def create_pool(database_url: str, schema: str, *, min_size: int = 1, max_
     )
 
 
+# schema.sql first: the later scripts may index its tables.
+_SCRIPTS = ("schema.sql", "imports.sql")
+
+
 async def ensure_schema(database_url: str, schema: str) -> None:
     """Create the schema and its tables if missing (idempotent; safe for racing instances)."""
     conn = await asyncpg.connect(database_url)
@@ -43,6 +47,7 @@ async def ensure_schema(database_url: str, schema: str) -> None:
             await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"unifier-migrate:{schema}")
             await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
             await conn.execute(f'SET LOCAL search_path TO "{schema}"')
-            await conn.execute(resources.files("services.store").joinpath("schema.sql").read_text())
+            for script in _SCRIPTS:
+                await conn.execute(resources.files("services.store").joinpath(script).read_text())
     finally:
         await conn.close()

@@ -1,0 +1,45 @@
+# Developer entry points. `.ci/run` uses `make lint` and `make test` on a fresh clone.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: venv run test lint bench clean distclean
+
+venv: $(STAMP)
+
+# Reinstalled only when the dependencies in pyproject.toml change.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -e '.[dev]'
+	touch $@
+
+# Without KAFKA_BOOTSTRAP_SERVERS / DATABASE_URL this starts embedded ones (data in ./.unifier).
+run: $(STAMP)
+	$(BIN)/unifier run
+
+# pytest exits 5 when it collected no test: that must fail too, and say so.
+test: $(STAMP)
+	@status=0; $(BIN)/pytest -q -p no:cacheprovider tests/ || status=$$?; \
+	if [ $$status -eq 5 ]; then echo "make test: no tests were collected" >&2; fi; \
+	exit $$status
+
+# Both checkers run even when the first fails, so one CI run shows every problem.
+lint: $(STAMP)
+	@status=0; \
+	echo "ruff check ."; $(BIN)/ruff check . || status=1; \
+	echo "mypy"; $(BIN)/mypy || status=1; \
+	exit $$status
+
+bench: $(STAMP)
+	@set -e; found=0; for f in bench/*.py; do \
+	  [ -e "$$f" ] || continue; found=1; echo "== $$f"; $(BIN)/python "$$f"; \
+	done; [ $$found -eq 1 ] || echo "no benchmarks in bench/"
+
+clean:
+	rm -rf .pytest_cache .mypy_cache .ruff_cache .hypothesis build dist *.egg-info bench/results
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -exec rm -rf {} +
+
+# Also the virtualenv and the local data of `make run`.
+distclean: clean
+	rm -rf $(VENV) .unifier

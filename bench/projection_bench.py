@@ -1,0 +1,1016 @@
+"""Projection benchmark: a realistic mixed SDK stream through the real projection.
+
+Measures, in one run, on the embedded tansu broker and the PostgreSQL of DATABASE_URL
+(default: the local server on 127.0.0.1:5432):
+
+1. throughput: N events pre-published to `{prefix}sdk-events`, then the projection
+   (`Projection` + `apply_batch`) is started and timed until every record is applied
+   (the inbox's stored offsets sum to N). Reported with and without the consumer-group
+   join (~5 s on tansu), with a per-stage breakdown of the batch path.
+2. naive: the simplest correct pipeline, one transaction per message (the same
+   `Projection` with `batch_max=1`: consume one record, `apply_batch([record])`), on a
+   fresh schema over the first `--naive-events` records of the same topic.
+3. latency: `run_service` (projection + relay) in a child process, the stream published
+   at a fixed rate, and publish → `user-changed` latency per message measured through
+   `causationId` (only leads and members are published, so only those facts count).
+   The service runs the stage timers too (`service stages` in the report).
+4. optional: `--profile N` runs N events again under cProfile (top functions);
+   `--py-spy` samples the throughput run with py-spy instead of the stage timers.
+
+Every phase gets its own schema `bench_<run>_*` (dropped at the end unless --keep) and
+the broker is an embedded tansu started here and stopped at the end. The cores are
+shared with PostgreSQL, the broker and whatever else runs: the report gives the load
+average and the Python CPU µs per event, which moves less than events/s does.
+
+Prints a summary table and writes bench/results/projection.json. A benchmark, not a
+test: nothing here asserts; the targets are printed beside the figures.
+
+    .venv/bin/python bench/projection_bench.py              # default, about 2 minutes
+    .venv/bin/python bench/projection_bench.py --events 300000 --naive-events 10000  # ~3.5 min
+    .venv/bin/python bench/projection_bench.py --events 30000 --naive-events 0 --duration 0 --py-spy
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import cProfile
+import functools
+import gc
+import io
+import json
+import logging
+import os
+import pstats
+import random
+import signal
+import statistics
+import sys
+import tempfile
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+SELF = Path(__file__).resolve()
+ROOT = SELF.parents[1]
+if str(ROOT) not in sys.path:  # `python bench/projection_bench.py` from anywhere
+    sys.path.insert(0, str(ROOT))
+
+import asyncpg  # noqa: E402
+import orjson  # noqa: E402
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition  # noqa: E402
+from aiokafka.partitioner import DefaultPartitioner  # noqa: E402
+
+from contracts.topics import Topics  # noqa: E402
+from services.projection import batch as batch_mod  # noqa: E402
+from services.projection import consumer as consumer_mod  # noqa: E402
+from services.projection.batch import BatchResult  # noqa: E402
+from services.projection.consumer import Projection  # noqa: E402
+from services.projection.records import Record  # noqa: E402
+from services.runtime.config import Settings  # noqa: E402
+from services.runtime.embedded import EmbeddedBroker  # noqa: E402
+from services.runtime.topics import ensure_topics  # noqa: E402
+from services.store import repository as repo  # noqa: E402
+from services.store.pool import create_pool  # noqa: E402
+
+log = logging.getLogger("bench")
+
+LOCAL_POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
+RESULTS = ROOT / "bench" / "results" / "projection.json"
+PARTITIONS = 12
+T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z: event time, before any broker timestamp
+STEP_MS = 500  # event time between consecutive events (300k events ≈ 42 h of traffic)
+
+TARGET_EPS = 25_000
+TARGET_RATIO = 10.0
+TARGET_P99_MS = 500.0
+
+
+# ------------------------------------------------------------------------------ stream
+
+
+class Stream:
+    """A deterministic, realistic SDK stream: ~100 channels of skewed size, a pool of
+    veils (mostly repeat visitors), logins drawn from a member pool so some merge a
+    visitor into an existing member, occurredAt increasing. Same seed, same stream."""
+
+    MIX = (("boot", 0.60), ("chat", 0.15), ("contact", 0.10), ("login", 0.10), ("track", 0.05))
+
+    def __init__(self, seed: int, *, channels: int = 100, veils: int = 100_000, tag: str = "") -> None:
+        self.rng = random.Random(seed)
+        self.tag = tag  # eventId prefix: streams of one run never share ids
+        weights = [1 / (i + 1) ** 0.7 for i in range(channels)]
+        total = sum(weights)
+        self.channels = [f"ch_{i:03d}" for i in range(channels)]
+        self.cum = list(_accumulate(weights))
+        self.pool = [max(20, round(veils * w / total)) for w in weights]  # veils per channel
+        self.members_pool = [max(5, p * 3 // 10) for p in self.pool]
+        self.seen: list[list[int]] = [[] for _ in range(channels)]  # veil indexes that booted
+        self.next_veil = [0] * channels
+        self.veil_member: list[dict[int, int]] = [{} for _ in range(channels)]
+        self.known_members: list[list[int]] = [[] for _ in range(channels)]
+        self.next_member = [0] * channels
+        self.kinds = Counter[str]()
+        self.i = 0
+
+    def events(self, n: int) -> Iterator[tuple[str, str, bytes]]:
+        """(channelId, eventId, JSON value) × n, continuing where the last call stopped."""
+        cum_mix = list(_accumulate([w for _k, w in self.MIX]))
+        kinds = [k for k, _w in self.MIX]
+        rng = self.rng
+        for _ in range(n):
+            c = rng.choices(range(len(self.channels)), cum_weights=self.cum)[0]
+            kind = rng.choices(kinds, cum_weights=cum_mix)[0]
+            if kind != "boot" and kind != "chat" and not self.seen[c]:
+                kind = "boot"
+            ev = getattr(self, "_" + kind)(c)
+            eid = f"{self.tag}e{self.i:08d}"
+            ev.update(eventId=eid, channelId=self.channels[c], occurredAt=T0 + self.i * STEP_MS)
+            self.kinds[ev["type"]] += 1
+            self.i += 1
+            yield self.channels[c], eid, orjson.dumps(ev)
+
+    # -- helpers -------------------------------------------------------------------------
+    def _veil(self, c: int, v: int) -> str:
+        return f"v{c:03d}-{v:06d}"
+
+    def _repeat(self, c: int) -> int:
+        seen = self.seen[c]
+        return seen[int(len(seen) * self.rng.random() ** 1.5)]  # loyal visitors come back more
+
+    def _member_of(self, c: int, v: int) -> int | None:
+        return self.veil_member[c].get(v)
+
+    # -- the kinds -----------------------------------------------------------------------
+    def _boot(self, c: int) -> dict[str, Any]:
+        rng = self.rng
+        new = not self.seen[c] or (rng.random() < 0.25 and self.next_veil[c] < self.pool[c])
+        if new:
+            v = self.next_veil[c]
+            self.next_veil[c] += 1
+            self.seen[c].append(v)
+        else:
+            v = self._repeat(c)
+        mobile = v % 5 == 0
+        ev: dict[str, Any] = {"type": "boot", "veilId": self._veil(c, v), "platform": "mobile" if mobile else "web"}
+        if new or rng.random() < 0.3:
+            ev["device"] = (
+                {"os": "ios", "osName": "iOS", "device": "iPhone", "appName": "shop", "appVersion": "3.2.1"}
+                if mobile else {"browser": "chrome", "browserName": "Chrome", "os": "mac", "osName": "macOS"}
+            )
+            ev["language"], ev["country"] = ("ja", "JP") if v % 7 else ("en", "US")
+            if v % 3 == 0:
+                ev["city"] = "Tokyo"
+        m = self._member_of(c, v)
+        if m is not None and rng.random() < 0.95:  # a logged-in visitor's boots carry the memberId
+            ev["memberId"] = f"m-{m:06d}"
+            if rng.random() < 0.2:
+                ev["profile"] = {"plan": rng.choice(["free", "gold", "platinum"]), "points": rng.randrange(10_000)}
+        return ev
+
+    def _chat(self, c: int) -> dict[str, Any]:
+        rng = self.rng
+        medium = rng.choices(["web", "mobile", "line", "instagram", "email", "phone"], cum_weights=[55, 65, 80, 85, 93, 100])[0]
+        ev: dict[str, Any] = {"type": "chat", "chatId": f"chat-{rng.randrange(1_000_000)}", "medium": medium}
+        if medium in ("web", "mobile") and self.seen[c]:
+            ev["veilId"] = self._veil(c, self._repeat(c))
+        elif medium in ("line", "instagram"):
+            ev["veilId"] = f"{medium}:U{rng.randrange(self.pool[c] // 4 + 1):08x}"
+        else:
+            who = rng.randrange(self.pool[c])
+            if medium == "email":
+                ev["veilId"] = f"mail:{who}"
+                ev["contact"] = {"email": f"user{c}-{who}@example.jp"}
+            else:
+                ev["veilId"] = f"tel:{who}"
+                ev["contact"] = {"mobileNumber": _mobile(c, who)}
+        if rng.random() < 0.9:
+            ev["message"] = {"messageId": f"msg-{self.i}", "text": "こんにちは、在庫はありますか？"}
+        return ev
+
+    def _contact(self, c: int) -> dict[str, Any]:
+        v = self._repeat(c)
+        ev: dict[str, Any] = {"type": "contact", "veilId": self._veil(c, v)}
+        r = self.rng.random()
+        if r < 0.7:
+            ev["email"] = f"user{c}-{v}@example.jp"
+        if r > 0.5:
+            ev["mobileNumber"] = _mobile(c, v, typed=True)
+        return ev
+
+    def _login(self, c: int) -> dict[str, Any]:
+        rng = self.rng
+        v = self._repeat(c)
+        m = self._member_of(c, v)
+        if m is None:
+            known = self.known_members[c]
+            if known and (rng.random() < 0.3 or self.next_member[c] >= self.members_pool[c]):
+                m = rng.choice(known)  # another device of a known member: U2 merges the visitor
+            else:
+                m = self.next_member[c]
+                self.next_member[c] += 1
+                known.append(m)
+            self.veil_member[c][v] = m
+        ev: dict[str, Any] = {"type": "login", "veilId": self._veil(c, v), "memberId": f"m-{m:06d}"}
+        if rng.random() < 0.3:
+            ev["name"] = f"会員 {m}"
+            ev["profile"] = {"email": f"member{c}-{m}@example.jp"}
+        return ev
+
+    def _track(self, c: int) -> dict[str, Any]:
+        v = self._repeat(c)
+        name = self.rng.choice(["page_view", "page_view", "add_to_cart", "search", "purchase"])
+        return {"type": "track", "veilId": self._veil(c, v), "name": name,
+                "properties": {"path": f"/items/{self.rng.randrange(5000)}", "ref": "top"}}
+
+
+def _mobile(c: int, v: int, typed: bool = False) -> str:
+    """A valid Japanese mobile number per (channel, veil); typed ones with separators."""
+    n = 20_000_000 + c * 200_000 + v % 200_000
+    return f"+81 90-{n // 10000:04d}-{n % 10000:04d}" if typed else f"+8190{n:08d}"
+
+
+def _accumulate(ws: list[float]) -> Iterator[float]:
+    total = 0.0
+    for w in ws:
+        total += w
+        yield total
+
+
+# ------------------------------------------------------------------------- publishing
+
+
+class Partitions:
+    """aiokafka's default partitioner, cached per key (murmur2 in Python is ~8 µs a key)."""
+
+    def __init__(self, partitions: int) -> None:
+        self.all = list(range(partitions))
+        self.cache: dict[bytes, int] = {}
+        self.partitioner = DefaultPartitioner()
+
+    def __call__(self, key: bytes) -> int:
+        p = self.cache.get(key)
+        if p is None:
+            p = self.cache[key] = self.partitioner(key, self.all, self.all)
+        return p
+
+
+def fast_producer(bootstrap: str, linger_ms: int = 20) -> AIOKafkaProducer:
+    # tansu rejects idempotent producers (DESIGN.md).
+    return AIOKafkaProducer(
+        bootstrap_servers=bootstrap, enable_idempotence=False, acks=1, linger_ms=linger_ms,
+        max_batch_size=512 * 1024, max_request_size=8 * 1024 * 1024,
+    )
+
+
+async def publish_all(bootstrap: str, topic: str, events: list[tuple[str, str, bytes]]) -> float:
+    """Publish as fast as the broker takes it; the elapsed seconds."""
+    part = Partitions(PARTITIONS)
+    producer = fast_producer(bootstrap)
+    await producer.start()
+    try:
+        started = time.perf_counter()
+        pending: list[asyncio.Future[Any]] = []
+        for ch, _eid, value in events:
+            key = ch.encode()
+            pending.append(await producer.send(topic, value=value, key=key, partition=part(key)))
+            if len(pending) >= 20_000:
+                await asyncio.gather(*pending)
+                pending.clear()
+        await asyncio.gather(*pending)
+        return time.perf_counter() - started
+    finally:
+        await producer.stop()
+
+
+# ---------------------------------------------------------------------------- timing
+
+
+@dataclass
+class Stages:
+    """Wall time per stage of the batch path, by patching the module attributes that
+    batch.py / consumer.py call through (a few perf_counter calls per batch or fact)."""
+
+    seconds: defaultdict[str, float] = field(default_factory=lambda: defaultdict(float))
+    calls: Counter[str] = field(default_factory=Counter)
+    _undo: list[Callable[[], None]] = field(default_factory=list)
+
+    def patch_async(self, module: Any, name: str, label: str) -> None:
+        orig = getattr(module, name)
+
+        @functools.wraps(orig)
+        async def timed(*a: Any, **kw: Any) -> Any:
+            t = time.perf_counter()
+            try:
+                return await orig(*a, **kw)
+            finally:
+                self.seconds[label] += time.perf_counter() - t
+                self.calls[label] += 1
+
+        setattr(module, name, timed)
+        self._undo.append(lambda: setattr(module, name, orig))
+
+    def patch_sync(self, module: Any, name: str, label: str) -> None:
+        orig = getattr(module, name)
+
+        @functools.wraps(orig)
+        def timed(*a: Any, **kw: Any) -> Any:
+            t = time.perf_counter()
+            try:
+                return orig(*a, **kw)
+            finally:
+                self.seconds[label] += time.perf_counter() - t
+                self.calls[label] += 1
+
+        setattr(module, name, timed)
+        self._undo.append(lambda: setattr(module, name, orig))
+
+    def install(self) -> None:
+        from asyncpg import transaction as tx_mod
+
+        from services.domain import core
+
+        self.patch_sync(batch_mod, "_parse", "parse (orjson + pydantic)")
+        for name in ("lock_offsets", "already_applied", "load_channels"):
+            self.patch_async(repo, name, f"sql {name}")
+        self.patch_async(batch_mod, "_load", "load (keys + query + User.from_json)")
+        self.patch_async(repo, "load_users", "  of which sql load_users")
+        self.patch_sync(core, "apply", "core.apply (handlers + publish)")
+        self.patch_sync(core, "publish", "  of which publish (diff + view)")
+        for name in ("save_users", "save_identities", "save_activities", "save_merges",
+                     "save_applied", "save_outbox", "save_offsets"):
+            self.patch_async(repo, name, f"sql {name}")
+        self.patch_sync(consumer_mod, "canonical_order", "canonical_order")
+        orig_exit = tx_mod.Transaction.__aexit__
+
+        async def aexit(tx: Any, *exc: Any) -> Any:
+            t = time.perf_counter()
+            try:
+                return await orig_exit(tx, *exc)
+            finally:
+                self.seconds["COMMIT"] += time.perf_counter() - t
+                self.calls["COMMIT"] += 1
+
+        tx_mod.Transaction.__aexit__ = aexit  # type: ignore[method-assign]
+        self._undo.append(lambda: setattr(tx_mod.Transaction, "__aexit__", orig_exit))
+
+    def uninstall(self) -> None:
+        while self._undo:
+            self._undo.pop()()
+
+
+class TimedProjection(Projection):
+    """The real Projection; records fetch and apply times and stops after `target` records."""
+
+    def __init__(self, *a: Any, target: int, done: asyncio.Event, cpu: Cpu | None = None, **kw: Any) -> None:
+        super().__init__(*a, **kw)
+        self.target, self.done, self.cpu = target, done, cpu
+        self.cpu_first: dict[str, float] | None = None
+        self.consumed = 0
+        self.skipped = 0
+        self.dead = 0
+        self.assignments: list[float] = []
+        self.offsets: dict[tuple[str, int], int] = {}
+        self.applied = 0
+        self.published = 0
+        self.batches: list[tuple[float, float, int]] = []  # (start, end, records)
+        self.fetch_s = 0.0
+        getmany = self.consumer.getmany
+
+        async def timed_getmany(*a: Any, **kw: Any) -> Any:
+            t = time.perf_counter()
+            got = await getmany(*a, **kw)
+            if got and self.batches:  # fetch time once consuming, not the group join
+                self.fetch_s += time.perf_counter() - t
+            return got
+
+        self.consumer.getmany = timed_getmany  # type: ignore[method-assign]
+
+    async def apply(self, records: list[Record]) -> BatchResult:
+        if not self.batches and self.cpu:
+            self.cpu_first = self.cpu.sample()  # CPU over the consuming time, not the join
+        t = time.perf_counter()
+        result = await super().apply(records)
+        self.batches.append((t, time.perf_counter(), len(records)))
+        self.consumed += len(records)
+        self.skipped += result.skipped
+        self.dead += sum(result.dead_letters.values())
+        self.applied += result.applied
+        self.published += result.published
+        self.offsets.update(result.next_offsets)
+        if sum(self.offsets.values()) >= self.target:  # what the inbox stored, not what was fetched
+            self.done.set()
+        return result
+
+    async def seek_to_stored(self, partitions: list[TopicPartition]) -> None:
+        self.assignments.append(time.perf_counter())
+        await super().seek_to_stored(partitions)
+
+
+class Cpu:
+    """CPU seconds of this process, the broker, and every postgres process (all users
+    of the server, so concurrent work of others shows up here too)."""
+
+    def __init__(self, broker_pid: int | None) -> None:
+        self.broker_pid = broker_pid
+        self.tck = os.sysconf("SC_CLK_TCK")
+
+    def _proc(self, pid: int) -> float:
+        try:
+            parts = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            return (int(parts[11]) + int(parts[12])) / self.tck
+        except (OSError, IndexError, ValueError):
+            return 0.0
+
+    def _postgres(self) -> float:
+        total = 0.0
+        for d in os.listdir("/proc"):
+            if d.isdigit():
+                try:
+                    if Path(f"/proc/{d}/comm").read_text().strip() == "postgres":
+                        total += self._proc(int(d))
+                except OSError:
+                    pass
+        return total
+
+    def of(self, pid: int) -> float:
+        return self._proc(pid)
+
+    def sample(self) -> dict[str, float]:
+        return {
+            "python": time.process_time(),
+            "broker": self._proc(self.broker_pid) if self.broker_pid else 0.0,
+            "postgres": self._postgres(),
+            "wall": time.perf_counter(),
+        }
+
+    @staticmethod
+    def delta(a: dict[str, float], b: dict[str, float]) -> dict[str, float]:
+        wall = b["wall"] - a["wall"]
+        return {k: round((b[k] - a[k]) / wall, 2) for k in ("python", "broker", "postgres")}  # cores used
+
+
+# --------------------------------------------------------------------------- phases
+
+
+async def _exec(database_url: str, sql: str) -> None:
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+async def run_projection(
+    bootstrap: str, database_url: str, topics: Topics, schema: str, group: str, target: int,
+    batch_max: int, stages: Stages | None = None, cpu: Cpu | None = None, limit_s: float = 900.0,
+    spy: Path | None = None,
+) -> dict[str, Any]:
+    """Start a projection on a fresh schema and time it until `target` records are applied."""
+    await _exec(database_url, f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+    pool = await create_pool(database_url, schema, max_size=4)
+    try:
+        done, stop = asyncio.Event(), asyncio.Event()
+        proj = TimedProjection(pool, bootstrap, topics, group, batch_max, target=target, done=done, cpu=cpu)
+        if stages:
+            stages.install()
+        spying = await _start_py_spy(spy) if spy else None
+        started = time.perf_counter()
+        task = asyncio.create_task(proj.run(stop))
+        try:
+            await asyncio.wait_for(_first(done, task), limit_s)
+        finally:
+            finished = time.perf_counter()
+            cpu1 = cpu.sample() if cpu else None
+            if spying:
+                spying.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
+                await asyncio.wait_for(spying.wait(), 60)
+            stop.set()
+            await asyncio.wait_for(task, 60)
+            if stages:
+                stages.uninstall()
+        stored = int(await pool.fetchval("SELECT coalesce(sum(next_offset), 0) FROM inbox_offsets"))
+        counts = await pool.fetchrow(
+            """SELECT (SELECT count(*) FROM users) AS users,
+                      (SELECT count(*) FROM users WHERE type = 'member') AS members,
+                      (SELECT count(*) FROM users WHERE type = 'lead') AS leads,
+                      (SELECT count(*) FROM merges) AS merges,
+                      (SELECT count(*) FROM outbox) AS outbox,
+                      (SELECT count(*) FROM applied_events) AS applied"""
+        )
+    finally:
+        await pool.close()
+    first = proj.batches[0][0]
+    sizes = [b[2] for b in proj.batches]
+    apply_s = sum(b[1] - b[0] for b in proj.batches)
+    out = {
+        "records": int(stored),
+        "fetched": proj.consumed,
+        "skipped": proj.skipped,
+        "dead_letters": proj.dead,
+        "assignments_after_start_s": [round(a - started, 2) for a in proj.assignments],
+        "applied": proj.applied,
+        "published": proj.published,
+        "join_s": round(first - started, 2),
+        "wall_s": round(finished - started, 2),
+        "consume_s": round(finished - first, 2),
+        "eps_incl_join": round(stored / (finished - started)),
+        "eps": round(stored / (finished - first)),
+        "batches": len(sizes),
+        "batch_mean": round(statistics.fmean(sizes), 1),
+        "batch_ms_mean": round(1000 * apply_s / len(sizes), 2),
+        "apply_share": round(apply_s / (finished - first), 3),
+        "fetch_s": round(proj.fetch_s, 2),
+        "state": dict(counts) if counts else {},
+    }
+    if proj.cpu_first and cpu1:
+        out["cores_used"] = Cpu.delta(proj.cpu_first, cpu1)
+        # CPU per event: steadier than events/s when other work shares the cores
+        out["python_cpu_us_per_event"] = round(1e6 * (cpu1["python"] - proj.cpu_first["python"]) / stored, 1)
+    if stages:
+        out["stages_s"] = {k: round(v, 3) for k, v in stages.seconds.items()}
+        out["stages_us_per_event"] = {k: round(1e6 * v / stored, 1) for k, v in stages.seconds.items()}
+    return out
+
+
+async def _start_py_spy(out: Path) -> asyncio.subprocess.Process:
+    """Sample this process (Python and native frames) into `out` (collapsed stacks)."""
+    spy_bin = Path(sys.executable).with_name("py-spy")
+    proc = await asyncio.create_subprocess_exec(
+        str(spy_bin), "record", "--pid", str(os.getpid()), "--rate", "250", "--format", "raw",
+        "--nonblocking", "--output", str(out), stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )
+    await asyncio.sleep(1.0)  # attached before the consumer starts
+    return proc
+
+
+# Leaf-to-root: the first frame that matches names the sample's stage.
+SPY_STAGES: tuple[tuple[str, str], ...] = (
+    ("_parse (", "parse (orjson + pydantic)"),
+    ("load_users (", "load: sql + User.from_json"),
+    ("_keys_of (", "load: keys of facts (clean, ids)"),
+    ("_load (", "load: Directory build"),
+    ("publish (", "core: publish (diff + view)"),
+    ("apply (services/domain/core.py", "core: handlers"),
+    ("save_users (", "save_users (to_json + sql)"),
+    ("save_identities (", "save_identities"),
+    ("save_outbox (", "save_outbox"),
+    ("save_applied (", "save_applied"),
+    ("save_activities (", "save_activities"),
+    ("save_merges (", "save_merges"),
+    ("already_applied (", "already_applied"),
+    ("lock_offsets (", "lock_offsets"),
+    ("__aexit__ (asyncpg/transaction", "COMMIT"),
+    ("apply_batch (", "apply_batch: other (outbox dumps, loop)"),
+    ("aiokafka", "kafka client (fetch, decode)"),
+    ("Projection.run (", "consumer: Record build + canonical order"),
+    ("Projection.apply (", "apply_batch: other (outbox dumps, loop)"),
+    ("select (", "idle: event loop waiting"),
+)
+
+
+def summarize_py_spy(path: Path) -> dict[str, float]:
+    """Share of samples per stage of SPY_STAGES (everything else: `other`)."""
+    counts: Counter[str] = Counter()
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return {}
+    for line in lines:
+        stack, _, n = line.rpartition(" ")
+        if not n.isdigit():
+            continue
+        frames = stack.split(";")
+        label = "other"
+        for frame in reversed(frames):
+            hit = next((name for key, name in SPY_STAGES if key in frame), None)
+            if hit:
+                label = hit
+                break
+        counts[label] += int(n)
+    total = sum(counts.values()) or 1
+    return {k: round(100 * v / total, 1) for k, v in counts.most_common()}
+
+
+async def _first(done: asyncio.Event, task: asyncio.Task[None]) -> None:
+    waiter = asyncio.ensure_future(done.wait())
+    try:
+        await asyncio.wait([waiter, task], return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            task.result()  # the projection died: raise why
+            raise RuntimeError("projection stopped before all records were applied")
+    finally:
+        waiter.cancel()
+
+
+async def profile_projection(
+    bootstrap: str, database_url: str, topics: Topics, schema: str, group: str, target: int, batch_max: int,
+) -> dict[str, Any]:
+    prof = cProfile.Profile()
+    prof.enable()
+    try:
+        res = await run_projection(bootstrap, database_url, topics, schema, group, target, batch_max)
+    finally:
+        prof.disable()
+    buf = io.StringIO()
+    st = pstats.Stats(prof, stream=buf)
+    st.sort_stats("tottime").print_stats(30)
+    st.sort_stats("cumulative").print_stats(60)
+    res["profile_text"] = buf.getvalue()
+    return res
+
+
+# -- latency --------------------------------------------------------------------------
+
+SERVE_FLAG = "--serve-child"
+
+
+def serve_child() -> None:
+    """Child process: `run_service` (projection + relay) until SIGTERM, as `unifier run`."""
+    from services.runtime.service import run_service
+
+    level = os.environ.get("BENCH_SERVICE_LOG", "WARNING")  # INFO: one line per batch
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("aiokafka.consumer.group_coordinator").setLevel(logging.CRITICAL)
+    settings = Settings.from_env()
+    if gc_gen0 := int(os.environ.get("BENCH_GC_GEN0", "0")):
+        gc.set_threshold(gc_gen0, 50, 100)
+    stages_file = os.environ.get("BENCH_SERVICE_STAGES")
+    stages = Stages()
+    if stages_file:
+        stages.install()
+    started = time.perf_counter()
+    try:
+        asyncio.run(run_service(settings))
+    finally:
+        if stages_file:
+            Path(stages_file).write_text(json.dumps({
+                "wall_s": time.perf_counter() - started, "seconds": stages.seconds, "calls": stages.calls}))
+
+
+async def measure_latency(
+    bootstrap: str, database_url: str, prefix: str, schema: str, group: str, rate: int,
+    duration: float, seed: int, burst_ms: float, batch_max: int, cpu: Cpu,
+) -> dict[str, Any]:
+    topics = Topics(prefix)
+    await ensure_topics(bootstrap, prefix, PARTITIONS)
+    stream = Stream(seed + 1, tag="L")
+    n = int(rate * duration)
+    warm = list(Stream(seed + 2, channels=10, veils=1000, tag="W").events(300))
+    events = list(stream.events(n))
+    sent_at: dict[str, float] = {}
+    received: dict[str, float] = {}
+    changes = Counter[str]()
+    stages_file = Path(tempfile.mkdtemp(prefix="bench-stages-")) / "stages.json"
+
+    env = {
+        **os.environ,
+        "KAFKA_BOOTSTRAP_SERVERS": bootstrap, "DATABASE_URL": database_url,
+        "UNIFIER_TOPIC_PREFIX": prefix, "UNIFIER_CONSUMER_GROUP": group, "UNIFIER_DB_SCHEMA": schema,
+        "UNIFIER_METRICS_PORT": "0", "UNIFIER_BATCH_MAX": str(batch_max),
+        "BENCH_SERVICE_STAGES": str(stages_file),
+        "BENCH_GC_GEN0": str(gc.get_threshold()[0]),  # the service runs with the bench's GC setting
+    }
+    child = await asyncio.create_subprocess_exec(sys.executable, str(SELF), SERVE_FLAG, env=env, cwd=ROOT)
+    reader = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
+                              fetch_max_wait_ms=5, max_partition_fetch_bytes=4 * 1024 * 1024)
+    producer = fast_producer(bootstrap, linger_ms=1)
+    part = Partitions(PARTITIONS)
+    stop_reading = asyncio.Event()
+
+    async def read() -> None:
+        while not stop_reading.is_set():
+            got = await reader.getmany(timeout_ms=50, max_records=10_000)
+            now = time.perf_counter()
+            for msgs in got.values():
+                for m in msgs:
+                    if m.value is None:
+                        continue
+                    body = orjson.loads(m.value)
+                    cause = body.get("causationId")
+                    if cause in sent_at and cause not in received:
+                        received[cause] = now
+                        changes[body["change"]] += 1
+
+    try:
+        await reader.start()
+        tps = [TopicPartition(topics.user_changed, p) for p in range(PARTITIONS)]
+        reader.assign(tps)
+        await reader.seek_to_beginning(*tps)
+        await producer.start()
+        reading = asyncio.create_task(read())
+
+        # Warm up: the child's group join (~5 s on tansu) and first batches are not latency.
+        for ch, eid, value in warm:
+            sent_at[eid] = time.perf_counter()
+            await producer.send(topics.sdk_events, value=value, key=ch.encode(), partition=part(ch.encode()))
+        await producer.flush()
+        deadline = time.monotonic() + 90
+        while not any(e in received for _c, e, _v in warm):
+            if child.returncode is not None:
+                raise RuntimeError(f"service exited with {child.returncode}")
+            if time.monotonic() > deadline:
+                raise TimeoutError("service did not publish user-changed for the warm-up")
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(1.0)
+        for _c, e, _v in warm:
+            sent_at.pop(e, None)
+            received.pop(e, None)
+        changes.clear()
+
+        # Paced: a small burst every `burst_ms`, on a fixed schedule (no drift).
+        cpu0, child0 = cpu.sample(), cpu.of(child.pid)
+        per_burst = max(1, round(rate * burst_ms / 1000))
+        interval = per_burst / rate
+        started = time.perf_counter()
+        late = 0
+        for k in range(0, n, per_burst):
+            due = started + (k // per_burst) * interval
+            delay = due - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            elif delay < -0.05:
+                late += 1
+            for ch, eid, value in events[k:k + per_burst]:
+                key = ch.encode()
+                sent_at[eid] = time.perf_counter()
+                await producer.send(topics.sdk_events, value=value, key=key, partition=part(key))
+        await producer.flush()
+        publish_s = time.perf_counter() - started
+
+        # Drain: every fact applied, the outbox empty, then a quiet second on user-changed.
+        conn = await asyncpg.connect(database_url, server_settings={"search_path": schema})
+        try:
+            deadline = time.monotonic() + 120
+            while True:
+                applied = await conn.fetchval(
+                    "SELECT coalesce(sum(next_offset), 0) FROM inbox_offsets WHERE topic = $1", topics.sdk_events)
+                backlog = await conn.fetchval("SELECT count(*) FROM outbox")
+                if applied >= n + len(warm) and backlog == 0:
+                    break
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"not drained: applied {applied}/{n + len(warm)}, outbox {backlog}")
+                await asyncio.sleep(0.1)
+            drained_s = time.perf_counter() - started
+            cpu1, child1 = cpu.sample(), cpu.of(child.pid)
+        finally:
+            await conn.close()
+        seen = -1
+        while seen != len(received):
+            seen = len(received)
+            await asyncio.sleep(1.0)
+        stop_reading.set()
+        await reading
+    finally:
+        await producer.stop()
+        await reader.stop()
+        if child.returncode is None:
+            child.send_signal(signal.SIGTERM)  # run_service stops cleanly on SIGTERM
+            try:
+                await asyncio.wait_for(child.wait(), 60)
+            except TimeoutError:
+                child.kill()
+                await child.wait()
+
+    lat = sorted(1000 * (received[e] - sent_at[e]) for e in received)
+    service_stages = _read_and_remove(stages_file)
+    return {
+        "service_stages_s": service_stages and {k: round(v, 3) for k, v in service_stages["seconds"].items()},
+        "events": n,
+        "target_rate": rate,
+        "achieved_rate": round(n / publish_s),
+        "publish_s": round(publish_s, 2),
+        "late_bursts": late,
+        "drained_after_s": round(drained_s, 2),
+        "measured": len(lat),
+        "changes": dict(changes),
+        "p50_ms": round(_pct(lat, 50), 1),
+        "p95_ms": round(_pct(lat, 95), 1),
+        "p99_ms": round(_pct(lat, 99), 1),
+        "max_ms": round(lat[-1], 1) if lat else None,
+        "mean_ms": round(statistics.fmean(lat), 1) if lat else None,
+        "cores_used": {**Cpu.delta(cpu0, cpu1), "service": round((child1 - child0) / (cpu1["wall"] - cpu0["wall"]), 2)},
+    }
+
+
+def _read_and_remove(path: Path) -> Any:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        data = None
+    with contextlib.suppress(OSError):
+        path.unlink()
+        path.parent.rmdir()
+    return data
+
+
+def _pct(xs: list[float], p: float) -> float:
+    if not xs:
+        return float("nan")
+    k = min(len(xs) - 1, max(0, round(p / 100 * len(xs) + 0.5) - 1))  # nearest rank
+    return xs[k]
+
+
+# ------------------------------------------------------------------------------ main
+
+
+async def main(args: argparse.Namespace) -> dict[str, Any]:
+    run = f"{os.getpid():x}{int(time.time()) % 100000:x}"
+    db = args.database_url
+    results: dict[str, Any] = {
+        "args": {k: v for k, v in vars(args).items()},
+        "machine": {"cpus": os.cpu_count(), "loadavg_before": os.getloadavg()},
+    }
+    schemas = [f"bench_{run}_{s}" for s in ("batch", "naive", "lat", "prof")]
+    with tempfile.TemporaryDirectory(prefix="bench-tansu-") as tmp:
+        broker = EmbeddedBroker(Path(tmp))
+        bootstrap = await broker.start()
+        try:
+            cpu = Cpu(broker.pid)
+            prefix = f"b{run}."
+            topics = Topics(prefix)
+            await ensure_topics(bootstrap, prefix, PARTITIONS)
+
+            t = time.perf_counter()
+            stream = Stream(args.seed)
+            events = list(stream.events(args.events))
+            gen_s = time.perf_counter() - t
+            pub_s = await publish_all(bootstrap, topics.sdk_events, events)
+            results["stream"] = {
+                "events": len(events), "kinds": dict(stream.kinds), "channels": len(stream.channels),
+                "veil_pool": sum(stream.pool), "veils_seen": sum(len(s) for s in stream.seen),
+                "members_known": sum(len(m) for m in stream.known_members),
+                "generate_s": round(gen_s, 2), "publish_s": round(pub_s, 2),
+                "publish_eps": round(len(events) / pub_s),
+                "bytes_mean": round(statistics.fmean(len(v) for _c, _e, v in events)),
+            }
+            _say(f"published {len(events):,} events in {pub_s:.1f} s ({len(events) / pub_s:,.0f}/s)")
+            del events
+
+            stages = None if args.py_spy else Stages()  # one profiler at a time
+            spy = RESULTS.parent / "projection.py-spy.txt" if args.py_spy else None
+            results["batch"] = await run_projection(
+                bootstrap, db, topics, schemas[0], f"bench-{run}-batch", args.events, args.batch_max,
+                stages=stages, cpu=cpu, spy=spy,
+            )
+            if spy:
+                results["batch"]["py_spy_percent"] = summarize_py_spy(spy)
+            b = results["batch"]
+            _say(f"batched: {b['eps']:,} events/s ({b['records']:,} in {b['consume_s']} s after a {b['join_s']} s join)")
+
+            if args.naive_events:
+                results["naive"] = await run_projection(
+                    bootstrap, db, topics, schemas[1], f"bench-{run}-naive", min(args.naive_events, args.events), 1,
+                    cpu=cpu,
+                )
+                _say(f"naive: {results['naive']['eps']:,} events/s")
+                results["ratio"] = round(b["eps"] / results["naive"]["eps"], 1)
+
+            if args.profile:
+                results["profile"] = await profile_projection(
+                    bootstrap, db, topics, schemas[3], f"bench-{run}-prof", min(args.profile, args.events), args.batch_max,
+                )
+                _say(f"profiled {results['profile']['records']:,} records")
+
+            if args.duration > 0:
+                results["latency"] = await measure_latency(
+                    bootstrap, db, f"l{run}.", schemas[2], f"bench-{run}-lat", args.rate, args.duration, args.seed,
+                    args.burst_ms, args.batch_max, cpu,
+                )
+        finally:
+            await broker.stop()
+            if not args.keep:
+                for s in schemas:
+                    with contextlib.suppress(Exception):
+                        await _exec(db, f"DROP SCHEMA IF EXISTS {s} CASCADE")
+    return results
+
+
+def _say(msg: str) -> None:
+    print(f"[bench] {msg}", file=sys.stderr, flush=True)
+
+
+def report(r: dict[str, Any]) -> str:
+    lines: list[str] = []
+    s, b = r["stream"], r["batch"]
+    lines.append(f"stream: {s['events']:,} events, {s['channels']} channels, {s['veils_seen']:,} veils seen "
+                 f"(pool {s['veil_pool']:,}), {s['members_known']:,} members; "
+                 + ", ".join(f"{k} {100 * v / s['events']:.0f}%" for k, v in sorted(s["kinds"].items())))
+    lines.append(f"published in {s['publish_s']} s ({s['publish_eps']:,}/s), {s['bytes_mean']} B/event mean")
+    m = r["machine"]
+    lines.append(f"machine: {m['cpus']} CPUs, load average {m['loadavg_before'][0]:.2f} before the run "
+                 "(other work on the cores lowers every figure: compare CPU µs/event too)")
+    lines.append("")
+    rows = [("figure", "measured", "target", "ok")]
+    rows.append(("batched projection, events/s", f"{b['eps']:,}", f">= {TARGET_EPS:,}", _ok(b["eps"] >= TARGET_EPS)))
+    rows.append(("  incl. consumer-group join", f"{b['eps_incl_join']:,}", "", ""))
+    if "naive" in r:
+        rows.append(("naive (1 tx/message), events/s", f"{r['naive']['eps']:,}", "", ""))
+        rows.append(("ratio batched / naive", f"{r['ratio']}x", f">= {TARGET_RATIO:.0f}x", _ok(r["ratio"] >= TARGET_RATIO)))
+    if "latency" in r:
+        la = r["latency"]
+        rows.append((f"latency @ {la['target_rate']:,}/s (achieved {la['achieved_rate']:,}/s) p50", f"{la['p50_ms']} ms", "", ""))
+        rows.append(("  p95", f"{la['p95_ms']} ms", "", ""))
+        rows.append(("  p99", f"{la['p99_ms']} ms", f"< {TARGET_P99_MS:.0f} ms", _ok(la["p99_ms"] < TARGET_P99_MS)))
+        rows.append(("  max", f"{la['max_ms']} ms", "", ""))
+    w = [max(len(row[i]) for row in rows) for i in range(4)]
+    for i, row in enumerate(rows):
+        lines.append("  ".join(c.ljust(w[j]) for j, c in enumerate(row)).rstrip())
+        if i == 0:
+            lines.append("  ".join("-" * x for x in w))
+    lines.append("")
+    lines.append(f"batched: {b['batches']} batches, mean {b['batch_mean']} records, {b['batch_ms_mean']} ms each; "
+                 f"apply {100 * b['apply_share']:.0f}% of the time, fetch {b['fetch_s']} s; "
+                 f"cores used {b.get('cores_used')}; Python CPU {b.get('python_cpu_us_per_event')} µs/event")
+    lines.append(f"fetched {b['fetched']:,} records for {b['records']:,} offsets ({b['skipped']:,} skipped as already applied; "
+                 f"assignments at {b['assignments_after_start_s']} s); {b['dead_letters']} dead letters")
+    lines.append(f"state: {b['state']}")
+    if "naive" in r:
+        n = r["naive"]
+        lines.append(f"naive: {n['records']:,} records in {n['consume_s']} s, {n['batch_ms_mean']} ms per message; "
+                     f"cores used {n.get('cores_used')}")
+    if "latency" in r:
+        la = r["latency"]
+        lines.append(f"latency: {la['measured']:,} user-changed measured of {la['events']:,} facts "
+                     f"({la['changes']}); drained {la['drained_after_s']} s after start; late bursts {la['late_bursts']}")
+        lines.append(f"latency run cores used (python = this driver): {la['cores_used']}")
+        if la.get("service_stages_s"):
+            lines.append("service stages during the latency run (wall s, incl. warm-up): " + ", ".join(
+                f"{k} {v}" for k, v in sorted(la["service_stages_s"].items(), key=lambda kv: -kv[1]) if v >= 0.05))
+    if "stages_s" in b:
+        lines.append("")
+        lines.append(f"batch path by stage (wall, {b['records']:,} records, {b['consume_s']} s):")
+        total = b["consume_s"]
+        for k in _stage_order(b["stages_s"]):
+            v = b["stages_s"][k]
+            lines.append(f"  {k:<42} {v:8.2f} s  {100 * v / total:5.1f}%  {b['stages_us_per_event'][k]:7.1f} µs/event")
+    if "py_spy_percent" in b:
+        lines.append("")
+        lines.append(f"batch path by py-spy samples (% of samples of this process while not idle, {b['wall_s']} s run):")
+        for k, v in b["py_spy_percent"].items():
+            lines.append(f"  {k:<42} {v:5.1f}%")
+    return "\n".join(lines)
+
+
+# Nested timers ("  of which …") print under the stage that contains them.
+_PARENT = {"  of which publish (diff + view)": "core.apply (handlers + publish)",
+           "  of which sql load_users": "load (keys + query + User.from_json)"}
+
+
+def _stage_order(stages: dict[str, float]) -> list[str]:
+    order: list[str] = []
+    for k, _v in sorted(stages.items(), key=lambda kv: -kv[1]):
+        if k in _PARENT:
+            continue
+        order.append(k)
+        order.extend(c for c, parent in _PARENT.items() if parent == k and c in stages)
+    return order
+
+
+def _ok(flag: bool) -> str:
+    return "yes" if flag else "NO"
+
+
+def cli() -> None:
+    if SERVE_FLAG in sys.argv:
+        serve_child()
+        return
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--events", type=int, default=100_000, help="events pre-published for the throughput run (default 100000)")
+    p.add_argument("--naive-events", type=int, default=3_000, help="events for the naive baseline (0: skip; default 3000)")
+    p.add_argument("--rate", type=int, default=5_000, help="events/s for the latency run (default 5000)")
+    p.add_argument("--duration", type=float, default=20.0, help="seconds of paced publishing (0: skip latency; default 20)")
+    p.add_argument("--burst-ms", type=float, default=10.0, help="pacing interval of the latency producer (default 10 ms)")
+    p.add_argument("--batch-max", type=int, default=Settings().batch_max, help="projection getmany max_records")
+    p.add_argument("--profile", type=int, default=0, metavar="N", help="also run N events under cProfile and print the top functions")
+    p.add_argument("--py-spy", action="store_true", help="sample the throughput run with py-spy (instead of the stage timers)")
+    p.add_argument("--gc-gen0", type=int, default=0, metavar="N",
+                   help="gc.set_threshold(N, 50, 100) for the projection and the service (default: Python's 700)")
+    p.add_argument("--seed", type=int, default=20260101)
+    p.add_argument("--database-url", default=os.environ.get("DATABASE_URL") or LOCAL_POSTGRES)
+    p.add_argument("--keep", action="store_true", help="keep the bench_* schemas for inspection")
+    p.add_argument("--output", type=Path, default=RESULTS)
+    args = p.parse_args()
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # The projection's Kafka offset commits are hints; tansu drops them at consumer stop.
+    logging.getLogger("aiokafka.consumer.group_coordinator").setLevel(logging.CRITICAL)
+    if args.gc_gen0:
+        gc.set_threshold(args.gc_gen0, 50, 100)
+    started = time.perf_counter()
+    results = asyncio.run(main(args))
+    results["runtime_s"] = round(time.perf_counter() - started, 1)
+    text = report(results)
+    print(text)
+    if "profile" in results:
+        print("\ncProfile of the batch path:\n" + results["profile"]["profile_text"])
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(results, indent=2, default=str))
+    print(f"\n{results['runtime_s']} s; results in {args.output}")
+
+
+if __name__ == "__main__":
+    cli()

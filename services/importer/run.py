@@ -1,0 +1,327 @@
+"""One import, end to end: check the file and the mapping, take the channel's import
+lock (I12), publish `import.started`, the rows and `import.finished`, wait until the
+running service has applied them, and report (I15).
+
+The importId names the import's content and settings, so that importing the same file
+again after the importer was killed resumes that import: its rows carry the same
+eventIds (`{importId}:{rowNumber}`), and the projection skips those it already applied.
+Once an import has completed, the same file imported again is a new import
+(`{base}-2`, `-3`, …): staff re-import on purpose, and every row is applied again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import getpass
+import hashlib
+import os
+import secrets
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import asyncpg
+import orjson
+
+from contracts.topics import Topics
+from services.domain.imports import MappingError
+from services.runtime.config import Settings
+from services.runtime.embedded import infrastructure
+from services.runtime.topics import ensure_topics
+from services.store import import_log
+from services.store.pool import create_pool
+
+from . import csvfile
+from .failures import write_failures_file
+from .mapping import Plan, plan
+from .producer import ImportProducer
+
+# Fault injection for the crash tests: after publishing this many rows the importer
+# hangs (rows flushed, lease still renewed) until it is killed. Never set in production.
+STALL_ENV = "UNIFIER_IMPORT_STALL_AFTER_ROWS"
+
+DEFAULT_TIMEOUT_S = 600.0
+DEFAULT_LEASE_S = 30.0
+_PROGRESS_EVERY_S = 2.0
+_MAX_TAG = 128
+
+
+class ImportRefused(Exception):
+    """Exit 2: nothing was published (I12, I13, a mapping error)."""
+
+
+class ImportNotApplied(Exception):
+    """Exit 3: the rows were published but not all applied in time."""
+
+    def __init__(self, message: str, result: ImportResult) -> None:
+        super().__init__(message)
+        self.result = result
+
+
+@dataclass(frozen=True, slots=True)
+class ImportRequest:
+    path: Path
+    channel: str
+    mode: str  # member | lead
+    key: str | None = None  # email | mobileNumber (lead imports)
+    maps: tuple[str, ...] = ()
+    blank: str = "keep"
+    tag: str | None = None
+    failures: Path | None = None
+    actor: str = field(default_factory=lambda: _default_actor())
+    timeout_s: float = DEFAULT_TIMEOUT_S
+    lease_s: float = DEFAULT_LEASE_S
+
+
+@dataclass(frozen=True, slots=True)
+class ImportResult:
+    import_id: str
+    created: int
+    updated: int
+    failed: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"importId": self.import_id, "created": self.created, "updated": self.updated, "failed": self.failed}
+
+
+def _default_actor() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def import_base_id(channel: str, digest: str, p: Plan, blank: str, tag: str | None) -> str:
+    """The same file with the same settings in the same channel names the same import."""
+    h = hashlib.sha256()
+    columns = [c.to_json() for c in p.columns]
+    for part in (channel, p.mode, p.key, blank, tag or "", digest, orjson.dumps(columns).decode()):
+        h.update(part.encode())
+        h.update(b"\x1f")
+    return "imp_" + h.hexdigest()[:24]
+
+
+async def run_import(settings: Settings, req: ImportRequest, *, progress: IO[str] | None = None) -> ImportResult:
+    """Run one import; raises ImportRefused (exit 2) or ImportNotApplied (exit 3)."""
+    if not req.channel.strip():
+        raise ImportRefused("--channel must name a channel")
+    tag = req.tag.strip() if req.tag is not None else None
+    if tag is not None and not 0 < len(tag) <= _MAX_TAG:
+        raise ImportRefused(f"--tag must be 1 to {_MAX_TAG} characters")
+    try:
+        facts = await asyncio.to_thread(csvfile.inspect, req.path)
+        headers = csvfile.header(req.path)
+    except csvfile.FileRefused as err:
+        raise ImportRefused(str(err)) from None
+    async with infrastructure(settings) as (bootstrap, database_url):
+        pool = await create_pool(database_url, settings.db_schema, max_size=3)
+        try:
+            declared = await pool.fetchval("SELECT field_types FROM channels WHERE channel_id = $1", req.channel)
+            try:
+                mapping = plan(headers, req.maps, req.mode, req.key, dict(declared or {}))
+            except MappingError as err:
+                raise ImportRefused(err.reason) from None
+            run = _Run(settings, req, pool, bootstrap, mapping, tag, len(headers), progress)
+            return await run.execute(import_base_id(req.channel, facts.sha256, mapping, req.blank, tag))
+        finally:
+            await pool.close()
+
+
+class _Run:
+    def __init__(
+        self, settings: Settings, req: ImportRequest, pool: asyncpg.Pool, bootstrap: str, mapping: Plan,
+        tag: str | None, width: int, progress: IO[str] | None,
+    ) -> None:
+        self.settings, self.req, self.pool, self.bootstrap = settings, req, pool, bootstrap
+        self.mapping, self.tag, self.width, self.progress = mapping, tag, width, progress
+        self.channel = req.channel
+        self.read = 0
+        self.started_at = time.monotonic()
+        self.deadline = self.started_at + req.timeout_s
+        self.last_report = self.started_at
+        self.finished_sent = False
+        self.lock_lost = False
+
+    # -- the steps ---------------------------------------------------------------------
+    async def execute(self, base_id: str) -> ImportResult:
+        self.import_id = await self._choose_id(base_id)
+        attempt = _now_ms()
+        self.finished_event = f"{self.import_id}:finished:{attempt}"
+        owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        self.owner = owner
+        async with self.pool.acquire() as conn:
+            taken, holder = await import_log.acquire_lock(
+                conn, self.channel, self.import_id, owner, self.req.actor, self.finished_event,
+                int(self.req.lease_s * 1000),
+            )
+        if not taken:
+            assert holder is not None
+            raise ImportRefused(
+                f"another import is running in channel {self.channel!r}: {holder.import_id} by {holder.actor},"
+                f" {holder.published} rows published; one import at a time per channel (I12)."
+                f" If its importer was stopped, its lock expires in {max(holder.expires_in_s, 0):.0f} s"
+            )
+        topics = Topics(self.settings.topic_prefix)
+        producer = ImportProducer(self.bootstrap, topics.import_rows, self.channel)
+        started_sent = False
+        heartbeat: asyncio.Task[None] | None = None
+        try:
+            await ensure_topics(self.bootstrap, self.settings.topic_prefix, self.settings.partitions)
+            await producer.start()
+            await import_log.purge_failures(self.pool, _now_ms())
+            if holder is not None:  # its importer died: close that attempt (U: abandoned)
+                await producer.send_now(self._finished(holder.import_id, holder.release_event, holder.published, True))
+            await producer.send_now(self._started(f"{self.import_id}:started:{attempt}", attempt))
+            started_sent = True
+            heartbeat = asyncio.create_task(self._heartbeat())
+            rows = await self._publish_rows(producer)
+            await producer.send_now(self._finished(self.import_id, self.finished_event, rows, False))
+            self.finished_sent = True
+            self.rows = rows
+            result = await self._wait()
+        except BaseException:
+            if started_sent and not self.finished_sent:
+                # Interrupted mid-import: say so on the log, so the lock is released when
+                # the service reaches this point (and a re-run resumes the import).
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(
+                        producer.send_now(self._finished(self.import_id, self.finished_event, self.read, True))
+                    )
+            elif not started_sent:
+                with contextlib.suppress(Exception):
+                    await import_log.release_lock(self.pool, self.channel, owner)
+            raise
+        finally:
+            if heartbeat is not None:
+                heartbeat.cancel()
+                with contextlib.suppress(BaseException):
+                    await heartbeat
+            with contextlib.suppress(Exception):
+                await producer.stop()
+        if self.req.failures is not None:
+            await write_failures_file(self.pool, self.channel, self.import_id, self.mapping.keys, self.req.failures)
+        return result
+
+    async def _choose_id(self, base_id: str) -> str:
+        """A completed import is not resumed: the same file again is the next generation."""
+        statuses = await import_log.imports_like(self.pool, self.channel, base_id)
+        generation = 1
+        while True:
+            candidate = base_id if generation == 1 else f"{base_id}-{generation}"
+            if statuses.get(candidate) != "completed":
+                return candidate
+            generation += 1
+
+    async def _publish_rows(self, producer: ImportProducer) -> int:
+        prefix = f"{self.import_id}:"
+        pairs = list(zip(self.mapping.positions, self.mapping.keys, strict=True))
+        reach = max(self.mapping.positions) + 1
+        width, channel, import_id = self.width, self.channel, self.import_id
+        now = _now_ms()
+        stall = int(os.environ.get(STALL_ENV) or 0)
+        for number, cells in csvfile.records(self.req.path):
+            if stall and self.read == stall:
+                await producer.flush()
+                await asyncio.Event().wait()
+            n = len(cells)
+            if n >= reach:
+                mapped = {key: cells[i] for i, key in pairs}
+            else:
+                mapped = {key: cells[i] if i < n else "" for i, key in pairs}
+            msg: dict[str, Any] = {
+                "eventId": prefix + str(number), "type": "import.row", "channelId": channel,
+                "occurredAt": now, "importId": import_id, "rowNumber": number, "cells": mapped,
+            }
+            if n > width and any(c.strip() for c in cells[width:]):
+                msg["rowError"] = (
+                    f"the row has {n} cells but the header names {width} columns;"
+                    " a cell with a comma must be quoted"
+                )
+            value = orjson.dumps(msg)
+            if not producer.add(value):
+                await producer.ship()
+                if not producer.add(value):
+                    msg["cells"], msg["rowError"] = {}, f"the row is too large to import ({len(value)} bytes)"
+                    await producer.add_row(orjson.dumps(msg))
+                if self.lock_lost:
+                    raise ImportNotApplied("the import lock was lost (the importer stalled past its lease)", self._result(None))
+                now = _now_ms()
+                await self._report(None)
+            self.read += 1
+        await producer.flush()
+        return self.read
+
+    async def _wait(self) -> ImportResult:
+        interval = 0.02
+        while True:
+            record = await import_log.import_record(self.pool, self.channel, self.import_id)
+            if record is not None and record["finished_event_id"] == self.finished_event:
+                await self._report(record, final=True)
+                return self._result(record)
+            if time.monotonic() >= self.deadline:
+                raise ImportNotApplied(
+                    f"not all rows were applied within {self.req.timeout_s:g} s; is `unifier run` running?"
+                    f" The import goes on when the service applies it: see `unifier import log {self.channel}`",
+                    self._result(record),
+                )
+            await self._report(record)
+            await asyncio.sleep(interval)
+            interval = min(interval * 1.5, 0.5)
+
+    async def _heartbeat(self) -> None:
+        """Renew the lease while this importer lives (I12); a killed importer stops."""
+        every = max(self.req.lease_s / 3, 0.05)
+        while True:
+            await asyncio.sleep(every)
+            try:
+                held = await import_log.renew_lock(self.pool, self.channel, self.owner, self.read)
+            except (OSError, asyncpg.PostgresError):
+                continue
+            if not held and not self.finished_sent:
+                self.lock_lost = True
+
+    # -- messages and reports ----------------------------------------------------------
+    def _started(self, event_id: str, at: int) -> bytes:
+        return orjson.dumps({
+            "eventId": event_id, "type": "import.started", "channelId": self.channel, "occurredAt": at,
+            "importId": self.import_id, "mode": self.mapping.mode, "key": self.mapping.key,
+            "blank": self.req.blank, "tag": self.tag, "actor": self.req.actor,
+            "fileName": self.req.path.name, "columns": [c.to_json() for c in self.mapping.columns],
+        })
+
+    def _finished(self, import_id: str, event_id: str, rows: int, abandoned: bool) -> bytes:
+        return orjson.dumps({
+            "eventId": event_id, "type": "import.finished", "channelId": self.channel,
+            "occurredAt": _now_ms(), "importId": import_id, "rows": rows, "abandoned": abandoned,
+        })
+
+    def _result(self, record: dict[str, Any] | None) -> ImportResult:
+        if record is None:
+            return ImportResult(self.import_id, 0, 0, 0)
+        return ImportResult(self.import_id, record["created"], record["updated"], record["failed"])
+
+    async def _report(self, record: dict[str, Any] | None, final: bool = False) -> None:
+        """Progress on stderr for imports that take a while: rows read, applied, rate."""
+        if self.progress is None:
+            return
+        now = time.monotonic()
+        if now - self.last_report < _PROGRESS_EVERY_S and not (final and now - self.started_at >= _PROGRESS_EVERY_S):
+            return
+        self.last_report = now
+        elapsed = max(now - self.started_at, 1e-6)
+        if record is None:
+            record = await import_log.import_record(self.pool, self.channel, self.import_id)
+        applied = 0 if record is None else record["created"] + record["updated"] + record["failed"]
+        print(
+            f"unifier import {self.import_id}: {self.read} rows read, {applied} applied"
+            f" ({applied / elapsed:,.0f} rows/s applied, {elapsed:.1f} s)",
+            file=self.progress,
+            flush=True,
+        )

@@ -1,0 +1,289 @@
+"""The import log, failed rows and the per-channel import lock in PostgreSQL (I12, I15,
+I16, I17).
+
+Two sides use it. The projection loads the import book for a batch (`prepare`) and
+writes it back in the batch's transaction (`save`), so counts, failed rows and the lock
+release commit with the users they describe. The importer and the `unifier import`
+commands take and renew the lock and read the log.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import orjson
+
+from services.domain.channel import ChannelSettings
+from services.domain.core import Fact
+from services.domain.directory import Directory
+from services.domain.imports import (
+    Column,
+    Finished,
+    ImportBook,
+    ImportChannel,
+    ImportDef,
+    MuBudget,
+    Started,
+    mu_visible,
+)
+
+FAILURES_KEPT_MS = 30 * 24 * 60 * 60 * 1000  # I15: failed rows downloadable for 30 days
+
+# ------------------------------------------------------------------------- projection
+
+
+async def prepare(
+    conn: asyncpg.Connection, facts: Iterable[Fact], settings: dict[str, ChannelSettings], directory: Directory,
+) -> ImportBook | None:
+    """The import book of a batch, attached to the settings of every channel that has
+    import facts in it; None when the batch has none."""
+    wanted: set[tuple[str, str]] = set()
+    rows_in: set[str] = set()
+    for fact in facts:
+        if fact.msg.type.startswith("import."):
+            wanted.add((fact.channel_id, fact.msg.importId))
+            if fact.msg.type == "import.row":
+                rows_in.add(fact.channel_id)
+    if not wanted:
+        return None
+    book = ImportBook()
+    pairs = sorted(wanted)
+    for r in await conn.fetch(
+        """SELECT i.channel_id, i.import_id, i.mode, i.key, i.blank, i.tag, i.columns FROM imports i
+             JOIN unnest($1::text[], $2::text[]) AS w(c, i) ON i.channel_id = w.c AND i.import_id = w.i""",
+        [p[0] for p in pairs], [p[1] for p in pairs],
+    ):
+        columns = [Column(c["column"], c["key"], c["type"]) for c in r["columns"]]
+        lead_key = r["key"] if r["mode"] == "member" else r["key"].removeprefix("profile.")
+        book.definitions[(r["channel_id"], r["import_id"])] = ImportDef.build(
+            r["channel_id"], r["import_id"], r["mode"], lead_key, r["blank"], r["tag"], columns
+        )
+    limited = sorted(ch for ch in rows_in if settings[ch].mu_limit is not None)
+    if limited:
+        counts = dict(
+            await conn.fetch(
+                """SELECT channel_id, count(*) FROM users
+                    WHERE channel_id = ANY($1::text[]) AND type <> 'anonymous' AND NOT deleted
+                      AND merged_into IS NULL AND NOT blocked AND NOT masked
+                    GROUP BY channel_id""",
+                limited,
+            )
+        )
+        for ch in limited:
+            visible = frozenset(u.id for u in directory.users() if u.channel_id == ch and mu_visible(u))
+            book.budgets[ch] = MuBudget(settings[ch].mu_limit or 0, counts.get(ch, 0), visible)
+    for ch in {c for c, _ in wanted}:
+        s = settings[ch]
+        settings[ch] = ImportChannel(s.channel_id, s.member_hash_secret, s.mu_limit, s.field_types, book)
+    return book
+
+
+async def save(conn: asyncpg.Connection, book: ImportBook) -> None:
+    """Write what the batch's import facts did, in the batch's transaction: starts and
+    finishes in the order they were applied (a resumed attempt may follow the finish of
+    the one before it in the same batch), then the rows' counts and failures."""
+    for event in book.events:
+        if isinstance(event, Started):
+            await _save_started(conn, event)
+        else:
+            await _save_finished(conn, event)
+    if book.tallies:
+        await _save_tallies(conn, book)
+
+
+async def _save_started(conn: asyncpg.Connection, s: Started) -> None:
+    d = s.definition
+    await conn.execute(
+        """INSERT INTO imports AS i (channel_id, import_id, mode, key, blank, tag, actor, file_name,
+                                     columns, started_at, last_actor, last_started_at)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $7, $10)
+           ON CONFLICT (channel_id, import_id) DO UPDATE SET
+               attempts = i.attempts + 1, last_actor = EXCLUDED.last_actor,
+               last_started_at = EXCLUDED.last_started_at, status = 'running',
+               rows = NULL, finished_at = NULL, finished_event_id = NULL""",
+        d.channel_id, d.import_id, d.mode, d.key, d.blank, d.tag, s.actor, s.file_name,
+        [c.to_json() for c in d.columns], s.at,
+    )
+    if s.new_types:  # I5: declared for the channel; a type declared meanwhile stays
+        await conn.execute(
+            """INSERT INTO channels AS c (channel_id, field_types) VALUES ($1, $2)
+               ON CONFLICT (channel_id) DO UPDATE SET field_types = EXCLUDED.field_types || c.field_types""",
+            d.channel_id, s.new_types,
+        )
+
+
+async def _save_finished(conn: asyncpg.Connection, f: Finished) -> None:
+    await conn.execute(
+        """UPDATE imports SET status = $3, rows = $4, finished_at = $5, finished_event_id = $6
+            WHERE channel_id = $1 AND import_id = $2""",
+        f.channel_id, f.import_id, "abandoned" if f.abandoned else "completed", f.rows, f.at, f.event_id,
+    )
+    # Only the attempt that holds the lock releases it: a late finish of an earlier
+    # attempt must not free a lock its successor took.
+    await conn.execute("DELETE FROM import_locks WHERE channel_id = $1 AND release_event = $2", f.channel_id, f.event_id)
+
+
+async def _save_tallies(conn: asyncpg.Connection, book: ImportBook) -> None:
+    keys = sorted(book.tallies)
+    tallies = [book.tallies[k] for k in keys]
+    await conn.execute(
+        """UPDATE imports i SET created = i.created + x.c, updated = i.updated + x.u, failed = i.failed + x.f
+             FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[]) AS x(ch, id, c, u, f)
+            WHERE i.channel_id = x.ch AND i.import_id = x.id""",
+        [k[0] for k in keys], [k[1] for k in keys],
+        [t.created for t in tallies], [t.updated for t in tallies], [t.failed for t in tallies],
+    )
+    # The lease of an import lives while its rows are being applied (I12), even after
+    # its importer stopped waiting.
+    await conn.execute(
+        """UPDATE import_locks l SET lease_until = greatest(l.lease_until, now() + l.lease_ms * interval '1 millisecond')
+             FROM unnest($1::text[], $2::text[]) AS x(ch, id)
+            WHERE l.channel_id = x.ch AND l.import_id = x.id""",
+        [k[0] for k in keys], [k[1] for k in keys],
+    )
+    failures = [(k, f) for k, t in zip(keys, tallies, strict=True) for f in t.failures]
+    if failures:
+        await conn.execute(
+            """INSERT INTO import_failures (channel_id, import_id, row_number, error_columns, error_reason, cells)
+               SELECT x.ch, x.id, x.n, ARRAY(SELECT jsonb_array_elements_text(x.cols::jsonb)), x.reason, x.cells
+                 FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::jsonb[])
+                      AS x(ch, id, n, cols, reason, cells)
+               ON CONFLICT DO NOTHING""",
+            [k[0] for k, _ in failures], [k[1] for k, _ in failures], [f.row_number for _, f in failures],
+            # JSON text: asyncpg would read a list of lists as a 2-D array.
+            [orjson.dumps(f.columns).decode() for _, f in failures],
+            [f.reason for _, f in failures], [f.cells for _, f in failures],
+        )
+
+
+# -------------------------------------------------------------------------- the lock
+
+
+@dataclass(frozen=True, slots=True)
+class Holder:
+    """Who holds (or held) a channel's import lock."""
+
+    import_id: str
+    owner: str
+    actor: str
+    release_event: str
+    published: int
+    acquired_at: Any  # datetime
+    expires_in_s: float  # negative: expired
+
+
+async def acquire_lock(
+    conn: asyncpg.Connection, channel_id: str, import_id: str, owner: str, actor: str,
+    release_event: str, lease_ms: int,
+) -> tuple[bool, Holder | None]:
+    """I12: take the channel's import lock. (True, previous holder whose lease had run
+    out, or None) when taken; (False, current holder) when another import runs."""
+    async with conn.transaction():
+        inserted = await conn.fetchval(
+            """INSERT INTO import_locks (channel_id, import_id, owner, actor, release_event, lease_ms, lease_until)
+               VALUES ($1, $2, $3, $4, $5, $6::bigint, now() + $6::bigint * interval '1 millisecond')
+               ON CONFLICT (channel_id) DO NOTHING RETURNING 1""",
+            channel_id, import_id, owner, actor, release_event, lease_ms,
+        )
+        if inserted:
+            return True, None
+        row = await conn.fetchrow(
+            """SELECT import_id, owner, actor, release_event, published, acquired_at,
+                      extract(epoch FROM lease_until - now())::float8 AS expires_in_s
+                 FROM import_locks WHERE channel_id = $1 FOR UPDATE""",
+            channel_id,
+        )
+        holder = Holder(**dict(row))
+        if holder.expires_in_s > 0:
+            return False, holder
+        await conn.execute(
+            """UPDATE import_locks SET import_id = $2, owner = $3, actor = $4, release_event = $5, published = 0,
+                      lease_ms = $6::bigint, lease_until = now() + $6::bigint * interval '1 millisecond', acquired_at = now()
+                WHERE channel_id = $1""",
+            channel_id, import_id, owner, actor, release_event, lease_ms,
+        )
+        return True, holder
+
+
+async def renew_lock(conn: asyncpg.Connection | asyncpg.Pool, channel_id: str, owner: str, published: int) -> bool:
+    """The importer's heartbeat; False when the lock is no longer this owner's."""
+    return bool(
+        await conn.fetchval(
+            """UPDATE import_locks SET lease_until = greatest(lease_until, now() + lease_ms * interval '1 millisecond'),
+                      published = $3
+                WHERE channel_id = $1 AND owner = $2 RETURNING 1""",
+            channel_id, owner, published,
+        )
+    )
+
+
+async def release_lock(conn: asyncpg.Connection | asyncpg.Pool, channel_id: str, owner: str) -> None:
+    """Give the lock back before anything was published (a refusal after taking it)."""
+    await conn.execute("DELETE FROM import_locks WHERE channel_id = $1 AND owner = $2", channel_id, owner)
+
+
+async def lock_holder(conn: asyncpg.Connection | asyncpg.Pool, channel_id: str) -> Holder | None:
+    row = await conn.fetchrow(
+        """SELECT import_id, owner, actor, release_event, published, acquired_at,
+                  extract(epoch FROM lease_until - now())::float8 AS expires_in_s
+             FROM import_locks WHERE channel_id = $1""",
+        channel_id,
+    )
+    return None if row is None else Holder(**dict(row))
+
+
+# ---------------------------------------------------------------------------- the log
+
+_LOG_COLUMNS = """import_id, mode, key, blank, tag, actor, file_name, columns, started_at, attempts,
+                  last_actor, last_started_at, status, rows, finished_at, finished_event_id,
+                  created, updated, failed"""
+
+
+async def import_record(conn: asyncpg.Connection | asyncpg.Pool, channel_id: str, import_id: str) -> dict[str, Any] | None:
+    row = await conn.fetchrow(
+        f"SELECT {_LOG_COLUMNS} FROM imports WHERE channel_id = $1 AND import_id = $2", channel_id, import_id
+    )
+    return None if row is None else dict(row)
+
+
+async def imports_like(conn: asyncpg.Connection | asyncpg.Pool, channel_id: str, base_id: str) -> dict[str, str]:
+    """importId → status of the imports whose id is `base_id` or `base_id-N`."""
+    rows = await conn.fetch(
+        """SELECT import_id, status FROM imports
+            WHERE channel_id = $1 AND (import_id = $2 OR import_id LIKE $2 || '-%')""",
+        channel_id, base_id,
+    )
+    return {r[0]: r[1] for r in rows}
+
+
+async def list_imports(conn: asyncpg.Connection | asyncpg.Pool, channel_id: str, limit: int = 100) -> list[dict[str, Any]]:
+    rows = await conn.fetch(
+        f"SELECT {_LOG_COLUMNS} FROM imports WHERE channel_id = $1 ORDER BY last_started_at DESC, import_id LIMIT $2",
+        channel_id, limit,
+    )
+    return [dict(r) for r in rows]
+
+
+async def failed_rows(
+    conn: asyncpg.Connection, channel_id: str, import_id: str, prefetch: int = 2000,
+) -> AsyncIterator[tuple[int, Sequence[str], str, dict[str, str]]]:
+    """(rowNumber, errorColumns, errorReason, cells) in row order; needs a transaction."""
+    async for r in conn.cursor(
+        """SELECT row_number, error_columns, error_reason, cells FROM import_failures
+            WHERE channel_id = $1 AND import_id = $2 ORDER BY row_number""",
+        channel_id, import_id, prefetch=prefetch,
+    ):
+        yield r[0], r[1], r[2], r[3]
+
+
+async def purge_failures(conn: asyncpg.Connection | asyncpg.Pool, now_ms: int) -> None:
+    """I15: failed rows are kept 30 days after their import finished."""
+    await conn.execute(
+        """DELETE FROM import_failures f USING imports i
+            WHERE f.channel_id = i.channel_id AND f.import_id = i.import_id
+              AND i.finished_at IS NOT NULL AND i.finished_at < $1""",
+        now_ms - FAILURES_KEPT_MS,
+    )

@@ -1,0 +1,43 @@
+"""Shared fixtures; the logic lives in tests/support/infra.py."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+import pytest_asyncio
+
+from services.runtime.config import Settings
+from tests.support.infra import (
+    Infra,
+    drop_schema,
+    isolated_settings,
+    schema_pool,
+    session_infrastructure,
+)
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def infra(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Infra]:
+    """The session's broker and PostgreSQL (started on first use, stopped at the end)."""
+    async with session_infrastructure(tmp_path_factory.mktemp("infra")) as found:
+        yield found
+
+
+@pytest_asyncio.fixture
+async def settings(infra: Infra, tmp_path: Path) -> AsyncIterator[Settings]:
+    """Settings with this test's own topic prefix, consumer group and schema; the schema
+    is dropped afterwards whoever created it."""
+    isolated = isolated_settings(infra, tmp_path)
+    yield isolated
+    await drop_schema(infra.database_url, isolated.db_schema)
+
+
+@pytest_asyncio.fixture
+async def db(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
+    """A pool on this test's schema (`search_path`), dropped with it afterwards."""
+    assert settings.database_url is not None
+    async with schema_pool(settings.database_url, settings.db_schema) as pool:
+        yield pool
