@@ -7,14 +7,22 @@ the same member compute the same id (the primary key then fences them, G3).
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 
 _NAMESPACE = uuid.UUID("5b0c6f5e-3d0a-4a8e-9a51-6e1f0c2d7a11")
 _SEP = "\x1f"
 
 
+_NS = _NAMESPACE.bytes
+
+
 def _name_uuid(*parts: str) -> str:
-    return uuid.uuid5(_NAMESPACE, _SEP.join(parts)).hex
+    """`uuid.uuid5(_NAMESPACE, name).hex` without the UUID objects (~1 µs against ~5 µs)."""
+    h = bytearray(hashlib.sha1(_NS + _SEP.join(parts).encode()).digest()[:16])
+    h[6] = (h[6] & 0x0F) | 0x50  # version 5
+    h[8] = (h[8] & 0x3F) | 0x80  # RFC 4122 variant
+    return h.hex()
 
 
 def veil_user_id(channel_id: str, veil_id: str, since: int | None = None) -> str:

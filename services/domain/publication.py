@@ -44,6 +44,17 @@ def changed_keys(before: User | None, after: User) -> list[str]:
     return sorted(k for k in old.keys() | new.keys() if k not in _QUIET and old.get(k) != new.get(k))
 
 
+def _visible(u: User) -> tuple[Any, ...]:
+    """Everything `user_view` reads except the quiet keys: equal tuples mean no changed
+    keys (an exact pre-check; unequal ones still go through the view diff)."""
+    return (
+        u.type, u.masked, u.member_id, u.fields, u.tags, u.import_tags, u.unsubscribe_email,
+        u.unsubscribe_texting, u.blocked, u.language, u.city, u.country, u.sessions_count,
+        u.created_at, u.web.sessions_count, u.web.device, u.mobile.sessions_count,
+        u.mobile.device, u.delivered, u.merged_user_ids, u.id, u.channel_id,
+    )
+
+
 def _published(user: User | None) -> bool:
     return user is not None and user.version > 0
 
@@ -65,7 +76,12 @@ def publish(before: User | None, after: User, causation_id: str, at: int) -> tup
         return after, []
 
     first = not _published(before)
-    keys = changed_keys(None if first else before, after)
+    if not first and before is not None and _visible(before) == _visible(after):
+        return after, []  # e.g. another boot in the same session: only quiet keys moved
+    view = user_view(after)  # built once: for the diff and, with updatedAt moved, the message
+    old = _flat(user_view(before)) if not first and before is not None else {}
+    new = _flat(view)
+    keys = sorted(k for k in old.keys() | new.keys() if k not in _QUIET and old.get(k) != new.get(k))
     if not keys:
         return after, []
     if first:
@@ -76,7 +92,7 @@ def publish(before: User | None, after: User, causation_id: str, at: int) -> tup
         change = "updated"
     version = after.version + 1
     after = replace(after, version=version, updated_at=max(after.updated_at, at))
-    view = user_view(after)
+    view["updatedAt"] = after.updated_at  # the only view key the two replaced fields feed
     return after, [Publication(key, _message(after, version, change, keys, causation_id, at, view))]
 
 

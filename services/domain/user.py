@@ -7,7 +7,7 @@ decided from that provenance (U3), never from the order facts happened to arrive
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 UserType = Literal["anonymous", "lead", "member"]
@@ -94,17 +94,22 @@ class User:
 
     # -- copying and serialisation -------------------------------------------------
     def copy(self) -> User:
-        return replace(
-            self,
-            fields=dict(self.fields),
-            tags=list(self.tags),
-            import_tags=list(self.import_tags),
+        return User(
+            id=self.id, channel_id=self.channel_id, type=self.type,
+            created_at=self.created_at, updated_at=self.updated_at, member_id=self.member_id,
+            fields=dict(self.fields), tags=list(self.tags), import_tags=list(self.import_tags),
+            unsubscribe_email=self.unsubscribe_email, unsubscribe_texting=self.unsubscribe_texting,
+            has_push_token=self.has_push_token, blocked=self.blocked, masked=self.masked,
+            deleted=self.deleted, merged_into=self.merged_into, language=self.language,
+            city=self.city, country=self.country, sessions_count=self.sessions_count,
+            last_seen_at=self.last_seen_at, last_activity_at=self.last_activity_at,
+            last_contact_at=self.last_contact_at,
             web=Platform(self.web.sessions_count, self.web.last_seen_at, dict(self.web.device)),
             mobile=Platform(self.mobile.sessions_count, self.mobile.last_seen_at, dict(self.mobile.device)),
-            veils=dict(self.veils),
-            delivered=list(self.delivered),
-            merged_user_ids=list(self.merged_user_ids),
-            candidates=list(self.candidates),
+            veils=dict(self.veils), booted=self.booted, delivered=list(self.delivered),
+            merged_user_ids=list(self.merged_user_ids), candidates=list(self.candidates),
+            pending_into=self.pending_into, pending_since=self.pending_since,
+            last_login_at=self.last_login_at, version=self.version,
         )
 
     def value(self, key: str) -> Any:

@@ -145,6 +145,9 @@ def _keys_of(fact: Fact) -> tuple[set[str], set[repo.Key]]:
     """Every user id and identity key this fact may look up (best effort: a value that
     does not clean is skipped here; the handler rejects the fact)."""
     msg, ch = fact.msg, fact.channel_id
+    # A model's fields are in its __dict__; getattr of a field the model lacks goes through
+    # pydantic's __getattr__ and an AttributeError (~4 µs each, 8 per fact).
+    get = msg.__dict__.get
     ids: set[str] = set()
     keys: set[repo.Key] = set()
 
@@ -165,20 +168,21 @@ def _keys_of(fact: Fact) -> tuple[set[str], set[repo.Key]]:
         add("email", cells.get("profile.email"), clean_email)
         add("mobile", cells.get("profile.mobileNumber"), clean_mobile)
         return ids, keys
-    if (veil := add("veil", getattr(msg, "veilId", None), clean_veil_id)) is not None:
+    if (veil := add("veil", get("veilId"), clean_veil_id)) is not None:
         ids.add(veil_user_id(ch, veil))
-    if (member := add("member", getattr(msg, "memberId", None), clean_member_id)) is not None:
+    if (member := add("member", get("memberId"), clean_member_id)) is not None:
         ids.add(member_user_id(ch, member))
     for attr in ("userId", "sourceUserId", "targetUserId"):
-        if isinstance(uid := getattr(msg, attr, None), str):
+        if isinstance(uid := get(attr), str):
             ids.add(uid)
-    contact = getattr(msg, "contact", None)
-    profile = getattr(msg, "profile", None) or {}
+    contact = get("contact")
+    contact_of = contact.__dict__.get if contact is not None else {}.get
+    profile = get("profile") or {}
     for raw, kind, clean in (
-        (getattr(msg, "email", None), "email", clean_email),
-        (getattr(msg, "mobileNumber", None), "mobile", clean_mobile),
-        (getattr(contact, "email", None), "email", clean_email),
-        (getattr(contact, "mobileNumber", None), "mobile", clean_mobile),
+        (get("email"), "email", clean_email),
+        (get("mobileNumber"), "mobile", clean_mobile),
+        (contact_of("email"), "email", clean_email),
+        (contact_of("mobileNumber"), "mobile", clean_mobile),
         (profile.get("email"), "email", clean_email),
         (profile.get("mobileNumber"), "mobile", clean_mobile),
     ):

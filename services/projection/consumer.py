@@ -60,10 +60,8 @@ class Projection:
         stored = await repo.stored_offsets(self.pool, self.topics.inbound)
         for tp in partitions:
             offset = stored.get((tp.topic, tp.partition))
-            if offset is not None:
-                self.consumer.seek(tp, offset)
-            else:
-                await self.consumer.seek_to_beginning(tp)
+            # Offset 0 when nothing is stored; auto_offset_reset=earliest covers a log whose start moved.
+            self.consumer.seek(tp, offset if offset is not None else 0)
 
     async def run(self, stop: asyncio.Event) -> None:
         await self.consumer.start()

@@ -30,7 +30,7 @@ async def create_pool(database_url: str, schema: str, *, min_size: int = 1, max_
         min_size=min_size,
         max_size=max_size,
         init=_init,
-        server_settings={"search_path": schema, "application_name": "unifier"},
+        server_settings={"search_path": schema, "application_name": "unifier", "plan_cache_mode": "force_custom_plan"},
     )
 
 
