@@ -57,8 +57,9 @@ class Outcome:
     publications: list[Publication] = field(default_factory=list)
     merges: list[MergeRecord] = field(default_factory=list)
     activities: list[Activity] = field(default_factory=list)
-    # Facts the core emits for itself (e.g. approvals that wait for a login); kept for later use.
-    notes: list[str] = field(default_factory=list)
+    # An applied fact whose merges were withheld (G2): the projection dead-letters a copy
+    # of the fact with this reason, so SREs and staff see why nothing merged.
+    notices: list[Rejected] = field(default_factory=list)
 
 
 class Work:

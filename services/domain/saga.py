@@ -75,7 +75,15 @@ def on_member_login(w: Work, member: User) -> None:
         s for s in w.directory.pending_for(w.channel_id, member.id)
         if s.alive and s.pending_since is not None and s.pending_since <= w.at
     ]
-    for source in waiting[:BLAST_RADIUS]:
+    if len(waiting) > BLAST_RADIUS:
+        # G2: a login that would merge more than 50 sources merges none; they stay pending
+        # (listed for staff) and the fact says so.
+        w.outcome.notices.append(Rejected(
+            "blast_radius",
+            f"{len(waiting)} approved unifications wait for this member, more than {BLAST_RADIUS}: none merged automatically",
+        ))
+        return
+    for source in waiting:
         target = w.directory.get(member.id)
         assert target is not None
         do_merge(w, source, target)

@@ -89,6 +89,9 @@ async def apply_batch(pool: asyncpg.Pool, topics: Topics, records: list[Record],
                     for pub in outcome.publications:
                         outbox.append((topics.user_changed, pub.key, None if pub.value is None else orjson.dumps(pub.value)))
                     result.published += len(outcome.publications)
+                    for notice in outcome.notices:  # applied, but a merge was withheld (G2)
+                        outbox.append(_dead_letter(topics, p.record, notice.code, notice.reason, failed_at))
+                        result.dead_letters[notice.code] += 1
                     continue
                 p.error = (outcome.rejection.code, outcome.rejection.reason)
             assert p.error is not None

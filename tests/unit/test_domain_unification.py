@@ -519,21 +519,37 @@ def test_u10_line_chat_makes_a_lead_that_unifies_at_once_after_staff_enter_a_con
 # -- G2 ----------------------------------------------------------------------------------
 
 
-def test_g2_one_login_merges_at_most_blast_radius_pending_sources():
-    w = World()
-    m = w.upsert_member("m1", T0)
+def _pending_sources(w: World, m, n: int) -> list[str]:
     sources = []
-    for i in range(BLAST_RADIUS + 1):
+    for i in range(n):
         w.boot(f"v{i}", T0)
         sources.append(w.veil(f"v{i}").id)
         w.ok("unification.approve", T0 + MIN, sourceUserId=sources[-1], targetUserId=m.id)
+    return sources
+
+
+def test_g2_a_login_merges_up_to_blast_radius_pending_sources():
+    w = World()
+    m = w.upsert_member("m1", T0)
+    sources = _pending_sources(w, m, BLAST_RADIUS)
 
     out = w.ok("login", T0 + HOUR, veilId="vm", memberId="m1")
 
     assert BLAST_RADIUS == 50
-    assert len(out.merges) == 50
-    left = [s for s in sources if w.user(s).alive]
-    assert len(left) == 1 and w.user(left[0]).pending_into == m.id
+    assert len(out.merges) == 50 and not out.notices
+    assert all(not w.user(s).alive for s in sources)
+
+
+def test_g2_a_login_that_would_merge_more_than_blast_radius_merges_none_and_says_so():
+    w = World()
+    m = w.upsert_member("m1", T0)
+    sources = _pending_sources(w, m, BLAST_RADIUS + 1)
+
+    out = w.ok("login", T0 + HOUR, veilId="vm", memberId="m1")
+
+    assert out.merges == []
+    assert [n.code for n in out.notices] == ["blast_radius"]
+    assert all(w.user(s).alive and w.user(s).pending_into == m.id for s in sources)  # still listed
 
 
 # -- G4 ----------------------------------------------------------------------------------
