@@ -137,10 +137,18 @@ def on_block(w: Work) -> None:
         cancel_pending(w, changed)
 
 
+RETENTION_MS = 2 * 365 * 24 * 60 * 60 * 1000  # B4: two years without contact
+
+
 @handles("user.delete")
 def on_delete(w: Work) -> None:
+    """B2 by staff or the API; B4 when the retention sweep (actor `system`) decided it,
+    unless the user was in contact again after the sweep looked."""
     msg = w.fact.msg
-    erase(w, _live(w, msg.userId))
+    user = _live(w, msg.userId)
+    if msg.actor == "system" and (user.last_contact_at or user.created_at) >= w.at - RETENTION_MS:
+        return
+    erase(w, user)
 
 
 @handles("member.delete")
@@ -158,6 +166,7 @@ def erase(w: Work, user: User) -> None:
     """B2: irreversible; personal data removed, the id kept so it never comes back."""
     cancel_pending(w, user)
     user = w.directory.get(user.id) or user
+    w.outcome.erased.append(user.id)
     w.put(
         User(
             id=user.id,

@@ -60,6 +60,8 @@ class Outcome:
     # An applied fact whose merges were withheld (G2): the projection dead-letters a copy
     # of the fact with this reason, so SREs and staff see why nothing merged.
     notices: list[Rejected] = field(default_factory=list)
+    # Deleted users (B2): their chat messages stay, without the author's personal data.
+    erased: list[str] = field(default_factory=list)
 
 
 class Work:

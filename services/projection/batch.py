@@ -73,6 +73,7 @@ async def apply_batch(pool: asyncpg.Pool, topics: Topics, records: list[Record],
         outbox: list[tuple[str, str | None, bytes | None]] = []
         applied: list[tuple[str, str]] = []
         merges: list[MergeRecord] = []
+        erased: list[str] = []
         activities: list[Activity] = []
         for p in fresh:
             if p.fact is not None:
@@ -85,6 +86,7 @@ async def apply_batch(pool: asyncpg.Pool, topics: Topics, records: list[Record],
                     seen.add(pair)
                     applied.append(pair)
                     merges.extend(outcome.merges)
+                    erased.extend(outcome.erased)
                     activities.extend(outcome.activities)
                     for pub in outcome.publications:
                         outbox.append((topics.user_changed, pub.key, None if pub.value is None else orjson.dumps(pub.value)))
@@ -104,6 +106,7 @@ async def apply_batch(pool: asyncpg.Pool, topics: Topics, records: list[Record],
         await repo.save_identities(conn, [(u, ids) for u in changed if (ids := identities(u)) != directory.loaded_identities(u.id)])
         await repo.save_activities(conn, activities)
         await repo.save_merges(conn, merges)
+        await repo.erase_activities(conn, erased)
         await repo.save_applied(conn, applied)
         await repo.save_outbox(conn, outbox)
         if imports is not None:

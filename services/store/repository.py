@@ -206,5 +206,14 @@ async def save_merges(conn: asyncpg.Connection, merges: Sequence[MergeRecord]) -
     )
 
 
+async def erase_activities(conn: asyncpg.Connection, user_ids: Sequence[str]) -> None:
+    """B2: a deleted user's chat messages remain, without the name they were written under."""
+    if user_ids:
+        await conn.execute(
+            "UPDATE activities SET body = body - 'authorName' WHERE user_id = ANY($1::text[]) AND body ? 'authorName'",
+            list(user_ids),
+        )
+
+
 def dumps(value: Any) -> bytes:
     return orjson.dumps(value)

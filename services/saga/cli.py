@@ -1,0 +1,34 @@
+"""`unifier retention sweep`: run the B4 retention decision now (e.g. daily from cron)."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+import orjson
+
+from contracts.topics import Topics
+from services.runtime.config import Settings
+
+
+def register(sub: Any) -> None:
+    retention = sub.add_parser("retention", help="B4: delete leads and members silent for two years").add_subparsers(
+        dest="retention_command", required=True
+    )
+    sweep = retention.add_parser("sweep", help="publish user.delete for every expired user")
+    sweep.add_argument("--now", type=int, help="decision time, epoch ms (default: the clock now)")
+    sweep.set_defaults(handler=_sweep)
+
+
+async def _sweep(settings: Settings, args: argparse.Namespace) -> int:
+    from services.runtime.cli import database
+    from services.runtime.embedded import infrastructure
+
+    from .retention import sweep
+
+    now = args.now if args.now is not None else int(time.time() * 1000)  # the decision's input, logged as a fact
+    async with infrastructure(settings) as (bootstrap, _url), database(settings) as pool:
+        n = await sweep(pool, bootstrap, Topics(settings.topic_prefix), now)
+    print(orjson.dumps({"now": now, "deleted": n}).decode())
+    return 0
