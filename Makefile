@@ -14,9 +14,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -e '.[dev]'
 	touch $@
 
-# Without KAFKA_BOOTSTRAP_SERVERS / DATABASE_URL this starts embedded ones (data in ./.unifier).
+# Without KAFKA_BOOTSTRAP_SERVERS / DATABASE_URL this starts embedded ones (data in ./.unifier),
+# plus a small demo publisher so the log shows facts flowing and user-changed going out.
 run: $(STAMP)
-	$(BIN)/unifier run
+	$(BIN)/unifier run --demo
 
 # pytest exits 5 when it collected no test: that must fail too, and say so.
 test: $(STAMP)
