@@ -380,6 +380,15 @@ async def _running_broker(data_dir: Path) -> str | None:
     return bootstrap
 
 
+def embedded_log_id(data_dir: Path) -> str | None:
+    """Which in-memory log the embedded broker of `data_dir` holds (pid + bootstrap):
+    a new id means an empty log, so offsets stored against the old one are void."""
+    try:
+        return (data_dir / _BROKER_FILE).read_text()
+    except OSError:
+        return None
+
+
 async def _embedded_broker(data_dir: Path, stack: AsyncExitStack) -> str:
     shared = await _running_broker(data_dir)
     if shared is not None:

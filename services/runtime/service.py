@@ -11,11 +11,12 @@ import signal
 from contracts.topics import Topics
 from services.projection.consumer import Projection
 from services.relay.relay import Relay
+from services.store import repository as repo
 from services.store.pool import create_pool
 
 from . import metrics
 from .config import Settings
-from .embedded import infrastructure
+from .embedded import embedded_log_id, infrastructure
 from .topics import ensure_topics
 
 log = logging.getLogger("unifier")
@@ -32,6 +33,9 @@ async def run_service(settings: Settings, stop: asyncio.Event | None = None, *, 
     async with infrastructure(settings) as (bootstrap, database_url):
         await ensure_topics(bootstrap, settings.topic_prefix, settings.partitions)
         pool = await create_pool(database_url, settings.db_schema, max_size=6)
+        if not settings.kafka_bootstrap and (log_id := embedded_log_id(settings.data_dir)) is not None:
+            if await repo.adopt_log(pool, log_id):
+                log.warning("the embedded broker started with an empty log: inbound offsets restart at 0")
         projection = Projection(pool, bootstrap, topics, settings.consumer_group, settings.batch_max)
         relay = Relay(pool, bootstrap, f"unifier-relay:{settings.db_schema}")
         server = await metrics.serve(

@@ -91,6 +91,38 @@ async def stored_offsets(conn: asyncpg.Connection | asyncpg.Pool, topics: Sequen
     return {(r[0], r[1]): r[2] for r in rows}
 
 
+async def adopt_log(conn: asyncpg.Connection | asyncpg.Pool, log_id: str) -> bool:
+    """Note that the inbound log is `log_id`; if it is a different log than the stored
+    offsets refer to (the embedded broker keeps its log in memory and starts empty),
+    restart them at 0. Applied eventIds still guard against applying a fact twice."""
+    async with _maybe_acquire(conn) as c, c.transaction():
+        old = await c.fetchval("SELECT value FROM meta WHERE key = 'log' FOR UPDATE")
+        if old == log_id:
+            return False
+        await c.execute(
+            "INSERT INTO meta (key, value) VALUES ('log', $1) ON CONFLICT (key) DO UPDATE SET value = $1", log_id
+        )
+        if old is None:
+            return False
+        await c.execute("UPDATE inbox_offsets SET next_offset = 0")
+        return True
+
+
+class _maybe_acquire:
+    def __init__(self, source: asyncpg.Connection | asyncpg.Pool) -> None:
+        self.source, self.conn = source, None
+
+    async def __aenter__(self) -> asyncpg.Connection:
+        if isinstance(self.source, asyncpg.Pool):
+            self.conn = await self.source.acquire()
+            return self.conn
+        return self.source
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.conn is not None:
+            await self.source.release(self.conn)  # type: ignore[union-attr]
+
+
 async def save_offsets(conn: asyncpg.Connection, offsets: dict[tuple[str, int], int]) -> None:
     await conn.execute(
         """UPDATE inbox_offsets o SET next_offset = x.n

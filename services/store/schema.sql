@@ -91,3 +91,10 @@ CREATE TABLE IF NOT EXISTS channels (
     mu_limit           integer,
     field_types        jsonb NOT NULL DEFAULT '{}'
 );
+
+-- Small facts about this schema's surroundings, e.g. which in-memory log of the
+-- embedded broker its inbox offsets refer to.
+CREATE TABLE IF NOT EXISTS meta (
+    key   text PRIMARY KEY,
+    value text NOT NULL
+);
