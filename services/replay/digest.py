@@ -7,6 +7,7 @@ merge record in (channel, source) order, each as sorted-key JSON, one per line.
 from __future__ import annotations
 
 import hashlib
+from typing import Any
 
 import asyncpg
 import orjson
@@ -15,17 +16,31 @@ _OPTS = orjson.OPT_SORT_KEYS
 
 
 async def state_digest(conn: asyncpg.Connection | asyncpg.Pool) -> str:
-    h = hashlib.sha256()
     async with _connection(conn) as c, c.transaction(isolation="repeatable_read", readonly=True):
-        async for row in c.cursor("SELECT state FROM users ORDER BY id", prefetch=2000):
-            h.update(orjson.dumps(row["state"], option=_OPTS) + b"\n")
-        h.update(b"--merges--\n")
-        async for row in c.cursor(
-            "SELECT channel_id, source_id, target_id, causation_id, occurred_at, contested FROM merges ORDER BY channel_id, source_id",
-            prefetch=2000,
-        ):
-            h.update(orjson.dumps(dict(row), option=_OPTS) + b"\n")
+        return await digest_in_transaction(c)
+
+
+async def digest_in_transaction(c: asyncpg.Connection) -> str:
+    """The digest as seen by the transaction already open on `c` (its snapshot): a
+    replay takes the snapshot just before it switches schemas, then digests."""
+    h = hashlib.sha256()
+    async for row in c.cursor("SELECT state FROM users ORDER BY id", prefetch=2000):
+        h.update(orjson.dumps(_json(row["state"]), option=_OPTS) + b"\n")
+    h.update(b"--merges--\n")
+    async for row in c.cursor(
+        "SELECT channel_id, source_id, target_id, causation_id, occurred_at, contested FROM merges ORDER BY channel_id, source_id",
+        prefetch=2000,
+    ):
+        merge = dict(row)
+        merge["contested"] = _json(merge["contested"])
+        h.update(orjson.dumps(merge, option=_OPTS) + b"\n")
     return h.hexdigest()
+
+
+def _json(value: Any) -> Any:
+    """jsonb arrives decoded on the pool's connections and as text on plain ones: the
+    digest must not depend on which connection computed it."""
+    return orjson.loads(value) if isinstance(value, str) else value
 
 
 class _connection:

@@ -88,7 +88,9 @@ def _parser() -> argparse.ArgumentParser:
 
 # Packages that add their own subcommands: each has `register(subparsers)` whose
 # handlers are `async def handler(settings, args) -> int` (see `_user_show`).
-EXTENSIONS: tuple[str, ...] = ("services.importer.cli",)
+EXTENSIONS: tuple[str, ...] = (
+    "services.importer.cli", "services.replay.cli", "services.runtime.deadletters", "services.saga.cli",
+)
 
 
 def _non_negative(raw: str) -> int:

@@ -1,0 +1,108 @@
+"""`unifier replay` on the command line (CONTRACT.md): entry point only, the work is in
+`replay.py`. Progress goes to stderr; stdout carries the contract's JSON only."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any
+
+import orjson
+
+from contracts.topics import Topics
+from services.runtime.config import Settings
+
+from .log import LogShort
+from .rebuild import Tally
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "replay",
+        help="rebuild state from the retained topics into a fresh schema and switch to it",
+        description=(
+            "Rebuild every table from the retained inbound topics into a fresh schema, "
+            "switch the live schema to it while the service keeps running, and print "
+            '{"events": N, "digest": "<sha256>"}. With --dry-run, change nothing: print '
+            "one JSON line per user the rebuild would change."
+        ),
+    )
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--rebuild", action="store_true", help="rebuild and switch (the default)")
+    mode.add_argument("--dry-run", action="store_true", help="rebuild into a scratch schema, print what differs, drop it")
+    p.add_argument("--since", type=_time, metavar="TIMESTAMP",
+                   help="with --dry-run: only users changed or seen at/after this time (epoch ms or ISO-8601)")
+    p.add_argument("--batch", type=_positive, default=10_000, help="records per apply transaction (default 10000)")
+    p.add_argument("--workers", type=_positive, default=_default_workers(),
+                   help="processes applying channels in parallel (default: the CPU count, at most 8)")
+    p.add_argument("--quiet-ms", type=_positive, default=1000,
+                   help="where a broker reports no high watermark: how long a partition must stay quiet to count as ended (default 1000)")
+    p.add_argument("--lock-timeout", type=_positive, default=60, metavar="SECONDS",
+                   help="give up the switch when the live tables stay locked this long (default 60)")
+    p.add_argument("--drop-archive", action="store_true", help="drop the previous live schema after the switch")
+    p.set_defaults(handler=_replay)
+
+
+def _default_workers() -> int:
+    return max(1, min(os.cpu_count() or 1, 8))
+
+
+def _time(raw: str) -> int:
+    from .replay import parse_time
+
+    try:
+        return parse_time(raw)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _positive(raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {raw!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _out(obj: Any) -> None:
+    sys.stdout.write(orjson.dumps(obj).decode() + "\n")
+    sys.stdout.flush()
+
+
+async def _replay(settings: Settings, args: argparse.Namespace) -> int:
+    from services.runtime.cli import UsageError
+    from services.runtime.embedded import infrastructure
+
+    from .replay import Options, dry_run, rebuild
+
+    if args.since is not None and not args.dry_run:
+        raise UsageError("--since only goes with --dry-run")
+    options = Options(batch=args.batch, workers=args.workers, quiet_s=args.quiet_ms / 1000, lock_timeout_s=args.lock_timeout,
+                      drop_archive=args.drop_archive)
+    topics = Topics(settings.topic_prefix)
+    tally = Tally()
+    async with infrastructure(settings) as (bootstrap, database_url):
+        try:
+            if args.dry_run:
+                live_digest, digest, changes = await dry_run(
+                    database_url, bootstrap, topics, settings.db_schema, options, tally, args.since
+                )
+                changed = 0
+                async for change in changes:
+                    changed += 1
+                    _out(change.to_json())
+                print(orjson.dumps({"events": tally.events, "liveDigest": live_digest, "rebuiltDigest": digest,
+                                    "changedUsers": changed}).decode(), file=sys.stderr)
+                return 0
+            result = await rebuild(database_url, bootstrap, topics, settings.db_schema, options, tally)
+        except LogShort as err:
+            print(f"unifier replay: {err}", file=sys.stderr)
+            return 1
+    tally.show("replay: switched")
+    kept = "dropped" if options.drop_archive else f"kept as schema {result.archive!r}"
+    print(f"replay: the previous state is {kept}", file=sys.stderr)
+    _out({"events": result.events, "digest": result.digest})
+    return 0

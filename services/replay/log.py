@@ -1,0 +1,287 @@
+"""Read retained partitions with a manual-assignment consumer (no group, no commits).
+
+`LogReader` reads every partition of some topics from a start offset (default: the
+beginning) up to a stop offset, and yields the records either merged in the canonical
+order (DESIGN.md, Flow 5: each partition in offset order, partitions and topics merged
+by record timestamp, ties broken by topic, partition, offset — a streaming k-way merge
+equal to `records.canonical_order` over the whole log) or partition by partition.
+
+Where the log ends: tansu answers ListOffsets with end offsets that lag the real ones
+by a few hundred records per partition, so the reported end is only a floor. When no
+stop offsets are given, `LogReader` probes before reading: it fetches every partition
+from its reported end until its position has reached the high watermark carried by
+the fetch responses (exact on tansu and on Kafka), then pauses it; the positions
+reached are the stop offsets. A busy log is snapshotted, not chased: records appended
+later are left for the next reader (a replay catches up to the live service's offsets
+separately). Where a broker sends no high watermark, a partition counts as ended after
+`quiet_s` without a record. With stop offsets known up front the merge never waits on
+a partition that might be finished, and a partition that does not deliver records up
+to its stop within `short_timeout_s` fails with `LogShort` (e.g. a broker that lost
+its memory storage).
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from services.projection.records import Record
+
+log = logging.getLogger("unifier.replay")
+
+Partition = tuple[str, int]
+
+
+class LogShort(RuntimeError):
+    """The log does not hold records up to the offsets asked for (lost broker storage?)."""
+
+
+@dataclass(slots=True)
+class _Part:
+    tp: TopicPartition
+    stop: int  # never read past it
+    position: int  # next offset to hand out
+    buf: deque[Record] = field(default_factory=deque)
+    idle_since: float | None = None
+    done: bool = False
+
+
+class LogReader:
+    """`async with LogReader(bootstrap, topics) as log: async for chunk in log.merged():`
+
+    `start` / `stop` map (topic, partition) to offsets. Partitions missing from `start`
+    are read from the beginning; with `stop` given, partitions missing from it are not
+    read at all. `next_offsets` is the offset after the last record handed out, per
+    partition: what a consumer resuming from here reads next.
+    """
+
+    def __init__(
+        self,
+        bootstrap: str,
+        topics: Sequence[str],
+        *,
+        start: Mapping[Partition, int] | None = None,
+        stop: Mapping[Partition, int] | None = None,
+        quiet_s: float = 1.0,
+        probe_cap_s: float = 30.0,
+        short_timeout_s: float = 30.0,
+        fetch_records: int = 5000,
+    ) -> None:
+        self.topics = list(topics)
+        self._start = dict(start or {})
+        self._stop = dict(stop) if stop is not None else None
+        self.quiet_s = quiet_s
+        self.probe_cap_s = probe_cap_s
+        self.short_timeout_s = short_timeout_s
+        self.fetch_records = fetch_records
+        self.consumer = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap,
+            group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_partition_fetch_bytes=1024 * 1024,
+            fetch_max_bytes=32 * 1024 * 1024,
+            fetch_max_wait_ms=50,
+        )
+        self._parts: dict[TopicPartition, _Part] = {}
+        self.reported_ends: dict[Partition, int] = {}
+        self.records_read = 0
+
+    async def __aenter__(self) -> LogReader:
+        await self.consumer.start()
+        try:
+            await self._assign()
+        except BaseException:
+            await self.consumer.stop()
+            raise
+        return self
+
+    async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
+        await self.consumer.stop()
+
+    @property
+    def stops(self) -> dict[Partition, int]:
+        """The stop offset of every partition: where this reader's log ends."""
+        return {(tp.topic, tp.partition): p.stop for tp, p in self._parts.items()}
+
+    @property
+    def next_offsets(self) -> dict[Partition, int]:
+        return {(tp.topic, tp.partition): p.position for tp, p in self._parts.items()}
+
+    @property
+    def total(self) -> int:
+        """Offsets between start and stop over all partitions (≥ the records to read)."""
+        return sum(max(p.stop - p.position, 0) for p in self._parts.values())
+
+    async def _assign(self) -> None:
+        await self.consumer.topics()  # metadata of every topic
+        tps = [
+            TopicPartition(topic, p)
+            for topic in self.topics
+            for p in sorted(self.consumer.partitions_for_topic(topic) or ())
+        ]
+        if not tps:
+            return
+        self.consumer.assign(tps)
+        ends = await self.consumer.end_offsets(tps)
+        begins = await self.consumer.beginning_offsets(tps)
+        self.reported_ends = {(tp.topic, tp.partition): ends[tp] for tp in tps}
+        starts = {tp: max(self._start.get((tp.topic, tp.partition), 0), begins[tp]) for tp in tps}
+        if self._stop is not None:
+            stops = {tp: self._stop.get((tp.topic, tp.partition), starts[tp]) for tp in tps}
+        else:
+            stops = await self._probe_ends({tp: max(ends[tp], starts[tp]) for tp in tps})
+        for tp in tps:
+            part = _Part(tp, stop=stops[tp], position=starts[tp])
+            self._parts[tp] = part
+            self.consumer.seek(tp, part.position)
+            if part.position >= part.stop:
+                self._finish(part)
+
+    async def _probe_ends(self, floors: dict[TopicPartition, int]) -> dict[TopicPartition, int]:
+        """Read on from each reported end to the high watermark of the fetch responses
+        (exact on tansu, unlike its ListOffsets answer); the positions reached.
+
+        A partition is at its end once its position has reached both its reported end
+        and the high watermark of a fetch response; it is then paused, so traffic that
+        arrives later does not move its end (a snapshot: the catch-up takes the rest).
+        A partition whose responses carry no high watermark ends after `quiet_s`
+        without a record. Either way the probe gives up after `probe_cap_s` and takes
+        the positions reached: a reader must end even on a log that never rests.
+        """
+        for tp, floor in floors.items():
+            self.consumer.seek(tp, floor)
+        open_ = set(floors)
+        started = time.monotonic()
+        last_record = dict.fromkeys(floors, started)
+        tail = 0
+        while open_:
+            fetched = await self.consumer.getmany(*open_, timeout_ms=50, max_records=self.fetch_records)
+            now = time.monotonic()
+            for tp, msgs in fetched.items():
+                if msgs:
+                    last_record[tp] = now
+                    tail += len(msgs)
+            for tp in list(open_):
+                position = await self.consumer.position(tp)
+                high = self.consumer.highwater(tp)
+                if position < floors[tp]:
+                    continue
+                if (high is not None and position >= high) or (high is None and now - last_record[tp] >= self.quiet_s):
+                    open_.discard(tp)
+                    self.consumer.pause(tp)
+            if now - started > self.probe_cap_s:
+                log.warning("log end probe gave up after %.0fs on %d partitions", self.probe_cap_s, len(open_))
+                break
+        ends = {tp: await self.consumer.position(tp) for tp in floors}
+        self.consumer.resume(*floors)
+        log.debug("log end probed in %.2fs: %d records past the reported ends", time.monotonic() - started, tail)
+        return ends
+
+    # -- reading ---------------------------------------------------------------------
+
+    async def _fill(self) -> None:
+        """One fetch round for the partitions with nothing buffered. aiokafka holds at most
+        one fetch response per partition, so asking only for the empty ones bounds memory
+        whatever the timestamps' skew between partitions."""
+        needy = [tp for tp, p in self._parts.items() if not p.done and not p.buf]
+        if not needy:
+            return
+        fetched = await self.consumer.getmany(*needy, timeout_ms=100, max_records=self.fetch_records)
+        now = time.monotonic()
+        for tp, msgs in fetched.items():
+            part = self._parts[tp]
+            stop = part.stop
+            for m in msgs:
+                if m.offset >= stop:
+                    break
+                part.buf.append(Record(tp.topic, tp.partition, m.offset, m.timestamp, m.key, m.value))
+            part.idle_since = None
+        for tp in needy:
+            part = self._parts[tp]
+            if part.buf:
+                continue
+            # The consumer's position is past everything getmany returned, including
+            # offsets without a record for us (control records, compacted gaps).
+            if max(part.position, await self.consumer.position(tp)) >= part.stop:
+                self._finish(part)
+            elif part.idle_since is None:
+                part.idle_since = now
+            elif now - part.idle_since > self.short_timeout_s:
+                raise LogShort(
+                    f"{tp.topic}[{tp.partition}]: no record at offset {part.position} although "
+                    f"records up to {part.stop} were expected"
+                )
+
+    def _finish(self, part: _Part) -> None:
+        part.done = True
+        part.position = max(part.position, part.stop)
+        self.consumer.pause(part.tp)  # stop prefetching what we will not read
+
+    def _take(self, part: _Part) -> Record:
+        record = part.buf.popleft()
+        part.position = record.offset + 1
+        return record
+
+    async def merged(self, chunk: int = 10_000) -> AsyncIterator[list[Record]]:
+        """Every record in the canonical order, in lists of up to `chunk` records."""
+        heap: list[tuple[int, str, int, int, TopicPartition]] = []
+        parts = self._parts
+        waiting = {tp for tp, p in parts.items() if not p.done}
+        out: list[Record] = []
+        push, pop = heapq.heappush, heapq.heappop
+        while True:
+            while waiting:
+                await self._fill()
+                for tp in list(waiting):
+                    part = parts[tp]
+                    if part.buf:
+                        h = part.buf[0]
+                        push(heap, (h.timestamp, h.topic, h.partition, h.offset, tp))
+                        waiting.discard(tp)
+                    elif part.done:
+                        waiting.discard(tp)
+            if not heap:
+                break
+            # Emit while every unfinished partition has its head in the heap.
+            while heap and len(out) < chunk:
+                tp = pop(heap)[4]
+                part = parts[tp]
+                out.append(self._take(part))
+                if part.buf:
+                    h = part.buf[0]
+                    push(heap, (h.timestamp, h.topic, h.partition, h.offset, tp))
+                elif part.position >= part.stop:
+                    self._finish(part)
+                else:
+                    waiting.add(tp)
+                    break
+            if len(out) >= chunk:
+                self.records_read += len(out)
+                yield out
+                out = []
+        if out:
+            self.records_read += len(out)
+            yield out
+
+    async def per_partition(self, chunk: int = 10_000) -> AsyncIterator[list[Record]]:
+        """Every record, partition by partition in offset order (no merge)."""
+        for tp in sorted(self._parts, key=lambda t: (t.topic, t.partition)):
+            part = self._parts[tp]
+            while True:
+                while not part.buf and not part.done:
+                    await self._fill()
+                if not part.buf:
+                    break
+                out = [self._take(part) for _ in range(min(chunk, len(part.buf)))]
+                if part.position >= part.stop:
+                    self._finish(part)
+                self.records_read += len(out)
+                yield out

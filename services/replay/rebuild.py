@@ -1,0 +1,190 @@
+"""Rebuild every table from the retained inbound topics into a fresh schema (DESIGN.md,
+Flow 5), with the same `apply_batch` the live projection uses, in large batches.
+
+`build` reads the whole log in the canonical order into a new schema; `catch_up`
+applies what the live service applied meanwhile; `switch.py` swaps the schemas.
+The rebuilt outbox is discarded: it holds a `user-changed` message for every change
+in history and a dead letter for every bad record ever seen, all of which were
+published when they happened (see `switch.py`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import TextIO
+
+import asyncpg
+
+from contracts.topics import Topics
+from services.projection.batch import apply_batch
+from services.projection.records import Record
+from services.store.pool import create_pool
+
+from .log import LogReader, Partition
+
+
+@dataclass(slots=True)
+class Tally:
+    """What a rebuild did, and its progress line on stderr."""
+
+    events: int = 0  # inbound records read and handed to apply_batch
+    applied: int = 0
+    skipped: int = 0
+    dead_letters: int = 0
+    total: int = 0  # offsets to read (an upper bound of the records)
+    started: float = field(default_factory=time.monotonic)
+    out: TextIO | None = sys.stderr
+    label: str = "replay"
+    every_s: float = 2.0
+    _shown: float = field(default_factory=time.monotonic)
+
+    def add(self, records: int, applied: int, skipped: int, dead: int) -> None:
+        self.events += records
+        self.applied += applied
+        self.skipped += skipped
+        self.dead_letters += dead
+        now = time.monotonic()
+        if self.out is not None and now - self._shown >= self.every_s:
+            self._shown = now
+            self.show(self.label)
+
+    def show(self, what: str) -> None:
+        if self.out is None:
+            return
+        elapsed = max(time.monotonic() - self.started, 1e-9)
+        share = f" ({100 * self.events / self.total:.0f}%)" if self.total else ""
+        print(
+            f"{what}: {self.events:,}/{self.total:,} records{share}, {self.applied:,} applied, "
+            f"{self.dead_letters:,} dead-lettered, {self.events / elapsed:,.0f} records/s",
+            file=self.out,
+            flush=True,
+        )
+
+    @property
+    def rate(self) -> float:
+        return self.events / max(time.monotonic() - self.started, 1e-9)
+
+
+async def open_schema(database_url: str, schema: str) -> asyncpg.Pool:
+    """A pool on a schema that must not exist yet (a rebuild never reuses leftovers)."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        if await conn.fetchval("SELECT 1 FROM pg_namespace WHERE nspname = $1", schema):
+            raise RuntimeError(f"schema {schema!r} already exists; drop it or wait a second")
+    finally:
+        await conn.close()
+    return await create_pool(database_url, schema, min_size=1, max_size=2)
+
+
+async def copy_channels(source: asyncpg.Connection | asyncpg.Pool, source_schema: str, target: asyncpg.Pool) -> int:
+    """Channel settings are configuration, not facts: the log cannot rebuild them, so
+    the rebuilt schema gets the live ones (committed, so that `apply_batch` on other
+    connections of `target` sees them)."""
+    rows = await source.fetch(
+        f'SELECT channel_id, member_hash_secret, mu_limit, field_types::text FROM "{source_schema}".channels'
+    )
+    async with target.acquire() as c, c.transaction():
+        await c.execute("DELETE FROM channels")
+        await c.executemany(
+            "INSERT INTO channels (channel_id, member_hash_secret, mu_limit, field_types) VALUES ($1, $2, $3, $4::text::jsonb)",
+            [tuple(r) for r in rows],
+        )
+    return len(rows)
+
+
+async def build(
+    pool: asyncpg.Pool, bootstrap: str, topics: Topics, *, batch: int, quiet_s: float, tally: Tally,
+    workers: int = 1, database_url: str | None = None, schema: str | None = None,
+) -> dict[Partition, int]:
+    """Apply the whole retained log to the (fresh) schema of `pool`; the end offsets
+    consumed per partition (every inbound partition, 0 for an empty one). With
+    `workers` > 1 the channels are shared out among worker processes (`shards.py`)."""
+    async with LogReader(bootstrap, topics.inbound, quiet_s=quiet_s) as reader:
+        tally.total = reader.total
+        if workers > 1:
+            stops = reader.stops
+        else:
+            await apply_all(pool, topics, reader.merged(batch), tally)
+            stops = reader.next_offsets
+    if workers > 1:
+        from .shards import build_sharded
+
+        assert database_url is not None and schema is not None
+        await build_sharded(database_url, bootstrap, topics, schema, stops, workers=workers, batch=batch, tally=tally)
+    await store_offsets(pool, stops)
+    return stops
+
+
+async def catch_up(
+    pool: asyncpg.Pool, bootstrap: str, topics: Topics, start: dict[Partition, int],
+    stop: dict[Partition, int], *, batch: int, tally: Tally,
+) -> dict[Partition, int]:
+    """Apply the records between `start` and `stop` (both per partition); new offsets."""
+    wanted = {p: max(stop.get(p, 0), start.get(p, 0)) for p in start.keys() | stop.keys()}
+    if all(wanted[p] <= start.get(p, 0) for p in wanted):
+        return dict(start)
+    tally.total += sum(wanted[p] - start.get(p, 0) for p in wanted)
+    async with LogReader(bootstrap, topics.inbound, start=start, stop=wanted) as reader:
+        await apply_all(pool, topics, reader.merged(batch), tally)
+        ends = {**start, **reader.next_offsets}
+    await store_offsets(pool, ends)
+    return ends
+
+
+async def apply_all(pool: asyncpg.Pool, topics: Topics, chunks: AsyncIterator[list[Record]], tally: Tally) -> None:
+    """Apply chunks in order, reading and merging the next chunk while PostgreSQL
+    writes the current one."""
+    queue: asyncio.Queue[list[Record] | BaseException | None] = asyncio.Queue(maxsize=2)
+
+    async def read() -> None:
+        try:
+            async for chunk in chunks:
+                await queue.put(chunk)
+            await queue.put(None)
+        except Exception as err:  # handed to the applying side, which raises it
+            await queue.put(err)
+
+    reader = asyncio.create_task(read(), name="replay-reader")
+    try:
+        while (item := await queue.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            result = await apply_batch(pool, topics, item, now_ms=0)
+            tally.add(len(item), result.applied, result.skipped, sum(result.dead_letters.values()))
+        await reader
+    finally:
+        if not reader.done():
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
+
+
+async def store_offsets(pool: asyncpg.Pool, offsets: dict[Partition, int]) -> None:
+    """Record every partition's end consumed, also those without a record (an empty
+    partition, a trailing gap), so the live service continues exactly from here."""
+    if not offsets:
+        return
+    keys = sorted(offsets)
+    await pool.execute(
+        """INSERT INTO inbox_offsets AS o (topic, partition, next_offset)
+           SELECT * FROM unnest($1::text[], $2::int[], $3::bigint[])
+           ON CONFLICT (topic, partition) DO UPDATE
+             SET next_offset = GREATEST(o.next_offset, EXCLUDED.next_offset)""",
+        [k[0] for k in keys], [k[1] for k in keys], [offsets[k] for k in keys],
+    )
+
+
+async def stored_offsets(conn: asyncpg.Connection | asyncpg.Pool, schema: str) -> dict[Partition, int]:
+    rows = await conn.fetch(f'SELECT topic, partition, next_offset FROM "{schema}".inbox_offsets')
+    return {(r[0], r[1]): r[2] for r in rows}
+
+
+async def drop_schema(database_url: str, schema: str) -> None:
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    finally:
+        await conn.close()

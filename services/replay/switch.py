@@ -1,0 +1,93 @@
+"""Switch the live schema to a rebuilt one, atomically, while the service runs.
+
+One transaction on its own connection:
+1. `LOCK TABLE live.inbox_offsets, live.outbox, live.channels, live.import_locks IN
+   ACCESS EXCLUSIVE MODE`. Every projection batch starts by writing `inbox_offsets`,
+   so this waits for the batch in flight to commit and holds the next one at its
+   first statement; the relay's next statement, `channel configure` and the
+   importer's lease wait too. Reads (`user show`, the digest) never touch these tables
+   and go on.
+2. Under the lock, the caller catches the rebuilt schema up to the live offsets (the
+   records the live service applied while the rebuild ran), so the rebuilt inbox is
+   at or past the live one in every partition and the live service continues after
+   the switch without a gap (records it then fetches below the rebuilt offsets are
+   skipped by the inbox, and its consumer jumps ahead to the stored offsets).
+3. The operational tables (`OPERATIONAL`: channel settings, import leases) are copied
+   from the live schema as they are now. The rebuilt outbox is emptied and replaced
+   by the live outbox's pending rows, ids kept, sequence moved past them: nothing of
+   history is re-sent (every `user-changed` and dead letter in the rebuilt outbox was
+   published when it first happened, and re-sending millions of them would flood
+   downstream consumers for no change), and nothing the live relay had not yet
+   published is lost.
+4. `ALTER SCHEMA live RENAME TO archive; ALTER SCHEMA rebuilt RENAME TO live`, commit.
+
+The running service's pool keeps its connections: their `search_path` is the schema
+*name*, and PostgreSQL resolves names per statement (and re-plans cached statements
+when the search path's schemas change), so the next statement of every open
+connection reads the rebuilt tables. A projection batch that was waiting on the lock
+may run its first statement (an idempotent `INSERT … ON CONFLICT DO NOTHING` into
+`inbox_offsets`) against the archived table; its following statements, which lock
+and read the offsets, already resolve to the rebuilt schema, where every inbound
+partition has its row. The archive stays for inspection or rollback (rename back)
+unless it is dropped.
+
+The digest is taken on a second connection whose REPEATABLE READ snapshot is opened
+after the catch-up and before the commit: it sees exactly the rebuilt state the live
+service continues from, without holding the lock while it reads every user.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+import asyncpg
+
+from .digest import digest_in_transaction
+from .log import Partition
+from .rebuild import stored_offsets
+
+OPERATIONAL = ("channels", "import_locks")
+"""Tables that are not derived from facts (configuration, leases): carried over from
+the live schema instead of rebuilt. A new such table must be added here."""
+
+CatchUp = Callable[[asyncpg.Connection, dict[Partition, int]], Awaitable[None]]
+
+
+async def switch(
+    database_url: str, live: str, rebuilt: str, archive: str, catch_up: CatchUp, *, lock_timeout_s: float = 60.0
+) -> str:
+    """Swap `rebuilt` in as `live` (renaming `live` to `archive`); the digest of the
+    state switched to. `catch_up(conn, live_offsets)` runs under the lock."""
+    conn = await asyncpg.connect(database_url)
+    snap = await asyncpg.connect(database_url, server_settings={"search_path": live})
+    try:
+        snapshot = snap.transaction(isolation="repeatable_read", readonly=True)
+        async with conn.transaction():
+            await conn.execute(f"SET LOCAL lock_timeout = '{int(lock_timeout_s * 1000)}ms'")
+            operational = [t for t in OPERATIONAL if await conn.fetchval("SELECT to_regclass($1)", f'"{live}".{t}')]
+            locked = ", ".join(f'"{live}".{t}' for t in ("inbox_offsets", "outbox", *operational))
+            await conn.execute(f"LOCK TABLE {locked} IN ACCESS EXCLUSIVE MODE")
+            await catch_up(conn, await stored_offsets(conn, live))
+            for table in operational:
+                if table != "channels":  # copied by catch_up, before it applies anything
+                    await conn.execute(f'DELETE FROM "{rebuilt}".{table}')
+                    await conn.execute(f'INSERT INTO "{rebuilt}".{table} SELECT * FROM "{live}".{table}')
+            await conn.execute(f'TRUNCATE "{rebuilt}".outbox')
+            await conn.execute(
+                f'INSERT INTO "{rebuilt}".outbox (id, topic, key, value) '
+                f'SELECT id, topic, key, value FROM "{live}".outbox ORDER BY id'
+            )
+            await conn.execute(
+                f"""SELECT setval('"{rebuilt}".outbox_id_seq',
+                       GREATEST((SELECT last_value FROM "{live}".outbox_id_seq), 1))"""
+            )
+            await snapshot.start()
+            await snap.fetchval("SELECT 1")  # the snapshot is taken at the first statement
+            await conn.execute(f'ALTER SCHEMA "{live}" RENAME TO "{archive}"')
+            await conn.execute(f'ALTER SCHEMA "{rebuilt}" RENAME TO "{live}"')
+        digest = await digest_in_transaction(snap)
+        await snapshot.commit()
+        return digest
+    finally:
+        await snap.close()
+        await conn.close()

@@ -1,0 +1,331 @@
+"""Issue 5: `unifier replay` rebuilds the state from the retained topics into a fresh
+schema and switches to it while the service runs; `--dry-run` shows what a rebuild
+would change; the log is read in the canonical order up to its real end.
+
+The helpers at the top (`cli`, `publish_rounds`, …) are shared with test_faults.py and
+test_deadletters.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import sys
+from collections import Counter
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import orjson
+import pytest
+import pytest_asyncio
+
+from contracts.topics import Topics
+from services.projection.records import canonical_order
+from services.replay import workload
+from services.replay.digest import state_digest
+from services.replay.log import LogReader
+from services.runtime.config import Settings
+from services.runtime.topics import ensure_topics
+from services.store.pool import create_pool
+from tests.support.infra import wait_for
+from tests.support.service import read_topic, running_service
+
+pytestmark = pytest.mark.integration
+
+UNIFIER = str(Path(sys.executable).with_name("unifier"))
+CHANNELS = 12
+
+
+# -- shared helpers ----------------------------------------------------------------------
+
+
+def cli_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """The environment `unifier` needs to run on this test's broker, schema and prefix."""
+    assert settings.kafka_bootstrap and settings.database_url
+    return {
+        **os.environ,
+        "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap,
+        "DATABASE_URL": settings.database_url,
+        "UNIFIER_TOPIC_PREFIX": settings.topic_prefix,
+        "UNIFIER_DB_SCHEMA": settings.db_schema,
+        "UNIFIER_CONSUMER_GROUP": settings.consumer_group,
+        "UNIFIER_DATA_DIR": str(settings.data_dir),
+        "UNIFIER_METRICS_PORT": "0",
+        **extra,
+    }
+
+
+async def cli(settings: Settings, *args: str, timeout: float = 180) -> tuple[int, str, str]:  # noqa: ASYNC109
+    """Run `unifier ARGS…`; (exit code, stdout, stderr)."""
+    proc = await asyncio.create_subprocess_exec(
+        UNIFIER, *args, env=cli_env(settings), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def replay(settings: Settings, *args: str) -> dict[str, Any]:
+    code, out, err = await cli(settings, "replay", "--quiet-ms", "300", *args)
+    assert code == 0, err
+    [line] = out.splitlines()
+    result: dict[str, Any] = orjson.loads(line)
+    return result
+
+
+async def applied_offsets(pool: asyncpg.Pool) -> int:
+    return int(await pool.fetchval("SELECT coalesce(sum(next_offset), 0) FROM inbox_offsets"))
+
+
+async def configure_hashed_channels(pool: asyncpg.Pool, channels: int = CHANNELS) -> None:
+    for ch in workload.hashed_channels(channels):
+        await pool.execute(
+            "INSERT INTO channels (channel_id, member_hash_secret) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            ch, workload.HASHED_CHANNEL_SECRET,
+        )
+
+
+async def publish_rounds(settings: Settings, pool: asyncpg.Pool, rounds: Sequence[Sequence[workload.Fact]], *, already: int = 0) -> int:
+    """Publish round after round, each once the running service applied the one before
+    (the stream's rounds are then applied in order, as a replay applies them)."""
+    assert settings.kafka_bootstrap
+    done = already
+    for facts in rounds:
+        await workload.publish(settings.kafka_bootstrap, Topics(settings.topic_prefix), facts)
+        done += len(facts)
+        await wait_for(lambda d=done: _at_least(pool, d), timeout=120, message=f"{done} records applied")
+    return done
+
+
+async def _at_least(pool: asyncpg.Pool, n: int) -> bool:
+    return await applied_offsets(pool) >= n
+
+
+async def side_schemas(database_url: str, live: str) -> list[str]:
+    conn = await asyncpg.connect(database_url)
+    try:
+        rows = await conn.fetch(
+            "SELECT nspname FROM pg_namespace WHERE nspname LIKE $1 ORDER BY 1", live.replace("_", r"\_") + r"\_%"
+        )
+        return [r[0] for r in rows]
+    finally:
+        await conn.close()
+
+
+@pytest_asyncio.fixture
+async def pool(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
+    """A pool on the test's live schema; archives and scratch schemas dropped afterwards."""
+    assert settings.database_url is not None
+    p = await create_pool(settings.database_url, settings.db_schema)
+    yield p
+    await p.close()
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        for schema in await side_schemas(settings.database_url, settings.db_schema):
+            await conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+    finally:
+        await conn.close()
+
+
+# -- the tests ---------------------------------------------------------------------------
+
+
+async def test_rebuild_reproduces_the_live_state_and_two_rebuilds_print_the_same_digest(settings: Settings, pool: asyncpg.Pool) -> None:
+    """Flow 5: a rebuild of the same logs gives the state the live service built, by one
+    worker or several; channel settings are carried over; the previous state is archived."""
+    await configure_hashed_channels(pool)
+    rounds = workload.mixed_rounds(3000, rounds=3, channels=CHANNELS, poison_every=50)
+    async with running_service(settings):
+        total = await publish_rounds(settings, pool, rounds)
+    live = await state_digest(pool)
+    channels_before = await pool.fetch("SELECT * FROM channels ORDER BY channel_id")
+
+    first = await replay(settings, "--rebuild", "--workers", "1")
+    second = await replay(settings, "--workers", "2", "--drop-archive")  # --rebuild is the default
+
+    assert first == {"events": total, "digest": live}
+    assert second == first
+    code, out, _ = await cli(settings, "digest")
+    assert code == 0 and orjson.loads(out)["digest"] == live
+    assert await pool.fetch("SELECT * FROM channels ORDER BY channel_id") == channels_before
+    archives = await side_schemas(settings.database_url or "", settings.db_schema)
+    assert len(archives) == 1 and "_a" in archives[0]  # the first rebuild's; the second dropped its own
+    assert await pool.fetchval("SELECT count(*) FROM outbox") == 0  # history is not re-sent
+
+
+async def test_rebuilt_inbox_offsets_are_the_log_ends_so_the_service_continues_without_reapplying(
+    settings: Settings, pool: asyncpg.Pool
+) -> None:
+    rounds = workload.mixed_rounds(2000, rounds=2, channels=CHANNELS)
+    async with running_service(settings):
+        await publish_rounds(settings, pool, rounds[:1])
+    await replay(settings, "--rebuild")
+    assert settings.kafka_bootstrap
+    async with LogReader(settings.kafka_bootstrap, Topics(settings.topic_prefix).inbound, quiet_s=0.3) as log:
+        ends = log.stops
+    stored = {(r[0], r[1]): r[2] for r in await pool.fetch("SELECT topic, partition, next_offset FROM inbox_offsets")}
+    assert stored == ends  # every inbound partition, empty ones included
+
+    async with running_service(settings):
+        await publish_rounds(settings, pool, rounds[1:], already=len(rounds[0]))
+    applied = await pool.fetchval("SELECT count(*) FROM applied_events")
+    code, out, err = await cli(settings, "replay", "--dry-run", "--quiet-ms", "300")
+    assert code == 0 and out == "", err  # the continued state is what a rebuild gives
+    assert orjson.loads(err.splitlines()[-1])["changedUsers"] == 0
+    assert applied == await pool.fetchval("SELECT count(*) FROM applied_events")
+
+
+async def test_rebuild_while_the_service_applies_new_facts_loses_nothing_and_resends_nothing(
+    settings: Settings, pool: asyncpg.Pool
+) -> None:
+    """The switch happens under load: the live service keeps applying rounds while the
+    rebuild reads the log; afterwards every fact is applied once, the state is what a
+    rebuild gives, and no user-changed message was published twice."""
+    rounds = workload.mixed_rounds(4000, rounds=80, channels=CHANNELS)
+    topics = Topics(settings.topic_prefix)
+    async with running_service(settings):
+        done = before = await publish_rounds(settings, pool, rounds[:20])
+        rebuilding = asyncio.create_task(
+            cli(settings, "replay", "--rebuild", "--workers", "2", "--quiet-ms", "300", "--batch", "500")
+        )
+        fed = 20
+        while not rebuilding.done() and fed < len(rounds):  # keep the live service busy throughout
+            done = await publish_rounds(settings, pool, rounds[fed:fed + 1], already=done)
+            fed += 1
+        code, out, err = await rebuilding
+        assert code == 0, err
+        await publish_rounds(settings, pool, rounds[fed:], already=done)
+        await wait_for(lambda: _outbox_empty(pool), message="outbox relayed")
+    result = orjson.loads(out)
+    caught_up = int(re.search(r"caught up ([\d,]+) records", err)[1].replace(",", ""))  # type: ignore[index]
+    print(f"rounds fed during the rebuild: {fed - 20}; records caught up: {caught_up}")
+    assert caught_up > 0 and fed < len(rounds), err  # the live service really moved on while the rebuild ran
+    assert result["events"] >= before
+    assert await applied_offsets(pool) == sum(len(r) for r in rounds)
+
+    code, out, err = await cli(settings, "replay", "--dry-run", "--quiet-ms", "300")
+    summary = orjson.loads(err.splitlines()[-1])
+    assert code == 0 and out == "" and summary["changedUsers"] == 0, err
+    assert summary["liveDigest"] == summary["rebuiltDigest"] == await state_digest(pool)
+
+    changes = await read_topic(settings, topics.user_changed)
+    ids = Counter(v["eventId"] for _, v in changes if v is not None)
+    assert ids and max(ids.values()) == 1  # nothing re-sent by the switch
+
+
+async def _outbox_empty(pool: asyncpg.Pool) -> bool:
+    return await pool.fetchval("SELECT count(*) FROM outbox") == 0
+
+
+async def test_dry_run_lists_the_users_a_rebuild_would_change_and_changes_nothing(
+    settings: Settings, pool: asyncpg.Pool
+) -> None:
+    """Rotating a channel's member-hash secret makes old logins invalid for a rebuild
+    (channel settings are configuration, applied to the whole history): the dry run
+    says which users and keys would change, and leaves everything as it was."""
+    rounds = workload.mixed_rounds(1500, rounds=2, channels=CHANNELS)
+    async with running_service(settings):
+        await publish_rounds(settings, pool, rounds)
+    live = await state_digest(pool)
+    rotated = workload.channel_name(1)  # not hashed by the workload: its logins carry no hash
+    code, _, err = await cli(settings, "channel", "configure", rotated, "--member-hash-secret", "new-secret")
+    assert code == 0, err
+
+    code, out, err = await cli(settings, "replay", "--dry-run", "--quiet-ms", "300")
+    assert code == 0, err
+    lines = [orjson.loads(line) for line in out.splitlines()]
+    assert lines and {line["channelId"] for line in lines} == {rotated}
+    assert all(set(line) == {"userId", "channelId", "change", "keys"} and line["keys"] for line in lines)
+    assert any("memberId" in line["keys"] or "mergedInto" in line["keys"] for line in lines)
+    summary = orjson.loads(err.splitlines()[-1])
+    assert summary["changedUsers"] == len(lines) and summary["liveDigest"] == live != summary["rebuiltDigest"]
+    assert await state_digest(pool) == live
+    assert await side_schemas(settings.database_url or "", settings.db_schema) == []  # scratch dropped
+
+    code, out, _ = await cli(settings, "replay", "--dry-run", "--since", "2100-01-01T00:00:00Z", "--quiet-ms", "300")
+    assert code == 0 and out == ""  # nobody was touched after that
+
+
+async def test_rebuild_refuses_when_the_log_holds_less_than_the_live_state_applied(
+    settings: Settings, pool: asyncpg.Pool
+) -> None:
+    """tansu keeps its log in memory: after a broker restart the log is empty while
+    PostgreSQL remembers what was applied. A rebuild then must not replace the state."""
+    async with running_service(settings):
+        await publish_rounds(settings, pool, workload.mixed_rounds(300, rounds=1, channels=CHANNELS))
+    live = await state_digest(pool)
+    await pool.execute("UPDATE inbox_offsets SET next_offset = next_offset + 1000")
+
+    code, out, err = await cli(settings, "replay", "--rebuild", "--quiet-ms", "300")
+
+    assert code == 1 and out == ""
+    assert "holds less than the live state applied" in err
+    assert await state_digest(pool) == live
+    assert await side_schemas(settings.database_url or "", settings.db_schema) == []
+
+
+async def test_streaming_merge_is_the_canonical_order_and_reads_past_the_reported_ends(settings: Settings) -> None:
+    """The k-way merge of the whole log equals `canonical_order` of the partitions, and
+    the reader reaches the real end although tansu's reported end offsets lag."""
+    assert settings.kafka_bootstrap
+    topics = Topics(settings.topic_prefix)
+    await ensure_topics(settings.kafka_bootstrap, settings.topic_prefix, settings.partitions)
+    facts = workload.mixed_facts(20_000, rounds=4, channels=CHANNELS)
+    # Timestamps that tie across partitions exercise the tie-break on topic, partition, offset.
+    facts = [workload.Fact(f.kind, f.key, f.value, f.timestamp - f.timestamp % 600_000) for f in facts]
+    await workload.publish(settings.kafka_bootstrap, topics, facts)
+
+    async with LogReader(settings.kafka_bootstrap, topics.inbound, quiet_s=0.3) as log:
+        merged = [r for chunk in [c async for c in log.merged(chunk=777)] for r in chunk]
+    async with LogReader(settings.kafka_bootstrap, topics.inbound, quiet_s=0.3) as log:
+        runs: dict[tuple[str, int], list[Any]] = {}
+        async for chunk in log.per_partition(chunk=1000):
+            for r in chunk:
+                runs.setdefault((r.topic, r.partition), []).append(r)
+
+    assert len(merged) == len(facts)
+    assert merged == canonical_order(runs.values())
+
+
+# -- pure helpers (no infrastructure, kept here with the feature they serve) -------------
+
+
+def test_since_accepts_epoch_ms_and_iso_8601_in_utc() -> None:
+    from services.replay.replay import parse_time
+
+    assert parse_time("1767225600000") == parse_time("2026-01-01T00:00:00Z") == parse_time("2026-01-01T09:00:00+09:00")
+    assert parse_time("2026-01-01T00:00:00") == 1_767_225_600_000  # no zone: UTC
+    with pytest.raises(ValueError):
+        parse_time("yesterday")
+
+
+def test_side_schema_names_fit_postgresql_identifiers() -> None:
+    from services.replay.replay import side_schema
+
+    longest = "s" * 63
+    for kind in ("r", "a", "d"):
+        name = side_schema(longest, kind)
+        assert len(name) <= 63 and len(f"{name}_s99") <= 63  # shard schemas of the rebuild too
+
+
+def test_a_channel_always_lands_in_the_same_shard_and_bad_values_in_shard_0() -> None:
+    from services.projection.records import Record
+    from services.replay.shards import shard_of
+
+    def rec(value: bytes) -> Record:
+        return Record("t", 0, 0, 0, b"k", value)
+
+    one = orjson.dumps({"channelId": "ch_7", "eventId": "a"})
+    other = orjson.dumps({"eventId": "b", "type": "boot", "channelId": "ch_7"})
+    assert shard_of(rec(one), 5) == shard_of(rec(other), 5)
+    assert {shard_of(rec(orjson.dumps({"channelId": f"ch_{i}"})), 4) for i in range(50)} == {0, 1, 2, 3}
+    for bad in (b"{oops", b"[1]", orjson.dumps({"channelId": 7}), b""):
+        assert shard_of(rec(bad), 4) == 0
