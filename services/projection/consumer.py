@@ -18,6 +18,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from contracts.topics import Topics
 from services.runtime import metrics
 from services.store import repository as repo
+from services.store.pool import DATABASE_UNAVAILABLE
 
 from .batch import BatchResult, apply_batch
 from .records import Record, canonical_order
@@ -25,6 +26,12 @@ from .records import Record, canonical_order
 log = logging.getLogger("unifier.projection")
 
 _CONFLICT_RETRIES = 20
+_OUTAGE_BACKOFF_MAX_S = 5.0
+
+
+class Stopped(Exception):
+    """The service was told to stop while the database was away: the batch in hand was
+    not applied (its offsets were not stored either), so the next start re-reads it."""
 
 
 class _SeekToStored(ConsumerRebalanceListener):
@@ -54,6 +61,7 @@ class Projection:
             fetch_max_bytes=32 * 1024 * 1024,
         )
         self.healthy = False
+        self._stop = asyncio.Event()
         self._fetched: dict[TopicPartition, int] = {}  # next offset after what we fetched
 
     async def seek_to_stored(self, partitions: list[TopicPartition]) -> None:
@@ -64,6 +72,7 @@ class Projection:
             self.consumer.seek(tp, offset if offset is not None else 0)
 
     async def run(self, stop: asyncio.Event) -> None:
+        self._stop = stop
         await self.consumer.start()
         self.consumer.subscribe(list(self.topics.inbound), listener=_SeekToStored(self))
         try:
@@ -80,7 +89,11 @@ class Projection:
                     if msgs:
                         self._fetched[tp] = msgs[-1].offset + 1
                 # The batch in flight is finished even when a stop arrives meanwhile.
-                await asyncio.shield(self.apply(canonical_order(runs)))
+                try:
+                    await asyncio.shield(self.apply(canonical_order(runs)))
+                except Stopped:
+                    log.warning("stopped while the database was unavailable; the batch in hand is re-read at the next start")
+                    break
                 self._observe_lag()
         finally:
             await self.consumer.stop()
@@ -88,19 +101,29 @@ class Projection:
     async def apply(self, records: list[Record]) -> BatchResult:
         """Apply with retries: a conflict with another instance is retried, never dropped (G3)."""
         started = time.perf_counter()
-        for attempt in range(1, _CONFLICT_RETRIES + 1):
+        conflicts = outages = 0
+        while True:
             try:
                 result = await apply_batch(self.pool, self.topics, records)
                 break
             except repo.Conflict as err:
+                conflicts += 1
                 metrics.CONFLICTS.inc()
-                log.warning("batch conflict (attempt %d): %s; retrying", attempt, err)
-                await asyncio.sleep(min(0.05 * attempt, 1.0))
-            except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError) as err:
-                log.warning("database unavailable (%s); retrying batch", err)
-                await asyncio.sleep(min(0.5 * attempt, 5.0))
-        else:
-            raise RuntimeError(f"batch of {len(records)} records kept conflicting; giving up")
+                if conflicts >= _CONFLICT_RETRIES:
+                    raise RuntimeError(f"batch of {len(records)} records kept conflicting; giving up") from err
+                log.warning("batch conflict (attempt %d): %s; retrying", conflicts, err)
+                await asyncio.sleep(min(0.05 * conflicts, 1.0))
+            except DATABASE_UNAVAILABLE as err:
+                # An outage is waited out however long it lasts (the transaction rolled
+                # back; nothing of the batch is stored): crashing would only restart us
+                # into the same outage. /healthz says degraded meanwhile.
+                outages += 1
+                self.healthy = False
+                delay = min(0.2 * 2 ** min(outages, 5), _OUTAGE_BACKOFF_MAX_S)
+                log.warning("database unavailable (%s: %s); retrying the batch in %.1f s", type(err).__name__, err, delay)
+                if await _stopped_within(self._stop, delay):
+                    raise Stopped from err
+        self.healthy = True
         elapsed = time.perf_counter() - started
         metrics.BATCH_SECONDS.observe(elapsed)
         metrics.EVENTS_APPLIED.inc(result.applied)
@@ -145,3 +168,11 @@ class Projection:
             if position is None:
                 continue
             metrics.CONSUMER_LAG.labels(topic=tp.topic, partition=str(tp.partition)).set(max(high - position, 0))
+
+
+async def _stopped_within(stop: asyncio.Event, seconds: float) -> bool:
+    try:
+        await asyncio.wait_for(stop.wait(), seconds)
+    except TimeoutError:
+        return False
+    return True

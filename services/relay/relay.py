@@ -10,17 +10,22 @@ at once; a short poll covers a missed notification.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 import asyncpg
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
 
 from services.runtime import metrics
+from services.store.pool import DATABASE_UNAVAILABLE
 
 log = logging.getLogger("unifier.relay")
 
 _BATCH = 5000
 _POLL_S = 0.25
+_BACKOFF_MAX_S = 5.0
+_DRAIN_ATTEMPTS = 3  # after a stop: how many failed drains before leaving rows for the next start
 
 
 class Relay:
@@ -37,28 +42,56 @@ class Relay:
         self.healthy = False
 
     async def run(self, stop: asyncio.Event) -> None:
+        """Relay until `stop`, then drain once more. A lost database connection or an
+        unreachable broker is waited out with backoff: the unsent rows stay in the
+        outbox, so nothing is lost, and /healthz says degraded meanwhile."""
         await self.producer.start()
-        conn: asyncpg.Connection = await self.pool.acquire()
-        wake = None
+        failures = 0
         try:
-            wake = self._on_notify
-            await conn.add_listener("unifier_outbox", wake)
-            while not stop.is_set():
-                if await conn.fetchval("SELECT pg_try_advisory_lock(hashtext($1))", self.lock_name):
-                    break
+            while True:
+                try:
+                    await self._relay(stop)
+                    return
+                except (*DATABASE_UNAVAILABLE, KafkaError) as err:
+                    self.healthy = False
+                    failures += 1
+                    delay = min(0.2 * 2 ** min(failures, 5), _BACKOFF_MAX_S)
+                    log.warning("relay interrupted (%s: %s); resuming in %.1f s", type(err).__name__, err, delay)
+                    if stop.is_set() and failures > _DRAIN_ATTEMPTS:
+                        log.warning("stopping with rows still in the outbox: the next start sends them")
+                        return
+                    if stop.is_set():
+                        await asyncio.sleep(delay)  # draining after the stop: no event to wait for
+                    else:
+                        await _wait(stop, stop, delay)
+        finally:
+            await self.producer.stop()
+
+    async def _relay(self, stop: asyncio.Event) -> None:
+        conn: asyncpg.Connection = await self.pool.acquire()
+        listening = False
+        try:
+            await conn.add_listener("unifier_outbox", self._on_notify)
+            listening = True
+            while not await conn.fetchval("SELECT pg_try_advisory_lock(hashtext($1))", self.lock_name):
+                if stop.is_set():
+                    return  # another instance relays, and drains
                 await _wait(self._wake, stop, 1.0)  # another instance relays; stand by
             while not stop.is_set():
                 sent = await self.publish_once(conn)
                 self.healthy = True
                 if sent < _BATCH:
                     await _wait(self._wake, stop, _POLL_S)
-            await self.publish_once(conn)  # drain what the last batch wrote
+            while await self.publish_once(conn) == _BATCH:  # drain what the last batches wrote
+                pass
         finally:
-            if wake is not None:
-                await conn.remove_listener("unifier_outbox", wake)
-            await conn.execute("SELECT pg_advisory_unlock_all()")
-            await self.pool.release(conn)
-            await self.producer.stop()
+            # The connection may be dead: cleaning up must not hide the original error.
+            with contextlib.suppress(*DATABASE_UNAVAILABLE):
+                if listening:
+                    await conn.remove_listener("unifier_outbox", self._on_notify)
+                await conn.execute("SELECT pg_advisory_unlock_all()")
+            with contextlib.suppress(*DATABASE_UNAVAILABLE):
+                await self.pool.release(conn)
 
     def _on_notify(self, *_: object) -> None:
         self._wake.set()

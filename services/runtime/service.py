@@ -7,12 +7,17 @@ import asyncio
 import contextlib
 import logging
 import signal
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import asyncpg
+from aiokafka.errors import KafkaError
 
 from contracts.topics import Topics
 from services.projection.consumer import Projection
 from services.relay.relay import Relay
 from services.store import repository as repo
-from services.store.pool import create_pool
+from services.store.pool import DATABASE_UNAVAILABLE, create_pool
 
 from . import metrics
 from .config import Settings
@@ -20,6 +25,7 @@ from .embedded import embedded_log_id, infrastructure
 from .topics import ensure_topics
 
 log = logging.getLogger("unifier")
+T = TypeVar("T")
 
 
 async def run_service(settings: Settings, stop: asyncio.Event | None = None, *, ready: asyncio.Event | None = None) -> None:
@@ -31,33 +37,80 @@ async def run_service(settings: Settings, stop: asyncio.Event | None = None, *, 
                 loop.add_signal_handler(sig, stop.set)
     topics = Topics(settings.topic_prefix)
     async with infrastructure(settings) as (bootstrap, database_url):
-        await ensure_topics(bootstrap, settings.topic_prefix, settings.partitions)
-        pool = await create_pool(database_url, settings.db_schema, max_size=6)
-        if not settings.kafka_bootstrap and (log_id := embedded_log_id(settings.data_dir)) is not None:
-            if await repo.adopt_log(pool, log_id):
-                log.warning("the embedded broker started with an empty log: inbound offsets restart at 0")
-        projection = Projection(pool, bootstrap, topics, settings.consumer_group, settings.batch_max)
-        relay = Relay(pool, bootstrap, f"unifier-relay:{settings.db_schema}")
-        server = await metrics.serve(
-            settings.metrics_port, lambda: {"projection": projection.healthy, "relay": relay.healthy}
-        )
-        tasks = [asyncio.create_task(projection.run(stop), name="projection"), asyncio.create_task(relay.run(stop), name="relay")]
-        log.info("unifier running: topics %s*, schema %s", settings.topic_prefix, settings.db_schema)
-        if ready is not None:
-            ready.set()
+        # Health is served from the first moment, so an orchestrator sees "degraded"
+        # while the broker or the database is still away, rather than a crash loop.
+        parts: dict[str, Callable[[], bool]] = {"broker": lambda: False, "database": lambda: False}
+        server = await metrics.serve(settings.metrics_port, lambda: {name: ok() for name, ok in parts.items()})
         try:
-            done, _ = await asyncio.wait([*tasks, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
-            for task in done:
-                if task in tasks and task.exception() is not None:
-                    raise task.exception()  # type: ignore[misc]
-            stop.set()
-            await asyncio.gather(*tasks)
+            async def topics_exist() -> bool:
+                await ensure_topics(bootstrap, settings.topic_prefix, settings.partitions)
+                return True
+
+            if not await _until_up("broker", topics_exist, stop):
+                return
+            parts["broker"] = lambda: True
+            pool = await _until_up("database", lambda: create_pool(database_url, settings.db_schema, max_size=6), stop)
+            if pool is None:
+                return
+            parts["database"] = lambda: True
+            try:
+                await _serve(settings, topics, bootstrap, pool, stop, parts, ready)
+            finally:
+                await pool.close()
         finally:
-            stop.set()
-            for task in tasks:
-                if not task.done():
-                    task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
             server.close()
-            await pool.close()
-            log.info("unifier stopped cleanly")
+    log.info("unifier stopped cleanly")
+
+
+async def _serve(
+    settings: Settings, topics: Topics, bootstrap: str, pool: asyncpg.Pool, stop: asyncio.Event,
+    parts: dict[str, Callable[[], bool]], ready: asyncio.Event | None,
+) -> None:
+    if not settings.kafka_bootstrap and (log_id := embedded_log_id(settings.data_dir)) is not None:
+        if await repo.adopt_log(pool, log_id):
+            log.warning("the embedded broker started with an empty log: inbound offsets restart at 0")
+    projection = Projection(pool, bootstrap, topics, settings.consumer_group, settings.batch_max)
+    relay = Relay(pool, bootstrap, f"unifier-relay:{settings.db_schema}")
+    parts["projection"] = lambda: projection.healthy
+    parts["relay"] = lambda: relay.healthy
+    # The relay stops only after the projection has committed its last batch, so that
+    # batch's changes leave with this process instead of waiting for the next start.
+    relay_stop = asyncio.Event()
+    consuming = asyncio.create_task(projection.run(stop), name="projection")
+    relaying = asyncio.create_task(relay.run(relay_stop), name="relay")
+    tasks = [consuming, relaying]
+    log.info("unifier running: topics %s*, schema %s", settings.topic_prefix, settings.db_schema)
+    if ready is not None:
+        ready.set()
+    try:
+        done, _ = await asyncio.wait([*tasks, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            if task in tasks and task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]
+        stop.set()
+        await consuming
+        relay_stop.set()
+        await relaying
+    finally:
+        stop.set()
+        relay_stop.set()
+        for task in tasks:
+            if not task.done():
+                task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _until_up(what: str, connect: Callable[[], Awaitable[T]], stop: asyncio.Event) -> T | None:
+    """`connect()` retried with backoff (capped at 10 s) until it succeeds; None if told
+    to stop first. Each failure is logged with its cause."""
+    failures = 0
+    while not stop.is_set():
+        try:
+            return await connect()
+        except (*DATABASE_UNAVAILABLE, KafkaError) as err:
+            failures += 1
+            delay = min(0.5 * 2 ** min(failures, 5), 10.0)
+            log.warning("%s unavailable (%s: %s); retrying in %.1f s", what, type(err).__name__, err, delay)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
+    return None

@@ -51,3 +51,16 @@ async def ensure_schema(database_url: str, schema: str) -> None:
                 await conn.execute(resources.files("services.store").joinpath(script).read_text())
     finally:
         await conn.close()
+
+
+DATABASE_UNAVAILABLE: tuple[type[BaseException], ...] = (
+    OSError,  # refused, reset, unreachable
+    TimeoutError,
+    asyncpg.PostgresConnectionError,  # the connection is gone
+    asyncpg.InterfaceError,  # ... and asyncpg noticed while using it
+    asyncpg.InternalClientError,  # a connection left mid-protocol by a terminated backend
+    asyncpg.exceptions.OperatorInterventionError,  # admin shutdown, crash shutdown, cannot connect now
+)
+"""Errors that mean "the database went away", not "this batch is wrong": the work is
+retried on a fresh connection, never dropped or half-applied (each unit is one
+transaction)."""

@@ -193,11 +193,6 @@ async def test_sigterm_finishes_the_batch_in_flight_and_exits_0(
     await assert_every_record_applied_or_dead_lettered_once(settings, pool)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "service.py stops the relay and the projection together: the relay's final drain can "
-    "run before the projection commits its last batch, whose outbox rows then wait for "
-    "the next start (not lost, but late). Fix: stop the projection first, then the relay."
-))
 async def test_sigterm_relays_the_last_batch_before_exit(
     settings: Settings, pool: asyncpg.Pool, tmp_path: Path, services: list[Service]
 ) -> None:
@@ -312,6 +307,38 @@ async def test_two_instances_in_one_group_share_the_partitions_and_end_in_the_si
     await assert_every_record_applied_or_dead_lettered_once(settings, pool)
 
 
+async def test_kill_9_of_one_of_two_instances_mid_stream_the_other_takes_over_and_ends_in_the_uninterrupted_state(
+    settings: Settings, pool: asyncpg.Pool, tmp_path: Path, services: list[Service]
+) -> None:
+    """G3 and crash safety together: instance b dies by SIGKILL in the middle of a round
+    while a keeps running; a is handed b's partitions at the next rebalance, starts them
+    at the offsets stored with the state, and the end state is the rebuild's."""
+    await configure_hashed_channels(pool)
+    a = await service(settings, tmp_path, services, "a", UNIFIER_BATCH_MAX="200").start()
+    b = await service(settings, tmp_path, services, "b", UNIFIER_BATCH_MAX="200").start()
+    await wait_for(lambda: _both_assigned(a, b), timeout=60, message="both instances assigned partitions")
+    rounds = workload.mixed_rounds(4000, rounds=4, channels=CHANNELS, poison_every=97)
+    done = await publish_rounds(settings, pool, rounds[:1])
+    await publish_rounds_unwaited(settings, rounds[1])
+    await wait_for(lambda: _past(pool, done), timeout=60, message="the round under way")
+    b.signal(signal.SIGKILL)
+    assert await b.wait() == -signal.SIGKILL
+    killed_mid_round = await applied_offsets(pool) < done + len(rounds[1])
+    done += len(rounds[1])
+    # a alone finishes b's share once the group notices b is gone (session timeout).
+    await wait_for(lambda: _past(pool, done - 1, a), timeout=120, message="the survivor finished the round")
+    assert not a.exited(), a.text()[-3000:]
+    done = await publish_rounds(settings, pool, rounds[2:], already=done)
+    await wait_for(lambda: _outbox_empty(pool), message="outbox relayed")
+    assert await a.stop() == 0
+
+    assert killed_mid_round  # the kill landed while b still had records of the round to apply
+    assert await applied_offsets(pool) == done
+    await assert_state_is_a_rebuild(settings)
+    await assert_every_record_applied_or_dead_lettered_once(settings, pool)
+    assert_versions_have_no_gaps(await read_topic(settings, Topics(settings.topic_prefix).user_changed))
+
+
 def _both_assigned(a: Service, b: Service) -> bool:
     """The latest assignment of each instance is non-empty, in the same generation."""
     def latest(s: Service) -> tuple[str, bool] | None:
@@ -339,28 +366,7 @@ async def own_role(settings: Settings) -> AsyncIterator[str]:
         await admin.close()
 
 
-_RELAY_SAYS = (
-    "relay.py does not survive losing its connection: Relay.run holds one pooled "
-    "connection for LISTEN and the advisory lock, and any asyncpg error there (after "
-    "pg_terminate_backend: AdminShutdownError, then InterfaceError 'connection has been "
-    "released back to the pool') ends the task, and run_service exits non-zero."
-)
-_PROJECTION_SAYS = (
-    "consumer.py (Projection.apply) retries a batch on OSError, PostgresConnectionError and "
-    "InterfaceError only. After pg_terminate_backend the pool sometimes hands out a "
-    "connection that raises asyncpg.InternalClientError ('cannot switch to state 15; "
-    "another operation (2) is in progress') on BEGIN, or AdminShutdownError (57P01): the "
-    "projection task dies and the service exits 1 (about 1 run in 6 here). Not strict."
-)
-
-
-@pytest.mark.parametrize(
-    "whose",
-    [
-        pytest.param("projection", marks=pytest.mark.xfail(strict=False, reason=_PROJECTION_SAYS)),
-        pytest.param("all", marks=pytest.mark.xfail(strict=True, reason=f"{_PROJECTION_SAYS} {_RELAY_SAYS}")),
-    ],
-)
+@pytest.mark.parametrize("whose", ["projection", "all"])
 async def test_postgres_connection_loss_is_survived_without_losing_or_doubling_anything(
     settings: Settings, pool: asyncpg.Pool, tmp_path: Path, services: list[Service], whose: str
 ) -> None:
@@ -398,11 +404,6 @@ async def test_postgres_connection_loss_is_survived_without_losing_or_doubling_a
     assert_versions_have_no_gaps(await read_topic(settings, Topics(settings.topic_prefix).user_changed))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "service.py runs ensure_topics (topics.py: AIOKafkaAdminClient.start) before it serves "
-    "/healthz, and lets KafkaConnectionError('Unable to bootstrap') end the process: "
-    "under an orchestrator that is a crash loop with no health to report."
-))
 async def test_broker_unreachable_at_start_reports_degraded_and_recovers_without_a_crash_loop(
     settings: Settings, pool: asyncpg.Pool, tmp_path: Path, services: list[Service]
 ) -> None:
