@@ -3,7 +3,8 @@
 
 Offsets that count are the ones committed with the state (aiokafka's
 local_state_consumer pattern); Kafka commits are sent afterwards only as a hint for
-lag tools.
+lag tools. Records are applied in the canonical order replay uses (merge.py), so a
+drained live service and a rebuild of the same logs hold the same state.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import time
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 
 from contracts.topics import Topics
 from services.runtime import metrics
@@ -21,7 +23,8 @@ from services.store import repository as repo
 from services.store.pool import DATABASE_UNAVAILABLE
 
 from .batch import BatchResult, apply_batch
-from .records import Record, canonical_order
+from .merge import CoPartitionMerge
+from .records import Record
 
 log = logging.getLogger("unifier.projection")
 
@@ -59,38 +62,48 @@ class Projection:
             auto_offset_reset="earliest",
             max_partition_fetch_bytes=4 * 1024 * 1024,
             fetch_max_bytes=32 * 1024 * 1024,
+            # Range gives partition p of every inbound topic to the same instance: a
+            # channel's facts on all three topics meet in one merge (merge.py).
+            partition_assignment_strategy=(RangePartitionAssignor,),
         )
+        self.merge = CoPartitionMerge()
         self.healthy = False
         self._stop = asyncio.Event()
         self._fetched: dict[TopicPartition, int] = {}  # next offset after what we fetched
 
     async def seek_to_stored(self, partitions: list[TopicPartition]) -> None:
         stored = await repo.stored_offsets(self.pool, self.topics.inbound)
+        self.merge.assign((tp.topic, tp.partition) for tp in partitions)
+        self._fetched = {}
         for tp in partitions:
             offset = stored.get((tp.topic, tp.partition))
             # Offset 0 when nothing is stored; auto_offset_reset=earliest covers a log whose start moved.
             self.consumer.seek(tp, offset if offset is not None else 0)
+            self._fetched[tp] = offset if offset is not None else 0
 
     async def run(self, stop: asyncio.Event) -> None:
         self._stop = stop
         await self.consumer.start()
         self.consumer.subscribe(list(self.topics.inbound), listener=_SeekToStored(self))
         try:
+            more = False  # records left releasable after the last batch: do not wait
             while not stop.is_set():
-                fetched = await self.consumer.getmany(timeout_ms=200, max_records=self.batch_max)
+                fetched = await self.consumer.getmany(timeout_ms=0 if more else 200, max_records=self.batch_max)
                 self.healthy = True
-                if not fetched:
-                    continue
-                runs = [
-                    [Record(tp.topic, tp.partition, m.offset, m.timestamp, m.key, m.value) for m in msgs]
-                    for tp, msgs in fetched.items()
-                ]
                 for tp, msgs in fetched.items():
                     if msgs:
+                        self.merge.add((tp.topic, tp.partition), [
+                            Record(tp.topic, tp.partition, m.offset, m.timestamp, m.key, m.value) for m in msgs
+                        ])
                         self._fetched[tp] = msgs[-1].offset + 1
+                self._flow_control()
+                records = self.merge.release(self._at_end, self.batch_max)
+                more = len(records) == self.batch_max
+                if not records:
+                    continue
                 # The batch in flight is finished even when a stop arrives meanwhile.
                 try:
-                    await asyncio.shield(self.apply(canonical_order(runs)))
+                    await asyncio.shield(self.apply(records))
                 except Stopped:
                     log.warning("stopped while the database was unavailable; the batch in hand is re-read at the next start")
                     break
@@ -149,9 +162,29 @@ class Projection:
             if self._fetched.get(tp, 0) < offset:
                 self.consumer.seek(tp, offset)
                 self._fetched[tp] = offset
+            self.merge.drop_below((topic, partition), offset)
             hint[tp] = offset
         if hint:
             asyncio.ensure_future(self._commit_hint(hint))
+
+    def _at_end(self, partition: tuple[str, int]) -> bool:
+        """Everything the partition held at the last fetch response has been fetched.
+        The high watermark comes with every fetch response, empty or not (exact on tansu
+        and Kafka), so an idle co-partition holds the others back for one fetch at most."""
+        tp = TopicPartition(*partition)
+        high = self.consumer.highwater(tp)
+        return high is not None and self._fetched.get(tp, 0) >= high
+
+    def _flow_control(self) -> None:
+        """Bound the memory of the merge: a partition far ahead of its co-partitions
+        stops being fetched until the merge has caught up with it."""
+        paused = self.consumer.paused()
+        for tp in self.consumer.assignment():
+            held = self.merge.buffered((tp.topic, tp.partition))
+            if tp not in paused and held > 4 * self.batch_max:
+                self.consumer.pause(tp)
+            elif tp in paused and held <= self.batch_max:
+                self.consumer.resume(tp)
 
     async def _commit_hint(self, offsets: dict[TopicPartition, int]) -> None:
         try:
