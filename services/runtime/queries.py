@@ -33,5 +33,19 @@ async def find_user(conn: asyncpg.Connection | asyncpg.Pool, channel_id: str, by
     if user.merged_into is not None:
         return {"id": user.id, "mergedInto": user.merged_into}
     view = user_view(user)
-    view["unification"] = {"candidates": list(user.candidates), "pendingInto": user.pending_into}
+    candidates = await _still_users(conn, channel_id, user.candidates)
+    view["unification"] = {"candidates": candidates, "pendingInto": user.pending_into}
     return view
+
+
+async def _still_users(conn: asyncpg.Connection | asyncpg.Pool, channel_id: str, ids: list[str]) -> list[str]:
+    """The recorded candidates (U5, most recently updated first, U7) minus those deleted
+    since (B2, B3): a deleted member is no user any more, so staff must not be offered it.
+    The leads that listed it are not touched by the deletion, hence pruned as read."""
+    if not ids:
+        return []
+    rows = await conn.fetch(
+        "SELECT id FROM users WHERE channel_id = $1 AND id = ANY($2::text[]) AND NOT deleted", channel_id, ids
+    )
+    live = {r["id"] for r in rows}
+    return [i for i in ids if i in live]
