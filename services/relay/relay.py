@@ -29,13 +29,15 @@ _DRAIN_ATTEMPTS = 3  # after a stop: how many failed drains before leaving rows 
 
 
 class Relay:
-    def __init__(self, pool: asyncpg.Pool, bootstrap: str, lock_name: str) -> None:
+    def __init__(self, pool: asyncpg.Pool, bootstrap: str, lock_name: str, *, idempotence: bool = False) -> None:
         self.pool = pool
         self.lock_name = lock_name
-        # tansu rejects idempotent producers (DESIGN.md); ordering per key still holds
-        # with one in-flight request per connection.
+        # tansu rejects idempotent producers (DESIGN.md), so they are opt-in
+        # (UNIFIER_KAFKA_IDEMPOTENCE=true on Apache Kafka); without them ordering per key
+        # still holds with one in-flight request per connection, and a retried send may
+        # repeat a message, which consumers dedupe by (userId, version).
         self.producer = AIOKafkaProducer(
-            bootstrap_servers=bootstrap, acks="all", enable_idempotence=False, linger_ms=2,
+            bootstrap_servers=bootstrap, acks="all", enable_idempotence=idempotence, linger_ms=2,
             max_batch_size=256 * 1024,
         )
         self._wake = asyncio.Event()

@@ -30,8 +30,11 @@ _VARIABLE = {
     "data_dir": "UNIFIER_DATA_DIR",
     "metrics_port": "UNIFIER_METRICS_PORT",
     "batch_max": "UNIFIER_BATCH_MAX",
+    "kafka_idempotence": "UNIFIER_KAFKA_IDEMPOTENCE",
 }
 _INT_FIELDS = frozenset({"partitions", "metrics_port", "batch_max"})
+_BOOL_FIELDS = frozenset({"kafka_idempotence"})
+_BOOLS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 
 # Interpolated into SQL (`SET search_path`, `CREATE SCHEMA`), so only a plain identifier
 # that needs no quoting; PostgreSQL truncates names past 63 bytes.
@@ -55,6 +58,9 @@ class Settings:
     data_dir: Path = field(default_factory=lambda: Path("./.unifier"))
     metrics_port: int = 9464
     batch_max: int = 5000
+    # Idempotent producers: on for Apache Kafka (a retried send is never doubled);
+    # off by default because tansu, the embedded broker, refuses them.
+    kafka_idempotence: bool = False
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -70,6 +76,10 @@ class Settings:
                     values[name] = int(raw)
                 except ValueError:
                     raise ConfigError(f"{variable} must be an integer, got {raw!r}") from None
+            elif name in _BOOL_FIELDS:
+                if raw.lower() not in _BOOLS:
+                    raise ConfigError(f"{variable} must be true or false, got {raw!r}")
+                values[name] = _BOOLS[raw.lower()]
             elif name == "data_dir":
                 values[name] = Path(raw)
             else:

@@ -108,7 +108,7 @@ async def _retry(settings: Settings, args: argparse.Namespace) -> int:
     topics = Topics(settings.topic_prefix)
     # Idempotent producers where the broker supports them (tansu does not): the setting
     # is read from Settings once the lead adds it (UNIFIER_KAFKA_IDEMPOTENCE).
-    idempotence = bool(getattr(settings, "kafka_idempotence", False))
+    idempotence = settings.kafka_idempotence
     async with infrastructure(settings) as (bootstrap, _db):
         counts = await retry(bootstrap, topics, args.code, idempotence=idempotence)
     sys.stdout.write(orjson.dumps(counts).decode() + "\n")

@@ -29,6 +29,6 @@ async def _sweep(settings: Settings, args: argparse.Namespace) -> int:
 
     now = args.now if args.now is not None else int(time.time() * 1000)  # the decision's input, logged as a fact
     async with infrastructure(settings) as (bootstrap, _url), database(settings) as pool:
-        n = await sweep(pool, bootstrap, Topics(settings.topic_prefix), now)
+        n = await sweep(pool, bootstrap, Topics(settings.topic_prefix), now, idempotence=settings.kafka_idempotence)
     print(orjson.dumps({"now": now, "deleted": n}).decode())
     return 0

@@ -30,12 +30,12 @@ async def expired_users(pool: asyncpg.Pool, now_ms: int) -> list[tuple[str, str]
     return [(r[0], r[1]) for r in rows]
 
 
-async def sweep(pool: asyncpg.Pool, bootstrap: str, topics: Topics, now_ms: int) -> int:
+async def sweep(pool: asyncpg.Pool, bootstrap: str, topics: Topics, now_ms: int, *, idempotence: bool = False) -> int:
     """Publish one `user.delete` per expired user; returns how many."""
     expired = await expired_users(pool, now_ms)
     if not expired:
         return 0
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=False, linger_ms=5)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=idempotence, linger_ms=5)
     await producer.start()
     try:
         futures = []

@@ -38,6 +38,7 @@ def test_every_variable_overrides_its_default() -> None:
             "UNIFIER_DATA_DIR": "/var/lib/unifier",
             "UNIFIER_METRICS_PORT": "0",
             "UNIFIER_BATCH_MAX": "100",
+            "UNIFIER_KAFKA_IDEMPOTENCE": "true",
         }
     )
 
@@ -51,6 +52,7 @@ def test_every_variable_overrides_its_default() -> None:
         data_dir=Path("/var/lib/unifier"),
         metrics_port=0,
         batch_max=100,
+        kafka_idempotence=True,
     )
 
 
@@ -86,11 +88,18 @@ def test_reads_the_process_environment_by_default(monkeypatch: pytest.MonkeyPatc
         ("UNIFIER_METRICS_PORT", "65536"),
         ("UNIFIER_BATCH_MAX", "0"),
         ("UNIFIER_BATCH_MAX", "1.5"),
+        ("UNIFIER_KAFKA_IDEMPOTENCE", "maybe"),
     ],
 )
 def test_bad_value_is_refused_naming_the_variable(variable: str, value: str) -> None:
     with pytest.raises(ConfigError, match=variable):
         Settings.from_env({variable: value})
+
+
+@pytest.mark.parametrize(("raw", "expected"), [("true", True), ("TRUE", True), ("1", True), ("false", False), ("no", False)])
+def test_kafka_idempotence_reads_the_usual_spellings_of_a_boolean(raw: str, expected: bool) -> None:
+    assert Settings.from_env({"UNIFIER_KAFKA_IDEMPOTENCE": raw}).kafka_idempotence is expected
+    assert Settings.from_env({}).kafka_idempotence is False  # tansu refuses idempotent producers
 
 
 def test_config_error_is_a_value_error() -> None:
