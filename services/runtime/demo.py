@@ -13,7 +13,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from contracts.topics import Topics
 
 from .config import Settings
-from .embedded import infrastructure
+from .embedded import running_broker
 
 log = logging.getLogger("unifier.demo")
 CHANNEL = "ch_demo"
@@ -35,28 +35,35 @@ def _story(n: int, at: int) -> list[dict[str, object]]:
 
 async def run_demo(settings: Settings, stop: asyncio.Event) -> None:
     topics = Topics(settings.topic_prefix)
-    async with infrastructure(settings) as (bootstrap, _db):
-        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=False)
-        consumer = AIOKafkaConsumer(topics.user_changed, bootstrap_servers=bootstrap, auto_offset_reset="latest", group_id=None)
-        await producer.start()
-        await consumer.start()
-        watcher = asyncio.create_task(_watch(consumer))
-        try:
-            for n in itertools.count(1):
-                if stop.is_set():
-                    break
-                at = 1_767_225_600_000 + n * 3_600_000  # event time from the story, not the clock
-                for event in _story(n, at):
-                    await producer.send_and_wait(topics.sdk_events, orjson.dumps(event), key=CHANNEL.encode())
-                log.info("demo: published visitor %d (boot, contact, login)", n)
-                try:
-                    await asyncio.wait_for(stop.wait(), timeout=2.0)
-                except TimeoutError:
-                    pass
-        finally:
-            watcher.cancel()
-            await consumer.stop()
-            await producer.stop()
+    # The service started the infrastructure; the demo only talks to its broker. (Opening
+    # `infrastructure()` again in this process would take a second handle on the
+    # embedded PostgreSQL, and releasing it at the demo's end stops the server under
+    # the service's last batch.)
+    bootstrap = settings.kafka_bootstrap or await running_broker(settings.data_dir)
+    if bootstrap is None:
+        log.warning("demo: no broker found; publishing nothing")
+        return
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=False)
+    consumer = AIOKafkaConsumer(topics.user_changed, bootstrap_servers=bootstrap, auto_offset_reset="latest", group_id=None)
+    await producer.start()
+    await consumer.start()
+    watcher = asyncio.create_task(_watch(consumer))
+    try:
+        for n in itertools.count(1):
+            if stop.is_set():
+                break
+            at = 1_767_225_600_000 + n * 3_600_000  # event time from the story, not the clock
+            for event in _story(n, at):
+                await producer.send_and_wait(topics.sdk_events, orjson.dumps(event), key=CHANNEL.encode())
+            log.info("demo: published visitor %d (boot, contact, login)", n)
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=2.0)
+            except TimeoutError:
+                pass
+    finally:
+        watcher.cancel()
+        await consumer.stop()
+        await producer.stop()
 
 
 async def _watch(consumer: AIOKafkaConsumer) -> None:

