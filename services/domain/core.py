@@ -132,7 +132,8 @@ def apply(directory: Directory, fact: Fact, settings: ChannelSettings) -> Outcom
         assert after is not None
         published, pubs = publish(before, after, fact.event_id, fact.at)
         if pubs:
-            directory.put(published)
+            if published is not after:  # publish moves the version of a working copy in place
+                directory.put(published)
             work.outcome.publications.extend(pubs)
     return work.outcome
 
