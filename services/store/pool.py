@@ -1,4 +1,4 @@
-"""The one asyncpg pool: jsonb codec registered once, search_path set to our schema."""
+"""The one asyncpg pool: json and jsonb codecs registered once, search_path set to our schema."""
 
 from __future__ import annotations
 
@@ -21,6 +21,8 @@ async def _init(conn: asyncpg.Connection) -> None:
     await conn.set_type_codec(
         "jsonb", schema="pg_catalog", encoder=_encode_jsonb, decoder=_decode_jsonb, format="binary"
     )
+    # json's binary form is the text itself (users.state).
+    await conn.set_type_codec("json", schema="pg_catalog", encoder=orjson.dumps, decoder=orjson.loads, format="binary")
 
 
 async def create_pool(database_url: str, schema: str, *, min_size: int = 1, max_size: int = 4) -> asyncpg.Pool:
