@@ -93,6 +93,13 @@ class Work:
                 self._newly_changed.append(user.id)
         self.directory.put(user)
 
+    def made(self, user: User) -> bool:
+        """Whether `user` is a working copy this fact put and the directory still holds:
+        nobody else has it (states from before the fact are never changed in place), so
+        the handler may go on changing it without copying. last_login_at and the like
+        only: the directory does not re-index it."""
+        return user.id in self.before and self.before[user.id] is not user and self.directory.get(user.id) is user
+
     def rollback(self) -> None:
         for user_id, old in self.before.items():
             if old is None:

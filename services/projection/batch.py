@@ -18,7 +18,7 @@ import asyncpg
 import orjson
 
 from contracts.inbound import InboundError, parse_inbound
-from contracts.topics import Topics
+from contracts.topics import InboundKind, Topics
 from services.domain import core
 from services.domain.core import Activity, Fact
 from services.domain.directory import Directory, identities
@@ -55,7 +55,8 @@ class _Parsed:
 async def apply_batch(pool: asyncpg.Pool, topics: Topics, records: list[Record], *, now_ms: int | None = None) -> BatchResult:
     """Apply `records` (canonically ordered) exactly once. Raises repo.Conflict when a
     concurrent instance got in the way; the caller retries (G3)."""
-    parsed = [_parse(topics, r) for r in records]
+    kinds = {topic: topics.kind(topic) for topic in {r.topic for r in records}}  # once per topic, not per record
+    parsed = [_parse(kinds[r.topic], r) for r in records]
     failed_at = now_ms if now_ms is not None else int(time.time() * 1000)  # only stamps dead letters
     async with pool.acquire() as conn, conn.transaction():
         partitions = sorted({(r.topic, r.partition) for r in records})
@@ -119,9 +120,9 @@ async def apply_batch(pool: asyncpg.Pool, topics: Topics, records: list[Record],
     return result
 
 
-def _parse(topics: Topics, record: Record) -> _Parsed:
+def _parse(kind: InboundKind, record: Record) -> _Parsed:
     try:
-        msg = parse_inbound(topics.kind(record.topic), record.value or b"")
+        msg = parse_inbound(kind, record.value or b"")
     except InboundError as err:
         return _Parsed(record, error=(err.code, err.message))
     at = msg.occurredAt
