@@ -32,7 +32,13 @@ async def create_pool(database_url: str, schema: str, *, min_size: int = 1, max_
         min_size=min_size,
         max_size=max_size,
         init=_init,
-        server_settings={"search_path": schema, "application_name": "unifier", "plan_cache_mode": "force_custom_plan"},
+        # random_page_cost 1.1 (default 4, for spinning disks): the working set is cached,
+        # and at 4 the planner looked up a small batch's users and identities by a seq
+        # scan of both tables (7 ms instead of 2 for 50 keys on 20k identities).
+        server_settings={
+            "search_path": schema, "application_name": "unifier", "plan_cache_mode": "force_custom_plan",
+            "random_page_cost": "1.1",
+        },
     )
 
 
