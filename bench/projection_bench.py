@@ -780,6 +780,7 @@ async def measure_latency(
     service_stages = _read_and_remove(stages_file)
     return {
         "service_stages_s": service_stages and {k: round(v, 3) for k, v in service_stages["seconds"].items()},
+        "service_stage_calls": service_stages and service_stages["calls"],
         "events": n,
         "target_rate": rate,
         "achieved_rate": round(n / publish_s),

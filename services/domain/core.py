@@ -93,6 +93,13 @@ class Work:
                 self._newly_changed.append(user.id)
         self.directory.put(user)
 
+    def made(self, user: User) -> bool:
+        """Whether `user` is a working copy this fact put and the directory still holds:
+        nobody else has it (states from before the fact are never changed in place), so
+        the handler may go on changing it without copying. last_login_at and the like
+        only: the directory does not re-index it."""
+        return user.id in self.before and self.before[user.id] is not user and self.directory.get(user.id) is user
+
     def rollback(self) -> None:
         for user_id, old in self.before.items():
             if old is None:
@@ -132,7 +139,8 @@ def apply(directory: Directory, fact: Fact, settings: ChannelSettings) -> Outcom
         assert after is not None
         published, pubs = publish(before, after, fact.event_id, fact.at)
         if pubs:
-            directory.put(published)
+            if published is not after:  # publish moves the version of a working copy in place
+                directory.put(published)
             work.outcome.publications.extend(pubs)
     return work.outcome
 

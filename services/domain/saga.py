@@ -68,9 +68,13 @@ def approve(w: Work, source_id: str, target_id: str) -> None:
 def on_member_login(w: Work, member: User) -> None:
     """The saga's trigger: the member's login fires the unifications approved before it."""
     member = w.directory.get(member.id) or member
-    updated = member.copy()
-    updated.last_login_at = max(member.last_login_at or w.at, w.at)
-    w.put(updated)
+    login_at = max(member.last_login_at or w.at, w.at)
+    if w.made(member):  # the login handler's own working copy, put just before: no second copy
+        member.last_login_at = login_at
+    else:
+        updated = member.copy()
+        updated.last_login_at = login_at
+        w.put(updated)
     waiting = [
         s for s in w.directory.pending_for(w.channel_id, member.id)
         if s.alive and s.pending_since is not None and s.pending_since <= w.at

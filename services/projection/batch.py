@@ -18,7 +18,7 @@ import asyncpg
 import orjson
 
 from contracts.inbound import InboundError, parse_inbound
-from contracts.topics import Topics
+from contracts.topics import InboundKind, Topics
 from services.domain import core
 from services.domain.core import Activity, Fact
 from services.domain.directory import Directory, identities
@@ -52,10 +52,17 @@ class _Parsed:
     error: tuple[str, str] | None = None  # (code, message)
 
 
-async def apply_batch(pool: asyncpg.Pool, topics: Topics, records: list[Record], *, now_ms: int | None = None) -> BatchResult:
+async def apply_batch(
+    pool: asyncpg.Pool, topics: Topics, records: list[Record], *, now_ms: int | None = None, outbox: bool = True,
+) -> BatchResult:
     """Apply `records` (canonically ordered) exactly once. Raises repo.Conflict when a
-    concurrent instance got in the way; the caller retries (G3)."""
-    parsed = [_parse(topics, r) for r in records]
+    concurrent instance got in the way; the caller retries (G3).
+
+    `outbox=False` (a replay's rebuild, whose outbox is discarded: everything in it was
+    published when it happened) writes no outbox rows: the state is the same, the
+    messages are neither serialised nor stored."""
+    kinds = {topic: topics.kind(topic) for topic in {r.topic for r in records}}  # once per topic, not per record
+    parsed = [_parse(kinds[r.topic], r) for r in records]
     failed_at = now_ms if now_ms is not None else int(time.time() * 1000)  # only stamps dead letters
     async with pool.acquire() as conn, conn.transaction():
         partitions = sorted({(r.topic, r.partition) for r in records})
@@ -70,7 +77,7 @@ async def apply_batch(pool: asyncpg.Pool, topics: Topics, records: list[Record],
         # CSV import (I12-I17): definitions, MU budgets; written back below.
         imports = await import_log.prepare(conn, [p.fact for p in facts if p.fact], settings, directory)
 
-        outbox: list[tuple[str, str | None, bytes | None]] = []
+        messages: list[tuple[str, str | None, bytes | None]] = []  # outbox rows
         applied: list[tuple[str, str]] = []
         merges: list[MergeRecord] = []
         erased: list[str] = []
@@ -88,16 +95,19 @@ async def apply_batch(pool: asyncpg.Pool, topics: Topics, records: list[Record],
                     merges.extend(outcome.merges)
                     erased.extend(outcome.erased)
                     activities.extend(outcome.activities)
-                    for pub in outcome.publications:
-                        outbox.append((topics.user_changed, pub.key, None if pub.value is None else orjson.dumps(pub.value)))
+                    if outbox:
+                        for pub in outcome.publications:
+                            messages.append((topics.user_changed, pub.key, None if pub.value is None else orjson.dumps(pub.value)))
                     result.published += len(outcome.publications)
                     for notice in outcome.notices:  # applied, but a merge was withheld (G2)
-                        outbox.append(_dead_letter(topics, p.record, notice.code, notice.reason, failed_at))
+                        if outbox:
+                            messages.append(_dead_letter(topics, p.record, notice.code, notice.reason, failed_at))
                         result.dead_letters[notice.code] += 1
                     continue
                 p.error = (outcome.rejection.code, outcome.rejection.reason)
             assert p.error is not None
-            outbox.append(_dead_letter(topics, p.record, *p.error, failed_at))
+            if outbox:
+                messages.append(_dead_letter(topics, p.record, *p.error, failed_at))
             result.dead_letters[p.error[0]] += 1
         result.applied = len(applied)
 
@@ -108,7 +118,7 @@ async def apply_batch(pool: asyncpg.Pool, topics: Topics, records: list[Record],
         await repo.save_merges(conn, merges)
         await repo.erase_activities(conn, erased)
         await repo.save_applied(conn, applied)
-        await repo.save_outbox(conn, outbox)
+        await repo.save_outbox(conn, messages)
         if imports is not None:
             await import_log.save(conn, imports)
         ends: dict[tuple[str, int], int] = {}
@@ -119,9 +129,9 @@ async def apply_batch(pool: asyncpg.Pool, topics: Topics, records: list[Record],
     return result
 
 
-def _parse(topics: Topics, record: Record) -> _Parsed:
+def _parse(kind: InboundKind, record: Record) -> _Parsed:
     try:
-        msg = parse_inbound(topics.kind(record.topic), record.value or b"")
+        msg = parse_inbound(kind, record.value or b"")
     except InboundError as err:
         return _Parsed(record, error=(err.code, err.message))
     at = msg.occurredAt

@@ -12,10 +12,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import Counter
+from typing import Any
 
 import asyncpg
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
+from aiokafka.partitioner import DefaultPartitioner
+from aiokafka.producer.message_accumulator import BatchBuilder
 
 from services.runtime import metrics
 from services.store.pool import DATABASE_UNAVAILABLE
@@ -40,6 +44,7 @@ class Relay:
             bootstrap_servers=bootstrap, acks="all", enable_idempotence=idempotence, linger_ms=2,
             max_batch_size=256 * 1024,
         )
+        self._partitioner = DefaultPartitioner()  # AIOKafkaProducer's default, as send() uses it
         self._wake = asyncio.Event()
         self.healthy = False
 
@@ -104,15 +109,40 @@ class Relay:
         metrics.OUTBOX_BACKLOG.set(len(rows) if len(rows) < _BATCH else await conn.fetchval("SELECT count(*) FROM outbox"))
         if not rows:
             return 0
-        futures = [
-            await self.producer.send(r["topic"], value=r["value"], key=r["key"].encode() if r["key"] is not None else None)
-            for r in rows
-        ]
-        await asyncio.gather(*futures)
+        await asyncio.gather(*await self._send(rows))
         await conn.execute("DELETE FROM outbox WHERE id = ANY($1::bigint[])", [r["id"] for r in rows])
-        for r in rows:
-            metrics.PUBLISHED.labels(topic=r["topic"]).inc()
+        for topic, n in Counter(r["topic"] for r in rows).items():
+            metrics.PUBLISHED.labels(topic=topic).inc(n)
         return len(rows)
+
+    async def _send(self, rows: list[asyncpg.Record]) -> list[asyncio.Future[Any]]:
+        """Queue the rows as one record batch per partition: a send() per message cost
+        ~30 µs of the service's CPU. The partition is the one send() would choose (the
+        default partitioner over the sorted partitions), so a key keeps its partition
+        and, the rows being in id order, its order."""
+        futures = []
+        batches: dict[tuple[str, int], BatchBuilder] = {}
+        partitions_of: dict[str, list[int]] = {}  # the producer's metadata, as of this call
+        for r in rows:
+            topic, value = r["topic"], r["value"]
+            if r["key"] is None:  # no key, no order to keep: the partitioner picks
+                futures.append(await self.producer.send(topic, value=value))
+                continue
+            key = r["key"].encode()
+            partitions = partitions_of.get(topic)
+            if partitions is None:
+                partitions = partitions_of[topic] = sorted(await self.producer.partitions_for(topic))
+            partition = self._partitioner(key, partitions, partitions)
+            batch = batches.get((topic, partition))
+            if batch is None:
+                batch = batches[(topic, partition)] = self.producer.create_batch()
+            if batch.append(key=key, value=value, timestamp=None) is None:  # full: send it, start another
+                futures.append(await self.producer.send_batch(batch, topic, partition=partition))
+                batch = batches[(topic, partition)] = self.producer.create_batch()
+                batch.append(key=key, value=value, timestamp=None)
+        for (topic, partition), batch in batches.items():
+            futures.append(await self.producer.send_batch(batch, topic, partition=partition))
+        return futures
 
 
 async def _wait(event: asyncio.Event, stop: asyncio.Event, seconds: float) -> None:

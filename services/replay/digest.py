@@ -38,7 +38,7 @@ async def digest_in_transaction(c: asyncpg.Connection) -> str:
 
 
 def _json(value: Any) -> Any:
-    """jsonb arrives decoded on the pool's connections and as text on plain ones: the
+    """json(b) arrives decoded on the pool's connections and as text on plain ones: the
     digest must not depend on which connection computed it."""
     return orjson.loads(value) if isinstance(value, str) else value
 

@@ -153,7 +153,7 @@ async def apply_all(pool: asyncpg.Pool, topics: Topics, chunks: AsyncIterator[li
         while (item := await queue.get()) is not None:
             if isinstance(item, BaseException):
                 raise item
-            result = await apply_batch(pool, topics, item, now_ms=0)
+            result = await apply_batch(pool, topics, item, now_ms=0, outbox=False)  # discarded (switch.py)
             tally.add(len(item), result.applied, result.skipped, sum(result.dead_letters.values()))
         await reader
     finally:

@@ -192,7 +192,7 @@ async def _changes(database_url: str, live: str, scratch: str, since: int | None
 
 
 async def _users(conn: asyncpg.Connection, schema: str) -> AsyncIterator[User]:
-    # jsonb as text: these plain connections have no codec. C collation = Python's order.
+    # json as text: these plain connections have no codec. C collation = Python's order.
     async for row in conn.cursor(f'SELECT state::text FROM "{schema}".users ORDER BY id COLLATE "C"', prefetch=2000):
         yield User.from_json(orjson.loads(row[0]))
 

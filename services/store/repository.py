@@ -28,11 +28,12 @@ async def load_users(conn: asyncpg.Connection, ids: Sequence[str], keys: Sequenc
     """Users by id, and users owning any of the identity keys."""
     rows = await conn.fetch(
         """
-        SELECT u.rev, u.state FROM users u WHERE u.id = ANY($1::text[])
-        UNION
-        SELECT u.rev, u.state FROM identities i JOIN users u ON u.id = i.user_id
-         WHERE (i.channel_id, i.kind, i.value) IN (
-               SELECT * FROM unnest($2::text[], $3::text[], $4::text[]))
+        SELECT u.rev, u.state FROM users u WHERE u.id IN (
+               SELECT unnest($1::text[])
+               UNION
+               SELECT i.user_id FROM identities i
+                WHERE (i.channel_id, i.kind, i.value) IN (
+                      SELECT * FROM unnest($2::text[], $3::text[], $4::text[])))
         """,
         list(ids),
         [k[0] for k in keys],
@@ -153,7 +154,7 @@ async def save_users(conn: asyncpg.Connection, users: Sequence[User], revs: dict
                                   blocked, masked, last_seen_at, updated_at, state)
           SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[],
                                $6::text[], $7::bool[], $8::bool[], $9::bool[], $10::bigint[],
-                               $11::bigint[], $12::jsonb[])
+                               $11::bigint[], $12::json[])
           ON CONFLICT (id) DO UPDATE SET
               rev = EXCLUDED.rev, type = EXCLUDED.type, member_id = EXCLUDED.member_id,
               merged_into = EXCLUDED.merged_into, deleted = EXCLUDED.deleted,

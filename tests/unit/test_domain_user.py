@@ -37,6 +37,17 @@ def test_json_round_trip_keeps_every_field() -> None:
     assert User.from_json(user.to_json()) == user
 
 
+def test_json_without_a_newer_field_reads_with_its_default() -> None:
+    raw = _full_user().to_json()
+    del raw["last_login_at"], raw["version"]
+    assert User.from_json(raw) == replace(_full_user(), last_login_at=None, version=0)
+
+
+def test_json_has_every_field_in_field_order() -> None:
+    """The stored form (and so the digest) is one key per field, in declaration order."""
+    assert list(_full_user().to_json()) == [f.name for f in fields(User)]
+
+
 def test_publication_precheck_notices_every_visible_field() -> None:
     """The cheap pre-check in `publish` must not hide a change the view would show."""
     user = replace(_full_user(), masked=False, blocked=False)
