@@ -67,7 +67,6 @@ from aiokafka.partitioner import DefaultPartitioner  # noqa: E402
 
 from contracts.topics import Topics  # noqa: E402
 from services.projection import batch as batch_mod  # noqa: E402
-from services.projection import consumer as consumer_mod  # noqa: E402
 from services.projection.batch import BatchResult  # noqa: E402
 from services.projection.consumer import Projection  # noqa: E402
 from services.projection.records import Record  # noqa: E402
@@ -344,7 +343,9 @@ class Stages:
         for name in ("save_users", "save_identities", "save_activities", "save_merges",
                      "save_applied", "save_outbox", "save_offsets"):
             self.patch_async(repo, name, f"sql {name}")
-        self.patch_sync(consumer_mod, "canonical_order", "canonical_order")
+        from services.projection.merge import CoPartitionMerge
+
+        self.patch_sync(CoPartitionMerge, "release", "merge.release (canonical order)")
         orig_exit = tx_mod.Transaction.__aexit__
 
         async def aexit(tx: Any, *exc: Any) -> Any:

@@ -70,6 +70,10 @@ class CoPartitionMerge:
                 heads = [b for _, b in buffers if b]
                 if not heads:
                     break
+                if len(heads) == 1:  # the others are at their end: the whole run goes (the usual case)
+                    run = heads[0]
+                    out.extend(run.popleft() for _ in range(min(limit - len(out), len(run))))
+                    continue
                 out.append(min(heads, key=lambda b: _order(b[0])).popleft())
         out.sort(key=_order)  # groups are independent channels; one order for the batch
         return out
