@@ -41,3 +41,14 @@ async def db(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
     assert settings.database_url is not None
     async with schema_pool(settings.database_url, settings.db_schema) as pool:
         yield pool
+
+
+@pytest_asyncio.fixture
+async def pool(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
+    """The service's own pool (its codecs; the tables created) on this test's schema."""
+    from services.store.pool import create_pool
+
+    assert settings.database_url is not None
+    p = await create_pool(settings.database_url, settings.db_schema)
+    yield p
+    await p.close()

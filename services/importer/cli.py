@@ -19,6 +19,7 @@ from typing import Any
 
 import orjson
 
+from services.runtime.args import positive_seconds
 from services.runtime.config import Settings
 
 _USAGE = """unifier import FILE --channel C --mode member|lead [--key email|mobileNumber]
@@ -44,21 +45,11 @@ def register(sub: Any) -> None:
     p.add_argument("--tag", help="I14: customer import tag added to every user the import touches")
     p.add_argument("--failures", type=Path, metavar="OUT.csv", help="write the failed rows there (I15)")
     p.add_argument("--actor", help="the staff member importing (default: the OS user)")
-    p.add_argument("--timeout", type=_positive, default=600.0, metavar="SECONDS",
+    p.add_argument("--timeout", type=positive_seconds, default=600.0, metavar="SECONDS",
                    help="how long to wait for the service to apply the rows (default 600); exit 3 after")
-    p.add_argument("--lease", type=_positive, default=30.0, metavar="SECONDS",
+    p.add_argument("--lease", type=positive_seconds, default=30.0, metavar="SECONDS",
                    help="I12: the import lock lapses this long after a killed importer's last heartbeat")
     p.set_defaults(handler=handler)
-
-
-def _positive(raw: str) -> float:
-    try:
-        value = float(raw)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number of seconds, got {raw!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError("must be more than 0")
-    return value
 
 
 def _print(obj: Any) -> None:

@@ -11,6 +11,7 @@ from typing import Any
 import orjson
 
 from contracts.topics import Topics
+from services.runtime.args import positive_int
 from services.runtime.config import Settings
 
 from .log import LogShort
@@ -33,12 +34,12 @@ def register(subparsers: Any) -> None:
     mode.add_argument("--dry-run", action="store_true", help="rebuild into a scratch schema, print what differs, drop it")
     p.add_argument("--since", type=_time, metavar="TIMESTAMP",
                    help="with --dry-run: only users changed or seen at/after this time (epoch ms or ISO-8601)")
-    p.add_argument("--batch", type=_positive, default=10_000, help="records per apply transaction (default 10000)")
-    p.add_argument("--workers", type=_positive, default=_default_workers(),
+    p.add_argument("--batch", type=positive_int, default=10_000, help="records per apply transaction (default 10000)")
+    p.add_argument("--workers", type=positive_int, default=_default_workers(),
                    help="processes applying channels in parallel (default: the CPU count, at most 8)")
-    p.add_argument("--quiet-ms", type=_positive, default=1000,
+    p.add_argument("--quiet-ms", type=positive_int, default=1000,
                    help="where a broker reports no high watermark: how long a partition must stay quiet to count as ended (default 1000)")
-    p.add_argument("--lock-timeout", type=_positive, default=60, metavar="SECONDS",
+    p.add_argument("--lock-timeout", type=positive_int, default=60, metavar="SECONDS",
                    help="give up the switch when the live tables stay locked this long (default 60)")
     p.add_argument("--drop-archive", action="store_true", help="drop the previous live schema after the switch")
     p.set_defaults(handler=_replay)
@@ -55,16 +56,6 @@ def _time(raw: str) -> int:
         return parse_time(raw)
     except ValueError as err:
         raise argparse.ArgumentTypeError(str(err)) from None
-
-
-def _positive(raw: str) -> int:
-    try:
-        value = int(raw)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number, got {raw!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
 
 
 def _out(obj: Any) -> None:

@@ -21,6 +21,7 @@ from aiokafka import AIOKafkaProducer
 
 from contracts.topics import Topics
 from services.replay.log import LogReader
+from services.runtime.args import positive_int
 
 from .config import Settings
 from .embedded import infrastructure
@@ -31,21 +32,11 @@ def register(subparsers: Any) -> None:
     sub = p.add_subparsers(dest="dead_letters_command", required=True)
     ls = sub.add_parser("list", help="print one JSON line per dead letter, oldest first per partition")
     ls.add_argument("--code", help="only letters with this error code (e.g. invalid_member_hash)")
-    ls.add_argument("--limit", type=_positive, help="print at most N letters")
+    ls.add_argument("--limit", type=positive_int, help="print at most N letters")
     ls.set_defaults(handler=_list)
     retry = sub.add_parser("retry", help="re-publish dead letters to their source topic, key and value unchanged")
     retry.add_argument("--code", help="only letters with this error code")
     retry.set_defaults(handler=_retry)
-
-
-def _positive(raw: str) -> int:
-    try:
-        value = int(raw)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number, got {raw!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
 
 
 async def dead_letters(bootstrap: str, topics: Topics, code: str | None = None, *, quiet_s: float = 1.0) -> AsyncIterator[dict[str, Any]]:

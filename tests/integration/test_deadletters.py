@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
 import orjson
 import pytest
-import pytest_asyncio
 
 from contracts.outbound import DeadLetter
 from contracts.topics import Topics
 from services.domain.channel import member_hash
 from services.runtime.config import Settings
 from services.runtime.queries import find_user
-from services.store.pool import create_pool
 from tests.integration.test_replay import applied_offsets, cli
 from tests.support.infra import wait_for
 from tests.support.service import Publisher, read_topic, running_service
@@ -25,13 +22,6 @@ pytestmark = pytest.mark.integration
 CH = "ch_dl"
 T0 = 1_767_225_600_000
 
-
-@pytest_asyncio.fixture
-async def pool(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
-    assert settings.database_url is not None
-    p = await create_pool(settings.database_url, settings.db_schema)
-    yield p
-    await p.close()
 
 
 def login(n: int, secret: str) -> dict[str, Any]:

@@ -30,7 +30,6 @@ from contracts.topics import Topics
 from services.replay import workload
 from services.runtime.config import Settings
 from services.runtime.embedded import free_port
-from services.store.pool import create_pool
 from tests.integration.test_replay import (
     CHANNELS,
     UNIFIER,
@@ -96,13 +95,6 @@ class Service:
         assert found, self.text()
         return int(found[1])
 
-
-@pytest_asyncio.fixture
-async def pool(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
-    assert settings.database_url is not None
-    p = await create_pool(settings.database_url, settings.db_schema)
-    yield p
-    await p.close()
 
 
 @pytest_asyncio.fixture

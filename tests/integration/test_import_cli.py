@@ -6,20 +6,17 @@ from __future__ import annotations
 import csv
 import io
 import time
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import pytest
-import pytest_asyncio
 
 from contracts.topics import Topics
 from services.runtime.config import Settings
 from services.runtime.queries import find_user
 from services.store import import_log
-from services.store.pool import create_pool
 from tests.support.imports import unifier, write_csv
 from tests.support.infra import wait_for
 from tests.support.service import Publisher, read_topic, running_service
@@ -29,13 +26,6 @@ pytestmark = pytest.mark.integration
 CH = "ch_import"
 T0 = 1_767_225_600_000
 
-
-@pytest_asyncio.fixture
-async def pool(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
-    assert settings.database_url is not None
-    p = await create_pool(settings.database_url, settings.db_schema)
-    yield p
-    await p.close()
 
 
 def ms(day: str) -> int:

@@ -4,18 +4,15 @@ the same file again resumes the import without applying any row twice."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
 import pytest
-import pytest_asyncio
 
 from services.importer.run import STALL_ENV
 from services.runtime.config import Settings
 from services.runtime.queries import find_user
 from services.store import import_log
-from services.store.pool import create_pool
 from tests.support.imports import kill, start_unifier, unifier, write_csv
 from tests.support.infra import wait_for
 from tests.support.service import running_service
@@ -26,13 +23,6 @@ CH = "ch_crash"
 ROWS = 300
 STALL_AT = 120
 
-
-@pytest_asyncio.fixture
-async def pool(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
-    assert settings.database_url is not None
-    p = await create_pool(settings.database_url, settings.db_schema)
-    yield p
-    await p.close()
 
 
 async def test_i12_killed_importer_lock_lapses_and_the_same_file_resumes_without_applying_a_row_twice(

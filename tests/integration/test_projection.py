@@ -5,18 +5,15 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
 import pytest
-import pytest_asyncio
 
 from contracts.outbound import DeadLetter, UserChanged
 from contracts.topics import Topics
 from services.runtime.config import Settings
 from services.runtime.queries import find_user
-from services.store.pool import create_pool
 from tests.support.infra import wait_for
 from tests.support.service import Publisher, read_topic, running_service
 
@@ -30,13 +27,6 @@ MIN = 60_000
 def ev(event_id: str, type_: str, at: int, **fields: Any) -> dict[str, Any]:
     return {"eventId": event_id, "type": type_, "channelId": CH, "occurredAt": at, **fields}
 
-
-@pytest_asyncio.fixture
-async def pool(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
-    assert settings.database_url is not None
-    p = await create_pool(settings.database_url, settings.db_schema)
-    yield p
-    await p.close()
 
 
 async def applied(pool: asyncpg.Pool, n: int) -> bool:

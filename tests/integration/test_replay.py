@@ -29,7 +29,6 @@ from services.replay.digest import state_digest
 from services.replay.log import LogReader
 from services.runtime.config import Settings
 from services.runtime.topics import ensure_topics
-from services.store.pool import create_pool
 from tests.support.infra import wait_for
 from tests.support.service import read_topic, running_service
 
@@ -121,12 +120,10 @@ async def side_schemas(database_url: str, live: str) -> list[str]:
 
 
 @pytest_asyncio.fixture
-async def pool(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
-    """A pool on the test's live schema; archives and scratch schemas dropped afterwards."""
+async def pool(settings: Settings, pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Pool]:
+    """The shared pool; archives and scratch schemas a replay made dropped afterwards."""
+    yield pool
     assert settings.database_url is not None
-    p = await create_pool(settings.database_url, settings.db_schema)
-    yield p
-    await p.close()
     conn = await asyncpg.connect(settings.database_url)
     try:
         for schema in await side_schemas(settings.database_url, settings.db_schema):

@@ -4,20 +4,17 @@ cancellation, the G2 blast radius and the help desk's chat attachment (D1)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
 import orjson
 import pytest
-import pytest_asyncio
 
 from contracts.topics import Topics
 from services.domain.ids import veil_user_id
 from services.runtime.config import Settings
 from services.runtime.queries import find_user
 from services.store import import_log
-from services.store.pool import create_pool
 from tests.support.infra import wait_for
 from tests.support.service import Publisher, read_topic, running_service
 
@@ -35,13 +32,6 @@ def ev(event_id: str, type_: str, at: int, **fields: Any) -> dict[str, Any]:
         fields.setdefault("actor", "staff-1")
     return {"eventId": event_id, "type": type_, "channelId": CH, "occurredAt": at, **fields}
 
-
-@pytest_asyncio.fixture
-async def pool(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
-    assert settings.database_url
-    p = await create_pool(settings.database_url, settings.db_schema)
-    yield p
-    await p.close()
 
 
 async def applied(pool: asyncpg.Pool, n: int) -> bool:
