@@ -9,7 +9,6 @@ test_deadletters.py.
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import sys
 from collections import Counter
@@ -29,6 +28,7 @@ from services.replay.digest import state_digest
 from services.replay.log import LogReader
 from services.runtime.config import Settings
 from services.runtime.topics import ensure_topics
+from tests.support.imports import cli_env as support_cli_env
 from tests.support.infra import wait_for
 from tests.support.service import read_topic, running_service
 
@@ -42,19 +42,9 @@ CHANNELS = 12
 
 
 def cli_env(settings: Settings, **extra: str) -> dict[str, str]:
-    """The environment `unifier` needs to run on this test's broker, schema and prefix."""
-    assert settings.kafka_bootstrap and settings.database_url
-    return {
-        **os.environ,
-        "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap,
-        "DATABASE_URL": settings.database_url,
-        "UNIFIER_TOPIC_PREFIX": settings.topic_prefix,
-        "UNIFIER_DB_SCHEMA": settings.db_schema,
-        "UNIFIER_CONSUMER_GROUP": settings.consumer_group,
-        "UNIFIER_DATA_DIR": str(settings.data_dir),
-        "UNIFIER_METRICS_PORT": "0",
-        **extra,
-    }
+    """The environment `unifier` needs to run on this test's broker, schema and prefix
+    (a free metrics port, so several instances can run side by side)."""
+    return support_cli_env(settings, **{"UNIFIER_METRICS_PORT": "0", **extra})
 
 
 async def cli(settings: Settings, *args: str, timeout: float = 180) -> tuple[int, str, str]:  # noqa: ASYNC109
