@@ -12,11 +12,13 @@ from typing import Any
 import asyncpg
 import orjson
 
+from services.store.pool import borrow
+
 _OPTS = orjson.OPT_SORT_KEYS
 
 
 async def state_digest(conn: asyncpg.Connection | asyncpg.Pool) -> str:
-    async with _connection(conn) as c, c.transaction(isolation="repeatable_read", readonly=True):
+    async with borrow(conn) as c, c.transaction(isolation="repeatable_read", readonly=True):
         return await digest_in_transaction(c)
 
 
@@ -41,21 +43,3 @@ def _json(value: Any) -> Any:
     """json(b) arrives decoded on the pool's connections and as text on plain ones: the
     digest must not depend on which connection computed it."""
     return orjson.loads(value) if isinstance(value, str) else value
-
-
-class _connection:
-    """Use a given connection, or borrow one from a pool."""
-
-    def __init__(self, source: asyncpg.Connection | asyncpg.Pool) -> None:
-        self.source = source
-        self.conn: asyncpg.Connection | None = None
-
-    async def __aenter__(self) -> asyncpg.Connection:
-        if isinstance(self.source, asyncpg.Pool):
-            self.conn = await self.source.acquire()
-            return self.conn
-        return self.source
-
-    async def __aexit__(self, *exc: object) -> None:
-        if self.conn is not None:
-            await self.source.release(self.conn)  # type: ignore[union-attr]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from importlib import resources
 from typing import Any
 
@@ -72,3 +74,14 @@ DATABASE_UNAVAILABLE: tuple[type[BaseException], ...] = (
 """Errors that mean "the database went away", not "this batch is wrong": the work is
 retried on a fresh connection, never dropped or half-applied (each unit is one
 transaction)."""
+
+
+@asynccontextmanager
+async def borrow(source: asyncpg.Connection | asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
+    """The given connection, or one borrowed from the given pool for the block: for
+    functions that callers use both inside their own transaction and on their own."""
+    if isinstance(source, asyncpg.Pool):
+        async with source.acquire() as conn:
+            yield conn
+    else:
+        yield source

@@ -15,6 +15,7 @@ from services.domain.core import Activity
 from services.domain.directory import Identity
 from services.domain.unification import MergeRecord
 from services.domain.user import User
+from services.store.pool import borrow
 
 
 class Conflict(Exception):
@@ -96,7 +97,7 @@ async def adopt_log(conn: asyncpg.Connection | asyncpg.Pool, log_id: str) -> boo
     """Note that the inbound log is `log_id`; if it is a different log than the stored
     offsets refer to (the embedded broker keeps its log in memory and starts empty),
     restart them at 0. Applied eventIds still guard against applying a fact twice."""
-    async with _maybe_acquire(conn) as c, c.transaction():
+    async with borrow(conn) as c, c.transaction():
         old = await c.fetchval("SELECT value FROM meta WHERE key = 'log' FOR UPDATE")
         if old == log_id:
             return False
@@ -107,21 +108,6 @@ async def adopt_log(conn: asyncpg.Connection | asyncpg.Pool, log_id: str) -> boo
             return False
         await c.execute("UPDATE inbox_offsets SET next_offset = 0")
         return True
-
-
-class _maybe_acquire:
-    def __init__(self, source: asyncpg.Connection | asyncpg.Pool) -> None:
-        self.source, self.conn = source, None
-
-    async def __aenter__(self) -> asyncpg.Connection:
-        if isinstance(self.source, asyncpg.Pool):
-            self.conn = await self.source.acquire()
-            return self.conn
-        return self.source
-
-    async def __aexit__(self, *exc: object) -> None:
-        if self.conn is not None:
-            await self.source.release(self.conn)  # type: ignore[union-attr]
 
 
 async def save_offsets(conn: asyncpg.Connection, offsets: dict[tuple[str, int], int]) -> None:
