@@ -72,9 +72,21 @@ class Projection:
         self._fetched: dict[TopicPartition, int] = {}  # next offset after what we fetched
 
     async def seek_to_stored(self, partitions: list[TopicPartition]) -> None:
-        stored = await repo.stored_offsets(self.pool, self.topics.inbound)
         self.merge.assign((tp.topic, tp.partition) for tp in partitions)
         self._fetched = {}
+        # Without the stored offsets no position is right: wait the database out here
+        # (the rebalance waits with us) rather than consume from a guessed offset.
+        outages = 0
+        while True:
+            try:
+                stored = await repo.stored_offsets(self.pool, self.topics.inbound)
+                break
+            except DATABASE_UNAVAILABLE as err:
+                outages += 1
+                delay = min(0.2 * 2 ** min(outages, 5), _OUTAGE_BACKOFF_MAX_S)
+                log.warning("database unavailable at assignment (%s); retrying in %.1f s", err, delay)
+                if await _stopped_within(self._stop, delay):
+                    return  # stopping: nothing will be consumed
         for tp in partitions:
             offset = stored.get((tp.topic, tp.partition))
             # Offset 0 when nothing is stored; auto_offset_reset=earliest covers a log whose start moved.
