@@ -167,14 +167,4 @@ def erase(w: Work, user: User) -> None:
     cancel_pending(w, user)
     user = w.directory.get(user.id) or user
     w.outcome.erased.append(user.id)
-    w.put(
-        User(
-            id=user.id,
-            channel_id=user.channel_id,
-            type=user.type,
-            created_at=user.created_at,
-            updated_at=user.updated_at,
-            deleted=True,
-            version=user.version,
-        )
-    )
+    w.put(user.husk(deleted=True))

@@ -104,15 +104,7 @@ def merge(source: User, target: User, at: int, causation_id: str) -> tuple[User,
 
 def retired(source: User, target_id: str) -> User:
     """U8: what stays of a merged source: its id resolves to the target forever."""
-    return User(
-        id=source.id,
-        channel_id=source.channel_id,
-        type=source.type,
-        created_at=source.created_at,
-        updated_at=source.updated_at,
-        merged_into=target_id,
-        version=source.version,
-    )
+    return source.husk(merged_into=target_id)
 
 
 def _merge_platform(a: Platform, b: Platform) -> Platform:

@@ -112,6 +112,15 @@ class User:
             last_login_at=self.last_login_at, version=self.version,
         )
 
+    def husk(self, *, deleted: bool = False, merged_into: str | None = None) -> User:
+        """What stays of a user that is gone (deleted, B2, or merged, U8): its id, class,
+        times and version, and the mark saying why; no personal data, no identities."""
+        return User(
+            id=self.id, channel_id=self.channel_id, type=self.type,
+            created_at=self.created_at, updated_at=self.updated_at,
+            deleted=deleted, merged_into=merged_into, version=self.version,
+        )
+
     def value(self, key: str) -> Any:
         got = self.fields.get(key)
         return None if got is None else got.v
