@@ -123,7 +123,9 @@ def handles(*types: str) -> Callable[[Handler], Handler]:
     return register
 
 
-def apply(directory: Directory, fact: Fact, settings: ChannelSettings) -> Outcome:
+def apply(directory: Directory, fact: Fact, settings: ChannelSettings, *, messages: bool = True) -> Outcome:
+    """`messages=False`: the state moves exactly the same, no `user-changed` message is
+    built (a rebuild's: they were published when the facts first happened)."""
     work = Work(directory, fact, settings)
     handler = HANDLERS.get(fact.msg.type)
     if handler is None:
@@ -137,11 +139,10 @@ def apply(directory: Directory, fact: Fact, settings: ChannelSettings) -> Outcom
     for user_id, before in work.before.items():
         after = directory.get(user_id)
         assert after is not None
-        published, pubs = publish(before, after, fact.event_id, fact.at)
-        if pubs:
-            if published is not after:  # publish moves the version of a working copy in place
-                directory.put(published)
-            work.outcome.publications.extend(pubs)
+        published, pubs = publish(before, after, fact.event_id, fact.at, messages=messages)
+        if published is not after:  # publish moves the version of a working copy in place
+            directory.put(published)
+        work.outcome.publications.extend(pubs)
     return work.outcome
 
 

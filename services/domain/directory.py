@@ -47,6 +47,17 @@ class Directory:
         store rewrites identity rows only for users whose keys changed."""
         return self._loaded.get(user_id)
 
+    def settle(self) -> None:
+        """The changed users were written: they are the loaded state from now on (a
+        directory kept across batches, as a rebuild keeps its shard's users)."""
+        for user_id in self.changed:
+            ids = self._ids.get(user_id)
+            if ids is None:
+                self._loaded.pop(user_id, None)
+            else:
+                self._loaded[user_id] = ids
+        self.changed.clear()
+
     def get(self, user_id: str) -> User | None:
         return self._users.get(user_id)
 

@@ -119,15 +119,21 @@ def _published(user: User | None) -> bool:
     return user is not None and user.version > 0
 
 
-def publish(before: User | None, after: User, causation_id: str, at: int) -> tuple[User, list[Publication]]:
+def publish(
+    before: User | None, after: User, causation_id: str, at: int, *, messages: bool = True,
+) -> tuple[User, list[Publication]]:
     """The messages that the change before → after makes visible, and `after` with its
-    version (and updatedAt, the time of the last visible change) moved on."""
+    version (and updatedAt, the time of the last visible change) moved on.
+    `messages=False` (a rebuild, whose messages were published when they happened)
+    moves the version and updatedAt exactly the same and builds no message."""
     key = f"{after.channel_id}:{after.id}"
     if after.merged_into is not None or after.deleted:
         if not _published(before) or (before is not None and not before.alive):
             return after, []
         change = "merged" if after.merged_into is not None else "deleted"
         version = after.version + 1
+        if not messages:
+            return replace(after, version=version), []
         msg = _message(after, version, change, [], causation_id, at, None)
         msg["mergedInto"] = after.merged_into
         return replace(after, version=version), [Publication(key, msg), Publication(key, None)]
@@ -136,16 +142,20 @@ def publish(before: User | None, after: User, causation_id: str, at: int) -> tup
         return after, []
 
     first = not _published(before)
+    view: dict[str, Any] | None = None
+    keys: list[str] = []
     if first or before is None:
-        view = user_view(after)  # built once: for the keys and, with updatedAt moved, the message
-        keys = sorted(k for k, v in _flat(view).items() if k not in _QUIET and v is not None)
+        if messages:
+            view = user_view(after)  # built once: for the keys and, with updatedAt moved, the message
+            keys = sorted(k for k, v in _flat(view).items() if k not in _QUIET and v is not None)
     else:
         if _visible(before) == _visible(after):
             return after, []  # e.g. another boot in the same session: only quiet keys moved
         keys = _diff(before, after)
         if not keys:
             return after, []
-        view = user_view(after)
+        if messages:
+            view = user_view(after)
     if first:
         change = "created"
     elif before is not None and before.blocked != after.blocked:
@@ -157,6 +167,8 @@ def publish(before: User | None, after: User, causation_id: str, at: int) -> tup
         after = replace(after, version=version, updated_at=max(after.updated_at, at))
     else:  # the fact's own working copy (replace() of a 34-field user costs ~8 µs)
         after.version, after.updated_at = version, max(after.updated_at, at)
+    if view is None:
+        return after, []
     view["updatedAt"] = after.updated_at  # the only view key the two replaced fields feed
     return after, [Publication(key, _message(after, version, change, keys, causation_id, at, view))]
 

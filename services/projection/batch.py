@@ -20,6 +20,7 @@ import orjson
 from contracts.inbound import InboundError, parse_inbound
 from contracts.topics import InboundKind, Topics
 from services.domain import core
+from services.domain.channel import ChannelSettings
 from services.domain.core import Activity, Fact
 from services.domain.directory import Directory, identities
 from services.domain.hygiene import clean_email, clean_member_id, clean_mobile, clean_veil_id
@@ -61,8 +62,7 @@ async def apply_batch(
     `outbox=False` (a replay's rebuild, whose outbox is discarded: everything in it was
     published when it happened) writes no outbox rows: the state is the same, the
     messages are neither serialised nor stored."""
-    kinds = {topic: topics.kind(topic) for topic in {r.topic for r in records}}  # once per topic, not per record
-    parsed = [_parse(kinds[r.topic], r) for r in records]
+    parsed = parse_records(topics, records)
     failed_at = now_ms if now_ms is not None else int(time.time() * 1000)  # only stamps dead letters
     async with pool.acquire() as conn, conn.transaction():
         partitions = sorted({(r.topic, r.partition) for r in records})
@@ -77,48 +77,8 @@ async def apply_batch(
         # CSV import (I12-I17): definitions, MU budgets; written back below.
         imports = await import_log.prepare(conn, [p.fact for p in facts if p.fact], settings, directory)
 
-        messages: list[tuple[str, str | None, bytes | None]] = []  # outbox rows
-        applied: list[tuple[str, str]] = []
-        merges: list[MergeRecord] = []
-        erased: list[str] = []
-        activities: list[Activity] = []
-        for p in fresh:
-            if p.fact is not None:
-                pair = (p.fact.channel_id, p.fact.event_id)
-                if pair in seen:
-                    result.skipped += 1  # idempotency on eventId (CONTRACT)
-                    continue
-                outcome = core.apply(directory, p.fact, settings[p.fact.channel_id])
-                if outcome.rejection is None:
-                    seen.add(pair)
-                    applied.append(pair)
-                    merges.extend(outcome.merges)
-                    erased.extend(outcome.erased)
-                    activities.extend(outcome.activities)
-                    if outbox:
-                        for pub in outcome.publications:
-                            messages.append((topics.user_changed, pub.key, None if pub.value is None else orjson.dumps(pub.value)))
-                    result.published += len(outcome.publications)
-                    for notice in outcome.notices:  # applied, but a merge was withheld (G2)
-                        if outbox:
-                            messages.append(_dead_letter(topics, p.record, notice.code, notice.reason, failed_at))
-                        result.dead_letters[notice.code] += 1
-                    continue
-                p.error = (outcome.rejection.code, outcome.rejection.reason)
-            assert p.error is not None
-            if outbox:
-                messages.append(_dead_letter(topics, p.record, *p.error, failed_at))
-            result.dead_letters[p.error[0]] += 1
-        result.applied = len(applied)
-
-        changed = list(directory.changed.values())
-        await repo.save_users(conn, changed, revs)
-        await repo.save_identities(conn, [(u, ids) for u in changed if (ids := identities(u)) != directory.loaded_identities(u.id)])
-        await repo.save_activities(conn, activities)
-        await repo.save_merges(conn, merges)
-        await repo.erase_activities(conn, erased)
-        await repo.save_applied(conn, applied)
-        await repo.save_outbox(conn, messages)
+        effects = run_facts(directory, fresh, settings, seen, topics, result, outbox=outbox, failed_at=failed_at)
+        await write_effects(conn, directory, revs, effects)
         if imports is not None:
             await import_log.save(conn, imports)
         ends: dict[tuple[str, int], int] = {}
@@ -127,6 +87,82 @@ async def apply_batch(
         result.next_offsets = {k: max(v, stored[k]) for k, v in ends.items()}
         await repo.save_offsets(conn, result.next_offsets)
     return result
+
+
+@dataclass(slots=True)
+class Effects:
+    """What the core made of a run of facts, for the store to write (besides the users
+    in `directory.changed`)."""
+
+    applied: list[tuple[str, str]] = field(default_factory=list)  # (channel, eventId)
+    merges: list[MergeRecord] = field(default_factory=list)
+    erased: list[str] = field(default_factory=list)
+    activities: list[Activity] = field(default_factory=list)
+    messages: list[tuple[str, str | None, bytes | None]] = field(default_factory=list)  # outbox rows
+
+    def extend(self, other: Effects) -> None:
+        self.applied.extend(other.applied)
+        self.merges.extend(other.merges)
+        self.erased.extend(other.erased)
+        self.activities.extend(other.activities)
+        self.messages.extend(other.messages)
+
+
+def run_facts(
+    directory: Directory, parsed: list[_Parsed], settings: dict[str, ChannelSettings], seen: set[tuple[str, str]],
+    topics: Topics, result: BatchResult, *, outbox: bool, failed_at: int,
+) -> Effects:
+    """Run the core over `parsed` in order: facts whose eventId is in `seen` are skipped
+    (and applied ones added to it), bad records and rejected facts become dead letters.
+    Pure but for `directory`, `seen` and `result`, which it updates."""
+    fx = Effects()
+    for p in parsed:
+        if p.fact is not None:
+            pair = (p.fact.channel_id, p.fact.event_id)
+            if pair in seen:
+                result.skipped += 1  # idempotency on eventId (CONTRACT)
+                continue
+            outcome = core.apply(directory, p.fact, settings[p.fact.channel_id], messages=outbox)
+            if outcome.rejection is None:
+                seen.add(pair)
+                fx.applied.append(pair)
+                fx.merges.extend(outcome.merges)
+                fx.erased.extend(outcome.erased)
+                fx.activities.extend(outcome.activities)
+                if outbox:
+                    for pub in outcome.publications:
+                        fx.messages.append((topics.user_changed, pub.key, None if pub.value is None else orjson.dumps(pub.value)))
+                result.published += len(outcome.publications)
+                for notice in outcome.notices:  # applied, but a merge was withheld (G2)
+                    if outbox:
+                        fx.messages.append(_dead_letter(topics, p.record, notice.code, notice.reason, failed_at))
+                    result.dead_letters[notice.code] += 1
+                continue
+            p.error = (outcome.rejection.code, outcome.rejection.reason)
+        assert p.error is not None
+        if outbox:
+            fx.messages.append(_dead_letter(topics, p.record, *p.error, failed_at))
+        result.dead_letters[p.error[0]] += 1
+    result.applied += len(fx.applied)
+    return fx
+
+
+async def write_effects(conn: asyncpg.Connection, directory: Directory, revs: dict[str, int], fx: Effects) -> None:
+    """Write the changed users (fenced on `revs`), their identities where they changed,
+    and the rest of `fx`."""
+    changed = list(directory.changed.values())
+    await repo.save_users(conn, changed, revs)
+    await repo.save_identities(conn, [(u, ids) for u in changed if (ids := identities(u)) != directory.loaded_identities(u.id)])
+    await repo.save_activities(conn, fx.activities)
+    await repo.save_merges(conn, fx.merges)
+    await repo.erase_activities(conn, fx.erased)
+    await repo.save_applied(conn, fx.applied)
+    await repo.save_outbox(conn, fx.messages)
+
+
+def parse_records(topics: Topics, records: list[Record]) -> list[_Parsed]:
+    kinds = {topic: topics.kind(topic) for topic in {r.topic for r in records}}  # once per topic, not per record
+    return [_parse(kinds[r.topic], r) for r in records]
 
 
 def _parse(kind: InboundKind, record: Record) -> _Parsed:

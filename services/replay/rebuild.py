@@ -25,6 +25,7 @@ from services.projection.records import Record
 from services.store.pool import create_pool
 
 from .log import LogReader, Partition
+from .resident import Resident
 
 
 @dataclass(slots=True)
@@ -108,7 +109,7 @@ async def build(
         if workers > 1:
             stops = reader.stops
         else:
-            await apply_all(pool, topics, reader.merged(batch), tally)
+            await apply_all(pool, topics, reader.merged(batch), tally, resident=True)
             stops = reader.next_offsets
     if workers > 1:
         from .shards import build_sharded
@@ -135,9 +136,13 @@ async def catch_up(
     return ends
 
 
-async def apply_all(pool: asyncpg.Pool, topics: Topics, chunks: AsyncIterator[list[Record]], tally: Tally) -> None:
+async def apply_all(
+    pool: asyncpg.Pool, topics: Topics, chunks: AsyncIterator[list[Record]], tally: Tally, *, resident: bool = False,
+) -> None:
     """Apply chunks in order, reading and merging the next chunk while PostgreSQL
-    writes the current one."""
+    writes the current one. `resident`: into a fresh schema nobody else writes, with
+    the users kept in memory (`resident.py`); else batch by batch as the live service."""
+    keeper = Resident(pool, topics) if resident else None
     queue: asyncio.Queue[list[Record] | BaseException | None] = asyncio.Queue(maxsize=2)
 
     async def read() -> None:
@@ -153,8 +158,13 @@ async def apply_all(pool: asyncpg.Pool, topics: Topics, chunks: AsyncIterator[li
         while (item := await queue.get()) is not None:
             if isinstance(item, BaseException):
                 raise item
-            result = await apply_batch(pool, topics, item, now_ms=0, outbox=False)  # discarded (switch.py)
+            if keeper is not None:
+                result = await keeper.apply(item)
+            else:
+                result = await apply_batch(pool, topics, item, now_ms=0, outbox=False)  # discarded (switch.py)
             tally.add(len(item), result.applied, result.skipped, sum(result.dead_letters.values()))
+        if keeper is not None:
+            await keeper.finish()
         await reader
     finally:
         if not reader.done():

@@ -6,14 +6,11 @@ the same whatever process applies which channel, as long as each channel's facts
 applied in the canonical order. Every worker reads the whole log up to the same stop
 offsets, merges it canonically, keeps the records whose `channelId` (parsed from the
 value, never trusted from the key) falls in its shard, and applies them with
-`apply_batch` — the canonical order restricted to a channel is that channel's order.
+the live projection's core — the canonical order restricted to a channel is that channel's order.
 
-The one thing workers must not share is the inbox: `apply_batch` skips records below
-a partition's stored offset, and every worker sees every partition. So each worker
-gets a schema of its own holding only `inbox_offsets` and `outbox`, and a search path
-`<shard>, <rebuilt>`: its offsets and its (discarded) outbox land in the shard schema,
-everything else in the rebuilt schema. The shard schemas are dropped at the end and
-the rebuilt inbox gets the stop offsets.
+Each worker keeps the users of its channels in memory (`resident.py`) and writes them
+to the rebuilt schema; no two workers write the same user, identity or eventId, and
+none writes the inbox (the rebuilt inbox gets the stop offsets at the end).
 
 Bad JSON and values without a string `channelId` go to shard 0 (they become dead
 letters, which a rebuild discards).
@@ -35,7 +32,7 @@ from services.projection.records import Record
 from services.store import pool as store_pool
 
 from .log import LogReader, Partition
-from .rebuild import Tally, apply_all, drop_schema
+from .rebuild import Tally, apply_all
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,7 +43,6 @@ class _Job:
     bootstrap: str
     prefix: str
     schema: str
-    shard: str
     stops: list[tuple[str, int, int]]
     batch: int
 
@@ -65,23 +61,13 @@ async def build_sharded(
     database_url: str, bootstrap: str, topics: Topics, schema: str, stops: dict[Partition, int], *,
     workers: int, batch: int, tally: Tally,
 ) -> None:
-    shards = [f"{schema}_s{i}" for i in range(workers)]
-    conn = await asyncpg.connect(database_url)
-    try:
-        for shard in shards:
-            await conn.execute(f'CREATE SCHEMA "{shard}"')
-            # UNLOGGED: scratch tables, gone with the shard schema.
-            await conn.execute(f'CREATE UNLOGGED TABLE "{shard}".inbox_offsets (LIKE "{schema}".inbox_offsets INCLUDING ALL)')
-            await conn.execute(f'CREATE UNLOGGED TABLE "{shard}".outbox (LIKE "{schema}".outbox INCLUDING ALL)')
-    finally:
-        await conn.close()
     # Plain child interpreters (`python -m services.replay.shards JOB`), not
     # multiprocessing: nothing of this process (event loop, sockets, __main__) is copied
     # or re-imported, whatever program called us.
     procs = []
     try:
         for i in range(workers):
-            job = _Job(i, workers, database_url, bootstrap, topics.prefix, schema, shards[i],
+            job = _Job(i, workers, database_url, bootstrap, topics.prefix, schema,
                        [(t, p, n) for (t, p), n in sorted(stops.items())], batch)
             procs.append(await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "services.replay.shards", orjson.dumps(asdict(job)).decode(),
@@ -101,22 +87,20 @@ async def build_sharded(
             if p.returncode is None:
                 p.kill()
                 await p.wait()
-        for shard in shards:
-            await drop_schema(database_url, shard)
 
 
 async def _apply_shard(job: _Job) -> dict[str, int]:
     topics = Topics(job.prefix)
     pool = await asyncpg.create_pool(
         job.database_url, min_size=1, max_size=2, init=store_pool._init,
-        server_settings={"search_path": f"{job.shard},{job.schema}", "application_name": "unifier-replay"},
+        server_settings={"search_path": job.schema, "application_name": "unifier-replay"},
     )
     # Worker 0 shows progress for all: the shards are about the same size.
     tally = Tally(out=sys.stderr if job.index == 0 else None, label=f"replay (shard 1 of {job.workers})")
     try:
         async with LogReader(job.bootstrap, topics.inbound, stop={(t, p): n for t, p, n in job.stops}) as reader:
             tally.total = reader.total // job.workers  # about this shard's share
-            await apply_all(pool, topics, _mine(reader.merged(job.batch), job.index, job.workers, job.batch), tally)
+            await apply_all(pool, topics, _mine(reader.merged(job.batch), job.index, job.workers, job.batch), tally, resident=True)
     finally:
         await pool.close()
     return {"events": tally.events, "applied": tally.applied, "skipped": tally.skipped, "dead_letters": tally.dead_letters}

@@ -37,9 +37,11 @@ FAILURES_KEPT_MS = 30 * 24 * 60 * 60 * 1000  # I15: failed rows downloadable for
 
 async def prepare(
     conn: asyncpg.Connection, facts: Iterable[Fact], settings: dict[str, ChannelSettings], directory: Directory,
+    *, complete: bool = False,
 ) -> ImportBook | None:
     """The import book of a batch, attached to the settings of every channel that has
-    import facts in it; None when the batch has none."""
+    import facts in it; None when the batch has none. `complete`: `directory` holds
+    every user of its channels (a rebuild's), so the MU count comes from it, not the store."""
     wanted: set[tuple[str, str]] = set()
     rows_in: set[str] = set()
     for fact in facts:
@@ -63,18 +65,23 @@ async def prepare(
         )
     limited = sorted(ch for ch in rows_in if settings[ch].mu_limit is not None)
     if limited:
-        counts = dict(
-            await conn.fetch(
-                """SELECT channel_id, count(*) FROM users
-                    WHERE channel_id = ANY($1::text[]) AND type <> 'anonymous' AND NOT deleted
-                      AND merged_into IS NULL AND NOT blocked AND NOT masked
-                    GROUP BY channel_id""",
-                limited,
+        visible = {
+            ch: frozenset(u.id for u in directory.users() if u.channel_id == ch and mu_visible(u)) for ch in limited
+        }
+        if complete:
+            counts = {ch: len(ids) for ch, ids in visible.items()}
+        else:
+            counts = dict(
+                await conn.fetch(
+                    """SELECT channel_id, count(*) FROM users
+                        WHERE channel_id = ANY($1::text[]) AND type <> 'anonymous' AND NOT deleted
+                          AND merged_into IS NULL AND NOT blocked AND NOT masked
+                        GROUP BY channel_id""",
+                    limited,
+                )
             )
-        )
         for ch in limited:
-            visible = frozenset(u.id for u in directory.users() if u.channel_id == ch and mu_visible(u))
-            book.budgets[ch] = MuBudget(settings[ch].mu_limit or 0, counts.get(ch, 0), visible)
+            book.budgets[ch] = MuBudget(settings[ch].mu_limit or 0, counts.get(ch, 0), visible[ch])
     for ch in {c for c, _ in wanted}:
         s = settings[ch]
         settings[ch] = ImportChannel(s.channel_id, s.member_hash_secret, s.mu_limit, s.field_types, book)

@@ -121,18 +121,26 @@ async def save_offsets(conn: asyncpg.Connection, offsets: dict[tuple[str, int], 
     )
 
 
+USER_COLUMNS = (
+    "id", "channel_id", "rev", "type", "member_id", "merged_into", "deleted", "blocked", "masked",
+    "last_seen_at", "updated_at", "state",
+)
+
+
+def user_rows(users: Sequence[User], revs: dict[str, int]) -> list[tuple[Any, ...]]:
+    """The `USER_COLUMNS` of each user, at the revision after the one in `revs` (0: new)."""
+    return [
+        (u.id, u.channel_id, revs.get(u.id, 0) + 1, u.type, u.member_id, u.merged_into,
+         u.deleted, u.blocked, u.masked, u.last_seen_at, u.updated_at, u.to_json())
+        for u in users
+    ]
+
+
 async def save_users(conn: asyncpg.Connection, users: Sequence[User], revs: dict[str, int]) -> None:
     """Write changed users, fenced on the revision they were loaded at (0 = new)."""
     if not users:
         return
-    cols: list[list[Any]] = [[] for _ in range(12)]
-    for u in users:
-        row = (
-            u.id, u.channel_id, revs.get(u.id, 0) + 1, u.type, u.member_id, u.merged_into,
-            u.deleted, u.blocked, u.masked, u.last_seen_at, u.updated_at, u.to_json(),
-        )
-        for col, val in zip(cols, row, strict=True):
-            col.append(val)
+    cols: list[list[Any]] = [list(col) for col in zip(*user_rows(users, revs), strict=True)]
     written = await conn.fetchval(
         """
         WITH w AS (
@@ -217,12 +225,23 @@ async def save_merges(conn: asyncpg.Connection, merges: Sequence[MergeRecord]) -
         [m.causation_id for m in merges], [m.occurred_at for m in merges],
         [m.to_json()["contested"] for m in merges],
     )
+    # One UPDATE matches each row once: with A merged into B and B into C in the same
+    # batch, A's chats must go to C directly, as they would across two batches (U4).
+    into = {m.source_id: m.target_id for m in merges}
     await conn.execute(
         """UPDATE activities a SET user_id = x.t FROM unnest($1::text[], $2::text[]) AS x(s, t)
             WHERE a.user_id = x.s""",
-        [m.source_id for m in merges],
-        [m.target_id for m in merges],
+        list(into),
+        [survivor(into, s) for s in into],
     )
+
+
+def survivor(into: dict[str, str], user_id: str) -> str:
+    """Where `user_id` ends up following the merges in `into` (source -> target)."""
+    hops = 0
+    while user_id in into and hops <= len(into):  # a merge chain never cycles; the bound says so
+        user_id, hops = into[user_id], hops + 1
+    return user_id
 
 
 async def erase_activities(conn: asyncpg.Connection, user_ids: Sequence[str]) -> None:

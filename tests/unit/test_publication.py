@@ -7,7 +7,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.domain.publication import _diff, changed_keys
+from services.domain.publication import _diff, changed_keys, publish
 from services.domain.sessions import DEVICE_KEYS
 from services.domain.user import Platform, User, Value
 
@@ -52,3 +52,23 @@ def _pair(draw: st.DrawFn) -> tuple[User, User]:
 def test_attribute_diff_is_the_view_diff(pair: tuple[User, User]) -> None:
     before, after = pair
     assert _diff(before, after) == changed_keys(before, after)
+
+
+@settings(max_examples=1000)
+@given(_pair(), st.booleans(), st.sampled_from([None, "merged", "deleted"]), st.integers(0, 4))
+def test_a_rebuild_without_messages_moves_versions_exactly_as_publishing_does(
+    pair: tuple[User, User], first: bool, end: str | None, at: int,
+) -> None:
+    """Flow 5 / Determinism: `messages=False` (replay) leaves the same version and
+    updatedAt as building the user-changed messages would, for every kind of change."""
+    before, after = pair
+    if end == "merged":
+        after.merged_into = "u2"
+    elif end == "deleted":
+        after.deleted = True
+    old = None if first else before
+    with_messages, pubs = publish(old, after.copy(), "e1", at)
+    without, none = publish(old, after.copy(), "e1", at, messages=False)
+    assert none == []
+    assert without.to_json() == with_messages.to_json()
+    assert (without.version > after.version) == bool(pubs)

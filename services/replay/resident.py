@@ -1,0 +1,84 @@
+"""The rebuild's applier: the users of the channels it rebuilds stay in memory.
+
+The live projection shares its state with other instances, so every batch loads the
+users it touches from PostgreSQL, fenced, and writes them back. A rebuild fills a fresh
+schema that nobody else writes: the users it has applied are all the users there are.
+So it keeps them in one `Directory` for the whole log, keeps the applied eventIds
+itself, and writes each user once, at the end, by COPY (`store/bulk.py`) — a visitor
+who booted a thousand times is serialised once. What grows with the log rather than
+with the users (chats and events, merges, applied eventIds) is written every
+`flush_every` facts. Same core (`run_facts`) and the same rows as the live projection:
+the state does not depend on where the writes fall (tests/integration/test_resident.py)
+and equals the live service's (tests/integration/test_replay.py).
+
+Memory grows with the users of the rebuilt channels (docs/operations.md, "Replay").
+"""
+
+from __future__ import annotations
+
+import gc
+
+import asyncpg
+
+from contracts.topics import Topics
+from services.domain.directory import Directory, identities
+from services.projection.batch import BatchResult, Effects, parse_records, run_facts
+from services.projection.records import Record
+from services.store import bulk, import_log
+from services.store import repository as repo
+
+DEFAULT_FLUSH_EVERY = 50_000
+
+
+class Resident:
+    """`await r.apply(chunk)` for each canonically ordered chunk, then `await r.finish()`."""
+
+    def __init__(self, pool: asyncpg.Pool, topics: Topics, *, flush_every: int = DEFAULT_FLUSH_EVERY) -> None:
+        self.pool = pool
+        self.topics = topics
+        self.flush_every = flush_every
+        self.directory = Directory()
+        self.seen: set[tuple[str, str]] = set()  # (channel, eventId) applied
+        self._pending = Effects()
+
+    async def apply(self, records: list[Record]) -> BatchResult:
+        parsed = parse_records(self.topics, records)
+        facts = [p.fact for p in parsed if p.fact is not None]
+        result = BatchResult()
+        async with self.pool.acquire() as conn:
+            settings = await repo.load_channels(conn, {f.channel_id for f in facts})
+            # CSV import (I12-I17): definitions written by earlier chunks; MU counts
+            # from the directory, which holds every user (none is in the store yet).
+            imports = await import_log.prepare(conn, facts, settings, self.directory, complete=True)
+            fx = run_facts(self.directory, parsed, settings, self.seen, self.topics, result, outbox=False, failed_at=0)
+            self._pending.extend(fx)
+            if imports is not None:
+                async with conn.transaction():
+                    await import_log.save(conn, imports)
+            if len(self._pending.applied) >= self.flush_every:
+                await self._write_pending(conn)
+        # Users are written at the end from the directory, not from `changed`.
+        self.directory.settle()
+        # The users held here are long-lived and (nearly) free of reference cycles, yet
+        # every full collection walks all of them: with a large heap the cyclic GC took
+        # ~40 % of a rebuild's CPU (measured, docs/decisions.md). Frozen objects are
+        # still freed by reference counting; `finish` unfreezes them.
+        gc.freeze()
+        return result
+
+    async def finish(self) -> None:
+        """Write what is pending and every user with its identities."""
+        users = list(self.directory.users())
+        async with self.pool.acquire() as conn, conn.transaction():
+            await self._write_pending(conn)
+            await bulk.copy_users(conn, users)
+            await bulk.copy_identities(conn, [(u, ids) for u in users if (ids := identities(u))])
+        gc.unfreeze()
+
+    async def _write_pending(self, conn: asyncpg.Connection) -> None:
+        fx, self._pending = self._pending, Effects()
+        async with conn.transaction():
+            await bulk.copy_activities(conn, fx.activities)
+            await repo.save_merges(conn, fx.merges)  # re-points chats written before too (U4)
+            await repo.erase_activities(conn, fx.erased)
+            await bulk.copy_applied(conn, fx.applied)

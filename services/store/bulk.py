@@ -1,0 +1,48 @@
+"""A rebuild's writes into its fresh schema: binary COPY instead of statements over
+arrays.
+
+Nobody else writes a schema while it is rebuilt and a rebuild writes each user once
+(`replay/resident.py`), so its writes need neither the revision fence nor the conflict
+handling of the live projection's (repository.py). The rows are the live writers' rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import asyncpg
+
+from services.domain.core import Activity
+from services.domain.directory import Identity
+from services.domain.user import User
+
+from .repository import USER_COLUMNS, user_rows
+
+
+async def copy_users(conn: asyncpg.Connection, users: Sequence[User]) -> None:
+    """Users that are not in the store yet (revision 1)."""
+    if users:
+        await conn.copy_records_to_table("users", records=user_rows(users, {}), columns=USER_COLUMNS)
+
+
+async def copy_identities(conn: asyncpg.Connection, keyed: Sequence[tuple[User, frozenset[Identity]]]) -> None:
+    """The identities of users that have none in the store yet."""
+    rows = [(u.channel_id, kind, value, u.id, q) for u, keys in keyed for kind, value, q in keys]
+    if rows:
+        await conn.copy_records_to_table(
+            "identities", records=rows, columns=("channel_id", "kind", "value", "user_id", "qualified")
+        )
+
+
+async def copy_activities(conn: asyncpg.Connection, acts: Sequence[Activity]) -> None:
+    if acts:
+        await conn.copy_records_to_table(
+            "activities",
+            records=[(a.channel_id, a.event_id, a.user_id, a.kind, a.at, a.body) for a in acts],
+            columns=("channel_id", "event_id", "user_id", "kind", "occurred_at", "body"),
+        )
+
+
+async def copy_applied(conn: asyncpg.Connection, pairs: Sequence[tuple[str, str]]) -> None:
+    if pairs:
+        await conn.copy_records_to_table("applied_events", records=pairs, columns=("channel_id", "event_id"))

@@ -1,0 +1,130 @@
+"""The rebuild's resident applier (services/replay/resident.py) against PostgreSQL.
+
+Flow 5 / Determinism: a rebuild keeps its users in memory and writes them every so
+many facts; the state must not depend on where those writes fall, and must be the
+state the live projection's batch-by-batch `apply_batch` builds from the same records
+— users, merges (G4), chats re-pointed to survivors (U4), imports with the MU limit
+(I17). The records are fed directly (no broker): what is under test is the applier.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import orjson
+import pytest_asyncio
+
+from contracts.topics import Topics
+from services.projection.batch import apply_batch
+from services.projection.records import Record, canonical_order
+from services.replay import workload
+from services.replay.digest import state_digest
+from services.replay.resident import Resident
+from services.runtime.config import Settings
+from services.store.pool import create_pool
+from tests.support.infra import drop_schema
+
+CHANNELS = 6
+MU_CHANNEL = workload.channel_name(2)
+LEAD_CHANNEL = workload.channel_name(1)
+TOPICS = Topics("t")
+
+
+def _imports(after: int) -> list[workload.Fact]:
+    """A lead import keyed by e-mail matching visitors' contacts and members (U5, I2),
+    and a member import into a channel at its MU limit (I1, I17)."""
+    facts: list[workload.Fact] = []
+    at = after
+
+    def fact(ch: str, **body: Any) -> None:
+        nonlocal at
+        at += 1_000
+        facts.append(workload.Fact("import-rows", ch, orjson.dumps({"channelId": ch, "occurredAt": at, **body}), at))
+
+    flags = [{"column": "ue", "key": "unsubscribeEmail"}, {"column": "ut", "key": "unsubscribeTexting"}]
+    unsubscribed = {"unsubscribeEmail": "false", "unsubscribeTexting": "true"}  # I7: required of new users
+    lead_cols = [{"column": "email", "key": "profile.email"}, {"column": "plan", "key": "profile.plan", "type": "string"}, *flags]
+    fact(LEAD_CHANNEL, eventId="imp-l-s", type="import.started", importId="L", mode="lead", key="email", blank="keep",
+         actor="staff-1", fileName="leads.csv", columns=lead_cols, tag="spring")
+    for n in range(60):
+        email = f"v{n * CHANNELS + 1}@example.jp" if n % 2 else f"mem-{n * CHANNELS + 1}@members.example"
+        fact(LEAD_CHANNEL, eventId=f"imp-l-{n}", type="import.row", importId="L", rowNumber=n + 2,
+             cells={"profile.email": email if n % 7 else "not-an-email", "profile.plan": "gold", **unsubscribed})
+    fact(LEAD_CHANNEL, eventId="imp-l-f", type="import.finished", importId="L", rows=60)
+
+    member_cols = [{"column": "id", "key": "memberId"}, {"column": "name", "key": "name"}, *flags]
+    fact(MU_CHANNEL, eventId="imp-m-s", type="import.started", importId="M", mode="member", key="memberId",
+         blank="clear", actor="staff-1", fileName="members.csv", columns=member_cols)
+    for n in range(80):
+        member = f"mem-{n * CHANNELS + 2}" if n % 3 else f"new-{n}"
+        fact(MU_CHANNEL, eventId=f"imp-m-{n}", type="import.row", importId="M", rowNumber=n + 2,
+             cells={"memberId": member, "name": f"Imported {n}", **unsubscribed})
+    fact(MU_CHANNEL, eventId="imp-m-f", type="import.finished", importId="M", rows=80)
+    return facts
+
+
+def _records() -> list[Record]:
+    facts = workload.mixed_facts(4_000, rounds=4, channels=CHANNELS, poison_every=97)
+    facts += _imports(max(f.timestamp for f in facts))
+    # A second stream over the same veils and channels, interleaved in event time.
+    facts += workload.mixed_facts(1_500, rounds=2, channels=CHANNELS, seed=2, prefix="late")
+    topic = {"sdk-events": TOPICS.sdk_events, "commands": TOPICS.commands, "import-rows": TOPICS.import_rows}
+    runs: dict[str, list[Record]] = {}
+    for f in facts:
+        run = runs.setdefault(f.kind, [])
+        run.append(Record(topic[f.kind], 0, len(run), f.timestamp, f.key.encode(), f.value))
+    return canonical_order(runs.values())
+
+
+@pytest_asyncio.fixture
+async def schemas(settings: Settings) -> AsyncIterator[list[asyncpg.Pool]]:
+    assert settings.database_url is not None
+    names = [f"{settings.db_schema}_{k}" for k in ("live", "r1", "r2")]
+    pools = [await create_pool(settings.database_url, n) for n in names]
+    for p in pools:
+        for ch in workload.hashed_channels(CHANNELS):
+            await p.execute("INSERT INTO channels (channel_id, member_hash_secret) VALUES ($1, $2)", ch, workload.HASHED_CHANNEL_SECRET)
+        await p.execute("INSERT INTO channels (channel_id, mu_limit) VALUES ($1, 25)", MU_CHANNEL)
+    yield pools
+    for p in pools:
+        await p.close()
+    for n in names:
+        await drop_schema(settings.database_url, n)
+
+
+async def _activities(pool: asyncpg.Pool) -> list[tuple[Any, ...]]:
+    rows = await pool.fetch("SELECT channel_id, event_id, user_id, kind, body::text FROM activities ORDER BY 1, 2, 3")
+    return [tuple(r) for r in rows]
+
+
+async def _imports_log(pool: asyncpg.Pool) -> list[tuple[Any, ...]]:
+    rows = await pool.fetch("SELECT channel_id, import_id, status, rows::text FROM imports ORDER BY 1, 2")
+    return [tuple(r) for r in rows]
+
+
+async def test_resident_rebuild_equals_batch_by_batch_apply_wherever_its_writes_fall(schemas: list[asyncpg.Pool]) -> None:
+    """Flow 5, U4, G4, I17: the same records give the same users, merges, chats and
+    import log whether applied as the live projection does (batches of 250, load and
+    write each) or resident with chats and eventIds written every 333 facts or only at the end."""
+    live, small, whole = schemas
+    records = _records()
+    chunk = 250
+    for i in range(0, len(records), chunk):
+        await apply_batch(live, TOPICS, records[i : i + chunk], now_ms=0, outbox=False)
+    for pool, flush_every in ((small, 333), (whole, 10**9)):
+        keeper = Resident(pool, TOPICS, flush_every=flush_every)
+        for i in range(0, len(records), chunk):
+            await keeper.apply(records[i : i + chunk])
+        await keeper.finish()
+
+    expected = await state_digest(live)
+    assert await live.fetchval("SELECT count(*) FROM merges") > 0  # the stream does unify
+    assert await live.fetchval("SELECT count(*) FROM users WHERE masked") > 0  # the MU limit bit (I17)
+    for pool in (small, whole):
+        assert await state_digest(pool) == expected
+        assert await _activities(pool) == await _activities(live)
+        assert await _imports_log(pool) == await _imports_log(live)
+        ids = "SELECT channel_id, kind, value, user_id, qualified FROM identities ORDER BY 1, 2, 3, 4"
+        assert [tuple(r) for r in await pool.fetch(ids)] == [tuple(r) for r in await live.fetch(ids)]
