@@ -90,12 +90,16 @@ class Directory:
     def put(self, user: User) -> None:
         """Replace a user's state (or add a new user) and re-index it."""
         old = self._ids.get(user.id)
-        if old is not None:
-            for kind, value, _q in old:
+        keys = identities(user)
+        if keys != old:  # most changes (a visit, a profile edit) keep the lookup keys
+            for kind, value, _q in (old or ()):
                 bucket = self._by_key.get((user.channel_id, kind, value))
                 if bucket is not None:
                     bucket.discard(user.id)
-        self._index(user)
+            for kind, value, _q in keys:
+                self._by_key.setdefault((user.channel_id, kind, value), set()).add(user.id)
+            self._ids[user.id] = keys
+        self._users[user.id] = user
         self.changed[user.id] = user
 
     def forget(self, user_id: str) -> None:

@@ -104,18 +104,23 @@ async def build(
     """Apply the whole retained log to the (fresh) schema of `pool`; the end offsets
     consumed per partition (every inbound partition, 0 for an empty one). With
     `workers` > 1 the channels are shared out among worker processes (`shards.py`)."""
-    async with LogReader(bootstrap, topics.inbound, quiet_s=quiet_s) as reader:
-        tally.total = reader.total
-        if workers > 1:
-            stops = reader.stops
-        else:
-            await apply_all(pool, topics, reader.merged(batch), tally, resident=True)
-            stops = reader.next_offsets
     if workers > 1:
-        from .shards import build_sharded
+        from .shards import build_sharded, reap, spawn
 
         assert database_url is not None and schema is not None
-        await build_sharded(database_url, bootstrap, topics, schema, stops, workers=workers, batch=batch, tally=tally)
+        procs = await spawn(workers)
+        try:
+            async with LogReader(bootstrap, topics.inbound, quiet_s=quiet_s) as reader:
+                tally.total = reader.total
+                stops = reader.stops
+            await build_sharded(procs, database_url, bootstrap, topics, schema, stops, batch=batch, tally=tally)
+        finally:
+            await reap(procs)
+    else:
+        async with LogReader(bootstrap, topics.inbound, quiet_s=quiet_s) as reader:
+            tally.total = reader.total
+            await apply_all(pool, topics, reader.merged(batch), tally, resident=True)
+            stops = reader.next_offsets
     await store_offsets(pool, stops)
     return stops
 

@@ -57,36 +57,51 @@ def shard_of(record: Record, workers: int) -> int:
     return zlib.crc32(channel.encode()) % workers
 
 
-async def build_sharded(
-    database_url: str, bootstrap: str, topics: Topics, schema: str, stops: dict[Partition, int], *,
-    workers: int, batch: int, tally: Tally,
-) -> None:
-    # Plain child interpreters (`python -m services.replay.shards JOB`), not
+async def spawn(workers: int) -> list[asyncio.subprocess.Process]:
+    """Start the worker processes; each waits for its job on stdin. Started before the
+    log's end is probed, so that their imports (~1 s) overlap the probe."""
+    # Plain child interpreters (`python -m services.replay.shards`), not
     # multiprocessing: nothing of this process (event loop, sockets, __main__) is copied
     # or re-imported, whatever program called us.
     procs = []
     try:
-        for i in range(workers):
-            job = _Job(i, workers, database_url, bootstrap, topics.prefix, schema,
-                       [(t, p, n) for (t, p), n in sorted(stops.items())], batch)
+        for _ in range(workers):
             procs.append(await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "services.replay.shards", orjson.dumps(asdict(job)).decode(),
-                stdout=asyncio.subprocess.PIPE,
+                sys.executable, "-m", "services.replay.shards", stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
             ))
-        outputs = await asyncio.gather(*(p.communicate() for p in procs))
-        for i, (p, (out, _)) in enumerate(zip(procs, outputs, strict=True)):
-            if p.returncode != 0:
-                raise RuntimeError(f"replay worker {i} of {workers} exited with {p.returncode}")
-            counts = orjson.loads(out.splitlines()[-1])
-            tally.events += counts["events"]
-            tally.applied += counts["applied"]
-            tally.skipped += counts["skipped"]
-            tally.dead_letters += counts["dead_letters"]
-    finally:
-        for p in procs:
-            if p.returncode is None:
-                p.kill()
-                await p.wait()
+    except BaseException:
+        await reap(procs)
+        raise
+    return procs
+
+
+async def reap(procs: list[asyncio.subprocess.Process]) -> None:
+    """Kill the workers still running (the build failed or was cancelled)."""
+    for p in procs:
+        if p.returncode is None:
+            p.kill()
+            await p.wait()
+
+
+async def build_sharded(
+    procs: list[asyncio.subprocess.Process], database_url: str, bootstrap: str, topics: Topics, schema: str,
+    stops: dict[Partition, int], *, batch: int, tally: Tally,
+) -> None:
+    """Hand each spawned worker its share and wait for all of them."""
+    workers = len(procs)
+    jobs = [
+        _Job(i, workers, database_url, bootstrap, topics.prefix, schema, [(t, p, n) for (t, p), n in sorted(stops.items())], batch)
+        for i in range(workers)
+    ]
+    outputs = await asyncio.gather(*(p.communicate(orjson.dumps(asdict(job)) + b"\n") for p, job in zip(procs, jobs, strict=True)))
+    for i, (p, (out, _)) in enumerate(zip(procs, outputs, strict=True)):
+        if p.returncode != 0:
+            raise RuntimeError(f"replay worker {i} of {workers} exited with {p.returncode}")
+        counts = orjson.loads(out.splitlines()[-1])
+        tally.events += counts["events"]
+        tally.applied += counts["applied"]
+        tally.skipped += counts["skipped"]
+        tally.dead_letters += counts["dead_letters"]
 
 
 async def _apply_shard(job: _Job) -> dict[str, int]:
@@ -117,7 +132,10 @@ async def _mine(chunks: AsyncIterator[list[Record]], index: int, workers: int, b
         yield out
 
 
-if __name__ == "__main__":  # a worker: python -m services.replay.shards '<job as JSON>'
-    _raw = orjson.loads(sys.argv[1])
+if __name__ == "__main__":  # a worker: python -m services.replay.shards, its job as a JSON line on stdin
+    _line = sys.stdin.readline()
+    if not _line:
+        sys.exit(1)  # the parent gave up before handing out the jobs
+    _raw = orjson.loads(_line)
     _raw["stops"] = [tuple(x) for x in _raw["stops"]]
     sys.stdout.write(orjson.dumps(asyncio.run(_apply_shard(_Job(**_raw)))).decode() + "\n")

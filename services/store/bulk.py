@@ -16,21 +16,23 @@ from services.domain.core import Activity
 from services.domain.directory import Identity
 from services.domain.user import User
 
-from .repository import USER_COLUMNS, user_rows
+from .repository import USER_COLUMNS, user_row
 
 
 async def copy_users(conn: asyncpg.Connection, users: Sequence[User]) -> None:
-    """Users that are not in the store yet (revision 1)."""
+    """Users that are not in the store yet (revision 1). The rows are made as COPY
+    sends them, so PostgreSQL takes in the first while Python serialises the next."""
     if users:
-        await conn.copy_records_to_table("users", records=user_rows(users, {}), columns=USER_COLUMNS)
+        await conn.copy_records_to_table("users", records=(user_row(u, 1) for u in users), columns=USER_COLUMNS)
 
 
 async def copy_identities(conn: asyncpg.Connection, keyed: Sequence[tuple[User, frozenset[Identity]]]) -> None:
     """The identities of users that have none in the store yet."""
-    rows = [(u.channel_id, kind, value, u.id, q) for u, keys in keyed for kind, value, q in keys]
-    if rows:
+    if keyed:
         await conn.copy_records_to_table(
-            "identities", records=rows, columns=("channel_id", "kind", "value", "user_id", "qualified")
+            "identities",
+            records=((u.channel_id, kind, value, u.id, q) for u, keys in keyed for kind, value, q in keys),
+            columns=("channel_id", "kind", "value", "user_id", "qualified"),
         )
 
 

@@ -127,20 +127,20 @@ USER_COLUMNS = (
 )
 
 
-def user_rows(users: Sequence[User], revs: dict[str, int]) -> list[tuple[Any, ...]]:
-    """The `USER_COLUMNS` of each user, at the revision after the one in `revs` (0: new)."""
-    return [
-        (u.id, u.channel_id, revs.get(u.id, 0) + 1, u.type, u.member_id, u.merged_into,
-         u.deleted, u.blocked, u.masked, u.last_seen_at, u.updated_at, u.to_json())
-        for u in users
-    ]
+def user_row(u: User, rev: int) -> tuple[Any, ...]:
+    """The `USER_COLUMNS` of a user at revision `rev`."""
+    return (
+        u.id, u.channel_id, rev, u.type, u.member_id, u.merged_into,
+        u.deleted, u.blocked, u.masked, u.last_seen_at, u.updated_at, u.to_json(),
+    )
 
 
 async def save_users(conn: asyncpg.Connection, users: Sequence[User], revs: dict[str, int]) -> None:
     """Write changed users, fenced on the revision they were loaded at (0 = new)."""
     if not users:
         return
-    cols: list[list[Any]] = [list(col) for col in zip(*user_rows(users, revs), strict=True)]
+    rows = [user_row(u, revs.get(u.id, 0) + 1) for u in users]
+    cols: list[list[Any]] = [list(col) for col in zip(*rows, strict=True)]
     written = await conn.fetchval(
         """
         WITH w AS (
