@@ -70,6 +70,7 @@ from services.projection import batch as batch_mod  # noqa: E402
 from services.projection.batch import BatchResult  # noqa: E402
 from services.projection.consumer import Projection  # noqa: E402
 from services.projection.records import Record  # noqa: E402
+from services.runtime import gc_tuning  # noqa: E402
 from services.runtime.config import Settings  # noqa: E402
 from services.runtime.embedded import EmbeddedBroker  # noqa: E402
 from services.runtime.topics import ensure_topics  # noqa: E402
@@ -628,6 +629,7 @@ async def profile_projection(
 # -- latency --------------------------------------------------------------------------
 
 SERVE_FLAG = "--serve-child"
+DEFAULT_GC = gc.get_threshold()  # before anything tunes it
 
 
 def serve_child() -> None:
@@ -638,8 +640,8 @@ def serve_child() -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("aiokafka.consumer.group_coordinator").setLevel(logging.CRITICAL)
     settings = Settings.from_env()
-    if gc_gen0 := int(os.environ.get("BENCH_GC_GEN0", "0")):
-        gc.set_threshold(gc_gen0, 50, 100)
+    if os.environ.get("BENCH_GC_DEFAULT") != "1":
+        gc_tuning.tune()  # as `unifier run` does
     stages_file = os.environ.get("BENCH_SERVICE_STAGES")
     stages = Stages()
     if stages_file:
@@ -674,7 +676,7 @@ async def measure_latency(
         "UNIFIER_TOPIC_PREFIX": prefix, "UNIFIER_CONSUMER_GROUP": group, "UNIFIER_DB_SCHEMA": schema,
         "UNIFIER_METRICS_PORT": "0", "UNIFIER_BATCH_MAX": str(batch_max),
         "BENCH_SERVICE_STAGES": str(stages_file),
-        "BENCH_GC_GEN0": str(gc.get_threshold()[0]),  # the service runs with the bench's GC setting
+        "BENCH_GC_DEFAULT": "1" if gc.get_threshold() == DEFAULT_GC else "0",  # the bench's GC setting
     }
     child = await asyncio.create_subprocess_exec(sys.executable, str(SELF), SERVE_FLAG, env=env, cwd=ROOT)
     reader = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
@@ -990,8 +992,8 @@ def cli() -> None:
     p.add_argument("--batch-max", type=int, default=Settings().batch_max, help="projection getmany max_records")
     p.add_argument("--profile", type=int, default=0, metavar="N", help="also run N events under cProfile and print the top functions")
     p.add_argument("--py-spy", action="store_true", help="sample the throughput run with py-spy (instead of the stage timers)")
-    p.add_argument("--gc-gen0", type=int, default=0, metavar="N",
-                   help="gc.set_threshold(N, 50, 100) for the projection and the service (default: Python's 700)")
+    p.add_argument("--gc-default", action="store_true",
+                   help="keep Python's GC thresholds (default: the service's, services/runtime/gc_tuning.py)")
     p.add_argument("--seed", type=int, default=20260101)
     p.add_argument("--database-url", default=os.environ.get("DATABASE_URL") or LOCAL_POSTGRES)
     p.add_argument("--keep", action="store_true", help="keep the bench_* schemas for inspection")
@@ -1000,8 +1002,8 @@ def cli() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # The projection's Kafka offset commits are hints; tansu drops them at consumer stop.
     logging.getLogger("aiokafka.consumer.group_coordinator").setLevel(logging.CRITICAL)
-    if args.gc_gen0:
-        gc.set_threshold(args.gc_gen0, 50, 100)
+    if not args.gc_default:
+        gc_tuning.tune()
     started = time.perf_counter()
     results = asyncio.run(main(args))
     results["runtime_s"] = round(time.perf_counter() - started, 1)

@@ -199,9 +199,9 @@ async def main() -> int:
         "targets": {"overLive": 3, "eventsPerSecond": 50_000},
     }
     print(orjson.dumps(figures, option=orjson.OPT_INDENT_2).decode())
-    out = ROOT / "bench" / "results"
-    out.mkdir(exist_ok=True)
-    (out / f"replay-{time.strftime('%Y%m%dT%H%M%S')}.json").write_bytes(orjson.dumps(figures))
+    results = ROOT / "bench" / "results"
+    results.mkdir(exist_ok=True)
+    (results / f"replay-{time.strftime('%Y%m%dT%H%M%S')}.json").write_bytes(orjson.dumps(figures))
     return 0
 
 

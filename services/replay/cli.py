@@ -64,10 +64,13 @@ def _out(obj: Any) -> None:
 
 
 async def _replay(settings: Settings, args: argparse.Namespace) -> int:
+    from services.runtime import gc_tuning
     from services.runtime.cli import UsageError
     from services.runtime.embedded import infrastructure
 
     from .replay import Options, dry_run, rebuild
+
+    gc_tuning.tune()
 
     if args.since is not None and not args.dry_run:
         raise UsageError("--since only goes with --dry-run")

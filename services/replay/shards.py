@@ -136,6 +136,9 @@ if __name__ == "__main__":  # a worker: python -m services.replay.shards, its jo
     _line = sys.stdin.readline()
     if not _line:
         sys.exit(1)  # the parent gave up before handing out the jobs
+    from services.runtime import gc_tuning
+
+    gc_tuning.tune()
     _raw = orjson.loads(_line)
     _raw["stops"] = [tuple(x) for x in _raw["stops"]]
     sys.stdout.write(orjson.dumps(asyncio.run(_apply_shard(_Job(**_raw)))).decode() + "\n")

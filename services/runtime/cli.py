@@ -132,7 +132,10 @@ def _print(obj: Any) -> None:
 
 
 async def _run(settings: Settings, args: argparse.Namespace) -> int:
+    from . import gc_tuning
     from .service import run_service
+
+    gc_tuning.tune()
 
     if not args.demo:
         await run_service(settings)
