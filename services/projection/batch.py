@@ -47,7 +47,7 @@ class BatchResult:
 
 
 @dataclass(slots=True)
-class _Parsed:
+class Parsed:
     record: Record
     fact: Fact | None = None
     error: tuple[str, str] | None = None  # (code, message)
@@ -109,7 +109,7 @@ class Effects:
 
 
 def run_facts(
-    directory: Directory, parsed: list[_Parsed], settings: dict[str, ChannelSettings], seen: set[tuple[str, str]],
+    directory: Directory, parsed: list[Parsed], settings: dict[str, ChannelSettings], seen: set[tuple[str, str]],
     topics: Topics, result: BatchResult, *, outbox: bool, failed_at: int,
 ) -> Effects:
     """Run the core over `parsed` in order: facts whose eventId is in `seen` are skipped
@@ -160,20 +160,20 @@ async def write_effects(conn: asyncpg.Connection, directory: Directory, revs: di
     await repo.save_outbox(conn, fx.messages)
 
 
-def parse_records(topics: Topics, records: list[Record]) -> list[_Parsed]:
+def parse_records(topics: Topics, records: list[Record]) -> list[Parsed]:
     kinds = {topic: topics.kind(topic) for topic in {r.topic for r in records}}  # once per topic, not per record
     return [_parse(kinds[r.topic], r) for r in records]
 
 
-def _parse(kind: InboundKind, record: Record) -> _Parsed:
+def _parse(kind: InboundKind, record: Record) -> Parsed:
     try:
         msg = parse_inbound(kind, record.value or b"")
     except InboundError as err:
-        return _Parsed(record, error=(err.code, err.message))
+        return Parsed(record, error=(err.code, err.message))
     at = msg.occurredAt
     if record.timestamp > 0 and at > record.timestamp:
         at = record.timestamp  # event time never runs ahead of the log
-    return _Parsed(record, fact=Fact(msg, at))
+    return Parsed(record, fact=Fact(msg, at))
 
 
 def _dead_letter(topics: Topics, r: Record, code: str, message: str, failed_at: int) -> tuple[str, str | None, bytes]:
