@@ -39,7 +39,7 @@ class Directory:
         self._ids: dict[str, frozenset[Identity]] = {}
         self.changed: dict[str, User] = {}  # id -> latest state, in first-change order
         for user in users:
-            self._index(user)
+            self._index(user, identities(user))
         self._loaded = dict(self._ids)
 
     def loaded_identities(self, user_id: str) -> frozenset[Identity] | None:
@@ -48,8 +48,9 @@ class Directory:
         return self._loaded.get(user_id)
 
     def settle(self) -> None:
-        """The changed users were written: they are the loaded state from now on (a
-        directory kept across batches, as a rebuild keeps its shard's users)."""
+        """Start a new batch on the same users (a directory kept across batches, as a
+        rebuild keeps its channels' users): nothing has changed yet, and the current
+        identities count as the loaded ones."""
         for user_id in self.changed:
             ids = self._ids.get(user_id)
             if ids is None:
@@ -92,14 +93,11 @@ class Directory:
         old = self._ids.get(user.id)
         keys = identities(user)
         if keys != old:  # most changes (a visit, a profile edit) keep the lookup keys
-            for kind, value, _q in (old or ()):
+            for kind, value, _q in old or ():
                 bucket = self._by_key.get((user.channel_id, kind, value))
                 if bucket is not None:
                     bucket.discard(user.id)
-            for kind, value, _q in keys:
-                self._by_key.setdefault((user.channel_id, kind, value), set()).add(user.id)
-            self._ids[user.id] = keys
-        self._users[user.id] = user
+        self._index(user, keys if keys != old else None)
         self.changed[user.id] = user
 
     def forget(self, user_id: str) -> None:
@@ -113,12 +111,13 @@ class Directory:
     def users(self) -> Iterable[User]:
         return self._users.values()
 
-    def _index(self, user: User) -> None:
+    def _index(self, user: User, keys: frozenset[Identity] | None) -> None:
+        """Hold `user`; `keys`: its identities to index (None: indexed already)."""
         self._users[user.id] = user
-        keys = identities(user)
-        self._ids[user.id] = keys
-        for kind, value, _q in keys:
-            self._by_key.setdefault((user.channel_id, kind, value), set()).add(user.id)
+        if keys is not None:
+            self._ids[user.id] = keys
+            for kind, value, _q in keys:
+                self._by_key.setdefault((user.channel_id, kind, value), set()).add(user.id)
 
     def _one(self, channel_id: str, kind: str, value: str) -> User | None:
         ids = self._by_key.get((channel_id, kind, value))
