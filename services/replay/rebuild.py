@@ -11,6 +11,7 @@ published when they happened (see `switch.py`).
 from __future__ import annotations
 
 import asyncio
+import logging
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -26,6 +27,8 @@ from services.store.pool import create_pool
 
 from .log import LogReader, Partition
 from .resident import Resident
+
+log = logging.getLogger("unifier.replay")
 
 
 @dataclass(slots=True)
@@ -105,7 +108,7 @@ async def build(
     consumed per partition (every inbound partition, 0 for an empty one). With
     `workers` > 1 the channels are shared out among worker processes (`shards.py`)."""
     if workers > 1:
-        from .shards import build_sharded, reap, spawn
+        from .shards import ShardOverlap, build_sharded, reap, spawn
 
         assert database_url is not None and schema is not None
         procs = await spawn(workers)
@@ -113,16 +116,33 @@ async def build(
             async with LogReader(bootstrap, topics.inbound, quiet_s=quiet_s) as reader:
                 tally.total = reader.total
                 stops = reader.stops
-            await build_sharded(procs, database_url, bootstrap, topics, schema, stops, batch=batch, tally=tally)
+            try:
+                await build_sharded(procs, database_url, bootstrap, topics, schema, stops, batch=batch, tally=tally)
+            except ShardOverlap as overlap:
+                log.warning("replay: %s; rebuilding with every worker reading the whole log", overlap)
+                await reap(procs)
+                await _empty(pool)
+                tally.events = tally.applied = tally.skipped = tally.dead_letters = 0
+                procs = await spawn(workers)
+                await build_sharded(procs, database_url, bootstrap, topics, schema, stops, batch=batch, tally=tally, by="channel")
         finally:
             await reap(procs)
     else:
         async with LogReader(bootstrap, topics.inbound, quiet_s=quiet_s) as reader:
             tally.total = reader.total
-            await apply_all(pool, topics, reader.merged(batch), tally, resident=True)
+            await apply_all(pool, topics, reader.merged(batch), tally, keeper=Resident(pool, topics))
             stops = reader.next_offsets
     await store_offsets(pool, stops)
     return stops
+
+
+async def _empty(pool: asyncpg.Pool) -> None:
+    """Empty what a build wrote into its fresh schema; the channel settings stay."""
+    tables = await pool.fetch(
+        "SELECT tablename FROM pg_tables WHERE schemaname = current_schema() AND tablename <> 'channels' ORDER BY 1"
+    )
+    if tables:
+        await pool.execute("TRUNCATE " + ", ".join(f'"{t[0]}"' for t in tables))
 
 
 async def catch_up(
@@ -142,12 +162,12 @@ async def catch_up(
 
 
 async def apply_all(
-    pool: asyncpg.Pool, topics: Topics, chunks: AsyncIterator[list[Record]], tally: Tally, *, resident: bool = False,
+    pool: asyncpg.Pool, topics: Topics, chunks: AsyncIterator[list[Record]], tally: Tally, *,
+    keeper: Resident | None = None,
 ) -> None:
     """Apply chunks in order, reading and merging the next chunk while PostgreSQL
-    writes the current one. `resident`: into a fresh schema nobody else writes, with
-    the users kept in memory (`resident.py`); else batch by batch as the live service."""
-    keeper = Resident(pool, topics) if resident else None
+    writes the current one: by `keeper` into a fresh schema nobody else writes, with the
+    users kept in memory (`resident.py`); without, batch by batch as the live service."""
     queue: asyncio.Queue[list[Record] | BaseException | None] = asyncio.Queue(maxsize=2)
 
     async def read() -> None:

@@ -39,11 +39,13 @@ class Resident:
         self.flush_every = flush_every
         self.directory = Directory()
         self.seen: set[tuple[str, str]] = set()  # (channel, eventId) applied
+        self.channels: set[str] = set()  # of every fact read (a sharded build checks them)
         self._pending = Effects()
 
     async def apply(self, records: list[Record]) -> BatchResult:
         parsed = parse_records(self.topics, records)
         facts = [p.fact for p in parsed if p.fact is not None]
+        self.channels.update(f.channel_id for f in facts)
         result = BatchResult()
         async with self.pool.acquire() as conn:
             settings = await repo.load_channels(conn, {f.channel_id for f in facts})

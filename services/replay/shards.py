@@ -3,17 +3,26 @@
 Channels share nothing (T1: every row, id and identity key is per channel; a command
 naming another channel's user is rejected whoever holds that user), so the state is
 the same whatever process applies which channel, as long as each channel's facts are
-applied in the canonical order. Every worker reads the whole log up to the same stop
-offsets, merges it canonically, keeps the records whose `channelId` (parsed from the
-value, never trusted from the key) falls in its shard, and applies them with
-the live projection's core — the canonical order restricted to a channel is that channel's order.
+applied in the canonical order — the canonical order restricted to a channel is that
+channel's order.
+
+How the channels are shared out (`by`):
+- `partition` (first choice): worker i reads partition p of every inbound topic for
+  each p ≡ i (mod workers). Producers key by `channelId` and the inbound topics are
+  co-partitioned (docs/operations.md), so a channel's facts normally sit on one
+  partition number and each worker reads only its share of the log. But after
+  partitions were added, or from a producer keying by something else, a channel's
+  history can span partitions read by two workers: every worker reports the channels
+  it read, and if one shows up twice the build fails with `ShardOverlap` and is redone
+  by `channel`.
+- `channel`: every worker reads the whole log and keeps the records whose
+  `channelId` (parsed from the value, never trusted from the key) falls in its shard.
+  Bad JSON and values without a string `channelId` go to shard 0 (they become dead
+  letters, which a rebuild discards).
 
 Each worker keeps the users of its channels in memory (`resident.py`) and writes them
 to the rebuilt schema; no two workers write the same user, identity or eventId, and
 none writes the inbox (the rebuilt inbox gets the stop offsets at the end).
-
-Bad JSON and values without a string `channelId` go to shard 0 (they become dead
-letters, which a rebuild discards).
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ import sys
 import zlib
 from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import asyncpg
 import orjson
@@ -33,6 +43,7 @@ from services.store import pool as store_pool
 
 from .log import LogReader, Partition
 from .rebuild import Tally, apply_all
+from .resident import Resident
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +56,11 @@ class _Job:
     schema: str
     stops: list[tuple[str, int, int]]
     batch: int
+    by: str  # "partition" | "channel"
+
+
+class ShardOverlap(RuntimeError):
+    """Two workers read facts of one channel: sharding by partition does not fit this log."""
 
 
 def shard_of(record: Record, workers: int) -> int:
@@ -85,26 +101,33 @@ async def reap(procs: list[asyncio.subprocess.Process]) -> None:
 
 async def build_sharded(
     procs: list[asyncio.subprocess.Process], database_url: str, bootstrap: str, topics: Topics, schema: str,
-    stops: dict[Partition, int], *, batch: int, tally: Tally,
+    stops: dict[Partition, int], *, batch: int, tally: Tally, by: str = "partition",
 ) -> None:
     """Hand each spawned worker its share and wait for all of them."""
     workers = len(procs)
-    jobs = [
-        _Job(i, workers, database_url, bootstrap, topics.prefix, schema, [(t, p, n) for (t, p), n in sorted(stops.items())], batch)
-        for i in range(workers)
-    ]
+    stop_list = [(t, p, n) for (t, p), n in sorted(stops.items())]
+    jobs = [_Job(i, workers, database_url, bootstrap, topics.prefix, schema, stop_list, batch, by) for i in range(workers)]
     outputs = await asyncio.gather(*(p.communicate(orjson.dumps(asdict(job)) + b"\n") for p, job in zip(procs, jobs, strict=True)))
-    for i, (p, (out, _)) in enumerate(zip(procs, outputs, strict=True)):
-        if p.returncode != 0:
-            raise RuntimeError(f"replay worker {i} of {workers} exited with {p.returncode}")
+    failed = [f"replay worker {i} of {workers} exited with {p.returncode}" for i, p in enumerate(procs) if p.returncode != 0]
+    if failed and by == "partition":
+        # Two workers writing one channel's users collide on the same ids: redo by channel
+        # (a failure with another cause fails that run too, and is reported then).
+        raise ShardOverlap(f"{failed[0]}; two workers may have written the same channel")
+    if failed:
+        raise RuntimeError(failed[0])
+    owner: dict[str, int] = {}
+    for i, (out, _) in enumerate(outputs):
         counts = orjson.loads(out.splitlines()[-1])
         tally.events += counts["events"]
         tally.applied += counts["applied"]
         tally.skipped += counts["skipped"]
         tally.dead_letters += counts["dead_letters"]
+        for channel in counts["channels"]:
+            if owner.setdefault(channel, i) != i:
+                raise ShardOverlap(f"channel {channel!r} has facts in partitions of workers {owner[channel]} and {i}")
 
 
-async def _apply_shard(job: _Job) -> dict[str, int]:
+async def _apply_shard(job: _Job) -> dict[str, Any]:
     topics = Topics(job.prefix)
     pool = await asyncpg.create_pool(
         job.database_url, min_size=1, max_size=2, init=store_pool._init,
@@ -112,13 +135,26 @@ async def _apply_shard(job: _Job) -> dict[str, int]:
     )
     # Worker 0 shows progress for all: the shards are about the same size.
     tally = Tally(out=sys.stderr if job.index == 0 else None, label=f"replay (shard 1 of {job.workers})")
+    keeper = Resident(pool, topics)
+    if job.by == "partition":
+        stop = {(t, p): n for t, p, n in job.stops if p % job.workers == job.index}
+    else:
+        stop = {(t, p): n for t, p, n in job.stops}
     try:
-        async with LogReader(job.bootstrap, topics.inbound, stop={(t, p): n for t, p, n in job.stops}) as reader:
-            tally.total = reader.total // job.workers  # about this shard's share
-            await apply_all(pool, topics, _mine(reader.merged(job.batch), job.index, job.workers, job.batch), tally, resident=True)
+        async with LogReader(job.bootstrap, topics.inbound, stop=stop) as reader:
+            if job.by == "partition":
+                tally.total = reader.total
+                chunks = reader.merged(job.batch)
+            else:
+                tally.total = reader.total // job.workers  # about this shard's share
+                chunks = _mine(reader.merged(job.batch), job.index, job.workers, job.batch)
+            await apply_all(pool, topics, chunks, tally, keeper=keeper)
     finally:
         await pool.close()
-    return {"events": tally.events, "applied": tally.applied, "skipped": tally.skipped, "dead_letters": tally.dead_letters}
+    return {
+        "events": tally.events, "applied": tally.applied, "skipped": tally.skipped, "dead_letters": tally.dead_letters,
+        "channels": sorted(keeper.channels),
+    }
 
 
 async def _mine(chunks: AsyncIterator[list[Record]], index: int, workers: int, batch: int) -> AsyncIterator[list[Record]]:

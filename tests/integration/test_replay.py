@@ -276,6 +276,28 @@ async def test_rebuild_refuses_when_the_log_holds_less_than_the_live_state_appli
     assert await side_schemas(settings.database_url or "", settings.db_schema) == []
 
 
+async def test_two_workers_rebuild_a_channel_spread_over_partitions_as_one_worker_does(
+    settings: Settings, pool: asyncpg.Pool,
+) -> None:
+    """Flow 5 (shards.py): workers share the log by partition number, which fits when
+    producers key by channel; when a channel's facts sit on several partitions (keyed
+    otherwise, or partitions added later), the build notices and is redone with every
+    worker reading the whole log — the digest is the one worker's."""
+    assert settings.kafka_bootstrap
+    await configure_hashed_channels(pool)
+    await ensure_topics(settings.kafka_bootstrap, settings.topic_prefix, settings.partitions)
+    facts = workload.mixed_facts(3000, rounds=3, channels=CHANNELS)
+    spread = [workload.Fact(f.kind, f"{f.key}#{i % 3}", f.value, f.timestamp) for i, f in enumerate(facts)]
+    await workload.publish(settings.kafka_bootstrap, Topics(settings.topic_prefix), spread)
+
+    one = await replay(settings, "--rebuild", "--workers", "1", "--drop-archive")
+    code, out, err = await cli(settings, "replay", "--quiet-ms", "300", "--rebuild", "--workers", "2", "--drop-archive")
+
+    assert code == 0, err
+    assert orjson.loads(out) == one
+    assert "rebuilding with every worker reading the whole log" in err
+
+
 async def test_streaming_merge_is_the_canonical_order_and_reads_past_the_reported_ends(settings: Settings) -> None:
     """The k-way merge of the whole log equals `canonical_order` of the partitions, and
     the reader reaches the real end although tansu's reported end offsets lag."""
