@@ -7,10 +7,11 @@ applied in the canonical order — the canonical order restricted to a channel i
 channel's order.
 
 How the channels are shared out (`by`):
-- `partition` (first choice): worker i reads partition p of every inbound topic for
-  each p ≡ i (mod workers). Producers key by `channelId` and the inbound topics are
-  co-partitioned (docs/operations.md), so a channel's facts normally sit on one
-  partition number and each worker reads only its share of the log. But after
+- `partition` (first choice): each worker reads some partition numbers of every
+  inbound topic, shared out by their records (`share_partitions`). Producers key by
+  `channelId` and the inbound topics are co-partitioned (docs/operations.md), so a
+  channel's facts normally sit on one partition number and each worker reads only its
+  share of the log. But after
   partitions were added, or from a producer keying by something else, a channel's
   history can span partitions read by two workers: every worker reports the channels
   it read, and if one shows up twice the build fails with `ShardOverlap` and is redone
@@ -57,6 +58,7 @@ class _Job:
     stops: list[tuple[str, int, int]]
     batch: int
     by: str  # "partition" | "channel"
+    partitions: list[int]  # by partition: the partition numbers this worker reads
 
 
 class ShardOverlap(RuntimeError):
@@ -106,7 +108,11 @@ async def build_sharded(
     """Hand each spawned worker its share and wait for all of them."""
     workers = len(procs)
     stop_list = [(t, p, n) for (t, p), n in sorted(stops.items())]
-    jobs = [_Job(i, workers, database_url, bootstrap, topics.prefix, schema, stop_list, batch, by) for i in range(workers)]
+    shares = share_partitions(stops, workers)
+    jobs = [
+        _Job(i, workers, database_url, bootstrap, topics.prefix, schema, stop_list, batch, by, shares[i])
+        for i in range(workers)
+    ]
     outputs = await asyncio.gather(*(p.communicate(orjson.dumps(asdict(job)) + b"\n") for p, job in zip(procs, jobs, strict=True)))
     failed = [f"replay worker {i} of {workers} exited with {p.returncode}" for i, p in enumerate(procs) if p.returncode != 0]
     if failed and by == "partition":
@@ -127,6 +133,21 @@ async def build_sharded(
                 raise ShardOverlap(f"channel {channel!r} has facts in partitions of workers {owner[channel]} and {i}")
 
 
+def share_partitions(stops: dict[Partition, int], workers: int) -> list[list[int]]:
+    """Partition numbers per worker, balanced by their records (the end offsets of that
+    number in every topic): the largest first, each to the worker with the fewest so far."""
+    size: dict[int, int] = {}
+    for (_topic, partition), end in stops.items():
+        size[partition] = size.get(partition, 0) + end
+    shares: list[list[int]] = [[] for _ in range(workers)]
+    load = [0] * workers
+    for partition in sorted(size, key=lambda p: (-size[p], p)):
+        i = min(range(workers), key=lambda w: (load[w], w))
+        shares[i].append(partition)
+        load[i] += size[partition]
+    return [sorted(share) for share in shares]
+
+
 async def _apply_shard(job: _Job) -> dict[str, Any]:
     topics = Topics(job.prefix)
     pool = await asyncpg.create_pool(
@@ -137,7 +158,8 @@ async def _apply_shard(job: _Job) -> dict[str, Any]:
     tally = Tally(out=sys.stderr if job.index == 0 else None, label=f"replay (shard 1 of {job.workers})")
     keeper = Resident(pool, topics)
     if job.by == "partition":
-        stop = {(t, p): n for t, p, n in job.stops if p % job.workers == job.index}
+        mine = set(job.partitions)
+        stop = {(t, p): n for t, p, n in job.stops if p in mine}
     else:
         stop = {(t, p): n for t, p, n in job.stops}
     try:
