@@ -6,13 +6,24 @@ from __future__ import annotations
 import argparse
 
 
-def positive_int(raw: str) -> int:
+def _whole(raw: str) -> int:
     try:
-        value = int(raw)
+        return int(raw)
     except ValueError:
         raise argparse.ArgumentTypeError(f"must be a whole number, got {raw!r}") from None
+
+
+def positive_int(raw: str) -> int:
+    value = _whole(raw)
     if value < 1:
         raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def non_negative_int(raw: str) -> int:
+    value = _whole(raw)
+    if value < 0:
+        raise argparse.ArgumentTypeError("must not be negative")
     return value
 
 

@@ -22,6 +22,7 @@ import orjson
 from services.domain.hygiene import clean_email, clean_mobile
 from services.domain.values import PARSERS, Rejected
 
+from .args import non_negative_int
 from .config import ConfigError, Settings
 
 
@@ -74,7 +75,7 @@ def _parser() -> argparse.ArgumentParser:
     conf = channel.add_parser("configure", help="set a channel's member-hash secret, MU limit, profile field types")
     conf.add_argument("channel")
     conf.add_argument("--member-hash-secret", help="H1: require memberHash on logins ('' removes it)")
-    conf.add_argument("--mu-limit", type=_non_negative, help="I17: managed-user limit")
+    conf.add_argument("--mu-limit", type=non_negative_int, help="I17: managed-user limit")
     conf.add_argument("--field", action="append", default=[], metavar="profile.key:type", help="P2: declare a profile key's type")
     conf.set_defaults(handler=_channel_configure)
 
@@ -91,16 +92,6 @@ def _parser() -> argparse.ArgumentParser:
 EXTENSIONS: tuple[str, ...] = (
     "services.importer.cli", "services.replay.cli", "services.runtime.deadletters", "services.saga.cli",
 )
-
-
-def _non_negative(raw: str) -> int:
-    try:
-        value = int(raw)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number, got {raw!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError("must not be negative")
-    return value
 
 
 @asynccontextmanager
