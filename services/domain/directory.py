@@ -92,12 +92,14 @@ class Directory:
         """Replace a user's state (or add a new user) and re-index it."""
         old = self._ids.get(user.id)
         keys = identities(user)
-        if keys != old:  # most changes (a visit, a profile edit) keep the lookup keys
+        if keys == old:  # most changes (a visit, a profile edit) keep the lookup keys
+            self._users[user.id] = user
+        else:
             for kind, value, _q in old or ():
                 bucket = self._by_key.get((user.channel_id, kind, value))
                 if bucket is not None:
                     bucket.discard(user.id)
-        self._index(user, keys if keys != old else None)
+            self._index(user, keys)
         self.changed[user.id] = user
 
     def forget(self, user_id: str) -> None:
@@ -111,13 +113,12 @@ class Directory:
     def users(self) -> Iterable[User]:
         return self._users.values()
 
-    def _index(self, user: User, keys: frozenset[Identity] | None) -> None:
-        """Hold `user`; `keys`: its identities to index (None: indexed already)."""
+    def _index(self, user: User, keys: frozenset[Identity]) -> None:
+        """Hold `user` and find it by `keys`, its identities."""
         self._users[user.id] = user
-        if keys is not None:
-            self._ids[user.id] = keys
-            for kind, value, _q in keys:
-                self._by_key.setdefault((user.channel_id, kind, value), set()).add(user.id)
+        self._ids[user.id] = keys
+        for kind, value, _q in keys:
+            self._by_key.setdefault((user.channel_id, kind, value), set()).add(user.id)
 
     def _one(self, channel_id: str, kind: str, value: str) -> User | None:
         ids = self._by_key.get((channel_id, kind, value))
