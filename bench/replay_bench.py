@@ -1,17 +1,23 @@
 """Replay rate against the live projection rate, on the same log in the same run.
 
-    .venv/bin/python bench/replay_bench.py [--events 200000] [--workers N] [--batch 10000] [--instances 1,2]
+    .venv/bin/python bench/replay_bench.py [--events 200000] [--repeat 3] [--workers N]
+                                           [--batch 10000] [--instances 1,2]
 
 1. Start (or use, from KAFKA_BOOTSTRAP_SERVERS / DATABASE_URL) a broker and PostgreSQL;
    publish `--events` mixed facts (services/replay/workload.py) on a fresh prefix.
-2. Live: run `unifier run` as a subprocess on a fresh schema; time from its first
-   applied batch to the last record applied (the ~5 s consumer-group join excluded).
-   Scale-out (`--instances 1,2`): the same log consumed again by 2 instances in one
-   consumer group on another fresh schema, timed from the moment both hold partitions;
-   its digest must equal the single instance's.
-3. Replay: run `unifier replay --rebuild` as a subprocess on the first schema; its
-   wall time, and the build rate it reports.
-Prints one JSON object with the figures (and writes it under bench/results/).
+2. Floors: one reader reading the whole log in the canonical order, doing nothing,
+   then parsing every record as the projection does — the records/s a replay worker
+   could reach with no business logic at all.
+3. `--repeat` times, interleaved (this VM's speed drifts ±15 % between runs, so a
+   ratio of two runs minutes apart says little):
+   live: `unifier run` (the first `--instances` count) on a fresh schema, timed from
+   the moment every instance holds partitions and something is applied (the ~5 s
+   consumer-group join excluded) to the last record applied;
+   replay: `unifier replay --rebuild` of that schema, timed as a whole command (start,
+   build, switch, digest); its digest must equal the live one.
+4. Scale-out: the other `--instances` counts, once each, on fresh schemas and groups;
+   their digests must equal the first.
+Prints one JSON object — every run, the medians — and writes it under bench/results/.
 Targets (Issue 5): replay ≥ 3× live and ≥ 50,000 events/s.
 """
 
@@ -22,6 +28,7 @@ import asyncio
 import os
 import re
 import secrets
+import statistics
 import sys
 import time
 from contextlib import AsyncExitStack
@@ -113,6 +120,48 @@ async def _live(conn: asyncpg.Connection, env: dict[str, str], schema: str, inst
     return (events - first[1]) / (done - first[0])
 
 
+async def _floors(bootstrap: str, topics: Topics, events: int) -> dict[str, int]:
+    """What reading the log costs before any logic, in this process: the records/s of
+    one reader handing out the canonical order (`LogReader.merged`, as each replay
+    worker does), and of the same with every record parsed and validated as the
+    projection parses it (`parse_records`). The ceiling of a replay worker's rate."""
+    from services.projection.batch import parse_records
+    from services.replay.log import LogReader
+    from services.runtime import gc_tuning
+
+    gc_tuning.tune()  # as the replay workers run
+    rates = {}
+    for label, parse in (("readOnly", False), ("readAndParse", True)):
+        async with LogReader(bootstrap, topics.inbound) as reader:
+            started, n = time.perf_counter(), 0
+            async for chunk in reader.merged(10_000):
+                n += len(chunk)
+                if parse:
+                    parse_records(topics, chunk)
+            rates[label] = round(n / (time.perf_counter() - started))
+        if n != events:
+            raise RuntimeError(f"read {n} records of {events}")
+        print(f"floor, one reader, {label}: {rates[label]:,} records/s", file=sys.stderr)
+    return rates
+
+
+async def _replay(env: dict[str, str], args: argparse.Namespace) -> tuple[float, int | None, str]:
+    """`unifier replay --rebuild` on env's schema: wall seconds, the build rate it
+    reports, and its digest."""
+    cmd = [UNIFIER, "replay", "--rebuild", "--drop-archive", "--batch", str(args.batch)]
+    if args.workers:
+        cmd += ["--workers", str(args.workers)]
+    started = time.perf_counter()
+    code, out, err = await _run(env, *cmd)
+    replay_s = time.perf_counter() - started
+    if code != 0:
+        raise RuntimeError(f"replay failed: {err.decode()}")
+    rates = re.findall(rb"log read: .*?([\d,]+) records/s", err)
+    build_rate = int(rates[-1].replace(b",", b"")) if rates else None
+    print(f"replay: {args.events / replay_s:,.0f} events/s ({replay_s:.2f} s)", file=sys.stderr)
+    return replay_s, build_rate, orjson.loads(out)["digest"]
+
+
 async def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--events", type=int, default=200_000)
@@ -122,7 +171,11 @@ async def main() -> int:
     ap.add_argument("--keep", action="store_true", help="keep the schema afterwards")
     ap.add_argument("--instances", type=_counts, default=[1, 2],
                     help="live runs, each with this many instances in one group (default 1,2)")
+    ap.add_argument("--repeat", type=int, default=3,
+                    help="live (first --instances count) and replay runs, interleaved; medians reported (default 3)")
     args = ap.parse_args()
+    if args.repeat < 1:
+        ap.error("--repeat must be at least 1")
 
     async with AsyncExitStack() as stack:
         work = Path(os.environ.get("TMPDIR", "/tmp")) / f"unifier-bench-{secrets.token_hex(3)}"
@@ -142,60 +195,63 @@ async def main() -> int:
         topics = Topics(prefix)
         env = {
             **os.environ, "KAFKA_BOOTSTRAP_SERVERS": bootstrap, "DATABASE_URL": database_url,
-            "UNIFIER_TOPIC_PREFIX": prefix, "UNIFIER_DB_SCHEMA": schema, "UNIFIER_CONSUMER_GROUP": f"bench{tag}",
-            "UNIFIER_METRICS_PORT": "0", "UNIFIER_DATA_DIR": str(work),
+            "UNIFIER_TOPIC_PREFIX": prefix, "UNIFIER_METRICS_PORT": "0", "UNIFIER_DATA_DIR": str(work),
         }
         await ensure_topics(bootstrap, prefix, 12)
         facts = workload.mixed_facts(args.events, channels=args.channels, rounds=10)
         started = time.perf_counter()
         await workload.publish(bootstrap, topics, facts)
         publish_s = time.perf_counter() - started
+        del facts
+        floors = await _floors(bootstrap, topics, args.events)
         conn = await asyncpg.connect(database_url)
-        try:
-            # -- live, with 1 then N instances ------------------------------------------------
-            live_rates: dict[int, float] = {}
-            live_digests: dict[int, str] = {}
-            for n in args.instances:
-                run_schema = schema if n == args.instances[0] else f"{schema}_x{n}"
-                run_env = {**env, "UNIFIER_DB_SCHEMA": run_schema, "UNIFIER_CONSUMER_GROUP": f"bench{tag}x{n}"}
-                await _prepare(conn, database_url, run_schema, args.channels)
-                live_rates[n] = await _live(conn, run_env, run_schema, n, args.events, work)
-                _, out, _ = await _run(run_env, UNIFIER, "digest")
-                live_digests[n] = orjson.loads(out)["digest"]
-                if run_schema != schema and not args.keep:
-                    await conn.execute(f'DROP SCHEMA IF EXISTS "{run_schema}" CASCADE')
-            live_rate = live_rates[args.instances[0]]
-            live_digest = live_digests[args.instances[0]]
+        schemas: list[str] = []
 
-            # -- replay -------------------------------------------------------------------
-            cmd = [UNIFIER, "replay", "--rebuild", "--drop-archive", "--batch", str(args.batch)]
-            if args.workers:
-                cmd += ["--workers", str(args.workers)]
-            started = time.perf_counter()
-            code, out, err = await _run(env, *cmd)
-            replay_s = time.perf_counter() - started
-            if code != 0:
-                raise RuntimeError(f"replay failed: {err.decode()}")
-            result = orjson.loads(out)
-            rates = re.findall(rb"log read: .*?([\d,]+) records/s", err)
-            build_rate = int(rates[-1].replace(b",", b"")) if rates else None
+        async def live(n: int, name: str) -> tuple[float, str, dict[str, str]]:
+            """`n` instances on a fresh schema and consumer group: events/s, digest."""
+            run_schema = f"{schema}_{name}"
+            schemas.append(run_schema)
+            run_env = {**env, "UNIFIER_DB_SCHEMA": run_schema, "UNIFIER_CONSUMER_GROUP": f"bench{tag}{name}"}
+            await _prepare(conn, database_url, run_schema, args.channels)
+            rate = await _live(conn, run_env, run_schema, n, args.events, work)
+            _, out, _ = await _run(run_env, UNIFIER, "digest")
+            return rate, orjson.loads(out)["digest"], run_env
+
+        try:
+            # -- live and replay, interleaved: the VM's speed drifts between runs ------------
+            base = args.instances[0]
+            runs = []
+            for i in range(args.repeat):
+                rate, digest, run_env = await live(base, f"r{i}")
+                replay_s, build_rate, replay_digest = await _replay(run_env, args)
+                runs.append({
+                    "liveEventsPerSecond": round(rate), "replayEventsPerSecond": round(args.events / replay_s),
+                    "replayBuildEventsPerSecond": build_rate, "replayOverLive": round(args.events / replay_s / rate, 2),
+                    "digest": digest, "replayDigest": replay_digest,
+                })
+            # -- scale-out: the other instance counts, once ------------------------------------
+            live_rates = {base: statistics.median([r["liveEventsPerSecond"] for r in runs])}
+            live_digests = {base: runs[0]["digest"]}
+            for n in args.instances[1:]:
+                live_rates[n], live_digests[n], _ = await live(n, f"x{n}")
         finally:
             if not args.keep:
-                await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+                for s in schemas:
+                    await conn.execute(f'DROP SCHEMA IF EXISTS "{s}" CASCADE')
             await conn.close()
 
     figures = {
         "events": args.events,
         "cpus": os.cpu_count(),
         "publishSeconds": round(publish_s, 2),
-        "liveEventsPerSecond": round(live_rate),
+        "floorOneReaderRecordsPerSecond": floors,
+        "runs": [{k: v for k, v in r.items() if "igest" not in k} for r in runs],
+        "liveEventsPerSecond": round(live_rates[base]),
         "liveEventsPerSecondByInstances": {str(n): round(r) for n, r in live_rates.items()},
-        "liveDigestsEqual": len(set(live_digests.values())) == 1,
-        "replayWallSeconds": round(replay_s, 2),
-        "replayEventsPerSecond": round(args.events / replay_s),
-        "replayBuildEventsPerSecond": build_rate,
-        "replayOverLive": round(args.events / replay_s / live_rate, 2),
-        "digestsEqual": result["digest"] == live_digest,
+        "liveDigestsEqual": len({*live_digests.values(), *(r["digest"] for r in runs)}) == 1,
+        "replayEventsPerSecond": round(statistics.median([r["replayEventsPerSecond"] for r in runs])),
+        "replayOverLive": statistics.median([r["replayOverLive"] for r in runs]),
+        "digestsEqual": all(r["replayDigest"] == r["digest"] for r in runs),
         "targets": {"overLive": 3, "eventsPerSecond": 50_000},
     }
     print(orjson.dumps(figures, option=orjson.OPT_INDENT_2).decode())

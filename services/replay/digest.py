@@ -26,8 +26,12 @@ async def digest_in_transaction(c: asyncpg.Connection) -> str:
     """The digest as seen by the transaction already open on `c` (its snapshot): a
     replay takes the snapshot just before it switches schemas, then digests."""
     h = hashlib.sha256()
-    async for row in c.cursor("SELECT state FROM users ORDER BY id", prefetch=2000):
-        h.update(orjson.dumps(_json(row["state"]), option=_OPTS) + b"\n")
+    # As text, decoded here: the same on every connection (the pool's decode json, plain
+    # ones do not), and a third faster than through asyncpg's codec. Decoded and dumped
+    # again because the stored text is not canonical (a profile's key order follows
+    # its history). Large fetches: a round trip per 2,000 rows showed in the time.
+    async for row in c.cursor("SELECT state::text FROM users ORDER BY id", prefetch=10_000):
+        h.update(orjson.dumps(orjson.loads(row[0]), option=_OPTS) + b"\n")
     h.update(b"--merges--\n")
     async for row in c.cursor(
         "SELECT channel_id, source_id, target_id, causation_id, occurred_at, contested FROM merges ORDER BY channel_id, source_id",
