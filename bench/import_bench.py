@@ -14,6 +14,10 @@ the local server on 127.0.0.1:5432):
 4. the importer alone: the same file with the service stopped, timed until it exits 3
    (every row on the broker, none applied) — what the importer side costs.
 
+During the timed import, the CPU seconds of each party (service, importer, broker,
+PostgreSQL) are measured too and printed per row, beside what the target leaves per row
+on this machine's cores: where the time goes, and how far the whole is from fitting.
+
 Peak RSS is also measured for an import of a tenth of the file, to show the importer's
 memory does not grow with the file (it streams). Prints a table and writes
 bench/results/import.json. A benchmark, not a test: nothing here asserts.
@@ -29,6 +33,7 @@ import asyncio
 import contextlib
 import json
 import os
+import resource
 import secrets
 import subprocess
 import sys
@@ -112,6 +117,44 @@ class Peak:
                 await asyncio.wait_for(stop.wait(), 0.2)
 
 
+class Cpu:
+    """CPU seconds (user + system) that each party spends during one import: the service
+    and the broker by process, PostgreSQL summed over its processes (the local server
+    is this bench's alone), the importer from this process's waited-for children. Their
+    sum against the machine's cores is the budget any end-to-end rate must fit in."""
+
+    def __init__(self, service: int, broker: int | None) -> None:
+        self.procs = {"service": service, **({"broker": broker} if broker else {})}
+
+    @staticmethod
+    def _seconds(proc: psutil.Process) -> float:
+        t = proc.cpu_times()
+        return t.user + t.system
+
+    def _postgres(self) -> dict[int, float]:
+        found = {}
+        for proc in psutil.process_iter(["name"]):
+            if proc.info["name"] in ("postgres", "postmaster"):
+                with contextlib.suppress(psutil.Error):
+                    found[proc.pid] = self._seconds(proc)
+        return found
+
+    def _children(self) -> float:
+        r = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return r.ru_utime + r.ru_stime
+
+    def start(self) -> None:
+        self._before = {name: self._seconds(psutil.Process(pid)) for name, pid in self.procs.items()}
+        self._pg = self._postgres()
+        self._kids = self._children()
+
+    def stop(self) -> dict[str, float]:
+        spent = {name: self._seconds(psutil.Process(pid)) - self._before[name] for name, pid in self.procs.items()}
+        spent["postgres"] = sum(t - self._pg.get(pid, 0.0) for pid, t in self._postgres().items())
+        spent["importer"] = self._children() - self._kids
+        return spent
+
+
 async def run_import(
     env: dict[str, str], path: Path, channel: str, peak: Peak, name: str, wait_s: str = "1800", ok: int = 0,
 ) -> dict[str, Any]:
@@ -159,7 +202,10 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             try:
                 await run_import(env, warm, "bench_warm", peak, "warmup")
                 tenth = await run_import(env, small, "bench_tenth", peak, "importer_tenth")
+                cpu = Cpu(service.pid, broker.pid)
+                cpu.start()
                 full = await run_import(env, big, "bench_full", peak, "importer")
+                spent = cpu.stop()
                 service.terminate()
                 await service.wait()
                 # The importer alone (check, read, publish): with no service to apply the
@@ -186,6 +232,10 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         "import_vs_copy": round(rows / full["seconds"] / baseline["rows_per_s"], 4),
         "tenth_rows_per_s": round(rows // 10 / tenth["seconds"]),
         "importer_alone_rows_per_s": round(rows / alone["seconds"]),
+        # µs of CPU per row by party, and what the target allows on this machine's cores
+        "cpu_us_per_row": {k: round(v / rows * 1e6) for k, v in spent.items()},
+        "cpu_us_per_row_total": round(sum(spent.values()) / rows * 1e6),
+        "cpu_us_per_row_at_target": round((os.cpu_count() or 1) / TARGET_ROWS_S * 1e6),
         "peak_rss_mb": {k: round(v / 2**20, 1) for k, v in peak.peaks.items()},
         "result": full["result"],
         "progress_tail": full["progress"],
@@ -201,6 +251,9 @@ def report(r: dict[str, Any]) -> str:
         f"  PostgreSQL COPY of the same file (baseline): {r['copy_rows_per_s']:>10,} rows/s  ({r['copy_seconds']} s)",
         f"  import / COPY: {r['import_vs_copy']:.1%}; a tenth of the file: {r['tenth_rows_per_s']:,} rows/s",
         f"  the importer alone (check, read, publish; no service): {r['importer_alone_rows_per_s']:,} rows/s",
+        f"  CPU per row: {r['cpu_us_per_row_total']} µs in all ("
+        + ", ".join(f"{k} {v}" for k, v in sorted(r["cpu_us_per_row"].items(), key=lambda kv: -kv[1]))
+        + f"); the target allows {r['cpu_us_per_row_at_target']} µs on these {os.cpu_count()} cores",
         f"  peak RSS: importer {rss.get('importer')} MB (a tenth of the file: {rss.get('importer_tenth')} MB),"
         f" service {rss.get('service')} MB",
         f"  result: {json.dumps(r['result'])}",
