@@ -28,8 +28,8 @@ async def digest_in_transaction(c: asyncpg.Connection) -> str:
     h = hashlib.sha256()
     # As text, decoded here: the same on every connection (the pool's decode json, plain
     # ones do not), and a third faster than through asyncpg's codec. Decoded and dumped
-    # again because the stored text is not canonical (a profile's key order follows
-    # its history). Large fetches: a round trip per 2,000 rows showed in the time.
+    # again because the stored text is not canonical (a user's veils and device keys
+    # are in the order they were first seen). Large fetches: a round trip per 2,000 rows showed in the time.
     async for row in c.cursor("SELECT state::text FROM users ORDER BY id", prefetch=10_000):
         h.update(orjson.dumps(orjson.loads(row[0]), option=_OPTS) + b"\n")
     h.update(b"--merges--\n")
