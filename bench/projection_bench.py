@@ -260,7 +260,7 @@ class Partitions:
 
 
 def fast_producer(bootstrap: str, linger_ms: int = 20) -> AIOKafkaProducer:
-    # tansu rejects idempotent producers (DESIGN.md).
+    # tansu rejects idempotent producers (docs/design.md).
     return AIOKafkaProducer(
         bootstrap_servers=bootstrap, enable_idempotence=False, acks=1, linger_ms=linger_ms,
         max_batch_size=512 * 1024, max_request_size=8 * 1024 * 1024,

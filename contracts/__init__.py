@@ -1,4 +1,4 @@
-"""Every message of CONTRACT.md, contract version 1.0.0, as pydantic v2 models.
+"""Every message of docs/contract.md, contract version 1.0.0, as pydantic v2 models.
 
 - `contracts.topics`: the five topic names for a prefix (`identity.` by default).
 - `contracts.inbound`: `sdk-events`, `commands` and `import-rows` messages, strict and
@@ -9,7 +9,7 @@
   `python -m contracts.export` and checked in; a test fails when they are stale.
 
 A change of the external contract bumps `CONTRACT_VERSION` (major for a breaking change)
-and is written down in CONTRACT.md. Nothing in this package does I/O at import time.
+and is written down in docs/contract.md. Nothing in this package does I/O at import time.
 """
 
 CONTRACT_VERSION = "1.0.0"

@@ -1,4 +1,4 @@
-"""Inbound messages of CONTRACT.md and the one function that parses them.
+"""Inbound messages of docs/contract.md and the one function that parses them.
 
 The models are strict (no coercion: `"1"` is not a number, `true` is not an integer) and
 reject unknown fields, because a producer's mistake must reach the dead letter with a

@@ -1,4 +1,4 @@
-"""Outbound messages of CONTRACT.md: `user-changed`, `dead-letter`, and the user JSON.
+"""Outbound messages of docs/contract.md: `user-changed`, `dead-letter`, and the user JSON.
 
 We build these ourselves, so they are not strict (an `int` may fill a `float`), but they
 still reject unknown fields and check the invariants the contract promises consumers:
@@ -103,7 +103,7 @@ class UserChanged(_Outbound):
     changedKeys: list[str] = Field(description="`profile.email`, `memberId`, … that changed.")
     causationId: str = Field(description="`eventId` of the inbound message that caused it.")
     occurredAt: EpochMs
-    # Always present, null unless change=merged. CONTRACT.md says "only for
+    # Always present, null unless change=merged. docs/contract.md says "only for
     # change=merged" of the value, and everywhere else it writes an absent value as an
     # explicit null (`"user": null` for merged/deleted, `"memberId": null`), so a stable
     # set of keys is the reading consistent with the rest of the contract.

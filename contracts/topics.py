@@ -1,4 +1,4 @@
-"""Topic names of CONTRACT.md, derived from one prefix.
+"""Topic names of docs/contract.md, derived from one prefix.
 
 Every topic name is built here so that a test can run against its own random prefix and
 production can move to another namespace by changing `UNIFIER_TOPIC_PREFIX` only.

@@ -1,4 +1,4 @@
-"""What a fact changed, as `user-changed` messages (CONTRACT.md).
+"""What a fact changed, as `user-changed` messages (docs/contract.md).
 
 Only leads and members are published (C1); their first message carries everything
 gathered while anonymous. Activity inside one session (lastSeenAt moving) is not a

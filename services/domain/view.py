@@ -1,4 +1,4 @@
-"""The `user` object of CONTRACT.md, as consumers and `unifier user show` see it."""
+"""The `user` object of docs/contract.md, as consumers and `unifier user show` see it."""
 
 from __future__ import annotations
 

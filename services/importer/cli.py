@@ -1,4 +1,4 @@
-"""`unifier import …` (CONTRACT.md, "Command line"). Parses and hands over.
+"""`unifier import …` (docs/contract.md, "Command line"). Parses and hands over.
 
     unifier import FILE --channel C --mode member|lead [--key email|mobileNumber]
         [--map "CSV column=key[:type]"]… [--blank keep|clear] [--tag TAG]

@@ -5,7 +5,7 @@ partition, computed once (aiokafka hashes keys in Python, ~8 µs each). Rows are
 into record batches and shipped with `send_batch`, a bounded number in flight;
 aiokafka keeps one request in flight per partition, so the partition's order is the
 order of `add` calls. Idempotence is off: the embedded tansu broker refuses
-idempotent producers (DESIGN.md); duplicates from retries are harmless, since the
+idempotent producers (docs/design.md); duplicates from retries are harmless, since the
 projection applies each eventId once.
 """
 

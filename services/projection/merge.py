@@ -5,7 +5,7 @@ by `channelId`, so they land on the same partition number p of each topic. Repla
 applies them merged by record timestamp (records.canonical_order). The live consumer
 reads the three partitions at different paces; applying whatever one fetch returned
 would put a login before the earlier member.upsert that sits unread on the commands
-partition, and end in another state than a rebuild (DESIGN.md, "Order-tolerant").
+partition, and end in another state than a rebuild (docs/design.md, "Order-tolerant").
 
 So records wait in per-partition buffers and leave in the canonical order, a record
 only once every co-partition (same number, other inbound topics) either has a buffered

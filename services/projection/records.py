@@ -2,7 +2,7 @@
 
 Live consumption and replay both apply records in the same order: each partition in
 offset order (never reordered: it is one channel's history), partitions and topics
-merged by record timestamp, ties broken by topic, partition, offset (DESIGN.md).
+merged by record timestamp, ties broken by topic, partition, offset (docs/design.md).
 """
 
 from __future__ import annotations

@@ -36,7 +36,7 @@ class Relay:
     def __init__(self, pool: asyncpg.Pool, bootstrap: str, lock_name: str, *, idempotence: bool = False) -> None:
         self.pool = pool
         self.lock_name = lock_name
-        # tansu rejects idempotent producers (DESIGN.md), so they are opt-in
+        # tansu rejects idempotent producers (docs/design.md), so they are opt-in
         # (UNIFIER_KAFKA_IDEMPOTENCE=true on Apache Kafka); without them ordering per key
         # still holds with one in-flight request per connection, and a retried send may
         # repeat a message, which consumers dedupe by (userId, version).

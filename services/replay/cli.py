@@ -1,4 +1,4 @@
-"""`unifier replay` on the command line (CONTRACT.md): entry point only, the work is in
+"""`unifier replay` on the command line (docs/contract.md): entry point only, the work is in
 `replay.py`. Progress goes to stderr; stdout carries the contract's JSON only."""
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 `LogReader` reads every partition of some topics from a start offset (default: the
 beginning) up to a stop offset, and yields the records either merged in the canonical
-order (DESIGN.md, Flow 5: each partition in offset order, partitions and topics merged
+order (docs/design.md, Flow 5: each partition in offset order, partitions and topics merged
 by record timestamp, ties broken by topic, partition, offset — a streaming k-way merge
 equal to `records.canonical_order` over the whole log) or partition by partition.
 

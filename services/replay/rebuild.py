@@ -1,4 +1,4 @@
-"""Rebuild every table from the retained inbound topics into a fresh schema (DESIGN.md,
+"""Rebuild every table from the retained inbound topics into a fresh schema (docs/design.md,
 Flow 5), with the same `apply_batch` the live projection uses, in large batches.
 
 `build` reads the whole log in the canonical order into a new schema; `catch_up`

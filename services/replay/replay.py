@@ -1,7 +1,7 @@
 """`unifier replay`: rebuild the state from the retained topics and switch to it, or
 show what a rebuild would change (`--dry-run`) without changing anything.
 
-Rebuild, step by step (DESIGN.md, Flow 5):
+Rebuild, step by step (docs/design.md, Flow 5):
 1. Refuse when the log holds less than the live state applied: a broker that lost its
    storage (tansu keeps its log in memory) would otherwise "rebuild" an empty state.
 2. Build: a fresh schema beside the live one, the live channel settings copied into

@@ -1,4 +1,4 @@
-"""The `unifier` command line (CONTRACT.md, "Command line").
+"""The `unifier` command line (docs/contract.md, "Command line").
 
 Entry points only parse and hand over. Usage errors exit 2 with what is wrong
 (argparse's convention); "not found" exits 1.

@@ -1,4 +1,4 @@
-"""The one configuration object, read from the environment (CONTRACT.md, "Configuration").
+"""The one configuration object, read from the environment (docs/contract.md, "Configuration").
 
 Every knob of the process is here so that no module reads `os.environ` on its own: a test
 builds a `Settings` from a dict, production from the real environment. An empty value

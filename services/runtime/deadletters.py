@@ -1,5 +1,5 @@
 """`unifier dead-letters list|retry`: read `{prefix}dead-letter`, and re-publish dead
-letters to the topic they came from (CONTRACT.md, "identity.dead-letter").
+letters to the topic they came from (docs/contract.md, "identity.dead-letter").
 
 Both read the topic from the beginning with a manual-assignment consumer (no consumer
 group: listing twice lists the same letters, and nothing is committed). A retry

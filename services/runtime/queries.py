@@ -14,7 +14,7 @@ async def find_user(conn: asyncpg.Connection | asyncpg.Pool, channel_id: str, by
     """The user's JSON for `unifier user show`, or None (deleted users included).
 
     `by` is id | member | veil | email | mobile. A contact several users share picks
-    members first, then the latest lastSeenAt (CONTRACT.md)."""
+    members first, then the latest lastSeenAt (docs/contract.md)."""
     if by == "id":
         row = await conn.fetchrow("SELECT state FROM users WHERE id = $1 AND channel_id = $2", value, channel_id)
     else:

@@ -1,4 +1,4 @@
-"""Create the service's topics at start (CONTRACT.md, "Topics").
+"""Create the service's topics at start (docs/contract.md, "Topics").
 
 The inbound topics are the event store (replay rebuilds from them), so they keep records
 forever; `user-changed` is compacted so a new consumer can load the latest state per key.

@@ -1,4 +1,4 @@
-"""Issue 5: `unifier dead-letters list|retry` (CONTRACT.md, "identity.dead-letter")."""
+"""Issue 5: `unifier dead-letters list|retry` (docs/contract.md, "identity.dead-letter")."""
 
 from __future__ import annotations
 

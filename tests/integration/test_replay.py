@@ -149,7 +149,7 @@ async def test_rebuild_reproduces_the_live_state_and_two_rebuilds_print_the_same
 
 
 async def test_a_stream_published_all_at_once_ends_live_in_the_state_a_rebuild_gives(settings: Settings, pool: asyncpg.Pool) -> None:
-    """DESIGN.md "Order-tolerant": with every round already in the log, the live service
+    """docs/design.md "Order-tolerant": with every round already in the log, the live service
     reads the sdk-events and commands partitions of a channel at different paces (a
     login and the member.upsert a day before it, on another topic); it must still apply
     them in the canonical order, so the drained state equals a rebuild's."""

@@ -1,4 +1,4 @@
-"""Infrastructure for the integration and end-to-end tests (DESIGN.md, "Infrastructure
+"""Infrastructure for the integration and end-to-end tests (docs/design.md, "Infrastructure
 for development and tests").
 
 One broker and one PostgreSQL per test session, picked in order: the URLs in

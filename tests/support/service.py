@@ -32,7 +32,7 @@ async def running_service(settings: Settings) -> AsyncIterator[asyncio.Task[None
 
 
 class Publisher:
-    """Publishes inbound facts keyed by channel, as SDK backends do (CONTRACT.md)."""
+    """Publishes inbound facts keyed by channel, as SDK backends do (docs/contract.md)."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings

@@ -2,7 +2,7 @@
 
 `fact()` goes through `contracts.inbound.parse_inbound`, so every test exercises the
 real contract models. `World` applies facts to one Directory and checks, for every
-publication, what CONTRACT.md promises: it validates against `UserChanged`, versions
+publication, what docs/contract.md promises: it validates against `UserChanged`, versions
 grow by one per user, and a `merged`/`deleted` message is followed by its tombstone.
 """
 

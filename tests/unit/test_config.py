@@ -1,4 +1,4 @@
-"""Settings.from_env: CONTRACT.md "Configuration" defaults, overrides and refusals."""
+"""Settings.from_env: docs/contract.md "Configuration" defaults, overrides and refusals."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Pins the external contract (CONTRACT.md) as the `contracts` package implements it."""
+"""Pins the external contract (docs/contract.md) as the `contracts` package implements it."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from contracts.topics import INBOUND_KINDS, InboundKind, Topics
 
 ENVELOPE = {"eventId": "7f0c1d2e", "channelId": "ch_1", "occurredAt": 1746316800000}
 
-# One valid message per wire type, as CONTRACT.md describes them, optional fields filled.
+# One valid message per wire type, as docs/contract.md describes them, optional fields filled.
 EXAMPLES: dict[str, dict[str, Any]] = {
     "boot": {
         "veilId": "v_1",
@@ -311,7 +311,7 @@ def test_contract_parse_inbound_refuses_an_unknown_topic_kind() -> None:
 
 # ----------------------------------------------------------------------------- outbound
 
-# The example of CONTRACT.md; its placeholders ("lead|member", "created|…") resolved.
+# The example of docs/contract.md; its placeholders ("lead|member", "created|…") resolved.
 USER = {
     "id": "u_1", "channelId": "ch_1", "type": "lead", "memberId": None,
     "name": None, "tags": [], "userImportTags": [],

@@ -1,5 +1,5 @@
 """Blocking and deletion (B1–B3), member hash (H1), identifier hygiene (G1), the
-`user-changed` publication rules of CONTRACT.md, and rejected facts changing nothing."""
+`user-changed` publication rules of docs/contract.md, and rejected facts changing nothing."""
 
 from __future__ import annotations
 
@@ -199,7 +199,7 @@ def test_g1_unparsable_contact_is_rejected():
     assert list(w.directory.users()) == []
 
 
-# -- publication (CONTRACT.md, user-changed) -----------------------------------------------
+# -- publication (docs/contract.md, user-changed) -----------------------------------------------
 
 
 def test_publication_versions_start_at_1_and_grow_by_one_per_user():

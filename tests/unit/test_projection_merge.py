@@ -1,5 +1,5 @@
 """The live hold-back merge (services/projection/merge.py) releases records in the
-canonical order replay uses (DESIGN.md "Order-tolerant", Flow 5), whatever the pace at
+canonical order replay uses (docs/design.md "Order-tolerant", Flow 5), whatever the pace at
 which the co-partitions are fetched."""
 
 from __future__ import annotations
