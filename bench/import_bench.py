@@ -49,7 +49,7 @@ if str(ROOT) not in sys.path:
 import asyncpg  # noqa: E402
 import psutil  # noqa: E402
 
-from services.runtime.embedded import EmbeddedBroker  # noqa: E402
+from services.platform.embedded import EmbeddedBroker  # noqa: E402
 
 LOCAL_POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
 RESULTS = ROOT / "bench" / "results" / "import.json"

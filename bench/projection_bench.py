@@ -66,14 +66,14 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition  # noqa:
 from aiokafka.partitioner import DefaultPartitioner  # noqa: E402
 
 from contracts.topics import Topics  # noqa: E402
+from services.platform import gc_tuning  # noqa: E402
+from services.platform.config import Settings  # noqa: E402
+from services.platform.embedded import EmbeddedBroker  # noqa: E402
+from services.platform.topics import ensure_topics  # noqa: E402
 from services.projection import batch as batch_mod  # noqa: E402
 from services.projection.batch import BatchResult  # noqa: E402
 from services.projection.consumer import Projection  # noqa: E402
 from services.projection.records import Record  # noqa: E402
-from services.runtime import gc_tuning  # noqa: E402
-from services.runtime.config import Settings  # noqa: E402
-from services.runtime.embedded import EmbeddedBroker  # noqa: E402
-from services.runtime.topics import ensure_topics  # noqa: E402
 from services.store import repository as repo  # noqa: E402
 from services.store.pool import create_pool  # noqa: E402
 
@@ -993,7 +993,7 @@ def cli() -> None:
     p.add_argument("--profile", type=int, default=0, metavar="N", help="also run N events under cProfile and print the top functions")
     p.add_argument("--py-spy", action="store_true", help="sample the throughput run with py-spy (instead of the stage timers)")
     p.add_argument("--gc-default", action="store_true",
-                   help="keep Python's GC thresholds (default: the service's, services/runtime/gc_tuning.py)")
+                   help="keep Python's GC thresholds (default: the service's, services/platform/gc_tuning.py)")
     p.add_argument("--seed", type=int, default=20260101)
     p.add_argument("--database-url", default=os.environ.get("DATABASE_URL") or LOCAL_POSTGRES)
     p.add_argument("--keep", action="store_true", help="keep the bench_* schemas for inspection")

@@ -41,9 +41,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from contracts.topics import Topics  # noqa: E402
+from services.platform.embedded import EmbeddedBroker, EmbeddedPostgres  # noqa: E402
+from services.platform.topics import ensure_topics  # noqa: E402
 from services.replay import workload  # noqa: E402
-from services.runtime.embedded import EmbeddedBroker, EmbeddedPostgres  # noqa: E402
-from services.runtime.topics import ensure_topics  # noqa: E402
 
 LOCAL_POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
 UNIFIER = str(ROOT / ".venv" / "bin" / "unifier")
@@ -125,9 +125,9 @@ async def _floors(bootstrap: str, topics: Topics, events: int) -> dict[str, int]
     one reader handing out the canonical order (`LogReader.merged`, as each replay
     worker does), and of the same with every record parsed and validated as the
     projection parses it (`parse_records`). The ceiling of a replay worker's rate."""
+    from services.platform import gc_tuning
     from services.projection.batch import parse_records
     from services.replay.log import LogReader
-    from services.runtime import gc_tuning
 
     gc_tuning.tune()  # as the replay workers run
     rates = {}

@@ -9,7 +9,7 @@ import asyncpg
 import pytest
 import pytest_asyncio
 
-from services.runtime.config import Settings
+from services.platform.config import Settings
 from tests.support.infra import (
     Infra,
     drop_schema,

@@ -19,8 +19,9 @@ from typing import Any
 
 import orjson
 
-from services.runtime.args import positive_seconds
-from services.runtime.config import Settings
+from services.platform.args import UsageError, positive_seconds
+from services.platform.config import Settings
+from services.store.pool import database
 
 _USAGE = """unifier import FILE --channel C --mode member|lead [--key email|mobileNumber]
                       [--map "CSV column=key[:type]"]... [--blank keep|clear] [--tag TAG]
@@ -58,7 +59,6 @@ def _print(obj: Any) -> None:
 
 
 async def handler(settings: Settings, args: argparse.Namespace) -> int:
-    from services.runtime.cli import UsageError
 
     if args.file == "log" and args.more:
         if len(args.more) != 1:
@@ -97,7 +97,6 @@ async def _import(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _log(settings: Settings, channel: str) -> int:
-    from services.runtime.cli import database
     from services.store import import_log
 
     now = int(time.time() * 1000)
@@ -119,7 +118,6 @@ async def _log(settings: Settings, channel: str) -> int:
 
 
 async def _failures(settings: Settings, channel: str, import_id: str, out: Path | None) -> int:
-    from services.runtime.cli import database
     from services.store import import_log
 
     from .failures import write_failures, write_failures_file

@@ -28,9 +28,9 @@ import orjson
 
 from contracts.topics import Topics
 from services.domain.imports import MappingError
-from services.runtime.config import Settings
-from services.runtime.embedded import infrastructure
-from services.runtime.topics import ensure_topics
+from services.platform.config import Settings
+from services.platform.embedded import infrastructure
+from services.platform.topics import ensure_topics
 from services.store import import_log
 from services.store.pool import create_pool
 

@@ -18,7 +18,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 
 from contracts.topics import Topics
-from services.runtime import metrics
+from services.platform import metrics
 from services.store import repository as repo
 from services.store.pool import DATABASE_UNAVAILABLE
 

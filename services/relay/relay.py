@@ -21,7 +21,7 @@ from aiokafka.errors import KafkaError
 from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.producer.message_accumulator import BatchBuilder
 
-from services.runtime import metrics
+from services.platform import metrics
 from services.store.pool import DATABASE_UNAVAILABLE
 
 log = logging.getLogger("unifier.relay")

@@ -11,8 +11,8 @@ from typing import Any
 import orjson
 
 from contracts.topics import Topics
-from services.runtime.args import positive_int
-from services.runtime.config import Settings
+from services.platform.args import UsageError, positive_int
+from services.platform.config import Settings
 
 from .log import LogShort
 from .rebuild import Tally
@@ -64,9 +64,8 @@ def _out(obj: Any) -> None:
 
 
 async def _replay(settings: Settings, args: argparse.Namespace) -> int:
-    from services.runtime import gc_tuning
-    from services.runtime.cli import UsageError
-    from services.runtime.embedded import infrastructure
+    from services.platform import gc_tuning
+    from services.platform.embedded import infrastructure
 
     from .replay import Options, dry_run, rebuild
 

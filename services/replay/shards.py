@@ -194,7 +194,7 @@ if __name__ == "__main__":  # a worker: python -m services.replay.shards, its jo
     _line = sys.stdin.readline()
     if not _line:
         sys.exit(1)  # the parent gave up before handing out the jobs
-    from services.runtime import gc_tuning
+    from services.platform import gc_tuning
 
     gc_tuning.tune()
     _raw = orjson.loads(_line)

@@ -12,18 +12,16 @@ import importlib
 import logging
 import signal
 import sys
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Sequence
 from typing import Any
 
-import asyncpg
 import orjson
 
 from services.domain.hygiene import clean_email, clean_mobile
 from services.domain.values import PARSERS, Rejected
-
-from .args import non_negative_int
-from .config import ConfigError, Settings
+from services.platform.args import UsageError, non_negative_int
+from services.platform.config import ConfigError, Settings
+from services.store.pool import database
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -46,10 +44,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
-
-
-class UsageError(Exception):
-    """Bad command-line input discovered after parsing (exit 2)."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -90,31 +84,8 @@ def _parser() -> argparse.ArgumentParser:
 # Packages that add their own subcommands: each has `register(subparsers)` whose
 # handlers are `async def handler(settings, args) -> int` (see `_user_show`).
 EXTENSIONS: tuple[str, ...] = (
-    "services.importer.cli", "services.replay.cli", "services.runtime.deadletters", "services.saga.cli",
+    "services.importer.cli", "services.replay.cli", "services.runtime.deadletters", "services.retention.cli",
 )
-
-
-@asynccontextmanager
-async def database(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
-    """A pool on the configured database, else on the embedded one under the data dir
-    (joined if `unifier run` is running, started otherwise)."""
-    from services.store.pool import create_pool
-
-    if settings.database_url:
-        pool = await create_pool(settings.database_url, settings.db_schema)
-        try:
-            yield pool
-        finally:
-            await pool.close()
-        return
-    from .embedded import EmbeddedPostgres
-
-    async with EmbeddedPostgres(settings.data_dir / "pg") as pg:
-        pool = await create_pool(pg.url, settings.db_schema)
-        try:
-            yield pool
-        finally:
-            await pool.close()
 
 
 def _print(obj: Any) -> None:
@@ -123,7 +94,8 @@ def _print(obj: Any) -> None:
 
 
 async def _run(settings: Settings, args: argparse.Namespace) -> int:
-    from . import gc_tuning
+    from services.platform import gc_tuning
+
     from .service import run_service
 
     gc_tuning.tune()
@@ -147,7 +119,7 @@ async def _run(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _user_show(settings: Settings, args: argparse.Namespace) -> int:
-    from .queries import find_user
+    from services.store.queries import find_user
 
     try:
         if args.user_id is not None:

@@ -20,11 +20,10 @@ import orjson
 from aiokafka import AIOKafkaProducer
 
 from contracts.topics import Topics
+from services.platform.args import positive_int
+from services.platform.config import Settings
+from services.platform.embedded import infrastructure
 from services.replay.log import LogReader
-from services.runtime.args import positive_int
-
-from .config import Settings
-from .embedded import infrastructure
 
 
 def register(subparsers: Any) -> None:

@@ -11,9 +11,8 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from contracts.topics import Topics
-
-from .config import Settings
-from .embedded import running_broker
+from services.platform.config import Settings
+from services.platform.embedded import running_broker
 
 log = logging.getLogger("unifier.demo")
 CHANNEL = "ch_demo"

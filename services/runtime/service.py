@@ -14,15 +14,14 @@ import asyncpg
 from aiokafka.errors import KafkaError
 
 from contracts.topics import Topics
+from services.platform import metrics
+from services.platform.config import Settings
+from services.platform.embedded import embedded_log_id, infrastructure
+from services.platform.topics import ensure_topics
 from services.projection.consumer import Projection
 from services.relay.relay import Relay
 from services.store import repository as repo
 from services.store.pool import DATABASE_UNAVAILABLE, create_pool
-
-from . import metrics
-from .config import Settings
-from .embedded import embedded_log_id, infrastructure
-from .topics import ensure_topics
 
 log = logging.getLogger("unifier")
 T = TypeVar("T")

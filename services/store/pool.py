@@ -5,10 +5,13 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 import orjson
+
+if TYPE_CHECKING:
+    from services.platform.config import Settings
 
 
 def _encode_jsonb(value: Any) -> bytes:
@@ -85,3 +88,24 @@ async def borrow(source: asyncpg.Connection | asyncpg.Pool) -> AsyncIterator[asy
             yield conn
     else:
         yield source
+
+
+@asynccontextmanager
+async def database(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
+    """A pool on the configured database, else on the embedded one under the data dir
+    (joined if `unifier run` is running, started otherwise)."""
+    if settings.database_url:
+        pool = await create_pool(settings.database_url, settings.db_schema)
+        try:
+            yield pool
+        finally:
+            await pool.close()
+        return
+    from services.platform.embedded import EmbeddedPostgres
+
+    async with EmbeddedPostgres(settings.data_dir / "pg") as pg:
+        pool = await create_pool(pg.url, settings.db_schema)
+        try:
+            yield pool
+        finally:
+            await pool.close()

@@ -11,8 +11,8 @@ import pytest
 from contracts.outbound import DeadLetter
 from contracts.topics import Topics
 from services.domain.channel import member_hash
-from services.runtime.config import Settings
-from services.runtime.queries import find_user
+from services.platform.config import Settings
+from services.store.queries import find_user
 from tests.integration.test_replay import applied_offsets, cli
 from tests.support.infra import wait_for
 from tests.support.service import Publisher, read_topic, running_service

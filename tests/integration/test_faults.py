@@ -27,9 +27,9 @@ import pytest
 import pytest_asyncio
 
 from contracts.topics import Topics
+from services.platform.config import Settings
+from services.platform.embedded import free_port
 from services.replay import workload
-from services.runtime.config import Settings
-from services.runtime.embedded import free_port
 from tests.integration.test_replay import (
     CHANNELS,
     UNIFIER,

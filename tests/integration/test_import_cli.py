@@ -14,9 +14,9 @@ import asyncpg
 import pytest
 
 from contracts.topics import Topics
-from services.runtime.config import Settings
-from services.runtime.queries import find_user
+from services.platform.config import Settings
 from services.store import import_log
+from services.store.queries import find_user
 from tests.support.imports import unifier, write_csv
 from tests.support.infra import wait_for
 from tests.support.service import Publisher, read_topic, running_service

@@ -10,9 +10,9 @@ import asyncpg
 import pytest
 
 from services.importer.run import STALL_ENV
-from services.runtime.config import Settings
-from services.runtime.queries import find_user
+from services.platform.config import Settings
 from services.store import import_log
+from services.store.queries import find_user
 from tests.support.imports import kill, start_unifier, unifier, write_csv
 from tests.support.infra import wait_for
 from tests.support.service import running_service

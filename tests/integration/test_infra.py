@@ -20,10 +20,10 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-from services.runtime import topics
-from services.runtime.config import Settings
-from services.runtime.embedded import EmbeddedBroker, EmbeddedStartError, infrastructure
-from services.runtime.topics import ensure_topics
+from services.platform import topics
+from services.platform.config import Settings
+from services.platform.embedded import EmbeddedBroker, EmbeddedStartError, infrastructure
+from services.platform.topics import ensure_topics
 from tests.support.infra import private_dir, wait_for
 
 pytestmark = pytest.mark.integration
@@ -245,8 +245,8 @@ _SECOND_PROCESS = """
 import asyncio, json, sys
 from pathlib import Path
 import asyncpg
-from services.runtime.config import Settings
-from services.runtime.embedded import infrastructure
+from services.platform.config import Settings
+from services.platform.embedded import infrastructure
 
 async def main():
     settings = Settings.from_env({"UNIFIER_DATA_DIR": sys.argv[1]})

@@ -12,10 +12,10 @@ import pytest
 
 from contracts.topics import Topics
 from services.domain.ids import fact_user_id, member_user_id, veil_user_id
-from services.runtime.config import Settings
-from services.runtime.queries import find_user
-from services.saga.retention import sweep
+from services.platform.config import Settings
+from services.retention.retention import sweep
 from services.store.pool import create_pool
+from services.store.queries import find_user
 from tests.support.infra import wait_for
 from tests.support.service import Publisher, read_topic, running_service
 

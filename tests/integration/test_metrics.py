@@ -7,8 +7,8 @@ from dataclasses import replace
 
 import pytest
 
-from services.runtime.config import Settings
-from services.runtime.embedded import free_port
+from services.platform.config import Settings
+from services.platform.embedded import free_port
 from tests.support.infra import wait_for
 from tests.support.service import Publisher, running_service
 

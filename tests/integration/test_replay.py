@@ -22,12 +22,12 @@ import pytest
 import pytest_asyncio
 
 from contracts.topics import Topics
+from services.platform.config import Settings
+from services.platform.topics import ensure_topics
 from services.projection.records import canonical_order
 from services.replay import workload
 from services.replay.digest import state_digest
 from services.replay.log import LogReader
-from services.runtime.config import Settings
-from services.runtime.topics import ensure_topics
 from tests.support.imports import cli_env as support_cli_env
 from tests.support.infra import wait_for
 from tests.support.service import read_topic, running_service

@@ -17,12 +17,12 @@ import orjson
 import pytest_asyncio
 
 from contracts.topics import Topics
+from services.platform.config import Settings
 from services.projection.batch import apply_batch
 from services.projection.records import Record, canonical_order
 from services.replay import workload
 from services.replay.digest import state_digest
 from services.replay.resident import Resident
-from services.runtime.config import Settings
 from services.store.pool import create_pool
 from tests.support.infra import drop_schema
 

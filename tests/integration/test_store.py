@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.runtime.config import Settings
+from services.platform.config import Settings
 from services.store import repository as repo
 from services.store.pool import create_pool
 

@@ -12,9 +12,9 @@ import pytest
 
 from contracts.topics import Topics
 from services.domain.ids import veil_user_id
-from services.runtime.config import Settings
-from services.runtime.queries import find_user
+from services.platform.config import Settings
 from services.store import import_log
+from services.store.queries import find_user
 from tests.support.infra import wait_for
 from tests.support.service import Publisher, read_topic, running_service
 

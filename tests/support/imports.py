@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from services.runtime.config import Settings
+from services.platform.config import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -26,8 +26,8 @@ from typing import Any
 
 import asyncpg
 
-from services.runtime.config import Settings
-from services.runtime.embedded import EmbeddedBroker, EmbeddedPostgres, free_port, wait_for_kafka
+from services.platform.config import Settings
+from services.platform.embedded import EmbeddedBroker, EmbeddedPostgres, free_port, wait_for_kafka
 
 log = logging.getLogger(__name__)
 

@@ -11,9 +11,9 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from contracts.topics import Topics
-from services.runtime.config import Settings
+from services.platform.config import Settings
+from services.platform.topics import ensure_topics
 from services.runtime.service import run_service
-from services.runtime.topics import ensure_topics
 
 
 @asynccontextmanager

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import pytest
 
-from services.runtime.args import non_negative_int, positive_int, positive_seconds
+from services.platform.args import non_negative_int, positive_int, positive_seconds
 from services.runtime.cli import main
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from services.runtime.config import ConfigError, Settings
+from services.platform.config import ConfigError, Settings
 
 
 def test_defaults_when_nothing_is_set() -> None:

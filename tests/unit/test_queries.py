@@ -1,4 +1,4 @@
-"""`unifier user show` (services/runtime/queries.py) against a stand-in connection."""
+"""`unifier user show` (services/store/queries.py) against a stand-in connection."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 import orjson
 
 from services.domain.user import User
-from services.runtime.queries import find_user
+from services.store.queries import find_user
 
 CH = "ch_q"
 

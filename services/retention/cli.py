@@ -9,7 +9,8 @@ from typing import Any
 import orjson
 
 from contracts.topics import Topics
-from services.runtime.config import Settings
+from services.platform.config import Settings
+from services.store.pool import database
 
 
 def register(sub: Any) -> None:
@@ -22,8 +23,7 @@ def register(sub: Any) -> None:
 
 
 async def _sweep(settings: Settings, args: argparse.Namespace) -> int:
-    from services.runtime.cli import database
-    from services.runtime.embedded import infrastructure
+    from services.platform.embedded import infrastructure
 
     from .retention import sweep
 

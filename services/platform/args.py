@@ -6,6 +6,10 @@ from __future__ import annotations
 import argparse
 
 
+class UsageError(Exception):
+    """Bad command-line input discovered after parsing (exit 2)."""
+
+
 def _whole(raw: str) -> int:
     try:
         return int(raw)

@@ -36,7 +36,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from aiokafka.admin import AIOKafkaAdminClient
 
-from services.runtime.config import Settings
+from services.platform.config import Settings
 
 log = logging.getLogger(__name__)
 
