@@ -3,6 +3,7 @@ KafkaRouter, whose lifecycle is the app's), one router per resource."""
 
 from __future__ import annotations
 
+import asyncio
 import warnings
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -42,9 +43,13 @@ def create_app(settings: Settings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.pool = await create_pool(database_url, settings.db_schema, max_size=POOL_SIZE)
         app.state.bus = CommandBus(app.state.pool, publish)
+        app.state.imports = set()  # imports publishing in the background (routes/imports.py)
         try:
             yield
         finally:
+            for task in list(app.state.imports):  # stopped: each says "abandoned" on the log
+                task.cancel()
+            await asyncio.gather(*app.state.imports, return_exceptions=True)
             await app.state.bus.close()
             await app.state.pool.close()
 
