@@ -13,6 +13,7 @@ import logging
 import signal
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -52,6 +53,8 @@ def _parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run projection, saga and outbox relay until SIGTERM/SIGINT")
     run.add_argument("--demo", action="store_true", help="also publish a small stream of sample SDK events")
+    run.add_argument("--admin-key-file", type=Path, metavar="PATH",
+                     help="make sure PATH (mode 0600) holds a live admin API key, creating one if not; print how to use it")
     run.set_defaults(handler=_run)
 
     user = sub.add_parser("user", help="read users").add_subparsers(dest="user_command", required=True)
@@ -101,18 +104,22 @@ async def _run(settings: Settings, args: argparse.Namespace) -> int:
 
     gc_tuning.tune()
 
-    if not args.demo:
+    if not args.demo and args.admin_key_file is None:
         await run_service(settings)
         return 0
-    from .demo import run_demo
+    from .demo import CHANNEL, run_demo
 
-    ready = asyncio.Event()
+    address: asyncio.Future[str] = asyncio.get_running_loop().create_future()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         asyncio.get_running_loop().add_signal_handler(sig, stop.set)
-    service = asyncio.create_task(run_service(settings, stop, ready=ready))
-    await asyncio.wait([service, asyncio.create_task(ready.wait())], return_when=asyncio.FIRST_COMPLETED)
-    demo = None if service.done() else asyncio.create_task(run_demo(settings, stop))
+    service = asyncio.create_task(run_service(settings, stop, api_address=address))
+    await asyncio.wait([service, address], return_when=asyncio.FIRST_COMPLETED)
+    if not service.done() and args.admin_key_file is not None:
+        from .newcomer import greet
+
+        await greet(settings, args.admin_key_file, address.result(), CHANNEL)
+    demo = None if service.done() or not args.demo else asyncio.create_task(run_demo(settings, stop))
     await service
     if demo is not None:
         demo.cancel()
