@@ -19,8 +19,8 @@ NAME = "newcomer"
 
 
 async def greet(settings: Settings, key_file: Path, address: str, channel: str) -> None:
+    stored = key_file.read_text().strip() if key_file.is_file() else ""  # noqa: ASYNC240 - a line, once
     async with database(settings) as pool:
-        stored = key_file.read_text().strip() if key_file.is_file() else ""
         created = False
         if not stored or await api_keys.authenticate(pool, stored) is None:
             await api_keys.revoke_key(pool, NAME)  # its file was lost: the name is free again
@@ -39,7 +39,7 @@ async def greet(settings: Settings, key_file: Path, address: str, channel: str) 
         "try:",
         f'  curl -s -H "Authorization: Bearer $(cat {key_file})" "http://{address}/v1/channels/{channel}/users?limit=5"',
         f'  curl -s -X PUT -H "Authorization: Bearer $(cat {key_file})" -H "Content-Type: application/json" \\',
-        f'       -d \'{{"profile": {{"email": "new@example.com"}}, "name": "New Member"}}\' \\',
+        '       -d \'{"profile": {"email": "new@example.com"}, "name": "New Member"}\' \\',
         f'       "http://{address}/v1/channels/{channel}/members/m-new?wait=5"',
         "",
     ]

@@ -133,7 +133,9 @@ async def search_users(
                 f"u.id IN (SELECT user_id FROM identities WHERE channel_id = $1 AND kind = '{kind}' AND value = {arg(value)})"
             )
     if f.q is not None:
-        contact, name = arg(_like_prefix(f.q.strip().lower())), arg(_like_prefix(f.q.strip().lower()))
+        text = f.q.strip().lower()
+        # The name index holds the name's JSON text: match the JSON text of the prefix.
+        contact, name = arg(_like_prefix(text)), arg(_like_prefix(orjson.dumps(text).decode()[:-1]))
         phone = _phone_prefix(f.q)
         phone_match = (
             f" OR (kind = 'mobile' AND value LIKE {arg(_like_prefix(phone))})" if phone is not None else ""
@@ -146,7 +148,7 @@ async def search_users(
                          UNION ALL
                          SELECT id FROM users
                           WHERE channel_id = $1 AND NOT deleted AND merged_into IS NULL
-                            AND lower(state->'fields'->'name'->>0) LIKE {name})"""
+                            AND lower((state->'fields'->'name'->0)::text) LIKE {name})"""
         )
     if f.type is not None:
         where.append(f"u.type = {arg(f.type)}")

@@ -13,6 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import quote
 
 from fastapi import APIRouter, Request
 from fastapi import Path as PathParam
@@ -162,7 +163,7 @@ async def upload(request: Request, ch: Channel, pool: Pool, who: Writer) -> JSON
     task.add_done_callback(imports.discard)
     return JSONResponse(
         {"importId": started.import_id}, status_code=202,
-        headers={"Location": f"/v1/channels/{ch}/imports/{started.import_id}"},
+        headers={"Location": f"/v1/channels/{quote(ch, safe='')}/imports/{started.import_id}"},
     )
 
 
