@@ -19,6 +19,7 @@ import orjson
 
 from services.domain.hygiene import clean_email, clean_mobile
 from services.domain.values import PARSERS, Rejected
+from services.platform import kafka
 from services.platform.args import UsageError, non_negative_int
 from services.platform.config import ConfigError, Settings
 from services.store.pool import database
@@ -37,6 +38,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as err:
         print(f"unifier: {err}", file=sys.stderr)
         return 2
+    kafka.use(settings)
     try:
         return int(asyncio.run(args.handler(settings, args)) or 0)
     except UsageError as err:
