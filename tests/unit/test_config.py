@@ -253,3 +253,16 @@ def test_kafka_client_options_carry_the_security_of_the_configured_broker_only()
     assert isinstance(options["ssl_context"], ssl.SSLContext)
     assert options["ssl_context"].verify_mode == ssl.CERT_REQUIRED and options["ssl_context"].check_hostname
     assert embedded == {"bootstrap_servers": "127.0.0.1:40000"}
+
+
+def test_the_cli_refuses_a_bad_database_url_without_echoing_its_password(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Issue 11: `unifier` printed DATABASE_URL with its password on a configuration error."""
+    from services.runtime.cli import main
+
+    monkeypatch.setenv("DATABASE_URL", f"postgres ql://unifier:{PASSWORD}@db/unifier")
+
+    assert main(["digest"]) == 2
+    err = capsys.readouterr().err
+    assert "DATABASE_URL" in err and PASSWORD not in err
