@@ -118,10 +118,13 @@ def on_chat(w: Work) -> None:
             contacts[MOBILE] = clean_mobile(msg.contact.mobileNumber)
 
     found = w.directory.by_veil(w.channel_id, veil)
-    if found is None and qualified:
-        found = _help_desk_match(w, contacts)  # D1
+    matched = found is None and qualified and (found := _help_desk_match(w, contacts)) is not None  # D1
     user = found.copy() if found is not None else new_anonymous(w, veil)
-    user.veils.setdefault(veil, w.at)
+    if not matched:
+        # D1b: a help-desk match attaches the inquiry, never the sender's veil: a contact
+        # anyone can claim in a chat must not make that browser the customer (only a
+        # login does, H1).
+        user.veils.setdefault(veil, w.at)
     user.last_contact_at = max(user.last_contact_at or w.at, w.at)
     is_member = user.type == "member"
     set_values(user, {k: Value(v, qualified, is_member, w.at) for k, v in contacts.items()})

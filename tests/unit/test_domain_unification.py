@@ -647,7 +647,7 @@ def test_d1_phone_chat_attaches_to_the_customer_with_that_number():
 
     assert out.activities[0].user_id == m.id
     assert len(list(w.directory.users())) == count
-    assert w.veil("phone:1").id == m.id
+    assert w.directory.by_veil(CH, "phone:1") is None  # D1b: the inquiry, not the veil
 
 
 def test_d1_email_inquiry_attaches_to_the_customer_with_that_address():
@@ -662,6 +662,25 @@ def test_d1_email_inquiry_attaches_to_the_customer_with_that_address():
         contact={"email": "TARO@example.jp"},
     )
     assert out.activities[0].user_id == lead.id
+
+
+def test_d1b_an_email_chat_naming_a_members_address_never_hands_the_browser_veil_to_the_member():
+    """D1b + H1: a chat with medium `email` carrying a member's address, sent from a
+    fresh browser veil, attaches the chat to the member; that browser's later boots are
+    an anonymous visitor, never the member without a login."""
+    w = World()
+    m = w.upsert_member("m1", T0, email=EMAIL)
+    out = w.ok("chat", T0 + MIN, veilId="v-browser", chatId="c1", medium="email", contact={"email": EMAIL},
+               message={"messageId": "x", "text": "hi"})
+    assert out.activities[0].user_id == m.id
+    assert "v-browser" not in w.user(m.id).veils
+    assert w.directory.by_veil(CH, "v-browser") is None
+
+    w.boot("v-browser", T0 + 2 * MIN)
+    visitor = w.veil("v-browser")
+    assert visitor.id != m.id and visitor.type == "anonymous"
+    w.ok("track", T0 + 3 * MIN, veilId="v-browser", name="view")
+    assert w.user(m.id).veils == {}
 
 
 def test_d1_inquiry_without_a_match_creates_a_new_customer():
