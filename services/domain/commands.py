@@ -106,13 +106,12 @@ def on_lead_create(w: Work) -> None:
 @handles("marketing.delivered")
 def on_delivered(w: Work) -> None:
     """Delivery records follow the user through merges so no campaign is sent twice (U4).
-    Receiving a message does not make a lead (C2)."""
+    Receiving a message does not make a lead (C2), but it is contact (B4): a customer
+    who only receives campaigns is not deleted as silent."""
     msg = w.fact.msg
-    user = _live(w, msg.userId)
-    if msg.campaignId in user.delivered:
-        return
-    user = user.copy()
+    user = _live(w, msg.userId).copy()
     user.delivered = sorted({*user.delivered, msg.campaignId})
+    user.last_contact_at = max(user.last_contact_at or w.at, w.at)
     w.put(user)
 
 
