@@ -91,6 +91,7 @@ class User:
     pending_since: int | None = None  # event time of that approval
     last_login_at: int | None = None  # a member's latest login (a boot/login with memberId)
     version: int = 0  # last user-changed version published; 0 = never published
+    mobile_veils: list[str] = field(default_factory=list)  # veils last booted by the app: a login there is mobile (S1)
 
     # -- copying and serialisation -------------------------------------------------
     def copy(self) -> User:
@@ -109,7 +110,7 @@ class User:
             veils=dict(self.veils), booted=self.booted, delivered=list(self.delivered),
             merged_user_ids=list(self.merged_user_ids), candidates=list(self.candidates),
             pending_into=self.pending_into, pending_since=self.pending_since,
-            last_login_at=self.last_login_at, version=self.version,
+            last_login_at=self.last_login_at, version=self.version, mobile_veils=list(self.mobile_veils),
         )
 
     def husk(self, *, deleted: bool = False, merged_into: str | None = None) -> User:
@@ -147,7 +148,7 @@ class User:
             "veils": self.veils, "booted": self.booted, "delivered": self.delivered,
             "merged_user_ids": self.merged_user_ids, "candidates": self.candidates,
             "pending_into": self.pending_into, "pending_since": self.pending_since,
-            "last_login_at": self.last_login_at, "version": self.version,
+            "last_login_at": self.last_login_at, "version": self.version, "mobile_veils": self.mobile_veils,
         }
 
     @staticmethod
@@ -174,7 +175,7 @@ class User:
             raw["last_activity_at"], raw["last_contact_at"], Platform.from_json(raw["web"]),
             Platform.from_json(raw["mobile"]), raw["veils"], raw["booted"], raw["delivered"],
             raw["merged_user_ids"], raw["candidates"], raw["pending_into"], raw["pending_since"],
-            raw["last_login_at"], raw["version"],
+            raw["last_login_at"], raw["version"], raw["mobile_veils"],
         )
 
 
