@@ -75,7 +75,7 @@ def _offer_to_waiting_leads(w: Work, member: User) -> None:
         if val is None or val.v is None or not val.q:
             continue
         for other in w.directory.by_contact(w.channel_id, kind, val.v, qualified_only=True):
-            if other.type != "member" and other.alive and member.id not in other.candidates:
+            if other.type != "member" and other.alive and member.id not in other.offered:
                 lead = other.copy()
                 refresh_candidates(w, lead)
                 w.put(lead)

@@ -8,7 +8,14 @@ from .hygiene import clean_email, clean_member_id, clean_mobile, clean_veil_id
 from .ids import member_user_id, veil_user_id
 from .profile import profile_values, promote, set_values
 from .saga import on_member_login
-from .sessions import PlatformName, logged_out, record_device, record_visit, veil_expired, veil_platform
+from .sessions import (
+    PlatformName,
+    logged_out,
+    record_device,
+    record_visit,
+    veil_expired,
+    veil_platform,
+)
 from .unification import merge
 from .user import EMAIL, MOBILE, User, Value
 
