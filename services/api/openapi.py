@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ def document() -> dict[str, Any]:
     from .app import create_app
 
     # Addresses are needed to build the app, not to describe it: nothing connects here.
-    settings = dataclasses.replace(Settings(), database_url="postgresql://unused", kafka_bootstrap="unused:9092")
+    settings = Settings().replace(database_url="postgresql://unused", kafka_bootstrap="unused:9092")
     return create_app(settings).openapi()
 
 

@@ -20,6 +20,7 @@ import orjson
 
 from services.domain.hygiene import clean_email, clean_mobile
 from services.domain.values import PARSERS, Rejected
+from services.platform import kafka, logs
 from services.platform.args import UsageError, non_negative_int
 from services.platform.config import ConfigError, Settings
 from services.store.pool import database
@@ -28,16 +29,14 @@ from services.store.pool import database
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.command == "run" else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
     try:
         settings = Settings.from_env()
     except ConfigError as err:
         print(f"unifier: {err}", file=sys.stderr)
         return 2
+    # The long-running commands say what they do; one-shot commands only what goes wrong.
+    logs.setup(settings.log_level or ("INFO" if args.command in LONG_RUNNING else "WARNING"), settings.log_format)
+    kafka.use(settings)
     try:
         return int(asyncio.run(args.handler(settings, args)) or 0)
     except UsageError as err:
@@ -45,6 +44,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except Exception:
+        # One JSON line with the error and its stack, scrubbed like every log line,
+        # rather than a raw traceback on stderr.
+        logging.getLogger("unifier").critical("unifier %s stopped by an unexpected error", args.command, exc_info=True)
+        return 1
+
+
+LONG_RUNNING = frozenset({"run", "api"})
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -114,7 +121,8 @@ async def _run(settings: Settings, args: argparse.Namespace) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         asyncio.get_running_loop().add_signal_handler(sig, stop.set)
     service = asyncio.create_task(run_service(settings, stop, api_address=address))
-    await asyncio.wait([service, address], return_when=asyncio.FIRST_COMPLETED)
+    started: list[asyncio.Future[Any]] = [service, address]  # the API listens once the service runs
+    await asyncio.wait(started, return_when=asyncio.FIRST_COMPLETED)
     if not service.done() and args.admin_key_file is not None:
         from .newcomer import greet
 

@@ -96,6 +96,25 @@ CREATE TABLE IF NOT EXISTS activities (
 );
 CREATE INDEX IF NOT EXISTS activities_user ON activities (user_id);
 
+-- Grades (D2): staff-defined labels held by keys (an e-mail, a mobile number in E.164,
+-- a memberId), not by users, so a customer shows the grades of the keys it holds after
+-- merges and imports too (services/store/queries.grades_of). Facts: written by the
+-- projection with the batch, rebuilt by replay, covered by the digest.
+CREATE TABLE IF NOT EXISTS grades (
+    channel_id text NOT NULL,
+    name       text NOT NULL,
+    colour     text NOT NULL,
+    PRIMARY KEY (channel_id, name)
+);
+CREATE TABLE IF NOT EXISTS grade_holders (
+    channel_id text NOT NULL,
+    name       text NOT NULL,
+    kind       text NOT NULL,  -- email | mobileNumber | memberId
+    value      text NOT NULL,
+    PRIMARY KEY (channel_id, name, kind, value)
+);
+CREATE INDEX IF NOT EXISTS grade_holders_key ON grade_holders (channel_id, kind, value);
+
 -- Channel settings (H1 secret, I17 MU limit, P2 field types): configuration set by
 -- `unifier channel configure`, read by every batch.
 CREATE TABLE IF NOT EXISTS channels (
@@ -154,9 +173,6 @@ CREATE INDEX IF NOT EXISTS identities_contact_prefix ON identities (channel_id, 
 -- `tag=`: staff tags live in the state; only that small array is converted to jsonb
 -- (tags never hold NUL, I9, so the conversion cannot fail).
 CREATE INDEX IF NOT EXISTS users_tags ON users USING gin (((state->'tags')::jsonb)) WHERE NOT deleted AND merged_into IS NULL;
--- The review queue: leads with unification candidates (U5).
-CREATE INDEX IF NOT EXISTS users_with_candidates ON users (channel_id, id)
-    WHERE type = 'lead' AND NOT deleted AND merged_into IS NULL AND json_array_length(state->'candidates') > 0;
 -- Activities newest first, and the merges into a user (G4).
 CREATE INDEX IF NOT EXISTS activities_user_recent ON activities (user_id, occurred_at DESC, event_id DESC);
 CREATE INDEX IF NOT EXISTS merges_target ON merges (channel_id, target_id);
