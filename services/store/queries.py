@@ -156,12 +156,12 @@ def decode_cursor(cursor: str, *types: type) -> list[Any]:
 async def survivor_of(conn: asyncpg.Connection | asyncpg.Pool, channel_id: str, user_id: str) -> str | None:
     """Where a merged id ended up, following the chain of merges (U8); None if unknown."""
     return await conn.fetchval(
-        """WITH RECURSIVE chain(id, into, depth) AS (
+        """WITH RECURSIVE chain(id, target, depth) AS (
                SELECT id, merged_into, 0 FROM users WHERE id = $2 AND channel_id = $1
                UNION ALL
-               SELECT u.id, u.merged_into, c.depth + 1 FROM users u JOIN chain c ON u.id = c.into
+               SELECT u.id, u.merged_into, c.depth + 1 FROM users u JOIN chain c ON u.id = c.target
                 WHERE c.depth < 100)
-           SELECT id FROM chain WHERE into IS NULL""",
+           SELECT id FROM chain WHERE target IS NULL""",
         channel_id, user_id,
     )
 
