@@ -192,6 +192,17 @@ async def search_users(
     page; with the cursor of the next page or None. `q` matches a prefix of the name
     (case-insensitive), of an e-mail or of a mobile number; masked users (I17) never
     match it, since their personal data is hidden."""
+    limit = max(1, min(limit, MAX_PAGE))
+    sql, args = search_sql(channel_id, f, limit=limit, cursor=cursor)
+    rows = await conn.fetch(sql, *args)
+    users = [User.from_json(r["state"]) for r in rows[:limit]]
+    items = [await user_json(conn, u) for u in users]
+    return items, encode_cursor(users[-1].id) if len(rows) > limit else None
+
+
+def search_sql(channel_id: str, f: UserFilter, *, limit: int, cursor: str | None = None) -> tuple[str, list[Any]]:
+    """The statement of `search_users` (one more row than `limit`, to know if a next page
+    exists) and its arguments; bench/api_bench.py EXPLAINs it."""
     args: list[Any] = [channel_id]
 
     def arg(value: Any) -> str:
@@ -242,13 +253,7 @@ async def search_users(
     if cursor is not None:
         (after,) = decode_cursor(cursor, str)
         where.append(f"u.id > {arg(after)}")
-    limit = max(1, min(limit, MAX_PAGE))
-    rows = await conn.fetch(
-        f"SELECT u.state FROM users u WHERE {' AND '.join(where)} ORDER BY u.id LIMIT {arg(limit + 1)}", *args
-    )
-    users = [User.from_json(r["state"]) for r in rows[:limit]]
-    items = [await user_json(conn, u) for u in users]
-    return items, encode_cursor(users[-1].id) if len(rows) > limit else None
+    return f"SELECT u.state FROM users u WHERE {' AND '.join(where)} ORDER BY u.id LIMIT {arg(limit + 1)}", args
 
 
 def _phone_prefix(q: str) -> str | None:
