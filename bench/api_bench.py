@@ -130,16 +130,21 @@ async def fill(database_url: str, schema: str, users: int) -> float:
 async def explain(database_url: str, schema: str, users: int) -> dict[str, Any]:
     """EXPLAIN ANALYZE of the API's reads on the filled table (the statements the API
     runs, from services/store/queries.py): plan shape and server time of each."""
-    from services.store.queries import UserFilter, search_sql
+    from services.store.queries import UserFilter, q_matches_sql, search_sql
 
     n = users // 2
     cases: dict[str, tuple[str, list[Any]]] = {
         "by_id": ("SELECT state FROM users WHERE id = $1 AND channel_id = $2", [member_user_id(CHANNEL, f"m{n}"), CHANNEL]),
         "email": search_sql(CHANNEL, UserFilter(email=f"u{n}@example.com"), limit=50),
         "member_id": search_sql(CHANNEL, UserFilter(member_id=f"m{n}"), limit=50),
-        "q_name_prefix": search_sql(CHANNEL, UserFilter(q=f"User {n // 10}"), limit=50),
-        "q_email_prefix": search_sql(CHANNEL, UserFilter(q=f"u{n // 10}"), limit=50),
-        "q_one_letter": search_sql(CHANNEL, UserFilter(q="u"), limit=50),
+        # q: the matching ids first (few), then their page; a broad prefix walks the users.
+        "q_matches_name": q_matches_sql(CHANNEL, f"User {n // 10}"),
+        "q_matches_email": q_matches_sql(CHANNEL, f"u{n // 10}"),
+        "q_page_of_matches": search_sql(CHANNEL, UserFilter(q=f"u{n // 10}"), limit=50,
+                                        q_ids=[member_user_id(CHANNEL, f"m{n // 10 * 10 + k}") for k in range(11)]),
+        "q_matches_one_letter": q_matches_sql(CHANNEL, "u"),
+        "q_one_letter_walk": search_sql(CHANNEL, UserFilter(q="u"), limit=50),
+        "q_rare_walk_worst_case": search_sql(CHANNEL, UserFilter(q="zz"), limit=50),
         "list_first_page": search_sql(CHANNEL, UserFilter(), limit=50),
         "list_type_member": search_sql(CHANNEL, UserFilter(type="member"), limit=50),
         "tag": search_sql(CHANNEL, UserFilter(tag="vip"), limit=50),
