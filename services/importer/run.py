@@ -43,6 +43,9 @@ from .producer import ImportProducer
 # this many rows the importer hangs (rows flushed, lease still renewed) until it is killed.
 STALL_ENV = "UNIFIER_IMPORT_STALL_AFTER_ROWS"
 
+# A row's import.row message must pass the service's inbound limit (contracts/inbound.py,
+# MAX_MESSAGE_BYTES), or it would be dead-lettered instead of counted as a failed row.
+MAX_ROW_BYTES = 64 * 1024
 DEFAULT_TIMEOUT_S = 600.0
 DEFAULT_LEASE_S = 30.0
 _PROGRESS_EVERY_S = 2.0
@@ -226,7 +229,7 @@ class _Run:
         width, channel, import_id = self.width, self.channel, self.import_id
         now = _now_ms()
         stall = self.settings.import_stall_after_rows
-        for number, cells in csvfile.records(self.req.path):
+        for number, cells, lines in csvfile.records_with_lines(self.req.path):
             if stall and self.read == stall:
                 await producer.flush()
                 await asyncio.Event().wait()
@@ -244,12 +247,17 @@ class _Run:
                     f"the row has {n} cells but the header names {width} columns;"
                     " a cell with a comma must be quoted"
                 )
+            elif (swallowed := csvfile.swallowed(cells, lines)) is not None:
+                msg["cells"], msg["rowError"] = {}, swallowed
             value = orjson.dumps(msg)
+            if len(value) > MAX_ROW_BYTES:  # checked here: a record batch takes any first record
+                msg["cells"], msg["rowError"] = {}, (
+                    f"the row is too large to import ({len(value)} bytes as a message; the limit is {MAX_ROW_BYTES})"
+                )
+                value = orjson.dumps(msg)
             if not producer.add(value):
                 await producer.ship()
-                if not producer.add(value):
-                    msg["cells"], msg["rowError"] = {}, f"the row is too large to import ({len(value)} bytes)"
-                    await producer.add_row(orjson.dumps(msg))
+                producer.add(value)  # an empty batch takes any record
                 if self.lock_lost:
                     raise ImportNotApplied("the import lock was lost (the importer stalled past its lease)", self._result(None))
                 now = _now_ms()
