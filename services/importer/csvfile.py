@@ -24,8 +24,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from contracts.inbound import MAX_VALUE
+
 MAX_BYTES = 100 * 1024 * 1024  # I13
-MAX_CELL = 4096  # characters of one cell (an inbound profile value's limit, contracts/inbound.py)
+MAX_CELL = MAX_VALUE  # characters of one cell (what the service accepts in one)
 _CHUNK = 1 << 20
 # The first characters that make a spreadsheet read a cell as a formula (OWASP, "CSV
 # injection"); failures.py prefixes such cells with an apostrophe.

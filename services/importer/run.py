@@ -26,6 +26,7 @@ from typing import IO, Any
 import asyncpg
 import orjson
 
+from contracts.inbound import MAX_MESSAGE_BYTES
 from contracts.topics import Topics
 from services.domain.imports import MappingError
 from services.platform.config import Settings
@@ -43,9 +44,9 @@ from .producer import ImportProducer
 # this many rows the importer hangs (rows flushed, lease still renewed) until it is killed.
 STALL_ENV = "UNIFIER_IMPORT_STALL_AFTER_ROWS"
 
-# A row's import.row message must pass the service's inbound limit (contracts/inbound.py,
-# MAX_MESSAGE_BYTES), or it would be dead-lettered instead of counted as a failed row.
-MAX_ROW_BYTES = 64 * 1024
+# A row's import.row message must pass the service's inbound limit, or it would be
+# dead-lettered instead of counted as a failed row.
+MAX_ROW_BYTES = MAX_MESSAGE_BYTES
 DEFAULT_TIMEOUT_S = 600.0
 DEFAULT_LEASE_S = 30.0
 _PROGRESS_EVERY_S = 2.0
