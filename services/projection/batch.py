@@ -171,7 +171,8 @@ def run_facts(
             p.error = (outcome.rejection.code, outcome.rejection.reason)
             if outcome.rejection.__cause__ is not None:  # internal_error: a bug this fact met
                 log.error("fact %s of channel %s failed in the core; dead-lettered", p.fact.event_id,
-                          p.fact.channel_id, exc_info=outcome.rejection.__cause__)
+                          p.fact.channel_id, exc_info=outcome.rejection.__cause__,
+                          extra={"eventId": p.fact.event_id, "channelId": p.fact.channel_id})
         assert p.error is not None
         if outbox:
             fx.messages.append(_dead_letter(topics, p.record, *p.error, failed_at))
