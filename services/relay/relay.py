@@ -24,6 +24,7 @@ from collections import Counter
 from typing import Any
 
 import asyncpg
+import orjson
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import (
     CorruptRecordException,
@@ -208,10 +209,8 @@ class Relay:
         for i in parked:
             r, (code, reason) = by_id[i], refused[i]
             metrics.PARKED.labels(topic=r["topic"], code=code).inc()
-            # Ids only: the key names a channel and a user, the value is never logged.
-            channel = (r["key"] or "").split(":", 1)[0] or None
             log.error("parked outbox message %d for %s (%s): %s; `unifier outbox parked list` shows it",
-                      i, r["topic"], code, reason, extra={"channelId": channel})
+                      i, r["topic"], code, reason, extra=_ids(r))
         self._parked_counted_at = -_PARKED_REFRESH_S  # re-count at the next round
 
     async def _count_parked(self, conn: asyncpg.Connection) -> None:
@@ -257,6 +256,19 @@ class Relay:
         for (topic, partition), (batch, group) in batches.items():
             futures.append((await self.producer.send_batch(batch, topic, partition=partition), group))
         return futures
+
+
+def _ids(r: asyncpg.Record) -> dict[str, str]:
+    """The fact ids of a message for its log line (never its content): a user-changed
+    names its eventId, causationId and channelId; a dead letter its key's channel."""
+    ids = {"channelId": (r["key"] or "").split(":", 1)[0]}
+    try:
+        body = orjson.loads(r["value"] or b"{}")
+    except orjson.JSONDecodeError:
+        body = {}
+    if isinstance(body, dict):
+        ids.update({k: body[k] for k in ("eventId", "causationId", "channelId") if isinstance(body.get(k), str)})
+    return {k: v for k, v in ids.items() if v}
 
 
 def _size(r: asyncpg.Record) -> int:

@@ -136,12 +136,16 @@ class _RefusingBroker:
         return future
 
 
-async def test_a_batch_the_broker_refuses_is_resent_record_by_record_and_only_the_culprit_parked(pool: asyncpg.Pool) -> None:
+async def test_a_batch_the_broker_refuses_is_resent_record_by_record_and_only_the_culprit_parked(
+    pool: asyncpg.Pool, caplog: pytest.LogCaptureFixture,
+) -> None:
     """Issue 11 item 1: a broker error about a record (not an outage) parks that record
-    alone; the other records of its batch are published."""
+    alone; the other records of its batch are published. The log line names the fact's
+    ids, never the message."""
+    poison = orjson.dumps({"eventId": "uc-3", "causationId": "ev-3", "channelId": CH, "user": {"name": "POISON"}})
     await pool.executemany(
         "INSERT INTO outbox (topic, key, value) VALUES ($1, $2, $3)",
-        [("t.user-changed", f"{CH}:u{i}", b"POISON" if i == 3 else f"ok-{i}".encode()) for i in range(6)],
+        [("t.user-changed", f"{CH}:u{i}", poison if i == 3 else f"ok-{i}".encode()) for i in range(6)],
     )
     relay = Relay(pool, "unused:9092", "test-relay")
     broker = _RefusingBroker()
@@ -155,3 +159,6 @@ async def test_a_batch_the_broker_refuses_is_resent_record_by_record_and_only_th
     assert [(r["key"], r["code"]) for r in parked] == [(f"{CH}:u3", "message_size_too_large")]
     assert "MessageSizeTooLargeError" in parked[0]["reason"]
     assert await pool.fetchval("SELECT count(*) FROM outbox") == 0
+    (line,) = [r for r in caplog.records if r.name == "unifier.relay" and "parked" in r.getMessage()]
+    assert (line.eventId, line.causationId, line.channelId) == ("uc-3", "ev-3", CH)  # type: ignore[attr-defined]
+    assert "POISON" not in line.getMessage()
