@@ -237,8 +237,9 @@ class Settings(BaseSettings):
     @field_validator("metrics_host")
     @classmethod
     def _host(cls, value: str) -> str:
-        _split_address(f"{value}:0")
-        return value
+        if not re.fullmatch(r"[A-Za-z0-9._-]+|\[?[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*\]?", value):
+            raise ValueError("must be a host name or an IPv4/IPv6 address (0.0.0.0: every interface)")
+        return value.strip("[]")
 
     @field_validator("metrics_read_timeout")
     @classmethod

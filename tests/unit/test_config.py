@@ -142,6 +142,11 @@ def test_booleans_read_the_usual_spellings(raw: str, expected: bool) -> None:
     assert Settings.from_env({"UNIFIER_KAFKA_IDEMPOTENCE": raw}).kafka_idempotence is expected
 
 
+@pytest.mark.parametrize(("raw", "host"), [("127.0.0.1", "127.0.0.1"), ("::", "::"), ("[::1]", "::1"), ("metrics.local", "metrics.local")])
+def test_metrics_host_takes_names_and_both_address_families(raw: str, host: str) -> None:
+    assert Settings.from_env({"UNIFIER_METRICS_HOST": raw}).metrics_host == host
+
+
 def test_embedded_off_requires_a_broker_and_a_database() -> None:
     """Issue 11 item 6: the image sets UNIFIER_EMBEDDED=0; a missing variable is an error,
     never an in-memory broker started silently."""
