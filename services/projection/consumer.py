@@ -20,6 +20,7 @@ from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 
 from contracts.topics import Topics
 from services.platform import metrics
+from services.platform.kafka import client_options
 from services.store import repository as repo
 from services.store.pool import DATABASE_UNAVAILABLE
 
@@ -58,7 +59,7 @@ class Projection:
         self.topics = topics
         self.batch_max = batch_max
         self.consumer = AIOKafkaConsumer(
-            bootstrap_servers=bootstrap,
+            **client_options(bootstrap),
             group_id=f"{group}-projection",
             enable_auto_commit=False,
             auto_offset_reset="earliest",
