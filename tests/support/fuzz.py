@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from contracts.inbound import MODELS
+from services.domain.ids import member_user_id, veil_user_id
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "contracts" / "schemas"
 KIND_OF = {wire: kind for kind, models in MODELS.items() for wire in models}
@@ -46,6 +47,7 @@ class Generator:
         self.rng = random.Random(seed)
         self.schemas = {p.stem: json.loads(p.read_text()) for p in SCHEMAS.glob("*.json") if p.stem in KIND_OF}
         self.count = 0
+        self._channel = CHANNELS[0]
 
     # -- valid messages from the schemas ---------------------------------------------
 
@@ -109,9 +111,17 @@ class Generator:
             "mobileNumber": MOBILES, "platform": ["web", "mobile"],
         }
         if name in pools:
-            return rng.choice(pools[name])
+            chosen = rng.choice(pools[name])
+            if name == "channelId":
+                self._channel = chosen
+            return chosen
         if name in ("userId", "sourceUserId", "targetUserId"):
-            return f"u_{rng.getrandbits(64):016x}"
+            if rng.random() < 0.3:
+                return f"u_{rng.getrandbits(64):016x}"
+            # Users the other facts create, so commands meet them (merges, deletes, blocks).
+            if rng.random() < 0.5:
+                return veil_user_id(self._channel, rng.choice(VEILS).strip())
+            return member_user_id(self._channel, rng.choice(MEMBERS))
         if name == "importId":
             return rng.choice(["imp_fz1", "imp_fz2"])
         if name == "memberHash":
@@ -139,10 +149,11 @@ class Generator:
 
     def record(self) -> Hostile:
         rng = self.rng
-        wire = rng.choice(sorted(self.schemas))
+        # SDK events twice as often as the rest: they make the users the rest refer to.
+        wire = rng.choice(sorted(self.schemas) + [w for w in sorted(self.schemas) if KIND_OF[w] == "sdk-events"])
         kind = KIND_OF[wire]
         msg: Any = self.valid(wire)
-        mutation = "none" if rng.random() < 0.3 else rng.choice(MUTATIONS)
+        mutation = "none" if rng.random() < 0.5 else rng.choice(MUTATIONS)
         raw: bytes | None = None
         key: bytes | None = msg["channelId"].encode()
         if mutation == "wrong_type":
