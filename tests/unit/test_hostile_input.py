@@ -277,3 +277,16 @@ def test_fault_codes_name_the_exception_never_a_trace() -> None:
 
 def test_fact_helper_is_unchanged() -> None:  # guards the shared helper this file leans on
     assert isinstance(fact("boot", T0, veilId="v", platform="web"), Fact)
+
+
+def test_dead_letter_of_a_huge_record_fits_the_broker() -> None:
+    """A record far over the door's limit (the broker allows up to 1 MiB, a junk byte
+    escapes to four characters) still makes a letter well under the broker's limit."""
+    topics = Topics("t.")
+    record = Record(topics.sdk_events, 0, 1, T0, b"\xff" * 5000, b"\xfe" * 900_000)
+    fx = run_facts(Directory(), [Parsed(record, error=("too_large", "the message is 900000 bytes"))], {}, set(),
+                   topics, BatchResult(), outbox=True, failed_at=1)
+    [(_, key, value)] = fx.messages
+    letter = orjson.loads(value or b"")
+    assert key == letter["key"] == "\\xff" * 1024 and letter["value"] == "\\xfe" * MAX_MESSAGE_BYTES
+    assert len(value or b"") < 512 * 1024
