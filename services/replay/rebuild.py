@@ -23,9 +23,9 @@ import asyncpg
 
 from contracts.topics import Topics
 from services.projection.batch import apply_batch, dead_letter_record
-from services.projection.isolation import apply_isolating
+from services.projection.isolation import NOT_THE_RECORD, apply_isolating
 from services.projection.records import Record
-from services.store.pool import DATABASE_UNAVAILABLE, create_pool
+from services.store.pool import create_pool
 
 from .log import LogReader, Partition
 from .resident import Resident
@@ -135,7 +135,7 @@ async def build(
             tally.total = reader.total
             try:
                 await apply_all(pool, topics, reader.merged(batch), tally, keeper=Resident(pool, topics))
-            except DATABASE_UNAVAILABLE:
+            except NOT_THE_RECORD:
                 raise
             except Exception as err:  # the store refused what the core accepted: find the record
                 failed = err
@@ -210,7 +210,7 @@ async def apply_all(
                     lambda rs: apply_batch(pool, topics, rs, now_ms=0, outbox=False),  # outbox discarded (switch.py)
                     item,
                     lambda r, code, reason: dead_letter_record(pool, topics, r, code, reason, now_ms=0, outbox=False),
-                    passthrough=DATABASE_UNAVAILABLE,
+                    passthrough=NOT_THE_RECORD,
                 )
             tally.add(len(item), result.applied, result.skipped, sum(result.dead_letters.values()))
         if keeper is not None:

@@ -290,3 +290,15 @@ def test_dead_letter_of_a_huge_record_fits_the_broker() -> None:
     letter = orjson.loads(value or b"")
     assert key == letter["key"] == "\\xff" * 1024 and letter["value"] == "\\xfe" * MAX_MESSAGE_BYTES
     assert len(value or b"") < 512 * 1024
+
+
+def test_isolation_never_blames_a_record_for_the_server_s_trouble() -> None:
+    """A full disk or a failover to a read-only standby is waited out like an outage:
+    dead-lettering every record meanwhile would lose the stream."""
+    from services.projection.isolation import NOT_THE_RECORD
+
+    for err in (asyncpg.DiskFullError("disk full"), asyncpg.ReadOnlySQLTransactionError("read-only"),
+                asyncpg.InsufficientPrivilegeError("denied"), asyncpg.UndefinedTableError("gone")):
+        assert isinstance(err, NOT_THE_RECORD)
+    for err in (asyncpg.DataError("x"), asyncpg.CheckViolationError("x"), ValueError("x")):
+        assert not isinstance(err, NOT_THE_RECORD)
