@@ -33,6 +33,9 @@ MOBILES = ["+819012345678", "09012345678", "+1 202 555 0100", "12"]
 ODD_TEXT = ["", " ", "é", "😀", "\u3000", "\ufeff", "\u2028", "\x01\x1f\x7f", "'; DROP TABLE users; --", "=1+1", "%s%n"]
 
 
+_SCHEMAS = {p.stem: json.loads(p.read_text()) for p in sorted(SCHEMAS.glob("*.json")) if p.stem in KIND_OF}
+
+
 @dataclass(slots=True)
 class Hostile:
     kind: str  # the inbound topic kind it is sent to
@@ -45,7 +48,7 @@ class Hostile:
 class Generator:
     def __init__(self, seed: int) -> None:
         self.rng = random.Random(seed)
-        self.schemas = {p.stem: json.loads(p.read_text()) for p in SCHEMAS.glob("*.json") if p.stem in KIND_OF}
+        self.schemas = _SCHEMAS
         self.count = 0
         self._channel = CHANNELS[0]
 
