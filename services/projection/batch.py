@@ -18,7 +18,7 @@ from typing import Any
 import asyncpg
 import orjson
 
-from contracts.inbound import InboundError, parse_inbound
+from contracts.inbound import MAX_MESSAGE_BYTES, InboundError, parse_inbound
 from contracts.topics import InboundKind, Topics
 from services.domain import core
 from services.domain.channel import ChannelSettings
@@ -37,6 +37,7 @@ from services.store import repository as repo
 from .records import Record
 
 _MAX_LOAD_ROUNDS = 3
+_LETTER_KEY_BYTES = 1024
 
 log = logging.getLogger("unifier.projection")
 
@@ -212,13 +213,16 @@ def _parse(kind: InboundKind, record: Record) -> Parsed:
 
 
 def _dead_letter(topics: Topics, r: Record, code: str, message: str, failed_at: int) -> tuple[str, str | None, bytes]:
-    key = storable_text(r.key) if r.key is not None else None
+    # Cut to sizes that keep every letter far below the broker's message limit (1 MiB):
+    # a value over the door's limit could not be applied anyway (`too_large` says how
+    # large it was), and a real key is a channelId.
+    key = storable_text(r.key[:_LETTER_KEY_BYTES]) if r.key is not None else None
     body = {
         "sourceTopic": r.topic,
         "partition": r.partition,
         "offset": r.offset,
         "key": key,
-        "value": storable_text(r.value or b""),
+        "value": storable_text((r.value or b"")[:MAX_MESSAGE_BYTES]),
         "error": {"code": code, "message": storable_text(message.encode("utf-8", "backslashreplace"))},
         "failedAt": failed_at,
     }

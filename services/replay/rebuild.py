@@ -23,9 +23,9 @@ import asyncpg
 
 from contracts.topics import Topics
 from services.projection.batch import apply_batch, dead_letter_record
-from services.projection.isolation import apply_isolating
+from services.projection.isolation import NOT_THE_RECORD, apply_isolating
 from services.projection.records import Record
-from services.store.pool import DATABASE_UNAVAILABLE, create_pool
+from services.store.pool import create_pool
 
 from .log import LogReader, Partition
 from .resident import Resident
@@ -113,6 +113,7 @@ async def build(
         from .shards import ShardOverlap, build_sharded, reap, spawn
 
         assert database_url is not None and schema is not None
+        failed: Exception | None = None
         procs = await spawn(workers)
         try:
             async with LogReader(bootstrap, topics.inbound, quiet_s=quiet_s) as reader:
@@ -126,34 +127,46 @@ async def build(
                 await _empty(pool)
                 tally.events = tally.applied = tally.skipped = tally.dead_letters = 0
                 procs = await spawn(workers)
-                await build_sharded(procs, database_url, bootstrap, topics, schema, stops, batch=batch, tally=tally, by="channel")
+                try:
+                    await build_sharded(
+                        procs, database_url, bootstrap, topics, schema, stops, batch=batch, tally=tally, by="channel",
+                    )
+                except RuntimeError as err:  # a worker failed again
+                    failed = err
         finally:
             await reap(procs)
     else:
-        failed: Exception | None = None
         async with LogReader(bootstrap, topics.inbound, quiet_s=quiet_s) as reader:
             tally.total = reader.total
             try:
                 await apply_all(pool, topics, reader.merged(batch), tally, keeper=Resident(pool, topics))
-            except DATABASE_UNAVAILABLE:
+                failed = None
+            except NOT_THE_RECORD:
                 raise
-            except Exception as err:  # the store refused what the core accepted: find the record
+            except Exception as err:  # the store refused what the core accepted
                 failed = err
             stops = reader.next_offsets
-        if failed is not None:
-            # Users resident are written in bulk, so a record the store refuses cannot be
-            # told apart there; batch by batch it is found and dead-lettered as live does.
-            log.warning("replay: the resident build failed (%s: %s); rebuilding batch by batch",
-                        type(failed).__name__, str(failed)[:200])
-            gc.unfreeze()
-            await _empty(pool)
-            tally.events = tally.applied = tally.skipped = tally.dead_letters = 0
-            async with LogReader(bootstrap, topics.inbound, quiet_s=quiet_s) as reader:
-                tally.total = reader.total
-                await apply_all(pool, topics, reader.merged(batch), tally)
-                stops = reader.next_offsets
+    if failed is not None:
+        await _batch_by_batch(pool, bootstrap, topics, stops, batch=batch, tally=tally, failed=failed)
     await store_offsets(pool, stops)
     return stops
+
+
+async def _batch_by_batch(
+    pool: asyncpg.Pool, bootstrap: str, topics: Topics, stops: dict[Partition, int], *, batch: int, tally: Tally,
+    failed: Exception,
+) -> None:
+    """Users resident are written in bulk, where a record the store refuses cannot be
+    told apart; batch by batch, as live, it is found and dead-lettered (isolation.py).
+    An outage fails this run too."""
+    log.warning("replay: the resident build failed (%s: %s); rebuilding batch by batch in one process",
+                type(failed).__name__, str(failed)[:200])
+    gc.unfreeze()
+    await _empty(pool)
+    tally.events = tally.applied = tally.skipped = tally.dead_letters = 0
+    async with LogReader(bootstrap, topics.inbound, stop=stops) as reader:
+        tally.total = reader.total
+        await apply_all(pool, topics, reader.merged(batch), tally)
 
 
 async def _empty(pool: asyncpg.Pool) -> None:
@@ -210,7 +223,7 @@ async def apply_all(
                     lambda rs: apply_batch(pool, topics, rs, now_ms=0, outbox=False),  # outbox discarded (switch.py)
                     item,
                     lambda r, code, reason: dead_letter_record(pool, topics, r, code, reason, now_ms=0, outbox=False),
-                    passthrough=DATABASE_UNAVAILABLE,
+                    passthrough=NOT_THE_RECORD,
                 )
             tally.add(len(item), result.applied, result.skipped, sum(result.dead_letters.values()))
         if keeper is not None:
