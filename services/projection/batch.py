@@ -34,7 +34,7 @@ from services.domain.values import Rejected
 from services.store import import_log
 from services.store import repository as repo
 
-from .records import Record
+from .records import Record, clocks_after
 
 _MAX_LOAD_ROUNDS = 3
 
@@ -91,6 +91,7 @@ async def apply_batch(
             ends[(r.topic, r.partition)] = max(ends.get((r.topic, r.partition), 0), r.offset + 1)
         result.next_offsets = {k: max(v, stored[k]) for k, v in ends.items()}
         await repo.save_offsets(conn, result.next_offsets)
+        await repo.save_clocks(conn, clocks_after(records))
     return result
 
 
@@ -113,6 +114,7 @@ async def dead_letter_record(
             result.dead_letters[code] += 1
         result.next_offsets = {partition: max(record.offset + 1, stored)}
         await repo.save_offsets(conn, result.next_offsets)
+        await repo.save_clocks(conn, clocks_after([record]))
     return result
 
 

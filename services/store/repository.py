@@ -94,6 +94,25 @@ async def stored_offsets(conn: asyncpg.Connection | asyncpg.Pool, topics: Sequen
     return {(r[0], r[1]): r[2] for r in rows}
 
 
+async def stored_clocks(conn: asyncpg.Connection | asyncpg.Pool, topics: Sequence[str]) -> dict[tuple[str, int], int]:
+    """Each partition's clock at its stored offset (projection/records.PartitionClocks)."""
+    rows = await conn.fetch(
+        "SELECT topic, partition, clock FROM inbox_offsets WHERE topic = ANY($1::text[]) AND clock IS NOT NULL", list(topics)
+    )
+    return {(r[0], r[1]): r[2] for r in rows}
+
+
+async def save_clocks(conn: asyncpg.Connection, clocks: dict[tuple[str, int], int]) -> None:
+    """Advance partition clocks (never backwards), with the offsets of the same records."""
+    if clocks:
+        await conn.execute(
+            """UPDATE inbox_offsets o SET clock = GREATEST(o.clock, x.c)
+                 FROM unnest($1::text[], $2::int[], $3::bigint[]) AS x(t, p, c)
+                WHERE o.topic = x.t AND o.partition = x.p""",
+            [k[0] for k in clocks], [k[1] for k in clocks], list(clocks.values()),
+        )
+
+
 async def adopt_log(conn: asyncpg.Connection | asyncpg.Pool, log_id: str) -> bool:
     """Note that the inbound log is `log_id`; if it is a different log than the stored
     offsets refer to (the embedded broker keeps its log in memory and starts empty),
@@ -107,7 +126,7 @@ async def adopt_log(conn: asyncpg.Connection | asyncpg.Pool, log_id: str) -> boo
         )
         if old is None:
             return False
-        await c.execute("UPDATE inbox_offsets SET next_offset = 0")
+        await c.execute("UPDATE inbox_offsets SET next_offset = 0, clock = NULL")
         return True
 
 

@@ -58,6 +58,9 @@ CREATE TABLE IF NOT EXISTS inbox_offsets (
     next_offset bigint NOT NULL,
     PRIMARY KEY (topic, partition)
 );
+-- The partition's clock at next_offset: the highest bounded record timestamp before it
+-- (projection/records.PartitionClocks), so a restart bounds timestamps as a rebuild does.
+ALTER TABLE inbox_offsets ADD COLUMN IF NOT EXISTS clock bigint;
 CREATE TABLE IF NOT EXISTS applied_events (
     channel_id text NOT NULL,
     event_id   text NOT NULL,
