@@ -147,6 +147,37 @@ async def test_b4_a_far_future_time_is_bounded_deterministically_and_cannot_dodg
         await _drop_side_schemas(settings)
 
 
+async def test_event_ids_are_remembered_for_seven_days_of_event_time_and_the_table_stops_growing(
+    settings: Settings, pool: asyncpg.Pool
+) -> None:
+    """A duplicate eventId within the window is skipped; the channel's facts eight days
+    later forget it (its row is deleted in that batch), so `applied_events` holds a
+    window, not the history; the same eventId sent after that is a new fact. A rebuild
+    skips the same facts and keeps the same rows."""
+    async with running_service(settings), Publisher(settings) as pub:
+        await pub.sdk(
+            ev("e1", "contact", T0, veilId="v1", email="first@example.jp"),
+            ev("e1", "contact", T0 + DAY, veilId="v1", email="second@example.jp"),  # a duplicate: skipped
+        )
+        await wait_for(lambda: applied(pool, 2))
+        assert (await find_user(pool, CH, "veil", "v1") or {})["profile"] == {"email": "first@example.jp"}
+        await pub.sdk(ev("e2", "boot", T0 + 8 * DAY, veilId="v2", platform="web"))
+        await wait_for(lambda: applied(pool, 3))
+        rows = sorted(tuple(r) for r in await pool.fetch("SELECT event_id, at FROM applied_events"))
+        assert rows == [("e2", T0 + 8 * DAY)]  # e1 forgotten: older than 7 days of event time
+        await pub.sdk(ev("e1", "contact", T0 + 8 * DAY + 1, veilId="v1", email="third@example.jp"))
+        await wait_for(lambda: applied(pool, 4))
+    assert (await find_user(pool, CH, "veil", "v1") or {})["profile"] == {"email": "third@example.jp"}
+    rows = sorted(tuple(r) for r in await pool.fetch("SELECT channel_id, event_id, at FROM applied_events"))
+
+    live = await state_digest(pool)
+    try:
+        assert await replay(settings, "--rebuild", "--drop-archive") == {"events": 4, "digest": live}
+        assert sorted(tuple(r) for r in await pool.fetch("SELECT channel_id, event_id, at FROM applied_events")) == rows
+    finally:
+        await _drop_side_schemas(settings)
+
+
 async def _drop_side_schemas(settings: Settings) -> None:
     assert settings.database_url is not None
     conn = await asyncpg.connect(settings.database_url)
