@@ -28,6 +28,7 @@ import orjson
 
 from contracts.inbound import MAX_MESSAGE_BYTES
 from contracts.topics import Topics
+from services.domain.ids import encode_parts
 from services.domain.imports import MappingError
 from services.platform.config import Settings
 from services.platform.embedded import infrastructure
@@ -104,12 +105,14 @@ def _now_ms() -> int:
 
 def import_base_id(channel: str, digest: str, p: Plan, blank: str, tag: str | None) -> str:
     """The same file with the same settings in the same channel names the same import."""
-    h = hashlib.sha256()
     columns = [c.to_json() for c in p.columns]
-    for part in (channel, p.mode, p.key, blank, tag or "", digest, orjson.dumps(columns).decode()):
-        h.update(part.encode())
-        h.update(b"\x1f")
-    return "imp_" + h.hexdigest()[:24]
+    parts = (channel, p.mode, p.key, blank, tag or "", digest, orjson.dumps(columns).decode())
+    if any("\x1f" in part for part in parts):
+        # Ids v2 (services/domain/ids.py): joined by U+001F, a part holding it could give
+        # another input's id; such parts are length-prefixed, after a U+001F no joined
+        # name starts with. Other imports keep their ids (a resumed import stays one).
+        return "imp_" + hashlib.sha256(b"\x1f" + encode_parts(*parts)).hexdigest()[:24]
+    return "imp_" + hashlib.sha256("".join(part + "\x1f" for part in parts).encode()).hexdigest()[:24]
 
 
 async def run_import(settings: Settings, req: ImportRequest, *, progress: IO[str] | None = None) -> ImportResult:

@@ -25,6 +25,7 @@ from contracts.topics import Topics
 from services.projection.batch import apply_batch, dead_letter_record
 from services.projection.isolation import NOT_THE_RECORD, apply_isolating
 from services.projection.records import Record
+from services.store import repository as repo
 from services.store.pool import create_pool
 
 from .log import LogReader, Partition
@@ -120,7 +121,7 @@ async def build(
                 tally.total = reader.total
                 stops = reader.stops
             try:
-                await build_sharded(procs, database_url, bootstrap, topics, schema, stops, batch=batch, tally=tally)
+                clocks = await build_sharded(procs, database_url, bootstrap, topics, schema, stops, batch=batch, tally=tally)
             except ShardOverlap as overlap:
                 log.warning("replay: %s; rebuilding with every worker reading the whole log", overlap)
                 await reap(procs)
@@ -128,7 +129,7 @@ async def build(
                 tally.events = tally.applied = tally.skipped = tally.dead_letters = 0
                 procs = await spawn(workers)
                 try:
-                    await build_sharded(
+                    clocks = await build_sharded(
                         procs, database_url, bootstrap, topics, schema, stops, batch=batch, tally=tally, by="channel",
                     )
                 except RuntimeError as err:  # a worker failed again
@@ -146,16 +147,17 @@ async def build(
             except Exception as err:  # the store refused what the core accepted
                 failed = err
             stops = reader.next_offsets
+            clocks = reader.next_clocks
     if failed is not None:
-        await _batch_by_batch(pool, bootstrap, topics, stops, batch=batch, tally=tally, failed=failed)
-    await store_offsets(pool, stops)
+        clocks = await _batch_by_batch(pool, bootstrap, topics, stops, batch=batch, tally=tally, failed=failed)
+    await store_offsets(pool, stops, clocks)
     return stops
 
 
 async def _batch_by_batch(
     pool: asyncpg.Pool, bootstrap: str, topics: Topics, stops: dict[Partition, int], *, batch: int, tally: Tally,
     failed: Exception,
-) -> None:
+) -> dict[Partition, int]:
     """Users resident are written in bulk, where a record the store refuses cannot be
     told apart; batch by batch, as live, it is found and dead-lettered (isolation.py).
     An outage fails this run too."""
@@ -167,6 +169,7 @@ async def _batch_by_batch(
     async with LogReader(bootstrap, topics.inbound, stop=stops) as reader:
         tally.total = reader.total
         await apply_all(pool, topics, reader.merged(batch), tally)
+        return reader.next_clocks
 
 
 async def _empty(pool: asyncpg.Pool) -> None:
@@ -187,10 +190,12 @@ async def catch_up(
     if all(wanted[p] <= start.get(p, 0) for p in wanted):
         return dict(start)
     tally.total += sum(wanted[p] - start.get(p, 0) for p in wanted)
-    async with LogReader(bootstrap, topics.inbound, start=start, stop=wanted) as reader:
+    clocks = await repo.stored_clocks(pool, topics.inbound)  # bound timestamps from there on as live does
+    async with LogReader(bootstrap, topics.inbound, start=start, stop=wanted, clocks=clocks) as reader:
         await apply_all(pool, topics, reader.merged(batch), tally)
         ends = {**start, **reader.next_offsets}
-    await store_offsets(pool, ends)
+        clocks = {**clocks, **reader.next_clocks}
+    await store_offsets(pool, ends, clocks)
     return ends
 
 
@@ -235,18 +240,21 @@ async def apply_all(
             await asyncio.gather(reader, return_exceptions=True)
 
 
-async def store_offsets(pool: asyncpg.Pool, offsets: dict[Partition, int]) -> None:
+async def store_offsets(pool: asyncpg.Pool, offsets: dict[Partition, int], clocks: dict[Partition, int] | None = None) -> None:
     """Record every partition's end consumed, also those without a record (an empty
-    partition, a trailing gap), so the live service continues exactly from here."""
+    partition, a trailing gap), and its clock there, so the live service continues
+    exactly from here (records.PartitionClocks)."""
     if not offsets:
         return
     keys = sorted(offsets)
+    clocks = clocks or {}
     await pool.execute(
-        """INSERT INTO inbox_offsets AS o (topic, partition, next_offset)
-           SELECT * FROM unnest($1::text[], $2::int[], $3::bigint[])
+        """INSERT INTO inbox_offsets AS o (topic, partition, next_offset, clock)
+           SELECT * FROM unnest($1::text[], $2::int[], $3::bigint[], $4::bigint[])
            ON CONFLICT (topic, partition) DO UPDATE
-             SET next_offset = GREATEST(o.next_offset, EXCLUDED.next_offset)""",
-        [k[0] for k in keys], [k[1] for k in keys], [offsets[k] for k in keys],
+             SET next_offset = GREATEST(o.next_offset, EXCLUDED.next_offset),
+                 clock = GREATEST(o.clock, EXCLUDED.clock)""",
+        [k[0] for k in keys], [k[1] for k in keys], [offsets[k] for k in keys], [clocks.get(k) for k in keys],
     )
 
 

@@ -58,11 +58,19 @@ CREATE TABLE IF NOT EXISTS inbox_offsets (
     next_offset bigint NOT NULL,
     PRIMARY KEY (topic, partition)
 );
+-- The partition's clock at next_offset: the highest bounded record timestamp before it
+-- (projection/records.PartitionClocks), so a restart bounds timestamps as a rebuild does.
+ALTER TABLE inbox_offsets ADD COLUMN IF NOT EXISTS clock bigint;
 CREATE TABLE IF NOT EXISTS applied_events (
     channel_id text NOT NULL,
     event_id   text NOT NULL,
     PRIMARY KEY (channel_id, event_id)
 );
+-- The eventId window (projection/window.py): each row's event time; rows more than the
+-- window behind their channel's latest are deleted by the batches. Rows stored before
+-- the column existed get 0: forgotten by the channel's next batch.
+ALTER TABLE applied_events ADD COLUMN IF NOT EXISTS at bigint NOT NULL DEFAULT 0;
+CREATE INDEX IF NOT EXISTS applied_events_clock ON applied_events (channel_id, at);
 
 -- The outbox (Debezium's shape): what the relay publishes, in id order. A NULL value
 -- is a tombstone. Dead letters go through it too, so they are as crash-safe as state.
