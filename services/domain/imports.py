@@ -236,6 +236,11 @@ class Tally:
         self.failed += 1
         self.failures.append(row)
 
+    def note(self, row: FailedRow) -> None:
+        """A row that was applied but not in full (G2: its unifications were withheld):
+        listed in the failures file with the reason, counted as created or updated."""
+        self.failures.append(row)
+
 
 @dataclass(frozen=True, slots=True)
 class Started:
@@ -366,7 +371,7 @@ def on_import_row(w: Work) -> None:
     definition = book.definition(w.channel_id, msg.importId)
     tally = book.tally(w.channel_id, msg.importId)
     try:
-        created = apply_row(w, definition, book.budgets.get(w.channel_id), msg.cells, msg.rowError)
+        created, withheld = apply_row(w, definition, book.budgets.get(w.channel_id), msg.cells, msg.rowError)
     except Rejected as err:
         # Undo whatever the row had changed: a failed row changes nothing (I15).
         w.rollback()
@@ -374,6 +379,8 @@ def on_import_row(w: Work) -> None:
         columns = err.columns if isinstance(err, RowFailed) else ()
         tally.fail(FailedRow(msg.rowNumber, columns, err.reason, dict(msg.cells)))
         return
+    if withheld is not None:
+        tally.note(FailedRow(msg.rowNumber, withheld.columns, withheld.reason, dict(msg.cells)))
     if created:
         tally.created += 1
     else:
@@ -419,8 +426,9 @@ def parse_cells(definition: ImportDef, cells: dict[str, str]) -> dict[str, Any]:
 
 def apply_row(
     w: Work, definition: ImportDef, budget: MuBudget | None, cells: dict[str, str], row_error: str | None,
-) -> bool:
-    """Create or update the row's user (I2, I3); True when it was created."""
+) -> tuple[bool, RowFailed | None]:
+    """Create or update the row's user (I2, I3): whether it was created, and why its
+    unifications were withheld (G2), if they were."""
     if row_error:
         raise RowFailed((), row_error)
     values = parse_cells(definition, cells)
@@ -442,25 +450,30 @@ def apply_row(
         user.import_tags = [*(t for t in user.import_tags if t != definition.tag), definition.tag][-IMPORT_TAG_LIMIT:]
     user.last_contact_at = max(user.last_contact_at or w.at, w.at)
     promote(user)
+    withheld = None
     if definition.mode == "member":
         sources = _leads_sharing_contacts(w, user)
-        if len(sources) > BLAST_RADIUS:  # G2: merge none; the row fails and says why
-            keys = [k for k in CONTACTS if user.value(k) is not None]
-            raise RowFailed(
-                keys,
-                f"{len(sources)} leads share this member's contact, more than {BLAST_RADIUS}:"
-                " none was unified automatically; check the contact or unify them by hand",
-            )
         w.put(user)
-        for source in sources:
-            _unify(w, source, user.id)
+        if len(sources) > BLAST_RADIUS:
+            # G2: the member is applied, none is merged; the leads list it as their
+            # candidate (computed when read) for staff, and the failures file says why.
+            withheld = RowFailed(
+                [k for k in CONTACTS if user.value(k) is not None],
+                f"applied, but {len(sources)} leads share this member's contact, more than {BLAST_RADIUS}:"
+                " none was unified automatically; they list it as a candidate for staff to check and approve",
+            )
+            for source in sources:
+                _offer(w, source)
+        else:
+            for source in sources:
+                _unify(w, source, user.id)
     else:
         refresh_candidates(w, user)
         w.put(user)
         current = member_candidates(w.directory, user)
         if user.type != "member" and current:
             _unify(w, user, current[0])  # U7: the most recently updated member
-    return found is None
+    return found is None, withheld
 
 
 def _target(w: Work, definition: ImportDef, key_value: str) -> User | None:
@@ -557,7 +570,14 @@ def _unify(w: Work, source: User, target_id: str) -> None:
     if target is None or current.blocked or target.blocked or not current.alive:
         return
     if current.booted:
-        listed = current.copy()
-        refresh_candidates(w, listed)
-        w.put(listed)
+        _offer(w, current)
     approve(w, source.id, target_id)
+
+
+def _offer(w: Work, source: User) -> None:
+    """Note the members a source is now offered (U5), so a stale approval is refused."""
+    current = w.directory.get(source.id) or source
+    listed = current.copy()
+    refresh_candidates(w, listed)
+    if listed.offered != current.offered:
+        w.put(listed)
