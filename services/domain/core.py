@@ -11,14 +11,18 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .channel import ChannelSettings
 from .directory import Directory
+from .limits import check_user_size
 from .publication import Publication, publish
 from .unification import MergeRecord
 from .user import User
 from .values import Rejected
+
+if TYPE_CHECKING:  # grades registers its handlers here, so it imports this module
+    from .grades import GradeChange
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +66,8 @@ class Outcome:
     notices: list[Rejected] = field(default_factory=list)
     # Deleted users (B2): their chat messages stay, without the author's personal data.
     erased: list[str] = field(default_factory=list)
+    # Changes of the channel's grades (D2), in order, for the store to write.
+    grades: list[GradeChange] = field(default_factory=list)
 
 
 class Work:
@@ -133,18 +139,29 @@ def apply(directory: Directory, fact: Fact, settings: ChannelSettings, *, messag
         return work.outcome
     try:
         handler(work)
+        for user_id, before in work.before.items():
+            check_user_size(before, directory.get(user_id))
+        for user_id, before in work.before.items():
+            after = directory.get(user_id)
+            assert after is not None
+            published, pubs = publish(before, after, fact.event_id, fact.at, messages=messages)
+            if published is not after:  # publish moves the version of a working copy in place
+                directory.put(published)
+            work.outcome.publications.extend(pubs)
     except Rejected as rejected:
         work.rollback()
         return Outcome(rejection=rejected)
-    for user_id, before in work.before.items():
-        after = directory.get(user_id)
-        assert after is not None
-        published, pubs = publish(before, after, fact.event_id, fact.at, messages=messages)
-        if published is not after:  # publish moves the version of a working copy in place
-            directory.put(published)
-        work.outcome.publications.extend(pubs)
+    except Exception as err:
+        # A bug met by this fact (an assertion, a rule's exception escaping): the fact
+        # is the one that cannot be applied, so it is dead-lettered and nothing of it
+        # stays; the same happens in a rebuild. The letter names the exception's type,
+        # never a stack trace; the projection logs the trace (`__cause__`).
+        work.rollback()
+        internal = Rejected("internal_error", f"{type(err).__name__}: {str(err)[:200]}")
+        internal.__cause__ = err
+        return Outcome(rejection=internal)
     return work.outcome
 
 
 # Register the handlers (import for their side effect on HANDLERS).
-from . import commands, imports, sdk  # noqa: E402,F401
+from . import commands, grades, imports, sdk  # noqa: E402,F401

@@ -39,8 +39,8 @@ from .failures import write_failures_file
 from .mapping import Plan, plan
 from .producer import ImportProducer
 
-# Fault injection for the crash tests: after publishing this many rows the importer
-# hangs (rows flushed, lease still renewed) until it is killed. Never set in production.
+# Fault injection for the crash tests (Settings.import_stall_after_rows): after publishing
+# this many rows the importer hangs (rows flushed, lease still renewed) until it is killed.
 STALL_ENV = "UNIFIER_IMPORT_STALL_AFTER_ROWS"
 
 DEFAULT_TIMEOUT_S = 600.0
@@ -225,7 +225,7 @@ class _Run:
         reach = max(self.mapping.positions) + 1
         width, channel, import_id = self.width, self.channel, self.import_id
         now = _now_ms()
-        stall = int(os.environ.get(STALL_ENV) or 0)
+        stall = self.settings.import_stall_after_rows
         for number, cells in csvfile.records(self.req.path):
             if stall and self.read == stall:
                 await producer.flush()

@@ -9,6 +9,7 @@ a concurrent instance is fenced by the inbox row lock and the users' revisions.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from services.domain import core
 from services.domain.channel import ChannelSettings
 from services.domain.core import Activity, Fact
 from services.domain.directory import Directory, identities
+from services.domain.grades import GradeChange
 from services.domain.hygiene import clean_email, clean_member_id, clean_mobile, clean_veil_id
 from services.domain.ids import member_user_id, veil_user_id
 from services.domain.imports import imported_member_user_id
@@ -35,6 +37,8 @@ from services.store import repository as repo
 from .records import Record
 
 _MAX_LOAD_ROUNDS = 3
+
+log = logging.getLogger("unifier.projection")
 
 
 @dataclass(slots=True)
@@ -74,6 +78,7 @@ async def apply_batch(
         seen = await repo.already_applied(conn, sorted({(p.fact.channel_id, p.fact.event_id) for p in facts if p.fact}))
         settings = await repo.load_channels(conn, {p.fact.channel_id for p in facts if p.fact})
         directory, revs = await _load(conn, [p.fact for p in facts if p.fact])
+        await load_grades(conn, directory, [p.fact for p in facts if p.fact])
         # CSV import (I12-I17): definitions, MU budgets; written back below.
         imports = await import_log.prepare(conn, [p.fact for p in facts if p.fact], settings, directory)
 
@@ -89,6 +94,28 @@ async def apply_batch(
     return result
 
 
+async def dead_letter_record(
+    pool: asyncpg.Pool, topics: Topics, record: Record, code: str, reason: str,
+    *, now_ms: int | None = None, outbox: bool = True,
+) -> BatchResult:
+    """Dead-letter one record that cannot be applied (isolation.py) and store its offset,
+    in one transaction, fenced by the inbox like a batch: consumption goes on after it."""
+    failed_at = now_ms if now_ms is not None else int(time.time() * 1000)
+    partition = (record.topic, record.partition)
+    result = BatchResult()
+    async with pool.acquire() as conn, conn.transaction():
+        stored = (await repo.lock_offsets(conn, [partition]))[partition]
+        if record.offset < stored:
+            result.skipped = 1  # another instance got past it meanwhile
+        else:
+            if outbox:
+                await repo.save_outbox(conn, [_dead_letter(topics, record, code, reason, failed_at)])
+            result.dead_letters[code] += 1
+        result.next_offsets = {partition: max(record.offset + 1, stored)}
+        await repo.save_offsets(conn, result.next_offsets)
+    return result
+
+
 @dataclass(slots=True)
 class Effects:
     """What the core made of a run of facts, for the store to write (besides the users
@@ -99,9 +126,11 @@ class Effects:
     erased: list[str] = field(default_factory=list)
     activities: list[Activity] = field(default_factory=list)
     messages: list[tuple[str, str | None, bytes | None]] = field(default_factory=list)  # outbox rows
+    grades: list[GradeChange] = field(default_factory=list)  # D2, in fact order
 
     def extend(self, other: Effects) -> None:
         self.applied.extend(other.applied)
+        self.grades.extend(other.grades)
         self.merges.extend(other.merges)
         self.erased.extend(other.erased)
         self.activities.extend(other.activities)
@@ -129,6 +158,7 @@ def run_facts(
                 fx.merges.extend(outcome.merges)
                 fx.erased.extend(outcome.erased)
                 fx.activities.extend(outcome.activities)
+                fx.grades.extend(outcome.grades)
                 if outbox:
                     for pub in outcome.publications:
                         fx.messages.append((topics.user_changed, pub.key, None if pub.value is None else orjson.dumps(pub.value)))
@@ -139,6 +169,9 @@ def run_facts(
                     result.dead_letters[notice.code] += 1
                 continue
             p.error = (outcome.rejection.code, outcome.rejection.reason)
+            if outcome.rejection.__cause__ is not None:  # internal_error: a bug this fact met
+                log.error("fact %s of channel %s failed in the core; dead-lettered", p.fact.event_id,
+                          p.fact.channel_id, exc_info=outcome.rejection.__cause__)
         assert p.error is not None
         if outbox:
             fx.messages.append(_dead_letter(topics, p.record, *p.error, failed_at))
@@ -156,6 +189,7 @@ async def write_effects(conn: asyncpg.Connection, directory: Directory, revs: di
     await repo.save_activities(conn, fx.activities)
     await repo.save_merges(conn, fx.merges)
     await repo.erase_activities(conn, fx.erased)
+    await repo.save_grade_changes(conn, fx.grades)
     await repo.save_applied(conn, fx.applied)
     await repo.save_outbox(conn, fx.messages)
 
@@ -177,17 +211,26 @@ def _parse(kind: InboundKind, record: Record) -> Parsed:
 
 
 def _dead_letter(topics: Topics, r: Record, code: str, message: str, failed_at: int) -> tuple[str, str | None, bytes]:
-    key = r.key.decode("utf-8", "replace") if r.key is not None else None
+    key = storable_text(r.key) if r.key is not None else None
     body = {
         "sourceTopic": r.topic,
         "partition": r.partition,
         "offset": r.offset,
         "key": key,
-        "value": (r.value or b"").decode("utf-8", "replace"),
-        "error": {"code": code, "message": message},
+        "value": storable_text(r.value or b""),
+        "error": {"code": code, "message": storable_text(message.encode("utf-8", "backslashreplace"))},
         "failedAt": failed_at,
     }
     return (topics.dead_letter, key, orjson.dumps(body))
+
+
+def storable_text(raw: bytes) -> str:
+    """The record's bytes as text any consumer and PostgreSQL can hold: UTF-8 as it is;
+    bytes that are not UTF-8 as `\\xNN` (Python's backslashreplace, as the contract
+    says), and U+0000, which no PostgreSQL text can hold, as `\\x00` too. Only a junk
+    key or value is changed by this (docs/contract.md, "identity.dead-letter")."""
+    text = raw.decode("utf-8", "backslashreplace")
+    return text.replace("\x00", "\\x00") if "\x00" in text else text
 
 
 # -- loading ---------------------------------------------------------------------------
@@ -240,6 +283,13 @@ def _keys_of(fact: Fact) -> tuple[set[str], set[repo.Key]]:
     ):
         add(kind, raw, clean)
     return ids, keys
+
+
+async def load_grades(conn: asyncpg.Connection, directory: Directory, facts: list[Fact]) -> None:
+    """The grade definitions of the channels whose grade commands are in `facts` (D2)."""
+    channels = {f.channel_id for f in facts if f.msg.type.startswith("grade.") and f.channel_id not in directory.grades.defined}
+    for channel_id, grades in (await repo.load_grades(conn, channels)).items():
+        directory.grades.load(channel_id, grades)
 
 
 async def _load(conn: asyncpg.Connection, facts: list[Fact]) -> tuple[Directory, dict[str, int]]:

@@ -19,6 +19,7 @@ import orjson
 
 from services.domain.hygiene import clean_email, clean_mobile
 from services.domain.values import PARSERS, Rejected
+from services.platform import kafka, logs
 from services.platform.args import UsageError, non_negative_int
 from services.platform.config import ConfigError, Settings
 from services.store.pool import database
@@ -27,16 +28,14 @@ from services.store.pool import database
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.command == "run" else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
     try:
         settings = Settings.from_env()
     except ConfigError as err:
         print(f"unifier: {err}", file=sys.stderr)
         return 2
+    # The long-running commands say what they do; one-shot commands only what goes wrong.
+    logs.setup(settings.log_level or ("INFO" if args.command in LONG_RUNNING else "WARNING"), settings.log_format)
+    kafka.use(settings)
     try:
         return int(asyncio.run(args.handler(settings, args)) or 0)
     except UsageError as err:
@@ -44,6 +43,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except Exception:
+        # One JSON line with the error and its stack, scrubbed like every log line,
+        # rather than a raw traceback on stderr.
+        logging.getLogger("unifier").critical("unifier %s stopped by an unexpected error", args.command, exc_info=True)
+        return 1
+
+
+LONG_RUNNING = frozenset({"run", "api"})
 
 
 def _parser() -> argparse.ArgumentParser:

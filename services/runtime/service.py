@@ -39,7 +39,10 @@ async def run_service(settings: Settings, stop: asyncio.Event | None = None, *, 
         # Health is served from the first moment, so an orchestrator sees "degraded"
         # while the broker or the database is still away, rather than a crash loop.
         parts: dict[str, Callable[[], bool]] = {"broker": lambda: False, "database": lambda: False}
-        server = await metrics.serve(settings.metrics_port, lambda: {name: ok() for name, ok in parts.items()})
+        server = await metrics.serve(
+            settings.metrics_port, lambda: {name: ok() for name, ok in parts.items()},
+            host=settings.metrics_host, read_timeout=settings.metrics_read_timeout,
+        )
         try:
             async def topics_exist() -> bool:
                 await ensure_topics(bootstrap, settings.topic_prefix, settings.partitions)
