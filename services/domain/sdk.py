@@ -74,7 +74,7 @@ def _visitor(w: Work, veil: str, member_id: str | None) -> User:
             # U6: a source that becomes a member itself is no source any more (U1: never
             # member into member): its pending unification and candidates go.
             became.pending_into = became.pending_since = None
-            became.candidates = []
+            became.offered = []
             return became
         if cur is not None:  # another member's browser: the veil changes hands (never member→member, U1)
             _release_veil(w, cur, veil)
