@@ -271,8 +271,9 @@ async def test_d1_phone_and_email_chats_attach_to_the_customer_with_that_contact
 ) -> None:
     """Story (help desk): a call from a known number attaches to the member with that
     number, a mail from a known address (any spelling) to the lead with that address; a
-    mail from an unknown address is a new lead with a qualified e-mail; a web chat that
-    merely mentions a known address is a new lead of its own (typed, unqualified)."""
+    mail from an unknown address is a new lead with a qualified e-mail; a web form
+    carrying the lead's address attaches to that lead too (D1: "web form … same e-mail"),
+    while one carrying an address only a visitor typed is a new lead of its own."""
     async with running_service(settings), Publisher(settings) as pub:
         await pub.command(
             ev("m", "member.upsert", T0, memberId="mem-1", profile={"mobileNumber": PHONE}),
@@ -292,20 +293,24 @@ async def test_d1_phone_and_email_chats_attach_to_the_customer_with_that_contact
             chat("mail", "mail-1", "email", email=" Ask@Example.JP"),
             chat("new", "mail-2", "email", email="new@example.jp"),
             chat("web", "web-1", "web", email="ask@example.jp"),
+            ev("typed", "contact", T0 + DAY, veilId="v-typist", email="typed@example.jp"),
+            chat("web2", "web-2", "web", email="typed@example.jp"),
         )
-        await wait_for(lambda: applied(pool, 6))
-        changes = await wait_for(lambda: _created(settings, 4), message="four created users")
+        await wait_for(lambda: applied(pool, 8))
+        changes = await wait_for(lambda: _created(settings, 5), message="five created users")
 
     owners = dict(await pool.fetch("SELECT event_id, user_id FROM activities"))
-    assert owners["call"] == member["id"] and owners["mail"] == lead["id"]
-    assert owners["new"] not in (member["id"], lead["id"], owners["web"]) and owners["web"] not in (member["id"], lead["id"])
+    assert owners["call"] == member["id"] and owners["mail"] == lead["id"] and owners["web"] == lead["id"]
+    assert owners["new"] not in (member["id"], lead["id"], owners["web2"])
     # D1b: a help-desk match attaches the inquiry, never the sender's veil.
     assert await find_user(pool, CH, "veil", "tel-1") is None and await find_user(pool, CH, "veil", "mail-1") is None
     new = await find_user(pool, CH, "veil", "mail-2")
     assert new is not None and (new["type"], new["profile"], new["qualified"]) == ("lead", {"email": "new@example.jp"}, ["email"])
-    web = await find_user(pool, CH, "veil", "web-1")
-    assert web is not None and (web["type"], web["profile"], web["qualified"]) == ("lead", {"email": "ask@example.jp"}, [])
-    assert sorted(changes) == sorted([member["id"], lead["id"], new["id"], web["id"]])  # no other customer created
+    assert await find_user(pool, CH, "veil", "web-1") is None  # D1b
+    typist, web2 = await find_user(pool, CH, "veil", "v-typist"), await find_user(pool, CH, "veil", "web-2")
+    assert typist is not None and web2 is not None and owners["web2"] == web2["id"] != typist["id"]
+    assert (web2["type"], web2["profile"], web2["qualified"]) == ("lead", {"email": "typed@example.jp"}, [])
+    assert sorted(changes) == sorted([member["id"], lead["id"], new["id"], typist["id"], web2["id"]])  # no other customer
 
 
 async def _created(settings: Settings, n: int) -> list[str] | None:
