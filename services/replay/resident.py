@@ -83,6 +83,6 @@ class Resident:
         async with conn.transaction():
             await bulk.copy_activities(conn, fx.activities)
             await repo.save_merges(conn, fx.merges)  # re-points chats written before too (U4)
-            await repo.erase_activities(conn, fx.erased)
+            await repo.erase_personal_data(conn, fx.erased)
             await bulk.copy_applied(conn, fx.applied)
             await repo.save_grade_changes(conn, fx.grades)
