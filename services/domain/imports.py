@@ -27,7 +27,7 @@ from .directory import Directory
 from .hygiene import clean_email, clean_member_id, clean_mobile
 from .ids import fact_user_id, member_user_id
 from .priority import WRITE_ONCE, update_wins
-from .profile import promote
+from .profile import FLAG_ATTRS, promote
 from .saga import BLAST_RADIUS, approve, member_candidates, refresh_candidates
 from .unification import IMPORT_TAG_LIMIT
 from .user import EMAIL, MOBILE, User, Value
@@ -515,7 +515,7 @@ def _set(user: User, values: dict[str, Any], at: int) -> None:
         if key == MEMBER_ID:
             continue  # the row's identity: already the user's memberId
         if key in FLAGS:
-            setattr(user, _FLAG_ATTRS[key], False if value is _CLEAR else value)
+            setattr(user, FLAG_ATTRS[key], False if value is _CLEAR else value)
         elif key == "tags":
             user.tags = [] if value is _CLEAR else sorted({*user.tags, *value})
         elif value is _CLEAR:
@@ -527,7 +527,6 @@ def _set(user: User, values: dict[str, Any], at: int) -> None:
             _replace(user, key, Value(value, True, member, at))
 
 
-_FLAG_ATTRS = {"unsubscribeEmail": "unsubscribe_email", "unsubscribeTexting": "unsubscribe_texting", "hasPushToken": "has_push_token"}
 
 
 def _replace(user: User, key: str, new: Value) -> None:

@@ -53,6 +53,18 @@ def set_values(user: User, values: Mapping[str, Value]) -> None:
             user.fields[key] = new
 
 
+FLAG_ATTRS = {"unsubscribeEmail": "unsubscribe_email", "unsubscribeTexting": "unsubscribe_texting", "hasPushToken": "has_push_token"}
+"""P1: the editable flags outside `profile`, by their key and User attribute."""
+
+
+def set_flags(user: User, msg: Any) -> None:
+    """P1: a staff or API command sets the flags it names; absent (null) keeps the value."""
+    for key, attr in FLAG_ATTRS.items():
+        value = getattr(msg, key)
+        if value is not None:
+            setattr(user, attr, value)
+
+
 def has_contact(user: User) -> bool:
     return any(user.value(k) is not None for k in CONTACT_KEYS)
 
