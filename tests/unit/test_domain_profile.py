@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from .domain_support import MIN, T0, World, changes
 
-
 # -- P1 ----------------------------------------------------------------------------------
 
 
