@@ -8,8 +8,8 @@ names no known import, or an import definition that breaks the mapping rules (wh
 importer checks before publishing), is rejected like any malformed fact.
 
 The per-batch state an import needs beyond users — its definition, its running counts
-and failed rows, the channel's MU budget (I17) — is an `ImportBook` that the projection
-loads with the batch and writes back in the same transaction. Handlers reach it through
+and failed rows — is an `ImportBook` that the projection loads with the batch and
+writes back in the same transaction. Handlers reach it through
 the channel settings (`ImportChannel`), so the core's signature stays the one of every
 other fact.
 """
@@ -23,11 +23,10 @@ from typing import Any
 
 from .channel import ChannelSettings
 from .core import Work, handles
-from .directory import Directory
 from .hygiene import clean_email, clean_member_id, clean_mobile
 from .ids import fact_user_id, member_user_id
 from .priority import WRITE_ONCE, update_wins
-from .profile import FLAG_ATTRS, promote
+from .profile import BUILTIN_TYPES, FLAG_ATTRS, promote
 from .saga import BLAST_RADIUS, approve, member_candidates, refresh_candidates
 from .unification import IMPORT_TAG_LIMIT
 from .user import EMAIL, MOBILE, User, Value
@@ -53,14 +52,6 @@ SYSTEM_KEYS = frozenset(
 )
 SYSTEM_PREFIXES = ("web.", "mobile.")
 
-BUILTIN_TYPES: dict[str, str] = {
-    "profile.name": "string",
-    "profile.description": "string",
-    "profile.lastCheckoutCompletedAt": "date",
-    "profile.referrer": "string",
-    **{f"profile.utm{part}": "string" for part in ("Source", "Medium", "Campaign", "Content", "Term")},
-}
-"""P2's built-in profile keys and their types (the contacts are parsed as contacts)."""
 
 CONTACTS = {EMAIL: "email", MOBILE: "mobile"}
 LEAD_KEYS = {"email": EMAIL, "mobileNumber": MOBILE}
@@ -262,43 +253,11 @@ class Finished:
     at: int
 
 
-def mu_visible(user: User) -> bool:
-    """C5/I17: a lead or member that counts against the MU limit (blocked users do not;
-    masked ones are already beyond it)."""
-    return user.type != "anonymous" and user.alive and not user.blocked and not user.masked
-
-
-@dataclass(slots=True)
-class MuBudget:
-    """I17: the channel's MU limit and how many visible MU it had before this batch.
-
-    The count at any row is exact in the order facts are applied — the stored count plus
-    what the batch's earlier facts changed — so a rebuild masks the same users whatever
-    the batch boundaries were."""
-
-    limit: int
-    stored: int
-    loaded_visible: frozenset[str]  # loaded users that were visible MU
-
-    def has_room(self, directory: Directory, channel_id: str) -> bool:
-        changed = directory.changed
-        if self.stored + len(changed) < self.limit:  # even if every change added one
-            return True
-        if self.stored - len(changed) >= self.limit:  # even if every change removed one
-            return False
-        now = self.stored
-        for user in changed.values():
-            if user.channel_id == channel_id:
-                now += mu_visible(user) - (user.id in self.loaded_visible)
-        return now < self.limit
-
-
 @dataclass(slots=True)
 class ImportBook:
     """The import state of one batch: known definitions in, counts and records out."""
 
     definitions: dict[tuple[str, str], ImportDef] = field(default_factory=dict)
-    budgets: dict[str, MuBudget] = field(default_factory=dict)
     events: list[Started | Finished] = field(default_factory=list)  # in apply order
     tallies: dict[tuple[str, str], Tally] = field(default_factory=dict)
 
@@ -371,7 +330,7 @@ def on_import_row(w: Work) -> None:
     definition = book.definition(w.channel_id, msg.importId)
     tally = book.tally(w.channel_id, msg.importId)
     try:
-        created, withheld = apply_row(w, definition, book.budgets.get(w.channel_id), msg.cells, msg.rowError)
+        created, withheld = apply_row(w, definition, msg.cells, msg.rowError)
     except Rejected as err:
         # Undo whatever the row had changed: a failed row changes nothing (I15).
         w.rollback()
@@ -425,7 +384,7 @@ def parse_cells(definition: ImportDef, cells: dict[str, str]) -> dict[str, Any]:
 
 
 def apply_row(
-    w: Work, definition: ImportDef, budget: MuBudget | None, cells: dict[str, str], row_error: str | None,
+    w: Work, definition: ImportDef, cells: dict[str, str], row_error: str | None,
 ) -> tuple[bool, RowFailed | None]:
     """Create or update the row's user (I2, I3): whether it was created, and why its
     unifications were withheld (G2), if they were."""
@@ -441,7 +400,7 @@ def apply_row(
                 f"{' and '.join(missing)} must be given (true or false) when a row creates a new"
                 f" {definition.mode}",
             )
-        user = _new_user(w, definition, values[definition.key], budget)
+        user = _new_user(w, definition, values[definition.key])
     else:
         user = found.copy()
         user.updated_at = max(user.updated_at, w.at)  # I11: updated users only get updatedAt
@@ -492,8 +451,9 @@ def _seen(user: User) -> int:
     return user.last_seen_at if user.last_seen_at is not None else user.created_at
 
 
-def _new_user(w: Work, definition: ImportDef, key_value: str, budget: MuBudget | None) -> User:
-    """I11: created and last seen at import time. I17: masked beyond the MU limit."""
+def _new_user(w: Work, definition: ImportDef, key_value: str) -> User:
+    """I11: created and last seen at import time. (Masked beyond the MU limit by the core
+    after the row, as every new user is: mu.py, I17.)"""
     if definition.mode == "member":
         uid = imported_member_user_id(w.channel_id, key_value)
         if w.directory.get(uid) is not None:  # that memberId was deleted once: a new person
@@ -503,7 +463,6 @@ def _new_user(w: Work, definition: ImportDef, key_value: str, budget: MuBudget |
         uid = fact_user_id(w.channel_id, w.fact.event_id)
         user = User(id=uid, channel_id=w.channel_id, type="lead", created_at=w.at, updated_at=w.at)
     user.last_seen_at = w.at
-    user.masked = budget is not None and not budget.has_room(w.directory, w.channel_id)
     return user
 
 

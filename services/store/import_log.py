@@ -10,7 +10,7 @@ commands take and renew the lock and read the log.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import asyncpg
@@ -25,10 +25,9 @@ from services.domain.imports import (
     ImportBook,
     ImportChannel,
     ImportDef,
-    MuBudget,
     Started,
-    mu_visible,
 )
+from services.domain.mu import MuBudget, mu_visible
 
 FAILURES_KEPT_MS = 30 * 24 * 60 * 60 * 1000  # I15: failed rows downloadable for 30 days
 
@@ -39,16 +38,16 @@ async def prepare(
     conn: asyncpg.Connection, facts: Iterable[Fact], settings: dict[str, ChannelSettings], directory: Directory,
     *, complete: bool = False,
 ) -> ImportBook | None:
-    """The import book of a batch, attached to the settings of every channel that has
-    import facts in it; None when the batch has none. `complete`: `directory` holds
+    """The per-batch state beyond users, attached to the channels' settings: the MU
+    budget of every channel with a limit (I17, whatever the facts), and the import book
+    of a batch with import facts (None when it has none). `complete`: `directory` holds
     every user of its channels (a rebuild's), so the MU count comes from it, not the store."""
+    facts = list(facts)
+    await _attach_mu_budgets(conn, {f.channel_id for f in facts}, settings, directory, complete=complete)
     wanted: set[tuple[str, str]] = set()
-    rows_in: set[str] = set()
     for fact in facts:
         if fact.msg.type.startswith("import."):
             wanted.add((fact.channel_id, fact.msg.importId))
-            if fact.msg.type == "import.row":
-                rows_in.add(fact.channel_id)
     if not wanted:
         return None
     book = ImportBook()
@@ -63,29 +62,38 @@ async def prepare(
         book.definitions[(r["channel_id"], r["import_id"])] = ImportDef.build(
             r["channel_id"], r["import_id"], r["mode"], lead_key, r["blank"], r["tag"], columns
         )
-    limited = sorted(ch for ch in rows_in if settings[ch].mu_limit is not None)
-    if limited:
-        visible = {
-            ch: frozenset(u.id for u in directory.users() if u.channel_id == ch and mu_visible(u)) for ch in limited
-        }
-        if complete:
-            counts = {ch: len(ids) for ch, ids in visible.items()}
-        else:
-            counts = dict(
-                await conn.fetch(
-                    """SELECT channel_id, count(*) FROM users
-                        WHERE channel_id = ANY($1::text[]) AND type <> 'anonymous' AND NOT deleted
-                          AND merged_into IS NULL AND NOT blocked AND NOT masked
-                        GROUP BY channel_id""",
-                    limited,
-                )
-            )
-        for ch in limited:
-            book.budgets[ch] = MuBudget(settings[ch].mu_limit or 0, counts.get(ch, 0), visible[ch])
     for ch in {c for c, _ in wanted}:
         s = settings[ch]
-        settings[ch] = ImportChannel(s.channel_id, s.member_hash_secret, s.mu_limit, s.field_types, book)
+        settings[ch] = ImportChannel(**{f.name: getattr(s, f.name) for f in fields(ChannelSettings)}, book=book)
     return book
+
+
+async def _attach_mu_budgets(
+    conn: asyncpg.Connection, channels: set[str], settings: dict[str, ChannelSettings], directory: Directory,
+    *, complete: bool,
+) -> None:
+    """I17: each limited channel's visible MU at the start of the batch, which the core
+    keeps current fact by fact (services/domain/mu.py)."""
+    limited = sorted(ch for ch in channels if settings[ch].mu_limit is not None)
+    if not limited:
+        return
+    if complete:
+        counts = dict.fromkeys(limited, 0)
+        for u in directory.users():
+            if u.channel_id in counts and mu_visible(u):
+                counts[u.channel_id] += 1
+    else:
+        counts = dict(
+            await conn.fetch(
+                """SELECT channel_id, count(*) FROM users
+                    WHERE channel_id = ANY($1::text[]) AND type <> 'anonymous' AND NOT deleted
+                      AND merged_into IS NULL AND NOT blocked AND NOT masked
+                    GROUP BY channel_id""",
+                limited,
+            )
+        )
+    for ch in limited:
+        settings[ch] = replace(settings[ch], mu_budget=MuBudget(settings[ch].mu_limit or 0, counts.get(ch, 0)))
 
 
 async def save(conn: asyncpg.Connection, book: ImportBook) -> None:

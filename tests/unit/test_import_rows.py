@@ -10,7 +10,8 @@ from contracts.inbound import ImportFinished, ImportRow, ImportStarted
 from services.domain import core
 from services.domain.core import Fact, Outcome
 from services.domain.directory import Directory
-from services.domain.imports import Column, ImportBook, ImportChannel, ImportDef, MuBudget
+from services.domain.imports import Column, ImportBook, ImportChannel, ImportDef
+from services.domain.mu import MuBudget
 from services.domain.saga import member_candidates
 from services.domain.user import EMAIL, MOBILE, User, Value
 
@@ -41,10 +42,11 @@ class Harness:
         self.book = ImportBook()
         self.definition = ImportDef.build(CH, IMP, mode, key, blank, tag, columns)
         self.book.definitions[(CH, IMP)] = self.definition
+        budget = None
         if mu_limit is not None:
             visible = [u for u in users if u.type != "anonymous" and u.alive and not u.blocked and not u.masked]
-            self.book.budgets[CH] = MuBudget(mu_limit, len(visible), frozenset(u.id for u in visible))
-        self.settings = ImportChannel(CH, mu_limit=mu_limit, book=self.book)
+            budget = MuBudget(mu_limit, len(visible))
+        self.settings = ImportChannel(CH, mu_limit=mu_limit, mu_budget=budget, book=self.book)
         self.n = 1
 
     def row(self, at: int = T0, row_error: str | None = None, **cells: str) -> Outcome:
