@@ -124,8 +124,8 @@ async def _save_started(conn: asyncpg.Connection, s: Started) -> None:
     )
     if s.new_types:  # I5: declared for the channel; a type declared meanwhile stays
         await conn.execute(
-            """INSERT INTO channels AS c (channel_id, field_types) VALUES ($1, $2)
-               ON CONFLICT (channel_id) DO UPDATE SET field_types = EXCLUDED.field_types || c.field_types""",
+            """INSERT INTO channels AS c (channel_id, imported_types) VALUES ($1, $2)
+               ON CONFLICT (channel_id) DO UPDATE SET imported_types = EXCLUDED.imported_types || c.imported_types""",
             d.channel_id, s.new_types,
         )
 

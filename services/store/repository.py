@@ -48,7 +48,8 @@ async def load_users(conn: asyncpg.Connection, ids: Sequence[str], keys: Sequenc
 async def load_channels(conn: asyncpg.Connection, channel_ids: Iterable[str]) -> dict[str, ChannelSettings]:
     wanted = sorted(set(channel_ids))
     rows = await conn.fetch(
-        "SELECT channel_id, member_hash_secret, mu_limit, field_types FROM channels WHERE channel_id = ANY($1::text[])",
+        """SELECT channel_id, member_hash_secret, mu_limit, imported_types || field_types AS field_types
+             FROM channels WHERE channel_id = ANY($1::text[])""",
         wanted,
     )
     found = {r["channel_id"]: ChannelSettings(r["channel_id"], r["member_hash_secret"], r["mu_limit"], dict(r["field_types"])) for r in rows}
