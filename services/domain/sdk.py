@@ -73,7 +73,7 @@ def _visitor(w: Work, veil: str, member_id: str | None) -> User:
             became = cur.copy()  # U2: no member has this memberId: the same user becomes it
             became.type, became.member_id = "member", member_id
             # U6: a source that becomes a member itself is no source any more (U1: never
-            # member into member): its pending unification and candidates go.
+            # member into member): its pending unification and offered candidates go.
             became.pending_into = became.pending_since = None
             became.offered = []
             return became
