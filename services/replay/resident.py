@@ -22,6 +22,7 @@ import asyncpg
 
 from contracts.topics import Topics
 from services.domain.directory import Directory, identities
+from services.domain.mu import MuBudget
 from services.projection.batch import BatchResult, Effects, load_grades, parse_records, run_facts
 from services.projection.records import Record
 from services.store import bulk, import_log
@@ -41,6 +42,7 @@ class Resident:
         self.seen: set[tuple[str, str]] = set()  # (channel, eventId) applied
         self.channels: set[str] = set()  # of every fact read (a sharded build checks them)
         self._pending = Effects()
+        self._mu: dict[str, MuBudget] = {}  # I17: each MU-limited channel's count, kept current by the core
 
     async def apply(self, records: list[Record]) -> BatchResult:
         parsed = parse_records(self.topics, records)
@@ -52,7 +54,7 @@ class Resident:
             await load_grades(conn, self.directory, facts)  # none stored yet: marks the channels known
             # CSV import (I12-I17): definitions written by earlier chunks; MU counts
             # from the directory, which holds every user (none is in the store yet).
-            imports = await import_log.prepare(conn, facts, settings, self.directory, complete=True)
+            imports = await import_log.prepare(conn, facts, settings, self.directory, complete=True, mu_kept=self._mu)
             fx = run_facts(self.directory, parsed, settings, self.seen, self.topics, result, outbox=False, failed_at=0)
             self._pending.extend(fx)
             if imports is not None:

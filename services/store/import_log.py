@@ -36,14 +36,18 @@ FAILURES_KEPT_MS = 30 * 24 * 60 * 60 * 1000  # I15: failed rows downloadable for
 
 async def prepare(
     conn: asyncpg.Connection, facts: Iterable[Fact], settings: dict[str, ChannelSettings], directory: Directory,
-    *, complete: bool = False,
+    *, complete: bool = False, mu_kept: dict[str, MuBudget] | None = None,
 ) -> ImportBook | None:
     """The per-batch state beyond users, attached to the channels' settings: the MU
     budget of every channel with a limit (I17, whatever the facts), and the import book
     of a batch with import facts (None when it has none). `complete`: `directory` holds
-    every user of its channels (a rebuild's), so the MU count comes from it, not the store."""
+    every user of its channels (a rebuild's), so the MU count comes from it, not the
+    store; `mu_kept` then carries each channel's budget from chunk to chunk (the core
+    keeps it exact), so the directory is counted once per channel, not once per chunk."""
     facts = list(facts)
-    await _attach_mu_budgets(conn, {f.channel_id for f in facts}, settings, directory, complete=complete)
+    await _attach_mu_budgets(
+        conn, {f.channel_id for f in facts}, settings, directory, complete=complete, kept=mu_kept
+    )
     wanted: set[tuple[str, str]] = set()
     for fact in facts:
         if fact.msg.type.startswith("import."):
@@ -70,7 +74,7 @@ async def prepare(
 
 async def _attach_mu_budgets(
     conn: asyncpg.Connection, channels: set[str], settings: dict[str, ChannelSettings], directory: Directory,
-    *, complete: bool,
+    *, complete: bool, kept: dict[str, MuBudget] | None,
 ) -> None:
     """I17: each limited channel's visible MU at the start of the batch, which the core
     keeps current fact by fact (services/domain/mu.py)."""
@@ -78,10 +82,14 @@ async def _attach_mu_budgets(
     if not limited:
         return
     if complete:
-        counts = dict.fromkeys(limited, 0)
-        for u in directory.users():
-            if u.channel_id in counts and mu_visible(u):
-                counts[u.channel_id] += 1
+        known = kept if kept is not None else {}
+        counts = {ch: known[ch].visible for ch in limited if ch in known}
+        missing = {ch: 0 for ch in limited if ch not in counts}
+        if missing:
+            for u in directory.users():
+                if u.channel_id in missing and mu_visible(u):
+                    missing[u.channel_id] += 1
+            counts.update(missing)
     else:
         counts = dict(
             await conn.fetch(
@@ -93,7 +101,10 @@ async def _attach_mu_budgets(
             )
         )
     for ch in limited:
-        settings[ch] = replace(settings[ch], mu_budget=MuBudget(settings[ch].mu_limit or 0, counts.get(ch, 0)))
+        budget = MuBudget(settings[ch].mu_limit or 0, counts.get(ch, 0))
+        settings[ch] = replace(settings[ch], mu_budget=budget)
+        if complete and kept is not None:
+            kept[ch] = budget
 
 
 async def save(conn: asyncpg.Connection, book: ImportBook) -> None:
