@@ -252,6 +252,13 @@ class TrackEvent(_Envelope):
 # ------------------------------------------------------------------------------ commands
 
 
+# P1: the flags staff and the API may edit besides `profile`; absent or null keeps the
+# user's value.
+UnsubscribeEmail = Annotated[bool | None, Field(description="Opted out of marketing e-mail (P1).")]
+UnsubscribeTexting = Annotated[bool | None, Field(description="Opted out of marketing SMS (P1).")]
+HasPushToken = Annotated[bool | None, Field(description="The app can send it push notifications (P1).")]
+
+
 class UpdateProfile(_Command):
     """Staff or API edit of a user (qualified, C4)."""
 
@@ -260,6 +267,9 @@ class UpdateProfile(_Command):
     profile: Profile
     name: Text | None = None
     tags: list[Id] | None = None
+    unsubscribeEmail: UnsubscribeEmail = None
+    unsubscribeTexting: UnsubscribeTexting = None
+    hasPushToken: HasPushToken = None
 
 
 class UpsertMember(_Command):
@@ -269,6 +279,9 @@ class UpsertMember(_Command):
     memberId: Id
     profile: Profile
     name: Text | None = None
+    unsubscribeEmail: UnsubscribeEmail = None
+    unsubscribeTexting: UnsubscribeTexting = None
+    hasPushToken: HasPushToken = None
 
 
 class CreateLead(_Command):

@@ -130,7 +130,9 @@ async def run_import(settings: Settings, req: ImportRequest, *, progress: IO[str
     async with infrastructure(settings) as (bootstrap, database_url):
         pool = await create_pool(database_url, settings.db_schema, max_size=3)
         try:
-            declared = await pool.fetchval("SELECT field_types FROM channels WHERE channel_id = $1", req.channel)
+            declared = await pool.fetchval(
+                "SELECT imported_types || field_types FROM channels WHERE channel_id = $1", req.channel
+            )
             try:
                 mapping = plan(headers, req.maps, req.mode, req.key, dict(declared or {}))
             except MappingError as err:

@@ -193,7 +193,7 @@ async def write_effects(conn: asyncpg.Connection, directory: Directory, revs: di
     await repo.save_identities(conn, [(u, ids) for u in changed if (ids := identities(u)) != directory.loaded_identities(u.id)])
     await repo.save_activities(conn, fx.activities)
     await repo.save_merges(conn, fx.merges)
-    await repo.erase_activities(conn, fx.erased)
+    await repo.erase_personal_data(conn, fx.erased)
     await repo.save_grade_changes(conn, fx.grades)
     await repo.save_applied(conn, fx.applied)
     await repo.forget_applied(conn, sorted({c for c, _e, _t in fx.applied}), WINDOW_MS)

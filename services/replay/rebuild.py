@@ -90,14 +90,21 @@ async def open_schema(database_url: str, schema: str) -> asyncpg.Pool:
 async def copy_channels(source: asyncpg.Connection | asyncpg.Pool, source_schema: str, target: asyncpg.Pool) -> int:
     """Channel settings are configuration, not facts: the log cannot rebuild them, so
     the rebuilt schema gets the live ones (committed, so that `apply_batch` on other
-    connections of `target` sees them)."""
+    connections of `target` sees them). The types imports declared (`imported_types`)
+    are facts: the rebuild declares them as it replays the imports (P2: a type declared
+    later must not reject earlier facts), so the target keeps its own."""
     rows = await source.fetch(
         f'SELECT channel_id, member_hash_secret, mu_limit, field_types::text FROM "{source_schema}".channels'
     )
     async with target.acquire() as c, c.transaction():
-        await c.execute("DELETE FROM channels")
+        await c.execute(
+            "UPDATE channels SET member_hash_secret = NULL, mu_limit = NULL, field_types = '{}' WHERE channel_id <> ALL($1::text[])",
+            [r[0] for r in rows],
+        )
         await c.executemany(
-            "INSERT INTO channels (channel_id, member_hash_secret, mu_limit, field_types) VALUES ($1, $2, $3, $4::text::jsonb)",
+            """INSERT INTO channels (channel_id, member_hash_secret, mu_limit, field_types) VALUES ($1, $2, $3, $4::text::jsonb)
+               ON CONFLICT (channel_id) DO UPDATE SET member_hash_secret = EXCLUDED.member_hash_secret,
+                   mu_limit = EXCLUDED.mu_limit, field_types = EXCLUDED.field_types""",
             [tuple(r) for r in rows],
         )
     return len(rows)
@@ -173,12 +180,14 @@ async def _batch_by_batch(
 
 
 async def _empty(pool: asyncpg.Pool) -> None:
-    """Empty what a build wrote into its fresh schema; the channel settings stay."""
+    """Empty what a build wrote into its fresh schema; the channel settings stay, the
+    types its imports declared go (they are declared again)."""
     tables = await pool.fetch(
         "SELECT tablename FROM pg_tables WHERE schemaname = current_schema() AND tablename <> 'channels' ORDER BY 1"
     )
     if tables:
         await pool.execute("TRUNCATE " + ", ".join(f'"{t[0]}"' for t in tables))
+    await pool.execute("UPDATE channels SET imported_types = '{}' WHERE imported_types <> '{}'")
 
 
 async def catch_up(

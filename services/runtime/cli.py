@@ -169,7 +169,8 @@ async def _channel_configure(settings: Settings, args: argparse.Namespace) -> in
                  member_hash_secret = CASE WHEN $5 THEN NULLIF($2, '') ELSE c.member_hash_secret END,
                  mu_limit = COALESCE($3, c.mu_limit),
                  field_types = c.field_types || $4::jsonb
-               RETURNING channel_id, member_hash_secret IS NOT NULL AS member_hash, mu_limit, field_types""",
+               RETURNING channel_id, member_hash_secret IS NOT NULL AS member_hash, mu_limit,
+                         imported_types || field_types AS field_types""",
             args.channel, secret, args.mu_limit, fields, secret is not None,
         )
     _print({"channelId": row["channel_id"], "memberHashRequired": row["member_hash"], "muLimit": row["mu_limit"], "fields": row["field_types"]})

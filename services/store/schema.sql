@@ -124,13 +124,17 @@ CREATE TABLE IF NOT EXISTS grade_holders (
 CREATE INDEX IF NOT EXISTS grade_holders_key ON grade_holders (channel_id, kind, value);
 
 -- Channel settings (H1 secret, I17 MU limit, P2 field types): configuration set by
--- `unifier channel configure`, read by every batch.
+-- `unifier channel configure`, read by every batch. `imported_types` are the profile
+-- types CSV imports declared (I5): facts, not configuration, so a rebuild declares
+-- them again as it replays the imports instead of copying them. A batch validates with
+-- both, the configured type winning (`imported_types || field_types`).
 CREATE TABLE IF NOT EXISTS channels (
     channel_id         text PRIMARY KEY,
     member_hash_secret text,
     mu_limit           integer,
     field_types        jsonb NOT NULL DEFAULT '{}'
 );
+ALTER TABLE channels ADD COLUMN IF NOT EXISTS imported_types jsonb NOT NULL DEFAULT '{}';
 
 -- Small facts about this schema's surroundings, e.g. which in-memory log of the
 -- embedded broker its inbox offsets refer to.
