@@ -92,3 +92,4 @@ class Resident:
             await repo.save_merges(conn, fx.merges)  # re-points chats written before too (U4)
             await repo.erase_personal_data(conn, fx.erased)
             await repo.save_grade_changes(conn, fx.grades)
+            await repo.save_rejected(conn, fx.rejected)
