@@ -31,6 +31,7 @@ _VARIABLE = {
     "metrics_port": "UNIFIER_METRICS_PORT",
     "batch_max": "UNIFIER_BATCH_MAX",
     "kafka_idempotence": "UNIFIER_KAFKA_IDEMPOTENCE",
+    "http_addr": "UNIFIER_HTTP_ADDR",
 }
 _INT_FIELDS = frozenset({"partitions", "metrics_port", "batch_max"})
 _BOOL_FIELDS = frozenset({"kafka_idempotence"})
@@ -61,6 +62,8 @@ class Settings:
     # Idempotent producers: on for Apache Kafka (a retried send is never doubled);
     # off by default because tansu, the embedded broker, refuses them.
     kafka_idempotence: bool = False
+    # The HTTP API's listening address, host:port (port 0: any free port).
+    http_addr: str = "127.0.0.1:8080"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -114,6 +117,8 @@ def _check(name: str, value: Any) -> str | None:
         return f"must be at least 1, got {value}"
     elif name == "metrics_port" and not 0 <= value <= 65535:
         return f"must be a port 0-65535 (0: any free port), got {value}"
+    elif name == "http_addr" and not ((m := _BROKER.fullmatch(value)) and 0 <= int(m[1]) < 65536):
+        return f"must be host:port, got {value!r}"
     elif name == "batch_max" and value < 1:
         return f"must be at least 1, got {value}"
     return None

@@ -99,6 +99,7 @@ class Effects:
     erased: list[str] = field(default_factory=list)
     activities: list[Activity] = field(default_factory=list)
     messages: list[tuple[str, str | None, bytes | None]] = field(default_factory=list)  # outbox rows
+    rejected: list[tuple[str, str, str, str]] = field(default_factory=list)  # commands: (channel, eventId, code, reason)
 
     def extend(self, other: Effects) -> None:
         self.applied.extend(other.applied)
@@ -106,6 +107,7 @@ class Effects:
         self.erased.extend(other.erased)
         self.activities.extend(other.activities)
         self.messages.extend(other.messages)
+        self.rejected.extend(other.rejected)
 
 
 def run_facts(
@@ -139,6 +141,8 @@ def run_facts(
                     result.dead_letters[notice.code] += 1
                 continue
             p.error = (outcome.rejection.code, outcome.rejection.reason)
+            if p.record.topic == topics.commands:  # the API answers "rejected, because …"
+                fx.rejected.append((*pair, *p.error))
         assert p.error is not None
         if outbox:
             fx.messages.append(_dead_letter(topics, p.record, *p.error, failed_at))
@@ -157,6 +161,7 @@ async def write_effects(conn: asyncpg.Connection, directory: Directory, revs: di
     await repo.save_merges(conn, fx.merges)
     await repo.erase_activities(conn, fx.erased)
     await repo.save_applied(conn, fx.applied)
+    await repo.save_rejected(conn, fx.rejected)
     await repo.save_outbox(conn, fx.messages)
 
 

@@ -85,6 +85,7 @@ def _parser() -> argparse.ArgumentParser:
 # handlers are `async def handler(settings, args) -> int` (see `_user_show`).
 EXTENSIONS: tuple[str, ...] = (
     "services.importer.cli", "services.replay.cli", "services.runtime.deadletters", "services.retention.cli",
+    "services.api.cli",
 )
 
 
@@ -152,19 +153,15 @@ async def _channel_configure(settings: Settings, args: argparse.Namespace) -> in
         if type_name not in PARSERS:
             raise UsageError(f"--field {spec!r}: type must be one of {', '.join(sorted(PARSERS))}")
         fields[key] = type_name
-    secret = args.member_hash_secret
+    from services.store.channels import KEEP, configure_channel
+
     async with database(settings) as pool:
-        row = await pool.fetchrow(
-            """INSERT INTO channels AS c (channel_id, member_hash_secret, mu_limit, field_types)
-               VALUES ($1, NULLIF($2, ''), $3, $4::jsonb)
-               ON CONFLICT (channel_id) DO UPDATE SET
-                 member_hash_secret = CASE WHEN $5 THEN NULLIF($2, '') ELSE c.member_hash_secret END,
-                 mu_limit = COALESCE($3, c.mu_limit),
-                 field_types = c.field_types || $4::jsonb
-               RETURNING channel_id, member_hash_secret IS NOT NULL AS member_hash, mu_limit, field_types""",
-            args.channel, secret, args.mu_limit, fields, secret is not None,
+        configured = await configure_channel(
+            pool, args.channel, fields=fields,
+            member_hash_secret=KEEP if args.member_hash_secret is None else args.member_hash_secret,
+            mu_limit=KEEP if args.mu_limit is None else args.mu_limit,
         )
-    _print({"channelId": row["channel_id"], "memberHashRequired": row["member_hash"], "muLimit": row["mu_limit"], "fields": row["field_types"]})
+    _print(configured)
     return 0
 
 
