@@ -276,6 +276,66 @@ class MarketingDelivered(_Command):
     campaignId: str
 
 
+class CancelUnification(_Command):
+    """Staff cancel a pending unification (U6); rejected `not_pending` when there is none."""
+
+    type: Literal["unification.cancel"]
+    sourceUserId: str
+
+
+# A grade name (D2): unique per channel, at most 64 characters, not blank, no surrounding
+# spaces, no `/` (it is a path segment of the HTTP API) and no control characters.
+GradeName = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=64, pattern=r"^[^\s/\x00-\x1f\x7f](?:[^/\x00-\x1f\x7f]*[^\s/\x00-\x1f\x7f])?$"),
+    _OneError(
+        "grade_name",
+        "Grade name should be 1 to 64 characters without '/', control characters or surrounding spaces",
+    ),
+]
+Colour = Annotated[
+    str,
+    StringConstraints(pattern=r"^#[0-9A-Fa-f]{6}$"),
+    _OneError("colour", "Colour should be #rrggbb (six hexadecimal digits)"),
+]
+GradeHolderKind = Literal["email", "mobileNumber", "memberId"]
+
+
+class DefineGrade(_Command):
+    """Define a grade, or change its colour (D2)."""
+
+    type: Literal["grade.define"]
+    name: GradeName
+    colour: Colour = Field(description="`#rrggbb`, stored in lower case.")
+
+
+class RemoveGrade(_Command):
+    """Remove a grade everywhere (D2); rejected `unknown_grade` when it is not defined."""
+
+    type: Literal["grade.remove"]
+    name: GradeName
+
+
+class AssignGrade(_Command):
+    """Give the holders of a key a grade (D2): every user with that memberId or holding
+    that e-mail/mobile number as a qualified contact shows it. Rejected `unknown_grade`
+    when the grade is not defined."""
+
+    type: Literal["grade.assign"]
+    name: GradeName
+    kind: GradeHolderKind
+    value: str = Field(description="Compared as identity keys are (U9): e-mail lower-cased, mobile in E.164.")
+
+
+class UnassignGrade(_Command):
+    """Take a grade away from a key (D2); a key without it is left as it is."""
+
+    type: Literal["grade.unassign"]
+    name: GradeName
+    kind: GradeHolderKind
+    value: str
+
+
 # --------------------------------------------------------------------------- import-rows
 
 ImportValueType = Literal["string", "number", "boolean", "date", "datetime", "list", "listOfNumber"]
@@ -344,7 +404,12 @@ Command: TypeAlias = Annotated[
     | UnblockUser
     | DeleteUser
     | DeleteMember
-    | MarketingDelivered,
+    | MarketingDelivered
+    | CancelUnification
+    | DefineGrade
+    | RemoveGrade
+    | AssignGrade
+    | UnassignGrade,
     Field(discriminator="type"),
 ]
 ImportMessage: TypeAlias = Annotated[
@@ -365,6 +430,11 @@ InboundMessage: TypeAlias = (
     | DeleteUser
     | DeleteMember
     | MarketingDelivered
+    | CancelUnification
+    | DefineGrade
+    | RemoveGrade
+    | AssignGrade
+    | UnassignGrade
     | ImportStarted
     | ImportRow
     | ImportFinished
@@ -422,6 +492,11 @@ def parse_inbound(
     | DeleteUser
     | DeleteMember
     | MarketingDelivered
+    | CancelUnification
+    | DefineGrade
+    | RemoveGrade
+    | AssignGrade
+    | UnassignGrade
 ): ...
 @overload
 def parse_inbound(

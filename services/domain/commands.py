@@ -12,7 +12,22 @@ from .values import Rejected, parse_tags
 
 
 def _live(w: Work, user_id: str) -> User:
-    """The user a command names; a merged id resolves to its survivor (U8)."""
+    """The user a command names. A merged id is rejected (U8): an edit, block or delete
+    meant for the merged record must never land on the survivor, who may be someone
+    staff did not mean (code `merged_user`, the reason names the survivor)."""
+    user = w.directory.get(user_id)
+    if user is None or user.deleted or user.channel_id != w.channel_id:
+        raise Rejected("unknown_user", f"no user {user_id!r} in channel {w.channel_id!r}")
+    if user.merged_into is not None:
+        survivor = w.directory.resolve(user_id)
+        into = survivor.id if survivor is not None else user.merged_into
+        raise Rejected("merged_user", f"user {user_id!r} was merged into {into!r}; send the command for {into!r} (U8)")
+    return user
+
+
+def _resolved(w: Work, user_id: str) -> User:
+    """The user a command names, a merged id resolved to its survivor (U8): for records
+    that follow the person (a marketing delivery, so no campaign is sent twice, U4)."""
     user = w.directory.resolve(user_id)
     if user is None or user.deleted or user.channel_id != w.channel_id:
         raise Rejected("unknown_user", f"no user {user_id!r} in channel {w.channel_id!r}")
@@ -108,7 +123,7 @@ def on_delivered(w: Work) -> None:
     """Delivery records follow the user through merges so no campaign is sent twice (U4).
     Receiving a message does not make a lead (C2)."""
     msg = w.fact.msg
-    user = _live(w, msg.userId)
+    user = _resolved(w, msg.userId)
     if msg.campaignId in user.delivered:
         return
     user = user.copy()
@@ -120,6 +135,19 @@ def on_delivered(w: Work) -> None:
 def on_approve(w: Work) -> None:
     msg = w.fact.msg
     approve(w, msg.sourceUserId, msg.targetUserId)
+
+
+@handles("unification.cancel")
+def on_cancel(w: Work) -> None:
+    """U6: staff cancel a pending unification; the source stays as it is (its candidates
+    too: staff may approve again)."""
+    msg = w.fact.msg
+    source = _live(w, msg.sourceUserId)
+    if source.pending_into is None:
+        raise Rejected("not_pending", f"user {msg.sourceUserId!r} has no pending unification")
+    left = source.copy()
+    left.pending_into = left.pending_since = None
+    w.put(left)
 
 
 @handles("user.block", "user.unblock")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .channel import ChannelSettings
 from .directory import Directory
@@ -19,6 +19,9 @@ from .publication import Publication, publish
 from .unification import MergeRecord
 from .user import User
 from .values import Rejected
+
+if TYPE_CHECKING:  # grades registers its handlers here, so it imports this module
+    from .grades import GradeChange
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +65,8 @@ class Outcome:
     notices: list[Rejected] = field(default_factory=list)
     # Deleted users (B2): their chat messages stay, without the author's personal data.
     erased: list[str] = field(default_factory=list)
+    # Changes of the channel's grades (D2), in order, for the store to write.
+    grades: list[GradeChange] = field(default_factory=list)
 
 
 class Work:
@@ -147,4 +152,4 @@ def apply(directory: Directory, fact: Fact, settings: ChannelSettings, *, messag
 
 
 # Register the handlers (import for their side effect on HANDLERS).
-from . import commands, imports, sdk  # noqa: E402,F401
+from . import commands, grades, imports, sdk  # noqa: E402,F401

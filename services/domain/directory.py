@@ -30,10 +30,26 @@ def identities(user: User) -> frozenset[Identity]:
     return frozenset(keys)
 
 
+class GradeBook:
+    """The grade definitions (D2, name → colour) of the channels whose grade commands a
+    batch holds (a rebuild keeps every channel's for the whole log). Grades are held by
+    keys, not users, so no user state carries them (services/domain/grades.py)."""
+
+    def __init__(self) -> None:
+        self.defined: dict[str, dict[str, str]] = {}
+
+    def load(self, channel_id: str, grades: dict[str, str]) -> None:
+        self.defined.setdefault(channel_id, dict(grades))
+
+    def of(self, channel_id: str) -> dict[str, str]:
+        return self.defined.setdefault(channel_id, {})
+
+
 class Directory:
     """An in-memory, per-batch index of users (all channels of the batch)."""
 
     def __init__(self, users: Iterable[User] = ()) -> None:
+        self.grades = GradeBook()
         self._users: dict[str, User] = {}
         self._by_key: dict[tuple[str, str, str], set[str]] = {}
         self._ids: dict[str, frozenset[Identity]] = {}

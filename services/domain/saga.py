@@ -77,7 +77,9 @@ def on_member_login(w: Work, member: User) -> None:
         w.put(updated)
     waiting = [
         s for s in w.directory.pending_for(w.channel_id, member.id)
-        if s.alive and s.pending_since is not None and s.pending_since <= w.at
+        # A source that became a member meanwhile no longer waits (U6; its login cleared
+        # it, but a state stored before that rule may still name it): never member→member (U1).
+        if s.alive and s.type != "member" and s.pending_since is not None and s.pending_since <= w.at
     ]
     if len(waiting) > BLAST_RADIUS:
         # G2: a login that would merge more than 50 sources merges none; they stay pending

@@ -60,6 +60,10 @@ def _visitor(w: Work, veil: str, member_id: str | None) -> User:
         if cur is not None and cur.type != "member":
             became = cur.copy()  # U2: no member has this memberId: the same user becomes it
             became.type, became.member_id = "member", member_id
+            # U6: a source that becomes a member itself is no source any more (U1: never
+            # member into member): its pending unification and candidates go.
+            became.pending_into = became.pending_since = None
+            became.candidates = []
             return became
         if cur is not None:  # another member's browser: the veil changes hands (never member→member, U1)
             _release_veil(w, cur, veil)
@@ -114,10 +118,13 @@ def on_chat(w: Work) -> None:
             contacts[MOBILE] = clean_mobile(msg.contact.mobileNumber)
 
     found = w.directory.by_veil(w.channel_id, veil)
-    if found is None and qualified:
-        found = _help_desk_match(w, contacts)  # D1
+    matched = found is None and qualified and (found := _help_desk_match(w, contacts)) is not None  # D1
     user = found.copy() if found is not None else new_anonymous(w, veil)
-    user.veils.setdefault(veil, w.at)
+    if not matched:
+        # D1b: a help-desk match attaches the inquiry, never the sender's veil: a contact
+        # anyone can claim in a chat must not make that browser the customer (only a
+        # login does, H1).
+        user.veils.setdefault(veil, w.at)
     user.last_contact_at = max(user.last_contact_at or w.at, w.at)
     is_member = user.type == "member"
     set_values(user, {k: Value(v, qualified, is_member, w.at) for k, v in contacts.items()})

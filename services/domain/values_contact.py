@@ -1,7 +1,8 @@
 """Contact values: e-mail addresses and mobile numbers in the form U9 compares.
 
 Two users share a contact only if the normalised strings are equal, so whatever these
-return is the matching key: e-mail trimmed and lower-cased, mobile numbers in E.164.
+return is the matching key: e-mail NFKC-normalised, trimmed and lower-cased, mobile
+numbers in E.164.
 """
 
 import re
@@ -28,8 +29,14 @@ _MOBILE_EXAMPLE = "e.g. +819012345678 or +81 090-1234-5678"
 
 
 def normalize_email(raw: str) -> str:
-    """Trim and lower-case; refuse what cannot be an address (U9, G1)."""
-    email = raw.strip().lower()
+    """NFKC, trim and lower-case; refuse what cannot be an address (U9, G1).
+
+    NFKC first: an address typed with a Japanese IME arrives in full-width forms
+    (`ｔａｒｏ＠ｅｘａｍｐｌｅ．ｊｐ`), which staff and the site mean as `taro@example.jp`."""
+    email = raw.strip()
+    if not email.isascii():
+        email = unicodedata.normalize("NFKC", email).strip()
+    email = email.lower()
     if "@" not in email:
         raise ValueRejected("e-mail address must contain @, e.g. name@example.com")
     if len(email) > _EMAIL_MAX or _EMAIL.fullmatch(email) is None:

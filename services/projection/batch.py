@@ -23,6 +23,7 @@ from services.domain import core
 from services.domain.channel import ChannelSettings
 from services.domain.core import Activity, Fact
 from services.domain.directory import Directory, identities
+from services.domain.grades import GradeChange
 from services.domain.hygiene import clean_email, clean_member_id, clean_mobile, clean_veil_id
 from services.domain.ids import member_user_id, veil_user_id
 from services.domain.imports import imported_member_user_id
@@ -74,6 +75,7 @@ async def apply_batch(
         seen = await repo.already_applied(conn, sorted({(p.fact.channel_id, p.fact.event_id) for p in facts if p.fact}))
         settings = await repo.load_channels(conn, {p.fact.channel_id for p in facts if p.fact})
         directory, revs = await _load(conn, [p.fact for p in facts if p.fact])
+        await load_grades(conn, directory, [p.fact for p in facts if p.fact])
         # CSV import (I12-I17): definitions, MU budgets; written back below.
         imports = await import_log.prepare(conn, [p.fact for p in facts if p.fact], settings, directory)
 
@@ -100,9 +102,11 @@ class Effects:
     activities: list[Activity] = field(default_factory=list)
     messages: list[tuple[str, str | None, bytes | None]] = field(default_factory=list)  # outbox rows
     rejected: list[tuple[str, str, str, str]] = field(default_factory=list)  # commands: (channel, eventId, code, reason)
+    grades: list[GradeChange] = field(default_factory=list)  # D2, in fact order
 
     def extend(self, other: Effects) -> None:
         self.applied.extend(other.applied)
+        self.grades.extend(other.grades)
         self.merges.extend(other.merges)
         self.erased.extend(other.erased)
         self.activities.extend(other.activities)
@@ -131,6 +135,7 @@ def run_facts(
                 fx.merges.extend(outcome.merges)
                 fx.erased.extend(outcome.erased)
                 fx.activities.extend(outcome.activities)
+                fx.grades.extend(outcome.grades)
                 if outbox:
                     for pub in outcome.publications:
                         fx.messages.append((topics.user_changed, pub.key, None if pub.value is None else orjson.dumps(pub.value)))
@@ -160,6 +165,7 @@ async def write_effects(conn: asyncpg.Connection, directory: Directory, revs: di
     await repo.save_activities(conn, fx.activities)
     await repo.save_merges(conn, fx.merges)
     await repo.erase_activities(conn, fx.erased)
+    await repo.save_grade_changes(conn, fx.grades)
     await repo.save_applied(conn, fx.applied)
     await repo.save_rejected(conn, fx.rejected)
     await repo.save_outbox(conn, fx.messages)
@@ -245,6 +251,13 @@ def _keys_of(fact: Fact) -> tuple[set[str], set[repo.Key]]:
     ):
         add(kind, raw, clean)
     return ids, keys
+
+
+async def load_grades(conn: asyncpg.Connection, directory: Directory, facts: list[Fact]) -> None:
+    """The grade definitions of the channels whose grade commands are in `facts` (D2)."""
+    channels = {f.channel_id for f in facts if f.msg.type.startswith("grade.") and f.channel_id not in directory.grades.defined}
+    for channel_id, grades in (await repo.load_grades(conn, channels)).items():
+        directory.grades.load(channel_id, grades)
 
 
 async def _load(conn: asyncpg.Connection, facts: list[Fact]) -> tuple[Directory, dict[str, int]]:

@@ -1,7 +1,8 @@
 """The digest of the canonical state: the same facts give the same digest.
 
 Canonical form: every user's full state (provenance included) in id order, then every
-merge record in (channel, source) order, each as sorted-key JSON, one per line.
+merge record in (channel, source) order, then the grades (D2) and their holders in key
+order, each as sorted-key JSON, one per line.
 """
 
 from __future__ import annotations
@@ -40,6 +41,12 @@ async def digest_in_transaction(c: asyncpg.Connection) -> str:
         merge = dict(row)
         merge["contested"] = _json(merge["contested"])
         h.update(orjson.dumps(merge, option=_OPTS) + b"\n")
+    h.update(b"--grades--\n")
+    for row in await c.fetch("SELECT channel_id, name, colour FROM grades ORDER BY channel_id, name"):
+        h.update(orjson.dumps(list(row)) + b"\n")
+    h.update(b"--grade-holders--\n")
+    async for row in c.cursor("SELECT channel_id, name, kind, value FROM grade_holders ORDER BY 1, 2, 3, 4", prefetch=10_000):
+        h.update(orjson.dumps(list(row)) + b"\n")
     return h.hexdigest()
 
 

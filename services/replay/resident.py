@@ -22,7 +22,7 @@ import asyncpg
 
 from contracts.topics import Topics
 from services.domain.directory import Directory, identities
-from services.projection.batch import BatchResult, Effects, parse_records, run_facts
+from services.projection.batch import BatchResult, Effects, load_grades, parse_records, run_facts
 from services.projection.records import Record
 from services.store import bulk, import_log
 from services.store import repository as repo
@@ -49,6 +49,7 @@ class Resident:
         result = BatchResult()
         async with self.pool.acquire() as conn:
             settings = await repo.load_channels(conn, {f.channel_id for f in facts})
+            await load_grades(conn, self.directory, facts)  # none stored yet: marks the channels known
             # CSV import (I12-I17): definitions written by earlier chunks; MU counts
             # from the directory, which holds every user (none is in the store yet).
             imports = await import_log.prepare(conn, facts, settings, self.directory, complete=True)
@@ -85,3 +86,4 @@ class Resident:
             await repo.erase_activities(conn, fx.erased)
             await bulk.copy_applied(conn, fx.applied)
             await repo.save_rejected(conn, fx.rejected)
+            await repo.save_grade_changes(conn, fx.grades)

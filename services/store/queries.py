@@ -37,9 +37,42 @@ async def find_user(conn: asyncpg.Connection | asyncpg.Pool, channel_id: str, by
     if user.merged_into is not None:
         return {"id": user.id, "mergedInto": user.merged_into}
     view = user_view(user)
+    view["grades"] = await grades_of(conn, channel_id, view)
     candidates = await _still_users(conn, channel_id, user.candidates)
     view["unification"] = {"candidates": candidates, "pendingInto": user.pending_into}
     return view
+
+
+def grade_keys(user_json: dict[str, Any]) -> list[tuple[str, str]]:
+    """The keys that give a user grades (D2): its memberId and its *qualified* contacts,
+    from the contract's `user` object (`memberId`, `profile`, `qualified`). A masked user
+    (I17) shows none: its personal keys are hidden, and grades derive from them."""
+    keys: list[tuple[str, str]] = []
+    if user_json.get("memberId"):
+        keys.append(("memberId", user_json["memberId"]))
+    profile = user_json.get("profile") or {}
+    for kind in ("email", "mobileNumber"):
+        value = profile.get(kind)
+        if isinstance(value, str) and kind in (user_json.get("qualified") or ()):
+            keys.append((kind, value))
+    return keys
+
+
+async def grades_of(conn: asyncpg.Connection | asyncpg.Pool, channel_id: str, user_json: dict[str, Any]) -> list[dict[str, str]]:
+    """`[{"name", "colour"}]` of every grade assigned to a key the user holds, by name.
+    Computed when read, so it holds after merges and imports (the survivor holds the keys)."""
+    keys = grade_keys(user_json)
+    if not keys:
+        return []
+    rows = await conn.fetch(
+        """SELECT DISTINCT g.name, g.colour FROM grade_holders h
+             JOIN grades g ON g.channel_id = h.channel_id AND g.name = h.name
+             JOIN unnest($2::text[], $3::text[]) AS k(kind, value) ON h.kind = k.kind AND h.value = k.value
+            WHERE h.channel_id = $1
+            ORDER BY g.name""",
+        channel_id, [k for k, _ in keys], [v for _, v in keys],
+    )
+    return [{"name": r["name"], "colour": r["colour"]} for r in rows]
 
 
 async def _still_users(conn: asyncpg.Connection | asyncpg.Pool, channel_id: str, ids: list[str]) -> list[str]:

@@ -13,6 +13,7 @@ import orjson
 from services.domain.channel import ChannelSettings
 from services.domain.core import Activity
 from services.domain.directory import Identity
+from services.domain.grades import GradeChange
 from services.domain.unification import MergeRecord
 from services.domain.user import User
 from services.store.pool import borrow
@@ -268,3 +269,42 @@ async def erase_activities(conn: asyncpg.Connection, user_ids: Sequence[str]) ->
 
 def dumps(value: Any) -> bytes:
     return orjson.dumps(value)
+
+
+# -- grades (D2) -----------------------------------------------------------------------
+
+
+async def load_grades(conn: asyncpg.Connection, channel_ids: Iterable[str]) -> dict[str, dict[str, str]]:
+    """The grade definitions (name → colour) of each channel."""
+    wanted = sorted(set(channel_ids))
+    found: dict[str, dict[str, str]] = {ch: {} for ch in wanted}
+    if wanted:
+        for r in await conn.fetch("SELECT channel_id, name, colour FROM grades WHERE channel_id = ANY($1::text[])", wanted):
+            found[r[0]][r[1]] = r[2]
+    return found
+
+
+async def save_grade_changes(conn: asyncpg.Connection, changes: Sequence[GradeChange]) -> None:
+    """Write grade changes in the order the facts made them (staff commands: few, so one
+    statement each)."""
+    for c in changes:
+        if c.op == "define":
+            await conn.execute(
+                """INSERT INTO grades (channel_id, name, colour) VALUES ($1, $2, $3)
+                   ON CONFLICT (channel_id, name) DO UPDATE SET colour = EXCLUDED.colour""",
+                c.channel_id, c.name, c.colour,
+            )
+        elif c.op == "remove":
+            await conn.execute("DELETE FROM grade_holders WHERE channel_id = $1 AND name = $2", c.channel_id, c.name)
+            await conn.execute("DELETE FROM grades WHERE channel_id = $1 AND name = $2", c.channel_id, c.name)
+        elif c.op == "assign":
+            await conn.execute(
+                """INSERT INTO grade_holders (channel_id, name, kind, value) VALUES ($1, $2, $3, $4)
+                   ON CONFLICT DO NOTHING""",
+                c.channel_id, c.name, c.kind, c.value,
+            )
+        else:
+            await conn.execute(
+                "DELETE FROM grade_holders WHERE channel_id = $1 AND name = $2 AND kind = $3 AND value = $4",
+                c.channel_id, c.name, c.kind, c.value,
+            )

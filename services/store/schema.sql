@@ -96,6 +96,25 @@ CREATE TABLE IF NOT EXISTS activities (
 );
 CREATE INDEX IF NOT EXISTS activities_user ON activities (user_id);
 
+-- Grades (D2): staff-defined labels held by keys (an e-mail, a mobile number in E.164,
+-- a memberId), not by users, so a customer shows the grades of the keys it holds after
+-- merges and imports too (services/store/queries.grades_of). Facts: written by the
+-- projection with the batch, rebuilt by replay, covered by the digest.
+CREATE TABLE IF NOT EXISTS grades (
+    channel_id text NOT NULL,
+    name       text NOT NULL,
+    colour     text NOT NULL,
+    PRIMARY KEY (channel_id, name)
+);
+CREATE TABLE IF NOT EXISTS grade_holders (
+    channel_id text NOT NULL,
+    name       text NOT NULL,
+    kind       text NOT NULL,  -- email | mobileNumber | memberId
+    value      text NOT NULL,
+    PRIMARY KEY (channel_id, name, kind, value)
+);
+CREATE INDEX IF NOT EXISTS grade_holders_key ON grade_holders (channel_id, kind, value);
+
 -- Channel settings (H1 secret, I17 MU limit, P2 field types): configuration set by
 -- `unifier channel configure`, read by every batch.
 CREATE TABLE IF NOT EXISTS channels (

@@ -298,8 +298,8 @@ async def test_d1_phone_and_email_chats_attach_to_the_customer_with_that_contact
     owners = dict(await pool.fetch("SELECT event_id, user_id FROM activities"))
     assert owners["call"] == member["id"] and owners["mail"] == lead["id"]
     assert owners["new"] not in (member["id"], lead["id"], owners["web"]) and owners["web"] not in (member["id"], lead["id"])
-    assert (await find_user(pool, CH, "veil", "tel-1") or {}).get("id") == member["id"]  # the caller's line is one of its veils
-    assert (await find_user(pool, CH, "veil", "mail-1") or {}).get("id") == lead["id"]
+    # D1b: a help-desk match attaches the inquiry, never the sender's veil.
+    assert await find_user(pool, CH, "veil", "tel-1") is None and await find_user(pool, CH, "veil", "mail-1") is None
     new = await find_user(pool, CH, "veil", "mail-2")
     assert new is not None and (new["type"], new["profile"], new["qualified"]) == ("lead", {"email": "new@example.jp"}, ["email"])
     web = await find_user(pool, CH, "veil", "web-1")

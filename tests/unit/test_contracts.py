@@ -64,6 +64,11 @@ EXAMPLES: dict[str, dict[str, Any]] = {
     "user.delete": {"actor": "system", "userId": "u_1"},
     "member.delete": {"actor": "api", "memberId": "m_1"},
     "marketing.delivered": {"actor": "system", "userId": "u_1", "campaignId": "cmp_1"},
+    "unification.cancel": {"actor": "staff_1", "sourceUserId": "u_1"},
+    "grade.define": {"actor": "staff_1", "name": "VIP", "colour": "#FFD700"},
+    "grade.remove": {"actor": "staff_1", "name": "VIP"},
+    "grade.assign": {"actor": "staff_1", "name": "VIP", "kind": "email", "value": "taro@example.jp"},
+    "grade.unassign": {"actor": "staff_1", "name": "VIP", "kind": "memberId", "value": "m-1"},
     "import.started": {
         "importId": "imp_1",
         "mode": "lead",
@@ -110,7 +115,7 @@ def rejection(body: dict[str, Any] | bytes, kind: InboundKind = "sdk-events") ->
 def test_contract_every_inbound_type_has_an_example() -> None:
     assert set(EXAMPLES) == set(KIND_OF)
     assert list(MODELS["sdk-events"]) == ["boot", "login", "chat", "contact", "track"]
-    assert len(MODELS["commands"]) == 9
+    assert len(MODELS["commands"]) == 14  # 1.1.0: unification.cancel and the four grade commands
 
 
 @pytest.mark.parametrize("wire_type", list(EXAMPLES))

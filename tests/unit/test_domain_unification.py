@@ -389,6 +389,34 @@ def test_u6_pending_cancelled_when_source_is_merged_elsewhere_first():
     assert w.user(m1.id).merged_user_ids == []
 
 
+def test_u6_pending_cancelled_when_source_becomes_member():
+    """U6 + U1: lead L pending into member M; L logs in as another (new) member, so L is a
+    member itself; M's login then has nothing to merge (it used to raise MergeRefused
+    out of the core)."""
+    w = World()
+    lead, m = _pending(w)
+    w.boot("v1", T0 + 2 * HOUR, memberId="m2")  # no member m2 yet: the lead becomes it (U2)
+    became = w.user(lead.id)
+    assert became.type == "member" and became.member_id == "m2"
+    assert became.pending_into is None and became.candidates == []
+    assert w.directory.pending_for(CH, m.id) == []
+
+    out = w.ok("login", T0 + 3 * HOUR, veilId="v9", memberId="m1")
+    assert out.merges == []
+    assert w.user(m.id).merged_user_ids == [] and w.user(lead.id).alive
+
+
+def test_u6_u1_a_stored_pending_member_source_is_not_merged_at_the_targets_login():
+    """A state written before the U6 rule (a member still marked pending) is skipped."""
+    w = World()
+    lead, m = _pending(w)
+    stale = w.user(lead.id).copy()
+    stale.type, stale.member_id = "member", "m2"
+    w.directory.put(stale)
+    out = w.ok("login", T0 + 3 * HOUR, veilId="v9", memberId="m1")
+    assert out.merges == []
+
+
 def test_u6_pending_unification_never_fires_twice():
     w = World()
     lead, m = _pending(w)
@@ -431,22 +459,38 @@ def test_u8_merged_id_resolves_to_the_target():
     assert w.directory.by_contact(CH, "email", EMAIL) == [w.user(m.id)]
 
 
-def test_u8_commands_to_a_merged_id_apply_to_the_target():
+def test_u8_destructive_commands_naming_a_merged_id_are_rejected_naming_the_survivor():
+    """U8: block, unblock, delete and profile update of a merged-away id never act on the
+    survivor; the rejection (`merged_user`) names it."""
+    w = World()
+    m = w.upsert_member("m1", T0, email=EMAIL)
+    lead = w.lead(EMAIL, T0)
+    w.ok("unification.approve", T0 + MIN, sourceUserId=lead.id, targetUserId=m.id)
+    before = w.user(m.id).to_json()
+
+    for type_, extra in (
+        ("user.delete", {}), ("user.block", {}), ("user.unblock", {}),
+        ("profile.update", {"profile": {"company": "ACME"}}),
+    ):
+        out = w.send(type_, T0 + 2 * MIN, userId=lead.id, **extra)
+        assert out.rejection is not None and out.rejection.code == "merged_user", type_
+        assert m.id in out.rejection.reason
+        assert out.publications == []
+
+    assert w.user(m.id).to_json() == before
+    assert w.user(m.id).alive
+
+
+def test_u8_u4_a_delivery_naming_a_merged_id_follows_the_person():
+    """U4: delivery records follow the survivor so no campaign is sent twice."""
     w = World()
     m = w.upsert_member("m1", T0, email=EMAIL)
     lead = w.lead(EMAIL, T0)
     w.ok("unification.approve", T0 + MIN, sourceUserId=lead.id, targetUserId=m.id)
 
-    w.ok("profile.update", T0 + 2 * MIN, userId=lead.id, profile={"company": "ACME"})
     w.ok("marketing.delivered", T0 + 3 * MIN, userId=lead.id, campaignId="cmp_1")
-    out = w.ok("user.block", T0 + 4 * MIN, userId=lead.id)
-
-    target = w.user(m.id)
-    assert target.value("profile.company") == "ACME"
-    assert target.delivered == ["cmp_1"]
-    assert target.blocked
-    assert changes(out) == [(f"{CH}:{m.id}", "blocked")]
-    assert w.user(lead.id).fields == {} and not w.user(lead.id).blocked
+    assert w.user(m.id).delivered == ["cmp_1"]
+    assert w.user(lead.id).fields == {} and w.user(lead.id).delivered == []
 
 
 # -- U9 ----------------------------------------------------------------------------------
@@ -603,7 +647,7 @@ def test_d1_phone_chat_attaches_to_the_customer_with_that_number():
 
     assert out.activities[0].user_id == m.id
     assert len(list(w.directory.users())) == count
-    assert w.veil("phone:1").id == m.id
+    assert w.directory.by_veil(CH, "phone:1") is None  # D1b: the inquiry, not the veil
 
 
 def test_d1_email_inquiry_attaches_to_the_customer_with_that_address():
@@ -618,6 +662,25 @@ def test_d1_email_inquiry_attaches_to_the_customer_with_that_address():
         contact={"email": "TARO@example.jp"},
     )
     assert out.activities[0].user_id == lead.id
+
+
+def test_d1b_an_email_chat_naming_a_members_address_never_hands_the_browser_veil_to_the_member():
+    """D1b + H1: a chat with medium `email` carrying a member's address, sent from a
+    fresh browser veil, attaches the chat to the member; that browser's later boots are
+    an anonymous visitor, never the member without a login."""
+    w = World()
+    m = w.upsert_member("m1", T0, email=EMAIL)
+    out = w.ok("chat", T0 + MIN, veilId="v-browser", chatId="c1", medium="email", contact={"email": EMAIL},
+               message={"messageId": "x", "text": "hi"})
+    assert out.activities[0].user_id == m.id
+    assert "v-browser" not in w.user(m.id).veils
+    assert w.directory.by_veil(CH, "v-browser") is None
+
+    w.boot("v-browser", T0 + 2 * MIN)
+    visitor = w.veil("v-browser")
+    assert visitor.id != m.id and visitor.type == "anonymous"
+    w.ok("track", T0 + 3 * MIN, veilId="v-browser", name="view")
+    assert w.user(m.id).veils == {}
 
 
 def test_d1_inquiry_without_a_match_creates_a_new_customer():
@@ -635,3 +698,13 @@ def test_d1_inquiry_without_a_match_creates_a_new_customer():
     assert out.activities[0].user_id == new.id
     assert new.type == "lead"
     assert new.fields["profile.mobileNumber"].q is True
+
+
+def test_u9_a_full_width_email_typed_with_an_ime_is_the_same_address():
+    """U9: NFKC before comparing: ｔａｒｏ＠ｅｘａｍｐｌｅ．ｊｐ is taro@example.jp."""
+    w = World()
+    m = w.upsert_member("m1", T0, email=EMAIL)
+    out = w.ok("lead.create", T0 + MIN, profile={"email": "ｔａｒｏ＠ｅｘａｍｐｌｅ．ｊｐ"})
+    lead = w.user(out.publications[0].value["userId"])
+    assert lead.value("profile.email") == EMAIL
+    assert lead.candidates == [m.id]

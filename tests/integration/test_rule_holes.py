@@ -1,0 +1,105 @@
+"""Issue 11, item 3: the rule holes of the hostile-input review, end to end through the
+real broker and PostgreSQL (docs/domain.md U6, U8, D1b; docs/decisions.md)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+import pytest
+
+from contracts.topics import Topics
+from services.domain.ids import fact_user_id
+from services.platform.config import Settings
+from services.store.queries import find_user
+from tests.support.infra import wait_for
+from tests.support.service import Publisher, read_topic, running_service
+
+pytestmark = pytest.mark.integration
+
+CH = "ch_holes"
+T0 = 1_746_316_800_000
+HOUR = 3_600_000
+DAY = 24 * HOUR
+
+
+def ev(event_id: str, type_: str, at: int, **fields: Any) -> dict[str, Any]:
+    if "." in type_:
+        fields.setdefault("actor", "staff-1")
+    return {"eventId": event_id, "type": type_, "channelId": CH, "occurredAt": at, **fields}
+
+
+async def applied(pool: asyncpg.Pool, n: int) -> bool:
+    return (await pool.fetchval("SELECT coalesce(sum(next_offset), 0) FROM inbox_offsets")) >= n
+
+
+async def dead_letters(settings: Settings) -> list[dict[str, Any]]:
+    return [v for _, v in await read_topic(settings, Topics(settings.topic_prefix).dead_letter) if v is not None]
+
+
+async def test_u6_pending_cancelled_when_source_becomes_member(settings: Settings, pool: asyncpg.Pool) -> None:
+    """Lead L pending into member M (U5); L logs in as another member (it becomes that
+    member, U2); M logs in. Before: `MergeRefused` escaped the core and the service
+    stopped. Now the pending unification is gone with L's own login, and M's login
+    merges nothing."""
+    async with running_service(settings) as service, Publisher(settings) as pub:
+        await pub.command(ev("m", "member.upsert", T0, memberId="mem-1", profile={"email": "hana@example.jp"}))
+        await pub.sdk(ev("b", "boot", T0 + HOUR, veilId="v-lead", platform="web"))
+        await wait_for(lambda: applied(pool, 2))
+        lead = await find_user(pool, CH, "veil", "v-lead")
+        member = await find_user(pool, CH, "member", "mem-1")
+        assert lead is not None and member is not None
+        await pub.command(
+            ev("p", "profile.update", T0 + 2 * HOUR, userId=lead["id"], profile={"email": "hana@example.jp"}),
+            ev("a", "unification.approve", T0 + 3 * HOUR, sourceUserId=lead["id"], targetUserId=member["id"]),
+        )
+        await wait_for(lambda: applied(pool, 4))
+        pending = await find_user(pool, CH, "id", lead["id"])
+        assert pending is not None and pending["unification"]["pendingInto"] == member["id"]
+
+        await pub.sdk(ev("l2", "boot", T0 + 4 * HOUR, veilId="v-lead", platform="web", memberId="mem-2"))
+        await pub.sdk(ev("l1", "login", T0 + DAY, veilId="v-member", memberId="mem-1"))
+        await wait_for(lambda: applied(pool, 6))
+        assert not service.done()  # the service is still running
+
+    became = await find_user(pool, CH, "id", lead["id"])
+    assert became is not None and became["type"] == "member" and became["memberId"] == "mem-2"
+    assert became["unification"] == {"candidates": [], "pendingInto": None}
+    target = await find_user(pool, CH, "member", "mem-1")
+    assert target is not None and target["mergedUserIds"] == []
+    assert await pool.fetchval("SELECT count(*) FROM merges") == 0
+
+
+async def test_u8_delete_naming_a_merged_lead_is_rejected_and_the_survivor_stays(settings: Settings, pool: asyncpg.Pool) -> None:
+    """`user.delete` naming a lead already merged into member M erased M before. Now it
+    is dead-lettered with code `merged_user`, the reason naming M, and M is untouched."""
+    lead_id = fact_user_id(CH, "lead")
+    async with running_service(settings), Publisher(settings) as pub:
+        await pub.command(
+            ev("m", "member.upsert", T0, memberId="mem-1", profile={"email": "taro@example.jp"}),
+            ev("lead", "lead.create", T0 + HOUR, profile={"email": "taro@example.jp"}),
+        )
+        await wait_for(lambda: applied(pool, 2))
+        member = await find_user(pool, CH, "member", "mem-1")
+        assert member is not None
+        await pub.command(
+            ev("a", "unification.approve", T0 + 2 * HOUR, sourceUserId=lead_id, targetUserId=member["id"]),
+            ev("d", "user.delete", T0 + 3 * HOUR, userId=lead_id),
+            ev("blk", "user.block", T0 + 3 * HOUR, userId=lead_id),
+        )
+        await wait_for(lambda: applied(pool, 5))
+        letters = await wait_for(
+            lambda: _with_code(settings, "merged_user", 2), message="two merged_user dead letters"
+        )
+
+    assert {letter["offset"] for letter in letters} == {3, 4}
+    assert all(member["id"] in letter["error"]["message"] for letter in letters)
+    assert await find_user(pool, CH, "id", lead_id) == {"id": lead_id, "mergedInto": member["id"]}
+    survivor = await find_user(pool, CH, "member", "mem-1")
+    assert survivor is not None and survivor["id"] == member["id"]
+    assert survivor["blocked"] is False and survivor["mergedUserIds"] == [lead_id]
+
+
+async def _with_code(settings: Settings, code: str, n: int) -> list[dict[str, Any]] | None:
+    found = [letter for letter in await dead_letters(settings) if letter["error"]["code"] == code]
+    return found if len(found) >= n else None
