@@ -66,7 +66,7 @@ class ApiBackend:
                 tag=filters.tag, grade=filters.grade,
                 blocked=None if filters.extra else filters.blocked,
                 masked=filters.masked, seen_after=filters.seen_after, seen_before=filters.seen_before,
-                contacts_only=filters.type is None and not filters.extra,
+                contact_list=filters.type is None and not filters.extra,
             )
         except Rejected:
             return Page([])  # not a usable identifier: nothing can match it
@@ -74,6 +74,8 @@ class ApiBackend:
             items, nxt = await queries.search_users(self.pool, channel, f, limit=limit, cursor=cursor)
         except BadCursor:
             items, nxt = await queries.search_users(self.pool, channel, f, limit=limit, cursor=None)
+        for item in items:  # D2: the labels the list shows
+            item["grades"] = await queries.grades_of(self.pool, channel, item)
         return Page(items, nxt)
 
     async def mu_count(self, channel: str) -> int:
@@ -90,20 +92,12 @@ class ApiBackend:
         return await queries.merges_into(self.pool, channel, user_id)
 
     async def unifications(self, channel: str, state: str) -> list[dict[str, Any]]:
-        """The review queue with each side's user, for display."""
+        """The review queue (U5, U6): each source with its candidate or waiting target."""
         items, _next = await queries.review_queue(self.pool, channel, state, limit=100, cursor=None)
-        out = []
-        for item in items:
-            source = await self.user(channel, item["sourceUserId"])
-            if source is None or "mergedInto" in source:
-                continue
-            if state == "pending":
-                target = await self.user(channel, item["targetUserId"]) if item.get("targetUserId") else None
-                out.append({"source": source, "target": target, "since": item.get("pendingSince")})
-            else:
-                targets = [t for tid in item.get("candidates", []) if (t := await self.user(channel, tid)) and "mergedInto" not in t]
-                out.append({"source": source, "targets": targets})
-        return out
+        return [
+            {"source": i["source"], "targets": i["targets"], "target": (i["targets"] or [None])[0], "since": i.get("pendingSince")}
+            for i in items
+        ]
 
     async def grades(self, channel: str) -> list[dict[str, Any]]:
         return await staff.grade_list(self.pool, channel)

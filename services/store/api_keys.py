@@ -40,7 +40,7 @@ def digest(key: str) -> bytes:
 
 
 def _key_id(key: str) -> str | None:
-    parts = key.split("_")
+    parts = key.split("_", 2)  # the secret (token_urlsafe) may itself contain "_"
     if len(parts) != 3 or parts[0] != "uk" or len(parts[1]) != 8:
         return None
     return parts[1]
@@ -77,6 +77,21 @@ async def authenticate(conn: asyncpg.Connection | asyncpg.Pool, key: str) -> Pri
     if row is None or not hmac.compare_digest(bytes(row["key_sha256"]), digest(key)):
         return None
     return Principal(row["name"], row["scope"], row["channel_id"])
+
+
+def key_id_of(key: str) -> str | None:
+    """The public id of a key (its prefix), or None when it is not shaped like one."""
+    return _key_id(key.strip())
+
+
+async def principal_by_id(conn: asyncpg.Connection | asyncpg.Pool, key_id: str) -> Principal | None:
+    """The principal of the live key with this id; None once it is revoked. The console
+    keeps only the id in its session cookie and asks again on every request, so revoking
+    a key ends the sessions signed in with it."""
+    row = await conn.fetchrow(
+        "SELECT name, scope, channel_id FROM api_keys WHERE key_id = $1 AND revoked_at IS NULL", key_id
+    )
+    return None if row is None else Principal(row["name"], row["scope"], row["channel_id"])
 
 
 async def list_keys(conn: asyncpg.Connection | asyncpg.Pool) -> list[dict[str, Any]]:
