@@ -45,9 +45,13 @@ VIEWPORT = {"width": 1366, "height": 900}  # a laptop screen
 expect.set_options(timeout=20_000)
 
 
+def chromium_installed() -> bool:
+    return os.path.isfile(CHROMIUM) or shutil.which(CHROMIUM) is not None
+
+
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
 async def browser() -> AsyncIterator[Browser]:
-    if not (os.path.isfile(CHROMIUM) or shutil.which(CHROMIUM)):
+    if not chromium_installed():
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail(INSTALL_HINT)
         pytest.skip(INSTALL_HINT)
