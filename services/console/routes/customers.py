@@ -58,8 +58,9 @@ async def customers(request: Request, ch: str) -> Response:
     params = dict(request.query_params)
     filters = filters_from(params)
     cursor = params.get("cursor") or None
+    limit = int(params["limit"]) if params.get("limit", "").isdigit() else PAGE_SIZE
     b = backend(request)
-    found = await b.search(ch, filters, PAGE_SIZE, cursor)
+    found = await b.search(ch, filters, max(1, min(limit, 100)), cursor)
     items = list(found.items)
     if filters.q and cursor is None:
         # "Search by any identifier": an exact user id, memberId or veilId comes first.
