@@ -139,9 +139,10 @@ async def merge_dialog(request: Request, ch: str, uid: str, q: str = "") -> Resp
         return await render_detail(request, ch, uid)
     members: list[dict[str, Any]] = []
     if q.strip():
-        found = await b.search(ch, Filters(q=q.strip(), type="member"), 20, None)
+        # Leads too: picking one shows why U1 refuses it, rather than hiding it.
+        found = await b.search(ch, Filters(q=q.strip()), 20, None)
         members = [m for m in found.items if m["id"] != uid]
-        exact = await b.search(ch, Filters(extra={"memberId": q.strip()}, type="member"), 5, None)
+        exact = await b.search(ch, Filters(extra={"memberId": q.strip()}), 5, None)
         members = [m for m in exact.items if m["id"] not in {x["id"] for x in members}] + members
     _ = translator(request.state.lang)
     src_state = await b.state(ch, uid)
