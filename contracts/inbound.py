@@ -52,17 +52,37 @@ class _OneError:
 
 _MAX_INT64 = 2**63 - 1
 
-EventId = Annotated[str, StringConstraints(min_length=1, max_length=128)]
-ChannelId = Annotated[str, StringConstraints(min_length=1, max_length=128)]
-Actor = Annotated[str, StringConstraints(min_length=1, max_length=128)]
-ImportId = Annotated[str, StringConstraints(min_length=1, max_length=128)]
+# ------------------------------------------------------------------ limits (the door)
+# Checked before anything is stored, so that no record can make PostgreSQL, the broker
+# or the JSON encoder fail later (docs/contract.md, "Limits"; docs/decisions.md,
+# "Hostile input"). Lengths count characters, sizes count bytes.
+MAX_MESSAGE_BYTES = 64 * 1024  # a whole inbound record value
+MAX_DEPTH = 10  # objects/arrays nested in a message; the envelope is level 1
+MAX_ID = 128  # every identifier and key: eventId, veilId, memberId, chatId, profile keys…
+MAX_TEXT = 256  # names and short labels: name, device fields, language, track name…
+MAX_CONTACT = 254  # an e-mail address or mobile number as sent (RFC 5321's path limit)
+MAX_VALUE = 4096  # a profile string value, each string of a list value, an import cell
+MAX_CHAT_TEXT = 16 * 1024  # a chat message's text
+MAX_PROPERTIES_BYTES = 16 * 1024  # track.properties, serialised as JSON
+
+EventId = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID)]
+ChannelId = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID)]
+Actor = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID)]
+ImportId = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID)]
+Id = Annotated[str, StringConstraints(max_length=MAX_ID)]
+"""An identifier other than the envelope's (veilId, memberId, userId, chatId…)."""
+Text = Annotated[str, StringConstraints(max_length=MAX_TEXT)]
+Contact = Annotated[str, StringConstraints(max_length=MAX_CONTACT)]
 # Bounded so that it always fits PostgreSQL's bigint; orjson yields ints up to 2**64 - 1.
 EpochMs = Annotated[int, Field(ge=0, le=_MAX_INT64)]
 
 ProfileKey = Annotated[
     str,
-    StringConstraints(pattern=r"^[^.](?s:.*[^.])?$"),
-    _OneError("profile_key", "Profile key should be non-empty and not start or end with '.'"),
+    StringConstraints(pattern=r"^[^.](?s:.*[^.])?$", max_length=MAX_ID),
+    _OneError(
+        "profile_key",
+        f"Profile key should be non-empty, at most {MAX_ID} characters and not start or end with '.'",
+    ),
 ]
 """A profile key without the `profile.` prefix, e.g. `email` for `profile.email`."""
 
@@ -75,7 +95,18 @@ ProfileValue = Annotated[
 ]
 """The JSON forms of the profile types (P2); the per-channel type is checked by the domain."""
 
-Profile = dict[ProfileKey, ProfileValue]
+_Value = Annotated[str, StringConstraints(max_length=MAX_VALUE)]
+InboundProfileValue = Annotated[
+    _Value | int | float | bool | list[_Value] | list[int | float] | None,
+    _OneError(
+        "profile_value",
+        f"Input should be a string (at most {MAX_VALUE} characters), number, boolean,"
+        " list of such strings, list of numbers or null",
+    ),
+]
+"""A profile value as it may arrive: ProfileValue within the limits."""
+
+Profile = dict[ProfileKey, InboundProfileValue]
 
 Platform = Literal["web", "mobile"]
 Medium = Literal["web", "mobile", "line", "instagram", "phone", "email"]
@@ -109,27 +140,27 @@ class _Command(_Envelope):
 class Device(_Strict):
     """Device facts reported by the SDK at boot (S2)."""
 
-    browser: str | None = None
-    browserName: str | None = None
-    os: str | None = None
-    osName: str | None = None
-    device: str | None = None
-    appName: str | None = None
-    appVersion: str | None = None
+    browser: Text | None = None
+    browserName: Text | None = None
+    os: Text | None = None
+    osName: Text | None = None
+    device: Text | None = None
+    appName: Text | None = None
+    appVersion: Text | None = None
 
 
 class ChatMessage(_Strict):
     """One chat message; `text` is absent for stickers, images and the like."""
 
-    messageId: str
-    text: str | None = None
+    messageId: Id
+    text: Annotated[str, StringConstraints(max_length=MAX_CHAT_TEXT)] | None = None
 
 
 class ChatContact(_Strict):
     """Caller id or sender address; qualified for the `phone` and `email` media (C4)."""
 
-    email: str | None = None
-    mobileNumber: str | None = None
+    email: Contact | None = None
+    mobileNumber: Contact | None = None
 
     @model_validator(mode="after")
     def _one_contact(self) -> ChatContact:
@@ -142,37 +173,37 @@ class BootEvent(_Envelope):
     """A page or app start. With `memberId` it is also a login (U2)."""
 
     type: Literal["boot"]
-    veilId: str
+    veilId: Id
     platform: Platform
-    memberId: str | None = None
-    memberHash: str | None = None
+    memberId: Id | None = None
+    memberHash: Id | None = None
     device: Device | None = None
-    language: str | None = None
-    city: str | None = None
-    country: str | None = None
+    language: Text | None = None
+    city: Text | None = None
+    country: Text | None = None
     profile: Profile | None = Field(
         default=None, description="Site data; qualified only when `memberId` is present."
     )
-    name: str | None = None
+    name: Text | None = None
 
 
 class LoginEvent(_Envelope):
     """The visitor on `veilId` logged in as `memberId` (U2)."""
 
     type: Literal["login"]
-    veilId: str
-    memberId: str
-    memberHash: str | None = None
+    veilId: Id
+    memberId: Id
+    memberHash: Id | None = None
     profile: Profile | None = None
-    name: str | None = None
+    name: Text | None = None
 
 
 class ChatEvent(_Envelope):
     """Chat activity; starting a chat makes an anonymous user a lead (C2)."""
 
     type: Literal["chat"]
-    veilId: str = Field(description="External-messenger veils look like `line:U123…`.")
-    chatId: str
+    veilId: Id = Field(description="External-messenger veils look like `line:U123…`.")
+    chatId: Id
     medium: Medium
     message: ChatMessage | None = None
     contact: ChatContact | None = None
@@ -182,9 +213,9 @@ class ContactEvent(_Envelope):
     """Contact data typed by the visitor (unqualified, C4)."""
 
     type: Literal["contact"]
-    veilId: str
-    email: str | None = None
-    mobileNumber: str | None = None
+    veilId: Id
+    email: Contact | None = None
+    mobileNumber: Contact | None = None
 
     @model_validator(mode="after")
     def _one_contact(self) -> ContactEvent:
@@ -197,9 +228,25 @@ class TrackEvent(_Envelope):
     """A behaviour event."""
 
     type: Literal["track"]
-    veilId: str
-    name: str
-    properties: dict[str, Any] = Field(default_factory=dict)
+    veilId: Id
+    name: Text
+    properties: dict[Id, Any] = Field(
+        default_factory=dict,
+        description=f"Free-form JSON: at most {MAX_PROPERTIES_BYTES} bytes serialised, 8 levels deep.",
+    )
+
+    @field_validator("properties")
+    @classmethod
+    def _bounded(cls, properties: dict[str, Any]) -> dict[str, Any]:
+        # Nesting is bounded for the whole message before validation (MAX_DEPTH), so
+        # this serialisation cannot recurse too deep.
+        size = len(orjson.dumps(properties))
+        if size > MAX_PROPERTIES_BYTES:
+            raise PydanticCustomError(
+                "too_large", "properties are {size} bytes as JSON; the limit is {limit}",
+                {"size": size, "limit": MAX_PROPERTIES_BYTES},
+            )
+        return properties
 
 
 # ------------------------------------------------------------------------------ commands
@@ -209,19 +256,19 @@ class UpdateProfile(_Command):
     """Staff or API edit of a user (qualified, C4)."""
 
     type: Literal["profile.update"]
-    userId: str
+    userId: Id
     profile: Profile
-    name: str | None = None
-    tags: list[str] | None = None
+    name: Text | None = None
+    tags: list[Id] | None = None
 
 
 class UpsertMember(_Command):
     """API "upsert by memberId"."""
 
     type: Literal["member.upsert"]
-    memberId: str
+    memberId: Id
     profile: Profile
-    name: str | None = None
+    name: Text | None = None
 
 
 class CreateLead(_Command):
@@ -244,36 +291,36 @@ class ApproveUnification(_Command):
     """Staff approve a unification candidate (U5)."""
 
     type: Literal["unification.approve"]
-    sourceUserId: str
-    targetUserId: str
+    sourceUserId: Id
+    targetUserId: Id
 
 
 class BlockUser(_Command):
     type: Literal["user.block"]
-    userId: str
+    userId: Id
 
 
 class UnblockUser(_Command):
     type: Literal["user.unblock"]
-    userId: str
+    userId: Id
 
 
 class DeleteUser(_Command):
     type: Literal["user.delete"]
-    userId: str
+    userId: Id
 
 
 class DeleteMember(_Command):
     type: Literal["member.delete"]
-    memberId: str
+    memberId: Id
 
 
 class MarketingDelivered(_Command):
     """A campaign reached the user; the record moves with merges (U4)."""
 
     type: Literal["marketing.delivered"]
-    userId: str
-    campaignId: str
+    userId: Id
+    campaignId: Id
 
 
 class CancelUnification(_Command):
@@ -346,8 +393,8 @@ class ImportColumn(_Strict):
     as — a key the mapping creates gets it declared — and absent for keys with a format of
     their own (memberId, name, tags, the flags, the contacts)."""
 
-    column: str = Field(description="The CSV header as in the file.")
-    key: str = Field(description="`memberId`, `name`, `unsubscribeEmail`, `profile.email`, `tags`…")
+    column: Text = Field(description="The CSV header as in the file.")
+    key: Text = Field(description="`memberId`, `name`, `unsubscribeEmail`, `profile.email`, `tags`…")
     type: ImportValueType | None = None
 
 
@@ -359,9 +406,9 @@ class ImportStarted(_Envelope):
     mode: Literal["member", "lead"]
     key: Literal["memberId", "email", "mobileNumber"]
     blank: Literal["keep", "clear"]
-    tag: str | None = None
+    tag: Text | None = None
     actor: Actor
-    fileName: str
+    fileName: Text
     columns: list[ImportColumn]
 
 
@@ -373,7 +420,10 @@ class ImportRow(_Envelope):
     rowNumber: Annotated[int, Field(ge=2, le=_MAX_INT64)] = Field(
         description="As a spreadsheet shows it: the header is row 1."
     )
-    cells: dict[str, str] = Field(description="Mapped key → the cell text as in the file.")
+    cells: dict[Text, str] = Field(
+        description="Mapped key → the cell text as in the file (a cell the service cannot"
+        " store fails the row, see rowError)."
+    )
     rowError: str | None = Field(
         default=None,
         description="Why the importer could not read the row (e.g. more cells than columns);"
@@ -463,7 +513,7 @@ _ADAPTERS: dict[InboundKind, TypeAdapter[Any]] = {
 
 # ------------------------------------------------------------------------------- parsing
 
-InboundErrorCode = Literal["bad_json", "unknown_type", "invalid_fields"]
+InboundErrorCode = Literal["bad_json", "unknown_type", "invalid_fields", "too_large", "too_deep", "bad_text"]
 
 
 class InboundError(ValueError):
@@ -511,16 +561,68 @@ def parse_inbound(topic_kind: InboundKind, raw: bytes) -> InboundMessage:
     producer's, and must not be dead-lettered.
     """
     adapter = _ADAPTERS[topic_kind]
+    if len(raw) > MAX_MESSAGE_BYTES:
+        raise InboundError("too_large", f"the message is {len(raw)} bytes; the limit is {MAX_MESSAGE_BYTES}")
     try:
         data = orjson.loads(raw)
     except (orjson.JSONDecodeError, TypeError) as exc:
+        if "surrogate in string" in str(exc):  # a \\ud800 escape: JSON, but not text PostgreSQL can store
+            raise InboundError("bad_text", f"a string holds a lone UTF-16 surrogate: {exc}") from None
         raise InboundError("bad_json", f"not UTF-8 JSON: {exc}") from None
     if type(data) is not dict:
         raise InboundError("bad_json", f"expected a JSON object, got {_json_kind(data)}")
+    has_nul = b"\\u0000" in raw  # JSON can only carry U+0000 escaped
+    if data.get("type") == "import.row":
+        data = _failing_cells(data, has_nul)
+    # Counting brackets is a bound on the depth; only a message that may be deep is walked.
+    if has_nul or raw.count(b"{") + raw.count(b"[") > MAX_DEPTH:
+        _check_tree(data)
     try:
         return adapter.validate_python(data)  # type: ignore[no-any-return]
     except ValidationError as exc:
         raise _inbound_error(topic_kind, data, exc) from None
+
+
+def _check_tree(data: dict[str, Any]) -> None:
+    """Refuse a message nested deeper than MAX_DEPTH (the JSON encoders and PostgreSQL
+    have recursion limits) or holding U+0000 in a key or string (PostgreSQL's text and
+    jsonb cannot store it)."""
+    stack: list[tuple[Any, int, tuple[int | str, ...]]] = [(data, 1, ())]
+    while stack:
+        node, depth, loc = stack.pop()
+        if depth > MAX_DEPTH:
+            raise InboundError("too_deep", f"{_path(loc)}: nested deeper than {MAX_DEPTH} levels of objects and arrays")
+        items = node.items() if type(node) is dict else enumerate(node)
+        for k, v in items:
+            if type(k) is str and "\x00" in k:
+                raise InboundError("bad_text", f"{_path(loc) or 'the message'}: a key holds U+0000, which cannot be stored")
+            if type(v) is str:
+                if "\x00" in v:
+                    raise InboundError("bad_text", f"{_path((*loc, k))}: holds U+0000, which cannot be stored")
+            elif type(v) is dict or type(v) is list:
+                stack.append((v, depth + 1, (*loc, k)))
+
+
+def _failing_cells(data: dict[str, Any], has_nul: bool) -> dict[str, Any]:
+    """An import row whose cells the service cannot store or use fails as a row (I15),
+    with the reason, like any other bad cell: U+0000 is replaced by U+FFFD in the copy
+    kept for the failures file, an over-long cell is kept as it is."""
+    cells = data.get("cells")
+    if type(cells) is not dict:
+        return data  # the model says what is wrong
+    bad: list[str] = []
+    kept: dict[Any, Any] = {}
+    for key, cell in cells.items():
+        if type(cell) is str:
+            if has_nul and "\x00" in cell:
+                bad.append(f"{key}: holds U+0000, which cannot be stored")
+                cell = cell.replace("\x00", "\ufffd")
+            elif len(cell) > MAX_VALUE:
+                bad.append(f"{key}: {len(cell)} characters; the limit is {MAX_VALUE}")
+        kept[key] = cell
+    if not bad:
+        return data
+    return {**data, "cells": kept, "rowError": data.get("rowError") or "; ".join(bad)}
 
 
 _MAX_REPORTED = 10

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import dataclasses
 import signal
 import sys
 from typing import Any
@@ -57,7 +56,7 @@ async def _api(settings: Settings, args: argparse.Namespace) -> int:
         with contextlib.suppress(NotImplementedError, RuntimeError):
             asyncio.get_running_loop().add_signal_handler(sig, stop.set)
     async with infrastructure(settings) as (bootstrap, database_url):
-        resolved = dataclasses.replace(settings, kafka_bootstrap=bootstrap, database_url=database_url)
+        resolved = settings.replace(kafka_bootstrap=bootstrap, database_url=database_url)
         await serve(create_app(resolved), settings.http_addr, stop)
     return 0
 

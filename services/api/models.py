@@ -130,9 +130,9 @@ class Problem(BaseModel):
 
 
 def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI `responses` for the problem statuses a route may answer (401, 403 and 503
-    on every authenticated route)."""
+    """OpenAPI `responses` for the problem statuses a route may answer: 400 (a body or
+    header that is not even JSON or multipart), 401, 403 and 503 on every route."""
     out: dict[int | str, dict[str, Any]] = {}
-    for status in sorted({401, 403, 503, *statuses}):
+    for status in sorted({400, 401, 403, 503, *statuses}):
         out[status] = {"model": Problem, "content": {"application/problem+json": {}}}
     return out

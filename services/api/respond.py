@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
+from urllib.parse import quote
 
 import asyncpg
 from fastapi import Header, Query, Request
@@ -45,7 +46,7 @@ async def command_answer(
         event_id = await bus.submit(channel, command, actor=principal.name, event_id=idempotency_key)
     except CommandInvalid as err:
         raise Problem(422, err.message) from None
-    location = {"Location": f"/v1/channels/{channel}/commands/{event_id}"}
+    location = {"Location": f"/v1/channels/{quote(channel, safe='')}/commands/{quote(event_id, safe='')}"}
     if wait is None:
         return JSONResponse({"eventId": event_id}, status_code=202, headers=location)
     outcome = await bus.wait(channel, event_id, wait)

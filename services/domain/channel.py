@@ -29,5 +29,6 @@ def check_member_hash(settings: ChannelSettings, member_id: str, given: str | No
         return
     if not given:
         raise Rejected("invalid_member_hash", f"memberHash is required for memberId {member_id!r} in this channel")
-    if not hmac.compare_digest(member_hash(secret, member_id), given.strip().lower()):
+    # Compared as bytes: compare_digest refuses str with non-ASCII characters (TypeError).
+    if not hmac.compare_digest(member_hash(secret, member_id).encode(), given.strip().lower().encode()):
         raise Rejected("invalid_member_hash", f"memberHash does not match memberId {member_id!r}")

@@ -90,7 +90,7 @@ def _offer_to_waiting_leads(w: Work, member: User) -> None:
         if val is None or val.v is None or not val.q:
             continue
         for other in w.directory.by_contact(w.channel_id, kind, val.v, qualified_only=True):
-            if other.type != "member" and other.alive and member.id not in other.candidates:
+            if other.type != "member" and other.alive and member.id not in other.offered:
                 lead = other.copy()
                 refresh_candidates(w, lead)
                 w.put(lead)
@@ -121,13 +121,12 @@ def on_lead_create(w: Work) -> None:
 @handles("marketing.delivered")
 def on_delivered(w: Work) -> None:
     """Delivery records follow the user through merges so no campaign is sent twice (U4).
-    Receiving a message does not make a lead (C2)."""
+    Receiving a message does not make a lead (C2), but it is contact (B4): a customer
+    who only receives campaigns is not deleted as silent."""
     msg = w.fact.msg
-    user = _resolved(w, msg.userId)
-    if msg.campaignId in user.delivered:
-        return
-    user = user.copy()
+    user = _resolved(w, msg.userId).copy()
     user.delivered = sorted({*user.delivered, msg.campaignId})
+    user.last_contact_at = max(user.last_contact_at or w.at, w.at)
     w.put(user)
 
 

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from .channel import ChannelSettings
 from .directory import Directory
+from .limits import check_user_size
 from .publication import Publication, publish
 from .unification import MergeRecord
 from .user import User
@@ -138,16 +139,27 @@ def apply(directory: Directory, fact: Fact, settings: ChannelSettings, *, messag
         return work.outcome
     try:
         handler(work)
+        for user_id, before in work.before.items():
+            check_user_size(before, directory.get(user_id))
+        for user_id, before in work.before.items():
+            after = directory.get(user_id)
+            assert after is not None
+            published, pubs = publish(before, after, fact.event_id, fact.at, messages=messages)
+            if published is not after:  # publish moves the version of a working copy in place
+                directory.put(published)
+            work.outcome.publications.extend(pubs)
     except Rejected as rejected:
         work.rollback()
         return Outcome(rejection=rejected)
-    for user_id, before in work.before.items():
-        after = directory.get(user_id)
-        assert after is not None
-        published, pubs = publish(before, after, fact.event_id, fact.at, messages=messages)
-        if published is not after:  # publish moves the version of a working copy in place
-            directory.put(published)
-        work.outcome.publications.extend(pubs)
+    except Exception as err:
+        # A bug met by this fact (an assertion, a rule's exception escaping): the fact
+        # is the one that cannot be applied, so it is dead-lettered and nothing of it
+        # stays; the same happens in a rebuild. The letter names the exception's type,
+        # never a stack trace; the projection logs the trace (`__cause__`).
+        work.rollback()
+        internal = Rejected("internal_error", f"{type(err).__name__}: {str(err)[:200]}")
+        internal.__cause__ = err
+        return Outcome(rejection=internal)
     return work.outcome
 
 

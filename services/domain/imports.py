@@ -28,7 +28,7 @@ from .hygiene import clean_email, clean_member_id, clean_mobile
 from .ids import fact_user_id, member_user_id
 from .priority import WRITE_ONCE, update_wins
 from .profile import promote
-from .saga import BLAST_RADIUS, approve, refresh_candidates
+from .saga import BLAST_RADIUS, approve, member_candidates, refresh_candidates
 from .unification import IMPORT_TAG_LIMIT
 from .user import EMAIL, MOBILE, User, Value
 from .values import PARSERS, Rejected, parse_boolean, parse_string, parse_tags
@@ -457,8 +457,9 @@ def apply_row(
     else:
         refresh_candidates(w, user)
         w.put(user)
-        if user.type != "member" and user.candidates:
-            _unify(w, user, user.candidates[0])  # U7: the most recently updated member
+        current = member_candidates(w.directory, user)
+        if user.type != "member" and current:
+            _unify(w, user, current[0])  # U7: the most recently updated member
     return found is None
 
 

@@ -15,30 +15,45 @@ from .values import Rejected
 
 if TYPE_CHECKING:  # core imports the handlers, which import this module
     from .core import Work
+    from .directory import Directory
 
 BLAST_RADIUS = 50  # G2: one fact merges at most this many sources
 
 
-def member_candidates(w: Work, user: User) -> list[str]:
-    """U5/U7/U9: members holding one of the user's qualified contacts, most recently
-    updated first. Only anonymous users and leads have candidates (U1)."""
-    if user.type == "member" or not user.alive:
+def member_candidates(directory: Directory, user: User) -> list[str]:
+    """U5/U7/U9: the user's current candidates — live, unblocked members holding one of
+    its qualified contacts, most recently updated first. Only a live, unblocked anonymous
+    user or lead has candidates (U1, U6). `store/queries.member_candidates` is the same
+    rule as the read side computes it."""
+    if user.type == "member" or not user.alive or user.blocked:
         return []
     found: dict[str, User] = {}
     for key, kind in ((EMAIL, "email"), (MOBILE, "mobile")):
         val = user.fields.get(key)
         if val is None or val.v is None or not val.q:
             continue  # U9: unqualified contacts never unify
-        for other in w.directory.by_contact(w.channel_id, kind, val.v, qualified_only=True):
-            if other.type == "member" and other.alive and other.id != user.id:
+        for other in directory.by_contact(user.channel_id, kind, val.v, qualified_only=True):
+            if other.type == "member" and other.alive and not other.blocked and other.id != user.id:
                 found[other.id] = other
     ranked = sorted(found.values(), key=lambda m: (-(m.updated_at or 0), m.id))
     return [m.id for m in ranked]
 
 
 def refresh_candidates(w: Work, user: User) -> None:
-    """Recompute a working copy's candidates after its contacts changed."""
-    user.candidates = member_candidates(w, user)
+    """After a working copy's contacts changed: note the members it is now offered (U5),
+    so that approving one of them after the match went away can be refused."""
+    now = member_candidates(w.directory, user)
+    if any(m not in user.offered for m in now):
+        user.offered = sorted({*user.offered, *now})
+
+
+def shares_qualified_contact(a: User, b: User) -> bool:
+    """U5/U9: do both hold one e-mail or mobile number as qualified contact data?"""
+    for key in (EMAIL, MOBILE):
+        x, y = a.fields.get(key), b.fields.get(key)
+        if x is not None and y is not None and x.q and y.q and x.v is not None and x.v == y.v:
+            return True
+    return False
 
 
 def approve(w: Work, source_id: str, target_id: str) -> None:
@@ -51,6 +66,8 @@ def approve(w: Work, source_id: str, target_id: str) -> None:
     source = d.resolve(source_id)
     if source is None or not source.alive or source.channel_id != w.channel_id:
         raise Rejected("unknown_user", f"no live user {source_id!r} to unify")
+    if target is not None and target.id in source.offered and target.channel_id == w.channel_id:
+        _refuse_stale_offer(source, target)
     if target is None or not target.alive or target.channel_id != w.channel_id:  # T1
         raise Rejected("unknown_user", f"no live member {target_id!r} to unify into")
     if target.type != "member" or source.type == "member":
@@ -63,6 +80,25 @@ def approve(w: Work, source_id: str, target_id: str) -> None:
     waiting = source.copy()
     waiting.pending_into, waiting.pending_since = target.id, w.at
     w.put(waiting)
+
+
+def _refuse_stale_offer(source: User, target: User) -> None:
+    """U5/U7: staff approve what they were offered; if the member has since been deleted,
+    blocked or no longer shares a qualified contact with the source, the match they saw
+    is gone and the approval is refused rather than merging two strangers. (A member never
+    offered may still be approved by hand, D1: staff who found the person themselves.)"""
+    if not target.alive:
+        why = "was deleted"
+    elif target.blocked:
+        why = "is blocked"
+    elif not shares_qualified_contact(source, target):
+        why = "no longer shares a qualified e-mail or mobile number with it"
+    else:
+        return
+    raise Rejected(
+        "stale_candidate",
+        f"member {target.id!r} was offered as a candidate of {source.id!r} but {why}: read its current candidates (U5)",
+    )
 
 
 def on_member_login(w: Work, member: User) -> None:

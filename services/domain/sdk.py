@@ -8,7 +8,14 @@ from .hygiene import clean_email, clean_member_id, clean_mobile, clean_veil_id
 from .ids import member_user_id, veil_user_id
 from .profile import profile_values, promote, set_values
 from .saga import on_member_login
-from .sessions import PlatformName, logged_out, record_device, record_visit, veil_expired
+from .sessions import (
+    PlatformName,
+    logged_out,
+    record_device,
+    record_visit,
+    veil_expired,
+    veil_platform,
+)
 from .unification import merge
 from .user import EMAIL, MOBILE, User, Value
 
@@ -29,8 +36,12 @@ def on_visit(w: Work) -> None:
     if msg.name is not None:
         values["name"] = Value(msg.name, is_member, is_member, w.at)
 
+    platform: PlatformName
+    if msg.type == "boot":
+        platform = "mobile" if msg.platform == "mobile" else "web"
+    else:  # S1: a login counts for the platform of that veil's session
+        platform = veil_platform(w.directory.by_veil(w.channel_id, veil), veil)
     user = _visitor(w, veil, member_id)
-    platform: PlatformName = "mobile" if getattr(msg, "platform", None) == "mobile" else "web"
     record_visit(user, veil, platform, w.at)
     if msg.type == "boot":
         if msg.device is not None:
@@ -61,9 +72,8 @@ def _visitor(w: Work, veil: str, member_id: str | None) -> User:
             became = cur.copy()  # U2: no member has this memberId: the same user becomes it
             became.type, became.member_id = "member", member_id
             # U6: a source that becomes a member itself is no source any more (U1: never
-            # member into member): its pending unification and candidates go.
+            # member into member): its pending unification goes.
             became.pending_into = became.pending_since = None
-            became.candidates = []
             return became
         if cur is not None:  # another member's browser: the veil changes hands (never member→member, U1)
             _release_veil(w, cur, veil)
@@ -100,6 +110,8 @@ def _new_member(w: Work, member_id: str) -> User:
 def _release_veil(w: Work, user: User, veil: str) -> None:
     left = user.copy()
     left.veils.pop(veil, None)
+    if veil in left.mobile_veils:
+        left.mobile_veils = [v for v in left.mobile_veils if v != veil]
     w.put(left)
 
 

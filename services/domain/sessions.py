@@ -30,8 +30,16 @@ def record_visit(user: User, veil_id: str, platform: PlatformName, at: int) -> N
     user.last_seen_at = _later(user.last_seen_at, at)
     plat.last_seen_at = _later(plat.last_seen_at, at)
     user.veils[veil_id] = max(user.veils.get(veil_id, at), at)
+    if (veil_id in user.mobile_veils) != (platform == "mobile"):
+        user.mobile_veils = sorted({*user.mobile_veils} ^ {veil_id})
     user.last_contact_at = _later(user.last_contact_at, at)
     user.booted = True
+
+
+def veil_platform(user: User | None, veil_id: str) -> PlatformName:
+    """S1: the platform of the veil's session, for a `login` (which names none): the
+    platform the veil last booted on; web for a veil never booted."""
+    return "mobile" if user is not None and veil_id in user.mobile_veils else "web"
 
 
 def record_device(user: User, platform: PlatformName, device: dict[str, str | None]) -> None:

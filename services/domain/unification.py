@@ -93,9 +93,9 @@ def merge(source: User, target: User, at: int, causation_id: str) -> tuple[User,
     t.has_push_token = target.has_push_token or source.has_push_token
     for veil, last in source.veils.items():
         t.veils[veil] = max(last, t.veils.get(veil, last))
+    t.mobile_veils = sorted({*target.mobile_veils, *source.mobile_veils})  # a veil has one owner: no conflict
     t.booted = target.booted or source.booted
     t.merged_user_ids = sorted({*target.merged_user_ids, source.id, *source.merged_user_ids})
-    t.candidates = [c for c in target.candidates if c != source.id]
 
     s = retired(source, target.id)
     record = MergeRecord(source.channel_id, source.id, target.id, causation_id, at, tuple(contested))

@@ -86,11 +86,15 @@ class User:
     booted: bool = False  # ever booted: decides the U5 timing
     delivered: list[str] = field(default_factory=list)  # marketing campaigns (U4)
     merged_user_ids: list[str] = field(default_factory=list)
-    candidates: list[str] = field(default_factory=list)  # members it may be unified into (U5)
+    # Members ever offered as its unification candidates (U5), sorted. The current
+    # candidates are computed when read (saga.member_candidates, store/queries); this
+    # record only lets an approval of an offer that no longer holds be refused.
+    offered: list[str] = field(default_factory=list)
     pending_into: str | None = None  # approved, waiting for the member's next login (U5 saga)
     pending_since: int | None = None  # event time of that approval
     last_login_at: int | None = None  # a member's latest login (a boot/login with memberId)
     version: int = 0  # last user-changed version published; 0 = never published
+    mobile_veils: list[str] = field(default_factory=list)  # veils last booted by the app: a login there is mobile (S1)
 
     # -- copying and serialisation -------------------------------------------------
     def copy(self) -> User:
@@ -107,9 +111,9 @@ class User:
             web=Platform(self.web.sessions_count, self.web.last_seen_at, dict(self.web.device)),
             mobile=Platform(self.mobile.sessions_count, self.mobile.last_seen_at, dict(self.mobile.device)),
             veils=dict(self.veils), booted=self.booted, delivered=list(self.delivered),
-            merged_user_ids=list(self.merged_user_ids), candidates=list(self.candidates),
+            merged_user_ids=list(self.merged_user_ids), offered=list(self.offered),
             pending_into=self.pending_into, pending_since=self.pending_since,
-            last_login_at=self.last_login_at, version=self.version,
+            last_login_at=self.last_login_at, version=self.version, mobile_veils=list(self.mobile_veils),
         )
 
     def husk(self, *, deleted: bool = False, merged_into: str | None = None) -> User:
@@ -145,9 +149,9 @@ class User:
             "last_seen_at": self.last_seen_at, "last_activity_at": self.last_activity_at,
             "last_contact_at": self.last_contact_at, "web": self.web.to_json(), "mobile": self.mobile.to_json(),
             "veils": self.veils, "booted": self.booted, "delivered": self.delivered,
-            "merged_user_ids": self.merged_user_ids, "candidates": self.candidates,
+            "merged_user_ids": self.merged_user_ids, "offered": self.offered,
             "pending_into": self.pending_into, "pending_since": self.pending_since,
-            "last_login_at": self.last_login_at, "version": self.version,
+            "last_login_at": self.last_login_at, "version": self.version, "mobile_veils": self.mobile_veils,
         }
 
     @staticmethod
@@ -157,7 +161,9 @@ class User:
         try:
             return User._from_complete_json(raw)
         except KeyError:  # a state stored before some field existed: its default then
-            raw = dict(raw)
+            stored, raw = raw, {k: v for k, v in raw.items() if k in _FIELDS}
+            if "candidates" in stored:  # stored before candidates were computed when read
+                raw.setdefault("offered", sorted(set(stored["candidates"])))
             raw["fields"] = {k: Value.from_json(v) for k, v in raw["fields"].items()}
             raw["web"] = Platform.from_json(raw["web"])
             raw["mobile"] = Platform.from_json(raw["mobile"])
@@ -173,8 +179,8 @@ class User:
             raw["language"], raw["city"], raw["country"], raw["sessions_count"], raw["last_seen_at"],
             raw["last_activity_at"], raw["last_contact_at"], Platform.from_json(raw["web"]),
             Platform.from_json(raw["mobile"]), raw["veils"], raw["booted"], raw["delivered"],
-            raw["merged_user_ids"], raw["candidates"], raw["pending_into"], raw["pending_since"],
-            raw["last_login_at"], raw["version"],
+            raw["merged_user_ids"], raw["offered"], raw["pending_into"], raw["pending_since"],
+            raw["last_login_at"], raw["version"], raw["mobile_veils"],
         )
 
 

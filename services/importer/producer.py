@@ -18,6 +18,8 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import DefaultPartitioner
 
+from services.platform.kafka import client_options
+
 _BATCH_BYTES = 512 * 1024
 _IN_FLIGHT = 8
 
@@ -31,7 +33,7 @@ class ImportProducer:
         self.topic = topic
         self.key = channel_id.encode()
         self.producer = AIOKafkaProducer(
-            bootstrap_servers=bootstrap,
+            **client_options(bootstrap),
             enable_idempotence=False,
             acks="all",
             linger_ms=5,

@@ -37,11 +37,18 @@ from urllib.parse import urlsplit, urlunsplit
 from aiokafka.admin import AIOKafkaAdminClient
 
 from services.platform.config import Settings
+from services.platform.kafka import client_options
+from services.platform.kafka import use as use_kafka_settings
 
 log = logging.getLogger(__name__)
 
 MEMORY_STORAGE = "memory://tansu/"
 _LOG_TAIL_LINES = 40
+
+
+class EmbeddedForbidden(RuntimeError):
+    """UNIFIER_EMBEDDED=0 and a server is not configured (Settings refuses this already;
+    checked again where a server would be started)."""
 
 
 class EmbeddedStartError(RuntimeError):
@@ -78,7 +85,7 @@ async def wait_for_kafka(bootstrap: str, timeout: float = 30.0) -> list[dict[str
                 await writer.wait_closed()
             remaining_ms = max(1000, int((deadline - time.monotonic()) * 1000))
             admin = AIOKafkaAdminClient(
-                bootstrap_servers=bootstrap, request_timeout_ms=remaining_ms
+                **client_options(bootstrap), request_timeout_ms=remaining_ms
             )
             try:
                 await admin.start()
@@ -430,6 +437,9 @@ def redact(url: str) -> str:
 async def infrastructure(settings: Settings) -> AsyncIterator[tuple[str, str]]:
     """`(bootstrap, database_url)`: the configured ones, else embedded ones under
     `settings.data_dir`, stopped again when the block exits."""
+    if not settings.embedded_allowed and not (settings.kafka_bootstrap and settings.database_url):
+        raise EmbeddedForbidden("UNIFIER_EMBEDDED=0: set KAFKA_BOOTSTRAP_SERVERS and DATABASE_URL")
+    use_kafka_settings(settings)
     async with AsyncExitStack() as stack:
         if settings.kafka_bootstrap:
             bootstrap = settings.kafka_bootstrap

@@ -29,12 +29,15 @@ PUBLISHED = Counter("unifier_published_total", "Messages published by the relay"
 Health = Callable[[], dict[str, bool]]
 
 
-async def serve(port: int, health: Health) -> asyncio.Server:
-    """Start the endpoint; port 0 picks a free one (see `server.sockets`)."""
+async def serve(port: int, health: Health, *, host: str = "0.0.0.0", read_timeout: float = 5.0) -> asyncio.Server:
+    """Start the endpoint on `host:port`; port 0 picks a free one (see `server.sockets`).
+
+    A client has `read_timeout` seconds to send its request head (at most 64 KiB, the
+    stream's limit): a slow or silent connection is closed rather than held open."""
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            request = await reader.readuntil(b"\r\n\r\n")
+            request = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), read_timeout)
             path = request.split(b" ", 2)[1].decode() if request.count(b" ") >= 2 else "/"
             if path.startswith("/metrics"):
                 status, ctype, body = 200, CONTENT_TYPE_LATEST, generate_latest()
@@ -51,11 +54,11 @@ async def serve(port: int, health: Health) -> asyncio.Server:
                 "Connection: close\r\n\r\n".encode() + body
             )
             await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError):
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError, TimeoutError):
             pass
         finally:
             writer.close()
 
-    server = await asyncio.start_server(handle, "0.0.0.0", port)
-    log.info("metrics and health on port %d", server.sockets[0].getsockname()[1])
+    server = await asyncio.start_server(handle, host, port)
+    log.info("metrics and health on %s:%d", host, server.sockets[0].getsockname()[1])
     return server

@@ -21,6 +21,8 @@ from aiokafka.errors import (
     for_code,
 )
 
+from services.platform.kafka import client_options
+
 log = logging.getLogger(__name__)
 
 _FOREVER = {"retention.ms": "-1"}
@@ -51,7 +53,7 @@ async def ensure_topics(
     """Create the missing `{prefix}{suffix}` topics of `TOPIC_CONFIGS`, then wait up to
     `wait_s` until the cluster lists them all. Existing topics are left as they are."""
     wanted = {prefix + suffix: configs for suffix, configs in TOPIC_CONFIGS.items()}
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(**client_options(bootstrap))
     await admin.start()
     try:
         missing = sorted(wanted.keys() - set(await admin.list_topics()))

@@ -9,6 +9,7 @@ a concurrent instance is fenced by the inbox row lock and the users' revisions.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -36,6 +37,8 @@ from services.store import repository as repo
 from .records import Record
 
 _MAX_LOAD_ROUNDS = 3
+
+log = logging.getLogger("unifier.projection")
 
 
 @dataclass(slots=True)
@@ -91,6 +94,28 @@ async def apply_batch(
     return result
 
 
+async def dead_letter_record(
+    pool: asyncpg.Pool, topics: Topics, record: Record, code: str, reason: str,
+    *, now_ms: int | None = None, outbox: bool = True,
+) -> BatchResult:
+    """Dead-letter one record that cannot be applied (isolation.py) and store its offset,
+    in one transaction, fenced by the inbox like a batch: consumption goes on after it."""
+    failed_at = now_ms if now_ms is not None else int(time.time() * 1000)
+    partition = (record.topic, record.partition)
+    result = BatchResult()
+    async with pool.acquire() as conn, conn.transaction():
+        stored = (await repo.lock_offsets(conn, [partition]))[partition]
+        if record.offset < stored:
+            result.skipped = 1  # another instance got past it meanwhile
+        else:
+            if outbox:
+                await repo.save_outbox(conn, [_dead_letter(topics, record, code, reason, failed_at)])
+            result.dead_letters[code] += 1
+        result.next_offsets = {partition: max(record.offset + 1, stored)}
+        await repo.save_offsets(conn, result.next_offsets)
+    return result
+
+
 @dataclass(slots=True)
 class Effects:
     """What the core made of a run of facts, for the store to write (besides the users
@@ -101,8 +126,8 @@ class Effects:
     erased: list[str] = field(default_factory=list)
     activities: list[Activity] = field(default_factory=list)
     messages: list[tuple[str, str | None, bytes | None]] = field(default_factory=list)  # outbox rows
-    rejected: list[tuple[str, str, str, str]] = field(default_factory=list)  # commands: (channel, eventId, code, reason)
     grades: list[GradeChange] = field(default_factory=list)  # D2, in fact order
+    rejected: list[tuple[str, str, str, str]] = field(default_factory=list)  # commands: (channel, eventId, code, reason)
 
     def extend(self, other: Effects) -> None:
         self.applied.extend(other.applied)
@@ -146,6 +171,9 @@ def run_facts(
                     result.dead_letters[notice.code] += 1
                 continue
             p.error = (outcome.rejection.code, outcome.rejection.reason)
+            if outcome.rejection.__cause__ is not None:  # internal_error: a bug this fact met
+                log.error("fact %s of channel %s failed in the core; dead-lettered", p.fact.event_id,
+                          p.fact.channel_id, exc_info=outcome.rejection.__cause__)
             if p.record.topic == topics.commands:  # the API answers "rejected, because …"
                 fx.rejected.append((*pair, *p.error))
         assert p.error is not None
@@ -188,17 +216,26 @@ def _parse(kind: InboundKind, record: Record) -> Parsed:
 
 
 def _dead_letter(topics: Topics, r: Record, code: str, message: str, failed_at: int) -> tuple[str, str | None, bytes]:
-    key = r.key.decode("utf-8", "replace") if r.key is not None else None
+    key = storable_text(r.key) if r.key is not None else None
     body = {
         "sourceTopic": r.topic,
         "partition": r.partition,
         "offset": r.offset,
         "key": key,
-        "value": (r.value or b"").decode("utf-8", "replace"),
-        "error": {"code": code, "message": message},
+        "value": storable_text(r.value or b""),
+        "error": {"code": code, "message": storable_text(message.encode("utf-8", "backslashreplace"))},
         "failedAt": failed_at,
     }
     return (topics.dead_letter, key, orjson.dumps(body))
+
+
+def storable_text(raw: bytes) -> str:
+    """The record's bytes as text any consumer and PostgreSQL can hold: UTF-8 as it is;
+    bytes that are not UTF-8 as `\\xNN` (Python's backslashreplace, as the contract
+    says), and U+0000, which no PostgreSQL text can hold, as `\\x00` too. Only a junk
+    key or value is changed by this (docs/contract.md, "identity.dead-letter")."""
+    text = raw.decode("utf-8", "backslashreplace")
+    return text.replace("\x00", "\\x00") if "\x00" in text else text
 
 
 # -- loading ---------------------------------------------------------------------------

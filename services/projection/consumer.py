@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
@@ -19,10 +20,12 @@ from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 
 from contracts.topics import Topics
 from services.platform import metrics
+from services.platform.kafka import client_options
 from services.store import repository as repo
 from services.store.pool import DATABASE_UNAVAILABLE
 
-from .batch import BatchResult, apply_batch
+from .batch import BatchResult, apply_batch, dead_letter_record
+from .isolation import ConflictPersisted, apply_isolating
 from .merge import CoPartitionMerge
 from .records import Record
 
@@ -56,7 +59,7 @@ class Projection:
         self.topics = topics
         self.batch_max = batch_max
         self.consumer = AIOKafkaConsumer(
-            bootstrap_servers=bootstrap,
+            **client_options(bootstrap),
             group_id=f"{group}-projection",
             enable_auto_commit=False,
             auto_offset_reset="earliest",
@@ -124,30 +127,12 @@ class Projection:
             await self.consumer.stop()
 
     async def apply(self, records: list[Record]) -> BatchResult:
-        """Apply with retries: a conflict with another instance is retried, never dropped (G3)."""
+        """Apply the batch; a record that cannot be applied is found and dead-lettered
+        and the rest applied (isolation.py); only an outage or a stop holds it up."""
         started = time.perf_counter()
-        conflicts = outages = 0
-        while True:
-            try:
-                result = await apply_batch(self.pool, self.topics, records)
-                break
-            except repo.Conflict as err:
-                conflicts += 1
-                metrics.CONFLICTS.inc()
-                if conflicts >= _CONFLICT_RETRIES:
-                    raise RuntimeError(f"batch of {len(records)} records kept conflicting; giving up") from err
-                log.warning("batch conflict (attempt %d): %s; retrying", conflicts, err)
-                await asyncio.sleep(min(0.05 * conflicts, 1.0))
-            except DATABASE_UNAVAILABLE as err:
-                # An outage is waited out however long it lasts (the transaction rolled
-                # back; nothing of the batch is stored): crashing would only restart us
-                # into the same outage. /healthz says degraded meanwhile.
-                outages += 1
-                self.healthy = False
-                delay = min(0.2 * 2 ** min(outages, 5), _OUTAGE_BACKOFF_MAX_S)
-                log.warning("database unavailable (%s: %s); retrying the batch in %.1f s", type(err).__name__, err, delay)
-                if await _stopped_within(self._stop, delay):
-                    raise Stopped from err
+        result = await apply_isolating(
+            self._attempt, records, self._dead_letter, passthrough=(Stopped, *DATABASE_UNAVAILABLE),
+        )
         self.healthy = True
         elapsed = time.perf_counter() - started
         metrics.BATCH_SECONDS.observe(elapsed)
@@ -161,6 +146,48 @@ class Projection:
             result.published, elapsed * 1000,
         )
         return result
+
+    async def _attempt(self, records: list[Record]) -> BatchResult:
+        """One batch with retries: a conflict with another instance is retried with fresh
+        state (G3), up to a bound (then ConflictPersisted: isolation dead-letters the
+        record that keeps conflicting, code `conflict`); an outage is waited out."""
+        return await self._outages_waited(self._conflicts_retried, records)
+
+    async def _conflicts_retried(self, records: list[Record]) -> BatchResult:
+        conflicts = 0
+        while True:
+            try:
+                return await apply_batch(self.pool, self.topics, records)
+            except repo.Conflict as err:
+                conflicts += 1
+                metrics.CONFLICTS.inc()
+                if conflicts >= _CONFLICT_RETRIES:
+                    raise ConflictPersisted(f"still conflicting after {conflicts} attempts: {err}") from err
+                log.warning("batch conflict (attempt %d): %s; retrying", conflicts, err)
+                await asyncio.sleep(min(0.05 * conflicts, 1.0))
+
+    async def _dead_letter(self, record: Record, code: str, reason: str) -> BatchResult:
+        return await self._outages_waited(
+            lambda rs: dead_letter_record(self.pool, self.topics, rs[0], code, reason), [record],
+        )
+
+    async def _outages_waited(
+        self, work: Callable[[list[Record]], Awaitable[BatchResult]], records: list[Record],
+    ) -> BatchResult:
+        outages = 0
+        while True:
+            try:
+                return await work(records)
+            except DATABASE_UNAVAILABLE as err:
+                # An outage is waited out however long it lasts (the transaction rolled
+                # back; nothing of the batch is stored): crashing would only restart us
+                # into the same outage. /healthz says degraded meanwhile.
+                outages += 1
+                self.healthy = False
+                delay = min(0.2 * 2 ** min(outages, 5), _OUTAGE_BACKOFF_MAX_S)
+                log.warning("database unavailable (%s: %s); retrying the batch in %.1f s", type(err).__name__, err, delay)
+                if await _stopped_within(self._stop, delay):
+                    raise Stopped from err
 
     def _follow_store(self, next_offsets: dict[tuple[str, int], int]) -> None:
         """If another instance applied past what we fetched, jump ahead to its offsets;

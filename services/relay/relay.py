@@ -22,6 +22,7 @@ from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.producer.message_accumulator import BatchBuilder
 
 from services.platform import metrics
+from services.platform.kafka import client_options
 from services.store.pool import DATABASE_UNAVAILABLE
 
 log = logging.getLogger("unifier.relay")
@@ -41,7 +42,7 @@ class Relay:
         # still holds with one in-flight request per connection, and a retried send may
         # repeat a message, which consumers dedupe by (userId, version).
         self.producer = AIOKafkaProducer(
-            bootstrap_servers=bootstrap, acks="all", enable_idempotence=idempotence, linger_ms=2,
+            **client_options(bootstrap), acks="all", enable_idempotence=idempotence, linger_ms=2,
             max_batch_size=256 * 1024,
         )
         self._partitioner = DefaultPartitioner()  # AIOKafkaProducer's default, as send() uses it

@@ -32,6 +32,7 @@ from types import TracebackType
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from services.platform.kafka import client_options
 from services.projection.records import Record
 
 log = logging.getLogger("unifier.replay")
@@ -82,7 +83,7 @@ class LogReader:
         self.short_timeout_s = short_timeout_s
         self.fetch_records = fetch_records
         self.consumer = AIOKafkaConsumer(
-            bootstrap_servers=bootstrap,
+            **client_options(bootstrap),
             group_id=None,
             enable_auto_commit=False,
             auto_offset_reset="earliest",

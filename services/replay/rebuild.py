@@ -11,6 +11,7 @@ published when they happened (see `switch.py`).
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import sys
 import time
@@ -21,9 +22,10 @@ from typing import TextIO
 import asyncpg
 
 from contracts.topics import Topics
-from services.projection.batch import apply_batch
+from services.projection.batch import apply_batch, dead_letter_record
+from services.projection.isolation import apply_isolating
 from services.projection.records import Record
-from services.store.pool import create_pool
+from services.store.pool import DATABASE_UNAVAILABLE, create_pool
 
 from .log import LogReader, Partition
 from .resident import Resident
@@ -128,10 +130,28 @@ async def build(
         finally:
             await reap(procs)
     else:
+        failed: Exception | None = None
         async with LogReader(bootstrap, topics.inbound, quiet_s=quiet_s) as reader:
             tally.total = reader.total
-            await apply_all(pool, topics, reader.merged(batch), tally, keeper=Resident(pool, topics))
+            try:
+                await apply_all(pool, topics, reader.merged(batch), tally, keeper=Resident(pool, topics))
+            except DATABASE_UNAVAILABLE:
+                raise
+            except Exception as err:  # the store refused what the core accepted: find the record
+                failed = err
             stops = reader.next_offsets
+        if failed is not None:
+            # Users resident are written in bulk, so a record the store refuses cannot be
+            # told apart there; batch by batch it is found and dead-lettered as live does.
+            log.warning("replay: the resident build failed (%s: %s); rebuilding batch by batch",
+                        type(failed).__name__, str(failed)[:200])
+            gc.unfreeze()
+            await _empty(pool)
+            tally.events = tally.applied = tally.skipped = tally.dead_letters = 0
+            async with LogReader(bootstrap, topics.inbound, quiet_s=quiet_s) as reader:
+                tally.total = reader.total
+                await apply_all(pool, topics, reader.merged(batch), tally)
+                stops = reader.next_offsets
     await store_offsets(pool, stops)
     return stops
 
@@ -185,8 +205,13 @@ async def apply_all(
                 raise item
             if keeper is not None:
                 result = await keeper.apply(item)
-            else:
-                result = await apply_batch(pool, topics, item, now_ms=0, outbox=False)  # discarded (switch.py)
+            else:  # as live: a record the store refuses is found and dead-lettered (isolation.py)
+                result = await apply_isolating(
+                    lambda rs: apply_batch(pool, topics, rs, now_ms=0, outbox=False),  # outbox discarded (switch.py)
+                    item,
+                    lambda r, code, reason: dead_letter_record(pool, topics, r, code, reason, now_ms=0, outbox=False),
+                    passthrough=DATABASE_UNAVAILABLE,
+                )
             tally.add(len(item), result.applied, result.skipped, sum(result.dead_letters.values()))
         if keeper is not None:
             await keeper.finish()

@@ -85,5 +85,5 @@ class Resident:
             await repo.save_merges(conn, fx.merges)  # re-points chats written before too (U4)
             await repo.erase_activities(conn, fx.erased)
             await bulk.copy_applied(conn, fx.applied)
-            await repo.save_rejected(conn, fx.rejected)
             await repo.save_grade_changes(conn, fx.grades)
+            await repo.save_rejected(conn, fx.rejected)

@@ -194,9 +194,11 @@ if __name__ == "__main__":  # a worker: python -m services.replay.shards, its jo
     _line = sys.stdin.readline()
     if not _line:
         sys.exit(1)  # the parent gave up before handing out the jobs
-    from services.platform import gc_tuning
+    from services.platform import gc_tuning, kafka
+    from services.platform.config import Settings
 
     gc_tuning.tune()
+    kafka.use(Settings.from_env())  # the configured broker's TLS/SASL, as in the parent
     _raw = orjson.loads(_line)
     _raw["stops"] = [tuple(x) for x in _raw["stops"]]
     sys.stdout.write(orjson.dumps(asyncio.run(_apply_shard(_Job(**_raw)))).decode() + "\n")

@@ -25,6 +25,7 @@ from aiokafka.partitioner import murmur2
 from contracts.topics import Topics
 from services.domain.channel import member_hash
 from services.domain.ids import member_user_id
+from services.platform.kafka import client_options
 
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 _MIN = 60_000
@@ -180,7 +181,7 @@ def _poison(rng: random.Random, fact: Fact, j: int, prefix: str) -> Fact:
 async def publish(bootstrap: str, topics: Topics, facts: Iterable[Fact], *, partitions: int | None = None) -> int:
     """Publish `facts` in order, keyed by channel, with one record batch per partition at
     a time (aiokafka's per-message `send` costs ~30 µs; batches cost a fraction)."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=False, acks="all", linger_ms=5)
+    producer = AIOKafkaProducer(**client_options(bootstrap), enable_idempotence=False, acks="all", linger_ms=5)
     await producer.start()
     try:
         names = {"sdk-events": topics.sdk_events, "commands": topics.commands, "import-rows": topics.import_rows}

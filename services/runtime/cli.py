@@ -13,12 +13,14 @@ import logging
 import signal
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import orjson
 
 from services.domain.hygiene import clean_email, clean_mobile
 from services.domain.values import PARSERS, Rejected
+from services.platform import kafka, logs
 from services.platform.args import UsageError, non_negative_int
 from services.platform.config import ConfigError, Settings
 from services.store.pool import database
@@ -27,16 +29,14 @@ from services.store.pool import database
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.command == "run" else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
     try:
         settings = Settings.from_env()
     except ConfigError as err:
         print(f"unifier: {err}", file=sys.stderr)
         return 2
+    # The long-running commands say what they do; one-shot commands only what goes wrong.
+    logs.setup(settings.log_level or ("INFO" if args.command in LONG_RUNNING else "WARNING"), settings.log_format)
+    kafka.use(settings)
     try:
         return int(asyncio.run(args.handler(settings, args)) or 0)
     except UsageError as err:
@@ -44,6 +44,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except Exception:
+        # One JSON line with the error and its stack, scrubbed like every log line,
+        # rather than a raw traceback on stderr.
+        logging.getLogger("unifier").critical("unifier %s stopped by an unexpected error", args.command, exc_info=True)
+        return 1
+
+
+LONG_RUNNING = frozenset({"run", "api"})
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -52,6 +60,8 @@ def _parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run projection, saga and outbox relay until SIGTERM/SIGINT")
     run.add_argument("--demo", action="store_true", help="also publish a small stream of sample SDK events")
+    run.add_argument("--admin-key-file", type=Path, metavar="PATH",
+                     help="make sure PATH (mode 0600) holds a live admin API key, creating one if not; print how to use it")
     run.set_defaults(handler=_run)
 
     user = sub.add_parser("user", help="read users").add_subparsers(dest="user_command", required=True)
@@ -101,18 +111,23 @@ async def _run(settings: Settings, args: argparse.Namespace) -> int:
 
     gc_tuning.tune()
 
-    if not args.demo:
+    if not args.demo and args.admin_key_file is None:
         await run_service(settings)
         return 0
-    from .demo import run_demo
+    from .demo import CHANNEL, run_demo
 
-    ready = asyncio.Event()
+    address: asyncio.Future[str] = asyncio.get_running_loop().create_future()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         asyncio.get_running_loop().add_signal_handler(sig, stop.set)
-    service = asyncio.create_task(run_service(settings, stop, ready=ready))
-    await asyncio.wait([service, asyncio.create_task(ready.wait())], return_when=asyncio.FIRST_COMPLETED)
-    demo = None if service.done() else asyncio.create_task(run_demo(settings, stop))
+    service = asyncio.create_task(run_service(settings, stop, api_address=address))
+    started: list[asyncio.Future[Any]] = [service, address]  # the API listens once the service runs
+    await asyncio.wait(started, return_when=asyncio.FIRST_COMPLETED)
+    if not service.done() and args.admin_key_file is not None:
+        from .newcomer import greet
+
+        await greet(settings, args.admin_key_file, address.result(), CHANNEL)
+    demo = None if service.done() or not args.demo else asyncio.create_task(run_demo(settings, stop))
     await service
     if demo is not None:
         demo.cancel()

@@ -23,6 +23,7 @@ from contracts.topics import Topics
 from services.platform.args import positive_int
 from services.platform.config import Settings
 from services.platform.embedded import infrastructure
+from services.platform.kafka import client_options
 from services.replay.log import LogReader
 
 
@@ -77,7 +78,7 @@ async def retry(
     counts retried and skipped (a source topic that is not one of our inbound topics is
     never written to)."""
     inbound = set(topics.inbound)
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=idempotence, linger_ms=5)
+    producer = AIOKafkaProducer(**client_options(bootstrap), acks="all", enable_idempotence=idempotence, linger_ms=5)
     await producer.start()
     retried = skipped = 0
     try:

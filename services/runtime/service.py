@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import signal
 from collections.abc import Awaitable, Callable
@@ -47,7 +46,10 @@ async def run_service(
         # Health is served from the first moment, so an orchestrator sees "degraded"
         # while the broker or the database is still away, rather than a crash loop.
         parts: dict[str, Callable[[], bool]] = {"broker": lambda: False, "database": lambda: False}
-        server = await metrics.serve(settings.metrics_port, lambda: {name: ok() for name, ok in parts.items()})
+        server = await metrics.serve(
+            settings.metrics_port, lambda: {name: ok() for name, ok in parts.items()},
+            host=settings.metrics_host, read_timeout=settings.metrics_read_timeout,
+        )
         try:
             async def topics_exist() -> bool:
                 await ensure_topics(bootstrap, settings.topic_prefix, settings.partitions)
@@ -61,7 +63,7 @@ async def run_service(
                 return
             parts["database"] = lambda: True
             try:
-                api = dataclasses.replace(settings, kafka_bootstrap=bootstrap, database_url=database_url)
+                api = settings.replace(kafka_bootstrap=bootstrap, database_url=database_url)
                 await _serve(settings, topics, bootstrap, pool, stop, parts, ready, (api, api_address))
             finally:
                 await pool.close()

@@ -101,7 +101,10 @@ async def database(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
         finally:
             await pool.close()
         return
-    from services.platform.embedded import EmbeddedPostgres
+    from services.platform.embedded import EmbeddedForbidden, EmbeddedPostgres
+
+    if not settings.embedded_allowed:
+        raise EmbeddedForbidden("UNIFIER_EMBEDDED=0: set DATABASE_URL")
 
     async with EmbeddedPostgres(settings.data_dir / "pg") as pg:
         pool = await create_pool(pg.url, settings.db_schema)

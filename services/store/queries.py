@@ -10,7 +10,7 @@ from typing import Any
 import asyncpg
 import orjson
 
-from services.domain.user import User
+from services.domain.user import EMAIL, MOBILE, User
 from services.domain.view import user_view
 
 
@@ -38,7 +38,7 @@ async def find_user(conn: asyncpg.Connection | asyncpg.Pool, channel_id: str, by
         return {"id": user.id, "mergedInto": user.merged_into}
     view = user_view(user)
     view["grades"] = await grades_of(conn, channel_id, view)
-    candidates = await _still_users(conn, channel_id, user.candidates)
+    candidates = await member_candidates(conn, user)
     view["unification"] = {"candidates": candidates, "pendingInto": user.pending_into}
     return view
 
@@ -75,17 +75,56 @@ async def grades_of(conn: asyncpg.Connection | asyncpg.Pool, channel_id: str, us
     return [{"name": r["name"], "colour": r["colour"]} for r in rows]
 
 
-async def _still_users(conn: asyncpg.Connection | asyncpg.Pool, channel_id: str, ids: list[str]) -> list[str]:
-    """The recorded candidates (U5, most recently updated first, U7) minus those deleted
-    since (B2, B3): a deleted member is no user any more, so staff must not be offered it.
-    The leads that listed it are not touched by the deletion, hence pruned as read."""
-    if not ids:
+async def member_candidates(conn: asyncpg.Connection | asyncpg.Pool, user: User) -> list[str]:
+    """U5/U7/U9, current as read: live, unblocked members holding one of the user's
+    qualified contacts, most recently updated first (then by id). Only a live, unblocked
+    anonymous user or lead has candidates. The same rule as the core's
+    `saga.member_candidates`: a member that changed its contact, was blocked or deleted
+    since is no longer offered, so staff never approve a stale match."""
+    if user.type == "member" or not user.alive or user.blocked:
+        return []
+    keys = [
+        (kind, val.v)
+        for key, kind in ((EMAIL, "email"), (MOBILE, "mobile"))
+        if (val := user.fields.get(key)) is not None and val.v is not None and val.q
+    ]
+    if not keys:
         return []
     rows = await conn.fetch(
-        "SELECT id FROM users WHERE channel_id = $1 AND id = ANY($2::text[]) AND NOT deleted", channel_id, ids
+        """SELECT u.id FROM users u
+            WHERE u.id IN (SELECT i.user_id FROM identities i
+                             JOIN unnest($2::text[], $3::text[]) AS k(kind, value)
+                               ON i.channel_id = $1 AND i.kind = k.kind AND i.value = k.value AND i.qualified)
+              AND u.type = 'member' AND NOT u.blocked AND NOT u.deleted AND u.merged_into IS NULL
+              AND u.id <> $4
+            ORDER BY u.updated_at DESC, u.id""",
+        user.channel_id, [k for k, _ in keys], [v for _, v in keys], user.id,
     )
-    live = {r["id"] for r in rows}
-    return [i for i in ids if i in live]
+    return [r["id"] for r in rows]
+
+
+async def review_candidates(
+    conn: asyncpg.Connection | asyncpg.Pool, channel_id: str, *, after: str | None = None, limit: int = 100,
+) -> list[tuple[str, list[str]]]:
+    """The review queue of U5 as read now: (source user id, its current candidates) for
+    every live, unblocked anonymous user or lead that has one, in id order after `after`
+    (keyset pagination), at most `limit`."""
+    rows = await conn.fetch(
+        """SELECT u.state FROM users u
+            WHERE u.id IN (SELECT si.user_id FROM identities si
+                             JOIN identities mi ON mi.channel_id = si.channel_id AND mi.kind = si.kind
+                                               AND mi.value = si.value AND mi.qualified AND mi.user_id <> si.user_id
+                             JOIN users m ON m.id = mi.user_id AND m.type = 'member' AND NOT m.blocked
+                            WHERE si.channel_id = $1 AND si.kind IN ('email', 'mobile') AND si.qualified)
+              AND u.type <> 'member' AND NOT u.blocked AND u.id > $2
+            ORDER BY u.id LIMIT $3""",
+        channel_id, after or "", limit,
+    )
+    out = []
+    for row in rows:
+        source = User.from_json(row["state"])
+        out.append((source.id, await member_candidates(conn, source)))
+    return out
 
 
 # -- the HTTP API's and the console's reads (docs/contract.md, "HTTP API") ----------------
@@ -172,7 +211,9 @@ async def search_users(
                 f"u.id IN (SELECT user_id FROM identities WHERE channel_id = $1 AND kind = '{kind}' AND value = {arg(value)})"
             )
     if f.q is not None:
-        contact, name = arg(_like_prefix(f.q.strip().lower())), arg(_like_prefix(f.q.strip().lower()))
+        text = f.q.strip().lower()
+        # The name index holds the name's JSON text: match the JSON text of the prefix.
+        contact, name = arg(_like_prefix(text)), arg(_like_prefix(orjson.dumps(text).decode()[:-1]))
         phone = _phone_prefix(f.q)
         phone_match = (
             f" OR (kind = 'mobile' AND value LIKE {arg(_like_prefix(phone))})" if phone is not None else ""
@@ -185,7 +226,7 @@ async def search_users(
                          UNION ALL
                          SELECT id FROM users
                           WHERE channel_id = $1 AND NOT deleted AND merged_into IS NULL
-                            AND lower(state->'fields'->'name'->>0) LIKE {name})"""
+                            AND lower((state->'fields'->'name'->0)::text) LIKE {name})"""
         )
     if f.type is not None:
         where.append(f"u.type = {arg(f.type)}")
@@ -236,8 +277,11 @@ def _phone_prefix(q: str) -> str | None:
 
 
 async def user_json(conn: asyncpg.Connection | asyncpg.Pool, user: User) -> dict[str, Any]:
-    """The contract's `user` object of a live user, as lists show it (no `unification`)."""
-    return user_view(user)
+    """The contract's `user` object of a live user with its `grades`, as lists show it
+    (without `unification`, which costs a query per user)."""
+    view = user_view(user)
+    view["grades"] = await grades_of(conn, user.channel_id, view)
+    return view
 
 
 async def activities(
@@ -297,15 +341,13 @@ async def review_queue(
     (after,) = decode_cursor(cursor, str) if cursor is not None else ("",)
     limit = max(1, min(limit, MAX_PAGE))
     if state == "candidate":
-        rows = await conn.fetch(
-            """SELECT id, state FROM users
-                WHERE channel_id = $1 AND type = 'lead' AND NOT deleted AND merged_into IS NULL
-                  AND json_array_length(state->'candidates') > 0 AND id > $2
-                ORDER BY id LIMIT $3""",
-            channel_id, after, limit + 1,
-        )
-        sources = [User.from_json(r["state"]) for r in rows]
-        pairs = [(u, await _still_users(conn, channel_id, u.candidates)) for u in sources[:limit]]
+        queue = await review_candidates(conn, channel_id, after=after or None, limit=limit + 1)
+        states = {
+            r["id"]: User.from_json(r["state"])
+            for r in await conn.fetch("SELECT id, state FROM users WHERE id = ANY($1::text[])", [s for s, _ in queue])
+        }
+        sources = [states[s] for s, _ in queue]
+        pairs = [(states[s], targets) for s, targets in queue[:limit] if targets]
     else:
         rows = await conn.fetch(
             """SELECT u.state FROM identities i JOIN users u ON u.id = i.user_id

@@ -164,15 +164,15 @@ CREATE INDEX IF NOT EXISTS users_listing ON users (channel_id, id) WHERE NOT del
 CREATE INDEX IF NOT EXISTS users_blocked ON users (channel_id, id) WHERE blocked AND NOT deleted AND merged_into IS NULL;
 -- `q`: prefix of a name (case-insensitive), of an e-mail or of a phone number.
 -- text_pattern_ops: LIKE 'abc%' uses the index whatever the database's collation.
-CREATE INDEX IF NOT EXISTS users_name_prefix ON users (channel_id, lower(state->'fields'->'name'->>0) text_pattern_ops)
+-- The name is indexed as its JSON text ("Alice"), not as text (->>): unescaping a
+-- \u0000 to text fails, and an index expression that fails would stop the projection.
+CREATE INDEX IF NOT EXISTS users_name_prefix ON users (channel_id, lower((state->'fields'->'name'->0)::text) text_pattern_ops)
     WHERE NOT deleted AND merged_into IS NULL;
 CREATE INDEX IF NOT EXISTS identities_contact_prefix ON identities (channel_id, kind, value text_pattern_ops)
     WHERE kind IN ('email', 'mobile');
--- `tag=`: staff tags live in the state; only that small array is converted to jsonb.
+-- `tag=`: staff tags live in the state; only that small array is converted to jsonb
+-- (tags never hold NUL, I9, so the conversion cannot fail).
 CREATE INDEX IF NOT EXISTS users_tags ON users USING gin (((state->'tags')::jsonb)) WHERE NOT deleted AND merged_into IS NULL;
--- The review queue: leads with unification candidates (U5).
-CREATE INDEX IF NOT EXISTS users_with_candidates ON users (channel_id, id)
-    WHERE type = 'lead' AND NOT deleted AND merged_into IS NULL AND json_array_length(state->'candidates') > 0;
 -- Activities newest first, and the merges into a user (G4).
 CREATE INDEX IF NOT EXISTS activities_user_recent ON activities (user_id, occurred_at DESC, event_id DESC);
 CREATE INDEX IF NOT EXISTS merges_target ON merges (channel_id, target_id);

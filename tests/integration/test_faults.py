@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import re
 import secrets
 import signal
@@ -398,7 +397,7 @@ async def test_broker_unreachable_at_start_reports_degraded_and_recovers_without
         "--storage-engine", "memory://tansu/", stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
     )
     try:
-        late = dataclasses.replace(settings, kafka_bootstrap=bootstrap)
+        late = settings.replace(kafka_bootstrap=bootstrap)
         await wait_for(lambda: svc.says("unifier running") or svc.exited(), timeout=60, message="service running")
         await publish_rounds(late, pool, workload.mixed_rounds(200, rounds=1, channels=CHANNELS))
         status, body = await _healthz(svc.port())

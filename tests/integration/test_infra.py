@@ -9,7 +9,7 @@ import os
 import subprocess
 import sys
 from collections import defaultdict
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -216,7 +216,7 @@ async def test_infrastructure_embeds_both_and_a_second_process_shares_them() -> 
 
 
 async def _embeds_both_and_a_second_process_shares_them(data_dir: Path) -> None:
-    settings = replace(Settings.from_env({}), data_dir=data_dir)
+    settings = Settings.from_env({}).replace(data_dir=data_dir)
 
     async with infrastructure(settings) as (bootstrap, database_url):
         conn = await asyncpg.connect(database_url)

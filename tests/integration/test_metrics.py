@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from dataclasses import replace
 
 import pytest
 
@@ -27,7 +26,7 @@ async def _get(port: int, path: str) -> tuple[int, str]:
 
 async def test_metrics_count_applied_events_and_dead_letters_and_healthz_reports_ok(settings: Settings) -> None:
     port = free_port()
-    settings = replace(settings, metrics_port=port)
+    settings = settings.replace(metrics_port=port)
     async with running_service(settings), Publisher(settings) as pub:
         first = await _get(port, "/metrics")
         before = _value(first, "unifier_events_applied_total")

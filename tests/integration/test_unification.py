@@ -14,7 +14,7 @@ from contracts.topics import Topics
 from services.domain.ids import veil_user_id
 from services.platform.config import Settings
 from services.store import import_log
-from services.store.queries import find_user
+from services.store.queries import find_user, review_candidates
 from tests.support.infra import wait_for
 from tests.support.service import Publisher, read_topic, running_service
 
@@ -311,3 +311,51 @@ async def _created(settings: Settings, n: int) -> list[str] | None:
     got = await user_changed(settings)
     created = [uid for uid, msgs in got.items() if any(m and m["change"] == "created" for m in msgs)]
     return created if len(created) >= n else None
+
+
+async def test_u5_u7_candidates_are_current_as_read_and_a_stale_approval_is_refused(
+    settings: Settings, pool: asyncpg.Pool
+) -> None:
+    """Story (issue 16): a lead shares an e-mail with three members. As staff read it,
+    the list follows the members: one changes its e-mail, one is blocked, one deleted —
+    each drops out at once, and an updated member moves to the front (U7). Approving the
+    member that changed its e-mail is refused with `stale_candidate`; the review queue
+    lists only what is current."""
+    async with running_service(settings), Publisher(settings) as pub:
+        await pub.command(
+            ev("m1", "member.upsert", T0, memberId="mem-1", profile={"email": "s@example.jp"}),
+            ev("m2", "member.upsert", T0 + HOUR, memberId="mem-2", profile={"email": "s@example.jp"}),
+            ev("m3", "member.upsert", T0 + 2 * HOUR, memberId="mem-3", profile={"email": "s@example.jp"}),
+            ev("m4", "member.upsert", T0 + 3 * HOUR, memberId="mem-4", profile={"email": "s@example.jp"}),
+            ev("l", "lead.create", T0 + 4 * HOUR, profile={"email": "s@example.jp"}),
+        )
+        await wait_for(lambda: applied(pool, 5))
+        m1, m2, m3, m4 = [await find_user(pool, CH, "member", f"mem-{i}") for i in (1, 2, 3, 4)]
+        lead = await find_user(pool, CH, "id", await _lead_id(pool))
+        assert m1 and m2 and m3 and m4 and lead is not None
+        assert lead["unification"]["candidates"] == [m4["id"], m3["id"], m2["id"], m1["id"]]
+
+        await pub.command(
+            ev("e1", "member.upsert", T0 + 5 * HOUR, memberId="mem-1", profile={"email": "moved@example.jp"}),
+            ev("k2", "user.block", T0 + 5 * HOUR, userId=m2["id"]),
+            ev("d3", "member.delete", T0 + 5 * HOUR, memberId="mem-3"),
+        )
+        await wait_for(lambda: applied(pool, 8))
+        now = await find_user(pool, CH, "id", lead["id"])
+        assert now is not None and now["unification"]["candidates"] == [m4["id"]]
+        assert await review_candidates(pool, CH) == [(lead["id"], [m4["id"]])]
+
+        await pub.command(
+            ev("a1", "unification.approve", T0 + 6 * HOUR, sourceUserId=lead["id"], targetUserId=m1["id"]),
+            ev("u2", "user.unblock", T0 + 6 * HOUR, userId=m2["id"]),
+        )
+        await wait_for(lambda: applied(pool, 10))
+        again = await find_user(pool, CH, "id", lead["id"])
+        assert again is not None and again["unification"]["candidates"] == [m2["id"], m4["id"]]  # U7: m2 updated last
+        letters = await wait_for(lambda: read_topic(settings, Topics(settings.topic_prefix).dead_letter), message="the refusal")
+    assert [(v["error"]["code"], orjson.loads(v["value"])["eventId"]) for _k, v in letters] == [("stale_candidate", "a1")]
+    assert await pool.fetchval("SELECT count(*) FROM merges") == 0
+
+
+async def _lead_id(pool: asyncpg.Pool) -> str:
+    return str(await pool.fetchval("SELECT id FROM users WHERE type = 'lead'"))

@@ -20,7 +20,7 @@ import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -150,8 +150,7 @@ async def _accepts_connections(url: str) -> bool:
 def isolated_settings(infra: Infra, data_dir: Path) -> Settings:
     """Settings on the session's infrastructure with names no other test uses."""
     tag = secrets.token_hex(4)
-    return replace(
-        Settings.from_env({}),
+    return Settings.from_env({}).replace(
         kafka_bootstrap=infra.bootstrap,
         database_url=infra.database_url,
         topic_prefix=f"t{tag}.",

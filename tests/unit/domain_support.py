@@ -19,6 +19,7 @@ from services.domain import core
 from services.domain.channel import ChannelSettings
 from services.domain.core import Fact, Outcome
 from services.domain.directory import Directory
+from services.domain.saga import member_candidates
 from services.domain.user import User
 
 CH = "ch_test"
@@ -136,3 +137,8 @@ class World:
 def changes(outcome: Outcome) -> list[tuple[str, str | None]]:
     """(key, change) of every publication; tombstones as (key, None)."""
     return [(p.key, None if p.value is None else p.value["change"]) for p in outcome.publications]
+
+
+def candidates(w: World, user: User) -> list[str]:
+    """The user's current unification candidates (U5, U7 order), as staff read them."""
+    return member_candidates(w.directory, w.user(user.id))

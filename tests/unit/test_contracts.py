@@ -268,8 +268,8 @@ def test_contract_profile_key_may_contain_an_inner_dot() -> None:
 def test_contract_profile_value_must_be_a_profile_type(value: Any) -> None:
     error = rejection(message("boot", profile={"x": value}))
     assert error.message == (
-        "profile.x: input should be a string, number, boolean, list of strings, "
-        "list of numbers or null"
+        "profile.x: input should be a string (at most 4096 characters), number, boolean, "
+        "list of such strings, list of numbers or null"
     )
 
 

@@ -6,7 +6,7 @@ from services.domain.channel import ChannelSettings
 from services.domain.imports import mu_visible
 from services.domain.view import user_view
 
-from .domain_support import CH, HOUR, MIN, T0, World, changes, snapshot
+from .domain_support import CH, HOUR, MIN, T0, World, candidates, changes, snapshot
 
 CH_B = "ch_other"
 
@@ -34,7 +34,7 @@ def test_t1_same_email_in_two_channels_never_makes_a_candidate():
     (pub,) = lead.publications
     other = w.user(pub.value["userId"])
     assert other.channel_id == CH_B
-    assert other.candidates == []
+    assert candidates(w, other) == []
     assert w.directory.by_contact(CH_B, "email", "taro@example.jp") == [other]
 
 

@@ -54,6 +54,32 @@ def test_s1_a_late_boot_inside_a_known_session_counts_nothing():
     assert user.last_seen_at == T0 + 20 * MIN
 
 
+def test_s1_a_login_counts_for_the_platform_of_that_veils_session():
+    """An app user's login (which names no platform) is an app visit: it counts towards
+    mobile sessions, not web ones; a login on a web veil stays web."""
+    w = World()
+    w.boot("app", T0, platform="mobile")
+    w.ok("login", T0 + 2 * HOUR, veilId="app", memberId="m-1")
+    member = w.member("m-1")
+    assert (member.sessions_count, member.web.sessions_count, member.mobile.sessions_count) == (2, 0, 2)
+    assert member.mobile.last_seen_at == T0 + 2 * HOUR and member.web.last_seen_at is None
+    w.boot("web", T0 + 4 * HOUR, platform="web")
+    w.ok("login", T0 + 6 * HOUR, veilId="web", memberId="m-1")
+    member = w.member("m-1")
+    assert (member.web.sessions_count, member.mobile.sessions_count) == (2, 2)
+
+
+def test_s1_a_login_on_an_app_veil_merged_into_a_member_still_counts_for_the_app():
+    """The veil's platform moves with it when its anonymous user merges (U2, U4)."""
+    w = World()
+    w.boot("web", T0, platform="web", memberId="m-1")
+    w.boot("app", T0 + HOUR, platform="mobile")
+    w.ok("login", T0 + HOUR + MIN, veilId="app", memberId="m-1")  # merges the app's visitor
+    w.ok("login", T0 + 5 * HOUR, veilId="app", memberId="m-1")
+    member = w.member("m-1")
+    assert (member.web.sessions_count, member.mobile.sessions_count) == (1, 2)
+
+
 # -- S2 ----------------------------------------------------------------------------------
 
 

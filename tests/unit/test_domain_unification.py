@@ -9,7 +9,7 @@ from services.domain.saga import BLAST_RADIUS
 from services.domain.unification import Contested, MergeRecord, merge
 from services.domain.user import User, Value
 
-from .domain_support import CH, HOUR, MIN, T0, World, changes
+from .domain_support import CH, HOUR, MIN, T0, World, candidates, changes
 
 EMAIL = "taro@example.jp"
 MOBILE = "+819012345678"
@@ -52,7 +52,7 @@ def test_u1_lead_into_lead_is_never_done():
     a, b = w.lead(EMAIL, T0), w.lead("hanako@example.jp", T0)
     w.ok("profile.update", T0 + MIN, userId=b.id, profile={"mobileNumber": MOBILE})
     w.ok("profile.update", T0 + MIN, userId=a.id, profile={"mobileNumber": MOBILE})
-    assert w.user(a.id).candidates == [] and w.user(b.id).candidates == []
+    assert candidates(w, w.user(a.id)) == [] and candidates(w, w.user(b.id)) == []
 
     out = w.send("unification.approve", T0 + 2 * MIN, sourceUserId=a.id, targetUserId=b.id)
     assert out.rejection is not None and out.rejection.code == "invalid_unification"
@@ -265,7 +265,7 @@ def test_u5_qualified_contact_of_a_new_lead_records_the_member_as_candidate():
     w = World()
     m = w.upsert_member("m1", T0, email=EMAIL)
     lead = w.lead(EMAIL, T0 + MIN)
-    assert lead.candidates == [m.id]
+    assert candidates(w, lead) == [m.id]
     assert lead.pending_into is None
     assert lead.alive and w.user(m.id).merged_user_ids == []
 
@@ -274,7 +274,7 @@ def test_u5_member_gaining_a_leads_contact_becomes_its_candidate():
     w = World()
     lead = w.lead(EMAIL, T0)
     m = w.upsert_member("m1", T0 + MIN, email=EMAIL)
-    assert w.user(lead.id).candidates == [m.id]
+    assert candidates(w, w.user(lead.id)) == [m.id]
 
 
 def test_u5_approval_of_never_booted_source_merges_at_once():
@@ -286,14 +286,14 @@ def test_u5_approval_of_never_booted_source_merges_at_once():
 
     assert [(r.source_id, r.target_id) for r in out.merges] == [(lead.id, m.id)]
     assert w.user(lead.id).merged_into == m.id
-    assert w.user(m.id).candidates == []
+    assert candidates(w, w.user(m.id)) == []
 
 
 def test_u5_approval_of_booted_source_waits_for_the_members_next_login():
     w = World()
     m = w.upsert_member("m1", T0, email=EMAIL)
     lead = booted_lead(w, "v1", T0, email=EMAIL)
-    assert lead.candidates == [m.id]
+    assert candidates(w, lead) == [m.id]
 
     out = w.ok("unification.approve", T0 + HOUR, sourceUserId=lead.id, targetUserId=m.id)
     assert out.merges == []
@@ -398,7 +398,7 @@ def test_u6_pending_cancelled_when_source_becomes_member():
     w.boot("v1", T0 + 2 * HOUR, memberId="m2")  # no member m2 yet: the lead becomes it (U2)
     became = w.user(lead.id)
     assert became.type == "member" and became.member_id == "m2"
-    assert became.pending_into is None and became.candidates == []
+    assert became.pending_into is None and candidates(w, became) == []
     assert w.directory.pending_for(CH, m.id) == []
 
     out = w.ok("login", T0 + 3 * HOUR, veilId="v9", memberId="m1")
@@ -438,11 +438,81 @@ def test_u7_candidates_list_the_most_recently_updated_member_first():
     m1 = w.upsert_member("m1", T0, email=EMAIL)
     m2 = w.upsert_member("m2", T0 + MIN, email=EMAIL)
     lead = w.lead(EMAIL, T0 + 2 * MIN)
-    assert lead.candidates == [m2.id, m1.id]
+    assert candidates(w, lead) == [m2.id, m1.id]
 
     w.ok("profile.update", T0 + 3 * MIN, userId=m1.id, profile={"company": "ACME"})
     w.ok("profile.update", T0 + 4 * MIN, userId=lead.id, profile={"email": EMAIL})
-    assert w.user(lead.id).candidates == [m1.id, m2.id]
+    assert candidates(w, w.user(lead.id)) == [m1.id, m2.id]
+
+
+def test_u7_candidates_follow_the_members_updates_without_the_lead_changing():
+    """U7 as read now: a member updated after the lead was offered moves to the front."""
+    w = World()
+    m1 = w.upsert_member("m1", T0, email=EMAIL)
+    m2 = w.upsert_member("m2", T0 + MIN, email=EMAIL)
+    lead = w.lead(EMAIL, T0 + 2 * MIN)
+    assert candidates(w, lead) == [m2.id, m1.id]
+    w.ok("profile.update", T0 + 3 * MIN, userId=m1.id, profile={"company": "ACME"})
+    assert candidates(w, lead) == [m1.id, m2.id]
+
+
+def test_u5_u7_a_member_that_changed_its_contact_is_no_longer_a_candidate_and_approving_it_is_refused():
+    """Candidates are current (issue 16): the member staff were offered changed its
+    e-mail, so it is not listed any more, and approving the stale offer is refused with
+    `stale_candidate` instead of merging two strangers."""
+    w = World()
+    m = w.upsert_member("m1", T0, email=EMAIL)
+    lead = w.lead(EMAIL, T0 + MIN)
+    assert candidates(w, lead) == [m.id]
+    w.ok("member.upsert", T0 + 2 * MIN, memberId="m1", profile={"email": "moved@example.jp"})
+    assert candidates(w, lead) == []
+    out = w.send("unification.approve", T0 + 3 * MIN, sourceUserId=lead.id, targetUserId=m.id)
+    assert out.rejection is not None and out.rejection.code == "stale_candidate"
+    assert "no longer shares" in out.rejection.reason and w.user(lead.id).alive
+
+
+def test_u5_u6_a_blocked_member_is_no_longer_a_candidate_and_approving_it_is_refused():
+    w = World()
+    m = w.upsert_member("m1", T0, email=EMAIL)
+    lead = w.lead(EMAIL, T0 + MIN)
+    w.ok("user.block", T0 + 2 * MIN, userId=m.id)
+    assert candidates(w, lead) == []
+    out = w.send("unification.approve", T0 + 3 * MIN, sourceUserId=lead.id, targetUserId=m.id)
+    assert out.rejection is not None and (out.rejection.code, "is blocked" in out.rejection.reason) == ("stale_candidate", True)
+    w.ok("user.unblock", T0 + 4 * MIN, userId=m.id)
+    assert candidates(w, lead) == [m.id]  # current again: listed again, approvable again
+    assert w.ok("unification.approve", T0 + 5 * MIN, sourceUserId=lead.id, targetUserId=m.id).merges
+
+
+def test_u5_b2_a_deleted_member_is_no_longer_a_candidate_and_approving_it_is_refused():
+    w = World()
+    m1 = w.upsert_member("m1", T0, email=EMAIL)
+    m2 = w.upsert_member("m2", T0 + MIN, email=EMAIL)
+    lead = w.lead(EMAIL, T0 + 2 * MIN)
+    w.ok("member.delete", T0 + 3 * MIN, memberId="m2")
+    assert candidates(w, lead) == [m1.id]
+    out = w.send("unification.approve", T0 + 4 * MIN, sourceUserId=lead.id, targetUserId=m2.id)
+    assert out.rejection is not None and (out.rejection.code, "was deleted" in out.rejection.reason) == ("stale_candidate", True)
+
+
+def test_u5_a_lead_that_lost_the_shared_contact_has_no_candidate_and_its_stale_approval_is_refused():
+    w = World()
+    m = w.upsert_member("m1", T0, email=EMAIL)
+    lead = w.lead(EMAIL, T0 + MIN)
+    w.ok("profile.update", T0 + 2 * MIN, userId=lead.id, profile={"email": "other@example.jp"})
+    assert candidates(w, lead) == []
+    out = w.send("unification.approve", T0 + 3 * MIN, sourceUserId=lead.id, targetUserId=m.id)
+    assert out.rejection is not None and out.rejection.code == "stale_candidate"
+
+
+def test_d1_a_member_never_offered_may_still_be_unified_by_hand():
+    """Staff who identified the person themselves (D1: merge two customers by hand) are
+    not refused: only an offer that went stale is."""
+    w = World()
+    m = w.upsert_member("m1", T0)
+    lead = w.lead(EMAIL, T0 + MIN)
+    assert candidates(w, lead) == []
+    assert w.ok("unification.approve", T0 + 2 * MIN, sourceUserId=lead.id, targetUserId=m.id).merges
 
 
 # -- U8 ----------------------------------------------------------------------------------
@@ -502,7 +572,7 @@ def test_u9_email_matches_case_insensitively_after_trimming():
     out = w.ok("lead.create", T0 + MIN, profile={"email": "  taro@EXAMPLE.jp "})
     lead = w.user(out.publications[0].value["userId"])
     assert lead.value("profile.email") == EMAIL
-    assert lead.candidates == [m.id]
+    assert candidates(w, lead) == [m.id]
 
 
 def test_u9_mobile_numbers_match_in_e164():
@@ -511,7 +581,7 @@ def test_u9_mobile_numbers_match_in_e164():
     out = w.ok("lead.create", T0 + MIN, profile={"mobileNumber": MOBILE})
     lead = w.user(out.publications[0].value["userId"])
     assert w.user(m.id).value("profile.mobileNumber") == MOBILE
-    assert lead.candidates == [m.id]
+    assert candidates(w, lead) == [m.id]
 
 
 def test_u9_unqualified_contacts_never_make_candidates():
@@ -523,14 +593,14 @@ def test_u9_unqualified_contacts_never_make_candidates():
     for veil in ("v1", "v2"):
         user = w.veil(veil)
         assert user.type == "lead"
-        assert user.candidates == [] and user.pending_into is None and user.alive
+        assert candidates(w, user) == [] and user.pending_into is None and user.alive
 
 
 def test_u9_a_members_unqualified_contact_never_makes_it_a_candidate():
     w = World()
     w.boot("vm", T0, memberId="m1")
     w.ok("contact", T0 + MIN, veilId="vm", email=EMAIL)
-    assert w.lead(EMAIL, T0 + 2 * MIN).candidates == []
+    assert candidates(w, w.lead(EMAIL, T0 + 2 * MIN)) == []
 
 
 # -- U10 ---------------------------------------------------------------------------------
@@ -548,12 +618,12 @@ def test_u10_line_chat_makes_a_lead_that_unifies_at_once_after_staff_enter_a_con
         message={"messageId": "1", "text": "hi"},
     )
     lead = w.veil("line:U123")
-    assert lead.type == "lead" and not lead.booted and lead.candidates == []
+    assert lead.type == "lead" and not lead.booted and candidates(w, lead) == []
     assert [c for _, c in changes(chat)] == ["created"]
     assert chat.activities[0].user_id == lead.id
 
     w.ok("profile.update", T0 + 2 * MIN, userId=lead.id, profile={"mobileNumber": MOBILE})
-    assert w.user(lead.id).candidates == [m.id]
+    assert candidates(w, w.user(lead.id)) == [m.id]
 
     out = w.ok("unification.approve", T0 + 3 * MIN, sourceUserId=lead.id, targetUserId=m.id)
     assert [(r.source_id, r.target_id) for r in out.merges] == [(lead.id, m.id)]
@@ -707,4 +777,4 @@ def test_u9_a_full_width_email_typed_with_an_ime_is_the_same_address():
     out = w.ok("lead.create", T0 + MIN, profile={"email": "ｔａｒｏ＠ｅｘａｍｐｌｅ．ｊｐ"})
     lead = w.user(out.publications[0].value["userId"])
     assert lead.value("profile.email") == EMAIL
-    assert lead.candidates == [m.id]
+    assert candidates(w, lead) == [m.id]

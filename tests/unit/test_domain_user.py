@@ -17,8 +17,8 @@ def _full_user() -> User:
         masked=True, deleted=False, merged_into=None, language="ja", city="Tokyo", country="JP",
         sessions_count=4, last_seen_at=5, last_activity_at=6, last_contact_at=7,
         web=Platform(2, 5, {"browser": "chrome"}), mobile=Platform(2, 4, {"appVersion": "1"}),
-        veils={"v": 5}, booted=True, delivered=["c"], merged_user_ids=["u_0"], candidates=["u_9"],
-        pending_into="u_8", pending_since=8, last_login_at=9, version=10,
+        veils={"v": 5}, booted=True, delivered=["c"], merged_user_ids=["u_0"], offered=["u_9"],
+        pending_into="u_8", pending_since=8, last_login_at=9, version=10, mobile_veils=["v"],
     )
 
 
@@ -52,7 +52,7 @@ def test_publication_precheck_notices_every_visible_field() -> None:
     """The cheap pre-check in `publish` must not hide a change the view would show."""
     user = replace(_full_user(), masked=False, blocked=False)
     quiet = {"last_seen_at", "last_activity_at", "last_contact_at", "updated_at", "version", "veils",
-             "booted", "candidates", "pending_into", "pending_since", "last_login_at", "has_push_token",
+             "booted", "offered", "pending_into", "pending_since", "last_login_at", "has_push_token", "mobile_veils",
              "deleted", "merged_into"}
     changes = {
         "type": "lead", "masked": True, "member_id": "m2", "fields": {}, "tags": [], "import_tags": [],

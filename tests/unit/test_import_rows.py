@@ -11,6 +11,7 @@ from services.domain import core
 from services.domain.core import Fact, Outcome
 from services.domain.directory import Directory
 from services.domain.imports import Column, ImportBook, ImportChannel, ImportDef, MuBudget
+from services.domain.saga import member_candidates
 from services.domain.user import EMAIL, MOBILE, User, Value
 
 CH = "ch_imp"
@@ -121,7 +122,7 @@ def test_i2_u5_booted_lead_waits_for_the_members_next_login() -> None:
     m = h.member("m-1")
     waiting = h.directory.get("u_lead")
     assert waiting is not None and waiting.merged_into is None
-    assert waiting.pending_into == m.id and waiting.candidates == [m.id]
+    assert waiting.pending_into == m.id and member_candidates(h.directory, waiting) == [m.id]
     from contracts.inbound import LoginEvent
 
     login = LoginEvent(eventId="l1", type="login", channelId=CH, occurredAt=T0 + 1000, veilId="veil-x", memberId="m-1")

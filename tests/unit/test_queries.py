@@ -6,14 +6,14 @@ from typing import Any
 
 import orjson
 
-from services.domain.user import User
+from services.domain.user import EMAIL, User, Value
 from services.store.queries import find_user
 
 CH = "ch_q"
 
 
 class FakeConn:
-    """Answers find_user's two queries: the user's state, then which ids are live users."""
+    """Answers find_user's query for the user's state; any other query is a failure."""
 
     def __init__(self, *users: User) -> None:
         self.users = {u.id: u for u in users}
@@ -22,25 +22,14 @@ class FakeConn:
         user = self.users.get(user_id)
         return None if user is None or user.channel_id != channel_id else {"state": orjson.loads(orjson.dumps(user.to_json()))}
 
-    async def fetch(self, sql: str, channel_id: str, ids: list[str]) -> list[dict[str, Any]]:
-        return [{"id": i} for i in ids if (u := self.users.get(i)) is not None and u.channel_id == channel_id and not u.deleted]
+    async def fetch(self, sql: str, *args: Any) -> list[dict[str, Any]]:
+        raise AssertionError("a user without a qualified contact has no candidates to look up")
 
 
-def member(uid: str, *, deleted: bool = False) -> User:
-    return User(id=uid, channel_id=CH, type="member", member_id=uid, created_at=1, updated_at=1, deleted=deleted)
-
-
-async def test_b3_u5_a_deleted_member_is_no_longer_offered_as_a_candidate() -> None:
-    """A lead listed two members (U7 order); one was deleted since (B3): `user show`
-    offers only the other, in the recorded order."""
+async def test_u9_no_qualified_contact_asks_nothing_more() -> None:
+    """U5/U9: candidates are computed when read (tests/integration/test_unification.py);
+    a lead holding only a typed contact has none, and no query is run for it."""
     lead = User(id="u_lead", channel_id=CH, type="lead", created_at=1, updated_at=1)
-    lead.candidates = ["u_gone", "u_kept", "u_later"]
-    conn = FakeConn(lead, member("u_gone", deleted=True), member("u_kept"), member("u_later"))
-    shown = await find_user(conn, CH, "id", "u_lead")  # type: ignore[arg-type]
-    assert shown is not None and shown["unification"] == {"candidates": ["u_kept", "u_later"], "pendingInto": None}
-
-
-async def test_no_candidates_asks_nothing_more() -> None:
-    lead = User(id="u_lead", channel_id=CH, type="lead", created_at=1, updated_at=1)
+    lead.fields[EMAIL] = Value("typed@example.jp", False, False, 1)
     shown = await find_user(FakeConn(lead), CH, "id", "u_lead")  # type: ignore[arg-type]
     assert shown is not None and shown["unification"] == {"candidates": [], "pendingInto": None}

@@ -4,6 +4,7 @@ and the commands on one user (profile.update, user.delete, user.block/unblock)."
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
+from urllib.parse import quote
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
@@ -32,7 +33,7 @@ async def _live(pool: Pool, ch: str, user_id: str) -> dict[str, Any]:
         survivor = await queries.survivor_of(pool, ch, user_id) or found["mergedInto"]
         raise Problem(
             410, f"user {user_id!r} was merged into {found['mergedInto']!r}",
-            headers={"Link": f'</v1/channels/{ch}/users/{survivor}>; rel="canonical"'},
+            headers={"Link": f'</v1/channels/{quote(ch, safe="")}/users/{quote(survivor, safe="")}>; rel="canonical"'},
             extra={"id": found["id"], "mergedInto": found["mergedInto"]},
         )
     return found
@@ -57,6 +58,8 @@ async def list_users(
     limit: Limit = 50, cursor: Cursor = None,
 ) -> dict[str, Any]:
     """Live users matching every filter given, in a stable order (by id), a page at a time."""
+    if q is not None and not q.strip():
+        raise Problem(422, "q: must not be blank", errors=[{"field": "query.q", "message": "must not be blank"}])
     try:
         f = UserFilter(
             member_id=clean_member_id(memberId) if memberId is not None else None,

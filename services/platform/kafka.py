@@ -1,0 +1,59 @@
+"""How every Kafka client of the process reaches the broker: address plus security.
+
+`client_options(bootstrap)` gives the aiokafka keyword arguments (`bootstrap_servers`,
+and for the configured broker its TLS/SASL settings) that every producer, consumer and
+admin client is built with: `AIOKafkaProducer(**client_options(bootstrap), acks="all")`.
+
+The broker address travels through the code as a plain string (to replay's worker
+processes too), so the security settings are looked up by it: `use(settings)` records
+them for `settings.kafka_bootstrap` once per process (the CLI and `infrastructure()` do).
+An embedded broker's address is never recorded, so it is always reached in plaintext.
+"""
+
+from __future__ import annotations
+
+import ssl
+from typing import Any
+
+from aiokafka.helpers import create_ssl_context
+
+from .config import Settings
+
+_SECURED: dict[str, dict[str, Any]] = {}
+
+
+def security_options(settings: Settings) -> dict[str, Any]:
+    """aiokafka's security keyword arguments for `settings` (none for PLAINTEXT)."""
+    protocol = settings.kafka_security_protocol
+    if protocol == "PLAINTEXT":
+        return {}
+    options: dict[str, Any] = {"security_protocol": protocol}
+    if protocol.endswith("SSL"):
+        options["ssl_context"] = _tls(settings)
+    if protocol.startswith("SASL_"):
+        assert settings.kafka_sasl_password is not None  # Settings checked it
+        options["sasl_mechanism"] = settings.kafka_sasl_mechanism
+        options["sasl_plain_username"] = settings.kafka_sasl_username
+        options["sasl_plain_password"] = settings.kafka_sasl_password.get_secret_value()
+    return options
+
+
+def _tls(settings: Settings) -> ssl.SSLContext:
+    """Verifies the broker's certificate and host name: against KAFKA_SSL_CA_FILE when
+    set, else the system's CAs (managed Kafka uses public ones)."""
+    return create_ssl_context(
+        cafile=str(settings.kafka_ssl_cafile) if settings.kafka_ssl_cafile else None,
+        certfile=str(settings.kafka_ssl_certfile) if settings.kafka_ssl_certfile else None,
+        keyfile=str(settings.kafka_ssl_keyfile) if settings.kafka_ssl_keyfile else None,
+    )
+
+
+def use(settings: Settings) -> None:
+    """Remember the configured broker's security for `client_options`."""
+    if settings.kafka_bootstrap:
+        _SECURED[settings.kafka_bootstrap] = security_options(settings)
+
+
+def client_options(bootstrap: str) -> dict[str, Any]:
+    """Keyword arguments for any aiokafka client talking to `bootstrap`."""
+    return {"bootstrap_servers": bootstrap, **_SECURED.get(bootstrap, {})}
