@@ -3,7 +3,7 @@ CSRF on every state-changing request, scope and channel checks (issue 13)."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -45,7 +45,7 @@ class ConsoleRoute(APIRoute):
     """Wraps every console handler: loads (or starts) the session, picks the language,
     resolves the signed-in key, checks CSRF on POST, writes the cookie back."""
 
-    def get_route_handler(self) -> Callable[[Request], Awaitable[Response]]:
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
 
         async def run(request: Request) -> Response:

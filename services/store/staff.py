@@ -8,13 +8,13 @@ read. Every change the console makes is a command (services/api/commands.py).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeAlias
 
 import asyncpg
 
 from services.domain.user import User
 
-Conn = asyncpg.Connection | asyncpg.Pool
+Conn: TypeAlias = asyncpg.Connection | asyncpg.Pool
 
 
 async def mu_count(conn: Conn, channel_id: str) -> int:
