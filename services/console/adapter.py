@@ -4,6 +4,11 @@ doing the same thing go through the same code (docs/design.md)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import io
+import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -13,10 +18,12 @@ from fastapi import FastAPI
 from services.domain.hygiene import clean_member_id, clean_veil_id
 from services.domain.user import User
 from services.domain.values import Rejected
-from services.store import api_keys, queries, staff
+from services.store import api_keys, import_log, queries, staff
 from services.store.queries import BadCursor, UserFilter
 
 from .backend import Filters, ImportStart, Outcome, Page, StaffKey
+
+log = logging.getLogger("unifier.console")
 
 
 class ApiBackend:
@@ -140,32 +147,51 @@ class ApiBackend:
         return await self.settings(channel)
 
     # -- imports ----------------------------------------------------------------------
+    # The importer the CLI and `POST …/imports` share: start_import checks the file and
+    # the mapping and takes the channel's lock (every refusal said at once), complete()
+    # publishes and waits in the background, tracked in `app.state.imports` like the
+    # API's own, so stopping the API marks it abandoned on the log.
     async def start_import(
         self, channel: str, path: Path, mode: str, key: str | None, maps: list[str], blank: str,
         tag: str | None, actor: str,
     ) -> ImportStart:
-        from services.api import imports
+        from services.importer.run import ImportRefused, ImportRequest, start_import
 
+        req = ImportRequest(path=path, channel=channel, mode=mode, key=key, maps=tuple(maps), blank=blank, tag=tag, actor=actor)
+        settings = self.app.state.settings
         try:
-            import_id = await imports.start(self.app, channel, path, mode=mode, key=key, maps=maps, blank=blank, tag=tag, actor=actor)
-        except imports.ImportRefusal as err:
-            return ImportStart(refused=err.message)
-        return ImportStart(import_id=import_id)
+            started = await start_import(settings, req, self.pool, settings.kafka_bootstrap)
+        except ImportRefused as err:  # ImportBusy included (I12)
+            return ImportStart(refused=str(err))
+        task = asyncio.create_task(_complete(started, path), name=f"console import {started.import_id}")
+        running: set[asyncio.Task[None]] = self.app.state.imports
+        running.add(task)
+        task.add_done_callback(running.discard)
+        return ImportStart(import_id=started.import_id)
 
     async def import_progress(self, channel: str, import_id: str) -> dict[str, Any] | None:
-        from services.api import imports
-
-        return await imports.progress(self.app, channel, import_id)
+        return await import_log.progress(self.pool, channel, import_id)
 
     async def imports(self, channel: str) -> list[dict[str, Any]]:
-        from services.api import imports
-
-        return await imports.log(self.app, channel)
+        now = int(time.time() * 1000)
+        entries = [import_log.log_entry(r, now) for r in await import_log.list_imports(self.pool, channel)]
+        for e in entries:  # the log's status in the words of the progress page
+            e["state"] = {"completed": "finished", "abandoned": "abandoned"}.get(e["status"], "running")
+        return entries
 
     async def import_failures_csv(self, channel: str, import_id: str) -> bytes | None:
-        from services.api import imports
+        """The failed rows as the CLI and the API write them (I15), None once gone."""
+        from services.importer.failures import write_failures
 
-        return await imports.failures_csv(self.app, channel, import_id)
+        record = await import_log.import_record(self.pool, channel, import_id)
+        if record is None:
+            return None
+        finished = record["finished_at"]
+        if finished is not None and finished + import_log.FAILURES_KEPT_MS <= int(time.time() * 1000):
+            return None
+        out = io.StringIO()
+        await write_failures(self.pool, channel, import_id, [c["key"] for c in record["columns"]], out)
+        return ("\ufeff" + out.getvalue()).encode()  # a BOM, as the CLI's file has, for Excel
 
     # -- dead letters -----------------------------------------------------------------
     async def dead_letters(self, code: str | None, limit: int) -> list[dict[str, Any]]:
@@ -201,3 +227,19 @@ async def _lead_with(pool: asyncpg.Pool, channel: str, profile: dict[str, Any]) 
             except Rejected:
                 return None
     return None
+
+
+async def _complete(started: Any, draft: Path) -> None:
+    """Publish and wait; the outcome is on the import log either way. The draft goes."""
+    from services.importer.run import ImportNotApplied
+
+    try:
+        result = await started.complete()
+        log.info("import %s: %d created, %d updated, %d failed", result.import_id, result.created, result.updated, result.failed)
+    except ImportNotApplied as err:
+        log.warning("import %s: %s", started.import_id, err)
+    except Exception:
+        log.exception("import %s failed", started.import_id)
+    finally:
+        with contextlib.suppress(OSError):
+            await asyncio.to_thread(draft.unlink, True)

@@ -481,7 +481,7 @@ JA: dict[str, str] = {
     "imp.type": "タイプ（新しいプロフィール）",
     "imp.skip": "インポートしない",
     "imp.sample": "サンプルデータ",
-    "imp.system_keys": "チャネルトークが保存する項目（id、createdAt、lastSeenAt、sessionsCount、web.*、mobile.* など）はマッピングできません（I5）。",
+    "imp.system_keys": "サービスが保存する項目（id、createdAt、lastSeenAt、sessionsCount、web.*、mobile.* など）はマッピングできません（I5）。",
     "imp.blank": "空欄の処理",
     "imp.blank.keep": "既存データを維持する",
     "imp.blank.clear": "既存データを空にする（受信拒否は除外）",
