@@ -40,7 +40,7 @@ def digest(key: str) -> bytes:
 
 
 def _key_id(key: str) -> str | None:
-    parts = key.split("_", 2)  # the secret (token_urlsafe) may itself contain "_"
+    parts = key.split("_", 2)  # the secret itself may contain "_"
     if len(parts) != 3 or parts[0] != "uk" or len(parts[1]) != 8:
         return None
     return parts[1]

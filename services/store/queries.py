@@ -156,12 +156,12 @@ def decode_cursor(cursor: str, *types: type) -> list[Any]:
 async def survivor_of(conn: asyncpg.Connection | asyncpg.Pool, channel_id: str, user_id: str) -> str | None:
     """Where a merged id ended up, following the chain of merges (U8); None if unknown."""
     return await conn.fetchval(
-        """WITH RECURSIVE chain(id, into, depth) AS (
+        """WITH RECURSIVE chain(id, target, depth) AS (
                SELECT id, merged_into, 0 FROM users WHERE id = $2 AND channel_id = $1
                UNION ALL
-               SELECT u.id, u.merged_into, c.depth + 1 FROM users u JOIN chain c ON u.id = c.into
+               SELECT u.id, u.merged_into, c.depth + 1 FROM users u JOIN chain c ON u.id = c.target
                 WHERE c.depth < 100)
-           SELECT id FROM chain WHERE into IS NULL""",
+           SELECT id FROM chain WHERE target IS NULL""",
         channel_id, user_id,
     )
 
@@ -245,10 +245,12 @@ async def search_users(
     if f.grade is not None:
         where.append("NOT u.masked")
         where.append(
+            # The keys that give grades (grade_keys): memberId and qualified contacts.
             f"""u.id IN (SELECT i.user_id FROM grade_holders g
                            JOIN identities i ON i.channel_id = g.channel_id AND i.value = g.value
                                 AND i.kind = CASE g.kind WHEN 'memberId' THEN 'member'
                                                          WHEN 'mobileNumber' THEN 'mobile' ELSE 'email' END
+                                AND (i.kind = 'member' OR i.qualified)
                           WHERE g.channel_id = $1 AND g.name = {arg(f.grade)})"""
         )
     if cursor is not None:
@@ -264,16 +266,13 @@ async def search_users(
 
 
 def _phone_prefix(q: str) -> str | None:
-    """A national number as staff type it (`090-1234`) as the E.164 prefix stored (U9,
-    Japanese numbers by default as in services/domain/hygiene), else None."""
-    digits = "".join(c for c in q if c.isdigit())
-    if not digits or any(not (c.isdigit() or c in "+- ()") for c in q.strip()):
+    """A phone number as staff type it (`+81 90-1234`, `8190…`) as a prefix of the stored
+    E.164 form (U9), else None. A national `090…` is not guessed into a country."""
+    text = q.strip()
+    digits = "".join(c for c in text if c.isdigit())
+    if not digits or any(not (c.isdigit() or c in "+- ()") for c in text) or "+" in text[1:]:
         return None
-    if q.strip().startswith("+"):
-        return "+" + digits
-    if digits.startswith("0"):
-        return "+81" + digits[1:]
-    return None
+    return "+" + digits
 
 
 async def user_json(conn: asyncpg.Connection | asyncpg.Pool, user: User) -> dict[str, Any]:

@@ -4,17 +4,21 @@ a free port) on the test's broker and schema, keys of every scope, an httpx clie
 from __future__ import annotations
 
 import asyncio
+import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 import asyncpg
 import httpx
+import pytest
+import pytest_asyncio
 
 from services.platform.config import Settings
 from services.runtime.service import run_service
 from services.store import api_keys
 from services.store.pool import create_pool
+from tests.support.infra import Infra, drop_schema, isolated_settings
 
 
 @dataclass
@@ -51,3 +55,19 @@ async def live_api(settings: Settings) -> AsyncIterator[LiveApi]:
         await pool.close()
         stop.set()
         await asyncio.wait_for(task, timeout=60)
+
+
+def new_channel() -> str:
+    """A channel no other test uses (tests share one live API per module)."""
+    return f"ch_{secrets.token_hex(4)}"
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def module_api(infra: Infra, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[LiveApi]:
+    """One live service with its API for a test module (each test takes its own channel)."""
+    settings = isolated_settings(infra, tmp_path_factory.mktemp("api"))
+    try:
+        async with live_api(settings) as live:
+            yield live
+    finally:
+        await drop_schema(infra.database_url, settings.db_schema)
