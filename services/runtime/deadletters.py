@@ -93,11 +93,12 @@ async def _list(settings: Settings, args: argparse.Namespace) -> int:
 
 async def retry(
     pool: asyncpg.Pool, bootstrap: str, topics: Topics, code: str | None, *, since: int | None = None,
-    idempotence: bool = False,
+    idempotence: bool = False, where: tuple[int, int] | None = None,
 ) -> dict[str, int]:
-    """Re-publish the letters of `code` (all when None) not retried before; counts
-    `retried`, `alreadyRetried`, and `skipped` (a source topic that is not one of our
-    inbound topics is never written to)."""
+    """Re-publish the letters of `code` (all when None) not retried before, or only the
+    one at `where` (partition, offset on the dead-letter topic: the console's retry of one
+    letter); counts `retried`, `alreadyRetried`, and `skipped` (a source topic that is not
+    one of our inbound topics is never written to)."""
     inbound = set(topics.inbound)
     counts = {"retried": 0, "alreadyRetried": 0, "skipped": 0}
     producer = AIOKafkaProducer(**client_options(bootstrap), acks="all", enable_idempotence=idempotence, linger_ms=5)
@@ -106,6 +107,8 @@ async def retry(
         async with pool.acquire() as conn, conn.transaction():
             pending = []
             async for letter in dead_letters(bootstrap, topics, code, since=since):
+                if where is not None and (letter["deadLetter"]["partition"], letter["deadLetter"]["offset"]) != where:
+                    continue
                 topic, value, key = letter.get("sourceTopic"), letter.get("value"), letter.get("key")
                 if topic not in inbound or not isinstance(value, str):
                     counts["skipped"] += 1
