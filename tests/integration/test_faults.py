@@ -90,7 +90,7 @@ class Service:
         return await self.wait()
 
     def port(self) -> int:
-        found = re.search(r"metrics and health on port (\d+)", self.text())
+        found = re.search(r"metrics and health on \S+:(\d+)", self.text())
         assert found, self.text()
         return int(found[1])
 
@@ -386,7 +386,7 @@ async def test_broker_unreachable_at_start_reports_degraded_and_recovers_without
     bootstrap = f"127.0.0.1:{port}"
     svc = service(settings, tmp_path, services, "run", KAFKA_BOOTSTRAP_SERVERS=bootstrap)
     await svc.spawn()
-    await wait_for(lambda: svc.says("metrics and health on port") or svc.exited(), timeout=30, message="health endpoint up")
+    await wait_for(lambda: svc.says("metrics and health on ") or svc.exited(), timeout=30, message="health endpoint up")
     assert not svc.exited(), svc.text()[-3000:]
     status, body = await _healthz(svc.port())
     assert status == 503 and body["status"] == "degraded"
