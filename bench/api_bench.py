@@ -24,7 +24,7 @@ omission). The client is a few lines of asyncio on keep-alive connections, cheap
 not to be what is measured. Prints p50/p90/p99/max and errors per phase and writes
 bench/results/api.json. A benchmark, not a test: nothing here asserts.
 
-    .venv/bin/python bench/api_bench.py                       # the issue's figures (~4 min)
+    .venv/bin/python bench/api_bench.py                       # the issue's figures (~6 min)
     .venv/bin/python bench/api_bench.py --users 100000 --seconds 20 --command-seconds 10
 """
 
@@ -377,7 +377,8 @@ async def _reads(
     # A short warm-up (connections, caches of the service), not measured.
     warm: dict[str, Tally] = {}
     await open_loop(200, 3, lambda i: _get(conns, key, picks, i), warm)
-    duration = await open_loop(args.rate, args.seconds, sql, base)
+    duration = await open_loop(args.rate, min(args.seconds, args.baseline_seconds), sql, base)
+    base_duration = duration
     print(f"baseline (asyncpg): {json.dumps({k: t.summary(duration) for k, t in base.items()})}", file=sys.stderr)
 
     api: dict[str, Tally] = {}
@@ -386,7 +387,7 @@ async def _reads(
     cpu_ms = (_cpu(proc) - cpu) * 1000 / max(1, sum(len(t.latencies) for t in api.values()))
     print(f"API reads: {json.dumps({k: t.summary(duration) for k, t in api.items()})}", file=sys.stderr)
     print(f"service CPU per read: {cpu_ms:.2f} ms", file=sys.stderr)
-    return {"read_baseline": {k: t.summary(duration) for k, t in base.items()},
+    return {"read_baseline": {k: t.summary(base_duration) for k, t in base.items()},
             "reads": {k: t.summary(duration) for k, t in api.items()}, "connections": conns.opened,
             "service_cpu_ms_per_read": round(cpu_ms, 3)}
 
@@ -429,8 +430,8 @@ async def _commands(
     try:
         warm: dict[str, Tally] = {}
         await open_loop(20, 3, http, warm)  # the projection's first batches, not measured
-        duration = await open_loop(args.command_rate, args.command_seconds, straight, base)
-        print(f"baseline (CommandBus, no HTTP): {json.dumps({k: t.summary(duration) for k, t in base.items()})}", file=sys.stderr)
+        base_duration = await open_loop(args.command_rate, min(args.command_seconds, args.baseline_seconds), straight, base)
+        print(f"baseline (CommandBus, no HTTP): {json.dumps({k: t.summary(base_duration) for k, t in base.items()})}", file=sys.stderr)
         api: dict[str, Tally] = {}
         cpu = _cpu(proc)
         duration = await open_loop(args.command_rate, args.command_seconds, http, api)
@@ -440,7 +441,7 @@ async def _commands(
     finally:
         await bus.close()
         await producer.stop()
-    return {"command_baseline": {k: t.summary(duration) for k, t in base.items()},
+    return {"command_baseline": {k: t.summary(base_duration) for k, t in base.items()},
             "commands": {k: t.summary(duration) for k, t in api.items()}, "service_cpu_ms_per_command": round(cpu_ms, 3)}
 
 
@@ -452,6 +453,7 @@ if __name__ == "__main__":
     parser.add_argument("--seconds", type=float, default=60.0, help="read phase length (default 60)")
     parser.add_argument("--command-rate", type=float, default=200.0)
     parser.add_argument("--command-seconds", type=float, default=30.0)
+    parser.add_argument("--baseline-seconds", type=float, default=20.0, help="length of each baseline (default 20)")
     figures = asyncio.run(main(parser.parse_args()))
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(figures, indent=2) + "\n")
