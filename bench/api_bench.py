@@ -130,7 +130,7 @@ async def fill(database_url: str, schema: str, users: int) -> float:
 async def explain(database_url: str, schema: str, users: int) -> dict[str, Any]:
     """EXPLAIN ANALYZE of the API's reads on the filled table (the statements the API
     runs, from services/store/queries.py): plan shape and server time of each."""
-    from services.store.queries import UserFilter, q_matches_sql, search_sql
+    from services.store.queries import UserFilter, q_matches_sql, search_sql, tag_matches_sql
 
     n = users // 2
     cases: dict[str, tuple[str, list[Any]]] = {
@@ -147,7 +147,8 @@ async def explain(database_url: str, schema: str, users: int) -> dict[str, Any]:
         "q_rare_walk_worst_case": search_sql(CHANNEL, UserFilter(q="zz"), limit=50),
         "list_first_page": search_sql(CHANNEL, UserFilter(), limit=50),
         "list_type_member": search_sql(CHANNEL, UserFilter(type="member"), limit=50),
-        "tag": search_sql(CHANNEL, UserFilter(tag="vip"), limit=50),
+        "tag_matches": tag_matches_sql(CHANNEL, "vip"),
+        "tag_page_of_matches": search_sql(CHANNEL, UserFilter(tag="vip"), limit=50, tag_ids=[]),
         "blocked": search_sql(CHANNEL, UserFilter(blocked=True), limit=50),
         "grade": search_sql(CHANNEL, UserFilter(grade="gold"), limit=50),
     }
@@ -204,6 +205,10 @@ class Tally:
     def __init__(self, name: str) -> None:
         self.name, self.latencies, self.errors, self.statuses = name, [], 0, {}  # type: ignore[var-annotated]
 
+    def unanswered(self, n: int) -> None:
+        self.errors += n
+        self.statuses["not answered 30 s after the phase"] = n
+
     def add(self, seconds: float, ok: bool, status: int | str) -> None:
         self.latencies.append(seconds)
         self.statuses[str(status)] = self.statuses.get(str(status), 0) + 1
@@ -216,9 +221,9 @@ class Tally:
         def pct(p: float) -> float:
             return round(ms[min(len(ms) - 1, int(p * len(ms)))], 2) if ms else 0.0
 
-        return {"requests": len(ms), "per_s": round(len(ms) / duration, 1), "p50_ms": pct(0.50), "p90_ms": pct(0.90),
+        return {"answered": len(ms), "per_s": round(len(ms) / duration, 1), "p50_ms": pct(0.50), "p90_ms": pct(0.90),
                 "p99_ms": pct(0.99), "max_ms": round(ms[-1], 2) if ms else 0.0, "errors": self.errors,
-                "statuses": self.statuses}
+                "statuses": dict(self.statuses)}
 
 
 async def open_loop(rate: float, seconds: float, call: Callable[[int], Awaitable[tuple[str, bool, int | str]]],
@@ -232,6 +237,8 @@ async def open_loop(rate: float, seconds: float, call: Callable[[int], Awaitable
     async def one(i: int, due: float) -> None:
         try:
             name, ok, status = await call(i)
+        except asyncio.CancelledError:
+            return  # unanswered at the phase's end: counted by the caller
         except Exception as err:  # a broken connection counts as an error, the run goes on
             name, ok, status = "error", False, type(err).__name__
         tallies.setdefault(name, Tally(name)).add(loop.time() - due, ok, status)
@@ -246,6 +253,14 @@ async def open_loop(rate: float, seconds: float, call: Callable[[int], Awaitable
         task.add_done_callback(tasks.discard)
     if tasks:
         await asyncio.wait(tasks, timeout=30)
+    # What is still unanswered 30 s after the last was due counts as an error, and is
+    # cancelled so that the next phase does not queue behind it.
+    unfinished = list(tasks)
+    for task in unfinished:
+        task.cancel()
+    await asyncio.gather(*unfinished, return_exceptions=True)
+    if unfinished:
+        tallies.setdefault("unanswered", Tally("unanswered")).unanswered(len(unfinished))
     return loop.time() - start
 
 
@@ -384,7 +399,7 @@ async def _reads(
     api: dict[str, Tally] = {}
     cpu = _cpu(proc)
     duration = await open_loop(args.rate, args.seconds, lambda i: _get(conns, key, picks, i), api)
-    cpu_ms = (_cpu(proc) - cpu) * 1000 / max(1, sum(len(t.latencies) for t in api.values()))
+    cpu_ms = (_cpu(proc) - cpu) * 1000 / max(1, sum(len(t.latencies) for t in api.values()))  # per answered
     print(f"API reads: {json.dumps({k: t.summary(duration) for k, t in api.items()})}", file=sys.stderr)
     print(f"service CPU per read: {cpu_ms:.2f} ms", file=sys.stderr)
     return {"read_baseline": {k: t.summary(base_duration) for k, t in base.items()},

@@ -14,7 +14,7 @@ from fastapi import FastAPI
 from contracts.topics import Topics
 from services.platform.config import Settings
 from services.platform.kafka import client_options
-from services.store.pool import create_pool
+from services.store.pool import create_pool, schema_exists
 
 from . import problems
 from .commands import CommandBus
@@ -44,7 +44,11 @@ def create_app(settings: Settings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.pool = await create_pool(database_url, settings.db_schema, max_size=POOL_SIZE)
+        # The API migrates only a database nobody has set up yet: beside a running
+        # projection its DDL would queue for table locks behind batches, and batches
+        # behind it (`unifier run` migrates before it starts the projection).
+        migrate = not await schema_exists(database_url, settings.db_schema)
+        app.state.pool = await create_pool(database_url, settings.db_schema, max_size=POOL_SIZE, migrate=migrate)
         app.state.bus = CommandBus(app.state.pool, publish)
         app.state.imports = set()  # imports publishing in the background (routes/imports.py)
         try:

@@ -48,17 +48,27 @@ async def serve(app: FastAPI, addr: str, stop: asyncio.Event, *, bound: asyncio.
 
     task = asyncio.create_task(run(), name="http-api")
     try:
-        while not server.started:
+        while not server.started:  # uvicorn has no event for it
             if task.done():
                 task.result()  # the start-up failure (port taken, database away …)
                 raise RuntimeError("the HTTP API stopped while starting")
+            if stop.is_set():  # told to stop before it listens: no request to finish
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+                return
             await asyncio.sleep(0.01)
         sock = server.servers[0].sockets[0].getsockname()
         address = f"{sock[0]}:{sock[1]}"
         log.info("HTTP API on http://%s (OpenAPI at /openapi.json, docs at /docs)", address)
         if bound is not None and not bound.done():
             bound.set_result(address)
-        await asyncio.wait([task, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
+        stopping = asyncio.create_task(stop.wait())
+        await asyncio.wait([task, stopping], return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        if task.done():
+            task.result()  # it ended by itself: say why (an error) rather than stop quietly
     finally:
         server.should_exit = True
-        await task
+        if not task.done():
+            await task

@@ -30,8 +30,14 @@ async def _init(conn: asyncpg.Connection) -> None:
     await conn.set_type_codec("json", schema="pg_catalog", encoder=orjson.dumps, decoder=orjson.loads, format="binary")
 
 
-async def create_pool(database_url: str, schema: str, *, min_size: int = 1, max_size: int = 4) -> asyncpg.Pool:
-    await ensure_schema(database_url, schema)
+async def create_pool(
+    database_url: str, schema: str, *, min_size: int = 1, max_size: int = 4, migrate: bool = True,
+) -> asyncpg.Pool:
+    """`migrate=False`: use the schema as it is (its DDL takes table locks: a process
+    that only reads and publishes must not queue them behind a running projection's
+    batches, nor a batch behind them)."""
+    if migrate:
+        await ensure_schema(database_url, schema)
     return await asyncpg.create_pool(
         database_url,
         min_size=min_size,
@@ -45,6 +51,15 @@ async def create_pool(database_url: str, schema: str, *, min_size: int = 1, max_
             "random_page_cost": "1.1",
         },
     )
+
+
+async def schema_exists(database_url: str, schema: str) -> bool:
+    """Whether `schema` holds the service's tables (a `unifier run` has created them)."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        return await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", f'"{schema}".users') is True
+    finally:
+        await conn.close()
 
 
 # schema.sql first: the later scripts may index its tables.

@@ -199,13 +199,9 @@ async def search_users(
     (case-insensitive), of an e-mail or of a mobile number; masked users (I17) never
     match it, since their personal data is hidden."""
     limit = max(1, min(limit, MAX_PAGE))
-    q_ids = None
-    if f.q is not None:
-        sql, args = q_matches_sql(channel_id, f.q)
-        q_ids = sorted({r[0] for r in await conn.fetch(sql, *args)})
-        if len(q_ids) > Q_SPARSE:
-            q_ids = None  # a broad prefix: walk the users in id order instead
-    sql, args = search_sql(channel_id, f, limit=limit, cursor=cursor, q_ids=q_ids)
+    q_ids = await _sparse(conn, *q_matches_sql(channel_id, f.q)) if f.q is not None else None
+    tag_ids = await _sparse(conn, *tag_matches_sql(channel_id, f.tag)) if f.tag is not None else None
+    sql, args = search_sql(channel_id, f, limit=limit, cursor=cursor, q_ids=q_ids, tag_ids=tag_ids)
     rows = await conn.fetch(sql, *args)
     users = [User.from_json(r["state"]) for r in rows[:limit]]
     items = [await user_json(conn, u) for u in users]
@@ -213,10 +209,27 @@ async def search_users(
 
 
 Q_SPARSE = 5000
-"""`q` matching at most this many users is answered from the list of their ids (index
-range scans of the prefix, then the page of them in id order); a broader prefix walks
-the channel's users in id order, testing each, and stops at the page's end (dense
-matches are found fast). Either way no plan sorts a million matches."""
+"""`q` (or `tag`) matching at most this many users is answered from the list of their
+ids (index scans: the prefix's ranges, the tags' GIN), then the page of them in id
+order; a broader match walks the channel's users in id order, testing each, and stops
+at the page's end (dense matches are found fast). Either way no plan sorts a million
+matches, and none walks a million users for a rare value (PostgreSQL cannot estimate
+how rare a prefix or a tag is, and picked that walk for a tag nobody had: 24 s)."""
+
+
+async def _sparse(conn: asyncpg.Connection | asyncpg.Pool, sql: str, args: list[Any]) -> list[str] | None:
+    """The matching ids when there are at most Q_SPARSE, else None (walk instead)."""
+    ids = sorted({r[0] for r in await conn.fetch(sql, *args)})
+    return ids if len(ids) <= Q_SPARSE else None
+
+
+def tag_matches_sql(channel_id: str, tag: str) -> tuple[str, list[Any]]:
+    """Ids of live users with staff tag `tag`, at most Q_SPARSE + 1 (the users_tags GIN)."""
+    return (
+        f"""SELECT id FROM users WHERE (state->'tags')::jsonb ? $2 AND channel_id = $1
+              AND NOT deleted AND merged_into IS NULL LIMIT {Q_SPARSE + 1}""",
+        [channel_id, tag],
+    )
 
 
 def _q_patterns(q: str) -> tuple[str, str, str | None]:
@@ -245,10 +258,11 @@ def q_matches_sql(channel_id: str, q: str) -> tuple[str, list[Any]]:
 
 def search_sql(
     channel_id: str, f: UserFilter, *, limit: int, cursor: str | None = None, q_ids: list[str] | None = None,
+    tag_ids: list[str] | None = None,
 ) -> tuple[str, list[Any]]:
     """The statement of `search_users` (one more row than `limit`, to know if a next page
-    exists) and its arguments; bench/api_bench.py EXPLAINs it. With `q`: `q_ids` are
-    the ids matching it (few), or None to test each user (a broad prefix)."""
+    exists) and its arguments; bench/api_bench.py EXPLAINs it. With `q` (`tag`): `q_ids`
+    (`tag_ids`) are the ids matching it (few), or None to test each user (many match)."""
     args: list[Any] = [channel_id]
 
     def arg(value: Any) -> str:
@@ -286,7 +300,10 @@ def search_sql(
     if f.seen_before is not None:
         where.append(f"u.last_seen_at <= {arg(f.seen_before)}")
     if f.tag is not None:
-        where.append(f"(u.state->'tags')::jsonb ? {arg(f.tag)}")
+        if tag_ids is not None:
+            where.append(f"u.id = ANY({arg(tag_ids)}::text[])")
+        else:
+            where.append(f"(u.state->'tags')::jsonb ? {arg(f.tag)}")
     if f.grade is not None:
         where.append("NOT u.masked")
         where.append(
