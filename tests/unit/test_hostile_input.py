@@ -24,6 +24,7 @@ from services.domain.values import Rejected
 from services.projection.batch import BatchResult, Parsed, run_facts, storable_text
 from services.projection.isolation import ConflictPersisted, apply_isolating, fault
 from services.projection.records import Record
+from services.projection.window import AppliedWindow
 from tests.unit.domain_support import CH, T0, fact, snapshot
 
 ENV = {"eventId": "e1", "channelId": "ch_1", "occurredAt": T0}
@@ -186,7 +187,7 @@ def test_run_facts_dead_letters_an_internal_error_with_the_type_and_no_trace(mon
     f = fact("track", T0, veilId="v", name="n")
     record = Record(topics.sdk_events, 0, 7, T0, b"ch", b"{}")
     result = BatchResult()
-    fx = run_facts(Directory(), [Parsed(record, fact=f)], {CH: ChannelSettings(CH)}, set(), topics, result,
+    fx = run_facts(Directory(), [Parsed(record, fact=f)], {CH: ChannelSettings(CH)}, AppliedWindow(), topics, result,
                    outbox=True, failed_at=1)
     [(topic, key, value)] = fx.messages
     letter = orjson.loads(value or b"")
@@ -284,7 +285,7 @@ def test_dead_letter_of_a_huge_record_fits_the_broker() -> None:
     escapes to four characters) still makes a letter well under the broker's limit."""
     topics = Topics("t.")
     record = Record(topics.sdk_events, 0, 1, T0, b"\xff" * 5000, b"\xfe" * 900_000)
-    fx = run_facts(Directory(), [Parsed(record, error=("too_large", "the message is 900000 bytes"))], {}, set(),
+    fx = run_facts(Directory(), [Parsed(record, error=("too_large", "the message is 900000 bytes"))], {}, AppliedWindow(),
                    topics, BatchResult(), outbox=True, failed_at=1)
     [(_, key, value)] = fx.messages
     letter = orjson.loads(value or b"")
