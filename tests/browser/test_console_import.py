@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from playwright.async_api import expect
 
 from tests.browser.conftest import Console
@@ -16,6 +17,8 @@ CSV = (
     "m-101,山本二郎,jiro.y@example.jp,1991/05/02,false,false,1700000000000\n"  # I9: YYYY/MM/DD is refused
     "m-102,山本三郎,saburo.y@example.jp,1992-06-03,false,false,1700000000000\n"
 )
+
+pytestmark = pytest.mark.browser
 
 
 async def test_console_import_i5_mapping_preview_failing_cells_progress_counts_failures_csv_log(

@@ -3,10 +3,13 @@ HttpOnly, SameSite=Strict, signed; CSRF on every state-changing form; ja/en)."""
 
 from __future__ import annotations
 
+import pytest
 from playwright.async_api import expect
 
 from services.store import api_keys
 from tests.browser.conftest import Console, now_ms, sign_in
+
+pytestmark = pytest.mark.browser
 
 
 async def test_console_signin_with_key_session_cookie_csrf_and_revocation(console: Console) -> None:

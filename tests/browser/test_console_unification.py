@@ -4,11 +4,14 @@ and the manual merge dialog that refuses what U1 forbids."""
 
 from __future__ import annotations
 
+import pytest
 from playwright.async_api import expect
 
 from tests.browser.conftest import Console, now_ms
 
 MIN = 60_000
+
+pytestmark = pytest.mark.browser
 
 
 async def test_console_u10_u5_line_lead_given_phone_by_staff_preview_u3_approve_merges_at_once(console: Console) -> None:
