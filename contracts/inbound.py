@@ -340,7 +340,7 @@ class CancelUnification(_Command):
     """Staff cancel a pending unification (U6); rejected `not_pending` when there is none."""
 
     type: Literal["unification.cancel"]
-    sourceUserId: str
+    sourceUserId: Id
 
 
 # A grade name (D2): unique per channel, at most 64 characters, not blank, no surrounding
@@ -384,7 +384,7 @@ class AssignGrade(_Command):
     type: Literal["grade.assign"]
     name: GradeName
     kind: GradeHolderKind
-    value: str = Field(description="Compared as identity keys are (U9): e-mail lower-cased, mobile in E.164.")
+    value: Contact = Field(description="Compared as identity keys are (U9): e-mail lower-cased, mobile in E.164.")
 
 
 class UnassignGrade(_Command):
@@ -393,7 +393,7 @@ class UnassignGrade(_Command):
     type: Literal["grade.unassign"]
     name: GradeName
     kind: GradeHolderKind
-    value: str
+    value: Contact
 
 
 # --------------------------------------------------------------------------- import-rows

@@ -77,7 +77,7 @@ def on_member_upsert(w: Work) -> None:
     else:
         uid = member_user_id(w.channel_id, member_id)
         if w.directory.get(uid) is not None:
-            uid = member_user_id(w.channel_id, f"{member_id}\x1f{w.at}")
+            uid = member_user_id(w.channel_id, member_id, w.at)
         user = User(id=uid, channel_id=w.channel_id, type="member", member_id=member_id, created_at=w.at, updated_at=w.at)
     set_values(user, values)
     set_flags(user, msg)

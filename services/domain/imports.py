@@ -457,7 +457,7 @@ def _new_user(w: Work, definition: ImportDef, key_value: str) -> User:
     if definition.mode == "member":
         uid = imported_member_user_id(w.channel_id, key_value)
         if w.directory.get(uid) is not None:  # that memberId was deleted once: a new person
-            uid = member_user_id(w.channel_id, f"{key_value}\x1f{w.at}")
+            uid = member_user_id(w.channel_id, key_value, w.at)
         user = User(id=uid, channel_id=w.channel_id, type="member", member_id=key_value, created_at=w.at, updated_at=w.at)
     else:
         uid = fact_user_id(w.channel_id, w.fact.event_id)

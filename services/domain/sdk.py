@@ -107,7 +107,7 @@ def new_anonymous(w: Work, veil: str) -> User:
 def _new_member(w: Work, member_id: str) -> User:
     uid = member_user_id(w.channel_id, member_id)
     if w.directory.get(uid) is not None:  # that memberId was deleted once (B3): a new person
-        uid = member_user_id(w.channel_id, f"{member_id}\x1f{w.at}")
+        uid = member_user_id(w.channel_id, member_id, w.at)
     return User(id=uid, channel_id=w.channel_id, type="member", member_id=member_id, created_at=w.at, updated_at=w.at)
 
 
