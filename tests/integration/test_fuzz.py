@@ -59,7 +59,8 @@ async def test_hostile_records_never_stop_the_service_and_each_is_applied_or_dea
     try:
         async with running_service(settings) as service:
             sent = await asyncio.gather(*[
-                await producer.send(topic_of[h.kind], h.value, key=h.key) for h in hostile
+                await producer.send(topic_of[h.kind], h.value, key=h.key, timestamp_ms=fuzz.RECORDS_AT + i)
+                for i, h in enumerate(hostile)
             ])
             sentinels = [
                 {"eventId": f"sentinel-{ch}", "type": "boot", "channelId": ch, "occurredAt": fuzz.T0,
@@ -67,7 +68,8 @@ async def test_hostile_records_never_stop_the_service_and_each_is_applied_or_dea
                 for ch in fuzz.CHANNELS
             ]
             for s in sentinels:
-                await (await producer.send(topics.sdk_events, orjson.dumps(s), key=s["channelId"].encode()))
+                await (await producer.send(topics.sdk_events, orjson.dumps(s), key=s["channelId"].encode(),
+                                           timestamp_ms=fuzz.RECORDS_AT + RECORDS))
             ends: dict[tuple[str, int], int] = {}
             for meta in sent:
                 ends[(meta.topic, meta.partition)] = max(ends.get((meta.topic, meta.partition), 0), meta.offset + 1)
