@@ -309,10 +309,14 @@ async def _outbox_empty(pool: asyncpg.Pool) -> bool:
     return not await pool.fetchval("SELECT count(*) FROM outbox")
 
 
-async def test_a_rebuild_isolates_a_record_the_store_refuses_as_live_does(settings: Settings, pool: asyncpg.Pool) -> None:
-    """Replay equals live for records only the store refuses: the resident rebuild
-    writes in bulk and cannot tell the record apart, so it starts again batch by batch
-    and isolates it as the live service does (one dead letter, the rest applied)."""
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_a_rebuild_isolates_a_record_the_store_refuses_as_live_does(
+    settings: Settings, pool: asyncpg.Pool, workers: int,
+) -> None:
+    """Replay equals live for records only the store refuses: the resident rebuild (one
+    process or sharded workers) writes in bulk and cannot tell the record apart, so it
+    starts again batch by batch and isolates it as the live service does (one dead
+    letter, the rest applied)."""
     await pool.execute(
         "ALTER TABLE activities ADD CONSTRAINT test_refuses_poison CHECK (body::text NOT LIKE '%poison%')"
     )
@@ -320,7 +324,8 @@ async def test_a_rebuild_isolates_a_record_the_store_refuses_as_live_does(settin
         await pub.sdk(*(fact(n, "track", veilId=f"t{n}", name="poison" if n == 3 else "view") for n in range(1, 7)))
     assert settings.kafka_bootstrap is not None
     tally = rebuild.Tally(out=None)
-    await rebuild.build(pool, settings.kafka_bootstrap, Topics(settings.topic_prefix), batch=100, quiet_s=0.3, tally=tally)
+    await rebuild.build(pool, settings.kafka_bootstrap, Topics(settings.topic_prefix), batch=100, quiet_s=0.3, tally=tally,
+                        workers=workers, database_url=settings.database_url, schema=settings.db_schema)
     assert (tally.events, tally.applied, tally.dead_letters) == (6, 5, 1)
     assert await pool.fetchval("SELECT count(*) FROM activities") == 5
     assert await find_user(pool, CH, "veil", "t3") is None and await find_user(pool, CH, "veil", "t4") is not None
