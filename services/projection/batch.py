@@ -18,7 +18,7 @@ from typing import Any
 import asyncpg
 import orjson
 
-from contracts.inbound import InboundError, parse_inbound
+from contracts.inbound import MAX_MESSAGE_BYTES, InboundError, parse_inbound
 from contracts.topics import InboundKind, Topics
 from services.domain import core
 from services.domain.channel import ChannelSettings
@@ -38,6 +38,7 @@ from .records import Record, clocks_after
 from .window import WINDOW_MS, Applied, AppliedWindow
 
 _MAX_LOAD_ROUNDS = 3
+_LETTER_KEY_BYTES = 1024
 
 log = logging.getLogger("unifier.projection")
 
@@ -133,6 +134,7 @@ class Effects:
     activities: list[Activity] = field(default_factory=list)
     messages: list[tuple[str, str | None, bytes | None]] = field(default_factory=list)  # outbox rows
     grades: list[GradeChange] = field(default_factory=list)  # D2, in fact order
+    rejected: list[tuple[str, str, str, str]] = field(default_factory=list)  # commands: (channel, eventId, code, reason)
 
     def extend(self, other: Effects) -> None:
         self.applied.extend(other.applied)
@@ -141,6 +143,7 @@ class Effects:
         self.erased.extend(other.erased)
         self.activities.extend(other.activities)
         self.messages.extend(other.messages)
+        self.rejected.extend(other.rejected)
 
 
 def run_facts(
@@ -176,7 +179,10 @@ def run_facts(
             p.error = (outcome.rejection.code, outcome.rejection.reason)
             if outcome.rejection.__cause__ is not None:  # internal_error: a bug this fact met
                 log.error("fact %s of channel %s failed in the core; dead-lettered", p.fact.event_id,
-                          p.fact.channel_id, exc_info=outcome.rejection.__cause__)
+                          p.fact.channel_id, exc_info=outcome.rejection.__cause__,
+                          extra={"eventId": p.fact.event_id, "channelId": p.fact.channel_id})
+            if p.record.topic == topics.commands:  # the API answers "rejected, because …"
+                fx.rejected.append((p.fact.channel_id, p.fact.event_id, *p.error))
         assert p.error is not None
         if outbox:
             fx.messages.append(_dead_letter(topics, p.record, *p.error, failed_at))
@@ -193,10 +199,11 @@ async def write_effects(conn: asyncpg.Connection, directory: Directory, revs: di
     await repo.save_identities(conn, [(u, ids) for u in changed if (ids := identities(u)) != directory.loaded_identities(u.id)])
     await repo.save_activities(conn, fx.activities)
     await repo.save_merges(conn, fx.merges)
-    await repo.erase_activities(conn, fx.erased)
+    await repo.erase_personal_data(conn, fx.erased)
     await repo.save_grade_changes(conn, fx.grades)
     await repo.save_applied(conn, fx.applied)
     await repo.forget_applied(conn, sorted({c for c, _e, _t in fx.applied}), WINDOW_MS)
+    await repo.save_rejected(conn, fx.rejected)
     await repo.save_outbox(conn, fx.messages)
 
 
@@ -217,13 +224,16 @@ def _parse(kind: InboundKind, record: Record) -> Parsed:
 
 
 def _dead_letter(topics: Topics, r: Record, code: str, message: str, failed_at: int) -> tuple[str, str | None, bytes]:
-    key = storable_text(r.key) if r.key is not None else None
+    # Cut to sizes that keep every letter far below the broker's message limit (1 MiB):
+    # a value over the door's limit could not be applied anyway (`too_large` says how
+    # large it was), and a real key is a channelId.
+    key = storable_text(r.key[:_LETTER_KEY_BYTES]) if r.key is not None else None
     body = {
         "sourceTopic": r.topic,
         "partition": r.partition,
         "offset": r.offset,
         "key": key,
-        "value": storable_text(r.value or b""),
+        "value": storable_text((r.value or b"")[:MAX_MESSAGE_BYTES]),
         "error": {"code": code, "message": storable_text(message.encode("utf-8", "backslashreplace"))},
         "failedAt": failed_at,
     }

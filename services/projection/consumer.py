@@ -25,13 +25,14 @@ from services.store import repository as repo
 from services.store.pool import DATABASE_UNAVAILABLE
 
 from .batch import BatchResult, apply_batch, dead_letter_record
-from .isolation import ConflictPersisted, apply_isolating
+from .isolation import NOT_THE_RECORD, RETRIED, ConflictPersisted, apply_isolating
 from .merge import CoPartitionMerge
 from .records import PartitionClocks, Record
 
 log = logging.getLogger("unifier.projection")
 
 _CONFLICT_RETRIES = 20
+_RETRIED: tuple[type[BaseException], ...] = (repo.Conflict, *RETRIED)
 _OUTAGE_BACKOFF_MAX_S = 5.0
 
 
@@ -137,9 +138,7 @@ class Projection:
         """Apply the batch; a record that cannot be applied is found and dead-lettered
         and the rest applied (isolation.py); only an outage or a stop holds it up."""
         started = time.perf_counter()
-        result = await apply_isolating(
-            self._attempt, records, self._dead_letter, passthrough=(Stopped, *DATABASE_UNAVAILABLE),
-        )
+        result = await apply_isolating(self._attempt, records, self._dead_letter, passthrough=(Stopped, *NOT_THE_RECORD))
         self.healthy = True
         elapsed = time.perf_counter() - started
         metrics.BATCH_SECONDS.observe(elapsed)
@@ -165,7 +164,7 @@ class Projection:
         while True:
             try:
                 return await apply_batch(self.pool, self.topics, records)
-            except repo.Conflict as err:
+            except _RETRIED as err:
                 conflicts += 1
                 metrics.CONFLICTS.inc()
                 if conflicts >= _CONFLICT_RETRIES:
@@ -185,10 +184,11 @@ class Projection:
         while True:
             try:
                 return await work(records)
-            except DATABASE_UNAVAILABLE as err:
+            except NOT_THE_RECORD as err:
                 # An outage is waited out however long it lasts (the transaction rolled
                 # back; nothing of the batch is stored): crashing would only restart us
-                # into the same outage. /healthz says degraded meanwhile.
+                # into the same outage. /healthz says degraded meanwhile. So is a server
+                # refusing all work (disk full, read-only after a failover).
                 outages += 1
                 self.healthy = False
                 delay = min(0.2 * 2 ** min(outages, 5), _OUTAGE_BACKOFF_MAX_S)

@@ -22,6 +22,7 @@ import asyncpg
 
 from contracts.topics import Topics
 from services.domain.directory import Directory, identities
+from services.domain.mu import MuBudget
 from services.projection.batch import BatchResult, Effects, load_grades, parse_records, run_facts
 from services.projection.records import Record
 from services.projection.window import AppliedWindow
@@ -42,6 +43,7 @@ class Resident:
         self.seen = AppliedWindow()  # the eventIds applied, within the window (window.py)
         self.channels: set[str] = set()  # of every fact read (a sharded build checks them)
         self._pending = Effects()
+        self._mu: dict[str, MuBudget] = {}  # I17: each MU-limited channel's count, kept current by the core
 
     async def apply(self, records: list[Record]) -> BatchResult:
         parsed = parse_records(self.topics, records)
@@ -53,7 +55,7 @@ class Resident:
             await load_grades(conn, self.directory, facts)  # none stored yet: marks the channels known
             # CSV import (I12-I17): definitions written by earlier chunks; MU counts
             # from the directory, which holds every user (none is in the store yet).
-            imports = await import_log.prepare(conn, facts, settings, self.directory, complete=True)
+            imports = await import_log.prepare(conn, facts, settings, self.directory, complete=True, mu_kept=self._mu)
             fx = run_facts(self.directory, parsed, settings, self.seen, self.topics, result, outbox=False, failed_at=0)
             self._pending.extend(fx)
             if imports is not None:
@@ -88,5 +90,6 @@ class Resident:
         async with conn.transaction():
             await bulk.copy_activities(conn, fx.activities)
             await repo.save_merges(conn, fx.merges)  # re-points chats written before too (U4)
-            await repo.erase_activities(conn, fx.erased)
+            await repo.erase_personal_data(conn, fx.erased)
             await repo.save_grade_changes(conn, fx.grades)
+            await repo.save_rejected(conn, fx.rejected)

@@ -48,7 +48,8 @@ async def load_users(conn: asyncpg.Connection, ids: Sequence[str], keys: Sequenc
 async def load_channels(conn: asyncpg.Connection, channel_ids: Iterable[str]) -> dict[str, ChannelSettings]:
     wanted = sorted(set(channel_ids))
     rows = await conn.fetch(
-        "SELECT channel_id, member_hash_secret, mu_limit, field_types FROM channels WHERE channel_id = ANY($1::text[])",
+        """SELECT channel_id, member_hash_secret, mu_limit, imported_types || field_types AS field_types
+             FROM channels WHERE channel_id = ANY($1::text[])""",
         wanted,
     )
     found = {r["channel_id"]: ChannelSettings(r["channel_id"], r["member_hash_secret"], r["mu_limit"], dict(r["field_types"])) for r in rows}
@@ -242,6 +243,19 @@ async def save_applied(conn: asyncpg.Connection, applied: Sequence[tuple[str, st
         )
 
 
+async def save_rejected(conn: asyncpg.Connection, rows: Sequence[tuple[str, str, str, str]]) -> None:
+    """Rejected commands (channel, eventId, code, reason), for the API's command status.
+    The same eventId rejected twice in one batch keeps the later reason."""
+    rows = list({(r[0], r[1]): r for r in rows}.values())
+    if rows:
+        await conn.execute(
+            """INSERT INTO rejected_commands (channel_id, event_id, code, message)
+               SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[])
+               ON CONFLICT (channel_id, event_id) DO UPDATE SET code = EXCLUDED.code, message = EXCLUDED.message""",
+            *[list(col) for col in zip(*rows, strict=True)],
+        )
+
+
 async def save_outbox(conn: asyncpg.Connection, rows: Sequence[tuple[str, str | None, bytes | None]]) -> None:
     if rows:
         await conn.execute(
@@ -294,13 +308,27 @@ def survivor(into: dict[str, str], user_id: str) -> str:
     return user_id
 
 
-async def erase_activities(conn: asyncpg.Connection, user_ids: Sequence[str]) -> None:
-    """B2: a deleted user's chat messages remain, without the name they were written under."""
-    if user_ids:
-        await conn.execute(
-            "UPDATE activities SET body = body - 'authorName' WHERE user_id = ANY($1::text[]) AND body ? 'authorName'",
-            list(user_ids),
-        )
+async def erase_personal_data(conn: asyncpg.Connection, user_ids: Sequence[str]) -> None:
+    """B2: what stays of deleted users outside their own row. Their chat messages remain
+    (seed 000: 会話のメッセージ内容だけが残ります) without the name they were written under;
+    their behaviour events go; the merge records of merges into them (G4: the record
+    survives) keep which side won each contested key, not the values, which were this
+    person's e-mail, phone, name and the like. Runs after the batch's activities and
+    merges are written, so what the same batch re-pointed to them is erased too."""
+    if not user_ids:
+        return
+    ids = list(user_ids)
+    await conn.execute("DELETE FROM activities WHERE user_id = ANY($1::text[]) AND kind = 'event'", ids)
+    await conn.execute(
+        "UPDATE activities SET body = body - 'authorName' WHERE user_id = ANY($1::text[]) AND body ? 'authorName'", ids
+    )
+    await conn.execute(
+        """UPDATE merges m
+              SET contested = (SELECT coalesce(jsonb_object_agg(c.key, jsonb_build_object('winner', c.value -> 'winner')), '{}')
+                                 FROM jsonb_each(m.contested) AS c)
+            WHERE m.target_id = ANY($1::text[]) OR m.source_id = ANY($1::text[])""",
+        ids,
+    )
 
 
 def dumps(value: Any) -> bytes:
