@@ -35,7 +35,9 @@ async def serve(app: FastAPI, addr: str, stop: asyncio.Event, *, bound: asyncio.
     requests are finished. `bound` receives the address actually listened on."""
     host, port = split_address(addr)
     config = uvicorn.Config(
-        app, host=host, port=port, lifespan="on", log_level="warning", access_log=False,
+        # log_config=None: uvicorn's loggers go to the process's JSON handler (platform/logs),
+        # scrubbed like every line, instead of handlers of their own.
+        app, host=host, port=port, lifespan="on", log_level="warning", access_log=False, log_config=None,
         http="httptools", loop="none", timeout_graceful_shutdown=10, server_header=False,
     )
     server = _Server(config)

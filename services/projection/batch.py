@@ -78,7 +78,9 @@ async def apply_batch(
 
         facts = [p for p in fresh if p.fact is not None]
         seen = await repo.already_applied(conn, sorted({(p.fact.channel_id, p.fact.event_id) for p in facts if p.fact}))
-        window = AppliedWindow(seen, await repo.channel_clocks(conn, {c for c, _e, _t in seen}))
+        # Every channel's clock, not only those with a remembered eventId: a fact applied
+        # in this batch must not stand in for its channel's clock (window.py).
+        window = AppliedWindow(seen, await repo.channel_clocks(conn, {p.fact.channel_id for p in facts if p.fact}))
         settings = await repo.load_channels(conn, {p.fact.channel_id for p in facts if p.fact})
         directory, revs = await _load(conn, [p.fact for p in facts if p.fact])
         await load_grades(conn, directory, [p.fact for p in facts if p.fact])

@@ -40,7 +40,6 @@ async def greet(settings: Settings, key_file: Path, address: str, channel: str) 
         "",
         f"HTTP API on http://{address}  (OpenAPI: http://{address}/docs)",
         f"staff console: http://{address}/console/c/{channel}/customers  (sign in with the key below)",
-        f"staff console on http://{address}/console/c/{channel}/customers  (sign in with the admin key below)",
         f"admin API key ({'new, ' if created else ''}kept in {key_file}, mode 0600):",
         f"  {stored}" if created else f"  $(cat {key_file})",
         "try:",
