@@ -111,13 +111,6 @@ class CommandStatus(BaseModel):
     error: CommandError | None = None
 
 
-class Applied(BaseModel):
-    """`?wait=` on a command with no user to show (a deletion, a grade)."""
-
-    eventId: str
-    state: Literal["applied"]
-
-
 class MergedAway(BaseModel):
     id: str
     mergedInto: str
