@@ -28,6 +28,7 @@ from .batch import BatchResult, apply_batch, dead_letter_record
 from .isolation import ConflictPersisted, apply_isolating
 from .merge import CoPartitionMerge
 from .records import Record
+from .resident import ResidentUsers
 
 log = logging.getLogger("unifier.projection")
 
@@ -47,15 +48,20 @@ class _SeekToStored(ConsumerRebalanceListener):
         self.projection = projection
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
-        return None
+        if self.projection.resident is not None and revoked:
+            self.projection.resident.drop()  # another instance may write them next
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         await self.projection.seek_to_stored(assigned)
 
 
 class Projection:
-    def __init__(self, pool: asyncpg.Pool, bootstrap: str, topics: Topics, group: str, batch_max: int) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, bootstrap: str, topics: Topics, group: str, batch_max: int, resident_users: int = 0,
+    ) -> None:
         self.pool = pool
+        # Users kept between batches for the partitions we own (resident.py); 0: none.
+        self.resident = ResidentUsers(resident_users) if resident_users > 0 else None
         self.topics = topics
         self.batch_max = batch_max
         self.consumer = AIOKafkaConsumer(
@@ -75,6 +81,8 @@ class Projection:
         self._fetched: dict[TopicPartition, int] = {}  # next offset after what we fetched
 
     async def seek_to_stored(self, partitions: list[TopicPartition]) -> None:
+        if self.resident is not None:
+            self.resident.drop()  # a new assignment: start from the store
         self.merge.assign((tp.topic, tp.partition) for tp in partitions)
         self._fetched = {}
         # Without the stored offsets no position is right: wait the database out here
@@ -157,7 +165,7 @@ class Projection:
         conflicts = 0
         while True:
             try:
-                return await apply_batch(self.pool, self.topics, records)
+                return await apply_batch(self.pool, self.topics, records, resident=self.resident)
             except repo.Conflict as err:
                 conflicts += 1
                 metrics.CONFLICTS.inc()

@@ -89,6 +89,38 @@ async def lock_offsets(conn: asyncpg.Connection, partitions: Sequence[tuple[str,
     return {(r[0], r[1]): r[2] for r in rows}
 
 
+async def lock_channels(conn: asyncpg.Connection, channel_ids: Iterable[str]) -> dict[str, int]:
+    """The channel fence (schema.sql, channel_writers): lock the channels' rows for this
+    transaction, in channel order (no deadlock between instances); their tokens."""
+    wanted = sorted(set(channel_ids))
+    if not wanted:
+        return {}
+    await conn.execute(
+        """INSERT INTO channel_writers (channel_id, token)
+           SELECT c, pg_current_xact_id()::text::bigint FROM unnest($1::text[]) AS c
+           ON CONFLICT DO NOTHING""",
+        wanted,
+    )
+    rows = await conn.fetch(
+        "SELECT channel_id, token FROM channel_writers WHERE channel_id = ANY($1::text[]) ORDER BY channel_id FOR UPDATE",
+        wanted,
+    )
+    return {r[0]: r[1] for r in rows}
+
+
+async def stamp_channels(conn: asyncpg.Connection, channel_ids: Iterable[str]) -> dict[str, int]:
+    """Mark the channels as written by this transaction; their new tokens."""
+    wanted = sorted(set(channel_ids))
+    if not wanted:
+        return {}
+    rows = await conn.fetch(
+        """UPDATE channel_writers SET token = pg_current_xact_id()::text::bigint
+            WHERE channel_id = ANY($1::text[]) RETURNING channel_id, token""",
+        wanted,
+    )
+    return {r[0]: r[1] for r in rows}
+
+
 async def stored_offsets(conn: asyncpg.Connection | asyncpg.Pool, topics: Sequence[str]) -> dict[tuple[str, int], int]:
     rows = await conn.fetch("SELECT topic, partition, next_offset FROM inbox_offsets WHERE topic = ANY($1::text[])", list(topics))
     return {(r[0], r[1]): r[2] for r in rows}

@@ -64,6 +64,17 @@ CREATE TABLE IF NOT EXISTS applied_events (
     PRIMARY KEY (channel_id, event_id)
 );
 
+-- The channel fence of resident users (services/projection/resident.py): each batch
+-- locks its channels' rows before it reads users, and a batch that writes a channel's
+-- users stamps its row with its transaction id (xid8: never reused in the cluster). An
+-- instance whose last stamp is no longer there knows someone else wrote the channel and
+-- drops what it holds in memory. Not copied by a replay: after a switch every row is
+-- new, so every resident copy is dropped.
+CREATE TABLE IF NOT EXISTS channel_writers (
+    channel_id text PRIMARY KEY,
+    token      bigint NOT NULL
+);
+
 -- The outbox (Debezium's shape): what the relay publishes, in id order. A NULL value
 -- is a tombstone. Dead letters go through it too, so they are as crash-safe as state.
 CREATE TABLE IF NOT EXISTS outbox (
