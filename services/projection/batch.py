@@ -211,7 +211,9 @@ async def write_effects(conn: asyncpg.Connection, directory: Directory, revs: di
     and the rest of `fx`."""
     changed = list(directory.changed.values())
     await repo.save_users(conn, changed, revs)
-    await repo.save_identities(conn, [(u, ids) for u in changed if (ids := identities(u)) != directory.loaded_identities(u.id)])
+    await repo.save_identities(conn, [
+        (u, old, ids) for u in changed if (ids := identities(u)) != (old := directory.loaded_identities(u.id))
+    ])
     await repo.save_activities(conn, fx.activities)
     await repo.save_merges(conn, fx.merges)
     await repo.erase_activities(conn, fx.erased)

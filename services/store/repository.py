@@ -198,18 +198,34 @@ async def save_users(conn: asyncpg.Connection, users: Sequence[User], revs: dict
         raise Conflict(f"{len(users) - written} of {len(users)} users changed under this batch")
 
 
-async def save_identities(conn: asyncpg.Connection, changes: Sequence[tuple[User, frozenset[Identity]]]) -> None:
-    """Rewrite the identity rows of users whose identities changed."""
+async def save_identities(
+    conn: asyncpg.Connection, changes: Sequence[tuple[User, frozenset[Identity] | None, frozenset[Identity]]],
+) -> None:
+    """Write the identity rows of users whose identities changed, as deltas: `(user,
+    identities when loaded (None: new user), identities now)`. Only rows that are not in
+    the new set are deleted (so a row the loaded set did not know of goes too) and only
+    rows that were not in the loaded set are inserted: a user who gained a veil writes
+    one row, not all of its rows again."""
     if not changes:
         return
-    await conn.execute("DELETE FROM identities WHERE user_id = ANY($1::text[])", [u.id for u, _ in changes])
-    rows = [(u.channel_id, kind, value, u.id, q) for u, keys in changes for kind, value, q in keys]
+    now = [(u.id, kind, value, q) for u, _old, new in changes for kind, value, q in new]
+    had = [u.id for u, old, _new in changes if old is not None]
+    if had:
+        await conn.execute(
+            """DELETE FROM identities i
+                WHERE i.user_id = ANY($1::text[])
+                  AND (i.user_id, i.kind, i.value, i.qualified) NOT IN (
+                      SELECT * FROM unnest($2::text[], $3::text[], $4::text[], $5::bool[]))""",
+            had, *([list(col) for col in zip(*now, strict=True)] if now else [[], [], [], []]),
+        )
+    rows = [(u.channel_id, kind, value, u.id, q) for u, old, new in changes for kind, value, q in new - (old or frozenset())]
     if not rows:
         return
     try:
         await conn.execute(
             """INSERT INTO identities (channel_id, kind, value, user_id, qualified)
-               SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bool[])""",
+               SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bool[])
+               ON CONFLICT (channel_id, kind, value, user_id) DO NOTHING""",
             *[list(col) for col in zip(*rows, strict=True)],
         )
     except asyncpg.UniqueViolationError as err:
@@ -217,22 +233,16 @@ async def save_identities(conn: asyncpg.Connection, changes: Sequence[tuple[User
 
 
 async def save_applied(conn: asyncpg.Connection, pairs: Sequence[tuple[str, str]]) -> None:
+    # Binary COPY: a row per fact, the most numerous rows of a batch (no conflict is
+    # possible: the batch skipped the eventIds already applied, under the inbox lock).
     if pairs:
-        await conn.execute(
-            "INSERT INTO applied_events (channel_id, event_id) SELECT * FROM unnest($1::text[], $2::text[])",
-            [p[0] for p in pairs],
-            [p[1] for p in pairs],
-        )
+        await conn.copy_records_to_table("applied_events", records=pairs, columns=("channel_id", "event_id"))
 
 
 async def save_outbox(conn: asyncpg.Connection, rows: Sequence[tuple[str, str | None, bytes | None]]) -> None:
     if rows:
-        await conn.execute(
-            "INSERT INTO outbox (topic, key, value) SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[])",
-            [r[0] for r in rows],
-            [r[1] for r in rows],
-            [r[2] for r in rows],
-        )
+        # Binary COPY (the ids come from the sequence in row order, as with INSERT).
+        await conn.copy_records_to_table("outbox", records=rows, columns=("topic", "key", "value"))
         await conn.execute("SELECT pg_notify('unifier_outbox', '')")
 
 

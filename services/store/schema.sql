@@ -23,6 +23,17 @@ CREATE TABLE IF NOT EXISTS users (
     state        json NOT NULL
 );
 CREATE INDEX IF NOT EXISTS users_channel ON users (channel_id);
+-- Every batch rewrites the users it changes, usually only columns no index covers
+-- (rev, last_seen_at, state): room left in each page lets PostgreSQL put the new
+-- version beside the old one (a HOT update: no new index entries, no page elsewhere).
+-- Applies to pages written from now on; an existing table gets it as it is rewritten.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_class WHERE oid = 'users'::regclass
+                      AND 'fillfactor=70' = ANY(coalesce(reloptions, '{}'))) THEN
+        ALTER TABLE users SET (fillfactor = 70);
+    END IF;
+END $$;
 -- Schemas created while `state` was jsonb: convert once (rewrites the table, under the
 -- migration lock of ensure_schema).
 DO $$
