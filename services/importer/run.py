@@ -26,7 +26,9 @@ from typing import IO, Any
 import asyncpg
 import orjson
 
+from contracts.inbound import MAX_MESSAGE_BYTES
 from contracts.topics import Topics
+from services.domain.ids import encode_parts
 from services.domain.imports import MappingError
 from services.platform.config import Settings
 from services.platform.embedded import infrastructure
@@ -43,6 +45,9 @@ from .producer import ImportProducer
 # this many rows the importer hangs (rows flushed, lease still renewed) until it is killed.
 STALL_ENV = "UNIFIER_IMPORT_STALL_AFTER_ROWS"
 
+# A row's import.row message must pass the service's inbound limit, or it would be
+# dead-lettered instead of counted as a failed row.
+MAX_ROW_BYTES = MAX_MESSAGE_BYTES
 DEFAULT_TIMEOUT_S = 600.0
 DEFAULT_LEASE_S = 30.0
 _PROGRESS_EVERY_S = 2.0
@@ -51,6 +56,10 @@ _MAX_TAG = 128
 
 class ImportRefused(Exception):
     """Exit 2: nothing was published (I12, I13, a mapping error)."""
+
+
+class ImportBusy(ImportRefused):
+    """Another import is running in the channel (I12)."""
 
 
 class ImportNotApplied(Exception):
@@ -100,41 +109,64 @@ def _now_ms() -> int:
 
 def import_base_id(channel: str, digest: str, p: Plan, blank: str, tag: str | None) -> str:
     """The same file with the same settings in the same channel names the same import."""
-    h = hashlib.sha256()
     columns = [c.to_json() for c in p.columns]
-    for part in (channel, p.mode, p.key, blank, tag or "", digest, orjson.dumps(columns).decode()):
-        h.update(part.encode())
-        h.update(b"\x1f")
-    return "imp_" + h.hexdigest()[:24]
+    parts = (channel, p.mode, p.key, blank, tag or "", digest, orjson.dumps(columns).decode())
+    if any("\x1f" in part for part in parts):
+        # Ids v2 (services/domain/ids.py): joined by U+001F, a part holding it could give
+        # another input's id; such parts are length-prefixed, after a U+001F no joined
+        # name starts with. Other imports keep their ids (a resumed import stays one).
+        return "imp_" + hashlib.sha256(b"\x1f" + encode_parts(*parts)).hexdigest()[:24]
+    return "imp_" + hashlib.sha256("".join(part + "\x1f" for part in parts).encode()).hexdigest()[:24]
 
 
 async def run_import(settings: Settings, req: ImportRequest, *, progress: IO[str] | None = None) -> ImportResult:
-    """Run one import; raises ImportRefused (exit 2) or ImportNotApplied (exit 3)."""
+    """Run one import; raises ImportRefused (exit 2) or ImportNotApplied (exit 3).
+    `unifier import` calls this; the HTTP API calls `start_import` and `Import.complete`."""
+    check_request(req)
+    async with infrastructure(settings) as (bootstrap, database_url):
+        pool = await create_pool(database_url, settings.db_schema, max_size=3)
+        try:
+            started = await start_import(settings, req, pool, bootstrap, progress=progress)
+            return await started.complete()
+        finally:
+            await pool.close()
+
+
+def check_request(req: ImportRequest) -> None:
+    """The checks that need no database: channel, tag, the file itself (I13)."""
     if not req.channel.strip():
         raise ImportRefused("--channel must name a channel")
     tag = req.tag.strip() if req.tag is not None else None
     if tag is not None and not 0 < len(tag) <= _MAX_TAG:
         raise ImportRefused(f"--tag must be 1 to {_MAX_TAG} characters")
+
+
+async def start_import(
+    settings: Settings, req: ImportRequest, pool: asyncpg.Pool, bootstrap: str, *, progress: IO[str] | None = None,
+) -> Import:
+    """Check the file and the mapping, name the import and take the channel's import
+    lock (I12): everything that can refuse it (ImportRefused; ImportBusy when another
+    import runs), before anything is published. `complete()` does the rest."""
+    check_request(req)
+    tag = req.tag.strip() if req.tag is not None else None
     try:
         facts = await asyncio.to_thread(csvfile.inspect, req.path)
         headers = csvfile.header(req.path)
     except csvfile.FileRefused as err:
         raise ImportRefused(str(err)) from None
-    async with infrastructure(settings) as (bootstrap, database_url):
-        pool = await create_pool(database_url, settings.db_schema, max_size=3)
-        try:
-            declared = await pool.fetchval("SELECT field_types FROM channels WHERE channel_id = $1", req.channel)
-            try:
-                mapping = plan(headers, req.maps, req.mode, req.key, dict(declared or {}))
-            except MappingError as err:
-                raise ImportRefused(err.reason) from None
-            run = _Run(settings, req, pool, bootstrap, mapping, tag, len(headers), progress)
-            return await run.execute(import_base_id(req.channel, facts.sha256, mapping, req.blank, tag))
-        finally:
-            await pool.close()
+    declared = await pool.fetchval("SELECT imported_types || field_types FROM channels WHERE channel_id = $1", req.channel)
+    try:
+        mapping = plan(headers, req.maps, req.mode, req.key, dict(declared or {}))
+    except MappingError as err:
+        raise ImportRefused(err.reason) from None
+    run = Import(settings, req, pool, bootstrap, mapping, tag, len(headers), progress)
+    await run.claim(import_base_id(req.channel, facts.sha256, mapping, req.blank, tag))
+    return run
 
 
-class _Run:
+class Import:
+    """One import between `start_import` (named, lock taken) and `complete()`."""
+
     def __init__(
         self, settings: Settings, req: ImportRequest, pool: asyncpg.Pool, bootstrap: str, mapping: Plan,
         tag: str | None, width: int, progress: IO[str] | None,
@@ -150,7 +182,8 @@ class _Run:
         self.lock_lost = False
 
     # -- the steps ---------------------------------------------------------------------
-    async def execute(self, base_id: str) -> ImportResult:
+    async def claim(self, base_id: str) -> None:
+        """Name the import and take the channel's lock (ImportBusy when another runs)."""
         self.import_id = await self._choose_id(base_id)
         attempt = _now_ms()
         self.finished_event = f"{self.import_id}:finished:{attempt}"
@@ -163,11 +196,18 @@ class _Run:
             )
         if not taken:
             assert holder is not None
-            raise ImportRefused(
+            raise ImportBusy(
                 f"another import is running in channel {self.channel!r}: {holder.import_id} by {holder.actor},"
                 f" {holder.published} rows published; one import at a time per channel (I12)."
                 f" If its importer was stopped, its lock expires in {max(holder.expires_in_s, 0):.0f} s"
             )
+        self.holder = holder
+        self.attempt = attempt
+
+    async def complete(self) -> ImportResult:
+        """Publish `import.started`, the rows and `import.finished`; wait until the
+        service has applied them (ImportNotApplied after the timeout)."""
+        holder, attempt, owner = self.holder, self.attempt, self.owner
         topics = Topics(self.settings.topic_prefix)
         producer = ImportProducer(self.bootstrap, topics.import_rows, self.channel)
         started_sent = False
@@ -226,7 +266,7 @@ class _Run:
         width, channel, import_id = self.width, self.channel, self.import_id
         now = _now_ms()
         stall = self.settings.import_stall_after_rows
-        for number, cells in csvfile.records(self.req.path):
+        for number, cells, lines in csvfile.records_with_lines(self.req.path):
             if stall and self.read == stall:
                 await producer.flush()
                 await asyncio.Event().wait()
@@ -244,12 +284,17 @@ class _Run:
                     f"the row has {n} cells but the header names {width} columns;"
                     " a cell with a comma must be quoted"
                 )
+            elif (swallowed := csvfile.swallowed(cells, lines)) is not None:
+                msg["cells"], msg["rowError"] = {}, swallowed
             value = orjson.dumps(msg)
+            if len(value) > MAX_ROW_BYTES:  # checked here: a record batch takes any first record
+                msg["cells"], msg["rowError"] = {}, (
+                    f"the row is too large to import ({len(value)} bytes as a message; the limit is {MAX_ROW_BYTES})"
+                )
+                value = orjson.dumps(msg)
             if not producer.add(value):
                 await producer.ship()
-                if not producer.add(value):
-                    msg["cells"], msg["rowError"] = {}, f"the row is too large to import ({len(value)} bytes)"
-                    await producer.add_row(orjson.dumps(msg))
+                producer.add(value)  # an empty batch takes any record
                 if self.lock_lost:
                     raise ImportNotApplied("the import lock was lost (the importer stalled past its lease)", self._result(None))
                 now = _now_ms()

@@ -69,11 +69,19 @@ CREATE TABLE IF NOT EXISTS inbox_offsets (
     next_offset bigint NOT NULL,
     PRIMARY KEY (topic, partition)
 );
+-- The partition's clock at next_offset: the highest bounded record timestamp before it
+-- (projection/records.PartitionClocks), so a restart bounds timestamps as a rebuild does.
+ALTER TABLE inbox_offsets ADD COLUMN IF NOT EXISTS clock bigint;
 CREATE TABLE IF NOT EXISTS applied_events (
     channel_id text NOT NULL,
     event_id   text NOT NULL,
     PRIMARY KEY (channel_id, event_id)
 );
+-- The eventId window (projection/window.py): each row's event time; rows more than the
+-- window behind their channel's latest are deleted by the batches. Rows stored before
+-- the column existed get 0: forgotten by the channel's next batch.
+ALTER TABLE applied_events ADD COLUMN IF NOT EXISTS at bigint NOT NULL DEFAULT 0;
+CREATE INDEX IF NOT EXISTS applied_events_clock ON applied_events (channel_id, at);
 
 -- The channel fence of resident users (services/projection/resident.py): each batch
 -- locks its channels' rows before it reads users, and a batch that writes a channel's
@@ -138,13 +146,17 @@ CREATE TABLE IF NOT EXISTS grade_holders (
 CREATE INDEX IF NOT EXISTS grade_holders_key ON grade_holders (channel_id, kind, value);
 
 -- Channel settings (H1 secret, I17 MU limit, P2 field types): configuration set by
--- `unifier channel configure`, read by every batch.
+-- `unifier channel configure`, read by every batch. `imported_types` are the profile
+-- types CSV imports declared (I5): facts, not configuration, so a rebuild declares
+-- them again as it replays the imports instead of copying them. A batch validates with
+-- both, the configured type winning (`imported_types || field_types`).
 CREATE TABLE IF NOT EXISTS channels (
     channel_id         text PRIMARY KEY,
     member_hash_secret text,
     mu_limit           integer,
     field_types        jsonb NOT NULL DEFAULT '{}'
 );
+ALTER TABLE channels ADD COLUMN IF NOT EXISTS imported_types jsonb NOT NULL DEFAULT '{}';
 
 -- Small facts about this schema's surroundings, e.g. which in-memory log of the
 -- embedded broker its inbox offsets refer to.
@@ -152,3 +164,49 @@ CREATE TABLE IF NOT EXISTS meta (
     key   text PRIMARY KEY,
     value text NOT NULL
 );
+
+-- Commands the projection rejected (their dead letter's code and reason), so the HTTP
+-- API can answer "rejected, because …" for a command long after its dead letter left
+-- the outbox. Derived from facts like the rest (a rebuild writes it too). A command
+-- applied later under the same eventId counts as applied (applied_events wins).
+CREATE TABLE IF NOT EXISTS rejected_commands (
+    channel_id text NOT NULL,
+    event_id   text NOT NULL,
+    code       text NOT NULL,
+    message    text NOT NULL,
+    PRIMARY KEY (channel_id, event_id)
+);
+
+-- API keys (docs/contract.md, "HTTP API"). Operational, not derived from facts: carried
+-- over by a replay's switch (services/replay/switch.py OPERATIONAL). Only the sha256 of
+-- the key is kept; `key_id` is the key's public prefix, found first, then the hash is
+-- compared in constant time.
+CREATE TABLE IF NOT EXISTS api_keys (
+    key_id     text PRIMARY KEY,
+    name       text NOT NULL,
+    scope      text NOT NULL CHECK (scope IN ('read', 'write', 'admin')),
+    channel_id text,
+    key_sha256 bytea NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    revoked_at timestamptz
+);
+CREATE UNIQUE INDEX IF NOT EXISTS api_keys_live_name ON api_keys (name) WHERE revoked_at IS NULL;
+
+-- Read-side indexes of the HTTP API (EXPLAINed in docs/decisions.md, "HTTP API").
+-- The user list: live users of a channel in id order (keyset pagination).
+CREATE INDEX IF NOT EXISTS users_listing ON users (channel_id, id) WHERE NOT deleted AND merged_into IS NULL;
+CREATE INDEX IF NOT EXISTS users_blocked ON users (channel_id, id) WHERE blocked AND NOT deleted AND merged_into IS NULL;
+-- `q`: prefix of a name (case-insensitive), of an e-mail or of a phone number.
+-- text_pattern_ops: LIKE 'abc%' uses the index whatever the database's collation.
+-- The name is indexed as its JSON text ("Alice"), not as text (->>): unescaping a
+-- \u0000 to text fails, and an index expression that fails would stop the projection.
+CREATE INDEX IF NOT EXISTS users_name_prefix ON users (channel_id, lower((state->'fields'->'name'->0)::text) text_pattern_ops)
+    WHERE NOT deleted AND merged_into IS NULL;
+CREATE INDEX IF NOT EXISTS identities_contact_prefix ON identities (channel_id, kind, value text_pattern_ops)
+    WHERE kind IN ('email', 'mobile');
+-- `tag=`: staff tags live in the state; only that small array is converted to jsonb
+-- (tags never hold NUL, I9, so the conversion cannot fail).
+CREATE INDEX IF NOT EXISTS users_tags ON users USING gin (((state->'tags')::jsonb)) WHERE NOT deleted AND merged_into IS NULL;
+-- Activities newest first, and the merges into a user (G4).
+CREATE INDEX IF NOT EXISTS activities_user_recent ON activities (user_id, occurred_at DESC, event_id DESC);
+CREATE INDEX IF NOT EXISTS merges_target ON merges (channel_id, target_id);
