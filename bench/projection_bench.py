@@ -341,6 +341,10 @@ class Stages:
         self.patch_async(repo, "load_users", "  of which sql load_users")
         self.patch_sync(core, "apply", "core.apply (handlers + publish)")
         self.patch_sync(core, "publish", "  of which publish (diff + view)")
+        self.patch_async(batch_mod, "_load_resident", "load, resident (keys + missing + query)")
+        for name in ("lock_channels", "stamp_channels", "channel_clocks", "save_clocks", "forget_applied", "save_rejected"):
+            if hasattr(repo, name):
+                self.patch_async(repo, name, f"sql {name}")
         for name in ("save_users", "save_identities", "save_activities", "save_merges",
                      "save_applied", "save_outbox", "save_offsets"):
             self.patch_async(repo, name, f"sql {name}")
@@ -371,7 +375,7 @@ class TimedProjection(Projection):
     def __init__(self, *a: Any, target: int, done: asyncio.Event, cpu: Cpu | None = None, **kw: Any) -> None:
         super().__init__(*a, **kw)
         self.target, self.done, self.cpu = target, done, cpu
-        self.cpu_first: dict[str, float] | None = None
+        self.cpu_first: dict[str, Any] | None = None
         self.consumed = 0
         self.skipped = 0
         self.dead = 0
@@ -433,8 +437,10 @@ class Cpu:
         parts = self._stat(pid)
         return 0.0 if parts is None else (int(parts[11]) + int(parts[12])) / self.tck
 
-    def _postgres(self) -> float:
-        total = 0.0
+    def _postgres(self) -> dict[int, float]:
+        """CPU seconds per process of the server (compared pid by pid: a backend or an
+        autovacuum worker that exits between two samples takes its seconds with it)."""
+        found: dict[int, float] = {}
         for d in os.listdir("/proc"):
             if not d.isdigit():
                 continue
@@ -450,13 +456,13 @@ class Cpu:
                     continue
             elif pid != self.postmaster_pid and int(parts[1]) != self.postmaster_pid:
                 continue
-            total += (int(parts[11]) + int(parts[12])) / self.tck
-        return total
+            found[pid] = (int(parts[11]) + int(parts[12])) / self.tck
+        return found
 
     def of(self, pid: int) -> float:
         return self._proc(pid)
 
-    def sample(self) -> dict[str, float]:
+    def sample(self) -> dict[str, Any]:
         return {
             "python": time.process_time(),
             "broker": self._proc(self.broker_pid) if self.broker_pid else 0.0,
@@ -465,14 +471,26 @@ class Cpu:
         }
 
     @staticmethod
-    def delta(a: dict[str, float], b: dict[str, float]) -> dict[str, float]:
-        wall = b["wall"] - a["wall"]
-        return {k: round((b[k] - a[k]) / wall, 2) for k in ("python", "broker", "postgres")}  # cores used
+    def _spent(a: dict[str, Any], b: dict[str, Any], k: str) -> float:
+        if k == "postgres":  # pid by pid; a process started meanwhile counts from 0
+            return sum(t - a["postgres"].get(pid, 0.0) for pid, t in b["postgres"].items())
+        if k == "pg_backends":  # the projection's own connections only (set by run_projection)
+            own = b.get("own") or ()
+            return sum(b["postgres"].get(pid, 0.0) - a["postgres"].get(pid, 0.0) for pid in own)
+        return float(b[k] - a[k])
 
     @staticmethod
-    def per_fact(a: dict[str, float], b: dict[str, float], facts: int) -> dict[str, float]:
+    def delta(a: dict[str, Any], b: dict[str, Any]) -> dict[str, float]:
+        wall = b["wall"] - a["wall"]
+        return {k: round(Cpu._spent(a, b, k) / wall, 2) for k in ("python", "broker", "postgres")}  # cores used
+
+    @staticmethod
+    def per_fact(a: dict[str, Any], b: dict[str, Any], facts: int) -> dict[str, float]:
         """CPU µs per fact by party (python = the service's process)."""
-        return {k: round(1e6 * (b[k] - a[k]) / max(facts, 1), 1) for k in ("python", "broker", "postgres")}
+        out = {k: round(1e6 * Cpu._spent(a, b, k) / max(facts, 1), 1) for k in ("python", "broker", "postgres")}
+        if b.get("own"):
+            out["pg_backends"] = round(1e6 * Cpu._spent(a, b, "pg_backends") / max(facts, 1), 1)
+        return out
 
 
 async def postmaster_of(database_url: str) -> int | None:
@@ -508,7 +526,8 @@ async def run_projection(
 ) -> dict[str, Any]:
     """Start a projection on a fresh schema and time it until `target` records are applied."""
     await _exec(database_url, f"DROP SCHEMA IF EXISTS {schema} CASCADE")
-    pool = await create_pool(database_url, schema, max_size=4)
+    pool = await create_pool(database_url, schema, min_size=4, max_size=4)
+    own = await _backends(pool, 4)
     try:
         done, stop = asyncio.Event(), asyncio.Event()
         proj = TimedProjection(pool, bootstrap, topics, group, batch_max, target=target, done=done, cpu=cpu,
@@ -523,6 +542,8 @@ async def run_projection(
         finally:
             finished = time.perf_counter()
             cpu1 = cpu.sample() if cpu else None
+            if cpu1 is not None:
+                cpu1["own"] = own
             if spying:
                 spying.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
                 await asyncio.wait_for(spying.wait(), 60)
@@ -591,6 +612,7 @@ async def run_trivial(
         CREATE TABLE {schema}.offsets (topic text, partition int, next_offset bigint NOT NULL,
                                        PRIMARY KEY (topic, partition));""")
     conn = await asyncpg.connect(database_url, server_settings={"search_path": schema})
+    own = {await conn.fetchval("SELECT pg_backend_pid()")}
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
                                 max_partition_fetch_bytes=4 * 1024 * 1024, fetch_max_bytes=32 * 1024 * 1024)
     try:
@@ -599,7 +621,7 @@ async def run_trivial(
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         started = time.perf_counter()
-        cpu0: dict[str, float] | None = None
+        cpu0: dict[str, Any] | None = None
         first = 0.0
         records = batches = 0
         deadline = time.monotonic() + limit_s
@@ -641,6 +663,8 @@ async def run_trivial(
             batches += 1
         finished = time.perf_counter()
         cpu1 = cpu.sample() if cpu else None
+        if cpu1 is not None:
+            cpu1["own"] = own
     finally:
         await consumer.stop()
         await conn.close()
@@ -652,6 +676,16 @@ async def run_trivial(
         out["cores_used"] = Cpu.delta(cpu0, cpu1)
         out["cpu_us_per_event"] = Cpu.per_fact(cpu0, cpu1, records)
     return out
+
+
+async def _backends(pool: asyncpg.Pool, n: int) -> set[int]:
+    """The server pids of the pool's `n` connections (all held at once, so all differ)."""
+    conns = [await pool.acquire() for _ in range(n)]
+    try:
+        return {await c.fetchval("SELECT pg_backend_pid()") for c in conns}
+    finally:
+        for c in conns:
+            await pool.release(c)
 
 
 async def _start_py_spy(out: Path) -> asyncio.subprocess.Process:
@@ -1155,7 +1189,7 @@ def report(r: dict[str, Any]) -> str:
         lines.append(f"PostgreSQL {target}: {st.get('server_version')}, shared_buffers {st.get('shared_buffers')}, "
                      f"autovacuum {st.get('autovacuum')}, wal_compression {st.get('wal_compression')}; "
                      f"load average {t['loadavg'][0]:.1f} at its start")
-        lines.append(f"  {'pipeline':<34} {'events/s':>9}  {'CPU µs/event: service  postgres  broker':<40} load after")
+        lines.append(f"  {'pipeline':<34} {'events/s':>9}  {'CPU µs/event: service  postgres (own backends)  broker':<54} load after")
         rows2 = [(f"projection, {v}", x) for v, x in t["batch"].items()]
         if "trivial" in t:
             rows2.append(("trivial batched (ceiling)", t["trivial"]))
@@ -1164,7 +1198,8 @@ def report(r: dict[str, Any]) -> str:
         for name, x in rows2:
             c = x.get("cpu_us_per_event") or {}
             lines.append(f"  {name:<34} {x['eps']:>9,}  {c.get('python', '?'):>21} {c.get('postgres', '?'):>9} "
-                         f"{c.get('broker', '?'):>7}   {x.get('loadavg_after', [float('nan')])[0]:.1f}")
+                         f"{'(' + str(c.get('pg_backends', '?')) + ')':>14} {c.get('broker', '?'):>8}   "
+                         f"{x.get('loadavg_after', [float('nan')])[0]:.1f}")
         if "trivial" in t:
             for v, x in t["batch"].items():
                 lines.append(f"  {v} / trivial: {x['eps'] / t['trivial']['eps']:.2f}")
