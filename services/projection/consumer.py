@@ -63,6 +63,7 @@ class Projection:
         self.pool = pool
         # Users kept between batches for the partitions we own (resident.py); 0: none.
         self.resident = ResidentUsers(resident_users) if resident_users > 0 else None
+        self._resident_seen = (0, 0, 0)  # hits, misses, drops already counted in metrics
         self.topics = topics
         self.batch_max = batch_max
         self.consumer = AIOKafkaConsumer(
@@ -154,6 +155,8 @@ class Projection:
         for code, n in result.dead_letters.items():
             metrics.DEAD_LETTERS.labels(code=code).inc(n)
         self._follow_store(result.next_offsets)
+        if self.resident is not None:
+            self._observe_resident(self.resident)
         log.info(
             "batch: %d records, %d applied, %d skipped, %d dead-lettered, %d published in %.1f ms",
             len(records), result.applied, result.skipped, sum(result.dead_letters.values()),
@@ -259,6 +262,15 @@ class Projection:
             await self.consumer.commit(offsets)
         except Exception as err:  # a hint only: a rebalance may have moved the partition
             log.debug("offset hint not committed: %s", err)
+
+    def _observe_resident(self, resident: ResidentUsers) -> None:
+        metrics.RESIDENT_USERS.set(len(resident))
+        hits, misses, drops = resident.hits, resident.misses, resident.drops
+        seen = self._resident_seen
+        metrics.RESIDENT_LOOKUPS.labels(found="memory").inc(hits - seen[0])
+        metrics.RESIDENT_LOOKUPS.labels(found="store").inc(misses - seen[1])
+        metrics.RESIDENT_DROPS.inc(drops - seen[2])
+        self._resident_seen = (hits, misses, drops)
 
     def _observe_lag(self) -> None:
         for tp in self.consumer.assignment():
