@@ -37,7 +37,7 @@ EN: dict[str, str] = {
     "signout": "Sign out",
     "signed_in_as": "Signed in as {name} ({scope})",
     "csrf.failed": "The form expired or did not come from this console. Reload the page and try again.",
-    "forbidden": "Your key's scope ({scope}) does not allow this; an {needed} key does.",
+    "forbidden": "Your key's scope ({scope}) does not allow this; a key with the {needed} scope does.",
     "forbidden.channel": "Your key is for channel {channel} only.",
     "channels.title": "Channels",
     "channels.help": "Open a channel by its id.",

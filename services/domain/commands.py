@@ -6,7 +6,7 @@ from .core import Work, handles
 from .hygiene import clean_member_id
 from .ids import fact_user_id, member_user_id
 from .profile import profile_values, promote, set_flags, set_values
-from .saga import approve, cancel_pending, refresh_candidates
+from .saga import approve, cancel_pending, offer_to_leads, refresh_candidates
 from .user import EMAIL, MOBILE, User, Value
 from .values import Rejected, parse_tags
 
@@ -51,6 +51,7 @@ def on_profile_update(w: Work) -> None:
     user.last_contact_at = max(user.last_contact_at or w.at, w.at)
     refresh_candidates(w, user)
     w.put(user)
+    offer_to_leads(w, user)
 
 
 def _tags(tags: list[str]) -> list[str]:
@@ -82,20 +83,7 @@ def on_member_upsert(w: Work) -> None:
     set_flags(user, msg)
     user.last_contact_at = max(user.last_contact_at or w.at, w.at)
     w.put(user)
-    _offer_to_waiting_leads(w, user)
-
-
-def _offer_to_waiting_leads(w: Work, member: User) -> None:
-    """U5: leads sharing the member's qualified contact get it as a candidate."""
-    for key, kind in ((EMAIL, "email"), (MOBILE, "mobile")):
-        val = member.fields.get(key)
-        if val is None or val.v is None or not val.q:
-            continue
-        for other in w.directory.by_contact(w.channel_id, kind, val.v, qualified_only=True):
-            if other.type != "member" and other.alive and member.id not in other.offered:
-                lead = other.copy()
-                refresh_candidates(w, lead)
-                w.put(lead)
+    offer_to_leads(w, user)
 
 
 @handles("lead.create")

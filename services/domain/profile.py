@@ -28,6 +28,11 @@ BUILTIN_TYPES: dict[str, str] = {
 }
 """P2's built-in profile keys and their types (the contacts are parsed as contacts)."""
 
+# What a site, staff or the API may send for the built-in keys. The order time is sent
+# as an epoch-ms timestamp (seed 001: "Date … timestampを millisecond単位形式で"), so any
+# instant is accepted there, and a `YYYY-MM-DD` date as its UTC midnight, as imported.
+_SENT_BUILTIN_TYPES = {**BUILTIN_TYPES, "profile.lastCheckoutCompletedAt": "datetime"}
+
 
 def profile_values(
     raw: Mapping[str, Any] | None, settings: ChannelSettings, *, qualified: bool, member: bool, at: int
@@ -44,7 +49,7 @@ def profile_values(
                 value = clean_email(value) if isinstance(value, str) else _bad(key, "must be a string")
             elif full == MOBILE:
                 value = clean_mobile(value) if isinstance(value, str) else _bad(key, "must be a string")
-            elif (declared := BUILTIN_TYPES.get(full) or settings.field_types.get(full)) is not None:
+            elif (declared := _SENT_BUILTIN_TYPES.get(full) or settings.field_types.get(full)) is not None:
                 try:
                     value = coerce_sdk_value(declared, value)
                 except Rejected as err:

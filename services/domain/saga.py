@@ -47,6 +47,22 @@ def refresh_candidates(w: Work, user: User) -> None:
         user.offered = sorted({*user.offered, *now})
 
 
+def offer_to_leads(w: Work, member: User) -> None:
+    """U5: a member holding a qualified contact is offered to the leads that hold it too
+    (noted on them, so that approving it after the match went away can be refused)."""
+    if member.type != "member" or not member.alive:
+        return
+    for key, kind in ((EMAIL, "email"), (MOBILE, "mobile")):
+        val = member.fields.get(key)
+        if val is None or val.v is None or not val.q:
+            continue
+        for other in w.directory.by_contact(w.channel_id, kind, val.v, qualified_only=True):
+            if other.type != "member" and other.alive and member.id not in other.offered:
+                lead = other.copy()
+                refresh_candidates(w, lead)
+                w.put(lead)
+
+
 def shares_qualified_contact(a: User, b: User) -> bool:
     """U5/U9: do both hold one e-mail or mobile number as qualified contact data?"""
     for key in (EMAIL, MOBILE):

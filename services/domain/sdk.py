@@ -7,7 +7,7 @@ from .core import Activity, Work, handles
 from .hygiene import clean_email, clean_member_id, clean_mobile, clean_veil_id
 from .ids import member_user_id, veil_user_id
 from .profile import profile_values, promote, set_values
-from .saga import on_member_login
+from .saga import offer_to_leads, on_member_login
 from .sessions import (
     PlatformName,
     logged_out,
@@ -54,6 +54,8 @@ def on_visit(w: Work) -> None:
     promote(user)
     w.put(user)
     if is_member:
+        if EMAIL in values or MOBILE in values:
+            offer_to_leads(w, user)  # U5: leads holding the contact the site sent
         on_member_login(w, user)
 
 

@@ -28,8 +28,6 @@ from tests.support.api import LiveApi, live_api, new_channel
 from tests.support.infra import Infra, drop_schema, isolated_settings, wait_for
 from tests.support.service import Publisher
 
-pytestmark = pytest.mark.browser
-
 CHROMIUM = os.environ.get("UNIFIER_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",

@@ -4,6 +4,7 @@ SREs (by code, with the reason, retried). Only admin keys reach them."""
 
 from __future__ import annotations
 
+import pytest
 from playwright.async_api import expect
 
 from contracts.topics import Topics
@@ -11,6 +12,8 @@ from services.store import api_keys
 from tests.browser.conftest import Console, now_ms, sign_in
 from tests.support.infra import wait_for
 from tests.support.service import read_topic
+
+pytestmark = pytest.mark.browser
 
 
 async def test_console_h1_secret_set_and_rotated_never_shown_mu_limit_and_field_types(console: Console) -> None:

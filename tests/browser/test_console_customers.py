@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import re
 
+import pytest
 from playwright.async_api import expect
 
 from tests.browser.conftest import Console, now_ms
 
 MIN = 60_000
+
+pytestmark = pytest.mark.browser
 
 
 async def seed(c: Console) -> None:

@@ -3,9 +3,12 @@ by e-mail, phone or memberId, see the coloured label on the customer; remove."""
 
 from __future__ import annotations
 
+import pytest
 from playwright.async_api import expect
 
 from tests.browser.conftest import Console, now_ms
+
+pytestmark = pytest.mark.browser
 
 
 async def test_console_d2_grade_defined_assigned_by_email_shown_on_customer_and_removed(console: Console) -> None:

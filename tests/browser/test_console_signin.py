@@ -3,10 +3,13 @@ HttpOnly, SameSite=Strict, signed; CSRF on every state-changing form; ja/en)."""
 
 from __future__ import annotations
 
+import pytest
 from playwright.async_api import expect
 
 from services.store import api_keys
-from tests.browser.conftest import Console, sign_in
+from tests.browser.conftest import Console, now_ms, sign_in
+
+pytestmark = pytest.mark.browser
 
 
 async def test_console_signin_with_key_session_cookie_csrf_and_revocation(console: Console) -> None:
@@ -60,3 +63,18 @@ async def test_console_language_follows_browser_and_switches(console: Console) -
     # Keyboard: the first Tab lands on the skip link, which jumps to the content.
     await page.keyboard.press("Tab")
     await expect(page.get_by_role("link", name="本文へ移動")).to_be_focused()
+
+
+async def test_console_read_key_sees_customers_but_no_forms_and_is_refused_changes(console: Console) -> None:
+    """Scopes as in the API: a read key reads; editing, importing and admin screens need more."""
+    await console.command(console.ev("l", "lead.create", now_ms(), profile={"email": "reader.case@example.jp"}))
+    await api_keys.revoke_key(console.pool, "staff-reader")
+    reader = await console.api.key("read", None, "staff-reader")
+    page = await console.signed_in("en", key=reader)
+    await page.locator("#results").get_by_role("link", name="reader.case@example.jp").click()
+    await expect(page.get_by_role("region", name="Profile")).to_be_visible()
+    await expect(page.get_by_role("region", name="Edit profile")).to_have_count(0)
+    await expect(page.get_by_role("button", name="Block")).to_have_count(0)
+    response = await page.goto(f"{console.url}/c/{console.channel}/imports")
+    assert response is not None and response.status == 403
+    await expect(page.get_by_role("alert")).to_contain_text("Your key's scope (read) does not allow this")

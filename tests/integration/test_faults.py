@@ -28,7 +28,9 @@ import pytest_asyncio
 from contracts.topics import Topics
 from services.platform.config import Settings
 from services.platform.embedded import free_port
+from services.projection.window import WINDOW_MS
 from services.replay import workload
+from services.replay.log import LogReader
 from tests.integration.test_replay import (
     CHANNELS,
     UNIFIER,
@@ -125,15 +127,36 @@ async def assert_state_is_a_rebuild(settings: Settings) -> dict[str, Any]:
 
 async def assert_every_record_applied_or_dead_lettered_once(settings: Settings, pool: asyncpg.Pool) -> None:
     """What the inbox says was consumed is, record by record, either an applied eventId
-    or a dead letter (published, or still in the outbox) — none lost, none applied
-    twice (dead letters are published at least once: counted by source offset)."""
-    topic = Topics(settings.topic_prefix).dead_letter
+    or a dead letter (published, or still in the outbox) — none lost (dead letters are
+    published at least once: counted by source offset). `applied_events` remembers a
+    window of each channel (7 days of event time, services/projection/window.py): a
+    fact further behind its channel's clock than that is applied and forgotten."""
+    topics = Topics(settings.topic_prefix)
     consumed = await applied_offsets(pool)
-    applied = await pool.fetchval("SELECT count(*) FROM applied_events")
-    letters = [v for _, v in await read_topic(settings, topic) if v is not None]
-    letters += [orjson.loads(r[0]) for r in await pool.fetch("SELECT value FROM outbox WHERE topic = $1", topic)]
+    remembered = {(r[0], r[1]) for r in await pool.fetch("SELECT channel_id, event_id FROM applied_events")}
+    clocks = {r[0]: r[1] for r in await pool.fetch("SELECT channel_id, max(at) FROM applied_events GROUP BY channel_id")}
+    letters = [v for _, v in await read_topic(settings, topics.dead_letter) if v is not None]
+    letters += [orjson.loads(r[0]) for r in await pool.fetch("SELECT value FROM outbox WHERE topic = $1", topics.dead_letter)]
     dead = {(v["sourceTopic"], v["partition"], v["offset"]) for v in letters}
-    assert applied + len(dead) == consumed
+    applied = forgotten = 0
+    lost: list[tuple[str, int, int]] = []
+    assert settings.kafka_bootstrap is not None
+    stored = {(r[0], r[1]): r[2] for r in await pool.fetch("SELECT topic, partition, next_offset FROM inbox_offsets")}
+    async with LogReader(settings.kafka_bootstrap, topics.inbound, stop=stored, quiet_s=0.3) as log:  # what was consumed
+        async for chunk in log.per_partition():
+            for r in chunk:
+                if (r.topic, r.partition, r.offset) in dead:
+                    continue
+                fact = orjson.loads(r.value or b"")
+                channel, at = fact["channelId"], min(fact["occurredAt"], r.timestamp)
+                if (channel, fact["eventId"]) in remembered:
+                    applied += 1
+                elif at < clocks.get(channel, at) - WINDOW_MS:
+                    forgotten += 1
+                else:
+                    lost.append((r.topic, r.partition, r.offset))
+    assert lost == []
+    assert applied >= len(remembered) and applied + forgotten + len(dead) == consumed
 
 
 async def _outbox_empty(pool: asyncpg.Pool) -> bool:

@@ -3,8 +3,9 @@ PostgreSQL (the generator: tests/support/fuzz.py).
 
 Passes only when, after every record and a sentinel per channel: the service is still
 running; every record is either applied (its eventId in the inbox) or dead-lettered
-with a code and a reason (a letter naming its topic, partition and offset); and the
-sentinels, sent after everything, are applied.
+with a code and a reason (a letter naming its topic, partition and offset); the
+sentinels, sent after everything, are applied; and a rebuild from the log gives the
+live state (replay equals live).
 
 `make test` runs a fast seed (FUZZ_RECORDS=150, a fixed FUZZ_SEED); `make fuzz` runs a
 longer one with a fresh seed (printed: set FUZZ_SEED to replay a failure).
@@ -26,6 +27,7 @@ from contracts.topics import Topics
 from services.platform.config import Settings
 from services.platform.topics import ensure_topics
 from services.store.queries import find_user
+from tests.integration.test_replay import cli
 from tests.support import fuzz
 from tests.support.infra import wait_for
 from tests.support.service import read_topic, running_service
@@ -59,7 +61,8 @@ async def test_hostile_records_never_stop_the_service_and_each_is_applied_or_dea
     try:
         async with running_service(settings) as service:
             sent = await asyncio.gather(*[
-                await producer.send(topic_of[h.kind], h.value, key=h.key) for h in hostile
+                await producer.send(topic_of[h.kind], h.value, key=h.key, timestamp_ms=fuzz.RECORDS_AT + i)
+                for i, h in enumerate(hostile)
             ])
             sentinels = [
                 {"eventId": f"sentinel-{ch}", "type": "boot", "channelId": ch, "occurredAt": fuzz.T0,
@@ -67,7 +70,8 @@ async def test_hostile_records_never_stop_the_service_and_each_is_applied_or_dea
                 for ch in fuzz.CHANNELS
             ]
             for s in sentinels:
-                await (await producer.send(topics.sdk_events, orjson.dumps(s), key=s["channelId"].encode()))
+                await (await producer.send(topics.sdk_events, orjson.dumps(s), key=s["channelId"].encode(),
+                                           timestamp_ms=fuzz.RECORDS_AT + RECORDS))
             ends: dict[tuple[str, int], int] = {}
             for meta in sent:
                 ends[(meta.topic, meta.partition)] = max(ends.get((meta.topic, meta.partition), 0), meta.offset + 1)
@@ -98,6 +102,13 @@ async def test_hostile_records_never_stop_the_service_and_each_is_applied_or_dea
     print("fuzz mutations:", dict(sorted(Counter(h.mutation for h in hostile).items())))
     assert not lost, f"records neither applied nor dead-lettered (FUZZ_SEED={SEED}): {lost[:5]}"
     assert outcomes["applied"] > 0 and sum(outcomes.values()) == RECORDS
+
+    # Replay equals live with the hostile records in the log: a rebuild refuses the same
+    # records and builds the same users.
+    code, out, err = await cli(settings, "replay", "--dry-run", "--quiet-ms", "300")
+    summary = orjson.loads(err.splitlines()[-1])
+    assert code == 0 and out == "" and summary["changedUsers"] == 0, err[-2000:]
+    assert summary["liveDigest"] == summary["rebuiltDigest"]
 
 
 async def _consumed(pool: asyncpg.Pool, ends: dict[tuple[str, int], int]) -> bool:

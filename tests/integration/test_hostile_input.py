@@ -309,10 +309,14 @@ async def _outbox_empty(pool: asyncpg.Pool) -> bool:
     return not await pool.fetchval("SELECT count(*) FROM outbox")
 
 
-async def test_a_rebuild_isolates_a_record_the_store_refuses_as_live_does(settings: Settings, pool: asyncpg.Pool) -> None:
-    """Replay equals live for records only the store refuses: the resident rebuild
-    writes in bulk and cannot tell the record apart, so it starts again batch by batch
-    and isolates it as the live service does (one dead letter, the rest applied)."""
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_a_rebuild_isolates_a_record_the_store_refuses_as_live_does(
+    settings: Settings, pool: asyncpg.Pool, workers: int,
+) -> None:
+    """Replay equals live for records only the store refuses: the resident rebuild (one
+    process or sharded workers) writes in bulk and cannot tell the record apart, so it
+    starts again batch by batch and isolates it as the live service does (one dead
+    letter, the rest applied)."""
     await pool.execute(
         "ALTER TABLE activities ADD CONSTRAINT test_refuses_poison CHECK (body::text NOT LIKE '%poison%')"
     )
@@ -320,7 +324,30 @@ async def test_a_rebuild_isolates_a_record_the_store_refuses_as_live_does(settin
         await pub.sdk(*(fact(n, "track", veilId=f"t{n}", name="poison" if n == 3 else "view") for n in range(1, 7)))
     assert settings.kafka_bootstrap is not None
     tally = rebuild.Tally(out=None)
-    await rebuild.build(pool, settings.kafka_bootstrap, Topics(settings.topic_prefix), batch=100, quiet_s=0.3, tally=tally)
+    await rebuild.build(pool, settings.kafka_bootstrap, Topics(settings.topic_prefix), batch=100, quiet_s=0.3, tally=tally,
+                        workers=workers, database_url=settings.database_url, schema=settings.db_schema)
     assert (tally.events, tally.applied, tally.dead_letters) == (6, 5, 1)
     assert await pool.fetchval("SELECT count(*) FROM activities") == 5
     assert await find_user(pool, CH, "veil", "t3") is None and await find_user(pool, CH, "veil", "t4") is not None
+
+
+async def test_a_fact_that_would_grow_a_user_past_the_limit_is_dead_lettered_user_too_large(
+    settings: Settings, pool: asyncpg.Pool,
+) -> None:
+    """Limits: every message is small, but a user gathers without end. The fact that
+    would take a member past 131,072 characters of data is refused (`user_too_large`),
+    the member keeps what it had, and every `user-changed` stays far under the broker's
+    1 MiB message limit."""
+    upserts = [
+        fact(n, "member.upsert", memberId="big", actor="api", profile={f"k{n}_{i}": "x" * 4000 for i in range(10)})
+        for n in range(1, 5)
+    ]
+    upserts.append(fact(5, "member.upsert", memberId="big", actor="api", profile={"small": "y"}))
+    found = await survive(settings, pool, upserts, topic="commands", letters_expected=1)
+    assert [(orjson.loads(f["value"])["eventId"], f["error"]["code"]) for f in found] == [("e-member.upsert-4", "user_too_large")]
+    member = await find_user(pool, CH, "member", "big")
+    assert member is not None and "k3_9" in member["profile"] and "k4_0" not in member["profile"]
+    assert member["profile"]["small"] == "y"  # a fact that fits still applies
+    changes = await read_topic(settings, Topics(settings.topic_prefix).user_changed)
+    sizes = [len(orjson.dumps(v)) for _, v in changes if v is not None]
+    assert sizes and max(sizes) < 1024 * 1024 // 2

@@ -33,3 +33,12 @@ def test_forgetting_drops_only_what_can_never_be_seen_again():
     assert not w.seen("ch", "old") and w.seen("ch", "new")
     w.forget_expired()
     assert w.at == {("ch", "new"): T + 7 * DAY}
+
+
+def test_a_channels_clock_comes_from_its_history_not_from_the_first_fact_of_a_batch():
+    """Two copies of an old eventId in one batch: with the channel's real clock both are
+    outside the window (applied twice, as a rebuild does); a clock taken from the batch's
+    first fact would have skipped the second."""
+    w = AppliedWindow([], {"ch": T + 30 * DAY})
+    w.add("ch", "old", T)
+    assert not w.seen("ch", "old")

@@ -62,8 +62,8 @@ def test_p2_a_built_in_date_is_stored_as_an_import_stores_it() -> None:
     w = World()
     w.boot("v1", T0, memberId="m1", profile={"lastCheckoutCompletedAt": "2025-05-04"})
     assert w.member("m1").value("profile.lastCheckoutCompletedAt") == T0  # epoch ms at UTC midnight, as I9
-    w.ok("member.upsert", T0 + MIN, memberId="m1", profile={"lastCheckoutCompletedAt": T0 + DAY})
-    assert w.member("m1").value("profile.lastCheckoutCompletedAt") == T0 + DAY
+    w.ok("member.upsert", T0 + MIN, memberId="m1", profile={"lastCheckoutCompletedAt": T0 + DAY + 1234})
+    assert w.member("m1").value("profile.lastCheckoutCompletedAt") == T0 + DAY + 1234  # an order time, in ms
 
 
 def test_p2_commands_are_held_to_the_built_in_types_too() -> None:

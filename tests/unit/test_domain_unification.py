@@ -507,6 +507,20 @@ def test_u5_a_lead_that_lost_the_shared_contact_has_no_candidate_and_its_stale_a
     assert out.rejection is not None and out.rejection.code == "stale_candidate"
 
 
+def test_u5_a_match_made_by_the_members_own_login_data_is_offered_and_goes_stale_alike():
+    """The site's login data gives the member the lead's e-mail: the lead lists it; the
+    member later logs in with another address, so approving that offer is refused."""
+    w = World()
+    lead = w.lead(EMAIL, T0)
+    w.boot("vm", T0 + MIN, memberId="m1", profile={"email": EMAIL})
+    m = w.member("m1")
+    assert candidates(w, lead) == [m.id] and w.user(lead.id).offered == [m.id]
+    w.boot("vm", T0 + 2 * MIN, memberId="m1", profile={"email": "new@example.jp"})
+    assert candidates(w, lead) == []
+    out = w.send("unification.approve", T0 + 3 * MIN, sourceUserId=lead.id, targetUserId=m.id)
+    assert out.rejection is not None and out.rejection.code == "stale_candidate"
+
+
 def test_d1_a_member_never_offered_may_still_be_unified_by_hand():
     """Staff who identified the person themselves (D1: merge two customers by hand) are
     not refused: only an offer that went stale is."""
