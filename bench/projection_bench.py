@@ -341,6 +341,10 @@ class Stages:
         self.patch_async(repo, "load_users", "  of which sql load_users")
         self.patch_sync(core, "apply", "core.apply (handlers + publish)")
         self.patch_sync(core, "publish", "  of which publish (diff + view)")
+        self.patch_async(batch_mod, "_load_resident", "load, resident (keys + missing + query)")
+        for name in ("lock_channels", "stamp_channels", "channel_clocks", "save_clocks", "forget_applied", "save_rejected"):
+            if hasattr(repo, name):
+                self.patch_async(repo, name, f"sql {name}")
         for name in ("save_users", "save_identities", "save_activities", "save_merges",
                      "save_applied", "save_outbox", "save_offsets"):
             self.patch_async(repo, name, f"sql {name}")
@@ -371,7 +375,7 @@ class TimedProjection(Projection):
     def __init__(self, *a: Any, target: int, done: asyncio.Event, cpu: Cpu | None = None, **kw: Any) -> None:
         super().__init__(*a, **kw)
         self.target, self.done, self.cpu = target, done, cpu
-        self.cpu_first: dict[str, float] | None = None
+        self.cpu_first: dict[str, Any] | None = None
         self.consumed = 0
         self.skipped = 0
         self.dead = 0
@@ -414,35 +418,51 @@ class TimedProjection(Projection):
 
 
 class Cpu:
-    """CPU seconds of this process, the broker, and every postgres process (all users
-    of the server, so concurrent work of others shows up here too)."""
+    """CPU seconds of this process, the broker, and the PostgreSQL server under test (its
+    postmaster and every process it forked: backends, WAL writer, checkpointer,
+    autovacuum). On the machine's shared server that includes other users' work."""
 
-    def __init__(self, broker_pid: int | None) -> None:
+    def __init__(self, broker_pid: int | None, postmaster_pid: int | None = None) -> None:
         self.broker_pid = broker_pid
+        self.postmaster_pid = postmaster_pid
         self.tck = os.sysconf("SC_CLK_TCK")
 
-    def _proc(self, pid: int) -> float:
+    def _stat(self, pid: int) -> list[str] | None:
         try:
-            parts = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            return (int(parts[11]) + int(parts[12])) / self.tck
-        except (OSError, IndexError, ValueError):
-            return 0.0
+            return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            return None
 
-    def _postgres(self) -> float:
-        total = 0.0
+    def _proc(self, pid: int) -> float:
+        parts = self._stat(pid)
+        return 0.0 if parts is None else (int(parts[11]) + int(parts[12])) / self.tck
+
+    def _postgres(self) -> dict[int, float]:
+        """CPU seconds per process of the server (compared pid by pid: a backend or an
+        autovacuum worker that exits between two samples takes its seconds with it)."""
+        found: dict[int, float] = {}
         for d in os.listdir("/proc"):
-            if d.isdigit():
+            if not d.isdigit():
+                continue
+            pid = int(d)
+            parts = self._stat(pid)
+            if parts is None:
+                continue
+            if self.postmaster_pid is None:  # unknown server: every postgres process
                 try:
-                    if Path(f"/proc/{d}/comm").read_text().strip() == "postgres":
-                        total += self._proc(int(d))
+                    if Path(f"/proc/{d}/comm").read_text().strip() != "postgres":
+                        continue
                 except OSError:
-                    pass
-        return total
+                    continue
+            elif pid != self.postmaster_pid and int(parts[1]) != self.postmaster_pid:
+                continue
+            found[pid] = (int(parts[11]) + int(parts[12])) / self.tck
+        return found
 
     def of(self, pid: int) -> float:
         return self._proc(pid)
 
-    def sample(self) -> dict[str, float]:
+    def sample(self) -> dict[str, Any]:
         return {
             "python": time.process_time(),
             "broker": self._proc(self.broker_pid) if self.broker_pid else 0.0,
@@ -451,9 +471,41 @@ class Cpu:
         }
 
     @staticmethod
-    def delta(a: dict[str, float], b: dict[str, float]) -> dict[str, float]:
+    def _spent(a: dict[str, Any], b: dict[str, Any], k: str) -> float:
+        if k == "postgres":  # pid by pid; a process started meanwhile counts from 0
+            return sum(t - a["postgres"].get(pid, 0.0) for pid, t in b["postgres"].items())
+        if k == "pg_backends":  # the projection's own connections only (set by run_projection)
+            own = b.get("own") or ()
+            return sum(b["postgres"].get(pid, 0.0) - a["postgres"].get(pid, 0.0) for pid in own)
+        return float(b[k] - a[k])
+
+    @staticmethod
+    def delta(a: dict[str, Any], b: dict[str, Any]) -> dict[str, float]:
         wall = b["wall"] - a["wall"]
-        return {k: round((b[k] - a[k]) / wall, 2) for k in ("python", "broker", "postgres")}  # cores used
+        return {k: round(Cpu._spent(a, b, k) / wall, 2) for k in ("python", "broker", "postgres")}  # cores used
+
+    @staticmethod
+    def per_fact(a: dict[str, Any], b: dict[str, Any], facts: int) -> dict[str, float]:
+        """CPU µs per fact by party (python = the service's process)."""
+        out = {k: round(1e6 * Cpu._spent(a, b, k) / max(facts, 1), 1) for k in ("python", "broker", "postgres")}
+        if b.get("own"):
+            out["pg_backends"] = round(1e6 * Cpu._spent(a, b, "pg_backends") / max(facts, 1), 1)
+        return out
+
+
+async def postmaster_of(database_url: str) -> int | None:
+    """The pid of the postmaster serving `database_url` (the parent of our backend), if it
+    runs on this machine."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        backend = await conn.fetchval("SELECT pg_backend_pid()")
+    finally:
+        await conn.close()
+    try:
+        stat = await asyncio.to_thread(Path(f"/proc/{backend}/stat").read_text)
+        return int(stat.rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 # --------------------------------------------------------------------------- phases
@@ -470,14 +522,16 @@ async def _exec(database_url: str, sql: str) -> None:
 async def run_projection(
     bootstrap: str, database_url: str, topics: Topics, schema: str, group: str, target: int,
     batch_max: int, stages: Stages | None = None, cpu: Cpu | None = None, limit_s: float = 900.0,
-    spy: Path | None = None,
+    spy: Path | None = None, resident_users: int = 0,
 ) -> dict[str, Any]:
     """Start a projection on a fresh schema and time it until `target` records are applied."""
     await _exec(database_url, f"DROP SCHEMA IF EXISTS {schema} CASCADE")
-    pool = await create_pool(database_url, schema, max_size=4)
+    pool = await create_pool(database_url, schema, min_size=4, max_size=4)
+    own = await _backends(pool, 4)
     try:
         done, stop = asyncio.Event(), asyncio.Event()
-        proj = TimedProjection(pool, bootstrap, topics, group, batch_max, target=target, done=done, cpu=cpu)
+        proj = TimedProjection(pool, bootstrap, topics, group, batch_max, target=target, done=done, cpu=cpu,
+                               resident_users=resident_users)
         if stages:
             stages.install()
         spying = await _start_py_spy(spy) if spy else None
@@ -488,6 +542,8 @@ async def run_projection(
         finally:
             finished = time.perf_counter()
             cpu1 = cpu.sample() if cpu else None
+            if cpu1 is not None:
+                cpu1["own"] = own
             if spying:
                 spying.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
                 await asyncio.wait_for(spying.wait(), 60)
@@ -533,10 +589,103 @@ async def run_projection(
         out["cores_used"] = Cpu.delta(proj.cpu_first, cpu1)
         # CPU per event: steadier than events/s when other work shares the cores
         out["python_cpu_us_per_event"] = round(1e6 * (cpu1["python"] - proj.cpu_first["python"]) / stored, 1)
+        out["cpu_us_per_event"] = Cpu.per_fact(proj.cpu_first, cpu1, stored)
     if stages:
         out["stages_s"] = {k: round(v, 3) for k, v in stages.seconds.items()}
         out["stages_us_per_event"] = {k: round(1e6 * v / stored, 1) for k, v in stages.seconds.items()}
     return out
+
+
+async def run_trivial(
+    bootstrap: str, database_url: str, topics: Topics, schema: str, target: int, batch_max: int,
+    cpu: Cpu | None = None, limit_s: float = 300.0,
+) -> dict[str, Any]:
+    """The ceiling: the simplest batched pipeline, no rules. Per batch of records (the
+    projection's getmany size): decode each value (orjson), one set-based upsert of a row
+    per (channel, veil) keeping a count and the last event, and the partition offsets, in
+    one transaction. What a fact costs when the work is only "decode, write, remember
+    where we are"."""
+    await _exec(database_url, f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+    await _exec(database_url, f"""CREATE SCHEMA {schema};
+        CREATE TABLE {schema}.visitors (channel_id text, veil_id text, n bigint NOT NULL, last json NOT NULL,
+                                        PRIMARY KEY (channel_id, veil_id));
+        CREATE TABLE {schema}.offsets (topic text, partition int, next_offset bigint NOT NULL,
+                                       PRIMARY KEY (topic, partition));""")
+    conn = await asyncpg.connect(database_url, server_settings={"search_path": schema})
+    own = {await conn.fetchval("SELECT pg_backend_pid()")}
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
+                                max_partition_fetch_bytes=4 * 1024 * 1024, fetch_max_bytes=32 * 1024 * 1024)
+    try:
+        await consumer.start()
+        tps = [TopicPartition(topics.sdk_events, p) for p in range(PARTITIONS)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        started = time.perf_counter()
+        cpu0: dict[str, Any] | None = None
+        first = 0.0
+        records = batches = 0
+        deadline = time.monotonic() + limit_s
+        while records < target:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"trivial pipeline: {records}/{target} after {limit_s} s")
+            got = await consumer.getmany(timeout_ms=200, max_records=batch_max)
+            if not got:
+                continue
+            if cpu0 is None:
+                cpu0 = cpu.sample() if cpu else {}
+                first = time.perf_counter()
+            rows: dict[tuple[str, str], list[Any]] = {}
+            ends: dict[tuple[str, int], int] = {}
+            for tp, msgs in got.items():
+                for m in msgs:
+                    ev = orjson.loads(m.value)
+                    key = (ev["channelId"], ev.get("veilId") or "")
+                    row = rows.get(key)
+                    if row is None:
+                        rows[key] = [1, m.value]
+                    else:
+                        row[0] += 1
+                        row[1] = m.value
+                ends[(tp.topic, tp.partition)] = msgs[-1].offset + 1
+                records += len(msgs)
+            async with conn.transaction():
+                await conn.execute(
+                    """INSERT INTO visitors AS v (channel_id, veil_id, n, last)
+                       SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[]::json[])
+                       ON CONFLICT (channel_id, veil_id) DO UPDATE SET n = v.n + EXCLUDED.n, last = EXCLUDED.last""",
+                    [k[0] for k in rows], [k[1] for k in rows], [r[0] for r in rows.values()],
+                    [r[1].decode() for r in rows.values()])
+                await conn.execute(
+                    """INSERT INTO offsets AS o (topic, partition, next_offset)
+                       SELECT * FROM unnest($1::text[], $2::int[], $3::bigint[])
+                       ON CONFLICT (topic, partition) DO UPDATE SET next_offset = EXCLUDED.next_offset""",
+                    [k[0] for k in ends], [k[1] for k in ends], list(ends.values()))
+            batches += 1
+        finished = time.perf_counter()
+        cpu1 = cpu.sample() if cpu else None
+        if cpu1 is not None:
+            cpu1["own"] = own
+    finally:
+        await consumer.stop()
+        await conn.close()
+    out: dict[str, Any] = {
+        "records": records, "batches": batches, "consume_s": round(finished - first, 2),
+        "wall_s": round(finished - started, 2), "eps": round(records / (finished - first)),
+    }
+    if cpu0 and cpu1:
+        out["cores_used"] = Cpu.delta(cpu0, cpu1)
+        out["cpu_us_per_event"] = Cpu.per_fact(cpu0, cpu1, records)
+    return out
+
+
+async def _backends(pool: asyncpg.Pool, n: int) -> set[int]:
+    """The server pids of the pool's `n` connections (all held at once, so all differ)."""
+    conns = [await pool.acquire() for _ in range(n)]
+    try:
+        return {await c.fetchval("SELECT pg_backend_pid()") for c in conns}
+    finally:
+        for c in conns:
+            await pool.release(c)
 
 
 async def _start_py_spy(out: Path) -> asyncio.subprocess.Process:
@@ -611,11 +760,13 @@ async def _first(done: asyncio.Event, task: asyncio.Task[None]) -> None:
 
 async def profile_projection(
     bootstrap: str, database_url: str, topics: Topics, schema: str, group: str, target: int, batch_max: int,
+    resident_users: int = 0,
 ) -> dict[str, Any]:
     prof = cProfile.Profile()
     prof.enable()
     try:
-        res = await run_projection(bootstrap, database_url, topics, schema, group, target, batch_max)
+        res = await run_projection(bootstrap, database_url, topics, schema, group, target, batch_max,
+                                   resident_users=resident_users)
     finally:
         prof.disable()
     buf = io.StringIO()
@@ -657,7 +808,7 @@ def serve_child() -> None:
 
 async def measure_latency(
     bootstrap: str, database_url: str, prefix: str, schema: str, group: str, rate: int,
-    duration: float, seed: int, burst_ms: float, batch_max: int, cpu: Cpu,
+    duration: float, seed: int, burst_ms: float, batch_max: int, cpu: Cpu, resident_users: int = 0,
 ) -> dict[str, Any]:
     topics = Topics(prefix)
     await ensure_topics(bootstrap, prefix, PARTITIONS)
@@ -675,6 +826,7 @@ async def measure_latency(
         "KAFKA_BOOTSTRAP_SERVERS": bootstrap, "DATABASE_URL": database_url,
         "UNIFIER_TOPIC_PREFIX": prefix, "UNIFIER_CONSUMER_GROUP": group, "UNIFIER_DB_SCHEMA": schema,
         "UNIFIER_METRICS_PORT": "0", "UNIFIER_BATCH_MAX": str(batch_max),
+        "UNIFIER_RESIDENT_USERS": str(resident_users),
         "BENCH_SERVICE_STAGES": str(stages_file),
         "BENCH_GC_DEFAULT": "1" if gc.get_threshold() == DEFAULT_GC else "0",  # the bench's GC setting
     }
@@ -798,6 +950,8 @@ async def measure_latency(
         "max_ms": round(lat[-1], 1) if lat else None,
         "mean_ms": round(statistics.fmean(lat), 1) if lat else None,
         "cores_used": {**Cpu.delta(cpu0, cpu1), "service": round((child1 - child0) / (cpu1["wall"] - cpu0["wall"]), 2)},
+        # by party over publish + drain (python = this load driver and reader, not the service)
+        "cpu_us_per_event": {**Cpu.per_fact(cpu0, cpu1, n), "service": round(1e6 * (child1 - child0) / n, 1)},
     }
 
 
@@ -824,17 +978,15 @@ def _pct(xs: list[float], p: float) -> float:
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:
     run = f"{os.getpid():x}{int(time.time()) % 100000:x}"
-    db = args.database_url
     results: dict[str, Any] = {
         "args": {k: v for k, v in vars(args).items()},
         "machine": {"cpus": os.cpu_count(), "loadavg_before": os.getloadavg()},
+        "targets": {},
     }
-    schemas = [f"bench_{run}_{s}" for s in ("batch", "naive", "lat", "prof")]
     with tempfile.TemporaryDirectory(prefix="bench-tansu-") as tmp:
         broker = EmbeddedBroker(Path(tmp))
         bootstrap = await broker.start()
         try:
-            cpu = Cpu(broker.pid)
             prefix = f"b{run}."
             topics = Topics(prefix)
             await ensure_topics(bootstrap, prefix, PARTITIONS)
@@ -855,43 +1007,129 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             _say(f"published {len(events):,} events in {pub_s:.1f} s ({len(events) / pub_s:,.0f}/s)")
             del events
 
-            stages = None if args.py_spy else Stages()  # one profiler at a time
-            spy = RESULTS.parent / "projection.py-spy.txt" if args.py_spy else None
-            results["batch"] = await run_projection(
-                bootstrap, db, topics, schemas[0], f"bench-{run}-batch", args.events, args.batch_max,
-                stages=stages, cpu=cpu, spy=spy,
-            )
-            if spy:
-                results["batch"]["py_spy_percent"] = summarize_py_spy(spy)
-            b = results["batch"]
-            _say(f"batched: {b['eps']:,} events/s ({b['records']:,} in {b['consume_s']} s after a {b['join_s']} s join)")
-
-            if args.naive_events:
-                results["naive"] = await run_projection(
-                    bootstrap, db, topics, schemas[1], f"bench-{run}-naive", min(args.naive_events, args.events), 1,
-                    cpu=cpu,
-                )
-                _say(f"naive: {results['naive']['eps']:,} events/s")
-                results["ratio"] = round(b["eps"] / results["naive"]["eps"], 1)
-
-            if args.profile:
-                results["profile"] = await profile_projection(
-                    bootstrap, db, topics, schemas[3], f"bench-{run}-prof", min(args.profile, args.events), args.batch_max,
-                )
-                _say(f"profiled {results['profile']['records']:,} records")
-
-            if args.duration > 0:
-                results["latency"] = await measure_latency(
-                    bootstrap, db, f"l{run}.", schemas[2], f"bench-{run}-lat", args.rate, args.duration, args.seed,
-                    args.burst_ms, args.batch_max, cpu,
-                )
+            for target in args.postgres.split(","):
+                async with _database(target, args.database_url) as db:
+                    results["targets"][target] = await run_target(args, run, bootstrap, topics, target, db, broker.pid)
         finally:
             await broker.stop()
-            if not args.keep:
-                for s in schemas:
-                    with contextlib.suppress(Exception):
-                        await _exec(db, f"DROP SCHEMA IF EXISTS {s} CASCADE")
+    first = next(iter(results["targets"].values()))
+    results["batch"] = first["batch"][args.variants.split(",")[-1]]
+    for k in ("naive", "latency", "profile"):
+        if k in first:
+            results[k] = first[k]
+    if "naive" in first:
+        results["ratio"] = round(results["batch"]["eps"] / first["naive"]["eps"], 1)
     return results
+
+
+@contextlib.asynccontextmanager
+async def _database(target: str, local_url: str) -> Any:
+    """`local`: the machine's server (DATABASE_URL); `deploy`: an embedded PostgreSQL with
+    deploy/compose.yaml's settings (bench/deploy_pg.py)."""
+    if target == "local":
+        yield local_url
+    elif target == "deploy":
+        from bench.deploy_pg import deploy_postgres
+
+        async with deploy_postgres() as url:
+            yield url
+    else:
+        raise SystemExit(f"--postgres: unknown target {target!r} (local, deploy)")
+
+
+async def run_target(
+    args: argparse.Namespace, run: str, bootstrap: str, topics: Topics, target: str, db: str, broker_pid: int | None,
+) -> dict[str, Any]:
+    """Every phase against one PostgreSQL: the projection in each variant, the trivial
+    ceiling, the naive pipeline, the latency run; interleaved in one run so the figures
+    share the machine's load."""
+    from bench.deploy_pg import describe
+
+    tag = f"{run}_{target[0]}"
+    cpu = Cpu(broker_pid, await postmaster_of(db))
+    out: dict[str, Any] = {"settings": await describe(db), "loadavg": os.getloadavg(), "batch": {}, "digests": {}}
+    schemas: list[str] = []
+    try:
+        for variant in args.variants.split(","):
+            schema = f"bench_{tag}_{variant.replace('-', '')}"
+            schemas.append(schema)
+            stages = None if args.py_spy else Stages()  # one profiler at a time
+            spy = RESULTS.parent / f"projection.{variant}.py-spy.txt" if args.py_spy else None
+            b = await run_projection(
+                bootstrap, db, topics, schema, f"bench-{tag}-{variant}", args.events, args.batch_max,
+                stages=stages, cpu=cpu, spy=spy, resident_users=_resident_users(variant, args),
+            )
+            if spy:
+                b["py_spy_percent"] = summarize_py_spy(spy)
+            b["loadavg_after"] = os.getloadavg()
+            out["batch"][variant] = b
+            out["digests"][variant] = await _digest(db, schema)
+            _say(f"[{target}] {variant}: {b['eps']:,} events/s ({b['records']:,} in {b['consume_s']} s), "
+                 f"CPU µs/event {b.get('cpu_us_per_event')}, load {os.getloadavg()[0]:.1f}")
+        out["digests_equal"] = len(set(out["digests"].values())) == 1
+
+        if args.trivial:
+            schema = f"bench_{tag}_trivial"
+            schemas.append(schema)
+            out["trivial"] = await run_trivial(bootstrap, db, topics, schema, args.events, args.batch_max, cpu=cpu)
+            _say(f"[{target}] trivial: {out['trivial']['eps']:,} events/s, CPU µs/event {out['trivial'].get('cpu_us_per_event')}")
+
+        if args.naive_events:
+            schema = f"bench_{tag}_naive"
+            schemas.append(schema)
+            out["naive"] = await run_projection(
+                bootstrap, db, topics, schema, f"bench-{tag}-naive", min(args.naive_events, args.events), 1, cpu=cpu,
+                resident_users=0,
+            )
+            _say(f"[{target}] naive: {out['naive']['eps']:,} events/s")
+
+        if args.profile:
+            schema = f"bench_{tag}_prof"
+            schemas.append(schema)
+            out["profile"] = await profile_projection(
+                bootstrap, db, topics, schema, f"bench-{tag}-prof", min(args.profile, args.events), args.batch_max,
+                resident_users=_resident_users(args.variants.split(",")[-1], args),
+            )
+            _say(f"profiled {out['profile']['records']:,} records")
+
+        if args.duration > 0:
+            for variant in args.latency_variants.split(","):
+                schema = f"bench_{tag}_lat{variant.replace('-', '')}"
+                schemas.append(schema)
+                la = await measure_latency(
+                    bootstrap, db, f"l{tag}{variant[0]}.", schema, f"bench-{tag}-lat-{variant}", args.rate, args.duration,
+                    args.seed, args.burst_ms, args.batch_max, cpu, resident_users=_resident_users(variant, args),
+                )
+                la["loadavg_after"] = os.getloadavg()
+                out.setdefault("latency_by_variant", {})[variant] = la
+                out["latency"] = la
+                _say(f"[{target}] latency {variant} @ {la['target_rate']:,}/s: p50 {la['p50_ms']} ms, p99 {la['p99_ms']} ms")
+    finally:
+        if not args.keep:
+            for s in schemas:
+                with contextlib.suppress(Exception):
+                    await _exec(db, f"DROP SCHEMA IF EXISTS {s} CASCADE")
+    return out
+
+
+def _resident_users(variant: str, args: argparse.Namespace) -> int:
+    """`per-batch`: every batch loads its users (no resident state); `resident`: users
+    stay in memory between batches, up to --resident-users."""
+    if variant == "per-batch":
+        return 0
+    if variant == "resident":
+        return args.resident_users
+    raise SystemExit(f"unknown variant {variant!r} (per-batch, resident)")
+
+
+async def _digest(db: str, schema: str) -> str:
+    from services.replay.digest import state_digest
+
+    conn = await asyncpg.connect(db, server_settings={"search_path": schema})
+    try:
+        return await state_digest(conn)
+    finally:
+        await conn.close()
 
 
 def _say(msg: str) -> None:
@@ -945,6 +1183,33 @@ def report(r: dict[str, Any]) -> str:
         if la.get("service_stages_s"):
             lines.append("service stages during the latency run (wall s, incl. warm-up): " + ", ".join(
                 f"{k} {v}" for k, v in sorted(la["service_stages_s"].items(), key=lambda kv: -kv[1]) if v >= 0.05))
+    for target, t in r.get("targets", {}).items():
+        lines.append("")
+        st = t["settings"]
+        lines.append(f"PostgreSQL {target}: {st.get('server_version')}, shared_buffers {st.get('shared_buffers')}, "
+                     f"autovacuum {st.get('autovacuum')}, wal_compression {st.get('wal_compression')}; "
+                     f"load average {t['loadavg'][0]:.1f} at its start")
+        lines.append(f"  {'pipeline':<34} {'events/s':>9}  {'CPU µs/event: service  postgres (own backends)  broker':<54} load after")
+        rows2 = [(f"projection, {v}", x) for v, x in t["batch"].items()]
+        if "trivial" in t:
+            rows2.append(("trivial batched (ceiling)", t["trivial"]))
+        if "naive" in t:
+            rows2.append(("naive (1 tx/message)", t["naive"]))
+        for name, x in rows2:
+            c = x.get("cpu_us_per_event") or {}
+            lines.append(f"  {name:<34} {x['eps']:>9,}  {c.get('python', '?'):>21} {c.get('postgres', '?'):>9} "
+                         f"{'(' + str(c.get('pg_backends', '?')) + ')':>14} {c.get('broker', '?'):>8}   "
+                         f"{x.get('loadavg_after', [float('nan')])[0]:.1f}")
+        if "trivial" in t:
+            for v, x in t["batch"].items():
+                lines.append(f"  {v} / trivial: {x['eps'] / t['trivial']['eps']:.2f}")
+        lines.append(f"  digests equal across variants: {t.get('digests_equal')} {t['digests']}")
+        for v, la in t.get("latency_by_variant", {}).items():
+            c = la.get("cpu_us_per_event", {})
+            lines.append(f"  latency {v} @ {la['target_rate']:,}/s (achieved {la['achieved_rate']:,}): p50 {la['p50_ms']} ms, "
+                         f"p95 {la['p95_ms']} ms, p99 {la['p99_ms']} ms, max {la['max_ms']} ms; drained after "
+                         f"{la['drained_after_s']} s; CPU µs/event service {c.get('service')}, postgres {c.get('postgres')}, "
+                         f"broker {c.get('broker')}")
     if "stages_s" in b:
         lines.append("")
         lines.append(f"batch path by stage (wall, {b['records']:,} records, {b['consume_s']} s):")
@@ -994,6 +1259,14 @@ def cli() -> None:
     p.add_argument("--py-spy", action="store_true", help="sample the throughput run with py-spy (instead of the stage timers)")
     p.add_argument("--gc-default", action="store_true",
                    help="keep Python's GC thresholds (default: the service's, services/platform/gc_tuning.py)")
+    p.add_argument("--postgres", default="local",
+                   help="comma-separated: local (DATABASE_URL, the machine's server), deploy (embedded, deploy/ settings)")
+    p.add_argument("--variants", default="per-batch,resident",
+                   help="projection variants run one after the other in the same run (per-batch, resident)")
+    p.add_argument("--latency-variants", default="resident", help="variants of the latency run (default: resident)")
+    p.add_argument("--resident-users", type=int, default=Settings().resident_users,
+                   help="users kept in memory by the resident variant")
+    p.add_argument("--no-trivial", dest="trivial", action="store_false", help="skip the trivial-pipeline ceiling")
     p.add_argument("--seed", type=int, default=20260101)
     p.add_argument("--database-url", default=os.environ.get("DATABASE_URL") or LOCAL_POSTGRES)
     p.add_argument("--keep", action="store_true", help="keep the bench_* schemas for inspection")

@@ -129,6 +129,31 @@ class Directory:
     def users(self) -> Iterable[User]:
         return self._users.values()
 
+    # -- kept across batches (services/projection/resident.py) ---------------------------
+
+    def admit(self, user: User) -> None:
+        """Hold a user as loaded from the store: indexed, unchanged."""
+        self._index(user, identities(user))
+        self._loaded[user.id] = self._ids[user.id]
+
+    def evict(self, user_id: str) -> frozenset[Identity]:
+        """Stop holding an unchanged user (a memory budget); the keys it was found by."""
+        user = self._users.pop(user_id)
+        keys = self._ids.pop(user_id, frozenset())
+        for kind, value, _q in keys:
+            bucket = self._by_key.get((user.channel_id, kind, value))
+            if bucket is not None:
+                bucket.discard(user_id)
+                if not bucket:
+                    del self._by_key[(user.channel_id, kind, value)]
+        self._loaded.pop(user_id, None)
+        self.changed.pop(user_id, None)
+        return keys
+
+    def holders(self, channel_id: str, kind: str, value: str) -> frozenset[str]:
+        """Ids of the users held here that are found by the key (any qualification)."""
+        return frozenset(self._by_key.get((channel_id, kind, value), ()))
+
     def _index(self, user: User, keys: frozenset[Identity]) -> None:
         """Hold `user` and find it by `keys`, its identities."""
         self._users[user.id] = user

@@ -89,6 +89,9 @@ class Settings(BaseSettings):
     db_schema: str = Field(default="unifier", validation_alias=_env("UNIFIER_DB_SCHEMA", "db_schema"))
     partitions: int = Field(default=12, validation_alias=_env("UNIFIER_PARTITIONS", "partitions"))
     batch_max: int = Field(default=5000, validation_alias=_env("UNIFIER_BATCH_MAX", "batch_max"))
+    # Users the projection keeps in memory between batches (~5 KB each; 0: none, every
+    # batch loads its users from PostgreSQL). services/projection/resident.py.
+    resident_users: int = Field(default=200_000, ge=0, validation_alias=_env("UNIFIER_RESIDENT_USERS", "resident_users"))
 
     # -- Kafka clients -------------------------------------------------------------------
     # Idempotent producers: on for Apache Kafka (a retried send is never doubled);

@@ -26,6 +26,10 @@ CONSUMER_LAG = Gauge("unifier_consumer_lag", "Records behind the partition end (
 OUTBOX_BACKLOG = Gauge("unifier_outbox_backlog", "Outbox rows waiting to be published")
 PUBLISHED = Counter("unifier_published_total", "Messages published by the relay", ["topic"])
 PARKED = Counter("unifier_outbox_parked_total", "Outbox messages the broker refused, parked by the relay", ["topic", "code"])
+RESIDENT_USERS = Gauge("unifier_resident_users", "Users the projection holds in memory between batches")
+RESIDENT_LOOKUPS = Counter(
+    "unifier_resident_lookups_total", "Ids and identity keys a batch needed, by where they were found", ["found"])
+RESIDENT_DROPS = Counter("unifier_resident_drops_total", "Times the projection dropped the users it held (rebalance, failed batch, another writer)")
 OUTBOX_PARKED = Gauge("unifier_outbox_parked_messages", "Parked outbox messages waiting for `unifier outbox parked retry`")
 
 Health = Callable[[], dict[str, bool]]

@@ -35,6 +35,7 @@ from services.store import import_log
 from services.store import repository as repo
 
 from .records import Record, clocks_after
+from .resident import ResidentUsers
 from .window import WINDOW_MS, Applied, AppliedWindow
 
 _MAX_LOAD_ROUNDS = 3
@@ -61,13 +62,29 @@ class Parsed:
 
 async def apply_batch(
     pool: asyncpg.Pool, topics: Topics, records: list[Record], *, now_ms: int | None = None, outbox: bool = True,
+    resident: ResidentUsers | None = None,
 ) -> BatchResult:
     """Apply `records` (canonically ordered) exactly once. Raises repo.Conflict when a
     concurrent instance got in the way; the caller retries (G3).
 
     `outbox=False` (a replay's rebuild, whose outbox is discarded: everything in it was
     published when it happened) writes no outbox rows: the state is the same, the
-    messages are neither serialised nor stored."""
+    messages are neither serialised nor stored.
+
+    `resident`: users kept from earlier batches of this instance (resident.py); only
+    what it lacks is loaded. Dropped whole if the batch does not commit."""
+    try:
+        return await _apply_batch(pool, topics, records, now_ms, outbox, resident)
+    except BaseException:
+        if resident is not None:
+            resident.drop()  # it may hold changes that were not committed
+        raise
+
+
+async def _apply_batch(
+    pool: asyncpg.Pool, topics: Topics, records: list[Record], now_ms: int | None, outbox: bool,
+    resident: ResidentUsers | None,
+) -> BatchResult:
     parsed = parse_records(topics, records)
     failed_at = now_ms if now_ms is not None else int(time.time() * 1000)  # only stamps dead letters
     async with pool.acquire() as conn, conn.transaction():
@@ -76,19 +93,26 @@ async def apply_batch(
         fresh = [p for p in parsed if p.record.offset >= stored[(p.record.topic, p.record.partition)]]
         result = BatchResult(skipped=len(parsed) - len(fresh))
 
-        facts = [p for p in fresh if p.fact is not None]
-        seen = await repo.already_applied(conn, sorted({(p.fact.channel_id, p.fact.event_id) for p in facts if p.fact}))
+        facts = [p.fact for p in fresh if p.fact is not None]
+        channels = {f.channel_id for f in facts}
+        # The channel fence: batches writing the same channel take turns from here on.
+        tokens = await repo.lock_channels(conn, channels)
+        seen = await repo.already_applied(conn, sorted({(f.channel_id, f.event_id) for f in facts}))
         # Every channel's clock, not only those with a remembered eventId: a fact applied
         # in this batch must not stand in for its channel's clock (window.py).
-        window = AppliedWindow(seen, await repo.channel_clocks(conn, {p.fact.channel_id for p in facts if p.fact}))
-        settings = await repo.load_channels(conn, {p.fact.channel_id for p in facts if p.fact})
-        directory, revs = await _load(conn, [p.fact for p in facts if p.fact])
-        await load_grades(conn, directory, [p.fact for p in facts if p.fact])
+        window = AppliedWindow(seen, await repo.channel_clocks(conn, channels))
+        settings = await repo.load_channels(conn, channels)
+        if resident is None:
+            directory, revs = await _load(conn, facts)
+        else:
+            directory, revs = await _load_resident(conn, facts, resident, tokens)
+        await load_grades(conn, directory, facts)
         # CSV import (I12-I17): definitions, MU budgets; written back below.
-        imports = await import_log.prepare(conn, [p.fact for p in facts if p.fact], settings, directory)
+        imports = await import_log.prepare(conn, facts, settings, directory)
 
         effects = run_facts(directory, fresh, settings, window, topics, result, outbox=outbox, failed_at=failed_at)
         await write_effects(conn, directory, revs, effects)
+        stamped = await repo.stamp_channels(conn, {u.channel_id for u in directory.changed.values()})
         if imports is not None:
             await import_log.save(conn, imports)
         ends: dict[tuple[str, int], int] = {}
@@ -97,6 +121,8 @@ async def apply_batch(
         result.next_offsets = {k: max(v, stored[k]) for k, v in ends.items()}
         await repo.save_offsets(conn, result.next_offsets)
         await repo.save_clocks(conn, clocks_after(records))
+    if resident is not None:
+        resident.committed(stamped)
     return result
 
 
@@ -196,7 +222,9 @@ async def write_effects(conn: asyncpg.Connection, directory: Directory, revs: di
     and the rest of `fx`."""
     changed = list(directory.changed.values())
     await repo.save_users(conn, changed, revs)
-    await repo.save_identities(conn, [(u, ids) for u in changed if (ids := identities(u)) != directory.loaded_identities(u.id)])
+    await repo.save_identities(conn, [
+        (u, old, ids) for u in changed if (ids := identities(u)) != (old := directory.loaded_identities(u.id))
+    ])
     await repo.save_activities(conn, fx.activities)
     await repo.save_merges(conn, fx.merges)
     await repo.erase_personal_data(conn, fx.erased)
@@ -306,6 +334,30 @@ async def load_grades(conn: asyncpg.Connection, directory: Directory, facts: lis
     channels = {f.channel_id for f in facts if f.msg.type.startswith("grade.") and f.channel_id not in directory.grades.defined}
     for channel_id, grades in (await repo.load_grades(conn, channels)).items():
         directory.grades.load(channel_id, grades)
+
+
+async def _load_resident(
+    conn: asyncpg.Connection, facts: list[Fact], resident: ResidentUsers, tokens: dict[str, int],
+) -> tuple[Directory, dict[str, int]]:
+    """`_load` over the resident users: the same rounds, asking the store only for ids
+    and keys the resident state cannot answer."""
+    resident.begin(tokens)
+    ids: set[str] = set()
+    keys: set[repo.Key] = set()
+    for fact in facts:
+        f_ids, f_keys = _keys_of(fact)
+        ids |= f_ids
+        keys |= f_keys
+    for _ in range(_MAX_LOAD_ROUNDS):
+        if not ids and not keys:
+            break
+        want_ids, want_keys = resident.missing(ids, keys)
+        if want_ids or want_keys:
+            resident.loaded(want_ids, want_keys, await repo.load_users(conn, want_ids, want_keys))
+        reached = resident.reached(ids, keys)
+        ids = {u.merged_into for u in reached if u.merged_into}
+        keys = {(u.channel_id, "pending", u.id) for u in reached if u.type == "member"}
+    return resident.directory, resident.revs
 
 
 async def _load(conn: asyncpg.Connection, facts: list[Fact]) -> tuple[Directory, dict[str, int]]:

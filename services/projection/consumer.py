@@ -28,6 +28,7 @@ from .batch import BatchResult, apply_batch, dead_letter_record
 from .isolation import NOT_THE_RECORD, RETRIED, ConflictPersisted, apply_isolating
 from .merge import CoPartitionMerge
 from .records import PartitionClocks, Record
+from .resident import ResidentUsers
 
 log = logging.getLogger("unifier.projection")
 
@@ -48,15 +49,21 @@ class _SeekToStored(ConsumerRebalanceListener):
         self.projection = projection
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
-        return None
+        if self.projection.resident is not None and revoked:
+            self.projection.resident.drop()  # another instance may write them next
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         await self.projection.seek_to_stored(assigned)
 
 
 class Projection:
-    def __init__(self, pool: asyncpg.Pool, bootstrap: str, topics: Topics, group: str, batch_max: int) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, bootstrap: str, topics: Topics, group: str, batch_max: int, resident_users: int = 0,
+    ) -> None:
         self.pool = pool
+        # Users kept between batches for the partitions we own (resident.py); 0: none.
+        self.resident = ResidentUsers(resident_users) if resident_users > 0 else None
+        self._resident_seen = (0, 0, 0)  # hits, misses, drops already counted in metrics
         self.topics = topics
         self.batch_max = batch_max
         self.consumer = AIOKafkaConsumer(
@@ -78,6 +85,8 @@ class Projection:
         self._clocks_stale: set[TopicPartition] = set()  # sought ahead: reload their clocks
 
     async def seek_to_stored(self, partitions: list[TopicPartition]) -> None:
+        if self.resident is not None:
+            self.resident.drop()  # a new assignment: start from the store
         self.merge.assign((tp.topic, tp.partition) for tp in partitions)
         self._fetched = {}
         # Without the stored offsets no position is right: wait the database out here
@@ -146,6 +155,8 @@ class Projection:
         for code, n in result.dead_letters.items():
             metrics.DEAD_LETTERS.labels(code=code).inc(n)
         self._follow_store(result.next_offsets)
+        if self.resident is not None:
+            self._observe_resident(self.resident)
         log.info(
             "batch: %d records, %d applied, %d skipped, %d dead-lettered, %d published in %.1f ms",
             len(records), result.applied, result.skipped, sum(result.dead_letters.values()),
@@ -163,7 +174,7 @@ class Projection:
         conflicts = 0
         while True:
             try:
-                return await apply_batch(self.pool, self.topics, records)
+                return await apply_batch(self.pool, self.topics, records, resident=self.resident)
             except _RETRIED as err:
                 conflicts += 1
                 metrics.CONFLICTS.inc()
@@ -251,6 +262,15 @@ class Projection:
             await self.consumer.commit(offsets)
         except Exception as err:  # a hint only: a rebalance may have moved the partition
             log.debug("offset hint not committed: %s", err)
+
+    def _observe_resident(self, resident: ResidentUsers) -> None:
+        metrics.RESIDENT_USERS.set(len(resident))
+        hits, misses, drops = resident.hits, resident.misses, resident.drops
+        seen = self._resident_seen
+        metrics.RESIDENT_LOOKUPS.labels(found="memory").inc(hits - seen[0])
+        metrics.RESIDENT_LOOKUPS.labels(found="store").inc(misses - seen[1])
+        metrics.RESIDENT_DROPS.inc(drops - seen[2])
+        self._resident_seen = (hits, misses, drops)
 
     def _observe_lag(self) -> None:
         for tp in self.consumer.assignment():

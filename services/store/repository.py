@@ -115,6 +115,38 @@ async def lock_offsets(conn: asyncpg.Connection, partitions: Sequence[tuple[str,
     return {(r[0], r[1]): r[2] for r in rows}
 
 
+async def lock_channels(conn: asyncpg.Connection, channel_ids: Iterable[str]) -> dict[str, int]:
+    """The channel fence (schema.sql, channel_writers): lock the channels' rows for this
+    transaction, in channel order (no deadlock between instances); their tokens."""
+    wanted = sorted(set(channel_ids))
+    if not wanted:
+        return {}
+    await conn.execute(
+        """INSERT INTO channel_writers (channel_id, token)
+           SELECT c, pg_current_xact_id()::text::bigint FROM unnest($1::text[]) AS c
+           ON CONFLICT DO NOTHING""",
+        wanted,
+    )
+    rows = await conn.fetch(
+        "SELECT channel_id, token FROM channel_writers WHERE channel_id = ANY($1::text[]) ORDER BY channel_id FOR UPDATE",
+        wanted,
+    )
+    return {r[0]: r[1] for r in rows}
+
+
+async def stamp_channels(conn: asyncpg.Connection, channel_ids: Iterable[str]) -> dict[str, int]:
+    """Mark the channels as written by this transaction; their new tokens."""
+    wanted = sorted(set(channel_ids))
+    if not wanted:
+        return {}
+    rows = await conn.fetch(
+        """UPDATE channel_writers SET token = pg_current_xact_id()::text::bigint
+            WHERE channel_id = ANY($1::text[]) RETURNING channel_id, token""",
+        wanted,
+    )
+    return {r[0]: r[1] for r in rows}
+
+
 async def stored_offsets(conn: asyncpg.Connection | asyncpg.Pool, topics: Sequence[str]) -> dict[tuple[str, int], int]:
     rows = await conn.fetch("SELECT topic, partition, next_offset FROM inbox_offsets WHERE topic = ANY($1::text[])", list(topics))
     return {(r[0], r[1]): r[2] for r in rows}
@@ -211,18 +243,34 @@ async def save_users(conn: asyncpg.Connection, users: Sequence[User], revs: dict
         raise Conflict(f"{len(users) - written} of {len(users)} users changed under this batch")
 
 
-async def save_identities(conn: asyncpg.Connection, changes: Sequence[tuple[User, frozenset[Identity]]]) -> None:
-    """Rewrite the identity rows of users whose identities changed."""
+async def save_identities(
+    conn: asyncpg.Connection, changes: Sequence[tuple[User, frozenset[Identity] | None, frozenset[Identity]]],
+) -> None:
+    """Write the identity rows of users whose identities changed, as deltas: `(user,
+    identities when loaded (None: new user), identities now)`. Only rows that are not in
+    the new set are deleted (so a row the loaded set did not know of goes too) and only
+    rows that were not in the loaded set are inserted: a user who gained a veil writes
+    one row, not all of its rows again."""
     if not changes:
         return
-    await conn.execute("DELETE FROM identities WHERE user_id = ANY($1::text[])", [u.id for u, _ in changes])
-    rows = [(u.channel_id, kind, value, u.id, q) for u, keys in changes for kind, value, q in keys]
+    now = [(u.id, kind, value, q) for u, _old, new in changes for kind, value, q in new]
+    had = [u.id for u, old, _new in changes if old is not None]
+    if had:
+        await conn.execute(
+            """DELETE FROM identities i
+                WHERE i.user_id = ANY($1::text[])
+                  AND (i.user_id, i.kind, i.value, i.qualified) NOT IN (
+                      SELECT * FROM unnest($2::text[], $3::text[], $4::text[], $5::bool[]))""",
+            had, *([list(col) for col in zip(*now, strict=True)] if now else [[], [], [], []]),
+        )
+    rows = [(u.channel_id, kind, value, u.id, q) for u, old, new in changes for kind, value, q in new - (old or frozenset())]
     if not rows:
         return
     try:
         await conn.execute(
             """INSERT INTO identities (channel_id, kind, value, user_id, qualified)
-               SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bool[])""",
+               SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bool[])
+               ON CONFLICT (channel_id, kind, value, user_id) DO NOTHING""",
             *[list(col) for col in zip(*rows, strict=True)],
         )
     except asyncpg.UniqueViolationError as err:
@@ -258,12 +306,8 @@ async def save_rejected(conn: asyncpg.Connection, rows: Sequence[tuple[str, str,
 
 async def save_outbox(conn: asyncpg.Connection, rows: Sequence[tuple[str, str | None, bytes | None]]) -> None:
     if rows:
-        await conn.execute(
-            "INSERT INTO outbox (topic, key, value) SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[])",
-            [r[0] for r in rows],
-            [r[1] for r in rows],
-            [r[2] for r in rows],
-        )
+        # Binary COPY (the ids come from the sequence in row order, as with INSERT).
+        await conn.copy_records_to_table("outbox", records=rows, columns=("topic", "key", "value"))
         await conn.execute("SELECT pg_notify('unifier_outbox', '')")
 
 

@@ -23,6 +23,17 @@ CREATE TABLE IF NOT EXISTS users (
     state        json NOT NULL
 );
 CREATE INDEX IF NOT EXISTS users_channel ON users (channel_id);
+-- Every batch rewrites the users it changes, usually only columns no index covers
+-- (rev, last_seen_at, state): room left in each page lets PostgreSQL put the new
+-- version beside the old one (a HOT update: no new index entries, no page elsewhere).
+-- Applies to pages written from now on; an existing table gets it as it is rewritten.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_class WHERE oid = 'users'::regclass
+                      AND 'fillfactor=70' = ANY(coalesce(reloptions, '{}'))) THEN
+        ALTER TABLE users SET (fillfactor = 70);
+    END IF;
+END $$;
 -- Schemas created while `state` was jsonb: convert once (rewrites the table, under the
 -- migration lock of ensure_schema).
 DO $$
@@ -58,9 +69,19 @@ CREATE TABLE IF NOT EXISTS inbox_offsets (
     next_offset bigint NOT NULL,
     PRIMARY KEY (topic, partition)
 );
+-- Columns added after a table was first created are added only when missing: `ALTER
+-- TABLE … ADD COLUMN IF NOT EXISTS` takes an exclusive lock on the table even when the
+-- column exists, so every start of an instance blocked the others' batches (and a
+-- start could deadlock with a session holding a lock on the table).
 -- The partition's clock at next_offset: the highest bounded record timestamp before it
 -- (projection/records.PartitionClocks), so a restart bounds timestamps as a rebuild does.
-ALTER TABLE inbox_offsets ADD COLUMN IF NOT EXISTS clock bigint;
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM information_schema.columns
+                    WHERE table_schema = current_schema() AND table_name = 'inbox_offsets' AND column_name = 'clock') THEN
+        ALTER TABLE inbox_offsets ADD COLUMN IF NOT EXISTS clock bigint;
+    END IF;
+END $$;
 CREATE TABLE IF NOT EXISTS applied_events (
     channel_id text NOT NULL,
     event_id   text NOT NULL,
@@ -69,8 +90,25 @@ CREATE TABLE IF NOT EXISTS applied_events (
 -- The eventId window (projection/window.py): each row's event time; rows more than the
 -- window behind their channel's latest are deleted by the batches. Rows stored before
 -- the column existed get 0: forgotten by the channel's next batch.
-ALTER TABLE applied_events ADD COLUMN IF NOT EXISTS at bigint NOT NULL DEFAULT 0;
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM information_schema.columns
+                    WHERE table_schema = current_schema() AND table_name = 'applied_events' AND column_name = 'at') THEN
+        ALTER TABLE applied_events ADD COLUMN IF NOT EXISTS at bigint NOT NULL DEFAULT 0;
+    END IF;
+END $$;
 CREATE INDEX IF NOT EXISTS applied_events_clock ON applied_events (channel_id, at);
+
+-- The channel fence of resident users (services/projection/resident.py): each batch
+-- locks its channels' rows before it reads users, and a batch that writes a channel's
+-- users stamps its row with its transaction id (xid8: never reused in the cluster). An
+-- instance whose last stamp is no longer there knows someone else wrote the channel and
+-- drops what it holds in memory. Not copied by a replay: after a switch every row is
+-- new, so every resident copy is dropped.
+CREATE TABLE IF NOT EXISTS channel_writers (
+    channel_id text PRIMARY KEY,
+    token      bigint NOT NULL
+);
 
 -- The outbox (Debezium's shape): what the relay publishes, in id order. A NULL value
 -- is a tombstone. Dead letters go through it too, so they are as crash-safe as state.
@@ -134,7 +172,13 @@ CREATE TABLE IF NOT EXISTS channels (
     mu_limit           integer,
     field_types        jsonb NOT NULL DEFAULT '{}'
 );
-ALTER TABLE channels ADD COLUMN IF NOT EXISTS imported_types jsonb NOT NULL DEFAULT '{}';
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM information_schema.columns
+                    WHERE table_schema = current_schema() AND table_name = 'channels' AND column_name = 'imported_types') THEN
+        ALTER TABLE channels ADD COLUMN IF NOT EXISTS imported_types jsonb NOT NULL DEFAULT '{}';
+    END IF;
+END $$;
 
 -- Small facts about this schema's surroundings, e.g. which in-memory log of the
 -- embedded broker its inbox offsets refer to.

@@ -1,0 +1,174 @@
+"""Users kept in memory between batches, for the partitions this instance owns.
+
+Without it every batch loads the users it may touch from PostgreSQL and parses their
+state (~20 µs a fact), though the same instance wrote them one batch earlier: a
+channel's facts all arrive on one partition (keyed by `channelId`), and one instance
+owns that partition. With it, the batch asks PostgreSQL only for what is not here.
+
+PostgreSQL stays the truth. Every batch still writes its changed users, offsets and
+outbox in one transaction, fenced by each user's `rev`; what is here is a cache of
+committed rows, exactly as they were committed:
+
+- **Complete keys.** A lookup by identity key (veil, member id, e-mail, mobile, pending
+  unification) can be answered here only if every holder of the key is here. A key
+  becomes *complete* when the store was asked for it (its holders were loaded) and
+  stays complete while this instance is the only writer of the channel (below): every
+  later change to its holders happened here. Evicting a user makes its keys incomplete.
+  Ids asked and not found are remembered as *absent* (a new visitor's id), until the
+  user is created here.
+- **The channel fence.** Each batch locks its channels' rows in `channel_writers`
+  (`FOR UPDATE`, sorted) before it reads, and every batch that writes a channel's users
+  stamps the row with its transaction id. If a channel's row names a transaction other
+  than the last one of ours that wrote it — another instance wrote it (a rebalance, a
+  producer keying one channel to two partitions), a replay switched the schema (its
+  fresh table names nobody) — everything here is dropped before the batch reads.
+- **Dropped** on a rebalance (the consumer's assignment changes), when a batch fails for
+  any reason (what it changed here was not committed), and when a loaded row disagrees
+  with what is here (a `rev` that moved, a holder of a complete key that is not here:
+  raised as a conflict, so the batch is retried on fresh state).
+- **Bounded** by `budget` users (least recently used evicted after each batch; ~5 KB a
+  user, docs/operations.md). A budget of 0 turns it off: every batch loads.
+
+The state a batch reaches is the one it reaches when loading everything from the store
+(tests/integration/test_resident_live.py compares digests; a rebuild, which keeps every
+user, is the third witness).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterable
+
+from services.domain.directory import Directory, GradeBook, identities
+from services.domain.user import User
+from services.store import repository as repo
+
+Key = repo.Key
+
+
+class Stale(repo.Conflict):
+    """A row in the store disagrees with the resident copy: someone else wrote it."""
+
+
+class ResidentUsers:
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+        self.directory = Directory()
+        self.revs: dict[str, int] = {}
+        self.complete: set[Key] = set()
+        self.absent: set[str] = set()
+        self.tokens: dict[str, int] = {}  # channel -> our last writer token seen/stamped
+        self._recent: OrderedDict[str, None] = OrderedDict()
+        self.drops = 0  # how often everything was dropped (tests, logs)
+        self.hits = 0  # lookups answered here (ids and keys), for the bench
+        self.misses = 0
+
+    # -- the batch's view ------------------------------------------------------------------
+
+    def begin(self, tokens: dict[str, int]) -> Directory:
+        """Start a batch on channels whose writer rows hold `tokens`: drop everything if
+        one of them was written by someone else since we last looked."""
+        for channel_id, token in tokens.items():
+            known = self.tokens.get(channel_id)
+            if known is not None and known != token:
+                self.drop()
+                break
+        self.tokens.update(tokens)
+        # Grade definitions are loaded per batch, as without residency (load_grades).
+        self.directory.grades = GradeBook()
+        return self.directory
+
+    def missing(self, ids: Iterable[str], keys: Iterable[Key]) -> tuple[list[str], list[Key]]:
+        """What the store must be asked for: ids neither here nor known absent, keys not complete."""
+        get = self.directory.get
+        ids, keys = list(ids), list(keys)
+        want_ids = sorted(i for i in ids if get(i) is None and i not in self.absent)
+        want_keys = sorted(k for k in keys if k not in self.complete)
+        self.misses += len(want_ids) + len(want_keys)
+        self.hits += len(ids) + len(keys) - len(want_ids) - len(want_keys)
+        return want_ids, want_keys
+
+    def loaded(self, asked_ids: list[str], asked_keys: list[Key], rows: list[tuple[int, User]]) -> None:
+        """Take what the store answered for `missing`'s question."""
+        d = self.directory
+        for rev, user in rows:
+            held = d.get(user.id)
+            if held is not None:
+                if self.revs.get(user.id) != rev:
+                    raise Stale(f"user {user.id} is at rev {rev} in the store, {self.revs.get(user.id)} here")
+                continue
+            for kind, value, _q in identities(user):
+                if (user.channel_id, kind, value) in self.complete:
+                    raise Stale(f"user {user.id} holds {kind} key that was complete here without it")
+            d.admit(user)
+            self.revs[user.id] = rev
+            self.absent.discard(user.id)
+            self._use(user.id)
+        self.absent.update(i for i in asked_ids if d.get(i) is None)
+        self.complete.update(asked_keys)
+
+    def reached(self, ids: Iterable[str], keys: Iterable[Key]) -> list[User]:
+        """The users `ids` and `keys` find here (after `loaded`), marked recently used."""
+        d = self.directory
+        found: dict[str, User] = {}
+        for i in ids:
+            if (u := d.get(i)) is not None:
+                found[u.id] = u
+        for ch, kind, value in keys:
+            for i in d.holders(ch, kind, value):
+                if (u := d.get(i)) is not None:
+                    found[u.id] = u
+        for i in found:
+            self._use(i)
+        return list(found.values())
+
+    # -- after the batch -------------------------------------------------------------------
+
+    def committed(self, tokens: dict[str, int]) -> None:
+        """The batch's transaction committed: its changed users are now the store's rows."""
+        d = self.directory
+        for user_id in d.changed:
+            if d.get(user_id) is not None:  # not forgotten (a rejected fact's new user)
+                self.revs[user_id] = self.revs.get(user_id, 0) + 1
+                self._use(user_id)
+                self.absent.discard(user_id)
+        d.settle()
+        self.tokens.update(tokens)
+        self._evict()
+
+    def drop(self) -> None:
+        """Forget everything (the next batches load from the store again)."""
+        self.directory = Directory()
+        self.revs.clear()
+        self.complete.clear()
+        self.absent.clear()
+        self.tokens.clear()
+        self._recent.clear()
+        self.drops += 1
+
+    def __len__(self) -> int:
+        return len(self.revs)
+
+    def _use(self, user_id: str) -> None:
+        recent = self._recent
+        if user_id in recent:
+            recent.move_to_end(user_id)
+        else:
+            recent[user_id] = None
+
+    def _evict(self) -> None:
+        d = self.directory
+        while len(self._recent) > self.budget:
+            user_id, _ = self._recent.popitem(last=False)
+            user = d.get(user_id)
+            if user is None:
+                continue
+            for kind, value, _q in d.evict(user_id):
+                self.complete.discard((user.channel_id, kind, value))
+            self.revs.pop(user_id, None)
+        # Negative knowledge is cheap to lose and must not grow without bound.
+        if len(self.absent) > self.budget:
+            self.absent.clear()
+        if len(self.complete) > 8 * max(self.budget, 1):
+            self.complete.clear()
+

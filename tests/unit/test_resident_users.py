@@ -1,0 +1,88 @@
+"""The bookkeeping of the projection's resident users (services/projection/resident.py),
+without a database: what the store is asked for, eviction, and what makes the copy
+untrustworthy (G3). The end-to-end proofs are in tests/integration/test_resident_live.py."""
+
+from __future__ import annotations
+
+import pytest
+
+from services.domain.user import User
+from services.projection.resident import ResidentUsers, Stale
+
+CH = "ch1"
+
+
+def _user(n: int, **kw: object) -> User:
+    fields: dict[str, object] = {"veils": {f"v{n}": 0}, **kw}
+    return User(id=f"u{n}", channel_id=CH, type="anonymous", created_at=0, updated_at=0, **fields)  # type: ignore[arg-type]
+
+
+def _veil(n: int) -> tuple[str, str, str]:
+    return (CH, "veil", f"v{n}")
+
+
+def test_g3_ids_and_keys_asked_once_are_answered_from_memory() -> None:
+    """Flow 5: a key whose holders were loaded is complete, an id not found is absent:
+    neither is asked for again."""
+    r = ResidentUsers(10)
+    r.begin({CH: 1})
+    ids, keys = r.missing(["u1", "u9"], [_veil(1), _veil(9)])
+    assert (ids, keys) == (["u1", "u9"], [_veil(1), _veil(9)])
+    r.loaded(ids, keys, [(1, _user(1))])
+    assert r.missing(["u1", "u9"], [_veil(1), _veil(9)]) == ([], [])
+    assert [u.id for u in r.reached(["u1"], [_veil(9)])] == ["u1"]
+
+
+def test_g3_evicting_a_user_makes_its_keys_ask_the_store_again() -> None:
+    """The budget: least recently used first; its keys are no longer complete."""
+    r = ResidentUsers(2)
+    r.begin({CH: 1})
+    for n in (1, 2, 3):
+        r.loaded([f"u{n}"], [_veil(n)], [(1, _user(n))])
+    r.reached(["u1"], [])  # u1 used again: u2 is now the least recent
+    r.committed({})
+    assert len(r) == 2
+    assert r.directory.get("u2") is None
+    assert r.missing(["u1", "u2", "u3"], [_veil(1), _veil(2), _veil(3)]) == (["u2"], [_veil(2)])
+
+
+def test_g3_a_row_at_another_revision_than_memory_is_a_conflict() -> None:
+    r = ResidentUsers(10)
+    r.begin({CH: 1})
+    r.loaded(["u1"], [], [(1, _user(1))])
+    with pytest.raises(Stale):
+        r.loaded(["u1"], [_veil(1)], [(2, _user(1))])
+
+
+def test_g3_a_new_holder_of_a_complete_key_is_a_conflict() -> None:
+    """Someone else gave a key we hold as complete to a user we never saw."""
+    r = ResidentUsers(10)
+    r.begin({CH: 1})
+    r.loaded([], [_veil(1)], [(1, _user(1))])
+    intruder = _user(2, veils={"v1": 0})
+    with pytest.raises(Stale):
+        r.loaded(["u2"], [], [(1, intruder)])
+
+
+def test_g3_another_writers_stamp_drops_everything_and_our_own_keeps_it() -> None:
+    r = ResidentUsers(10)
+    r.begin({CH: 1})
+    r.loaded(["u1"], [_veil(1)], [(1, _user(1))])
+    r.committed({CH: 7})  # our batch stamped the channel
+    r.begin({CH: 7})
+    assert r.drops == 0 and len(r) == 1
+    r.begin({CH: 8})  # not ours
+    assert r.drops == 1 and len(r) == 0
+    assert r.missing(["u1"], [_veil(1)]) == (["u1"], [_veil(1)])
+
+
+def test_g3_committed_users_move_to_the_next_revision() -> None:
+    """After a commit the held copy is the row the batch wrote: rev + 1 (new users: 1)."""
+    r = ResidentUsers(10)
+    d = r.begin({CH: 1})
+    r.loaded(["u1"], [], [(4, _user(1))])
+    d.put(_user(1, sessions_count=1))
+    d.put(_user(2))
+    r.committed({CH: 2})
+    assert r.revs == {"u1": 5, "u2": 1}
+    assert not d.changed
