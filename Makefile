@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 # Without KAFKA_BOOTSTRAP_SERVERS / DATABASE_URL this starts embedded ones (data in ./.unifier),
 # plus a small demo publisher so the log shows facts flowing and user-changed going out.
 run: $(STAMP)
-	$(BIN)/unifier run --demo
+	$(BIN)/unifier run --demo --admin-key-file .unifier/api-key
 
 # pytest exits 5 when it collected no test: that must fail too, and say so.
 test: $(STAMP)

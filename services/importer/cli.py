@@ -103,17 +103,7 @@ async def _log(settings: Settings, channel: str) -> int:
     async with database(settings) as pool:
         await import_log.purge_failures(pool, now)
         for r in await import_log.list_imports(pool, channel):
-            kept_until = r["finished_at"] + import_log.FAILURES_KEPT_MS if r["finished_at"] is not None else None
-            _print({
-                "importId": r["import_id"], "status": r["status"], "mode": r["mode"],
-                "key": r["key"], "blank": r["blank"], "tag": r["tag"],
-                "actor": r["actor"], "fileName": r["file_name"], "startedAt": r["started_at"],
-                "attempts": r["attempts"], "lastActor": r["last_actor"], "lastStartedAt": r["last_started_at"],
-                "finishedAt": r["finished_at"], "rows": r["rows"],
-                "created": r["created"], "updated": r["updated"], "failed": r["failed"],
-                "columns": r["columns"],
-                "failuresAvailableUntil": kept_until if r["failed"] and (kept_until is None or kept_until > now) else None,
-            })
+            _print(import_log.log_entry(r, now))
     return 0
 
 

@@ -53,6 +53,10 @@ class ImportRefused(Exception):
     """Exit 2: nothing was published (I12, I13, a mapping error)."""
 
 
+class ImportBusy(ImportRefused):
+    """Another import is running in the channel (I12)."""
+
+
 class ImportNotApplied(Exception):
     """Exit 3: the rows were published but not all applied in time."""
 
@@ -109,32 +113,53 @@ def import_base_id(channel: str, digest: str, p: Plan, blank: str, tag: str | No
 
 
 async def run_import(settings: Settings, req: ImportRequest, *, progress: IO[str] | None = None) -> ImportResult:
-    """Run one import; raises ImportRefused (exit 2) or ImportNotApplied (exit 3)."""
+    """Run one import; raises ImportRefused (exit 2) or ImportNotApplied (exit 3).
+    `unifier import` calls this; the HTTP API calls `start_import` and `Import.complete`."""
+    check_request(req)
+    async with infrastructure(settings) as (bootstrap, database_url):
+        pool = await create_pool(database_url, settings.db_schema, max_size=3)
+        try:
+            started = await start_import(settings, req, pool, bootstrap, progress=progress)
+            return await started.complete()
+        finally:
+            await pool.close()
+
+
+def check_request(req: ImportRequest) -> None:
+    """The checks that need no database: channel, tag, the file itself (I13)."""
     if not req.channel.strip():
         raise ImportRefused("--channel must name a channel")
     tag = req.tag.strip() if req.tag is not None else None
     if tag is not None and not 0 < len(tag) <= _MAX_TAG:
         raise ImportRefused(f"--tag must be 1 to {_MAX_TAG} characters")
+
+
+async def start_import(
+    settings: Settings, req: ImportRequest, pool: asyncpg.Pool, bootstrap: str, *, progress: IO[str] | None = None,
+) -> Import:
+    """Check the file and the mapping, name the import and take the channel's import
+    lock (I12): everything that can refuse it (ImportRefused; ImportBusy when another
+    import runs), before anything is published. `complete()` does the rest."""
+    check_request(req)
+    tag = req.tag.strip() if req.tag is not None else None
     try:
         facts = await asyncio.to_thread(csvfile.inspect, req.path)
         headers = csvfile.header(req.path)
     except csvfile.FileRefused as err:
         raise ImportRefused(str(err)) from None
-    async with infrastructure(settings) as (bootstrap, database_url):
-        pool = await create_pool(database_url, settings.db_schema, max_size=3)
-        try:
-            declared = await pool.fetchval("SELECT field_types FROM channels WHERE channel_id = $1", req.channel)
-            try:
-                mapping = plan(headers, req.maps, req.mode, req.key, dict(declared or {}))
-            except MappingError as err:
-                raise ImportRefused(err.reason) from None
-            run = _Run(settings, req, pool, bootstrap, mapping, tag, len(headers), progress)
-            return await run.execute(import_base_id(req.channel, facts.sha256, mapping, req.blank, tag))
-        finally:
-            await pool.close()
+    declared = await pool.fetchval("SELECT field_types FROM channels WHERE channel_id = $1", req.channel)
+    try:
+        mapping = plan(headers, req.maps, req.mode, req.key, dict(declared or {}))
+    except MappingError as err:
+        raise ImportRefused(err.reason) from None
+    run = Import(settings, req, pool, bootstrap, mapping, tag, len(headers), progress)
+    await run.claim(import_base_id(req.channel, facts.sha256, mapping, req.blank, tag))
+    return run
 
 
-class _Run:
+class Import:
+    """One import between `start_import` (named, lock taken) and `complete()`."""
+
     def __init__(
         self, settings: Settings, req: ImportRequest, pool: asyncpg.Pool, bootstrap: str, mapping: Plan,
         tag: str | None, width: int, progress: IO[str] | None,
@@ -150,7 +175,8 @@ class _Run:
         self.lock_lost = False
 
     # -- the steps ---------------------------------------------------------------------
-    async def execute(self, base_id: str) -> ImportResult:
+    async def claim(self, base_id: str) -> None:
+        """Name the import and take the channel's lock (ImportBusy when another runs)."""
         self.import_id = await self._choose_id(base_id)
         attempt = _now_ms()
         self.finished_event = f"{self.import_id}:finished:{attempt}"
@@ -163,11 +189,18 @@ class _Run:
             )
         if not taken:
             assert holder is not None
-            raise ImportRefused(
+            raise ImportBusy(
                 f"another import is running in channel {self.channel!r}: {holder.import_id} by {holder.actor},"
                 f" {holder.published} rows published; one import at a time per channel (I12)."
                 f" If its importer was stopped, its lock expires in {max(holder.expires_in_s, 0):.0f} s"
             )
+        self.holder = holder
+        self.attempt = attempt
+
+    async def complete(self) -> ImportResult:
+        """Publish `import.started`, the rows and `import.finished`; wait until the
+        service has applied them (ImportNotApplied after the timeout)."""
+        holder, attempt, owner = self.holder, self.attempt, self.owner
         topics = Topics(self.settings.topic_prefix)
         producer = ImportProducer(self.bootstrap, topics.import_rows, self.channel)
         started_sent = False

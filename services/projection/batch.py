@@ -127,6 +127,7 @@ class Effects:
     activities: list[Activity] = field(default_factory=list)
     messages: list[tuple[str, str | None, bytes | None]] = field(default_factory=list)  # outbox rows
     grades: list[GradeChange] = field(default_factory=list)  # D2, in fact order
+    rejected: list[tuple[str, str, str, str]] = field(default_factory=list)  # commands: (channel, eventId, code, reason)
 
     def extend(self, other: Effects) -> None:
         self.applied.extend(other.applied)
@@ -135,6 +136,7 @@ class Effects:
         self.erased.extend(other.erased)
         self.activities.extend(other.activities)
         self.messages.extend(other.messages)
+        self.rejected.extend(other.rejected)
 
 
 def run_facts(
@@ -172,6 +174,8 @@ def run_facts(
             if outcome.rejection.__cause__ is not None:  # internal_error: a bug this fact met
                 log.error("fact %s of channel %s failed in the core; dead-lettered", p.fact.event_id,
                           p.fact.channel_id, exc_info=outcome.rejection.__cause__)
+            if p.record.topic == topics.commands:  # the API answers "rejected, because …"
+                fx.rejected.append((*pair, *p.error))
         assert p.error is not None
         if outbox:
             fx.messages.append(_dead_letter(topics, p.record, *p.error, failed_at))
@@ -191,6 +195,7 @@ async def write_effects(conn: asyncpg.Connection, directory: Directory, revs: di
     await repo.erase_activities(conn, fx.erased)
     await repo.save_grade_changes(conn, fx.grades)
     await repo.save_applied(conn, fx.applied)
+    await repo.save_rejected(conn, fx.rejected)
     await repo.save_outbox(conn, fx.messages)
 
 

@@ -86,3 +86,4 @@ class Resident:
             await repo.erase_activities(conn, fx.erased)
             await bulk.copy_applied(conn, fx.applied)
             await repo.save_grade_changes(conn, fx.grades)
+            await repo.save_rejected(conn, fx.rejected)

@@ -13,6 +13,7 @@ import logging
 import signal
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -59,6 +60,8 @@ def _parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run projection, saga and outbox relay until SIGTERM/SIGINT")
     run.add_argument("--demo", action="store_true", help="also publish a small stream of sample SDK events")
+    run.add_argument("--admin-key-file", type=Path, metavar="PATH",
+                     help="make sure PATH (mode 0600) holds a live admin API key, creating one if not; print how to use it")
     run.set_defaults(handler=_run)
 
     user = sub.add_parser("user", help="read users").add_subparsers(dest="user_command", required=True)
@@ -92,6 +95,7 @@ def _parser() -> argparse.ArgumentParser:
 # handlers are `async def handler(settings, args) -> int` (see `_user_show`).
 EXTENSIONS: tuple[str, ...] = (
     "services.importer.cli", "services.replay.cli", "services.runtime.deadletters", "services.retention.cli",
+    "services.api.cli",
 )
 
 
@@ -107,18 +111,23 @@ async def _run(settings: Settings, args: argparse.Namespace) -> int:
 
     gc_tuning.tune()
 
-    if not args.demo:
+    if not args.demo and args.admin_key_file is None:
         await run_service(settings)
         return 0
-    from .demo import run_demo
+    from .demo import CHANNEL, run_demo
 
-    ready = asyncio.Event()
+    address: asyncio.Future[str] = asyncio.get_running_loop().create_future()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         asyncio.get_running_loop().add_signal_handler(sig, stop.set)
-    service = asyncio.create_task(run_service(settings, stop, ready=ready))
-    await asyncio.wait([service, asyncio.create_task(ready.wait())], return_when=asyncio.FIRST_COMPLETED)
-    demo = None if service.done() else asyncio.create_task(run_demo(settings, stop))
+    service = asyncio.create_task(run_service(settings, stop, api_address=address))
+    started: list[asyncio.Future[Any]] = [service, address]  # the API listens once the service runs
+    await asyncio.wait(started, return_when=asyncio.FIRST_COMPLETED)
+    if not service.done() and args.admin_key_file is not None:
+        from .newcomer import greet
+
+        await greet(settings, args.admin_key_file, address.result(), CHANNEL)
+    demo = None if service.done() or not args.demo else asyncio.create_task(run_demo(settings, stop))
     await service
     if demo is not None:
         demo.cancel()
@@ -159,19 +168,15 @@ async def _channel_configure(settings: Settings, args: argparse.Namespace) -> in
         if type_name not in PARSERS:
             raise UsageError(f"--field {spec!r}: type must be one of {', '.join(sorted(PARSERS))}")
         fields[key] = type_name
-    secret = args.member_hash_secret
+    from services.store.channels import KEEP, configure_channel
+
     async with database(settings) as pool:
-        row = await pool.fetchrow(
-            """INSERT INTO channels AS c (channel_id, member_hash_secret, mu_limit, field_types)
-               VALUES ($1, NULLIF($2, ''), $3, $4::jsonb)
-               ON CONFLICT (channel_id) DO UPDATE SET
-                 member_hash_secret = CASE WHEN $5 THEN NULLIF($2, '') ELSE c.member_hash_secret END,
-                 mu_limit = COALESCE($3, c.mu_limit),
-                 field_types = c.field_types || $4::jsonb
-               RETURNING channel_id, member_hash_secret IS NOT NULL AS member_hash, mu_limit, field_types""",
-            args.channel, secret, args.mu_limit, fields, secret is not None,
+        configured = await configure_channel(
+            pool, args.channel, fields=fields,
+            member_hash_secret=KEEP if args.member_hash_secret is None else args.member_hash_secret,
+            mu_limit=KEEP if args.mu_limit is None else args.mu_limit,
         )
-    _print({"channelId": row["channel_id"], "memberHashRequired": row["member_hash"], "muLimit": row["mu_limit"], "fields": row["field_types"]})
+    _print(configured)
     return 0
 
 

@@ -14,6 +14,8 @@ import asyncpg
 from aiokafka.errors import KafkaError
 
 from contracts.topics import Topics
+from services.api.app import create_app
+from services.api.server import serve
 from services.platform import metrics
 from services.platform.config import Settings
 from services.platform.embedded import embedded_log_id, infrastructure
@@ -27,7 +29,12 @@ log = logging.getLogger("unifier")
 T = TypeVar("T")
 
 
-async def run_service(settings: Settings, stop: asyncio.Event | None = None, *, ready: asyncio.Event | None = None) -> None:
+async def run_service(
+    settings: Settings, stop: asyncio.Event | None = None, *, ready: asyncio.Event | None = None,
+    api_address: asyncio.Future[str] | None = None,
+) -> None:
+    """Run until `stop` (default: SIGTERM/SIGINT). `api_address` receives the address
+    the HTTP API listens on (UNIFIER_HTTP_ADDR; port 0 picks a free one)."""
     if stop is None:  # run as the process's main service: stop on SIGTERM/SIGINT
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -56,7 +63,8 @@ async def run_service(settings: Settings, stop: asyncio.Event | None = None, *, 
                 return
             parts["database"] = lambda: True
             try:
-                await _serve(settings, topics, bootstrap, pool, stop, parts, ready)
+                api = settings.replace(kafka_bootstrap=bootstrap, database_url=database_url)
+                await _serve(settings, topics, bootstrap, pool, stop, parts, ready, (api, api_address))
             finally:
                 await pool.close()
         finally:
@@ -67,6 +75,7 @@ async def run_service(settings: Settings, stop: asyncio.Event | None = None, *, 
 async def _serve(
     settings: Settings, topics: Topics, bootstrap: str, pool: asyncpg.Pool, stop: asyncio.Event,
     parts: dict[str, Callable[[], bool]], ready: asyncio.Event | None,
+    api: tuple[Settings, asyncio.Future[str] | None],
 ) -> None:
     if not settings.kafka_bootstrap and (log_id := embedded_log_id(settings.data_dir)) is not None:
         if await repo.adopt_log(pool, log_id):
@@ -80,7 +89,9 @@ async def _serve(
     relay_stop = asyncio.Event()
     consuming = asyncio.create_task(projection.run(stop), name="projection")
     relaying = asyncio.create_task(relay.run(relay_stop), name="relay")
-    tasks = [consuming, relaying]
+    # The HTTP API stops with `stop` too: requests in flight finish, new ones are refused.
+    serving = asyncio.create_task(serve(create_app(api[0]), settings.http_addr, stop, bound=api[1]), name="http-api")
+    tasks = [consuming, relaying, serving]
     log.info("unifier running: topics %s*, schema %s", settings.topic_prefix, settings.db_schema)
     if ready is not None:
         ready.set()
@@ -91,6 +102,7 @@ async def _serve(
                 raise task.exception()  # type: ignore[misc]
         stop.set()
         await consuming
+        await serving
         relay_stop.set()
         await relaying
     finally:

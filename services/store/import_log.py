@@ -256,6 +256,21 @@ async def import_record(conn: asyncpg.Connection | asyncpg.Pool, channel_id: str
     return None if row is None else dict(row)
 
 
+def log_entry(r: dict[str, Any], now_ms: int) -> dict[str, Any]:
+    """An import as `unifier import log` and `GET …/imports` show it (I15, I16)."""
+    kept_until = r["finished_at"] + FAILURES_KEPT_MS if r["finished_at"] is not None else None
+    return {
+        "importId": r["import_id"], "status": r["status"], "mode": r["mode"],
+        "key": r["key"], "blank": r["blank"], "tag": r["tag"],
+        "actor": r["actor"], "fileName": r["file_name"], "startedAt": r["started_at"],
+        "attempts": r["attempts"], "lastActor": r["last_actor"], "lastStartedAt": r["last_started_at"],
+        "finishedAt": r["finished_at"], "rows": r["rows"],
+        "created": r["created"], "updated": r["updated"], "failed": r["failed"],
+        "columns": r["columns"],
+        "failuresAvailableUntil": kept_until if r["failed"] and (kept_until is None or kept_until > now_ms) else None,
+    }
+
+
 async def imports_like(conn: asyncpg.Connection | asyncpg.Pool, channel_id: str, base_id: str) -> dict[str, str]:
     """importId → status of the imports whose id is `base_id` or `base_id-N`."""
     rows = await conn.fetch(
@@ -294,3 +309,23 @@ async def purge_failures(conn: asyncpg.Connection | asyncpg.Pool, now_ms: int) -
               AND i.finished_at IS NOT NULL AND i.finished_at < $1""",
         now_ms - FAILURES_KEPT_MS,
     )
+
+
+async def progress(conn: asyncpg.Connection | asyncpg.Pool, channel_id: str, import_id: str) -> dict[str, Any] | None:
+    """`GET …/imports/{importId}`: `running` while its importer publishes or waits (its
+    lock held), `finished` once every row is applied, `abandoned` when its importer
+    was stopped, `timed_out` when its importer gave up waiting (the service may still
+    apply the rest: the state then becomes `finished`). None: no such import."""
+    record = await import_record(conn, channel_id, import_id)
+    holder = await lock_holder(conn, channel_id)
+    held = holder is not None and holder.import_id == import_id and holder.expires_in_s > 0
+    if record is None and not held:
+        return None
+    status = record["status"] if record is not None else "running"
+    state = {"completed": "finished", "abandoned": "abandoned"}.get(status, "running" if held else "timed_out")
+    rows = record["rows"] if record is not None and record["rows"] is not None else (holder.published if held and holder else None)
+    created, updated, failed = (record["created"], record["updated"], record["failed"]) if record is not None else (0, 0, 0)
+    return {
+        "importId": import_id, "state": state, "rows": rows, "applied": created + updated + failed,
+        "created": created, "updated": updated, "failed": failed,
+    }

@@ -1,10 +1,14 @@
-"""Read-side queries of the command line (`unifier user show`) and the HTTP API."""
+"""Read-side queries: `unifier user show`, the HTTP API and the console (one code path
+per read)."""
 
 from __future__ import annotations
 
+import base64
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
+import orjson
 
 from services.domain.user import EMAIL, MOBILE, User
 from services.domain.view import user_view
@@ -121,3 +125,248 @@ async def review_candidates(
         source = User.from_json(row["state"])
         out.append((source.id, await member_candidates(conn, source)))
     return out
+
+
+# -- the HTTP API's and the console's reads (docs/contract.md, "HTTP API") ----------------
+
+MAX_PAGE = 100
+
+
+class BadCursor(ValueError):
+    """A pagination cursor this API did not hand out."""
+
+
+def encode_cursor(*parts: str | int) -> str:
+    """Opaque to clients: the keyset position after the page's last row."""
+    return base64.urlsafe_b64encode(orjson.dumps(list(parts))).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str, *types: type) -> list[Any]:
+    try:
+        parts = orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+    except (ValueError, orjson.JSONDecodeError):
+        raise BadCursor("cursor: not a cursor of this list") from None
+    if not isinstance(parts, list) or len(parts) != len(types) or not all(
+        type(p) is t for p, t in zip(parts, types, strict=True)
+    ):
+        raise BadCursor("cursor: not a cursor of this list")
+    return parts
+
+
+async def survivor_of(conn: asyncpg.Connection | asyncpg.Pool, channel_id: str, user_id: str) -> str | None:
+    """Where a merged id ended up, following the chain of merges (U8); None if unknown."""
+    return await conn.fetchval(
+        """WITH RECURSIVE chain(id, target, depth) AS (
+               SELECT id, merged_into, 0 FROM users WHERE id = $2 AND channel_id = $1
+               UNION ALL
+               SELECT u.id, u.merged_into, c.depth + 1 FROM users u JOIN chain c ON u.id = c.target
+                WHERE c.depth < 100)
+           SELECT id FROM chain WHERE target IS NULL""",
+        channel_id, user_id,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class UserFilter:
+    """The filters of `GET /v1/channels/{ch}/users`; identifiers already cleaned (G1)."""
+
+    member_id: str | None = None
+    veil_id: str | None = None
+    email: str | None = None
+    mobile: str | None = None
+    q: str | None = None
+    type: str | None = None
+    tag: str | None = None
+    grade: str | None = None
+    blocked: bool | None = None
+
+
+def _like_prefix(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
+async def search_users(
+    conn: asyncpg.Connection | asyncpg.Pool, channel_id: str, f: UserFilter, *, limit: int = 50, cursor: str | None = None,
+) -> tuple[list[dict[str, Any]], str | None]:
+    """Live users (not deleted, not merged away) matching every filter, in id order, one
+    page; with the cursor of the next page or None. `q` matches a prefix of the name
+    (case-insensitive), of an e-mail or of a mobile number; masked users (I17) never
+    match it, since their personal data is hidden."""
+    args: list[Any] = [channel_id]
+
+    def arg(value: Any) -> str:
+        args.append(value)
+        return f"${len(args)}"
+
+    where = ["u.channel_id = $1", "NOT u.deleted", "u.merged_into IS NULL"]
+    for kind, value in (("member", f.member_id), ("veil", f.veil_id), ("email", f.email), ("mobile", f.mobile)):
+        if value is not None:
+            where.append(
+                f"u.id IN (SELECT user_id FROM identities WHERE channel_id = $1 AND kind = '{kind}' AND value = {arg(value)})"
+            )
+    if f.q is not None:
+        text = f.q.strip().lower()
+        # The name index holds the name's JSON text: match the JSON text of the prefix.
+        contact, name = arg(_like_prefix(text)), arg(_like_prefix(orjson.dumps(text).decode()[:-1]))
+        phone = _phone_prefix(f.q)
+        phone_match = (
+            f" OR (kind = 'mobile' AND value LIKE {arg(_like_prefix(phone))})" if phone is not None else ""
+        )
+        where.append("NOT u.masked")
+        where.append(
+            f"""u.id IN (SELECT user_id FROM identities
+                          WHERE channel_id = $1 AND kind IN ('email', 'mobile')
+                            AND (value LIKE {contact}{phone_match})
+                         UNION ALL
+                         SELECT id FROM users
+                          WHERE channel_id = $1 AND NOT deleted AND merged_into IS NULL
+                            AND lower((state->'fields'->'name'->0)::text) LIKE {name})"""
+        )
+    if f.type is not None:
+        where.append(f"u.type = {arg(f.type)}")
+    if f.blocked is not None:
+        where.append(f"u.blocked = {arg(f.blocked)}")
+    if f.tag is not None:
+        where.append(f"(u.state->'tags')::jsonb ? {arg(f.tag)}")
+    if f.grade is not None:
+        where.append("NOT u.masked")
+        where.append(
+            # The keys that give grades (grade_keys): memberId and qualified contacts.
+            f"""u.id IN (SELECT i.user_id FROM grade_holders g
+                           JOIN identities i ON i.channel_id = g.channel_id AND i.value = g.value
+                                AND i.kind = CASE g.kind WHEN 'memberId' THEN 'member'
+                                                         WHEN 'mobileNumber' THEN 'mobile' ELSE 'email' END
+                                AND (i.kind = 'member' OR i.qualified)
+                          WHERE g.channel_id = $1 AND g.name = {arg(f.grade)})"""
+        )
+    if cursor is not None:
+        (after,) = decode_cursor(cursor, str)
+        where.append(f"u.id > {arg(after)}")
+    limit = max(1, min(limit, MAX_PAGE))
+    rows = await conn.fetch(
+        f"SELECT u.state FROM users u WHERE {' AND '.join(where)} ORDER BY u.id LIMIT {arg(limit + 1)}", *args
+    )
+    users = [User.from_json(r["state"]) for r in rows[:limit]]
+    items = [await user_json(conn, u) for u in users]
+    return items, encode_cursor(users[-1].id) if len(rows) > limit else None
+
+
+def _phone_prefix(q: str) -> str | None:
+    """A phone number as staff type it (`+81 90-1234`, `8190…`) as a prefix of the stored
+    E.164 form (U9), else None. A national `090…` is not guessed into a country."""
+    text = q.strip()
+    digits = "".join(c for c in text if c.isdigit())
+    if not digits or any(not (c.isdigit() or c in "+- ()") for c in text) or "+" in text[1:]:
+        return None
+    return "+" + digits
+
+
+async def user_json(conn: asyncpg.Connection | asyncpg.Pool, user: User) -> dict[str, Any]:
+    """The contract's `user` object of a live user with its `grades`, as lists show it
+    (without `unification`, which costs a query per user)."""
+    view = user_view(user)
+    view["grades"] = await grades_of(conn, user.channel_id, view)
+    return view
+
+
+async def activities(
+    conn: asyncpg.Connection | asyncpg.Pool, channel_id: str, user_id: str, *, limit: int = 50, cursor: str | None = None,
+) -> tuple[list[dict[str, Any]], str | None]:
+    """Chats and behaviour events of a user, newest first (U4: a survivor has its
+    sources' too), one page."""
+    args: list[Any] = [channel_id, user_id]
+    after = ""
+    if cursor is not None:
+        at, event_id = decode_cursor(cursor, int, str)
+        args += [at, event_id]
+        after = "AND (occurred_at, event_id) < ($3, $4)"
+    limit = max(1, min(limit, MAX_PAGE))
+    rows = await conn.fetch(
+        f"""SELECT event_id, kind, occurred_at, body FROM activities
+             WHERE user_id = $2 AND channel_id = $1 {after}
+             ORDER BY occurred_at DESC, event_id DESC LIMIT {limit + 1}""",
+        *args,
+    )
+    items = [{"eventId": r["event_id"], "kind": r["kind"], "occurredAt": r["occurred_at"], **_body(r["body"])} for r in rows[:limit]]
+    last = rows[limit - 1] if len(rows) > limit else None
+    return items, encode_cursor(last["occurred_at"], last["event_id"]) if last is not None else None
+
+
+def _body(body: Any) -> dict[str, Any]:
+    return body if isinstance(body, dict) else {"body": body}
+
+
+async def merges_into(conn: asyncpg.Connection | asyncpg.Pool, channel_id: str, user_id: str) -> list[dict[str, Any]]:
+    """G4: every merge that made this user, also those into the users merged into it,
+    oldest first, with the winner of every contested key."""
+    rows = await conn.fetch(
+        """WITH RECURSIVE tree AS (
+               SELECT source_id, target_id, causation_id, occurred_at, contested, 0 AS depth
+                 FROM merges WHERE channel_id = $1 AND target_id = $2
+               UNION ALL
+               SELECT m.source_id, m.target_id, m.causation_id, m.occurred_at, m.contested, t.depth + 1
+                 FROM merges m JOIN tree t ON m.channel_id = $1 AND m.target_id = t.source_id
+                WHERE t.depth < 100)
+           SELECT * FROM tree ORDER BY occurred_at, source_id""",
+        channel_id, user_id,
+    )
+    return [
+        {"sourceUserId": r["source_id"], "targetUserId": r["target_id"], "causationId": r["causation_id"],
+         "occurredAt": r["occurred_at"], "contested": r["contested"]}
+        for r in rows
+    ]
+
+
+async def review_queue(
+    conn: asyncpg.Connection | asyncpg.Pool, channel_id: str, state: str, *, limit: int = 50, cursor: str | None = None,
+) -> tuple[list[dict[str, Any]], str | None]:
+    """The unification review queue (U5, U6), by source user id: leads with candidate
+    members (`candidate`), or sources waiting for their target member's login (`pending`).
+    Each item: `{"state", "source": user, "targets": [users]}`."""
+    (after,) = decode_cursor(cursor, str) if cursor is not None else ("",)
+    limit = max(1, min(limit, MAX_PAGE))
+    if state == "candidate":
+        queue = await review_candidates(conn, channel_id, after=after or None, limit=limit + 1)
+        states = {
+            r["id"]: User.from_json(r["state"])
+            for r in await conn.fetch("SELECT id, state FROM users WHERE id = ANY($1::text[])", [s for s, _ in queue])
+        }
+        sources = [states[s] for s, _ in queue]
+        pairs = [(states[s], targets) for s, targets in queue[:limit] if targets]
+    else:
+        rows = await conn.fetch(
+            """SELECT u.state FROM identities i JOIN users u ON u.id = i.user_id
+                WHERE i.channel_id = $1 AND i.kind = 'pending' AND i.user_id > $2
+                ORDER BY i.user_id LIMIT $3""",
+            channel_id, after, limit + 1,
+        )
+        sources = [User.from_json(r["state"]) for r in rows]
+        pairs = [(u, [u.pending_into] if u.pending_into else []) for u in sources[:limit]]
+    wanted = sorted({t for _, targets in pairs for t in targets})
+    found = {
+        r["id"]: User.from_json(r["state"])
+        for r in await conn.fetch("SELECT id, state FROM users WHERE id = ANY($1::text[])", wanted)
+    }
+    items = []
+    for source, targets in pairs:
+        item: dict[str, Any] = {
+            "state": state, "source": await user_json(conn, source),
+            "targets": [await user_json(conn, found[t]) for t in targets if t in found],
+        }
+        if state == "pending":
+            item["pendingSince"] = source.pending_since
+        items.append(item)
+    return items, encode_cursor(sources[limit - 1].id) if len(sources) > limit else None
+
+
+async def channel_settings(conn: asyncpg.Connection | asyncpg.Pool, channel_id: str) -> dict[str, Any]:
+    """A channel's settings as the API shows them: the member-hash secret never, only
+    whether one is set (H1)."""
+    row = await conn.fetchrow(
+        "SELECT member_hash_secret IS NOT NULL AS secret_set, mu_limit, field_types FROM channels WHERE channel_id = $1",
+        channel_id,
+    )
+    if row is None:
+        return {"channelId": channel_id, "muLimit": None, "fields": {}, "memberHashSecretSet": False}
+    return {"channelId": channel_id, "muLimit": row["mu_limit"], "fields": dict(row["field_types"]),
+            "memberHashSecretSet": row["secret_set"]}

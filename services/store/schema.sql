@@ -130,3 +130,49 @@ CREATE TABLE IF NOT EXISTS meta (
     key   text PRIMARY KEY,
     value text NOT NULL
 );
+
+-- Commands the projection rejected (their dead letter's code and reason), so the HTTP
+-- API can answer "rejected, because …" for a command long after its dead letter left
+-- the outbox. Derived from facts like the rest (a rebuild writes it too). A command
+-- applied later under the same eventId counts as applied (applied_events wins).
+CREATE TABLE IF NOT EXISTS rejected_commands (
+    channel_id text NOT NULL,
+    event_id   text NOT NULL,
+    code       text NOT NULL,
+    message    text NOT NULL,
+    PRIMARY KEY (channel_id, event_id)
+);
+
+-- API keys (docs/contract.md, "HTTP API"). Operational, not derived from facts: carried
+-- over by a replay's switch (services/replay/switch.py OPERATIONAL). Only the sha256 of
+-- the key is kept; `key_id` is the key's public prefix, found first, then the hash is
+-- compared in constant time.
+CREATE TABLE IF NOT EXISTS api_keys (
+    key_id     text PRIMARY KEY,
+    name       text NOT NULL,
+    scope      text NOT NULL CHECK (scope IN ('read', 'write', 'admin')),
+    channel_id text,
+    key_sha256 bytea NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    revoked_at timestamptz
+);
+CREATE UNIQUE INDEX IF NOT EXISTS api_keys_live_name ON api_keys (name) WHERE revoked_at IS NULL;
+
+-- Read-side indexes of the HTTP API (EXPLAINed in docs/decisions.md, "HTTP API").
+-- The user list: live users of a channel in id order (keyset pagination).
+CREATE INDEX IF NOT EXISTS users_listing ON users (channel_id, id) WHERE NOT deleted AND merged_into IS NULL;
+CREATE INDEX IF NOT EXISTS users_blocked ON users (channel_id, id) WHERE blocked AND NOT deleted AND merged_into IS NULL;
+-- `q`: prefix of a name (case-insensitive), of an e-mail or of a phone number.
+-- text_pattern_ops: LIKE 'abc%' uses the index whatever the database's collation.
+-- The name is indexed as its JSON text ("Alice"), not as text (->>): unescaping a
+-- \u0000 to text fails, and an index expression that fails would stop the projection.
+CREATE INDEX IF NOT EXISTS users_name_prefix ON users (channel_id, lower((state->'fields'->'name'->0)::text) text_pattern_ops)
+    WHERE NOT deleted AND merged_into IS NULL;
+CREATE INDEX IF NOT EXISTS identities_contact_prefix ON identities (channel_id, kind, value text_pattern_ops)
+    WHERE kind IN ('email', 'mobile');
+-- `tag=`: staff tags live in the state; only that small array is converted to jsonb
+-- (tags never hold NUL, I9, so the conversion cannot fail).
+CREATE INDEX IF NOT EXISTS users_tags ON users USING gin (((state->'tags')::jsonb)) WHERE NOT deleted AND merged_into IS NULL;
+-- Activities newest first, and the merges into a user (G4).
+CREATE INDEX IF NOT EXISTS activities_user_recent ON activities (user_id, occurred_at DESC, event_id DESC);
+CREATE INDEX IF NOT EXISTS merges_target ON merges (channel_id, target_id);

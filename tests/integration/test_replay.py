@@ -44,7 +44,7 @@ CHANNELS = 12
 def cli_env(settings: Settings, **extra: str) -> dict[str, str]:
     """The environment `unifier` needs to run on this test's broker, schema and prefix
     (a free metrics port, so several instances can run side by side)."""
-    return support_cli_env(settings, **{"UNIFIER_METRICS_PORT": "0", **extra})
+    return support_cli_env(settings, **{"UNIFIER_METRICS_PORT": "0", "UNIFIER_HTTP_ADDR": "127.0.0.1:0", **extra})
 
 
 async def cli(settings: Settings, *args: str, timeout: float = 180) -> tuple[int, str, str]:  # noqa: ASYNC109

@@ -22,7 +22,7 @@ UNIFIER = str(Path(sys.executable).with_name("unifier"))
 async def test_run_demo_on_embedded_infrastructure_publishes_merges_and_stops_cleanly_on_ctrl_c() -> None:
     with private_dir("unifier-run-") as work:
         env = {k: v for k, v in os.environ.items() if k not in ("KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL")}
-        env |= {"UNIFIER_DATA_DIR": str(work / "data"), "UNIFIER_METRICS_PORT": "0"}
+        env |= {"UNIFIER_DATA_DIR": str(work / "data"), "UNIFIER_METRICS_PORT": "0", "UNIFIER_HTTP_ADDR": "127.0.0.1:0"}
         log = work / "run.log"
         with log.open("wb") as out:
             # A session of its own, so the Ctrl-C below reaches its process group only.

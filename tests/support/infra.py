@@ -158,6 +158,7 @@ def isolated_settings(infra: Infra, data_dir: Path) -> Settings:
         db_schema=f"t_{tag}",
         data_dir=data_dir,
         metrics_port=0,
+        http_addr="127.0.0.1:0",
     )
 
 

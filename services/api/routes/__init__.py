@@ -1,0 +1,1 @@
+"""One APIRouter per resource; each route only parses, queries or commands, answers."""

@@ -1,0 +1,53 @@
+"""Serving the API on uvicorn inside our own event loop (for `unifier api` and
+`unifier run`): the process's signal handling stays the caller's."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Iterator
+
+import uvicorn
+from fastapi import FastAPI
+
+log = logging.getLogger("unifier.api")
+
+
+class _Server(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        # The composition root owns SIGTERM/SIGINT and stops us through `stop`.
+        yield
+
+
+def split_address(addr: str) -> tuple[str, int]:
+    host, _, port = addr.rpartition(":")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+async def serve(app: FastAPI, addr: str, stop: asyncio.Event, *, bound: asyncio.Future[str] | None = None) -> None:
+    """Serve `app` on `addr` (host:port; port 0 picks a free one) until `stop`; in-flight
+    requests are finished. `bound` receives the address actually listened on."""
+    host, port = split_address(addr)
+    config = uvicorn.Config(
+        app, host=host, port=port, lifespan="on", log_level="warning", access_log=False,
+        http="httptools", loop="none", timeout_graceful_shutdown=10, server_header=False,
+    )
+    server = _Server(config)
+    task = asyncio.create_task(server.serve(), name="http-api")
+    try:
+        while not server.started:
+            if task.done():
+                task.result()  # the start-up failure (port taken, database away …)
+                raise RuntimeError("the HTTP API stopped while starting")
+            await asyncio.sleep(0.01)
+        sock = server.servers[0].sockets[0].getsockname()
+        address = f"{sock[0]}:{sock[1]}"
+        log.info("HTTP API on http://%s (OpenAPI at /openapi.json, docs at /docs)", address)
+        if bound is not None and not bound.done():
+            bound.set_result(address)
+        await asyncio.wait([task, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        server.should_exit = True
+        await task
