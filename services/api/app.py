@@ -77,7 +77,9 @@ def create_app(settings: Settings) -> FastAPI:
     for module in (users, members, unifications, grades, commands, imports, channel_settings):
         app.include_router(module.router)
     # -- the staff console (issue 13) is mounted here, at /console/ ----------------------
-    # app.include_router(console.router, prefix="/console")
+    from services.console import mount as mount_console
+
+    mount_console(app)
     return app
 
 

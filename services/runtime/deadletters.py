@@ -70,9 +70,13 @@ async def _list(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-async def retry(bootstrap: str, topics: Topics, code: str | None, *, idempotence: bool = False) -> dict[str, int]:
-    """Re-publish the letters of `code` (all when None); counts retried and skipped
-    (a source topic that is not one of our inbound topics is never written to)."""
+async def retry(
+    bootstrap: str, topics: Topics, code: str | None, *, idempotence: bool = False, where: tuple[int, int] | None = None,
+) -> dict[str, int]:
+    """Re-publish the letters of `code` (all when None), or only the one at `where`
+    (partition, offset on the dead-letter topic: the console's retry of one letter);
+    counts retried and skipped (a source topic that is not one of our inbound topics is
+    never written to)."""
     inbound = set(topics.inbound)
     producer = AIOKafkaProducer(**client_options(bootstrap), acks="all", enable_idempotence=idempotence, linger_ms=5)
     await producer.start()
@@ -80,6 +84,8 @@ async def retry(bootstrap: str, topics: Topics, code: str | None, *, idempotence
     try:
         pending = []
         async for letter in dead_letters(bootstrap, topics, code):
+            if where is not None and (letter["deadLetter"]["partition"], letter["deadLetter"]["offset"]) != where:
+                continue
             topic, value, key = letter.get("sourceTopic"), letter.get("value"), letter.get("key")
             if topic not in inbound or not isinstance(value, str):
                 skipped += 1

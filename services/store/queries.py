@@ -179,6 +179,12 @@ class UserFilter:
     tag: str | None = None
     grade: str | None = None
     blocked: bool | None = None
+    # The console's contact list (issue 13): leads and members only (C1), masked or not
+    # (I17), last seen within a range (epoch ms, inclusive).
+    contact_list: bool = False
+    masked: bool | None = None
+    seen_after: int | None = None
+    seen_before: int | None = None
 
 
 def _like_prefix(text: str) -> str:
@@ -226,6 +232,14 @@ async def search_users(
         where.append(f"u.type = {arg(f.type)}")
     if f.blocked is not None:
         where.append(f"u.blocked = {arg(f.blocked)}")
+    if f.contact_list:
+        where.append("u.type IN ('lead', 'member')")
+    if f.masked is not None:
+        where.append(f"u.masked = {arg(f.masked)}")
+    if f.seen_after is not None:
+        where.append(f"u.last_seen_at >= {arg(f.seen_after)}")
+    if f.seen_before is not None:
+        where.append(f"u.last_seen_at <= {arg(f.seen_before)}")
     if f.tag is not None:
         where.append(f"(u.state->'tags')::jsonb ? {arg(f.tag)}")
     if f.grade is not None:
