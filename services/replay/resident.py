@@ -25,6 +25,7 @@ from services.domain.directory import Directory, identities
 from services.projection.batch import BatchResult, Effects, load_grades, parse_records, run_facts
 from services.projection.records import Record
 from services.store import bulk, import_log
+from services.store import lookups as lookup_store
 from services.store import repository as repo
 
 DEFAULT_FLUSH_EVERY = 50_000
@@ -86,4 +87,5 @@ class Resident:
             await repo.erase_activities(conn, fx.erased)
             await bulk.copy_applied(conn, fx.applied)
             await repo.save_grade_changes(conn, fx.grades)
+            await lookup_store.save_changes(conn, fx.lookups)
             await repo.save_rejected(conn, fx.rejected)

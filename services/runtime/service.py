@@ -16,6 +16,7 @@ from aiokafka.errors import KafkaError
 from contracts.topics import Topics
 from services.api.app import create_app
 from services.api.server import serve
+from services.lookup.worker import run_worker
 from services.platform import metrics
 from services.platform.config import Settings
 from services.platform.embedded import embedded_log_id, infrastructure
@@ -91,7 +92,9 @@ async def _serve(
     relaying = asyncio.create_task(relay.run(relay_stop), name="relay")
     # The HTTP API stops with `stop` too: requests in flight finish, new ones are refused.
     serving = asyncio.create_task(serve(create_app(api[0]), settings.http_addr, stop, bound=api[1]), name="http-api")
-    tasks = [consuming, relaying, serving]
+    # Automatic lookups (seed 004 §2): outside the projection's transactions.
+    looking_up = asyncio.create_task(run_worker(settings, pool, bootstrap, topics.commands, stop), name="lookups")
+    tasks = [consuming, relaying, serving, looking_up]
     log.info("unifier running: topics %s*, schema %s", settings.topic_prefix, settings.db_schema)
     if ready is not None:
         ready.set()
@@ -103,6 +106,7 @@ async def _serve(
         stop.set()
         await consuming
         await serving
+        await looking_up
         relay_stop.set()
         await relaying
     finally:

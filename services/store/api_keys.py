@@ -79,6 +79,21 @@ async def authenticate(conn: asyncpg.Connection | asyncpg.Pool, key: str) -> Pri
     return Principal(row["name"], row["scope"], row["channel_id"])
 
 
+def key_id_of(key: str) -> str | None:
+    """The public id of a key (its prefix), or None when it is not shaped like one."""
+    return _key_id(key.strip())
+
+
+async def principal_by_id(conn: asyncpg.Connection | asyncpg.Pool, key_id: str) -> Principal | None:
+    """The principal of the live key with this id; None once it is revoked. The console
+    keeps only the id in its session cookie and asks again on every request, so revoking
+    a key ends the sessions signed in with it."""
+    row = await conn.fetchrow(
+        "SELECT name, scope, channel_id FROM api_keys WHERE key_id = $1 AND revoked_at IS NULL", key_id
+    )
+    return None if row is None else Principal(row["name"], row["scope"], row["channel_id"])
+
+
 async def list_keys(conn: asyncpg.Connection | asyncpg.Pool) -> list[dict[str, Any]]:
     rows = await conn.fetch(
         "SELECT key_id, name, scope, channel_id, created_at, revoked_at FROM api_keys ORDER BY created_at, key_id"
