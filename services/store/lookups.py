@@ -20,17 +20,17 @@ async def save_changes(conn: asyncpg.Connection, changes: Sequence[LookupChange]
     for c in changes:
         if c.op == "define":
             await conn.execute(
-                """INSERT INTO lookups (channel_id, name, definition) VALUES ($1, $2, $3::jsonb)
+                """INSERT INTO lookups (channel_id, name, definition) VALUES ($1, $2, $3)
                    ON CONFLICT (channel_id, name) DO UPDATE SET definition = excluded.definition""",
-                c.channel_id, c.name, orjson.dumps(c.definition).decode(),
+                c.channel_id, c.name, c.definition,  # the pool's jsonb codec encodes it
             )
         elif c.op == "remove":
             await conn.execute("DELETE FROM lookups WHERE channel_id = $1 AND name = $2", c.channel_id, c.name)
         else:
             await conn.execute(
                 """INSERT INTO lookup_results (channel_id, event_id, user_id, name, occurred_at, record)
-                   VALUES ($1, $2, $3, $4, $5, $6::jsonb) ON CONFLICT DO NOTHING""",
-                c.channel_id, c.event_id, c.user_id, c.name, c.at, orjson.dumps(c.record).decode(),
+                   VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING""",
+                c.channel_id, c.event_id, c.user_id, c.name, c.at, c.record,
             )
 
 
