@@ -263,3 +263,49 @@ async def test_automatic_lookup_of_a_vouched_definition_fills_qualified_and_fail
         user = (await http.get(f"/v1/channels/{ch}/users/{user_id}")).json()
         assert user["profile"]["rank"] == "gold"
         assert await provenance(api, user_id, "profile.rank") == ["gold", True, True]  # qualified member data
+
+
+async def test_lookup_to_loopback_is_refused_unless_the_operator_allows_it(company: Company) -> None:
+    """Issue 15 item 4: with no UNIFIER_LOOKUP_ALLOW_NETWORKS the loopback company server
+    is never connected to (`forbidden_address`), also when named `localhost`; allowing
+    127.0.0.0/8 lets it through."""
+    from services.lookup.client import LookupFailed, Lookups
+    from services.platform.config import Settings
+
+    body = {"url": company.url("/plain"), "method": "POST", "encrypted": False, "params": [], "results": [],
+            "connections": []}
+    calls = company.calls["plain"]
+    closed = Lookups(Settings.from_env({}))
+    try:
+        for url in (company.url("/plain"), company.url("/plain").replace("127.0.0.1", "localhost")):
+            with pytest.raises(LookupFailed) as refused:
+                await closed.call("ch", "CRM", {**body, "url": url}, {})
+            assert refused.value.code == "forbidden_address"
+    finally:
+        await closed.aclose()
+    assert company.calls["plain"] == calls
+    allowed = Lookups(Settings.from_env({"UNIFIER_LOOKUP_ALLOW_NETWORKS": "127.0.0.0/8,::1/128"}))
+    try:
+        assert await allowed.call("ch", "CRM", body, {"memberNo": "m-1"}) == {
+            "rank": "gold", "city": "Osaka", "account": {"since": "2019-04-01"}}
+    finally:
+        await allowed.aclose()
+
+
+async def test_lookup_rate_limit_per_channel_answers_rate_limited(company: Company) -> None:
+    """Issue 15 item 4: over UNIFIER_LOOKUP_RATE a channel's next call is refused at once
+    (429 `rate_limited`, with when to retry); another channel is not held back."""
+    from services.lookup.client import LookupFailed, Lookups
+    from services.platform.config import Settings
+
+    body = {"url": company.url("/plain"), "method": "POST", "encrypted": False, "params": [], "results": [],
+            "connections": []}
+    lookups = Lookups(Settings.from_env({"UNIFIER_LOOKUP_ALLOW_NETWORKS": "127.0.0.0/8", "UNIFIER_LOOKUP_RATE": "0.5"}))
+    try:
+        await lookups.call("busy", "CRM", body, {})  # the burst is one call at 0.5/s
+        with pytest.raises(LookupFailed) as limited:
+            await lookups.call("busy", "CRM", body, {})
+        assert (limited.value.code, limited.value.status) == ("rate_limited", 429) and limited.value.retry_after
+        await lookups.call("quiet", "CRM", body, {})
+    finally:
+        await lookups.aclose()
