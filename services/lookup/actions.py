@@ -15,6 +15,15 @@ from . import crypto
 from .client import LookupFailed, Lookups, check_params, result_values
 
 
+def lookups_of(state: Any) -> Lookups:
+    """The process's lookup client (one HTTP client, breakers, rate limits), made on
+    first use from `state.settings` (the app's state; closed by the app's lifespan)."""
+    if getattr(state, "lookups", None) is None:
+        state.lookups = Lookups(state.settings)
+    lookups: Lookups = state.lookups
+    return lookups
+
+
 class LookupRefused(Exception):
     """Answer `status` with `detail` (and `errors`, one per bad parameter)."""
 

@@ -21,8 +21,7 @@ from contracts.inbound import (
     Medium,
 )
 from services.lookup import crypto
-from services.lookup.actions import LookupRefused, define_command, look_up, public
-from services.lookup.client import Lookups
+from services.lookup.actions import LookupRefused, define_command, look_up, lookups_of, public
 from services.store import lookups as store
 
 from ..auth import Admin, Pool, Reader
@@ -56,15 +55,6 @@ class LookupCall(BaseModel):
 
     params: dict[str, Annotated[str, Field(max_length=4096)]] = Field(
         default_factory=dict, description="Variable name → value; bound parameters default to the customer's field.")
-
-
-def lookups_of(request: Request) -> Lookups:
-    """The process's lookup client (one HTTP client, breakers, rate limits), made on first use."""
-    state = request.app.state
-    if getattr(state, "lookups", None) is None:
-        state.lookups = Lookups(state.settings)
-    lookups: Lookups = state.lookups
-    return lookups
 
 
 def _refused(err: LookupRefused) -> Problem:
@@ -133,7 +123,7 @@ async def run_lookup(
     `circuit_open`, `key_unavailable`; 429 `rate_limited` — each with `code`."""
     given = body.params if body is not None else {}
     try:
-        return await look_up(pool, lookups_of(request), ch, userId, name, given)
+        return await look_up(pool, lookups_of(request.app.state), ch, userId, name, given)
     except LookupRefused as err:
         raise _refused(err) from None
 
