@@ -7,6 +7,7 @@ with the same `principal_for_key`.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 from typing import Annotated
 
@@ -25,13 +26,35 @@ _bearer = HTTPBearer(auto_error=False, description="An API key from `unifier api
 _CHALLENGE = {"WWW-Authenticate": "Bearer"}
 
 
+CACHE_S = 2.0
+"""How long a checked key is trusted without asking PostgreSQL again: a revoked key is
+refused within this time by every API process (docs/contract.md, "HTTP API", Auth)."""
+_CACHE_MAX = 10_000
+_checked: dict[bytes, tuple[Principal, float]] = {}  # sha256 of a live key -> (principal, until)
+
+
 async def principal_for_key(pool: asyncpg.Pool, key: str) -> Principal | None:
-    """The principal of a live API key, or None (unknown, malformed or revoked)."""
-    return await api_keys.authenticate(pool, key.strip())
+    """The principal of a live API key, or None (unknown, malformed or revoked). A live
+    key is remembered for CACHE_S seconds, by its hash only."""
+    key = key.strip()
+    digest = api_keys.digest(key)
+    now = time.monotonic()
+    cached = _checked.get(digest)
+    if cached is not None and cached[1] > now:
+        return cached[0]
+    principal = await api_keys.authenticate(pool, key)
+    if principal is None:
+        _checked.pop(digest, None)
+        return None
+    if len(_checked) >= _CACHE_MAX:
+        _checked.clear()
+    _checked[digest] = (principal, now + CACHE_S)
+    return principal
 
 
-def pool_of(request: Request) -> asyncpg.Pool:
-    """The app's one asyncpg pool (a dependency: `Annotated[asyncpg.Pool, Depends(pool_of)]`)."""
+async def pool_of(request: Request) -> asyncpg.Pool:
+    """The app's one asyncpg pool (a dependency: `Annotated[asyncpg.Pool, Depends(pool_of)]`;
+    async, so FastAPI does not hand it to a worker thread)."""
     pool: asyncpg.Pool = request.app.state.pool
     return pool
 

@@ -136,3 +136,17 @@ def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
     for status in sorted({400, 401, 403, 503, *statuses}):
         out[status] = {"model": Problem, "content": {"application/problem+json": {}}}
     return out
+
+
+def command_responses() -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` of a command route (docs/contract.md, "HTTP API", Commands)."""
+    return {
+        **problems(422),
+        200: {"description": "With `?wait=`: applied. The user the command changed (as `GET …/users/{id}` shows it),"
+                             " or `{\"eventId\", \"state\": \"applied\"}` when there is none to show (a deletion, a grade).",
+              "content": {"application/json": {"schema": {"type": "object"}}}},
+        202: {"model": Accepted, "description": "Published (or, with `?wait=`, still pending): see `Location`."},
+        422: {"model": Problem, "content": {"application/problem+json": {}},
+              "description": "Invalid fields (nothing published), or with `?wait=` rejected: `error` holds the dead"
+                             " letter's `code` and `message`."},
+    }

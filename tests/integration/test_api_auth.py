@@ -8,8 +8,10 @@ import hashlib
 
 import pytest
 
-from tests.support.api import LiveApi, module_api, new_channel  # noqa: F401 - module_api is a fixture
+from services.api.auth import CACHE_S
+from tests.support.api import LiveApi, module_api_fixture, new_channel  # noqa: F401 - the fixture module_api
 from tests.support.imports import unifier
+from tests.support.infra import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -73,7 +75,11 @@ async def test_api_key_cli_prints_the_key_once_stores_its_hash_and_revokes_it(mo
         assert duplicate.code == 2 and "already named" in duplicate.err
         revoked = await unifier(settings, "api-key", "revoke", f"desk-{ch}")
         assert revoked.code == 0 and revoked.json()["revokedAt"] is not None
-        r = await http.get(f"/v1/channels/{ch}/users")
-        assert r.status_code == 401 and r.json()["detail"] == "unknown or revoked API key"
+
+        async def refused() -> bool:  # within auth.CACHE_S (2 s)
+            r = await http.get(f"/v1/channels/{ch}/users")
+            return r.status_code == 401 and r.json()["detail"] == "unknown or revoked API key"
+
+        await wait_for(refused, timeout=CACHE_S + 5)
     missing = await unifier(settings, "api-key", "revoke", f"desk-{ch}")
     assert missing.code == 1

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from contracts.topics import Topics
-from tests.support.api import LiveApi, module_api, new_channel  # noqa: F401 - module_api is a fixture
+from tests.support.api import LiveApi, module_api_fixture, new_channel  # noqa: F401 - the fixture module_api
 from tests.support.infra import wait_for
 from tests.support.service import read_topic
 

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from services.store import import_log
-from tests.support.api import LiveApi, module_api, new_channel  # noqa: F401 - module_api is a fixture
+from tests.support.api import LiveApi, module_api_fixture, new_channel  # noqa: F401 - the fixture module_api
 from tests.support.infra import wait_for
 
 pytestmark = pytest.mark.integration

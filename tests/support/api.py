@@ -62,8 +62,8 @@ def new_channel() -> str:
     return f"ch_{secrets.token_hex(4)}"
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def module_api(infra: Infra, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[LiveApi]:
+@pytest_asyncio.fixture(scope="module", loop_scope="session", name="module_api")
+async def module_api_fixture(infra: Infra, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[LiveApi]:
     """One live service with its API for a test module (each test takes its own channel)."""
     settings = isolated_settings(infra, tmp_path_factory.mktemp("api"))
     try:

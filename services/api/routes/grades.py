@@ -8,14 +8,14 @@ from fastapi import APIRouter, Path, Request
 from fastapi.responses import JSONResponse
 
 from ..auth import Writer
-from ..models import GradeBody, HolderBody, problems
+from ..models import GradeBody, HolderBody, command_responses
 from ..params import Channel
 from ..respond import IdempotencyKey, Wait, command_answer
 
 router = APIRouter(prefix="/v1/channels/{ch}/grades", tags=["grades"])
 
 GradeName = Annotated[str, Path(min_length=1, max_length=64)]
-_COMMAND = problems(422)
+_COMMAND = command_responses()
 
 
 @router.put("/{name}", status_code=202, responses=_COMMAND)

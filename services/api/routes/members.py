@@ -14,14 +14,14 @@ from services.domain.ids import fact_user_id
 from services.domain.values import Rejected
 
 from ..auth import Admin, Writer
-from ..models import DeliveryBody, LeadBody, MemberBody, problems
+from ..models import DeliveryBody, LeadBody, MemberBody, command_responses
 from ..params import Channel
 from ..respond import IdempotencyKey, Wait, command_answer, live_user, user_subject
 
 router = APIRouter(prefix="/v1/channels/{ch}", tags=["members and leads"])
 
 MemberId = Annotated[str, Path(min_length=1, max_length=256)]
-_COMMAND = problems(422)
+_COMMAND = command_responses()
 
 
 @router.put("/members/{memberId}", status_code=202, responses=_COMMAND)

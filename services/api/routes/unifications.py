@@ -11,7 +11,7 @@ from services.store import queries
 from services.store.queries import BadCursor
 
 from ..auth import Pool, Reader, Writer
-from ..models import Page, UnificationBody, problems
+from ..models import Page, UnificationBody, command_responses, problems
 from ..params import Channel, Cursor, Limit
 from ..problems import Problem
 from ..respond import IdempotencyKey, Wait, command_answer, user_subject
@@ -34,7 +34,7 @@ async def review_queue(
     return {"items": items, "next": nxt}
 
 
-@router.post("", status_code=202, responses=problems(422))
+@router.post("", status_code=202, responses=command_responses())
 async def approve(
     request: Request, ch: Channel, body: UnificationBody, who: Writer,
     idempotency_key: IdempotencyKey = None, wait: Wait = None,
@@ -46,7 +46,7 @@ async def approve(
     return await command_answer(request, who, ch, command, idempotency_key, wait, user_subject(ch, body.sourceUserId))
 
 
-@router.delete("/{sourceUserId}", status_code=202, responses=problems(422))
+@router.delete("/{sourceUserId}", status_code=202, responses=command_responses())
 async def cancel(
     request: Request, ch: Channel, sourceUserId: Annotated[str, Path(min_length=1, max_length=256)], who: Writer,
     idempotency_key: IdempotencyKey = None, wait: Wait = None,

@@ -15,7 +15,7 @@ from services.store import queries
 from services.store.queries import BadCursor, UserFilter
 
 from ..auth import Admin, Pool, Reader, Writer
-from ..models import MergedAway, Page, ProfilePatch, problems
+from ..models import MergedAway, Page, ProfilePatch, command_responses, problems
 from ..params import Channel, Cursor, Limit, Text, UserId
 from ..problems import Problem
 from ..respond import IdempotencyKey, Wait, command_answer, user_subject
@@ -97,7 +97,7 @@ async def list_merges(ch: Channel, userId: UserId, pool: Pool, _: Reader) -> dic
     return {"items": await queries.merges_into(pool, ch, userId)}
 
 
-_COMMAND = problems(422)
+_COMMAND = command_responses()
 
 
 @router.patch("/{userId}", status_code=202, responses=_COMMAND)
