@@ -32,6 +32,7 @@ def mount(app: FastAPI, backend: Backend | None = None, *, drafts: Path | None =
     data_dir = Path(getattr(settings, "data_dir", ".unifier"))
     app.state.console_drafts = drafts or data_dir / "console-uploads"
     app.state.console_sessions = _LazySessions(app)
+    app.state.console_mu = {}  # channel -> (monotonic time, MU count), see routes/customers.mu
     app.mount(f"{ROOT}/static", StaticFiles(directory=STATIC), name="console-static")
     for module in (auth, lookups, customers, unification, imports, grades, admin):
         app.include_router(module.router, prefix=ROOT, include_in_schema=False)

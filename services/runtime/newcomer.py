@@ -34,6 +34,7 @@ async def greet(settings: Settings, key_file: Path, address: str, channel: str) 
     lines = [
         "",
         f"HTTP API on http://{address}  (OpenAPI: http://{address}/docs)",
+        f"staff console on http://{address}/console/c/{channel}/customers  (sign in with the admin key below)",
         f"admin API key ({'new, ' if created else ''}kept in {key_file}, mode 0600):",
         f"  {stored}" if created else f"  $(cat {key_file})",
         "try:",

@@ -23,9 +23,9 @@ import pytest
 import pytest_asyncio
 from playwright.async_api import Browser, BrowserContext, Page, async_playwright, expect
 
-from services.platform.config import Settings
-from tests.support.api import LiveApi, live_api
-from tests.support.infra import wait_for
+from services.store import api_keys
+from tests.support.api import LiveApi, live_api, new_channel
+from tests.support.infra import Infra, drop_schema, isolated_settings, wait_for
 from tests.support.service import Publisher
 
 pytestmark = pytest.mark.browser
@@ -136,9 +136,24 @@ def now_ms() -> int:
     return int(time.time() * 1000) - 3_600_000
 
 
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def console_service(infra: Infra, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[LiveApi]:
+    """The whole service with its API and console, one per test module (as the API tests
+    share theirs): broker, PostgreSQL schema, uvicorn on a free port."""
+    settings = isolated_settings(infra, tmp_path_factory.mktemp("console"))
+    try:
+        async with live_api(settings) as live:
+            yield live
+    finally:
+        await drop_schema(infra.database_url, settings.db_schema)
+
+
 @pytest_asyncio.fixture
-async def console(settings: Settings, browser: Browser, request: pytest.FixtureRequest) -> AsyncIterator[Console]:
+async def console(console_service: LiveApi, browser: Browser, request: pytest.FixtureRequest) -> AsyncIterator[Console]:
+    """One live service per test module (as the API tests share theirs); each test has a
+    channel of its own and a fresh admin key named like a staff member."""
     test = re.sub(r"[^A-Za-z0-9_]+", "_", request.node.name)
-    async with live_api(settings) as api, Publisher(settings) as pub:
-        key = await api.key("admin", None, "staff-yamada")
-        yield Console(api, pub, browser, f"ch_{test[-20:]}", key, test)
+    await api_keys.revoke_key(console_service.pool, "staff-yamada")  # a live name is unique
+    key = await console_service.key("admin", None, "staff-yamada")
+    async with Publisher(console_service.settings) as pub:
+        yield Console(console_service, pub, browser, new_channel(), key, test)

@@ -7,6 +7,7 @@ from __future__ import annotations
 from playwright.async_api import expect
 
 from contracts.topics import Topics
+from services.store import api_keys
 from tests.browser.conftest import Console, now_ms, sign_in
 from tests.support.infra import wait_for
 from tests.support.service import read_topic
@@ -37,6 +38,7 @@ async def test_console_h1_secret_set_and_rotated_never_shown_mu_limit_and_field_
     await console.shot(page, "channel-settings")
 
     # A write key works with customers but not here.
+    await api_keys.revoke_key(console.pool, "staff-suzuki")
     writer = await console.api.key("write", None, "staff-suzuki")
     other = await (await console.context("ja")).new_page()
     await sign_in(other, console.url, writer, "ja")
@@ -46,6 +48,15 @@ async def test_console_h1_secret_set_and_rotated_never_shown_mu_limit_and_field_
     response = await other.goto(f"{console.url}/c/{console.channel}/settings")
     assert response is not None and response.status == 403
     await expect(other.get_by_role("alert")).to_contain_text("admin 権限のキーが必要です")
+
+    # A key bound to a channel sees that channel only.
+    await api_keys.revoke_key(console.pool, "staff-ch")
+    bound = await console.api.key("admin", "ch_elsewhere", "staff-ch")
+    third = await (await console.context("ja")).new_page()
+    await sign_in(third, console.url, bound, "ja")
+    response = await third.goto(f"{console.url}/c/{console.channel}/customers")
+    assert response is not None and response.status == 403
+    await expect(third.get_by_role("alert")).to_contain_text("チャネル ch_elsewhere 専用です")
 
 
 async def test_console_dead_letters_listed_by_code_with_reason_and_retried(console: Console) -> None:

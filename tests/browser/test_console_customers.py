@@ -69,6 +69,13 @@ async def test_console_customers_list_c1_b1_c5_search_filters_and_pages(console:
     await expect(rows).to_have_count(2)
     await expect(page.get_by_role("link", name="最初のページ")).to_be_visible()
 
+    # Seed 000: staff add a lead by hand with an e-mail or a phone; it is qualified (C4).
+    await page.get_by_text("リード顧客を追加").click()
+    await page.get_by_label("メール", exact=True).fill("new.lead@example.jp")
+    await page.get_by_role("button", name="リードを追加").click()
+    await expect(page.get_by_role("heading", name="new.lead@example.jp")).to_be_visible()
+    await expect(page.get_by_role("region", name="顧客プロフィール").get_by_role("row", name="profile.email")).to_contain_text("認証済み")
+
 
 async def test_console_customer_detail_provenance_timeline_block_unblock_delete(console: Console) -> None:
     await seed(console)

@@ -73,17 +73,21 @@ async def field_type(request: Request, ch: str) -> Response:
 
 
 @router.get("/deadletters")
-async def dead_letters(request: Request, code: str = "") -> Response:
+async def dead_letters(request: Request, code: str = "", ch: str = "") -> Response:
+    """Dead letters span channels (a bad record may name none); `ch` only keeps the
+    channel's navigation on screen."""
     require(request, "admin")
-    return await render_letters(request, code)
+    return await render_letters(request, code, ch=ch or None)
 
 
-async def render_letters(request: Request, code: str, flashes: list[tuple[str, str]] | None = None) -> Response:
+async def render_letters(
+    request: Request, code: str, flashes: list[tuple[str, str]] | None = None, ch: str | None = None,
+) -> Response:
     b = backend(request)
     every = await b.dead_letters(None, 500)
     codes = sorted({(x.get("error") or {}).get("code") or "?" for x in every})
     shown = [x for x in every if not code or (x.get("error") or {}).get("code") == code]
-    ctx = {"section": "deadletters", "letters": shown, "codes": codes, "code": code, "flashes": flashes or []}
+    ctx = {"section": "deadletters", "ch": ch, "letters": shown, "codes": codes, "code": code, "flashes": flashes or []}
     return page(request, "deadletters/list.html", ctx)
 
 
@@ -98,4 +102,4 @@ async def retry(request: Request) -> Response:
         where = (int(partition), int(offset))
     counts = await backend(request).retry_dead_letters(code, where)
     _ = translator(request.state.lang)
-    return await render_letters(request, form_str(form, "show"), [("ok", _("dl.retried", **counts))])
+    return await render_letters(request, form_str(form, "show"), [("ok", _("dl.retried", **counts))], form_str(form, "ch") or None)
