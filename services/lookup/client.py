@@ -15,6 +15,7 @@ from typing import Any
 import httpcore
 import httpx
 import orjson
+from prometheus_client import Counter, Histogram
 
 from contracts.inbound import MAX_VALUE
 from services.platform.config import Settings
@@ -25,6 +26,10 @@ from .guard import AddressPolicy, AddressRefused, GuardedBackend, parse_networks
 from .rate import RateLimit
 
 log = logging.getLogger("unifier.lookup")
+
+CALLS = Counter("unifier_lookup_calls_total", "External lookup calls by outcome (ok or the failure code)", ["outcome"])
+SECONDS = Histogram("unifier_lookup_seconds", "Duration of external lookup calls that reached the network",
+                    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30))
 
 BINDINGS = {"memberId": ("memberId",), "email": ("profile", "email"), "mobileNumber": ("profile", "mobileNumber"), "name": ("name",)}
 """Customer fields a parameter may be bound to, and where they are in the user's JSON."""
@@ -85,6 +90,16 @@ class Lookups:
 
     async def call(self, channel_id: str, name: str, definition: dict[str, Any], params: dict[str, str]) -> dict[str, Any]:
         """The company's answer (a JSON object) to `params`, or LookupFailed."""
+        try:
+            answer = await self._call(channel_id, name, definition, params)
+        except LookupFailed as failure:
+            CALLS.labels(failure.code).inc()
+            log.warning("lookup %r of channel %s failed: %s", name, channel_id, failure.code)
+            raise
+        CALLS.labels("ok").inc()
+        return answer
+
+    async def _call(self, channel_id: str, name: str, definition: dict[str, Any], params: dict[str, str]) -> dict[str, Any]:
         wait = self.rate.take(channel_id)
         if wait > 0:
             raise LookupFailed("rate_limited", f"too many lookups in channel {channel_id!r}; retry in {wait:.1f} s", 429, wait)
@@ -94,8 +109,9 @@ class Lookups:
             after = self.breaker.retry_after(breaker_key)
             raise LookupFailed("circuit_open", f"lookup {name!r} failed repeatedly; not called for {after:.0f} s", 503, after)
         try:
-            async with asyncio.timeout(self.timeout):  # the whole call, however slowly it drips
-                answer = await self._exchange(definition, params, key)
+            with SECONDS.time():
+                async with asyncio.timeout(self.timeout):  # the whole call, however slowly it drips
+                    answer = await self._exchange(definition, params, key)
         except TimeoutError:
             failure = LookupFailed("timeout", f"no complete answer within {self.timeout:g} s", 504)
         except LookupFailed as err:
@@ -105,7 +121,6 @@ class Lookups:
             return answer
         if failure.code != "forbidden_address":  # the remote's fault, not the configuration's
             self.breaker.failure(breaker_key)
-        log.warning("lookup %r of channel %s failed: %s", name, channel_id, failure.code)
         raise failure
 
     async def _exchange(self, definition: dict[str, Any], params: dict[str, str], key: bytes | None) -> dict[str, Any]:

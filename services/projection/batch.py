@@ -202,6 +202,7 @@ async def write_effects(conn: asyncpg.Connection, directory: Directory, revs: di
     await repo.erase_activities(conn, fx.erased)
     await repo.save_grade_changes(conn, fx.grades)
     await lookup_store.save_changes(conn, fx.lookups)
+    await lookup_store.erase(conn, fx.erased)
     await repo.save_applied(conn, fx.applied)
     await repo.save_rejected(conn, fx.rejected)
     await repo.save_outbox(conn, fx.messages)

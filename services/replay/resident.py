@@ -88,4 +88,5 @@ class Resident:
             await bulk.copy_applied(conn, fx.applied)
             await repo.save_grade_changes(conn, fx.grades)
             await lookup_store.save_changes(conn, fx.lookups)
+            await lookup_store.erase(conn, fx.erased)
             await repo.save_rejected(conn, fx.rejected)

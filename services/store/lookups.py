@@ -34,6 +34,12 @@ async def save_changes(conn: asyncpg.Connection, changes: Sequence[LookupChange]
             )
 
 
+async def erase(conn: asyncpg.Connection, user_ids: Sequence[str]) -> None:
+    """B2: what lookups brought back about a deleted user is personal data: it goes too."""
+    if user_ids:
+        await conn.execute("DELETE FROM lookup_results WHERE user_id = ANY($1::text[])", list(user_ids))
+
+
 async def enqueue_chats(conn: asyncpg.Connection, activities: Sequence[Activity]) -> None:
     """Queue an automatic lookup for every chat from a medium a definition links (the
     live projection, in its transaction: the queue commits with the chat or not at all)."""
@@ -65,11 +71,13 @@ async def definition(conn: asyncpg.Connection | asyncpg.Pool, channel_id: str, n
 
 
 async def results_of(conn: asyncpg.Connection | asyncpg.Pool, channel_id: str, user_id: str, *, limit: int = 20) -> list[dict[str, Any]]:
-    """The answers recorded on a user, newest first."""
+    """The answers recorded on a user and on the users merged into it (U4), newest first."""
     async with borrow(conn) as c:
         rows = await c.fetch(
             """SELECT event_id, occurred_at, record FROM lookup_results
-               WHERE user_id = $1 AND channel_id = $2 ORDER BY occurred_at DESC, event_id DESC LIMIT $3""",
+               WHERE channel_id = $2 AND (user_id = $1 OR user_id IN
+                     (SELECT source_id FROM merges WHERE channel_id = $2 AND target_id = $1))
+               ORDER BY occurred_at DESC, event_id DESC LIMIT $3""",
             user_id, channel_id, limit,
         )
     return [{"eventId": r["event_id"], "occurredAt": r["occurred_at"], **_json(r["record"])} for r in rows]

@@ -264,6 +264,10 @@ async def test_automatic_lookup_of_a_vouched_definition_fills_qualified_and_fail
         assert user["profile"]["rank"] == "gold"
         assert await provenance(api, user_id, "profile.rank") == ["gold", True, True]  # qualified member data
 
+        r = await http.delete(f"/v1/channels/{ch}/users/{user_id}", params={"wait": 10})  # B2: the answers go too
+        assert r.status_code == 200, r.text
+        assert await api.pool.fetchval("SELECT count(*) FROM lookup_results WHERE user_id = $1", user_id) == 0
+
 
 async def test_lookup_to_loopback_is_refused_unless_the_operator_allows_it(company: Company) -> None:
     """Issue 15 item 4: with no UNIFIER_LOOKUP_ALLOW_NETWORKS the loopback company server
