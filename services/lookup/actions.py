@@ -49,7 +49,9 @@ async def define_command(
     shown: str | None = None
     if body.get("encrypted"):
         if kek is None:
-            raise LookupRefused(503, "key_unavailable", "encrypted lookups need UNIFIER_LOOKUP_KEK configured on the service")
+            # The request cannot be served by this service as configured: refused like an
+            # unusable definition, not as an outage (nothing is wrong with the service).
+            raise LookupRefused(422, "key_unavailable", "encrypted lookups need UNIFIER_LOOKUP_KEK configured on the service")
         old = await store.definition(pool, channel_id, name)
         if old is not None and old.get("encrypted") and old.get("wrappedKey") and not rotate_key:
             command["wrappedKey"] = old["wrappedKey"]

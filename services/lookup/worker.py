@@ -114,12 +114,25 @@ class LookupWorker:
 async def run_worker(settings: Any, pool: asyncpg.Pool, bootstrap: str, commands_topic: str, stop: asyncio.Event) -> None:
     """The worker of `unifier run`: its own producer and HTTP client, until `stop`."""
     from aiokafka import AIOKafkaProducer
+    from aiokafka.errors import KafkaError
 
     from services.platform.kafka import client_options
 
     producer = AIOKafkaProducer(**client_options(bootstrap), acks="all", enable_idempotence=settings.kafka_idempotence)
     lookups = Lookups(settings)
-    await producer.start()
+    delay = 0.5
+    while True:  # a broker away at start delays automatic lookups; it never stops the service
+        try:
+            await producer.start()
+            break
+        except KafkaError as err:
+            log.warning("lookup worker: broker unavailable (%s); retrying in %.1f s", type(err).__name__, delay)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
+            if stop.is_set():
+                await lookups.aclose()
+                return
+            delay = min(delay * 2, 10.0)
     try:
         async def publish(value: bytes, key: bytes) -> None:
             await producer.send_and_wait(commands_topic, value, key=key)

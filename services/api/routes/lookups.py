@@ -25,7 +25,7 @@ from services.lookup.actions import LookupRefused, define_command, look_up, look
 from services.store import lookups as store
 
 from ..auth import Admin, Pool, Reader
-from ..models import problems
+from ..models import command_responses, problems
 from ..params import Channel, UserId
 from ..problems import Problem
 from ..respond import IdempotencyKey, Wait, command_answer
@@ -62,14 +62,14 @@ def _refused(err: LookupRefused) -> Problem:
     return Problem(err.status, err.detail, errors=err.errors, headers=headers, extra={"code": err.code})
 
 
-@router.get("/lookups", responses=problems())
+@router.get("/lookups", responses=problems(422))
 async def list_lookups(ch: Channel, pool: Pool, _: Reader) -> dict[str, Any]:
     """The channel's lookup definitions (keys never shown)."""
     found = await store.definitions(pool, ch)
     return {"items": [{"name": name, **public(d)} for name, d in found.items()]}
 
 
-@router.get("/lookups/{name}", responses=problems(404))
+@router.get("/lookups/{name}", responses=problems(404, 422))
 async def get_lookup(ch: Channel, name: LookupName, pool: Pool, _: Reader) -> dict[str, Any]:
     found = await store.definition(pool, ch, name)
     if found is None:
@@ -77,7 +77,7 @@ async def get_lookup(ch: Channel, name: LookupName, pool: Pool, _: Reader) -> di
     return {"name": name, **public(found)}
 
 
-@router.put("/lookups/{name}", status_code=202, responses=problems(422))
+@router.put("/lookups/{name}", status_code=202, responses=command_responses())
 async def define_lookup(
     request: Request, ch: Channel, name: LookupName, body: LookupBody, pool: Pool, who: Admin,
     rotateKey: Annotated[bool, Query(description="Encrypted: generate a new key even if it has one.")] = False,
@@ -101,7 +101,7 @@ async def define_lookup(
     return JSONResponse(content, status_code=answer.status_code, headers={**headers, "Cache-Control": "no-store"})
 
 
-@router.delete("/lookups/{name}", status_code=202, responses=problems(404, 422))
+@router.delete("/lookups/{name}", status_code=202, responses={**problems(404), **command_responses()})
 async def remove_lookup(
     request: Request, ch: Channel, name: LookupName, pool: Pool, who: Admin,
     idempotency_key: IdempotencyKey = None, wait: Wait = None,
@@ -128,7 +128,7 @@ async def run_lookup(
         raise _refused(err) from None
 
 
-@router.get("/users/{userId}/lookups", responses=problems())
+@router.get("/users/{userId}/lookups", responses=problems(422))
 async def lookup_results(ch: Channel, userId: UserId, pool: Pool, _: Reader) -> dict[str, Any]:
     """What automatic lookups brought back for this user, newest first (the last 20)."""
     return {"items": await store.results_of(pool, ch, userId)}

@@ -25,7 +25,7 @@ router = APIRouter(route_class=ConsoleRoute)
 EN.update({
     "lookup.title": "Customer lookup",
     "lookup.open": "Open the customer lookup",
-    "lookup.none": "No lookup is defined for this channel (an admin defines them: PUT /v1/channels/{ch}/lookups/{name}).",
+    "lookup.none": "No lookup is defined for this channel (an admin defines them with the HTTP API).",
     "lookup.run": "Look up",
     "lookup.required": "required",
     "lookup.bound": "from the customer's {field}",
