@@ -252,6 +252,13 @@ class TrackEvent(_Envelope):
 # ------------------------------------------------------------------------------ commands
 
 
+# P1: the flags staff and the API may edit besides `profile`; absent or null keeps the
+# user's value.
+UnsubscribeEmail = Annotated[bool | None, Field(description="Opted out of marketing e-mail (P1).")]
+UnsubscribeTexting = Annotated[bool | None, Field(description="Opted out of marketing SMS (P1).")]
+HasPushToken = Annotated[bool | None, Field(description="The app can send it push notifications (P1).")]
+
+
 class UpdateProfile(_Command):
     """Staff or API edit of a user (qualified, C4)."""
 
@@ -260,6 +267,9 @@ class UpdateProfile(_Command):
     profile: Profile
     name: Text | None = None
     tags: list[Id] | None = None
+    unsubscribeEmail: UnsubscribeEmail = None
+    unsubscribeTexting: UnsubscribeTexting = None
+    hasPushToken: HasPushToken = None
 
 
 class UpsertMember(_Command):
@@ -269,6 +279,9 @@ class UpsertMember(_Command):
     memberId: Id
     profile: Profile
     name: Text | None = None
+    unsubscribeEmail: UnsubscribeEmail = None
+    unsubscribeTexting: UnsubscribeTexting = None
+    hasPushToken: HasPushToken = None
 
 
 class CreateLead(_Command):
@@ -327,7 +340,7 @@ class CancelUnification(_Command):
     """Staff cancel a pending unification (U6); rejected `not_pending` when there is none."""
 
     type: Literal["unification.cancel"]
-    sourceUserId: str
+    sourceUserId: Id
 
 
 # A grade name (D2): unique per channel, at most 64 characters, not blank, no surrounding
@@ -371,7 +384,7 @@ class AssignGrade(_Command):
     type: Literal["grade.assign"]
     name: GradeName
     kind: GradeHolderKind
-    value: str = Field(description="Compared as identity keys are (U9): e-mail lower-cased, mobile in E.164.")
+    value: Contact = Field(description="Compared as identity keys are (U9): e-mail lower-cased, mobile in E.164.")
 
 
 class UnassignGrade(_Command):
@@ -380,7 +393,7 @@ class UnassignGrade(_Command):
     type: Literal["grade.unassign"]
     name: GradeName
     kind: GradeHolderKind
-    value: str
+    value: Contact
 
 
 # ------------------------------------------------------------------ external lookups

@@ -212,7 +212,7 @@ class ApiBackend:
 
         settings = self.app.state.settings
         return await retry(
-            settings.kafka_bootstrap, Topics(settings.topic_prefix), code, where=where,
+            self.pool, settings.kafka_bootstrap, Topics(settings.topic_prefix), code, where=where,
             idempotence=settings.kafka_idempotence,
         )
 

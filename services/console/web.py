@@ -3,6 +3,7 @@ CSRF on every state-changing request, scope and channel checks (issue 13)."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -18,6 +19,7 @@ from .render import ROOT, page
 from .session import CSRF_FIELD, CSRF_HEADER, Session, Sessions, csrf_ok
 
 SAFE = frozenset({"GET", "HEAD", "OPTIONS"})
+log = logging.getLogger("unifier.console")
 
 
 class Refused(Exception):
@@ -78,6 +80,10 @@ class ConsoleRoute(APIRoute):
                     response.headers["HX-Redirect"] = response.headers["location"]
             except Refused as err:
                 response = page(request, "error.html", {"message": err.message}, err.status)
+            except Exception:  # never a stack trace on a page: logged, and said plainly
+                log.exception("console %s %s failed", request.method, request.url.path)
+                _ = translator(request.state.lang)
+                response = page(request, "error.html", {"message": _("error.unexpected")}, 500)
             session = request.state.session  # a handler may have replaced it (sign-in, language)
             if session is not found:
                 store.write(request, response, session)

@@ -5,8 +5,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from .values import Rejected
+
+if TYPE_CHECKING:
+    from .mu import MuBudget
 
 
 @dataclass(frozen=True, slots=True)
@@ -15,6 +19,9 @@ class ChannelSettings:
     member_hash_secret: str | None = None  # H1: when set, logins must carry memberHash
     mu_limit: int | None = None  # I17
     field_types: dict[str, str] = field(default_factory=dict)  # "profile.x" -> P2 type
+    # I17: the channel's visible MU as the batch goes, attached by the projection to a
+    # channel with a limit (mu.py); None: nothing is masked.
+    mu_budget: MuBudget | None = field(default=None, compare=False)
 
 
 def member_hash(secret: str, member_id: str) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from .core import Work, handles
 from .hygiene import clean_member_id
 from .ids import fact_user_id, member_user_id
-from .profile import profile_values, promote, set_values
+from .profile import profile_values, promote, set_flags, set_values
 from .saga import approve, cancel_pending, refresh_candidates
 from .user import EMAIL, MOBILE, User, Value
 from .values import Rejected, parse_tags
@@ -46,6 +46,7 @@ def on_profile_update(w: Work) -> None:
     if msg.tags is not None:
         user.tags = _tags(msg.tags)
     set_values(user, values)
+    set_flags(user, msg)
     promote(user)
     user.last_contact_at = max(user.last_contact_at or w.at, w.at)
     refresh_candidates(w, user)
@@ -75,9 +76,10 @@ def on_member_upsert(w: Work) -> None:
     else:
         uid = member_user_id(w.channel_id, member_id)
         if w.directory.get(uid) is not None:
-            uid = member_user_id(w.channel_id, f"{member_id}\x1f{w.at}")
+            uid = member_user_id(w.channel_id, member_id, w.at)
         user = User(id=uid, channel_id=w.channel_id, type="member", member_id=member_id, created_at=w.at, updated_at=w.at)
     set_values(user, values)
+    set_flags(user, msg)
     user.last_contact_at = max(user.last_contact_at or w.at, w.at)
     w.put(user)
     _offer_to_waiting_leads(w, user)

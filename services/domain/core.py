@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from . import mu
 from .channel import ChannelSettings
 from .directory import Directory
 from .limits import check_user_size
@@ -140,10 +141,14 @@ def apply(directory: Directory, fact: Fact, settings: ChannelSettings, *, messag
     if handler is None:
         work.outcome.rejection = Rejected("unknown_type", f"no handler for type {fact.msg.type!r}")
         return work.outcome
+    budget = settings.mu_budget
+    counted = budget.visible if budget is not None else 0
     try:
         handler(work)
         for user_id, before in work.before.items():
             check_user_size(before, directory.get(user_id))
+        if budget is not None:
+            mu.account(work, budget)  # I17, whatever the fact
         for user_id, before in work.before.items():
             after = directory.get(user_id)
             assert after is not None
@@ -153,6 +158,8 @@ def apply(directory: Directory, fact: Fact, settings: ChannelSettings, *, messag
             work.outcome.publications.extend(pubs)
     except Rejected as rejected:
         work.rollback()
+        if budget is not None:
+            budget.visible = counted
         return Outcome(rejection=rejected)
     except Exception as err:
         # A bug met by this fact (an assertion, a rule's exception escaping): the fact
@@ -160,6 +167,8 @@ def apply(directory: Directory, fact: Fact, settings: ChannelSettings, *, messag
         # stays; the same happens in a rebuild. The letter names the exception's type,
         # never a stack trace; the projection logs the trace (`__cause__`).
         work.rollback()
+        if budget is not None:
+            budget.visible = counted
         internal = Rejected("internal_error", f"{type(err).__name__}: {str(err)[:200]}")
         internal.__cause__ = err
         return Outcome(rejection=internal)

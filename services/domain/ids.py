@@ -11,15 +11,41 @@ import hashlib
 import uuid
 
 _NAMESPACE = uuid.UUID("5b0c6f5e-3d0a-4a8e-9a51-6e1f0c2d7a11")
-_SEP = "\x1f"
-
-
 _NS = _NAMESPACE.bytes
+_SEP = "\x1f"
+# Ids version 2 (contract 1.1.0): a name must be an unambiguous encoding of its parts.
+# Version 1 joined the parts with U+001F, which a part (a veilId, a memberId, an eventId)
+# may itself contain, so two different inputs could derive one id. Joining stays
+# unambiguous for parts without U+001F (the separators are exactly the part boundaries),
+# so those keep their version-1 names and every id ever issued for them stays the same;
+# a part holding U+001F makes the name length-prefixed, hashed in a namespace of its own,
+# so it can meet no joined name. Upgrading: docs/operations.md, "Ids version 2".
+_NS_ENCODED = uuid.UUID("9d3a1c52-7e40-4f6b-8c1e-2b5f0a7d3e64").bytes
+IDS_VERSION = 2
+
+
+def encode_parts(*parts: str) -> bytes:
+    """Each part as its UTF-8 length, `:`, its bytes (a netstring without the trailing
+    comma): no part can end early or run into the next, whatever characters it holds."""
+    out = bytearray()
+    for part in parts:
+        raw = part.encode()
+        out += b"%d:" % len(raw)
+        out += raw
+    return bytes(out)
+
+
+def _name(*parts: str) -> bytes:
+    """The namespaced name of `parts`, unambiguous (see IDS_VERSION)."""
+    for part in parts:
+        if _SEP in part:
+            return _NS_ENCODED + encode_parts(*parts)
+    return _NS + _SEP.join(parts).encode()
 
 
 def _name_uuid(*parts: str) -> str:
-    """`uuid.uuid5(_NAMESPACE, name).hex` without the UUID objects (~1 µs against ~5 µs)."""
-    h = bytearray(hashlib.sha1(_NS + _SEP.join(parts).encode()).digest()[:16])
+    """`uuid.uuid5(namespace, name).hex` without the UUID objects (~1 µs against ~5 µs)."""
+    h = bytearray(hashlib.sha1(_name(*parts)).digest()[:16])
     h[6] = (h[6] & 0x0F) | 0x50  # version 5
     h[8] = (h[8] & 0x3F) | 0x80  # RFC 4122 variant
     return h.hex()
@@ -32,10 +58,12 @@ def veil_user_id(channel_id: str, veil_id: str, since: int | None = None) -> str
     return "u_" + _name_uuid(*parts)
 
 
-def member_user_id(channel_id: str, member_id: str) -> str:
+def member_user_id(channel_id: str, member_id: str, since: int | None = None) -> str:
     """A user created as a member (login on an unknown veil, member.upsert, member
-    import): keyed by memberId so every path that creates that member agrees."""
-    return "u_" + _name_uuid(channel_id, "member", member_id)
+    import): keyed by memberId so every path that creates that member agrees; `since`
+    tells a later person with a memberId deleted once (B3) apart."""
+    parts = (channel_id, "member", member_id) if since is None else (channel_id, "member", member_id, str(since))
+    return "u_" + _name_uuid(*parts)
 
 
 def fact_user_id(channel_id: str, event_id: str) -> str:

@@ -8,8 +8,8 @@ names no known import, or an import definition that breaks the mapping rules (wh
 importer checks before publishing), is rejected like any malformed fact.
 
 The per-batch state an import needs beyond users — its definition, its running counts
-and failed rows, the channel's MU budget (I17) — is an `ImportBook` that the projection
-loads with the batch and writes back in the same transaction. Handlers reach it through
+and failed rows — is an `ImportBook` that the projection loads with the batch and
+writes back in the same transaction. Handlers reach it through
 the channel settings (`ImportChannel`), so the core's signature stays the one of every
 other fact.
 """
@@ -23,11 +23,10 @@ from typing import Any
 
 from .channel import ChannelSettings
 from .core import Work, handles
-from .directory import Directory
 from .hygiene import clean_email, clean_member_id, clean_mobile
 from .ids import fact_user_id, member_user_id
 from .priority import WRITE_ONCE, update_wins
-from .profile import promote
+from .profile import BUILTIN_TYPES, FLAG_ATTRS, promote
 from .saga import BLAST_RADIUS, approve, member_candidates, refresh_candidates
 from .unification import IMPORT_TAG_LIMIT
 from .user import EMAIL, MOBILE, User, Value
@@ -53,14 +52,6 @@ SYSTEM_KEYS = frozenset(
 )
 SYSTEM_PREFIXES = ("web.", "mobile.")
 
-BUILTIN_TYPES: dict[str, str] = {
-    "profile.name": "string",
-    "profile.description": "string",
-    "profile.lastCheckoutCompletedAt": "date",
-    "profile.referrer": "string",
-    **{f"profile.utm{part}": "string" for part in ("Source", "Medium", "Campaign", "Content", "Term")},
-}
-"""P2's built-in profile keys and their types (the contacts are parsed as contacts)."""
 
 CONTACTS = {EMAIL: "email", MOBILE: "mobile"}
 LEAD_KEYS = {"email": EMAIL, "mobileNumber": MOBILE}
@@ -236,6 +227,11 @@ class Tally:
         self.failed += 1
         self.failures.append(row)
 
+    def note(self, row: FailedRow) -> None:
+        """A row that was applied but not in full (G2: its unifications were withheld):
+        listed in the failures file with the reason, counted as created or updated."""
+        self.failures.append(row)
+
 
 @dataclass(frozen=True, slots=True)
 class Started:
@@ -257,43 +253,11 @@ class Finished:
     at: int
 
 
-def mu_visible(user: User) -> bool:
-    """C5/I17: a lead or member that counts against the MU limit (blocked users do not;
-    masked ones are already beyond it)."""
-    return user.type != "anonymous" and user.alive and not user.blocked and not user.masked
-
-
-@dataclass(slots=True)
-class MuBudget:
-    """I17: the channel's MU limit and how many visible MU it had before this batch.
-
-    The count at any row is exact in the order facts are applied — the stored count plus
-    what the batch's earlier facts changed — so a rebuild masks the same users whatever
-    the batch boundaries were."""
-
-    limit: int
-    stored: int
-    loaded_visible: frozenset[str]  # loaded users that were visible MU
-
-    def has_room(self, directory: Directory, channel_id: str) -> bool:
-        changed = directory.changed
-        if self.stored + len(changed) < self.limit:  # even if every change added one
-            return True
-        if self.stored - len(changed) >= self.limit:  # even if every change removed one
-            return False
-        now = self.stored
-        for user in changed.values():
-            if user.channel_id == channel_id:
-                now += mu_visible(user) - (user.id in self.loaded_visible)
-        return now < self.limit
-
-
 @dataclass(slots=True)
 class ImportBook:
     """The import state of one batch: known definitions in, counts and records out."""
 
     definitions: dict[tuple[str, str], ImportDef] = field(default_factory=dict)
-    budgets: dict[str, MuBudget] = field(default_factory=dict)
     events: list[Started | Finished] = field(default_factory=list)  # in apply order
     tallies: dict[tuple[str, str], Tally] = field(default_factory=dict)
 
@@ -366,7 +330,7 @@ def on_import_row(w: Work) -> None:
     definition = book.definition(w.channel_id, msg.importId)
     tally = book.tally(w.channel_id, msg.importId)
     try:
-        created = apply_row(w, definition, book.budgets.get(w.channel_id), msg.cells, msg.rowError)
+        created, withheld = apply_row(w, definition, msg.cells, msg.rowError)
     except Rejected as err:
         # Undo whatever the row had changed: a failed row changes nothing (I15).
         w.rollback()
@@ -374,6 +338,8 @@ def on_import_row(w: Work) -> None:
         columns = err.columns if isinstance(err, RowFailed) else ()
         tally.fail(FailedRow(msg.rowNumber, columns, err.reason, dict(msg.cells)))
         return
+    if withheld is not None:
+        tally.note(FailedRow(msg.rowNumber, withheld.columns, withheld.reason, dict(msg.cells)))
     if created:
         tally.created += 1
     else:
@@ -418,9 +384,10 @@ def parse_cells(definition: ImportDef, cells: dict[str, str]) -> dict[str, Any]:
 
 
 def apply_row(
-    w: Work, definition: ImportDef, budget: MuBudget | None, cells: dict[str, str], row_error: str | None,
-) -> bool:
-    """Create or update the row's user (I2, I3); True when it was created."""
+    w: Work, definition: ImportDef, cells: dict[str, str], row_error: str | None,
+) -> tuple[bool, RowFailed | None]:
+    """Create or update the row's user (I2, I3): whether it was created, and why its
+    unifications were withheld (G2), if they were."""
     if row_error:
         raise RowFailed((), row_error)
     values = parse_cells(definition, cells)
@@ -433,7 +400,7 @@ def apply_row(
                 f"{' and '.join(missing)} must be given (true or false) when a row creates a new"
                 f" {definition.mode}",
             )
-        user = _new_user(w, definition, values[definition.key], budget)
+        user = _new_user(w, definition, values[definition.key])
     else:
         user = found.copy()
         user.updated_at = max(user.updated_at, w.at)  # I11: updated users only get updatedAt
@@ -442,25 +409,30 @@ def apply_row(
         user.import_tags = [*(t for t in user.import_tags if t != definition.tag), definition.tag][-IMPORT_TAG_LIMIT:]
     user.last_contact_at = max(user.last_contact_at or w.at, w.at)
     promote(user)
+    withheld = None
     if definition.mode == "member":
         sources = _leads_sharing_contacts(w, user)
-        if len(sources) > BLAST_RADIUS:  # G2: merge none; the row fails and says why
-            keys = [k for k in CONTACTS if user.value(k) is not None]
-            raise RowFailed(
-                keys,
-                f"{len(sources)} leads share this member's contact, more than {BLAST_RADIUS}:"
-                " none was unified automatically; check the contact or unify them by hand",
-            )
         w.put(user)
-        for source in sources:
-            _unify(w, source, user.id)
+        if len(sources) > BLAST_RADIUS:
+            # G2: the member is applied, none is merged; the leads list it as their
+            # candidate (computed when read) for staff, and the failures file says why.
+            withheld = RowFailed(
+                [k for k in CONTACTS if user.value(k) is not None],
+                f"applied, but {len(sources)} leads share this member's contact, more than {BLAST_RADIUS}:"
+                " none was unified automatically; they list it as a candidate for staff to check and approve",
+            )
+            for source in sources:
+                _offer(w, source)
+        else:
+            for source in sources:
+                _unify(w, source, user.id)
     else:
         refresh_candidates(w, user)
         w.put(user)
         current = member_candidates(w.directory, user)
         if user.type != "member" and current:
             _unify(w, user, current[0])  # U7: the most recently updated member
-    return found is None
+    return found is None, withheld
 
 
 def _target(w: Work, definition: ImportDef, key_value: str) -> User | None:
@@ -479,18 +451,18 @@ def _seen(user: User) -> int:
     return user.last_seen_at if user.last_seen_at is not None else user.created_at
 
 
-def _new_user(w: Work, definition: ImportDef, key_value: str, budget: MuBudget | None) -> User:
-    """I11: created and last seen at import time. I17: masked beyond the MU limit."""
+def _new_user(w: Work, definition: ImportDef, key_value: str) -> User:
+    """I11: created and last seen at import time. (Masked beyond the MU limit by the core
+    after the row, as every new user is: mu.py, I17.)"""
     if definition.mode == "member":
         uid = imported_member_user_id(w.channel_id, key_value)
         if w.directory.get(uid) is not None:  # that memberId was deleted once: a new person
-            uid = member_user_id(w.channel_id, f"{key_value}\x1f{w.at}")
+            uid = member_user_id(w.channel_id, key_value, w.at)
         user = User(id=uid, channel_id=w.channel_id, type="member", member_id=key_value, created_at=w.at, updated_at=w.at)
     else:
         uid = fact_user_id(w.channel_id, w.fact.event_id)
         user = User(id=uid, channel_id=w.channel_id, type="lead", created_at=w.at, updated_at=w.at)
     user.last_seen_at = w.at
-    user.masked = budget is not None and not budget.has_room(w.directory, w.channel_id)
     return user
 
 
@@ -502,7 +474,7 @@ def _set(user: User, values: dict[str, Any], at: int) -> None:
         if key == MEMBER_ID:
             continue  # the row's identity: already the user's memberId
         if key in FLAGS:
-            setattr(user, _FLAG_ATTRS[key], False if value is _CLEAR else value)
+            setattr(user, FLAG_ATTRS[key], False if value is _CLEAR else value)
         elif key == "tags":
             user.tags = [] if value is _CLEAR else sorted({*user.tags, *value})
         elif value is _CLEAR:
@@ -514,7 +486,6 @@ def _set(user: User, values: dict[str, Any], at: int) -> None:
             _replace(user, key, Value(value, True, member, at))
 
 
-_FLAG_ATTRS = {"unsubscribeEmail": "unsubscribe_email", "unsubscribeTexting": "unsubscribe_texting", "hasPushToken": "has_push_token"}
 
 
 def _replace(user: User, key: str, new: Value) -> None:
@@ -557,7 +528,14 @@ def _unify(w: Work, source: User, target_id: str) -> None:
     if target is None or current.blocked or target.blocked or not current.alive:
         return
     if current.booted:
-        listed = current.copy()
-        refresh_candidates(w, listed)
-        w.put(listed)
+        _offer(w, current)
     approve(w, source.id, target_id)
+
+
+def _offer(w: Work, source: User) -> None:
+    """Note the members a source is now offered (U5), so a stale approval is refused."""
+    current = w.directory.get(source.id) or source
+    listed = current.copy()
+    refresh_candidates(w, listed)
+    if listed.offered != current.offered:
+        w.put(listed)

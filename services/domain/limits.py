@@ -29,7 +29,7 @@ def user_chars(user: User) -> int:
     n = 1024  # the fixed fields (ids, flags, times, counts)
     for key, value in user.fields.items():
         n += len(key) + _chars(value.v) + 3 * _SCALAR
-    for many in (user.tags, user.import_tags, user.delivered, user.merged_user_ids):
+    for many in (user.tags, user.import_tags, user.delivered, user.merged_user_ids, user.offered, user.mobile_veils):
         for item in many:
             n += len(item) + _ITEM
     for veil in user.veils:

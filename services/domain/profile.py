@@ -19,12 +19,23 @@ SYSTEM_KEYS = frozenset(
 )
 
 
+BUILTIN_TYPES: dict[str, str] = {
+    "profile.name": "string",
+    "profile.description": "string",
+    "profile.lastCheckoutCompletedAt": "date",
+    "profile.referrer": "string",
+    **{f"profile.utm{part}": "string" for part in ("Source", "Medium", "Campaign", "Content", "Term")},
+}
+"""P2's built-in profile keys and their types (the contacts are parsed as contacts)."""
+
+
 def profile_values(
     raw: Mapping[str, Any] | None, settings: ChannelSettings, *, qualified: bool, member: bool, at: int
 ) -> dict[str, Value]:
     """Validate a fact's `profile` {key: value} into provenance-carrying values keyed
-    "profile.<key>". Contacts are cleaned (G1, U9); declared keys are coerced to their
-    type (P2). Any bad value rejects the whole fact, so nothing is half-applied."""
+    "profile.<key>". Contacts are cleaned (G1, U9); built-in and declared keys are
+    coerced to their type (P2) on every path — SDK, staff, API — as an import's cells are.
+    Any bad value rejects the whole fact, so nothing is half-applied."""
     out: dict[str, Value] = {}
     for key, value in (raw or {}).items():
         full = PREFIX + key
@@ -33,7 +44,7 @@ def profile_values(
                 value = clean_email(value) if isinstance(value, str) else _bad(key, "must be a string")
             elif full == MOBILE:
                 value = clean_mobile(value) if isinstance(value, str) else _bad(key, "must be a string")
-            elif (declared := settings.field_types.get(full)) is not None:
+            elif (declared := BUILTIN_TYPES.get(full) or settings.field_types.get(full)) is not None:
                 try:
                     value = coerce_sdk_value(declared, value)
                 except Rejected as err:
@@ -51,6 +62,18 @@ def set_values(user: User, values: Mapping[str, Value]) -> None:
     for key, new in values.items():
         if update_wins(key, new, user.fields.get(key)):
             user.fields[key] = new
+
+
+FLAG_ATTRS = {"unsubscribeEmail": "unsubscribe_email", "unsubscribeTexting": "unsubscribe_texting", "hasPushToken": "has_push_token"}
+"""P1: the editable flags outside `profile`, by their key and User attribute."""
+
+
+def set_flags(user: User, msg: Any) -> None:
+    """P1: a staff or API command sets the flags it names; absent (null) keeps the value."""
+    for key, attr in FLAG_ATTRS.items():
+        value = getattr(msg, key)
+        if value is not None:
+            setattr(user, attr, value)
 
 
 def has_contact(user: User) -> bool:

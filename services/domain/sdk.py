@@ -18,6 +18,7 @@ from .sessions import (
 )
 from .unification import merge
 from .user import EMAIL, MOBILE, User, Value
+from .values import Rejected
 
 EXTERNAL_MEDIA = frozenset({"line", "instagram"})
 QUALIFIED_MEDIA = frozenset({"phone", "email"})  # C4: caller id / sender address
@@ -72,8 +73,9 @@ def _visitor(w: Work, veil: str, member_id: str | None) -> User:
             became = cur.copy()  # U2: no member has this memberId: the same user becomes it
             became.type, became.member_id = "member", member_id
             # U6: a source that becomes a member itself is no source any more (U1: never
-            # member into member): its pending unification goes.
+            # member into member): its pending unification and offered candidates go.
             became.pending_into = became.pending_since = None
+            became.offered = []
             return became
         if cur is not None:  # another member's browser: the veil changes hands (never member→member, U1)
             _release_veil(w, cur, veil)
@@ -103,7 +105,7 @@ def new_anonymous(w: Work, veil: str) -> User:
 def _new_member(w: Work, member_id: str) -> User:
     uid = member_user_id(w.channel_id, member_id)
     if w.directory.get(uid) is not None:  # that memberId was deleted once (B3): a new person
-        uid = member_user_id(w.channel_id, f"{member_id}\x1f{w.at}")
+        uid = member_user_id(w.channel_id, member_id, w.at)
     return User(id=uid, channel_id=w.channel_id, type="member", member_id=member_id, created_at=w.at, updated_at=w.at)
 
 
@@ -130,7 +132,11 @@ def on_chat(w: Work) -> None:
             contacts[MOBILE] = clean_mobile(msg.contact.mobileNumber)
 
     found = w.directory.by_veil(w.channel_id, veil)
-    matched = found is None and qualified and (found := _help_desk_match(w, contacts)) is not None  # D1
+    matched = found is None and (found := _help_desk_match(w, msg.medium, contacts)) is not None  # D1
+    if matched and not qualified:
+        # A web form matched by e-mail: the customer already holds that address as
+        # qualified; what the visitor typed stays typing and is not added to it (C4).
+        contacts = {}
     user = found.copy() if found is not None else new_anonymous(w, veil)
     if not matched:
         # D1b: a help-desk match attaches the inquiry, never the sender's veil: a contact
@@ -150,15 +156,29 @@ def on_chat(w: Work) -> None:
     w.outcome.activities.append(Activity(w.channel_id, user.id, "chat", w.fact.event_id, w.at, body))
 
 
-def _help_desk_match(w: Work, contacts: dict[str, str]) -> User | None:
-    """D1: phone inquiries attach to the customer with that number, e-mail ones to the
-    customer with that address; members first, then the latest seen."""
-    users = [
-        u
-        for key, value in contacts.items()
-        for u in w.directory.by_contact(w.channel_id, "email" if key == EMAIL else "mobile", value)
-    ]
+def _help_desk_match(w: Work, medium: str, contacts: dict[str, str]) -> User | None:
+    """D1: an inquiry from an unknown veil attaches to the customer holding its contact
+    as *qualified* data — a phone call by the caller's number, anything else (e-mail,
+    web or app form) by the e-mail address — members first, then the latest seen.
+    A contact the visitor merely typed somewhere never draws another person's inquiry
+    (U9), and a blocked customer is not matched (B1): a call or mail from a contact only
+    blocked customers hold is refused, as the guide's blocked caller gets no connection
+    (seed 000: 不在着信となり電話接続がされません); a web form naming one is the
+    visitor's own inquiry. External messengers carry no contact (U10)."""
+    if medium in EXTERNAL_MEDIA:
+        return None
+    key = MOBILE if medium == "phone" else EMAIL
+    value = contacts.get(key)
+    if value is None:
+        return None
+    holders = w.directory.by_contact(w.channel_id, "mobile" if key == MOBILE else "email", value, qualified_only=True)
+    users = [u for u in holders if not u.blocked]
     if not users:
+        if holders and medium in QUALIFIED_MEDIA:
+            raise Rejected(
+                "blocked_customer",
+                f"the customer holding this {'number' if key == MOBILE else 'address'} is blocked (B1): the inquiry is not taken",
+            )
         return None
     return max(users, key=lambda u: (u.type == "member", u.last_seen_at or 0, u.id))
 

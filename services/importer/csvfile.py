@@ -4,6 +4,15 @@ Row numbers count as a spreadsheet shows rows: the header is row 1, each followi
 *record* is the next row. A cell with a quoted line break is still one record, so it
 does not shift the numbers of later rows (a spreadsheet shows it as one row). Blank
 records — an empty line, or a line of empty cells — keep their number but are skipped.
+
+CSV syntax is checked strictly before anything is published (issue 11): a quote that is
+never closed (it would swallow the rest of the file into one cell) or text after a
+closing quote refuses the file, naming the line. A quote closed much later by a stray one
+cannot be told from a long multi-line cell by syntax; such a cell, longer than any cell
+may be, fails its row with a reason that names the lines it swallowed (`swallowed`).
+
+A cell the failures file neutralised (`'=…`, see failures.py) comes back without the
+apostrophe, so that file can be fixed and imported again as it is.
 """
 
 from __future__ import annotations
@@ -15,8 +24,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from contracts.inbound import MAX_VALUE
+
 MAX_BYTES = 100 * 1024 * 1024  # I13
+MAX_CELL = MAX_VALUE  # characters of one cell (what the service accepts in one)
 _CHUNK = 1 << 20
+# The first characters that make a spreadsheet read a cell as a formula (OWASP, "CSV
+# injection"); failures.py prefixes such cells with an apostrophe.
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 # A cell may be as large as the file; the default 128 kB limit would stop mid-import.
 csv.field_size_limit(MAX_BYTES)
@@ -64,7 +79,28 @@ def inspect(path: Path) -> FileFacts:
         decoder.decode(b"", final=True)
     except UnicodeDecodeError:
         raise FileRefused(_not_utf8(path, lines)) from None
+    _check_syntax(path)
     return FileFacts(size, digest.hexdigest())
+
+
+def _check_syntax(path: Path) -> None:
+    """Parse every record strictly; FileRefused naming the line of the first error."""
+    with path.open(encoding="utf-8-sig", newline="") as f:
+        reader = csv.reader(f, strict=True)
+        started = 1  # the line the record being read starts on
+        try:
+            for _ in reader:
+                started = reader.line_num + 1
+        except csv.Error as err:
+            if "unexpected end of data" in str(err):
+                raise FileRefused(
+                    f"{path.name}: the quoted cell that starts on line {started} is never closed, so it would"
+                    " take in the rest of the file; close the quote (a quote inside a cell is written as \"\")"
+                ) from None
+            raise FileRefused(
+                f"{path.name}, line {reader.line_num}: not valid CSV ({err}); quote the whole cell and write"
+                " each quote inside it as \"\""
+            ) from None
 
 
 def _not_utf8(path: Path, line: int) -> str:
@@ -85,11 +121,35 @@ def header(path: Path) -> list[str]:
 
 def records(path: Path) -> Iterator[tuple[int, list[str]]]:
     """(rowNumber, cells) of every non-blank data record, in file order."""
+    for number, cells, _lines in records_with_lines(path):
+        yield number, cells
+
+
+def records_with_lines(path: Path) -> Iterator[tuple[int, list[str], tuple[int, int]]]:
+    """(rowNumber, cells, (first line, last line)) of every non-blank data record."""
     with path.open(encoding="utf-8-sig", newline="") as f:
         reader = csv.reader(f)
         next(reader, None)
-        number = 1
+        number, last = 1, reader.line_num
         for cells in reader:
             number += 1
+            first, last = last + 1, reader.line_num
             if cells and "".join(cells).strip():
-                yield number, cells
+                yield number, [_restore(c) for c in cells], (first, last)
+
+
+def _restore(cell: str) -> str:
+    """Undo failures.py's neutralisation: `'=SUM(…)` is read as `=SUM(…)`."""
+    return cell[1:] if cell[:1] == "'" and cell[1:2] in FORMULA_START else cell
+
+
+def swallowed(cells: list[str], lines: tuple[int, int]) -> str | None:
+    """Why the row looks like an unclosed quote took in the lines after it, or None: a
+    cell with line breaks longer than any cell may be."""
+    for i, cell in enumerate(cells):
+        if "\n" in cell and len(cell) > MAX_CELL:
+            return (
+                f"column {i + 1} runs from line {lines[0]} to line {lines[1]} ({len(cell)} characters): a quote"
+                " is probably not closed, and the lines after it were read into this cell"
+            )
+    return None

@@ -24,10 +24,6 @@ _BATCH_BYTES = 512 * 1024
 _IN_FLIGHT = 8
 
 
-class RowTooLarge(ValueError):
-    """A single message does not fit a record batch."""
-
-
 class ImportProducer:
     def __init__(self, bootstrap: str, topic: str, channel_id: str) -> None:
         self.topic = topic
@@ -62,7 +58,8 @@ class ImportProducer:
         self.sent += 1
 
     def add(self, value: bytes) -> bool:
-        """Append to the open batch; False when it is full (`await ship()`, then add again)."""
+        """Append to the open batch; False when it is full (`await ship()`, then add again:
+        an empty batch takes any record, however large — sizes are checked by the caller)."""
         return self._batch.append(key=self.key, value=value, timestamp=None) is not None
 
     async def ship(self) -> None:
@@ -80,12 +77,6 @@ class ImportProducer:
     def _acked(self, fut: asyncio.Future[object], count: int) -> None:
         if not fut.cancelled() and fut.exception() is None:
             self.sent += count
-
-    async def add_row(self, value: bytes) -> None:
-        if not self.add(value):
-            await self.ship()
-            if not self.add(value):
-                raise RowTooLarge(f"a row of {len(value)} bytes does not fit a {_BATCH_BYTES}-byte batch")
 
     async def flush(self) -> None:
         """Ship the open batch and wait for every batch in flight (raises their errors)."""

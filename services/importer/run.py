@@ -26,7 +26,9 @@ from typing import IO, Any
 import asyncpg
 import orjson
 
+from contracts.inbound import MAX_MESSAGE_BYTES
 from contracts.topics import Topics
+from services.domain.ids import encode_parts
 from services.domain.imports import MappingError
 from services.platform.config import Settings
 from services.platform.embedded import infrastructure
@@ -43,6 +45,9 @@ from .producer import ImportProducer
 # this many rows the importer hangs (rows flushed, lease still renewed) until it is killed.
 STALL_ENV = "UNIFIER_IMPORT_STALL_AFTER_ROWS"
 
+# A row's import.row message must pass the service's inbound limit, or it would be
+# dead-lettered instead of counted as a failed row.
+MAX_ROW_BYTES = MAX_MESSAGE_BYTES
 DEFAULT_TIMEOUT_S = 600.0
 DEFAULT_LEASE_S = 30.0
 _PROGRESS_EVERY_S = 2.0
@@ -104,12 +109,14 @@ def _now_ms() -> int:
 
 def import_base_id(channel: str, digest: str, p: Plan, blank: str, tag: str | None) -> str:
     """The same file with the same settings in the same channel names the same import."""
-    h = hashlib.sha256()
     columns = [c.to_json() for c in p.columns]
-    for part in (channel, p.mode, p.key, blank, tag or "", digest, orjson.dumps(columns).decode()):
-        h.update(part.encode())
-        h.update(b"\x1f")
-    return "imp_" + h.hexdigest()[:24]
+    parts = (channel, p.mode, p.key, blank, tag or "", digest, orjson.dumps(columns).decode())
+    if any("\x1f" in part for part in parts):
+        # Ids v2 (services/domain/ids.py): joined by U+001F, a part holding it could give
+        # another input's id; such parts are length-prefixed, after a U+001F no joined
+        # name starts with. Other imports keep their ids (a resumed import stays one).
+        return "imp_" + hashlib.sha256(b"\x1f" + encode_parts(*parts)).hexdigest()[:24]
+    return "imp_" + hashlib.sha256("".join(part + "\x1f" for part in parts).encode()).hexdigest()[:24]
 
 
 async def run_import(settings: Settings, req: ImportRequest, *, progress: IO[str] | None = None) -> ImportResult:
@@ -147,7 +154,7 @@ async def start_import(
         headers = csvfile.header(req.path)
     except csvfile.FileRefused as err:
         raise ImportRefused(str(err)) from None
-    declared = await pool.fetchval("SELECT field_types FROM channels WHERE channel_id = $1", req.channel)
+    declared = await pool.fetchval("SELECT imported_types || field_types FROM channels WHERE channel_id = $1", req.channel)
     try:
         mapping = plan(headers, req.maps, req.mode, req.key, dict(declared or {}))
     except MappingError as err:
@@ -259,7 +266,7 @@ class Import:
         width, channel, import_id = self.width, self.channel, self.import_id
         now = _now_ms()
         stall = self.settings.import_stall_after_rows
-        for number, cells in csvfile.records(self.req.path):
+        for number, cells, lines in csvfile.records_with_lines(self.req.path):
             if stall and self.read == stall:
                 await producer.flush()
                 await asyncio.Event().wait()
@@ -277,12 +284,17 @@ class Import:
                     f"the row has {n} cells but the header names {width} columns;"
                     " a cell with a comma must be quoted"
                 )
+            elif (swallowed := csvfile.swallowed(cells, lines)) is not None:
+                msg["cells"], msg["rowError"] = {}, swallowed
             value = orjson.dumps(msg)
+            if len(value) > MAX_ROW_BYTES:  # checked here: a record batch takes any first record
+                msg["cells"], msg["rowError"] = {}, (
+                    f"the row is too large to import ({len(value)} bytes as a message; the limit is {MAX_ROW_BYTES})"
+                )
+                value = orjson.dumps(msg)
             if not producer.add(value):
                 await producer.ship()
-                if not producer.add(value):
-                    msg["cells"], msg["rowError"] = {}, f"the row is too large to import ({len(value)} bytes)"
-                    await producer.add_row(orjson.dumps(msg))
+                producer.add(value)  # an empty batch takes any record
                 if self.lock_lost:
                     raise ImportNotApplied("the import lock was lost (the importer stalled past its lease)", self._result(None))
                 now = _now_ms()

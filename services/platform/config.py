@@ -94,6 +94,9 @@ class Settings(BaseSettings):
     # Idempotent producers: on for Apache Kafka (a retried send is never doubled);
     # off by default because tansu, the embedded broker, refuses them.
     kafka_idempotence: bool = Field(default=False, validation_alias=_env("UNIFIER_KAFKA_IDEMPOTENCE", "kafka_idempotence"))
+    # The largest message the relay sends; a larger one is parked, not sent. Match the
+    # broker's (topic's) message.max.bytes, whose Kafka default is 1048588.
+    max_message_bytes: int = Field(default=1024 * 1024, validation_alias=_env("UNIFIER_MAX_MESSAGE_BYTES", "max_message_bytes"))
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
         default="PLAINTEXT", validation_alias=_env("KAFKA_SECURITY_PROTOCOL", "kafka_security_protocol"))
     kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
@@ -222,7 +225,7 @@ class Settings(BaseSettings):
             raise ValueError("must be a plain identifier [a-z_][a-z0-9_]* of at most 63 characters")
         return value
 
-    @field_validator("partitions", "batch_max")
+    @field_validator("partitions", "batch_max", "max_message_bytes")
     @classmethod
     def _at_least_one(cls, value: int) -> int:
         if value < 1:
@@ -245,8 +248,9 @@ class Settings(BaseSettings):
     @field_validator("metrics_host")
     @classmethod
     def _host(cls, value: str) -> str:
-        _split_address(f"{value}:0")
-        return value
+        if not re.fullmatch(r"[A-Za-z0-9._-]+|\[?[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*\]?", value):
+            raise ValueError("must be a host name or an IPv4/IPv6 address (0.0.0.0: every interface)")
+        return value.strip("[]")
 
     @field_validator("metrics_read_timeout")
     @classmethod

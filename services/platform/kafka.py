@@ -57,3 +57,19 @@ def use(settings: Settings) -> None:
 def client_options(bootstrap: str) -> dict[str, Any]:
     """Keyword arguments for any aiokafka client talking to `bootstrap`."""
     return {"bootstrap_servers": bootstrap, **_SECURED.get(bootstrap, {})}
+
+
+def faststream_security(bootstrap: str) -> Any:
+    """The same security as a faststream `security=` object (None for plaintext), for
+    the API's `KafkaBroker(bootstrap, security=faststream_security(bootstrap))`."""
+    from faststream.security import BaseSecurity, SASLPlaintext, SASLScram256, SASLScram512
+
+    options = _SECURED.get(bootstrap, {})
+    protocol = options.get("security_protocol", "PLAINTEXT")
+    if protocol == "PLAINTEXT":
+        return None
+    tls = options.get("ssl_context")
+    if not protocol.startswith("SASL_"):
+        return BaseSecurity(ssl_context=tls, use_ssl=True)
+    kind = {"PLAIN": SASLPlaintext, "SCRAM-SHA-256": SASLScram256, "SCRAM-SHA-512": SASLScram512}[options["sasl_mechanism"]]
+    return kind(options["sasl_plain_username"], options["sasl_plain_password"], ssl_context=tls, use_ssl=tls is not None)

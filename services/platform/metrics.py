@@ -25,6 +25,8 @@ BATCH_SECONDS = Histogram(
 CONSUMER_LAG = Gauge("unifier_consumer_lag", "Records behind the partition end (approximate on tansu)", ["topic", "partition"])
 OUTBOX_BACKLOG = Gauge("unifier_outbox_backlog", "Outbox rows waiting to be published")
 PUBLISHED = Counter("unifier_published_total", "Messages published by the relay", ["topic"])
+PARKED = Counter("unifier_outbox_parked_total", "Outbox messages the broker refused, parked by the relay", ["topic", "code"])
+OUTBOX_PARKED = Gauge("unifier_outbox_parked_messages", "Parked outbox messages waiting for `unifier outbox parked retry`")
 
 Health = Callable[[], dict[str, bool]]
 

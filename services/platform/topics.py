@@ -25,11 +25,14 @@ from services.platform.kafka import client_options
 
 log = logging.getLogger(__name__)
 
-_FOREVER = {"retention.ms": "-1"}
+# Inbound facts are kept forever (replay) and stamped by the broker when appended
+# (LogAppendTime), so a producer's clock cannot date a record in the future of the log:
+# event time is bounded by that stamp (docs/decisions.md, "Event time").
+_INBOUND = {"retention.ms": "-1", "message.timestamp.type": "LogAppendTime"}
 TOPIC_CONFIGS: dict[str, dict[str, str]] = {
-    "sdk-events": _FOREVER,
-    "commands": _FOREVER,
-    "import-rows": _FOREVER,
+    "sdk-events": _INBOUND,
+    "commands": _INBOUND,
+    "import-rows": _INBOUND,
     "user-changed": {"cleanup.policy": "compact"},
     "dead-letter": {},
 }

@@ -18,7 +18,7 @@ from typing import Any
 import asyncpg
 import orjson
 
-from contracts.inbound import InboundError, parse_inbound
+from contracts.inbound import MAX_MESSAGE_BYTES, InboundError, parse_inbound
 from contracts.topics import InboundKind, Topics
 from services.domain import core
 from services.domain.channel import ChannelSettings
@@ -36,9 +36,11 @@ from services.store import import_log
 from services.store import lookups as lookup_store
 from services.store import repository as repo
 
-from .records import Record
+from .records import Record, clocks_after
+from .window import WINDOW_MS, Applied, AppliedWindow
 
 _MAX_LOAD_ROUNDS = 3
+_LETTER_KEY_BYTES = 1024
 
 log = logging.getLogger("unifier.projection")
 
@@ -78,13 +80,14 @@ async def apply_batch(
 
         facts = [p for p in fresh if p.fact is not None]
         seen = await repo.already_applied(conn, sorted({(p.fact.channel_id, p.fact.event_id) for p in facts if p.fact}))
+        window = AppliedWindow(seen, await repo.channel_clocks(conn, {c for c, _e, _t in seen}))
         settings = await repo.load_channels(conn, {p.fact.channel_id for p in facts if p.fact})
         directory, revs = await _load(conn, [p.fact for p in facts if p.fact])
         await load_grades(conn, directory, [p.fact for p in facts if p.fact])
         # CSV import (I12-I17): definitions, MU budgets; written back below.
         imports = await import_log.prepare(conn, [p.fact for p in facts if p.fact], settings, directory)
 
-        effects = run_facts(directory, fresh, settings, seen, topics, result, outbox=outbox, failed_at=failed_at)
+        effects = run_facts(directory, fresh, settings, window, topics, result, outbox=outbox, failed_at=failed_at)
         await write_effects(conn, directory, revs, effects)
         if outbox:  # live only: a rebuild's chats were looked up when they happened
             await lookup_store.enqueue_chats(conn, effects.activities)
@@ -95,6 +98,7 @@ async def apply_batch(
             ends[(r.topic, r.partition)] = max(ends.get((r.topic, r.partition), 0), r.offset + 1)
         result.next_offsets = {k: max(v, stored[k]) for k, v in ends.items()}
         await repo.save_offsets(conn, result.next_offsets)
+        await repo.save_clocks(conn, clocks_after(records))
     return result
 
 
@@ -117,6 +121,7 @@ async def dead_letter_record(
             result.dead_letters[code] += 1
         result.next_offsets = {partition: max(record.offset + 1, stored)}
         await repo.save_offsets(conn, result.next_offsets)
+        await repo.save_clocks(conn, clocks_after([record]))
     return result
 
 
@@ -125,7 +130,7 @@ class Effects:
     """What the core made of a run of facts, for the store to write (besides the users
     in `directory.changed`)."""
 
-    applied: list[tuple[str, str]] = field(default_factory=list)  # (channel, eventId)
+    applied: list[Applied] = field(default_factory=list)  # (channel, eventId, event time)
     merges: list[MergeRecord] = field(default_factory=list)
     erased: list[str] = field(default_factory=list)
     activities: list[Activity] = field(default_factory=list)
@@ -146,7 +151,7 @@ class Effects:
 
 
 def run_facts(
-    directory: Directory, parsed: list[Parsed], settings: dict[str, ChannelSettings], seen: set[tuple[str, str]],
+    directory: Directory, parsed: list[Parsed], settings: dict[str, ChannelSettings], seen: AppliedWindow,
     topics: Topics, result: BatchResult, *, outbox: bool, failed_at: int,
 ) -> Effects:
     """Run the core over `parsed` in order: facts whose eventId is in `seen` are skipped
@@ -155,14 +160,13 @@ def run_facts(
     fx = Effects()
     for p in parsed:
         if p.fact is not None:
-            pair = (p.fact.channel_id, p.fact.event_id)
-            if pair in seen:
+            if seen.seen(p.fact.channel_id, p.fact.event_id):
                 result.skipped += 1  # idempotency on eventId (CONTRACT)
                 continue
             outcome = core.apply(directory, p.fact, settings[p.fact.channel_id], messages=outbox)
             if outcome.rejection is None:
-                seen.add(pair)
-                fx.applied.append(pair)
+                seen.add(p.fact.channel_id, p.fact.event_id, p.fact.at)
+                fx.applied.append((p.fact.channel_id, p.fact.event_id, p.fact.at))
                 fx.merges.extend(outcome.merges)
                 fx.erased.extend(outcome.erased)
                 fx.activities.extend(outcome.activities)
@@ -180,9 +184,10 @@ def run_facts(
             p.error = (outcome.rejection.code, outcome.rejection.reason)
             if outcome.rejection.__cause__ is not None:  # internal_error: a bug this fact met
                 log.error("fact %s of channel %s failed in the core; dead-lettered", p.fact.event_id,
-                          p.fact.channel_id, exc_info=outcome.rejection.__cause__)
+                          p.fact.channel_id, exc_info=outcome.rejection.__cause__,
+                          extra={"eventId": p.fact.event_id, "channelId": p.fact.channel_id})
             if p.record.topic == topics.commands:  # the API answers "rejected, because …"
-                fx.rejected.append((*pair, *p.error))
+                fx.rejected.append((p.fact.channel_id, p.fact.event_id, *p.error))
         assert p.error is not None
         if outbox:
             fx.messages.append(_dead_letter(topics, p.record, *p.error, failed_at))
@@ -199,11 +204,12 @@ async def write_effects(conn: asyncpg.Connection, directory: Directory, revs: di
     await repo.save_identities(conn, [(u, ids) for u in changed if (ids := identities(u)) != directory.loaded_identities(u.id)])
     await repo.save_activities(conn, fx.activities)
     await repo.save_merges(conn, fx.merges)
-    await repo.erase_activities(conn, fx.erased)
+    await repo.erase_personal_data(conn, fx.erased)
     await repo.save_grade_changes(conn, fx.grades)
     await lookup_store.save_changes(conn, fx.lookups)
     await lookup_store.erase(conn, fx.erased)
     await repo.save_applied(conn, fx.applied)
+    await repo.forget_applied(conn, sorted({c for c, _e, _t in fx.applied}), WINDOW_MS)
     await repo.save_rejected(conn, fx.rejected)
     await repo.save_outbox(conn, fx.messages)
 
@@ -225,13 +231,16 @@ def _parse(kind: InboundKind, record: Record) -> Parsed:
 
 
 def _dead_letter(topics: Topics, r: Record, code: str, message: str, failed_at: int) -> tuple[str, str | None, bytes]:
-    key = storable_text(r.key) if r.key is not None else None
+    # Cut to sizes that keep every letter far below the broker's message limit (1 MiB):
+    # a value over the door's limit could not be applied anyway (`too_large` says how
+    # large it was), and a real key is a channelId.
+    key = storable_text(r.key[:_LETTER_KEY_BYTES]) if r.key is not None else None
     body = {
         "sourceTopic": r.topic,
         "partition": r.partition,
         "offset": r.offset,
         "key": key,
-        "value": storable_text(r.value or b""),
+        "value": storable_text((r.value or b"")[:MAX_MESSAGE_BYTES]),
         "error": {"code": code, "message": storable_text(message.encode("utf-8", "backslashreplace"))},
         "failedAt": failed_at,
     }

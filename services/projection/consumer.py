@@ -25,13 +25,14 @@ from services.store import repository as repo
 from services.store.pool import DATABASE_UNAVAILABLE
 
 from .batch import BatchResult, apply_batch, dead_letter_record
-from .isolation import ConflictPersisted, apply_isolating
+from .isolation import NOT_THE_RECORD, RETRIED, ConflictPersisted, apply_isolating
 from .merge import CoPartitionMerge
-from .records import Record
+from .records import PartitionClocks, Record
 
 log = logging.getLogger("unifier.projection")
 
 _CONFLICT_RETRIES = 20
+_RETRIED: tuple[type[BaseException], ...] = (repo.Conflict, *RETRIED)
 _OUTAGE_BACKOFF_MAX_S = 5.0
 
 
@@ -73,6 +74,8 @@ class Projection:
         self.healthy = False
         self._stop = asyncio.Event()
         self._fetched: dict[TopicPartition, int] = {}  # next offset after what we fetched
+        self.clocks = PartitionClocks()  # bounds record timestamps as they are fetched
+        self._clocks_stale: set[TopicPartition] = set()  # sought ahead: reload their clocks
 
     async def seek_to_stored(self, partitions: list[TopicPartition]) -> None:
         self.merge.assign((tp.topic, tp.partition) for tp in partitions)
@@ -83,6 +86,7 @@ class Projection:
         while True:
             try:
                 stored = await repo.stored_offsets(self.pool, self.topics.inbound)
+                clocks = await repo.stored_clocks(self.pool, self.topics.inbound)
                 break
             except DATABASE_UNAVAILABLE as err:
                 outages += 1
@@ -95,6 +99,7 @@ class Projection:
             # Offset 0 when nothing is stored; auto_offset_reset=earliest covers a log whose start moved.
             self.consumer.seek(tp, offset if offset is not None else 0)
             self._fetched[tp] = offset if offset is not None else 0
+            self.clocks.reset((tp.topic, tp.partition), clocks.get((tp.topic, tp.partition)) if offset else None)
 
     async def run(self, stop: asyncio.Event) -> None:
         self._stop = stop
@@ -103,12 +108,15 @@ class Projection:
         try:
             more = False  # records left releasable after the last batch: do not wait
             while not stop.is_set():
+                if self._clocks_stale:
+                    await self._reload_clocks()
                 fetched = await self.consumer.getmany(timeout_ms=0 if more else 200, max_records=self.batch_max)
                 self.healthy = True
                 for tp, msgs in fetched.items():
                     if msgs:
                         self.merge.add((tp.topic, tp.partition), [
-                            Record(tp.topic, tp.partition, m.offset, m.timestamp, m.key, m.value) for m in msgs
+                            self.clocks.record(tp.topic, tp.partition, m.offset, m.timestamp, m.timestamp_type, m.key, m.value)
+                            for m in msgs
                         ])
                         self._fetched[tp] = msgs[-1].offset + 1
                 self._flow_control()
@@ -130,9 +138,7 @@ class Projection:
         """Apply the batch; a record that cannot be applied is found and dead-lettered
         and the rest applied (isolation.py); only an outage or a stop holds it up."""
         started = time.perf_counter()
-        result = await apply_isolating(
-            self._attempt, records, self._dead_letter, passthrough=(Stopped, *DATABASE_UNAVAILABLE),
-        )
+        result = await apply_isolating(self._attempt, records, self._dead_letter, passthrough=(Stopped, *NOT_THE_RECORD))
         self.healthy = True
         elapsed = time.perf_counter() - started
         metrics.BATCH_SECONDS.observe(elapsed)
@@ -158,7 +164,7 @@ class Projection:
         while True:
             try:
                 return await apply_batch(self.pool, self.topics, records)
-            except repo.Conflict as err:
+            except _RETRIED as err:
                 conflicts += 1
                 metrics.CONFLICTS.inc()
                 if conflicts >= _CONFLICT_RETRIES:
@@ -178,10 +184,11 @@ class Projection:
         while True:
             try:
                 return await work(records)
-            except DATABASE_UNAVAILABLE as err:
+            except NOT_THE_RECORD as err:
                 # An outage is waited out however long it lasts (the transaction rolled
                 # back; nothing of the batch is stored): crashing would only restart us
-                # into the same outage. /healthz says degraded meanwhile.
+                # into the same outage. /healthz says degraded meanwhile. So is a server
+                # refusing all work (disk full, read-only after a failover).
                 outages += 1
                 self.healthy = False
                 delay = min(0.2 * 2 ** min(outages, 5), _OUTAGE_BACKOFF_MAX_S)
@@ -201,10 +208,24 @@ class Projection:
             if self._fetched.get(tp, 0) < offset:
                 self.consumer.seek(tp, offset)
                 self._fetched[tp] = offset
+                self._clocks_stale.add(tp)  # the clock at that offset is the one stored with it
             self.merge.drop_below((topic, partition), offset)
             hint[tp] = offset
         if hint:
             asyncio.ensure_future(self._commit_hint(hint))
+
+    async def _reload_clocks(self) -> None:
+        stale, self._clocks_stale = self._clocks_stale, set()
+        while True:
+            try:
+                clocks = await repo.stored_clocks(self.pool, self.topics.inbound)
+                break
+            except DATABASE_UNAVAILABLE as err:
+                log.warning("database unavailable while reading partition clocks (%s); retrying", err)
+                if await _stopped_within(self._stop, _OUTAGE_BACKOFF_MAX_S):
+                    return
+        for tp in stale:
+            self.clocks.reset((tp.topic, tp.partition), clocks.get((tp.topic, tp.partition)))
 
     def _at_end(self, partition: tuple[str, int]) -> bool:
         """Everything the partition held at the last fetch response has been fetched.

@@ -23,6 +23,8 @@ from collections.abc import Awaitable, Callable
 import asyncpg
 import orjson
 
+from services.store.pool import DATABASE_UNAVAILABLE
+
 from .batch import BatchResult
 from .records import Record
 
@@ -30,6 +32,27 @@ log = logging.getLogger("unifier.projection")
 
 Attempt = Callable[[list[Record]], Awaitable[BatchResult]]
 DeadLetterOne = Callable[[Record, str, str], Awaitable[BatchResult]]
+
+
+# PostgreSQL errors about the server's state, not the data: waited out like an outage
+# (dead-lettering every record of a full disk would lose the stream). The statements
+# are parameterised, so a missing table or privilege is the deployment's fault too.
+SERVER_TROUBLE: tuple[type[BaseException], ...] = (
+    asyncpg.InsufficientResourcesError,  # disk full, out of memory, too many connections
+    asyncpg.PostgresSystemError,  # I/O errors
+    asyncpg.InternalServerError,  # data or index corrupted
+    asyncpg.ReadOnlySQLTransactionError,  # a failover left the pool on a standby
+    asyncpg.SyntaxOrAccessError,  # privileges revoked, a table dropped
+    asyncpg.ObjectNotInPrerequisiteStateError,  # a lock not available and the like
+    asyncpg.InvalidAuthorizationSpecificationError,
+    asyncpg.InvalidCatalogNameError,
+)
+NOT_THE_RECORD: tuple[type[BaseException], ...] = (*DATABASE_UNAVAILABLE, *SERVER_TROUBLE)
+"""Failures waited out with backoff (live) or ending the command (replay), never
+blamed on a record."""
+
+RETRIED: tuple[type[BaseException], ...] = (asyncpg.TransactionRollbackError,)
+"""Deadlocks and serialisation failures: retried with fresh state, as conflicts are."""
 
 
 class ConflictPersisted(Exception):

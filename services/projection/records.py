@@ -3,13 +3,24 @@
 Live consumption and replay both apply records in the same order: each partition in
 offset order (never reordered: it is one channel's history), partitions and topics
 merged by record timestamp, ties broken by topic, partition, offset (docs/design.md).
+
+A record's timestamp is bounded as it is read (`PartitionClocks`), the same way live
+and in a rebuild, so no producer clock can date a record far ahead of its partition.
 """
 
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+
+Partition = tuple[str, int]
+
+# How far a record's timestamp may run ahead of its partition's clock (docs/decisions.md,
+# "Event time"). Large enough that a partition idle for a night or a weekend is not
+# touched; small enough that one record cannot pin a value or dodge B4 for long.
+MAX_AHEAD_MS = 24 * 60 * 60 * 1000
+LOG_APPEND_TIME = 1  # Kafka timestamp type: set by the broker at append, not by the producer
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,3 +37,50 @@ def canonical_order(partitions: Iterable[Sequence[Record]]) -> list[Record]:
     """Merge per-partition runs (each already in offset order) by timestamp."""
     runs = [list(run) for run in partitions if run]
     return list(heapq.merge(*runs, key=lambda r: (r.timestamp, r.topic, r.partition, r.offset)))
+
+
+class PartitionClocks:
+    """Bound record timestamps by what the partition's log already showed.
+
+    A partition's clock is the highest (bounded) timestamp of its records so far, in
+    offset order. A producer-set timestamp (CreateTime) more than MAX_AHEAD_MS ahead
+    of the clock is lowered to clock + MAX_AHEAD_MS; a broker-set one (LogAppendTime,
+    what the service asks for when it creates the inbound topics) is kept. Derived only
+    from the log, so the live consumer and a rebuild bound every record alike, as long
+    as each starts a partition with the clock stored for its start offset
+    (`inbox_offsets.clock`; none at the log's start)."""
+
+    def __init__(self, start: Mapping[Partition, int | None] | None = None) -> None:
+        self.at: dict[Partition, int] = {k: v for k, v in (start or {}).items() if v is not None}
+
+    def reset(self, partition: Partition, clock: int | None) -> None:
+        """The partition is read again from an offset whose stored clock is `clock`."""
+        if clock is None:
+            self.at.pop(partition, None)
+        else:
+            self.at[partition] = clock
+
+    def record(
+        self, topic: str, partition: int, offset: int, timestamp: int, timestamp_type: int,
+        key: bytes | None, value: bytes | None,
+    ) -> Record:
+        return Record(topic, partition, offset, self.bound((topic, partition), timestamp, timestamp_type), key, value)
+
+    def bound(self, partition: Partition, timestamp: int, timestamp_type: int = 0) -> int:
+        if timestamp <= 0:  # no timestamp: nothing to bound, nothing learnt
+            return timestamp
+        clock = self.at.get(partition)
+        if clock is not None and timestamp_type != LOG_APPEND_TIME and timestamp > clock + MAX_AHEAD_MS:
+            timestamp = clock + MAX_AHEAD_MS
+        if clock is None or timestamp > clock:
+            self.at[partition] = timestamp
+        return timestamp
+
+
+def clocks_after(records: Iterable[Record]) -> dict[Partition, int]:
+    """Each partition's clock after `records` (already bounded): the highest timestamp."""
+    out: dict[Partition, int] = {}
+    for r in records:
+        if r.timestamp > 0 and r.timestamp > out.get((r.topic, r.partition), 0):
+            out[(r.topic, r.partition)] = r.timestamp
+    return out

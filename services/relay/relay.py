@@ -5,6 +5,14 @@ user-changed by (userId, version), and every message carries a stable eventId. O
 relay at a time holds a PostgreSQL advisory lock, so per-user order (= outbox id order)
 holds with several instances running. A NOTIFY from the projection's commit wakes it
 at once; a short poll covers a missed notification.
+
+A message the broker refuses for good — larger than `max_message_bytes` (checked before
+sending: match the broker's `message.max.bytes`), or answered with an error about the
+record itself (`REFUSED`) — is *parked*: moved to `outbox_parked` in the transaction
+that deletes the sent rows, counted, logged, and listed/retried from the CLI (`unifier
+outbox parked`). The rest goes on; one bad message never stops the relay. Any other
+error (broker unreachable, timeouts, authorization) is an outage: nothing is parked,
+the rows stay, and the relay retries with backoff.
 """
 
 from __future__ import annotations
@@ -16,10 +24,23 @@ from collections import Counter
 from typing import Any
 
 import asyncpg
+import orjson
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from aiokafka.errors import (
+    CorruptRecordException,
+    InvalidMessageError,
+    InvalidTimestampError,
+    InvalidTopicError,
+    KafkaError,
+    MessageSizeTooLargeError,
+    PolicyViolationError,
+    RecordListTooLargeError,
+    RecordTooLargeError,
+    UnsupportedForMessageFormatError,
+)
 from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.producer.message_accumulator import BatchBuilder
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
 from services.platform import metrics
 from services.platform.kafka import client_options
@@ -31,22 +52,37 @@ _BATCH = 5000
 _POLL_S = 0.25
 _BACKOFF_MAX_S = 5.0
 _DRAIN_ATTEMPTS = 3  # after a stop: how many failed drains before leaving rows for the next start
+_PARKED_REFRESH_S = 10.0  # how often the parked-messages gauge is re-counted
+MAX_MESSAGE_BYTES = 1024 * 1024  # Kafka's default message.max.bytes (1048588), rounded down
+
+REFUSED: tuple[type[KafkaError], ...] = (
+    MessageSizeTooLargeError, RecordListTooLargeError, RecordTooLargeError, CorruptRecordException,
+    InvalidMessageError, InvalidTimestampError, InvalidTopicError, PolicyViolationError,
+    UnsupportedForMessageFormatError,
+)
+"""Errors about the record itself: sending it again cannot succeed, so it is parked."""
+
 
 
 class Relay:
-    def __init__(self, pool: asyncpg.Pool, bootstrap: str, lock_name: str, *, idempotence: bool = False) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, bootstrap: str, lock_name: str, *, idempotence: bool = False,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
+    ) -> None:
         self.pool = pool
         self.lock_name = lock_name
+        self.max_message_bytes = max_message_bytes
         # tansu rejects idempotent producers (docs/design.md), so they are opt-in
         # (UNIFIER_KAFKA_IDEMPOTENCE=true on Apache Kafka); without them ordering per key
         # still holds with one in-flight request per connection, and a retried send may
         # repeat a message, which consumers dedupe by (userId, version).
         self.producer = AIOKafkaProducer(
             **client_options(bootstrap), acks="all", enable_idempotence=idempotence, linger_ms=2,
-            max_batch_size=256 * 1024,
+            max_batch_size=256 * 1024, max_request_size=max_message_bytes,
         )
         self._partitioner = DefaultPartitioner()  # AIOKafkaProducer's default, as send() uses it
         self._wake = asyncio.Event()
+        self._parked_counted_at = -_PARKED_REFRESH_S
         self.healthy = False
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -105,45 +141,146 @@ class Relay:
         self._wake.set()
 
     async def publish_once(self, conn: asyncpg.Connection) -> int:
+        """Publish the next rows; delete them, parking those the broker refused. How
+        many rows were handled (sent or parked)."""
         self._wake.clear()
         rows = await conn.fetch("SELECT id, topic, key, value FROM outbox ORDER BY id LIMIT $1", _BATCH)
         metrics.OUTBOX_BACKLOG.set(len(rows) if len(rows) < _BATCH else await conn.fetchval("SELECT count(*) FROM outbox"))
+        await self._count_parked(conn)
         if not rows:
             return 0
-        await asyncio.gather(*await self._send(rows))
-        await conn.execute("DELETE FROM outbox WHERE id = ANY($1::bigint[])", [r["id"] for r in rows])
-        for topic, n in Counter(r["topic"] for r in rows).items():
+        refused: dict[int, tuple[str, str]] = {}  # outbox id -> (code, reason)
+        sendable = []
+        for r in rows:
+            size = _size(r)
+            if size > self.max_message_bytes:
+                refused[r["id"]] = ("message_too_large", f"{size} bytes; the limit is {self.max_message_bytes} (UNIFIER_MAX_MESSAGE_BYTES)")
+            else:
+                sendable.append(r)
+        sent = await self._send(sendable)
+        outcomes = await asyncio.gather(*(future for future, _ in sent), return_exceptions=True)
+        suspects: list[asyncpg.Record] = []  # rows of a batch the broker refused: which one was it?
+        for (_, group), outcome in zip(sent, outcomes, strict=True):
+            if isinstance(outcome, REFUSED):
+                suspects.extend(group)
+            elif isinstance(outcome, BaseException):
+                raise outcome  # an outage: the rows stay in the outbox
+        if suspects:
+            refused.update(await self._send_alone(suspects))
+        ids = [r["id"] for r in rows]
+        if refused:
+            await self._park(conn, ids, refused, rows)
+        else:
+            await conn.execute("DELETE FROM outbox WHERE id = ANY($1::bigint[])", ids)
+        for topic, n in Counter(r["topic"] for r in rows if r["id"] not in refused).items():
             metrics.PUBLISHED.labels(topic=topic).inc(n)
         return len(rows)
 
-    async def _send(self, rows: list[asyncpg.Record]) -> list[asyncio.Future[Any]]:
+    async def _send_alone(self, rows: list[asyncpg.Record]) -> dict[int, tuple[str, str]]:
+        """Send each row in a batch of its own; those still refused (id -> code, reason)."""
+        alone: list[tuple[asyncio.Future[Any], list[asyncpg.Record]]] = []
+        for r in rows:
+            batch = self.producer.create_batch()
+            batch.append(key=r["key"].encode() if r["key"] is not None else None, value=r["value"], timestamp=None)
+            alone.append((await self.producer.send_batch(batch, r["topic"], partition=await self._partition_of(r)), [r]))
+        outcomes = await asyncio.gather(*(future for future, _ in alone), return_exceptions=True)
+        refused = {}
+        for (_, (r,)), outcome in zip(alone, outcomes, strict=True):
+            if isinstance(outcome, REFUSED):
+                refused[r["id"]] = (_code(outcome), f"the broker refused it: {type(outcome).__name__}")
+            elif isinstance(outcome, BaseException):
+                raise outcome
+        return refused
+
+    async def _park(self, conn: asyncpg.Connection, ids: list[int], refused: dict[int, tuple[str, str]], rows: list[asyncpg.Record]) -> None:
+        """In one transaction: the refused rows move to outbox_parked, the rest is deleted."""
+        parked = list(refused)
+        async with conn.transaction():
+            await conn.execute(
+                """WITH moved AS (DELETE FROM outbox WHERE id = ANY($1::bigint[]) RETURNING id, topic, key, value)
+                   INSERT INTO outbox_parked (id, topic, key, value, code, reason)
+                   SELECT m.id, m.topic, m.key, m.value, e.code, e.reason
+                   FROM moved m JOIN unnest($1::bigint[], $2::text[], $3::text[]) AS e(id, code, reason) USING (id)
+                   ON CONFLICT (id) DO NOTHING""",
+                parked, [refused[i][0] for i in parked], [refused[i][1] for i in parked],
+            )
+            await conn.execute("DELETE FROM outbox WHERE id = ANY($1::bigint[])", ids)
+        by_id = {r["id"]: r for r in rows}
+        for i in parked:
+            r, (code, reason) = by_id[i], refused[i]
+            metrics.PARKED.labels(topic=r["topic"], code=code).inc()
+            log.error("parked outbox message %d for %s (%s): %s; `unifier outbox parked list` shows it",
+                      i, r["topic"], code, reason, extra=_ids(r))
+        self._parked_counted_at = -_PARKED_REFRESH_S  # re-count at the next round
+
+    async def _count_parked(self, conn: asyncpg.Connection) -> None:
+        now = asyncio.get_running_loop().time()
+        if now - self._parked_counted_at >= _PARKED_REFRESH_S:
+            self._parked_counted_at = now
+            metrics.OUTBOX_PARKED.set(await conn.fetchval("SELECT count(*) FROM outbox_parked"))
+
+    async def _partition_of(self, r: asyncpg.Record) -> int:
+        """The partition `_send` gives the row (any for a row without a key)."""
+        partitions = sorted(await self.producer.partitions_for(r["topic"]))
+        if r["key"] is None:
+            return partitions[0]
+        partition: int = self._partitioner(r["key"].encode(), partitions, partitions)
+        return partition
+
+    async def _send(self, rows: list[asyncpg.Record]) -> list[tuple[asyncio.Future[Any], list[asyncpg.Record]]]:
         """Queue the rows as one record batch per partition: a send() per message cost
         ~30 µs of the service's CPU. The partition is the one send() would choose (the
         default partitioner over the sorted partitions), so a key keeps its partition
         and, the rows being in id order, its order."""
-        futures = []
-        batches: dict[tuple[str, int], BatchBuilder] = {}
+        futures: list[tuple[asyncio.Future[Any], list[asyncpg.Record]]] = []
+        batches: dict[tuple[str, int], tuple[BatchBuilder, list[asyncpg.Record]]] = {}
         partitions_of: dict[str, list[int]] = {}  # the producer's metadata, as of this call
         for r in rows:
             topic, value = r["topic"], r["value"]
             if r["key"] is None:  # no key, no order to keep: the partitioner picks
-                futures.append(await self.producer.send(topic, value=value))
+                futures.append((await self.producer.send(topic, value=value), [r]))
                 continue
             key = r["key"].encode()
             partitions = partitions_of.get(topic)
             if partitions is None:
                 partitions = partitions_of[topic] = sorted(await self.producer.partitions_for(topic))
             partition = self._partitioner(key, partitions, partitions)
-            batch = batches.get((topic, partition))
-            if batch is None:
-                batch = batches[(topic, partition)] = self.producer.create_batch()
-            if batch.append(key=key, value=value, timestamp=None) is None:  # full: send it, start another
-                futures.append(await self.producer.send_batch(batch, topic, partition=partition))
-                batch = batches[(topic, partition)] = self.producer.create_batch()
-                batch.append(key=key, value=value, timestamp=None)
-        for (topic, partition), batch in batches.items():
-            futures.append(await self.producer.send_batch(batch, topic, partition=partition))
+            open_ = batches.get((topic, partition))
+            if open_ is None:
+                open_ = batches[(topic, partition)] = (self.producer.create_batch(), [])
+            if open_[0].append(key=key, value=value, timestamp=None) is None:  # full: send it, start another
+                futures.append((await self.producer.send_batch(open_[0], topic, partition=partition), open_[1]))
+                open_ = batches[(topic, partition)] = (self.producer.create_batch(), [])
+                open_[0].append(key=key, value=value, timestamp=None)
+            open_[1].append(r)
+        for (topic, partition), (batch, group) in batches.items():
+            futures.append((await self.producer.send_batch(batch, topic, partition=partition), group))
         return futures
+
+
+def _ids(r: asyncpg.Record) -> dict[str, str]:
+    """The fact ids of a message for its log line (never its content): a user-changed
+    names its eventId, causationId and channelId; a dead letter its key's channel."""
+    ids = {"channelId": (r["key"] or "").split(":", 1)[0]}
+    try:
+        body = orjson.loads(r["value"] or b"{}")
+    except orjson.JSONDecodeError:
+        body = {}
+    if isinstance(body, dict):
+        ids.update({k: body[k] for k in ("eventId", "causationId", "channelId") if isinstance(body.get(k), str)})
+    return {k: v for k, v in ids.items() if v}
+
+
+def _size(r: asyncpg.Record) -> int:
+    """The record's size on the wire, as the producer estimates it (an upper bound)."""
+    key = r["key"].encode() if r["key"] is not None else None
+    return int(DefaultRecordBatchBuilder.estimate_size_in_bytes(key, r["value"], []))
+
+
+def _code(err: KafkaError) -> str:
+    """`MessageSizeTooLargeError` -> `message_size_too_large`: the parked row's code."""
+    name = type(err).__name__.removesuffix("Error").removesuffix("Exception")
+    return "".join(f"_{c.lower()}" if c.isupper() else c for c in name).lstrip("_")
 
 
 async def _wait(event: asyncio.Event, stop: asyncio.Event, seconds: float) -> None:

@@ -33,7 +33,7 @@ from types import TracebackType
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from services.platform.kafka import client_options
-from services.projection.records import Record
+from services.projection.records import PartitionClocks, Record
 
 log = logging.getLogger("unifier.replay")
 
@@ -50,6 +50,7 @@ class _Part:
     stop: int  # never read past it
     position: int  # next offset to hand out
     buf: deque[Record] = field(default_factory=deque)
+    clock: int | None = None  # the partition's clock after the records handed out
     idle_since: float | None = None
     done: bool = False
 
@@ -70,6 +71,7 @@ class LogReader:
         *,
         start: Mapping[Partition, int] | None = None,
         stop: Mapping[Partition, int] | None = None,
+        clocks: Mapping[Partition, int] | None = None,
         quiet_s: float = 1.0,
         probe_cap_s: float = 30.0,
         short_timeout_s: float = 30.0,
@@ -78,6 +80,9 @@ class LogReader:
         self.topics = list(topics)
         self._start = dict(start or {})
         self._stop = dict(stop) if stop is not None else None
+        # Records' timestamps are bounded as the live consumer bounds them; `clocks` are
+        # the stored clocks of the `start` offsets (none: from the log's start).
+        self._clocks = PartitionClocks(clocks)
         self.quiet_s = quiet_s
         self.probe_cap_s = probe_cap_s
         self.short_timeout_s = short_timeout_s
@@ -117,6 +122,11 @@ class LogReader:
         return {(tp.topic, tp.partition): p.position for tp, p in self._parts.items()}
 
     @property
+    def next_clocks(self) -> dict[Partition, int]:
+        """Each partition's clock at `next_offsets` (what the live service stores with them)."""
+        return {(tp.topic, tp.partition): p.clock for tp, p in self._parts.items() if p.clock is not None}
+
+    @property
     def total(self) -> int:
         """Offsets between start and stop over all partitions (≥ the records to read)."""
         return sum(max(p.stop - p.position, 0) for p in self._parts.values())
@@ -140,7 +150,7 @@ class LogReader:
         else:
             stops = await self._probe_ends({tp: max(ends[tp], starts[tp]) for tp in tps})
         for tp in tps:
-            part = _Part(tp, stop=stops[tp], position=starts[tp])
+            part = _Part(tp, stop=stops[tp], position=starts[tp], clock=self._clocks.at.get((tp.topic, tp.partition)))
             self._parts[tp] = part
             self.consumer.seek(tp, part.position)
             if part.position >= part.stop:
@@ -203,7 +213,7 @@ class LogReader:
             for m in msgs:
                 if m.offset >= stop:
                     break
-                part.buf.append(Record(tp.topic, tp.partition, m.offset, m.timestamp, m.key, m.value))
+                part.buf.append(self._clocks.record(tp.topic, tp.partition, m.offset, m.timestamp, m.timestamp_type, m.key, m.value))
             part.idle_since = None
         for tp in needy:
             part = self._parts[tp]
@@ -229,6 +239,8 @@ class LogReader:
     def _take(self, part: _Part) -> Record:
         record = part.buf.popleft()
         part.position = record.offset + 1
+        if record.timestamp > 0 and (part.clock is None or record.timestamp > part.clock):
+            part.clock = record.timestamp
         return record
 
     async def merged(self, chunk: int = 10_000) -> AsyncIterator[list[Record]]:

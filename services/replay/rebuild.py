@@ -23,9 +23,10 @@ import asyncpg
 
 from contracts.topics import Topics
 from services.projection.batch import apply_batch, dead_letter_record
-from services.projection.isolation import apply_isolating
+from services.projection.isolation import NOT_THE_RECORD, apply_isolating
 from services.projection.records import Record
-from services.store.pool import DATABASE_UNAVAILABLE, create_pool
+from services.store import repository as repo
+from services.store.pool import create_pool
 
 from .log import LogReader, Partition
 from .resident import Resident
@@ -89,14 +90,21 @@ async def open_schema(database_url: str, schema: str) -> asyncpg.Pool:
 async def copy_channels(source: asyncpg.Connection | asyncpg.Pool, source_schema: str, target: asyncpg.Pool) -> int:
     """Channel settings are configuration, not facts: the log cannot rebuild them, so
     the rebuilt schema gets the live ones (committed, so that `apply_batch` on other
-    connections of `target` sees them)."""
+    connections of `target` sees them). The types imports declared (`imported_types`)
+    are facts: the rebuild declares them as it replays the imports (P2: a type declared
+    later must not reject earlier facts), so the target keeps its own."""
     rows = await source.fetch(
         f'SELECT channel_id, member_hash_secret, mu_limit, field_types::text FROM "{source_schema}".channels'
     )
     async with target.acquire() as c, c.transaction():
-        await c.execute("DELETE FROM channels")
+        await c.execute(
+            "UPDATE channels SET member_hash_secret = NULL, mu_limit = NULL, field_types = '{}' WHERE channel_id <> ALL($1::text[])",
+            [r[0] for r in rows],
+        )
         await c.executemany(
-            "INSERT INTO channels (channel_id, member_hash_secret, mu_limit, field_types) VALUES ($1, $2, $3, $4::text::jsonb)",
+            """INSERT INTO channels (channel_id, member_hash_secret, mu_limit, field_types) VALUES ($1, $2, $3, $4::text::jsonb)
+               ON CONFLICT (channel_id) DO UPDATE SET member_hash_secret = EXCLUDED.member_hash_secret,
+                   mu_limit = EXCLUDED.mu_limit, field_types = EXCLUDED.field_types""",
             [tuple(r) for r in rows],
         )
     return len(rows)
@@ -113,56 +121,73 @@ async def build(
         from .shards import ShardOverlap, build_sharded, reap, spawn
 
         assert database_url is not None and schema is not None
+        failed: Exception | None = None
         procs = await spawn(workers)
         try:
             async with LogReader(bootstrap, topics.inbound, quiet_s=quiet_s) as reader:
                 tally.total = reader.total
                 stops = reader.stops
             try:
-                await build_sharded(procs, database_url, bootstrap, topics, schema, stops, batch=batch, tally=tally)
+                clocks = await build_sharded(procs, database_url, bootstrap, topics, schema, stops, batch=batch, tally=tally)
             except ShardOverlap as overlap:
                 log.warning("replay: %s; rebuilding with every worker reading the whole log", overlap)
                 await reap(procs)
                 await _empty(pool)
                 tally.events = tally.applied = tally.skipped = tally.dead_letters = 0
                 procs = await spawn(workers)
-                await build_sharded(procs, database_url, bootstrap, topics, schema, stops, batch=batch, tally=tally, by="channel")
+                try:
+                    clocks = await build_sharded(
+                        procs, database_url, bootstrap, topics, schema, stops, batch=batch, tally=tally, by="channel",
+                    )
+                except RuntimeError as err:  # a worker failed again
+                    failed = err
         finally:
             await reap(procs)
     else:
-        failed: Exception | None = None
         async with LogReader(bootstrap, topics.inbound, quiet_s=quiet_s) as reader:
             tally.total = reader.total
             try:
                 await apply_all(pool, topics, reader.merged(batch), tally, keeper=Resident(pool, topics))
-            except DATABASE_UNAVAILABLE:
+                failed = None
+            except NOT_THE_RECORD:
                 raise
-            except Exception as err:  # the store refused what the core accepted: find the record
+            except Exception as err:  # the store refused what the core accepted
                 failed = err
             stops = reader.next_offsets
-        if failed is not None:
-            # Users resident are written in bulk, so a record the store refuses cannot be
-            # told apart there; batch by batch it is found and dead-lettered as live does.
-            log.warning("replay: the resident build failed (%s: %s); rebuilding batch by batch",
-                        type(failed).__name__, str(failed)[:200])
-            gc.unfreeze()
-            await _empty(pool)
-            tally.events = tally.applied = tally.skipped = tally.dead_letters = 0
-            async with LogReader(bootstrap, topics.inbound, quiet_s=quiet_s) as reader:
-                tally.total = reader.total
-                await apply_all(pool, topics, reader.merged(batch), tally)
-                stops = reader.next_offsets
-    await store_offsets(pool, stops)
+            clocks = reader.next_clocks
+    if failed is not None:
+        clocks = await _batch_by_batch(pool, bootstrap, topics, stops, batch=batch, tally=tally, failed=failed)
+    await store_offsets(pool, stops, clocks)
     return stops
 
 
+async def _batch_by_batch(
+    pool: asyncpg.Pool, bootstrap: str, topics: Topics, stops: dict[Partition, int], *, batch: int, tally: Tally,
+    failed: Exception,
+) -> dict[Partition, int]:
+    """Users resident are written in bulk, where a record the store refuses cannot be
+    told apart; batch by batch, as live, it is found and dead-lettered (isolation.py).
+    An outage fails this run too."""
+    log.warning("replay: the resident build failed (%s: %s); rebuilding batch by batch in one process",
+                type(failed).__name__, str(failed)[:200])
+    gc.unfreeze()
+    await _empty(pool)
+    tally.events = tally.applied = tally.skipped = tally.dead_letters = 0
+    async with LogReader(bootstrap, topics.inbound, stop=stops) as reader:
+        tally.total = reader.total
+        await apply_all(pool, topics, reader.merged(batch), tally)
+        return reader.next_clocks
+
+
 async def _empty(pool: asyncpg.Pool) -> None:
-    """Empty what a build wrote into its fresh schema; the channel settings stay."""
+    """Empty what a build wrote into its fresh schema; the channel settings stay, the
+    types its imports declared go (they are declared again)."""
     tables = await pool.fetch(
         "SELECT tablename FROM pg_tables WHERE schemaname = current_schema() AND tablename <> 'channels' ORDER BY 1"
     )
     if tables:
         await pool.execute("TRUNCATE " + ", ".join(f'"{t[0]}"' for t in tables))
+    await pool.execute("UPDATE channels SET imported_types = '{}' WHERE imported_types <> '{}'")
 
 
 async def catch_up(
@@ -174,10 +199,12 @@ async def catch_up(
     if all(wanted[p] <= start.get(p, 0) for p in wanted):
         return dict(start)
     tally.total += sum(wanted[p] - start.get(p, 0) for p in wanted)
-    async with LogReader(bootstrap, topics.inbound, start=start, stop=wanted) as reader:
+    clocks = await repo.stored_clocks(pool, topics.inbound)  # bound timestamps from there on as live does
+    async with LogReader(bootstrap, topics.inbound, start=start, stop=wanted, clocks=clocks) as reader:
         await apply_all(pool, topics, reader.merged(batch), tally)
         ends = {**start, **reader.next_offsets}
-    await store_offsets(pool, ends)
+        clocks = {**clocks, **reader.next_clocks}
+    await store_offsets(pool, ends, clocks)
     return ends
 
 
@@ -210,7 +237,7 @@ async def apply_all(
                     lambda rs: apply_batch(pool, topics, rs, now_ms=0, outbox=False),  # outbox discarded (switch.py)
                     item,
                     lambda r, code, reason: dead_letter_record(pool, topics, r, code, reason, now_ms=0, outbox=False),
-                    passthrough=DATABASE_UNAVAILABLE,
+                    passthrough=NOT_THE_RECORD,
                 )
             tally.add(len(item), result.applied, result.skipped, sum(result.dead_letters.values()))
         if keeper is not None:
@@ -222,18 +249,21 @@ async def apply_all(
             await asyncio.gather(reader, return_exceptions=True)
 
 
-async def store_offsets(pool: asyncpg.Pool, offsets: dict[Partition, int]) -> None:
+async def store_offsets(pool: asyncpg.Pool, offsets: dict[Partition, int], clocks: dict[Partition, int] | None = None) -> None:
     """Record every partition's end consumed, also those without a record (an empty
-    partition, a trailing gap), so the live service continues exactly from here."""
+    partition, a trailing gap), and its clock there, so the live service continues
+    exactly from here (records.PartitionClocks)."""
     if not offsets:
         return
     keys = sorted(offsets)
+    clocks = clocks or {}
     await pool.execute(
-        """INSERT INTO inbox_offsets AS o (topic, partition, next_offset)
-           SELECT * FROM unnest($1::text[], $2::int[], $3::bigint[])
+        """INSERT INTO inbox_offsets AS o (topic, partition, next_offset, clock)
+           SELECT * FROM unnest($1::text[], $2::int[], $3::bigint[], $4::bigint[])
            ON CONFLICT (topic, partition) DO UPDATE
-             SET next_offset = GREATEST(o.next_offset, EXCLUDED.next_offset)""",
-        [k[0] for k in keys], [k[1] for k in keys], [offsets[k] for k in keys],
+             SET next_offset = GREATEST(o.next_offset, EXCLUDED.next_offset),
+                 clock = GREATEST(o.clock, EXCLUDED.clock)""",
+        [k[0] for k in keys], [k[1] for k in keys], [offsets[k] for k in keys], [clocks.get(k) for k in keys],
     )
 
 

@@ -6,9 +6,9 @@ schema that nobody else writes: the users it has applied are all the users there
 So it keeps them in one `Directory` for the whole log, keeps the applied eventIds
 itself, and writes each user once, at the end, by COPY (`store/bulk.py`) — a visitor
 who booted a thousand times is serialised once. What grows with the log rather than
-with the users (chats and events, merges, applied eventIds) is written every
-`flush_every` facts. Same core (`run_facts`) and the same rows as the live projection:
-the state does not depend on where the writes fall (tests/integration/test_resident.py)
+with the users (chats and events, merges) is written every `flush_every` facts; the
+applied eventIds still within their window (projection/window.py) at the end. Same
+core (`run_facts`) and the same rows as the live projection: the state does not depend on where the writes fall (tests/integration/test_resident.py)
 and equals the live service's (tests/integration/test_replay.py).
 
 Memory grows with the users of the rebuilt channels (docs/operations.md, "Replay").
@@ -22,8 +22,10 @@ import asyncpg
 
 from contracts.topics import Topics
 from services.domain.directory import Directory, identities
+from services.domain.mu import MuBudget
 from services.projection.batch import BatchResult, Effects, load_grades, parse_records, run_facts
 from services.projection.records import Record
+from services.projection.window import AppliedWindow
 from services.store import bulk, import_log
 from services.store import lookups as lookup_store
 from services.store import repository as repo
@@ -39,9 +41,10 @@ class Resident:
         self.topics = topics
         self.flush_every = flush_every
         self.directory = Directory()
-        self.seen: set[tuple[str, str]] = set()  # (channel, eventId) applied
+        self.seen = AppliedWindow()  # the eventIds applied, within the window (window.py)
         self.channels: set[str] = set()  # of every fact read (a sharded build checks them)
         self._pending = Effects()
+        self._mu: dict[str, MuBudget] = {}  # I17: each MU-limited channel's count, kept current by the core
 
     async def apply(self, records: list[Record]) -> BatchResult:
         parsed = parse_records(self.topics, records)
@@ -53,7 +56,7 @@ class Resident:
             await load_grades(conn, self.directory, facts)  # none stored yet: marks the channels known
             # CSV import (I12-I17): definitions written by earlier chunks; MU counts
             # from the directory, which holds every user (none is in the store yet).
-            imports = await import_log.prepare(conn, facts, settings, self.directory, complete=True)
+            imports = await import_log.prepare(conn, facts, settings, self.directory, complete=True, mu_kept=self._mu)
             fx = run_facts(self.directory, parsed, settings, self.seen, self.topics, result, outbox=False, failed_at=0)
             self._pending.extend(fx)
             if imports is not None:
@@ -75,17 +78,20 @@ class Resident:
         users = list(self.directory.users())
         async with self.pool.acquire() as conn, conn.transaction():
             await self._write_pending(conn)
+            # The eventIds the live projection would still hold: the window of each channel.
+            self.seen.forget_expired()
+            await bulk.copy_applied(conn, [(c, e, t) for (c, e), t in self.seen.at.items()])
             await bulk.copy_users(conn, users)
             await bulk.copy_identities(conn, [(u, ids) for u in users if (ids := identities(u))])
         gc.unfreeze()
 
     async def _write_pending(self, conn: asyncpg.Connection) -> None:
         fx, self._pending = self._pending, Effects()
+        self.seen.forget_expired()  # memory bounded by the window, not the log
         async with conn.transaction():
             await bulk.copy_activities(conn, fx.activities)
             await repo.save_merges(conn, fx.merges)  # re-points chats written before too (U4)
-            await repo.erase_activities(conn, fx.erased)
-            await bulk.copy_applied(conn, fx.applied)
+            await repo.erase_personal_data(conn, fx.erased)
             await repo.save_grade_changes(conn, fx.grades)
             await lookup_store.save_changes(conn, fx.lookups)
             await lookup_store.erase(conn, fx.erased)

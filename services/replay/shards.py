@@ -104,8 +104,9 @@ async def reap(procs: list[asyncio.subprocess.Process]) -> None:
 async def build_sharded(
     procs: list[asyncio.subprocess.Process], database_url: str, bootstrap: str, topics: Topics, schema: str,
     stops: dict[Partition, int], *, batch: int, tally: Tally, by: str = "partition",
-) -> None:
-    """Hand each spawned worker its share and wait for all of them."""
+) -> dict[Partition, int]:
+    """Hand each spawned worker its share and wait for all of them; the partitions'
+    clocks at their stops (records.PartitionClocks), as the workers that read them saw."""
     workers = len(procs)
     stop_list = [(t, p, n) for (t, p), n in sorted(stops.items())]
     shares = share_partitions(stops, workers)
@@ -122,8 +123,11 @@ async def build_sharded(
     if failed:
         raise RuntimeError(failed[0])
     owner: dict[str, int] = {}
+    clocks: dict[Partition, int] = {}
     for i, (out, _) in enumerate(outputs):
         counts = orjson.loads(out.splitlines()[-1])
+        for topic, partition, clock in counts["clocks"]:
+            clocks[(topic, partition)] = max(clock, clocks.get((topic, partition), clock))
         tally.events += counts["events"]
         tally.applied += counts["applied"]
         tally.skipped += counts["skipped"]
@@ -131,6 +135,7 @@ async def build_sharded(
         for channel in counts["channels"]:
             if owner.setdefault(channel, i) != i:
                 raise ShardOverlap(f"channel {channel!r} has facts in partitions of workers {owner[channel]} and {i}")
+    return clocks
 
 
 def share_partitions(stops: dict[Partition, int], workers: int) -> list[list[int]]:
@@ -171,11 +176,12 @@ async def _apply_shard(job: _Job) -> dict[str, Any]:
                 tally.total = reader.total // job.workers  # about this shard's share
                 chunks = _mine(reader.merged(job.batch), job.index, job.workers, job.batch)
             await apply_all(pool, topics, chunks, tally, keeper=keeper)
+            clocks = reader.next_clocks
     finally:
         await pool.close()
     return {
         "events": tally.events, "applied": tally.applied, "skipped": tally.skipped, "dead_letters": tally.dead_letters,
-        "channels": sorted(keeper.channels),
+        "channels": sorted(keeper.channels), "clocks": [[t, p, c] for (t, p), c in sorted(clocks.items())],
     }
 
 

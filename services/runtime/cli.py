@@ -95,6 +95,7 @@ def _parser() -> argparse.ArgumentParser:
 # handlers are `async def handler(settings, args) -> int` (see `_user_show`).
 EXTENSIONS: tuple[str, ...] = (
     "services.importer.cli", "services.replay.cli", "services.runtime.deadletters", "services.retention.cli",
+    "services.relay.cli",
     "services.api.cli",
 )
 

@@ -82,7 +82,10 @@ async def _serve(
         if await repo.adopt_log(pool, log_id):
             log.warning("the embedded broker started with an empty log: inbound offsets restart at 0")
     projection = Projection(pool, bootstrap, topics, settings.consumer_group, settings.batch_max)
-    relay = Relay(pool, bootstrap, f"unifier-relay:{settings.db_schema}", idempotence=settings.kafka_idempotence)
+    relay = Relay(
+        pool, bootstrap, f"unifier-relay:{settings.db_schema}", idempotence=settings.kafka_idempotence,
+        max_message_bytes=settings.max_message_bytes,
+    )
     parts["projection"] = lambda: projection.healthy
     parts["relay"] = lambda: relay.healthy
     # The relay stops only after the projection has committed its last batch, so that

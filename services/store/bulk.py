@@ -45,6 +45,8 @@ async def copy_activities(conn: asyncpg.Connection, acts: Sequence[Activity]) ->
         )
 
 
-async def copy_applied(conn: asyncpg.Connection, pairs: Sequence[tuple[str, str]]) -> None:
-    if pairs:
-        await conn.copy_records_to_table("applied_events", records=pairs, columns=("channel_id", "event_id"))
+async def copy_applied(conn: asyncpg.Connection, applied: Sequence[tuple[str, str, int]]) -> None:
+    """A rebuild's applied eventIds (channel, eventId, event time). Each is written once:
+    an eventId applied again after it was forgotten is written by `save_applied`."""
+    if applied:
+        await conn.copy_records_to_table("applied_events", records=applied, columns=("channel_id", "event_id", "at"))

@@ -26,7 +26,8 @@ async def configure_channel(
              member_hash_secret = CASE WHEN $5 THEN $2 ELSE c.member_hash_secret END,
              mu_limit = CASE WHEN $6 THEN $3 ELSE c.mu_limit END,
              field_types = c.field_types || $4::jsonb
-           RETURNING channel_id, member_hash_secret IS NOT NULL AS member_hash, mu_limit, field_types""",
+           RETURNING channel_id, member_hash_secret IS NOT NULL AS member_hash, mu_limit,
+                     imported_types || field_types AS field_types""",
         channel_id, secret, limit, fields or {}, member_hash_secret is not KEEP, mu_limit is not KEEP,
     )
     return {"channelId": row["channel_id"], "memberHashRequired": row["member_hash"], "muLimit": row["mu_limit"],

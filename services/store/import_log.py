@@ -10,7 +10,7 @@ commands take and renew the lock and read the log.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import asyncpg
@@ -25,10 +25,9 @@ from services.domain.imports import (
     ImportBook,
     ImportChannel,
     ImportDef,
-    MuBudget,
     Started,
-    mu_visible,
 )
+from services.domain.mu import MuBudget, mu_visible
 
 FAILURES_KEPT_MS = 30 * 24 * 60 * 60 * 1000  # I15: failed rows downloadable for 30 days
 
@@ -37,18 +36,22 @@ FAILURES_KEPT_MS = 30 * 24 * 60 * 60 * 1000  # I15: failed rows downloadable for
 
 async def prepare(
     conn: asyncpg.Connection, facts: Iterable[Fact], settings: dict[str, ChannelSettings], directory: Directory,
-    *, complete: bool = False,
+    *, complete: bool = False, mu_kept: dict[str, MuBudget] | None = None,
 ) -> ImportBook | None:
-    """The import book of a batch, attached to the settings of every channel that has
-    import facts in it; None when the batch has none. `complete`: `directory` holds
-    every user of its channels (a rebuild's), so the MU count comes from it, not the store."""
+    """The per-batch state beyond users, attached to the channels' settings: the MU
+    budget of every channel with a limit (I17, whatever the facts), and the import book
+    of a batch with import facts (None when it has none). `complete`: `directory` holds
+    every user of its channels (a rebuild's), so the MU count comes from it, not the
+    store; `mu_kept` then carries each channel's budget from chunk to chunk (the core
+    keeps it exact), so the directory is counted once per channel, not once per chunk."""
+    facts = list(facts)
+    await _attach_mu_budgets(
+        conn, {f.channel_id for f in facts}, settings, directory, complete=complete, kept=mu_kept
+    )
     wanted: set[tuple[str, str]] = set()
-    rows_in: set[str] = set()
     for fact in facts:
         if fact.msg.type.startswith("import."):
             wanted.add((fact.channel_id, fact.msg.importId))
-            if fact.msg.type == "import.row":
-                rows_in.add(fact.channel_id)
     if not wanted:
         return None
     book = ImportBook()
@@ -63,29 +66,45 @@ async def prepare(
         book.definitions[(r["channel_id"], r["import_id"])] = ImportDef.build(
             r["channel_id"], r["import_id"], r["mode"], lead_key, r["blank"], r["tag"], columns
         )
-    limited = sorted(ch for ch in rows_in if settings[ch].mu_limit is not None)
-    if limited:
-        visible = {
-            ch: frozenset(u.id for u in directory.users() if u.channel_id == ch and mu_visible(u)) for ch in limited
-        }
-        if complete:
-            counts = {ch: len(ids) for ch, ids in visible.items()}
-        else:
-            counts = dict(
-                await conn.fetch(
-                    """SELECT channel_id, count(*) FROM users
-                        WHERE channel_id = ANY($1::text[]) AND type <> 'anonymous' AND NOT deleted
-                          AND merged_into IS NULL AND NOT blocked AND NOT masked
-                        GROUP BY channel_id""",
-                    limited,
-                )
-            )
-        for ch in limited:
-            book.budgets[ch] = MuBudget(settings[ch].mu_limit or 0, counts.get(ch, 0), visible[ch])
     for ch in {c for c, _ in wanted}:
         s = settings[ch]
-        settings[ch] = ImportChannel(s.channel_id, s.member_hash_secret, s.mu_limit, s.field_types, book)
+        settings[ch] = ImportChannel(**{f.name: getattr(s, f.name) for f in fields(ChannelSettings)}, book=book)
     return book
+
+
+async def _attach_mu_budgets(
+    conn: asyncpg.Connection, channels: set[str], settings: dict[str, ChannelSettings], directory: Directory,
+    *, complete: bool, kept: dict[str, MuBudget] | None,
+) -> None:
+    """I17: each limited channel's visible MU at the start of the batch, which the core
+    keeps current fact by fact (services/domain/mu.py)."""
+    limited = sorted(ch for ch in channels if settings[ch].mu_limit is not None)
+    if not limited:
+        return
+    if complete:
+        known = kept if kept is not None else {}
+        counts = {ch: known[ch].visible for ch in limited if ch in known}
+        missing = {ch: 0 for ch in limited if ch not in counts}
+        if missing:
+            for u in directory.users():
+                if u.channel_id in missing and mu_visible(u):
+                    missing[u.channel_id] += 1
+            counts.update(missing)
+    else:
+        counts = dict(
+            await conn.fetch(
+                """SELECT channel_id, count(*) FROM users
+                    WHERE channel_id = ANY($1::text[]) AND type <> 'anonymous' AND NOT deleted
+                      AND merged_into IS NULL AND NOT blocked AND NOT masked
+                    GROUP BY channel_id""",
+                limited,
+            )
+        )
+    for ch in limited:
+        budget = MuBudget(settings[ch].mu_limit or 0, counts.get(ch, 0))
+        settings[ch] = replace(settings[ch], mu_budget=budget)
+        if complete and kept is not None:
+            kept[ch] = budget
 
 
 async def save(conn: asyncpg.Connection, book: ImportBook) -> None:
@@ -116,8 +135,8 @@ async def _save_started(conn: asyncpg.Connection, s: Started) -> None:
     )
     if s.new_types:  # I5: declared for the channel; a type declared meanwhile stays
         await conn.execute(
-            """INSERT INTO channels AS c (channel_id, field_types) VALUES ($1, $2)
-               ON CONFLICT (channel_id) DO UPDATE SET field_types = EXCLUDED.field_types || c.field_types""",
+            """INSERT INTO channels AS c (channel_id, imported_types) VALUES ($1, $2)
+               ON CONFLICT (channel_id) DO UPDATE SET imported_types = EXCLUDED.imported_types || c.imported_types""",
             d.channel_id, s.new_types,
         )
 

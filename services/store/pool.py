@@ -48,7 +48,7 @@ async def create_pool(database_url: str, schema: str, *, min_size: int = 1, max_
 
 
 # schema.sql first: the later scripts may index its tables.
-_SCRIPTS = ("schema.sql", "imports.sql", "lookups.sql")
+_SCRIPTS = ("schema.sql", "imports.sql", "operations.sql", "lookups.sql")
 
 
 async def ensure_schema(database_url: str, schema: str) -> None:

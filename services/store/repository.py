@@ -48,23 +48,49 @@ async def load_users(conn: asyncpg.Connection, ids: Sequence[str], keys: Sequenc
 async def load_channels(conn: asyncpg.Connection, channel_ids: Iterable[str]) -> dict[str, ChannelSettings]:
     wanted = sorted(set(channel_ids))
     rows = await conn.fetch(
-        "SELECT channel_id, member_hash_secret, mu_limit, field_types FROM channels WHERE channel_id = ANY($1::text[])",
+        """SELECT channel_id, member_hash_secret, mu_limit, imported_types || field_types AS field_types
+             FROM channels WHERE channel_id = ANY($1::text[])""",
         wanted,
     )
     found = {r["channel_id"]: ChannelSettings(r["channel_id"], r["member_hash_secret"], r["mu_limit"], dict(r["field_types"])) for r in rows}
     return {ch: found.get(ch) or ChannelSettings(ch) for ch in wanted}
 
 
-async def already_applied(conn: asyncpg.Connection, pairs: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
+async def already_applied(conn: asyncpg.Connection, pairs: Sequence[tuple[str, str]]) -> list[tuple[str, str, int]]:
+    """(channel, eventId, event time) of the pairs still remembered (projection/window.py)."""
     if not pairs:
-        return set()
+        return []
     rows = await conn.fetch(
-        """SELECT a.channel_id, a.event_id FROM applied_events a
+        """SELECT a.channel_id, a.event_id, a.at FROM applied_events a
              JOIN unnest($1::text[], $2::text[]) AS p(c, e) ON a.channel_id = p.c AND a.event_id = p.e""",
         [p[0] for p in pairs],
         [p[1] for p in pairs],
     )
-    return {(r[0], r[1]) for r in rows}
+    return [(r[0], r[1], r[2]) for r in rows]
+
+
+async def channel_clocks(conn: asyncpg.Connection, channel_ids: Iterable[str]) -> dict[str, int]:
+    """Each channel's latest event time applied: the eventId window's clock."""
+    wanted = sorted(set(channel_ids))
+    if not wanted:
+        return {}
+    rows = await conn.fetch(
+        """SELECT c, (SELECT max(at) FROM applied_events WHERE channel_id = c) FROM unnest($1::text[]) AS c""", wanted
+    )
+    return {r[0]: r[1] for r in rows if r[1] is not None}
+
+
+async def forget_applied(conn: asyncpg.Connection, channel_ids: Sequence[str], window_ms: int) -> None:
+    """Forget the eventIds of `channel_ids` older than their channel's clock - window
+    (projection/window.py): the table keeps a window of each channel, not its history."""
+    if channel_ids:
+        await conn.execute(
+            """DELETE FROM applied_events a
+                 USING (SELECT c, (SELECT max(at) FROM applied_events WHERE channel_id = c) AS clock
+                          FROM unnest($1::text[]) AS c) k
+                WHERE a.channel_id = k.c AND a.at < k.clock - $2::bigint""",
+            list(channel_ids), window_ms,
+        )
 
 
 async def lock_offsets(conn: asyncpg.Connection, partitions: Sequence[tuple[str, int]]) -> dict[tuple[str, int], int]:
@@ -94,6 +120,25 @@ async def stored_offsets(conn: asyncpg.Connection | asyncpg.Pool, topics: Sequen
     return {(r[0], r[1]): r[2] for r in rows}
 
 
+async def stored_clocks(conn: asyncpg.Connection | asyncpg.Pool, topics: Sequence[str]) -> dict[tuple[str, int], int]:
+    """Each partition's clock at its stored offset (projection/records.PartitionClocks)."""
+    rows = await conn.fetch(
+        "SELECT topic, partition, clock FROM inbox_offsets WHERE topic = ANY($1::text[]) AND clock IS NOT NULL", list(topics)
+    )
+    return {(r[0], r[1]): r[2] for r in rows}
+
+
+async def save_clocks(conn: asyncpg.Connection, clocks: dict[tuple[str, int], int]) -> None:
+    """Advance partition clocks (never backwards), with the offsets of the same records."""
+    if clocks:
+        await conn.execute(
+            """UPDATE inbox_offsets o SET clock = GREATEST(o.clock, x.c)
+                 FROM unnest($1::text[], $2::int[], $3::bigint[]) AS x(t, p, c)
+                WHERE o.topic = x.t AND o.partition = x.p""",
+            [k[0] for k in clocks], [k[1] for k in clocks], list(clocks.values()),
+        )
+
+
 async def adopt_log(conn: asyncpg.Connection | asyncpg.Pool, log_id: str) -> bool:
     """Note that the inbound log is `log_id`; if it is a different log than the stored
     offsets refer to (the embedded broker keeps its log in memory and starts empty),
@@ -107,7 +152,7 @@ async def adopt_log(conn: asyncpg.Connection | asyncpg.Pool, log_id: str) -> boo
         )
         if old is None:
             return False
-        await c.execute("UPDATE inbox_offsets SET next_offset = 0")
+        await c.execute("UPDATE inbox_offsets SET next_offset = 0, clock = NULL")
         return True
 
 
@@ -184,12 +229,17 @@ async def save_identities(conn: asyncpg.Connection, changes: Sequence[tuple[User
         raise Conflict(f"identity taken by another instance: {err.detail}") from err
 
 
-async def save_applied(conn: asyncpg.Connection, pairs: Sequence[tuple[str, str]]) -> None:
-    if pairs:
+async def save_applied(conn: asyncpg.Connection, applied: Sequence[tuple[str, str, int]]) -> None:
+    """Remember applied eventIds with their event time. An eventId applied again after
+    it was forgotten (window.py) may still have its row until the next prune: renewed."""
+    if applied:
         await conn.execute(
-            "INSERT INTO applied_events (channel_id, event_id) SELECT * FROM unnest($1::text[], $2::text[])",
-            [p[0] for p in pairs],
-            [p[1] for p in pairs],
+            """INSERT INTO applied_events (channel_id, event_id, at)
+               SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[])
+               ON CONFLICT (channel_id, event_id) DO UPDATE SET at = EXCLUDED.at""",
+            [a[0] for a in applied],
+            [a[1] for a in applied],
+            [a[2] for a in applied],
         )
 
 
@@ -258,13 +308,27 @@ def survivor(into: dict[str, str], user_id: str) -> str:
     return user_id
 
 
-async def erase_activities(conn: asyncpg.Connection, user_ids: Sequence[str]) -> None:
-    """B2: a deleted user's chat messages remain, without the name they were written under."""
-    if user_ids:
-        await conn.execute(
-            "UPDATE activities SET body = body - 'authorName' WHERE user_id = ANY($1::text[]) AND body ? 'authorName'",
-            list(user_ids),
-        )
+async def erase_personal_data(conn: asyncpg.Connection, user_ids: Sequence[str]) -> None:
+    """B2: what stays of deleted users outside their own row. Their chat messages remain
+    (seed 000: 会話のメッセージ内容だけが残ります) without the name they were written under;
+    their behaviour events go; the merge records of merges into them (G4: the record
+    survives) keep which side won each contested key, not the values, which were this
+    person's e-mail, phone, name and the like. Runs after the batch's activities and
+    merges are written, so what the same batch re-pointed to them is erased too."""
+    if not user_ids:
+        return
+    ids = list(user_ids)
+    await conn.execute("DELETE FROM activities WHERE user_id = ANY($1::text[]) AND kind = 'event'", ids)
+    await conn.execute(
+        "UPDATE activities SET body = body - 'authorName' WHERE user_id = ANY($1::text[]) AND body ? 'authorName'", ids
+    )
+    await conn.execute(
+        """UPDATE merges m
+              SET contested = (SELECT coalesce(jsonb_object_agg(c.key, jsonb_build_object('winner', c.value -> 'winner')), '{}')
+                                 FROM jsonb_each(m.contested) AS c)
+            WHERE m.target_id = ANY($1::text[]) OR m.source_id = ANY($1::text[])""",
+        ids,
+    )
 
 
 def dumps(value: Any) -> bytes:

@@ -58,11 +58,19 @@ CREATE TABLE IF NOT EXISTS inbox_offsets (
     next_offset bigint NOT NULL,
     PRIMARY KEY (topic, partition)
 );
+-- The partition's clock at next_offset: the highest bounded record timestamp before it
+-- (projection/records.PartitionClocks), so a restart bounds timestamps as a rebuild does.
+ALTER TABLE inbox_offsets ADD COLUMN IF NOT EXISTS clock bigint;
 CREATE TABLE IF NOT EXISTS applied_events (
     channel_id text NOT NULL,
     event_id   text NOT NULL,
     PRIMARY KEY (channel_id, event_id)
 );
+-- The eventId window (projection/window.py): each row's event time; rows more than the
+-- window behind their channel's latest are deleted by the batches. Rows stored before
+-- the column existed get 0: forgotten by the channel's next batch.
+ALTER TABLE applied_events ADD COLUMN IF NOT EXISTS at bigint NOT NULL DEFAULT 0;
+CREATE INDEX IF NOT EXISTS applied_events_clock ON applied_events (channel_id, at);
 
 -- The outbox (Debezium's shape): what the relay publishes, in id order. A NULL value
 -- is a tombstone. Dead letters go through it too, so they are as crash-safe as state.
@@ -116,13 +124,17 @@ CREATE TABLE IF NOT EXISTS grade_holders (
 CREATE INDEX IF NOT EXISTS grade_holders_key ON grade_holders (channel_id, kind, value);
 
 -- Channel settings (H1 secret, I17 MU limit, P2 field types): configuration set by
--- `unifier channel configure`, read by every batch.
+-- `unifier channel configure`, read by every batch. `imported_types` are the profile
+-- types CSV imports declared (I5): facts, not configuration, so a rebuild declares
+-- them again as it replays the imports instead of copying them. A batch validates with
+-- both, the configured type winning (`imported_types || field_types`).
 CREATE TABLE IF NOT EXISTS channels (
     channel_id         text PRIMARY KEY,
     member_hash_secret text,
     mu_limit           integer,
     field_types        jsonb NOT NULL DEFAULT '{}'
 );
+ALTER TABLE channels ADD COLUMN IF NOT EXISTS imported_types jsonb NOT NULL DEFAULT '{}';
 
 -- Small facts about this schema's surroundings, e.g. which in-memory log of the
 -- embedded broker its inbox offsets refer to.

@@ -100,6 +100,13 @@ async def test_console_customer_detail_provenance_timeline_block_unblock_delete(
     await page.locator("#results").get_by_role("link", name="typed@example.jp").click()
     await expect(page.get_by_role("region", name="顧客プロフィール").get_by_role("row", name="profile.email")).to_contain_text("未認証")
 
+    # A value the service refuses comes back with its reason; nothing changed (G1).
+    edit = page.get_by_role("region", name="顧客情報の修正")
+    await edit.get_by_label("携帯番号").fill("12345")
+    await edit.get_by_role("button", name="保存").click()
+    await expect(page.get_by_role("alert")).to_contain_text("実行できませんでした")
+    await console.shot(page, "edit-refused")
+
     await page.get_by_role("button", name="ブロック", exact=True).click()
     await expect(page.get_by_role("status")).to_contain_text("MUにカウントされず")  # B1 said in words
     await expect(page.get_by_text("ブロック中")).to_be_visible()

@@ -65,17 +65,64 @@ async def test_list_filters_by_code_and_retry_republishes_idempotently(settings:
         code, _, err = await cli(settings, "channel", "configure", CH, "--member-hash-secret", "new")
         assert code == 0, err
         code, out, err = await cli(settings, "dead-letters", "retry", "--code", "invalid_member_hash")
-        assert code == 0 and orjson.loads(out) == {"retried": 5, "skipped": 0}, err
+        assert code == 0 and orjson.loads(out) == {"retried": 5, "alreadyRetried": 0, "skipped": 0}, err
         await wait_for(lambda: _members(pool, 5), message="the retried logins applied")
         applied = await pool.fetchval("SELECT count(*) FROM applied_events")
         reached = await applied_offsets(pool)
 
         code, out, err = await cli(settings, "dead-letters", "retry", "--code", "invalid_member_hash")
-        assert code == 0 and orjson.loads(out)["retried"] == 5, err
-        await wait_for(lambda: _at(pool, reached + 5), message="the second retry consumed")
+        assert code == 0 and orjson.loads(out) == {"retried": 0, "alreadyRetried": 5, "skipped": 0}, err
 
-    assert await pool.fetchval("SELECT count(*) FROM applied_events") == applied  # eventIds: nothing twice
+    assert await pool.fetchval("SELECT count(*) FROM applied_events") == applied  # nothing twice
+    assert await applied_offsets(pool) == reached  # the second retry published nothing
     assert len(await letters(settings)) == 8  # and nothing dead-lettered again
+
+
+async def test_retrying_a_record_that_stays_bad_three_times_never_doubles_the_letters(settings: Settings) -> None:
+    """Issue 11: three retries of one bad record gave 8 dead letters (every run re-published
+    every letter, copies included). Each letter is retried at most once: one new letter
+    per attempt, 4 in all."""
+    async with running_service(settings), Publisher(settings) as pub:
+        await pub.send(pub.topics.sdk_events, [b"{still bad"], key=CH)
+        await wait_for(lambda: _count(settings, 1), message="the first dead letter")
+        for attempt in (1, 2, 3):
+            code, out, err = await cli(settings, "dead-letters", "retry")
+            assert code == 0 and orjson.loads(out)["retried"] == 1, (attempt, out, err)
+            await wait_for(lambda n=attempt + 1: _count(settings, n), message=f"the letter of retry {attempt}")  # type: ignore[misc]
+
+        code, out, err = await cli(settings, "dead-letters", "retry", "--code", "invalid_member_hash")
+        assert code == 0 and orjson.loads(out)["retried"] == 0, err
+
+    found = await letters(settings)
+    assert len(found) == 4
+    assert all(letter["value"] == "{still bad" and letter["error"]["code"] == "bad_json" for letter in found)
+
+
+async def test_retry_since_takes_only_letters_that_failed_at_or_after_that_time(settings: Settings) -> None:
+    """`--since` filters by the letter's failedAt (epoch ms or ISO-8601), `--code` by its code."""
+    async with running_service(settings), Publisher(settings) as pub:
+        await pub.send(pub.topics.sdk_events, [b"{old"], key=CH)
+        await wait_for(lambda: _count(settings, 1), message="the old letter")
+        mark = max(letter["failedAt"] for letter in await letters(settings)) + 1
+        await _after_ms(mark)
+        await pub.send(pub.topics.sdk_events, [b"{new"], key=CH)
+        await wait_for(lambda: _count(settings, 2), message="the new letter")
+
+        assert [v["value"] for v in await listed(settings, "--since", str(mark))] == ["{new"]
+        code, out, err = await cli(settings, "dead-letters", "retry", "--since", str(mark), "--code", "unknown_type")
+        assert code == 0 and orjson.loads(out)["retried"] == 0, err
+        code, out, err = await cli(settings, "dead-letters", "retry", "--since", str(mark))
+        assert code == 0 and orjson.loads(out) == {"retried": 1, "alreadyRetried": 0, "skipped": 0}, err
+        await wait_for(lambda: _count(settings, 3), message="the retried letter failed again")
+
+    assert sorted(v["value"] for v in await letters(settings)) == ["{new", "{new", "{old"]
+
+
+async def _after_ms(mark: int) -> None:
+    """Wait until the wall clock has passed `mark` (failedAt is stamped from it)."""
+    import time
+
+    await wait_for(lambda: time.time() * 1000 > mark, timeout=5, message="the clock passed the mark")
 
 
 async def _count(settings: Settings, n: int) -> bool:
@@ -85,10 +132,6 @@ async def _count(settings: Settings, n: int) -> bool:
 async def _members(pool: asyncpg.Pool, n: int) -> bool:
     found = [await find_user(pool, CH, "member", f"mem-{i}") for i in range(n)]
     return all(u is not None and u.get("type") == "member" for u in found)
-
-
-async def _at(pool: asyncpg.Pool, n: int) -> bool:
-    return await applied_offsets(pool) >= n
 
 
 async def test_list_on_a_prefix_without_dead_letters_prints_nothing(settings: Settings) -> None:

@@ -113,7 +113,7 @@ async def test_i9_i15_every_bad_value_fails_its_row_and_the_failures_csv_can_be_
         assert taro["tags"] == ["基本/段階1"] and taro["qualified"] == ["email", "mobileNumber"]
         hanako = await find_user(pool, CH, "member", "m-002")
         assert hanako is not None and hanako["unsubscribeTexting"] is True and hanako["profile"]["vip"] is False
-        types = await pool.fetchval("SELECT field_types FROM channels WHERE channel_id = $1", CH)
+        types = await pool.fetchval("SELECT imported_types FROM channels WHERE channel_id = $1", CH)
         assert types["profile.age"] == "number" and types["profile.likes"] == "list"  # I5: declared
 
         fixed = tmp_path / "fixed.csv"

@@ -170,3 +170,51 @@ async def _by_user(settings: Settings, topics: Topics, n: int) -> dict[str, list
         assert key is not None
         by_user.setdefault(key.split(":", 1)[1], []).append(value)
     return by_user if len(by_user) >= n and sum(m is None for msgs in by_user.values() for m in msgs) >= 2 else None
+
+
+async def test_b2_deletion_removes_behaviour_events_and_contested_values_of_merge_records(settings: Settings) -> None:
+    """B2 (issue 16): a deleted member's behaviour events are removed, also those its
+    merged visitor brought along (U4); its chats stay without the author's name; the
+    record of the merge into it stays (G4) with which side won each contested key, but
+    not the values — the person's e-mail, phone and name. Another user's are untouched."""
+    assert settings.database_url
+    pool = await create_pool(settings.database_url, settings.db_schema)
+    try:
+        async with running_service(settings), Publisher(settings) as pub:
+            await pub.command(
+                ev("m", "member.upsert", T0, actor="staff-1", memberId="m-1", name="Taro Member",
+                   profile={"email": "taro@example.jp", "mobileNumber": "+819012345678"}),
+                ev("o", "member.upsert", T0, actor="staff-1", memberId="m-2", name="Other",
+                   profile={"email": "other@example.jp"}),
+            )
+            await pub.sdk(
+                ev("b1", "boot", T0 + 500, veilId="v-anon", platform="web", name="Hana Visitor"),
+                ev("t1", "track", T0 + 1000, veilId="v-anon", name="viewed", properties={"page": "/a"}),
+                ev("c1", "contact", T0 + 2000, veilId="v-anon", email="typed@example.jp", mobileNumber="+819099999999"),
+                ev("ch", "chat", T0 + 3000, veilId="v-anon", chatId="chat-1", medium="web", message={"messageId": "x", "text": "hi"}),
+                ev("l1", "login", T0 + 4000, veilId="v-anon", memberId="m-1", name="Taro"),
+                ev("t2", "track", T0 + 5000, veilId="v-anon", name="bought", properties={"sku": "1"}),
+                ev("t3", "track", T0 + 5000, veilId="v-other", name="viewed", properties={}),
+                ev("l2", "login", T0 + 6000, veilId="v-other", memberId="m-2"),
+            )
+            await wait_for(lambda: _count(pool, "SELECT count(*) FROM merges", 2))
+            member_id = member_user_id(CH, "m-1")
+            contested = await pool.fetchval("SELECT contested FROM merges WHERE target_id = $1", member_id)
+            assert contested["profile.email"]["source"] == "typed@example.jp"  # G4: the values, while it lives
+            await pub.command(ev("d", "member.delete", T0 + DAY, actor="api", memberId="m-1"))
+            await wait_for(lambda: _gone(pool, "m-1"), message="m-1 deleted")
+
+        rows = await pool.fetch("SELECT event_id, kind, body FROM activities WHERE user_id = $1 ORDER BY event_id", member_id)
+        assert [(r["event_id"], r["kind"]) for r in rows] == [("ch", "chat")]  # B2: events gone, the chat stays
+        assert "authorName" not in rows[0]["body"] and rows[0]["body"]["text"] == "hi"
+        record = await pool.fetchrow("SELECT source_id, causation_id, contested FROM merges WHERE target_id = $1", member_id)
+        assert (record["source_id"], record["causation_id"]) == (veil_user_id(CH, "v-anon"), "l1")  # G4: kept
+        assert record["contested"] == {k: {"winner": v["winner"]} for k, v in contested.items()}
+        assert set(record["contested"]) >= {"name", "profile.email", "profile.mobileNumber"}
+        text = orjson.dumps(record["contested"]).decode()
+        assert all(x not in text for x in ("taro@example.jp", "typed@example.jp", "+8190", "Taro", "Hana"))
+        other = await pool.fetchval("SELECT contested FROM merges WHERE target_id = $1", member_user_id(CH, "m-2"))
+        kept = await pool.fetchval("SELECT count(*) FROM activities WHERE event_id = 't3'")
+        assert kept == 1 and other is not None  # another person's data is not touched
+    finally:
+        await pool.close()

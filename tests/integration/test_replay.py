@@ -355,3 +355,41 @@ def test_a_channel_always_lands_in_the_same_shard_and_bad_values_in_shard_0() ->
     assert {shard_of(rec(orjson.dumps({"channelId": f"ch_{i}"})), 4) for i in range(50)} == {0, 1, 2, 3}
     for bad in (b"{oops", b"[1]", orjson.dumps({"channelId": 7}), b""):
         assert shard_of(rec(bad), 4) == 0
+
+
+async def test_p2_a_type_an_import_declares_later_does_not_reject_earlier_facts_in_a_rebuild(
+    settings: Settings, pool: asyncpg.Pool
+) -> None:
+    """P2 and replay = live (issue 16): a boot stores `profile.age` as text; a later
+    import declares `profile.age` a number, so later boots must send numbers. A rebuild
+    learns that type from the import's fact where the live service did — not from the
+    channel row at the end of the log — so it keeps the early boot and ends in the same
+    state; a type staff configured stays configuration and is carried over."""
+    from tests.support.service import Publisher
+
+    ch = "ch_p2"
+    head = {"channelId": ch, "importId": "imp_age"}
+    started = {"eventId": "imp:s", "type": "import.started", "occurredAt": 2_000, **head, "mode": "member",
+               "key": "memberId", "blank": "keep", "actor": "staff-1", "fileName": "a.csv", "tag": None,
+               "columns": [{"column": "memberId", "key": "memberId"}, {"column": "age", "key": "profile.age", "type": "number"},
+                           {"column": "unsubscribeEmail", "key": "unsubscribeEmail"},
+                           {"column": "unsubscribeTexting", "key": "unsubscribeTexting"}]}
+    row = {"eventId": "imp:2", "type": "import.row", "occurredAt": 2_000, **head, "rowNumber": 2,
+           "cells": {"memberId": "m-2", "profile.age": "30", "unsubscribeEmail": "false", "unsubscribeTexting": "false"}}
+    finished = {"eventId": "imp:f", "type": "import.finished", "occurredAt": 2_000, **head, "rows": 1}
+    await pool.execute("INSERT INTO channels (channel_id, field_types) VALUES ($1, $2)", ch, {"profile.plan": "string"})
+    async with running_service(settings), Publisher(settings) as pub:
+        await pub.sdk({"eventId": "b1", "type": "boot", "channelId": ch, "occurredAt": 1_000, "veilId": "v1",
+                       "platform": "web", "memberId": "m-1", "profile": {"age": "forty"}})
+        await wait_for(lambda: _at_least(pool, 1), message="the boot applied")
+        await pub.send(pub.topics.import_rows, [started, row, finished])
+        await wait_for(lambda: _at_least(pool, 4), message="the import applied")
+        await pub.sdk({"eventId": "b2", "type": "boot", "channelId": ch, "occurredAt": 3_000, "veilId": "v1",
+                       "platform": "web", "memberId": "m-1", "profile": {"age": "fifty"}})
+        await wait_for(lambda: _at_least(pool, 5), message="the late boot consumed")
+    live = await state_digest(pool)
+    ages = await pool.fetch("SELECT member_id, state->'fields'->'profile.age'->>0 AS age FROM users ORDER BY 1")
+    assert [tuple(r) for r in ages] == [("m-1", "forty"), ("m-2", "30")]  # b2 was dead-lettered (P2)
+    assert (await replay(settings, "--rebuild", "--drop-archive"))["digest"] == live
+    types = await pool.fetchrow("SELECT field_types, imported_types FROM channels WHERE channel_id = $1", ch)
+    assert (types["field_types"], types["imported_types"]) == ({"profile.plan": "string"}, {"profile.age": "number"})

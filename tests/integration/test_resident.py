@@ -122,6 +122,7 @@ async def test_resident_rebuild_equals_batch_by_batch_apply_wherever_its_writes_
     expected = await state_digest(live)
     assert await live.fetchval("SELECT count(*) FROM merges") > 0  # the stream does unify
     assert await live.fetchval("SELECT count(*) FROM users WHERE masked") > 0  # the MU limit bit (I17)
+    assert await live.fetchval("SELECT count(*) FROM users WHERE masked AND type = 'lead'") > 0  # … not only imports'
     for pool in (small, whole):
         assert await state_digest(pool) == expected
         assert await _activities(pool) == await _activities(live)

@@ -3,15 +3,21 @@ real broker and PostgreSQL (docs/domain.md U6, U8, D1b; docs/decisions.md)."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import asyncpg
+import orjson
 import pytest
 
 from contracts.topics import Topics
 from services.domain.ids import fact_user_id
 from services.platform.config import Settings
+from services.projection.records import MAX_AHEAD_MS
+from services.replay.digest import state_digest
+from services.retention.retention import RETENTION_MS, expired_users
 from services.store.queries import find_user
+from tests.integration.test_replay import replay, side_schemas
 from tests.support.infra import wait_for
 from tests.support.service import Publisher, read_topic, running_service
 
@@ -103,3 +109,80 @@ async def test_u8_delete_naming_a_merged_lead_is_rejected_and_the_survivor_stays
 async def _with_code(settings: Settings, code: str, n: int) -> list[dict[str, Any]] | None:
     found = [letter for letter in await dead_letters(settings) if letter["error"]["code"] == code]
     return found if len(found) >= n else None
+
+
+FAR = 4_102_444_800_000  # 2100-01-01
+
+
+async def test_b4_a_far_future_time_is_bounded_deterministically_and_cannot_dodge_retention(
+    settings: Settings, pool: asyncpg.Pool
+) -> None:
+    """A producer dates a contact fact in 2100, in `occurredAt` and in the record
+    timestamp. Before: the lead's last contact was 2100, so the B4 sweep never found it
+    and its values beat every later edit. Now the record time is bounded by the
+    partition's clock (the earlier record's time + MAX_AHEAD_MS), the bound is stored
+    with the offsets, and a rebuild bounds it alike (same digest)."""
+    topics = Topics(settings.topic_prefix)
+    async with running_service(settings), Publisher(settings) as pub:
+        sent_at = int(time.time() * 1000)
+        await pub.sdk(ev("b", "boot", T0, veilId="v-early", platform="web"))
+        future = ev("far", "contact", FAR, veilId="v-far", email="far@example.jp")
+        await (await pub.producer.send(topics.sdk_events, orjson.dumps(future), key=CH.encode(), timestamp_ms=FAR))
+        await wait_for(lambda: applied(pool, 2))
+
+    lead = await find_user(pool, CH, "veil", "v-far")
+    assert lead is not None and lead["type"] == "lead"
+    assert lead["createdAt"] < sent_at + MAX_AHEAD_MS + 60_000  # not 2100
+    clock = await pool.fetchval("SELECT max(clock) FROM inbox_offsets WHERE topic = $1", topics.sdk_events)
+    assert clock is not None and clock < sent_at + MAX_AHEAD_MS + 60_000
+    # B4: two years and two days after the facts, the sweep finds the lead.
+    expired = await expired_users(pool, sent_at + RETENTION_MS + 2 * MAX_AHEAD_MS)
+    assert (CH, lead["id"]) in expired
+
+    live = await state_digest(pool)
+    try:
+        assert await replay(settings, "--rebuild", "--drop-archive") == {"events": 2, "digest": live}
+        assert await pool.fetchval("SELECT max(clock) FROM inbox_offsets WHERE topic = $1", topics.sdk_events) == clock
+    finally:
+        await _drop_side_schemas(settings)
+
+
+async def test_event_ids_are_remembered_for_seven_days_of_event_time_and_the_table_stops_growing(
+    settings: Settings, pool: asyncpg.Pool
+) -> None:
+    """A duplicate eventId within the window is skipped; the channel's facts eight days
+    later forget it (its row is deleted in that batch), so `applied_events` holds a
+    window, not the history; the same eventId sent after that is a new fact. A rebuild
+    skips the same facts and keeps the same rows."""
+    async with running_service(settings), Publisher(settings) as pub:
+        await pub.sdk(
+            ev("e1", "contact", T0, veilId="v1", email="first@example.jp"),
+            ev("e1", "contact", T0 + DAY, veilId="v1", email="second@example.jp"),  # a duplicate: skipped
+        )
+        await wait_for(lambda: applied(pool, 2))
+        assert (await find_user(pool, CH, "veil", "v1") or {})["profile"] == {"email": "first@example.jp"}
+        await pub.sdk(ev("e2", "boot", T0 + 8 * DAY, veilId="v2", platform="web"))
+        await wait_for(lambda: applied(pool, 3))
+        rows = sorted(tuple(r) for r in await pool.fetch("SELECT event_id, at FROM applied_events"))
+        assert rows == [("e2", T0 + 8 * DAY)]  # e1 forgotten: older than 7 days of event time
+        await pub.sdk(ev("e1", "contact", T0 + 8 * DAY + 1, veilId="v1", email="third@example.jp"))
+        await wait_for(lambda: applied(pool, 4))
+    assert (await find_user(pool, CH, "veil", "v1") or {})["profile"] == {"email": "third@example.jp"}
+    rows = sorted(tuple(r) for r in await pool.fetch("SELECT channel_id, event_id, at FROM applied_events"))
+
+    live = await state_digest(pool)
+    try:
+        assert await replay(settings, "--rebuild", "--drop-archive") == {"events": 4, "digest": live}
+        assert sorted(tuple(r) for r in await pool.fetch("SELECT channel_id, event_id, at FROM applied_events")) == rows
+    finally:
+        await _drop_side_schemas(settings)
+
+
+async def _drop_side_schemas(settings: Settings) -> None:
+    assert settings.database_url is not None
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        for schema in await side_schemas(settings.database_url, settings.db_schema):
+            await conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+    finally:
+        await conn.close()

@@ -215,10 +215,10 @@ async def test_u5_u7_u9_a_lead_given_a_shared_email_lists_the_members_most_recen
 async def test_g2_a_contact_shared_by_more_than_50_leads_merges_none_and_says_so(settings: Settings, pool: asyncpg.Pool) -> None:
     """Story: 50 booted leads share one qualified e-mail, 51 share another. A member
     import row with the first e-mail unifies all 50 (pending their member's login, which
-    merges them); the row with the second fails with the G2 reason and changes nothing.
-    The API then creates that member (candidates listed), staff approve all 51, and the
-    member's login merges none of them: a `blast_radius` notice is dead-lettered and the
-    51 stay pending for staff."""
+    merges them); the row with the second creates its member but merges none, and the
+    failures file says why (G2 in an import, issue 16): the 51 list it as their candidate.
+    The API updates that member, staff approve all 51, and the member's login merges none
+    of them: a `blast_radius` notice is dead-lettered and the 51 stay pending for staff."""
     a_veils, b_veils = [f"va-{i}" for i in range(50)], [f"vb-{i}" for i in range(51)]
     visitors = [(v, "a@example.jp") for v in a_veils] + [(v, "b@example.jp") for v in b_veils]
     ids = {v: veil_user_id(CH, v) for v, _ in visitors}
@@ -233,14 +233,15 @@ async def test_g2_a_contact_shared_by_more_than_50_leads_merges_none_and_says_so
         await pub.send(pub.topics.import_rows, import_rows("imp_g2", T0 + 2 * HOUR, "member", "memberId", columns, rows))
         await wait_for(lambda: applied(pool, 206))
         record = await import_log.import_record(pool, CH, "imp_g2")
-        assert record is not None and (record["created"], record["failed"]) == (1, 1)
+        assert record is not None and (record["created"], record["failed"]) == (2, 0)
         async with pool.acquire() as conn, conn.transaction():
             failures = [f async for f in import_log.failed_rows(conn, CH, "imp_g2")]
         assert [(n, list(cols)) for n, cols, _, _ in failures] == [(3, ["profile.email"])]
         assert "51 leads share this member's contact, more than 50" in failures[0][2]
-        assert await find_user(pool, CH, "member", "mem-b") is None  # nothing of the row applied
+        created_b = await find_user(pool, CH, "member", "mem-b")  # the row applied …
+        assert created_b is not None and created_b["mergedUserIds"] == []  # … merging none
         b0 = await find_user(pool, CH, "id", ids["vb-0"])
-        assert b0 is not None and b0["unification"] == {"candidates": [], "pendingInto": None}
+        assert b0 is not None and b0["unification"] == {"candidates": [created_b["id"]], "pendingInto": None}
 
         await pub.command(ev("mb", "member.upsert", T0 + 3 * HOUR, memberId="mem-b", profile={"email": "b@example.jp"}))
         await wait_for(lambda: applied(pool, 207))
@@ -270,8 +271,9 @@ async def test_d1_phone_and_email_chats_attach_to_the_customer_with_that_contact
 ) -> None:
     """Story (help desk): a call from a known number attaches to the member with that
     number, a mail from a known address (any spelling) to the lead with that address; a
-    mail from an unknown address is a new lead with a qualified e-mail; a web chat that
-    merely mentions a known address is a new lead of its own (typed, unqualified)."""
+    mail from an unknown address is a new lead with a qualified e-mail; a web form
+    carrying the lead's address attaches to that lead too (D1: "web form … same e-mail"),
+    while one carrying an address only a visitor typed is a new lead of its own."""
     async with running_service(settings), Publisher(settings) as pub:
         await pub.command(
             ev("m", "member.upsert", T0, memberId="mem-1", profile={"mobileNumber": PHONE}),
@@ -291,20 +293,24 @@ async def test_d1_phone_and_email_chats_attach_to_the_customer_with_that_contact
             chat("mail", "mail-1", "email", email=" Ask@Example.JP"),
             chat("new", "mail-2", "email", email="new@example.jp"),
             chat("web", "web-1", "web", email="ask@example.jp"),
+            ev("typed", "contact", T0 + DAY, veilId="v-typist", email="typed@example.jp"),
+            chat("web2", "web-2", "web", email="typed@example.jp"),
         )
-        await wait_for(lambda: applied(pool, 6))
-        changes = await wait_for(lambda: _created(settings, 4), message="four created users")
+        await wait_for(lambda: applied(pool, 8))
+        changes = await wait_for(lambda: _created(settings, 5), message="five created users")
 
     owners = dict(await pool.fetch("SELECT event_id, user_id FROM activities"))
-    assert owners["call"] == member["id"] and owners["mail"] == lead["id"]
-    assert owners["new"] not in (member["id"], lead["id"], owners["web"]) and owners["web"] not in (member["id"], lead["id"])
+    assert owners["call"] == member["id"] and owners["mail"] == lead["id"] and owners["web"] == lead["id"]
+    assert owners["new"] not in (member["id"], lead["id"], owners["web2"])
     # D1b: a help-desk match attaches the inquiry, never the sender's veil.
     assert await find_user(pool, CH, "veil", "tel-1") is None and await find_user(pool, CH, "veil", "mail-1") is None
     new = await find_user(pool, CH, "veil", "mail-2")
     assert new is not None and (new["type"], new["profile"], new["qualified"]) == ("lead", {"email": "new@example.jp"}, ["email"])
-    web = await find_user(pool, CH, "veil", "web-1")
-    assert web is not None and (web["type"], web["profile"], web["qualified"]) == ("lead", {"email": "ask@example.jp"}, [])
-    assert sorted(changes) == sorted([member["id"], lead["id"], new["id"], web["id"]])  # no other customer created
+    assert await find_user(pool, CH, "veil", "web-1") is None  # D1b
+    typist, web2 = await find_user(pool, CH, "veil", "v-typist"), await find_user(pool, CH, "veil", "web-2")
+    assert typist is not None and web2 is not None and owners["web2"] == web2["id"] != typist["id"]
+    assert (web2["type"], web2["profile"], web2["qualified"]) == ("lead", {"email": "typed@example.jp"}, [])
+    assert sorted(changes) == sorted([member["id"], lead["id"], new["id"], typist["id"], web2["id"]])  # no other customer
 
 
 async def _created(settings: Settings, n: int) -> list[str] | None:

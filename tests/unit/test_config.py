@@ -142,6 +142,11 @@ def test_booleans_read_the_usual_spellings(raw: str, expected: bool) -> None:
     assert Settings.from_env({"UNIFIER_KAFKA_IDEMPOTENCE": raw}).kafka_idempotence is expected
 
 
+@pytest.mark.parametrize(("raw", "host"), [("127.0.0.1", "127.0.0.1"), ("::", "::"), ("[::1]", "::1"), ("metrics.local", "metrics.local")])
+def test_metrics_host_takes_names_and_both_address_families(raw: str, host: str) -> None:
+    assert Settings.from_env({"UNIFIER_METRICS_HOST": raw}).metrics_host == host
+
+
 def test_embedded_off_requires_a_broker_and_a_database() -> None:
     """Issue 11 item 6: the image sets UNIFIER_EMBEDDED=0; a missing variable is an error,
     never an in-memory broker started silently."""
@@ -266,3 +271,19 @@ def test_the_cli_refuses_a_bad_database_url_without_echoing_its_password(
     assert main(["digest"]) == 2
     err = capsys.readouterr().err
     assert "DATABASE_URL" in err and PASSWORD not in err
+
+
+def test_faststream_gets_the_same_security_as_aiokafka() -> None:
+    """The API publishes through faststream (issue 12); it must reach a secured broker too."""
+    from faststream.security import SASLScram512
+
+    settings = Settings.from_env({
+        "KAFKA_BOOTSTRAP_SERVERS": "scram.example:9096", "KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+        "KAFKA_SASL_MECHANISM": "SCRAM-SHA-512", "KAFKA_SASL_USERNAME": "svc", "KAFKA_SASL_PASSWORD": PASSWORD,
+    })
+    kafka.use(settings)
+
+    security = kafka.faststream_security("scram.example:9096")
+
+    assert isinstance(security, SASLScram512) and security.use_ssl
+    assert kafka.faststream_security("127.0.0.1:1") is None

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from services.domain.channel import ChannelSettings
-from services.domain.imports import mu_visible
+from services.domain.mu import mu_visible
 from services.domain.view import user_view
 
 from .domain_support import CH, HOUR, MIN, T0, World, candidates, changes, snapshot

@@ -14,6 +14,8 @@ from .domain_support import CH, HOUR, MIN, T0, World, candidates, changes
 EMAIL = "taro@example.jp"
 MOBILE = "+819012345678"
 
+MOBILE_KEY = "profile.mobileNumber"
+
 
 def booted_lead(w: World, veil: str, at: int, **profile: object) -> User:
     """An anonymous user that booted, then got a qualified contact from staff (U5)."""
@@ -398,7 +400,7 @@ def test_u6_pending_cancelled_when_source_becomes_member():
     w.boot("v1", T0 + 2 * HOUR, memberId="m2")  # no member m2 yet: the lead becomes it (U2)
     became = w.user(lead.id)
     assert became.type == "member" and became.member_id == "m2"
-    assert became.pending_into is None and candidates(w, became) == []
+    assert became.pending_into is None and candidates(w, became) == [] and became.offered == []
     assert w.directory.pending_for(CH, m.id) == []
 
     out = w.ok("login", T0 + 3 * HOUR, veilId="v9", memberId="m1")
@@ -588,6 +590,7 @@ def test_u9_unqualified_contacts_never_make_candidates():
     w = World()
     w.upsert_member("m1", T0, email=EMAIL)
     w.boot("v1", T0)
+    w.boot("v2", T0)  # a known visitor's web chat is its own (an unknown veil's would go to m1, D1)
     w.ok("contact", T0 + MIN, veilId="v1", email=EMAIL)
     w.ok("chat", T0 + MIN, veilId="v2", chatId="c", medium="web", contact={"email": EMAIL})
     for veil in ("v1", "v2"):
@@ -768,6 +771,77 @@ def test_d1_inquiry_without_a_match_creates_a_new_customer():
     assert out.activities[0].user_id == new.id
     assert new.type == "lead"
     assert new.fields["profile.mobileNumber"].q is True
+
+
+def _chat(w: World, veil: str, medium: str, at: int, **contact: str):
+    return w.send("chat", at, veilId=veil, chatId=f"c-{veil}", medium=medium, contact=contact,
+                  message={"messageId": f"m-{veil}", "text": "hello"})
+
+
+def test_d1_a_phone_inquiry_never_goes_to_a_visitor_who_merely_typed_that_number():
+    """D1 uses qualified contacts: a visitor who typed a stranger's number must not
+    receive that stranger's call; with no customer holding it as qualified, the call is
+    a new customer of its own."""
+    w = World()
+    w.boot("v-typist", T0)
+    w.ok("contact", T0 + MIN, veilId="v-typist", mobileNumber=MOBILE)
+    typist = w.veil("v-typist")
+    out = _chat(w, "phone:9", "phone", T0 + HOUR, mobileNumber=MOBILE)
+    assert out.rejection is None and out.activities[0].user_id != typist.id
+    caller = w.user(out.activities[0].user_id)
+    assert caller.type == "lead" and caller.fields[MOBILE_KEY].q
+
+
+def test_d1_a_web_form_inquiry_with_an_email_attaches_to_the_customer_holding_it_qualified():
+    """D1: "other channels (e-mail, web form) … same e-mail". The typed address does not
+    become qualified anywhere, no customer is created and no veil is handed over (D1b)."""
+    w = World()
+    m = w.upsert_member("m1", T0, email=EMAIL)
+    count = len(list(w.directory.users()))
+    out = _chat(w, "web-form-1", "web", T0 + MIN, email=" Taro@Example.jp", mobileNumber=MOBILE)
+    assert out.rejection is None and out.activities[0].user_id == m.id
+    assert len(list(w.directory.users())) == count and w.directory.by_veil(CH, "web-form-1") is None
+    member = w.user(m.id)
+    assert member.fields["profile.email"].q and MOBILE_KEY not in member.fields  # the typed number is not added
+
+
+def test_d1_a_web_form_email_only_typed_by_someone_else_matches_nobody():
+    w = World()
+    w.boot("v-typist", T0)
+    w.ok("contact", T0 + MIN, veilId="v-typist", email=EMAIL)
+    out = _chat(w, "web-form-2", "web", T0 + HOUR, email=EMAIL)
+    own = w.veil("web-form-2")
+    assert out.activities[0].user_id == own.id != w.veil("v-typist").id
+    assert own.type == "lead" and not own.fields["profile.email"].q
+
+
+def test_d1_a_phone_inquiry_matches_by_number_and_an_email_by_address_only():
+    """Phone by the caller's number; e-mail by the address (not by whatever else they carry)."""
+    w = World()
+    m = w.upsert_member("m1", T0, email=EMAIL)
+    out = _chat(w, "phone:3", "phone", T0 + MIN, mobileNumber=MOBILE, email=EMAIL)
+    assert out.activities[0].user_id != m.id
+
+
+def test_d1_b1_a_blocked_customer_is_not_matched():
+    """Only blocked customers hold the number: the call is refused (seed 000: a blocked
+    caller gets no connection), no customer is created. Another, unblocked holder is
+    matched instead; a web form naming a blocked customer's address is the visitor's own."""
+    w = World()
+    m = w.upsert_member("m1", T0, mobileNumber=MOBILE, email=EMAIL)
+    w.ok("user.block", T0 + MIN, userId=m.id)
+    count = len(list(w.directory.users()))
+    out = _chat(w, "phone:4", "phone", T0 + HOUR, mobileNumber=MOBILE)
+    assert out.rejection is not None and out.rejection.code == "blocked_customer"
+    assert len(list(w.directory.users())) == count
+
+    web = _chat(w, "web-form-3", "web", T0 + HOUR, email=EMAIL)
+    assert web.activities[0].user_id == w.veil("web-form-3").id != m.id
+
+    other = w.lead("hanako@example.jp", T0 + 2 * HOUR)
+    w.ok("profile.update", T0 + 2 * HOUR, userId=other.id, profile={"mobileNumber": MOBILE})
+    again = _chat(w, "phone:5", "phone", T0 + 3 * HOUR, mobileNumber=MOBILE)
+    assert again.rejection is None and again.activities[0].user_id == other.id
 
 
 def test_u9_a_full_width_email_typed_with_an_ime_is_the_same_address():

@@ -10,7 +10,8 @@ from contracts.inbound import ImportFinished, ImportRow, ImportStarted
 from services.domain import core
 from services.domain.core import Fact, Outcome
 from services.domain.directory import Directory
-from services.domain.imports import Column, ImportBook, ImportChannel, ImportDef, MuBudget
+from services.domain.imports import Column, ImportBook, ImportChannel, ImportDef
+from services.domain.mu import MuBudget
 from services.domain.saga import member_candidates
 from services.domain.user import EMAIL, MOBILE, User, Value
 
@@ -41,10 +42,11 @@ class Harness:
         self.book = ImportBook()
         self.definition = ImportDef.build(CH, IMP, mode, key, blank, tag, columns)
         self.book.definitions[(CH, IMP)] = self.definition
+        budget = None
         if mu_limit is not None:
             visible = [u for u in users if u.type != "anonymous" and u.alive and not u.blocked and not u.masked]
-            self.book.budgets[CH] = MuBudget(mu_limit, len(visible), frozenset(u.id for u in visible))
-        self.settings = ImportChannel(CH, mu_limit=mu_limit, book=self.book)
+            budget = MuBudget(mu_limit, len(visible))
+        self.settings = ImportChannel(CH, mu_limit=mu_limit, mu_budget=budget, book=self.book)
         self.n = 1
 
     def row(self, at: int = T0, row_error: str | None = None, **cells: str) -> Outcome:
@@ -136,15 +138,29 @@ def test_i2_u9_unqualified_contact_is_not_unified() -> None:
     assert h.directory.get("u_lead").merged_into is None  # type: ignore[union-attr]
 
 
-def test_g2_more_than_50_leads_sharing_the_contact_fail_the_row_and_merge_none() -> None:
+def test_g2_more_than_50_leads_sharing_the_contact_apply_the_member_merge_none_and_say_why() -> None:
+    """G2 in an import (issue 16): the member row is applied, no lead is merged, the
+    leads list the member as their candidate for staff, and the failures file says why
+    (the row counts as created: it was applied)."""
     leads = [lead(f"u_l{i:02d}", email="shop@example.jp") for i in range(51)]
     h = Harness(*leads)
-    h.row(memberId="m-1", email="shop@example.jp", **UNSUB)
-    assert h.tally.failed == 1 and h.tally.created == 0
-    failure = h.tally.failures[0]
-    assert failure.columns == (EMAIL,) and "51 leads" in failure.reason
-    assert h.directory.by_member(CH, "m-1") is None
-    assert all(h.directory.get(u.id).merged_into is None for u in leads)  # type: ignore[union-attr]
+    out = h.row(memberId="m-1", email="shop@example.jp", name="Shop", **UNSUB)
+    assert (h.tally.created, h.tally.updated, h.tally.failed) == (1, 0, 0) and out.merges == []
+    (note,) = h.tally.failures
+    assert (note.row_number, note.columns) == (2, (EMAIL,)) and note.reason.startswith("applied, but 51 leads")
+    m = h.member("m-1")
+    assert m.value("name") == "Shop" and m.merged_user_ids == []
+    for u in leads:
+        left = h.directory.get(u.id)
+        assert left is not None and left.merged_into is None and left.pending_into is None
+        assert member_candidates(h.directory, left) == [m.id] and left.offered == [m.id]
+
+
+def test_g2_50_leads_sharing_the_contact_are_still_unified() -> None:
+    leads = [lead(f"u_l{i:02d}", email="shop@example.jp") for i in range(50)]
+    h = Harness(*leads)
+    out = h.row(memberId="m-1", email="shop@example.jp", **UNSUB)
+    assert len(out.merges) == 50 and h.tally.failures == []
 
 
 # -------------------------------------------------------------------------------- I3

@@ -1,0 +1,45 @@
+"""The eventId deduplication window (docs/contract.md, "Inbound envelope").
+
+A fact whose (channelId, eventId) was applied before is skipped — for as long as that
+earlier fact is within `WINDOW_MS` of event time of the channel's clock, the latest
+event time applied in the channel so far. Older eventIds are forgotten, so
+`applied_events` holds about a week of each channel's facts instead of growing for
+ever. Defined on event times and the canonical order only, so the live projection
+(which prunes the table in each batch's transaction) and a rebuild (which keeps the
+window in memory) skip exactly the same facts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+WINDOW_MS = 7 * 24 * 60 * 60 * 1000
+
+Applied = tuple[str, str, int]  # (channel_id, event_id, event time)
+
+
+class AppliedWindow:
+    """The remembered eventIds of some channels, with each channel's clock."""
+
+    def __init__(self, rows: Iterable[Applied] = (), clocks: dict[str, int] | None = None) -> None:
+        self.at: dict[tuple[str, str], int] = {(c, e): t for c, e, t in rows}
+        self.clocks: dict[str, int] = dict(clocks or {})
+
+    def seen(self, channel_id: str, event_id: str) -> bool:
+        """Applied before, and not yet forgotten."""
+        at = self.at.get((channel_id, event_id))
+        return at is not None and at >= self.clocks.get(channel_id, at) - WINDOW_MS
+
+    def add(self, channel_id: str, event_id: str, at: int) -> None:
+        self.at[(channel_id, event_id)] = at
+        if at > self.clocks.get(channel_id, at - 1):
+            self.clocks[channel_id] = at
+
+    def horizon(self, channel_id: str) -> int | None:
+        """Event times before this are forgotten in the channel (None: nothing applied)."""
+        clock = self.clocks.get(channel_id)
+        return None if clock is None else clock - WINDOW_MS
+
+    def forget_expired(self) -> None:
+        """Drop what can never be seen again (the clocks only move forward)."""
+        self.at = {k: t for k, t in self.at.items() if t >= self.clocks[k[0]] - WINDOW_MS}

@@ -1,0 +1,85 @@
+"""Issue 11 item 3, the CSV side: syntax errors refuse the file or fail the row with a
+clear reason, and formula cells never reach the failures file as formulas (I13, I15)."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from services.importer import csvfile
+from services.importer.failures import neutralise
+
+
+def _file(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "in.csv"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_i13_an_unclosed_quote_refuses_the_file_naming_the_line_it_opens_on(tmp_path: Path) -> None:
+    """Without the check the quote took in every later row as one cell, silently."""
+    path = _file(tmp_path, 'memberId,name\nm-1,Taro\nm-2,"Hanako\nm-3,Jiro\nm-4,Saburo\n')
+
+    with pytest.raises(csvfile.FileRefused, match="starts on line 3 is never closed"):
+        csvfile.inspect(path)
+
+
+def test_i13_text_after_a_closing_quote_refuses_the_file_naming_the_line(tmp_path: Path) -> None:
+    path = _file(tmp_path, 'memberId,name\nm-1,Taro\nm-2,"Ha"nako\n')
+
+    with pytest.raises(csvfile.FileRefused, match=r"line 3: not valid CSV"):
+        csvfile.inspect(path)
+
+
+def test_i13_quoted_line_breaks_and_doubled_quotes_are_valid(tmp_path: Path) -> None:
+    path = _file(tmp_path, 'memberId,memo\nm-1,"two\nlines"\nm-2,"say ""hi"""\n')
+
+    csvfile.inspect(path)
+    assert list(csvfile.records_with_lines(path)) == [
+        (2, ["m-1", "two\nlines"], (2, 3)), (3, ["m-2", 'say "hi"'], (4, 4)),
+    ]
+
+
+def test_i15_a_cell_that_took_in_the_rows_after_it_fails_its_row_naming_the_lines() -> None:
+    """A quote closed by a stray one far below: valid syntax, but the cell is longer than
+    any cell may be and holds line breaks, so the row fails with the lines it swallowed."""
+    swallowed = "Hanako\n" + "m-9,x\n" * 900 + "end"
+
+    reason = csvfile.swallowed(["m-2", swallowed], (3, 903))
+
+    assert reason is not None and "from line 3 to line 903" in reason and "not closed" in reason
+    assert csvfile.swallowed(["m-2", "a\nshort\nmemo"], (3, 5)) is None
+    assert csvfile.swallowed(["m-2", "x" * 10_000], (3, 3)) is None  # long but one line: the value's limit says so
+
+
+@pytest.mark.parametrize("cell", ["=1+1", "+81 90-1234-5678", "-2", "@SUM(A1)", "\tx", "\rx", '=HYPERLINK("http://x","y")'])
+def test_i15_formula_cells_are_written_as_text_and_read_back_unchanged(cell: str) -> None:
+    """OWASP CSV injection: an apostrophe before =, +, -, @, tab, CR; the importer drops it."""
+    written = neutralise(cell)
+
+    assert written == "'" + cell
+    assert csvfile._restore(written) == cell
+
+
+@given(st.text(max_size=40))
+def test_i15_neutralise_then_restore_is_the_identity(cell: str) -> None:
+    assert csvfile._restore(neutralise(cell)) == cell or cell.startswith("'") and cell[1:2] in csvfile.FORMULA_START
+
+
+def test_i15_plain_cells_are_left_alone() -> None:
+    for cell in ("Taro", "taro@example.jp", "090-1234-5678", "'quoted", "1,200", ""):
+        assert neutralise(cell) == cell
+
+
+def test_i15_a_failures_file_row_reads_back_as_the_original_cells(tmp_path: Path) -> None:
+    row = ["m-1", "=cmd|' /C calc'!A0", "@x", "plain"]
+    out = io.StringIO()
+    csv.writer(out).writerows([["memberId", "a", "b", "c"], [neutralise(c) for c in row]])
+    path = _file(tmp_path, out.getvalue())
+
+    assert [cells for _, cells in csvfile.records(path)] == [row]

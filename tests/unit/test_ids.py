@@ -1,0 +1,43 @@
+"""Name-based ids (docs/decisions.md, Determinism; ids version 2 of contract 1.1.0)."""
+
+from __future__ import annotations
+
+import uuid
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from services.domain.ids import encode_parts, fact_user_id, member_user_id, veil_user_id
+
+_V1_NAMESPACE = uuid.UUID("5b0c6f5e-3d0a-4a8e-9a51-6e1f0c2d7a11")
+
+
+def test_ids_v2_parts_holding_the_old_separator_no_longer_derive_another_inputs_id():
+    """Version 1 joined parts with U+001F: a veilId `v\\x1f5` gave the id of the user
+    created on veil `v` at time 5, and a memberId `m\\x1f5` that of member `m` re-created
+    at time 5 (B3). The encoding is unambiguous now."""
+    assert veil_user_id("ch", "v\x1f5") != veil_user_id("ch", "v", 5)
+    assert member_user_id("ch", "m\x1f5") != member_user_id("ch", "m", 5)
+    assert veil_user_id("ch\x1fveil", "x") != veil_user_id("ch", "veil\x1fx")
+    assert fact_user_id("a\x1ffact", "b") != fact_user_id("a", "fact\x1fb")
+
+
+def test_ids_v2_ordinary_ids_are_the_version_1_ids():
+    """Parts without U+001F keep their ids: no rebuild needed to keep them (operations.md)."""
+    assert veil_user_id("ch_1", "veil-1") == "u_" + uuid.uuid5(_V1_NAMESPACE, "ch_1\x1fveil\x1fveil-1").hex
+    assert member_user_id("ch_1", "m-1", 7) == "u_" + uuid.uuid5(_V1_NAMESPACE, "ch_1\x1fmember\x1fm-1\x1f7").hex
+    assert fact_user_id("ch_1", "ev-1") == "u_" + uuid.uuid5(_V1_NAMESPACE, "ch_1\x1ffact\x1fev-1").hex
+
+
+_PART = st.text(alphabet=st.sampled_from("ab\x1f:1é"), max_size=6)
+
+
+@given(st.lists(_PART, min_size=1, max_size=4), st.lists(_PART, min_size=1, max_size=4))
+def test_ids_v2_encoding_is_injective(a: list[str], b: list[str]):
+    assert (encode_parts(*a) == encode_parts(*b)) == (a == b)
+
+
+@given(_PART, _PART, _PART, _PART)
+def test_ids_v2_distinct_member_inputs_give_distinct_ids(ch1: str, m1: str, ch2: str, m2: str):
+    if (ch1, m1) != (ch2, m2):
+        assert member_user_id(ch1, m1) != member_user_id(ch2, m2)

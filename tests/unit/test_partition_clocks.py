@@ -1,0 +1,52 @@
+"""Future record times are bounded by the partition's clock (docs/decisions.md, "Event
+time"), deterministically: the same records in the same order give the same times."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from services.projection.records import LOG_APPEND_TIME, MAX_AHEAD_MS, PartitionClocks, clocks_after
+
+P = ("identity.sdk-events", 0)
+T = 1_746_316_800_000
+FAR = 4_102_444_800_000  # 2100-01-01
+
+
+def test_b4_a_far_future_producer_time_is_lowered_to_the_clock_plus_the_allowance():
+    clocks = PartitionClocks()
+    assert clocks.bound(P, T) == T  # the first record of a partition sets its clock
+    assert clocks.bound(P, FAR) == T + MAX_AHEAD_MS
+    assert clocks.bound(P, T + 60_000) == T + 60_000  # later records are their own time again
+    assert clocks.at[P] == T + MAX_AHEAD_MS
+
+
+def test_a_partition_idle_for_less_than_the_allowance_is_untouched():
+    clocks = PartitionClocks({P: T})
+    assert clocks.bound(P, T + MAX_AHEAD_MS) == T + MAX_AHEAD_MS
+    assert clocks.bound(P, T - 5_000) == T - 5_000  # earlier times are never raised
+
+
+def test_broker_stamped_times_are_kept():
+    clocks = PartitionClocks({P: T})
+    assert clocks.bound(P, FAR, LOG_APPEND_TIME) == FAR
+
+
+def test_partitions_have_clocks_of_their_own_and_records_without_time_are_left_alone():
+    clocks = PartitionClocks({P: T})
+    assert clocks.bound(("identity.commands", 0), FAR) == FAR
+    assert clocks.bound(P, -1) == -1 and clocks.at[P] == T
+
+
+@given(st.lists(st.integers(min_value=1, max_value=FAR), max_size=30), st.integers(min_value=0, max_value=29))
+def test_resuming_at_any_offset_with_the_stored_clock_bounds_as_reading_from_the_start(times: list[int], cut: int):
+    """What the live service does after a restart (clock stored with the offset) gives
+    the times a rebuild reading from the log's start gives."""
+    whole = PartitionClocks()
+    expected = [whole.record(P[0], P[1], i, t, 0, None, None) for i, t in enumerate(times)]
+    cut = min(cut, len(times))
+    first = PartitionClocks()
+    head = [first.record(P[0], P[1], i, t, 0, None, None) for i, t in enumerate(times[:cut])]
+    rest = PartitionClocks(clocks_after(head))
+    tail = [rest.record(P[0], P[1], i + cut, t, 0, None, None) for i, t in enumerate(times[cut:])]
+    assert head + tail == expected
