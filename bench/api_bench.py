@@ -24,7 +24,7 @@ omission). The client is a few lines of asyncio on keep-alive connections, cheap
 not to be what is measured. Prints p50/p90/p99/max and errors per phase and writes
 bench/results/api.json. A benchmark, not a test: nothing here asserts.
 
-    .venv/bin/python bench/api_bench.py                       # the issue's figures (~4 min)
+    .venv/bin/python bench/api_bench.py                       # the issue's figures (~6 min)
     .venv/bin/python bench/api_bench.py --users 100000 --seconds 20 --command-seconds 10
 """
 
@@ -51,6 +51,7 @@ if str(ROOT) not in sys.path:
 
 import asyncpg  # noqa: E402
 import orjson  # noqa: E402
+import psutil  # noqa: E402
 from aiokafka import AIOKafkaProducer  # noqa: E402
 
 from contracts.topics import Topics  # noqa: E402
@@ -124,6 +125,44 @@ async def fill(database_url: str, schema: str, users: int) -> float:
     finally:
         await pool.close()
     return time.perf_counter() - started
+
+
+async def explain(database_url: str, schema: str, users: int) -> dict[str, Any]:
+    """EXPLAIN ANALYZE of the API's reads on the filled table (the statements the API
+    runs, from services/store/queries.py): plan shape and server time of each."""
+    from services.store.queries import UserFilter, q_matches_sql, search_sql
+
+    n = users // 2
+    cases: dict[str, tuple[str, list[Any]]] = {
+        "by_id": ("SELECT state FROM users WHERE id = $1 AND channel_id = $2", [member_user_id(CHANNEL, f"m{n}"), CHANNEL]),
+        "email": search_sql(CHANNEL, UserFilter(email=f"u{n}@example.com"), limit=50),
+        "member_id": search_sql(CHANNEL, UserFilter(member_id=f"m{n}"), limit=50),
+        # q: the matching ids first (few), then their page; a broad prefix walks the users.
+        "q_matches_name": q_matches_sql(CHANNEL, f"User {n // 10}"),
+        "q_matches_email": q_matches_sql(CHANNEL, f"u{n // 10}"),
+        "q_page_of_matches": search_sql(CHANNEL, UserFilter(q=f"u{n // 10}"), limit=50,
+                                        q_ids=[member_user_id(CHANNEL, f"m{n // 10 * 10 + k}") for k in range(11)]),
+        "q_matches_one_letter": q_matches_sql(CHANNEL, "u"),
+        "q_one_letter_walk": search_sql(CHANNEL, UserFilter(q="u"), limit=50),
+        "q_rare_walk_worst_case": search_sql(CHANNEL, UserFilter(q="zz"), limit=50),
+        "list_first_page": search_sql(CHANNEL, UserFilter(), limit=50),
+        "list_type_member": search_sql(CHANNEL, UserFilter(type="member"), limit=50),
+        "tag": search_sql(CHANNEL, UserFilter(tag="vip"), limit=50),
+        "blocked": search_sql(CHANNEL, UserFilter(blocked=True), limit=50),
+        "grade": search_sql(CHANNEL, UserFilter(grade="gold"), limit=50),
+    }
+    out: dict[str, Any] = {}
+    pool = await create_pool(database_url, schema, max_size=1)
+    try:
+        for name, (sql, params) in cases.items():
+            await pool.fetch(sql, *params)  # warm the cache: the steady state is what matters
+            lines = [r[0] for r in await pool.fetch("EXPLAIN (ANALYZE, COSTS OFF) " + sql, *params)]
+            took = next((float(x.split(":")[1].split()[0]) for x in lines if x.startswith("Execution Time")), None)
+            out[name] = {"ms": took, "plan": [x for x in lines if not x.startswith(("Planning", "Execution"))]}
+            print(f"explain {name}: {took} ms\n  " + "\n  ".join(out[name]["plan"]), file=sys.stderr)
+    finally:
+        await pool.close()
+    return out
 
 
 # -- the load generator ----------------------------------------------------------------
@@ -231,6 +270,11 @@ class Connections:
             conn = await self.idle.get()
         try:
             answer = await conn.send(raw)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            # The server closed an idle keep-alive connection: once more on a new one.
+            conn.close()
+            conn = await Http.open(self.host, self.port)
+            answer = await conn.send(raw)
         except BaseException:
             conn.close()
             self.opened -= 1
@@ -254,6 +298,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         try:
             result["fill_seconds"] = round(await fill(args.database_url, schema, args.users), 1)
             print(f"fill: {result['fill_seconds']} s", file=sys.stderr)
+            result["explain"] = await explain(args.database_url, schema, args.users)
             async with EmbeddedBroker(work / "broker") as broker:
                 await ensure_topics(broker.bootstrap, prefix, 12)
                 port = free_port()
@@ -274,8 +319,9 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                     key, _ = await api_keys.create_key(pool, "admin", None, "bench")
                     conns = Connections("127.0.0.1", port)
                     await _until_serving(conns, key, service)
-                    result.update(await _reads(args, pool, conns, key, rng))
-                    result.update(await _commands(args, pool, conns, key, broker.bootstrap, prefix, rng))
+                    proc = psutil.Process(service.pid)
+                    result.update(await _reads(args, pool, conns, key, rng, proc))
+                    result.update(await _commands(args, pool, conns, key, broker.bootstrap, prefix, rng, proc))
                     conns.close()
                 finally:
                     await pool.close()
@@ -303,7 +349,14 @@ async def _until_serving(conns: Connections, key: str, service: asyncio.subproce
     raise RuntimeError("the API did not answer within 120 s")
 
 
-async def _reads(args: argparse.Namespace, pool: asyncpg.Pool, conns: Connections, key: str, rng: random.Random) -> dict[str, Any]:
+def _cpu(proc: psutil.Process) -> float:
+    times = proc.cpu_times()
+    return float(times.user + times.system)
+
+
+async def _reads(
+    args: argparse.Namespace, pool: asyncpg.Pool, conns: Connections, key: str, rng: random.Random, proc: psutil.Process,
+) -> dict[str, Any]:
     picks = [rng.randrange(args.users) for _ in range(int(args.rate * args.seconds) + 1)]
 
     # Baseline: the rows the API reads, straight from asyncpg at the same rate.
@@ -324,14 +377,19 @@ async def _reads(args: argparse.Namespace, pool: asyncpg.Pool, conns: Connection
     # A short warm-up (connections, caches of the service), not measured.
     warm: dict[str, Tally] = {}
     await open_loop(200, 3, lambda i: _get(conns, key, picks, i), warm)
-    duration = await open_loop(args.rate, args.seconds, sql, base)
+    duration = await open_loop(args.rate, min(args.seconds, args.baseline_seconds), sql, base)
+    base_duration = duration
     print(f"baseline (asyncpg): {json.dumps({k: t.summary(duration) for k, t in base.items()})}", file=sys.stderr)
 
     api: dict[str, Tally] = {}
+    cpu = _cpu(proc)
     duration = await open_loop(args.rate, args.seconds, lambda i: _get(conns, key, picks, i), api)
+    cpu_ms = (_cpu(proc) - cpu) * 1000 / max(1, sum(len(t.latencies) for t in api.values()))
     print(f"API reads: {json.dumps({k: t.summary(duration) for k, t in api.items()})}", file=sys.stderr)
-    return {"read_baseline": {k: t.summary(duration) for k, t in base.items()},
-            "reads": {k: t.summary(duration) for k, t in api.items()}, "connections": conns.opened}
+    print(f"service CPU per read: {cpu_ms:.2f} ms", file=sys.stderr)
+    return {"read_baseline": {k: t.summary(base_duration) for k, t in base.items()},
+            "reads": {k: t.summary(duration) for k, t in api.items()}, "connections": conns.opened,
+            "service_cpu_ms_per_read": round(cpu_ms, 3)}
 
 
 async def _get(conns: Connections, key: str, picks: list[int], i: int) -> tuple[str, bool, int | str]:
@@ -345,7 +403,7 @@ async def _get(conns: Connections, key: str, picks: list[int], i: int) -> tuple[
 
 async def _commands(
     args: argparse.Namespace, pool: asyncpg.Pool, conns: Connections, key: str, bootstrap: str, prefix: str,
-    rng: random.Random,
+    rng: random.Random, proc: psutil.Process,
 ) -> dict[str, Any]:
     picks = [rng.randrange(args.users) for _ in range(int(args.command_rate * args.command_seconds) + 1)]
     topic = Topics(prefix).commands
@@ -372,16 +430,19 @@ async def _commands(
     try:
         warm: dict[str, Tally] = {}
         await open_loop(20, 3, http, warm)  # the projection's first batches, not measured
-        duration = await open_loop(args.command_rate, args.command_seconds, straight, base)
-        print(f"baseline (CommandBus, no HTTP): {json.dumps({k: t.summary(duration) for k, t in base.items()})}", file=sys.stderr)
+        base_duration = await open_loop(args.command_rate, min(args.command_seconds, args.baseline_seconds), straight, base)
+        print(f"baseline (CommandBus, no HTTP): {json.dumps({k: t.summary(base_duration) for k, t in base.items()})}", file=sys.stderr)
         api: dict[str, Tally] = {}
+        cpu = _cpu(proc)
         duration = await open_loop(args.command_rate, args.command_seconds, http, api)
+        cpu_ms = (_cpu(proc) - cpu) * 1000 / max(1, sum(len(t.latencies) for t in api.values()))
         print(f"API commands: {json.dumps({k: t.summary(duration) for k, t in api.items()})}", file=sys.stderr)
+        print(f"service CPU per command (API + projection + relay): {cpu_ms:.2f} ms", file=sys.stderr)
     finally:
         await bus.close()
         await producer.stop()
-    return {"command_baseline": {k: t.summary(duration) for k, t in base.items()},
-            "commands": {k: t.summary(duration) for k, t in api.items()}}
+    return {"command_baseline": {k: t.summary(base_duration) for k, t in base.items()},
+            "commands": {k: t.summary(duration) for k, t in api.items()}, "service_cpu_ms_per_command": round(cpu_ms, 3)}
 
 
 if __name__ == "__main__":
@@ -392,6 +453,7 @@ if __name__ == "__main__":
     parser.add_argument("--seconds", type=float, default=60.0, help="read phase length (default 60)")
     parser.add_argument("--command-rate", type=float, default=200.0)
     parser.add_argument("--command-seconds", type=float, default=30.0)
+    parser.add_argument("--baseline-seconds", type=float, default=20.0, help="length of each baseline (default 20)")
     figures = asyncio.run(main(parser.parse_args()))
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(figures, indent=2) + "\n")

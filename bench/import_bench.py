@@ -190,7 +190,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             env = {
                 **os.environ, "KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap, "DATABASE_URL": args.database_url,
                 "UNIFIER_TOPIC_PREFIX": prefix, "UNIFIER_DB_SCHEMA": schema, "UNIFIER_CONSUMER_GROUP": f"g{tag}",
-                "UNIFIER_METRICS_PORT": "0", "UNIFIER_DATA_DIR": str(work / "data"),
+                "UNIFIER_METRICS_PORT": "0", "UNIFIER_DATA_DIR": str(work / "data"), "UNIFIER_HTTP_ADDR": "127.0.0.1:0",
             }
             service = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "services.runtime.cli", "run", env=env, cwd=ROOT,

@@ -196,6 +196,7 @@ async def main() -> int:
         env = {
             **os.environ, "KAFKA_BOOTSTRAP_SERVERS": bootstrap, "DATABASE_URL": database_url,
             "UNIFIER_TOPIC_PREFIX": prefix, "UNIFIER_METRICS_PORT": "0", "UNIFIER_DATA_DIR": str(work),
+            "UNIFIER_HTTP_ADDR": "127.0.0.1:0",
         }
         await ensure_topics(bootstrap, prefix, 12)
         facts = workload.mixed_facts(args.events, channels=args.channels, rounds=10)

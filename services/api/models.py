@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
-from contracts.inbound import Profile
+from contracts.inbound import HasPushToken, Profile, Text, UnsubscribeEmail, UnsubscribeTexting
 
 
 class _Body(BaseModel):
@@ -19,10 +19,14 @@ Id = Annotated[str, StringConstraints(min_length=1, max_length=256)]
 
 
 class MemberBody(_Body):
-    """`PUT …/members/{memberId}`: upsert by memberId (member.upsert)."""
+    """`PUT …/members/{memberId}`: upsert by memberId (member.upsert). The flags: absent
+    or null keeps the user's value (P1)."""
 
     profile: Profile = Field(default_factory=dict)
-    name: str | None = None
+    name: Text | None = None
+    unsubscribeEmail: UnsubscribeEmail = None
+    unsubscribeTexting: UnsubscribeTexting = None
+    hasPushToken: HasPushToken = None
 
 
 class LeadBody(_Body):
@@ -35,8 +39,11 @@ class ProfilePatch(_Body):
     """`PATCH …/users/{userId}` (profile.update): the keys given are set (qualified)."""
 
     profile: Profile = Field(default_factory=dict)
-    name: str | None = None
+    name: Text | None = None
     tags: list[str] | None = None
+    unsubscribeEmail: UnsubscribeEmail = None
+    unsubscribeTexting: UnsubscribeTexting = None
+    hasPushToken: HasPushToken = None
 
 
 class UnificationBody(_Body):

@@ -15,6 +15,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from services.store.pool import DATABASE_UNAVAILABLE
 
+from .answers import Json
+
 log = logging.getLogger("unifier.api")
 
 PROBLEM = "application/problem+json"
@@ -47,7 +49,7 @@ def problem_response(
         body["errors"] = errors
     if extra:
         body.update(extra)
-    return JSONResponse(body, status_code=status, headers=headers, media_type=PROBLEM)
+    return Json(body, status_code=status, headers=headers, media_type=PROBLEM)
 
 
 def field_errors(errors: Any) -> list[dict[str, Any]]:

@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse
 from services.store.api_keys import Principal
 from services.store.queries import find_user, survivor_of
 
+from .answers import Json
 from .commands import MAX_WAIT_S, CommandBus, CommandInvalid
 from .problems import Problem, problem_response
 
@@ -48,10 +49,10 @@ async def command_answer(
         raise Problem(422, err.message) from None
     location = {"Location": f"/v1/channels/{quote(channel, safe='')}/commands/{quote(event_id, safe='')}"}
     if wait is None:
-        return JSONResponse({"eventId": event_id}, status_code=202, headers=location)
+        return Json({"eventId": event_id}, status_code=202, headers=location)
     outcome = await bus.wait(channel, event_id, wait)
     if outcome.state == "pending":
-        return JSONResponse({"eventId": event_id}, status_code=202, headers=location)
+        return Json({"eventId": event_id}, status_code=202, headers=location)
     if outcome.state == "rejected":
         return problem_response(
             422, f"the command was rejected: {outcome.code}: {outcome.message}", headers=location,
@@ -59,8 +60,8 @@ async def command_answer(
         )
     user = await subject(request.app.state.pool, event_id) if subject is not None else None
     if user is None:
-        return JSONResponse({"eventId": event_id, "state": "applied"}, headers=location)
-    return JSONResponse(user, headers=location)
+        return Json({"eventId": event_id, "state": "applied"}, headers=location)
+    return Json(user, headers=location)
 
 
 async def live_user(pool: asyncpg.Pool, channel: str, by: str, value: str) -> dict[str, Any] | None:

@@ -21,6 +21,10 @@ class _Server(uvicorn.Server):
         yield
 
 
+class ApiStartError(RuntimeError):
+    """The API could not listen (address in use, not permitted) or start its app."""
+
+
 def split_address(addr: str) -> tuple[str, int]:
     host, _, port = addr.rpartition(":")
     return host.strip("[]") or "127.0.0.1", int(port)
@@ -35,7 +39,14 @@ async def serve(app: FastAPI, addr: str, stop: asyncio.Event, *, bound: asyncio.
         http="httptools", loop="none", timeout_graceful_shutdown=10, server_header=False,
     )
     server = _Server(config)
-    task = asyncio.create_task(server.serve(), name="http-api")
+
+    async def run() -> None:
+        try:
+            await server.serve()
+        except SystemExit:  # uvicorn's answer to a port taken or a failed lifespan start
+            raise ApiStartError(f"the HTTP API could not start on {addr} (UNIFIER_HTTP_ADDR); see the log") from None
+
+    task = asyncio.create_task(run(), name="http-api")
     try:
         while not server.started:
             if task.done():

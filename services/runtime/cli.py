@@ -117,17 +117,20 @@ async def _run(settings: Settings, args: argparse.Namespace) -> int:
         return 0
     from .demo import CHANNEL, run_demo
 
-    address: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    ready = asyncio.Event()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         asyncio.get_running_loop().add_signal_handler(sig, stop.set)
-    service = asyncio.create_task(run_service(settings, stop, api_address=address))
-    started: list[asyncio.Future[Any]] = [service, address]  # the API listens once the service runs
-    await asyncio.wait(started, return_when=asyncio.FIRST_COMPLETED)
-    if not service.done() and args.admin_key_file is not None:
-        from .newcomer import greet
+    greet = None
+    if args.admin_key_file is not None:
+        from .newcomer import greet as greet_newcomer
 
-        await greet(settings, args.admin_key_file, address.result(), CHANNEL)
+        async def greet(address: str, running: Settings) -> None:
+            await greet_newcomer(running, args.admin_key_file, address, CHANNEL)
+
+    service = asyncio.create_task(run_service(settings, stop, ready=ready, api_started=greet))
+    started: list[asyncio.Future[Any]] = [service, asyncio.ensure_future(ready.wait())]
+    await asyncio.wait(started, return_when=asyncio.FIRST_COMPLETED)
     demo = None if service.done() or not args.demo else asyncio.create_task(run_demo(settings, stop))
     await service
     if demo is not None:

@@ -8,19 +8,24 @@ somewhere, and the key list does not grow by one per start.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
 from services.platform.config import Settings
 from services.store import api_keys
-from services.store.pool import database
+from services.store.pool import create_pool
 
 NAME = "newcomer"
 
 
 async def greet(settings: Settings, key_file: Path, address: str, channel: str) -> None:
+    """`settings`: with the database in use (run_service's `api_started` hook gives them)."""
+    assert settings.database_url is not None
     stored = key_file.read_text().strip() if key_file.is_file() else ""  # noqa: ASYNC240 - a line, once
-    async with database(settings) as pool:
+    async with contextlib.AsyncExitStack() as stack:
+        pool = await create_pool(settings.database_url, settings.db_schema, max_size=1)
+        stack.push_async_callback(pool.close)
         created = False
         if not stored or await api_keys.authenticate(pool, stored) is None:
             await api_keys.revoke_key(pool, NAME)  # its file was lost: the name is free again
@@ -34,6 +39,7 @@ async def greet(settings: Settings, key_file: Path, address: str, channel: str) 
     lines = [
         "",
         f"HTTP API on http://{address}  (OpenAPI: http://{address}/docs)",
+        f"staff console: http://{address}/console/c/{channel}/customers  (sign in with the key below)",
         f"staff console on http://{address}/console/c/{channel}/customers  (sign in with the admin key below)",
         f"admin API key ({'new, ' if created else ''}kept in {key_file}, mode 0600):",
         f"  {stored}" if created else f"  $(cat {key_file})",

@@ -33,9 +33,12 @@ T = TypeVar("T")
 async def run_service(
     settings: Settings, stop: asyncio.Event | None = None, *, ready: asyncio.Event | None = None,
     api_address: asyncio.Future[str] | None = None,
+    api_started: Callable[[str, Settings], Awaitable[None]] | None = None,
 ) -> None:
     """Run until `stop` (default: SIGTERM/SIGINT). `api_address` receives the address
-    the HTTP API listens on (UNIFIER_HTTP_ADDR; port 0 picks a free one)."""
+    the HTTP API listens on (UNIFIER_HTTP_ADDR; port 0 picks a free one); `api_started`
+    is then called with it and the settings of the broker and database in use (the
+    embedded ones' addresses filled in), e.g. to greet a newcomer (`make run`)."""
     if stop is None:  # run as the process's main service: stop on SIGTERM/SIGINT
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -65,7 +68,7 @@ async def run_service(
             parts["database"] = lambda: True
             try:
                 api = settings.replace(kafka_bootstrap=bootstrap, database_url=database_url)
-                await _serve(settings, topics, bootstrap, pool, stop, parts, ready, (api, api_address))
+                await _serve(settings, topics, bootstrap, pool, stop, parts, ready, (api, api_address, api_started))
             finally:
                 await pool.close()
         finally:
@@ -76,7 +79,7 @@ async def run_service(
 async def _serve(
     settings: Settings, topics: Topics, bootstrap: str, pool: asyncpg.Pool, stop: asyncio.Event,
     parts: dict[str, Callable[[], bool]], ready: asyncio.Event | None,
-    api: tuple[Settings, asyncio.Future[str] | None],
+    api: tuple[Settings, asyncio.Future[str] | None, Callable[[str, Settings], Awaitable[None]] | None],
 ) -> None:
     if not settings.kafka_bootstrap and (log_id := embedded_log_id(settings.data_dir)) is not None:
         if await repo.adopt_log(pool, log_id):
@@ -94,10 +97,21 @@ async def _serve(
     consuming = asyncio.create_task(projection.run(stop), name="projection")
     relaying = asyncio.create_task(relay.run(relay_stop), name="relay")
     # The HTTP API stops with `stop` too: requests in flight finish, new ones are refused.
-    serving = asyncio.create_task(serve(create_app(api[0]), settings.http_addr, stop, bound=api[1]), name="http-api")
+    api_settings, bound, api_started = api
+    bound = bound if bound is not None else asyncio.get_running_loop().create_future()
+    serving = asyncio.create_task(serve(create_app(api_settings), settings.http_addr, stop, bound=bound), name="http-api")
     # Automatic lookups (seed 004 §2): outside the projection's transactions.
     looking_up = asyncio.create_task(run_worker(settings, pool, bootstrap, topics.commands, stop), name="lookups")
     tasks = [consuming, relaying, serving, looking_up]
+
+    async def announce() -> None:  # beside the tasks above: its end must not stop the service
+        if api_started is not None:
+            try:
+                await api_started(await bound, api_settings)
+            except Exception:
+                log.exception("the api_started hook failed")
+
+    announcing = asyncio.create_task(announce(), name="api-started")
     log.info("unifier running: topics %s*, schema %s", settings.topic_prefix, settings.db_schema)
     if ready is not None:
         ready.set()
@@ -115,6 +129,7 @@ async def _serve(
     finally:
         stop.set()
         relay_stop.set()
+        announcing.cancel()
         for task in tasks:
             if not task.done():
                 task.cancel()

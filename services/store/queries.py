@@ -198,6 +198,57 @@ async def search_users(
     page; with the cursor of the next page or None. `q` matches a prefix of the name
     (case-insensitive), of an e-mail or of a mobile number; masked users (I17) never
     match it, since their personal data is hidden."""
+    limit = max(1, min(limit, MAX_PAGE))
+    q_ids = None
+    if f.q is not None:
+        sql, args = q_matches_sql(channel_id, f.q)
+        q_ids = sorted({r[0] for r in await conn.fetch(sql, *args)})
+        if len(q_ids) > Q_SPARSE:
+            q_ids = None  # a broad prefix: walk the users in id order instead
+    sql, args = search_sql(channel_id, f, limit=limit, cursor=cursor, q_ids=q_ids)
+    rows = await conn.fetch(sql, *args)
+    users = [User.from_json(r["state"]) for r in rows[:limit]]
+    items = [await user_json(conn, u) for u in users]
+    return items, encode_cursor(users[-1].id) if len(rows) > limit else None
+
+
+Q_SPARSE = 5000
+"""`q` matching at most this many users is answered from the list of their ids (index
+range scans of the prefix, then the page of them in id order); a broader prefix walks
+the channel's users in id order, testing each, and stops at the page's end (dense
+matches are found fast). Either way no plan sorts a million matches."""
+
+
+def _q_patterns(q: str) -> tuple[str, str, str | None]:
+    """LIKE patterns of `q`: contact prefix, name prefix (as the name's JSON text, which
+    the index holds), phone prefix (E.164) or None."""
+    text = q.strip().lower()
+    phone = _phone_prefix(q)
+    return _like_prefix(text), _like_prefix(orjson.dumps(text).decode()[:-1]), _like_prefix(phone) if phone else None
+
+
+def q_matches_sql(channel_id: str, q: str) -> tuple[str, list[Any]]:
+    """Ids of users whose e-mail, phone or name starts with `q`, at most Q_SPARSE + 1
+    (each branch an index range scan: identities_contact_prefix, users_name_prefix)."""
+    contact, name, phone = _q_patterns(q)
+    branches = [
+        "SELECT user_id FROM identities WHERE channel_id = $1 AND kind IN ('email', 'mobile') AND value LIKE $2",
+        """SELECT id FROM users WHERE channel_id = $1 AND NOT deleted AND merged_into IS NULL
+              AND lower((state->'fields'->'name'->0)::text) LIKE $3""",
+    ]
+    args: list[Any] = [channel_id, contact, name]
+    if phone is not None:
+        branches.append("SELECT user_id FROM identities WHERE channel_id = $1 AND kind IN ('email', 'mobile') AND value LIKE $4")
+        args.append(phone)
+    return f"SELECT * FROM ({' UNION ALL '.join(f'({b} LIMIT {Q_SPARSE + 1})' for b in branches)}) m LIMIT {Q_SPARSE + 1}", args
+
+
+def search_sql(
+    channel_id: str, f: UserFilter, *, limit: int, cursor: str | None = None, q_ids: list[str] | None = None,
+) -> tuple[str, list[Any]]:
+    """The statement of `search_users` (one more row than `limit`, to know if a next page
+    exists) and its arguments; bench/api_bench.py EXPLAINs it. With `q`: `q_ids` are
+    the ids matching it (few), or None to test each user (a broad prefix)."""
     args: list[Any] = [channel_id]
 
     def arg(value: Any) -> str:
@@ -211,23 +262,17 @@ async def search_users(
                 f"u.id IN (SELECT user_id FROM identities WHERE channel_id = $1 AND kind = '{kind}' AND value = {arg(value)})"
             )
     if f.q is not None:
-        text = f.q.strip().lower()
-        # The name index holds the name's JSON text: match the JSON text of the prefix.
-        contact, name = arg(_like_prefix(text)), arg(_like_prefix(orjson.dumps(text).decode()[:-1]))
-        phone = _phone_prefix(f.q)
-        phone_match = (
-            f" OR (kind = 'mobile' AND value LIKE {arg(_like_prefix(phone))})" if phone is not None else ""
-        )
         where.append("NOT u.masked")
-        where.append(
-            f"""u.id IN (SELECT user_id FROM identities
-                          WHERE channel_id = $1 AND kind IN ('email', 'mobile')
-                            AND (value LIKE {contact}{phone_match})
-                         UNION ALL
-                         SELECT id FROM users
-                          WHERE channel_id = $1 AND NOT deleted AND merged_into IS NULL
-                            AND lower((state->'fields'->'name'->0)::text) LIKE {name})"""
-        )
+        if q_ids is not None:
+            where.append(f"u.id = ANY({arg(q_ids)}::text[])")
+        else:
+            contact, name, phone = _q_patterns(f.q)
+            likes = f"i.value LIKE {arg(contact)}" + (f" OR i.value LIKE {arg(phone)}" if phone else "")
+            where.append(
+                f"""(lower((u.state->'fields'->'name'->0)::text) LIKE {arg(name)}
+                     OR EXISTS (SELECT 1 FROM identities i WHERE i.user_id = u.id AND i.channel_id = $1
+                                   AND i.kind IN ('email', 'mobile') AND ({likes})))"""
+            )
     if f.type is not None:
         where.append(f"u.type = {arg(f.type)}")
     if f.blocked is not None:
@@ -256,13 +301,7 @@ async def search_users(
     if cursor is not None:
         (after,) = decode_cursor(cursor, str)
         where.append(f"u.id > {arg(after)}")
-    limit = max(1, min(limit, MAX_PAGE))
-    rows = await conn.fetch(
-        f"SELECT u.state FROM users u WHERE {' AND '.join(where)} ORDER BY u.id LIMIT {arg(limit + 1)}", *args
-    )
-    users = [User.from_json(r["state"]) for r in rows[:limit]]
-    items = [await user_json(conn, u) for u in users]
-    return items, encode_cursor(users[-1].id) if len(rows) > limit else None
+    return f"SELECT u.state FROM users u WHERE {' AND '.join(where)} ORDER BY u.id LIMIT {arg(limit + 1)}", args
 
 
 def _phone_prefix(q: str) -> str | None:

@@ -180,7 +180,7 @@ CREATE INDEX IF NOT EXISTS users_blocked ON users (channel_id, id) WHERE blocked
 -- \u0000 to text fails, and an index expression that fails would stop the projection.
 CREATE INDEX IF NOT EXISTS users_name_prefix ON users (channel_id, lower((state->'fields'->'name'->0)::text) text_pattern_ops)
     WHERE NOT deleted AND merged_into IS NULL;
-CREATE INDEX IF NOT EXISTS identities_contact_prefix ON identities (channel_id, kind, value text_pattern_ops)
+CREATE INDEX IF NOT EXISTS identities_contact_prefix ON identities (channel_id, value text_pattern_ops)
     WHERE kind IN ('email', 'mobile');
 -- `tag=`: staff tags live in the state; only that small array is converted to jsonb
 -- (tags never hold NUL, I9, so the conversion cannot fail).

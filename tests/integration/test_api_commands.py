@@ -49,9 +49,10 @@ async def test_wait_answers_200_with_the_user_for_each_user_command(module_api: 
         lead_id = lead.json()["id"]
 
         patched = await http.patch(f"/v1/channels/{ch}/users/{lead_id}?wait=10",
-                                   json={"name": "Lee", "tags": ["vip"], "profile": {"city": "Osaka"}})
+                                   json={"name": "Lee", "tags": ["vip"], "profile": {"city": "Osaka"}, "unsubscribeEmail": True})
         assert patched.status_code == 200
         assert (patched.json()["name"], patched.json()["tags"], patched.json()["profile"]["city"]) == ("Lee", ["vip"], "Osaka")
+        assert patched.json()["unsubscribeEmail"] is True
 
         blocked = await http.post(f"/v1/channels/{ch}/users/{lead_id}/block?wait=10")
         assert blocked.status_code == 200 and blocked.json()["blocked"] is True

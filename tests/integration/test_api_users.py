@@ -116,6 +116,24 @@ async def test_search_q_prefix_of_name_email_or_phone_and_filters(module_api: Li
         assert blank.status_code == 422
 
 
+async def test_search_q_broad_prefix_walk_answers_as_the_sparse_path(module_api: LiveApi, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A prefix matching more than Q_SPARSE users is answered by walking the users in id
+    order: the same users, the same order, the same pages."""
+    from services.store import queries
+
+    ch = new_channel()
+    async with await _admin(module_api) as http:
+        for i in range(4):
+            await http.put(f"/v1/channels/{ch}/members/w{i}", json={"name": f"Wada {i}", "profile": {"email": f"w{i}@example.com"}})
+        await http.put(f"/v1/channels/{ch}/members/x?wait=10", json={"name": "Xu", "profile": {"mobileNumber": "+81 90-7777-0000"}})
+        queries_ = [{"q": "wa"}, {"q": "w1@"}, {"q": "+81 90-77"}, {"q": "x"}, {"q": "w", "limit": "3"}]
+        sparse = [await _by(http, ch, **q) for q in queries_]
+        monkeypatch.setattr(queries, "Q_SPARSE", 0)
+        walked = [await _by(http, ch, **q) for q in queries_]
+        assert [[u["id"] for u in page] for page in walked] == [[u["id"] for u in page] for page in sparse]
+        assert [len(page) for page in sparse] == [4, 1, 1, 1, 3]
+
+
 async def test_keyset_pagination_is_stable_and_complete(module_api: LiveApi) -> None:
     ch = new_channel()
     async with await _admin(module_api) as http:

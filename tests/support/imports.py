@@ -29,6 +29,7 @@ def cli_env(settings: Settings, **extra: str) -> dict[str, str]:
         "UNIFIER_CONSUMER_GROUP": settings.consumer_group,
         "UNIFIER_PARTITIONS": str(settings.partitions),
         "UNIFIER_DATA_DIR": str(settings.data_dir),
+        "UNIFIER_HTTP_ADDR": "127.0.0.1:0",  # `unifier run` serves the API: never on a shared port
         **extra,
     }
 

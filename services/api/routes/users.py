@@ -14,6 +14,7 @@ from services.domain.values import Rejected
 from services.store import queries
 from services.store.queries import BadCursor, UserFilter
 
+from ..answers import Json
 from ..auth import Admin, Pool, Reader, Writer
 from ..models import MergedAway, Page, ProfilePatch, command_responses, problems
 from ..params import Channel, Cursor, Limit, Text, UserId
@@ -42,13 +43,17 @@ async def _live(pool: Pool, ch: str, user_id: str) -> dict[str, Any]:
 _GONE: dict[int | str, dict[str, Any]] = {410: {"model": MergedAway, "description": "Merged into another user (U8); `Link` names the survivor."}}
 
 
-@router.get("/{userId}", responses={**problems(404, 410, 422), **_GONE})
-async def get_user(ch: Channel, userId: UserId, pool: Pool, _: Reader) -> dict[str, Any]:
+_USER: dict[int | str, dict[str, Any]] = {200: {"description": "The user", "content": {"application/json": {"schema": {"type": "object"}}}}}
+_PAGE: dict[int | str, dict[str, Any]] = {200: {"model": Page, "description": "A page; `next` is the cursor of the next, or null."}}
+
+
+@router.get("/{userId}", response_model=None, responses={**_USER, **problems(404, 410, 422), **_GONE})
+async def get_user(ch: Channel, userId: UserId, pool: Pool, _: Reader) -> Json:
     """The user as `unifier user show` prints it, with `unification` (and `grades`)."""
-    return await _live(pool, ch, userId)
+    return Json(await _live(pool, ch, userId))
 
 
-@router.get("", response_model=Page, responses=problems(422))
+@router.get("", response_model=None, responses={**_PAGE, **problems(422)})
 async def list_users(
     ch: Channel, pool: Pool, _: Reader,
     memberId: Text = None, veilId: Text = None, email: Text = None, mobileNumber: Text = None,
@@ -56,7 +61,7 @@ async def list_users(
     type: Literal["anonymous", "lead", "member"] | None = None,
     tag: Text = None, grade: Text = None, blocked: bool | None = None,
     limit: Limit = 50, cursor: Cursor = None,
-) -> dict[str, Any]:
+) -> Json:
     """Live users matching every filter given, in a stable order (by id), a page at a time."""
     if q is not None and not q.strip():
         raise Problem(422, "q: must not be blank", errors=[{"field": "query.q", "message": "must not be blank"}])
@@ -74,27 +79,27 @@ async def list_users(
         items, nxt = await queries.search_users(pool, ch, f, limit=limit, cursor=cursor)
     except BadCursor as err:
         raise Problem(422, str(err)) from None
-    return {"items": items, "next": nxt}
+    return Json({"items": items, "next": nxt})
 
 
-@router.get("/{userId}/activities", response_model=Page, responses={**problems(404, 410, 422), **_GONE})
+@router.get("/{userId}/activities", response_model=None, responses={**_PAGE, **problems(404, 410, 422), **_GONE})
 async def list_activities(
     ch: Channel, userId: UserId, pool: Pool, _: Reader, limit: Limit = 50, cursor: Cursor = None,
-) -> dict[str, Any]:
+) -> Json:
     """Chats and behaviour events, newest first."""
     await _live(pool, ch, userId)
     try:
         items, nxt = await queries.activities(pool, ch, userId, limit=limit, cursor=cursor)
     except BadCursor as err:
         raise Problem(422, str(err)) from None
-    return {"items": items, "next": nxt}
+    return Json({"items": items, "next": nxt})
 
 
-@router.get("/{userId}/merges", responses={**problems(404, 410, 422), **_GONE})
-async def list_merges(ch: Channel, userId: UserId, pool: Pool, _: Reader) -> dict[str, Any]:
+@router.get("/{userId}/merges", response_model=None, responses={**_USER, **problems(404, 410, 422), **_GONE})
+async def list_merges(ch: Channel, userId: UserId, pool: Pool, _: Reader) -> Json:
     """G4: the merges that made this user, oldest first, with every contested value."""
     await _live(pool, ch, userId)
-    return {"items": await queries.merges_into(pool, ch, userId)}
+    return Json({"items": await queries.merges_into(pool, ch, userId)})
 
 
 _COMMAND = command_responses()
