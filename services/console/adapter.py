@@ -99,8 +99,14 @@ class ApiBackend:
         return await queries.merges_into(self.pool, channel, user_id)
 
     async def unifications(self, channel: str, state: str) -> list[dict[str, Any]]:
-        """The review queue (U5, U6): each source with its candidate or waiting target."""
+        """The review queue (U5, U6): each source with its candidate or waiting target.
+        An approved source waiting for its member's login is listed as pending only, so
+        nobody approves it twice."""
         items, _next = await queries.review_queue(self.pool, channel, state, limit=100, cursor=None)
+        if state == "candidate" and items:
+            waiting, _ = await queries.review_queue(self.pool, channel, "pending", limit=100, cursor=None)
+            pending = {i["source"]["id"] for i in waiting}
+            items = [i for i in items if i["source"]["id"] not in pending]
         return [
             {"source": i["source"], "targets": i["targets"], "target": (i["targets"] or [None])[0], "since": i.get("pendingSince")}
             for i in items

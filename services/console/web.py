@@ -8,13 +8,12 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-from fastapi import HTTPException
 from fastapi.routing import APIRoute
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
 from .backend import Backend, StaffKey
-from .i18n import CATALOGUE, negotiate, translator
+from .i18n import negotiate, translator
 from .render import ROOT, page
 from .session import CSRF_FIELD, CSRF_HEADER, Session, Sessions, csrf_ok
 
@@ -137,14 +136,6 @@ def require(request: Request, scope: str = "read", channel: str | None = None) -
 
 def set_session(request: Request, session: Session) -> None:
     request.state.session = session
-
-
-def languages() -> tuple[str, ...]:
-    return tuple(CATALOGUE)
-
-
-def http_404() -> HTTPException:
-    return HTTPException(status_code=404)
 
 
 def form_str(form: Any, name: str) -> str:

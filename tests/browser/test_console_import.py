@@ -37,12 +37,16 @@ async def test_console_import_i5_mapping_preview_failing_cells_progress_counts_f
     await mapping.get_by_label("顧客プロフィール: mail").fill("email")
     await mapping.get_by_label("顧客プロフィール: 誕生日").fill("profile.birthday")
     await mapping.get_by_label("タイプ（新しいプロフィール）: 誕生日").select_option("date")
+    # I5: lastSeenAt is the service's own key: not imported, and the page says why.
+    system = mapping.get_by_label("顧客プロフィール: lastSeenAt")
+    await expect(system).to_have_value("")
+    await expect(mapping.get_by_role("row", name="lastSeenAt")).to_contain_text("set by the service and cannot be imported")
+    await system.fill("createdAt")  # typing a system key anyway is refused by the importer's own check
     await page.get_by_role("button", name="マッピングを確認").click()
-    # I5: lastSeenAt is the service's own key: refused, with what to do.
-    await expect(page.get_by_role("alert")).to_contain_text("lastSeenAt is set by the service and cannot be imported")
+    await expect(page.get_by_role("alert")).to_contain_text("createdAt is set by the service and cannot be imported")
     await console.shot(page, "import-system-key-refused")
 
-    await mapping.get_by_label("顧客プロフィール: lastSeenAt").fill("")  # インポートしない
+    await system.fill("")  # インポートしない
     await page.get_by_role("button", name="マッピングを確認").click()
     preview = page.get_by_role("table", name="3. プレビュー")
     await expect(page.get_by_role("status")).to_contain_text("最初の3行のうち1行が失敗します")

@@ -89,6 +89,7 @@ async def test_console_u5_u6_booted_lead_approval_waits_then_staff_cancel(consol
     await page.get_by_role("link", name="ユニフィケーション").click()
     pending = page.get_by_role("table", name="遅延中のユニフィケーション")
     await expect(pending).to_contain_text("鈴木一郎")
+    await expect(page.get_by_text("候補はありません。")).to_be_visible()  # approved once: not offered again
     await console.shot(page, "pending-unification")
     await pending.get_by_role("button", name="取り消す").click()
     await expect(page.get_by_role("status")).to_contain_text("完了しました")

@@ -7,6 +7,8 @@ command they send (I16's staff log), its scope and channel bound what they may d
 
 from __future__ import annotations
 
+from urllib.parse import quote
+
 from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
@@ -34,8 +36,6 @@ async def open_channel(request: Request, channel: str = "") -> Response:
     channel = channel.strip()
     if not channel:
         return RedirectResponse(f"{ROOT}/", status_code=303)
-    from urllib.parse import quote
-
     return RedirectResponse(f"{ROOT}/c/{quote(channel, safe='')}/customers", status_code=303)
 
 

@@ -222,7 +222,6 @@ async def delete(request: Request, ch: str, uid: str) -> Response:
     me = require(request, "admin", ch)
     outcome = await backend(request).command(ch, {"type": "user.delete", "userId": uid}, me.name, COMMAND_WAIT_S)
     if outcome.state == "applied":
-        _ = translator(request.state.lang)
         return RedirectResponse(f"{base(ch)}/customers", status_code=303)
     return await _back_with(request, ch, uid, outcome)
 

@@ -30,6 +30,7 @@ from services.domain.imports import (
     ImportDef,
     MappingError,
     parse_cells,
+    resolve_key,
 )
 from services.domain.values import PARSERS, Rejected
 from services.importer import csvfile
@@ -129,6 +130,19 @@ def _samples(path: Path, width: int) -> list[list[str]]:
     return cols
 
 
+def _default_key(header: str) -> dict[str, str]:
+    """A header maps to itself, as `unifier import` does without `--map`; a system key
+    (P1, I5) or a failures-file bookkeeping column starts as "do not import", and says why."""
+    name = header.strip()
+    if not name or name in FAILURE_COLUMNS:
+        return {"default": "", "note": ""}
+    try:
+        resolve_key(name)
+    except MappingError as err:
+        return {"default": "", "note": err.reason}
+    return {"default": name, "note": ""}
+
+
 def _key_choices(declared: dict[str, str]) -> list[str]:
     keys = [*sorted(TOP_LEVEL), *LEAD_KEYS, *sorted(BUILTIN_TYPES), *sorted(declared)]
     return list(dict.fromkeys(keys))
@@ -141,7 +155,7 @@ async def mapping(request: Request, ch: str, token: str, mode: str = "member", k
     headers = csvfile.header(path)
     declared = await backend(request).declared_types(ch)
     columns = [
-        {"i": i, "header": h, "default": "" if h.strip() in FAILURE_COLUMNS else h.strip(), "samples": s}
+        {"i": i, "header": h, "samples": s, **_default_key(h)}
         for i, (h, s) in enumerate(zip(headers, _samples(path, len(headers)), strict=True))
     ]
     ctx = {
