@@ -111,8 +111,12 @@ class LookupWorker:
         await self.publish(raw, channel_id.encode())
 
 
-async def run_worker(settings: Any, pool: asyncpg.Pool, bootstrap: str, commands_topic: str, stop: asyncio.Event) -> None:
-    """The worker of `unifier run`: its own producer and HTTP client, until `stop`."""
+async def run_worker(
+    settings: Any, pool: asyncpg.Pool, bootstrap: str, commands_topic: str, stop: asyncio.Event,
+    parts: dict[str, Callable[[], bool]] | None = None,
+) -> None:
+    """The worker of `unifier run`: its own producer and HTTP client, until `stop`.
+    `parts` (the health of /healthz) gets "lookups": false while its rounds fail."""
     from aiokafka import AIOKafkaProducer
     from aiokafka.errors import KafkaError
 
@@ -137,7 +141,10 @@ async def run_worker(settings: Any, pool: asyncpg.Pool, bootstrap: str, commands
         async def publish(value: bytes, key: bytes) -> None:
             await producer.send_and_wait(commands_topic, value, key=key)
 
-        await LookupWorker(pool, lookups, publish).run(stop)
+        worker = LookupWorker(pool, lookups, publish)
+        if parts is not None:
+            parts["lookups"] = lambda: worker.healthy
+        await worker.run(stop)
     finally:
         await lookups.aclose()
         await producer.stop()

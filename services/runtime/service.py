@@ -101,7 +101,7 @@ async def _serve(
     bound = bound if bound is not None else asyncio.get_running_loop().create_future()
     serving = asyncio.create_task(serve(create_app(api_settings), settings.http_addr, stop, bound=bound), name="http-api")
     # Automatic lookups (seed 004 §2): outside the projection's transactions.
-    looking_up = asyncio.create_task(run_worker(settings, pool, bootstrap, topics.commands, stop), name="lookups")
+    looking_up = asyncio.create_task(run_worker(settings, pool, bootstrap, topics.commands, stop, parts), name="lookups")
     tasks = [consuming, relaying, serving, looking_up]
 
     async def announce() -> None:  # beside the tasks above: its end must not stop the service

@@ -230,13 +230,27 @@ async def test_automatic_lookup_fills_only_empty_fields_unqualified_and_replay_r
         assert company.calls["plain"] - calls == 1  # the web chat called nothing
         assert await api.pool.fetchval("SELECT count(*) FROM lookup_queue WHERE channel_id = $1", ch) == 0
 
+        # A worker killed after publishing and before clearing its row publishes the same
+        # command again (same eventId): it is applied once.
+        again = {"eventId": record["eventId"], "type": "lookup.result", "channelId": ch, "occurredAt": record["occurredAt"],
+                 "actor": "system", "userId": user_id, "name": "CRM", "status": "ok", "fill": {"extra": "x"}}
+        await pub.command(again, {**again, "eventId": f"{ch}-marker", "fill": {}})  # the marker: applied after it
+
+        async def marker() -> bool:
+            return bool(await api.pool.fetchval("SELECT count(*) FROM lookup_results WHERE event_id = $1", f"{ch}-marker"))
+
+        await wait_for(marker)
+        user = (await http.get(f"/v1/channels/{ch}/users/{user_id}")).json()
+        assert "extra" not in user["profile"]
+        assert len((await http.get(f"/v1/channels/{ch}/users/{user_id}/lookups")).json()["items"]) == 2  # the marker
+
     live = await state_digest(api.pool)
     rebuilt = await replay(api.settings, "--rebuild", "--drop-archive")
     assert rebuilt["digest"] == live
     async with await admin(api) as http:
         user = (await http.get(f"/v1/channels/{ch}/users/{user_id}")).json()
         assert user["profile"]["rank"] == "gold"
-        assert len((await http.get(f"/v1/channels/{ch}/users/{user_id}/lookups")).json()["items"]) == 1
+        assert len((await http.get(f"/v1/channels/{ch}/users/{user_id}/lookups")).json()["items"]) == 2
     assert company.calls["plain"] - calls == 1  # the rebuild called nobody
 
 
