@@ -145,7 +145,9 @@ class Lookups:
             raise LookupFailed("forbidden_address", str(err)) from None
         except httpx.TimeoutException:
             raise TimeoutError from None
-        except (httpx.TransportError, ConnectionError) as err:
+        except httpx.DecodingError:
+            raise LookupFailed("bad_json", "the answer's content encoding could not be decoded") from None
+        except (httpx.HTTPError, httpx.InvalidURL, ConnectionError, UnicodeError) as err:
             raise LookupFailed("refused", f"could not reach the company's system ({type(err).__name__})") from None
         return _answer(body, key)
 

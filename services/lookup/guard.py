@@ -63,8 +63,8 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
     ) -> httpcore.AsyncNetworkStream:
         try:
             infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        except socket.gaierror as err:
-            raise httpcore.ConnectError(f"cannot resolve {host}: {err.strerror}") from None
+        except (OSError, UnicodeError) as err:  # gaierror, or a name IDNA cannot encode
+            raise httpcore.ConnectError(f"cannot resolve {host}: {type(err).__name__}") from None
         addresses = list(dict.fromkeys(ipaddress.ip_address(str(info[4][0]).split("%", 1)[0]) for info in infos))
         for address in addresses:  # every address the name has must be permitted, not just one
             self.policy.check(host, address)

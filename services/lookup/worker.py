@@ -33,6 +33,7 @@ Publish = Callable[[bytes, bytes], Awaitable[Any]]  # (value, key)
 
 LEASE_S = 120.0  # a taken row is due again after this, unless done first (>> the call's timeout)
 BATCH = 16  # rows taken at once; called concurrently
+MAX_ATTEMPTS = 5  # a row whose handling fails (not the call: that is recorded) this often is dropped
 
 
 def result_event_id(channel_id: str, chat_event_id: str, name: str) -> str:
@@ -51,7 +52,10 @@ class LookupWorker:
             try:
                 rows = await store.take_due(self.pool, limit=BATCH, lease_s=LEASE_S)
                 if rows:
-                    await asyncio.gather(*(self.handle(r) for r in rows))
+                    failed = [r for r in await asyncio.gather(*(self.handle(r) for r in rows), return_exceptions=True)
+                              if isinstance(r, BaseException)]
+                    if failed:
+                        raise failed[0]
                 self.healthy = True
             except Exception:  # the database or the broker away: the leased rows come back
                 self.healthy = False
@@ -62,6 +66,17 @@ class LookupWorker:
                     await asyncio.wait_for(stop.wait(), self.poll_s)
 
     async def handle(self, row: asyncpg.Record) -> None:
+        try:
+            await self._handle(row)
+        except Exception:
+            # The row stays leased and is retried; one that keeps failing is dropped
+            # rather than retried for ever (the next chat queues the lookup again).
+            if row["attempts"] < MAX_ATTEMPTS:
+                raise
+            log.exception("lookup %r of channel %s: given up after %d attempts", row["name"], row["channel_id"], row["attempts"])
+            await store.done(self.pool, row["channel_id"], row["event_id"], row["name"])
+
+    async def _handle(self, row: asyncpg.Record) -> None:
         channel_id, chat_id, name = row["channel_id"], row["event_id"], row["name"]
         command = await self.answer(channel_id, name, row["user_id"], chat_id)
         if isinstance(command, str):  # "later": postponed

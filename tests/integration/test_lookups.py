@@ -161,6 +161,8 @@ async def test_lookup_failures_each_answer_a_clear_problem_never_500(api: LiveAp
             "failing": (company.url("/failing"), 502, "http_status"),
             "oversized": (company.url("/oversized"), 502, "too_large"),
             "malformed": (company.url("/malformed"), 502, "bad_json"),
+            "garbled": (company.url("/garbled"), 502, "bad_json"),  # a gzip body that is not gzip
+            "no-such-host": ("http://no-such-host.invalid/x", 502, "refused"),
             "redirect": (company.url("/redirect"), 502, "redirect"),
             "wrong-key": (company.url("/wrong-key"), 502, "decryption_failed"),
         }

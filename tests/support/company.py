@@ -82,6 +82,10 @@ def _app(company: Company) -> Starlette:
         company.calls["malformed"] += 1
         return Response(b"{rank: gold", media_type="application/json")
 
+    async def garbled(request: Request) -> Response:
+        company.calls["garbled"] += 1
+        return Response(b"not gzip at all", media_type="application/json", headers={"Content-Encoding": "gzip"})
+
     async def redirect(request: Request) -> Response:
         company.calls["redirect"] += 1
         return Response(status_code=302, headers={"Location": "http://169.254.169.254/latest/meta-data/"})
@@ -92,6 +96,7 @@ def _app(company: Company) -> Starlette:
         Route("/wrong-key", wrong_key, methods=methods), Route("/slow", slow, methods=methods),
         Route("/failing", failing, methods=methods), Route("/oversized", oversized, methods=methods),
         Route("/malformed", malformed, methods=methods), Route("/redirect", redirect, methods=methods),
+        Route("/garbled", garbled, methods=methods),
     ])
 
 
