@@ -396,6 +396,147 @@ class UnassignGrade(_Command):
     value: Contact
 
 
+# ------------------------------------------------------------------ external lookups
+# Seed 004 §2 (顧客情報連動): a company's own customer system, called by Unifier
+# (services/lookup; docs/lookups.md gives the wire format the company implements).
+
+LookupName = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=64, pattern=r"^[^\s/\x00-\x1f\x7f](?:[^/\x00-\x1f\x7f]*[^\s/\x00-\x1f\x7f])?$"),
+    _OneError(
+        "lookup_name",
+        "Lookup name should be 1 to 64 characters without '/', control characters or surrounding spaces",
+    ),
+]
+LookupVariable = Annotated[
+    str,
+    StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$"),
+    _OneError("lookup_variable", "Variable name should be 1 to 64 of A-Z a-z 0-9 _ . - and not start with a digit"),
+]
+LookupBinding = Literal["memberId", "email", "mobileNumber", "name"]
+MAX_LOOKUP_PARAMS = 20
+MAX_LOOKUP_RESULTS = 50
+MAX_LOOKUP_URL = 2048
+# Keys a field connection may not fill: the contact keys are identities (U9, C4), which
+# a remote system's answer must not create on its own; the seed connects text fields.
+UNCONNECTABLE_KEYS = frozenset({"email", "mobileNumber"})
+
+
+class LookupParam(_Strict):
+    """A search parameter (検索項目): free text typed by staff, or bound to a customer field."""
+
+    label: Text = Field(description="Display name on the console.")
+    name: LookupVariable = Field(description="The variable name sent to the company.")
+    required: bool = False
+    maxLength: Annotated[int, Field(ge=1, le=MAX_VALUE)] = MAX_TEXT
+    bind: LookupBinding | None = Field(
+        default=None, description="Filled from the customer's field (memberId, e-mail, phone, name); null: free text."
+    )
+
+
+class LookupResultField(_Strict):
+    """A result field (結果項目): where to find a value in the company's answer."""
+
+    label: Text = Field(description="Display name on the console.")
+    key: Id = Field(description="Key in the answer's JSON object; `a.b` reads a nested object.")
+
+
+class LookupConnection(_Strict):
+    """A field connection (フィールド接続): a result fills an empty profile field."""
+
+    result: Id = Field(description="The `key` of one of the result fields.")
+    profileKey: ProfileKey = Field(description="Without `profile.`; not `email` or `mobileNumber`.")
+
+
+class DefineLookup(_Command):
+    """Define a lookup, or replace its definition (admin)."""
+
+    type: Literal["lookup.define"]
+    name: LookupName
+    url: Annotated[str, StringConstraints(min_length=1, max_length=MAX_LOOKUP_URL)] = Field(
+        description="The company's endpoint, `http://` or `https://`; the only address ever called for this lookup."
+    )
+    method: Literal["GET", "POST"] = "POST"
+    encrypted: bool = False
+    wrappedKey: Annotated[str, StringConstraints(max_length=256)] | None = Field(
+        default=None,
+        description="The payload key, encrypted under the service's key-encryption key (base64); with `encrypted` only.",
+    )
+    params: Annotated[list[LookupParam], Field(max_length=MAX_LOOKUP_PARAMS)] = Field(default_factory=list)
+    results: Annotated[list[LookupResultField], Field(max_length=MAX_LOOKUP_RESULTS)] = Field(default_factory=list)
+    connections: Annotated[list[LookupConnection], Field(max_length=MAX_LOOKUP_RESULTS)] = Field(default_factory=list)
+    media: list[Medium] = Field(
+        default_factory=list, description="A chat from one of these media calls the lookup automatically."
+    )
+    vouched: bool = Field(
+        default=False, description="The company vouches for its data: filled values are qualified (C4)."
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DefineLookup:
+        problems = lookup_definition_problems(self)
+        if problems:
+            raise PydanticCustomError("lookup_definition", "{problems}", {"problems": "; ".join(problems)})
+        return self
+
+
+def lookup_definition_problems(d: DefineLookup) -> list[str]:
+    """What makes a definition unusable, beyond each field's own type."""
+    out: list[str] = []
+    scheme = d.url.split("://", 1)[0].lower() if "://" in d.url else ""
+    if scheme not in ("http", "https") or not d.url.split("://", 1)[1].split("/", 1)[0]:
+        out.append("url: must be an http:// or https:// URL with a host")
+    if d.encrypted and d.wrappedKey is None:
+        out.append("wrappedKey: required when encrypted")
+    if not d.encrypted and d.wrappedKey is not None:
+        out.append("wrappedKey: only with encrypted")
+    if d.encrypted and d.method != "POST":
+        out.append("method: an encrypted lookup is called with POST (the payload is the body)")
+    names = [p.name for p in d.params]
+    if len(set(names)) != len(names):
+        out.append("params: variable names must be unique")
+    keys = {r.key for r in d.results}
+    if len(keys) != len(d.results):
+        out.append("results: keys must be unique")
+    for i, c in enumerate(d.connections):
+        if c.result not in keys:
+            out.append(f"connections[{i}].result: {c.result!r} is not the key of a result field")
+        if c.profileKey in UNCONNECTABLE_KEYS:
+            out.append(f"connections[{i}].profileKey: {c.profileKey} is contact data and cannot be filled by a lookup")
+    if len({c.profileKey for c in d.connections}) != len(d.connections):
+        out.append("connections: each profile key may be filled by one result only")
+    return out
+
+
+class RemoveLookup(_Command):
+    """Remove a lookup definition; removing an undefined one changes nothing."""
+
+    type: Literal["lookup.remove"]
+    name: LookupName
+
+
+class LookupFailure(_Strict):
+    code: Id
+    message: Annotated[str, StringConstraints(max_length=MAX_TEXT)]
+
+
+class LookupAnswered(_Command):
+    """What an automatic lookup brought back (actor `system`): recorded on the customer,
+    and its connected values fill the profile fields that are still empty."""
+
+    type: Literal["lookup.result"]
+    userId: Id
+    name: LookupName
+    causationId: EventId | None = Field(default=None, description="The chat that called it.")
+    status: Literal["ok", "failed"]
+    error: LookupFailure | None = None
+    values: dict[Id, InboundProfileValue] = Field(
+        default_factory=dict, description="Result key → the value the company answered."
+    )
+    fill: Profile = Field(default_factory=dict, description="Profile key → value, from the field connections.")
+    qualified: bool = Field(default=False, description="The definition's `vouched` when it was called.")
+
+
 # --------------------------------------------------------------------------- import-rows
 
 ImportValueType = Literal["string", "number", "boolean", "date", "datetime", "list", "listOfNumber"]
@@ -472,7 +613,10 @@ Command: TypeAlias = Annotated[
     | DefineGrade
     | RemoveGrade
     | AssignGrade
-    | UnassignGrade,
+    | UnassignGrade
+    | DefineLookup
+    | RemoveLookup
+    | LookupAnswered,
     Field(discriminator="type"),
 ]
 ImportMessage: TypeAlias = Annotated[
@@ -498,6 +642,9 @@ InboundMessage: TypeAlias = (
     | RemoveGrade
     | AssignGrade
     | UnassignGrade
+    | DefineLookup
+    | RemoveLookup
+    | LookupAnswered
     | ImportStarted
     | ImportRow
     | ImportFinished
@@ -560,6 +707,9 @@ def parse_inbound(
     | RemoveGrade
     | AssignGrade
     | UnassignGrade
+    | DefineLookup
+    | RemoveLookup
+    | LookupAnswered
 ): ...
 @overload
 def parse_inbound(

@@ -18,7 +18,16 @@ from services.store.pool import create_pool, schema_exists
 
 from . import problems
 from .commands import CommandBus
-from .routes import channel_settings, commands, grades, imports, members, unifications, users
+from .routes import (
+    channel_settings,
+    commands,
+    grades,
+    imports,
+    lookups,
+    members,
+    unifications,
+    users,
+)
 
 with warnings.catch_warnings():  # "moved to faststream_fastapi": still the 0.7 integration
     warnings.simplefilter("ignore", DeprecationWarning)
@@ -58,6 +67,8 @@ def create_app(settings: Settings) -> FastAPI:
                 task.cancel()
             await asyncio.gather(*app.state.imports, return_exceptions=True)
             await app.state.bus.close()
+            if getattr(app.state, "lookups", None) is not None:  # routes/lookups.py made one
+                await app.state.lookups.aclose()
             await app.state.pool.close()
 
     # The producer settings of the rest (relay, importer): acks from every replica,
@@ -78,7 +89,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.settings = settings
     problems.install(app)
     app.include_router(kafka)
-    for module in (users, members, unifications, grades, commands, imports, channel_settings):
+    for module in (users, members, unifications, grades, commands, imports, channel_settings, lookups):
         app.include_router(module.router)
     # -- the staff console (issue 13) is mounted here, at /console/ ----------------------
     from services.console import mount as mount_console

@@ -24,7 +24,8 @@ PROBLEM = "application/problem+json"
 _TITLES = {
     400: "Bad request", 401: "Unauthorized", 403: "Forbidden", 404: "Not found", 405: "Method not allowed",
     406: "Not acceptable", 409: "Conflict", 410: "Gone", 413: "Content too large", 415: "Unsupported media type",
-    422: "Unprocessable content", 500: "Internal server error", 503: "Service unavailable",
+    422: "Unprocessable content", 429: "Too many requests", 500: "Internal server error", 502: "Bad gateway",
+    503: "Service unavailable", 504: "Gateway timeout",
 }
 
 

@@ -25,7 +25,7 @@ def mount(app: FastAPI, backend: Backend | None = None, *, drafts: Path | None =
     (`app.state.pool`, `app.state.bus`); the cookie-signing secret is read from the
     database at the first request (shared by every API process, see store/staff.py)."""
     from .adapter import ApiBackend
-    from .routes import admin, auth, customers, grades, imports, unification
+    from .routes import admin, auth, customers, grades, imports, lookups, unification
 
     app.state.console_backend = backend or ApiBackend(app)
     settings = getattr(app.state, "settings", None)
@@ -34,7 +34,7 @@ def mount(app: FastAPI, backend: Backend | None = None, *, drafts: Path | None =
     app.state.console_sessions = _LazySessions(app)
     app.state.console_mu = {}  # channel -> (monotonic time, MU count), see routes/customers.mu
     app.mount(f"{ROOT}/static", StaticFiles(directory=STATIC), name="console-static")
-    for module in (auth, customers, unification, imports, grades, admin):
+    for module in (auth, lookups, customers, unification, imports, grades, admin):
         app.include_router(module.router, prefix=ROOT, include_in_schema=False)
 
 

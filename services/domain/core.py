@@ -24,6 +24,7 @@ from .values import Rejected
 
 if TYPE_CHECKING:  # grades registers its handlers here, so it imports this module
     from .grades import GradeChange
+    from .lookups import LookupChange
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +70,8 @@ class Outcome:
     erased: list[str] = field(default_factory=list)
     # Changes of the channel's grades (D2), in order, for the store to write.
     grades: list[GradeChange] = field(default_factory=list)
+    # Lookup definitions and answers (seed 004 §2), in order, for the store to write.
+    lookups: list[LookupChange] = field(default_factory=list)
 
 
 class Work:
@@ -173,4 +176,4 @@ def apply(directory: Directory, fact: Fact, settings: ChannelSettings, *, messag
 
 
 # Register the handlers (import for their side effect on HANDLERS).
-from . import commands, grades, imports, sdk  # noqa: E402,F401
+from . import commands, grades, imports, lookups, sdk  # noqa: E402,F401

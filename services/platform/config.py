@@ -41,9 +41,9 @@ class ConfigError(ValueError):
 
 
 # Variables whose value is never shown, in an error or anywhere else.
-SECRET_VARIABLES = frozenset({"DATABASE_URL", "KAFKA_SASL_PASSWORD"})
+SECRET_VARIABLES = frozenset({"DATABASE_URL", "KAFKA_SASL_PASSWORD", "UNIFIER_LOOKUP_KEK"})
 # Variables that may instead be read from the file `<VAR>_FILE` names.
-FILE_VARIABLES = ("DATABASE_URL", "KAFKA_SASL_PASSWORD")
+FILE_VARIABLES = ("DATABASE_URL", "KAFKA_SASL_PASSWORD", "UNIFIER_LOOKUP_KEK")
 
 # Interpolated into SQL (`SET search_path`, `CREATE SCHEMA`), so only a plain identifier
 # that needs no quoting; PostgreSQL truncates names past 63 bytes.
@@ -130,6 +130,17 @@ class Settings(BaseSettings):
     # importer hangs until killed. 0 (never) in production.
     import_stall_after_rows: int = Field(
         default=0, validation_alias=_env("UNIFIER_IMPORT_STALL_AFTER_ROWS", "import_stall_after_rows"))
+
+    # -- external lookups (services/lookup, docs/lookups.md) ------------------------------
+    # The key-encryption key that wraps every lookup's payload key at rest: base64 of 32
+    # bytes. Unset: encrypted lookups can be neither defined nor called.
+    lookup_kek: SecretStr | None = Field(default=None, validation_alias=_env("UNIFIER_LOOKUP_KEK", "lookup_kek"))
+    # Networks a lookup may reach although they are not public (private, loopback,
+    # link-local…): comma-separated CIDRs. Empty: public addresses only.
+    lookup_allow_networks: str = Field(default="", validation_alias=_env("UNIFIER_LOOKUP_ALLOW_NETWORKS", "lookup_allow_networks"))
+    lookup_timeout: float = Field(default=5.0, validation_alias=_env("UNIFIER_LOOKUP_TIMEOUT", "lookup_timeout"))
+    lookup_max_bytes: int = Field(default=65536, validation_alias=_env("UNIFIER_LOOKUP_MAX_BYTES", "lookup_max_bytes"))
+    lookup_rate: float = Field(default=5.0, validation_alias=_env("UNIFIER_LOOKUP_RATE", "lookup_rate"))
 
     # -- reading -------------------------------------------------------------------------
     @classmethod
@@ -249,6 +260,54 @@ class Settings(BaseSettings):
     def _timeout(cls, value: float) -> float:
         if not 0 < value <= 3600:
             raise ValueError("must be a number of seconds above 0 and at most 3600")
+        return value
+
+    @field_validator("lookup_kek")
+    @classmethod
+    def _kek(cls, value: SecretStr | None) -> SecretStr | None:
+        import base64
+        import binascii
+
+        if value is not None:
+            try:
+                ok = len(base64.b64decode(value.get_secret_value(), validate=True)) == 32
+            except (binascii.Error, ValueError):
+                ok = False
+            if not ok:
+                raise ValueError("must be the base64 of 32 random bytes (e.g. `openssl rand -base64 32`)")
+        return value
+
+    @field_validator("lookup_allow_networks")
+    @classmethod
+    def _networks(cls, value: str) -> str:
+        import ipaddress
+
+        for part in filter(None, (p.strip() for p in value.split(","))):
+            try:
+                ipaddress.ip_network(part, strict=False)
+            except ValueError:
+                raise ValueError(f"must be comma-separated networks like 127.0.0.0/8 or ::1/128; {part!r} is not one") from None
+        return value
+
+    @field_validator("lookup_timeout")
+    @classmethod
+    def _lookup_timeout(cls, value: float) -> float:
+        if not 0 < value <= 60:
+            raise ValueError("must be a number of seconds above 0 and at most 60")
+        return value
+
+    @field_validator("lookup_max_bytes")
+    @classmethod
+    def _lookup_bytes(cls, value: int) -> int:
+        if not 1024 <= value <= 16 * 1024 * 1024:
+            raise ValueError("must be between 1024 and 16777216 bytes")
+        return value
+
+    @field_validator("lookup_rate")
+    @classmethod
+    def _lookup_rate(cls, value: float) -> float:
+        if not 0 < value <= 10_000:
+            raise ValueError("must be calls per second above 0 and at most 10000")
         return value
 
     @field_validator("import_stall_after_rows")

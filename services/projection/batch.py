@@ -28,10 +28,12 @@ from services.domain.grades import GradeChange
 from services.domain.hygiene import clean_email, clean_member_id, clean_mobile, clean_veil_id
 from services.domain.ids import member_user_id, veil_user_id
 from services.domain.imports import imported_member_user_id
+from services.domain.lookups import LookupChange
 from services.domain.unification import MergeRecord
 from services.domain.user import User
 from services.domain.values import Rejected
 from services.store import import_log
+from services.store import lookups as lookup_store
 from services.store import repository as repo
 
 from .records import Record, clocks_after
@@ -113,6 +115,8 @@ async def _apply_batch(
         effects = run_facts(directory, fresh, settings, window, topics, result, outbox=outbox, failed_at=failed_at)
         await write_effects(conn, directory, revs, effects)
         stamped = await repo.stamp_channels(conn, {u.channel_id for u in directory.changed.values()})
+        if outbox:  # live only: a rebuild's chats were looked up when they happened
+            await lookup_store.enqueue_chats(conn, effects.activities)
         if imports is not None:
             await import_log.save(conn, imports)
         ends: dict[tuple[str, int], int] = {}
@@ -160,11 +164,13 @@ class Effects:
     activities: list[Activity] = field(default_factory=list)
     messages: list[tuple[str, str | None, bytes | None]] = field(default_factory=list)  # outbox rows
     grades: list[GradeChange] = field(default_factory=list)  # D2, in fact order
+    lookups: list[LookupChange] = field(default_factory=list)  # seed 004 §2, in fact order
     rejected: list[tuple[str, str, str, str]] = field(default_factory=list)  # commands: (channel, eventId, code, reason)
 
     def extend(self, other: Effects) -> None:
         self.applied.extend(other.applied)
         self.grades.extend(other.grades)
+        self.lookups.extend(other.lookups)
         self.merges.extend(other.merges)
         self.erased.extend(other.erased)
         self.activities.extend(other.activities)
@@ -193,6 +199,7 @@ def run_facts(
                 fx.erased.extend(outcome.erased)
                 fx.activities.extend(outcome.activities)
                 fx.grades.extend(outcome.grades)
+                fx.lookups.extend(outcome.lookups)
                 if outbox:
                     for pub in outcome.publications:
                         fx.messages.append((topics.user_changed, pub.key, None if pub.value is None else orjson.dumps(pub.value)))
@@ -229,6 +236,8 @@ async def write_effects(conn: asyncpg.Connection, directory: Directory, revs: di
     await repo.save_merges(conn, fx.merges)
     await repo.erase_personal_data(conn, fx.erased)
     await repo.save_grade_changes(conn, fx.grades)
+    await lookup_store.save_changes(conn, fx.lookups)
+    await lookup_store.erase(conn, fx.erased)
     await repo.save_applied(conn, fx.applied)
     await repo.forget_applied(conn, sorted({c for c, _e, _t in fx.applied}), WINDOW_MS)
     await repo.save_rejected(conn, fx.rejected)

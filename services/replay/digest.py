@@ -2,7 +2,7 @@
 
 Canonical form: every user's full state (provenance included) in id order, then every
 merge record in (channel, source) order, then the grades (D2) and their holders in key
-order, each as sorted-key JSON, one per line.
+order, then the lookup definitions and recorded answers (seed 004 §2), each as sorted-key JSON, one per line.
 """
 
 from __future__ import annotations
@@ -47,6 +47,13 @@ async def digest_in_transaction(c: asyncpg.Connection) -> str:
     h.update(b"--grade-holders--\n")
     async for row in c.cursor("SELECT channel_id, name, kind, value FROM grade_holders ORDER BY 1, 2, 3, 4", prefetch=10_000):
         h.update(orjson.dumps(list(row)) + b"\n")
+    h.update(b"--lookups--\n")  # definitions and recorded answers (seed 004 §2)
+    for row in await c.fetch("SELECT channel_id, name, definition FROM lookups ORDER BY channel_id, name"):
+        h.update(orjson.dumps([row[0], row[1], _json(row[2])], option=_OPTS) + b"\n")
+    async for row in c.cursor(
+        "SELECT channel_id, event_id, user_id, name, occurred_at, record FROM lookup_results ORDER BY 1, 2", prefetch=2000,
+    ):
+        h.update(orjson.dumps([*list(row)[:5], _json(row[5])], option=_OPTS) + b"\n")
     return h.hexdigest()
 
 

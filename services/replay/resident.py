@@ -27,6 +27,7 @@ from services.projection.batch import BatchResult, Effects, load_grades, parse_r
 from services.projection.records import Record
 from services.projection.window import AppliedWindow
 from services.store import bulk, import_log
+from services.store import lookups as lookup_store
 from services.store import repository as repo
 
 DEFAULT_FLUSH_EVERY = 50_000
@@ -92,4 +93,6 @@ class Resident:
             await repo.save_merges(conn, fx.merges)  # re-points chats written before too (U4)
             await repo.erase_personal_data(conn, fx.erased)
             await repo.save_grade_changes(conn, fx.grades)
+            await lookup_store.save_changes(conn, fx.lookups)
+            await lookup_store.erase(conn, fx.erased)
             await repo.save_rejected(conn, fx.rejected)

@@ -46,7 +46,7 @@ from .digest import digest_in_transaction
 from .log import Partition
 from .rebuild import stored_offsets
 
-OPERATIONAL = ("channels", "import_locks", "outbox_parked", "dead_letter_retries", "api_keys")
+OPERATIONAL = ("channels", "import_locks", "outbox_parked", "dead_letter_retries", "api_keys", "lookup_queue")
 """Tables that are not derived from facts (configuration, leases): carried over from
 the live schema instead of rebuilt. A new such table must be added here."""
 

@@ -16,6 +16,7 @@ from aiokafka.errors import KafkaError
 from contracts.topics import Topics
 from services.api.app import create_app
 from services.api.server import serve
+from services.lookup.worker import run_worker
 from services.platform import metrics
 from services.platform.config import Settings
 from services.platform.embedded import embedded_log_id, infrastructure
@@ -99,7 +100,9 @@ async def _serve(
     api_settings, bound, api_started = api
     bound = bound if bound is not None else asyncio.get_running_loop().create_future()
     serving = asyncio.create_task(serve(create_app(api_settings), settings.http_addr, stop, bound=bound), name="http-api")
-    tasks = [consuming, relaying, serving]
+    # Automatic lookups (seed 004 §2): outside the projection's transactions.
+    looking_up = asyncio.create_task(run_worker(settings, pool, bootstrap, topics.commands, stop, parts), name="lookups")
+    tasks = [consuming, relaying, serving, looking_up]
 
     async def announce() -> None:  # beside the tasks above: its end must not stop the service
         if api_started is not None:
@@ -120,6 +123,7 @@ async def _serve(
         stop.set()
         await consuming
         await serving
+        await looking_up
         relay_stop.set()
         await relaying
     finally:

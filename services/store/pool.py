@@ -63,7 +63,7 @@ async def schema_exists(database_url: str, schema: str) -> bool:
 
 
 # schema.sql first: the later scripts may index its tables.
-_SCRIPTS = ("schema.sql", "imports.sql", "operations.sql")
+_SCRIPTS = ("schema.sql", "imports.sql", "operations.sql", "lookups.sql")
 
 
 async def ensure_schema(database_url: str, schema: str) -> None:

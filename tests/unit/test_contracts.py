@@ -69,6 +69,17 @@ EXAMPLES: dict[str, dict[str, Any]] = {
     "grade.remove": {"actor": "staff_1", "name": "VIP"},
     "grade.assign": {"actor": "staff_1", "name": "VIP", "kind": "email", "value": "taro@example.jp"},
     "grade.unassign": {"actor": "staff_1", "name": "VIP", "kind": "memberId", "value": "m-1"},
+    "lookup.define": {
+        "actor": "admin_1", "name": "CRM", "url": "https://crm.example.jp/lookup", "method": "POST",
+        "params": [{"label": "Member no.", "name": "memberNo", "required": True, "bind": "memberId"}],
+        "results": [{"label": "Rank", "key": "rank"}], "connections": [{"result": "rank", "profileKey": "rank"}],
+        "media": ["line"],
+    },
+    "lookup.remove": {"actor": "admin_1", "name": "CRM"},
+    "lookup.result": {
+        "actor": "system", "userId": "u_1", "name": "CRM", "status": "ok", "values": {"rank": "gold"},
+        "fill": {"rank": "gold"},
+    },
     "import.started": {
         "importId": "imp_1",
         "mode": "lead",
@@ -115,7 +126,8 @@ def rejection(body: dict[str, Any] | bytes, kind: InboundKind = "sdk-events") ->
 def test_contract_every_inbound_type_has_an_example() -> None:
     assert set(EXAMPLES) == set(KIND_OF)
     assert list(MODELS["sdk-events"]) == ["boot", "login", "chat", "contact", "track"]
-    assert len(MODELS["commands"]) == 14  # 1.1.0: unification.cancel and the four grade commands
+    # 1.1.0: unification.cancel, the four grade commands and the three lookup commands
+    assert len(MODELS["commands"]) == 17
 
 
 @pytest.mark.parametrize("wire_type", list(EXAMPLES))
