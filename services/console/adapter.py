@@ -236,16 +236,11 @@ async def _lead_with(pool: asyncpg.Pool, channel: str, profile: dict[str, Any]) 
 
 
 async def _complete(started: Any, draft: Path) -> None:
-    """Publish and wait; the outcome is on the import log either way. The draft goes."""
-    from services.importer.run import ImportNotApplied
+    """Publish and wait as the API's upload does; the draft goes."""
+    from services.importer.run import complete_and_log
 
     try:
-        result = await started.complete()
-        log.info("import %s: %d created, %d updated, %d failed", result.import_id, result.created, result.updated, result.failed)
-    except ImportNotApplied as err:
-        log.warning("import %s: %s", started.import_id, err)
-    except Exception:
-        log.exception("import %s failed", started.import_id)
+        await complete_and_log(started)
     finally:
         with contextlib.suppress(OSError):
             await asyncio.to_thread(draft.unlink, True)

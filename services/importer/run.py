@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import getpass
 import hashlib
+import logging
 import os
 import secrets
 import socket
@@ -60,6 +61,9 @@ class ImportRefused(Exception):
 
 class ImportBusy(ImportRefused):
     """Another import is running in the channel (I12)."""
+
+
+log = logging.getLogger(__name__)
 
 
 class ImportNotApplied(Exception):
@@ -370,3 +374,16 @@ class Import:
             file=self.progress,
             flush=True,
         )
+
+
+async def complete_and_log(started: Import) -> None:
+    """`started.complete()` in the background of a server process (the API's and the
+    console's uploads): nobody waits for the answer, so the outcome goes to the log and,
+    as for every import, to the import log."""
+    try:
+        result = await started.complete()
+        log.info("import %s: %d created, %d updated, %d failed", result.import_id, result.created, result.updated, result.failed)
+    except ImportNotApplied as err:
+        log.warning("import %s: %s", started.import_id, err)
+    except Exception:
+        log.exception("import %s failed", started.import_id)

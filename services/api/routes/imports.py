@@ -26,9 +26,9 @@ from services.importer.failures import write_failures_file
 from services.importer.run import (
     Import,
     ImportBusy,
-    ImportNotApplied,
     ImportRefused,
     ImportRequest,
+    complete_and_log,
     start_import,
 )
 from services.store import import_log
@@ -181,12 +181,7 @@ async def _save(upload: UploadFile, path: Path) -> None:
 async def _complete(started: Import, folder: Path) -> None:
     """Publish and wait; the outcome is in the import log either way."""
     try:
-        result = await started.complete()
-        log.info("import %s: %d created, %d updated, %d failed", result.import_id, result.created, result.updated, result.failed)
-    except ImportNotApplied as err:
-        log.warning("import %s: %s", started.import_id, err)
-    except Exception:
-        log.exception("import %s failed", started.import_id)
+        await complete_and_log(started)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
