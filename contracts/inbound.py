@@ -343,15 +343,17 @@ class CancelUnification(_Command):
     sourceUserId: Id
 
 
-# A grade name (D2): unique per channel, at most 64 characters, not blank, no surrounding
-# spaces, no `/` (it is a path segment of the HTTP API) and no control characters.
+# A name staff give (a grade, D2; a lookup, seed 004): at most 64 characters, not blank,
+# no surrounding spaces, no `/` (it is a path segment of the HTTP API), no control characters.
+_NAME_IN_PATH = StringConstraints(
+    min_length=1, max_length=64, pattern=r"^[^\s/\x00-\x1f\x7f](?:[^/\x00-\x1f\x7f]*[^\s/\x00-\x1f\x7f])?$"
+)
+_NAME_RULE = "should be 1 to 64 characters without '/', control characters or surrounding spaces"
+
 GradeName = Annotated[
     str,
-    StringConstraints(min_length=1, max_length=64, pattern=r"^[^\s/\x00-\x1f\x7f](?:[^/\x00-\x1f\x7f]*[^\s/\x00-\x1f\x7f])?$"),
-    _OneError(
-        "grade_name",
-        "Grade name should be 1 to 64 characters without '/', control characters or surrounding spaces",
-    ),
+    _NAME_IN_PATH,
+    _OneError("grade_name", f"Grade name {_NAME_RULE}"),
 ]
 Colour = Annotated[
     str,
@@ -402,11 +404,8 @@ class UnassignGrade(_Command):
 
 LookupName = Annotated[
     str,
-    StringConstraints(min_length=1, max_length=64, pattern=r"^[^\s/\x00-\x1f\x7f](?:[^/\x00-\x1f\x7f]*[^\s/\x00-\x1f\x7f])?$"),
-    _OneError(
-        "lookup_name",
-        "Lookup name should be 1 to 64 characters without '/', control characters or surrounding spaces",
-    ),
+    _NAME_IN_PATH,
+    _OneError("lookup_name", f"Lookup name {_NAME_RULE}"),
 ]
 LookupVariable = Annotated[
     str,
