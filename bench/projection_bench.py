@@ -519,6 +519,22 @@ async def _exec(database_url: str, sql: str) -> None:
         await conn.close()
 
 
+class GcTimer:
+    """gc.callbacks hook: how many collections and how long they took (CPU of this process)."""
+
+    def __init__(self) -> None:
+        self.collections = 0
+        self.seconds = 0.0
+        self._started = 0.0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.process_time()
+        else:
+            self.collections += 1
+            self.seconds += time.process_time() - self._started
+
+
 async def run_projection(
     bootstrap: str, database_url: str, topics: Topics, schema: str, group: str, target: int,
     batch_max: int, stages: Stages | None = None, cpu: Cpu | None = None, limit_s: float = 900.0,
@@ -535,12 +551,15 @@ async def run_projection(
         if stages:
             stages.install()
         spying = await _start_py_spy(spy) if spy else None
+        gc_timer = GcTimer()
+        gc.callbacks.append(gc_timer)
         started = time.perf_counter()
         task = asyncio.create_task(proj.run(stop))
         try:
             await asyncio.wait_for(_first(done, task), limit_s)
         finally:
             finished = time.perf_counter()
+            gc.callbacks.remove(gc_timer)
             cpu1 = cpu.sample() if cpu else None
             if cpu1 is not None:
                 cpu1["own"] = own
@@ -578,6 +597,7 @@ async def run_projection(
         "consume_s": round(finished - first, 2),
         "eps_incl_join": round(stored / (finished - started)),
         "eps": round(stored / (finished - first)),
+        "gc": {"collections": gc_timer.collections, "us_per_event": round(gc_timer.seconds * 1e6 / max(stored, 1), 2)},
         "batches": len(sizes),
         "batch_mean": round(statistics.fmean(sizes), 1),
         "batch_ms_mean": round(1000 * apply_s / len(sizes), 2),
@@ -1167,7 +1187,8 @@ def report(r: dict[str, Any]) -> str:
     lines.append("")
     lines.append(f"batched: {b['batches']} batches, mean {b['batch_mean']} records, {b['batch_ms_mean']} ms each; "
                  f"apply {100 * b['apply_share']:.0f}% of the time, fetch {b['fetch_s']} s; "
-                 f"cores used {b.get('cores_used')}; Python CPU {b.get('python_cpu_us_per_event')} µs/event")
+                 f"cores used {b.get('cores_used')}; Python CPU {b.get('python_cpu_us_per_event')} µs/event, "
+                 f"of which GC {b.get('gc', {}).get('us_per_event')} µs ({b.get('gc', {}).get('collections')} collections)")
     lines.append(f"fetched {b['fetched']:,} records for {b['records']:,} offsets ({b['skipped']:,} skipped as already applied; "
                  f"assignments at {b['assignments_after_start_s']} s); {b['dead_letters']} dead letters")
     lines.append(f"state: {b['state']}")

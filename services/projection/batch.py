@@ -187,40 +187,55 @@ def run_facts(
     (and applied ones added to it), bad records and rejected facts become dead letters.
     Pure but for `directory`, `seen` and `result`, which it updates."""
     fx = Effects()
+    # Per fact this loop is the service's own overhead around the core: names bound once,
+    # and the effect lists touched only when the fact has effects of that kind.
+    applied, messages, dead_letters = fx.applied, fx.messages, result.dead_letters
+    user_changed, commands = topics.user_changed, topics.commands
+    apply, dumps = core.apply, orjson.dumps
+    published = 0
     for p in parsed:
-        if p.fact is not None:
-            if seen.seen(p.fact.channel_id, p.fact.event_id):
+        fact = p.fact
+        if fact is not None:
+            channel_id, event_id = fact.channel_id, fact.event_id
+            if seen.seen(channel_id, event_id):
                 result.skipped += 1  # idempotency on eventId (CONTRACT)
                 continue
-            outcome = core.apply(directory, p.fact, settings[p.fact.channel_id], messages=outbox)
+            outcome = apply(directory, fact, settings[channel_id], messages=outbox)
             if outcome.rejection is None:
-                seen.add(p.fact.channel_id, p.fact.event_id, p.fact.at)
-                fx.applied.append((p.fact.channel_id, p.fact.event_id, p.fact.at))
-                fx.merges.extend(outcome.merges)
-                fx.erased.extend(outcome.erased)
-                fx.activities.extend(outcome.activities)
-                fx.grades.extend(outcome.grades)
-                fx.lookups.extend(outcome.lookups)
-                if outbox:
-                    for pub in outcome.publications:
-                        fx.messages.append((topics.user_changed, pub.key, None if pub.value is None else orjson.dumps(pub.value)))
-                result.published += len(outcome.publications)
+                seen.add(channel_id, event_id, fact.at)
+                applied.append((channel_id, event_id, fact.at))
+                if outcome.merges:
+                    fx.merges.extend(outcome.merges)
+                if outcome.erased:
+                    fx.erased.extend(outcome.erased)
+                if outcome.activities:
+                    fx.activities.extend(outcome.activities)
+                if outcome.grades:
+                    fx.grades.extend(outcome.grades)
+                if outcome.lookups:
+                    fx.lookups.extend(outcome.lookups)
+                if outcome.publications:
+                    published += len(outcome.publications)
+                    if outbox:  # the message bytes are built here, once, and COPYed as they are
+                        for pub in outcome.publications:
+                            messages.append((user_changed, pub.key, None if pub.value is None else dumps(pub.value)))
                 for notice in outcome.notices:  # applied, but a merge was withheld (G2)
                     if outbox:
-                        fx.messages.append(_dead_letter(topics, p.record, notice.code, notice.reason, failed_at))
-                    result.dead_letters[notice.code] += 1
+                        messages.append(_dead_letter(topics, p.record, notice.code, notice.reason, failed_at))
+                    dead_letters[notice.code] += 1
                 continue
             p.error = (outcome.rejection.code, outcome.rejection.reason)
             if outcome.rejection.__cause__ is not None:  # internal_error: a bug this fact met
-                log.error("fact %s of channel %s failed in the core; dead-lettered", p.fact.event_id,
-                          p.fact.channel_id, exc_info=outcome.rejection.__cause__,
-                          extra={"eventId": p.fact.event_id, "channelId": p.fact.channel_id})
-            if p.record.topic == topics.commands:  # the API answers "rejected, because …"
-                fx.rejected.append((p.fact.channel_id, p.fact.event_id, *p.error))
+                log.error("fact %s of channel %s failed in the core; dead-lettered", event_id,
+                          channel_id, exc_info=outcome.rejection.__cause__,
+                          extra={"eventId": event_id, "channelId": channel_id})
+            if p.record.topic == commands:  # the API answers "rejected, because …"
+                fx.rejected.append((channel_id, event_id, *p.error))
         assert p.error is not None
         if outbox:
-            fx.messages.append(_dead_letter(topics, p.record, *p.error, failed_at))
-        result.dead_letters[p.error[0]] += 1
+            messages.append(_dead_letter(topics, p.record, *p.error, failed_at))
+        dead_letters[p.error[0]] += 1
+    result.published += published
     result.applied += len(fx.applied)
     return fx
 
