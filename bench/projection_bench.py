@@ -396,11 +396,11 @@ class TimedProjection(Projection):
 
         self.consumer.getmany = timed_getmany  # type: ignore[method-assign]
 
-    async def apply(self, records: list[Record]) -> BatchResult:
+    async def apply(self, records: list[Record], decoded: Any = None) -> BatchResult:
         if not self.batches and self.cpu:
             self.cpu_first = self.cpu.sample()  # CPU over the consuming time, not the join
         t = time.perf_counter()
-        result = await super().apply(records)
+        result = await super().apply(records, decoded)
         self.batches.append((t, time.perf_counter(), len(records)))
         self.consumed += len(records)
         self.skipped += result.skipped
