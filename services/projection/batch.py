@@ -378,7 +378,14 @@ def _fields_of(msg: Any) -> Any:
     fields = getattr(msg, "__dict__", None)
     if fields is not None:
         return fields.get
-    return lambda name: getattr(msg, name, None)
+    # A struct: getattr of a field it lacks raises inside; its field names say which it has.
+    names = _STRUCT_FIELDS.get(type(msg))
+    if names is None:
+        names = _STRUCT_FIELDS[type(msg)] = frozenset(type(msg).__struct_fields__)
+    return lambda name: getattr(msg, name) if name in names else None
+
+
+_STRUCT_FIELDS: dict[type, frozenset[str]] = {}
 
 
 async def load_grades(conn: asyncpg.Connection, directory: Directory, facts: list[Fact]) -> None:
