@@ -84,6 +84,7 @@ class Projection:
         self.clocks = PartitionClocks()  # bounds record timestamps as they are fetched
         self._clocks_stale: set[TopicPartition] = set()  # sought ahead: reload their clocks
         self._assignments = 0  # counts (re)assignments: a batch released before one is void
+        self.pipeline = True  # decode the next batch while one is in PostgreSQL (the bench turns it off)
 
     async def seek_to_stored(self, partitions: list[TopicPartition]) -> None:
         self._assignments += 1
@@ -144,7 +145,7 @@ class Projection:
                 await asyncio.sleep(0)  # let it reach the database first
                 ahead_failed: Exception | None = None
                 try:
-                    if not self._clocks_stale and not applying.done():
+                    if self.pipeline and not self._clocks_stale and not applying.done():
                         ahead = await self._release_ahead()
                 except Exception as err:  # e.g. the broker: the batch in flight is finished first
                     ahead_failed = err

@@ -53,6 +53,7 @@ _POLL_S = 0.25
 _BACKOFF_MAX_S = 5.0
 _DRAIN_ATTEMPTS = 3  # after a stop: how many failed drains before leaving rows for the next start
 _PARKED_REFRESH_S = 10.0  # how often the parked-messages gauge is re-counted
+_KEYS_REMEMBERED = 100_000  # key → partition choices kept (~20 MB at most)
 MAX_MESSAGE_BYTES = 1024 * 1024  # Kafka's default message.max.bytes (1048588), rounded down
 
 REFUSED: tuple[type[KafkaError], ...] = (
@@ -81,6 +82,7 @@ class Relay:
             max_batch_size=256 * 1024, max_request_size=max_message_bytes,
         )
         self._partitioner = DefaultPartitioner()  # AIOKafkaProducer's default, as send() uses it
+        self._partitions_of_key: dict[tuple[bytes, int], int] = {}  # see _partition
         self._wake = asyncio.Event()
         self._parked_counted_at = -_PARKED_REFRESH_S
         self.healthy = False
@@ -224,7 +226,18 @@ class Relay:
         partitions = sorted(await self.producer.partitions_for(r["topic"]))
         if r["key"] is None:
             return partitions[0]
-        partition: int = self._partitioner(r["key"].encode(), partitions, partitions)
+        return self._partition(r["key"].encode(), partitions)
+
+    def _partition(self, key: bytes, partitions: list[int]) -> int:
+        """The default partitioner's choice, remembered: aiokafka's murmur2 is pure Python
+        (~8–30 µs a key, the relay's largest cost per message), and the same users are
+        published again and again. Bounded: cleared when it grows past _KEYS_REMEMBERED."""
+        memo = self._partitions_of_key
+        partition = memo.get((key, len(partitions)))
+        if partition is None:
+            if len(memo) >= _KEYS_REMEMBERED:
+                memo.clear()
+            partition = memo[(key, len(partitions))] = self._partitioner(key, partitions, partitions)
         return partition
 
     async def _send(self, rows: list[asyncpg.Record]) -> list[tuple[asyncio.Future[Any], list[asyncpg.Record]]]:
@@ -244,7 +257,7 @@ class Relay:
             partitions = partitions_of.get(topic)
             if partitions is None:
                 partitions = partitions_of[topic] = sorted(await self.producer.partitions_for(topic))
-            partition = self._partitioner(key, partitions, partitions)
+            partition = self._partition(key, partitions)
             open_ = batches.get((topic, partition))
             if open_ is None:
                 open_ = batches[(topic, partition)] = (self.producer.create_batch(), [])

@@ -1,0 +1,111 @@
+"""The projection's own CPU per fact, without PostgreSQL or the broker: decode + the loop
+around the core (`parse_records` + `run_facts` with outbox bytes) over the bench stream
+(bench/projection_bench.py `Stream`), in batches, users resident in one Directory.
+
+On a machine shared with other work wall-clock and even process CPU move ±30 %; run it
+under callgrind for counts that repeat exactly, and compare two checkouts with the same
+command (issue 14: decode and the loop, before/after):
+
+    .venv/bin/python bench/projection_cpu.py --events 20000            # process CPU µs/fact
+    valgrind --tool=callgrind --callgrind-out-file=/tmp/cg.out \\
+        .venv/bin/python bench/projection_cpu.py --events 2000 --warm 2000 --quiet
+    callgrind_annotate /tmp/cg.out | head                              # Ir: instructions
+
+Prints CPU µs per fact of: decoding alone (the projection's decoder and, for comparison,
+`parse_inbound`), and decode + run_facts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench.projection_bench import Stream  # noqa: E402
+from contracts.inbound import InboundError, parse_inbound  # noqa: E402
+from contracts.topics import Topics  # noqa: E402
+from services.domain.channel import ChannelSettings  # noqa: E402
+from services.domain.directory import Directory  # noqa: E402
+from services.platform import gc_tuning  # noqa: E402
+from services.projection import batch as batch_mod  # noqa: E402
+from services.projection.batch import BatchResult, parse_records, run_facts  # noqa: E402
+from services.projection.records import Record  # noqa: E402
+from services.projection.window import AppliedWindow  # noqa: E402
+
+
+def records(n: int, seed: int, topic: str) -> list[Record]:
+    return [
+        Record(topic, 0, i, 1_767_225_600_000 + 10 * n + i, channel.encode(), value)
+        for i, (channel, _e, value) in enumerate(Stream(seed).events(n))
+    ]
+
+
+def run(recs: list[Record], topics: Topics, batch: int) -> tuple[Directory, int]:
+    directory = Directory()
+    settings: dict[str, ChannelSettings] = {}
+    window = AppliedWindow()
+    published = 0
+    for i in range(0, len(recs), batch):
+        chunk = recs[i : i + batch]
+        parsed = parse_records(topics, chunk)
+        for p in parsed:
+            if p.fact is not None and p.fact.channel_id not in settings:
+                settings[p.fact.channel_id] = ChannelSettings(p.fact.channel_id)
+        result = BatchResult()
+        run_facts(directory, parsed, settings, window, topics, result, outbox=True, failed_at=0)
+        published += result.published
+        directory.changed.clear()  # committed: the next batch starts from these users
+    return directory, published
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--events", type=int, default=20_000)
+    p.add_argument("--warm", type=int, default=0, help="events run first, not measured (imports, caches)")
+    p.add_argument("--batch", type=int, default=5_000)
+    p.add_argument("--seed", type=int, default=20260101)
+    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--loop-only", action="store_true", help="only decode + run_facts (for callgrind counts)")
+    args = p.parse_args()
+    gc_tuning.tune()
+    topics = Topics("")
+    recs = records(args.warm + args.events, args.seed, topics.sdk_events)
+    if args.warm:
+        run(recs[: args.warm], topics, args.batch)
+    recs = recs[args.warm :]
+    n = len(recs)
+    decode = getattr(batch_mod, "decode_inbound", None)
+    if args.loop_only:
+        run(recs, topics, args.batch)
+        return
+    t = time.process_time()
+    for r in recs:
+        try:
+            parse_inbound("sdk-events", r.value or b"")
+        except InboundError:
+            pass
+    pydantic_us = (time.process_time() - t) * 1e6 / n
+    fast_us = None
+    if decode is not None:
+        t = time.process_time()
+        for r in recs:
+            try:
+                decode("sdk-events", r.value or b"")
+            except InboundError:
+                pass
+        fast_us = (time.process_time() - t) * 1e6 / n
+    t = time.process_time()
+    _directory, published = run(recs, topics, args.batch)
+    loop_us = (time.process_time() - t) * 1e6 / n
+    if not args.quiet:
+        print(f"{n:,} facts, {published:,} publications; CPU µs per fact: parse_inbound (pydantic) {pydantic_us:.2f}, "
+              f"decode_inbound {'-' if fast_us is None else f'{fast_us:.2f}'}, decode + run_facts {loop_us:.1f}")
+
+
+if __name__ == "__main__":
+    main()

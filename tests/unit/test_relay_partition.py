@@ -1,0 +1,44 @@
+"""The relay remembers which partition a key goes to (aiokafka's murmur2 is pure Python):
+the choice must stay exactly the default partitioner's, or a user's messages would change
+partition and lose their order (docs/contract.md "user-changed": ordered per user)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from aiokafka.partitioner import DefaultPartitioner
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from services.relay import relay as relay_mod
+from services.relay.relay import Relay
+
+
+def _relay() -> Relay:
+    async def make() -> Relay:
+        r = Relay(None, "127.0.0.1:1", "lock")  # type: ignore[arg-type]  # no connection is made
+        await r.producer.stop()  # never started; _partition needs no broker
+        return r
+
+    return asyncio.run(make())
+
+
+RELAY = _relay()
+
+
+@settings(max_examples=300)
+@given(st.binary(min_size=0, max_size=80), st.integers(min_value=1, max_value=64), st.integers(min_value=1, max_value=3))
+def test_relay_partition_is_the_default_partitioners_choice(key: bytes, n: int, times: int) -> None:
+    partitions = list(range(n))
+    expected = DefaultPartitioner()(key, partitions, partitions)
+    for _ in range(times):  # remembered or not, the same answer
+        assert RELAY._partition(key, partitions) == expected
+
+
+def test_relay_partition_memory_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    r = _relay()
+    monkeypatch.setattr(relay_mod, "_KEYS_REMEMBERED", 50)
+    for i in range(150):
+        r._partition(b"u_%d" % i, list(range(8)))
+        assert len(r._partitions_of_key) <= 50
