@@ -396,11 +396,11 @@ class TimedProjection(Projection):
 
         self.consumer.getmany = timed_getmany  # type: ignore[method-assign]
 
-    async def apply(self, records: list[Record], decoded: Any = None) -> BatchResult:
+    async def apply(self, records: list[Record]) -> BatchResult:
         if not self.batches and self.cpu:
             self.cpu_first = self.cpu.sample()  # CPU over the consuming time, not the join
         t = time.perf_counter()
-        result = await super().apply(records, decoded)
+        result = await super().apply(records)
         self.batches.append((t, time.perf_counter(), len(records)))
         self.consumed += len(records)
         self.skipped += result.skipped
@@ -538,7 +538,7 @@ class GcTimer:
 async def run_projection(
     bootstrap: str, database_url: str, topics: Topics, schema: str, group: str, target: int,
     batch_max: int, stages: Stages | None = None, cpu: Cpu | None = None, limit_s: float = 900.0,
-    spy: Path | None = None, resident_users: int = 0, pipeline: bool = True,
+    spy: Path | None = None, resident_users: int = 0,
 ) -> dict[str, Any]:
     """Start a projection on a fresh schema and time it until `target` records are applied."""
     await _exec(database_url, f"DROP SCHEMA IF EXISTS {schema} CASCADE")
@@ -548,7 +548,6 @@ async def run_projection(
         done, stop = asyncio.Event(), asyncio.Event()
         proj = TimedProjection(pool, bootstrap, topics, group, batch_max, target=target, done=done, cpu=cpu,
                                resident_users=resident_users)
-        proj.pipeline = pipeline
         if stages:
             stages.install()
         spying = await _start_py_spy(spy) if spy else None
@@ -1079,7 +1078,6 @@ async def run_target(
             b = await run_projection(
                 bootstrap, db, topics, schema, f"bench-{tag}-{variant}", args.events, args.batch_max,
                 stages=stages, cpu=cpu, spy=spy, resident_users=_resident_users(variant, args),
-                pipeline=not variant.endswith("-serial"),
             )
             if spy:
                 b["py_spy_percent"] = summarize_py_spy(spy)
@@ -1136,14 +1134,12 @@ async def run_target(
 
 def _resident_users(variant: str, args: argparse.Namespace) -> int:
     """`per-batch`: every batch loads its users (no resident state); `resident`: users
-    stay in memory between batches, up to --resident-users. A `-serial` suffix turns the
-    pipelining off (the next batch decoded only once the one in hand is done)."""
-    base = variant.removesuffix("-serial")
-    if base == "per-batch":
+    stay in memory between batches, up to --resident-users."""
+    if variant == "per-batch":
         return 0
-    if base == "resident":
+    if variant == "resident":
         return args.resident_users
-    raise SystemExit(f"unknown variant {variant!r} (per-batch, resident, resident-serial, per-batch-serial)")
+    raise SystemExit(f"unknown variant {variant!r} (per-batch, resident)")
 
 
 async def _digest(db: str, schema: str) -> str:
@@ -1287,8 +1283,7 @@ def cli() -> None:
     p.add_argument("--postgres", default="local",
                    help="comma-separated: local (DATABASE_URL, the machine's server), deploy (embedded, deploy/ settings)")
     p.add_argument("--variants", default="per-batch,resident",
-                   help="projection variants run one after the other in the same run (per-batch, resident; "
-                        "-serial: without pipelining)")
+                   help="projection variants run one after the other in the same run (per-batch, resident)")
     p.add_argument("--latency-variants", default="resident", help="variants of the latency run (default: resident)")
     p.add_argument("--resident-users", type=int, default=Settings().resident_users,
                    help="users kept in memory by the resident variant")

@@ -65,7 +65,7 @@ class Parsed:
 
 async def apply_batch(
     pool: asyncpg.Pool, topics: Topics, records: list[Record], *, now_ms: int | None = None, outbox: bool = True,
-    resident: ResidentUsers | None = None, decoded: Decoded | None = None,
+    resident: ResidentUsers | None = None,
 ) -> BatchResult:
     """Apply `records` (canonically ordered) exactly once. Raises repo.Conflict when a
     concurrent instance got in the way; the caller retries (G3).
@@ -75,11 +75,9 @@ async def apply_batch(
     messages are neither serialised nor stored.
 
     `resident`: users kept from earlier batches of this instance (resident.py); only
-    what it lacks is loaded. Dropped whole if the batch does not commit.
-
-    `decoded`: records already decoded (`decode_ahead`), by record; the rest is decoded here."""
+    what it lacks is loaded. Dropped whole if the batch does not commit."""
     try:
-        return await _apply_batch(pool, topics, records, now_ms, outbox, resident, decoded)
+        return await _apply_batch(pool, topics, records, now_ms, outbox, resident)
     except BaseException:
         if resident is not None:
             resident.drop()  # it may hold changes that were not committed
@@ -88,9 +86,9 @@ async def apply_batch(
 
 async def _apply_batch(
     pool: asyncpg.Pool, topics: Topics, records: list[Record], now_ms: int | None, outbox: bool,
-    resident: ResidentUsers | None, decoded: Decoded | None,
+    resident: ResidentUsers | None,
 ) -> BatchResult:
-    parsed = parse_records(topics, records, decoded)
+    parsed = parse_records(topics, records)
     failed_at = now_ms if now_ms is not None else int(time.time() * 1000)  # only stamps dead letters
     async with pool.acquire() as conn, conn.transaction():
         partitions = sorted({(r.topic, r.partition) for r in records})
@@ -262,26 +260,9 @@ async def write_effects(conn: asyncpg.Connection, directory: Directory, revs: di
     await repo.save_outbox(conn, fx.messages)
 
 
-Decoded = dict[int, tuple[Record, Parsed]]
-"""Records decoded ahead of their batch (consumer.py), by id() of the record; the record is
-kept beside its result so that the id cannot be reused while the entry lives."""
-
-
-def parse_records(topics: Topics, records: list[Record], decoded: Decoded | None = None) -> list[Parsed]:
+def parse_records(topics: Topics, records: list[Record]) -> list[Parsed]:
     kinds = {topic: topics.kind(topic) for topic in {r.topic for r in records}}  # once per topic, not per record
-    if not decoded:
-        return [_parse(kinds[r.topic], r) for r in records]
-    out = []
-    for r in records:
-        ahead = decoded.get(id(r))
-        # A fresh Parsed: run_facts sets `error` on it, and a retried batch starts clean.
-        out.append(Parsed(r, ahead[1].fact, ahead[1].error) if ahead is not None and ahead[0] is r else _parse(kinds[r.topic], r))
-    return out
-
-
-def decode_ahead(topics: Topics, records: list[Record]) -> Decoded:
-    """Decode a batch before its turn (pure: no state, no database), for `apply_batch`."""
-    return {id(r): (r, p) for r, p in zip(records, parse_records(topics, records), strict=True)}
+    return [_parse(kinds[r.topic], r) for r in records]
 
 
 def _parse(kind: InboundKind, record: Record) -> Parsed:

@@ -24,7 +24,7 @@ from services.platform.kafka import client_options
 from services.store import repository as repo
 from services.store.pool import DATABASE_UNAVAILABLE
 
-from .batch import BatchResult, Decoded, apply_batch, dead_letter_record, decode_ahead
+from .batch import BatchResult, apply_batch, dead_letter_record
 from .isolation import NOT_THE_RECORD, RETRIED, ConflictPersisted, apply_isolating
 from .merge import CoPartitionMerge
 from .records import PartitionClocks, Record
@@ -83,11 +83,8 @@ class Projection:
         self._fetched: dict[TopicPartition, int] = {}  # next offset after what we fetched
         self.clocks = PartitionClocks()  # bounds record timestamps as they are fetched
         self._clocks_stale: set[TopicPartition] = set()  # sought ahead: reload their clocks
-        self._assignments = 0  # counts (re)assignments: a batch released before one is void
-        self.pipeline = True  # decode the next batch while one is in PostgreSQL (the bench turns it off)
 
     async def seek_to_stored(self, partitions: list[TopicPartition]) -> None:
-        self._assignments += 1
         if self.resident is not None:
             self.resident.drop()  # a new assignment: start from the store
         self.merge.assign((tp.topic, tp.partition) for tp in partitions)
@@ -119,79 +116,38 @@ class Projection:
         self.consumer.subscribe(list(self.topics.inbound), listener=_SeekToStored(self))
         try:
             more = False  # records left releasable after the last batch: do not wait
-            ahead: tuple[int, list[Record], Decoded] | None = None  # the next batch, released and decoded
             while not stop.is_set():
-                decoded: Decoded = {}
-                if ahead is not None and ahead[0] == self._assignments:
-                    _, records, decoded = ahead
-                else:
-                    if self._clocks_stale:
-                        await self._reload_clocks()
-                    await self._fetch(0 if more else 200)
-                    records = self.merge.release(self._at_end, self.batch_max)
-                ahead = None
+                if self._clocks_stale:
+                    await self._reload_clocks()
+                fetched = await self.consumer.getmany(timeout_ms=0 if more else 200, max_records=self.batch_max)
+                self.healthy = True
+                for tp, msgs in fetched.items():
+                    if msgs:
+                        self.merge.add((tp.topic, tp.partition), [
+                            self.clocks.record(tp.topic, tp.partition, m.offset, m.timestamp, m.timestamp_type, m.key, m.value)
+                            for m in msgs
+                        ])
+                        self._fetched[tp] = msgs[-1].offset + 1
+                self._flow_control()
+                records = self.merge.release(self._at_end, self.batch_max)
                 more = len(records) == self.batch_max
                 if not records:
                     continue
-                # Pipelining (issue 14, item 4): while this batch is in PostgreSQL, the next
-                # is fetched, released and decoded — pure work that needs no state. It is
-                # applied only after this one is done (committed, or its records
-                # dead-lettered), in its own transaction that reads what this one wrote, and
-                # dropped if the partitions were reassigned meanwhile. Applying it before
-                # this one commits would need the offsets, eventId window and clocks
-                # resident too (its reads wait on this batch's row locks): not done.
                 # The batch in flight is finished even when a stop arrives meanwhile.
-                applying = asyncio.shield(self.apply(records, decoded))
-                await asyncio.sleep(0)  # let it reach the database first
-                ahead_failed: Exception | None = None
                 try:
-                    if self.pipeline and not self._clocks_stale and not applying.done():
-                        ahead = await self._release_ahead()
-                except Exception as err:  # e.g. the broker: the batch in flight is finished first
-                    ahead_failed = err
-                try:
-                    await applying
+                    await asyncio.shield(self.apply(records))
                 except Stopped:
                     log.warning("stopped while the database was unavailable; the batch in hand is re-read at the next start")
                     break
-                if ahead_failed is not None:
-                    raise ahead_failed
                 self._observe_lag()
         finally:
             await self.consumer.stop()
 
-    async def _fetch(self, timeout_ms: int) -> None:
-        fetched = await self.consumer.getmany(timeout_ms=timeout_ms, max_records=self.batch_max)
-        self.healthy = True
-        for tp, msgs in fetched.items():
-            if msgs:
-                self.merge.add((tp.topic, tp.partition), [
-                    self.clocks.record(tp.topic, tp.partition, m.offset, m.timestamp, m.timestamp_type, m.key, m.value)
-                    for m in msgs
-                ])
-                self._fetched[tp] = msgs[-1].offset + 1
-        self._flow_control()
-
-    async def _release_ahead(self) -> tuple[int, list[Record], Decoded] | None:
-        """The next batch, fetched (without waiting for the broker) and decoded."""
-        assignments = self._assignments
-        await self._fetch(0)
-        records = self.merge.release(self._at_end, self.batch_max)
-        if not records:
-            return None
-        decoded = decode_ahead(self.topics, records)
-        if assignments != self._assignments:
-            return None  # reassigned meanwhile: the merge was reset, these are read again
-        return assignments, records, decoded
-
-    async def apply(self, records: list[Record], decoded: Decoded | None = None) -> BatchResult:
+    async def apply(self, records: list[Record]) -> BatchResult:
         """Apply the batch; a record that cannot be applied is found and dead-lettered
-        and the rest applied (isolation.py); only an outage or a stop holds it up.
-        `decoded`: records of it decoded already (batch.decode_ahead)."""
+        and the rest applied (isolation.py); only an outage or a stop holds it up."""
         started = time.perf_counter()
-        result = await apply_isolating(
-            lambda rs: self._attempt(rs, decoded), records, self._dead_letter, passthrough=(Stopped, *NOT_THE_RECORD),
-        )
+        result = await apply_isolating(self._attempt, records, self._dead_letter, passthrough=(Stopped, *NOT_THE_RECORD))
         self.healthy = True
         elapsed = time.perf_counter() - started
         metrics.BATCH_SECONDS.observe(elapsed)
@@ -208,17 +164,17 @@ class Projection:
         )
         return result
 
-    async def _attempt(self, records: list[Record], decoded: Decoded | None = None) -> BatchResult:
+    async def _attempt(self, records: list[Record]) -> BatchResult:
         """One batch with retries: a conflict with another instance is retried with fresh
         state (G3), up to a bound (then ConflictPersisted: isolation dead-letters the
         record that keeps conflicting, code `conflict`); an outage is waited out."""
-        return await self._outages_waited(lambda rs: self._conflicts_retried(rs, decoded), records)
+        return await self._outages_waited(self._conflicts_retried, records)
 
-    async def _conflicts_retried(self, records: list[Record], decoded: Decoded | None = None) -> BatchResult:
+    async def _conflicts_retried(self, records: list[Record]) -> BatchResult:
         conflicts = 0
         while True:
             try:
-                return await apply_batch(self.pool, self.topics, records, resident=self.resident, decoded=decoded)
+                return await apply_batch(self.pool, self.topics, records, resident=self.resident)
             except _RETRIED as err:
                 conflicts += 1
                 metrics.CONFLICTS.inc()
