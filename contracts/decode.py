@@ -8,8 +8,9 @@ same limits). The pydantic models stay the contract: JSON Schemas, AsyncAPI, and
 error's wording.
 
 How the two stay equal: the fast path only ever *accepts*. Whatever it does not accept
-plainly — any msgspec error, a message the door would have to walk (U+0000 escapes, deep
-nesting, over the size limit), an import row with a cell to fail, a type it does not
+plainly — any msgspec error, a message the door would have to walk or word (U+0000 and
+UTF-16 surrogate escapes, deep nesting, over the size limit), a value orjson would read
+otherwise (integers past 64 bits), an import row with a cell to fail, a type it does not
 mirror (all commands: rare, and their validators are involved) — goes to
 `parse_inbound`, which then refuses it with today's code and reason, or accepts it as
 today. So a refusal is worded by the one path that always worded it; what the fast path
