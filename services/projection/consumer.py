@@ -35,7 +35,6 @@ log = logging.getLogger("unifier.projection")
 _CONFLICT_RETRIES = 20
 _RETRIED: tuple[type[BaseException], ...] = (repo.Conflict, *RETRIED)
 _OUTAGE_BACKOFF_MAX_S = 5.0
-FETCH_WAIT_MS = 20
 
 
 class Stopped(Exception):
@@ -74,12 +73,6 @@ class Projection:
             auto_offset_reset="earliest",
             max_partition_fetch_bytes=4 * 1024 * 1024,
             fetch_max_bytes=32 * 1024 * 1024,
-            # How long the broker may hold a fetch with nothing new (aiokafka's default:
-            # 500 ms). The canonical merge releases a record only once every co-partition
-            # is known to be at its end, which an idle partition's fetch response says:
-            # with 500 ms that wait was most of the latency at low rates (p50 652 ms at
-            # 1,000 events/s, docs/decisions.md). Idle, it costs a fetch per FETCH_WAIT_MS.
-            fetch_max_wait_ms=FETCH_WAIT_MS,
             # Range gives partition p of every inbound topic to the same instance: a
             # channel's facts on all three topics meet in one merge (merge.py).
             partition_assignment_strategy=(RangePartitionAssignor,),
@@ -126,10 +119,7 @@ class Projection:
             while not stop.is_set():
                 if self._clocks_stale:
                     await self._reload_clocks()
-                # Records held back wait for a co-partition's fetch response (FETCH_WAIT_MS),
-                # which brings no records: do not sleep the idle 200 ms on them.
-                wait_ms = 0 if more else FETCH_WAIT_MS if self.merge.holding() else 200
-                fetched = await self.consumer.getmany(timeout_ms=wait_ms, max_records=self.batch_max)
+                fetched = await self.consumer.getmany(timeout_ms=0 if more else 200, max_records=self.batch_max)
                 self.healthy = True
                 for tp, msgs in fetched.items():
                     if msgs:

@@ -58,10 +58,6 @@ class CoPartitionMerge:
         buffer = self._buffers.get(partition)
         return len(buffer) if buffer is not None else 0
 
-    def holding(self) -> bool:
-        """Records are buffered (held back until their co-partitions are known at end)."""
-        return any(self._buffers.values())
-
     def release(self, at_end: Callable[[Partition], bool], limit: int) -> list[Record]:
         """Up to `limit` records in the canonical order, each one that no unread record
         of a co-partition can precede."""
