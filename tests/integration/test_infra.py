@@ -153,6 +153,7 @@ async def test_a_group_consumer_joins_and_reads_from_the_beginning(settings: Set
         group_id=settings.consumer_group,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
+        session_timeout_ms=settings.kafka_session_timeout_ms,  # as the service's (tests/support/infra.py)
     )
     await consumer.start()
     try:
