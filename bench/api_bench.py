@@ -302,17 +302,38 @@ class Connections:
             self.idle.get_nowait().close()
 
 
+async def filled(database_url: str, schema: str) -> int:
+    """How many users `schema` holds (0 when it does not exist)."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        if not await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", f"{schema}.users"):
+            return 0
+        return int(await conn.fetchval(f'SELECT count(*) FROM "{schema}".users'))
+    finally:
+        await conn.close()
+
+
 async def main(args: argparse.Namespace) -> dict[str, Any]:
     tag = secrets.token_hex(3)
-    schema, prefix = f"bench_api_{tag}", f"bapi{tag}."
+    # --schema NAME keeps the filled users for the next run (the 1,000,000-user fill takes
+    # minutes): a schema already holding --users users is used as it is, and not dropped.
+    schema, prefix = args.schema or f"bench_api_{tag}", f"bapi{tag}."
+    keep = args.schema is not None
     rng = random.Random(7)
     result: dict[str, Any] = {"users": args.users, "rate": args.rate, "seconds": args.seconds,
                               "command_rate": args.command_rate, "command_seconds": args.command_seconds}
     with tempfile.TemporaryDirectory(prefix="api-bench-") as tmp:
         work = Path(tmp)
         try:
-            result["fill_seconds"] = round(await fill(args.database_url, schema, args.users), 1)
-            print(f"fill: {result['fill_seconds']} s", file=sys.stderr)
+            if keep and await filled(args.database_url, schema) == args.users:
+                print(f"fill: {schema} already holds {args.users:,} users", file=sys.stderr)
+            else:
+                if keep:
+                    await _drop(args.database_url, schema)
+                result["fill_seconds"] = round(await fill(args.database_url, schema, args.users), 1)
+                print(f"fill: {result['fill_seconds']} s", file=sys.stderr)
+            if args.fill_only:
+                return result
             result["explain"] = await explain(args.database_url, schema, args.users)
             async with EmbeddedBroker(work / "broker") as broker:
                 await ensure_topics(broker.bootstrap, prefix, 12)
@@ -331,12 +352,13 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 )
                 pool = await create_pool(args.database_url, schema, max_size=10)
                 try:
-                    key, _ = await api_keys.create_key(pool, "admin", None, "bench")
+                    key, _ = await api_keys.create_key(pool, "admin", None, f"bench-{tag}")
                     conns = Connections("127.0.0.1", port)
                     await _until_serving(conns, key, service)
                     proc = psutil.Process(service.pid)
-                    result.update(await _reads(args, pool, conns, key, rng, proc))
-                    result.update(await _commands(args, pool, conns, key, broker.bootstrap, prefix, rng, proc))
+                    result.update(await _reads(args, pool, conns, key, rng, proc, env))
+                    if not args.skip_commands:
+                        result.update(await _commands(args, pool, conns, key, broker.bootstrap, prefix, rng, proc))
                     conns.close()
                 finally:
                     await pool.close()
@@ -345,10 +367,17 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                         await asyncio.wait_for(service.wait(), 30)
                     log.close()
         finally:
-            conn = await asyncpg.connect(args.database_url)
-            await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
-            await conn.close()
+            if not keep:
+                await _drop(args.database_url, schema)
     return result
+
+
+async def _drop(database_url: str, schema: str) -> None:
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    finally:
+        await conn.close()
 
 
 async def _until_serving(conns: Connections, key: str, service: asyncio.subprocess.Process) -> None:
@@ -371,7 +400,12 @@ def _cpu(proc: psutil.Process) -> float:
 
 async def _reads(
     args: argparse.Namespace, pool: asyncpg.Pool, conns: Connections, key: str, rng: random.Random, proc: psutil.Process,
+    env: dict[str, str],
 ) -> dict[str, Any]:
+    """Reads against `unifier api --workers N` (the read side's deployment: stateless
+    processes beside the service), driven by bench/read_load.py in a process of its own;
+    CPU per request of the API processes, of the load generator and of PostgreSQL (every
+    postgres process on the machine: an upper bound while others run)."""
     picks = [rng.randrange(args.users) for _ in range(int(args.rate * args.seconds) + 1)]
 
     # Baseline: the rows the API reads, straight from asyncpg at the same rate.
@@ -389,22 +423,82 @@ async def _reads(
             CHANNEL, f"u{n}@example.com")
         return "sql_by_email", row is not None, "row"
 
-    # A short warm-up (connections, caches of the service), not measured.
-    warm: dict[str, Tally] = {}
-    await open_loop(200, 3, lambda i: _get(conns, key, picks, i), warm)
-    duration = await open_loop(args.rate, min(args.seconds, args.baseline_seconds), sql, base)
-    base_duration = duration
-    print(f"baseline (asyncpg): {json.dumps({k: t.summary(duration) for k, t in base.items()})}", file=sys.stderr)
+    base_duration = await open_loop(args.rate, min(args.seconds, args.baseline_seconds), sql, base)
+    print(f"baseline (asyncpg): {json.dumps({k: t.summary(base_duration) for k, t in base.items()})}", file=sys.stderr)
 
-    api: dict[str, Tally] = {}
-    cpu = _cpu(proc)
-    duration = await open_loop(args.rate, args.seconds, lambda i: _get(conns, key, picks, i), api)
-    cpu_ms = (_cpu(proc) - cpu) * 1000 / max(1, sum(len(t.latencies) for t in api.values()))  # per answered
-    print(f"API reads: {json.dumps({k: t.summary(duration) for k, t in api.items()})}", file=sys.stderr)
-    print(f"service CPU per read: {cpu_ms:.2f} ms", file=sys.stderr)
-    return {"read_baseline": {k: t.summary(base_duration) for k, t in base.items()},
-            "reads": {k: t.summary(duration) for k, t in api.items()}, "connections": conns.opened,
-            "service_cpu_ms_per_read": round(cpu_ms, 3)}
+    port = free_port()
+    api = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "services.runtime.cli", "api", "--workers", str(args.api_workers),
+        env={**env, "UNIFIER_HTTP_ADDR": f"127.0.0.1:{port}"}, cwd=ROOT,
+        stdout=subprocess.DEVNULL, stderr=open(RESULTS.with_suffix(".api.log"), "wb"),  # noqa: ASYNC230, SIM115
+    )
+    try:
+        api_conns = Connections("127.0.0.1", port)
+        await _until_serving(api_conns, key, api)
+        api_conns.close()
+        requests = []
+        for n in picks:
+            requests.append(["get_by_id", f"/v1/channels/{CHANNEL}/users/{member_user_id(CHANNEL, f'm{n}')}"])
+            requests.append(["lookup_by_email", f"/v1/channels/{CHANNEL}/users?email=u{n}%40example.com"])
+        spec = {"host": "127.0.0.1", "port": port, "key": key, "connections": args.connections, "requests": requests}
+        await _load({**spec, "rate": 200, "seconds": 3})  # warm-up (connections, caches), not measured
+        processes = [psutil.Process(api.pid), *psutil.Process(api.pid).children(recursive=True)]
+        before, pg_before = _cpu_of(processes), _postgres_cpu()
+        load = await _load({**spec, "rate": args.rate, "seconds": args.seconds})
+        api_cpu, pg_after = _cpu_of(processes) - before, _postgres_cpu()
+        pg_cpu = sum(cpu - pg_before[pid] for pid, cpu in pg_after.items() if pid in pg_before)
+    finally:
+        api.terminate()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(api.wait(), 30)
+    duration = load["duration_s"]
+    reads = {}
+    for name in ("get_by_id", "lookup_by_email"):
+        tally = Tally(name)
+        for ms in load.get(name, {}).get("latencies_ms", []):
+            tally.latencies.append(ms / 1000)
+        tally.statuses = load.get(name, {}).get("statuses", {})
+        tally.errors = load.get(name, {}).get("errors", 0)
+        reads[name] = tally.summary(duration)
+    answered = max(1, sum(r["answered"] for r in reads.values()))
+    per_read = {"api_us": round(api_cpu * 1e6 / answered), "load_generator_us": round(load["cpu_s"] * 1e6 / answered),
+                "postgres_us_upper_bound": round(pg_cpu * 1e6 / answered)}
+    print(f"API reads ({args.api_workers} workers): {json.dumps(reads)}", file=sys.stderr)
+    print(f"CPU per read: {json.dumps(per_read)}; unanswered {load['unanswered']}", file=sys.stderr)
+    return {"read_baseline": {k: t.summary(base_duration) for k, t in base.items()}, "reads": reads,
+            "read_unanswered": load["unanswered"], "api_workers": args.api_workers, "connections": load["connections"],
+            "cpu_us_per_read": per_read}
+
+
+async def _load(spec: dict[str, Any]) -> dict[str, Any]:
+    """bench/read_load.py with `spec`: its result (latencies, statuses, its own CPU)."""
+    gen = await asyncio.create_subprocess_exec(
+        sys.executable, str(ROOT / "bench" / "read_load.py"), stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=ROOT,
+    )
+    out, _ = await gen.communicate(json.dumps(spec).encode())
+    if gen.returncode != 0:
+        raise RuntimeError(f"the load generator failed ({gen.returncode})")
+    result: dict[str, Any] = json.loads(out)
+    return result
+
+
+def _cpu_of(processes: list[psutil.Process]) -> float:
+    total = 0.0
+    for p in processes:
+        with contextlib.suppress(psutil.Error):
+            total += _cpu(p)
+    return total
+
+
+def _postgres_cpu() -> dict[int, float]:
+    """CPU of every postgres process now, by pid (the API's backends live through the
+    run; others' sessions count too, so it is an upper bound while others work)."""
+    out = {}
+    for p in psutil.process_iter(["name"]):
+        if p.info["name"] in ("postgres", "postmaster"):
+            with contextlib.suppress(psutil.Error):
+                out[p.pid] = _cpu(p)
+    return out
 
 
 async def _get(conns: Connections, key: str, picks: list[int], i: int) -> tuple[str, bool, int | str]:
@@ -468,6 +562,11 @@ if __name__ == "__main__":
     parser.add_argument("--seconds", type=float, default=60.0, help="read phase length (default 60)")
     parser.add_argument("--command-rate", type=float, default=200.0)
     parser.add_argument("--command-seconds", type=float, default=30.0)
+    parser.add_argument("--api-workers", type=int, default=2, help="`unifier api --workers N` for the reads (default 2)")
+    parser.add_argument("--connections", type=int, default=32, help="keep-alive connections of the reads (default 32)")
+    parser.add_argument("--skip-commands", action="store_true", help="reads only")
+    parser.add_argument("--schema", help="keep the filled users in this schema and reuse them in later runs")
+    parser.add_argument("--fill-only", action="store_true", help="only fill (with --schema: for later runs)")
     parser.add_argument("--baseline-seconds", type=float, default=20.0, help="length of each baseline (default 20)")
     figures = asyncio.run(main(parser.parse_args()))
     RESULTS.parent.mkdir(parents=True, exist_ok=True)

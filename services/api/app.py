@@ -18,6 +18,7 @@ from services.store.pool import create_pool, schema_exists
 
 from . import problems
 from .commands import CommandBus
+from .hot import HotReads
 from .routes import (
     channel_settings,
     commands,
@@ -57,7 +58,10 @@ def create_app(settings: Settings) -> FastAPI:
         # projection its DDL would queue for table locks behind batches, and batches
         # behind it (`unifier run` migrates before it starts the projection).
         migrate = not await schema_exists(database_url, settings.db_schema)
-        app.state.pool = await create_pool(database_url, settings.db_schema, max_size=POOL_SIZE, migrate=migrate)
+        # reset_sessions=False: the API's and the console's statements change no session
+        # state, so a connection needs no RESET round trip when it goes back to the pool.
+        app.state.pool = await create_pool(database_url, settings.db_schema, max_size=POOL_SIZE, migrate=migrate,
+                                           reset_sessions=False)
         app.state.bus = CommandBus(app.state.pool, publish)
         app.state.imports = set()  # imports publishing in the background (routes/imports.py)
         try:
@@ -88,6 +92,9 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.settings = settings
     problems.install(app)
+    # The two hot reads' plain successes, before routing (hot.py; everything else, and
+    # every refusal, is the routes').
+    app.add_middleware(HotReads)
     app.include_router(kafka)
     for module in (users, members, unifications, grades, commands, imports, channel_settings, lookups):
         app.include_router(module.router)

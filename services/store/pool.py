@@ -30,12 +30,21 @@ async def _init(conn: asyncpg.Connection) -> None:
     await conn.set_type_codec("json", schema="pg_catalog", encoder=orjson.dumps, decoder=orjson.loads, format="binary")
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """No reset statement when a connection goes back to the pool (asyncpg still rolls
+    back an open transaction and drops listeners first)."""
+
+
 async def create_pool(
     database_url: str, schema: str, *, min_size: int = 1, max_size: int = 4, migrate: bool = True,
+    reset_sessions: bool = True,
 ) -> asyncpg.Pool:
     """`migrate=False`: use the schema as it is (its DDL takes table locks: a process
     that only reads and publishes must not queue them behind a running projection's
-    batches, nor a batch behind them)."""
+    batches, nor a batch behind them). `reset_sessions=False`: for a pool whose users
+    never change session state (no SET, LISTEN, session advisory locks, cursors WITH
+    HOLD), skip asyncpg's `RESET ALL; CLOSE ALL; UNLISTEN *; …` on every release — a
+    round trip per query, measured 20 % of an API read's CPU."""
     if migrate:
         await ensure_schema(database_url, schema)
     return await asyncpg.create_pool(
@@ -43,6 +52,7 @@ async def create_pool(
         min_size=min_size,
         max_size=max_size,
         init=_init,
+        reset=None if reset_sessions else _keep_session,
         # random_page_cost 1.1 (default 4, for spinning disks): the working set is cached,
         # and at 4 the planner looked up a small batch's users and identities by a seq
         # scan of both tables (7 ms instead of 2 for 50 keys on 20k identities).
