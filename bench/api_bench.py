@@ -44,6 +44,7 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -423,8 +424,13 @@ async def _reads(
             CHANNEL, f"u{n}@example.com")
         return "sql_by_email", row is not None, "row"
 
+    await pool.fetchval("SELECT 1")
+    own = await _backends(pool, [psutil.Process()], args.database_url)
+    base_pg = _cpu_of(own)
     base_duration = await open_loop(args.rate, min(args.seconds, args.baseline_seconds), sql, base)
+    base_pg_us = (_cpu_of(own) - base_pg) * 1e6 / max(1, sum(len(t.latencies) for t in base.values()))
     print(f"baseline (asyncpg): {json.dumps({k: t.summary(base_duration) for k, t in base.items()})}", file=sys.stderr)
+    print(f"baseline: PostgreSQL CPU per read {base_pg_us:.0f} µs", file=sys.stderr)
 
     port = free_port()
     api = await asyncio.create_subprocess_exec(
@@ -443,10 +449,10 @@ async def _reads(
         spec = {"host": "127.0.0.1", "port": port, "key": key, "connections": args.connections, "requests": requests}
         await _load({**spec, "rate": 200, "seconds": 3})  # warm-up (connections, caches), not measured
         processes = [psutil.Process(api.pid), *psutil.Process(api.pid).children(recursive=True)]
-        before, pg_before = _cpu_of(processes), _postgres_cpu()
+        backends = await _backends(pool, processes, args.database_url)
+        before, pg_before = _cpu_of(processes), _cpu_of(backends)
         load = await _load({**spec, "rate": args.rate, "seconds": args.seconds})
-        api_cpu, pg_after = _cpu_of(processes) - before, _postgres_cpu()
-        pg_cpu = sum(cpu - pg_before[pid] for pid, cpu in pg_after.items() if pid in pg_before)
+        api_cpu, pg_cpu = _cpu_of(processes) - before, _cpu_of(backends) - pg_before
     finally:
         api.terminate()
         with contextlib.suppress(TimeoutError):
@@ -462,7 +468,8 @@ async def _reads(
         reads[name] = tally.summary(duration)
     answered = max(1, sum(r["answered"] for r in reads.values()))
     per_read = {"api_us": round(api_cpu * 1e6 / answered), "load_generator_us": round(load["cpu_s"] * 1e6 / answered),
-                "postgres_us_upper_bound": round(pg_cpu * 1e6 / answered)}
+                "postgres_us": round(pg_cpu * 1e6 / answered), "baseline_postgres_us": round(base_pg_us),
+                "api_backends": len(backends)}
     print(f"API reads ({args.api_workers} workers): {json.dumps(reads)}", file=sys.stderr)
     print(f"CPU per read: {json.dumps(per_read)}; unanswered {load['unanswered']}", file=sys.stderr)
     return {"read_baseline": {k: t.summary(base_duration) for k, t in base.items()}, "reads": reads,
@@ -490,15 +497,14 @@ def _cpu_of(processes: list[psutil.Process]) -> float:
     return total
 
 
-def _postgres_cpu() -> dict[int, float]:
-    """CPU of every postgres process now, by pid (the API's backends live through the
-    run; others' sessions count too, so it is an upper bound while others work)."""
-    out = {}
-    for p in psutil.process_iter(["name"]):
-        if p.info["name"] in ("postgres", "postmaster"):
-            with contextlib.suppress(psutil.Error):
-                out[p.pid] = _cpu(p)
-    return out
+async def _backends(pool: asyncpg.Pool, processes: list[psutil.Process], database_url: str) -> list[psutil.Process]:
+    """The PostgreSQL backends serving `processes`' connections (found by their client
+    ports; PostgreSQL on this machine), so that their CPU is counted and nobody else's."""
+    server = urlsplit(database_url).port or 5432
+    ports = [c.laddr.port for p in processes for c in p.net_connections(kind="tcp")
+             if c.raddr and c.raddr.port == server]
+    pids = await pool.fetch("SELECT pid FROM pg_stat_activity WHERE client_port = ANY($1::int[])", ports)
+    return [psutil.Process(r["pid"]) for r in pids]
 
 
 async def _get(conns: Connections, key: str, picks: list[int], i: int) -> tuple[str, bool, int | str]:

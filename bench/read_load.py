@@ -23,6 +23,7 @@ import collections
 import json
 import resource
 import sys
+import time
 from typing import Any
 
 import uvloop
@@ -125,7 +126,7 @@ class Load:
             self.record(conn.job[0], conn.job[1], "connection_lost", False)
 
     def record(self, name: str, due: float, status: str, ok: bool) -> None:
-        self.latencies[name].append((self.loop.time() - due) * 1000)
+        self.latencies[name].append((time.perf_counter() - due) * 1000)
         self.statuses[name][status] += 1
         if not ok:
             self.errors[name] += 1
@@ -140,23 +141,27 @@ class Load:
         head = f"Host: bench\r\nAuthorization: Bearer {spec['key']}\r\n\r\n"
         requests = [(name, f"GET {path} HTTP/1.1\r\n{head}".encode()) for name, path in spec["requests"]]
         total, rate = int(spec["rate"] * spec["seconds"]), float(spec["rate"])
-        start = self.loop.time() + 0.05
+        # perf_counter, not loop.time(): uvloop's clock moves in whole milliseconds.
+        start = time.perf_counter() + 0.05
         i = 0
         while i < total:
-            now = self.loop.time()
+            now = time.perf_counter()
             while i < total and start + i / rate <= now:
                 name, raw = requests[i % len(requests)]
                 self.submit(name, start + i / rate, raw)
                 i += 1
             if i < total:
-                await asyncio.sleep(max(0.0, start + i / rate - self.loop.time()))
+                # At least 1 ms: uvloop's timers count whole milliseconds, and a shorter
+                # sleep returns at once (a busy loop). Requests due meanwhile go out
+                # together at the wake, their latency counted from when each was due.
+                await asyncio.sleep(max(0.001, start + i / rate - time.perf_counter()))
         self.finished_sending = True
         if self.outstanding:
             try:
                 await asyncio.wait_for(self.finished.wait(), 30)
             except TimeoutError:
                 pass
-        duration = self.loop.time() - start
+        duration = time.perf_counter() - start
         out: dict[str, Any] = {"duration_s": duration, "connections": self.opened, "unanswered": self.outstanding}
         for name in self.latencies:
             out[name] = {"latencies_ms": self.latencies[name], "statuses": dict(self.statuses[name]),

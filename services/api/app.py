@@ -37,6 +37,7 @@ from faststream.security import BaseSecurity, SASLPlaintext, SASLScram256, SASLS
 
 API_VERSION = "1.1.0"
 POOL_SIZE = 10
+HOT_POOL_SIZE = 4
 
 _DESCRIPTION = """The HTTP API of Unifier (docs/contract.md, "HTTP API").
 
@@ -62,6 +63,11 @@ def create_app(settings: Settings) -> FastAPI:
         # state, so a connection needs no RESET round trip when it goes back to the pool.
         app.state.pool = await create_pool(database_url, settings.db_schema, max_size=POOL_SIZE, migrate=migrate,
                                            reset_sessions=False)
+        # The hot reads' own few connections (hot.py), with generic plans: their statements
+        # (a user by id, by e-mail) have one plan whatever the values, and planning them
+        # cost PostgreSQL more than running them.
+        app.state.hot_pool = await create_pool(database_url, settings.db_schema, max_size=HOT_POOL_SIZE, migrate=False,
+                                               reset_sessions=False, generic_plans=True)
         app.state.bus = CommandBus(app.state.pool, publish)
         app.state.imports = set()  # imports publishing in the background (routes/imports.py)
         try:
@@ -73,6 +79,7 @@ def create_app(settings: Settings) -> FastAPI:
             await app.state.bus.close()
             if getattr(app.state, "lookups", None) is not None:  # routes/lookups.py made one
                 await app.state.lookups.aclose()
+            await app.state.hot_pool.close()
             await app.state.pool.close()
 
     # The producer settings of the rest (relay, importer): acks from every replica,

@@ -75,9 +75,10 @@ class HotReads:
             return None
         if not 0 < len(ch) <= _MAX_CHANNEL:
             return None
-        pool = scope["app"].state.pool
+        state = scope["app"].state
+        pool = state.hot_pool
         try:
-            if not await _may_read(pool, scope, ch):
+            if not await _may_read(state.pool, scope, ch):
                 return None
             if user_id is not None:
                 found = await queries.find_user(pool, ch, "id", user_id)

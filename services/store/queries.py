@@ -45,24 +45,22 @@ async def find_user(conn: asyncpg.Connection | asyncpg.Pool, channel_id: str, by
     return view
 
 
-GRADES = """(SELECT json_agg(json_build_object('name', x.name, 'colour', x.colour) ORDER BY x.name)
-               FROM (SELECT DISTINCT g.name, g.colour FROM grade_holders h
-                       JOIN grades g ON g.channel_id = h.channel_id AND g.name = h.name
-                      WHERE h.channel_id = u.channel_id AND NOT u.masked
-                        AND (h.kind, h.value) IN (
-                            ('memberId', u.state->>'member_id'),
-                            ('email', CASE WHEN (u.state->'fields'->'profile.email'->>1)::boolean
-                                            AND json_typeof(u.state->'fields'->'profile.email'->0) = 'string'
-                                           THEN u.state->'fields'->'profile.email'->>0 END),
-                            ('mobileNumber', CASE WHEN (u.state->'fields'->'profile.mobileNumber'->>1)::boolean
-                                                   AND json_typeof(u.state->'fields'->'profile.mobileNumber'->0) = 'string'
-                                                  THEN u.state->'fields'->'profile.mobileNumber'->>0 END))) x
-           ) AS grades"""
+GRADES = """(SELECT json_agg(json_build_object('name', g.name, 'colour', g.colour) ORDER BY g.name)
+               FROM grades g
+              WHERE g.channel_id = u.channel_id AND NOT u.masked AND g.name IN (
+                    SELECT h.name FROM identities i
+                      JOIN grade_holders h ON h.channel_id = i.channel_id AND h.value = i.value
+                           AND h.kind = CASE i.kind WHEN 'member' THEN 'memberId' WHEN 'mobile' THEN 'mobileNumber'
+                                                    ELSE 'email' END
+                     WHERE i.user_id = u.id AND i.channel_id = u.channel_id AND i.kind IN ('member', 'email', 'mobile')
+                       AND (i.kind = 'member' OR i.qualified))) AS grades"""
 """The `grades` column of a users row `u`, in the same statement as the row (one round
-trip per read instead of two): `grades_of` in SQL, with the keys of `grade_keys` taken
-from the stored state — its memberId and its *qualified* e-mail and mobile number, none
-when masked (I17) — as `[{"name", "colour"}]` by name, or NULL for none.
-tests/integration/test_grades.py checks both give the same."""
+trip per read instead of two): `grades_of` in SQL. The keys of `grade_keys` — memberId
+and the *qualified* e-mail and mobile number, none when masked (I17) — are the user's
+`identities` rows of those kinds (directory.identities writes exactly the live user's
+current keys, in the user's transaction), each an index lookup; not the state's JSON,
+which PostgreSQL would parse whole for every key. `[{"name", "colour"}]` by name, or
+NULL for none; tests/integration/test_grades.py checks both give the same."""
 
 
 def grade_keys(user_json: dict[str, Any]) -> list[tuple[str, str]]:
