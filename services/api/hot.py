@@ -76,8 +76,8 @@ class HotReads:
         if not 0 < len(ch) <= _MAX_CHANNEL:
             return None
         state = scope["app"].state
-        pool = state.hot_pool
         try:
+            pool = state.hot_pool
             if not await _may_read(state.pool, scope, ch):
                 return None
             if user_id is not None:
