@@ -50,6 +50,7 @@ def _print(obj: Any) -> None:
 
 
 async def _api(settings: Settings, args: argparse.Namespace) -> int:
+    from services.platform import gc_tuning
     from services.platform.embedded import infrastructure
 
     from .app import create_app
@@ -65,7 +66,9 @@ async def _api(settings: Settings, args: argparse.Namespace) -> int:
         return await supervise(settings, args.workers, stop)
     async with infrastructure(settings) as (bootstrap, database_url):
         resolved = settings.replace(kafka_bootstrap=bootstrap, database_url=database_url)
-        await serve(create_app(resolved), settings.http_addr, stop)
+        app = create_app(resolved)
+        gc_tuning.tune()  # a request allocates thousands of objects, nearly none in cycles
+        await serve(app, settings.http_addr, stop)
     return 0
 
 

@@ -95,7 +95,7 @@ def _die_with_parent() -> None:
 
 
 async def _worker() -> int:
-    from services.platform import kafka, logs
+    from services.platform import gc_tuning, kafka, logs
 
     from .app import create_app
     from .server import serve
@@ -107,7 +107,9 @@ async def _worker() -> int:
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         asyncio.get_running_loop().add_signal_handler(sig, stop.set)
-    await serve(create_app(settings), settings.http_addr, stop, sock=sock)
+    app = create_app(settings)
+    gc_tuning.tune()  # a request allocates thousands of objects, nearly none in cycles
+    await serve(app, settings.http_addr, stop, sock=sock)
     return 0
 
 
