@@ -11,7 +11,7 @@ StreamReader client of api_bench.py.
 
 Reads one JSON object on stdin: {"host", "port", "rate", "seconds", "connections",
 "key", "requests": [[name, path], ...]} (cycled); prints one JSON object: per name
-{latencies_ms: [...], statuses: {...}, errors}, plus "cpu_s" (this process's user +
+{latencies_ms: [...], due_s: [...] (when each was due), statuses: {...}, errors}, plus "cpu_s" (this process's user +
 system CPU) and "duration_s". A request is an error unless it answers 200 with a body
 holding `"memberId"`.
 """
@@ -81,6 +81,8 @@ class Load:
         self.opened = 0
         self.outstanding = 0
         self.latencies: dict[str, list[float]] = collections.defaultdict(list)
+        self.due_s: dict[str, list[float]] = collections.defaultdict(list)  # when each was due, from the start
+        self.start = 0.0
         self.statuses: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
         self.errors: collections.Counter[str] = collections.Counter()
         self.finished = asyncio.Event()
@@ -127,6 +129,7 @@ class Load:
 
     def record(self, name: str, due: float, status: str, ok: bool) -> None:
         self.latencies[name].append((time.perf_counter() - due) * 1000)
+        self.due_s[name].append(due - self.start)
         self.statuses[name][status] += 1
         if not ok:
             self.errors[name] += 1
@@ -142,7 +145,7 @@ class Load:
         requests = [(name, f"GET {path} HTTP/1.1\r\n{head}".encode()) for name, path in spec["requests"]]
         total, rate = int(spec["rate"] * spec["seconds"]), float(spec["rate"])
         # perf_counter, not loop.time(): uvloop's clock moves in whole milliseconds.
-        start = time.perf_counter() + 0.05
+        start = self.start = time.perf_counter() + 0.05
         i = 0
         while i < total:
             now = time.perf_counter()
@@ -164,8 +167,8 @@ class Load:
         duration = time.perf_counter() - start
         out: dict[str, Any] = {"duration_s": duration, "connections": self.opened, "unanswered": self.outstanding}
         for name in self.latencies:
-            out[name] = {"latencies_ms": self.latencies[name], "statuses": dict(self.statuses[name]),
-                         "errors": self.errors[name]}
+            out[name] = {"latencies_ms": self.latencies[name], "due_s": self.due_s[name],
+                         "statuses": dict(self.statuses[name]), "errors": self.errors[name]}
         return out
 
 
