@@ -2,7 +2,9 @@
 users, commands with `?wait=5` at 200/s, each beside a baseline measured in the same run.
 
 In one run, on the embedded tansu broker and the PostgreSQL of DATABASE_URL (default:
-the local server on 127.0.0.1:5432), in a schema of its own that is dropped at the end:
+the local server on 127.0.0.1:5432), in a schema of its own that is dropped at the end
+(with `--schema NAME`: kept, and reused by the next run when it holds --users users —
+the 1,000,000-user fill takes minutes):
 
 1. fill: N members in one channel (the worst case for per-channel indexes), written
    with COPY (services/store/bulk.py, as a replay writes), not through the service;
@@ -12,7 +14,10 @@ the local server on 127.0.0.1:5432), in a schema of its own that is dropped at t
 3. baseline: the reads' SQL straight from asyncpg (the user by id; the user by e-mail
    through `identities`) at the same rate: what PostgreSQL itself costs;
 4. reads: `GET /v1/channels/{ch}/users/{id}` and `GET …/users?email=…` alternating,
-   RATE requests/s in all for SECONDS, random users;
+   RATE requests/s in all for SECONDS, random users, against `unifier api --workers N`
+   (the read side's deployment) driven by bench/read_load.py in a process of its own;
+   CPU per read of the API processes, of the load generator and of PostgreSQL's
+   backends serving the API; the p99 of every second and the machine's load average;
 5. commands: `PUT …/members/{memberId}?wait=5` (member.upsert of a random member),
    COMMAND_RATE/s for COMMAND_SECONDS; baseline: the same commands through the API's
    own CommandBus straight from this process (aiokafka publish + outcome polled from
@@ -20,12 +25,12 @@ the local server on 127.0.0.1:5432), in a schema of its own that is dropped at t
 
 Open loop: request i is due at start + i/rate whatever happened before, and its latency
 is counted from that moment, so a slow server cannot hide its queue (no coordinated
-omission). The client is a few lines of asyncio on keep-alive connections, cheap enough
-not to be what is measured. Prints p50/p90/p99/max and errors per phase and writes
+omission). Prints p50/p90/p99/max and errors per phase and writes
 bench/results/api.json. A benchmark, not a test: nothing here asserts.
 
     .venv/bin/python bench/api_bench.py                       # the issue's figures (~6 min)
     .venv/bin/python bench/api_bench.py --users 100000 --seconds 20 --command-seconds 10
+    .venv/bin/python bench/api_bench.py --schema bench_api_reads --skip-commands --seconds 20
 """
 
 from __future__ import annotations
