@@ -483,6 +483,10 @@ async def _commands(
         }
         print(f"commands {name}: {json.dumps(out[name])}", file=sys.stderr)
 
+    # A `?wait=` request holds its connection until answered: 200/s at 0.5 s each is 100
+    # at once. The reads' 64 would queue commands in the client, so the commands get
+    # their own connections, as many callers would open.
+    conns = Connections("127.0.0.1", conns.port, limit=_COMMAND_CONNECTIONS)
     broker_proc = psutil.Process(spawn.broker_pid) if spawn.broker_pid else None
     together = {"service": proc, **({"broker": broker_proc} if broker_proc else {})}
     apart_conns: Connections | None = None
@@ -494,7 +498,7 @@ async def _commands(
         await phase("together", args.command_rate, args.command_seconds, http("together", conns), together)
         if args.command_apart:
             api_proc, port = await spawn.api()
-            apart_conns = Connections("127.0.0.1", port)
+            apart_conns = Connections("127.0.0.1", port, limit=_COMMAND_CONNECTIONS)
             await _until_serving(apart_conns, key, api_proc)
             apart = {"api": psutil.Process(api_proc.pid), **together}
             await open_loop(20, 2, http("warm2", apart_conns), {})
@@ -503,6 +507,7 @@ async def _commands(
     finally:
         await bus.close()
         await producer.stop()
+        conns.close()
         if apart_conns is not None:
             apart_conns.close()
         if api_proc is not None:
@@ -515,6 +520,9 @@ async def _commands(
         print(f"where the time goes, {name} (ms, p50 / p99): "
               + ", ".join(f"{k} {v['p50']}/{v['p99']}" for k, v in segments.items()), file=sys.stderr)
     return {"commands": out}
+
+
+_COMMAND_CONNECTIONS = 400
 
 
 class CommandSpawn:

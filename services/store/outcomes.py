@@ -38,11 +38,7 @@ async def save(conn: asyncpg.Connection, rows: Sequence[Outcome]) -> None:
     """Store the outcomes, in fact order. Applied wins: a rejection never replaces an
     applied outcome of the same eventId (a repeat of an applied command past the
     eventId window may be refused where the first was applied)."""
-    kept: dict[tuple[str, str], Outcome] = {}
-    for row in rows:
-        old = kept.get((row[0], row[1]))
-        if old is None or row[3] is None or old[3] is not None:
-            kept[(row[0], row[1])] = row
+    kept = decisive(rows)
     if kept:
         await conn.execute(
             """INSERT INTO command_outcomes (channel_id, event_id, at, code, message)
@@ -50,8 +46,19 @@ async def save(conn: asyncpg.Connection, rows: Sequence[Outcome]) -> None:
                ON CONFLICT (channel_id, event_id) DO UPDATE
                   SET at = EXCLUDED.at, code = EXCLUDED.code, message = EXCLUDED.message
                 WHERE EXCLUDED.code IS NULL OR command_outcomes.code IS NOT NULL""",
-            *[list(col) for col in zip(*kept.values(), strict=True)],
+            *[list(col) for col in zip(*kept, strict=True)],
         )
+
+
+def decisive(rows: Sequence[Outcome]) -> list[Outcome]:
+    """One outcome per (channel, eventId), in fact order: the last, but an applied one
+    is not replaced by a later rejection (one statement cannot touch a row twice)."""
+    kept: dict[tuple[str, str], Outcome] = {}
+    for row in rows:
+        old = kept.get((row[0], row[1]))
+        if old is None or row[3] is None or old[3] is not None:
+            kept[(row[0], row[1])] = row
+    return list(kept.values())
 
 
 async def forget(conn: asyncpg.Connection, channel_ids: Sequence[str], keep_ms: int = KEEP_MS) -> None:
