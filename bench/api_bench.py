@@ -43,7 +43,7 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -368,7 +368,56 @@ async def _until_serving(conns: Connections, key: str, service: asyncio.subproce
     raise RuntimeError("the API did not answer within 120 s")
 
 
-def _cpu(proc: psutil.Process) -> float:
+class _Backends:
+    """The PostgreSQL backends of the traced processes' pools (bench/command_trace.py
+    notes their pids), as one process for _cpu: what PostgreSQL spends serving us."""
+
+    def __init__(self, traces: list[Path]) -> None:
+        self.procs: list[psutil.Process] = []
+        for trace in traces:
+            for line in trace.read_bytes().splitlines() if trace.exists() else []:
+                if b'"backend"' in line:
+                    with contextlib.suppress(psutil.Error):
+                        self.procs.append(psutil.Process(orjson.loads(line)["backend"]))
+
+    def cpu_times(self) -> _Times:
+        user = system = 0.0
+        for proc in self.procs:
+            with contextlib.suppress(psutil.Error):
+                times = proc.cpu_times()
+                user, system = user + times.user, system + times.system
+        return _Times(user, system)
+
+
+class _Times(NamedTuple):
+    user: float
+    system: float
+
+
+def _projection_sql(trace: Path, windows: dict[str, tuple[float, float, int]]) -> dict[str, Any]:
+    """Per phase: the projection's statements (count and wall ms per command), from the
+    half-second snapshots of bench/command_trace.py diffed over the phase."""
+    snaps = [row for line in (trace.read_bytes().splitlines() if trace.exists() else [])
+             if b'"sql"' in line for row in [orjson.loads(line)]]
+    out: dict[str, Any] = {}
+    for name, (start, end, answered) in windows.items():
+        before = max((r for r in snaps if r["at"] <= start), key=lambda r: r["at"], default=None)
+        after = max((r for r in snaps if r["at"] <= end), key=lambda r: r["at"], default=None)
+        if after is None:
+            continue
+        was = before["sql"] if before else {}
+        diff = {k: (n - was.get(k, [0, 0.0])[0], ms - was.get(k, [0, 0.0])[1]) for k, (n, ms) in after["sql"].items()}
+        diff = {k: v for k, v in diff.items() if v[0] > 0}
+        total = sum(ms for _n, ms in diff.values())
+        out[name] = {
+            "statements_per_command": round(sum(n for n, _ms in diff.values()) / answered, 2),
+            "ms_per_command": round(total / answered, 3),
+            "top": {k: [n, round(ms / answered, 3)] for k, (n, ms) in sorted(diff.items(), key=lambda kv: -kv[1][1])},
+        }
+    return out
+
+
+def _cpu(proc: psutil.Process | _Backends) -> float:
     times = proc.cpu_times()
     return float(times.user + times.system)
 
@@ -444,6 +493,7 @@ async def _commands(
 
     bus = CommandBus(pool, publish)
     stamps: dict[str, dict[str, float]] = {}  # eventId -> the client's wall-clock stamps
+    windows: dict[str, tuple[float, float, int]] = {}  # phase -> (start, end, answered)
     out: dict[str, Any] = {}
 
     def straight(phase: str) -> Callable[[int], Awaitable[tuple[str, bool, int | str]]]:
@@ -474,13 +524,16 @@ async def _commands(
     async def phase(name: str, rate: float, seconds: float,
                     call: Callable[[int], Awaitable[tuple[str, bool, int | str]]], procs: dict[str, psutil.Process]) -> None:
         tallies: dict[str, Tally] = {}
+        procs = {**procs, "postgres": _Backends(spawn.traces)}
         cpu = {who: _cpu(p) for who, p in procs.items()}
+        begun = time.time() * 1000
         duration = await open_loop(rate, seconds, call, tallies)
         answered = max(1, sum(len(t.latencies) for t in tallies.values()))
         out[name] = {
             "rate": rate, "seconds": seconds, **{k: t.summary(duration) for k, t in tallies.items()},
             "cpu_ms_per_command": {who: round((_cpu(p) - cpu[who]) * 1000 / answered, 3) for who, p in procs.items()},
         }
+        windows[name] = (begun, time.time() * 1000, answered)
         print(f"commands {name}: {json.dumps(out[name])}", file=sys.stderr)
 
     # A `?wait=` request holds its connection until answered: 200/s at 0.5 s each is 100
@@ -516,6 +569,7 @@ async def _commands(
                 await asyncio.wait_for(api_proc.wait(), 30)
     await asyncio.sleep(1.5)  # the services flush their traces with each batch
     out["where_the_time_goes"] = _command_segments(spawn.traces, stamps)
+    out["projection_sql_ms_per_command"] = _projection_sql(spawn.traces[0], windows)
     for name, segments in out["where_the_time_goes"].items():
         print(f"where the time goes, {name} (ms, p50 / p99): "
               + ", ".join(f"{k} {v['p50']}/{v['p99']}" for k, v in segments.items()), file=sys.stderr)

@@ -20,6 +20,7 @@ CLI starts, so the measured code is the shipped code plus a few dict appends.
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import sys
 import time
@@ -33,6 +34,7 @@ if str(ROOT) not in sys.path:
 import orjson  # noqa: E402
 
 _lines: list[bytes] = []
+_snapshotting: Any = None
 _out: Any = None
 
 
@@ -97,6 +99,9 @@ def install(trace: Path) -> None:
         return add(self, partition, records)
 
     async def traced_apply(self: Projection, records: Any) -> Any:
+        global _snapshotting
+        if _snapshotting is None and _start_snapshots is not None:
+            _snapshotting = asyncio.ensure_future(_start_snapshots())
         started = _now()
         result = await apply(self, records)
         done = _now()
@@ -107,6 +112,69 @@ def install(trace: Path) -> None:
 
     CoPartitionMerge.add = traced_add  # type: ignore[method-assign]
     Projection.apply = traced_apply  # type: ignore[method-assign]
+    _trace_database()
+
+
+def _trace_database() -> None:
+    """The PostgreSQL backends this process talks to (their pids, for the bench to read
+    their CPU) and the wall time of each kind of statement (first words), summed."""
+    import asyncpg
+    from asyncpg import transaction as tx_mod
+
+    from services.store import pool as pool_mod
+
+    init = pool_mod._init
+
+    async def traced_init(conn: asyncpg.Connection) -> None:
+        await init(conn)
+        _note(e="", backend=conn.get_server_pid())
+        _flush()
+
+    pool_mod._init = traced_init
+    spent: dict[str, list[float]] = {}
+
+    def timed(method: Any) -> Any:
+        async def call(self: Any, query: Any, *args: Any, **kw: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return await method(self, query, *args, **kw)
+            finally:
+                key = " ".join(str(query).split())[:70]
+                entry = spent.setdefault(key, [0, 0.0])
+                entry[0] += 1
+                entry[1] += (time.perf_counter() - started) * 1000
+        return call
+
+    for name in ("execute", "fetch", "fetchrow", "fetchval", "copy_records_to_table"):
+        setattr(asyncpg.Connection, name, timed(getattr(asyncpg.Connection, name)))
+    aexit = tx_mod.Transaction.__aexit__
+
+    async def traced_aexit(self: Any, *exc: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return await aexit(self, *exc)
+        finally:
+            entry = spent.setdefault("COMMIT", [0, 0.0])
+            entry[0] += 1
+            entry[1] += (time.perf_counter() - started) * 1000
+
+    tx_mod.Transaction.__aexit__ = traced_aexit  # type: ignore[method-assign]
+
+    def dump() -> None:
+        _note(e="", at=_now(), sql={k: [n, round(ms, 1)] for k, (n, ms) in spent.items()})
+        _flush()
+
+    async def snapshots() -> None:  # the sums every half second: the bench diffs them per phase
+        while True:
+            await asyncio.sleep(0.5)
+            dump()
+
+    global _start_snapshots
+    _start_snapshots = snapshots
+    atexit.register(dump)
+
+
+_start_snapshots: Any = None
 
 
 if __name__ == "__main__":

@@ -167,8 +167,13 @@ class CommandBus:
         def heard(_conn: object, _pid: int, _channel: str, payload: str) -> None:
             self._heard(stored.parse(payload, schema))
 
-        lost = asyncio.get_running_loop().create_future()
-        conn.add_termination_listener(lambda _c: lost.done() or lost.set_result(None))
+        lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def closed(_conn: object) -> None:
+            if not lost.done():
+                lost.set_result(None)
+
+        conn.add_termination_listener(closed)
         try:
             await conn.add_listener(stored.CHANNEL, heard)
             self._listening = True
@@ -176,6 +181,7 @@ class CommandBus:
             await lost  # until the connection dies (or we are cancelled)
         finally:
             self._listening = False
+            conn.remove_termination_listener(closed)
             with contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
                 await conn.remove_listener(stored.CHANNEL, heard)
             with contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
