@@ -35,7 +35,6 @@ log = logging.getLogger("unifier.projection")
 _CONFLICT_RETRIES = 20
 _RETRIED: tuple[type[BaseException], ...] = (repo.Conflict, *RETRIED)
 _OUTAGE_BACKOFF_MAX_S = 5.0
-_FETCH_WAIT_MS = 100
 
 
 class Stopped(Exception):
@@ -74,13 +73,10 @@ class Projection:
             auto_offset_reset="earliest",
             max_partition_fetch_bytes=4 * 1024 * 1024,
             fetch_max_bytes=32 * 1024 * 1024,
-            # How long the broker may hold a fetch that found nothing new. Kafka answers
-            # as soon as a record arrives whatever this is; tansu holds the fetch for
-            # about half of it (measured), so with aiokafka's 500 ms a lone command
-            # waited 0–250 ms (p50 ~130) before the projection saw it. 100 ms: p50 ~30,
-            # for ten idle fetches a second instead of two (docs/decisions.md, "HTTP API:
-            # commands measured").
-            fetch_max_wait_ms=_FETCH_WAIT_MS,
+            # A fetch that finds nothing new is answered after this long (default 500):
+            # the embedded broker does not always answer early when records arrive, so
+            # a fact published to an idle partition waited up to ~120 ms (50 ms: ~30).
+            fetch_max_wait_ms=50,
             # Range gives partition p of every inbound topic to the same instance: a
             # channel's facts on all three topics meet in one merge (merge.py).
             partition_assignment_strategy=(RangePartitionAssignor,),
