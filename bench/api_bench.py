@@ -395,7 +395,8 @@ class _Times(NamedTuple):
 
 
 def _projection_sql(trace: Path, windows: dict[str, tuple[float, float, int]]) -> dict[str, Any]:
-    """Per phase: the projection's statements (count and wall ms per command), from the
+    """Per phase: the service's statements (projection and relay; with the API inside,
+    its reads too): count and wall ms per command, from the
     half-second snapshots of bench/command_trace.py diffed over the phase."""
     snaps = [row for line in (trace.read_bytes().splitlines() if trace.exists() else [])
              if b'"sql"' in line for row in [orjson.loads(line)]]
@@ -569,7 +570,7 @@ async def _commands(
                 await asyncio.wait_for(api_proc.wait(), 30)
     await asyncio.sleep(1.5)  # the services flush their traces with each batch
     out["where_the_time_goes"] = _command_segments(spawn.traces, stamps)
-    out["projection_sql_ms_per_command"] = _projection_sql(spawn.traces[0], windows)
+    out["service_sql_ms_per_command"] = _projection_sql(spawn.traces[0], windows)
     for name, segments in out["where_the_time_goes"].items():
         print(f"where the time goes, {name} (ms, p50 / p99): "
               + ", ".join(f"{k} {v['p50']}/{v['p99']}" for k, v in segments.items()), file=sys.stderr)

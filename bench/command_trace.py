@@ -119,7 +119,6 @@ def _trace_database() -> None:
     """The PostgreSQL backends this process talks to (their pids, for the bench to read
     their CPU) and the wall time of each kind of statement (first words), summed."""
     import asyncpg
-    from asyncpg import transaction as tx_mod
 
     from services.store import pool as pool_mod
 
@@ -147,19 +146,6 @@ def _trace_database() -> None:
 
     for name in ("execute", "fetch", "fetchrow", "fetchval", "copy_records_to_table"):
         setattr(asyncpg.Connection, name, timed(getattr(asyncpg.Connection, name)))
-    aexit = tx_mod.Transaction.__aexit__
-
-    async def traced_aexit(self: Any, *exc: Any) -> Any:
-        started = time.perf_counter()
-        try:
-            return await aexit(self, *exc)
-        finally:
-            entry = spent.setdefault("COMMIT", [0, 0.0])
-            entry[0] += 1
-            entry[1] += (time.perf_counter() - started) * 1000
-
-    tx_mod.Transaction.__aexit__ = traced_aexit  # type: ignore[method-assign]
-
     def dump() -> None:
         _note(e="", at=_now(), sql={k: [n, round(ms, 1)] for k, (n, ms) in spent.items()})
         _flush()

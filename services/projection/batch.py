@@ -257,9 +257,8 @@ async def save_command_outcomes(conn: asyncpg.Connection, fx: Effects, *, announ
     """The commands' outcomes (services/store/outcomes.py), the old ones of their
     channels forgotten, and, at commit, a NOTIFY for the API's waiters."""
     await command_outcomes.save(conn, fx.outcomes)
-    await command_outcomes.forget(conn, [o[0] for o in fx.outcomes])
-    if announce:
-        await command_outcomes.announce(conn, [(o[0], o[1], o[3] is None) for o in fx.outcomes] + [(c, e, True) for c, e in fx.repeats])
+    decided = [(o[0], o[1], o[3] is None) for o in fx.outcomes] + [(c, e, True) for c, e in fx.repeats]
+    await command_outcomes.forget_and_announce(conn, [o[0] for o in fx.outcomes], decided if announce else [])
 
 
 def parse_records(topics: Topics, records: list[Record]) -> list[Parsed]:
