@@ -571,6 +571,9 @@ async def _commands(
     await asyncio.sleep(1.5)  # the services flush their traces with each batch
     out["where_the_time_goes"] = _command_segments(spawn.traces, stamps)
     out["service_sql_ms_per_command"] = _projection_sql(spawn.traces[0], windows)
+    if len(spawn.traces) > 1:  # the API process's statements over its life (dumped at its exit)
+        answered = sum(w[2] for name, w in windows.items() if name.startswith("apart"))
+        out["api_sql_per_command"] = _projection_sql(spawn.traces[1], {"apart_lone+apart": (0.0, float("inf"), answered)})
     for name, segments in out["where_the_time_goes"].items():
         print(f"where the time goes, {name} (ms, p50 / p99): "
               + ", ".join(f"{k} {v['p50']}/{v['p99']}" for k, v in segments.items()), file=sys.stderr)
