@@ -13,10 +13,17 @@ the local server on 127.0.0.1:5432), in a schema of its own that is dropped at t
    through `identities`) at the same rate: what PostgreSQL itself costs;
 4. reads: `GET /v1/channels/{ch}/users/{id}` and `GET …/users?email=…` alternating,
    RATE requests/s in all for SECONDS, random users;
-5. commands: `PUT …/members/{memberId}?wait=5` (member.upsert of a random member),
-   COMMAND_RATE/s for COMMAND_SECONDS; baseline: the same commands through the API's
-   own CommandBus straight from this process (aiokafka publish + outcome polled from
-   PostgreSQL), without HTTP.
+5. commands (`_commands`): `PUT …/members/{memberId}?wait=5` (member.upsert of a random
+   member) at 5/s (a lone command) and at COMMAND_RATE/s for COMMAND_SECONDS, first to
+   `unifier run` (API and projection in one process), then to a `unifier api` process
+   of its own (the projection left alone, as production runs them); baseline: the same
+   commands through the API's own CommandBus straight from this process (aiokafka
+   publish, NOTIFY-driven wait), without HTTP. The service and the API run under
+   bench/command_trace.py, which stamps each command along its path (HTTP in →
+   published → fetched → batch → committed → seen by the waiter → answered) and sums
+   their statements; the bench prints p50/p99 per segment, CPU per command of each
+   process (service, API, broker, and the PostgreSQL backends serving them), and the
+   statements per command. `--phases commands --users 20000` runs only this (~2 min).
 
 Open loop: request i is due at start + i/rate whatever happened before, and its latency
 is counted from that moment, so a slow server cannot hide its queue (no coordinated
