@@ -133,6 +133,11 @@ class CommandBus:
             if not waiters:
                 self._waiting.pop(pair, None)
 
+    @property
+    def listening(self) -> bool:
+        """Told of outcomes by NOTIFY (else polling every _POLL_S)."""
+        return self._listening
+
     async def close(self) -> None:
         if self._worker is not None:
             self._worker.cancel()
