@@ -40,9 +40,9 @@ async def main(args: argparse.Namespace) -> None:
     app = create_app(settings)  # its lifespan (Kafka) is not started: reads need only the pools
     if args.gc_tuning:
         gc_tuning.tune()  # as `unifier api` does
-    app.state.pool = await create_pool(args.database_url, args.schema, max_size=2, migrate=False, reset_sessions=False)
+    app.state.pool = await create_pool(args.database_url, args.schema, max_size=2, migrate=False)
     app.state.hot_pool = await create_pool(args.database_url, args.schema, max_size=2, migrate=False,
-                                           reset_sessions=False, generic_plans=True)
+                                           generic_plans=True)
     key, _ = await api_keys.create_key(app.state.pool, "read", None, f"read-cpu-{secrets.token_hex(3)}")
     headers = [(b"host", b"bench"), (b"authorization", f"Bearer {key}".encode())]
     rng = random.Random(11)

@@ -59,15 +59,12 @@ def create_app(settings: Settings) -> FastAPI:
         # projection its DDL would queue for table locks behind batches, and batches
         # behind it (`unifier run` migrates before it starts the projection).
         migrate = not await schema_exists(database_url, settings.db_schema)
-        # reset_sessions=False: the API's and the console's statements change no session
-        # state, so a connection needs no RESET round trip when it goes back to the pool.
-        app.state.pool = await create_pool(database_url, settings.db_schema, max_size=POOL_SIZE, migrate=migrate,
-                                           reset_sessions=False)
+        app.state.pool = await create_pool(database_url, settings.db_schema, max_size=POOL_SIZE, migrate=migrate)
         # The hot reads' own few connections (hot.py), with generic plans: their statements
         # (a user by id, by e-mail) have one plan whatever the values, and planning them
         # cost PostgreSQL more than running them.
         app.state.hot_pool = await create_pool(database_url, settings.db_schema, max_size=HOT_POOL_SIZE, migrate=False,
-                                               reset_sessions=False, generic_plans=True)
+                                               generic_plans=True)
         app.state.bus = CommandBus(app.state.pool, publish)
         app.state.imports = set()  # imports publishing in the background (routes/imports.py)
         try:

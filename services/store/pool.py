@@ -31,20 +31,22 @@ async def _init(conn: asyncpg.Connection) -> None:
 
 
 async def _keep_session(conn: asyncpg.Connection) -> None:
-    """No reset statement when a connection goes back to the pool (asyncpg still rolls
-    back an open transaction and drops listeners first)."""
+    """Returning a connection to the pool: asyncpg still rolls back an open transaction
+    and drops listener callbacks, but skips its reset query (`SELECT
+    pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL`): one round trip on
+    every release, 11 % of the API's CPU per command (docs/decisions.md, "HTTP API:
+    commands measured"). Nothing here leaves session state behind a release: locks are
+    transaction-scoped but the relay's, which it releases itself; SET is always LOCAL;
+    LISTENs are removed by their holders (remove_listener runs UNLISTEN)."""
 
 
 async def create_pool(
     database_url: str, schema: str, *, min_size: int = 1, max_size: int = 4, migrate: bool = True,
-    reset_sessions: bool = True, generic_plans: bool = False,
+    generic_plans: bool = False,
 ) -> asyncpg.Pool:
     """`migrate=False`: use the schema as it is (its DDL takes table locks: a process
     that only reads and publishes must not queue them behind a running projection's
-    batches, nor a batch behind them). `reset_sessions=False`: for a pool whose users
-    never change session state (no SET, LISTEN, session advisory locks, cursors WITH
-    HOLD), skip asyncpg's `RESET ALL; CLOSE ALL; UNLISTEN *; …` on every release — a
-    round trip per query, measured 20 % of an API read's CPU. `generic_plans=True`:
+    batches, nor a batch behind them). `generic_plans=True`:
     PostgreSQL's default plan cache (a prepared statement planned once per connection
     when the plan does not depend on the values), for statements whose plan is the same
     whatever the values (the API's hot reads: planning cost more than executing)."""
@@ -55,7 +57,7 @@ async def create_pool(
         min_size=min_size,
         max_size=max_size,
         init=_init,
-        reset=None if reset_sessions else _keep_session,
+        reset=_keep_session,
         # random_page_cost 1.1 (default 4, for spinning disks): the working set is cached,
         # and at 4 the planner looked up a small batch's users and identities by a seq
         # scan of both tables (7 ms instead of 2 for 50 keys on 20k identities).
