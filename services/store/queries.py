@@ -18,12 +18,14 @@ async def find_user(conn: asyncpg.Connection | asyncpg.Pool, channel_id: str, by
     """The user's JSON for `unifier user show`, or None (deleted users included).
 
     `by` is id | member | veil | email | mobile. A contact several users share picks
-    members first, then the latest lastSeenAt (docs/contract.md)."""
+    members first, then the latest lastSeenAt (docs/contract.md). One round trip for a
+    member (its grades come with it); a lead or anonymous user asks for its candidates."""
     if by == "id":
-        row = await conn.fetchrow("SELECT state FROM users WHERE id = $1 AND channel_id = $2", value, channel_id)
+        row = await conn.fetchrow(f"SELECT u.state, {GRADES} FROM users u WHERE u.id = $1 AND u.channel_id = $2",
+                                  value, channel_id)
     else:
         row = await conn.fetchrow(
-            """SELECT u.state FROM identities i JOIN users u ON u.id = i.user_id
+            f"""SELECT u.state, {GRADES} FROM identities i JOIN users u ON u.id = i.user_id
                 WHERE i.channel_id = $1 AND i.kind = $2 AND i.value = $3
                 ORDER BY (u.type = 'member') DESC, u.last_seen_at DESC NULLS LAST, u.id
                 LIMIT 1""",
@@ -37,10 +39,28 @@ async def find_user(conn: asyncpg.Connection | asyncpg.Pool, channel_id: str, by
     if user.merged_into is not None:
         return {"id": user.id, "mergedInto": user.merged_into}
     view = user_view(user)
-    view["grades"] = await grades_of(conn, channel_id, view)
+    view["grades"] = row["grades"] or []
     candidates = await member_candidates(conn, user)
     view["unification"] = {"candidates": candidates, "pendingInto": user.pending_into}
     return view
+
+
+GRADES = """(SELECT json_agg(json_build_object('name', g.name, 'colour', g.colour) ORDER BY g.name)
+               FROM grades g
+              WHERE g.channel_id = u.channel_id AND NOT u.masked AND g.name IN (
+                    SELECT h.name FROM identities i
+                      JOIN grade_holders h ON h.channel_id = i.channel_id AND h.value = i.value
+                           AND h.kind = CASE i.kind WHEN 'member' THEN 'memberId' WHEN 'mobile' THEN 'mobileNumber'
+                                                    ELSE 'email' END
+                     WHERE i.user_id = u.id AND i.channel_id = u.channel_id AND i.kind IN ('member', 'email', 'mobile')
+                       AND (i.kind = 'member' OR i.qualified))) AS grades"""
+"""The `grades` column of a users row `u`, in the same statement as the row (one round
+trip per read instead of two): `grades_of` in SQL. The keys of `grade_keys` — memberId
+and the *qualified* e-mail and mobile number, none when masked (I17) — are the user's
+`identities` rows of those kinds (directory.identities writes exactly the live user's
+current keys, in the user's transaction), each an index lookup; not the state's JSON,
+which PostgreSQL would parse whole for every key. `[{"name", "colour"}]` by name, or
+NULL for none; tests/integration/test_grades.py checks both give the same."""
 
 
 def grade_keys(user_json: dict[str, Any]) -> list[tuple[str, str]]:
@@ -204,7 +224,11 @@ async def search_users(
     sql, args = search_sql(channel_id, f, limit=limit, cursor=cursor, q_ids=q_ids, tag_ids=tag_ids)
     rows = await conn.fetch(sql, *args)
     users = [User.from_json(r["state"]) for r in rows[:limit]]
-    items = [await user_json(conn, u) for u in users]
+    items = []
+    for user, row in zip(users, rows, strict=False):
+        view = user_view(user)
+        view["grades"] = row["grades"] or []
+        items.append(view)
     return items, encode_cursor(users[-1].id) if len(rows) > limit else None
 
 
@@ -224,30 +248,30 @@ async def _sparse(conn: asyncpg.Connection | asyncpg.Pool, sql: str, args: list[
 
 
 def tag_matches_sql(channel_id: str, tag: str) -> tuple[str, list[Any]]:
-    """Ids of live users with staff tag `tag`, at most Q_SPARSE + 1 (the users_tags GIN)."""
+    """Ids of live users with staff tag `tag`, at most Q_SPARSE + 1 (the users_tag_list GIN)."""
     return (
-        f"""SELECT id FROM users WHERE (state->'tags')::jsonb ? $2 AND channel_id = $1
+        f"""SELECT id FROM users WHERE tags @> ARRAY[$2]::text[] AND channel_id = $1
               AND NOT deleted AND merged_into IS NULL LIMIT {Q_SPARSE + 1}""",
         [channel_id, tag],
     )
 
 
 def _q_patterns(q: str) -> tuple[str, str, str | None]:
-    """LIKE patterns of `q`: contact prefix, name prefix (as the name's JSON text, which
-    the index holds), phone prefix (E.164) or None."""
+    """LIKE patterns of `q`: contact prefix, name prefix (users.name_key, lowercased the
+    same way by repository.search_columns), phone prefix (E.164) or None."""
     text = q.strip().lower()
     phone = _phone_prefix(q)
-    return _like_prefix(text), _like_prefix(orjson.dumps(text).decode()[:-1]), _like_prefix(phone) if phone else None
+    return _like_prefix(text), _like_prefix(text), _like_prefix(phone) if phone else None
 
 
 def q_matches_sql(channel_id: str, q: str) -> tuple[str, list[Any]]:
     """Ids of users whose e-mail, phone or name starts with `q`, at most Q_SPARSE + 1
-    (each branch an index range scan: identities_contact_prefix, users_name_prefix)."""
+    (each branch an index range scan: identities_contact_prefix, users_name_key_prefix)."""
     contact, name, phone = _q_patterns(q)
     branches = [
         "SELECT user_id FROM identities WHERE channel_id = $1 AND kind IN ('email', 'mobile') AND value LIKE $2",
         """SELECT id FROM users WHERE channel_id = $1 AND NOT deleted AND merged_into IS NULL
-              AND lower((state->'fields'->'name'->0)::text) LIKE $3""",
+              AND name_key LIKE $3""",
     ]
     args: list[Any] = [channel_id, contact, name]
     if phone is not None:
@@ -283,7 +307,7 @@ def search_sql(
             contact, name, phone = _q_patterns(f.q)
             likes = f"i.value LIKE {arg(contact)}" + (f" OR i.value LIKE {arg(phone)}" if phone else "")
             where.append(
-                f"""(lower((u.state->'fields'->'name'->0)::text) LIKE {arg(name)}
+                f"""(u.name_key LIKE {arg(name)}
                      OR EXISTS (SELECT 1 FROM identities i WHERE i.user_id = u.id AND i.channel_id = $1
                                    AND i.kind IN ('email', 'mobile') AND ({likes})))"""
             )
@@ -303,7 +327,7 @@ def search_sql(
         if tag_ids is not None:
             where.append(f"u.id = ANY({arg(tag_ids)}::text[])")
         else:
-            where.append(f"(u.state->'tags')::jsonb ? {arg(f.tag)}")
+            where.append(f"u.tags @> ARRAY[{arg(f.tag)}]::text[]")
     if f.grade is not None:
         where.append("NOT u.masked")
         where.append(
@@ -318,7 +342,7 @@ def search_sql(
     if cursor is not None:
         (after,) = decode_cursor(cursor, str)
         where.append(f"u.id > {arg(after)}")
-    return f"SELECT u.state FROM users u WHERE {' AND '.join(where)} ORDER BY u.id LIMIT {arg(limit + 1)}", args
+    return f"SELECT u.state, {GRADES} FROM users u WHERE {' AND '.join(where)} ORDER BY u.id LIMIT {arg(limit + 1)}", args
 
 
 def _phone_prefix(q: str) -> str | None:
