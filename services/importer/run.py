@@ -35,6 +35,7 @@ from services.platform.config import Settings
 from services.platform.embedded import infrastructure
 from services.platform.topics import ensure_topics
 from services.store import import_log
+from services.store import repository as repo
 from services.store.pool import create_pool
 
 from . import csvfile
@@ -302,7 +303,7 @@ class Import:
                 value = orjson.dumps(msg)
             if self.read >= self.allowed:
                 await producer.ship()
-                await self._wait_for_room()
+                await self._wait_for_room(producer)
                 now = _now_ms()
             if not producer.add(value):
                 await producer.ship()
@@ -315,9 +316,11 @@ class Import:
         await producer.flush()
         return self.read
 
-    async def _wait_for_room(self) -> None:
+    async def _wait_for_room(self, producer: ImportProducer) -> None:
         """Hold publishing until the window allows more (window.py): other channels of
-        the partition are applied behind our rows. At the deadline the rest is published
+        the partition are applied behind our rows. The service's progress is the
+        offset it stored for the partition (every row counts: applied, skipped as
+        applied before, or dead-lettered). At the deadline the rest is published
         anyway, so that the service applies the whole import once it runs (exit 3)."""
         while True:
             if self.lock_lost:
@@ -326,13 +329,13 @@ class Import:
             if now >= self.deadline:
                 self.allowed = 1 << 62  # give up pacing: publish the rest
                 return
-            record = await import_log.import_record(self.pool, self.channel, self.import_id)
-            applied = 0 if record is None else record["created"] + record["updated"] + record["failed"]
-            self.window.observe(now, applied, self.read)
-            self.allowed = self.window.allowed(now, applied, self.read)
+            stored = await repo.stored_offsets(self.pool, [producer.topic])
+            passed = producer.rows_passed(stored.get((producer.topic, producer.partition), 0))
+            self.window.observe(now, passed, self.read)
+            self.allowed = self.window.allowed(now, passed, self.read)
             if self.read < self.allowed:
                 return
-            await self._report(record)
+            await self._report(None)
             await asyncio.sleep(SLICE_S)
 
     async def _wait(self) -> ImportResult:
