@@ -316,8 +316,7 @@ async def timed_import(
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
     # The background: what every party spends per second on the probe's facts, idle
-    # fetches and polls with no import running, subtracted below (a slower import would
-    # otherwise be charged more of it per row).
+    # fetches and polls with no import running (a slower import collects more of it).
     cpu.start()
     idle_started = time.perf_counter()
     await asyncio.sleep(IDLE_S)
@@ -328,7 +327,6 @@ async def timed_import(
     full = await run_import(env, path, channel, peak, "importer")
     spent = cpu.stop()
     spent["postgres"] = await cpu.service_backends(env["DATABASE_URL"])
-    background = {k: idle[k] / idle_s * full["seconds"] for k in spent if k != "importer"}
     if spy is not None:
         spy.send_signal(2)
         await spy.wait()
@@ -340,13 +338,12 @@ async def timed_import(
         "import_seconds": round(full["seconds"], 2),
         "import_rows_per_s": round(rows / full["seconds"]),
         # µs of CPU per row by party, all that was spent during the import (the probe's
-        # facts and idle work included: an upper bound) ...
+        # facts and idle work included) ...
         "cpu_us_per_row": {k: round(v / rows * 1e6) for k, v in spent.items()},
         "cpu_us_per_row_total": round(sum(v for k, v in spent.items() if k != "postgres_server") / rows * 1e6),
-        # ... and with the background's rate over the same seconds taken out (a lower
-        # bound: idle polling stops while the service is busy)
-        "cpu_us_per_row_net_total": round(
-            sum(max(v - background.get(k, 0.0), 0.0) for k, v in spent.items() if k != "postgres_server") / rows * 1e6),
+        # ... and what the same parties spend per second with no import, to judge how
+        # much of that a longer import collects (idle polling stops while busy, so
+        # subtracting it all would undercount)
         "background_cpu_per_s": {k: round(v / idle_s, 3) for k, v in idle.items()},
         "other_channels_during_import": probe.summary(),
         "result": full["result"],
@@ -433,8 +430,8 @@ def report(r: dict[str, Any]) -> str:
         lines += [
             f"  {variant} (UNIFIER_IMPORT_LEAD_S={v['lead_s']:g}): {v['import_rows_per_s']:>8,} rows/s ({v['import_seconds']} s)"
             f"  target {r['target_rows_per_s']:,} {'OK' if v['import_rows_per_s'] >= r['target_rows_per_s'] else 'MISSED'}",
-            f"    CPU per row: {v['cpu_us_per_row_total']} µs in all"
-            f" ({v['cpu_us_per_row_net_total']} without the background's {v['background_cpu_per_s']} CPU s/s) ("
+            f"    CPU per row: {v['cpu_us_per_row_total']} µs in all (the background, with no import:"
+            f" {', '.join(f'{k} {n:.2f}' for k, n in v['background_cpu_per_s'].items() if k != 'importer')} CPU s/s) ("
             + ", ".join(f"{k} {n}" for k, n in sorted(v["cpu_us_per_row"].items(), key=lambda kv: -kv[1]) if k != "postgres_server")
             + f"; the whole PostgreSQL server {v['cpu_us_per_row']['postgres_server']}, other users' work included"
             + f"); the target allows {r['cpu_us_per_row_at_target']} µs on these {os.cpu_count()} cores",

@@ -28,7 +28,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 LEAD_S = 0.4
-MIN_ROWS = 200  # rows in flight however slow the service: its batches pay for their transaction
+MIN_ROWS = 500  # rows in flight however slow the service: a batch must pay for its transaction
 MAX_ROWS = 50_000
 SLICE_S = 0.05  # a slice every 50 ms at most (a produce request and a database poll each)
 _AHEAD = 1.25  # slices at this much more than the measured pace: it finds the service's limit
