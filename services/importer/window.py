@@ -7,8 +7,8 @@ the import's partition is applied only after every import row published before i
 importer that put a whole file on the topic at once (~10,000–100,000 rows/s) made such
 a fact wait for the rest of the import: minutes for a large file.
 
-So the importer controls how long its rows wait to be applied: it measures, each time
-the service's count moves, how long ago the newest applied row was published, and
+So the importer controls how long its rows wait to be applied: each time the service
+gets further in them, it measures how long ago the newest passed row was published, and
 widens the window of rows published-not-applied while that is well under `lead_s`,
 narrows it when over. Another channel's fact published meanwhile waits behind the same
 rows, so about as long. The order stays the canonical one (a rebuild applies the same
@@ -18,8 +18,9 @@ depend on it.
 Within the window it publishes in small slices at a bit more than the service's
 measured pace rather than a window at a time: rows arriving while the service applies a
 batch make its next batch, so the service does not wait for the importer to notice a
-commit. The counts are the import's own (created + updated + failed, written with each
-batch).
+commit. How far the service got is the offset it stored for the partition, mapped to
+rows through the offsets the broker acknowledged (run.py, producer.py): applied rows,
+rows skipped as applied before (a resumed import) and dead-lettered ones all count.
 """
 
 from __future__ import annotations
@@ -66,7 +67,8 @@ class Window:
         return grant
 
     def observe(self, now: float, applied: int, published: int) -> None:
-        """A sample of the applied count (the service writes it once a batch)."""
+        """A sample of how many rows the service got past (`applied`; it moves once a
+        batch) and how many are published."""
         outstanding = published - applied
         self._fullest = max(self._fullest, published - self._applied)  # before this sample's commit
         self._applied = applied

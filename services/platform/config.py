@@ -126,9 +126,10 @@ class Settings(BaseSettings):
         default=None, validation_alias=_env("UNIFIER_LOG_LEVEL", "log_level"))
     log_format: Literal["json", "text"] = Field(default="json", validation_alias=_env("UNIFIER_LOG_FORMAT", "log_format"))
 
-    # The importer keeps about this many seconds of the service's pace published and not
-    # yet applied (services/importer/window.py): another channel's fact on the import's
-    # partition waits that long behind it. 0: no pacing (the whole file at once).
+    # How long an import row may wait to be applied: the importer publishes at the
+    # service's pace, about that far ahead (services/importer/window.py), so another
+    # channel's fact on the import's partition waits about that long behind it.
+    # 0: no pacing (the whole file at once).
     import_lead_s: float = Field(default=0.4, validation_alias=_env("UNIFIER_IMPORT_LEAD_S", "import_lead_s"))
 
     # Fault injection for the importer crash tests: after publishing this many rows the
