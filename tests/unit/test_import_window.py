@@ -4,9 +4,12 @@ partition waits behind a fraction of a second of import, not the rest of the fil
 
 from __future__ import annotations
 
+import asyncio
+
 from hypothesis import given
 from hypothesis import strategies as st
 
+from services.importer.producer import ImportProducer
 from services.importer.window import MAX_ROWS, MIN_ROWS, SLICE_S, Window
 
 
@@ -67,3 +70,28 @@ def test_issue14_5_the_window_is_bounded_whatever_the_counts_do(steps: list[tupl
         assert allowed - applied <= MAX_ROWS
         assert MIN_ROWS <= w.rows <= MAX_ROWS
         published = max(published, allowed)
+
+
+async def test_issue14_5_rows_passed_maps_the_stored_offset_to_the_rows_acknowledged_before_it() -> None:
+    """The importer's measure of the service's progress: a shipped batch counts once the
+    partition's stored offset is past its last record (applied, skipped or
+    dead-lettered alike), never before."""
+    producer = ImportProducer("127.0.0.1:9", "t.import-rows", "ch")  # never started: no connection
+
+    class Landed:
+        def __init__(self, offset: int) -> None:
+            self.offset = offset
+
+    def ack(base: int, count: int, through: int) -> None:
+        fut: asyncio.Future[Landed] = asyncio.get_running_loop().create_future()
+        fut.set_result(Landed(base))
+        producer._acked(fut, count, through)
+
+    ack(5, 100, 100)  # offsets 5..104 hold rows 1..100 (offset 4: import.started)
+    ack(105, 50, 150)
+    assert producer.rows_passed(0) == 0
+    assert producer.rows_passed(104) == 0  # the batch's last record is not passed yet
+    assert producer.rows_passed(105) == 100
+    assert producer.rows_passed(140) == 100
+    assert producer.rows_passed(155) == 150
+    assert producer.rows_passed(10) == 150  # never goes back
