@@ -177,6 +177,14 @@ class Cpu:
     async def service_backends(self, database_url: str) -> float:
         """CPU seconds of the backends serving the service's connections (found by the
         service's local ports): PostgreSQL's part of the work, without other users'."""
+        if "127.0.0.1:5432" not in database_url:  # the embedded server (a Unix socket): ours alone
+            conn = await asyncpg.connect(database_url)
+            try:
+                postmaster = psutil.Process(await conn.fetchval("SELECT pg_backend_pid()")).ppid()
+            finally:
+                await conn.close()
+            ours = {pid for pid in self._pg_after if pid == postmaster or _parent(pid) == postmaster}
+            return sum(self._pg_after[pid] - self._pg.get(pid, 0.0) for pid in ours)
         ports = []
         with contextlib.suppress(psutil.Error):
             ports = [c.laddr.port for c in psutil.Process(self.procs["service"]).net_connections(kind="tcp")
@@ -187,6 +195,13 @@ class Cpu:
         finally:
             await conn.close()
         return sum(self._pg_after.get(r["pid"], 0.0) - self._pg.get(r["pid"], 0.0) for r in pids)
+
+
+def _parent(pid: int) -> int | None:
+    try:
+        return psutil.Process(pid).ppid()
+    except psutil.Error:
+        return None
 
 
 def partition_of(channel: str, partitions: int = PARTITIONS) -> int:
@@ -422,7 +437,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
 def report(r: dict[str, Any]) -> str:
     rss = r["peak_rss_mb"]
     lines = [
-        f"import bench: {r['rows']:,} rows, {r['file_mb']} MB member file",
+        f"import bench: {r['rows']:,} rows, {r['file_mb']} MB member file, PostgreSQL: {r.get('postgres', 'local')}",
         f"  PostgreSQL COPY of the same file (baseline): {r['copy_rows_per_s']:>10,} rows/s  ({r['copy_seconds']} s)",
         f"  a tenth of the file: {r['tenth_rows_per_s']:,} rows/s;"
         f" the importer alone (check, read, publish; no service): {r['importer_alone_rows_per_s']:,} rows/s",
@@ -452,6 +467,16 @@ def report(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+async def _on_postgres(args: argparse.Namespace) -> dict[str, Any]:
+    if args.postgres == "local":
+        return {"postgres": "local", **await main(args)}
+    from deploy_pg import deploy_postgres
+
+    async with deploy_postgres() as url:
+        args.database_url = url
+        return {"postgres": "deploy", **await main(args)}
+
+
 def cli() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rows", type=int, default=1_000_000)
@@ -460,9 +485,12 @@ def cli() -> None:
                         " above 0 paces the importer (services/importer/window.py)")
     p.add_argument("--profile", action="store_true", help="py-spy the service during each timed import")
     p.add_argument("--database-url", default=os.environ.get("DATABASE_URL") or LOCAL_POSTGRES)
+    p.add_argument("--postgres", choices=("local", "deploy"), default="local",
+                   help="deploy: an embedded PostgreSQL configured as deploy/ configures it (bench/deploy_pg.py)"
+                        " instead of --database-url")
     args = p.parse_args()
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    result = asyncio.run(main(args))
+    result = asyncio.run(_on_postgres(args))
     RESULTS.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
     print(report(result))
 
