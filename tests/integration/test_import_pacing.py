@@ -19,7 +19,7 @@ from aiokafka.partitioner import DefaultPartitioner
 from services.platform.config import Settings
 from services.store import import_log
 from services.store.queries import find_user
-from tests.support.imports import start_unifier, write_csv
+from tests.support.imports import start_unifier, unifier, write_csv
 from tests.support.infra import wait_for
 from tests.support.service import Publisher, running_service
 
@@ -74,3 +74,27 @@ async def test_issue14_5_a_fact_of_another_channel_of_the_partition_is_applied_w
 
     # The visitor did not wait for the whole file.
     assert applied_before < ROWS, f"the other channel's fact was applied only after all {ROWS} rows"
+
+
+async def test_issue14_5_with_no_service_the_paced_importer_publishes_everything_at_its_timeout_and_exits_3(
+    settings: Settings, pool: asyncpg.Pool, tmp_path: Path
+) -> None:
+    """Pacing waits for the service; without one, at `--timeout` the importer publishes
+    the rows it held back and exits 3 as before (docs/import.md), so the service applies
+    the whole import when it runs."""
+    rows = 1_500  # more than the smallest window (500): most of the file is held back at first
+    body = "".join(f"m-{i:05d},false,false\n" for i in range(rows))
+    members = write_csv(tmp_path / "members.csv", "memberId,unsubscribeEmail,unsubscribeTexting\n" + body)
+
+    late = await unifier(settings, "import", str(members), "--channel", CH, "--mode", "member", "--timeout", "3")
+    assert late.code == 3, late.err
+
+    async def completed() -> dict[str, object] | None:
+        for record in await import_log.list_imports(pool, CH):
+            if record["status"] == "completed":
+                return dict(record)
+        return None
+
+    async with running_service(settings):
+        record = await wait_for(completed, timeout=120, message="the import applied once the service runs")
+    assert record["rows"] == rows and record["created"] == rows
