@@ -132,6 +132,12 @@ class Settings(BaseSettings):
         default=None, validation_alias=_env("UNIFIER_LOG_LEVEL", "log_level"))
     log_format: Literal["json", "text"] = Field(default="json", validation_alias=_env("UNIFIER_LOG_FORMAT", "log_format"))
 
+    # How long an import row may wait to be applied: the importer publishes at the
+    # service's pace, about that far ahead (services/importer/window.py), so another
+    # channel's fact on the import's partition waits about that long behind it.
+    # 0: no pacing (the whole file at once).
+    import_lead_s: float = Field(default=0.4, validation_alias=_env("UNIFIER_IMPORT_LEAD_S", "import_lead_s"))
+
     # Fault injection for the importer crash tests: after publishing this many rows the
     # importer hangs until killed. 0 (never) in production.
     import_stall_after_rows: int = Field(
@@ -316,9 +322,9 @@ class Settings(BaseSettings):
             raise ValueError("must be calls per second above 0 and at most 10000")
         return value
 
-    @field_validator("import_stall_after_rows")
+    @field_validator("import_stall_after_rows", "import_lead_s")
     @classmethod
-    def _non_negative(cls, value: int) -> int:
+    def _non_negative(cls, value: float) -> float:
         if value < 0:
             raise ValueError("must be 0 or more")
         return value
