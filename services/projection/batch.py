@@ -35,6 +35,7 @@ from services.domain.user import User
 from services.domain.values import Rejected
 from services.store import import_log
 from services.store import lookups as lookup_store
+from services.store import outcomes as command_outcomes
 from services.store import repository as repo
 
 from .records import Record, clocks_after
@@ -166,7 +167,10 @@ class Effects:
     messages: list[tuple[str, str | None, bytes | None]] = field(default_factory=list)  # outbox rows
     grades: list[GradeChange] = field(default_factory=list)  # D2, in fact order
     lookups: list[LookupChange] = field(default_factory=list)  # seed 004 §2, in fact order
-    rejected: list[tuple[str, str, str, str]] = field(default_factory=list)  # commands: (channel, eventId, code, reason)
+    # Commands decided (applied, or rejected with code and reason) for command_outcomes,
+    # and commands skipped as repeats of an applied eventId: both told to the API's waiters.
+    outcomes: list[command_outcomes.Outcome] = field(default_factory=list)
+    repeats: list[tuple[str, str]] = field(default_factory=list)
 
     def extend(self, other: Effects) -> None:
         self.applied.extend(other.applied)
@@ -176,7 +180,8 @@ class Effects:
         self.erased.extend(other.erased)
         self.activities.extend(other.activities)
         self.messages.extend(other.messages)
-        self.rejected.extend(other.rejected)
+        self.outcomes.extend(other.outcomes)
+        self.repeats.extend(other.repeats)
 
 
 def run_facts(
@@ -199,11 +204,15 @@ def run_facts(
             channel_id, event_id = fact.channel_id, fact.event_id
             if seen.seen(channel_id, event_id):
                 result.skipped += 1  # idempotency on eventId (CONTRACT)
+                if p.record.topic == commands:  # a retried request: its waiter hears "applied"
+                    fx.repeats.append((channel_id, event_id))
                 continue
             outcome = apply(directory, fact, settings[channel_id], messages=outbox)
             if outcome.rejection is None:
                 seen.add(channel_id, event_id, fact.at)
                 applied.append((channel_id, event_id, fact.at))
+                if p.record.topic == commands:
+                    fx.outcomes.append((channel_id, event_id, fact.at, None, None))
                 if outcome.merges:
                     fx.merges.extend(outcome.merges)
                 if outcome.erased:
@@ -230,7 +239,7 @@ def run_facts(
                           channel_id, exc_info=outcome.rejection.__cause__,
                           extra={"eventId": event_id, "channelId": channel_id})
             if p.record.topic == commands:  # the API answers "rejected, because …"
-                fx.rejected.append((channel_id, event_id, *p.error))
+                fx.outcomes.append((channel_id, event_id, fact.at, *p.error))
         assert p.error is not None
         if outbox:
             messages.append(_dead_letter(topics, p.record, *p.error, failed_at))
@@ -256,8 +265,16 @@ async def write_effects(conn: asyncpg.Connection, directory: Directory, revs: di
     await lookup_store.erase(conn, fx.erased)
     await repo.save_applied(conn, fx.applied)
     await repo.forget_applied(conn, sorted({c for c, _e, _t in fx.applied}), WINDOW_MS)
-    await repo.save_rejected(conn, fx.rejected)
+    await save_command_outcomes(conn, fx)
     await repo.save_outbox(conn, fx.messages)
+
+
+async def save_command_outcomes(conn: asyncpg.Connection, fx: Effects, *, announce: bool = True) -> None:
+    """The commands' outcomes (services/store/outcomes.py), the old ones of their
+    channels forgotten, and, at commit, a NOTIFY for the API's waiters."""
+    await command_outcomes.save(conn, fx.outcomes)
+    decided = [(o[0], o[1], o[3] is None) for o in fx.outcomes] + [(c, e, True) for c, e in fx.repeats]
+    await command_outcomes.forget_and_announce(conn, [o[0] for o in fx.outcomes], decided if announce else [])
 
 
 def parse_records(topics: Topics, records: list[Record]) -> list[Parsed]:

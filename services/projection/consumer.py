@@ -59,6 +59,7 @@ class _SeekToStored(ConsumerRebalanceListener):
 class Projection:
     def __init__(
         self, pool: asyncpg.Pool, bootstrap: str, topics: Topics, group: str, batch_max: int, resident_users: int = 0,
+        session_timeout_ms: int = 10_000,
     ) -> None:
         self.pool = pool
         # Users kept between batches for the partitions we own (resident.py); 0: none.
@@ -73,9 +74,19 @@ class Projection:
             auto_offset_reset="earliest",
             max_partition_fetch_bytes=4 * 1024 * 1024,
             fetch_max_bytes=32 * 1024 * 1024,
+            # A fetch that finds nothing new is answered after this long (default 500):
+            # the embedded broker does not always answer early when records arrive, so
+            # a fact published to an idle partition waited up to ~120 ms (50 ms: ~30).
+            fetch_max_wait_ms=50,
             # Range gives partition p of every inbound topic to the same instance: a
             # channel's facts on all three topics meet in one merge (merge.py).
             partition_assignment_strategy=(RangePartitionAssignor,),
+            # UNIFIER_KAFKA_SESSION_TIMEOUT_MS; heartbeats three times per session, as
+            # aiokafka's defaults (10 s / 3 s) do. A rebalance still waits up to 10 s for
+            # every member to rejoin: a batch in flight finishes first (seek_to_stored).
+            session_timeout_ms=session_timeout_ms,
+            heartbeat_interval_ms=max(100, session_timeout_ms // 3),
+            rebalance_timeout_ms=max(10_000, session_timeout_ms),
         )
         self.merge = CoPartitionMerge()
         self.healthy = False
