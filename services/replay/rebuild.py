@@ -28,6 +28,7 @@ from services.projection.records import Record
 from services.store import repository as repo
 from services.store.pool import create_pool
 
+from . import indexes
 from .log import LogReader, Partition
 from .resident import Resident
 
@@ -116,7 +117,9 @@ async def build(
 ) -> dict[Partition, int]:
     """Apply the whole retained log to the (fresh) schema of `pool`; the end offsets
     consumed per partition (every inbound partition, 0 for an empty one). With
-    `workers` > 1 the channels are shared out among worker processes (`shards.py`)."""
+    `workers` > 1 the channels are shared out among worker processes (`shards.py`).
+    The tables written once at the end get their secondary indexes after (`indexes.py`)."""
+    deferred = await indexes.defer(pool)
     if workers > 1:
         from .shards import ShardOverlap, build_sharded, reap, spawn
 
@@ -155,6 +158,7 @@ async def build(
                 failed = err
             stops = reader.next_offsets
             clocks = reader.next_clocks
+    await indexes.restore(pool, deferred)  # before anything reads the schema, the fallback included
     if failed is not None:
         clocks = await _batch_by_batch(pool, bootstrap, topics, stops, batch=batch, tally=tally, failed=failed)
     await store_offsets(pool, stops, clocks)
