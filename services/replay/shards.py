@@ -44,7 +44,7 @@ from services.store import pool as store_pool
 
 from .log import LogReader, Partition
 from .rebuild import Tally, apply_all
-from .resident import Resident
+from .resident import OverBudget, Resident
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +59,7 @@ class _Job:
     batch: int
     by: str  # "partition" | "channel"
     partitions: list[int]  # by partition: the partition numbers this worker reads
+    memory_budget: int | None = None  # bytes, this worker's share (resident.OverBudget)
 
 
 class ShardOverlap(RuntimeError):
@@ -103,7 +104,7 @@ async def reap(procs: list[asyncio.subprocess.Process]) -> None:
 
 async def build_sharded(
     procs: list[asyncio.subprocess.Process], database_url: str, bootstrap: str, topics: Topics, schema: str,
-    stops: dict[Partition, int], *, batch: int, tally: Tally, by: str = "partition",
+    stops: dict[Partition, int], *, batch: int, tally: Tally, by: str = "partition", memory_budget: int | None = None,
 ) -> dict[Partition, int]:
     """Hand each spawned worker its share and wait for all of them; the partitions'
     clocks at their stops (records.PartitionClocks), as the workers that read them saw."""
@@ -111,10 +112,14 @@ async def build_sharded(
     stop_list = [(t, p, n) for (t, p), n in sorted(stops.items())]
     shares = share_partitions(stops, workers)
     jobs = [
-        _Job(i, workers, database_url, bootstrap, topics.prefix, schema, stop_list, batch, by, shares[i])
+        _Job(i, workers, database_url, bootstrap, topics.prefix, schema, stop_list, batch, by, shares[i],
+             None if memory_budget is None else memory_budget // workers)
         for i in range(workers)
     ]
     outputs = await asyncio.gather(*(p.communicate(orjson.dumps(asdict(job)) + b"\n") for p, job in zip(procs, jobs, strict=True)))
+    for out, _ in outputs:  # a worker over its memory budget: reading by channel would not fit either
+        if (last := out.splitlines()[-1:]) and b"overBudget" in last[0]:
+            raise OverBudget(orjson.loads(last[0])["overBudget"])
     failed = [f"replay worker {i} of {workers} exited with {p.returncode}" for i, p in enumerate(procs) if p.returncode != 0]
     if failed and by == "partition":
         # Two workers writing one channel's users collide on the same ids: redo by channel
@@ -161,7 +166,7 @@ async def _apply_shard(job: _Job) -> dict[str, Any]:
     )
     # Worker 0 shows progress for all: the shards are about the same size.
     tally = Tally(out=sys.stderr if job.index == 0 else None, label=f"replay (shard 1 of {job.workers})")
-    keeper = Resident(pool, topics)
+    keeper = Resident(pool, topics, memory_budget=job.memory_budget)
     if job.by == "partition":
         mine = set(job.partitions)
         stop = {(t, p): n for t, p, n in job.stops if p in mine}
@@ -207,4 +212,9 @@ if __name__ == "__main__":  # a worker: python -m services.replay.shards, its jo
     kafka.use(Settings.from_env())  # the configured broker's TLS/SASL, as in the parent
     _raw = orjson.loads(_line)
     _raw["stops"] = [tuple(x) for x in _raw["stops"]]
-    sys.stdout.write(orjson.dumps(asyncio.run(_apply_shard(_Job(**_raw)))).decode() + "\n")
+    try:
+        _done = asyncio.run(_apply_shard(_Job(**_raw)))
+    except OverBudget as _err:  # told to the parent, which redoes the log batch by batch
+        sys.stdout.write(orjson.dumps({"overBudget": str(_err)}).decode() + "\n")
+        sys.exit(3)
+    sys.stdout.write(orjson.dumps(_done).decode() + "\n")

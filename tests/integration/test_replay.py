@@ -298,6 +298,28 @@ async def test_two_workers_rebuild_a_channel_spread_over_partitions_as_one_worke
     assert "rebuilding with every worker reading the whole log" in err
 
 
+async def test_a_build_over_its_memory_budget_is_redone_batch_by_batch_with_the_same_digest(
+    settings: Settings, pool: asyncpg.Pool,
+) -> None:
+    """Flow 5 / Determinism (resident.py): a build keeps its users in memory; one that
+    outgrows `--memory-mb` (here any: 1 MB) must not run the machine out of memory but
+    stop and apply the log batch by batch as live, ending in the same state, with one
+    worker or several."""
+    assert settings.kafka_bootstrap
+    await configure_hashed_channels(pool)
+    await ensure_topics(settings.kafka_bootstrap, settings.topic_prefix, settings.partitions)
+    await workload.publish(settings.kafka_bootstrap, Topics(settings.topic_prefix),
+                           workload.mixed_facts(2000, rounds=2, channels=CHANNELS, poison_every=50))
+
+    resident = await replay(settings, "--rebuild", "--workers", "1", "--drop-archive")
+    for workers in ("1", "2"):
+        code, out, err = await cli(settings, "replay", "--quiet-ms", "300", "--workers", workers, "--memory-mb", "1",
+                                   "--drop-archive")
+        assert code == 0, err
+        assert orjson.loads(out) == resident
+        assert "OverBudget" in err and "rebuilding batch by batch" in err
+
+
 async def test_streaming_merge_is_the_canonical_order_and_reads_past_the_reported_ends(settings: Settings) -> None:
     """The k-way merge of the whole log equals `canonical_order` of the partitions, and
     the reader reaches the real end although tansu's reported end offsets lag."""
