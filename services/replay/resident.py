@@ -120,7 +120,10 @@ class Resident:
             self.seen.forget_expired()
             await bulk.copy_applied(conn, [(c, e, t) for (c, e), t in self.seen.at.items()])
             await bulk.copy_users(conn, users)
-            await bulk.copy_identities(conn, [(u, ids) for u in users if (ids := identities(u))])
+            # The directory's index holds every user's identities as of the last chunk
+            # (settled): no need to derive them again from each user.
+            known = self.directory.loaded_identities
+            await bulk.copy_identities(conn, [(u, ids) for u in users if (ids := known(u.id) or identities(u))])
         gc.unfreeze()
 
     async def _write_pending(self, conn: asyncpg.Connection) -> None:
