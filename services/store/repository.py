@@ -312,19 +312,6 @@ async def save_applied(conn: asyncpg.Connection, applied: Sequence[tuple[str, st
         )
 
 
-async def save_rejected(conn: asyncpg.Connection, rows: Sequence[tuple[str, str, str, str]]) -> None:
-    """Rejected commands (channel, eventId, code, reason), for the API's command status.
-    The same eventId rejected twice in one batch keeps the later reason."""
-    rows = list({(r[0], r[1]): r for r in rows}.values())
-    if rows:
-        await conn.execute(
-            """INSERT INTO rejected_commands (channel_id, event_id, code, message)
-               SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[])
-               ON CONFLICT (channel_id, event_id) DO UPDATE SET code = EXCLUDED.code, message = EXCLUDED.message""",
-            *[list(col) for col in zip(*rows, strict=True)],
-        )
-
-
 async def save_outbox(conn: asyncpg.Connection, rows: Sequence[tuple[str, str | None, bytes | None]]) -> None:
     if rows:
         # Binary COPY (the ids come from the sequence in row order, as with INSERT).

@@ -213,17 +213,35 @@ CREATE TABLE IF NOT EXISTS meta (
     value text NOT NULL
 );
 
--- Commands the projection rejected (their dead letter's code and reason), so the HTTP
--- API can answer "rejected, because …" for a command long after its dead letter left
--- the outbox. Derived from facts like the rest (a rebuild writes it too). A command
--- applied later under the same eventId counts as applied (applied_events wins).
-CREATE TABLE IF NOT EXISTS rejected_commands (
+-- What became of each command of identity.commands (services/store/outcomes.py): applied
+-- (code NULL) or rejected with its dead letter's code and reason, written in the batch's
+-- transaction, so the HTTP API answers "applied" or "rejected, because …" long after
+-- the eventId window (7 days) and the dead letter are gone. Kept 90 days of each
+-- channel's command time (pruned by the batches). Derived from facts like the rest (a
+-- rebuild writes it too); not in the digest, which covers users and merges.
+CREATE TABLE IF NOT EXISTS command_outcomes (
     channel_id text NOT NULL,
     event_id   text NOT NULL,
-    code       text NOT NULL,
-    message    text NOT NULL,
+    at         bigint NOT NULL,
+    code       text,
+    message    text,
     PRIMARY KEY (channel_id, event_id)
 );
+CREATE INDEX IF NOT EXISTS command_outcomes_clock ON command_outcomes (channel_id, at);
+-- Before 2026-12 only rejections were kept, in rejected_commands, without a time: they
+-- move here stamped with their channel's clock (so they live another 90 days).
+DO $$
+BEGIN
+    IF to_regclass('rejected_commands') IS NOT NULL THEN
+        INSERT INTO command_outcomes (channel_id, event_id, at, code, message)
+        SELECT r.channel_id, r.event_id,
+               coalesce((SELECT max(a.at) FROM applied_events a WHERE a.channel_id = r.channel_id), 0),
+               r.code, r.message
+          FROM rejected_commands r
+        ON CONFLICT DO NOTHING;
+        DROP TABLE rejected_commands;
+    END IF;
+END $$;
 
 -- API keys (docs/contract.md, "HTTP API"). Operational, not derived from facts: carried
 -- over by a replay's switch (services/replay/switch.py OPERATIONAL). Only the sha256 of
