@@ -49,6 +49,11 @@ class Platform:
     def to_json(self) -> dict[str, Any]:
         return {"sessionsCount": self.sessions_count, "lastSeenAt": self.last_seen_at, **self.device}
 
+    def copy(self) -> Platform:
+        n = _bare(Platform)
+        n.sessions_count, n.last_seen_at, n.device = self.sessions_count, self.last_seen_at, dict(self.device)
+        return n
+
     @staticmethod
     def from_json(raw: dict[str, Any]) -> Platform:
         raw = dict(raw)
@@ -101,20 +106,23 @@ class User:
 
     # -- copying and serialisation -------------------------------------------------
     def copy(self) -> User:
-        # Positional, in field order (keywords cost a third more; every fact copies the
-        # users it changes). test_domain_user checks that a copy equals the original.
-        web, mobile = self.web, self.mobile
-        return User(
-            self.id, self.channel_id, self.type, self.created_at, self.updated_at, self.member_id,
-            dict(self.fields), list(self.tags), list(self.import_tags),
-            self.unsubscribe_email, self.unsubscribe_texting, self.has_push_token, self.blocked, self.masked,
-            self.deleted, self.merged_into, self.language, self.city, self.country, self.sessions_count,
-            self.last_seen_at, self.last_activity_at, self.last_contact_at,
-            Platform(web.sessions_count, web.last_seen_at, dict(web.device)),
-            Platform(mobile.sessions_count, mobile.last_seen_at, dict(mobile.device)),
-            dict(self.veils), self.booted, list(self.delivered), list(self.merged_user_ids), list(self.offered),
-            self.pending_into, self.pending_since, self.last_login_at, self.version, list(self.mobile_veils),
-        )
+        # Slot by slot into a bare instance: the dataclass __init__ runs eight default
+        # factories and costs ~2.3 µs before a single field is set, and every fact copies
+        # the users it changes (~4.1 → ~2 µs). test_domain_user checks that a copy equals
+        # the original and shares no list, dict or Platform with it.
+        n = _bare(User)
+        n.id, n.channel_id, n.type, n.created_at, n.updated_at = self.id, self.channel_id, self.type, self.created_at, self.updated_at
+        n.member_id, n.fields, n.tags, n.import_tags = self.member_id, dict(self.fields), list(self.tags), list(self.import_tags)
+        n.unsubscribe_email, n.unsubscribe_texting, n.has_push_token = self.unsubscribe_email, self.unsubscribe_texting, self.has_push_token
+        n.blocked, n.masked, n.deleted, n.merged_into = self.blocked, self.masked, self.deleted, self.merged_into
+        n.language, n.city, n.country, n.sessions_count = self.language, self.city, self.country, self.sessions_count
+        n.last_seen_at, n.last_activity_at, n.last_contact_at = self.last_seen_at, self.last_activity_at, self.last_contact_at
+        n.web, n.mobile = self.web.copy(), self.mobile.copy()
+        n.veils, n.booted, n.delivered = dict(self.veils), self.booted, list(self.delivered)
+        n.merged_user_ids, n.offered = list(self.merged_user_ids), list(self.offered)
+        n.pending_into, n.pending_since, n.last_login_at = self.pending_into, self.pending_since, self.last_login_at
+        n.version, n.mobile_veils = self.version, list(self.mobile_veils)
+        return n
 
     def husk(self, *, deleted: bool = False, merged_into: str | None = None) -> User:
         """What stays of a user that is gone (deleted, B2, or merged, U8): its id, class,
@@ -185,3 +193,4 @@ class User:
 
 
 _FIELDS = tuple(f.name for f in fields(User))
+_bare = object.__new__  # an instance with no slot set yet (copy() sets every one)
