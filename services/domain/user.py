@@ -62,8 +62,11 @@ class Platform:
 
 @dataclass(slots=True)
 class User:
-    """State of one user. Handlers never mutate a stored instance: they work on
-    `copy()` and hand the new state back, so the caller can diff before/after."""
+    """State of one user. Handlers change a stored user in place after `Work.edit` took
+    its snapshot (the undo log, core.Snapshot), or hand a new state (a `copy()`, a merge's
+    result) to `Work.put`. Lists are always replaced whole, never changed in place
+    (`user.tags = [...]`, not `.append`): the snapshot holds the old list as the old value.
+    Only `fields`, `veils` and the platforms are changed in place, and the snapshot copies them."""
 
     id: str
     channel_id: str
@@ -144,22 +147,23 @@ class User:
     def to_json(self) -> dict[str, Any]:
         # Spelled out (every batch serialises each changed user; a loop over fields()
         # with getattr cost twice as much). Keys in field order; test_domain_user checks
-        # that every field is here.
+        # that every field is here. Containers are copied: users change in place, and a
+        # JSON form taken now must not follow later facts.
         return {
             "id": self.id, "channel_id": self.channel_id, "type": self.type,
             "created_at": self.created_at, "updated_at": self.updated_at, "member_id": self.member_id,
             "fields": {k: [v.v, v.q, v.m, v.t] for k, v in sorted(self.fields.items())},
-            "tags": self.tags, "import_tags": self.import_tags,
+            "tags": list(self.tags), "import_tags": list(self.import_tags),
             "unsubscribe_email": self.unsubscribe_email, "unsubscribe_texting": self.unsubscribe_texting,
             "has_push_token": self.has_push_token, "blocked": self.blocked, "masked": self.masked,
             "deleted": self.deleted, "merged_into": self.merged_into, "language": self.language,
             "city": self.city, "country": self.country, "sessions_count": self.sessions_count,
             "last_seen_at": self.last_seen_at, "last_activity_at": self.last_activity_at,
             "last_contact_at": self.last_contact_at, "web": self.web.to_json(), "mobile": self.mobile.to_json(),
-            "veils": self.veils, "booted": self.booted, "delivered": self.delivered,
-            "merged_user_ids": self.merged_user_ids, "offered": self.offered,
+            "veils": dict(self.veils), "booted": self.booted, "delivered": list(self.delivered),
+            "merged_user_ids": list(self.merged_user_ids), "offered": list(self.offered),
             "pending_into": self.pending_into, "pending_since": self.pending_since,
-            "last_login_at": self.last_login_at, "version": self.version, "mobile_veils": self.mobile_veils,
+            "last_login_at": self.last_login_at, "version": self.version, "mobile_veils": list(self.mobile_veils),
         }
 
     @staticmethod
@@ -193,4 +197,11 @@ class User:
 
 
 _FIELDS = tuple(f.name for f in fields(User))
+FIELD_NAMES = _FIELDS
+"""Every attribute of a user, in field order (core.Snapshot reads them in one call)."""
 _bare = object.__new__  # an instance with no slot set yet (copy() sets every one)
+
+
+def bare_user() -> User:
+    """A User with no attribute set yet, for code that sets every one (core.Snapshot)."""
+    return _bare(User)  # type: ignore[no-any-return]
