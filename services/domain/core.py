@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 from operator import attrgetter, itemgetter
 from typing import TYPE_CHECKING, Any
 
-from . import mu
+from . import limits, mu
 from .channel import ChannelSettings
 from .directory import Directory
-from .limits import check_user_size
+from .limits import check_user_size, user_chars
 from .publication import Publication, publish
 from .unification import MergeRecord
 from .user import FIELD_NAMES, Platform, User, bare_user
@@ -276,8 +276,10 @@ def apply(directory: Directory, fact: Fact, settings: ChannelSettings, *, messag
         for user_id, before in work.before.items():
             after = directory.get(user_id)
             if isinstance(before, Snapshot):
-                if after is before.user and before.same_size(after):
+                if after is None or (after is before.user and before.same_size(after)):
                     continue  # what the size counts did not move: the check would pass
+                if user_chars(after) <= limits.MAX_USER_CHARS:
+                    continue  # within the limit: the old size is not needed
                 before = before.before()
             check_user_size(before, after)
         if budget is not None:
@@ -286,11 +288,12 @@ def apply(directory: Directory, fact: Fact, settings: ChannelSettings, *, messag
             after = directory.get(user_id)
             assert after is not None
             if isinstance(before, Snapshot):
-                if after.merged_into is None and not after.deleted and (
-                    after.type == "anonymous" or (before.version > 0 and before.looks_the_same(after))
-                ):
-                    continue  # publish(): nothing for anonymous users (C1), nor for quiet changes
-                before = before.before()
+                if after.merged_into is None and not after.deleted:
+                    if after.type == "anonymous" or (before.version > 0 and before.looks_the_same(after)):
+                        continue  # publish(): nothing for anonymous users (C1), nor for quiet changes
+                # Never published before: publish() reads nothing else of the old user
+                # (a first message is `created`, built from `after` alone).
+                before = before.before() if before.version > 0 else None
             published, pubs = publish(before, after, fact.event_id, fact.at, messages=messages)
             if published is not after:  # publish moves the version of a working copy in place
                 directory.put(published)
