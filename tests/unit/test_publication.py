@@ -81,3 +81,10 @@ def test_the_keys_of_a_first_message_are_every_flattened_key_with_a_value(user: 
     """C1: a `created` message lists every key it carries (but the quiet ones)."""
     view = user_view(user)
     assert _present_keys(view) == sorted(k for k, v in _flat(view).items() if k not in _QUIET and v is not None)
+
+
+def test_a_platform_shows_every_device_key_in_order() -> None:
+    """docs/contract.md: `web` and `mobile` carry every device key, null when unknown."""
+    user = User(id="u1", channel_id="ch", type="lead", created_at=0, updated_at=0, web=Platform(1, 2, {"os": "ios", "extra": "x"}))
+    assert user_view(user)["web"] == {"sessionsCount": 1, "lastSeenAt": 2, **{k: ("ios" if k == "os" else None) for k in DEVICE_KEYS}}
+    assert list(user_view(user)["mobile"]) == ["sessionsCount", "lastSeenAt", *DEVICE_KEYS]
