@@ -13,10 +13,17 @@ the local server on 127.0.0.1:5432), in a schema of its own that is dropped at t
    through `identities`) at the same rate: what PostgreSQL itself costs;
 4. reads: `GET /v1/channels/{ch}/users/{id}` and `GET …/users?email=…` alternating,
    RATE requests/s in all for SECONDS, random users;
-5. commands: `PUT …/members/{memberId}?wait=5` (member.upsert of a random member),
-   COMMAND_RATE/s for COMMAND_SECONDS; baseline: the same commands through the API's
-   own CommandBus straight from this process (aiokafka publish + outcome polled from
-   PostgreSQL), without HTTP.
+5. commands (`_commands`): `PUT …/members/{memberId}?wait=5` (member.upsert of a random
+   member) at 5/s (a lone command) and at COMMAND_RATE/s for COMMAND_SECONDS, first to
+   `unifier run` (API and projection in one process), then to a `unifier api` process
+   of its own (the projection left alone, as production runs them); baseline: the same
+   commands through the API's own CommandBus straight from this process (aiokafka
+   publish, NOTIFY-driven wait), without HTTP. The service and the API run under
+   bench/command_trace.py, which stamps each command along its path (HTTP in →
+   published → fetched → batch → committed → seen by the waiter → answered) and sums
+   their statements; the bench prints p50/p99 per segment, CPU per command of each
+   process (service, API, broker, and the PostgreSQL backends serving them), and the
+   statements per command. `--phases commands --users 20000` runs only this (~2 min).
 
 Open loop: request i is due at start + i/rate whatever happened before, and its latency
 is counted from that moment, so a slow server cannot hide its queue (no coordinated
@@ -43,7 +50,7 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -62,7 +69,7 @@ from services.platform.embedded import EmbeddedBroker, free_port  # noqa: E402
 from services.platform.topics import ensure_topics  # noqa: E402
 from services.store import api_keys  # noqa: E402
 from services.store.pool import create_pool  # noqa: E402
-from services.store.repository import USER_COLUMNS  # noqa: E402
+from services.store.repository import USER_COLUMNS, search_columns  # noqa: E402
 
 LOCAL_POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
 RESULTS = ROOT / "bench" / "results" / "api.json"
@@ -89,7 +96,7 @@ def member_row(i: int) -> tuple[Any, ...]:
         "name": [f"User {i}", True, True, at], "profile.email": [f"u{i}@example.com", True, True, at],
         "profile.plan": [("free", "basic", "gold")[i % 3], True, True, at],
     })
-    return (uid, CHANNEL, 1, "member", f"m{i}", None, False, False, False, at, at, state)
+    return (uid, CHANNEL, 1, "member", f"m{i}", None, False, False, False, at, at, state, *search_columns(state))
 
 
 async def fill(database_url: str, schema: str, users: int) -> float:
@@ -313,7 +320,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         try:
             result["fill_seconds"] = round(await fill(args.database_url, schema, args.users), 1)
             print(f"fill: {result['fill_seconds']} s", file=sys.stderr)
-            result["explain"] = await explain(args.database_url, schema, args.users)
+            if "reads" in args.phases:
+                result["explain"] = await explain(args.database_url, schema, args.users)
             async with EmbeddedBroker(work / "broker") as broker:
                 await ensure_topics(broker.bootstrap, prefix, 12)
                 port = free_port()
@@ -325,8 +333,9 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 }
                 RESULTS.parent.mkdir(parents=True, exist_ok=True)
                 log = open(RESULTS.with_suffix(".service.log"), "wb")  # noqa: ASYNC230, SIM115
+                spawn = CommandSpawn(env, work, broker.pid)
                 service = await asyncio.create_subprocess_exec(
-                    sys.executable, "-m", "services.runtime.cli", "run", env=env, cwd=ROOT,
+                    *spawn.service_argv(), env=env, cwd=ROOT,
                     stdout=subprocess.DEVNULL, stderr=log,
                 )
                 pool = await create_pool(args.database_url, schema, max_size=10)
@@ -335,8 +344,10 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                     conns = Connections("127.0.0.1", port)
                     await _until_serving(conns, key, service)
                     proc = psutil.Process(service.pid)
-                    result.update(await _reads(args, pool, conns, key, rng, proc))
-                    result.update(await _commands(args, pool, conns, key, broker.bootstrap, prefix, rng, proc))
+                    if "reads" in args.phases:
+                        result.update(await _reads(args, pool, conns, key, rng, proc))
+                    if "commands" in args.phases:
+                        result.update(await _commands(args, pool, conns, key, broker.bootstrap, prefix, rng, proc, spawn))
                     conns.close()
                 finally:
                     await pool.close()
@@ -364,7 +375,57 @@ async def _until_serving(conns: Connections, key: str, service: asyncio.subproce
     raise RuntimeError("the API did not answer within 120 s")
 
 
-def _cpu(proc: psutil.Process) -> float:
+class _Backends:
+    """The PostgreSQL backends of the traced processes' pools (bench/command_trace.py
+    notes their pids), as one process for _cpu: what PostgreSQL spends serving us."""
+
+    def __init__(self, traces: list[Path]) -> None:
+        self.procs: list[psutil.Process] = []
+        for trace in traces:
+            for line in trace.read_bytes().splitlines() if trace.exists() else []:
+                if b'"backend"' in line:
+                    with contextlib.suppress(psutil.Error):
+                        self.procs.append(psutil.Process(orjson.loads(line)["backend"]))
+
+    def cpu_times(self) -> _Times:
+        user = system = 0.0
+        for proc in self.procs:
+            with contextlib.suppress(psutil.Error):
+                times = proc.cpu_times()
+                user, system = user + times.user, system + times.system
+        return _Times(user, system)
+
+
+class _Times(NamedTuple):
+    user: float
+    system: float
+
+
+def _projection_sql(trace: Path, windows: dict[str, tuple[float, float, int]]) -> dict[str, Any]:
+    """Per phase: the service's statements (projection and relay; with the API inside,
+    its reads too): count and wall ms per command, from the
+    half-second snapshots of bench/command_trace.py diffed over the phase."""
+    snaps = [row for line in (trace.read_bytes().splitlines() if trace.exists() else [])
+             if b'"sql"' in line for row in [orjson.loads(line)]]
+    out: dict[str, Any] = {}
+    for name, (start, end, answered) in windows.items():
+        before = max((r for r in snaps if r["at"] <= start), key=lambda r: r["at"], default=None)
+        after = max((r for r in snaps if r["at"] <= end), key=lambda r: r["at"], default=None)
+        if after is None:
+            continue
+        was = before["sql"] if before else {}
+        diff = {k: (n - was.get(k, [0, 0.0])[0], ms - was.get(k, [0, 0.0])[1]) for k, (n, ms) in after["sql"].items()}
+        diff = {k: v for k, v in diff.items() if v[0] > 0}
+        total = sum(ms for _n, ms in diff.values())
+        out[name] = {
+            "statements_per_command": round(sum(n for n, _ms in diff.values()) / answered, 2),
+            "ms_per_command": round(total / answered, 3),
+            "top": {k: [n, round(ms / answered, 3)] for k, (n, ms) in sorted(diff.items(), key=lambda kv: -kv[1][1])},
+        }
+    return out
+
+
+def _cpu(proc: psutil.Process | _Backends) -> float:
     times = proc.cpu_times()
     return float(times.user + times.system)
 
@@ -418,9 +479,19 @@ async def _get(conns: Connections, key: str, picks: list[int], i: int) -> tuple[
 
 async def _commands(
     args: argparse.Namespace, pool: asyncpg.Pool, conns: Connections, key: str, bootstrap: str, prefix: str,
-    rng: random.Random, proc: psutil.Process,
+    rng: random.Random, proc: psutil.Process, spawn: CommandSpawn,
 ) -> dict[str, Any]:
-    picks = [rng.randrange(args.users) for _ in range(int(args.command_rate * args.command_seconds) + 1)]
+    """The commands phases (issue 12, item 7), each traced end to end (bench/command_trace.py):
+
+    - `lone`: 5 commands/s over HTTP, the latency of a command that meets no queue;
+    - `bus`: the baseline, COMMAND_RATE/s through the API's CommandBus from this
+      process (no HTTP), against the same projection;
+    - `together`: COMMAND_RATE/s over HTTP to `unifier run` (API, projection and relay
+      in one process, as `make run` runs them);
+    - `apart`: the same to a `unifier api` process of its own, the projection left
+      alone in `unifier run` (as production would run them).
+    """
+    picks = [rng.randrange(args.users) for _ in range(int(args.command_rate * max(args.command_seconds, 10)) + 1)]
     topic = Topics(prefix).commands
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=False, linger_ms=1)
     await producer.start()
@@ -429,35 +500,162 @@ async def _commands(
         await producer.send_and_wait(topic, value, key=k)
 
     bus = CommandBus(pool, publish)
-    base: dict[str, Tally] = {}
+    stamps: dict[str, dict[str, float]] = {}  # eventId -> the client's wall-clock stamps
+    windows: dict[str, tuple[float, float, int]] = {}  # phase -> (start, end, answered)
+    out: dict[str, Any] = {}
 
-    async def straight(i: int) -> tuple[str, bool, int | str]:
-        event_id = await bus.submit(CHANNEL, {"type": "member.upsert", "memberId": f"m{picks[i]}",
-                                              "profile": {"plan": "basic"}, "name": f"Base {i}"}, actor="bench")
-        outcome = await bus.wait(CHANNEL, event_id, 5)
-        return "bus_command_wait", outcome.state == "applied", outcome.state
+    def straight(phase: str) -> Callable[[int], Awaitable[tuple[str, bool, int | str]]]:
+        async def call(i: int) -> tuple[str, bool, int | str]:
+            event_id, begun = f"{phase}-{i}", time.time() * 1000
+            await bus.submit(CHANNEL, {"type": "member.upsert", "memberId": f"m{picks[i]}",
+                                       "profile": {"plan": "basic"}, "name": f"Base {i}"}, actor="bench", event_id=event_id)
+            published = time.time() * 1000
+            outcome = await bus.wait(CHANNEL, event_id, 5)
+            seen = time.time() * 1000
+            stamps[event_id] = {"sent": begun, "submit": begun, "published": published, "seen": seen, "answered": seen}
+            return "bus_command_wait", outcome.state == "applied", outcome.state
+        return call
 
-    async def http(i: int) -> tuple[str, bool, int | str]:
-        body = orjson.dumps({"profile": {"plan": "gold"}, "name": f"Api {i}"})
-        status, answer = await conns.send(request("PUT", f"/v1/channels/{CHANNEL}/members/m{picks[i]}?wait=5", key, body))
-        return "put_member_wait", status == 200 and b'"memberId"' in answer, status
+    def http(phase: str, via: Connections) -> Callable[[int], Awaitable[tuple[str, bool, int | str]]]:
+        async def call(i: int) -> tuple[str, bool, int | str]:
+            event_id = f"{phase}-{i}"
+            body = orjson.dumps({"profile": {"plan": "gold"}, "name": f"Api {i}"})
+            raw = (f"PUT /v1/channels/{CHANNEL}/members/m{picks[i]}?wait=5 HTTP/1.1\r\nHost: bench\r\n"
+                   f"Authorization: Bearer {key}\r\nIdempotency-Key: {event_id}\r\n"
+                   f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
+            begun = time.time() * 1000
+            status, answer = await via.send(raw)
+            stamps[event_id] = {"sent": begun, "answered": time.time() * 1000}
+            return "put_member_wait", status == 200 and b'"memberId"' in answer, status
+        return call
 
+    async def phase(name: str, rate: float, seconds: float,
+                    call: Callable[[int], Awaitable[tuple[str, bool, int | str]]], procs: dict[str, psutil.Process]) -> None:
+        tallies: dict[str, Tally] = {}
+        procs = {**procs, "postgres": _Backends(spawn.traces)}
+        cpu = {who: _cpu(p) for who, p in procs.items()}
+        begun = time.time() * 1000
+        duration = await open_loop(rate, seconds, call, tallies)
+        answered = max(1, sum(len(t.latencies) for t in tallies.values()))
+        out[name] = {
+            "rate": rate, "seconds": seconds, **{k: t.summary(duration) for k, t in tallies.items()},
+            "cpu_ms_per_command": {who: round((_cpu(p) - cpu[who]) * 1000 / answered, 3) for who, p in procs.items()},
+        }
+        windows[name] = (begun, time.time() * 1000, answered)
+        print(f"commands {name}: {json.dumps(out[name])}", file=sys.stderr)
+
+    # A `?wait=` request holds its connection until answered: 200/s at 0.5 s each is 100
+    # at once. The reads' 64 would queue commands in the client, so the commands get
+    # their own connections, as many callers would open.
+    conns = Connections("127.0.0.1", conns.port, limit=_COMMAND_CONNECTIONS)
+    broker_proc = psutil.Process(spawn.broker_pid) if spawn.broker_pid else None
+    together = {"service": proc, **({"broker": broker_proc} if broker_proc else {})}
+    apart_conns: Connections | None = None
+    api_proc: asyncio.subprocess.Process | None = None
     try:
-        warm: dict[str, Tally] = {}
-        await open_loop(20, 3, http, warm)  # the projection's first batches, not measured
-        base_duration = await open_loop(args.command_rate, min(args.command_seconds, args.baseline_seconds), straight, base)
-        print(f"baseline (CommandBus, no HTTP): {json.dumps({k: t.summary(base_duration) for k, t in base.items()})}", file=sys.stderr)
-        api: dict[str, Tally] = {}
-        cpu = _cpu(proc)
-        duration = await open_loop(args.command_rate, args.command_seconds, http, api)
-        cpu_ms = (_cpu(proc) - cpu) * 1000 / max(1, sum(len(t.latencies) for t in api.values()))
-        print(f"API commands: {json.dumps({k: t.summary(duration) for k, t in api.items()})}", file=sys.stderr)
-        print(f"service CPU per command (API + projection + relay): {cpu_ms:.2f} ms", file=sys.stderr)
+        await open_loop(20, 3, http("warm", conns), {})  # the projection's first batches, not measured
+        await phase("lone", 5, min(6, args.command_seconds), http("lone", conns), together)
+        await phase("bus", args.command_rate, min(args.command_seconds, args.baseline_seconds), straight("bus"), together)
+        await phase("together", args.command_rate, args.command_seconds, http("together", conns), together)
+        if args.command_apart:
+            api_proc, port = await spawn.api()
+            apart_conns = Connections("127.0.0.1", port, limit=_COMMAND_CONNECTIONS)
+            await _until_serving(apart_conns, key, api_proc)
+            apart = {"api": psutil.Process(api_proc.pid), **together}
+            await open_loop(20, 2, http("warm2", apart_conns), {})
+            await phase("apart_lone", 5, min(6, args.command_seconds), http("apart_lone", apart_conns), apart)
+            await phase("apart", args.command_rate, args.command_seconds, http("apart", apart_conns), apart)
     finally:
         await bus.close()
         await producer.stop()
-    return {"command_baseline": {k: t.summary(base_duration) for k, t in base.items()},
-            "commands": {k: t.summary(duration) for k, t in api.items()}, "service_cpu_ms_per_command": round(cpu_ms, 3)}
+        conns.close()
+        if apart_conns is not None:
+            apart_conns.close()
+        if api_proc is not None:
+            api_proc.terminate()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(api_proc.wait(), 30)
+    await asyncio.sleep(1.5)  # the services flush their traces with each batch
+    out["where_the_time_goes"] = _command_segments(spawn.traces, stamps)
+    out["service_sql_ms_per_command"] = _projection_sql(spawn.traces[0], windows)
+    if len(spawn.traces) > 1:  # the API process's statements over its life (dumped at its exit)
+        answered = sum(w[2] for name, w in windows.items() if name.startswith("apart"))
+        out["api_sql_per_command"] = _projection_sql(spawn.traces[1], {"apart_lone+apart": (0.0, float("inf"), answered)})
+    for name, segments in out["where_the_time_goes"].items():
+        print(f"where the time goes, {name} (ms, p50 / p99): "
+              + ", ".join(f"{k} {v['p50']}/{v['p99']}" for k, v in segments.items()), file=sys.stderr)
+    return {"commands": out}
+
+
+_COMMAND_CONNECTIONS = 400
+
+
+class CommandSpawn:
+    """What the commands phases need of main(): the trace files and a way to start a
+    `unifier api` of its own beside the running service."""
+
+    def __init__(self, env: dict[str, str], work: Path, broker_pid: int | None) -> None:
+        self.env, self.work, self.broker_pid = env, work, broker_pid
+        self.traces = [work / "trace-service.jsonl"]
+
+    def service_argv(self) -> list[str]:
+        """`unifier run` under bench/command_trace.py (the timestamps of each command)."""
+        return [sys.executable, str(ROOT / "bench" / "command_trace.py"), str(self.traces[0]), "run"]
+
+    async def api(self) -> tuple[asyncio.subprocess.Process, int]:
+        port = free_port()
+        trace = self.work / "trace-api.jsonl"
+        self.traces.append(trace)
+        log = open(RESULTS.with_suffix(".api.log"), "wb")  # noqa: ASYNC230, SIM115
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, str(ROOT / "bench" / "command_trace.py"), str(trace), "api",
+            env={**self.env, "UNIFIER_HTTP_ADDR": f"127.0.0.1:{port}"}, cwd=ROOT,
+            stdout=subprocess.DEVNULL, stderr=log,
+        )
+        return process, port
+
+
+# The segments of a command's path, in order: (name, from stamp, to stamp).
+_SEGMENTS = (
+    ("http_to_bus", "sent", "submit"),  # HTTP parsing, routing, auth, body validation
+    ("publish", "submit", "published"),  # the contract's parser, the producer and the broker's ack
+    ("to_consumer", "published", "fetched"),  # the projection's fetch
+    ("in_merge", "fetched", "applying"),  # held for co-partitions or the batch before
+    ("batch", "applying", "committed"),  # the batch's transaction
+    ("to_waiter", "committed", "seen"),  # the waiter learns the outcome
+    ("answer", "seen", "answered"),  # the user read back, the response, the client
+    ("total", "sent", "answered"),
+)
+
+
+def _command_segments(traces: list[Path], stamps: dict[str, dict[str, float]]) -> dict[str, Any]:
+    """Per phase: p50/p99 of each segment's milliseconds, joining the stamps of every
+    process by eventId (wall clock: one machine)."""
+    joined: dict[str, dict[str, float]] = {e: dict(s) for e, s in stamps.items()}
+    for trace in traces:
+        if not trace.exists():
+            continue
+        for line in trace.read_bytes().splitlines():
+            row = orjson.loads(line)
+            event_id = row.pop("e")
+            if event_id in joined:
+                for k, v in row.items():
+                    joined[event_id].setdefault(k, v)  # the first fetch and batch of an eventId
+    phases: dict[str, dict[str, list[float]]] = {}
+    for event_id, s in joined.items():
+        name = event_id.rsplit("-", 1)[0]
+        for seg, a, b in _SEGMENTS:
+            if a in s and b in s:
+                phases.setdefault(name, {}).setdefault(seg, []).append(s[b] - s[a])
+        if "batch" in s:
+            phases.setdefault(name, {}).setdefault("batch_size", []).append(s["batch"])
+
+    def pct(xs: list[float], p: float) -> float:
+        xs = sorted(xs)
+        return round(xs[min(len(xs) - 1, int(p * len(xs)))], 1)
+
+    return {name: {seg: {"p50": pct(xs, 0.5), "p99": pct(xs, 0.99), "n": len(xs)} for seg, xs in segs.items()}
+            for name, segs in phases.items() if not name.startswith("warm")}
 
 
 if __name__ == "__main__":
@@ -469,6 +667,10 @@ if __name__ == "__main__":
     parser.add_argument("--command-rate", type=float, default=200.0)
     parser.add_argument("--command-seconds", type=float, default=30.0)
     parser.add_argument("--baseline-seconds", type=float, default=20.0, help="length of each baseline (default 20)")
+    parser.add_argument("--phases", type=lambda v: set(v.split(",")), default={"reads", "commands"},
+                        help="which phases to run: reads,commands (default both)")
+    parser.add_argument("--no-command-apart", dest="command_apart", action="store_false",
+                        help="skip the commands phases against a `unifier api` process of its own")
     figures = asyncio.run(main(parser.parse_args()))
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(figures, indent=2) + "\n")

@@ -5,7 +5,7 @@ with the rejection, 202 while still pending."""
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeAlias
 from urllib.parse import quote
 
 import asyncpg
@@ -28,8 +28,9 @@ IdempotencyKey = Annotated[
     Header(alias="Idempotency-Key", min_length=1, max_length=128,
            description="Becomes the command's eventId: a retried request is applied once."),
 ]
-Subject = Callable[[asyncpg.Pool, str], Awaitable[dict[str, Any] | None]]
-"""After the command applied: the user to answer with, from (pool, eventId), or None."""
+Db: TypeAlias = asyncpg.Pool | asyncpg.Connection
+Subject = Callable[[Db, str], Awaitable[dict[str, Any] | None]]
+"""After the command applied: the user to answer with, from (connection, eventId), or None."""
 
 
 def bus_of(request: Request) -> CommandBus:
@@ -58,13 +59,16 @@ async def command_answer(
             422, f"the command was rejected: {outcome.code}: {outcome.message}", headers=location,
             extra={"eventId": event_id, "error": {"code": outcome.code, "message": outcome.message}},
         )
-    user = await subject(request.app.state.pool, event_id) if subject is not None else None
+    user = None
+    if subject is not None:
+        async with request.app.state.pool.acquire() as conn:  # one connection for its queries
+            user = await subject(conn, event_id)
     if user is None:
         return Json({"eventId": event_id, "state": "applied"}, headers=location)
     return Json(user, headers=location)
 
 
-async def live_user(pool: asyncpg.Pool, channel: str, by: str, value: str) -> dict[str, Any] | None:
+async def live_user(pool: Db, channel: str, by: str, value: str) -> dict[str, Any] | None:
     """The user as `GET …/users/{id}` shows it, a merged id followed to its survivor."""
     found = await find_user(pool, channel, by, value)
     if found is not None and "mergedInto" in found:
@@ -74,7 +78,7 @@ async def live_user(pool: asyncpg.Pool, channel: str, by: str, value: str) -> di
 
 
 def user_subject(channel: str, user_id: str) -> Subject:
-    async def subject(pool: asyncpg.Pool, event_id: str) -> dict[str, Any] | None:
+    async def subject(pool: Db, event_id: str) -> dict[str, Any] | None:
         return await live_user(pool, channel, "id", user_id)
 
     return subject

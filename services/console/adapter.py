@@ -9,6 +9,7 @@ import contextlib
 import io
 import logging
 import time
+from collections import Counter, deque
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from services.domain.values import Rejected
 from services.store import api_keys, import_log, queries, staff
 from services.store.queries import BadCursor, UserFilter
 
-from .backend import Filters, ImportStart, Outcome, Page, StaffKey
+from .backend import DeadLetterPage, Filters, ImportStart, Outcome, Page, StaffKey
 
 log = logging.getLogger("unifier.console")
 
@@ -200,17 +201,31 @@ class ApiBackend:
         return ("\ufeff" + out.getvalue()).encode()  # a BOM, as the CLI's file has, for Excel
 
     # -- dead letters -----------------------------------------------------------------
-    async def dead_letters(self, code: str | None, limit: int) -> list[dict[str, Any]]:
+    async def dead_letters(self, code: str | None, limit: int) -> DeadLetterPage:
         from contracts.topics import Topics
         from services.runtime.deadletters import dead_letters
 
         settings = self.app.state.settings
-        out: list[dict[str, Any]] = []
-        async for letter in dead_letters(settings.kafka_bootstrap, Topics(settings.topic_prefix), code, quiet_s=0.3):
-            out.append(letter)
-            if len(out) >= limit:
-                break
-        return out
+        topics = Topics(settings.topic_prefix)
+        counts: Counter[str] = Counter()
+        newest: deque[dict[str, Any]] = deque(maxlen=limit)
+        async for letter in dead_letters(settings.kafka_bootstrap, topics, None, quiet_s=0.3):
+            letter_code = (letter.get("error") or {}).get("code") or "?"
+            counts[letter_code] += 1
+            if code is None or letter_code == code:
+                newest.append(letter)
+        shown = sorted(newest, key=lambda x: x.get("failedAt") or 0, reverse=True)
+        retried = {
+            (r["partition"], r["offset"])
+            for r in await self.pool.fetch(
+                'SELECT partition, "offset" FROM dead_letter_retries WHERE topic = $1 AND (partition, "offset") IN '
+                '(SELECT * FROM unnest($2::int[], $3::bigint[]))',
+                topics.dead_letter, [x["deadLetter"]["partition"] for x in shown], [x["deadLetter"]["offset"] for x in shown],
+            )
+        }
+        for x in shown:
+            x["retried"] = (x["deadLetter"]["partition"], x["deadLetter"]["offset"]) in retried
+        return DeadLetterPage(dict(sorted(counts.items())), shown, counts[code] if code else sum(counts.values()))
 
     async def retry_dead_letters(self, code: str | None, where: tuple[int, int] | None) -> dict[str, int]:
         from contracts.topics import Topics

@@ -57,6 +57,17 @@ class ImportStart:
 
 
 @dataclass(frozen=True, slots=True)
+class DeadLetterPage:
+    """The dead-letter screen: how many letters of each code the topic holds (all of
+    them, however many), the newest `limit` letters of the chosen code, newest first,
+    each with `retried` (already re-published once), and how many match in all."""
+
+    counts: dict[str, int]
+    letters: list[dict[str, Any]]
+    matching: int
+
+
+@dataclass(frozen=True, slots=True)
 class Filters:
     """The customer list's search (issue 13, item 1)."""
 
@@ -105,5 +116,5 @@ class Backend(Protocol):
     async def declared_types(self, channel: str) -> dict[str, str]: ...
 
     # dead letters (SREs)
-    async def dead_letters(self, code: str | None, limit: int) -> list[dict[str, Any]]: ...
+    async def dead_letters(self, code: str | None, limit: int) -> DeadLetterPage: ...
     async def retry_dead_letters(self, code: str | None, where: tuple[int, int] | None) -> dict[str, int]: ...

@@ -290,6 +290,11 @@ EN: dict[str, str] = {
     "dl.retry_code": "Retry every letter with this code",
     "dl.retried": "Re-published {retried} record(s); skipped {skipped}.",
     "dl.empty": "No dead letter.",
+    "dl.summary": "Letters per code",
+    "dl.meaning": "Meaning",
+    "dl.count": "Letters",
+    "dl.shown": "The newest {shown} of {matching} letters, newest first.",
+    "dl.was_retried": "retried",
 }
 
 JA: dict[str, str] = {
@@ -559,9 +564,83 @@ JA: dict[str, str] = {
     "dl.retry_code": "このコードのレコードをすべて再送",
     "dl.retried": "{retried}件を再送しました（{skipped}件はスキップ）。",
     "dl.empty": "デッドレターはありません。",
+    "dl.summary": "コード別の件数",
+    "dl.meaning": "意味",
+    "dl.count": "件数",
+    "dl.shown": "{matching}件のうち新しい{shown}件（新しい順）",
+    "dl.was_retried": "再送済み",
 }
 
 CATALOGUE: dict[str, dict[str, str]] = {"en": EN, "ja": JA}
+
+# What each refusal code means, in words staff can act on (docs/contract.md "Dead-letter
+# codes"). Japanese pages show these instead of the service's English reason, which names
+# the field in English; English pages keep the service's more specific reason.
+REFUSALS_EN: dict[str, str] = {
+    "bad_json": "The record is not valid JSON.",
+    "too_large": "The record is larger than the service accepts.",
+    "too_deep": "The record is nested more deeply than the service accepts.",
+    "bad_text": "A text holds a character that cannot be stored (U+0000 or a broken character).",
+    "unknown_type": "The service does not know this kind of record or command.",
+    "invalid_fields": "A field is missing, of the wrong type, unknown, or too long.",
+    "invalid_member_hash": "The member hash is missing or wrong for this channel's secret (H1).",
+    "placeholder_identifier": "An identifier that is a placeholder (such as \"null\" or \"undefined\") cannot be used.",
+    "invalid_contact": "The e-mail address or phone number is not valid.",
+    "invalid_value": "A value does not have the format of its field's type.",
+    "unknown_user": "No such customer in this channel.",
+    "merged_user": "This customer was merged into another one; act on the surviving customer.",
+    "invalid_unification": "These two customers cannot be merged (U1).",
+    "stale_candidate": "The customers changed since the candidate was offered; reload the page.",
+    "not_pending": "There is no pending unification for this customer.",
+    "unknown_grade": "This grade is not defined.",
+    "unknown_import": "No such import.",
+    "invalid_import": "The import is not valid.",
+    "blocked_customer": "Only blocked customers hold this contact.",
+    "blast_radius": "Applied, but its merges were withheld for review (G2).",
+    "user_too_large": "The customer would grow past the size limit; nothing was changed.",
+    "internal_error": "An unexpected error in the service; nothing was changed.",
+    "unstorable": "The database refused what this would store; nothing was changed.",
+    "conflict": "Another instance kept changing the same customers; retry it.",
+}
+
+REFUSALS_JA: dict[str, str] = {
+    "bad_json": "JSON として読めないデータです。",
+    "too_large": "データが大きすぎます。",
+    "too_deep": "データの入れ子が深すぎます。",
+    "bad_text": "保存できない文字（U+0000 や壊れた文字）が含まれています。",
+    "unknown_type": "サービスが知らない種類のデータまたはコマンドです。",
+    "invalid_fields": "項目が足りない、型が違う、未知の項目がある、または長すぎます。",
+    "invalid_member_hash": "メンバーハッシュがないか、チャネルのシークレットと一致しません（H1）。",
+    "placeholder_identifier": "仮の値（\"null\"、\"undefined\" など）は識別子として使えません。",
+    "invalid_contact": "メールアドレスまたは電話番号の形式が正しくありません。",
+    "invalid_value": "値が項目の型の形式に合っていません。",
+    "unknown_user": "このチャネルに該当する顧客がいません。",
+    "merged_user": "この顧客はすでに別の顧客に統合されています。統合先の顧客で操作してください。",
+    "invalid_unification": "この2人の顧客は統合できません（U1）。",
+    "stale_candidate": "候補が提示された後に顧客が変わりました。画面を再読み込みしてください。",
+    "not_pending": "この顧客には保留中のユニフィケーションがありません。",
+    "unknown_grade": "この等級は定義されていません。",
+    "unknown_import": "該当するインポートがありません。",
+    "invalid_import": "インポートの内容が正しくありません。",
+    "blocked_customer": "この連絡先を持つのはブロックされた顧客だけです。",
+    "blast_radius": "適用されましたが、統合は確認のため保留されました（G2）。",
+    "user_too_large": "顧客データが上限サイズを超えるため、何も変更していません。",
+    "internal_error": "サービス内部のエラーのため、何も変更していません。",
+    "unstorable": "データベースが保存を拒否したため、何も変更していません。",
+    "conflict": "別のインスタンスが同じ顧客を更新し続けました。再試行してください。",
+}
+
+REFUSALS: dict[str, dict[str, str]] = {"en": REFUSALS_EN, "ja": REFUSALS_JA}
+
+
+def refusal(lang: str, code: str | None, reason: str | None) -> str:
+    """Why the service refused, for a staff member reading `lang`: English pages show the
+    service's own reason (it names the field); other languages show what the code means
+    in that language, with the code for a support ticket, since the service's reasons are
+    English. An unknown code falls back to the reason as it came."""
+    if lang != "en" and code and code in REFUSALS.get(lang, {}):
+        return f"{REFUSALS[lang][code]}（{code}）"
+    return reason or (REFUSALS_EN.get(code or "") if code else None) or code or "?"
 
 
 def negotiate(accept_language: str | None) -> str:

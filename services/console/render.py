@@ -13,7 +13,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.requests import Request
 from starlette.responses import HTMLResponse
 
-from .i18n import translator
+from .i18n import REFUSALS, REFUSALS_EN, translator
 
 HERE = Path(__file__).parent
 STATIC = HERE / "static"
@@ -73,6 +73,7 @@ def page(request: Request, template: str, context: dict[str, Any], status_code: 
         "here": request.url.path + (f"?{request.url.query}" if request.url.query else ""),
         "flashes": [],
         "when": lambda ms: when(ms, lang),
+        "refusal_meaning": lambda code: (REFUSALS.get(lang) or REFUSALS_EN).get(code) or REFUSALS_EN.get(code, ""),
         "ch": None,
         "section": None,
         **context,

@@ -34,6 +34,7 @@ from services.domain.user import User
 from services.domain.values import Rejected
 from services.store import import_log
 from services.store import lookups as lookup_store
+from services.store import outcomes as command_outcomes
 from services.store import repository as repo
 
 from .records import Record, clocks_after
@@ -165,7 +166,10 @@ class Effects:
     messages: list[tuple[str, str | None, bytes | None]] = field(default_factory=list)  # outbox rows
     grades: list[GradeChange] = field(default_factory=list)  # D2, in fact order
     lookups: list[LookupChange] = field(default_factory=list)  # seed 004 §2, in fact order
-    rejected: list[tuple[str, str, str, str]] = field(default_factory=list)  # commands: (channel, eventId, code, reason)
+    # Commands decided (applied, or rejected with code and reason) for command_outcomes,
+    # and commands skipped as repeats of an applied eventId: both told to the API's waiters.
+    outcomes: list[command_outcomes.Outcome] = field(default_factory=list)
+    repeats: list[tuple[str, str]] = field(default_factory=list)
 
     def extend(self, other: Effects) -> None:
         self.applied.extend(other.applied)
@@ -175,7 +179,8 @@ class Effects:
         self.erased.extend(other.erased)
         self.activities.extend(other.activities)
         self.messages.extend(other.messages)
-        self.rejected.extend(other.rejected)
+        self.outcomes.extend(other.outcomes)
+        self.repeats.extend(other.repeats)
 
 
 def run_facts(
@@ -190,11 +195,15 @@ def run_facts(
         if p.fact is not None:
             if seen.seen(p.fact.channel_id, p.fact.event_id):
                 result.skipped += 1  # idempotency on eventId (CONTRACT)
+                if p.record.topic == topics.commands:  # a retried request: its waiter hears "applied"
+                    fx.repeats.append((p.fact.channel_id, p.fact.event_id))
                 continue
             outcome = core.apply(directory, p.fact, settings[p.fact.channel_id], messages=outbox)
             if outcome.rejection is None:
                 seen.add(p.fact.channel_id, p.fact.event_id, p.fact.at)
                 fx.applied.append((p.fact.channel_id, p.fact.event_id, p.fact.at))
+                if p.record.topic == topics.commands:
+                    fx.outcomes.append((p.fact.channel_id, p.fact.event_id, p.fact.at, None, None))
                 fx.merges.extend(outcome.merges)
                 fx.erased.extend(outcome.erased)
                 fx.activities.extend(outcome.activities)
@@ -215,7 +224,7 @@ def run_facts(
                           p.fact.channel_id, exc_info=outcome.rejection.__cause__,
                           extra={"eventId": p.fact.event_id, "channelId": p.fact.channel_id})
             if p.record.topic == topics.commands:  # the API answers "rejected, because …"
-                fx.rejected.append((p.fact.channel_id, p.fact.event_id, *p.error))
+                fx.outcomes.append((p.fact.channel_id, p.fact.event_id, p.fact.at, *p.error))
         assert p.error is not None
         if outbox:
             fx.messages.append(_dead_letter(topics, p.record, *p.error, failed_at))
@@ -240,8 +249,16 @@ async def write_effects(conn: asyncpg.Connection, directory: Directory, revs: di
     await lookup_store.erase(conn, fx.erased)
     await repo.save_applied(conn, fx.applied)
     await repo.forget_applied(conn, sorted({c for c, _e, _t in fx.applied}), WINDOW_MS)
-    await repo.save_rejected(conn, fx.rejected)
+    await save_command_outcomes(conn, fx)
     await repo.save_outbox(conn, fx.messages)
+
+
+async def save_command_outcomes(conn: asyncpg.Connection, fx: Effects, *, announce: bool = True) -> None:
+    """The commands' outcomes (services/store/outcomes.py), the old ones of their
+    channels forgotten, and, at commit, a NOTIFY for the API's waiters."""
+    await command_outcomes.save(conn, fx.outcomes)
+    decided = [(o[0], o[1], o[3] is None) for o in fx.outcomes] + [(c, e, True) for c, e in fx.repeats]
+    await command_outcomes.forget_and_announce(conn, [o[0] for o in fx.outcomes], decided if announce else [])
 
 
 def parse_records(topics: Topics, records: list[Record]) -> list[Parsed]:

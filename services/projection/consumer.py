@@ -73,6 +73,10 @@ class Projection:
             auto_offset_reset="earliest",
             max_partition_fetch_bytes=4 * 1024 * 1024,
             fetch_max_bytes=32 * 1024 * 1024,
+            # A fetch that finds nothing new is answered after this long (default 500):
+            # the embedded broker does not always answer early when records arrive, so
+            # a fact published to an idle partition waited up to ~120 ms (50 ms: ~30).
+            fetch_max_wait_ms=50,
             # Range gives partition p of every inbound topic to the same instance: a
             # channel's facts on all three topics meet in one merge (merge.py).
             partition_assignment_strategy=(RangePartitionAssignor,),

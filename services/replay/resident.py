@@ -23,7 +23,14 @@ import asyncpg
 from contracts.topics import Topics
 from services.domain.directory import Directory, identities
 from services.domain.mu import MuBudget
-from services.projection.batch import BatchResult, Effects, load_grades, parse_records, run_facts
+from services.projection.batch import (
+    BatchResult,
+    Effects,
+    load_grades,
+    parse_records,
+    run_facts,
+    save_command_outcomes,
+)
 from services.projection.records import Record
 from services.projection.window import AppliedWindow
 from services.store import bulk, import_log
@@ -95,4 +102,4 @@ class Resident:
             await repo.save_grade_changes(conn, fx.grades)
             await lookup_store.save_changes(conn, fx.lookups)
             await lookup_store.erase(conn, fx.erased)
-            await repo.save_rejected(conn, fx.rejected)
+            await save_command_outcomes(conn, fx, announce=False)

@@ -224,30 +224,30 @@ async def _sparse(conn: asyncpg.Connection | asyncpg.Pool, sql: str, args: list[
 
 
 def tag_matches_sql(channel_id: str, tag: str) -> tuple[str, list[Any]]:
-    """Ids of live users with staff tag `tag`, at most Q_SPARSE + 1 (the users_tags GIN)."""
+    """Ids of live users with staff tag `tag`, at most Q_SPARSE + 1 (the users_tag_list GIN)."""
     return (
-        f"""SELECT id FROM users WHERE (state->'tags')::jsonb ? $2 AND channel_id = $1
+        f"""SELECT id FROM users WHERE tags @> ARRAY[$2]::text[] AND channel_id = $1
               AND NOT deleted AND merged_into IS NULL LIMIT {Q_SPARSE + 1}""",
         [channel_id, tag],
     )
 
 
 def _q_patterns(q: str) -> tuple[str, str, str | None]:
-    """LIKE patterns of `q`: contact prefix, name prefix (as the name's JSON text, which
-    the index holds), phone prefix (E.164) or None."""
+    """LIKE patterns of `q`: contact prefix, name prefix (users.name_key, lowercased the
+    same way by repository.search_columns), phone prefix (E.164) or None."""
     text = q.strip().lower()
     phone = _phone_prefix(q)
-    return _like_prefix(text), _like_prefix(orjson.dumps(text).decode()[:-1]), _like_prefix(phone) if phone else None
+    return _like_prefix(text), _like_prefix(text), _like_prefix(phone) if phone else None
 
 
 def q_matches_sql(channel_id: str, q: str) -> tuple[str, list[Any]]:
     """Ids of users whose e-mail, phone or name starts with `q`, at most Q_SPARSE + 1
-    (each branch an index range scan: identities_contact_prefix, users_name_prefix)."""
+    (each branch an index range scan: identities_contact_prefix, users_name_key_prefix)."""
     contact, name, phone = _q_patterns(q)
     branches = [
         "SELECT user_id FROM identities WHERE channel_id = $1 AND kind IN ('email', 'mobile') AND value LIKE $2",
         """SELECT id FROM users WHERE channel_id = $1 AND NOT deleted AND merged_into IS NULL
-              AND lower((state->'fields'->'name'->0)::text) LIKE $3""",
+              AND name_key LIKE $3""",
     ]
     args: list[Any] = [channel_id, contact, name]
     if phone is not None:
@@ -283,7 +283,7 @@ def search_sql(
             contact, name, phone = _q_patterns(f.q)
             likes = f"i.value LIKE {arg(contact)}" + (f" OR i.value LIKE {arg(phone)}" if phone else "")
             where.append(
-                f"""(lower((u.state->'fields'->'name'->0)::text) LIKE {arg(name)}
+                f"""(u.name_key LIKE {arg(name)}
                      OR EXISTS (SELECT 1 FROM identities i WHERE i.user_id = u.id AND i.channel_id = $1
                                    AND i.kind IN ('email', 'mobile') AND ({likes})))"""
             )
@@ -303,7 +303,7 @@ def search_sql(
         if tag_ids is not None:
             where.append(f"u.id = ANY({arg(tag_ids)}::text[])")
         else:
-            where.append(f"(u.state->'tags')::jsonb ? {arg(f.tag)}")
+            where.append(f"u.tags @> ARRAY[{arg(f.tag)}]::text[]")
     if f.grade is not None:
         where.append("NOT u.masked")
         where.append(

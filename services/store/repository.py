@@ -201,16 +201,29 @@ async def save_offsets(conn: asyncpg.Connection, offsets: dict[tuple[str, int], 
 
 USER_COLUMNS = (
     "id", "channel_id", "rev", "type", "member_id", "merged_into", "deleted", "blocked", "masked",
-    "last_seen_at", "updated_at", "state",
+    "last_seen_at", "updated_at", "state", "name_key", "tags",
 )
 
 
 def user_row(u: User, rev: int) -> tuple[Any, ...]:
     """The `USER_COLUMNS` of a user at revision `rev`."""
+    state = u.to_json()
     return (
         u.id, u.channel_id, rev, u.type, u.member_id, u.merged_into,
-        u.deleted, u.blocked, u.masked, u.last_seen_at, u.updated_at, u.to_json(),
+        u.deleted, u.blocked, u.masked, u.last_seen_at, u.updated_at, state, *search_columns(state),
     )
+
+
+def search_columns(state: dict[str, Any]) -> tuple[str | None, list[str]]:
+    """What the staff search indexes, kept in columns of their own rather than index
+    expressions over `state`: an index on `state` would make every user update a non-HOT
+    one (new entries in every index of the table, for a boot that moved only lastSeenAt).
+    `name_key` is the name lowercased as `q` is (queries._q_patterns); `tags` the staff
+    tags (never NUL, I9 — a NUL is dropped so that the row can always be stored)."""
+    name = (state.get("fields") or {}).get("name")
+    value = name[0] if isinstance(name, list) and name else None
+    key = value.lower().replace("\x00", "") if isinstance(value, str) else None
+    return key, [t.replace("\x00", "") for t in state.get("tags") or ()]
 
 
 async def save_users(conn: asyncpg.Connection, users: Sequence[User], revs: dict[str, int]) -> None:
@@ -219,20 +232,28 @@ async def save_users(conn: asyncpg.Connection, users: Sequence[User], revs: dict
         return
     rows = [user_row(u, revs.get(u.id, 0) + 1) for u in users]
     cols: list[list[Any]] = [list(col) for col in zip(*rows, strict=True)]
+    # an array of arrays would be read as one two-dimensional array: each user's tags go
+    # as their JSON text
+    cols[13] = [orjson.dumps(tags).decode() for tags in cols[13]]
     written = await conn.fetchval(
         """
         WITH w AS (
           INSERT INTO users AS u (id, channel_id, rev, type, member_id, merged_into, deleted,
-                                  blocked, masked, last_seen_at, updated_at, state)
-          SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[],
-                               $6::text[], $7::bool[], $8::bool[], $9::bool[], $10::bigint[],
-                               $11::bigint[], $12::json[])
+                                  blocked, masked, last_seen_at, updated_at, state, name_key, tags)
+          SELECT x.id, x.channel_id, x.rev, x.type, x.member_id, x.merged_into, x.deleted,
+                 x.blocked, x.masked, x.last_seen_at, x.updated_at, x.state, x.name_key,
+                 ARRAY(SELECT json_array_elements_text(x.tags::json))
+          FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[],
+                      $6::text[], $7::bool[], $8::bool[], $9::bool[], $10::bigint[],
+                      $11::bigint[], $12::json[], $13::text[], $14::text[])
+               AS x(id, channel_id, rev, type, member_id, merged_into, deleted, blocked, masked,
+                    last_seen_at, updated_at, state, name_key, tags)
           ON CONFLICT (id) DO UPDATE SET
               rev = EXCLUDED.rev, type = EXCLUDED.type, member_id = EXCLUDED.member_id,
               merged_into = EXCLUDED.merged_into, deleted = EXCLUDED.deleted,
               blocked = EXCLUDED.blocked, masked = EXCLUDED.masked,
               last_seen_at = EXCLUDED.last_seen_at, updated_at = EXCLUDED.updated_at,
-              state = EXCLUDED.state
+              state = EXCLUDED.state, name_key = EXCLUDED.name_key, tags = EXCLUDED.tags
           WHERE u.rev = EXCLUDED.rev - 1
           RETURNING 1)
         SELECT count(*) FROM w
@@ -288,19 +309,6 @@ async def save_applied(conn: asyncpg.Connection, applied: Sequence[tuple[str, st
             [a[0] for a in applied],
             [a[1] for a in applied],
             [a[2] for a in applied],
-        )
-
-
-async def save_rejected(conn: asyncpg.Connection, rows: Sequence[tuple[str, str, str, str]]) -> None:
-    """Rejected commands (channel, eventId, code, reason), for the API's command status.
-    The same eventId rejected twice in one batch keeps the later reason."""
-    rows = list({(r[0], r[1]): r for r in rows}.values())
-    if rows:
-        await conn.execute(
-            """INSERT INTO rejected_commands (channel_id, event_id, code, message)
-               SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[])
-               ON CONFLICT (channel_id, event_id) DO UPDATE SET code = EXCLUDED.code, message = EXCLUDED.message""",
-            *[list(col) for col in zip(*rows, strict=True)],
         )
 
 

@@ -20,7 +20,11 @@ CREATE TABLE IF NOT EXISTS users (
     masked       boolean NOT NULL,
     last_seen_at bigint,
     updated_at   bigint NOT NULL,
-    state        json NOT NULL
+    state        json NOT NULL,
+    -- What staff search by (repository.search_columns): columns of their own, because
+    -- an index over `state` would make every update of a user a non-HOT one.
+    name_key     text,
+    tags         text[] NOT NULL DEFAULT '{}'
 );
 CREATE INDEX IF NOT EXISTS users_channel ON users (channel_id);
 -- Every batch rewrites the users it changes, usually only columns no index covers
@@ -43,6 +47,28 @@ BEGIN
                   AND column_name = 'state' AND data_type = 'jsonb') THEN
         ALTER TABLE users ALTER COLUMN state TYPE json USING state::json;
     END IF;
+END $$;
+
+-- Schemas from before name_key/tags (contract 1.1.0): add and fill the columns once, then
+-- drop the expression indexes over `state` they replace. Python fills them on every
+-- write from now on; the fill here lowercases with PostgreSQL's lower(), which differs
+-- from Python's only for some non-ASCII letters under a C locale (search only; a user's
+-- next change or a rebuild writes Python's). A name holding an escaped U+0000 cannot be
+-- unescaped to text and is left unsearchable until then.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM information_schema.columns
+                    WHERE table_schema = current_schema() AND table_name = 'users'
+                      AND column_name = 'name_key') THEN
+        ALTER TABLE users ADD COLUMN name_key text, ADD COLUMN tags text[] NOT NULL DEFAULT '{}';
+        UPDATE users SET
+            name_key = CASE WHEN json_typeof(state->'fields'->'name'->0) = 'string'
+                             AND strpos((state->'fields'->'name'->0)::text, '\u0000') = 0
+                            THEN lower(state->'fields'->'name'->>0) END,
+            tags = ARRAY(SELECT json_array_elements_text(coalesce(state->'tags', '[]'::json)));
+    END IF;
+    DROP INDEX IF EXISTS users_name_prefix;
+    DROP INDEX IF EXISTS users_tags;
 END $$;
 
 -- How facts find users: veils, member ids, contacts (with their qualification) and
@@ -187,17 +213,35 @@ CREATE TABLE IF NOT EXISTS meta (
     value text NOT NULL
 );
 
--- Commands the projection rejected (their dead letter's code and reason), so the HTTP
--- API can answer "rejected, because …" for a command long after its dead letter left
--- the outbox. Derived from facts like the rest (a rebuild writes it too). A command
--- applied later under the same eventId counts as applied (applied_events wins).
-CREATE TABLE IF NOT EXISTS rejected_commands (
+-- What became of each command of identity.commands (services/store/outcomes.py): applied
+-- (code NULL) or rejected with its dead letter's code and reason, written in the batch's
+-- transaction, so the HTTP API answers "applied" or "rejected, because …" long after
+-- the eventId window (7 days) and the dead letter are gone. Kept 90 days of each
+-- channel's command time (pruned by the batches). Derived from facts like the rest (a
+-- rebuild writes it too); not in the digest, which covers users and merges.
+CREATE TABLE IF NOT EXISTS command_outcomes (
     channel_id text NOT NULL,
     event_id   text NOT NULL,
-    code       text NOT NULL,
-    message    text NOT NULL,
+    at         bigint NOT NULL,
+    code       text,
+    message    text,
     PRIMARY KEY (channel_id, event_id)
 );
+CREATE INDEX IF NOT EXISTS command_outcomes_clock ON command_outcomes (channel_id, at);
+-- Before 2026-12 only rejections were kept, in rejected_commands, without a time: they
+-- move here stamped with their channel's clock (so they live another 90 days).
+DO $$
+BEGIN
+    IF to_regclass('rejected_commands') IS NOT NULL THEN
+        INSERT INTO command_outcomes (channel_id, event_id, at, code, message)
+        SELECT r.channel_id, r.event_id,
+               coalesce((SELECT max(a.at) FROM applied_events a WHERE a.channel_id = r.channel_id), 0),
+               r.code, r.message
+          FROM rejected_commands r
+        ON CONFLICT DO NOTHING;
+        DROP TABLE rejected_commands;
+    END IF;
+END $$;
 
 -- API keys (docs/contract.md, "HTTP API"). Operational, not derived from facts: carried
 -- over by a replay's switch (services/replay/switch.py OPERATIONAL). Only the sha256 of
@@ -220,15 +264,12 @@ CREATE INDEX IF NOT EXISTS users_listing ON users (channel_id, id) WHERE NOT del
 CREATE INDEX IF NOT EXISTS users_blocked ON users (channel_id, id) WHERE blocked AND NOT deleted AND merged_into IS NULL;
 -- `q`: prefix of a name (case-insensitive), of an e-mail or of a phone number.
 -- text_pattern_ops: LIKE 'abc%' uses the index whatever the database's collation.
--- The name is indexed as its JSON text ("Alice"), not as text (->>): unescaping a
--- \u0000 to text fails, and an index expression that fails would stop the projection.
-CREATE INDEX IF NOT EXISTS users_name_prefix ON users (channel_id, lower((state->'fields'->'name'->0)::text) text_pattern_ops)
+CREATE INDEX IF NOT EXISTS users_name_key_prefix ON users (channel_id, name_key text_pattern_ops)
     WHERE NOT deleted AND merged_into IS NULL;
 CREATE INDEX IF NOT EXISTS identities_contact_prefix ON identities (channel_id, value text_pattern_ops)
     WHERE kind IN ('email', 'mobile');
--- `tag=`: staff tags live in the state; only that small array is converted to jsonb
--- (tags never hold NUL, I9, so the conversion cannot fail).
-CREATE INDEX IF NOT EXISTS users_tags ON users USING gin (((state->'tags')::jsonb)) WHERE NOT deleted AND merged_into IS NULL;
+-- `tag=`: staff tags.
+CREATE INDEX IF NOT EXISTS users_tag_list ON users USING gin (tags) WHERE NOT deleted AND merged_into IS NULL;
 -- Activities newest first, and the merges into a user (G4).
 CREATE INDEX IF NOT EXISTS activities_user_recent ON activities (user_id, occurred_at DESC, event_id DESC);
 CREATE INDEX IF NOT EXISTS merges_target ON merges (channel_id, target_id);

@@ -8,6 +8,7 @@ import pytest
 from playwright.async_api import expect
 
 from contracts.topics import Topics
+from services.console.i18n import REFUSALS_EN
 from services.store import api_keys
 from tests.browser.conftest import Console, now_ms, sign_in
 from tests.support.infra import wait_for
@@ -82,3 +83,8 @@ async def test_console_dead_letters_listed_by_code_with_reason_and_retried(conso
     await page.get_by_role("button", name="Show").click()
     await page.get_by_role("button", name=f"Retry every letter with this code: {code}").click()
     await expect(page.get_by_role("status")).to_contain_text("Re-published 1 record(s)")
+    # every letter is counted per code with what the code means; the retried one says so
+    summary = page.get_by_role("table", name="Letters per code")
+    await expect(summary).to_contain_text(code)
+    await expect(summary).to_contain_text(REFUSALS_EN[code])
+    await expect(page.get_by_role("table", name="Dead letters")).to_contain_text("retried")

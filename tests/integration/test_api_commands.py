@@ -12,7 +12,7 @@ import pytest
 from contracts.topics import Topics
 from tests.support.api import LiveApi, module_api_fixture, new_channel  # noqa: F401 - the fixture module_api
 from tests.support.infra import wait_for
-from tests.support.service import read_topic
+from tests.support.service import Publisher, read_topic
 
 pytestmark = pytest.mark.integration
 
@@ -158,3 +158,53 @@ async def test_i16_the_keys_name_is_the_commands_actor(module_api: LiveApi) -> N
     sent: list[dict[str, Any]] = [v for _, v in commands if v and v.get("eventId") == event_id]
     assert [c["actor"] for c in sent] == [f"staff-{ch}"]
     assert [k for k, v in commands if v and v.get("eventId") == event_id] == [ch]  # keyed by channel
+
+
+async def test_command_status_outlives_the_event_id_window_and_is_kept_90_days_of_command_time(module_api: LiveApi) -> None:
+    """Contract "HTTP API", command status: an applied command older than the eventId
+    window (7 days, C-idempotency) still reads `applied`, a rejected one `rejected` with
+    its reason; 90 days of the channel's command time later both are forgotten
+    (`pending`), so `command_outcomes` keeps a window, not the history."""
+    ch, day, t0 = new_channel(), 24 * 60 * 60 * 1000, 1_746_316_800_000  # in the past: event time is not capped
+
+    def command(event_id: str, at: int, **fields: Any) -> dict[str, Any]:
+        return {"eventId": event_id, "channelId": ch, "occurredAt": at, "actor": "test", **fields}
+
+    async with await _client(module_api, "read") as http, Publisher(module_api.settings) as pub:
+        async def state(event_id: str) -> dict[str, Any]:
+            return (await http.get(f"/v1/channels/{ch}/commands/{event_id}")).json()  # type: ignore[no-any-return]
+
+        async def applied(event_id: str) -> bool:
+            return (await state(event_id))["state"] == "applied"
+
+        await pub.command(command("old-applied", t0, type="member.upsert", memberId="m1", profile={}),
+                          command("old-rejected", t0, type="user.block", userId="u_nobody"))
+        await wait_for(lambda: applied("old-applied"), timeout=30)
+        await pub.command(command("week-later", t0 + 8 * day, type="member.upsert", memberId="m2", profile={}))
+        await wait_for(lambda: applied("week-later"), timeout=30)
+        forgotten = await module_api.pool.fetchval(
+            "SELECT count(*) FROM applied_events WHERE channel_id = $1 AND event_id = 'old-applied'", ch)
+        assert forgotten == 0  # the eventId window no longer knows it ...
+        assert await state("old-applied") == {"state": "applied"}  # ... the command status does
+        rejected = await state("old-rejected")
+        assert rejected["state"] == "rejected" and rejected["error"]["code"] == "unknown_user"
+
+        await pub.command(command("season-later", t0 + 91 * day, type="member.upsert", memberId="m3", profile={}))
+        await wait_for(lambda: applied("season-later"), timeout=30)
+        assert await state("old-applied") == {"state": "pending"}
+        assert await state("old-rejected") == {"state": "pending"}
+        assert await state("week-later") == {"state": "applied"}
+        kept = await module_api.pool.fetch("SELECT event_id FROM command_outcomes WHERE channel_id = $1 ORDER BY 1", ch)
+        assert [r[0] for r in kept] == ["season-later", "week-later"]
+
+
+async def test_wait_is_answered_for_a_retry_of_an_applied_command(module_api: LiveApi) -> None:
+    """Idempotency (contract, Commands): a retried request with `?wait=` is skipped by the
+    projection as a repeat, and its waiter still hears "applied" (200 with the user)."""
+    ch = new_channel()
+    async with await _client(module_api, "write") as http:
+        headers = {"Idempotency-Key": "retry-wait"}
+        first = await http.put(f"/v1/channels/{ch}/members/m1?wait=10", json={"name": "First"}, headers=headers)
+        assert first.status_code == 200
+        again = await http.put(f"/v1/channels/{ch}/members/m1?wait=10", json={"name": "Second"}, headers=headers)
+        assert again.status_code == 200 and again.json()["name"] == "First"

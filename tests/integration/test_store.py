@@ -25,3 +25,87 @@ async def test_offsets_restart_when_the_embedded_broker_brings_an_empty_log(sett
         assert await pool.fetchval("SELECT next_offset FROM inbox_offsets") == 0
     finally:
         await pool.close()
+
+
+async def test_rejected_commands_of_an_older_schema_move_to_command_outcomes(settings: Settings) -> None:
+    """Upgrading (docs/operations.md): the rejections kept before `command_outcomes`
+    existed are kept there, stamped with their channel's clock, and the old table goes."""
+    assert settings.database_url
+    pool = await create_pool(settings.database_url, settings.db_schema)
+    try:
+        await pool.execute("""CREATE TABLE rejected_commands (channel_id text NOT NULL, event_id text NOT NULL,
+                                  code text NOT NULL, message text NOT NULL, PRIMARY KEY (channel_id, event_id))""")
+        await pool.execute("INSERT INTO rejected_commands VALUES ('ch', 'e1', 'unknown_user', 'no u_x')")
+        await pool.execute("INSERT INTO applied_events VALUES ('ch', 'e0', 1000)")
+    finally:
+        await pool.close()
+    pool = await create_pool(settings.database_url, settings.db_schema)  # migrates
+    try:
+        rows = [tuple(r) for r in await pool.fetch("SELECT channel_id, event_id, at, code, message FROM command_outcomes")]
+        assert rows == [("ch", "e1", 1000, "unknown_user", "no u_x")]
+        assert await pool.fetchval("SELECT to_regclass('rejected_commands')") is None
+    finally:
+        await pool.close()
+
+
+async def test_a_user_update_that_moves_no_searched_column_is_hot_and_search_columns_follow(pool: object) -> None:
+    """Issue 14 (writes that scale with change): a boot moves lastSeenAt and the state,
+    never a searched column, so its update is HOT — no new entry in any index of `users`.
+    No index may cover an expression over `state` (that made every update non-HOT);
+    the name and staff tags the console searches live in columns written with the row."""
+    import asyncpg
+
+    from services.domain.user import User, Value
+    from services.store.queries import UserFilter, search_users
+
+    assert isinstance(pool, asyncpg.Pool)
+    indexes = await pool.fetch(
+        "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = current_schema() AND tablename = 'users'"
+    )
+    assert indexes and not [r["indexname"] for r in indexes if "state" in r["indexdef"]]
+
+    u = User("u-1", "ch", "lead", 1, 1, fields={"name": Value("Ängström Sato", True, False, 1)}, tags=["vip"])
+    async with pool.acquire() as conn, conn.transaction():
+        await repo.save_users(conn, [u], {})
+        for rev in range(1, 4):  # three boots: only last_seen_at, updated_at, rev and state move
+            u.last_seen_at = u.updated_at = 1 + rev
+            await repo.save_users(conn, [u], {u.id: rev})
+        updates, hot = await conn.fetchrow(
+            "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_xact_user_tables WHERE relid = 'users'::regclass"
+        )
+    assert (updates, hot) == (3, 3)
+    row = await pool.fetchrow("SELECT name_key, tags FROM users WHERE id = 'u-1'")
+    assert (row["name_key"], row["tags"]) == ("ängström sato", ["vip"])
+
+    async def found(**f: object) -> list[str]:
+        items, _next = await search_users(pool, "ch", UserFilter(**f), limit=10)  # type: ignore[arg-type]
+        return [x["id"] for x in items]
+
+    assert await found(q="ÄNGS") == ["u-1"]  # case-insensitive name prefix
+    assert await found(q="sato") == []  # a prefix, not a substring
+    assert await found(tag="vip") == ["u-1"] and await found(tag="vi") == []
+
+
+async def test_a_schema_from_before_the_search_columns_is_upgraded_in_place(pool: object, settings: Settings) -> None:
+    """Contract 1.1.0 schemas had the name and tags indexed as expressions over `state`:
+    starting the service fills the new columns from the stored states and drops those
+    indexes, so search keeps finding old users and updates become HOT."""
+    import asyncpg
+    import orjson
+
+    from services.store.pool import ensure_schema
+
+    assert isinstance(pool, asyncpg.Pool) and settings.database_url
+    state = {"fields": {"name": ["Sato Taro", True, False, 1]}, "tags": ["vip", "jp"]}
+    await pool.execute(
+        """ALTER TABLE users DROP COLUMN name_key, DROP COLUMN tags;
+           CREATE INDEX users_tags ON users USING gin (((state->'tags')::jsonb));"""
+    )
+    await pool.execute(
+        "INSERT INTO users (id, channel_id, rev, type, deleted, blocked, masked, updated_at, state) "
+        "VALUES ('old', 'ch', 1, 'lead', false, false, false, 1, $1::text::json)", orjson.dumps(state).decode(),
+    )
+    await ensure_schema(settings.database_url, settings.db_schema)
+    row = await pool.fetchrow("SELECT name_key, tags FROM users WHERE id = 'old'")
+    assert (row["name_key"], row["tags"]) == ("sato taro", ["vip", "jp"])
+    assert await pool.fetchval("SELECT count(*) FROM pg_indexes WHERE schemaname = current_schema() AND indexname = 'users_tags'") == 0

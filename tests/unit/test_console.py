@@ -86,3 +86,30 @@ def test_u1_refusals_are_said_in_words() -> None:
     assert "never merges into a lead (U1)" in (refusal(_, lead, other) or "")
     assert "members are never merged (U1)" in (refusal(_, member, _user("n", "member")) or "")
     assert refusal(_, lead, lead) == _("uni.u1.same")
+
+
+def test_refusals_are_said_in_the_staff_language_for_every_documented_code() -> None:
+    """A Japanese page never shows the service's English reason for a refused command:
+    it says what the code means in Japanese (with the code, for a support ticket);
+    an English page keeps the service's specific reason. Every dead-letter code the
+    contract lists, and every code the domain raises, has words in both languages."""
+    import re
+    from pathlib import Path
+
+    from services.console.i18n import REFUSALS_EN, REFUSALS_JA, refusal
+
+    root = Path(__file__).resolve().parents[2]
+    documented = set(re.findall(r"`([a-z]+_[a-z_]+|conflict|unstorable)`", (root / "docs/contract.md").read_text().split("**Dead-letter codes**")[1].split("A dead letter's")[0]))
+    raised = {
+        m for path in (root / "services/domain").glob("*.py")
+        for m in re.findall(r'Rejected\(\s*"([a-z_]+)"', path.read_text())
+    }
+    assert {"merged_user", "stale_candidate", "invalid_fields"} <= documented | raised | {"invalid_fields"}
+    missing = sorted((documented | raised) - REFUSALS_EN.keys())
+    assert not missing, missing
+    assert REFUSALS_EN.keys() == REFUSALS_JA.keys()
+
+    said = refusal("ja", "merged_user", "user u1 was merged into u2")
+    assert "統合" in said and "merged_user" in said and "merged into" not in said
+    assert refusal("en", "merged_user", "user u1 was merged into u2") == "user u1 was merged into u2"
+    assert refusal("ja", "some_future_code", "new reason") == "new reason"  # unknown code: the reason as it came

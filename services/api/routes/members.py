@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-import asyncpg
 from fastapi import APIRouter, Path, Request
 from fastapi.responses import JSONResponse
 
@@ -16,7 +15,7 @@ from services.domain.values import Rejected
 from ..auth import Admin, Writer
 from ..models import DeliveryBody, LeadBody, MemberBody, command_responses
 from ..params import Channel
-from ..respond import IdempotencyKey, Wait, command_answer, live_user, user_subject
+from ..respond import Db, IdempotencyKey, Wait, command_answer, live_user, user_subject
 
 router = APIRouter(prefix="/v1/channels/{ch}", tags=["members and leads"])
 
@@ -33,7 +32,7 @@ async def upsert_member(
     command = {"type": "member.upsert", "memberId": memberId, **body.model_dump(exclude_unset=True)}
     command.setdefault("profile", {})
 
-    async def subject(pool: asyncpg.Pool, event_id: str) -> dict[str, Any] | None:
+    async def subject(pool: Db, event_id: str) -> dict[str, Any] | None:
         try:
             return await live_user(pool, ch, "member", clean_member_id(memberId))
         except Rejected:
@@ -61,7 +60,7 @@ async def create_lead(
     already holding that qualified contact is updated instead)."""
     command = {"type": "lead.create", "profile": body.profile}
 
-    async def subject(pool: asyncpg.Pool, event_id: str) -> dict[str, Any] | None:
+    async def subject(pool: Db, event_id: str) -> dict[str, Any] | None:
         created = await live_user(pool, ch, "id", fact_user_id(ch, event_id))
         if created is not None:
             return created

@@ -72,6 +72,11 @@ async def field_type(request: Request, ch: str) -> Response:
 # ------------------------------------------------------------------------ dead letters
 
 
+# The screen shows the newest letters of a code; retrying by code reaches every one of
+# them, and `unifier dead-letters list` prints them all.
+LETTERS_SHOWN = 200
+
+
 @router.get("/deadletters")
 async def dead_letters(request: Request, code: str = "", ch: str = "") -> Response:
     """Dead letters span channels (a bad record may name none); `ch` only keeps the
@@ -84,10 +89,11 @@ async def render_letters(
     request: Request, code: str, flashes: list[tuple[str, str]] | None = None, ch: str | None = None,
 ) -> Response:
     b = backend(request)
-    every = await b.dead_letters(None, 500)
-    codes = sorted({(x.get("error") or {}).get("code") or "?" for x in every})
-    shown = [x for x in every if not code or (x.get("error") or {}).get("code") == code]
-    ctx = {"section": "deadletters", "ch": ch, "letters": shown, "codes": codes, "code": code, "flashes": flashes or []}
+    found = await b.dead_letters(code or None, LETTERS_SHOWN)
+    ctx = {
+        "section": "deadletters", "ch": ch, "letters": found.letters, "counts": found.counts, "matching": found.matching,
+        "code": code, "flashes": flashes or [],
+    }
     return page(request, "deadletters/list.html", ctx)
 
 

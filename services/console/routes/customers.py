@@ -15,7 +15,7 @@ from starlette.responses import RedirectResponse, Response
 from services.domain.user import User
 
 from ..backend import Filters, Outcome
-from ..i18n import translator
+from ..i18n import refusal, translator
 from ..render import ROOT, page
 from ..web import ConsoleRoute, backend, form_str, require
 
@@ -240,5 +240,5 @@ def command_flash(request: Request, outcome: Outcome, done: str = "cmd.applied")
     if outcome.state == "applied":
         return ("ok", _(done))
     if outcome.state == "rejected":
-        return ("error", _("cmd.rejected", reason=outcome.reason or outcome.code or "?"))
+        return ("error", _("cmd.rejected", reason=refusal(request.state.lang, outcome.code, outcome.reason)))
     return ("info", _("cmd.pending", event_id=outcome.event_id))

@@ -1,0 +1,108 @@
+"""The API's CommandBus against a real PostgreSQL (docs/decisions.md, "HTTP API:
+commands measured"): waiters are answered by the projection's NOTIFY at commit, a
+rejection's reason is read from `command_outcomes`, and outcomes nobody announced are
+still found by the once-a-second read. The projection's side is played here by the
+very functions batch.py calls (services/store/outcomes.py), in a transaction."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import asyncpg
+import pytest
+
+from services.api.commands import CommandBus, Outcome
+from services.store import outcomes
+from tests.support.infra import wait_for
+
+pytestmark = pytest.mark.integration
+CH = "ch_bus"
+
+
+async def _decide(pool: asyncpg.Pool, rows: list[outcomes.Outcome], announced: list[tuple[str, str, bool]]) -> None:
+    async with pool.acquire() as conn, conn.transaction():
+        await outcomes.save(conn, rows)
+        await outcomes.forget_and_announce(conn, [r[0] for r in rows], announced)
+
+
+async def _listening_bus(pool: asyncpg.Pool) -> CommandBus:
+    async def publish(value: bytes, key: bytes) -> None:
+        pass  # nothing consumes here: the test decides the outcomes itself
+
+    bus = CommandBus(pool, publish)
+    await bus.submit(CH, {"type": "member.upsert", "memberId": "m0", "profile": {}}, actor="test")
+    await wait_for(lambda: bus.listening, timeout=10)
+    return bus
+
+
+async def test_a_waiter_is_answered_by_the_notification_at_commit(pool: asyncpg.Pool) -> None:
+    """Announced "applied" without a row: only the NOTIFY can have answered it (the
+    once-a-second read would find nothing)."""
+    bus = await _listening_bus(pool)
+    try:
+        waiting = asyncio.create_task(bus.wait(CH, "e1", 10))
+        await asyncio.sleep(0.05)
+        await _decide(pool, [], [(CH, "e1", True)])
+        assert await waiting == Outcome("applied")
+        # Announced before anyone waited for it (the request's wait came after the commit):
+        await _decide(pool, [], [(CH, "e2", True)])
+        later = asyncio.create_task(bus.wait(CH, "e3", 10))
+        await asyncio.sleep(0.05)
+        await _decide(pool, [], [(CH, "e3", True)])
+        assert await later == Outcome("applied")  # so e2's notification, committed first, was heard too
+        assert await bus.wait(CH, "e2", 1) == Outcome("applied")  # remembered: no row, no later NOTIFY
+    finally:
+        await bus.close()
+
+
+async def test_a_rejection_is_announced_and_its_reason_read_from_the_table(pool: asyncpg.Pool) -> None:
+    bus = await _listening_bus(pool)
+    try:
+        waiting = asyncio.create_task(bus.wait(CH, "r1", 10))
+        await asyncio.sleep(0.05)
+        await _decide(pool, [(CH, "r1", 1, "unknown_user", "no user u_x")], [(CH, "r1", False)])
+        assert await waiting == Outcome("rejected", "unknown_user", "no user u_x")
+        assert await bus.outcome(CH, "r1") == Outcome("rejected", "unknown_user", "no user u_x")
+    finally:
+        await bus.close()
+
+
+async def test_an_outcome_nobody_announced_is_found_and_other_schemas_are_ignored(pool: asyncpg.Pool) -> None:
+    """A projection that does not notify (an older version during an upgrade) delays
+    the answer to the next once-a-second read; a notification for another schema of
+    the same database (a test or bench beside us) answers nothing."""
+    bus = await _listening_bus(pool)
+    try:
+        other = asyncio.create_task(bus.wait(CH, "x1", 2))
+        await pool.execute("SELECT pg_notify($1, $2)", outcomes.CHANNEL, "another_schema\n" + outcomes.payloads([(CH, "x1", True)])[0])
+        assert await other == Outcome("pending")
+
+        waiting = asyncio.create_task(bus.wait(CH, "q1", 10))
+        await asyncio.sleep(0.05)
+        await _decide(pool, [(CH, "q1", 1, None, None)], [])  # stored, not announced
+        assert await waiting == Outcome("applied")
+    finally:
+        await bus.close()
+
+
+async def test_without_a_listen_connection_the_waiters_are_polled(pool: asyncpg.Pool, monkeypatch: Any) -> None:
+    """The database refused LISTEN (or the connection died): answers still come, by
+    reading the table every 10 ms."""
+    async def no_listen(self: Any, *args: Any) -> None:
+        raise asyncpg.PostgresError("LISTEN refused")
+
+    monkeypatch.setattr(asyncpg.Connection, "add_listener", no_listen)
+
+    async def publish(value: bytes, key: bytes) -> None:
+        pass
+
+    bus = CommandBus(pool, publish)
+    try:
+        waiting = asyncio.create_task(bus.wait(CH, "p1", 10))
+        await asyncio.sleep(0.05)
+        assert not bus.listening
+        await _decide(pool, [(CH, "p1", 1, None, None)], [])
+        assert await waiting == Outcome("applied")
+    finally:
+        await bus.close()
