@@ -21,10 +21,15 @@ run: $(STAMP)
 
 # pytest exits 5 when it collected no test: that must fail too, and say so.
 # On a fresh machine as root, the browser the console's tests drive is installed first.
+# The tests run on TEST_WORKERS pytest-xdist workers (`make test TEST_WORKERS=0`: in this
+# process), each module whole on one worker (tests/conftest.py): most of a test's time is
+# spent waiting on the broker, PostgreSQL or a child process, so two overlap well on two
+# cores (docs/decisions.md, "Test suite speed"). --durations lists the slowest tests.
+TEST_WORKERS ?= 2
 test: $(STAMP)
 	@[ -x "$(CHROMIUM)" ] || [ "$$(id -u)" != 0 ] || $(MAKE) --no-print-directory browser || true
 	@[ -x "$(CHROMIUM)" ] || echo "make test: $(CHROMIUM) is missing: the console's browser tests are skipped (they fail in CI); install it with 'make browser'" >&2
-	@status=0; $(BIN)/pytest -q -p no:cacheprovider tests/ || status=$$?; \
+	@status=0; $(BIN)/pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadgroup --durations=25 tests/ || status=$$?; \
 	if [ $$status -eq 5 ]; then echo "make test: no tests were collected" >&2; fi; \
 	exit $$status
 

@@ -19,6 +19,19 @@ from tests.support.infra import (
 )
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist turns the groups into node-id suffixes
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """`make test` runs on pytest-xdist workers with `--dist loadgroup`: each module goes
+    whole to one worker, so its module-scoped service (e.g. the API tests' live API) starts
+    once, as in a serial run. A test marked `xdist_group(NAME)` instead goes with every
+    other test of NAME, whatever its module — for tests that must not run at the same time
+    as each other. Each worker has its own session broker; PostgreSQL is shared, and every
+    test has its own schema, topic prefix and consumer group (isolated_settings)."""
+    for item in items:
+        if item.get_closest_marker("xdist_group") is None:
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::", 1)[0]))
+
+
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
 async def infra(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Infra]:
     """The session's broker and PostgreSQL (started on first use, stopped at the end)."""

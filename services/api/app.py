@@ -18,6 +18,7 @@ from services.store.pool import create_pool, schema_exists
 
 from . import problems
 from .commands import CommandBus
+from .hot import HotReads
 from .routes import (
     channel_settings,
     commands,
@@ -36,6 +37,7 @@ from faststream.security import BaseSecurity, SASLPlaintext, SASLScram256, SASLS
 
 API_VERSION = "1.1.0"
 POOL_SIZE = 10
+HOT_POOL_SIZE = 4
 
 _DESCRIPTION = """The HTTP API of Unifier (docs/contract.md, "HTTP API").
 
@@ -58,6 +60,11 @@ def create_app(settings: Settings) -> FastAPI:
         # behind it (`unifier run` migrates before it starts the projection).
         migrate = not await schema_exists(database_url, settings.db_schema)
         app.state.pool = await create_pool(database_url, settings.db_schema, max_size=POOL_SIZE, migrate=migrate)
+        # The hot reads' own few connections (hot.py), with generic plans: their statements
+        # (a user by id, by e-mail) have one plan whatever the values, and planning them
+        # cost PostgreSQL more than running them.
+        app.state.hot_pool = await create_pool(database_url, settings.db_schema, max_size=HOT_POOL_SIZE, migrate=False,
+                                               generic_plans=True)
         app.state.bus = CommandBus(app.state.pool, publish)
         app.state.imports = set()  # imports publishing in the background (routes/imports.py)
         try:
@@ -69,6 +76,7 @@ def create_app(settings: Settings) -> FastAPI:
             await app.state.bus.close()
             if getattr(app.state, "lookups", None) is not None:  # routes/lookups.py made one
                 await app.state.lookups.aclose()
+            await app.state.hot_pool.close()
             await app.state.pool.close()
 
     # The producer settings of the rest (relay, importer): acks from every replica,
@@ -88,6 +96,9 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.settings = settings
     problems.install(app)
+    # The two hot reads' plain successes, before routing (hot.py; everything else, and
+    # every refusal, is the routes').
+    app.add_middleware(HotReads)
     app.include_router(kafka)
     for module in (users, members, unifications, grades, commands, imports, channel_settings, lookups):
         app.include_router(module.router)

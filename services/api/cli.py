@@ -1,6 +1,6 @@
 """`unifier api` (the HTTP API alone) and `unifier api-key create|list|revoke`.
 
-    unifier api                                   serve on UNIFIER_HTTP_ADDR until SIGTERM/SIGINT
+    unifier api [--workers N]                     serve on UNIFIER_HTTP_ADDR until SIGTERM/SIGINT
     unifier api-key create --scope read|write|admin [--channel C] [--name N]
     unifier api-key list
     unifier api-key revoke KEY_ID|NAME
@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from services.platform.args import UsageError
+from services.platform.args import UsageError, positive_int
 from services.platform.config import Settings
 from services.store import api_keys
 from services.store.pool import database
@@ -25,7 +25,11 @@ from services.store.pool import database
 
 def register(sub: Any) -> None:
     api = sub.add_parser("api", help="serve the HTTP API alone (stateless: run as many as needed)")
-    api.set_defaults(handler=_api)
+    api.add_argument("--workers", type=positive_int, default=1, metavar="N",
+                     help="serve from N processes sharing the address (default 1: this process; "
+                          "one per core: a request's CPU is Python's)")
+    # uvloop: the event loop of libuv, less CPU per request (docs/decisions.md, "HTTP API: reads measured").
+    api.set_defaults(handler=_api, uvloop=True)
 
     keys = sub.add_parser("api-key", help="API keys: create (printed once), list, revoke")
     ksub = keys.add_subparsers(dest="key_command", required=True)
@@ -46,6 +50,7 @@ def _print(obj: Any) -> None:
 
 
 async def _api(settings: Settings, args: argparse.Namespace) -> int:
+    from services.platform import gc_tuning
     from services.platform.embedded import infrastructure
 
     from .app import create_app
@@ -55,9 +60,15 @@ async def _api(settings: Settings, args: argparse.Namespace) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+    if args.workers > 1:
+        from .workers import supervise
+
+        return await supervise(settings, args.workers, stop)
     async with infrastructure(settings) as (bootstrap, database_url):
         resolved = settings.replace(kafka_bootstrap=bootstrap, database_url=database_url)
-        await serve(create_app(resolved), settings.http_addr, stop)
+        app = create_app(resolved)
+        gc_tuning.tune()  # a request allocates thousands of objects, nearly none in cycles
+        await serve(app, settings.http_addr, stop)
     return 0
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 from collections.abc import Iterator
 
 import uvicorn
@@ -30,9 +31,14 @@ def split_address(addr: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
-async def serve(app: FastAPI, addr: str, stop: asyncio.Event, *, bound: asyncio.Future[str] | None = None) -> None:
+async def serve(
+    app: FastAPI, addr: str, stop: asyncio.Event, *, bound: asyncio.Future[str] | None = None,
+    sock: socket.socket | None = None,
+) -> None:
     """Serve `app` on `addr` (host:port; port 0 picks a free one) until `stop`; in-flight
-    requests are finished. `bound` receives the address actually listened on."""
+    requests are finished. `bound` receives the address actually listened on. `sock`: a
+    socket already listening on `addr` (a worker of `unifier api --workers N`, see
+    workers.py) instead of binding one."""
     host, port = split_address(addr)
     config = uvicorn.Config(
         # log_config=None: uvicorn's loggers go to the process's JSON handler (platform/logs),
@@ -44,7 +50,7 @@ async def serve(app: FastAPI, addr: str, stop: asyncio.Event, *, bound: asyncio.
 
     async def run() -> None:
         try:
-            await server.serve()
+            await server.serve(sockets=[sock] if sock is not None else None)
         except SystemExit:  # uvicorn's answer to a port taken or a failed lifespan start
             raise ApiStartError(f"the HTTP API could not start on {addr} (UNIFIER_HTTP_ADDR); see the log") from None
 
@@ -60,8 +66,8 @@ async def serve(app: FastAPI, addr: str, stop: asyncio.Event, *, bound: asyncio.
                     await task
                 return
             await asyncio.sleep(0.01)
-        sock = server.servers[0].sockets[0].getsockname()
-        address = f"{sock[0]}:{sock[1]}"
+        name = server.servers[0].sockets[0].getsockname()
+        address = f"{name[0]}:{name[1]}"
         log.info("HTTP API on http://%s (OpenAPI at /openapi.json, docs at /docs)", address)
         if bound is not None and not bound.done():
             bound.set_result(address)

@@ -40,6 +40,11 @@ class ImportProducer:
         self._batch: Any = None
         self._in_flight: deque[asyncio.Future[object]] = deque()
         self.sent = 0  # messages acknowledged by the broker
+        self.rows = 0  # records added to batches (the import's rows)
+        # (offset of a shipped batch's last record, rows added up to it), as acknowledged:
+        # how far the service got in our rows, from the offset it stored (window.py).
+        self._landed: deque[tuple[int, int]] = deque()
+        self._passed = 0
 
     async def start(self) -> None:
         await self.producer.start()
@@ -60,7 +65,10 @@ class ImportProducer:
     def add(self, value: bytes) -> bool:
         """Append to the open batch; False when it is full (`await ship()`, then add again:
         an empty batch takes any record, however large — sizes are checked by the caller)."""
-        return self._batch.append(key=self.key, value=value, timestamp=None) is not None
+        if self._batch.append(key=self.key, value=value, timestamp=None) is None:
+            return False
+        self.rows += 1
+        return True
 
     async def ship(self) -> None:
         """Send the open batch and start a new one; waits while too many are in flight."""
@@ -69,14 +77,22 @@ class ImportProducer:
             return
         count = batch.record_count()
         fut = await self.producer.send_batch(batch, self.topic, partition=self.partition)
-        fut.add_done_callback(lambda f, n=count: self._acked(f, n))
+        fut.add_done_callback(lambda f, n=count, through=self.rows: self._acked(f, n, through))
         self._in_flight.append(fut)
         while len(self._in_flight) > _IN_FLIGHT:
             await self._in_flight.popleft()
 
-    def _acked(self, fut: asyncio.Future[object], count: int) -> None:
+    def _acked(self, fut: asyncio.Future[Any], count: int, through: int) -> None:
         if not fut.cancelled() and fut.exception() is None:
             self.sent += count
+            self._landed.append((fut.result().offset + count - 1, through))
+
+    def rows_passed(self, next_offset: int) -> int:
+        """Rows of ours the service has gone past (applied, skipped as already applied,
+        or dead-lettered), given the partition's offset it stored."""
+        while self._landed and self._landed[0][0] < next_offset:
+            self._passed = max(self._passed, self._landed.popleft()[1])
+        return self._passed
 
     async def flush(self) -> None:
         """Ship the open batch and wait for every batch in flight (raises their errors)."""

@@ -35,12 +35,14 @@ from services.platform.config import Settings
 from services.platform.embedded import infrastructure
 from services.platform.topics import ensure_topics
 from services.store import import_log
+from services.store import repository as repo
 from services.store.pool import create_pool
 
 from . import csvfile
 from .failures import write_failures_file
 from .mapping import Plan, plan
 from .producer import ImportProducer
+from .window import SLICE_S, Window
 
 # Fault injection for the crash tests (Settings.import_stall_after_rows): after publishing
 # this many rows the importer hangs (rows flushed, lease still renewed) until it is killed.
@@ -184,6 +186,9 @@ class Import:
         self.last_report = self.started_at
         self.finished_sent = False
         self.lock_lost = False
+        # How far publishing runs ahead of applying (window.py); lead 0: not paced.
+        self.window = Window(lead_s=settings.import_lead_s)
+        self.allowed = self.window.rows if settings.import_lead_s > 0 else 1 << 62
 
     # -- the steps ---------------------------------------------------------------------
     async def claim(self, base_id: str) -> None:
@@ -296,6 +301,10 @@ class Import:
                     f"the row is too large to import ({len(value)} bytes as a message; the limit is {MAX_ROW_BYTES})"
                 )
                 value = orjson.dumps(msg)
+            if self.read >= self.allowed:
+                await producer.ship()
+                await self._wait_for_room(producer)
+                now = _now_ms()
             if not producer.add(value):
                 await producer.ship()
                 producer.add(value)  # an empty batch takes any record
@@ -306,6 +315,28 @@ class Import:
             self.read += 1
         await producer.flush()
         return self.read
+
+    async def _wait_for_room(self, producer: ImportProducer) -> None:
+        """Hold publishing until the window allows more (window.py): other channels of
+        the partition are applied behind our rows. The service's progress is the
+        offset it stored for the partition (every row counts: applied, skipped as
+        applied before, or dead-lettered). At the deadline the rest is published
+        anyway, so that the service applies the whole import once it runs (exit 3)."""
+        while True:
+            if self.lock_lost:
+                raise ImportNotApplied("the import lock was lost (the importer stalled past its lease)", self._result(None))
+            now = time.monotonic()
+            if now >= self.deadline:
+                self.allowed = 1 << 62  # give up pacing: publish the rest
+                return
+            stored = await repo.stored_offsets(self.pool, [producer.topic])
+            passed = producer.rows_passed(stored.get((producer.topic, producer.partition), 0))
+            self.window.observe(now, passed, self.read)
+            self.allowed = self.window.allowed(now, passed, self.read)
+            if self.read < self.allowed:
+                return
+            await self._report(None)
+            await asyncio.sleep(SLICE_S)
 
     async def _wait(self) -> ImportResult:
         interval = 0.02

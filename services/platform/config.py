@@ -97,6 +97,12 @@ class Settings(BaseSettings):
     # Idempotent producers: on for Apache Kafka (a retried send is never doubled);
     # off by default because tansu, the embedded broker, refuses them.
     kafka_idempotence: bool = Field(default=False, validation_alias=_env("UNIFIER_KAFKA_IDEMPOTENCE", "kafka_idempotence"))
+    # The projection's consumer-group session: an instance that sends no heartbeat for
+    # this long is dropped from the group and its partitions handed on. tansu also holds
+    # every group join for half of it (at least 1 s), so the tests run with 3000.
+    kafka_session_timeout_ms: int = Field(
+        default=10_000, ge=1000, le=300_000,
+        validation_alias=_env("UNIFIER_KAFKA_SESSION_TIMEOUT_MS", "kafka_session_timeout_ms"))
     # The largest message the relay sends; a larger one is parked, not sent. Match the
     # broker's (topic's) message.max.bytes, whose Kafka default is 1048588.
     max_message_bytes: int = Field(default=1024 * 1024, validation_alias=_env("UNIFIER_MAX_MESSAGE_BYTES", "max_message_bytes"))
@@ -125,6 +131,12 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] | None = Field(
         default=None, validation_alias=_env("UNIFIER_LOG_LEVEL", "log_level"))
     log_format: Literal["json", "text"] = Field(default="json", validation_alias=_env("UNIFIER_LOG_FORMAT", "log_format"))
+
+    # How long an import row may wait to be applied: the importer publishes at the
+    # service's pace, about that far ahead (services/importer/window.py), so another
+    # channel's fact on the import's partition waits about that long behind it.
+    # 0: no pacing (the whole file at once).
+    import_lead_s: float = Field(default=0.4, validation_alias=_env("UNIFIER_IMPORT_LEAD_S", "import_lead_s"))
 
     # Fault injection for the importer crash tests: after publishing this many rows the
     # importer hangs until killed. 0 (never) in production.
@@ -310,9 +322,9 @@ class Settings(BaseSettings):
             raise ValueError("must be calls per second above 0 and at most 10000")
         return value
 
-    @field_validator("import_stall_after_rows")
+    @field_validator("import_stall_after_rows", "import_lead_s")
     @classmethod
-    def _non_negative(cls, value: int) -> int:
+    def _non_negative(cls, value: float) -> float:
         if value < 0:
             raise ValueError("must be 0 or more")
         return value

@@ -1,5 +1,6 @@
 """Garbage-collector settings for the processes that apply facts (`unifier run`,
-`unifier replay` and its workers).
+`unifier replay` and its workers), and for the API's (`unifier api`: in-process reads
+spent 5 % of their CPU collecting, docs/decisions.md "HTTP API: reads measured").
 
 CPython's cyclic collector runs a young collection every 700 container allocations and
 an older one every ten of those; every batch allocates hundreds of thousands (records,

@@ -59,6 +59,7 @@ class _SeekToStored(ConsumerRebalanceListener):
 class Projection:
     def __init__(
         self, pool: asyncpg.Pool, bootstrap: str, topics: Topics, group: str, batch_max: int, resident_users: int = 0,
+        session_timeout_ms: int = 10_000,
     ) -> None:
         self.pool = pool
         # Users kept between batches for the partitions we own (resident.py); 0: none.
@@ -80,6 +81,12 @@ class Projection:
             # Range gives partition p of every inbound topic to the same instance: a
             # channel's facts on all three topics meet in one merge (merge.py).
             partition_assignment_strategy=(RangePartitionAssignor,),
+            # UNIFIER_KAFKA_SESSION_TIMEOUT_MS; heartbeats three times per session, as
+            # aiokafka's defaults (10 s / 3 s) do. A rebalance still waits up to 10 s for
+            # every member to rejoin: a batch in flight finishes first (seek_to_stored).
+            session_timeout_ms=session_timeout_ms,
+            heartbeat_interval_ms=max(100, session_timeout_ms // 3),
+            rebalance_timeout_ms=max(10_000, session_timeout_ms),
         )
         self.merge = CoPartitionMerge()
         self.healthy = False

@@ -37,8 +37,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     # The long-running commands say what they do; one-shot commands only what goes wrong.
     logs.setup(settings.log_level or ("INFO" if args.command in LONG_RUNNING else "WARNING"), settings.log_format)
     kafka.use(settings)
+    # A command may ask for uvloop (`set_defaults(uvloop=True)`: `unifier api`).
+    run = _uvloop_run if getattr(args, "uvloop", False) else asyncio.run
     try:
-        return int(asyncio.run(args.handler(settings, args)) or 0)
+        return int(run(args.handler(settings, args)) or 0)
     except UsageError as err:
         print(f"unifier: {err}", file=sys.stderr)
         return 2
@@ -52,6 +54,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 LONG_RUNNING = frozenset({"run", "api"})
+
+
+def _uvloop_run(main: Any) -> Any:
+    import uvloop
+
+    return uvloop.run(main)
 
 
 def _parser() -> argparse.ArgumentParser:

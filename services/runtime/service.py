@@ -84,7 +84,10 @@ async def _serve(
     if not settings.kafka_bootstrap and (log_id := embedded_log_id(settings.data_dir)) is not None:
         if await repo.adopt_log(pool, log_id):
             log.warning("the embedded broker started with an empty log: inbound offsets restart at 0")
-    projection = Projection(pool, bootstrap, topics, settings.consumer_group, settings.batch_max, settings.resident_users)
+    projection = Projection(
+        pool, bootstrap, topics, settings.consumer_group, settings.batch_max, settings.resident_users,
+        session_timeout_ms=settings.kafka_session_timeout_ms,
+    )
     relay = Relay(
         pool, bootstrap, f"unifier-relay:{settings.db_schema}", idempotence=settings.kafka_idempotence,
         max_message_bytes=settings.max_message_bytes,

@@ -42,10 +42,14 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
 
 async def create_pool(
     database_url: str, schema: str, *, min_size: int = 1, max_size: int = 4, migrate: bool = True,
+    generic_plans: bool = False,
 ) -> asyncpg.Pool:
     """`migrate=False`: use the schema as it is (its DDL takes table locks: a process
     that only reads and publishes must not queue them behind a running projection's
-    batches, nor a batch behind them)."""
+    batches, nor a batch behind them). `generic_plans=True`:
+    PostgreSQL's default plan cache (a prepared statement planned once per connection
+    when the plan does not depend on the values), for statements whose plan is the same
+    whatever the values (the API's hot reads: planning cost more than executing)."""
     if migrate:
         await ensure_schema(database_url, schema)
     return await asyncpg.create_pool(
@@ -58,7 +62,8 @@ async def create_pool(
         # and at 4 the planner looked up a small batch's users and identities by a seq
         # scan of both tables (7 ms instead of 2 for 50 keys on 20k identities).
         server_settings={
-            "search_path": schema, "application_name": "unifier", "plan_cache_mode": "force_custom_plan",
+            "search_path": schema, "application_name": "unifier",
+            "plan_cache_mode": "auto" if generic_plans else "force_custom_plan",
             "random_page_cost": "1.1",
         },
     )

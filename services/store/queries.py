@@ -18,12 +18,14 @@ async def find_user(conn: asyncpg.Connection | asyncpg.Pool, channel_id: str, by
     """The user's JSON for `unifier user show`, or None (deleted users included).
 
     `by` is id | member | veil | email | mobile. A contact several users share picks
-    members first, then the latest lastSeenAt (docs/contract.md)."""
+    members first, then the latest lastSeenAt (docs/contract.md). One round trip for a
+    member (its grades come with it); a lead or anonymous user asks for its candidates."""
     if by == "id":
-        row = await conn.fetchrow("SELECT state FROM users WHERE id = $1 AND channel_id = $2", value, channel_id)
+        row = await conn.fetchrow(f"SELECT u.state, {GRADES} FROM users u WHERE u.id = $1 AND u.channel_id = $2",
+                                  value, channel_id)
     else:
         row = await conn.fetchrow(
-            """SELECT u.state FROM identities i JOIN users u ON u.id = i.user_id
+            f"""SELECT u.state, {GRADES} FROM identities i JOIN users u ON u.id = i.user_id
                 WHERE i.channel_id = $1 AND i.kind = $2 AND i.value = $3
                 ORDER BY (u.type = 'member') DESC, u.last_seen_at DESC NULLS LAST, u.id
                 LIMIT 1""",
@@ -37,10 +39,28 @@ async def find_user(conn: asyncpg.Connection | asyncpg.Pool, channel_id: str, by
     if user.merged_into is not None:
         return {"id": user.id, "mergedInto": user.merged_into}
     view = user_view(user)
-    view["grades"] = await grades_of(conn, channel_id, view)
+    view["grades"] = row["grades"] or []
     candidates = await member_candidates(conn, user)
     view["unification"] = {"candidates": candidates, "pendingInto": user.pending_into}
     return view
+
+
+GRADES = """(SELECT json_agg(json_build_object('name', g.name, 'colour', g.colour) ORDER BY g.name)
+               FROM grades g
+              WHERE g.channel_id = u.channel_id AND NOT u.masked AND g.name IN (
+                    SELECT h.name FROM identities i
+                      JOIN grade_holders h ON h.channel_id = i.channel_id AND h.value = i.value
+                           AND h.kind = CASE i.kind WHEN 'member' THEN 'memberId' WHEN 'mobile' THEN 'mobileNumber'
+                                                    ELSE 'email' END
+                     WHERE i.user_id = u.id AND i.channel_id = u.channel_id AND i.kind IN ('member', 'email', 'mobile')
+                       AND (i.kind = 'member' OR i.qualified))) AS grades"""
+"""The `grades` column of a users row `u`, in the same statement as the row (one round
+trip per read instead of two): `grades_of` in SQL. The keys of `grade_keys` — memberId
+and the *qualified* e-mail and mobile number, none when masked (I17) — are the user's
+`identities` rows of those kinds (directory.identities writes exactly the live user's
+current keys, in the user's transaction), each an index lookup; not the state's JSON,
+which PostgreSQL would parse whole for every key. `[{"name", "colour"}]` by name, or
+NULL for none; tests/integration/test_grades.py checks both give the same."""
 
 
 def grade_keys(user_json: dict[str, Any]) -> list[tuple[str, str]]:
@@ -204,7 +224,11 @@ async def search_users(
     sql, args = search_sql(channel_id, f, limit=limit, cursor=cursor, q_ids=q_ids, tag_ids=tag_ids)
     rows = await conn.fetch(sql, *args)
     users = [User.from_json(r["state"]) for r in rows[:limit]]
-    items = [await user_json(conn, u) for u in users]
+    items = []
+    for user, row in zip(users, rows, strict=False):
+        view = user_view(user)
+        view["grades"] = row["grades"] or []
+        items.append(view)
     return items, encode_cursor(users[-1].id) if len(rows) > limit else None
 
 
@@ -318,7 +342,7 @@ def search_sql(
     if cursor is not None:
         (after,) = decode_cursor(cursor, str)
         where.append(f"u.id > {arg(after)}")
-    return f"SELECT u.state FROM users u WHERE {' AND '.join(where)} ORDER BY u.id LIMIT {arg(limit + 1)}", args
+    return f"SELECT u.state, {GRADES} FROM users u WHERE {' AND '.join(where)} ORDER BY u.id LIMIT {arg(limit + 1)}", args
 
 
 def _phone_prefix(q: str) -> str | None:

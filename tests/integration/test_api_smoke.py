@@ -40,3 +40,51 @@ async def test_api_on_a_taken_port_raises_instead_of_exiting_the_process(setting
         port = taken.getsockname()[1]
         with pytest.raises(ApiStartError, match=str(port)):
             await asyncio.wait_for(serve(create_app(settings), f"127.0.0.1:{port}", asyncio.Event()), 60)
+
+
+async def test_api_workers_answer_on_one_address_and_stop_together(settings: Settings) -> None:
+    """`unifier api --workers N` (docs/operations.md, "Running the API"): N processes
+    answer on one address; SIGTERM stops them all (exit 0); a worker that dies stops the
+    others and the supervisor exits 1, for the process manager to restart the whole
+    rather than leave an API at half its capacity that looks healthy; a supervisor
+    killed outright takes its workers with it."""
+    import asyncio
+    import signal
+
+    import httpx
+    import psutil
+
+    from services.platform.embedded import free_port
+    from tests.support.imports import start_unifier
+    from tests.support.infra import wait_for
+
+    for ending in ("sigterm", "worker dies", "supervisor killed"):
+        port = free_port()
+        proc = await start_unifier(settings, "api", "--workers", "2", UNIFIER_HTTP_ADDR=f"127.0.0.1:{port}")
+        try:
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
+
+                async def answering() -> bool:
+                    try:
+                        return (await http.get("/v1/channels/ch1/users/u1")).status_code == 401
+                    except httpx.TransportError:
+                        return False
+
+                await wait_for(answering, timeout=90)
+            workers = [p for p in psutil.Process(proc.pid).children() if "services.api.workers" in p.cmdline()]
+            assert len(workers) == 2
+            if ending == "sigterm":
+                proc.send_signal(signal.SIGTERM)
+                assert await asyncio.wait_for(proc.wait(), 60) == 0
+            elif ending == "worker dies":
+                workers[0].kill()
+                assert await asyncio.wait_for(proc.wait(), 60) == 1
+            else:  # no orphan keeps serving (and holding the port)
+                proc.kill()
+                await proc.wait()
+                psutil.wait_procs(workers, timeout=30)
+            assert not any(w.is_running() and w.status() != psutil.STATUS_ZOMBIE for w in workers)
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()

@@ -223,3 +223,56 @@ async def test_h1_i17_p2_channel_settings_secret_write_only(module_api: LiveApi)
         assert r.json()["muLimit"] is None and r.json()["memberHashSecretSet"] is True
         bad = await http.patch(f"/v1/channels/{ch}/settings", json={"fields": {"age": "colour"}})
         assert bad.status_code == 422 and len(bad.json()["errors"]) == 2  # the key and the type
+
+
+async def test_hot_reads_answer_byte_for_byte_as_the_routes_and_leave_every_refusal_to_them(module_api: LiveApi) -> None:
+    """docs/contract.md "HTTP API" (Reads, Auth), D2, U8: a user by id and a lookup by
+    e-mail are answered before routing (services/api/hot.py) with the same status,
+    headers and bytes as the routes give (reached here through a parameter the routes
+    ignore); what the hot path does not answer — 404, 410, 422, no key, a key of another
+    channel — the routes do; and a revoked key is refused within auth.CACHE_S there too."""
+    from services.api.auth import CACHE_S
+
+    ch = new_channel()
+    async with await _admin(module_api) as http:
+        member = (await http.put(f"/v1/channels/{ch}/members/hot-1?wait=10",
+                                 json={"profile": {"email": "hot@example.com"}, "name": "Hot"})).json()
+        assert (await http.put(f"/v1/channels/{ch}/grades/gold?wait=10", json={"colour": "#ffcc00"})).status_code == 200
+        held = await http.post(f"/v1/channels/{ch}/grades/gold/holders?wait=10", json={"email": "hot@example.com"})
+        assert held.status_code == 200, held.text
+        lead_id, _ = await _approved_merge(http, ch)
+
+        def same(hot: httpx.Response, routed: httpx.Response) -> None:
+            assert (hot.status_code, hot.content) == (routed.status_code, routed.content)
+            assert {k: v for k, v in hot.headers.items() if k != "date"} == {
+                k: v for k, v in routed.headers.items() if k != "date"}
+
+        by_id = await http.get(f"/v1/channels/{ch}/users/{member['id']}")
+        assert by_id.status_code == 200 and by_id.json()["grades"] == [{"name": "gold", "colour": "#ffcc00"}]
+        same(by_id, await http.get(f"/v1/channels/{ch}/users/{member['id']}", params={"ignored": "1"}))
+        lookup = await http.get(f"/v1/channels/{ch}/users", params={"email": "hot@example.com"})
+        assert [u["id"] for u in lookup.json()["items"]] == [member["id"]]
+        same(lookup, await http.get(f"/v1/channels/{ch}/users", params={"email": "hot@example.com", "limit": "50"}))
+        same(await http.get(f"/v1/channels/{ch}/users", params={"email": "nobody@example.com"}),
+             await http.get(f"/v1/channels/{ch}/users", params={"email": "nobody@example.com", "limit": "50"}))
+        # Left to the routes: 404, 410 with its Link (U8), 422.
+        assert (await http.get(f"/v1/channels/{ch}/users/u_nobody")).status_code == 404
+        gone = await http.get(f"/v1/channels/{ch}/users/{lead_id}")
+        assert gone.status_code == 410 and "canonical" in gone.headers["link"]
+        assert (await http.get(f"/v1/channels/{ch}/users", params={"email": "not an e-mail"})).status_code == 422
+    async with module_api.client() as anonymous:
+        assert (await anonymous.get(f"/v1/channels/{ch}/users/{member['id']}")).status_code == 401
+    elsewhere = await module_api.key("read", channel=new_channel())
+    async with module_api.client(elsewhere) as http:
+        assert (await http.get(f"/v1/channels/{ch}/users/{member['id']}")).status_code == 403
+    reader = await module_api.key("read", channel=ch, name=f"hot-{ch}")
+    async with module_api.client(reader) as http:
+        assert (await http.get(f"/v1/channels/{ch}/users/{member['id']}")).status_code == 200
+        await module_api.pool.execute("UPDATE api_keys SET revoked_at = now() WHERE name = $1", f"hot-{ch}")
+
+        async def refused() -> bool:
+            by_id = await http.get(f"/v1/channels/{ch}/users/{member['id']}")
+            lookup = await http.get(f"/v1/channels/{ch}/users", params={"email": "hot@example.com"})
+            return by_id.status_code == lookup.status_code == 401
+
+        await wait_for(refused, timeout=CACHE_S + 5)

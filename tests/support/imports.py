@@ -30,6 +30,7 @@ def cli_env(settings: Settings, **extra: str) -> dict[str, str]:
         "UNIFIER_PARTITIONS": str(settings.partitions),
         "UNIFIER_DATA_DIR": str(settings.data_dir),
         "UNIFIER_HTTP_ADDR": "127.0.0.1:0",  # `unifier run` serves the API: never on a shared port
+        "UNIFIER_KAFKA_SESSION_TIMEOUT_MS": str(settings.kafka_session_timeout_ms),  # joins in 2 s, not 5
         **extra,
     }
 

@@ -147,6 +147,14 @@ async def _accepts_connections(url: str) -> bool:
     return True
 
 
+# The projection's consumer-group session in tests (UNIFIER_KAFKA_SESSION_TIMEOUT_MS).
+# tansu holds every group join for half the session, at least 1 s: with the default
+# 10 s each service start (~70 in the suite) waited 5 s before consuming, and stopping a
+# just-started service waited for that join too. 3 s joins in 2 s and still tolerates a
+# loaded machine (a heartbeat each second, dropped after 3 s without one).
+TEST_SESSION_TIMEOUT_MS = 3000
+
+
 def isolated_settings(infra: Infra, data_dir: Path) -> Settings:
     """Settings on the session's infrastructure with names no other test uses."""
     tag = secrets.token_hex(4)
@@ -159,6 +167,7 @@ def isolated_settings(infra: Infra, data_dir: Path) -> Settings:
         data_dir=data_dir,
         metrics_port=0,
         http_addr="127.0.0.1:0",
+        kafka_session_timeout_ms=TEST_SESSION_TIMEOUT_MS,
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -63,9 +64,18 @@ class Publisher:
         await self.send(self.topics.commands, events)
 
 
-async def read_topic(settings: Settings, topic: str, timeout_ms: int = 500) -> list[tuple[str | None, Any]]:
-    """Everything on `topic` now, as (key, decoded value or None for a tombstone)."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False, group_id=None)
+async def read_topic(settings: Settings, topic: str, timeout: float = 60.0) -> list[tuple[str | None, Any]]:  # noqa: ASYNC109
+    """Everything on `topic` now, as (key, decoded value or None for a tombstone).
+
+    Each partition is read up to the high watermark its fetch responses carry (exact
+    on tansu and on Kafka; tansu's ListOffsets answer lags), so a read ends as soon as
+    it has caught up rather than after a guessed quiet time. `timeout` bounds a broker
+    that never lets a partition catch up.
+    """
+    # A short fetch wait: a caught-up partition's empty answer comes at once, not after 0.5 s.
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False, group_id=None, fetch_max_wait_ms=20
+    )
     await consumer.start()
     try:
         await consumer.topics()  # fetch metadata
@@ -76,12 +86,21 @@ async def read_topic(settings: Settings, topic: str, timeout_ms: int = 500) -> l
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         out: list[tuple[str | None, Any]] = []
+        deadline = time.monotonic() + timeout
         while True:
-            batch = await consumer.getmany(timeout_ms=timeout_ms, max_records=10_000)
-            if not batch:
-                return out
+            batch = await consumer.getmany(timeout_ms=50, max_records=10_000)
             for msgs in batch.values():
                 for m in msgs:
                     out.append((m.key.decode() if m.key else None, None if m.value is None else orjson.loads(m.value)))
+            behind = [tp for tp in tps if not await _caught_up(consumer, tp)]
+            if not behind:
+                return out
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{topic}: partitions {behind} not read to their end within {timeout}s")
     finally:
         await consumer.stop()
+
+
+async def _caught_up(consumer: AIOKafkaConsumer, tp: TopicPartition) -> bool:
+    high = consumer.highwater(tp)  # None until a fetch response for tp arrived
+    return high is not None and await consumer.position(tp) >= high

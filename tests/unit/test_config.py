@@ -287,3 +287,13 @@ def test_faststream_gets_the_same_security_as_aiokafka() -> None:
 
     assert isinstance(security, SASLScram512) and security.use_ssl
     assert kafka.faststream_security("127.0.0.1:1") is None
+
+
+def test_kafka_session_timeout_defaults_to_10_s_and_is_bounded() -> None:
+    """UNIFIER_KAFKA_SESSION_TIMEOUT_MS: the projection's group session (tests run with 3 s:
+    tansu holds each join for half of it)."""
+    assert Settings.from_env({}).kafka_session_timeout_ms == 10_000
+    assert Settings.from_env({"UNIFIER_KAFKA_SESSION_TIMEOUT_MS": "3000"}).kafka_session_timeout_ms == 3000
+    for bad in ("999", "300001", "soon"):
+        with pytest.raises(ConfigError, match="UNIFIER_KAFKA_SESSION_TIMEOUT_MS"):
+            Settings.from_env({"UNIFIER_KAFKA_SESSION_TIMEOUT_MS": bad})

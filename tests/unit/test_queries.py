@@ -13,14 +13,15 @@ CH = "ch_q"
 
 
 class FakeConn:
-    """Answers find_user's query for the user's state; any other query is a failure."""
+    """Answers find_user's query for the user's state and grades (one statement, none
+    held here); any other query is a failure."""
 
     def __init__(self, *users: User) -> None:
         self.users = {u.id: u for u in users}
 
     async def fetchrow(self, sql: str, user_id: str, channel_id: str) -> dict[str, Any] | None:
         user = self.users.get(user_id)
-        return None if user is None or user.channel_id != channel_id else {"state": orjson.loads(orjson.dumps(user.to_json()))}
+        return None if user is None or user.channel_id != channel_id else {"state": orjson.loads(orjson.dumps(user.to_json())), "grades": None}
 
     async def fetch(self, sql: str, *args: Any) -> list[dict[str, Any]]:
         raise AssertionError("a user without a qualified contact has no candidates to look up")
