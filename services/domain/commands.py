@@ -38,7 +38,7 @@ def _resolved(w: Work, user_id: str) -> User:
 def on_profile_update(w: Work) -> None:
     """Staff/API edits: qualified (C4); an anonymous user given contact data is a lead (C2)."""
     msg = w.fact.msg
-    user = _live(w, msg.userId).copy()
+    user = w.edit(_live(w, msg.userId))
     is_member = user.type == "member"
     values = profile_values(msg.profile, w.settings, qualified=True, member=is_member, at=w.at)
     if msg.name is not None:
@@ -73,7 +73,7 @@ def on_member_upsert(w: Work) -> None:
         values["name"] = Value(msg.name, True, True, w.at)
     found = w.directory.by_member(w.channel_id, member_id)
     if found is not None:
-        user = found.copy()
+        user = w.edit(found)
     else:
         uid = member_user_id(w.channel_id, member_id)
         if w.directory.get(uid) is not None:
@@ -99,7 +99,7 @@ def on_lead_create(w: Work) -> None:
             leads = [u for u in w.directory.by_contact(w.channel_id, kind, val.v, qualified_only=True) if u.type == "lead"]
             existing = max(leads, key=lambda u: (u.last_seen_at or 0, u.id)) if leads else None
     if existing is not None:
-        user = existing.copy()
+        user = w.edit(existing)
     else:
         user = User(id=fact_user_id(w.channel_id, w.fact.event_id), channel_id=w.channel_id, type="lead", created_at=w.at, updated_at=w.at)
     set_values(user, values)
@@ -114,7 +114,7 @@ def on_delivered(w: Work) -> None:
     Receiving a message does not make a lead (C2), but it is contact (B4): a customer
     who only receives campaigns is not deleted as silent."""
     msg = w.fact.msg
-    user = _resolved(w, msg.userId).copy()
+    user = w.edit(_resolved(w, msg.userId))
     user.delivered = sorted({*user.delivered, msg.campaignId})
     user.last_contact_at = max(user.last_contact_at or w.at, w.at)
     w.put(user)
@@ -134,7 +134,7 @@ def on_cancel(w: Work) -> None:
     source = _live(w, msg.sourceUserId)
     if source.pending_into is None:
         raise Rejected("not_pending", f"user {msg.sourceUserId!r} has no pending unification")
-    left = source.copy()
+    left = w.edit(source)
     left.pending_into = left.pending_since = None
     w.put(left)
 
@@ -147,7 +147,7 @@ def on_block(w: Work) -> None:
     blocked = msg.type == "user.block"
     if user.blocked == blocked:
         return
-    changed = user.copy()
+    changed = w.edit(user)
     changed.blocked = blocked
     w.put(changed)
     if blocked:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from .user import CONTACT_KEYS, EMAIL, User
+from .user import CONTACT_KEYS, EMAIL, MOBILE, User, Value
 
 Identity = tuple[str, str, bool]  # (kind, value, qualified); kind: veil | member | email | mobile | pending
 
@@ -28,6 +28,26 @@ def identities(user: User) -> frozenset[Identity]:
         if val is not None and val.v is not None:
             keys.add(("email" if key == EMAIL else "mobile", val.v, val.q))
     return frozenset(keys)
+
+
+# What `identities` reads of a user, cheap to compare: when it is unchanged, so are the
+# identities (a visit, a profile edit), and `put` need not rebuild and compare them.
+_Sig = tuple[bool, "str | None", "str | None", "str | None", "Value | None", "Value | None", frozenset[str]]
+
+
+def _signature(user: User) -> _Sig:
+    f = user.fields
+    return (user.deleted, user.merged_into, user.member_id, user.pending_into, f.get(EMAIL), f.get(MOBILE),
+            frozenset(user.veils))
+
+
+def _same_signature(sig: _Sig, user: User) -> bool:
+    f = user.fields
+    return (
+        sig[0] == user.deleted and sig[1] == user.merged_into and sig[2] == user.member_id
+        and sig[3] == user.pending_into and sig[4] == f.get(EMAIL) and sig[5] == f.get(MOBILE)
+        and user.veils.keys() == sig[6]
+    )
 
 
 class GradeBook:
@@ -53,6 +73,7 @@ class Directory:
         self._users: dict[str, User] = {}
         self._by_key: dict[tuple[str, str, str], set[str]] = {}
         self._ids: dict[str, frozenset[Identity]] = {}
+        self._sigs: dict[str, _Sig] = {}  # what each user's identities were computed from
         self.changed: dict[str, User] = {}  # id -> latest state, in first-change order
         for user in users:
             self._index(user, identities(user))
@@ -106,10 +127,16 @@ class Directory:
 
     def put(self, user: User) -> None:
         """Replace a user's state (or add a new user) and re-index it."""
+        sig = self._sigs.get(user.id)
+        if sig is not None and _same_signature(sig, user):  # the identities cannot have moved
+            self._users[user.id] = user
+            self.changed[user.id] = user
+            return
         old = self._ids.get(user.id)
         keys = identities(user)
         if keys == old:  # most changes (a visit, a profile edit) keep the lookup keys
             self._users[user.id] = user
+            self._sigs[user.id] = _signature(user)
         else:
             for kind, value, _q in old or ():
                 bucket = self._by_key.get((user.channel_id, kind, value))
@@ -124,6 +151,7 @@ class Directory:
             user = self._users[user_id]
             self._by_key.get((user.channel_id, kind, value), set()).discard(user_id)
         self._users.pop(user_id, None)
+        self._sigs.pop(user_id, None)
         self.changed.pop(user_id, None)
 
     def users(self) -> Iterable[User]:
@@ -140,6 +168,7 @@ class Directory:
         """Stop holding an unchanged user (a memory budget); the keys it was found by."""
         user = self._users.pop(user_id)
         keys = self._ids.pop(user_id, frozenset())
+        self._sigs.pop(user_id, None)
         for kind, value, _q in keys:
             bucket = self._by_key.get((user.channel_id, kind, value))
             if bucket is not None:
@@ -158,6 +187,7 @@ class Directory:
         """Hold `user` and find it by `keys`, its identities."""
         self._users[user.id] = user
         self._ids[user.id] = keys
+        self._sigs[user.id] = _signature(user)
         for kind, value, _q in keys:
             self._by_key.setdefault((user.channel_id, kind, value), set()).add(user.id)
 

@@ -8,6 +8,7 @@ row, both with the reason.
 """
 
 from collections.abc import Callable
+from functools import lru_cache
 
 from services.domain.values import Rejected, ValueRejected, normalize_email, normalize_mobile
 
@@ -20,6 +21,15 @@ _PLACEHOLDER_KEYS = frozenset(p.lower() for p in PLACEHOLDERS)
 
 class IdentifierRejected(Rejected):
     """An identifier that must not be used to match or merge (G1)."""
+
+
+def _remembered(clean: Callable[[str | None], str]) -> Callable[[str | None], str]:
+    """Remember the last identifiers cleaned: the projection cleans every fact's ids to
+    know which users to load, then the handler cleans them again, and SDK facts repeat
+    the same visitor's ids (issue 14: ids and keys computed once per fact). Pure
+    functions of the text, so remembering changes nothing; a refused identifier raises
+    every time (exceptions are not remembered)."""
+    return lru_cache(maxsize=65_536)(clean)  # type: ignore[return-value]
 
 
 def is_placeholder(raw: str | None) -> bool:
@@ -38,21 +48,25 @@ def _identifying(raw: str | None, what: str) -> str:
     return raw.strip()
 
 
+@_remembered
 def clean_member_id(raw: str | None) -> str:
     """The memberId, trimmed; case is kept, since sites' account ids may be case-sensitive."""
     return _identifying(raw, "memberId")
 
 
+@_remembered
 def clean_veil_id(raw: str | None) -> str:
     """The veilId (browser/app identifier), trimmed."""
     return _identifying(raw, "veilId")
 
 
+@_remembered
 def clean_email(raw: str | None) -> str:
     """The e-mail in its U9 matching form (trimmed, lower-case)."""
     return _contact(normalize_email, _identifying(raw, "e-mail address"))
 
 
+@_remembered
 def clean_mobile(raw: str | None) -> str:
     """The mobile number in its U9 matching form (E.164)."""
     return _contact(normalize_mobile, _identifying(raw, "mobile number"))

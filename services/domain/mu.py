@@ -41,12 +41,18 @@ def account(w: Work, budget: MuBudget) -> None:
     users this fact made MU (new, or anonymous before), in the order it touched them.
     Users that were MU already are never masked by it (I17: an update never masks or
     unmasks), nor an unblocked user (B1 lets staff take it back)."""
+    from .core import Snapshot  # core imports this module
+
     fresh: list[User] = []
     for user_id, before in w.before.items():
         after = w.directory.get(user_id)
         now = mu_visible(after)
-        budget.visible += now - mu_visible(before)
-        if now and after is not None and (before is None or before.type == "anonymous"):
+        if isinstance(before, Snapshot):  # changed in place: what it was is in the snapshot
+            was, was_new = before.mu_visible(), before.type == "anonymous"
+        else:
+            was, was_new = mu_visible(before), before is None or before.type == "anonymous"
+        budget.visible += now - was
+        if now and after is not None and was_new:
             fresh.append(after)
     for user in fresh:
         if budget.visible <= budget.limit:

@@ -9,6 +9,7 @@ message of a user.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from operator import attrgetter
 from typing import Any
 
 from .ids import outbound_event_id
@@ -39,6 +40,32 @@ def _flat(view: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _present_keys(view: dict[str, Any]) -> list[str]:
+    """`changedKeys` of a first message: every flattened key with a value, but the quiet
+    ones — `sorted(k for k, v in _flat(view).items() if k not in _QUIET and v is not None)`
+    without building the flattened dict (tests/unit/test_publication.py holds them equal)."""
+    keys = []
+    for key, val in view.items():
+        if val is None:
+            continue
+        if key in _NESTED and isinstance(val, dict):
+            joined = _NESTED[key]
+            for sub, subval in val.items():
+                if subval is not None:
+                    flat = joined.get(sub)
+                    keys.append(flat if flat is not None else f"{key}.{sub}")
+        else:
+            keys.append(key)
+    return sorted(k for k in keys if k not in _QUIET)
+
+
+# The flattened names of the platforms' keys, spelled once (profile keys are open-ended).
+_NESTED: dict[str, dict[str, str]] = {
+    "profile": {},
+    **{p: {sub: f"{p}.{sub}" for sub in ("sessionsCount", "lastSeenAt", *DEVICE_KEYS)} for p in ("web", "mobile")},
+}
+
+
 def changed_keys(before: User | None, after: User) -> list[str]:
     """The reference definition of `changedKeys`: the flattened views compared key by key."""
     old = _flat(user_view(before)) if before is not None else {}
@@ -60,6 +87,11 @@ _LISTS = (
 )
 
 
+# Read in one C call each (attrgetter) rather than attribute by attribute.
+_PLAIN_KEYS, _PLAIN_OF = tuple(k for _a, k in _PLAIN), attrgetter(*(a for a, _k in _PLAIN))
+_LIST_KEYS, _LISTS_OF = tuple(k for _a, k in _LISTS), attrgetter(*(a for a, _k in _LISTS))
+
+
 def _diff(before: User, after: User) -> list[str]:
     """`changed_keys(before, after)` for two users, from their attributes: building and
     flattening both views cost more than the rest of a typical fact. Masking nulls whole
@@ -67,9 +99,8 @@ def _diff(before: User, after: User) -> list[str]:
     tests/unit/test_publication.py holds the two equal."""
     if before.masked or after.masked:
         return changed_keys(before, after)
-    keys = [key for attr, key in _PLAIN if getattr(before, attr) != getattr(after, attr)]
-    for attr, key in _LISTS:
-        old, new = getattr(before, attr), getattr(after, attr)
+    keys = [key for key, old, new in zip(_PLAIN_KEYS, _PLAIN_OF(before), _PLAIN_OF(after), strict=True) if old != new]
+    for key, old, new in zip(_LIST_KEYS, _LISTS_OF(before), _LISTS_OF(after), strict=True):
         if old != new and list(old) != list(new):
             keys.append(key)
     if before.fields != after.fields:
@@ -147,7 +178,7 @@ def publish(
     if first or before is None:
         if messages:
             view = user_view(after)  # built once: for the keys and, with updatedAt moved, the message
-            keys = sorted(k for k, v in _flat(view).items() if k not in _QUIET and v is not None)
+            keys = _present_keys(view)
     else:
         if _visible(before) == _visible(after):
             return after, []  # e.g. another boot in the same session: only quiet keys moved

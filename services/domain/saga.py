@@ -93,7 +93,7 @@ def approve(w: Work, source_id: str, target_id: str) -> None:
     if not source.booted or (target.last_login_at is not None and target.last_login_at >= w.at):
         do_merge(w, source, target)
         return
-    waiting = source.copy()
+    waiting = w.edit(source)
     waiting.pending_into, waiting.pending_since = target.id, w.at
     w.put(waiting)
 
@@ -150,11 +150,11 @@ def on_member_login(w: Work, member: User) -> None:
 def cancel_pending(w: Work, user: User) -> None:
     """U6: deleting or blocking either side cancels a pending unification."""
     if user.pending_into is not None:
-        left = (w.directory.get(user.id) or user).copy()
+        left = w.edit(w.directory.get(user.id) or user)
         left.pending_into = left.pending_since = None
         w.put(left)
     for source in w.directory.pending_for(w.channel_id, user.id):
-        left = source.copy()
+        left = w.edit(source)
         left.pending_into = left.pending_since = None
         w.put(left)
 

@@ -67,12 +67,12 @@ def _visitor(w: Work, veil: str, member_id: str | None) -> User:
         _release_veil(w, cur, veil)
         cur = None
     if member_id is None:
-        return cur.copy() if cur is not None else new_anonymous(w, veil)
+        return w.edit(cur) if cur is not None else new_anonymous(w, veil)
 
     member = d.by_member(ch, member_id)
     if member is None:
         if cur is not None and cur.type != "member":
-            became = cur.copy()  # U2: no member has this memberId: the same user becomes it
+            became = w.edit(cur)  # U2: no member has this memberId: the same user becomes it
             became.type, became.member_id = "member", member_id
             # U6: a source that becomes a member itself is no source any more (U1: never
             # member into member): its pending unification and offered candidates go.
@@ -83,10 +83,10 @@ def _visitor(w: Work, veil: str, member_id: str | None) -> User:
             _release_veil(w, cur, veil)
         return _new_member(w, member_id)
     if cur is None or cur.id == member.id:
-        return member.copy()
+        return w.edit(member)
     if cur.type == "member":
         _release_veil(w, cur, veil)
-        return member.copy()
+        return w.edit(member)
     source, target, record = merge(cur, member, at, w.fact.event_id)  # U2: merged at once
     w.put(source)
     w.outcome.merges.append(record)
@@ -112,7 +112,7 @@ def _new_member(w: Work, member_id: str) -> User:
 
 
 def _release_veil(w: Work, user: User, veil: str) -> None:
-    left = user.copy()
+    left = w.edit(user)
     left.veils.pop(veil, None)
     if veil in left.mobile_veils:
         left.mobile_veils = [v for v in left.mobile_veils if v != veil]
@@ -139,7 +139,7 @@ def on_chat(w: Work) -> None:
         # A web form matched by e-mail: the customer already holds that address as
         # qualified; what the visitor typed stays typing and is not added to it (C4).
         contacts = {}
-    user = found.copy() if found is not None else new_anonymous(w, veil)
+    user = w.edit(found) if found is not None else new_anonymous(w, veil)
     if not matched:
         # D1b: a help-desk match attaches the inquiry, never the sender's veil: a contact
         # anyone can claim in a chat must not make that browser the customer (only a
@@ -197,7 +197,7 @@ def on_contact(w: Work) -> None:
         values[EMAIL] = Value(clean_email(msg.email), False, is_member, w.at)
     if msg.mobileNumber is not None:
         values[MOBILE] = Value(clean_mobile(msg.mobileNumber), False, is_member, w.at)
-    user = found.copy() if found is not None else new_anonymous(w, veil)
+    user = w.edit(found) if found is not None else new_anonymous(w, veil)
     user.veils.setdefault(veil, w.at)
     user.last_contact_at = max(user.last_contact_at or w.at, w.at)
     set_values(user, values)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from .sessions import DEVICE_KEYS
 from .user import CONTACT_KEYS, Platform, User
 
 _PREFIX = "profile."
@@ -53,5 +52,12 @@ def user_view(user: User) -> dict[str, Any]:
 
 
 def _platform(p: Platform) -> dict[str, Any]:
-    """Every device key present (null when unknown), as the contract writes absent values."""
-    return {"sessionsCount": p.sessions_count, "lastSeenAt": p.last_seen_at, **{k: p.device.get(k) for k in DEVICE_KEYS}}
+    """Every device key present (null when unknown), as the contract writes absent values.
+    Spelled out in DEVICE_KEYS' order (a comprehension merged in cost twice as much; every
+    message builds two); tests/unit/test_publication.py checks them against sessions.DEVICE_KEYS."""
+    get = p.device.get
+    return {
+        "sessionsCount": p.sessions_count, "lastSeenAt": p.last_seen_at, "browser": get("browser"),
+        "browserName": get("browserName"), "os": get("os"), "osName": get("osName"), "device": get("device"),
+        "appName": get("appName"), "appVersion": get("appVersion"),
+    }

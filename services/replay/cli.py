@@ -42,6 +42,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--lock-timeout", type=positive_int, default=60, metavar="SECONDS",
                    help="give up the switch when the live tables stay locked this long (default 60)")
     p.add_argument("--drop-archive", action="store_true", help="drop the previous live schema after the switch")
+    p.add_argument("--memory-mb", type=positive_int, metavar="MB",
+                   help="memory for the users held while building, all workers together; past it the log is "
+                        "applied batch by batch instead, slower (default: 3/4 of the memory available at start)")
     p.set_defaults(handler=_replay)
 
 
@@ -68,13 +71,15 @@ async def _replay(settings: Settings, args: argparse.Namespace) -> int:
     from services.platform.embedded import infrastructure
 
     from .replay import Options, dry_run, rebuild
+    from .resident import default_budget
 
     gc_tuning.tune()
 
     if args.since is not None and not args.dry_run:
         raise UsageError("--since only goes with --dry-run")
     options = Options(batch=args.batch, workers=args.workers, quiet_s=args.quiet_ms / 1000, lock_timeout_s=args.lock_timeout,
-                      drop_archive=args.drop_archive)
+                      drop_archive=args.drop_archive,
+                      memory_budget=args.memory_mb << 20 if args.memory_mb else default_budget())
     topics = Topics(settings.topic_prefix)
     tally = Tally()
     async with infrastructure(settings) as (bootstrap, database_url):

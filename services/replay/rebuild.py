@@ -28,8 +28,9 @@ from services.projection.records import Record
 from services.store import repository as repo
 from services.store.pool import create_pool
 
+from . import indexes
 from .log import LogReader, Partition
-from .resident import Resident
+from .resident import OverBudget, Resident
 
 log = logging.getLogger("unifier.replay")
 
@@ -112,11 +113,15 @@ async def copy_channels(source: asyncpg.Connection | asyncpg.Pool, source_schema
 
 async def build(
     pool: asyncpg.Pool, bootstrap: str, topics: Topics, *, batch: int, quiet_s: float, tally: Tally,
-    workers: int = 1, database_url: str | None = None, schema: str | None = None,
+    workers: int = 1, database_url: str | None = None, schema: str | None = None, memory_budget: int | None = None,
 ) -> dict[Partition, int]:
     """Apply the whole retained log to the (fresh) schema of `pool`; the end offsets
     consumed per partition (every inbound partition, 0 for an empty one). With
-    `workers` > 1 the channels are shared out among worker processes (`shards.py`)."""
+    `workers` > 1 the channels are shared out among worker processes (`shards.py`).
+    `memory_budget` (bytes, all workers together) bounds the users held in memory: past
+    it the log is applied batch by batch instead (`resident.OverBudget`).
+    The tables written once at the end get their secondary indexes after (`indexes.py`)."""
+    deferred = await indexes.defer(pool)
     if workers > 1:
         from .shards import ShardOverlap, build_sharded, reap, spawn
 
@@ -128,7 +133,12 @@ async def build(
                 tally.total = reader.total
                 stops = reader.stops
             try:
-                clocks = await build_sharded(procs, database_url, bootstrap, topics, schema, stops, batch=batch, tally=tally)
+                clocks = await build_sharded(
+                    procs, database_url, bootstrap, topics, schema, stops, batch=batch, tally=tally,
+                    memory_budget=memory_budget,
+                )
+            except OverBudget as err:
+                failed = err
             except ShardOverlap as overlap:
                 log.warning("replay: %s; rebuilding with every worker reading the whole log", overlap)
                 await reap(procs)
@@ -138,6 +148,7 @@ async def build(
                 try:
                     clocks = await build_sharded(
                         procs, database_url, bootstrap, topics, schema, stops, batch=batch, tally=tally, by="channel",
+                        memory_budget=memory_budget,
                     )
                 except RuntimeError as err:  # a worker failed again
                     failed = err
@@ -147,14 +158,16 @@ async def build(
         async with LogReader(bootstrap, topics.inbound, quiet_s=quiet_s) as reader:
             tally.total = reader.total
             try:
-                await apply_all(pool, topics, reader.merged(batch), tally, keeper=Resident(pool, topics))
+                await apply_all(pool, topics, reader.merged(batch), tally, keeper=Resident(pool, topics, memory_budget=memory_budget))
                 failed = None
             except NOT_THE_RECORD:
                 raise
-            except Exception as err:  # the store refused what the core accepted
-                failed = err
-            stops = reader.next_offsets
+            except Exception as err:  # the store refused what the core accepted, or OverBudget
+                failed = err.with_traceback(None)  # its frames hold the users: let them go
+            # Failed part-way (OverBudget), the batch-by-batch build reads to the log's end.
+            stops = reader.next_offsets if failed is None else reader.stops
             clocks = reader.next_clocks
+    await indexes.restore(pool, deferred)  # before anything reads the schema, the fallback included
     if failed is not None:
         clocks = await _batch_by_batch(pool, bootstrap, topics, stops, batch=batch, tally=tally, failed=failed)
     await store_offsets(pool, stops, clocks)

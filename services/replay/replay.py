@@ -45,6 +45,7 @@ class Options:
     quiet_s: float = 1.0
     lock_timeout_s: float = 60.0
     drop_archive: bool = False
+    memory_budget: int | None = None  # bytes for the users held while building (resident.OverBudget)
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,7 +94,7 @@ async def rebuild(
         await copy_channels(pool, live, pool)
         built = offsets = await build(
             pool, bootstrap, topics, batch=options.batch, quiet_s=options.quiet_s, tally=tally,
-            workers=options.workers, database_url=database_url, schema=new,
+            workers=options.workers, database_url=database_url, schema=new, memory_budget=options.memory_budget,
         )
         tally.show("replay: log read")
         await pool.execute("TRUNCATE outbox")  # history, never re-sent (switch.py)
@@ -151,7 +152,7 @@ async def dry_run(
         await copy_channels(pool, live, pool)
         await build(
             pool, bootstrap, topics, batch=options.batch, quiet_s=options.quiet_s, tally=tally,
-            workers=options.workers, database_url=database_url, schema=scratch,
+            workers=options.workers, database_url=database_url, schema=scratch, memory_budget=options.memory_budget,
         )
         rebuilt_digest = await state_digest(pool)
     except BaseException:

@@ -11,12 +11,16 @@ applied eventIds still within their window (projection/window.py) at the end. Sa
 core (`run_facts`) and the same rows as the live projection: the state does not depend on where the writes fall (tests/integration/test_resident.py)
 and equals the live service's (tests/integration/test_replay.py).
 
-Memory grows with the users of the rebuilt channels (docs/operations.md, "Replay").
+Memory grows with the users of the rebuilt channels (docs/operations.md, "Replay"):
+about 5 KB per user. A build past its `memory_budget` stops with `OverBudget`, and the
+rebuild redoes the log batch by batch as the live service applies it, in memory bounded
+by the batch (`rebuild._batch_by_batch`): slower, never out of memory.
 """
 
 from __future__ import annotations
 
 import gc
+import os
 
 import asyncpg
 
@@ -40,11 +44,41 @@ from services.store import repository as repo
 DEFAULT_FLUSH_EVERY = 50_000
 
 
+class OverBudget(RuntimeError):
+    """The process holding the users outgrew its memory budget."""
+
+
+def resident_bytes() -> int | None:
+    """This process's resident memory (Linux; None elsewhere: no budget is enforced)."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def default_budget() -> int | None:
+    """Three quarters of the memory available when the rebuild starts (the rest is left
+    to PostgreSQL, the broker and the live service on the same machine)."""
+    try:
+        with open("/proc/meminfo", "rb") as f:
+            for line in f:
+                if line.startswith(b"MemAvailable:"):
+                    return int(line.split()[1]) * 1024 * 3 // 4
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 class Resident:
     """`await r.apply(chunk)` for each canonically ordered chunk, then `await r.finish()`."""
 
-    def __init__(self, pool: asyncpg.Pool, topics: Topics, *, flush_every: int = DEFAULT_FLUSH_EVERY) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, topics: Topics, *, flush_every: int = DEFAULT_FLUSH_EVERY,
+        memory_budget: int | None = None,
+    ) -> None:
         self.pool = pool
+        self.memory_budget = memory_budget  # bytes of this process; None: unbounded
         self.topics = topics
         self.flush_every = flush_every
         self.directory = Directory()
@@ -78,6 +112,10 @@ class Resident:
         # ~40 % of a rebuild's CPU (measured, docs/decisions.md). Frozen objects are
         # still freed by reference counting; `finish` unfreezes them.
         gc.freeze()
+        if self.memory_budget is not None and (held := resident_bytes() or 0) > self.memory_budget:
+            raise OverBudget(
+                f"{held >> 20} MiB held, over the budget of {self.memory_budget >> 20} MiB (--memory-mb)"
+            )
         return result
 
     async def finish(self) -> None:
@@ -89,7 +127,10 @@ class Resident:
             self.seen.forget_expired()
             await bulk.copy_applied(conn, [(c, e, t) for (c, e), t in self.seen.at.items()])
             await bulk.copy_users(conn, users)
-            await bulk.copy_identities(conn, [(u, ids) for u in users if (ids := identities(u))])
+            # The directory's index holds every user's identities as of the last chunk
+            # (settled): no need to derive them again from each user.
+            known = self.directory.loaded_identities
+            await bulk.copy_identities(conn, [(u, ids) for u in users if (ids := known(u.id) or identities(u))])
         gc.unfreeze()
 
     async def _write_pending(self, conn: asyncpg.Connection) -> None:

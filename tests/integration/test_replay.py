@@ -28,6 +28,7 @@ from services.projection.records import canonical_order
 from services.replay import workload
 from services.replay.digest import state_digest
 from services.replay.log import LogReader
+from services.store.pool import ensure_schema
 from tests.support.imports import cli_env as support_cli_env
 from tests.support.infra import wait_for
 from tests.support.service import read_topic, running_service
@@ -296,6 +297,49 @@ async def test_two_workers_rebuild_a_channel_spread_over_partitions_as_one_worke
     assert code == 0, err
     assert orjson.loads(out) == one
     assert "rebuilding with every worker reading the whole log" in err
+
+
+async def test_a_build_over_its_memory_budget_is_redone_batch_by_batch_with_the_same_digest(
+    settings: Settings, pool: asyncpg.Pool,
+) -> None:
+    """Flow 5 / Determinism (resident.py): a build keeps its users in memory; one that
+    outgrows `--memory-mb` (here any: 1 MB) must not run the machine out of memory but
+    stop and apply the log batch by batch as live, ending in the same state, with one
+    worker or several."""
+    assert settings.kafka_bootstrap
+    await configure_hashed_channels(pool)
+    await ensure_topics(settings.kafka_bootstrap, settings.topic_prefix, settings.partitions)
+    await workload.publish(settings.kafka_bootstrap, Topics(settings.topic_prefix),
+                           workload.mixed_facts(2000, rounds=2, channels=CHANNELS, poison_every=50))
+
+    resident = await replay(settings, "--rebuild", "--workers", "1", "--drop-archive")
+    for workers in ("1", "2"):
+        code, out, err = await cli(settings, "replay", "--quiet-ms", "300", "--workers", workers, "--memory-mb", "1",
+                                   "--drop-archive")
+        assert code == 0, err
+        assert orjson.loads(out) == resident
+        assert "OverBudget" in err and "rebuilding batch by batch" in err
+
+
+async def test_a_rebuilt_schema_has_every_index_a_fresh_schema_has(settings: Settings, pool: asyncpg.Pool) -> None:
+    """Flow 5 (indexes.py): a build makes some indexes only after its COPY; the schema
+    switched to must have them all, as `ensure_schema` makes them — by one worker and
+    by two."""
+    assert settings.kafka_bootstrap and settings.database_url
+    await configure_hashed_channels(pool)
+    await ensure_topics(settings.kafka_bootstrap, settings.topic_prefix, settings.partitions)
+    await workload.publish(settings.kafka_bootstrap, Topics(settings.topic_prefix),
+                           workload.mixed_facts(600, channels=CHANNELS))
+    fresh = f"{settings.db_schema}_fresh"
+    await ensure_schema(settings.database_url, fresh)
+    try:
+        query = "SELECT tablename, indexname, replace(indexdef, $1, 'S') FROM pg_indexes WHERE schemaname = $1 ORDER BY 1, 2"
+        expected = [tuple(r) for r in await pool.fetch(query, fresh)]
+        for workers in ("1", "2"):
+            await replay(settings, "--rebuild", "--workers", workers, "--drop-archive")
+            assert [tuple(r) for r in await pool.fetch(query, settings.db_schema)] == expected
+    finally:
+        await pool.execute(f'DROP SCHEMA "{fresh}" CASCADE')
 
 
 async def test_streaming_merge_is_the_canonical_order_and_reads_past_the_reported_ends(settings: Settings) -> None:

@@ -7,9 +7,10 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.domain.publication import _diff, changed_keys, publish
+from services.domain.publication import _QUIET, _diff, _flat, _present_keys, changed_keys, publish
 from services.domain.sessions import DEVICE_KEYS
 from services.domain.user import Platform, User, Value
+from services.domain.view import user_view
 
 _TEXT = st.sampled_from(["a", "b", "", "x@y.z"]) | st.none()
 _VALUE = st.builds(Value, _TEXT | st.integers(0, 2), st.booleans(), st.booleans(), st.integers(0, 3))
@@ -72,3 +73,18 @@ def test_a_rebuild_without_messages_moves_versions_exactly_as_publishing_does(
     assert none == []
     assert without.to_json() == with_messages.to_json()
     assert (without.version > after.version) == bool(pubs)
+
+
+@settings(max_examples=500)
+@given(_user())
+def test_the_keys_of_a_first_message_are_every_flattened_key_with_a_value(user: User) -> None:
+    """C1: a `created` message lists every key it carries (but the quiet ones)."""
+    view = user_view(user)
+    assert _present_keys(view) == sorted(k for k, v in _flat(view).items() if k not in _QUIET and v is not None)
+
+
+def test_a_platform_shows_every_device_key_in_order() -> None:
+    """docs/contract.md: `web` and `mobile` carry every device key, null when unknown."""
+    user = User(id="u1", channel_id="ch", type="lead", created_at=0, updated_at=0, web=Platform(1, 2, {"os": "ios", "extra": "x"}))
+    assert user_view(user)["web"] == {"sessionsCount": 1, "lastSeenAt": 2, **{k: ("ios" if k == "os" else None) for k in DEVICE_KEYS}}
+    assert list(user_view(user)["mobile"]) == ["sessionsCount", "lastSeenAt", *DEVICE_KEYS]

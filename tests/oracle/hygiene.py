@@ -1,0 +1,65 @@
+"""G1 identifier hygiene: never match or merge on an identifier that identifies no one.
+
+Sites send `"null"`, `"undefined"` or `"[object Object]"` as a memberId when their own
+code fails; if such a value were matched, every visitor hit by the same bug would be
+merged into one member. Each `clean_*` returns the identifier in its matching form or
+raises `IdentifierRejected`; the SDK path dead-letters the fact, the importer fails the
+row, both with the reason.
+"""
+
+from collections.abc import Callable
+
+from services.domain.values import Rejected, ValueRejected, normalize_email, normalize_mobile
+
+# What broken site code sends instead of an id (G1), compared in any case after trimming.
+PLACEHOLDERS = frozenset(
+    {"null", "undefined", "none", "nan", "0", "-1", "anonymous", "guest", "[object Object]"}
+)
+_PLACEHOLDER_KEYS = frozenset(p.lower() for p in PLACEHOLDERS)
+
+
+class IdentifierRejected(Rejected):
+    """An identifier that must not be used to match or merge (G1)."""
+
+
+def is_placeholder(raw: str | None) -> bool:
+    """True for a missing, blank or placeholder identifier."""
+    s = raw.strip() if raw is not None else ""
+    return not s or s.lower() in _PLACEHOLDER_KEYS
+
+
+def _identifying(raw: str | None, what: str) -> str:
+    """The trimmed identifier, or the G1 rejection naming what it was meant to be."""
+    if raw is None or is_placeholder(raw):
+        raise IdentifierRejected(
+            "placeholder_identifier",
+            f"{what} is blank or a placeholder such as null, undefined or guest",
+        )
+    return raw.strip()
+
+
+def clean_member_id(raw: str | None) -> str:
+    """The memberId, trimmed; case is kept, since sites' account ids may be case-sensitive."""
+    return _identifying(raw, "memberId")
+
+
+def clean_veil_id(raw: str | None) -> str:
+    """The veilId (browser/app identifier), trimmed."""
+    return _identifying(raw, "veilId")
+
+
+def clean_email(raw: str | None) -> str:
+    """The e-mail in its U9 matching form (trimmed, lower-case)."""
+    return _contact(normalize_email, _identifying(raw, "e-mail address"))
+
+
+def clean_mobile(raw: str | None) -> str:
+    """The mobile number in its U9 matching form (E.164)."""
+    return _contact(normalize_mobile, _identifying(raw, "mobile number"))
+
+
+def _contact(normalize: Callable[[str], str], raw: str) -> str:
+    try:
+        return normalize(raw)
+    except ValueRejected as err:
+        raise IdentifierRejected("invalid_contact", err.reason) from None

@@ -1,0 +1,541 @@
+"""CSV import (I1–I17): `import.started`, `import.row`, `import.finished` applied by the
+same core as every other fact.
+
+A row never dead-letters for what is in its cells: a bad value, a missing unsubscribe
+flag or too many unification sources makes the row *fail* (I15), which is recorded with
+the row's cells so that a person can fix it and import it again. Only a message that
+names no known import, or an import definition that breaks the mapping rules (which the
+importer checks before publishing), is rejected like any malformed fact.
+
+The per-batch state an import needs beyond users — its definition, its running counts
+and failed rows — is an `ImportBook` that the projection loads with the batch and
+writes back in the same transaction. Handlers reach it through
+the channel settings (`ImportChannel`), so the core's signature stays the one of every
+other fact.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+
+from services.domain.values import PARSERS, Rejected, parse_boolean, parse_string, parse_tags
+from tests.oracle.channel import ChannelSettings
+from tests.oracle.core import Work, handles
+from tests.oracle.hygiene import clean_email, clean_member_id, clean_mobile
+from tests.oracle.ids import fact_user_id, member_user_id
+from tests.oracle.priority import WRITE_ONCE, update_wins
+from tests.oracle.profile import BUILTIN_TYPES, FLAG_ATTRS, promote
+from tests.oracle.saga import BLAST_RADIUS, approve, member_candidates, refresh_candidates
+from tests.oracle.unification import IMPORT_TAG_LIMIT
+from tests.oracle.user import EMAIL, MOBILE, User, Value
+
+# --------------------------------------------------------------------------- keys (I5, P1)
+
+MEMBER_ID = "memberId"
+UNSUBSCRIBE = ("unsubscribeEmail", "unsubscribeTexting")
+FLAGS = frozenset({*UNSUBSCRIBE, "hasPushToken"})
+TOP_LEVEL = frozenset({MEMBER_ID, "name", "tags", *FLAGS})
+"""Editable keys outside `profile.*` (P1)."""
+
+SYSTEM_KEYS = frozenset(
+    {
+        # P1: set by the service only.
+        "id", "createdAt", "updatedAt", "lastSeenAt", "sessionsCount", "member",
+        # Also the service's: what the user record says about itself, not customer data.
+        "type", "channelId", "userId", "veilId", "userImportTags", "blocked", "masked",
+        "qualified", "language", "city", "country", "deliveredCampaigns", "mergedUserIds",
+        "unification", "profile",
+    }
+)
+SYSTEM_PREFIXES = ("web.", "mobile.")
+
+
+CONTACTS = {EMAIL: "email", MOBILE: "mobile"}
+LEAD_KEYS = {"email": EMAIL, "mobileNumber": MOBILE}
+LIST_TYPES = frozenset({"list", "listOfNumber"})
+
+
+class MappingError(Rejected):
+    """A column mapping breaks I1/I5: the import is refused before any row is read."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__("invalid_mapping", reason)
+
+
+def resolve_key(name: str) -> str:
+    """The full key a column maps to: `email` → `profile.email`, `name` stays `name`.
+    System keys (P1) are refused with the reason (I5)."""
+    key = name.strip()
+    if not key:
+        raise MappingError("a column must map to a key; leave the key empty only to skip it")
+    if key in TOP_LEVEL:
+        return key
+    if key in SYSTEM_KEYS or key.startswith(SYSTEM_PREFIXES):
+        raise MappingError(
+            f"{key} is set by the service and cannot be imported (system key); skip that column"
+        )
+    full = key if key.startswith("profile.") else "profile." + key
+    rest = full[len("profile."):]
+    if not rest or rest.startswith(".") or rest.endswith("."):
+        raise MappingError(f"{key!r} is not a profile key: it must not be empty or start or end with '.'")
+    return full
+
+
+def key_type(key: str, given: str | None, declared: dict[str, str]) -> str | None:
+    """The value type of a mapped key: None for keys with their own parser (contacts,
+    memberId, name, tags, flags), else the profile type (P2). A new profile key needs
+    its type; a declared one keeps it."""
+    if given is not None and given not in PARSERS:
+        raise MappingError(f"{key}: type {given!r} is not one of {', '.join(sorted(PARSERS))}")
+    if key in TOP_LEVEL or key in CONTACTS:
+        if given is not None:
+            raise MappingError(f"{key} has a fixed format; do not give it a type")
+        return None
+    known = BUILTIN_TYPES.get(key) or declared.get(key)
+    if known is not None:
+        if given is not None and given != known:
+            raise MappingError(f"{key} is a {known} key in this channel, not {given}")
+        return known
+    if given is None:
+        raise MappingError(
+            f"{key} is a new profile key: give its type, e.g. --map 'COLUMN={key}:string'"
+            f" (types: {', '.join(sorted(PARSERS))})"
+        )
+    return given
+
+
+# The projection derives the id of every row's member to preload it; the row handler
+# derives it again. uuid5 costs ~12 µs, a lookup here well under one.
+imported_member_user_id = lru_cache(maxsize=32_768)(member_user_id)
+
+
+# ------------------------------------------------------------------------ definitions
+
+
+Parser = Callable[[str], Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Column:
+    column: str  # the CSV header as in the file
+    key: str  # full key: memberId, name, tags, unsubscribeEmail, profile.email, …
+    type: str | None  # profile type (P2), None for keys with their own format
+
+    @property
+    def label(self) -> str:
+        """How a failure names the column (I9): the key, and the header when it differs."""
+        return self.key if self.column.strip() == self.key else f'{self.key} (column "{self.column}")'
+
+    def to_json(self) -> dict[str, Any]:
+        return {"column": self.column, "key": self.key, "type": self.type}
+
+
+def _parser(col: Column) -> Parser:
+    if col.key == MEMBER_ID:
+        return clean_member_id
+    if col.key == EMAIL:
+        return clean_email
+    if col.key == MOBILE:
+        return clean_mobile
+    if col.key == "name":
+        return parse_string
+    if col.key == "tags":
+        return parse_tags
+    if col.key in FLAGS:
+        return parse_boolean
+    assert col.type is not None
+    return PARSERS[col.type]
+
+
+@dataclass(frozen=True, slots=True)
+class ImportDef:
+    """One import's settings (I1, I5, I6, I14), as `import.started` gave them."""
+
+    channel_id: str
+    import_id: str
+    mode: str  # member | lead
+    key: str  # full key of the rows' identity: memberId | profile.email | profile.mobileNumber
+    blank: str  # keep | clear
+    tag: str | None
+    columns: tuple[Column, ...]
+    parsers: dict[str, tuple[Column, Parser]] = field(compare=False, repr=False)
+
+    @staticmethod
+    def build(
+        channel_id: str, import_id: str, mode: str, key: str, blank: str, tag: str | None,
+        columns: Iterable[Column],
+    ) -> ImportDef:
+        """Check the mapping rules again (the message may come from any producer)."""
+        cols = tuple(columns)
+        seen: dict[str, str] = {}
+        for col in cols:
+            if resolve_key(col.key) != col.key:
+                raise MappingError(f"column {col.column!r}: write the key in full, e.g. {resolve_key(col.key)}")
+            if col.key in seen:
+                raise MappingError(f"{col.key} is mapped from two columns, {seen[col.key]!r} and {col.column!r} (I5)")
+            seen[col.key] = col.column
+            if col.key not in TOP_LEVEL and col.key not in CONTACTS and col.type is None:
+                raise MappingError(f"{col.key} has no type")
+        full_key = MEMBER_ID if mode == "member" else LEAD_KEYS.get(key, "")
+        if mode == "member" and key != MEMBER_ID:
+            raise MappingError("a member import is keyed by memberId (I1)")
+        if mode == "lead" and not full_key:
+            raise MappingError("a lead import is keyed by email or mobileNumber (I1)")
+        if full_key not in seen:
+            raise MappingError(f"no column maps to {full_key}, the key of a {mode} import (I1)")
+        if mode == "lead" and MEMBER_ID in seen:
+            raise MappingError("a lead import cannot set memberId; import members separately (I1)")
+        parsers = {col.key: (col, _parser(col)) for col in cols}
+        return ImportDef(channel_id, import_id, mode, full_key, blank, tag, cols, parsers)
+
+    def new_types(self, declared: dict[str, str]) -> dict[str, str]:
+        """Profile keys this import creates, with their types (I5), to declare in the
+        channel so that later facts are validated the same way (P2)."""
+        return {
+            c.key: c.type
+            for c in self.columns
+            if c.type is not None and c.key not in BUILTIN_TYPES and c.key not in declared
+        }
+
+
+# ------------------------------------------------------------------------------ ledger
+
+
+@dataclass(frozen=True, slots=True)
+class FailedRow:
+    """I15: one failed row, with the keys that failed, why, and its original cells."""
+
+    row_number: int
+    columns: tuple[str, ...]
+    reason: str
+    cells: dict[str, str]
+
+
+@dataclass(slots=True)
+class Tally:
+    """What the rows of one import did in this batch (added to the stored counts)."""
+
+    created: int = 0
+    updated: int = 0
+    failed: int = 0
+    failures: list[FailedRow] = field(default_factory=list)
+
+    def fail(self, row: FailedRow) -> None:
+        self.failed += 1
+        self.failures.append(row)
+
+    def note(self, row: FailedRow) -> None:
+        """A row that was applied but not in full (G2: its unifications were withheld):
+        listed in the failures file with the reason, counted as created or updated."""
+        self.failures.append(row)
+
+
+@dataclass(frozen=True, slots=True)
+class Started:
+    definition: ImportDef
+    event_id: str
+    actor: str
+    file_name: str
+    at: int
+    new_types: dict[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    channel_id: str
+    import_id: str
+    event_id: str
+    rows: int
+    abandoned: bool
+    at: int
+
+
+@dataclass(slots=True)
+class ImportBook:
+    """The import state of one batch: known definitions in, counts and records out."""
+
+    definitions: dict[tuple[str, str], ImportDef] = field(default_factory=dict)
+    events: list[Started | Finished] = field(default_factory=list)  # in apply order
+    tallies: dict[tuple[str, str], Tally] = field(default_factory=dict)
+
+    @property
+    def started(self) -> list[Started]:
+        return [e for e in self.events if isinstance(e, Started)]
+
+    @property
+    def finished(self) -> list[Finished]:
+        return [e for e in self.events if isinstance(e, Finished)]
+
+    def definition(self, channel_id: str, import_id: str) -> ImportDef:
+        found = self.definitions.get((channel_id, import_id))
+        if found is None:
+            raise Rejected("unknown_import", f"no import.started for import {import_id!r} in channel {channel_id!r}")
+        return found
+
+    def tally(self, channel_id: str, import_id: str) -> Tally:
+        return self.tallies.setdefault((channel_id, import_id), Tally())
+
+
+@dataclass(frozen=True, slots=True)
+class ImportChannel(ChannelSettings):
+    """Channel settings with the batch's import book attached (see module doc)."""
+
+    book: ImportBook | None = None
+
+
+def _book(w: Work) -> ImportBook:
+    book = getattr(w.settings, "book", None)
+    if book is None:  # the projection attaches one to every channel with import facts
+        raise Rejected("unknown_import", "import facts need the projection's import book")
+    return book  # type: ignore[no-any-return]
+
+
+# ---------------------------------------------------------------------------- handlers
+
+
+@handles("import.started")
+def on_import_started(w: Work) -> None:
+    """Register the import's definition; a resumed import (same importId) starts again."""
+    msg = w.fact.msg
+    book = _book(w)
+    columns = [Column(c.column, c.key, c.type or BUILTIN_TYPES.get(c.key) or w.settings.field_types.get(c.key)) for c in msg.columns]
+    tag = msg.tag.strip() if msg.tag is not None and msg.tag.strip() else None
+    try:
+        definition = ImportDef.build(w.channel_id, msg.importId, msg.mode, msg.key, msg.blank, tag, columns)
+    except MappingError as err:
+        raise Rejected("invalid_import", err.reason) from None
+    new_types = definition.new_types(w.settings.field_types)
+    book.definitions[(w.channel_id, msg.importId)] = definition
+    book.events.append(Started(definition, w.fact.event_id, msg.actor, msg.fileName, w.at, new_types))
+    # Later facts of this batch see the new keys' types, as later batches will (P2).
+    w.settings.field_types.update(new_types)
+
+
+@handles("import.finished")
+def on_import_finished(w: Work) -> None:
+    msg = w.fact.msg
+    book = _book(w)
+    if (w.channel_id, msg.importId) not in book.definitions:
+        return  # an attempt that died before its import.started: nothing to close
+    book.events.append(Finished(w.channel_id, msg.importId, w.fact.event_id, msg.rows, msg.abandoned, w.at))
+
+
+@handles("import.row")
+def on_import_row(w: Work) -> None:
+    msg = w.fact.msg
+    book = _book(w)
+    definition = book.definition(w.channel_id, msg.importId)
+    tally = book.tally(w.channel_id, msg.importId)
+    try:
+        created, withheld = apply_row(w, definition, msg.cells, msg.rowError)
+    except Rejected as err:
+        # Undo whatever the row had changed: a failed row changes nothing (I15).
+        w.rollback()
+        w.before.clear()
+        columns = err.columns if isinstance(err, RowFailed) else ()
+        tally.fail(FailedRow(msg.rowNumber, columns, err.reason, dict(msg.cells)))
+        return
+    if withheld is not None:
+        tally.note(FailedRow(msg.rowNumber, withheld.columns, withheld.reason, dict(msg.cells)))
+    if created:
+        tally.created += 1
+    else:
+        tally.updated += 1  # matched, even if nothing changed (I15)
+
+
+class RowFailed(Rejected):
+    """The row fails (I15): which keys, and why in words staff understand (I9)."""
+
+    def __init__(self, columns: Iterable[str], reason: str) -> None:
+        super().__init__("row_failed", reason)
+        self.columns = tuple(columns)
+
+
+# ------------------------------------------------------------------------------- a row
+
+
+_CLEAR = object()  # a blank cell under `--blank clear` (I6)
+
+
+def parse_cells(definition: ImportDef, cells: dict[str, str]) -> dict[str, Any]:
+    """Each mapped cell → its value (I9), `_CLEAR` for a blank to clear (I6); blanks to
+    keep are left out. All bad cells are reported at once, each naming its column."""
+    out: dict[str, Any] = {}
+    bad: list[tuple[str, str]] = []
+    clear = definition.blank == "clear"
+    for key, (col, parse) in definition.parsers.items():
+        raw = cells.get(key, "")
+        if not raw.strip():
+            if key == definition.key:
+                bad.append((key, f"{col.label}: the key of this {definition.mode} import is blank"))
+            elif clear and key not in UNSUBSCRIBE:  # I6: unsubscribe flags are never cleared by blanks
+                out[key] = _CLEAR
+            continue
+        try:
+            out[key] = parse(raw)
+        except Rejected as err:
+            bad.append((key, f"{col.label}: {err.reason}"))
+    if bad:
+        raise RowFailed([k for k, _ in bad], "; ".join(r for _, r in bad))
+    return out
+
+
+def apply_row(
+    w: Work, definition: ImportDef, cells: dict[str, str], row_error: str | None,
+) -> tuple[bool, RowFailed | None]:
+    """Create or update the row's user (I2, I3): whether it was created, and why its
+    unifications were withheld (G2), if they were."""
+    if row_error:
+        raise RowFailed((), row_error)
+    values = parse_cells(definition, cells)
+    found = _target(w, definition, values[definition.key])
+    if found is None:
+        missing = [k for k in UNSUBSCRIBE if values.get(k, _CLEAR) is _CLEAR]
+        if missing:  # I7
+            raise RowFailed(
+                missing,
+                f"{' and '.join(missing)} must be given (true or false) when a row creates a new"
+                f" {definition.mode}",
+            )
+        user = _new_user(w, definition, values[definition.key])
+    else:
+        user = found.copy()
+        user.updated_at = max(user.updated_at, w.at)  # I11: updated users only get updatedAt
+    _set(user, values, w.at)
+    if definition.tag is not None:  # I14, P5: the newest tag last; a 31st drops the oldest
+        user.import_tags = [*(t for t in user.import_tags if t != definition.tag), definition.tag][-IMPORT_TAG_LIMIT:]
+    user.last_contact_at = max(user.last_contact_at or w.at, w.at)
+    promote(user)
+    withheld = None
+    if definition.mode == "member":
+        sources = _leads_sharing_contacts(w, user)
+        w.put(user)
+        if len(sources) > BLAST_RADIUS:
+            # G2: the member is applied, none is merged; the leads list it as their
+            # candidate (computed when read) for staff, and the failures file says why.
+            withheld = RowFailed(
+                [k for k in CONTACTS if user.value(k) is not None],
+                f"applied, but {len(sources)} leads share this member's contact, more than {BLAST_RADIUS}:"
+                " none was unified automatically; they list it as a candidate for staff to check and approve",
+            )
+            for source in sources:
+                _offer(w, source)
+        else:
+            for source in sources:
+                _unify(w, source, user.id)
+    else:
+        refresh_candidates(w, user)
+        w.put(user)
+        current = member_candidates(w.directory, user)
+        if user.type != "member" and current:
+            _unify(w, user, current[0])  # U7: the most recently updated member
+    return found is None, withheld
+
+
+def _target(w: Work, definition: ImportDef, key_value: str) -> User | None:
+    """I2: the member with that memberId. I3: the user holding that qualified contact,
+    the latest seen when several do."""
+    if definition.mode == "member":
+        return w.directory.by_member(w.channel_id, key_value)
+    kind = CONTACTS[definition.key]
+    matches = [u for u in w.directory.by_contact(w.channel_id, kind, key_value, qualified_only=True) if u.alive]
+    if not matches:
+        return None
+    return max(matches, key=lambda u: (_seen(u), u.id))
+
+
+def _seen(user: User) -> int:
+    return user.last_seen_at if user.last_seen_at is not None else user.created_at
+
+
+def _new_user(w: Work, definition: ImportDef, key_value: str) -> User:
+    """I11: created and last seen at import time. (Masked beyond the MU limit by the core
+    after the row, as every new user is: mu.py, I17.)"""
+    if definition.mode == "member":
+        uid = imported_member_user_id(w.channel_id, key_value)
+        if w.directory.get(uid) is not None:  # that memberId was deleted once: a new person
+            uid = member_user_id(w.channel_id, key_value, w.at)
+        user = User(id=uid, channel_id=w.channel_id, type="member", member_id=key_value, created_at=w.at, updated_at=w.at)
+    else:
+        uid = fact_user_id(w.channel_id, w.fact.event_id)
+        user = User(id=uid, channel_id=w.channel_id, type="lead", created_at=w.at, updated_at=w.at)
+    user.last_seen_at = w.at
+    return user
+
+
+def _set(user: User, values: dict[str, Any], at: int) -> None:
+    """Apply parsed cells: I4 qualified; I8 lists append, everything else replaces; I6
+    blanks clear (`_CLEAR`) or were left out (keep); I7 flags overwrite when present."""
+    member = user.type == "member"
+    for key, value in values.items():
+        if key == MEMBER_ID:
+            continue  # the row's identity: already the user's memberId
+        if key in FLAGS:
+            setattr(user, FLAG_ATTRS[key], False if value is _CLEAR else value)
+        elif key == "tags":
+            user.tags = [] if value is _CLEAR else sorted({*user.tags, *value})
+        elif value is _CLEAR:
+            _replace(user, key, Value(None, True, member, at))
+        elif isinstance(value, list):  # I8: list and listOfNumber append
+            old = user.value(key)
+            _append(user, key, Value([*(old if isinstance(old, list) else ()), *value], True, member, at))
+        else:
+            _replace(user, key, Value(value, True, member, at))
+
+
+
+
+def _replace(user: User, key: str, new: Value) -> None:
+    """Import values are qualified (I4) and replace what an earlier fact set. Rows of one
+    import share their time, so at equal time the row applied last wins (I10); a
+    write-once key (P3) keeps its first value."""
+    old = user.fields.get(key)
+    if key in WRITE_ONCE:
+        if update_wins(key, new, old):
+            user.fields[key] = new
+    elif old is None or (new.q, new.t) >= (old.q, old.t):
+        user.fields[key] = new
+
+
+def _append(user: User, key: str, new: Value) -> None:
+    """I8: appending never loses what was there, so it applies whatever the times."""
+    user.fields[key] = new
+
+
+def _leads_sharing_contacts(w: Work, member: User) -> list[User]:
+    """I2: live, unblocked leads (and anonymous users) holding one of the member's
+    qualified contacts: the sources to unify into it (U1, U6, U9)."""
+    found: dict[str, User] = {}
+    for key, kind in CONTACTS.items():
+        val = member.fields.get(key)
+        if val is None or val.v is None or not val.q:
+            continue
+        for other in w.directory.by_contact(w.channel_id, kind, val.v, qualified_only=True):
+            if other.type != "member" and other.alive and not other.blocked and other.id != member.id:
+                found[other.id] = other
+    return [found[k] for k in sorted(found)]
+
+
+def _unify(w: Work, source: User, target_id: str) -> None:
+    """I2/I3 with U5 timing: the import is the staff's approval (docs/decisions.md). A
+    source that never booted merges at once; one that booted waits for the member's
+    next login, listed as a candidate meanwhile."""
+    current = w.directory.get(source.id) or source
+    target = w.directory.get(target_id)
+    if target is None or current.blocked or target.blocked or not current.alive:
+        return
+    if current.booted:
+        _offer(w, current)
+    approve(w, source.id, target_id)
+
+
+def _offer(w: Work, source: User) -> None:
+    """Note the members a source is now offered (U5), so a stale approval is refused."""
+    current = w.directory.get(source.id) or source
+    listed = current.copy()
+    refresh_candidates(w, listed)
+    if listed.offered != current.offered:
+        w.put(listed)

@@ -1,0 +1,221 @@
+"""Handlers of `identity.sdk-events`: boot, login, chat, contact, track."""
+
+from __future__ import annotations
+
+from services.domain.values import Rejected
+from tests.oracle.channel import check_member_hash
+from tests.oracle.core import Activity, Work, handles
+from tests.oracle.hygiene import clean_email, clean_member_id, clean_mobile, clean_veil_id
+from tests.oracle.ids import member_user_id, veil_user_id
+from tests.oracle.profile import profile_values, promote, set_values
+from tests.oracle.saga import offer_to_leads, on_member_login
+from tests.oracle.sessions import (
+    PlatformName,
+    logged_out,
+    record_device,
+    record_visit,
+    veil_expired,
+    veil_platform,
+)
+from tests.oracle.unification import merge
+from tests.oracle.user import EMAIL, MOBILE, User, Value
+
+EXTERNAL_MEDIA = frozenset({"line", "instagram"})
+QUALIFIED_MEDIA = frozenset({"phone", "email"})  # C4: caller id / sender address
+
+
+@handles("boot", "login")
+def on_visit(w: Work) -> None:
+    """A page load or login (S1, S2); with a memberId it is a login (U2, H1)."""
+    msg = w.fact.msg
+    veil = clean_veil_id(msg.veilId)
+    member_id = clean_member_id(msg.memberId) if msg.memberId is not None else None
+    if member_id is not None:
+        check_member_hash(w.settings, member_id, msg.memberHash)
+    is_member = member_id is not None
+    values = profile_values(msg.profile, w.settings, qualified=is_member, member=is_member, at=w.at)
+    if msg.name is not None:
+        values["name"] = Value(msg.name, is_member, is_member, w.at)
+
+    platform: PlatformName
+    if msg.type == "boot":
+        platform = "mobile" if msg.platform == "mobile" else "web"
+    else:  # S1: a login counts for the platform of that veil's session
+        platform = veil_platform(w.directory.by_veil(w.channel_id, veil), veil)
+    user = _visitor(w, veil, member_id)
+    record_visit(user, veil, platform, w.at)
+    if msg.type == "boot":
+        if msg.device is not None:
+            record_device(user, platform, msg.device.model_dump())
+        user.language = msg.language or user.language
+        user.city = msg.city or user.city
+        user.country = msg.country or user.country
+    set_values(user, values)
+    promote(user)
+    w.put(user)
+    if is_member:
+        if EMAIL in values or MOBILE in values:
+            offer_to_leads(w, user)  # U5: leads holding the contact the site sent
+        on_member_login(w, user)
+
+
+def _visitor(w: Work, veil: str, member_id: str | None) -> User:
+    """The user this veil is now (a working copy), resolving S3/S4 and logins (U2)."""
+    d, ch, at = w.directory, w.channel_id, w.at
+    cur = d.by_veil(ch, veil)
+    if cur is not None and (veil_expired(cur, veil, at) or (member_id is None and logged_out(cur, veil, at))):
+        _release_veil(w, cur, veil)
+        cur = None
+    if member_id is None:
+        return cur.copy() if cur is not None else new_anonymous(w, veil)
+
+    member = d.by_member(ch, member_id)
+    if member is None:
+        if cur is not None and cur.type != "member":
+            became = cur.copy()  # U2: no member has this memberId: the same user becomes it
+            became.type, became.member_id = "member", member_id
+            # U6: a source that becomes a member itself is no source any more (U1: never
+            # member into member): its pending unification and offered candidates go.
+            became.pending_into = became.pending_since = None
+            became.offered = []
+            return became
+        if cur is not None:  # another member's browser: the veil changes hands (never member→member, U1)
+            _release_veil(w, cur, veil)
+        return _new_member(w, member_id)
+    if cur is None or cur.id == member.id:
+        return member.copy()
+    if cur.type == "member":
+        _release_veil(w, cur, veil)
+        return member.copy()
+    source, target, record = merge(cur, member, at, w.fact.event_id)  # U2: merged at once
+    w.put(source)
+    w.outcome.merges.append(record)
+    return target
+
+
+def new_anonymous(w: Work, veil: str) -> User:
+    """A new anonymous user on a veil. Its id derives from the veil; a veil that had a
+    user before (S3 logout, S4 expiry, a deleted user) gets an id that also names the
+    time, so ids never collide and replay derives the same ones. The projection
+    preloads `veil_user_id(channel, veil)` for every veil of a batch, so the check sees it."""
+    uid = veil_user_id(w.channel_id, veil)
+    if w.directory.get(uid) is not None:
+        uid = veil_user_id(w.channel_id, veil, w.at)
+    return User(id=uid, channel_id=w.channel_id, type="anonymous", created_at=w.at, updated_at=w.at)
+
+
+def _new_member(w: Work, member_id: str) -> User:
+    uid = member_user_id(w.channel_id, member_id)
+    if w.directory.get(uid) is not None:  # that memberId was deleted once (B3): a new person
+        uid = member_user_id(w.channel_id, member_id, w.at)
+    return User(id=uid, channel_id=w.channel_id, type="member", member_id=member_id, created_at=w.at, updated_at=w.at)
+
+
+def _release_veil(w: Work, user: User, veil: str) -> None:
+    left = user.copy()
+    left.veils.pop(veil, None)
+    if veil in left.mobile_veils:
+        left.mobile_veils = [v for v in left.mobile_veils if v != veil]
+    w.put(left)
+
+
+@handles("chat")
+def on_chat(w: Work) -> None:
+    """A chat makes a lead (C2, U10); phone/e-mail media carry a qualified contact (C4)
+    and attach to the customer holding it (D1)."""
+    msg = w.fact.msg
+    veil = clean_veil_id(msg.veilId)
+    qualified = msg.medium in QUALIFIED_MEDIA
+    contacts: dict[str, str] = {}
+    if msg.contact is not None:
+        if msg.contact.email is not None:
+            contacts[EMAIL] = clean_email(msg.contact.email)
+        if msg.contact.mobileNumber is not None:
+            contacts[MOBILE] = clean_mobile(msg.contact.mobileNumber)
+
+    found = w.directory.by_veil(w.channel_id, veil)
+    matched = found is None and (found := _help_desk_match(w, msg.medium, contacts)) is not None  # D1
+    if matched and not qualified:
+        # A web form matched by e-mail: the customer already holds that address as
+        # qualified; what the visitor typed stays typing and is not added to it (C4).
+        contacts = {}
+    user = found.copy() if found is not None else new_anonymous(w, veil)
+    if not matched:
+        # D1b: a help-desk match attaches the inquiry, never the sender's veil: a contact
+        # anyone can claim in a chat must not make that browser the customer (only a
+        # login does, H1).
+        user.veils.setdefault(veil, w.at)
+    user.last_contact_at = max(user.last_contact_at or w.at, w.at)
+    is_member = user.type == "member"
+    set_values(user, {k: Value(v, qualified, is_member, w.at) for k, v in contacts.items()})
+    if user.type == "anonymous":
+        user.type = "lead"
+    w.put(user)
+    body = {"chatId": msg.chatId, "medium": msg.medium}
+    if msg.message is not None:
+        body.update(messageId=msg.message.messageId, text=msg.message.text)
+    body["authorName"] = user.value("name") or user.value("profile.name")  # U4: kept as written
+    w.outcome.activities.append(Activity(w.channel_id, user.id, "chat", w.fact.event_id, w.at, body))
+
+
+def _help_desk_match(w: Work, medium: str, contacts: dict[str, str]) -> User | None:
+    """D1: an inquiry from an unknown veil attaches to the customer holding its contact
+    as *qualified* data — a phone call by the caller's number, anything else (e-mail,
+    web or app form) by the e-mail address — members first, then the latest seen.
+    A contact the visitor merely typed somewhere never draws another person's inquiry
+    (U9), and a blocked customer is not matched (B1): a call or mail from a contact only
+    blocked customers hold is refused, as the guide's blocked caller gets no connection
+    (seed 000: 不在着信となり電話接続がされません); a web form naming one is the
+    visitor's own inquiry. External messengers carry no contact (U10)."""
+    if medium in EXTERNAL_MEDIA:
+        return None
+    key = MOBILE if medium == "phone" else EMAIL
+    value = contacts.get(key)
+    if value is None:
+        return None
+    holders = w.directory.by_contact(w.channel_id, "mobile" if key == MOBILE else "email", value, qualified_only=True)
+    users = [u for u in holders if not u.blocked]
+    if not users:
+        if holders and medium in QUALIFIED_MEDIA:
+            raise Rejected(
+                "blocked_customer",
+                f"the customer holding this {'number' if key == MOBILE else 'address'} is blocked (B1): the inquiry is not taken",
+            )
+        return None
+    return max(users, key=lambda u: (u.type == "member", u.last_seen_at or 0, u.id))
+
+
+@handles("contact")
+def on_contact(w: Work) -> None:
+    """Contact data typed by the visitor: unqualified (C4), never unifies (U9); makes a lead (C2)."""
+    msg = w.fact.msg
+    veil = clean_veil_id(msg.veilId)
+    values: dict[str, Value] = {}
+    found = w.directory.by_veil(w.channel_id, veil)
+    is_member = found is not None and found.type == "member"
+    if msg.email is not None:
+        values[EMAIL] = Value(clean_email(msg.email), False, is_member, w.at)
+    if msg.mobileNumber is not None:
+        values[MOBILE] = Value(clean_mobile(msg.mobileNumber), False, is_member, w.at)
+    user = found.copy() if found is not None else new_anonymous(w, veil)
+    user.veils.setdefault(veil, w.at)
+    user.last_contact_at = max(user.last_contact_at or w.at, w.at)
+    set_values(user, values)
+    promote(user)
+    w.put(user)
+
+
+@handles("track")
+def on_track(w: Work) -> None:
+    """A behaviour event: collected for the veil's user (C1), never published itself."""
+    msg = w.fact.msg
+    veil = clean_veil_id(msg.veilId)
+    found = w.directory.by_veil(w.channel_id, veil)
+    if found is None:
+        user = new_anonymous(w, veil)
+        user.veils[veil] = w.at
+        w.put(user)
+    else:
+        user = found
+    body = {"name": msg.name, "properties": msg.properties}
+    w.outcome.activities.append(Activity(w.channel_id, user.id, "event", w.fact.event_id, w.at, body))

@@ -1,0 +1,68 @@
+"""Sessions and activity (S1–S4)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from tests.oracle.user import User
+
+SESSION_GAP_MS = 30 * 60 * 1000  # S1: a session ends after 30 minutes without activity
+VEIL_TTL_MS = 365 * 24 * 60 * 60 * 1000  # S4: an anonymous veil expires a year after its last boot
+
+PlatformName = Literal["web", "mobile"]
+DEVICE_KEYS = ("browser", "browserName", "os", "osName", "device", "appName", "appVersion")
+
+
+def session_ended(last_activity: int | None, at: int) -> bool:
+    return last_activity is None or at - last_activity > SESSION_GAP_MS
+
+
+def record_visit(user: User, veil_id: str, platform: PlatformName, at: int) -> None:
+    """A boot or login: counts a session when the last one has ended (S1), moves
+    lastSeenAt forward (S2; a late fact never moves it back) and keeps the veil's last
+    activity for logout (S3) and expiry (S4). Mutates the working copy."""
+    plat = user.web if platform == "web" else user.mobile
+    if session_ended(user.last_activity_at, at):
+        user.sessions_count += 1
+    if session_ended(plat.last_seen_at, at):  # per platform: a first app boot inside a web session is an app session
+        plat.sessions_count += 1
+    user.last_activity_at = _later(user.last_activity_at, at)
+    user.last_seen_at = _later(user.last_seen_at, at)
+    plat.last_seen_at = _later(plat.last_seen_at, at)
+    user.veils[veil_id] = max(user.veils.get(veil_id, at), at)
+    if (veil_id in user.mobile_veils) != (platform == "mobile"):
+        user.mobile_veils = sorted({*user.mobile_veils} ^ {veil_id})
+    user.last_contact_at = _later(user.last_contact_at, at)
+    user.booted = True
+
+
+def veil_platform(user: User | None, veil_id: str) -> PlatformName:
+    """S1: the platform of the veil's session, for a `login` (which names none): the
+    platform the veil last booted on; web for a veil never booted."""
+    return "mobile" if user is not None and veil_id in user.mobile_veils else "web"
+
+
+def record_device(user: User, platform: PlatformName, device: dict[str, str | None]) -> None:
+    """S2: the latest boot's device fields replace the previous ones."""
+    plat = user.web if platform == "web" else user.mobile
+    for key in DEVICE_KEYS:
+        value = device.get(key)
+        if value is not None:
+            plat.device[key] = value
+
+
+def veil_expired(user: User, veil_id: str, at: int) -> bool:
+    """S4: a boot on an anonymous user's veil a year after its last boot is a new user."""
+    last = user.veils.get(veil_id)
+    return user.type == "anonymous" and last is not None and at - last > VEIL_TTL_MS
+
+
+def logged_out(user: User, veil_id: str, at: int) -> bool:
+    """S3: a member's veil booting without memberId after the session ended belongs to
+    a new anonymous user; within the session it is still that member."""
+    last = user.veils.get(veil_id)
+    return user.type == "member" and (last is None or at - last > SESSION_GAP_MS)
+
+
+def _later(a: int | None, b: int) -> int:
+    return b if a is None or b > a else a

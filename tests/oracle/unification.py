@@ -1,0 +1,130 @@
+"""Merging a source (anonymous user or lead) into a target member (U1, U3, U4, U8, G4)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from tests.oracle.priority import merge_winner
+from tests.oracle.user import Platform, User
+
+IMPORT_TAG_LIMIT = 30  # P5
+
+
+class MergeRefused(Exception):
+    """U1: only anonymous users and leads merge, and only into a member."""
+
+
+@dataclass(frozen=True, slots=True)
+class Contested:
+    """G4: a key both users had, and which side's value the target kept."""
+
+    key: str
+    winner: str  # "source" | "target"
+    source_value: Any
+    target_value: Any
+
+
+@dataclass(frozen=True, slots=True)
+class MergeRecord:
+    """G4: every merge is recorded; the record outlives the source."""
+
+    channel_id: str
+    source_id: str
+    target_id: str
+    causation_id: str
+    occurred_at: int
+    contested: tuple[Contested, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "channelId": self.channel_id,
+            "sourceId": self.source_id,
+            "targetId": self.target_id,
+            "causationId": self.causation_id,
+            "occurredAt": self.occurred_at,
+            "contested": {
+                c.key: {"winner": c.winner, "source": c.source_value, "target": c.target_value}
+                for c in self.contested
+            },
+        }
+
+
+def merge(source: User, target: User, at: int, causation_id: str) -> tuple[User, User, MergeRecord]:
+    """Return (retired source, enriched target, record). Pure: inputs are untouched."""
+    if target.type != "member" or source.type == "member" or not (source.alive and target.alive):
+        raise MergeRefused(f"cannot merge {source.type} {source.id} into {target.type} {target.id}")
+    if source.channel_id != target.channel_id:  # T1
+        raise MergeRefused("users of different channels never merge")
+
+    t = target.copy()
+    contested: list[Contested] = []
+    for key in sorted(source.fields.keys() | target.fields.keys()):
+        s_val, t_val = source.fields.get(key), target.fields.get(key)
+        won = merge_winner(key, s_val, t_val)
+        if won is not None:
+            t.fields[key] = won
+        if s_val is not None and t_val is not None and s_val.v is not None and t_val.v is not None:
+            contested.append(Contested(key, "target" if won is t_val else "source", s_val.v, t_val.v))
+
+    # U4: sessions add up, lastSeenAt is the later, createdAt the earlier.
+    t.sessions_count += source.sessions_count
+    t.web = _merge_platform(target.web, source.web)
+    t.mobile = _merge_platform(target.mobile, source.mobile)
+    t.last_seen_at = _max(target.last_seen_at, source.last_seen_at)
+    t.last_activity_at = _max(target.last_activity_at, source.last_activity_at)
+    t.last_contact_at = _max(target.last_contact_at, source.last_contact_at)
+    t.created_at = min(target.created_at, source.created_at)
+    if (source.last_seen_at or 0) > (target.last_seen_at or 0):
+        # Locale follows the most recent visit.
+        t.language = source.language or t.language
+        t.city = source.city or t.city
+        t.country = source.country or t.country
+    else:
+        t.language = t.language or source.language
+        t.city = t.city or source.city
+        t.country = t.country or source.country
+    t.tags = sorted(set(target.tags) | set(source.tags))
+    t.import_tags = _union(target.import_tags, source.import_tags)[-IMPORT_TAG_LIMIT:]
+    t.delivered = sorted(set(target.delivered) | set(source.delivered))  # no campaign twice
+    # Unsubscribing is a person's wish: if either record asked for it, it holds.
+    t.unsubscribe_email = target.unsubscribe_email or source.unsubscribe_email
+    t.unsubscribe_texting = target.unsubscribe_texting or source.unsubscribe_texting
+    t.has_push_token = target.has_push_token or source.has_push_token
+    for veil, last in source.veils.items():
+        t.veils[veil] = max(last, t.veils.get(veil, last))
+    t.mobile_veils = sorted({*target.mobile_veils, *source.mobile_veils})  # a veil has one owner: no conflict
+    t.booted = target.booted or source.booted
+    t.merged_user_ids = sorted({*target.merged_user_ids, source.id, *source.merged_user_ids})
+
+    s = retired(source, target.id)
+    record = MergeRecord(source.channel_id, source.id, target.id, causation_id, at, tuple(contested))
+    return s, t, record
+
+
+def retired(source: User, target_id: str) -> User:
+    """U8: what stays of a merged source: its id resolves to the target forever."""
+    return source.husk(merged_into=target_id)
+
+
+def _merge_platform(a: Platform, b: Platform) -> Platform:
+    newer = a if (a.last_seen_at or 0) >= (b.last_seen_at or 0) else b
+    older = b if newer is a else a
+    return Platform(
+        a.sessions_count + b.sessions_count,
+        _max(a.last_seen_at, b.last_seen_at),
+        {**older.device, **newer.device},
+    )
+
+
+def _max(a: int | None, b: int | None) -> int | None:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return max(a, b)
+
+
+def _union(first: list[str], second: list[str]) -> list[str]:
+    seen = set(first)
+    return [*first, *(x for x in second if not (x in seen or seen.add(x)))]  # type: ignore[func-returns-value]

@@ -1,0 +1,187 @@
+"""The user aggregate: one customer record of a channel (T1) with its provenance.
+
+Profile values carry where they came from (`Value`): whether they are qualified (C4),
+whether they are member data, and the event time they were set. Merges and updates are
+decided from that provenance (U3), never from the order facts happened to arrive in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal
+
+UserType = Literal["anonymous", "lead", "member"]
+
+# The profile keys that are contact data (C2, C4, U9).
+EMAIL = "profile.email"
+MOBILE = "profile.mobileNumber"
+CONTACT_KEYS = (EMAIL, MOBILE)
+
+
+@dataclass(frozen=True, slots=True)
+class Value:
+    """A profile value with its provenance. `v is None` is an explicit clear."""
+
+    v: Any
+    q: bool  # qualified (C4)
+    m: bool  # member data: sent for a member by the site, the API or a member import (U3)
+    t: int  # event time it was set (epoch ms)
+
+    def to_json(self) -> list[Any]:
+        return [self.v, self.q, self.m, self.t]
+
+    @staticmethod
+    def from_json(raw: list[Any]) -> Value:
+        return Value(raw[0], raw[1], raw[2], raw[3])
+
+
+@dataclass(slots=True)
+class Platform:
+    """Per-platform activity (S1, S2): `web` or `mobile`."""
+
+    sessions_count: int = 0
+    last_seen_at: int | None = None
+    device: dict[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"sessionsCount": self.sessions_count, "lastSeenAt": self.last_seen_at, **self.device}
+
+    @staticmethod
+    def from_json(raw: dict[str, Any]) -> Platform:
+        raw = dict(raw)
+        return Platform(raw.pop("sessionsCount", 0), raw.pop("lastSeenAt", None), raw)
+
+
+@dataclass(slots=True)
+class User:
+    """State of one user. Handlers never mutate a stored instance: they work on
+    `copy()` and hand the new state back, so the caller can diff before/after."""
+
+    id: str
+    channel_id: str
+    type: UserType
+    created_at: int
+    updated_at: int
+    member_id: str | None = None
+    fields: dict[str, Value] = field(default_factory=dict)  # "name", "profile.*"
+    tags: list[str] = field(default_factory=list)
+    import_tags: list[str] = field(default_factory=list)
+    unsubscribe_email: bool = False
+    unsubscribe_texting: bool = False
+    has_push_token: bool = False
+    blocked: bool = False
+    masked: bool = False
+    deleted: bool = False
+    merged_into: str | None = None
+    language: str | None = None
+    city: str | None = None
+    country: str | None = None
+    sessions_count: int = 0
+    last_seen_at: int | None = None
+    last_activity_at: int | None = None  # for the 30-minute session window (S1)
+    last_contact_at: int | None = None  # for retention (B4)
+    web: Platform = field(default_factory=Platform)
+    mobile: Platform = field(default_factory=Platform)
+    veils: dict[str, int] = field(default_factory=dict)  # veilId -> its last activity (S3, S4)
+    booted: bool = False  # ever booted: decides the U5 timing
+    delivered: list[str] = field(default_factory=list)  # marketing campaigns (U4)
+    merged_user_ids: list[str] = field(default_factory=list)
+    # Members ever offered as its unification candidates (U5), sorted. The current
+    # candidates are computed when read (saga.member_candidates, store/queries); this
+    # record only lets an approval of an offer that no longer holds be refused.
+    offered: list[str] = field(default_factory=list)
+    pending_into: str | None = None  # approved, waiting for the member's next login (U5 saga)
+    pending_since: int | None = None  # event time of that approval
+    last_login_at: int | None = None  # a member's latest login (a boot/login with memberId)
+    version: int = 0  # last user-changed version published; 0 = never published
+    mobile_veils: list[str] = field(default_factory=list)  # veils last booted by the app: a login there is mobile (S1)
+
+    # -- copying and serialisation -------------------------------------------------
+    def copy(self) -> User:
+        return User(
+            id=self.id, channel_id=self.channel_id, type=self.type,
+            created_at=self.created_at, updated_at=self.updated_at, member_id=self.member_id,
+            fields=dict(self.fields), tags=list(self.tags), import_tags=list(self.import_tags),
+            unsubscribe_email=self.unsubscribe_email, unsubscribe_texting=self.unsubscribe_texting,
+            has_push_token=self.has_push_token, blocked=self.blocked, masked=self.masked,
+            deleted=self.deleted, merged_into=self.merged_into, language=self.language,
+            city=self.city, country=self.country, sessions_count=self.sessions_count,
+            last_seen_at=self.last_seen_at, last_activity_at=self.last_activity_at,
+            last_contact_at=self.last_contact_at,
+            web=Platform(self.web.sessions_count, self.web.last_seen_at, dict(self.web.device)),
+            mobile=Platform(self.mobile.sessions_count, self.mobile.last_seen_at, dict(self.mobile.device)),
+            veils=dict(self.veils), booted=self.booted, delivered=list(self.delivered),
+            merged_user_ids=list(self.merged_user_ids), offered=list(self.offered),
+            pending_into=self.pending_into, pending_since=self.pending_since,
+            last_login_at=self.last_login_at, version=self.version, mobile_veils=list(self.mobile_veils),
+        )
+
+    def husk(self, *, deleted: bool = False, merged_into: str | None = None) -> User:
+        """What stays of a user that is gone (deleted, B2, or merged, U8): its id, class,
+        times and version, and the mark saying why; no personal data, no identities."""
+        return User(
+            id=self.id, channel_id=self.channel_id, type=self.type,
+            created_at=self.created_at, updated_at=self.updated_at,
+            deleted=deleted, merged_into=merged_into, version=self.version,
+        )
+
+    def value(self, key: str) -> Any:
+        got = self.fields.get(key)
+        return None if got is None else got.v
+
+    @property
+    def alive(self) -> bool:
+        return not self.deleted and self.merged_into is None
+
+    def to_json(self) -> dict[str, Any]:
+        # Spelled out (every batch serialises each changed user; a loop over fields()
+        # with getattr cost twice as much). Keys in field order; test_domain_user checks
+        # that every field is here.
+        return {
+            "id": self.id, "channel_id": self.channel_id, "type": self.type,
+            "created_at": self.created_at, "updated_at": self.updated_at, "member_id": self.member_id,
+            "fields": {k: [v.v, v.q, v.m, v.t] for k, v in sorted(self.fields.items())},
+            "tags": self.tags, "import_tags": self.import_tags,
+            "unsubscribe_email": self.unsubscribe_email, "unsubscribe_texting": self.unsubscribe_texting,
+            "has_push_token": self.has_push_token, "blocked": self.blocked, "masked": self.masked,
+            "deleted": self.deleted, "merged_into": self.merged_into, "language": self.language,
+            "city": self.city, "country": self.country, "sessions_count": self.sessions_count,
+            "last_seen_at": self.last_seen_at, "last_activity_at": self.last_activity_at,
+            "last_contact_at": self.last_contact_at, "web": self.web.to_json(), "mobile": self.mobile.to_json(),
+            "veils": self.veils, "booted": self.booted, "delivered": self.delivered,
+            "merged_user_ids": self.merged_user_ids, "offered": self.offered,
+            "pending_into": self.pending_into, "pending_since": self.pending_since,
+            "last_login_at": self.last_login_at, "version": self.version, "mobile_veils": self.mobile_veils,
+        }
+
+    @staticmethod
+    def from_json(raw: dict[str, Any]) -> User:
+        # Field by field rather than User(**raw) over a patched copy (half the time):
+        # every batch reads each user it touches through here.
+        try:
+            return User._from_complete_json(raw)
+        except KeyError:  # a state stored before some field existed: its default then
+            stored, raw = raw, {k: v for k, v in raw.items() if k in _FIELDS}
+            if "candidates" in stored:  # stored before candidates were computed when read
+                raw.setdefault("offered", sorted(set(stored["candidates"])))
+            raw["fields"] = {k: Value.from_json(v) for k, v in raw["fields"].items()}
+            raw["web"] = Platform.from_json(raw["web"])
+            raw["mobile"] = Platform.from_json(raw["mobile"])
+            return User(**raw)
+
+    @staticmethod
+    def _from_complete_json(raw: dict[str, Any]) -> User:
+        return User(
+            raw["id"], raw["channel_id"], raw["type"], raw["created_at"], raw["updated_at"], raw["member_id"],
+            {k: Value(v[0], v[1], v[2], v[3]) for k, v in raw["fields"].items()},
+            raw["tags"], raw["import_tags"], raw["unsubscribe_email"], raw["unsubscribe_texting"],
+            raw["has_push_token"], raw["blocked"], raw["masked"], raw["deleted"], raw["merged_into"],
+            raw["language"], raw["city"], raw["country"], raw["sessions_count"], raw["last_seen_at"],
+            raw["last_activity_at"], raw["last_contact_at"], Platform.from_json(raw["web"]),
+            Platform.from_json(raw["mobile"]), raw["veils"], raw["booted"], raw["delivered"],
+            raw["merged_user_ids"], raw["offered"], raw["pending_into"], raw["pending_since"],
+            raw["last_login_at"], raw["version"], raw["mobile_veils"],
+        )
+
+
+_FIELDS = tuple(f.name for f in fields(User))
