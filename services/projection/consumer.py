@@ -99,14 +99,13 @@ class Projection:
         if self.resident is not None:
             self.resident.drop()  # a new assignment: start from the store
         self.merge.assign((tp.topic, tp.partition) for tp in partitions)
-        self._fetched = {}
+        self._fetched = {}  # until sought, fetched records are dropped (run)
         # Without the stored offsets no position is right: wait the database out here
         # (the rebalance waits with us) rather than consume from a guessed offset.
         outages = 0
         while True:
             try:
-                stored = await repo.stored_offsets(self.pool, self.topics.inbound)
-                clocks = await repo.stored_clocks(self.pool, self.topics.inbound)
+                stored = await repo.stored_positions(self.pool, self.topics.inbound)
                 break
             except DATABASE_UNAVAILABLE as err:
                 outages += 1
@@ -114,12 +113,21 @@ class Projection:
                 log.warning("database unavailable at assignment (%s); retrying in %.1f s", err, delay)
                 if await _stopped_within(self._stop, delay):
                     return  # stopping: nothing will be consumed
+        # A batch in flight may have finished meanwhile (_follow_store): start clean.
+        self.merge.assign((tp.topic, tp.partition) for tp in partitions)
+        self._fetched = {}
         for tp in partitions:
-            offset = stored.get((tp.topic, tp.partition))
-            # Offset 0 when nothing is stored; auto_offset_reset=earliest covers a log whose start moved.
-            self.consumer.seek(tp, offset if offset is not None else 0)
-            self._fetched[tp] = offset if offset is not None else 0
-            self.clocks.reset((tp.topic, tp.partition), clocks.get((tp.topic, tp.partition)) if offset else None)
+            self._position(tp, *stored.get((tp.topic, tp.partition), (0, None)))
+
+    def _position(self, tp: TopicPartition, offset: int, clock: int | None) -> None:
+        """Read `tp` from `offset` on, bounding its records from `clock`, the one stored
+        with that offset: the pair is set together so that no record is bounded with
+        another offset's clock (replay = live)."""
+        # Offset 0 when nothing is stored; auto_offset_reset=earliest covers a log whose start moved.
+        self.consumer.seek(tp, offset)
+        self._fetched[tp] = offset
+        self.clocks.reset((tp.topic, tp.partition), clock if offset else None)
+        self.merge.drop_below((tp.topic, tp.partition), offset)
 
     async def run(self, stop: asyncio.Event) -> None:
         self._stop = stop
@@ -133,6 +141,15 @@ class Projection:
                 fetched = await self.consumer.getmany(timeout_ms=0 if more else 200, max_records=self.batch_max)
                 self.healthy = True
                 for tp, msgs in fetched.items():
+                    # Only records from where we positioned the partition: aiokafka makes
+                    # a new assignment fetchable (from Kafka's committed hint) before
+                    # seek_to_stored has read the store, and the clock would not be the
+                    # one at their offset (replay = live; docs/decisions.md, "Partition
+                    # clocks across a rebalance"). The seek fetches them again.
+                    start = self._fetched.get(tp)
+                    if start is None:
+                        continue
+                    msgs = [m for m in msgs if m.offset >= start]
                     if msgs:
                         self.merge.add((tp.topic, tp.partition), [
                             self.clocks.record(tp.topic, tp.partition, m.offset, m.timestamp, m.timestamp_type, m.key, m.value)
@@ -237,17 +254,20 @@ class Projection:
             asyncio.ensure_future(self._commit_hint(hint))
 
     async def _reload_clocks(self) -> None:
+        """Partitions sought ahead by _follow_store: read on from the stored offset with
+        its clock (a rebalance meanwhile may have sought them again: the store decides)."""
         stale, self._clocks_stale = self._clocks_stale, set()
         while True:
             try:
-                clocks = await repo.stored_clocks(self.pool, self.topics.inbound)
+                stored = await repo.stored_positions(self.pool, self.topics.inbound)
                 break
             except DATABASE_UNAVAILABLE as err:
                 log.warning("database unavailable while reading partition clocks (%s); retrying", err)
                 if await _stopped_within(self._stop, _OUTAGE_BACKOFF_MAX_S):
                     return
         for tp in stale:
-            self.clocks.reset((tp.topic, tp.partition), clocks.get((tp.topic, tp.partition)))
+            if tp in self._fetched:  # else an assignment is being sought (seek_to_stored)
+                self._position(tp, *stored.get((tp.topic, tp.partition), (0, None)))
 
     def _at_end(self, partition: tuple[str, int]) -> bool:
         """Everything the partition held at the last fetch response has been fetched.

@@ -160,6 +160,17 @@ async def stored_clocks(conn: asyncpg.Connection | asyncpg.Pool, topics: Sequenc
     return {(r[0], r[1]): r[2] for r in rows}
 
 
+async def stored_positions(
+    conn: asyncpg.Connection | asyncpg.Pool, topics: Sequence[str],
+) -> dict[tuple[str, int], tuple[int, int | None]]:
+    """Each partition's stored offset with the clock at it, read together: a batch that
+    commits between two reads would pair an offset with a later offset's clock."""
+    rows = await conn.fetch(
+        "SELECT topic, partition, next_offset, clock FROM inbox_offsets WHERE topic = ANY($1::text[])", list(topics)
+    )
+    return {(r[0], r[1]): (r[2], r[3]) for r in rows}
+
+
 async def save_clocks(conn: asyncpg.Connection, clocks: dict[tuple[str, int], int]) -> None:
     """Advance partition clocks (never backwards), with the offsets of the same records."""
     if clocks:
