@@ -157,28 +157,36 @@ def _rebuild() -> dict[tuple[str, int, int], int]:
     }
 
 
-@pytest.mark.parametrize("script", [
+@pytest.mark.parametrize(("stored", "script"), [
     # Fetched past the round's first record (held back by the commands partition), then
     # a rebalance whose listener waits for the store while getmany returns records from
-    # the committed hint.
-    ["assign", "sdk only", "sdk only", "rebalance, store slow", "records", "store answers", "records", "records"],
-    # The same without the race: the baseline the first must equal.
-    ["assign", "sdk only", "sdk only", "records", "records"],
+    # the committed hint: they met the clock after everything fetched before.
+    ({}, ["assign", "sdk only", "sdk only", "rebalance, store slow", "records", "store answers", "records", "records"]),
+    # A restart (after kill -9, or the service started again after a rebuild) with the
+    # stored offset and the hint at the round's first record: it met an empty clock.
+    ({SDK: 3}, ["rebalance, store slow", "records", "store answers", "records", "records"]),
+    # The same without the race: the baselines.
+    ({}, ["assign", "sdk only", "sdk only", "records", "records"]),
+    ({SDK: 3}, ["assign", "records", "records"]),
 ])
 async def test_d_b4_records_fetched_during_a_rebalance_are_bounded_with_the_clock_of_their_offset(
-    monkeypatch: pytest.MonkeyPatch, script: list[str],
+    monkeypatch: pytest.MonkeyPatch, stored: dict[TopicPartition, int], script: list[str],
 ) -> None:
     store = _Store()
+    rebuilt = _rebuild()
+    for tp, offset in stored.items():  # what an earlier run stored: offset, clock, and the Kafka hint
+        store.offsets[(tp.topic, tp.partition)] = offset
+        store.clocks[(tp.topic, tp.partition)] = max(rebuilt[(tp.topic, tp.partition, o)] for o in range(offset))
     monkeypatch.setattr(repo, "stored_positions", store.stored_positions)
     monkeypatch.setattr(consumer_module, "apply_batch", store.apply_batch)
     stop = asyncio.Event()
     projection = Projection(None, "127.0.0.1:1", TOPICS, "g", batch_max=3)  # type: ignore[arg-type]
     await projection.consumer.stop()  # never started: replaced by the fake
-    projection.consumer = _Consumer(script, store, stop)  # type: ignore[assignment]
+    projection.consumer = fake = _Consumer(script, store, stop)  # type: ignore[assignment]
+    fake.committed = dict(stored)
 
     await asyncio.wait_for(projection.run(stop), 10)
 
-    expected = _rebuild()
-    assert expected[(SDK.topic, 0, 3)] == T + 2 + MAX_AHEAD_MS  # the round's first record is lowered
-    assert store.applied == expected
+    assert rebuilt[(SDK.topic, 0, 3)] == T + 2 + MAX_AHEAD_MS  # the round's first record is lowered
+    assert store.applied == {k: ts for k, ts in rebuilt.items() if k[2] >= stored.get(TopicPartition(k[0], k[1]), 0)}
     assert store.clocks == {(SDK.topic, 0): T + 26 * H + 2, (CMD.topic, 0): T + 26 * H + 3}
