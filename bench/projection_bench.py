@@ -14,7 +14,13 @@ Measures, in one run, on the embedded tansu broker and the PostgreSQL of DATABAS
    at a fixed rate, and publish → `user-changed` latency per message measured through
    `causationId` (only leads and members are published, so only those facts count).
    The service runs the stage timers too (`service stages` in the report).
-4. optional: `--profile N` runs N events again under cProfile (top functions);
+4. optional: `--instances 1,2,3` times the resident projection again in N processes of
+   one consumer group (each the projection of `unifier run` with embedded off, on the
+   bench's broker and database; the range assignor splits the 12 partitions), from the
+   moment the group has settled until every record is applied, with the CPU of every
+   process by party and the state digest compared with the in-process run's;
+   `--latency-instances 1,2` runs the latency phase with N `run_service` processes.
+5. optional: `--profile N` runs N events again under cProfile (top functions);
    `--py-spy` samples the throughput run with py-spy instead of the stage timers.
 
 Every phase gets its own schema `bench_<run>_*` (dropped at the end unless --keep) and
@@ -28,6 +34,8 @@ test: nothing here asserts; the targets are printed beside the figures.
     .venv/bin/python bench/projection_bench.py              # default, about 2 minutes
     .venv/bin/python bench/projection_bench.py --events 300000 --naive-events 10000  # ~3.5 min
     .venv/bin/python bench/projection_bench.py --events 30000 --naive-events 0 --duration 0 --py-spy
+    .venv/bin/python bench/projection_bench.py --events 100000 --naive-events 0 --variants resident \
+        --instances 1,2,3 --latency-instances 2   # several projection processes, ~3 min
 """
 
 from __future__ import annotations
@@ -804,7 +812,12 @@ DEFAULT_GC = gc.get_threshold()  # before anything tunes it
 
 
 def serve_child() -> None:
-    """Child process: `run_service` (projection + relay) until SIGTERM, as `unifier run`."""
+    """Child process until SIGTERM: `run_service` (projection + relay, as `unifier run`
+    with embedded off), or with BENCH_CHILD_MODE=projection the projection alone (what
+    the in-process throughput run times), holding off its first fetch until the file
+    BENCH_GATE_FILE exists. Every assignment it is given is appended to
+    BENCH_ASSIGN_FILE (one JSON list of sdk-events partitions a line), so the bench can
+    start the clock once the group is settled."""
     from services.runtime.service import run_service
 
     level = os.environ.get("BENCH_SERVICE_LOG", "WARNING")  # INFO: one line per batch
@@ -813,22 +826,189 @@ def serve_child() -> None:
     settings = Settings.from_env()
     if os.environ.get("BENCH_GC_DEFAULT") != "1":
         gc_tuning.tune()  # as `unifier run` does
+    assign_file = os.environ.get("BENCH_ASSIGN_FILE")
+    if assign_file:
+        _record_assignments(Path(assign_file), Topics(settings.topic_prefix).sdk_events)
     stages_file = os.environ.get("BENCH_SERVICE_STAGES")
     stages = Stages()
     if stages_file:
         stages.install()
     started = time.perf_counter()
     try:
-        asyncio.run(run_service(settings))
+        if os.environ.get("BENCH_CHILD_MODE") == "projection":
+            asyncio.run(_projection_child(settings, Path(os.environ["BENCH_GATE_FILE"])))
+        else:
+            asyncio.run(run_service(settings))
     finally:
         if stages_file:
             Path(stages_file).write_text(json.dumps({
                 "wall_s": time.perf_counter() - started, "seconds": stages.seconds, "calls": stages.calls}))
 
 
+def _record_assignments(path: Path, sdk_topic: str) -> None:
+    seek_to_stored = Projection.seek_to_stored
+
+    async def recorded(self: Projection, partitions: list[TopicPartition]) -> None:
+        await seek_to_stored(self, partitions)
+        with path.open("a") as f:
+            f.write(json.dumps(sorted(tp.partition for tp in partitions if tp.topic == sdk_topic)) + "\n")
+
+    Projection.seek_to_stored = recorded  # type: ignore[method-assign]
+
+
+async def _projection_child(settings: Settings, gate: Path) -> None:
+    """The projection alone (no relay, no API), as the in-process throughput run."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    assert settings.kafka_bootstrap and settings.database_url
+    pool = await create_pool(settings.database_url, settings.db_schema, min_size=4, max_size=4, migrate=False)
+    try:
+        proj = Projection(pool, settings.kafka_bootstrap, Topics(settings.topic_prefix), settings.consumer_group,
+                          settings.batch_max, settings.resident_users)
+        getmany = proj.consumer.getmany
+
+        async def gated(*a: Any, **kw: Any) -> Any:  # joins and rebalances go on; nothing is fetched
+            if not _exists(gate):
+                await asyncio.sleep(0.02)
+                return {}
+            return await getmany(*a, **kw)
+
+        proj.consumer.getmany = gated  # type: ignore[method-assign]
+        await proj.run(stop)
+    finally:
+        await pool.close()
+
+
+def _child_env(bootstrap: str, database_url: str, prefix: str, group: str, schema: str, batch_max: int,
+               resident_users: int, **extra: str) -> dict[str, str]:
+    """`unifier run`'s environment for a bench child: embedded off, the bench's broker and
+    database, an API on a free port (several children run side by side)."""
+    return {
+        **os.environ,
+        "UNIFIER_EMBEDDED": "0", "KAFKA_BOOTSTRAP_SERVERS": bootstrap, "DATABASE_URL": database_url,
+        "UNIFIER_TOPIC_PREFIX": prefix, "UNIFIER_CONSUMER_GROUP": group, "UNIFIER_DB_SCHEMA": schema,
+        "UNIFIER_METRICS_PORT": "0", "UNIFIER_HTTP_ADDR": "127.0.0.1:0", "UNIFIER_BATCH_MAX": str(batch_max),
+        "UNIFIER_RESIDENT_USERS": str(resident_users), "UNIFIER_PARTITIONS": str(PARTITIONS),
+        "BENCH_GC_DEFAULT": "1" if gc.get_threshold() == DEFAULT_GC else "0",  # the bench's GC setting
+        **extra,
+    }
+
+
+def _exists(path: Path) -> bool:
+    return path.exists()
+
+
+def _remove(files: list[Path], folder: Path | None = None) -> None:
+    with contextlib.suppress(OSError):
+        for f in files:
+            f.unlink(missing_ok=True)
+        if folder is not None:
+            folder.rmdir()
+
+
+def _settled(files: list[Path]) -> bool:
+    """Every child's latest assignment is non-empty and together they own each
+    sdk-events partition exactly once: the group is settled, no rebalance is pending."""
+    latest = []
+    for f in files:
+        try:
+            lines = f.read_text().splitlines()
+        except OSError:
+            return False
+        if not lines:
+            return False
+        latest.append(json.loads(lines[-1]))
+    owned = [p for parts in latest for p in parts]
+    return all(latest) and sorted(owned) == list(range(PARTITIONS))
+
+
+async def _wait_settled(files: list[Path], children: list[asyncio.subprocess.Process], limit_s: float = 90) -> float:
+    started = time.perf_counter()
+    deadline = time.monotonic() + limit_s
+    while not _settled(files):
+        if any(c.returncode is not None for c in children):
+            raise RuntimeError(f"a child exited: {[c.returncode for c in children]}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"group not settled: {[f.read_text() if f.exists() else None for f in files]}")
+        await asyncio.sleep(0.05)
+    return time.perf_counter() - started
+
+
+async def _stop_children(children: list[asyncio.subprocess.Process]) -> None:
+    for c in children:
+        if c.returncode is None:
+            c.send_signal(signal.SIGTERM)  # stops cleanly on SIGTERM
+    for c in children:
+        try:
+            await asyncio.wait_for(c.wait(), 60)
+        except TimeoutError:
+            c.kill()
+            await c.wait()
+
+
+async def run_instances(
+    bootstrap: str, database_url: str, topics: Topics, schema: str, group: str, target: int, batch_max: int,
+    instances: int, cpu: Cpu, resident_users: int, limit_s: float = 300.0,
+) -> dict[str, Any]:
+    """The pre-published stream applied by `instances` projection processes in one
+    consumer group (range assignor: each gets a share of the partitions). The clock
+    starts when the group is settled and the children are let fetch; it stops when the
+    inbox's stored offsets sum to `target`. CPU by party over that window."""
+    await _exec(database_url, f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+    pool = await create_pool(database_url, schema)  # migrated here, not by N children at once
+    await pool.close()
+    tmp = Path(tempfile.mkdtemp(prefix="bench-instances-"))
+    gate = tmp / "go"
+    files = [tmp / f"assign-{i}.txt" for i in range(instances)]
+    children: list[asyncio.subprocess.Process] = []
+    conn = await asyncpg.connect(database_url, server_settings={"search_path": schema})
+    try:
+        for f in files:
+            env = _child_env(bootstrap, database_url, topics.prefix, group, schema, batch_max, resident_users,
+                             BENCH_CHILD_MODE="projection", BENCH_GATE_FILE=str(gate), BENCH_ASSIGN_FILE=str(f))
+            children.append(await asyncio.create_subprocess_exec(sys.executable, str(SELF), SERVE_FLAG, env=env, cwd=ROOT))
+        settle_s = await _wait_settled(files, children)
+        shares = [json.loads(f.read_text().splitlines()[-1]) for f in files]
+        cpu0, child0 = cpu.sample(), [cpu.of(c.pid) for c in children]
+        gate.touch()
+        started = time.perf_counter()
+        deadline = time.monotonic() + limit_s
+        while (stored := int(await conn.fetchval("SELECT coalesce(sum(next_offset), 0) FROM inbox_offsets"))) < target:
+            if time.monotonic() > deadline or any(c.returncode is not None for c in children):
+                raise RuntimeError(f"instances: {stored}/{target} applied; children {[c.returncode for c in children]}")
+            await asyncio.sleep(0.02)
+        finished = time.perf_counter()
+        cpu1, child1 = cpu.sample(), [cpu.of(c.pid) for c in children]
+        by_partition = dict(await conn.fetch(
+            "SELECT partition, next_offset FROM inbox_offsets WHERE topic = $1", topics.sdk_events))
+    finally:
+        await conn.close()
+        await _stop_children(children)
+        _remove([*files, gate], tmp)
+    wall = finished - started
+    spent = [b - a for a, b in zip(child0, child1, strict=True)]
+    per_fact = Cpu.per_fact(cpu0, cpu1, stored)
+    per_fact["python"] = round(1e6 * sum(spent) / stored, 1)  # the service processes, not this driver
+    return {
+        "instances": instances,
+        "records": stored,
+        "settle_s": round(settle_s, 2),
+        "consume_s": round(wall, 2),
+        "eps": round(stored / wall),
+        "partitions": shares,
+        "facts_by_instance": [sum(by_partition.get(p, 0) for p in share) for share in shares],
+        "cores_by_instance": [round(x / wall, 2) for x in spent],
+        "cores_used": {**Cpu.delta(cpu0, cpu1), "python": round(sum(spent) / wall, 2)},
+        "cpu_us_per_event": per_fact,
+    }
+
+
 async def measure_latency(
     bootstrap: str, database_url: str, prefix: str, schema: str, group: str, rate: int,
     duration: float, seed: int, burst_ms: float, batch_max: int, cpu: Cpu, resident_users: int = 0,
+    instances: int = 1,
 ) -> dict[str, Any]:
     topics = Topics(prefix)
     await ensure_topics(bootstrap, prefix, PARTITIONS)
@@ -841,16 +1021,17 @@ async def measure_latency(
     changes = Counter[str]()
     stages_file = Path(tempfile.mkdtemp(prefix="bench-stages-")) / "stages.json"
 
-    env = {
-        **os.environ,
-        "KAFKA_BOOTSTRAP_SERVERS": bootstrap, "DATABASE_URL": database_url,
-        "UNIFIER_TOPIC_PREFIX": prefix, "UNIFIER_CONSUMER_GROUP": group, "UNIFIER_DB_SCHEMA": schema,
-        "UNIFIER_METRICS_PORT": "0", "UNIFIER_BATCH_MAX": str(batch_max),
-        "UNIFIER_RESIDENT_USERS": str(resident_users),
-        "BENCH_SERVICE_STAGES": str(stages_file),
-        "BENCH_GC_DEFAULT": "1" if gc.get_threshold() == DEFAULT_GC else "0",  # the bench's GC setting
-    }
-    child = await asyncio.create_subprocess_exec(sys.executable, str(SELF), SERVE_FLAG, env=env, cwd=ROOT)
+    if instances > 1:  # migrated once here, not by several children at once
+        await (await create_pool(database_url, schema)).close()
+    assign_files = [stages_file.parent / f"assign-{i}.txt" for i in range(instances)]
+    children = []
+    for i, f in enumerate(assign_files):
+        # the stage timers of the first child only (one file)
+        extra = {"BENCH_SERVICE_STAGES": str(stages_file)} if i == 0 else {}
+        env = _child_env(bootstrap, database_url, prefix, group, schema, batch_max, resident_users,
+                         BENCH_ASSIGN_FILE=str(f), **extra)
+        children.append(await asyncio.create_subprocess_exec(sys.executable, str(SELF), SERVE_FLAG, env=env, cwd=ROOT))
+    child = children[0]
     reader = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
                               fetch_max_wait_ms=5, max_partition_fetch_bytes=4 * 1024 * 1024)
     producer = fast_producer(bootstrap, linger_ms=1)
@@ -891,6 +1072,7 @@ async def measure_latency(
             if time.monotonic() > deadline:
                 raise TimeoutError("service did not publish user-changed for the warm-up")
             await asyncio.sleep(0.1)
+        await _wait_settled(assign_files, children)  # no rebalance in the measured window
         await asyncio.sleep(1.0)
         for _c, e, _v in warm:
             sent_at.pop(e, None)
@@ -898,7 +1080,7 @@ async def measure_latency(
         changes.clear()
 
         # Paced: a small burst every `burst_ms`, on a fixed schedule (no drift).
-        cpu0, child0 = cpu.sample(), cpu.of(child.pid)
+        cpu0, child0 = cpu.sample(), sum(cpu.of(c.pid) for c in children)
         per_burst = max(1, round(rate * burst_ms / 1000))
         interval = per_burst / rate
         started = time.perf_counter()
@@ -931,7 +1113,7 @@ async def measure_latency(
                     raise TimeoutError(f"not drained: applied {applied}/{n + len(warm)}, outbox {backlog}")
                 await asyncio.sleep(0.1)
             drained_s = time.perf_counter() - started
-            cpu1, child1 = cpu.sample(), cpu.of(child.pid)
+            cpu1, child1 = cpu.sample(), sum(cpu.of(c.pid) for c in children)
         finally:
             await conn.close()
         seen = -1
@@ -943,13 +1125,8 @@ async def measure_latency(
     finally:
         await producer.stop()
         await reader.stop()
-        if child.returncode is None:
-            child.send_signal(signal.SIGTERM)  # run_service stops cleanly on SIGTERM
-            try:
-                await asyncio.wait_for(child.wait(), 60)
-            except TimeoutError:
-                child.kill()
-                await child.wait()
+        await _stop_children(children)  # run_service stops cleanly on SIGTERM
+        _remove(assign_files)
 
     lat = sorted(1000 * (received[e] - sent_at[e]) for e in received)
     service_stages = _read_and_remove(stages_file)
@@ -958,6 +1135,7 @@ async def measure_latency(
         "service_stage_calls": service_stages and service_stages["calls"],
         "events": n,
         "target_rate": rate,
+        "instances": instances,
         "achieved_rate": round(n / publish_s),
         "publish_s": round(publish_s, 2),
         "late_bursts": late,
@@ -1088,6 +1266,20 @@ async def run_target(
                  f"CPU µs/event {b.get('cpu_us_per_event')}, load {os.getloadavg()[0]:.1f}")
         out["digests_equal"] = len(set(out["digests"].values())) == 1
 
+        for n in [int(x) for x in args.instances.split(",") if x]:
+            schema = f"bench_{tag}_x{n}"
+            schemas.append(schema)
+            x = await run_instances(
+                bootstrap, db, topics, schema, f"bench-{tag}-x{n}", args.events, args.batch_max, n, cpu,
+                resident_users=args.resident_users,
+            )
+            x["loadavg_after"] = os.getloadavg()
+            x["digest"] = await _digest(db, schema)
+            out.setdefault("instances", {})[n] = x
+            _say(f"[{target}] {n} projection process(es): {x['eps']:,} events/s ({x['records']:,} in {x['consume_s']} s), "
+                 f"facts by instance {x['facts_by_instance']}, cores {x['cores_used']}, CPU µs/event {x['cpu_us_per_event']}, "
+                 f"digest equal: {x['digest'] in out['digests'].values()}")
+
         if args.trivial:
             schema = f"bench_{tag}_trivial"
             schemas.append(schema)
@@ -1114,16 +1306,20 @@ async def run_target(
 
         if args.duration > 0:
             for variant in args.latency_variants.split(","):
-                schema = f"bench_{tag}_lat{variant.replace('-', '')}"
-                schemas.append(schema)
-                la = await measure_latency(
-                    bootstrap, db, f"l{tag}{variant[0]}.", schema, f"bench-{tag}-lat-{variant}", args.rate, args.duration,
-                    args.seed, args.burst_ms, args.batch_max, cpu, resident_users=_resident_users(variant, args),
-                )
-                la["loadavg_after"] = os.getloadavg()
-                out.setdefault("latency_by_variant", {})[variant] = la
-                out["latency"] = la
-                _say(f"[{target}] latency {variant} @ {la['target_rate']:,}/s: p50 {la['p50_ms']} ms, p99 {la['p99_ms']} ms")
+                for n in [int(x) for x in args.latency_instances.split(",")]:
+                    name = variant if n == 1 else f"{variant} x{n}"
+                    schema = f"bench_{tag}_lat{variant.replace('-', '')}{n}"
+                    schemas.append(schema)
+                    la = await measure_latency(
+                        bootstrap, db, f"l{tag}{variant[0]}{n}.", schema, f"bench-{tag}-lat-{variant}-{n}", args.rate,
+                        args.duration, args.seed, args.burst_ms, args.batch_max, cpu,
+                        resident_users=_resident_users(variant, args), instances=n,
+                    )
+                    la["loadavg_after"] = os.getloadavg()
+                    out.setdefault("latency_by_variant", {})[name] = la
+                    out["latency"] = la
+                    _say(f"[{target}] latency {name} @ {la['target_rate']:,}/s: p50 {la['p50_ms']} ms, "
+                         f"p99 {la['p99_ms']} ms, CPU µs/event {la['cpu_us_per_event']}")
     finally:
         if not args.keep:
             for s in schemas:
@@ -1225,6 +1421,12 @@ def report(r: dict[str, Any]) -> str:
             for v, x in t["batch"].items():
                 lines.append(f"  {v} / trivial: {x['eps'] / t['trivial']['eps']:.2f}")
         lines.append(f"  digests equal across variants: {t.get('digests_equal')} {t['digests']}")
+        for n, x in t.get("instances", {}).items():
+            c = x["cpu_us_per_event"]
+            lines.append(f"  {n} projection process(es): {x['eps']:,} events/s; CPU µs/event service {c['python']}, "
+                         f"postgres {c['postgres']}, broker {c['broker']}; cores {x['cores_used']} "
+                         f"(by instance {x['cores_by_instance']}); facts by instance {x['facts_by_instance']}; "
+                         f"digest equal to the variants': {x['digest'] in t['digests'].values()}")
         for v, la in t.get("latency_by_variant", {}).items():
             c = la.get("cpu_us_per_event", {})
             lines.append(f"  latency {v} @ {la['target_rate']:,}/s (achieved {la['achieved_rate']:,}): p50 {la['p50_ms']} ms, "
@@ -1285,6 +1487,10 @@ def cli() -> None:
     p.add_argument("--variants", default="per-batch,resident",
                    help="projection variants run one after the other in the same run (per-batch, resident)")
     p.add_argument("--latency-variants", default="resident", help="variants of the latency run (default: resident)")
+    p.add_argument("--instances", default="",
+                   help="also time the resident projection in N processes of one consumer group, e.g. 1,2,3 (default: skip)")
+    p.add_argument("--latency-instances", default="1",
+                   help="service processes (`unifier run`, one group) in the latency run, e.g. 1,2 (default 1)")
     p.add_argument("--resident-users", type=int, default=Settings().resident_users,
                    help="users kept in memory by the resident variant")
     p.add_argument("--no-trivial", dest="trivial", action="store_false", help="skip the trivial-pipeline ceiling")
