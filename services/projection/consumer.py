@@ -265,8 +265,9 @@ class Projection:
                 log.warning("database unavailable while reading partition clocks (%s); retrying", err)
                 if await _stopped_within(self._stop, _OUTAGE_BACKOFF_MAX_S):
                     return
+        assigned = self.consumer.assignment()
         for tp in stale:
-            if tp in self._fetched:  # else an assignment is being sought (seek_to_stored)
+            if tp in self._fetched and tp in assigned:  # else a new assignment is being sought (seek_to_stored)
                 self._position(tp, *stored.get((tp.topic, tp.partition), (0, None)))
 
     def _at_end(self, partition: tuple[str, int]) -> bool:
