@@ -149,10 +149,35 @@ async def dead_letter_record(
             if outbox:
                 await repo.save_outbox(conn, [_dead_letter(topics, record, code, reason, failed_at)])
             result.dead_letters[code] += 1
+            await _command_refused(conn, topics, record, code, reason, announce=outbox)
         result.next_offsets = {partition: max(record.offset + 1, stored)}
         await repo.save_offsets(conn, result.next_offsets)
         await repo.save_clocks(conn, clocks_after([record]))
     return result
+
+
+async def _command_refused(
+    conn: asyncpg.Connection, topics: Topics, record: Record, code: str, reason: str, *, announce: bool,
+) -> None:
+    """A command isolated and dead-lettered (`unstorable`, `conflict`, …) is refused as
+    any other: its outcome is stored and its waiters told at commit, instead of waiting
+    out `?wait=` as `pending`. Only a record that names its channel and eventId has a
+    command status to give."""
+    if record.topic != topics.commands:
+        return
+    try:
+        body = orjson.loads(record.value or b"")
+    except orjson.JSONDecodeError:
+        return
+    if not isinstance(body, dict):
+        return
+    channel_id, event_id, at = body.get("channelId"), body.get("eventId"), body.get("occurredAt")
+    if not isinstance(channel_id, str) or not isinstance(event_id, str):
+        return
+    if not isinstance(at, int) or isinstance(at, bool) or (record.timestamp > 0 and at > record.timestamp):
+        at = record.timestamp  # as _parse bounds event time by the log
+    await command_outcomes.save(conn, [(channel_id, event_id, at, code, reason)])
+    await command_outcomes.forget_and_announce(conn, [channel_id], [(channel_id, event_id, False)] if announce else [])
 
 
 @dataclass(slots=True)

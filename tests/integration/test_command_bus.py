@@ -106,3 +106,32 @@ async def test_without_a_listen_connection_the_waiters_are_polled(pool: asyncpg.
         assert await waiting == Outcome("applied")
     finally:
         await bus.close()
+
+
+async def test_a_command_isolated_and_dead_lettered_answers_its_waiter_rejected(pool: asyncpg.Pool) -> None:
+    """A command the store refuses is found by isolation and dead-lettered `unstorable`
+    (issue 11): its waiter is told at that commit and its status reads the letter's code
+    and reason, instead of `pending` until `?wait=` runs out. A record on another topic,
+    or one without channel and eventId, gives no command status."""
+    import orjson
+
+    from contracts.topics import Topics
+    from services.projection.batch import dead_letter_record
+    from services.projection.records import Record
+
+    topics = Topics("p")
+    command = orjson.dumps({"type": "member.upsert", "channelId": CH, "eventId": "iso-1", "occurredAt": 5, "memberId": "m"})
+    bus = await _listening_bus(pool)
+    try:
+        waiting = asyncio.create_task(bus.wait(CH, "iso-1", 10))
+        await asyncio.sleep(0.05)
+        await dead_letter_record(pool, topics, Record(topics.commands, 0, 0, 9, CH.encode(), command), "unstorable", "refused by PostgreSQL")
+        assert await waiting == Outcome("rejected", "unstorable", "refused by PostgreSQL")
+        assert await bus.outcome(CH, "iso-1") == Outcome("rejected", "unstorable", "refused by PostgreSQL")
+
+        sdk = orjson.dumps({"type": "boot", "channelId": CH, "eventId": "iso-2", "occurredAt": 5})
+        await dead_letter_record(pool, topics, Record(topics.sdk_events, 0, 0, 9, CH.encode(), sdk), "unstorable", "x")
+        await dead_letter_record(pool, topics, Record(topics.commands, 0, 1, 9, None, b"[1]"), "unstorable", "x")
+        assert await pool.fetchval("SELECT count(*) FROM command_outcomes") == 1
+    finally:
+        await bus.close()
