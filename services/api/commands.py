@@ -111,6 +111,10 @@ class CommandBus:
         found = await _outcomes(self.pool, [(channel, event_id)])
         return found.get((channel, event_id), Outcome("pending"))
 
+    def is_waiting(self, channel: str, event_id: str) -> bool:
+        """Someone waits for this command's outcome now."""
+        return (channel, event_id) in self._waiting
+
     async def wait(self, channel: str, event_id: str, timeout_s: float) -> Outcome:
         """The outcome once applied or rejected, or `pending` after `timeout_s`."""
         pair = (channel, event_id)

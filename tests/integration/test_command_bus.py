@@ -26,6 +26,13 @@ async def _decide(pool: asyncpg.Pool, rows: list[outcomes.Outcome], announced: l
         await outcomes.forget_and_announce(conn, [r[0] for r in rows], announced)
 
 
+async def _waiting(bus: CommandBus, event_id: str) -> asyncio.Task[Outcome]:
+    """A request waiting on `event_id`, once the bus has registered it."""
+    task = asyncio.create_task(bus.wait(CH, event_id, 10))
+    await wait_for(lambda: bus.is_waiting(CH, event_id), timeout=5)
+    return task
+
+
 async def _listening_bus(pool: asyncpg.Pool) -> CommandBus:
     async def publish(value: bytes, key: bytes) -> None:
         pass  # nothing consumes here: the test decides the outcomes itself
@@ -41,14 +48,12 @@ async def test_a_waiter_is_answered_by_the_notification_at_commit(pool: asyncpg.
     once-a-second read would find nothing)."""
     bus = await _listening_bus(pool)
     try:
-        waiting = asyncio.create_task(bus.wait(CH, "e1", 10))
-        await asyncio.sleep(0.05)
+        waiting = await _waiting(bus, "e1")
         await _decide(pool, [], [(CH, "e1", True)])
         assert await waiting == Outcome("applied")
         # Announced before anyone waited for it (the request's wait came after the commit):
         await _decide(pool, [], [(CH, "e2", True)])
-        later = asyncio.create_task(bus.wait(CH, "e3", 10))
-        await asyncio.sleep(0.05)
+        later = await _waiting(bus, "e3")
         await _decide(pool, [], [(CH, "e3", True)])
         assert await later == Outcome("applied")  # so e2's notification, committed first, was heard too
         assert await bus.wait(CH, "e2", 1) == Outcome("applied")  # remembered: no row, no later NOTIFY
@@ -59,8 +64,7 @@ async def test_a_waiter_is_answered_by_the_notification_at_commit(pool: asyncpg.
 async def test_a_rejection_is_announced_and_its_reason_read_from_the_table(pool: asyncpg.Pool) -> None:
     bus = await _listening_bus(pool)
     try:
-        waiting = asyncio.create_task(bus.wait(CH, "r1", 10))
-        await asyncio.sleep(0.05)
+        waiting = await _waiting(bus, "r1")
         await _decide(pool, [(CH, "r1", 1, "unknown_user", "no user u_x")], [(CH, "r1", False)])
         assert await waiting == Outcome("rejected", "unknown_user", "no user u_x")
         assert await bus.outcome(CH, "r1") == Outcome("rejected", "unknown_user", "no user u_x")
@@ -78,8 +82,7 @@ async def test_an_outcome_nobody_announced_is_found_and_other_schemas_are_ignore
         await pool.execute("SELECT pg_notify($1, $2)", outcomes.CHANNEL, "another_schema\n" + outcomes.payloads([(CH, "x1", True)])[0])
         assert await other == Outcome("pending")
 
-        waiting = asyncio.create_task(bus.wait(CH, "q1", 10))
-        await asyncio.sleep(0.05)
+        waiting = await _waiting(bus, "q1")
         await _decide(pool, [(CH, "q1", 1, None, None)], [])  # stored, not announced
         assert await waiting == Outcome("applied")
     finally:
@@ -99,8 +102,7 @@ async def test_without_a_listen_connection_the_waiters_are_polled(pool: asyncpg.
 
     bus = CommandBus(pool, publish)
     try:
-        waiting = asyncio.create_task(bus.wait(CH, "p1", 10))
-        await asyncio.sleep(0.05)
+        waiting = await _waiting(bus, "p1")
         assert not bus.listening
         await _decide(pool, [(CH, "p1", 1, None, None)], [])
         assert await waiting == Outcome("applied")
@@ -123,8 +125,7 @@ async def test_a_command_isolated_and_dead_lettered_answers_its_waiter_rejected(
     command = orjson.dumps({"type": "member.upsert", "channelId": CH, "eventId": "iso-1", "occurredAt": 5, "memberId": "m"})
     bus = await _listening_bus(pool)
     try:
-        waiting = asyncio.create_task(bus.wait(CH, "iso-1", 10))
-        await asyncio.sleep(0.05)
+        waiting = await _waiting(bus, "iso-1")
         await dead_letter_record(pool, topics, Record(topics.commands, 0, 0, 9, CH.encode(), command), "unstorable", "refused by PostgreSQL")
         assert await waiting == Outcome("rejected", "unstorable", "refused by PostgreSQL")
         assert await bus.outcome(CH, "iso-1") == Outcome("rejected", "unstorable", "refused by PostgreSQL")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -30,6 +31,9 @@ class Company:
     key: bytes | None = None  # the payload key the admin was shown, entered on the company's side
     calls: Counter[str] = field(default_factory=Counter)
     received: list[dict[str, Any]] = field(default_factory=list)  # the parameters, decrypted
+    # `/slow` holds its answer until this is set (when the server stops) or 3 s pass:
+    # longer than the tests' UNIFIER_LOOKUP_TIMEOUT of 1 s either way.
+    released: asyncio.Event = field(default_factory=asyncio.Event)
 
     def url(self, path: str) -> str:
         return f"{self.base_url}{path}"
@@ -67,7 +71,8 @@ def _app(company: Company) -> Starlette:
 
     async def slow(request: Request) -> Response:
         company.calls["slow"] += 1
-        await asyncio.sleep(3)  # longer than the tests' UNIFIER_LOOKUP_TIMEOUT of 1 s
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(company.released.wait(), timeout=3)
         return JSONResponse({"rank": "late"})
 
     async def failing(request: Request) -> Response:
@@ -113,5 +118,6 @@ async def company_server() -> AsyncIterator[Company]:
     try:
         yield company
     finally:
+        company.released.set()
         stop.set()
         await task

@@ -27,6 +27,7 @@ from services.projection.batch import BatchResult
 from services.projection.consumer import Projection
 from services.projection.records import MAX_AHEAD_MS, PartitionClocks, Record, clocks_after
 from services.store import repository as repo
+from tests.support.infra import wait_for
 
 T = 1_746_316_800_000
 H = 60 * 60 * 1000
@@ -53,9 +54,11 @@ class _Store:
         self.clocks: dict[tuple[str, int], int] = {}
         self.gate = asyncio.Event()
         self.gate.set()
+        self.asked = 0  # reads of the stored positions begun
         self.applied: dict[tuple[str, int, int], int] = {}  # (topic, partition, offset) -> timestamp applied with
 
     async def stored_positions(self, _conn: object, _topics: Iterable[str]) -> dict[tuple[str, int], tuple[int, int | None]]:
+        self.asked += 1
         await self.gate.wait()
         return {p: (o, self.clocks.get(p)) for p, o in self.offsets.items()}
 
@@ -113,11 +116,11 @@ class _Consumer:
         assert self.listener is not None
         await self.listener.on_partitions_revoked(list(self.position))
         self.position = {tp: self.committed.get(tp, 0) for tp in (SDK, CMD)}  # fetchable before the listener
+        asked = self.store.asked
         self.listening = asyncio.ensure_future(self.listener.on_partitions_assigned(list(self.position)))
-        await asyncio.sleep(0)  # the listener runs up to its first await (the store)
+        await wait_for(lambda: self.store.asked > asked, timeout=5, interval=0)  # the listener reached the store
 
     async def getmany(self, timeout_ms: int, max_records: int) -> dict[TopicPartition, list[_Msg]]:
-        await asyncio.sleep(0)
         step = self.script.pop(0) if self.script else "stop"
         if step == "assign":
             await self._assign()
