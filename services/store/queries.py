@@ -256,26 +256,25 @@ def tag_matches_sql(channel_id: str, tag: str) -> tuple[str, list[Any]]:
     )
 
 
-def _q_patterns(q: str) -> tuple[str, str, str | None]:
-    """LIKE patterns of `q`: contact prefix, name prefix (users.name_key, lowercased the
-    same way by repository.search_columns), phone prefix (E.164) or None."""
-    text = q.strip().lower()
+def _q_patterns(q: str) -> tuple[str, str | None]:
+    """LIKE patterns of `q`: the prefix of an e-mail or of a name (users.name_key,
+    lowercased the same way by repository.search_columns), and of a phone (E.164) or None."""
     phone = _phone_prefix(q)
-    return _like_prefix(text), _like_prefix(text), _like_prefix(phone) if phone else None
+    return _like_prefix(q.strip().lower()), _like_prefix(phone) if phone else None
 
 
 def q_matches_sql(channel_id: str, q: str) -> tuple[str, list[Any]]:
     """Ids of users whose e-mail, phone or name starts with `q`, at most Q_SPARSE + 1
     (each branch an index range scan: identities_contact_prefix, users_name_key_prefix)."""
-    contact, name, phone = _q_patterns(q)
+    prefix, phone = _q_patterns(q)
     branches = [
         "SELECT user_id FROM identities WHERE channel_id = $1 AND kind IN ('email', 'mobile') AND value LIKE $2",
         """SELECT id FROM users WHERE channel_id = $1 AND NOT deleted AND merged_into IS NULL
-              AND name_key LIKE $3""",
+              AND name_key LIKE $2""",
     ]
-    args: list[Any] = [channel_id, contact, name]
+    args: list[Any] = [channel_id, prefix]
     if phone is not None:
-        branches.append("SELECT user_id FROM identities WHERE channel_id = $1 AND kind IN ('email', 'mobile') AND value LIKE $4")
+        branches.append("SELECT user_id FROM identities WHERE channel_id = $1 AND kind IN ('email', 'mobile') AND value LIKE $3")
         args.append(phone)
     return f"SELECT * FROM ({' UNION ALL '.join(f'({b} LIMIT {Q_SPARSE + 1})' for b in branches)}) m LIMIT {Q_SPARSE + 1}", args
 
@@ -304,10 +303,11 @@ def search_sql(
         if q_ids is not None:
             where.append(f"u.id = ANY({arg(q_ids)}::text[])")
         else:
-            contact, name, phone = _q_patterns(f.q)
-            likes = f"i.value LIKE {arg(contact)}" + (f" OR i.value LIKE {arg(phone)}" if phone else "")
+            prefix, phone = _q_patterns(f.q)
+            pattern = arg(prefix)
+            likes = f"i.value LIKE {pattern}" + (f" OR i.value LIKE {arg(phone)}" if phone else "")
             where.append(
-                f"""(u.name_key LIKE {arg(name)}
+                f"""(u.name_key LIKE {pattern}
                      OR EXISTS (SELECT 1 FROM identities i WHERE i.user_id = u.id AND i.channel_id = $1
                                    AND i.kind IN ('email', 'mobile') AND ({likes})))"""
             )
