@@ -115,7 +115,7 @@ async def _apply_batch(
         imports = await import_log.prepare(conn, facts, settings, directory)
 
         effects = run_facts(directory, fresh, settings, window, topics, result, outbox=outbox, failed_at=failed_at)
-        await write_effects(conn, directory, revs, effects)
+        await write_effects(conn, directory, revs, effects, window.stored)
         stamped = await repo.stamp_channels(conn, {u.channel_id for u in directory.changed.values()})
         if outbox:  # live only: a rebuild's chats were looked up when they happened
             await lookup_store.enqueue_chats(conn, effects.activities)
@@ -274,9 +274,13 @@ def run_facts(
     return fx
 
 
-async def write_effects(conn: asyncpg.Connection, directory: Directory, revs: dict[str, int], fx: Effects) -> None:
+async def write_effects(
+    conn: asyncpg.Connection, directory: Directory, revs: dict[str, int], fx: Effects,
+    stored_applied: frozenset[tuple[str, str]] = frozenset(),
+) -> None:
     """Write the changed users (fenced on `revs`), their identities where they changed,
-    and the rest of `fx`."""
+    and the rest of `fx`. `stored_applied`: the eventIds the store remembered when the
+    batch began (AppliedWindow.stored)."""
     changed = list(directory.changed.values())
     await repo.save_users(conn, changed, revs)
     await repo.save_identities(conn, [
@@ -288,7 +292,7 @@ async def write_effects(conn: asyncpg.Connection, directory: Directory, revs: di
     await repo.save_grade_changes(conn, fx.grades)
     await lookup_store.save_changes(conn, fx.lookups)
     await lookup_store.erase(conn, fx.erased)
-    await repo.save_applied(conn, fx.applied)
+    await repo.save_applied(conn, fx.applied, stored_applied)
     await repo.forget_applied(conn, sorted({c for c, _e, _t in fx.applied}), WINDOW_MS)
     await save_command_outcomes(conn, fx)
     await repo.save_outbox(conn, fx.messages)

@@ -24,6 +24,9 @@ class AppliedWindow:
     def __init__(self, rows: Iterable[Applied] = (), clocks: dict[str, int] | None = None) -> None:
         self.at: dict[tuple[str, str], int] = {(c, e): t for c, e, t in rows}
         self.clocks: dict[str, int] = dict(clocks or {})
+        # The pairs the store held when the window was read: an eventId applied again
+        # after it was forgotten still has its row there until the prune (repo.save_applied).
+        self.stored: frozenset[tuple[str, str]] = frozenset(self.at)
 
     def seen(self, channel_id: str, event_id: str) -> bool:
         """Applied before, and not yet forgotten."""

@@ -4,7 +4,7 @@ transaction."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from typing import Any
 
 import asyncpg
@@ -309,18 +309,26 @@ async def save_identities(
         raise Conflict(f"identity taken by another instance: {err.detail}") from err
 
 
-async def save_applied(conn: asyncpg.Connection, applied: Sequence[tuple[str, str, int]]) -> None:
-    """Remember applied eventIds with their event time. An eventId applied again after
-    it was forgotten (window.py) may still have its row until the next prune: renewed."""
-    if applied:
-        await conn.execute(
-            """INSERT INTO applied_events (channel_id, event_id, at)
-               SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[])
-               ON CONFLICT (channel_id, event_id) DO UPDATE SET at = EXCLUDED.at""",
-            [a[0] for a in applied],
-            [a[1] for a in applied],
-            [a[2] for a in applied],
-        )
+async def save_applied(
+    conn: asyncpg.Connection, applied: Sequence[tuple[str, str, int]], stored: Collection[tuple[str, str]] = (),
+) -> None:
+    """Remember applied eventIds with their event time, by binary COPY (half the server
+    time of an INSERT … ON CONFLICT, issue 14). `stored`: the pairs the table held when
+    the batch began; one of them applied again (forgotten by the window, not yet pruned)
+    has its row renewed, as has a pair applied twice in the batch: the last time stays."""
+    if not applied:
+        return
+    latest = {(c, e): t for c, e, t in applied}
+    if len(latest) < len(applied) or stored:
+        renewed = [k for k in latest if k in stored]
+        if renewed:
+            await conn.execute(
+                """DELETE FROM applied_events a USING unnest($1::text[], $2::text[]) AS r(c, e)
+                    WHERE a.channel_id = r.c AND a.event_id = r.e""",
+                [k[0] for k in renewed], [k[1] for k in renewed],
+            )
+        applied = [(c, e, t) for (c, e), t in latest.items()]
+    await conn.copy_records_to_table("applied_events", records=applied, columns=("channel_id", "event_id", "at"))
 
 
 async def save_outbox(conn: asyncpg.Connection, rows: Sequence[tuple[str, str | None, bytes | None]]) -> None:

@@ -109,3 +109,24 @@ async def test_a_schema_from_before_the_search_columns_is_upgraded_in_place(pool
     row = await pool.fetchrow("SELECT name_key, tags FROM users WHERE id = 'old'")
     assert (row["name_key"], row["tags"]) == ("sato taro", ["vip", "jp"])
     assert await pool.fetchval("SELECT count(*) FROM pg_indexes WHERE schemaname = current_schema() AND indexname = 'users_tags'") == 0
+
+
+async def test_applied_event_ids_copied_renew_a_stored_pair_and_keep_one_row_per_pair(settings: Settings) -> None:
+    """Contract "Inbound envelope" (eventId window, 7 days): applied eventIds are written
+    by COPY (issue 14, writes). A pair the table still held (forgotten by the window
+    within this batch, not yet pruned) is renewed, and a pair applied twice in one batch
+    keeps one row with its last time — a COPY of either as it came would break the key."""
+    assert settings.database_url
+    pool = await create_pool(settings.database_url, settings.db_schema)
+    try:
+        await pool.execute("INSERT INTO applied_events VALUES ('ch', 'old', 1000)")
+        async with pool.acquire() as conn, conn.transaction():
+            stored = {(r[0], r[1]) for r in await repo.already_applied(conn, [("ch", "old"), ("ch", "twice")])}
+            assert stored == {("ch", "old")}
+            await repo.save_applied(
+                conn, [("ch", "twice", 2000), ("ch", "old", 9000), ("ch", "new", 3000), ("ch", "twice", 9001)], stored,
+            )
+        rows = sorted(tuple(r) for r in await pool.fetch("SELECT channel_id, event_id, at FROM applied_events"))
+        assert rows == [("ch", "new", 3000), ("ch", "old", 9000), ("ch", "twice", 9001)]
+    finally:
+        await pool.close()
