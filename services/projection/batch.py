@@ -28,7 +28,7 @@ from services.domain.directory import Directory, identities
 from services.domain.grades import GradeChange
 from services.domain.hygiene import clean_email, clean_member_id, clean_mobile, clean_veil_id
 from services.domain.ids import member_user_id, veil_user_id
-from services.domain.imports import imported_member_user_id
+from services.domain.imports import imported_member_user_id, row_applied, row_applied_before
 from services.domain.lookups import LookupChange
 from services.domain.unification import MergeRecord
 from services.domain.user import User
@@ -222,20 +222,28 @@ def run_facts(
     applied, messages, dead_letters = fx.applied, fx.messages, result.dead_letters
     user_changed, commands = topics.user_changed, topics.commands
     apply, dumps = core.apply, orjson.dumps
-    published = 0
+    published = rows = 0
     for p in parsed:
         fact = p.fact
         if fact is not None:
             channel_id, event_id = fact.channel_id, fact.event_id
-            if seen.seen(channel_id, event_id):
+            # An import row is remembered by its import's row mark, not by its eventId
+            # (imports.row_applied_before); the eventId is still looked up, for rows an
+            # earlier version remembered that way.
+            is_row = fact.msg.type == "import.row"
+            if seen.seen(channel_id, event_id) or (is_row and row_applied_before(settings[channel_id], fact.msg)):
                 result.skipped += 1  # idempotency on eventId (CONTRACT)
                 if p.record.topic == commands:  # a retried request: its waiter hears "applied"
                     fx.repeats.append((channel_id, event_id))
                 continue
             outcome = apply(directory, fact, settings[channel_id], messages=outbox)
             if outcome.rejection is None:
-                seen.add(channel_id, event_id, fact.at)
-                applied.append((channel_id, event_id, fact.at))
+                if is_row:
+                    row_applied(settings[channel_id], fact.msg)
+                    rows += 1
+                else:
+                    seen.add(channel_id, event_id, fact.at)
+                    applied.append((channel_id, event_id, fact.at))
                 if p.record.topic == commands:
                     fx.outcomes.append((channel_id, event_id, fact.at, None, None))
                 if outcome.merges:
@@ -270,7 +278,7 @@ def run_facts(
             messages.append(_dead_letter(topics, p.record, *p.error, failed_at))
         dead_letters[p.error[0]] += 1
     result.published += published
-    result.applied += len(fx.applied)
+    result.applied += len(fx.applied) + rows
     return fx
 
 

@@ -484,3 +484,48 @@ def test_i15_a_failed_row_changes_nothing_and_publishes_nothing() -> None:
     out = h.row(memberId="m-1", name="Jiro", age="not a number")
     assert out.publications == [] and h.member("m-1").value("name") == "Taro"
     assert h.directory.changed == {}
+
+
+def _run_rows(h: Harness, numbers: list[int], seen: Any = None) -> tuple[Any, Any]:
+    """Import rows through the projection's loop (run_facts), in the given order."""
+    from contracts.topics import Topics
+    from services.projection.batch import BatchResult, Parsed, run_facts
+    from services.projection.records import Record
+    from services.projection.window import AppliedWindow
+
+    topics = Topics("t.")
+    parsed = []
+    for n in numbers:
+        msg = ImportRow(eventId=f"{IMP}:{n}", type="import.row", channelId=CH, occurredAt=T0, importId=IMP,
+                        rowNumber=n, cells={"memberId": f"m{n}", **UNSUB})
+        parsed.append(Parsed(Record(topics.import_rows, 0, n, T0, CH.encode(), b"{}"), fact=Fact(msg, T0)))
+    result = BatchResult()
+    fx = run_facts(h.directory, parsed, {CH: h.settings}, seen or AppliedWindow(), topics, result, outbox=False, failed_at=0)
+    return fx, result
+
+
+def test_i16_each_row_applied_once_by_its_imports_row_mark_not_an_eventid_per_row() -> None:
+    """I16 (resume: no row twice), issue 14 item 5: an import remembers the highest row
+    applied; a row at or below it is skipped (a resumed attempt publishes the file from
+    its start), and applied rows leave no eventId to store (applied_events)."""
+    h = Harness()
+    fx, result = _run_rows(h, [2, 3, 4])
+    assert (result.applied, result.skipped, fx.applied) == (3, 0, [])
+    assert h.book.through[(CH, IMP)] == 4 and h.tally.created == 3
+    # The next attempt: the file again from its first row; only row 5 is new.
+    fx, result = _run_rows(h, [2, 3, 4, 5])
+    assert (result.applied, result.skipped, fx.applied) == (1, 3, [])
+    assert h.book.through[(CH, IMP)] == 5 and h.tally.created == 4
+    assert h.member("m5") is not None
+
+
+def test_i16_a_row_an_earlier_version_remembered_by_its_eventid_is_still_skipped() -> None:
+    """I16 across an upgrade: rows applied before the row mark existed are in the
+    eventId window (applied_events), with no mark; they are skipped, later rows applied."""
+    from services.projection.window import AppliedWindow
+
+    h = Harness()
+    seen = AppliedWindow([(CH, f"{IMP}:2", T0), (CH, f"{IMP}:3", T0)])
+    fx, result = _run_rows(h, [2, 3, 4], seen)
+    assert (result.applied, result.skipped) == (1, 2) and h.tally.created == 1
+    assert h.book.through[(CH, IMP)] == 4
