@@ -33,6 +33,7 @@ from services.domain.lookups import LookupChange
 from services.domain.unification import MergeRecord
 from services.domain.user import User
 from services.domain.values import Rejected
+from services.platform.gc_tuning import paused as gc_paused
 from services.store import import_log
 from services.store import lookups as lookup_store
 from services.store import outcomes as command_outcomes
@@ -78,7 +79,8 @@ async def apply_batch(
     `resident`: users kept from earlier batches of this instance (resident.py); only
     what it lacks is loaded. Dropped whole if the batch does not commit."""
     try:
-        return await _apply_batch(pool, topics, records, now_ms, outbox, resident)
+        with gc_paused():  # what the batch allocates lives until it commits: not worth walking
+            return await _apply_batch(pool, topics, records, now_ms, outbox, resident)
     except BaseException:
         if resident is not None:
             resident.drop()  # it may hold changes that were not committed
