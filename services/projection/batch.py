@@ -117,6 +117,7 @@ async def _apply_batch(
         imports = await import_log.prepare(conn, facts, settings, directory)
 
         effects = run_facts(directory, fresh, settings, window, topics, result, outbox=outbox, failed_at=failed_at)
+        imported = _written_by_imports(facts, directory) if resident is not None and imports is not None else []
         await write_effects(conn, directory, revs, effects)
         stamped = await repo.stamp_channels(conn, {u.channel_id for u in directory.changed.values()})
         if outbox:  # live only: a rebuild's chats were looked up when they happened
@@ -131,7 +132,16 @@ async def _apply_batch(
         await repo.save_clocks(conn, clocks_after(records))
     if resident is not None:
         resident.committed(stamped)
+        resident.forget(imported)
     return result
+
+
+def _written_by_imports(facts: list[Fact], directory: Directory) -> list[str]:
+    """The users this batch changed in channels it has only import facts of: written by
+    an import's rows, not kept resident after the commit (ResidentUsers.forget). A
+    channel with any other fact in the batch keeps its users."""
+    others = {f.channel_id for f in facts if not f.msg.type.startswith("import.")}
+    return [user_id for user_id, user in directory.changed.items() if user.channel_id not in others]
 
 
 async def dead_letter_record(
