@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from contracts.inbound import ImportFinished, ImportRow, ImportStarted
 from services.domain import core
@@ -529,3 +531,35 @@ def test_i16_a_row_an_earlier_version_remembered_by_its_eventid_is_still_skipped
     fx, result = _run_rows(h, [2, 3, 4], seen)
     assert (result.applied, result.skipped) == (1, 2) and h.tally.created == 1
     assert h.book.through[(CH, IMP)] == 4
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    file_rows=st.integers(min_value=1, max_value=12),
+    attempts=st.lists(st.integers(min_value=0, max_value=12), min_size=1, max_size=4),
+    seed=st.randoms(use_true_random=False),
+)
+def test_i16_any_interleaving_of_attempts_applies_every_row_at_most_once_and_the_last_in_full(
+    file_rows: int, attempts: list[int], seed: Any,
+) -> None:
+    """I16 by the row mark, whatever the attempts do: each publishes the file from its
+    first row in order, stopping anywhere (killed), and a stalled one may go on
+    publishing after the next took over (its lease ran out), interleaved with it in the
+    log. Every row is applied at most once, and once an attempt publishes the whole file
+    every row has been applied — the prefix argument of `row_applied_before`."""
+    rows = list(range(2, file_rows + 2))
+    streams = [rows[: min(n, file_rows)] for n in attempts[:-1]] + [rows]  # the last one completes
+    log: list[int] = []
+    cursors = [0] * len(streams)
+    live = [i for i, s in enumerate(streams) if s]
+    while live:  # interleave the attempts' rows, each attempt in its own order
+        i = seed.choice(live)
+        log.append(streams[i][cursors[i]])
+        cursors[i] += 1
+        live = [j for j in live if cursors[j] < len(streams[j])]
+    h = Harness()
+    cut = seed.randrange(len(log) + 1)  # in two batches, as a consumer may read them
+    _run_rows(h, log[:cut])
+    _run_rows(h, log[cut:])
+    assert h.tally.created == file_rows  # each row once: created once, never updated
+    assert h.tally.updated == 0 and h.book.through[(CH, IMP)] == file_rows + 1
