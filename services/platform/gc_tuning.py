@@ -17,6 +17,8 @@ they live as long as the process and need never be walked.
 from __future__ import annotations
 
 import gc
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 THRESHOLDS = (20_000, 10, 10)
 
@@ -24,3 +26,33 @@ THRESHOLDS = (20_000, 10, 10)
 def tune() -> None:
     gc.freeze()
     gc.set_threshold(*THRESHOLDS)
+
+
+_pauses = 0
+
+
+@contextmanager
+def paused() -> Iterator[None]:
+    """No cyclic collection while a batch is applied (services/projection/batch.py).
+
+    A batch keeps nearly everything it allocates alive until it commits (records,
+    decoded messages, the users it creates, rows to write), so each young collection
+    during it walks tens of thousands of live objects for nothing; an import, which
+    creates a resident user per row, paid ~13 µs a row for it (docs/decisions.md,
+    "Imports: one row mark, the collector paused"). Paused, what dies with the batch is
+    freed by reference counting and never walked; what survives is walked by the next
+    collection after it. Cyclic garbage made meanwhile (by any task of the process)
+    waits one batch. Nested or overlapping batches keep it paused until the last ends;
+    a collector someone else disabled stays disabled."""
+    global _pauses
+    if _pauses == 0 and not gc.isenabled():
+        yield
+        return
+    _pauses += 1
+    gc.disable()
+    try:
+        yield
+    finally:
+        _pauses -= 1
+        if _pauses == 0:
+            gc.enable()

@@ -28,11 +28,12 @@ from services.domain.directory import Directory, identities
 from services.domain.grades import GradeChange
 from services.domain.hygiene import clean_email, clean_member_id, clean_mobile, clean_veil_id
 from services.domain.ids import member_user_id, veil_user_id
-from services.domain.imports import imported_member_user_id
+from services.domain.imports import imported_member_user_id, row_applied, row_applied_before
 from services.domain.lookups import LookupChange
 from services.domain.unification import MergeRecord
 from services.domain.user import User
 from services.domain.values import Rejected
+from services.platform.gc_tuning import paused as gc_paused
 from services.store import import_log
 from services.store import lookups as lookup_store
 from services.store import outcomes as command_outcomes
@@ -78,7 +79,8 @@ async def apply_batch(
     `resident`: users kept from earlier batches of this instance (resident.py); only
     what it lacks is loaded. Dropped whole if the batch does not commit."""
     try:
-        return await _apply_batch(pool, topics, records, now_ms, outbox, resident)
+        with gc_paused():  # what the batch allocates lives until it commits: not worth walking
+            return await _apply_batch(pool, topics, records, now_ms, outbox, resident)
     except BaseException:
         if resident is not None:
             resident.drop()  # it may hold changes that were not committed
@@ -115,6 +117,7 @@ async def _apply_batch(
         imports = await import_log.prepare(conn, facts, settings, directory)
 
         effects = run_facts(directory, fresh, settings, window, topics, result, outbox=outbox, failed_at=failed_at)
+        imported = _written_by_imports(facts, directory) if resident is not None and imports is not None else []
         await write_effects(conn, directory, revs, effects, window.stored)
         stamped = await repo.stamp_channels(conn, {u.channel_id for u in directory.changed.values()})
         if outbox:  # live only: a rebuild's chats were looked up when they happened
@@ -129,7 +132,16 @@ async def _apply_batch(
         await repo.save_clocks(conn, clocks_after(records))
     if resident is not None:
         resident.committed(stamped)
+        resident.forget(imported)
     return result
+
+
+def _written_by_imports(facts: list[Fact], directory: Directory) -> list[str]:
+    """The users this batch changed in channels it has only import facts of: written by
+    an import's rows, not kept resident after the commit (ResidentUsers.forget). A
+    channel with any other fact in the batch keeps its users."""
+    others = {f.channel_id for f in facts if not f.msg.type.startswith("import.")}
+    return [user_id for user_id, user in directory.changed.items() if user.channel_id not in others]
 
 
 async def dead_letter_record(
@@ -222,20 +234,28 @@ def run_facts(
     applied, messages, dead_letters = fx.applied, fx.messages, result.dead_letters
     user_changed, commands = topics.user_changed, topics.commands
     apply, dumps = core.apply, orjson.dumps
-    published = 0
+    published = rows = 0
     for p in parsed:
         fact = p.fact
         if fact is not None:
             channel_id, event_id = fact.channel_id, fact.event_id
-            if seen.seen(channel_id, event_id):
+            # An import row is remembered by its import's row mark, not by its eventId
+            # (imports.row_applied_before); the eventId is still looked up, for rows an
+            # earlier version remembered that way.
+            is_row = fact.msg.type == "import.row"
+            if seen.seen(channel_id, event_id) or (is_row and row_applied_before(settings[channel_id], fact.msg)):
                 result.skipped += 1  # idempotency on eventId (CONTRACT)
                 if p.record.topic == commands:  # a retried request: its waiter hears "applied"
                     fx.repeats.append((channel_id, event_id))
                 continue
             outcome = apply(directory, fact, settings[channel_id], messages=outbox)
             if outcome.rejection is None:
-                seen.add(channel_id, event_id, fact.at)
-                applied.append((channel_id, event_id, fact.at))
+                if is_row:
+                    row_applied(settings[channel_id], fact.msg)
+                    rows += 1
+                else:
+                    seen.add(channel_id, event_id, fact.at)
+                    applied.append((channel_id, event_id, fact.at))
                 if p.record.topic == commands:
                     fx.outcomes.append((channel_id, event_id, fact.at, None, None))
                 if outcome.merges:
@@ -270,7 +290,7 @@ def run_facts(
             messages.append(_dead_letter(topics, p.record, *p.error, failed_at))
         dead_letters[p.error[0]] += 1
     result.published += published
-    result.applied += len(fx.applied)
+    result.applied += len(fx.applied) + rows
     return fx
 
 

@@ -156,16 +156,32 @@ class ResidentUsers:
         else:
             recent[user_id] = None
 
+    def forget(self, user_ids: Iterable[str]) -> None:
+        """Evict these users now, after `committed`: the users an import wrote, which
+        its rows touch once. Kept, a million-row import would fill the budget (~5 KB a
+        user), push out the users other channels' facts come back to, and have the
+        collector walk them (docs/decisions.md, "Imports: one row mark, the collector
+        paused, imported users not kept")."""
+        for user_id in user_ids:
+            self._recent.pop(user_id, None)
+            self._evict_one(user_id)
+
     def _evict(self) -> None:
-        d = self.directory
         while len(self._recent) > self.budget:
             user_id, _ = self._recent.popitem(last=False)
-            user = d.get(user_id)
-            if user is None:
-                continue
-            for kind, value, _q in d.evict(user_id):
-                self.complete.discard((user.channel_id, kind, value))
-            self.revs.pop(user_id, None)
+            self._evict_one(user_id)
+        self._bound_negatives()
+
+    def _evict_one(self, user_id: str) -> None:
+        d = self.directory
+        user = d.get(user_id)
+        if user is None:
+            return
+        for kind, value, _q in d.evict(user_id):
+            self.complete.discard((user.channel_id, kind, value))
+        self.revs.pop(user_id, None)
+
+    def _bound_negatives(self) -> None:
         # Negative knowledge is cheap to lose and must not grow without bound.
         if len(self.absent) > self.budget:
             self.absent.clear()

@@ -57,7 +57,7 @@ async def prepare(
     book = ImportBook()
     pairs = sorted(wanted)
     for r in await conn.fetch(
-        """SELECT i.channel_id, i.import_id, i.mode, i.key, i.blank, i.tag, i.columns FROM imports i
+        """SELECT i.channel_id, i.import_id, i.mode, i.key, i.blank, i.tag, i.columns, i.last_row FROM imports i
              JOIN unnest($1::text[], $2::text[]) AS w(c, i) ON i.channel_id = w.c AND i.import_id = w.i""",
         [p[0] for p in pairs], [p[1] for p in pairs],
     ):
@@ -66,6 +66,7 @@ async def prepare(
         book.definitions[(r["channel_id"], r["import_id"])] = ImportDef.build(
             r["channel_id"], r["import_id"], r["mode"], lead_key, r["blank"], r["tag"], columns
         )
+        book.through[(r["channel_id"], r["import_id"])] = r["last_row"]
     for ch in {c for c, _ in wanted}:
         s = settings[ch]
         settings[ch] = ImportChannel(**{f.name: getattr(s, f.name) for f in fields(ChannelSettings)}, book=book)
@@ -156,11 +157,14 @@ async def _save_tallies(conn: asyncpg.Connection, book: ImportBook) -> None:
     keys = sorted(book.tallies)
     tallies = [book.tallies[k] for k in keys]
     await conn.execute(
-        """UPDATE imports i SET created = i.created + x.c, updated = i.updated + x.u, failed = i.failed + x.f
-             FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[]) AS x(ch, id, c, u, f)
+        """UPDATE imports i SET created = i.created + x.c, updated = i.updated + x.u, failed = i.failed + x.f,
+                                last_row = greatest(i.last_row, x.r)
+             FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[])
+                  AS x(ch, id, c, u, f, r)
             WHERE i.channel_id = x.ch AND i.import_id = x.id""",
         [k[0] for k in keys], [k[1] for k in keys],
         [t.created for t in tallies], [t.updated for t in tallies], [t.failed for t in tallies],
+        [book.through.get(k, 0) for k in keys],
     )
     # The lease of an import lives while its rows are being applied (I12), even after
     # its importer stopped waiting.

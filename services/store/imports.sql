@@ -27,6 +27,9 @@ CREATE TABLE IF NOT EXISTS imports (
     failed            bigint NOT NULL DEFAULT 0,
     PRIMARY KEY (channel_id, import_id)
 );
+-- The highest rowNumber applied (services/domain/imports.py, row_applied_before): how the
+-- projection applies each row of an import once, instead of an applied_events row per row.
+ALTER TABLE imports ADD COLUMN IF NOT EXISTS last_row bigint NOT NULL DEFAULT 0;
 CREATE INDEX IF NOT EXISTS imports_recent ON imports (channel_id, last_started_at DESC);
 
 -- Failed rows (I15): downloadable for 30 days after the import finished, then deleted.

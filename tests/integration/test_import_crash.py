@@ -69,10 +69,14 @@ async def test_i12_killed_importer_lock_lapses_and_the_same_file_resumes_without
 
     record = await import_log.import_record(pool, CH, killed_id)
     assert record is not None and (record["status"], record["attempts"], record["rows"]) == ("completed", 2, ROWS)
+    # Each row once by the import's row mark (issue 14 item 5), no eventId stored per row.
+    assert await pool.fetchval(
+        "SELECT last_row FROM imports WHERE channel_id = $1 AND import_id = $2", CH, killed_id
+    ) == ROWS + 1  # row 1 is the header
     applied_rows = await pool.fetchval(
         "SELECT count(*) FROM applied_events WHERE channel_id = $1 AND event_id ~ $2", CH, f"^{killed_id}:[0-9]+$"
     )
-    assert applied_rows == ROWS
+    assert applied_rows == 0
     assert await pool.fetchval("SELECT count(*) FROM users WHERE channel_id = $1 AND type = 'member'", CH) == ROWS
     for i in (0, STALL_AT - 1, STALL_AT, ROWS - 1):
         user = await find_user(pool, CH, "member", f"m-{i:03d}")

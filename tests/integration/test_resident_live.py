@@ -23,7 +23,7 @@ from services.replay import workload
 from services.replay.digest import state_digest
 from services.store import repository as repo
 from services.store.pool import create_pool
-from tests.integration.test_resident import CHANNELS, MU_CHANNEL, TOPICS, _records
+from tests.integration.test_resident import CHANNELS, LEAD_CHANNEL, MU_CHANNEL, TOPICS, _records
 from tests.support.infra import drop_schema
 
 CHUNK = 250
@@ -86,7 +86,12 @@ async def test_resident_users_reach_the_state_that_loading_every_batch_reaches(p
 
     assert roomy.drops == 0 and cramped.drops == 0
     assert roomy.hits > 0 and roomy.misses > 0  # the test exercises both paths
-    assert len(roomy) == await res.fetchval("SELECT count(*) FROM users")  # nobody evicted
+    # Nobody evicted but users an import wrote in a batch of import facts alone (not kept
+    # after its commit: ResidentUsers.forget, issue 14 item 5).
+    stored = {r[0]: r[1] for r in await res.fetch("SELECT id, channel_id FROM users")}
+    held = {u.id for u in roomy.directory.users()}
+    forgotten = stored.keys() - held
+    assert held <= stored.keys() and forgotten and {stored[i] for i in forgotten} <= {LEAD_CHANNEL, MU_CHANNEL}
     expected = await state_digest(load)
     assert await load.fetchval("SELECT count(*) FROM merges") > 0
     for pool in (res, tiny):

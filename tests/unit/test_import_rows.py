@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from contracts.inbound import ImportFinished, ImportRow, ImportStarted
 from services.domain import core
@@ -484,3 +486,80 @@ def test_i15_a_failed_row_changes_nothing_and_publishes_nothing() -> None:
     out = h.row(memberId="m-1", name="Jiro", age="not a number")
     assert out.publications == [] and h.member("m-1").value("name") == "Taro"
     assert h.directory.changed == {}
+
+
+def _run_rows(h: Harness, numbers: list[int], seen: Any = None) -> tuple[Any, Any]:
+    """Import rows through the projection's loop (run_facts), in the given order."""
+    from contracts.topics import Topics
+    from services.projection.batch import BatchResult, Parsed, run_facts
+    from services.projection.records import Record
+    from services.projection.window import AppliedWindow
+
+    topics = Topics("t.")
+    parsed = []
+    for n in numbers:
+        msg = ImportRow(eventId=f"{IMP}:{n}", type="import.row", channelId=CH, occurredAt=T0, importId=IMP,
+                        rowNumber=n, cells={"memberId": f"m{n}", **UNSUB})
+        parsed.append(Parsed(Record(topics.import_rows, 0, n, T0, CH.encode(), b"{}"), fact=Fact(msg, T0)))
+    result = BatchResult()
+    fx = run_facts(h.directory, parsed, {CH: h.settings}, seen or AppliedWindow(), topics, result, outbox=False, failed_at=0)
+    return fx, result
+
+
+def test_i16_each_row_applied_once_by_its_imports_row_mark_not_an_eventid_per_row() -> None:
+    """I16 (resume: no row twice), issue 14 item 5: an import remembers the highest row
+    applied; a row at or below it is skipped (a resumed attempt publishes the file from
+    its start), and applied rows leave no eventId to store (applied_events)."""
+    h = Harness()
+    fx, result = _run_rows(h, [2, 3, 4])
+    assert (result.applied, result.skipped, fx.applied) == (3, 0, [])
+    assert h.book.through[(CH, IMP)] == 4 and h.tally.created == 3
+    # The next attempt: the file again from its first row; only row 5 is new.
+    fx, result = _run_rows(h, [2, 3, 4, 5])
+    assert (result.applied, result.skipped, fx.applied) == (1, 3, [])
+    assert h.book.through[(CH, IMP)] == 5 and h.tally.created == 4
+    assert h.member("m5") is not None
+
+
+def test_i16_a_row_an_earlier_version_remembered_by_its_eventid_is_still_skipped() -> None:
+    """I16 across an upgrade: rows applied before the row mark existed are in the
+    eventId window (applied_events), with no mark; they are skipped, later rows applied."""
+    from services.projection.window import AppliedWindow
+
+    h = Harness()
+    seen = AppliedWindow([(CH, f"{IMP}:2", T0), (CH, f"{IMP}:3", T0)])
+    fx, result = _run_rows(h, [2, 3, 4], seen)
+    assert (result.applied, result.skipped) == (1, 2) and h.tally.created == 1
+    assert h.book.through[(CH, IMP)] == 4
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    file_rows=st.integers(min_value=1, max_value=12),
+    attempts=st.lists(st.integers(min_value=0, max_value=12), min_size=1, max_size=4),
+    seed=st.randoms(use_true_random=False),
+)
+def test_i16_any_interleaving_of_attempts_applies_every_row_at_most_once_and_the_last_in_full(
+    file_rows: int, attempts: list[int], seed: Any,
+) -> None:
+    """I16 by the row mark, whatever the attempts do: each publishes the file from its
+    first row in order, stopping anywhere (killed), and a stalled one may go on
+    publishing after the next took over (its lease ran out), interleaved with it in the
+    log. Every row is applied at most once, and once an attempt publishes the whole file
+    every row has been applied — the prefix argument of `row_applied_before`."""
+    rows = list(range(2, file_rows + 2))
+    streams = [rows[: min(n, file_rows)] for n in attempts[:-1]] + [rows]  # the last one completes
+    log: list[int] = []
+    cursors = [0] * len(streams)
+    live = [i for i, s in enumerate(streams) if s]
+    while live:  # interleave the attempts' rows, each attempt in its own order
+        i = seed.choice(live)
+        log.append(streams[i][cursors[i]])
+        cursors[i] += 1
+        live = [j for j in live if cursors[j] < len(streams[j])]
+    h = Harness()
+    cut = seed.randrange(len(log) + 1)  # in two batches, as a consumer may read them
+    _run_rows(h, log[:cut])
+    _run_rows(h, log[cut:])
+    assert h.tally.created == file_rows  # each row once: created once, never updated
+    assert h.tally.updated == 0 and h.book.through[(CH, IMP)] == file_rows + 1

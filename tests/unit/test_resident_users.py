@@ -86,3 +86,16 @@ def test_g3_committed_users_move_to_the_next_revision() -> None:
     r.committed({CH: 2})
     assert r.revs == {"u1": 5, "u2": 1}
     assert not d.changed
+
+
+def test_g3_forgotten_users_leave_memory_and_their_keys_ask_the_store_again() -> None:
+    """Issue 14 item 5: the users an import wrote are not kept after its batch
+    (`forget`); what is forgotten is asked from the store again, the rest stays."""
+    r = ResidentUsers(10)
+    r.begin({CH: 1})
+    for n in (1, 2):
+        r.loaded([f"u{n}"], [_veil(n)], [(1, _user(n))])
+    r.committed({})
+    r.forget(["u1", "u-never-held"])
+    assert r.directory.get("u1") is None and len(r) == 1
+    assert r.missing(["u1", "u2"], [_veil(1), _veil(2)]) == (["u1"], [_veil(1)])

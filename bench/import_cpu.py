@@ -1,0 +1,139 @@
+"""An import's CPU per row in the projection's batch path, without the broker: member
+rows (import_bench.py's file) through `apply_batch` against PostgreSQL with resident
+users, as `unifier run` applies them. Prints CPU µs per row of this process and of its
+PostgreSQL backend (read from /proc: run it on the database's machine), for the code as
+it is and, in the same run, with each of session 7's changes undone (docs/decisions.md,
+"Imports: one row mark, the collector paused, imported users not kept"):
+
+- `collector not paused`: `gc_tuning.paused` replaced by a no-op;
+- `imported users kept`: `ResidentUsers.forget` a no-op (the row mark stays).
+
+Runs alternate (now, variant, now, …) so that a shared machine's load falls on all of
+them; compare figures of one run. A benchmark, not a test.
+
+    .venv/bin/python bench/import_cpu.py                       # 8 batches of 5,000 rows, 3 rounds
+    .venv/bin/python bench/import_cpu.py --rows 500 --batches 40   # paced-size batches
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import secrets
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import orjson  # noqa: E402
+
+from contracts.topics import Topics  # noqa: E402
+from services.platform import gc_tuning  # noqa: E402
+from services.projection import batch as batch_mod  # noqa: E402
+from services.projection.records import Record  # noqa: E402
+from services.projection.resident import ResidentUsers  # noqa: E402
+from services.store.pool import create_pool  # noqa: E402
+
+LOCAL_POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
+CH, IMP, T0 = "bench_ch", "imp_bench", 1_767_225_600_000
+COLUMNS = [
+    {"column": "memberId", "key": "memberId", "type": None}, {"column": "name", "key": "name", "type": None},
+    {"column": "email", "key": "profile.email", "type": None},
+    {"column": "unsubscribeEmail", "key": "unsubscribeEmail", "type": None},
+    {"column": "unsubscribeTexting", "key": "unsubscribeTexting", "type": None},
+    {"column": "plan", "key": "profile.plan", "type": "string"}, {"column": "points", "key": "profile.points", "type": "number"},
+    {"column": "birthday", "key": "profile.birthday", "type": "date"}, {"column": "note", "key": "profile.note", "type": "string"},
+]
+
+
+class _KeepsImported(ResidentUsers):
+    def forget(self, user_ids: Any) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def _not_paused() -> Iterator[None]:
+    yield
+
+
+def _backend_cpu(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def one(database_url: str, variant: str, rows: int, batches: int) -> tuple[float, float]:
+    """(process, backend) CPU µs per row over `batches` batches after a warm-up one."""
+    schema = f"bench_impcpu_{secrets.token_hex(3)}"
+    pool = await create_pool(database_url, schema, min_size=1, max_size=1)
+    topics = Topics("t.")
+    resident = _KeepsImported(200_000) if variant == "imported users kept" else ResidentUsers(200_000)
+    paused = batch_mod.gc_paused
+    if variant == "collector not paused":
+        batch_mod.gc_paused = _not_paused  # type: ignore[assignment]
+    offset = 0
+
+    def record(body: dict[str, Any]) -> Record:
+        nonlocal offset
+        offset += 1
+        return Record(topics.import_rows, 0, offset - 1, T0, CH.encode(), orjson.dumps({"channelId": CH, "occurredAt": T0, **body}))
+
+    try:
+        backend = await pool.fetchval("SELECT pg_backend_pid()")
+        await batch_mod.apply_batch(pool, topics, [record({
+            "eventId": f"{IMP}:started:1", "type": "import.started", "importId": IMP, "mode": "member", "key": "memberId",
+            "blank": "keep", "tag": "bench", "actor": "bench", "fileName": "m.csv", "columns": COLUMNS,
+        })], now_ms=T0, resident=resident)
+        cpu = db = 0.0
+        for b in range(batches + 1):
+            records = []
+            for i in range(rows):
+                n = b * rows + i + 2
+                records.append(record({
+                    "eventId": f"{IMP}:{n}", "type": "import.row", "importId": IMP, "rowNumber": n,
+                    "cells": {"memberId": f"M{n:08d}", "name": "山田 太郎", "profile.email": f"user{n}@example.com",
+                              "unsubscribeEmail": "false", "unsubscribeTexting": "true", "profile.plan": "gold",
+                              "profile.points": str(n % 1000), "profile.birthday": "1990-05-17",
+                              "profile.note": "a note about this member"},
+                }))
+            t, d = time.process_time(), _backend_cpu(backend)
+            await batch_mod.apply_batch(pool, topics, records, now_ms=T0, resident=resident)
+            if b > 0:  # the first batch warms up
+                cpu += time.process_time() - t
+                db += _backend_cpu(backend) - d
+        n_rows = batches * rows
+        return cpu / n_rows * 1e6, db / n_rows * 1e6
+    finally:
+        batch_mod.gc_paused = paused  # type: ignore[assignment]
+        await pool.execute(f"DROP SCHEMA {schema} CASCADE")
+        await pool.close()
+
+
+async def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rows", type=int, default=5_000, help="rows per batch")
+    p.add_argument("--batches", type=int, default=8, help="timed batches per run")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--database-url", default=os.environ.get("DATABASE_URL") or LOCAL_POSTGRES)
+    args = p.parse_args()
+    gc_tuning.tune()  # as `unifier run`
+    variants = ("now", "collector not paused", "imported users kept")
+    seen: dict[str, list[tuple[float, float]]] = {v: [] for v in variants}
+    for _ in range(args.rounds):
+        for v in variants:
+            seen[v].append(await one(args.database_url, v, args.rows, args.batches))
+    print(f"import rows through apply_batch: {args.batches} x {args.rows} rows per run, CPU µs per row (load {os.getloadavg()[0]:.1f})")
+    for v, runs in seen.items():
+        process = " / ".join(f"{c:.1f}" for c, _ in runs)
+        backend = " / ".join(f"{d:.1f}" for _, d in runs)
+        print(f"  {v:<22} service {process:<24} PostgreSQL backend {backend}")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
