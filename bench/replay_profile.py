@@ -1,0 +1,194 @@
+"""A rebuild's build phase in this one process: CPU per event, and where it goes.
+
+    .venv/bin/python bench/replay_profile.py [--events 100000] [--repeat 3] [--profile out.prof]
+
+Starts a broker (or uses KAFKA_BOOTSTRAP_SERVERS), publishes `--events` mixed facts
+(services/replay/workload.py) once, then `--repeat` times builds a fresh schema on the
+local PostgreSQL with `rebuild.build(workers=1)` — what shard 0 of `unifier replay
+--rebuild` does, without the switch and the digest (`--whole`: with them, as
+`unifier replay --rebuild --workers 1` does in its one process) — and prints this process's CPU µs
+per event, with each stage's own share (`process_time` around the stage's functions,
+summed; the log reader runs as a task meanwhile, so its share is what its steps cost
+here, not wall time). `--profile FILE` runs the last build under cProfile and writes
+its stats there (`python -m pstats FILE`), without the stage timers.
+PostgreSQL's CPU per event is that of the backends of a database made for the run
+(`replay_prof_*`, dropped afterwards), as bench/replay_bench.py counts it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import functools
+import os
+import secrets
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from contracts.topics import Topics  # noqa: E402
+from services.platform.embedded import EmbeddedBroker  # noqa: E402
+from services.platform.topics import ensure_topics  # noqa: E402
+from services.replay import workload  # noqa: E402
+
+from bench.replay_bench import PartyCpu, _with_database  # noqa: E402
+
+LOCAL_POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+SPENT: dict[str, float] = {}
+
+
+def _timed(owner: Any, name: str, label: str) -> Callable[[], None]:
+    """Wrap `owner.name` (sync or async) to add its process time to SPENT[label]; undo."""
+    original = getattr(owner, name)
+    clock = time.process_time
+    if asyncio.iscoroutinefunction(original):
+        @functools.wraps(original)
+        async def wrapper(*a: Any, **k: Any) -> Any:
+            # Only the steps of this coroutine up to its awaits are ours to count: the
+            # event loop runs other tasks meanwhile. Good enough for the COPY stages,
+            # whose Python work happens before they await the server.
+            started = clock()
+            try:
+                return await original(*a, **k)
+            finally:
+                SPENT[label] = SPENT.get(label, 0.0) + clock() - started
+    else:
+        @functools.wraps(original)
+        def wrapper(*a: Any, **k: Any) -> Any:
+            started = clock()
+            try:
+                return original(*a, **k)
+            finally:
+                SPENT[label] = SPENT.get(label, 0.0) + clock() - started
+    setattr(owner, name, wrapper)
+    return lambda: setattr(owner, name, original)
+
+
+def _stage_timers() -> list[Callable[[], None]]:
+    from services.domain.directory import Directory
+    from services.projection import batch
+    from services.replay import log, resident
+    from services.store import bulk
+
+    from services.replay import indexes, replay, switch
+
+    return [
+        _timed(replay, "check_log_holds", "fixed: probe the log's end (awaits included)"),
+        _timed(indexes, "restore", "fixed: indexes.restore (awaits included)"),
+        _timed(switch, "digest_in_transaction", "fixed: digest (awaits included)"),
+        _timed(replay, "switch", "fixed: switch incl. digest (awaits included)"),
+        _timed(log.LogReader, "_fill", "read: fetch + records"),
+        _timed(resident, "parse_records", "decode (parse_records)"),
+        _timed(resident, "run_facts", "run_facts (core included)"),
+        _timed(batch.core, "apply", "core.apply"),
+        _timed(bulk, "copy_users", "final COPY users (awaits included)"),
+        _timed(bulk, "copy_identities", "final COPY identities (awaits included)"),
+        _timed(bulk, "copy_applied", "final COPY applied (awaits included)"),
+        _timed(resident.Resident, "_write_pending", "pending writes (awaits included)"),
+        _timed(Directory, "settle", "directory.settle"),
+    ]
+
+
+async def _build_once(
+    database_url: str, bootstrap: str, topics: Topics, channels: int, profile: str | None, whole: bool
+) -> dict[str, float]:
+    from services.platform import gc_tuning
+    from services.replay import replay
+    from services.replay.rebuild import Tally, build, open_schema
+
+    gc_tuning.tune()
+    schema = f"bench_prof_{secrets.token_hex(3)}"
+    admin = await asyncpg.connect(database_url)
+    try:
+        pool = await open_schema(database_url, schema)  # as `unifier replay` makes its schema
+        for ch in workload.hashed_channels(channels):
+            await pool.execute(
+                "INSERT INTO channels (channel_id, member_hash_secret) VALUES ($1, $2)", ch, workload.HASHED_CHANNEL_SECRET
+            )
+        tally = Tally(out=None)
+        undo = [] if profile else _stage_timers()
+        SPENT.clear()
+        prof = cProfile.Profile() if profile else None
+        sampler = await asyncpg.connect(database_url)
+        party = PartyCpu(sampler, database_url.rsplit("/", 1)[1], None)
+        await party.start()
+        started, cpu = time.perf_counter(), time.process_time()
+        try:
+            if prof:
+                prof.enable()
+            if whole:  # `unifier replay --rebuild --workers 1` against the (empty) live schema
+                await pool.close()
+                await replay.rebuild(database_url, bootstrap, topics, schema, replay.Options(drop_archive=True), tally)
+            else:
+                await build(pool, bootstrap, topics, batch=10_000, quiet_s=1.0, tally=tally, workers=1)
+            if prof:
+                prof.disable()
+        finally:
+            for u in undo:
+                u()
+            if not whole:
+                await pool.close()
+        wall, spent = time.perf_counter() - started, time.process_time() - cpu
+        server = (await party.stop(max(tally.events, 1)))["postgres"]
+        await sampler.close()
+        if prof and profile:
+            prof.dump_stats(profile)
+        n = max(tally.events, 1)
+        out = {"events": tally.events, "eventsPerSecond": round(n / wall), "cpuMicrosPerEvent": round(1e6 * spent / n, 1),
+               "postgresMicrosPerEvent": server}
+        out.update({k: round(1e6 * v / n, 2) for k, v in sorted(SPENT.items())})
+        return out
+    finally:
+        await admin.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        await admin.close()
+
+
+async def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--events", type=int, default=100_000)
+    ap.add_argument("--channels", type=int, default=48)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--profile", help="cProfile the last build into this file")
+    ap.add_argument("--whole", action="store_true",
+                    help="the whole rebuild with one worker (probe, build, indexes, switch, digest), not the build alone")
+    args = ap.parse_args()
+    server_url = os.environ.get("DATABASE_URL", LOCAL_POSTGRES)
+    database = f"replay_prof_{secrets.token_hex(3)}"
+    admin = await asyncpg.connect(server_url)
+    await admin.execute(f'CREATE DATABASE "{database}"')
+    database_url = _with_database(server_url, database)
+    work = Path(os.environ.get("TMPDIR", "/tmp")) / f"unifier-prof-{secrets.token_hex(3)}"
+    work.mkdir(parents=True)
+    broker = None
+    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if not bootstrap:
+        broker = EmbeddedBroker(work)
+        bootstrap = await broker.start()
+    try:
+        prefix = f"prof{secrets.token_hex(3)}."
+        topics = Topics(prefix)
+        await ensure_topics(bootstrap, prefix, 12)
+        await workload.publish(bootstrap, topics, workload.mixed_facts(args.events, channels=args.channels, rounds=10))
+        for i in range(args.repeat):
+            last = i == args.repeat - 1
+            figures = await _build_once(database_url, bootstrap, topics, args.channels, args.profile if last else None, args.whole)
+            print(figures, flush=True)
+    finally:
+        if broker is not None:
+            await broker.stop()
+        await admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        await admin.close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(asyncio.run(main()))
