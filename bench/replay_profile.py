@@ -34,12 +34,11 @@ import asyncpg
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.replay_bench import PartyCpu, _with_database  # noqa: E402
 from contracts.topics import Topics  # noqa: E402
 from services.platform.embedded import EmbeddedBroker  # noqa: E402
 from services.platform.topics import ensure_topics  # noqa: E402
 from services.replay import workload  # noqa: E402
-
-from bench.replay_bench import PartyCpu, _with_database  # noqa: E402
 
 LOCAL_POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
 
@@ -76,10 +75,8 @@ def _timed(owner: Any, name: str, label: str) -> Callable[[], None]:
 def _stage_timers() -> list[Callable[[], None]]:
     from services.domain.directory import Directory
     from services.projection import batch
-    from services.replay import log, resident
+    from services.replay import indexes, log, replay, resident, switch
     from services.store import bulk
-
-    from services.replay import indexes, replay, switch
 
     return [
         _timed(replay, "check_log_holds", "fixed: probe the log's end (awaits included)"),
