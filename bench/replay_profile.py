@@ -6,7 +6,7 @@ Starts a broker (or uses KAFKA_BOOTSTRAP_SERVERS), publishes `--events` mixed fa
 (services/replay/workload.py) once, then `--repeat` times builds a fresh schema on the
 local PostgreSQL with `rebuild.build(workers=1)` — what shard 0 of `unifier replay
 --rebuild` does, without the switch and the digest (`--whole`: with them, as
-`unifier replay --rebuild --workers 1` does in its one process) — and prints this process's CPU µs
+`unifier replay --rebuild --workers N` does, default 1: all in this process) — and prints this process's CPU µs
 per event, with each stage's own share (`process_time` around the stage's functions,
 summed; the log reader runs as a task meanwhile, so its share is what its steps cost
 here, not wall time). `--profile FILE` runs the last build under cProfile and writes
@@ -22,6 +22,7 @@ import asyncio
 import cProfile
 import functools
 import os
+import resource
 import secrets
 import sys
 import time
@@ -43,6 +44,8 @@ from services.replay import workload  # noqa: E402
 LOCAL_POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 SPENT: dict[str, float] = {}
+WALL: dict[str, float] = {}
+COUNTS: dict[str, int] = {}  # collections by generation  # seconds of the async stages, from call to return
 
 
 def _timed(owner: Any, name: str, label: str) -> Callable[[], None]:
@@ -55,11 +58,12 @@ def _timed(owner: Any, name: str, label: str) -> Callable[[], None]:
             # Only the steps of this coroutine up to its awaits are ours to count: the
             # event loop runs other tasks meanwhile. Good enough for the COPY stages,
             # whose Python work happens before they await the server.
-            started = clock()
+            started, wall = clock(), time.perf_counter()
             try:
                 return await original(*a, **k)
             finally:
                 SPENT[label] = SPENT.get(label, 0.0) + clock() - started
+                WALL[label] = WALL.get(label, 0.0) + time.perf_counter() - wall
     else:
         @functools.wraps(original)
         def wrapper(*a: Any, **k: Any) -> Any:
@@ -72,6 +76,25 @@ def _timed(owner: Any, name: str, label: str) -> Callable[[], None]:
     return lambda: setattr(owner, name, original)
 
 
+def _gc_timer() -> Callable[[], None]:
+    """Add the cyclic collector's time (which no profiler shows) to SPENT["gc"]; undo."""
+    import gc
+
+    started = [0.0]
+
+    def callback(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            started[0] = time.process_time()
+        else:
+            label = f"gc gen {info['generation']}"
+            SPENT[label] = SPENT.get(label, 0.0) + time.process_time() - started[0]
+            COUNTS[label] = COUNTS.get(label, 0) + 1
+            COUNTS[label + " garbage found"] = COUNTS.get(label + " garbage found", 0) + info["collected"]
+
+    gc.callbacks.append(callback)
+    return lambda: gc.callbacks.remove(callback)
+
+
 def _stage_timers() -> list[Callable[[], None]]:
     from services.domain.directory import Directory
     from services.projection import batch
@@ -79,6 +102,10 @@ def _stage_timers() -> list[Callable[[], None]]:
     from services.store import bulk
 
     return [
+        _gc_timer(),
+        _timed(replay, "build", "build (awaits included)"),
+        _timed(replay, "catch_up", "catch_up (awaits included)"),
+        _timed(replay, "drop_schema", "drop schema (awaits included)"),
         _timed(replay, "check_log_holds", "fixed: probe the log's end (awaits included)"),
         _timed(indexes, "restore", "fixed: indexes.restore (awaits included)"),
         _timed(switch, "digest_in_transaction", "fixed: digest (awaits included)"),
@@ -96,7 +123,7 @@ def _stage_timers() -> list[Callable[[], None]]:
 
 
 async def _build_once(
-    database_url: str, bootstrap: str, topics: Topics, channels: int, profile: str | None, whole: bool
+    database_url: str, bootstrap: str, topics: Topics, channels: int, profile: str | None, whole: bool, workers: int,
 ) -> dict[str, float]:
     from services.platform import gc_tuning
     from services.replay import replay
@@ -114,6 +141,10 @@ async def _build_once(
         tally = Tally(out=None)
         undo = [] if profile else _stage_timers()
         SPENT.clear()
+        WALL.clear()
+        COUNTS.clear()
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        children = usage.ru_utime + usage.ru_stime
         prof = cProfile.Profile() if profile else None
         sampler = await asyncpg.connect(database_url)
         party = PartyCpu(sampler, database_url.rsplit("/", 1)[1], None)
@@ -124,7 +155,7 @@ async def _build_once(
                 prof.enable()
             if whole:  # `unifier replay --rebuild --workers 1` against the (empty) live schema
                 await pool.close()
-                await replay.rebuild(database_url, bootstrap, topics, schema, replay.Options(drop_archive=True), tally)
+                await replay.rebuild(database_url, bootstrap, topics, schema, replay.Options(drop_archive=True, workers=workers), tally)
             else:
                 await build(pool, bootstrap, topics, batch=10_000, quiet_s=1.0, tally=tally, workers=1)
             if prof:
@@ -135,14 +166,19 @@ async def _build_once(
             if not whole:
                 await pool.close()
         wall, spent = time.perf_counter() - started, time.process_time() - cpu
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        children = usage.ru_utime + usage.ru_stime - children
         server = (await party.stop(max(tally.events, 1)))["postgres"]
         await sampler.close()
         if prof and profile:
             prof.dump_stats(profile)
         n = max(tally.events, 1)
-        out = {"events": tally.events, "eventsPerSecond": round(n / wall), "cpuMicrosPerEvent": round(1e6 * spent / n, 1),
+        out = {"events": tally.events, "eventsPerSecond": round(n / wall), "cpuMicrosPerEvent": round(1e6 * (spent + children) / n, 1),
+               "workersCpuMicrosPerEvent": round(1e6 * children / n, 1), "seconds": round(wall, 2),
                "postgresMicrosPerEvent": server}
         out.update({k: round(1e6 * v / n, 2) for k, v in sorted(SPENT.items())})
+        out.update({f"{k}, wall s": round(v, 3) for k, v in sorted(WALL.items())})
+        out.update({f"{k}, collections": v for k, v in sorted(COUNTS.items())})
         return out
     finally:
         await admin.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
@@ -156,7 +192,11 @@ async def main() -> int:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--profile", help="cProfile the last build into this file")
     ap.add_argument("--whole", action="store_true",
-                    help="the whole rebuild with one worker (probe, build, indexes, switch, digest), not the build alone")
+                    help="the whole rebuild (probe, build, indexes, switch, digest), not the build alone")
+    ap.add_argument("--prefix", help="read this topic prefix, already published (KAFKA_BOOTSTRAP_SERVERS)")
+    ap.add_argument("--publish-only", action="store_true",
+                    help="publish, print the broker and prefix, and keep the broker until killed (for A/B runs)")
+    ap.add_argument("--workers", type=int, default=1, help="with --whole: worker processes, this one included")
     args = ap.parse_args()
     server_url = os.environ.get("DATABASE_URL", LOCAL_POSTGRES)
     database = f"replay_prof_{secrets.token_hex(3)}"
@@ -171,13 +211,17 @@ async def main() -> int:
         broker = EmbeddedBroker(work)
         bootstrap = await broker.start()
     try:
-        prefix = f"prof{secrets.token_hex(3)}."
+        prefix = args.prefix or f"prof{secrets.token_hex(3)}."
         topics = Topics(prefix)
-        await ensure_topics(bootstrap, prefix, 12)
-        await workload.publish(bootstrap, topics, workload.mixed_facts(args.events, channels=args.channels, rounds=10))
+        if not args.prefix:
+            await ensure_topics(bootstrap, prefix, 12)
+            await workload.publish(bootstrap, topics, workload.mixed_facts(args.events, channels=args.channels, rounds=10))
+        if args.publish_only:
+            print(f"KAFKA_BOOTSTRAP_SERVERS={bootstrap} --prefix {prefix}", flush=True)
+            await asyncio.Event().wait()  # keep the broker until killed
         for i in range(args.repeat):
             last = i == args.repeat - 1
-            figures = await _build_once(database_url, bootstrap, topics, args.channels, args.profile if last else None, args.whole)
+            figures = await _build_once(database_url, bootstrap, topics, args.channels, args.profile if last else None, args.whole, args.workers)
             print(figures, flush=True)
     finally:
         if broker is not None:
