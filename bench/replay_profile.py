@@ -45,10 +45,12 @@ LOCAL_POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 SPENT: dict[str, float] = {}
 WALL: dict[str, float] = {}
-COUNTS: dict[str, int] = {}  # collections by generation  # seconds of the async stages, from call to return
+COUNTS: dict[str, int] = {}  # collections by generation
+SERVER: dict[str, float] = {}  # PostgreSQL CPU seconds during the async stages
+STAGE_PG: list[PartyCpu] = []  # its sampler for stages, on a connection of its own  # seconds of the async stages, from call to return
 
 
-def _timed(owner: Any, name: str, label: str) -> Callable[[], None]:
+def _timed(owner: Any, name: str, label: str, *, sample_server: bool = True) -> Callable[[], None]:
     """Wrap `owner.name` (sync or async) to add its process time to SPENT[label]; undo."""
     original = getattr(owner, name)
     clock = time.process_time
@@ -58,12 +60,15 @@ def _timed(owner: Any, name: str, label: str) -> Callable[[], None]:
             # Only the steps of this coroutine up to its awaits are ours to count: the
             # event loop runs other tasks meanwhile. Good enough for the COPY stages,
             # whose Python work happens before they await the server.
+            server = await _server_cpu() if sample_server else None
             started, wall = clock(), time.perf_counter()
             try:
                 return await original(*a, **k)
             finally:
                 SPENT[label] = SPENT.get(label, 0.0) + clock() - started
                 WALL[label] = WALL.get(label, 0.0) + time.perf_counter() - wall
+                if server is not None:
+                    SERVER[label] = SERVER.get(label, 0.0) + (await _server_cpu() or 0.0) - server
     else:
         @functools.wraps(original)
         def wrapper(*a: Any, **k: Any) -> Any:
@@ -74,6 +79,15 @@ def _timed(owner: Any, name: str, label: str) -> Callable[[], None]:
                 SPENT[label] = SPENT.get(label, 0.0) + clock() - started
     setattr(owner, name, wrapper)
     return lambda: setattr(owner, name, original)
+
+
+async def _server_cpu() -> float | None:
+    """CPU seconds of the run's database backends so far (None: not sampled)."""
+    if not STAGE_PG:
+        return None
+    party = STAGE_PG[0]
+    await party._sample()
+    return sum(party._last[p] - party._first[p] for p in party._last)
 
 
 def _gc_timer() -> Callable[[], None]:
@@ -110,7 +124,7 @@ def _stage_timers() -> list[Callable[[], None]]:
         _timed(indexes, "restore", "fixed: indexes.restore (awaits included)"),
         _timed(switch, "digest_in_transaction", "fixed: digest (awaits included)"),
         _timed(replay, "switch", "fixed: switch incl. digest (awaits included)"),
-        _timed(log.LogReader, "_fill", "read: fetch + records"),
+        _timed(log.LogReader, "_fill", "read: fetch + records", sample_server=False),  # runs beside the others
         _timed(resident, "parse_records", "decode (parse_records)"),
         _timed(resident, "run_facts", "run_facts (core included)"),
         _timed(batch.core, "apply", "core.apply"),
@@ -118,6 +132,11 @@ def _stage_timers() -> list[Callable[[], None]]:
         _timed(bulk, "copy_identities", "final COPY identities (awaits included)"),
         _timed(bulk, "copy_applied", "final COPY applied (awaits included)"),
         _timed(resident.Resident, "_write_pending", "pending writes (awaits included)"),
+        _timed(bulk, "copy_activities", "pending: COPY activities (awaits included)"),
+        _timed(resident.repo, "save_merges", "pending: save_merges (awaits included)"),
+        _timed(resident, "save_command_outcomes", "pending: command outcomes (awaits included)"),
+        _timed(resident.import_log, "prepare", "per chunk: import_log.prepare (awaits included)"),
+        _timed(resident.import_log, "save", "per chunk: import_log.save (awaits included)"),
         _timed(Directory, "settle", "directory.settle"),
     ]
 
@@ -141,6 +160,7 @@ async def _build_once(
         tally = Tally(out=None)
         undo = [] if profile else _stage_timers()
         SPENT.clear()
+        SERVER.clear()
         WALL.clear()
         COUNTS.clear()
         usage = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -149,6 +169,9 @@ async def _build_once(
         sampler = await asyncpg.connect(database_url)
         party = PartyCpu(sampler, database_url.rsplit("/", 1)[1], None)
         await party.start()
+        stages = await asyncpg.connect(database_url)
+        STAGE_PG[:] = [PartyCpu(stages, database_url.rsplit("/", 1)[1], None)]
+        await STAGE_PG[0].start()
         started, cpu = time.perf_counter(), time.process_time()
         try:
             if prof:
@@ -169,6 +192,9 @@ async def _build_once(
         usage = resource.getrusage(resource.RUSAGE_CHILDREN)
         children = usage.ru_utime + usage.ru_stime - children
         server = (await party.stop(max(tally.events, 1)))["postgres"]
+        await STAGE_PG[0].stop(1)
+        STAGE_PG.clear()
+        await stages.close()
         await sampler.close()
         if prof and profile:
             prof.dump_stats(profile)
@@ -179,6 +205,7 @@ async def _build_once(
         out.update({k: round(1e6 * v / n, 2) for k, v in sorted(SPENT.items())})
         out.update({f"{k}, wall s": round(v, 3) for k, v in sorted(WALL.items())})
         out.update({f"{k}, collections": v for k, v in sorted(COUNTS.items())})
+        out.update({f"{k}, postgres µs per event": round(1e6 * v / n, 2) for k, v in sorted(SERVER.items())})
         return out
     finally:
         await admin.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
