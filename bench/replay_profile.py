@@ -170,8 +170,11 @@ async def _build_once(
         party = PartyCpu(sampler, database_url.rsplit("/", 1)[1], None)
         await party.start()
         stages = await asyncpg.connect(database_url)
+        # Sampled only at the stages' edges (no polling task: one connection, one query at a time).
         STAGE_PG[:] = [PartyCpu(stages, database_url.rsplit("/", 1)[1], None)]
-        await STAGE_PG[0].start()
+        STAGE_PG[0]._first, STAGE_PG[0]._last, STAGE_PG[0]._before = {}, {}, True
+        await STAGE_PG[0]._sample()
+        STAGE_PG[0]._before = False
         started, cpu = time.perf_counter(), time.process_time()
         try:
             if prof:
@@ -192,7 +195,6 @@ async def _build_once(
         usage = resource.getrusage(resource.RUSAGE_CHILDREN)
         children = usage.ru_utime + usage.ru_stime - children
         server = (await party.stop(max(tally.events, 1)))["postgres"]
-        await STAGE_PG[0].stop(1)
         STAGE_PG.clear()
         await stages.close()
         await sampler.close()
