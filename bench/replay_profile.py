@@ -24,6 +24,7 @@ import functools
 import os
 import resource
 import secrets
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -228,7 +229,7 @@ async def main() -> int:
                     help="the whole rebuild (probe, build, indexes, switch, digest), not the build alone")
     ap.add_argument("--prefix", help="read this topic prefix, already published (KAFKA_BOOTSTRAP_SERVERS)")
     ap.add_argument("--publish-only", action="store_true",
-                    help="publish, print the broker and prefix, and keep the broker until killed (for A/B runs)")
+                    help="publish, print the broker and prefix, and keep the broker until SIGTERM (for A/B runs)")
     ap.add_argument("--workers", type=int, default=1, help="with --whole: worker processes, this one included")
     args = ap.parse_args()
     server_url = os.environ.get("DATABASE_URL", LOCAL_POSTGRES)
@@ -251,7 +252,11 @@ async def main() -> int:
             await workload.publish(bootstrap, topics, workload.mixed_facts(args.events, channels=args.channels, rounds=10))
         if args.publish_only:
             print(f"KAFKA_BOOTSTRAP_SERVERS={bootstrap} --prefix {prefix}", flush=True)
-            await asyncio.Event().wait()  # keep the broker until killed
+            stop = asyncio.Event()  # keep the broker until told to stop (kill PID: SIGTERM)
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+            await stop.wait()
+            return 0
         for i in range(args.repeat):
             last = i == args.repeat - 1
             figures = await _build_once(database_url, bootstrap, topics, args.channels, args.profile if last else None, args.whole, args.workers)
