@@ -11,8 +11,8 @@ and in a rebuild, so no producer clock can date a record far ahead of its partit
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import NamedTuple, Protocol
 
 Partition = tuple[str, int]
 
@@ -23,14 +23,36 @@ MAX_AHEAD_MS = 24 * 60 * 60 * 1000
 LOG_APPEND_TIME = 1  # Kafka timestamp type: set by the broker at append, not by the producer
 
 
-@dataclass(frozen=True, slots=True)
-class Record:
+class Record(NamedTuple):
+    """One inbound record as read. A named tuple rather than a frozen dataclass: every
+    record of the log is made once, and a frozen dataclass' `__init__` (one
+    `object.__setattr__` per field) cost ~0.45 µs more per record than a tuple
+    (docs/decisions.md, "Replay: reading the log for less")."""
+
     topic: str
     partition: int
     offset: int
     timestamp: int  # broker/producer record time, epoch ms
     key: bytes | None
     value: bytes | None
+
+
+class Message(Protocol):
+    """What is read of a fetched message (aiokafka's ConsumerRecord)."""
+
+    @property
+    def offset(self) -> int: ...
+    @property
+    def timestamp(self) -> int: ...
+    @property
+    def timestamp_type(self) -> int: ...
+    @property
+    def key(self) -> bytes | None: ...
+    @property
+    def value(self) -> bytes | None: ...
+
+
+_new_record: Callable[[type[Record], tuple[str, int, int, int, bytes | None, bytes | None]], Record] = tuple.__new__  # type: ignore[assignment]
 
 
 def canonical_order(partitions: Iterable[Sequence[Record]]) -> list[Record]:
@@ -64,7 +86,34 @@ class PartitionClocks:
         self, topic: str, partition: int, offset: int, timestamp: int, timestamp_type: int,
         key: bytes | None, value: bytes | None,
     ) -> Record:
-        return Record(topic, partition, offset, self.bound((topic, partition), timestamp, timestamp_type), key, value)
+        return _new_record(Record, (topic, partition, offset, self.bound((topic, partition), timestamp, timestamp_type), key, value))
+
+    def extend(
+        self, out: Callable[[Record], object], topic: str, partition: int, messages: Iterable[Message], stop: int,
+    ) -> None:
+        """`record` for each of one partition's `messages` (in offset order) below offset
+        `stop`, each handed to `out` (a list's or deque's `append`). The same bounds as `record`, with the
+        partition's clock kept in a local and each Record made without `__new__`'s
+        Python frame: a replay reads every record of the log through here."""
+        key = (topic, partition)
+        clock = self.at.get(key)
+        new, append_time, ahead = _new_record, LOG_APPEND_TIME, MAX_AHEAD_MS
+        for m in messages:
+            offset = m.offset
+            if offset >= stop:
+                break
+            timestamp = m.timestamp
+            if timestamp > 0:  # no timestamp: nothing to bound, nothing learnt
+                if clock is None:
+                    clock = timestamp
+                else:
+                    if timestamp > clock + ahead and m.timestamp_type != append_time:
+                        timestamp = clock + ahead
+                    if timestamp > clock:
+                        clock = timestamp
+            out(new(Record, (topic, partition, offset, timestamp, m.key, m.value)))
+        if clock is not None:
+            self.at[key] = clock
 
     def bound(self, partition: Partition, timestamp: int, timestamp_type: int = 0) -> int:
         if timestamp <= 0:  # no timestamp: nothing to bound, nothing learnt

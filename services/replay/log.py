@@ -209,11 +209,7 @@ class LogReader:
         now = time.monotonic()
         for tp, msgs in fetched.items():
             part = self._parts[tp]
-            stop = part.stop
-            for m in msgs:
-                if m.offset >= stop:
-                    break
-                part.buf.append(self._clocks.record(tp.topic, tp.partition, m.offset, m.timestamp, m.timestamp_type, m.key, m.value))
+            self._clocks.extend(part.buf.append, tp.topic, tp.partition, msgs, part.stop)
             part.idle_since = None
         for tp in needy:
             part = self._parts[tp]
@@ -245,36 +241,47 @@ class LogReader:
 
     async def merged(self, chunk: int = 10_000) -> AsyncIterator[list[Record]]:
         """Every record in the canonical order, in lists of up to `chunk` records."""
-        heap: list[tuple[int, str, int, int, TopicPartition]] = []
-        parts = self._parts
-        waiting = {tp for tp, p in parts.items() if not p.done}
+        # The heap holds each unfinished partition's head, keyed by the canonical order
+        # (never a tie: offsets are unique in a partition, so `_Part` is never compared).
+        heap: list[tuple[int, str, int, int, _Part]] = []
+        waiting = [p for p in self._parts.values() if not p.done]
+        push, pop, replace = heapq.heappush, heapq.heappop, heapq.heapreplace
         out: list[Record] = []
-        push, pop = heapq.heappush, heapq.heappop
         while True:
             while waiting:
                 await self._fill()
-                for tp in list(waiting):
-                    part = parts[tp]
+                still = []
+                for part in waiting:
                     if part.buf:
                         h = part.buf[0]
-                        push(heap, (h.timestamp, h.topic, h.partition, h.offset, tp))
-                        waiting.discard(tp)
-                    elif part.done:
-                        waiting.discard(tp)
+                        push(heap, (h.timestamp, h.topic, h.partition, h.offset, part))
+                    elif not part.done:
+                        still.append(part)
+                waiting = still
             if not heap:
                 break
-            # Emit while every unfinished partition has its head in the heap.
-            while heap and len(out) < chunk:
-                tp = pop(heap)[4]
-                part = parts[tp]
-                out.append(self._take(part))
-                if part.buf:
-                    h = part.buf[0]
-                    push(heap, (h.timestamp, h.topic, h.partition, h.offset, tp))
-                elif part.position >= part.stop:
-                    self._finish(part)
-                else:
-                    waiting.add(tp)
+            # Emit while every unfinished partition has its head in the heap. This loop
+            # runs once per record of the log: `_take` inlined, and the partition that
+            # was on top goes back with one `heapreplace` instead of a pop and a push.
+            append = out.append
+            for _ in range(chunk - len(out)):
+                part = heap[0][4]
+                buf = part.buf
+                record = buf.popleft()
+                append(record)
+                part.position = record.offset + 1
+                if record.timestamp > 0 and (part.clock is None or record.timestamp > part.clock):
+                    part.clock = record.timestamp
+                if buf:
+                    h = buf[0]
+                    replace(heap, (h.timestamp, h.topic, h.partition, h.offset, part))
+                    continue
+                pop(heap)
+                if part.position < part.stop:
+                    waiting.append(part)  # its next records are fetched before anything else is emitted
+                    break
+                self._finish(part)
+                if not heap:
                     break
             if len(out) >= chunk:
                 self.records_read += len(out)

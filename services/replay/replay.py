@@ -13,6 +13,7 @@ Rebuild, step by step (docs/design.md, Flow 5):
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from services.store.pool import ensure_schema
 from .digest import state_digest
 from .log import LogReader, LogShort, Partition
 from .rebuild import Tally, build, catch_up, copy_channels, drop_schema, open_schema, stored_offsets
+from .shards import reap, spawn
 from .switch import switch
 
 log = logging.getLogger("unifier.replay")
@@ -81,6 +83,20 @@ async def check_log_holds(bootstrap: str, topics: Topics, live_offsets: dict[Par
 async def rebuild(
     database_url: str, bootstrap: str, topics: Topics, live: str, options: Options, tally: Tally
 ) -> Rebuilt:
+    # The workers first: their interpreters start (~0.35 s of imports each) while this
+    # one checks the log and makes the new schema (~0.5 s), instead of after.
+    procs = await spawn(options.workers) if options.workers > 1 else None
+    try:
+        return await _rebuild(database_url, bootstrap, topics, live, options, tally, procs)
+    finally:
+        if procs is not None:
+            await reap(procs)
+
+
+async def _rebuild(
+    database_url: str, bootstrap: str, topics: Topics, live: str, options: Options, tally: Tally,
+    procs: list[asyncio.subprocess.Process] | None,
+) -> Rebuilt:
     await ensure_schema(database_url, live)
     admin = await asyncpg.connect(database_url)
     try:
@@ -95,6 +111,7 @@ async def rebuild(
         built = offsets = await build(
             pool, bootstrap, topics, batch=options.batch, quiet_s=options.quiet_s, tally=tally,
             workers=options.workers, database_url=database_url, schema=new, memory_budget=options.memory_budget,
+            started=procs,
         )
         tally.show("replay: log read")
         await pool.execute("TRUNCATE outbox")  # history, never re-sent (switch.py)
@@ -111,14 +128,15 @@ async def rebuild(
             offsets = await catch_up(pool, bootstrap, topics, offsets, live_offsets, batch=options.batch, tally=tally)
             await pool.close()
 
-        digest = await switch(database_url, live, new, archive, final, lock_timeout_s=options.lock_timeout_s)
+        # The archive is dropped while the digest reads the switched state (both
+        # PostgreSQL work on their own connections: ~0.2 s of wall time less).
+        then = (lambda: drop_schema(database_url, archive)) if options.drop_archive else None
+        digest = await switch(database_url, live, new, archive, final, lock_timeout_s=options.lock_timeout_s, then=then)
         switched = True
     finally:
         if not switched:
             await pool.close()
             await drop_schema(database_url, new)
-    if options.drop_archive:
-        await drop_schema(database_url, archive)
     caught_up = sum(offsets.values()) - sum(built.values())
     if tally.out is not None:
         print(f"replay: caught up {caught_up:,} records the live service applied during the rebuild", file=tally.out)

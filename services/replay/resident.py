@@ -21,12 +21,15 @@ from __future__ import annotations
 
 import gc
 import os
+from dataclasses import replace
 
 import asyncpg
 
 from contracts.topics import Topics
+from services.domain.core import Activity
 from services.domain.directory import Directory, identities
 from services.domain.mu import MuBudget
+from services.domain.unification import MergeRecord
 from services.projection.batch import (
     BatchResult,
     Effects,
@@ -40,6 +43,7 @@ from services.projection.window import AppliedWindow
 from services.store import bulk, import_log
 from services.store import lookups as lookup_store
 from services.store import repository as repo
+from services.store.repository import survivor
 
 DEFAULT_FLUSH_EVERY = 50_000
 
@@ -137,10 +141,22 @@ class Resident:
         fx, self._pending = self._pending, Effects()
         self.seen.forget_expired()  # memory bounded by the window, not the log
         async with conn.transaction():
-            await bulk.copy_activities(conn, fx.activities)
-            await repo.save_merges(conn, fx.merges)  # re-points chats written before too (U4)
+            await bulk.copy_activities(conn, _repointed(fx.activities, fx.merges))
+            await repo.save_merges(conn, fx.merges)  # re-points chats written by earlier flushes (U4)
             await repo.erase_personal_data(conn, fx.erased)
             await repo.save_grade_changes(conn, fx.grades)
             await lookup_store.save_changes(conn, fx.lookups)
             await lookup_store.erase(conn, fx.erased)
             await save_command_outcomes(conn, fx, announce=False)
+
+
+def _repointed(activities: list[Activity], merges: list[MergeRecord]) -> list[Activity]:
+    """U4 for the chats and events not written yet: each one of a merged source goes to
+    its survivor, as `save_merges` would re-point it right after the COPY. Done here,
+    the rows are written once instead of written and then updated (a new row version
+    and index entries each: PostgreSQL's largest cost in a build, measured in
+    docs/decisions.md, "Replay: reading the log for less")."""
+    if not merges:
+        return activities
+    into = {m.source_id: m.target_id for m in merges}
+    return [a if a.user_id not in into else replace(a, user_id=survivor(into, a.user_id)) for a in activities]

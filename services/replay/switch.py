@@ -38,6 +38,7 @@ service continues from, without holding the lock while it reads every user.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 
 import asyncpg
@@ -54,10 +55,12 @@ CatchUp = Callable[[asyncpg.Connection, dict[Partition, int]], Awaitable[None]]
 
 
 async def switch(
-    database_url: str, live: str, rebuilt: str, archive: str, catch_up: CatchUp, *, lock_timeout_s: float = 60.0
+    database_url: str, live: str, rebuilt: str, archive: str, catch_up: CatchUp, *, lock_timeout_s: float = 60.0,
+    then: Callable[[], Awaitable[None]] | None = None,
 ) -> str:
     """Swap `rebuilt` in as `live` (renaming `live` to `archive`); the digest of the
-    state switched to. `catch_up(conn, live_offsets)` runs under the lock."""
+    state switched to. `catch_up(conn, live_offsets)` runs under the lock; `then()`
+    (e.g. dropping the archive) after the switch committed, beside the digest."""
     conn = await asyncpg.connect(database_url)
     snap = await asyncpg.connect(database_url, server_settings={"search_path": live})
     try:
@@ -85,9 +88,13 @@ async def switch(
             await snap.fetchval("SELECT 1")  # the snapshot is taken at the first statement
             await conn.execute(f'ALTER SCHEMA "{live}" RENAME TO "{archive}"')
             await conn.execute(f'ALTER SCHEMA "{rebuilt}" RENAME TO "{live}"')
-        digest = await digest_in_transaction(snap)
+        digest, _ = await asyncio.gather(digest_in_transaction(snap), then() if then is not None else _nothing())
         await snapshot.commit()
         return digest
     finally:
         await snap.close()
         await conn.close()
+
+
+async def _nothing() -> None:
+    return None

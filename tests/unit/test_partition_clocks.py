@@ -50,3 +50,27 @@ def test_resuming_at_any_offset_with_the_stored_clock_bounds_as_reading_from_the
     rest = PartitionClocks(clocks_after(head))
     tail = [rest.record(P[0], P[1], i + cut, t, 0, None, None) for i, t in enumerate(times[cut:])]
     assert head + tail == expected
+
+
+@given(
+    st.lists(st.tuples(st.integers(min_value=-1, max_value=FAR), st.sampled_from([0, LOG_APPEND_TIME])), max_size=30),
+    st.one_of(st.none(), st.integers(min_value=1, max_value=FAR)),
+    st.integers(min_value=0, max_value=31),
+)
+def test_extend_bounds_a_fetched_run_as_record_does_one_by_one(stamps: list[tuple[int, int]], start: int | None, stop: int):
+    """Issue 14 item 6: a rebuild turns each fetched run into Records with `extend`
+    (the clock in a local, no per-record call), the live consumer with `record`; both
+    must give the same Records and leave the same clock (replay = live), and `extend`
+    must stop before offset `stop`."""
+    from types import SimpleNamespace
+
+    messages = [SimpleNamespace(offset=i, timestamp=t, timestamp_type=kind, key=b"k", value=b"v%d" % i)
+                for i, (t, kind) in enumerate(stamps)]
+    one = PartitionClocks({P: start})
+    expected = [one.record(P[0], P[1], m.offset, m.timestamp, m.timestamp_type, m.key, m.value)
+                for m in messages if m.offset < stop]
+    run = PartitionClocks({P: start})
+    got: list[object] = []
+    run.extend(got.append, P[0], P[1], messages, stop)
+    assert got == expected
+    assert run.at == one.at

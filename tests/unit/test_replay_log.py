@@ -1,0 +1,128 @@
+"""A rebuild's reading of the log (services/replay/log.py, rebuild.apply_all) without a
+broker: the merge hands out the canonical order whatever the fetch sizes (docs/design.md,
+Flow 5; issue 14 item 6 rewrote its per-record loop), and the resident build's pause of
+the cyclic collector never outlives it."""
+
+from __future__ import annotations
+
+import gc
+import random
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from aiokafka import TopicPartition
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from contracts.topics import Topics
+from services.projection.records import PartitionClocks, Record, canonical_order
+from services.replay.log import LogReader, _Part
+from services.replay.rebuild import Tally, apply_all
+
+T0 = 1_746_316_800_000
+
+
+class _Consumer:
+    """Hands out each partition's messages in pieces of random size, as fetches do."""
+
+    def __init__(self, logs: dict[TopicPartition, list[Any]], seed: int) -> None:
+        self.logs, self.rng = logs, random.Random(seed)
+        self.at = dict.fromkeys(logs, 0)
+
+    async def getmany(self, *tps: TopicPartition, timeout_ms: int, max_records: int) -> dict[TopicPartition, list[Any]]:
+        out = {}
+        for tp in tps:
+            if self.rng.random() < 0.3:
+                continue  # nothing for this partition in this round
+            n = self.rng.randint(1, 7)
+            out[tp] = self.logs[tp][self.at[tp]:self.at[tp] + n]
+            self.at[tp] = min(self.at[tp] + n, len(self.logs[tp]))
+        return out
+
+    async def position(self, tp: TopicPartition) -> int:
+        return self.at[tp]
+
+    def pause(self, *tps: TopicPartition) -> None:
+        pass
+
+
+def _reader(logs: dict[TopicPartition, list[Any]], seed: int) -> LogReader:
+    reader = LogReader.__new__(LogReader)
+    reader._clocks = PartitionClocks()
+    reader.consumer = _Consumer(logs, seed)  # type: ignore[assignment]
+    reader.fetch_records = 5000
+    reader.short_timeout_s = 30.0
+    reader.records_read = 0
+    reader._parts = {tp: _Part(tp, stop=len(msgs), position=0) for tp, msgs in logs.items()}
+    for part in reader._parts.values():
+        if part.stop == 0:
+            reader._finish(part)
+    return reader
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.lists(st.integers(min_value=-1, max_value=50), max_size=25), min_size=1, max_size=5),
+    st.integers(min_value=1, max_value=9),
+    st.integers(min_value=0, max_value=1000),
+)
+async def test_merged_hands_out_the_canonical_order_in_chunks_whatever_the_fetches(
+    stamps: list[list[int]], chunk: int, seed: int,
+) -> None:
+    """Flow 5: each partition in offset order, partitions merged by (timestamp, topic,
+    partition, offset); chunks of at most `chunk`; the offsets and clocks reached are
+    those after the last record of every partition."""
+    logs = {
+        TopicPartition(f"t{i % 2}", i): [
+            SimpleNamespace(offset=o, timestamp=T0 + 1000 * t if t >= 0 else -1, timestamp_type=0, key=None, value=b"v")
+            for o, t in enumerate(times)
+        ]
+        for i, times in enumerate(stamps)
+    }
+    reader = _reader(logs, seed)
+    chunks = [c async for c in reader.merged(chunk)]
+    assert all(0 < len(c) <= chunk for c in chunks)
+    got = [r for c in chunks for r in c]
+    runs = [[Record(tp.topic, tp.partition, m.offset, m.timestamp, None, b"v") for m in msgs] for tp, msgs in logs.items()]
+    assert got == canonical_order(runs)
+    assert reader.records_read == len(got)
+    assert reader.next_offsets == {(tp.topic, tp.partition): len(msgs) for tp, msgs in logs.items()}
+    assert reader.next_clocks == {
+        (tp.topic, tp.partition): max(m.timestamp for m in msgs)
+        for tp, msgs in logs.items() if any(m.timestamp > 0 for m in msgs)
+    }
+
+
+class _Keeper:
+    def __init__(self, fail: bool) -> None:
+        self.fail, self.collecting = fail, []
+
+    async def apply(self, records: list[Record]) -> Any:
+        self.collecting.append(gc.isenabled())
+        if self.fail:
+            raise RuntimeError("over budget")
+        return SimpleNamespace(applied=len(records), skipped=0, dead_letters={})
+
+    async def finish(self) -> None:
+        self.collecting.append(gc.isenabled())
+
+
+@pytest.mark.parametrize("fail", [False, True])
+async def test_a_resident_build_pauses_the_cyclic_collector_only_while_it_runs(fail: bool) -> None:
+    """Issue 14 item 6: the collector is off while the users are built (it found nothing
+    to free and cost ~8 % of the build), and on again afterwards, also after a failure
+    (OverBudget: the batch-by-batch fallback and the live service need it)."""
+
+    async def chunks() -> Any:
+        yield [Record("t", 0, 0, T0, None, b"{}")]
+        yield [Record("t", 0, 1, T0, None, b"{}")]
+
+    keeper = _Keeper(fail)
+    assert gc.isenabled()
+    try:
+        await apply_all(None, Topics(""), chunks(), Tally(out=None), keeper=keeper)  # type: ignore[arg-type]
+    except RuntimeError:
+        assert fail
+    assert keeper.collecting and not any(keeper.collecting)
+    assert gc.isenabled()
