@@ -71,6 +71,7 @@ class Projection:
         self._resident_seen = (0, 0, 0)  # hits, misses, drops already counted in metrics
         self.topics = topics
         self.batch_max = batch_max
+        self.bootstrap = bootstrap
         self.balancing = LoadBalancingAssignor()
         self.consumer = AIOKafkaConsumer(
             **client_options(bootstrap),
@@ -110,7 +111,7 @@ class Projection:
         try:
             tps = [TopicPartition(t, p) for t in self.topics.inbound for p in self.consumer.partitions_for_topic(t) or ()]
             if tps:
-                ends = await asyncio.wait_for(self.consumer.end_offsets(tps), _MEASURE_S)
+                ends = await asyncio.wait_for(_high_watermarks(self.bootstrap, tps), _MEASURE_S)
                 stored = await asyncio.wait_for(repo.stored_positions(self.pool, self.topics.inbound), _MEASURE_S)
                 for tp in tps:
                     applied = stored.get((tp.topic, tp.partition), (0, None))[0]
@@ -339,6 +340,27 @@ class Projection:
             if position is None:
                 continue
             metrics.CONSUMER_LAG.labels(topic=tp.topic, partition=str(tp.partition)).set(max(high - position, 0))
+
+
+async def _high_watermarks(bootstrap: str, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+    """The end offset of each partition, from a fetch response's high watermark, by a
+    short-lived consumer outside the group. Not ListOffsets alone: tansu answers it with
+    the last record batch's base offset + 1 (20 records sent as one batch: 1), so it is
+    only where the fetch starts (exact on Kafka, whose fetch there is then empty)."""
+    peek = AIOKafkaConsumer(
+        **client_options(bootstrap), group_id=None, enable_auto_commit=False, fetch_max_wait_ms=10,
+        max_partition_fetch_bytes=64 * 1024,
+    )
+    await peek.start()
+    try:
+        peek.assign(tps)
+        for tp, offset in (await peek.end_offsets(tps)).items():
+            peek.seek(tp, offset)
+        while any(peek.highwater(tp) is None for tp in tps):
+            await peek.getmany(timeout_ms=50)
+        return {tp: peek.highwater(tp) or 0 for tp in tps}
+    finally:
+        await peek.stop()
 
 
 async def _stopped_within(stop: asyncio.Event, seconds: float) -> bool:
