@@ -46,7 +46,7 @@ async def _publish_backlog(settings: Settings, topics: Topics) -> None:
     await producer.start()
     try:
         for p, n in BACKLOG.items():
-            for i in range(n):
+            for _ in range(n):
                 await producer.send(topics.sdk_events, value=b"{}", key=f"ch_{p}".encode(), partition=p)
         await producer.send(topics.commands, value=b"{}", key=b"ch_0", partition=0)  # another topic counts too
         await producer.flush()
