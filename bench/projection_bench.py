@@ -1282,7 +1282,8 @@ async def run_target(
             x["loadavg_before"] = loadavg
             x["loadavg_after"] = os.getloadavg()
             x["digest"] = await _digest(db, schema)
-            out.setdefault("instances", {})[f"{n} ({assignor})"] = x
+            runs = out.setdefault("instances", {})
+            runs[f"{n} ({assignor})" + (f" #{len(runs)}" if f"{n} ({assignor})" in runs else "")] = x
             _say(f"[{target}] {n} projection process(es), {assignor}: {x['eps']:,} events/s ({x['records']:,} in {x['consume_s']} s), "
                  f"facts by instance {x['facts_by_instance']}, cores {x['cores_used']}, CPU µs/event {x['cpu_us_per_event']}, "
                  f"digest equal: {x['digest'] in out['digests'].values()}")
