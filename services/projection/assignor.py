@@ -31,8 +31,12 @@ measure alone) every weight is 0 and the greedy deal falls back to round-robin b
 partition number; ties are broken by partition number and member id, so the same input
 always gives the same assignment.
 
-Rolling upgrades: the consumer offers this assignor first and `range` second; Kafka picks
-the first one every member supports, so a group with an older instance keeps using range.
+One assignor is offered, not this one and `range` as a fallback: tansu holds a join that
+offers two for the whole rebalance timeout (10 s) instead of half the session (5 s), so
+every start and rebalance paused consumption 5 s longer (measured with two members, both
+ways). A group's members must agree on one: during a rolling upgrade from instances that
+only offer `range`, run the new ones with UNIFIER_PARTITION_ASSIGNOR=range, and switch once
+all are new (docs/operations.md, "Co-partitioning and balance").
 """
 
 from __future__ import annotations
@@ -135,4 +139,4 @@ def strategies(name: str, balancing: LoadBalancingAssignor) -> Sequence[Any]:
     """The consumer's `partition_assignment_strategy` for UNIFIER_PARTITION_ASSIGNOR."""
     from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 
-    return (balancing, RangePartitionAssignor) if name == "load" else (RangePartitionAssignor,)
+    return (balancing,) if name == "load" else (RangePartitionAssignor,)
