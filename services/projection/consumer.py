@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
@@ -73,6 +73,7 @@ class Projection:
         self.batch_max = batch_max
         self.bootstrap = bootstrap
         self.balancing = LoadBalancingAssignor()
+        self.measures = assignor == "load"  # only that assignor sends the partitions' load
         self.consumer = AIOKafkaConsumer(
             **client_options(bootstrap),
             group_id=f"{group}-projection",
@@ -107,16 +108,16 @@ class Projection:
         """Each inbound partition number's (backlog, applied) for the assignor to send at
         the next join (assignor.py). Best effort, bounded: a member that cannot measure
         sends nothing, and the leader goes by the others' figures or round-robin."""
+        if not self.measures:
+            return
         loads: dict[int, Load] = {}
         try:
-            tps = [TopicPartition(t, p) for t in self.topics.inbound for p in self.consumer.partitions_for_topic(t) or ()]
-            if tps:
-                ends = await asyncio.wait_for(_high_watermarks(self.bootstrap, tps), _MEASURE_S)
-                stored = await asyncio.wait_for(repo.stored_positions(self.pool, self.topics.inbound), _MEASURE_S)
-                for tp in tps:
-                    applied = stored.get((tp.topic, tp.partition), (0, None))[0]
-                    backlog, before = loads.get(tp.partition, (0, 0))
-                    loads[tp.partition] = (backlog + max(ends[tp] - applied, 0), before + applied)
+            ends = await asyncio.wait_for(_end_offsets(self.bootstrap, self.topics.inbound), _MEASURE_S)
+            stored = await asyncio.wait_for(repo.stored_positions(self.pool, self.topics.inbound), _MEASURE_S)
+            for tp, end in ends.items():
+                applied = stored.get((tp.topic, tp.partition), (0, None))[0]
+                backlog, before = loads.get(tp.partition, (0, 0))
+                loads[tp.partition] = (backlog + max(end - applied, 0), before + applied)
         except Exception as err:  # a hint for the assignor: the join must go on
             log.warning("partition load not measured (%s: %s); joining without it", type(err).__name__, err)
             loads = {}
@@ -342,17 +343,22 @@ class Projection:
             metrics.CONSUMER_LAG.labels(topic=tp.topic, partition=str(tp.partition)).set(max(high - position, 0))
 
 
-async def _high_watermarks(bootstrap: str, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
-    """The end offset of each partition, from a fetch response's high watermark, by a
-    short-lived consumer outside the group. Not ListOffsets alone: tansu answers it with
-    the last record batch's base offset + 1 (20 records sent as one batch: 1), so it is
-    only where the fetch starts (exact on Kafka, whose fetch there is then empty)."""
+async def _end_offsets(bootstrap: str, topics: Iterable[str]) -> dict[TopicPartition, int]:
+    """The end offset of every partition of `topics`, from a fetch response's high
+    watermark, by a short-lived consumer outside the group (its start reads the cluster's
+    metadata, which the group's consumer may not have yet at its first join). Not
+    ListOffsets alone: tansu answers it with the last record batch's base offset + 1 (20
+    records sent as one batch: 1), so it is only where the fetch starts (exact on Kafka,
+    whose fetch there is then empty)."""
     peek = AIOKafkaConsumer(
         **client_options(bootstrap), group_id=None, enable_auto_commit=False, fetch_max_wait_ms=10,
         max_partition_fetch_bytes=64 * 1024,
     )
     await peek.start()
     try:
+        tps = [TopicPartition(t, p) for t in sorted(topics) for p in sorted(peek.partitions_for_topic(t) or ())]
+        if not tps:
+            return {}
         peek.assign(tps)
         for tp, offset in (await peek.end_offsets(tps)).items():
             peek.seek(tp, offset)
