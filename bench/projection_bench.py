@@ -16,9 +16,10 @@ Measures, in one run, on the embedded tansu broker and the PostgreSQL of DATABAS
    The service runs the stage timers too (`service stages` in the report).
 4. optional: `--instances 1,2,3` times the resident projection again in N processes of
    one consumer group (each the projection of `unifier run` with embedded off, on the
-   bench's broker and database; the range assignor splits the 12 partitions), from the
-   moment the group has settled until every record is applied, with the CPU of every
-   process by party and the state digest compared with the in-process run's;
+   bench's broker and database; the group's assignor splits the 12 partitions:
+   `--assignors load,range` runs each, UNIFIER_PARTITION_ASSIGNOR), from the moment
+   the group has settled until every record is applied, with the CPU of every process by
+   party and the state digest compared with the in-process run's;
    `--latency-instances 1,2` runs the latency phase with N `run_service` processes.
 5. optional: `--profile N` runs N events again under cProfile (top functions);
    `--py-spy` samples the throughput run with py-spy instead of the stage timers.
@@ -36,6 +37,8 @@ test: nothing here asserts; the targets are printed beside the figures.
     .venv/bin/python bench/projection_bench.py --events 30000 --naive-events 0 --duration 0 --py-spy
     .venv/bin/python bench/projection_bench.py --events 100000 --naive-events 0 --variants resident \
         --instances 1,2,3 --latency-instances 2   # several projection processes, ~3 min
+    .venv/bin/python bench/projection_bench.py --events 100000 --naive-events 0 --variants resident \
+        --duration 0 --instances 1,2 --assignors load,range   # the assignors side by side
 """
 
 from __future__ import annotations
@@ -866,7 +869,7 @@ async def _projection_child(settings: Settings, gate: Path) -> None:
     pool = await create_pool(settings.database_url, settings.db_schema, min_size=4, max_size=4, migrate=False)
     try:
         proj = Projection(pool, settings.kafka_bootstrap, Topics(settings.topic_prefix), settings.consumer_group,
-                          settings.batch_max, settings.resident_users)
+                          settings.batch_max, settings.resident_users, assignor=settings.partition_assignor)
         getmany = proj.consumer.getmany
 
         async def gated(*a: Any, **kw: Any) -> Any:  # joins and rebalances go on; nothing is fetched
@@ -950,7 +953,7 @@ async def _stop_children(children: list[asyncio.subprocess.Process]) -> None:
 
 async def run_instances(
     bootstrap: str, database_url: str, topics: Topics, schema: str, group: str, target: int, batch_max: int,
-    instances: int, cpu: Cpu, resident_users: int, limit_s: float = 300.0,
+    instances: int, cpu: Cpu, resident_users: int, limit_s: float = 300.0, assignor: str = "load",
 ) -> dict[str, Any]:
     """The pre-published stream applied by `instances` projection processes in one
     consumer group (range assignor: each gets a share of the partitions). The clock
@@ -967,7 +970,8 @@ async def run_instances(
     try:
         for f in files:
             env = _child_env(bootstrap, database_url, topics.prefix, group, schema, batch_max, resident_users,
-                             BENCH_CHILD_MODE="projection", BENCH_GATE_FILE=str(gate), BENCH_ASSIGN_FILE=str(f))
+                             BENCH_CHILD_MODE="projection", BENCH_GATE_FILE=str(gate), BENCH_ASSIGN_FILE=str(f),
+                             UNIFIER_PARTITION_ASSIGNOR=assignor)
             children.append(await asyncio.create_subprocess_exec(sys.executable, str(SELF), SERVE_FLAG, env=env, cwd=ROOT))
         settle_s = await _wait_settled(files, children)
         shares = [json.loads(f.read_text().splitlines()[-1]) for f in files]
@@ -993,6 +997,7 @@ async def run_instances(
     per_fact["python"] = round(1e6 * sum(spent) / stored, 1)  # the service processes, not this driver
     return {
         "instances": instances,
+        "assignor": assignor,
         "records": stored,
         "settle_s": round(settle_s, 2),
         "consume_s": round(wall, 2),
@@ -1008,7 +1013,7 @@ async def run_instances(
 async def measure_latency(
     bootstrap: str, database_url: str, prefix: str, schema: str, group: str, rate: int,
     duration: float, seed: int, burst_ms: float, batch_max: int, cpu: Cpu, resident_users: int = 0,
-    instances: int = 1,
+    instances: int = 1, assignor: str = "load",
 ) -> dict[str, Any]:
     topics = Topics(prefix)
     await ensure_topics(bootstrap, prefix, PARTITIONS)
@@ -1029,7 +1034,7 @@ async def measure_latency(
         # the stage timers of the first child only (one file)
         extra = {"BENCH_SERVICE_STAGES": str(stages_file)} if i == 0 else {}
         env = _child_env(bootstrap, database_url, prefix, group, schema, batch_max, resident_users,
-                         BENCH_ASSIGN_FILE=str(f), **extra)
+                         BENCH_ASSIGN_FILE=str(f), UNIFIER_PARTITION_ASSIGNOR=assignor, **extra)
         children.append(await asyncio.create_subprocess_exec(sys.executable, str(SELF), SERVE_FLAG, env=env, cwd=ROOT))
     child = children[0]
     reader = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
@@ -1266,17 +1271,20 @@ async def run_target(
                  f"CPU µs/event {b.get('cpu_us_per_event')}, load {os.getloadavg()[0]:.1f}")
         out["digests_equal"] = len(set(out["digests"].values())) == 1
 
-        for n in [int(x) for x in args.instances.split(",") if x]:
-            schema = f"bench_{tag}_x{n}"
+        for n, assignor in _instance_runs(args.instances, args.assignors):
+            schema = f"bench_{tag}_x{n}{assignor}"
             schemas.append(schema)
+            loadavg = os.getloadavg()
             x = await run_instances(
-                bootstrap, db, topics, schema, f"bench-{tag}-x{n}", args.events, args.batch_max, n, cpu,
-                resident_users=args.resident_users,
+                bootstrap, db, topics, schema, f"bench-{tag}-x{n}-{assignor}", args.events, args.batch_max, n, cpu,
+                resident_users=args.resident_users, assignor=assignor,
             )
+            x["loadavg_before"] = loadavg
             x["loadavg_after"] = os.getloadavg()
             x["digest"] = await _digest(db, schema)
-            out.setdefault("instances", {})[n] = x
-            _say(f"[{target}] {n} projection process(es): {x['eps']:,} events/s ({x['records']:,} in {x['consume_s']} s), "
+            runs = out.setdefault("instances", {})
+            runs[f"{n} ({assignor})" + (f" #{len(runs)}" if f"{n} ({assignor})" in runs else "")] = x
+            _say(f"[{target}] {n} projection process(es), {assignor}: {x['eps']:,} events/s ({x['records']:,} in {x['consume_s']} s), "
                  f"facts by instance {x['facts_by_instance']}, cores {x['cores_used']}, CPU µs/event {x['cpu_us_per_event']}, "
                  f"digest equal: {x['digest'] in out['digests'].values()}")
 
@@ -1306,15 +1314,18 @@ async def run_target(
 
         if args.duration > 0:
             for variant in args.latency_variants.split(","):
-                for n in [int(x) for x in args.latency_instances.split(",")]:
-                    name = variant if n == 1 else f"{variant} x{n}"
-                    schema = f"bench_{tag}_lat{variant.replace('-', '')}{n}"
+                for n, assignor in _instance_runs(args.latency_instances, args.assignors):
+                    name = variant if n == 1 else f"{variant} x{n} ({assignor})"
+                    schema = f"bench_{tag}_lat{variant.replace('-', '')}{n}{assignor}"
                     schemas.append(schema)
+                    loadavg = os.getloadavg()
                     la = await measure_latency(
-                        bootstrap, db, f"l{tag}{variant[0]}{n}.", schema, f"bench-{tag}-lat-{variant}-{n}", args.rate,
+                        bootstrap, db, f"l{tag}{variant[0]}{n}{assignor[0]}.", schema,
+                        f"bench-{tag}-lat-{variant}-{n}-{assignor}", args.rate,
                         args.duration, args.seed, args.burst_ms, args.batch_max, cpu,
-                        resident_users=_resident_users(variant, args), instances=n,
+                        resident_users=_resident_users(variant, args), instances=n, assignor=assignor,
                     )
+                    la["loadavg_before"] = loadavg
                     la["loadavg_after"] = os.getloadavg()
                     out.setdefault("latency_by_variant", {})[name] = la
                     out["latency"] = la
@@ -1326,6 +1337,16 @@ async def run_target(
                 with contextlib.suppress(Exception):
                     await _exec(db, f"DROP SCHEMA IF EXISTS {s} CASCADE")
     return out
+
+
+def _instance_runs(instances: str, assignors: str) -> list[tuple[int, str]]:
+    """(processes, assignor) pairs: one process once (no assignor to compare), more
+    processes with each assignor, interleaved so that they share the machine's load."""
+    runs: list[tuple[int, str]] = []
+    names = [a for a in assignors.split(",") if a]
+    for n in [int(x) for x in instances.split(",") if x]:
+        runs.extend([(n, names[0])] if n == 1 else [(n, a) for a in names])
+    return runs
 
 
 def _resident_users(variant: str, args: argparse.Namespace) -> int:
@@ -1426,13 +1447,14 @@ def report(r: dict[str, Any]) -> str:
             lines.append(f"  {n} projection process(es): {x['eps']:,} events/s; CPU µs/event service {c['python']}, "
                          f"postgres {c['postgres']}, broker {c['broker']}; cores {x['cores_used']} "
                          f"(by instance {x['cores_by_instance']}); facts by instance {x['facts_by_instance']}; "
-                         f"digest equal to the variants': {x['digest'] in t['digests'].values()}")
+                         f"digest equal to the variants': {x['digest'] in t['digests'].values()}; "
+                         f"load average {_loads(x)}")
         for v, la in t.get("latency_by_variant", {}).items():
             c = la.get("cpu_us_per_event", {})
             lines.append(f"  latency {v} @ {la['target_rate']:,}/s (achieved {la['achieved_rate']:,}): p50 {la['p50_ms']} ms, "
                          f"p95 {la['p95_ms']} ms, p99 {la['p99_ms']} ms, max {la['max_ms']} ms; drained after "
                          f"{la['drained_after_s']} s; CPU µs/event service {c.get('service')}, postgres {c.get('postgres')}, "
-                         f"broker {c.get('broker')}")
+                         f"broker {c.get('broker')}; load average {_loads(la)}")
     if "stages_s" in b:
         lines.append("")
         lines.append(f"batch path by stage (wall, {b['records']:,} records, {b['consume_s']} s):")
@@ -1451,6 +1473,12 @@ def report(r: dict[str, Any]) -> str:
 # Nested timers ("  of which …") print under the stage that contains them.
 _PARENT = {"  of which publish (diff + view)": "core.apply (handlers + publish)",
            "  of which sql load_users": "load (keys + query + User.from_json)"}
+
+
+def _loads(x: dict[str, Any]) -> str:
+    """1-minute load average before → after a phase."""
+    before, after = x.get("loadavg_before"), x.get("loadavg_after")
+    return f"{before[0]:.1f} → {after[0]:.1f}" if before and after else "?"
 
 
 def _stage_order(stages: dict[str, float]) -> list[str]:
@@ -1491,6 +1519,8 @@ def cli() -> None:
                    help="also time the resident projection in N processes of one consumer group, e.g. 1,2,3 (default: skip)")
     p.add_argument("--latency-instances", default="1",
                    help="service processes (`unifier run`, one group) in the latency run, e.g. 1,2 (default 1)")
+    p.add_argument("--assignors", default="load",
+                   help="partition assignors of the several-process runs, each in turn: load, range (default load)")
     p.add_argument("--resident-users", type=int, default=Settings().resident_users,
                    help="users kept in memory by the resident variant")
     p.add_argument("--no-trivial", dest="trivial", action="store_false", help="skip the trivial-pipeline ceiling")

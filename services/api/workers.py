@@ -30,6 +30,7 @@ import socket
 import sys
 
 from services.platform.config import Settings
+from services.platform.process import die_with_parent
 
 from .server import split_address
 
@@ -82,18 +83,6 @@ async def supervise(settings: Settings, workers: int, stop: asyncio.Event) -> in
         return 1 if died else 0
 
 
-def _die_with_parent() -> None:
-    """SIGTERM this worker when the supervisor dies, even by SIGKILL (Linux's
-    PR_SET_PDEATHSIG): an orphan would keep serving, and keep the port from the
-    supervisor that replaces it."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
-        if os.getppid() == 1:  # the supervisor died before the line above
-            os.kill(os.getpid(), signal.SIGTERM)
-
-
 async def _worker() -> int:
     from services.platform import gc_tuning, kafka, logs
 
@@ -116,5 +105,5 @@ async def _worker() -> int:
 if __name__ == "__main__":
     import uvloop
 
-    _die_with_parent()
+    die_with_parent()
     raise SystemExit(uvloop.run(_worker()))

@@ -92,6 +92,15 @@ class Settings(BaseSettings):
     # Users the projection keeps in memory between batches (~5 KB each; 0: none, every
     # batch loads its users from PostgreSQL). services/projection/resident.py.
     resident_users: int = Field(default=200_000, ge=0, validation_alias=_env("UNIFIER_RESIDENT_USERS", "resident_users"))
+    # Projection processes `unifier run` starts on this machine, one consumer group: the
+    # projection is bound to one core per process (docs/operations.md, "Several processes
+    # on one machine"). 1: the projection in the main process only.
+    projection_processes: int = Field(
+        default=1, ge=1, le=64, validation_alias=_env("UNIFIER_PROJECTION_PROCESSES", "projection_processes"))
+    # How the group shares the inbound partitions, both co-partitioned: "load" balances
+    # their traffic (services/projection/assignor.py), "range" deals contiguous blocks.
+    partition_assignor: Literal["load", "range"] = Field(
+        default="load", validation_alias=_env("UNIFIER_PARTITION_ASSIGNOR", "partition_assignor"))
 
     # -- Kafka clients -------------------------------------------------------------------
     # Idempotent producers: on for Apache Kafka (a retried send is never doubled);

@@ -12,11 +12,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 
 from contracts.topics import Topics
 from services.platform import metrics
@@ -24,6 +23,7 @@ from services.platform.kafka import client_options
 from services.store import repository as repo
 from services.store.pool import DATABASE_UNAVAILABLE
 
+from .assignor import Load, LoadBalancingAssignor, strategies
 from .batch import BatchResult, apply_batch, dead_letter_record
 from .isolation import NOT_THE_RECORD, RETRIED, ConflictPersisted, apply_isolating
 from .merge import CoPartitionMerge
@@ -35,6 +35,7 @@ log = logging.getLogger("unifier.projection")
 _CONFLICT_RETRIES = 20
 _RETRIED: tuple[type[BaseException], ...] = (repo.Conflict, *RETRIED)
 _OUTAGE_BACKOFF_MAX_S = 5.0
+_MEASURE_S = 3.0  # the partitions' load, before a join: the group waits for it
 
 
 class Stopped(Exception):
@@ -43,14 +44,17 @@ class Stopped(Exception):
 
 
 class _SeekToStored(ConsumerRebalanceListener):
-    """On assignment, start each partition where PostgreSQL says we stopped."""
+    """Before every join, measure the partitions' load (the assignor sends it); on
+    assignment, start each partition where PostgreSQL says we stopped."""
 
     def __init__(self, projection: Projection) -> None:
         self.projection = projection
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        # aiokafka calls this before each join, the first one included (revoked empty).
         if self.projection.resident is not None and revoked:
             self.projection.resident.drop()  # another instance may write them next
+        await self.projection.measure_load()
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         await self.projection.seek_to_stored(assigned)
@@ -59,7 +63,7 @@ class _SeekToStored(ConsumerRebalanceListener):
 class Projection:
     def __init__(
         self, pool: asyncpg.Pool, bootstrap: str, topics: Topics, group: str, batch_max: int, resident_users: int = 0,
-        session_timeout_ms: int = 10_000,
+        session_timeout_ms: int = 10_000, assignor: str = "load",
     ) -> None:
         self.pool = pool
         # Users kept between batches for the partitions we own (resident.py); 0: none.
@@ -67,6 +71,9 @@ class Projection:
         self._resident_seen = (0, 0, 0)  # hits, misses, drops already counted in metrics
         self.topics = topics
         self.batch_max = batch_max
+        self.bootstrap = bootstrap
+        self.balancing = LoadBalancingAssignor()
+        self.measures = assignor == "load"  # only that assignor sends the partitions' load
         self.consumer = AIOKafkaConsumer(
             **client_options(bootstrap),
             group_id=f"{group}-projection",
@@ -78,9 +85,11 @@ class Projection:
             # the embedded broker does not always answer early when records arrive, so
             # a fact published to an idle partition waited up to ~120 ms (50 ms: ~30).
             fetch_max_wait_ms=50,
-            # Range gives partition p of every inbound topic to the same instance: a
-            # channel's facts on all three topics meet in one merge (merge.py).
-            partition_assignment_strategy=(RangePartitionAssignor,),
+            # Both give partition p of every inbound topic to the same instance: a
+            # channel's facts on all three topics meet in one merge (merge.py). "load"
+            # (UNIFIER_PARTITION_ASSIGNOR, the default) also balances the partitions'
+            # traffic (assignor.py); "range" deals contiguous blocks.
+            partition_assignment_strategy=strategies(assignor, self.balancing),
             # UNIFIER_KAFKA_SESSION_TIMEOUT_MS; heartbeats three times per session, as
             # aiokafka's defaults (10 s / 3 s) do. A rebalance still waits up to 10 s for
             # every member to rejoin: a batch in flight finishes first (seek_to_stored).
@@ -94,6 +103,25 @@ class Projection:
         self._fetched: dict[TopicPartition, int] = {}  # next offset after what we fetched
         self.clocks = PartitionClocks()  # bounds record timestamps as they are fetched
         self._clocks_stale: set[TopicPartition] = set()  # sought ahead: reload their clocks
+
+    async def measure_load(self) -> None:
+        """Each inbound partition number's (backlog, applied) for the assignor to send at
+        the next join (assignor.py). Best effort, bounded: a member that cannot measure
+        sends nothing, and the leader goes by the others' figures or round-robin."""
+        if not self.measures:
+            return
+        loads: dict[int, Load] = {}
+        try:
+            ends = await asyncio.wait_for(_end_offsets(self.bootstrap, self.topics.inbound), _MEASURE_S)
+            stored = await asyncio.wait_for(repo.stored_positions(self.pool, self.topics.inbound), _MEASURE_S)
+            for tp, end in ends.items():
+                applied = stored.get((tp.topic, tp.partition), (0, None))[0]
+                backlog, before = loads.get(tp.partition, (0, 0))
+                loads[tp.partition] = (backlog + max(end - applied, 0), before + applied)
+        except Exception as err:  # a hint for the assignor: the join must go on
+            log.warning("partition load not measured (%s: %s); joining without it", type(err).__name__, err)
+            loads = {}
+        self.balancing.loads = loads
 
     async def seek_to_stored(self, partitions: list[TopicPartition]) -> None:
         if self.resident is not None:
@@ -313,6 +341,32 @@ class Projection:
             if position is None:
                 continue
             metrics.CONSUMER_LAG.labels(topic=tp.topic, partition=str(tp.partition)).set(max(high - position, 0))
+
+
+async def _end_offsets(bootstrap: str, topics: Iterable[str]) -> dict[TopicPartition, int]:
+    """The end offset of every partition of `topics`, from a fetch response's high
+    watermark, by a short-lived consumer outside the group (its start reads the cluster's
+    metadata, which the group's consumer may not have yet at its first join). Not
+    ListOffsets alone: tansu answers it with the last record batch's base offset + 1 (20
+    records sent as one batch: 1), so it is only where the fetch starts (exact on Kafka,
+    whose fetch there is then empty)."""
+    peek = AIOKafkaConsumer(
+        **client_options(bootstrap), group_id=None, enable_auto_commit=False, fetch_max_wait_ms=10,
+        max_partition_fetch_bytes=64 * 1024,
+    )
+    await peek.start()
+    try:
+        tps = [TopicPartition(t, p) for t in sorted(topics) for p in sorted(peek.partitions_for_topic(t) or ())]
+        if not tps:
+            return {}
+        peek.assign(tps)
+        for tp, offset in (await peek.end_offsets(tps)).items():
+            peek.seek(tp, offset)
+        while any(peek.highwater(tp) is None for tp in tps):
+            await peek.getmany(timeout_ms=50)
+        return {tp: peek.highwater(tp) or 0 for tp in tps}
+    finally:
+        await peek.stop()
 
 
 async def _stopped_within(stop: asyncio.Event, seconds: float) -> bool:

@@ -23,6 +23,7 @@ from services.platform.embedded import embedded_log_id, infrastructure
 from services.platform.topics import ensure_topics
 from services.projection.consumer import Projection
 from services.relay.relay import Relay
+from services.runtime.projections import run_extra_projections
 from services.store import repository as repo
 from services.store.pool import DATABASE_UNAVAILABLE, create_pool
 
@@ -59,10 +60,10 @@ async def run_service(
                 await ensure_topics(bootstrap, settings.topic_prefix, settings.partitions)
                 return True
 
-            if not await _until_up("broker", topics_exist, stop):
+            if not await until_up("broker", topics_exist, stop):
                 return
             parts["broker"] = lambda: True
-            pool = await _until_up("database", lambda: create_pool(database_url, settings.db_schema, max_size=6), stop)
+            pool = await until_up("database", lambda: create_pool(database_url, settings.db_schema, max_size=6), stop)
             if pool is None:
                 return
             parts["database"] = lambda: True
@@ -86,7 +87,7 @@ async def _serve(
             log.warning("the embedded broker started with an empty log: inbound offsets restart at 0")
     projection = Projection(
         pool, bootstrap, topics, settings.consumer_group, settings.batch_max, settings.resident_users,
-        session_timeout_ms=settings.kafka_session_timeout_ms,
+        session_timeout_ms=settings.kafka_session_timeout_ms, assignor=settings.partition_assignor,
     )
     relay = Relay(
         pool, bootstrap, f"unifier-relay:{settings.db_schema}", idempotence=settings.kafka_idempotence,
@@ -105,7 +106,10 @@ async def _serve(
     serving = asyncio.create_task(serve(create_app(api_settings), settings.http_addr, stop, bound=bound), name="http-api")
     # Automatic lookups (seed 004 §2): outside the projection's transactions.
     looking_up = asyncio.create_task(run_worker(settings, pool, bootstrap, topics.commands, stop, parts), name="lookups")
-    tasks = [consuming, relaying, serving, looking_up]
+    # UNIFIER_PROJECTION_PROCESSES − 1 more projection processes in the same group
+    # (projections.py); they are given the broker and database in use, never embedded ones.
+    extras = asyncio.create_task(run_extra_projections(api_settings, stop), name="projection-processes")
+    tasks = [consuming, relaying, serving, looking_up, extras]
 
     async def announce() -> None:  # beside the tasks above: its end must not stop the service
         if api_started is not None:
@@ -125,6 +129,7 @@ async def _serve(
                 raise task.exception()  # type: ignore[misc]
         stop.set()
         await consuming
+        await extras  # their last batches' changes leave with the relay below
         await serving
         await looking_up
         relay_stop.set()
@@ -139,7 +144,7 @@ async def _serve(
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-async def _until_up(what: str, connect: Callable[[], Awaitable[T]], stop: asyncio.Event) -> T | None:
+async def until_up(what: str, connect: Callable[[], Awaitable[T]], stop: asyncio.Event) -> T | None:
     """`connect()` retried with backoff (capped at 10 s) until it succeeds; None if told
     to stop first. Each failure is logged with its cause."""
     failures = 0
