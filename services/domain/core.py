@@ -251,6 +251,14 @@ class Work:
 Handler = Callable[[Work], None]
 HANDLERS: dict[str, Handler] = {}
 
+# A plain path for the commonest facts (sdk.plain_visit): it applies a fact whose effect
+# it can tell in advance — validated first, then a few assignments, no undo log, no
+# copy, no diff — and returns its Outcome, or returns None *before changing anything*
+# when the fact is not that plain (the handler then applies it as any other fact).
+# Same outcome and state as the handler, byte for byte (test_core_differential).
+PlainHandler = Callable[[Directory, Fact, ChannelSettings, bool], "Outcome | None"]
+PLAIN: dict[str, PlainHandler] = {}
+
 
 def handles(*types: str) -> Callable[[Handler], Handler]:
     def register(fn: Handler) -> Handler:
@@ -261,9 +269,26 @@ def handles(*types: str) -> Callable[[Handler], Handler]:
     return register
 
 
+def handles_plainly(*types: str) -> Callable[[PlainHandler], PlainHandler]:
+    def register(fn: PlainHandler) -> PlainHandler:
+        for t in types:
+            PLAIN[t] = fn
+        return fn
+
+    return register
+
+
 def apply(directory: Directory, fact: Fact, settings: ChannelSettings, *, messages: bool = True) -> Outcome:
     """`messages=False`: the state moves exactly the same, no `user-changed` message is
     built (a rebuild's: they were published when the facts first happened)."""
+    plain = PLAIN.get(fact.msg.type)
+    if plain is not None:
+        try:
+            done = plain(directory, fact, settings, messages)
+        except Rejected:  # refused before any change: the handler refuses it with the same reason
+            done = None
+        if done is not None:
+            return done
     work = Work(directory, fact, settings)
     handler = HANDLERS.get(fact.msg.type)
     if handler is None:

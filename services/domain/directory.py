@@ -145,6 +145,11 @@ class Directory:
             self._index(user, keys)
         self.changed[user.id] = user
 
+    def touched(self, user: User) -> None:
+        """`user`, held here, was changed in place in nothing `identities` reads (a
+        plain visit, sdk.plain_visit): it is to be written back, its keys stay."""
+        self.changed[user.id] = user
+
     def forget(self, user_id: str) -> None:
         """Undo the creation of a user (a rejected fact leaves nothing behind)."""
         for kind, value, _q in self._ids.pop(user_id, frozenset()):

@@ -2,23 +2,32 @@
 
 from __future__ import annotations
 
-from .channel import check_member_hash
-from .core import Activity, Work, handles
+from operator import attrgetter
+
+from . import limits
+from .channel import ChannelSettings, check_member_hash
+from .core import Activity, Fact, Outcome, Work, handles, handles_plainly
+from .directory import Directory
 from .hygiene import clean_email, clean_member_id, clean_mobile, clean_veil_id
 from .ids import member_user_id, veil_user_id
-from .profile import profile_values, promote, set_values
+from .limits import user_chars
+from .profile import has_contact, profile_values, promote, set_values
+from .publication import Publication, _message
 from .saga import offer_to_leads, on_member_login
 from .sessions import (
+    DEVICE_KEYS,
     PlatformName,
     logged_out,
     record_device,
     record_visit,
+    session_ended,
     veil_expired,
     veil_platform,
 )
 from .unification import merge
 from .user import EMAIL, MOBILE, User, Value
 from .values import Rejected
+from .view import user_view
 
 EXTERNAL_MEDIA = frozenset({"line", "instagram"})
 QUALIFIED_MEDIA = frozenset({"phone", "email"})  # C4: caller id / sender address
@@ -57,6 +66,108 @@ def on_visit(w: Work) -> None:
         if EMAIL in values or MOBILE in values:
             offer_to_leads(w, user)  # U5: leads holding the contact the site sent
         on_member_login(w, user)
+
+
+_DEVICE = attrgetter(*DEVICE_KEYS)  # a message's device fields, in DEVICE_KEYS' order
+
+
+@handles_plainly("boot", "login")
+def plain_visit(d: Directory, fact: Fact, settings: ChannelSettings, messages: bool) -> Outcome | None:
+    """`on_visit` for the commonest visits, without the undo log and the diff: a known
+    visitor back on its veil (S1, S2; a member on its own veil, U2) that changes nothing
+    but its activity, or a first boot of an unknown veil (a new anonymous user, C1).
+    Everything that could refuse the fact or make it move more is decided first; None
+    (nothing changed) sends the fact to `on_visit`: a profile or name sent (P1–P4), a
+    veil expired or logged out (S3, S4), a login that makes, changes or merges a member
+    (U2), waiting unifications (U5), a C2 promotion, device, language, city or country
+    values it does not have yet, a user never published or masked (I17) that a new
+    session would publish, a first visit past the size limit."""
+    msg = fact.msg
+    if msg.profile or msg.name is not None:
+        return None
+    ch, at = msg.channelId, fact.at
+    veil = clean_veil_id(msg.veilId)  # G1: a refusal raises here, before any change
+    member_id = None
+    if msg.memberId is not None:
+        member_id = clean_member_id(msg.memberId)
+        check_member_hash(settings, member_id, msg.memberHash)  # H1
+    user = d.by_veil(ch, veil)
+    if user is None:
+        return _first_visit(d, fact, veil) if member_id is None and msg.type == "boot" else None
+    platform: PlatformName
+    if msg.type == "boot":
+        platform = "mobile" if msg.platform == "mobile" else "web"
+        if (veil in user.mobile_veils) != (platform == "mobile"):
+            return None  # the veil changes platform: its mobile_veils move (S1)
+    else:
+        platform = veil_platform(user, veil)
+    if veil_expired(user, veil, at):
+        return None  # S4: a new anonymous user
+    if member_id is None:
+        if logged_out(user, veil, at):
+            return None  # S3: a new anonymous user
+    else:
+        member = d.by_member(ch, member_id)
+        if member is None or member.id != user.id or d.pending_for(ch, user.id):
+            return None  # U2: the veil's user becomes or merges into a member; U5: the saga fires
+    if user.type == "anonymous" and has_contact(user):
+        return None  # C2: promoted to lead
+    plat = user.web if platform == "web" else user.mobile
+    if msg.type == "boot":
+        if msg.device is not None:
+            for key, value in zip(DEVICE_KEYS, _DEVICE(msg.device), strict=True):
+                if value is not None and plat.device.get(key) != value:
+                    return None  # S2: a device field moves (visible, and counted in the size)
+        if ((msg.language or user.language) != user.language or (msg.city or user.city) != user.city
+                or (msg.country or user.country) != user.country):
+            return None
+    # C1: anonymous users are not published; a lead or member is, when a session starts
+    # (sessionsCount moves; lastSeenAt alone is quiet), or ever, when never published.
+    shown = user.type != "anonymous"
+    sessions, platform_sessions = user.sessions_count, plat.sessions_count
+    new_session = session_ended(user.last_activity_at, at) or session_ended(plat.last_seen_at, at)
+    if shown and (user.version == 0 or (new_session and user.masked)):
+        return None
+
+    # Nothing below can fail: apply. Nothing sized moves (the veil is held, no value
+    # set), nor anything the MU count reads (I17), nor any identity.
+    record_visit(user, veil, platform, at)
+    if member_id is not None:
+        user.last_login_at = max(user.last_login_at or at, at)  # saga.on_member_login, no one waiting
+    d.touched(user)
+    outcome = Outcome()
+    if shown and new_session:
+        keys = []
+        if plat.sessions_count != platform_sessions:
+            keys.append(f"{platform}.sessionsCount")
+        if user.sessions_count != sessions:
+            keys.append("sessionsCount")
+        keys.sort()  # as publication.changed_keys sorts them
+        user.version += 1
+        user.updated_at = max(user.updated_at, at)
+        if messages:
+            view = user_view(user)
+            message = _message(user, user.version, "updated", keys, fact.event_id, at, view)
+            outcome.publications.append(Publication(f"{ch}:{user.id}", message))
+    return outcome
+
+
+def _first_visit(d: Directory, fact: Fact, veil: str) -> Outcome | None:
+    """A boot on a veil no user holds, without memberId: a new anonymous user (S1, S2),
+    which is not published (C1) and counts for no MU limit (I17)."""
+    msg = fact.msg
+    user = _new_anonymous(d, msg.channelId, veil, fact.at)
+    if d.get(user.id) is not None:
+        return None  # both ids of the veil taken: on_visit replaces (never met)
+    platform: PlatformName = "mobile" if msg.platform == "mobile" else "web"
+    record_visit(user, veil, platform, fact.at)
+    if msg.device is not None:
+        record_device(user, platform, msg.device.model_dump())
+    user.language, user.city, user.country = msg.language or None, msg.city or None, msg.country or None
+    if user_chars(user) > limits.MAX_USER_CHARS:
+        return None  # on_visit refuses it (user_too_large)
+    d.put(user)
+    return Outcome()
 
 
 def _visitor(w: Work, veil: str, member_id: str | None) -> User:
@@ -98,10 +209,14 @@ def new_anonymous(w: Work, veil: str) -> User:
     user before (S3 logout, S4 expiry, a deleted user) gets an id that also names the
     time, so ids never collide and replay derives the same ones. The projection
     preloads `veil_user_id(channel, veil)` for every veil of a batch, so the check sees it."""
-    uid = veil_user_id(w.channel_id, veil)
-    if w.directory.get(uid) is not None:
-        uid = veil_user_id(w.channel_id, veil, w.at)
-    return User(id=uid, channel_id=w.channel_id, type="anonymous", created_at=w.at, updated_at=w.at)
+    return _new_anonymous(w.directory, w.channel_id, veil, w.at)
+
+
+def _new_anonymous(d: Directory, channel_id: str, veil: str, at: int) -> User:
+    uid = veil_user_id(channel_id, veil)
+    if d.get(uid) is not None:
+        uid = veil_user_id(channel_id, veil, at)
+    return User(id=uid, channel_id=channel_id, type="anonymous", created_at=at, updated_at=at)
 
 
 def _new_member(w: Work, member_id: str) -> User:
