@@ -12,7 +12,7 @@ from .hygiene import clean_email, clean_member_id, clean_mobile, clean_veil_id
 from .ids import member_user_id, veil_user_id
 from .limits import user_chars
 from .profile import has_contact, profile_values, promote, set_values
-from .publication import Publication, _message
+from .publication import Publication, _message, publish
 from .saga import offer_to_leads, on_member_login
 from .sessions import (
     DEVICE_KEYS,
@@ -161,8 +161,9 @@ def _first_visit(d: Directory, fact: Fact, veil: str) -> Outcome | None:
         return None  # both ids of the veil taken: on_visit replaces (never met)
     platform: PlatformName = "mobile" if msg.platform == "mobile" else "web"
     record_visit(user, veil, platform, fact.at)
-    if msg.device is not None:
-        record_device(user, platform, msg.device.model_dump())
+    if msg.device is not None:  # record_device on a user with none yet: the fields sent, in its order (S2)
+        device = {key: value for key, value in zip(DEVICE_KEYS, _DEVICE(msg.device), strict=True) if value is not None}
+        (user.mobile if platform == "mobile" else user.web).device = device
     user.language, user.city, user.country = msg.language or None, msg.city or None, msg.country or None
     if user_chars(user) > limits.MAX_USER_CHARS:
         return None  # on_visit refuses it (user_too_large)
@@ -271,6 +272,45 @@ def on_chat(w: Work) -> None:
         body.update(messageId=msg.message.messageId, text=msg.message.text)
     body["authorName"] = user.value("name") or user.value("profile.name")  # U4: kept as written
     w.outcome.activities.append(Activity(w.channel_id, user.id, "chat", w.fact.event_id, w.at, body))
+
+
+@handles_plainly("chat")
+def plain_chat(d: Directory, fact: Fact, settings: ChannelSettings, messages: bool) -> Outcome | None:
+    """`on_chat` for a chat without contact data from a veil a user holds: it only moves
+    that user's last contact and makes an anonymous user a lead (C2). None (nothing
+    changed) sends the fact to `on_chat`: contact data sent (C4, D1), an unknown veil,
+    an anonymous user already published once, a new lead in a channel with an MU limit
+    (I17: it may be masked)."""
+    msg = fact.msg
+    contact = msg.contact
+    if contact is not None and (contact.email is not None or contact.mobileNumber is not None):
+        return None
+    ch, at = msg.channelId, fact.at
+    veil = clean_veil_id(msg.veilId)  # G1: a refusal raises here, before any change
+    user = d.by_veil(ch, veil)
+    if user is None:
+        return None
+    promoted = user.type == "anonymous"
+    if promoted and (user.version > 0 or settings.mu_budget is not None):
+        return None
+
+    # Nothing below can fail. The veil is held already and no value is set: nothing
+    # sized moves, nor any identity.
+    user.last_contact_at = max(user.last_contact_at or at, at)
+    if promoted:
+        user.type = "lead"  # C2
+    d.touched(user)
+    body = {"chatId": msg.chatId, "medium": msg.medium}
+    if msg.message is not None:
+        body.update(messageId=msg.message.messageId, text=msg.message.text)
+    body["authorName"] = user.value("name") or user.value("profile.name")  # U4: kept as written
+    outcome = Outcome(activities=[Activity(ch, user.id, "chat", fact.event_id, at, body)])
+    if user.version == 0:  # never published (a new lead): its first message, `created`
+        published, outcome.publications = publish(None, user, fact.event_id, at, messages=messages)
+        if published is not user:
+            d.put(published)
+    # else: only the last contact moved, which no message shows
+    return outcome
 
 
 def _help_desk_match(w: Work, medium: str, contacts: dict[str, str]) -> User | None:
