@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from operator import attrgetter
+from typing import Any
 
 from . import limits
 from .channel import ChannelSettings, check_member_hash
@@ -11,6 +12,7 @@ from .directory import Directory
 from .hygiene import clean_email, clean_member_id, clean_mobile, clean_veil_id
 from .ids import member_user_id, veil_user_id
 from .limits import user_chars
+from .priority import update_wins
 from .profile import has_contact, profile_values, promote, set_values
 from .publication import Publication, _message, publish
 from .saga import offer_to_leads, on_member_login
@@ -25,7 +27,7 @@ from .sessions import (
     veil_platform,
 )
 from .unification import merge
-from .user import EMAIL, MOBILE, User, Value
+from .user import CONTACT_KEYS, EMAIL, MOBILE, User, Value
 from .values import Rejected
 from .view import user_view
 
@@ -66,109 +68,6 @@ def on_visit(w: Work) -> None:
         if EMAIL in values or MOBILE in values:
             offer_to_leads(w, user)  # U5: leads holding the contact the site sent
         on_member_login(w, user)
-
-
-_DEVICE = attrgetter(*DEVICE_KEYS)  # a message's device fields, in DEVICE_KEYS' order
-
-
-@handles_plainly("boot", "login")
-def plain_visit(d: Directory, fact: Fact, settings: ChannelSettings, messages: bool) -> Outcome | None:
-    """`on_visit` for the commonest visits, without the undo log and the diff: a known
-    visitor back on its veil (S1, S2; a member on its own veil, U2) that changes nothing
-    but its activity, or a first boot of an unknown veil (a new anonymous user, C1).
-    Everything that could refuse the fact or make it move more is decided first; None
-    (nothing changed) sends the fact to `on_visit`: a profile or name sent (P1–P4), a
-    veil expired or logged out (S3, S4), a login that makes, changes or merges a member
-    (U2), waiting unifications (U5), a C2 promotion, device, language, city or country
-    values it does not have yet, a user never published or masked (I17) that a new
-    session would publish, a first visit past the size limit."""
-    msg = fact.msg
-    if msg.profile or msg.name is not None:
-        return None
-    ch, at = msg.channelId, fact.at
-    veil = clean_veil_id(msg.veilId)  # G1: a refusal raises here, before any change
-    member_id = None
-    if msg.memberId is not None:
-        member_id = clean_member_id(msg.memberId)
-        check_member_hash(settings, member_id, msg.memberHash)  # H1
-    user = d.by_veil(ch, veil)
-    if user is None:
-        return _first_visit(d, fact, veil) if member_id is None and msg.type == "boot" else None
-    platform: PlatformName
-    if msg.type == "boot":
-        platform = "mobile" if msg.platform == "mobile" else "web"
-        if (veil in user.mobile_veils) != (platform == "mobile"):
-            return None  # the veil changes platform: its mobile_veils move (S1)
-    else:
-        platform = veil_platform(user, veil)
-    if veil_expired(user, veil, at):
-        return None  # S4: a new anonymous user
-    if member_id is None:
-        if logged_out(user, veil, at):
-            return None  # S3: a new anonymous user
-    else:
-        member = d.by_member(ch, member_id)
-        if member is None or member.id != user.id or d.pending_for(ch, user.id):
-            return None  # U2: the veil's user becomes or merges into a member; U5: the saga fires
-    if user.type == "anonymous" and has_contact(user):
-        return None  # C2: promoted to lead
-    plat = user.web if platform == "web" else user.mobile
-    if msg.type == "boot":
-        if msg.device is not None:
-            for key, value in zip(DEVICE_KEYS, _DEVICE(msg.device), strict=True):
-                if value is not None and plat.device.get(key) != value:
-                    return None  # S2: a device field moves (visible, and counted in the size)
-        if ((msg.language or user.language) != user.language or (msg.city or user.city) != user.city
-                or (msg.country or user.country) != user.country):
-            return None
-    # C1: anonymous users are not published; a lead or member is, when a session starts
-    # (sessionsCount moves; lastSeenAt alone is quiet), or ever, when never published.
-    shown = user.type != "anonymous"
-    sessions, platform_sessions = user.sessions_count, plat.sessions_count
-    new_session = session_ended(user.last_activity_at, at) or session_ended(plat.last_seen_at, at)
-    if shown and (user.version == 0 or (new_session and user.masked)):
-        return None
-
-    # Nothing below can fail: apply. Nothing sized moves (the veil is held, no value
-    # set), nor anything the MU count reads (I17), nor any identity.
-    record_visit(user, veil, platform, at)
-    if member_id is not None:
-        user.last_login_at = max(user.last_login_at or at, at)  # saga.on_member_login, no one waiting
-    d.touched(user)
-    outcome = Outcome()
-    if shown and new_session:
-        keys = []
-        if plat.sessions_count != platform_sessions:
-            keys.append(f"{platform}.sessionsCount")
-        if user.sessions_count != sessions:
-            keys.append("sessionsCount")
-        keys.sort()  # as publication.changed_keys sorts them
-        user.version += 1
-        user.updated_at = max(user.updated_at, at)
-        if messages:
-            view = user_view(user)
-            message = _message(user, user.version, "updated", keys, fact.event_id, at, view)
-            outcome.publications.append(Publication(f"{ch}:{user.id}", message))
-    return outcome
-
-
-def _first_visit(d: Directory, fact: Fact, veil: str) -> Outcome | None:
-    """A boot on a veil no user holds, without memberId: a new anonymous user (S1, S2),
-    which is not published (C1) and counts for no MU limit (I17)."""
-    msg = fact.msg
-    user = _new_anonymous(d, msg.channelId, veil, fact.at)
-    if d.get(user.id) is not None:
-        return None  # both ids of the veil taken: on_visit replaces (never met)
-    platform: PlatformName = "mobile" if msg.platform == "mobile" else "web"
-    record_visit(user, veil, platform, fact.at)
-    if msg.device is not None:  # record_device on a user with none yet: the fields sent, in its order (S2)
-        device = {key: value for key, value in zip(DEVICE_KEYS, _DEVICE(msg.device), strict=True) if value is not None}
-        (user.mobile if platform == "mobile" else user.web).device = device
-    user.language, user.city, user.country = msg.language or None, msg.city or None, msg.country or None
-    if user_chars(user) > limits.MAX_USER_CHARS:
-        return None  # on_visit refuses it (user_too_large)
-    d.put(user)
-    return Outcome()
 
 
 def _visitor(w: Work, veil: str, member_id: str | None) -> User:
@@ -274,45 +173,6 @@ def on_chat(w: Work) -> None:
     w.outcome.activities.append(Activity(w.channel_id, user.id, "chat", w.fact.event_id, w.at, body))
 
 
-@handles_plainly("chat")
-def plain_chat(d: Directory, fact: Fact, settings: ChannelSettings, messages: bool) -> Outcome | None:
-    """`on_chat` for a chat without contact data from a veil a user holds: it only moves
-    that user's last contact and makes an anonymous user a lead (C2). None (nothing
-    changed) sends the fact to `on_chat`: contact data sent (C4, D1), an unknown veil,
-    an anonymous user already published once, a new lead in a channel with an MU limit
-    (I17: it may be masked)."""
-    msg = fact.msg
-    contact = msg.contact
-    if contact is not None and (contact.email is not None or contact.mobileNumber is not None):
-        return None
-    ch, at = msg.channelId, fact.at
-    veil = clean_veil_id(msg.veilId)  # G1: a refusal raises here, before any change
-    user = d.by_veil(ch, veil)
-    if user is None:
-        return None
-    promoted = user.type == "anonymous"
-    if promoted and (user.version > 0 or settings.mu_budget is not None):
-        return None
-
-    # Nothing below can fail. The veil is held already and no value is set: nothing
-    # sized moves, nor any identity.
-    user.last_contact_at = max(user.last_contact_at or at, at)
-    if promoted:
-        user.type = "lead"  # C2
-    d.touched(user)
-    body = {"chatId": msg.chatId, "medium": msg.medium}
-    if msg.message is not None:
-        body.update(messageId=msg.message.messageId, text=msg.message.text)
-    body["authorName"] = user.value("name") or user.value("profile.name")  # U4: kept as written
-    outcome = Outcome(activities=[Activity(ch, user.id, "chat", fact.event_id, at, body)])
-    if user.version == 0:  # never published (a new lead): its first message, `created`
-        published, outcome.publications = publish(None, user, fact.event_id, at, messages=messages)
-        if published is not user:
-            d.put(published)
-    # else: only the last contact moved, which no message shows
-    return outcome
-
-
 def _help_desk_match(w: Work, medium: str, contacts: dict[str, str]) -> User | None:
     """D1: an inquiry from an unknown veil attaches to the customer holding its contact
     as *qualified* data — a phone call by the caller's number, anything else (e-mail,
@@ -374,3 +234,258 @@ def on_track(w: Work) -> None:
         user = found
     body = {"name": msg.name, "properties": msg.properties}
     w.outcome.activities.append(Activity(w.channel_id, user.id, "event", w.fact.event_id, w.at, body))
+
+
+# -- plain paths (core.PLAIN) -----------------------------------------------------------
+# The commonest SDK facts, applied without the undo log, the snapshot and the diff of
+# the general path: each decides first, from the user as it is, everything that could
+# refuse the fact or make it do more than it knows how to, and returns None *before any
+# change* when that is the case (the handler above then applies the fact). What it
+# changes it knows, so it knows the message's changed keys without comparing views.
+# The one check that needs the changed user, the size (limits), comes before anything
+# else moves, and what it changed for it is put back when the user would be too large.
+# test_core_differential holds every outcome and state equal to the oracle's.
+
+_DEVICE = attrgetter(*DEVICE_KEYS)  # a message's device fields, in DEVICE_KEYS' order
+
+
+@handles_plainly("boot", "login")
+def plain_visit(d: Directory, fact: Fact, settings: ChannelSettings, messages: bool) -> Outcome | None:
+    """`on_visit` for the commonest visits (S1, S2): a first boot of an unknown veil (a
+    new anonymous user), or a known visitor back on its veil — a member on its own veil,
+    or a visitor logging in with a memberId no one has (U2: it becomes that member) —
+    with profile values but no contact data. None sends the fact to `on_visit`: contact
+    data (identities move, U5 offers), a veil expired or logged out (S3, S4), a login
+    that merges a visitor or takes another member's veil (U1, U2), waiting unifications
+    (U5), a C2 promotion, device, language, city or country values it does not have yet,
+    a masked user whose message would move (I17), a new MU in a channel with a limit,
+    a user that would grow past the size limit."""
+    msg = fact.msg
+    ch, at = msg.channelId, fact.at
+    veil = clean_veil_id(msg.veilId)  # G1: refusals raise here, before any change
+    member_id = None
+    if msg.memberId is not None:
+        member_id = clean_member_id(msg.memberId)
+        check_member_hash(settings, member_id, msg.memberHash)  # H1
+    is_member = member_id is not None
+    values = profile_values(msg.profile, settings, qualified=is_member, member=is_member, at=at) if msg.profile else {}
+    if msg.name is not None:
+        values["name"] = Value(msg.name, is_member, is_member, at)
+    if EMAIL in values or MOBILE in values:
+        return None
+    user = d.by_veil(ch, veil)
+    if user is None:
+        return _first_visit(d, fact, veil, values) if member_id is None and msg.type == "boot" else None
+
+    platform: PlatformName
+    if msg.type == "boot":
+        platform = "mobile" if msg.platform == "mobile" else "web"
+        if (veil in user.mobile_veils) != (platform == "mobile"):
+            return None  # the veil changes platform: its mobile_veils move (S1)
+    else:
+        platform = veil_platform(user, veil)
+    if veil_expired(user, veil, at):
+        return None  # S4: a new anonymous user
+    becomes = False  # U2: the visitor becomes the member its memberId names
+    if member_id is None:
+        if logged_out(user, veil, at):
+            return None  # S3: a new anonymous user
+    else:
+        member = d.by_member(ch, member_id)
+        if member is None:
+            if user.type == "member":
+                return None  # another member's browser: the veil changes hands (U1)
+            if user.type == "anonymous" and settings.mu_budget is not None:
+                return None  # I17: a new MU, maybe masked
+            becomes = True
+        elif member is not user:
+            return None  # U2: merged into the member (or the veil released)
+        if d.pending_for(ch, user.id):
+            return None  # U5: the member's login fires the unifications waiting for it
+    if user.type == "anonymous" and not becomes and has_contact(user):
+        return None  # C2: promoted to lead
+    plat = user.web if platform == "web" else user.mobile
+    if msg.type == "boot":
+        if msg.device is not None:
+            for key, value in zip(DEVICE_KEYS, _DEVICE(msg.device), strict=True):
+                if value is not None and plat.device.get(key) != value:
+                    return None  # S2: a device field moves (shown, and counted in the size)
+        if ((msg.language or user.language) != user.language or (msg.city or user.city) != user.city
+                or (msg.country or user.country) != user.country):
+            return None
+    old_fields = user.fields
+    won = {key: new for key, new in values.items() if update_wins(key, new, old_fields.get(key))}  # C4, P3
+    new_session = session_ended(user.last_activity_at, at) or session_ended(plat.last_seen_at, at)
+    shown = becomes or user.type != "anonymous"  # C1
+    if shown and user.masked and user.version > 0 and (new_session or won or becomes):
+        return None  # I17: a masked user's message shows less; publication.publish decides it
+
+    # What the size counts: the values that won, and the member's id (U2: a source no
+    # more, U6). Put back if the user would be too large (on_visit refuses the fact).
+    was = user.type, user.member_id, user.pending_into, user.pending_since, user.offered
+    if won:
+        user.fields = {**old_fields, **won}
+    if becomes:
+        user.type, user.member_id = "member", member_id
+        user.pending_into = user.pending_since = None
+        user.offered = []
+    if (won or becomes) and user_chars(user) > limits.MAX_USER_CHARS:
+        user.fields = old_fields
+        user.type, user.member_id, user.pending_into, user.pending_since, user.offered = was
+        return None
+
+    # Nothing below can fail.
+    sessions, platform_sessions = user.sessions_count, plat.sessions_count
+    record_visit(user, veil, platform, at)
+    if is_member:
+        user.last_login_at = max(user.last_login_at or at, at)  # saga.on_member_login, no one waiting
+    if becomes:
+        d.put(user)  # its member key (and no pending one)
+    else:
+        d.touched(user)
+    outcome = Outcome()
+    if shown:
+        keys = [key for key, new in won.items() if _shown_value(old_fields.get(key)) != new.v]
+        if plat.sessions_count != platform_sessions:
+            keys.append(f"{platform}.sessionsCount")
+        if user.sessions_count != sessions:
+            keys.append("sessionsCount")
+        if was[0] != user.type:
+            keys.append("type")
+        if was[1] != user.member_id:
+            keys.append("memberId")
+        outcome.publications = _publish(user, keys, fact, messages)
+    return outcome
+
+
+def _first_visit(d: Directory, fact: Fact, veil: str, values: dict[str, Value]) -> Outcome | None:
+    """A boot on a veil no user holds, without memberId: a new anonymous user (S1, S2),
+    which is not published (C1) and counts for no MU limit (I17)."""
+    msg = fact.msg
+    user = _new_anonymous(d, msg.channelId, veil, fact.at)
+    if d.get(user.id) is not None:
+        return None  # both ids of the veil taken: on_visit replaces that user
+    platform: PlatformName = "mobile" if msg.platform == "mobile" else "web"
+    record_visit(user, veil, platform, fact.at)
+    if msg.device is not None:  # record_device on a user with none yet: the fields sent, in its order (S2)
+        device = {key: value for key, value in zip(DEVICE_KEYS, _DEVICE(msg.device), strict=True) if value is not None}
+        (user.mobile if platform == "mobile" else user.web).device = device
+    user.language, user.city, user.country = msg.language or None, msg.city or None, msg.country or None
+    set_values(user, values)
+    if user_chars(user) > limits.MAX_USER_CHARS:
+        return None  # on_visit refuses it (user_too_large)
+    d.put(user)
+    return Outcome()
+
+
+@handles_plainly("chat")
+def plain_chat(d: Directory, fact: Fact, settings: ChannelSettings, messages: bool) -> Outcome | None:
+    """`on_chat` for a chat without contact data from a veil a user holds: it only moves
+    that user's last contact and makes an anonymous user a lead (C2). None sends the fact
+    to `on_chat`: contact data sent (C4, D1), an unknown veil, an anonymous user that
+    was published once, a new lead in a channel with an MU limit (I17)."""
+    msg = fact.msg
+    contact = msg.contact
+    if contact is not None and (contact.email is not None or contact.mobileNumber is not None):
+        return None
+    ch, at = msg.channelId, fact.at
+    veil = clean_veil_id(msg.veilId)  # G1: a refusal raises here, before any change
+    user = d.by_veil(ch, veil)
+    if user is None:
+        return None
+    promoted = user.type == "anonymous"
+    if promoted and (user.version > 0 or settings.mu_budget is not None):
+        return None
+
+    # Nothing below can fail. The veil is held already and no value is set: nothing
+    # sized moves, nor any identity.
+    user.last_contact_at = max(user.last_contact_at or at, at)
+    if promoted:
+        user.type = "lead"  # C2
+    d.touched(user)
+    body = {"chatId": msg.chatId, "medium": msg.medium}
+    if msg.message is not None:
+        body.update(messageId=msg.message.messageId, text=msg.message.text)
+    body["authorName"] = user.value("name") or user.value("profile.name")  # U4: kept as written
+    outcome = Outcome(activities=[Activity(ch, user.id, "chat", fact.event_id, at, body)])
+    # A lead never published gets its first message; else only the last contact moved.
+    outcome.publications = _publish(user, [], fact, messages)
+    return outcome
+
+
+@handles_plainly("contact")
+def plain_contact(d: Directory, fact: Fact, settings: ChannelSettings, messages: bool) -> Outcome | None:
+    """`on_contact`: contact data typed by the visitor (C4: unqualified; U9: never
+    unifies) on its veil's user, or on a new anonymous user, either made a lead (C2).
+    None sends the fact to `on_contact`: a masked user whose message would move (I17),
+    a new MU in a channel with a limit, a user that would grow past the size limit."""
+    msg = fact.msg
+    ch, at = msg.channelId, fact.at
+    veil = clean_veil_id(msg.veilId)  # G1: refusals raise here, before any change
+    user = d.by_veil(ch, veil)
+    is_member = user is not None and user.type == "member"
+    values: dict[str, Value] = {}
+    if msg.email is not None:
+        values[EMAIL] = Value(clean_email(msg.email), False, is_member, at)
+    if msg.mobileNumber is not None:
+        values[MOBILE] = Value(clean_mobile(msg.mobileNumber), False, is_member, at)
+    created = user is None
+    if user is None:
+        user = _new_anonymous(d, ch, veil, at)
+        if d.get(user.id) is not None:
+            return None  # both ids of the veil taken: on_contact replaces that user
+        user.veils[veil] = at
+    old_fields = user.fields
+    won = {key: new for key, new in values.items() if update_wins(key, new, old_fields.get(key))}  # C4
+    new_fields = {**old_fields, **won} if won else old_fields
+    promoted = user.type == "anonymous" and any(
+        (got := new_fields.get(key)) is not None and got.v is not None for key in CONTACT_KEYS)  # C2
+    if promoted and settings.mu_budget is not None:
+        return None  # I17: a new MU, maybe masked
+    if user.masked and user.version > 0 and (won or promoted):
+        return None  # I17: publication.publish decides what a masked user's message shows
+    user.fields = new_fields
+    if (won or created) and user_chars(user) > limits.MAX_USER_CHARS:
+        user.fields = old_fields
+        return None  # on_contact refuses it (user_too_large)
+
+    # Nothing below can fail.
+    user.last_contact_at = max(user.last_contact_at or at, at)
+    if promoted:
+        user.type = "lead"
+    if won or created:
+        d.put(user)  # its contact keys (identities) moved
+    else:
+        d.touched(user)
+    # Typed contact data is unqualified and never replaces a qualified value (C4,
+    # priority.update_wins): the view's `qualified` cannot move here.
+    keys = [key for key, new in won.items() if _shown_value(old_fields.get(key)) != new.v]
+    if promoted:
+        keys.append("type")
+    return Outcome(publications=_publish(user, keys, fact, messages))
+
+
+def _shown_value(value: Value | None) -> Any:
+    """What the view shows of a field: its value, None when absent."""
+    return None if value is None else value.v
+
+
+def _publish(user: User, keys: list[str], fact: Fact, messages: bool) -> list[Publication]:
+    """publication.publish for a plain path's user, whose changed keys it knows
+    (`keys`, in any order; never `blocked`): nothing for an anonymous user (C1); for one
+    never published, its first message (`created`, built by publish); else an `updated`
+    naming `keys`, or nothing when there are none (activity within a session is quiet).
+    The version and updatedAt move as publish moves them, with messages or not."""
+    if user.type == "anonymous":
+        return []
+    if user.version == 0:  # publish moves a user it has no old state of in place
+        return publish(None, user, fact.event_id, fact.at, messages=messages)[1]
+    if not keys:
+        return []
+    keys.sort()  # as publication.changed_keys sorts them
+    user.version += 1
+    user.updated_at = max(user.updated_at, fact.at)
+    if not messages:
+        return []
+    message = _message(user, user.version, "updated", keys, fact.event_id, fact.at, user_view(user))
+    return [Publication(f"{user.channel_id}:{user.id}", message)]
