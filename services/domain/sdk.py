@@ -254,12 +254,13 @@ def plain_visit(d: Directory, fact: Fact, settings: ChannelSettings, messages: b
     """`on_visit` for the commonest visits (S1, S2): a first boot of an unknown veil (a
     new anonymous user), or a known visitor back on its veil — a member on its own veil,
     or a visitor logging in with a memberId no one has (U2: it becomes that member) —
-    with profile values but no contact data. None sends the fact to `on_visit`: contact
-    data (identities move, U5 offers), a veil expired or logged out (S3, S4), a login
-    that merges a visitor or takes another member's veil (U1, U2), waiting unifications
-    (U5), a C2 promotion, device, language, city or country values it does not have yet,
-    a masked user whose message would move (I17), a new MU in a channel with a limit,
-    a user that would grow past the size limit."""
+    with profile values, contact data only for a member. None sends the fact to
+    `on_visit`: a visitor's contact data (C2, C4), a member's that other users hold (U5:
+    they are offered it), a veil expired or logged out (S3, S4), a login that merges a
+    visitor or takes another member's veil (U1, U2), waiting unifications (U5), a C2
+    promotion, device, language, city or country values it does not have yet, a masked
+    user whose message would move (I17), a new MU in a channel with a limit, a user that
+    would grow past the size limit."""
     msg = fact.msg
     ch, at = msg.channelId, fact.at
     veil = clean_veil_id(msg.veilId)  # G1: refusals raise here, before any change
@@ -271,8 +272,9 @@ def plain_visit(d: Directory, fact: Fact, settings: ChannelSettings, messages: b
     values = profile_values(msg.profile, settings, qualified=is_member, member=is_member, at=at) if msg.profile else {}
     if msg.name is not None:
         values["name"] = Value(msg.name, is_member, is_member, at)
-    if EMAIL in values or MOBILE in values:
-        return None
+    contacts = EMAIL in values or MOBILE in values
+    if contacts and not is_member:
+        return None  # C2, C4: a visitor's contact data
     user = d.by_veil(ch, veil)
     if user is None:
         return _first_visit(d, fact, veil, values) if member_id is None and msg.type == "boot" else None
@@ -315,6 +317,9 @@ def plain_visit(d: Directory, fact: Fact, settings: ChannelSettings, messages: b
             return None
     old_fields = user.fields
     won = {key: new for key, new in values.items() if update_wins(key, new, old_fields.get(key))}  # C4, P3
+    new_fields = {**old_fields, **won} if won else old_fields
+    if contacts and _offered(d, user, new_fields):
+        return None  # U5: saga.offer_to_leads notes the member on the leads holding its contact
     new_session = session_ended(user.last_activity_at, at) or session_ended(plat.last_seen_at, at)
     shown = becomes or user.type != "anonymous"  # C1
     if shown and user.masked and user.version > 0 and (new_session or won or becomes):
@@ -323,8 +328,7 @@ def plain_visit(d: Directory, fact: Fact, settings: ChannelSettings, messages: b
     # What the size counts: the values that won, and the member's id (U2: a source no
     # more, U6). Put back if the user would be too large (on_visit refuses the fact).
     was = user.type, user.member_id, user.pending_into, user.pending_since, user.offered
-    if won:
-        user.fields = {**old_fields, **won}
+    user.fields = new_fields
     if becomes:
         user.type, user.member_id = "member", member_id
         user.pending_into = user.pending_since = None
@@ -339,8 +343,8 @@ def plain_visit(d: Directory, fact: Fact, settings: ChannelSettings, messages: b
     record_visit(user, veil, platform, at)
     if is_member:
         user.last_login_at = max(user.last_login_at or at, at)  # saga.on_member_login, no one waiting
-    if becomes:
-        d.put(user)  # its member key (and no pending one)
+    if becomes or contacts:
+        d.put(user)  # its member key (and no pending one), its contact keys
     else:
         d.touched(user)
     outcome = Outcome()
@@ -354,6 +358,8 @@ def plain_visit(d: Directory, fact: Fact, settings: ChannelSettings, messages: b
             keys.append("type")
         if was[1] != user.member_id:
             keys.append("memberId")
+        if contacts and _qualified(old_fields) != _qualified(new_fields):
+            keys.append("qualified")
         outcome.publications = _publish(user, keys, fact, messages)
     return outcome
 
@@ -380,21 +386,27 @@ def _first_visit(d: Directory, fact: Fact, veil: str, values: dict[str, Value]) 
 
 @handles_plainly("chat")
 def plain_chat(d: Directory, fact: Fact, settings: ChannelSettings, messages: bool) -> Outcome | None:
-    """`on_chat` for a chat without contact data from a veil a user holds: it only moves
-    that user's last contact and makes an anonymous user a lead (C2). None sends the fact
-    to `on_chat`: contact data sent (C4, D1), an unknown veil, an anonymous user that
-    was published once, a new lead in a channel with an MU limit (I17)."""
+    """`on_chat` for a chat from a veil a user holds, without contact data (only the
+    user's last contact moves, and an anonymous user becomes a lead, C2), or from a veil
+    no one holds with nothing to attach it to (D1): a new lead holding the contact the
+    chat carried (C4: qualified from a phone call or an e-mail). None sends the fact to
+    `on_chat`: contact data for a held veil, a help-desk match or a blocked customer's
+    contact (D1, B1), an anonymous user published once, a new MU in a channel with a
+    limit (I17), a new lead past the size limit."""
     msg = fact.msg
-    contact = msg.contact
-    if contact is not None and (contact.email is not None or contact.mobileNumber is not None):
-        return None
     ch, at = msg.channelId, fact.at
-    veil = clean_veil_id(msg.veilId)  # G1: a refusal raises here, before any change
+    veil = clean_veil_id(msg.veilId)  # G1: refusals raise here, before any change
+    contacts: dict[str, str] = {}
+    if msg.contact is not None:
+        if msg.contact.email is not None:
+            contacts[EMAIL] = clean_email(msg.contact.email)
+        if msg.contact.mobileNumber is not None:
+            contacts[MOBILE] = clean_mobile(msg.contact.mobileNumber)
     user = d.by_veil(ch, veil)
     if user is None:
-        return None
+        return _first_chat(d, fact, settings, veil, contacts, messages)
     promoted = user.type == "anonymous"
-    if promoted and (user.version > 0 or settings.mu_budget is not None):
+    if contacts or (promoted and (user.version > 0 or settings.mu_budget is not None)):
         return None
 
     # Nothing below can fail. The veil is held already and no value is set: nothing
@@ -403,14 +415,42 @@ def plain_chat(d: Directory, fact: Fact, settings: ChannelSettings, messages: bo
     if promoted:
         user.type = "lead"  # C2
     d.touched(user)
+    # A lead never published gets its first message; else only the last contact moved.
+    return Outcome(publications=_publish(user, [], fact, messages), activities=[_chat_activity(fact, user)])
+
+
+def _first_chat(
+    d: Directory, fact: Fact, settings: ChannelSettings, veil: str, contacts: dict[str, str], messages: bool,
+) -> Outcome | None:
+    """A chat from a veil no one holds: a new lead (C2) on that veil, unless the help
+    desk attaches it to a customer (D1)."""
+    msg = fact.msg
+    if settings.mu_budget is not None:
+        return None  # I17: a new MU, maybe masked
+    key = MOBILE if msg.medium == "phone" else EMAIL
+    value = None if msg.medium in EXTERNAL_MEDIA else contacts.get(key)
+    if value is not None and d.by_contact(msg.channelId, "mobile" if key == MOBILE else "email", value, qualified_only=True):
+        return None  # D1: _help_desk_match attaches it (or B1 refuses it)
+    qualified = msg.medium in QUALIFIED_MEDIA
+    user = _new_anonymous(d, msg.channelId, veil, fact.at)
+    if d.get(user.id) is not None:
+        return None  # both ids of the veil taken: on_chat replaces that user
+    user.veils[veil] = user.last_contact_at = fact.at
+    user.fields = {key: Value(value, qualified, False, fact.at) for key, value in contacts.items()}
+    user.type = "lead"
+    if user_chars(user) > limits.MAX_USER_CHARS:
+        return None  # on_chat refuses it (user_too_large)
+    d.put(user)
+    return Outcome(publications=_publish(user, [], fact, messages), activities=[_chat_activity(fact, user)])
+
+
+def _chat_activity(fact: Fact, user: User) -> Activity:
+    msg = fact.msg
     body = {"chatId": msg.chatId, "medium": msg.medium}
     if msg.message is not None:
         body.update(messageId=msg.message.messageId, text=msg.message.text)
     body["authorName"] = user.value("name") or user.value("profile.name")  # U4: kept as written
-    outcome = Outcome(activities=[Activity(ch, user.id, "chat", fact.event_id, at, body)])
-    # A lead never published gets its first message; else only the last contact moved.
-    outcome.publications = _publish(user, [], fact, messages)
-    return outcome
+    return Activity(msg.channelId, user.id, "chat", fact.event_id, fact.at, body)
 
 
 @handles_plainly("contact")
@@ -463,6 +503,24 @@ def plain_contact(d: Directory, fact: Fact, settings: ChannelSettings, messages:
     if promoted:
         keys.append("type")
     return Outcome(publications=_publish(user, keys, fact, messages))
+
+
+def _offered(d: Directory, member: User, fields: dict[str, Value]) -> bool:
+    """Would saga.offer_to_leads note `member` on another user, one holding a qualified
+    contact of `fields` (U5)?"""
+    for key, kind in ((EMAIL, "email"), (MOBILE, "mobile")):
+        val = fields.get(key)
+        if val is None or val.v is None or not val.q:
+            continue
+        for other in d.by_contact(member.channel_id, kind, val.v, qualified_only=True):
+            if other is not member and other.type != "member" and other.alive and member.id not in other.offered:
+                return True
+    return False
+
+
+def _qualified(fields: dict[str, Value]) -> list[str]:
+    """The contact keys the view lists as `qualified` (C4)."""
+    return [key for key in CONTACT_KEYS if (val := fields.get(key)) is not None and val.v is not None and val.q]
 
 
 def _shown_value(value: Value | None) -> Any:

@@ -483,7 +483,8 @@ def test_the_sdk_streams_take_every_plain_path(monkeypatch: pytest.MonkeyPatch) 
         ("plain_visit", "created"), ("plain_visit", "updated"), ("plain_visit", "sessionsCount"),
         ("plain_visit", "web"), ("plain_visit", "mobile"), ("plain_visit", "memberId"), ("plain_visit", "profile"),
         ("plain_visit", "name"),
-        ("plain_chat", "created"), ("plain_chat", "quiet"), ("plain_chat", "handed over"),
+        ("plain_visit", "qualified"),
+        ("plain_chat", "new user"), ("plain_chat", "created"), ("plain_chat", "quiet"), ("plain_chat", "handed over"),
         ("plain_contact", "new user"), ("plain_contact", "created"), ("plain_contact", "updated"),
         ("plain_contact", "quiet"), ("plain_contact", "handed over"),
     }
