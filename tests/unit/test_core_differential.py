@@ -175,6 +175,7 @@ _SDK_STEPS: list[tuple[int, st.SearchStrategy[tuple[str, dict[str, Any]]]]] = [
     (3, _s("track", veil=st.sampled_from(VEILS))),
     (3, _STEPS[5][1]),  # member.upsert
     (2, _STEPS[6][1]),  # profile.update
+    (2, _STEPS[7][1]),  # lead.create: qualified contacts a member's login then offers itself to (U5)
     (6, _STEPS[9][1]),  # unification.approve
     (3, _STEPS[11][1]),  # user.block / user.unblock
     (1, _STEPS[12][1]),  # user.delete
