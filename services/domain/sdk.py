@@ -316,7 +316,7 @@ def plain_visit(d: Directory, fact: Fact, settings: ChannelSettings, messages: b
                 or (msg.country or user.country) != user.country):
             return None
     old_fields = user.fields
-    won = {key: new for key, new in values.items() if update_wins(key, new, old_fields.get(key))}  # C4, P3
+    won = {key: new for key, new in values.items() if update_wins(key, new, old_fields.get(key))} if values else values  # C4, P3
     new_fields = {**old_fields, **won} if won else old_fields
     if contacts and _offered(d, user, new_fields):
         return None  # U5: saga.offer_to_leads notes the member on the leads holding its contact
@@ -503,6 +503,27 @@ def plain_contact(d: Directory, fact: Fact, settings: ChannelSettings, messages:
     if promoted:
         keys.append("type")
     return Outcome(publications=_publish(user, keys, fact, messages))
+
+
+@handles_plainly("track")
+def plain_track(d: Directory, fact: Fact, settings: ChannelSettings, messages: bool) -> Outcome | None:
+    """`on_track`: a behaviour event changes no user; a veil no one holds gets a new
+    anonymous user (C1: not published). None: on_track, for a new user past the size
+    limit (refused), or a veil whose ids are both taken."""
+    msg = fact.msg
+    ch, at = msg.channelId, fact.at
+    veil = clean_veil_id(msg.veilId)  # G1: a refusal raises here, before any change
+    user = d.by_veil(ch, veil)
+    if user is None:
+        user = _new_anonymous(d, ch, veil, at)
+        if d.get(user.id) is not None:
+            return None
+        user.veils[veil] = at
+        if user_chars(user) > limits.MAX_USER_CHARS:
+            return None
+        d.put(user)
+    body = {"name": msg.name, "properties": msg.properties}
+    return Outcome(activities=[Activity(ch, user.id, "event", fact.event_id, at, body)])
 
 
 def _offered(d: Directory, member: User, fields: dict[str, Value]) -> bool:

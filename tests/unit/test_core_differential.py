@@ -487,7 +487,7 @@ def test_the_sdk_streams_take_every_plain_path(monkeypatch: pytest.MonkeyPatch) 
         ("plain_visit", "qualified"),
         ("plain_chat", "new user"), ("plain_chat", "created"), ("plain_chat", "quiet"), ("plain_chat", "handed over"),
         ("plain_contact", "new user"), ("plain_contact", "created"), ("plain_contact", "updated"),
-        ("plain_contact", "quiet"), ("plain_contact", "handed over"),
+        ("plain_contact", "quiet"), ("plain_contact", "handed over"), ("plain_track", "new user"), ("plain_track", "quiet"),
     }
 
     def meets(stream: list[Any]) -> bool:
