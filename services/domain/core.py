@@ -262,11 +262,13 @@ class Work:
 Handler = Callable[[Work], None]
 HANDLERS: dict[str, Handler] = {}
 
-# A plain path for the commonest facts (sdk.plain_visit): it applies a fact whose effect
-# it can tell in advance — validated first, then a few assignments, no undo log, no
-# copy, no diff — and returns its Outcome, or returns None *before changing anything*
-# when the fact is not that plain (the handler then applies it as any other fact).
-# Same outcome and state as the handler, byte for byte (test_core_differential).
+# A plain path for the commonest facts (sdk.plain_visit, …): it applies a fact whose
+# effect it can tell in advance — decided first, then a few assignments, no undo log,
+# no copy, no diff — and returns its Outcome, or returns None *before changing
+# anything* when the fact is not that plain (the handler then applies it as any other
+# fact). Whatever it raises, it raises while deciding (a refusal, or a bug): the handler
+# then meets it again and refuses the fact, undoing what it did. Same outcome and state
+# as the handler, byte for byte (tests/unit/test_core_differential.py).
 PlainHandler = Callable[[Directory, Fact, ChannelSettings, bool], "Outcome | None"]
 PLAIN: dict[str, PlainHandler] = {}
 
@@ -296,8 +298,8 @@ def apply(directory: Directory, fact: Fact, settings: ChannelSettings, *, messag
     if plain is not None:
         try:
             done = plain(directory, fact, settings, messages)
-        except Rejected:  # refused before any change: the handler refuses it with the same reason
-            done = None
+        except Exception:  # raised while deciding, before any change
+            done = None  # the handler meets it again: refused with its reason, or internal_error
         if done is not None:
             return done
     work = Work(directory, fact, settings)
