@@ -261,23 +261,21 @@ def plain_visit(d: Directory, fact: Fact, settings: ChannelSettings, messages: b
     promotion, device, language, city or country values it does not have yet, a masked
     user whose message would move (I17), a new MU in a channel with a limit, a user that
     would grow past the size limit."""
+    # Where the visit leads first (cheap), then what it carries (the member hash, the
+    # values): a visit handed over is not validated twice for nothing.
     msg = fact.msg
     ch, at = msg.channelId, fact.at
     veil = clean_veil_id(msg.veilId)  # G1: refusals raise here, before any change
-    member_id = None
-    if msg.memberId is not None:
-        member_id = clean_member_id(msg.memberId)
-        check_member_hash(settings, member_id, msg.memberHash)  # H1
+    member_id = None if msg.memberId is None else clean_member_id(msg.memberId)
     is_member = member_id is not None
-    values = profile_values(msg.profile, settings, qualified=is_member, member=is_member, at=at) if msg.profile else {}
-    if msg.name is not None:
-        values["name"] = Value(msg.name, is_member, is_member, at)
-    contacts = EMAIL in values or MOBILE in values
-    if contacts and not is_member:
-        return None  # C2, C4: a visitor's contact data
     user = d.by_veil(ch, veil)
     if user is None:
-        return _first_visit(d, fact, veil, values) if member_id is None and msg.type == "boot" else None
+        if is_member or msg.type != "boot":
+            return None
+        values = _visit_values(msg, settings, False, at)
+        if EMAIL in values or MOBILE in values:
+            return None  # C2, C4: a visitor's contact data
+        return _first_visit(d, fact, veil, values)
 
     platform: PlatformName
     if msg.type == "boot":
@@ -315,6 +313,12 @@ def plain_visit(d: Directory, fact: Fact, settings: ChannelSettings, messages: b
         if ((msg.language or user.language) != user.language or (msg.city or user.city) != user.city
                 or (msg.country or user.country) != user.country):
             return None
+    if member_id is not None:
+        check_member_hash(settings, member_id, msg.memberHash)  # H1: a refusal raises here
+    values = _visit_values(msg, settings, is_member, at)
+    contacts = EMAIL in values or MOBILE in values
+    if contacts and not is_member:
+        return None  # C2, C4: a visitor's contact data
     old_fields = user.fields
     won = {key: new for key, new in values.items() if update_wins(key, new, old_fields.get(key))} if values else values  # C4, P3
     new_fields = {**old_fields, **won} if won else old_fields
@@ -362,6 +366,15 @@ def plain_visit(d: Directory, fact: Fact, settings: ChannelSettings, messages: b
             keys.append("qualified")
         outcome.publications = _publish(user, keys, fact, messages)
     return outcome
+
+
+def _visit_values(msg: Any, settings: ChannelSettings, is_member: bool, at: int) -> dict[str, Value]:
+    """The profile values and name a visit sets, as `on_visit` reads them (P1–P4; a
+    member's are qualified member data, U3, C4). A bad value raises (P2)."""
+    values = profile_values(msg.profile, settings, qualified=is_member, member=is_member, at=at) if msg.profile else {}
+    if msg.name is not None:
+        values["name"] = Value(msg.name, is_member, is_member, at)
+    return values
 
 
 def _first_visit(d: Directory, fact: Fact, veil: str, values: dict[str, Value]) -> Outcome | None:
