@@ -145,6 +145,11 @@ class Directory:
             self._index(user, keys)
         self.changed[user.id] = user
 
+    def touched(self, user: User) -> None:
+        """`user`, held here, was changed in place in nothing `identities` reads (a
+        plain visit, sdk.plain_visit): it is to be written back, its keys stay."""
+        self.changed[user.id] = user
+
     def forget(self, user_id: str) -> None:
         """Undo the creation of a user (a rejected fact leaves nothing behind)."""
         for kind, value, _q in self._ids.pop(user_id, frozenset()):
@@ -188,8 +193,13 @@ class Directory:
         self._users[user.id] = user
         self._ids[user.id] = keys
         self._sigs[user.id] = _signature(user)
+        by_key, channel_id, user_id = self._by_key, user.channel_id, user.id
         for kind, value, _q in keys:
-            self._by_key.setdefault((user.channel_id, kind, value), set()).add(user.id)
+            bucket = by_key.get((channel_id, kind, value))
+            if bucket is None:  # no empty set built for a key already held
+                by_key[(channel_id, kind, value)] = {user_id}
+            else:
+                bucket.add(user_id)
 
     def _one(self, channel_id: str, kind: str, value: str) -> User | None:
         ids = self._by_key.get((channel_id, kind, value))

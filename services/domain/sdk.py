@@ -2,23 +2,34 @@
 
 from __future__ import annotations
 
-from .channel import check_member_hash
-from .core import Activity, Work, handles
+from operator import attrgetter
+from typing import Any
+
+from . import limits
+from .channel import ChannelSettings, check_member_hash
+from .core import Activity, Fact, Outcome, Work, handles, handles_plainly
+from .directory import Directory
 from .hygiene import clean_email, clean_member_id, clean_mobile, clean_veil_id
 from .ids import member_user_id, veil_user_id
-from .profile import profile_values, promote, set_values
+from .limits import user_chars
+from .priority import update_wins
+from .profile import has_contact, profile_values, promote, set_values
+from .publication import Publication, _message, publish
 from .saga import offer_to_leads, on_member_login
 from .sessions import (
+    DEVICE_KEYS,
     PlatformName,
     logged_out,
     record_device,
     record_visit,
+    session_ended,
     veil_expired,
     veil_platform,
 )
 from .unification import merge
-from .user import EMAIL, MOBILE, User, Value
+from .user import CONTACT_KEYS, EMAIL, MOBILE, User, Value
 from .values import Rejected
+from .view import user_view
 
 EXTERNAL_MEDIA = frozenset({"line", "instagram"})
 QUALIFIED_MEDIA = frozenset({"phone", "email"})  # C4: caller id / sender address
@@ -98,10 +109,14 @@ def new_anonymous(w: Work, veil: str) -> User:
     user before (S3 logout, S4 expiry, a deleted user) gets an id that also names the
     time, so ids never collide and replay derives the same ones. The projection
     preloads `veil_user_id(channel, veil)` for every veil of a batch, so the check sees it."""
-    uid = veil_user_id(w.channel_id, veil)
-    if w.directory.get(uid) is not None:
-        uid = veil_user_id(w.channel_id, veil, w.at)
-    return User(id=uid, channel_id=w.channel_id, type="anonymous", created_at=w.at, updated_at=w.at)
+    return _new_anonymous(w.directory, w.channel_id, veil, w.at)
+
+
+def _new_anonymous(d: Directory, channel_id: str, veil: str, at: int) -> User:
+    uid = veil_user_id(channel_id, veil)
+    if d.get(uid) is not None:
+        uid = veil_user_id(channel_id, veil, at)
+    return User(id=uid, channel_id=channel_id, type="anonymous", created_at=at, updated_at=at)
 
 
 def _new_member(w: Work, member_id: str) -> User:
@@ -219,3 +234,350 @@ def on_track(w: Work) -> None:
         user = found
     body = {"name": msg.name, "properties": msg.properties}
     w.outcome.activities.append(Activity(w.channel_id, user.id, "event", w.fact.event_id, w.at, body))
+
+
+# -- plain paths (core.PLAIN) -----------------------------------------------------------
+# The commonest SDK facts, applied without the undo log, the snapshot and the diff of
+# the general path: each decides first, from the user as it is, everything that could
+# refuse the fact or make it do more than it knows how to, and returns None *before any
+# change* when that is the case (the handler above then applies the fact). What it
+# changes it knows, so it knows the message's changed keys without comparing views.
+# The one check that needs the changed user, the size (limits), comes before anything
+# else moves, and what it changed for it is put back when the user would be too large.
+# test_core_differential holds every outcome and state equal to the oracle's.
+
+_DEVICE = attrgetter(*DEVICE_KEYS)  # a message's device fields, in DEVICE_KEYS' order
+
+
+@handles_plainly("boot", "login")
+def plain_visit(d: Directory, fact: Fact, settings: ChannelSettings, messages: bool) -> Outcome | None:
+    """`on_visit` for the commonest visits (S1, S2): a first boot of an unknown veil (a
+    new anonymous user), or a known visitor back on its veil — a member on its own veil,
+    or a visitor logging in with a memberId no one has (U2: it becomes that member) —
+    with profile values, contact data only for a member. None sends the fact to
+    `on_visit`: a visitor's contact data (C2, C4), a member's that other users hold (U5:
+    they are offered it), a veil expired or logged out (S3, S4), a login that merges a
+    visitor or takes another member's veil (U1, U2), waiting unifications (U5), a C2
+    promotion, device, language, city or country values it does not have yet, a masked
+    user whose message would move (I17), a new MU in a channel with a limit, a user that
+    would grow past the size limit."""
+    # Where the visit leads first (cheap), then what it carries (the member hash, the
+    # values): a visit handed over is not validated twice for nothing.
+    msg = fact.msg
+    ch, at = msg.channelId, fact.at
+    veil = clean_veil_id(msg.veilId)  # G1: refusals raise here, before any change
+    member_id = None if msg.memberId is None else clean_member_id(msg.memberId)
+    is_member = member_id is not None
+    user = d.by_veil(ch, veil)
+    if user is None:
+        if is_member or msg.type != "boot":
+            return None
+        values = _visit_values(msg, settings, False, at)
+        if EMAIL in values or MOBILE in values:
+            return None  # C2, C4: a visitor's contact data
+        return _first_visit(d, fact, veil, values)
+
+    platform: PlatformName
+    if msg.type == "boot":
+        platform = "mobile" if msg.platform == "mobile" else "web"
+        if (veil in user.mobile_veils) != (platform == "mobile"):
+            return None  # the veil changes platform: its mobile_veils move (S1)
+    else:
+        platform = veil_platform(user, veil)
+    if veil_expired(user, veil, at):
+        return None  # S4: a new anonymous user
+    becomes = False  # U2: the visitor becomes the member its memberId names
+    if member_id is None:
+        if logged_out(user, veil, at):
+            return None  # S3: a new anonymous user
+    else:
+        member = d.by_member(ch, member_id)
+        if member is None:
+            if user.type == "member":
+                return None  # another member's browser: the veil changes hands (U1)
+            if user.type == "anonymous" and settings.mu_budget is not None:
+                return None  # I17: a new MU, maybe masked
+            becomes = True
+        elif member is not user:
+            return None  # U2: merged into the member (or the veil released)
+        if d.pending_for(ch, user.id):
+            return None  # U5: the member's login fires the unifications waiting for it
+    if user.type == "anonymous" and not becomes and has_contact(user):
+        return None  # C2: promoted to lead
+    plat = user.web if platform == "web" else user.mobile
+    if msg.type == "boot":
+        if msg.device is not None:
+            for key, value in zip(DEVICE_KEYS, _DEVICE(msg.device), strict=True):
+                if value is not None and plat.device.get(key) != value:
+                    return None  # S2: a device field moves (shown, and counted in the size)
+        if ((msg.language or user.language) != user.language or (msg.city or user.city) != user.city
+                or (msg.country or user.country) != user.country):
+            return None
+    if member_id is not None:
+        check_member_hash(settings, member_id, msg.memberHash)  # H1: a refusal raises here
+    values = _visit_values(msg, settings, is_member, at)
+    contacts = EMAIL in values or MOBILE in values
+    if contacts and not is_member:
+        return None  # C2, C4: a visitor's contact data
+    old_fields = user.fields
+    won = {key: new for key, new in values.items() if update_wins(key, new, old_fields.get(key))} if values else values  # C4, P3
+    new_fields = {**old_fields, **won} if won else old_fields
+    if contacts and _offered(d, user, new_fields):
+        return None  # U5: saga.offer_to_leads notes the member on the leads holding its contact
+    new_session = session_ended(user.last_activity_at, at) or session_ended(plat.last_seen_at, at)
+    shown = becomes or user.type != "anonymous"  # C1
+    if shown and user.masked and user.version > 0 and (new_session or won or becomes):
+        return None  # I17: a masked user's message shows less; publication.publish decides it
+
+    # What the size counts: the values that won, and the member's id (U2: a source no
+    # more, U6). Put back if the user would be too large (on_visit refuses the fact).
+    was = user.type, user.member_id, user.pending_into, user.pending_since, user.offered
+    user.fields = new_fields
+    if becomes:
+        user.type, user.member_id = "member", member_id
+        user.pending_into = user.pending_since = None
+        user.offered = []
+    if (won or becomes) and user_chars(user) > limits.MAX_USER_CHARS:
+        user.fields = old_fields
+        user.type, user.member_id, user.pending_into, user.pending_since, user.offered = was
+        return None
+
+    # Nothing below can fail.
+    sessions, platform_sessions = user.sessions_count, plat.sessions_count
+    record_visit(user, veil, platform, at)
+    if is_member:
+        user.last_login_at = max(user.last_login_at or at, at)  # saga.on_member_login, no one waiting
+    if becomes or contacts:
+        d.put(user)  # its member key (and no pending one), its contact keys
+    else:
+        d.touched(user)
+    outcome = Outcome()
+    if shown:
+        keys = [key for key, new in won.items() if _shown_value(old_fields.get(key)) != new.v]
+        if plat.sessions_count != platform_sessions:
+            keys.append(f"{platform}.sessionsCount")
+        if user.sessions_count != sessions:
+            keys.append("sessionsCount")
+        if was[0] != user.type:
+            keys.append("type")
+        if was[1] != user.member_id:
+            keys.append("memberId")
+        if contacts and _qualified(old_fields) != _qualified(new_fields):
+            keys.append("qualified")
+        outcome.publications = _publish(user, keys, fact, messages)
+    return outcome
+
+
+def _visit_values(msg: Any, settings: ChannelSettings, is_member: bool, at: int) -> dict[str, Value]:
+    """The profile values and name a visit sets, as `on_visit` reads them (P1–P4; a
+    member's are qualified member data, U3, C4). A bad value raises (P2)."""
+    values = profile_values(msg.profile, settings, qualified=is_member, member=is_member, at=at) if msg.profile else {}
+    if msg.name is not None:
+        values["name"] = Value(msg.name, is_member, is_member, at)
+    return values
+
+
+def _first_visit(d: Directory, fact: Fact, veil: str, values: dict[str, Value]) -> Outcome | None:
+    """A boot on a veil no user holds, without memberId: a new anonymous user (S1, S2),
+    which is not published (C1) and counts for no MU limit (I17)."""
+    msg = fact.msg
+    user = _new_anonymous(d, msg.channelId, veil, fact.at)
+    if d.get(user.id) is not None:
+        return None  # both ids of the veil taken: on_visit replaces that user
+    platform: PlatformName = "mobile" if msg.platform == "mobile" else "web"
+    record_visit(user, veil, platform, fact.at)
+    if msg.device is not None:  # record_device on a user with none yet: the fields sent, in its order (S2)
+        device = {key: value for key, value in zip(DEVICE_KEYS, _DEVICE(msg.device), strict=True) if value is not None}
+        (user.mobile if platform == "mobile" else user.web).device = device
+    user.language, user.city, user.country = msg.language or None, msg.city or None, msg.country or None
+    set_values(user, values)
+    if user_chars(user) > limits.MAX_USER_CHARS:
+        return None  # on_visit refuses it (user_too_large)
+    d.put(user)
+    return Outcome()
+
+
+@handles_plainly("chat")
+def plain_chat(d: Directory, fact: Fact, settings: ChannelSettings, messages: bool) -> Outcome | None:
+    """`on_chat` for a chat from a veil a user holds, without contact data (only the
+    user's last contact moves, and an anonymous user becomes a lead, C2), or from a veil
+    no one holds with nothing to attach it to (D1): a new lead holding the contact the
+    chat carried (C4: qualified from a phone call or an e-mail). None sends the fact to
+    `on_chat`: contact data for a held veil, a help-desk match or a blocked customer's
+    contact (D1, B1), an anonymous user published once, a new MU in a channel with a
+    limit (I17), a new lead past the size limit."""
+    msg = fact.msg
+    ch, at = msg.channelId, fact.at
+    veil = clean_veil_id(msg.veilId)  # G1: refusals raise here, before any change
+    contacts: dict[str, str] = {}
+    if msg.contact is not None:
+        if msg.contact.email is not None:
+            contacts[EMAIL] = clean_email(msg.contact.email)
+        if msg.contact.mobileNumber is not None:
+            contacts[MOBILE] = clean_mobile(msg.contact.mobileNumber)
+    user = d.by_veil(ch, veil)
+    if user is None:
+        return _first_chat(d, fact, settings, veil, contacts, messages)
+    promoted = user.type == "anonymous"
+    if contacts or (promoted and (user.version > 0 or settings.mu_budget is not None)):
+        return None
+
+    # Nothing below can fail. The veil is held already and no value is set: nothing
+    # sized moves, nor any identity.
+    user.last_contact_at = max(user.last_contact_at or at, at)
+    if promoted:
+        user.type = "lead"  # C2
+    d.touched(user)
+    # A lead never published gets its first message; else only the last contact moved.
+    return Outcome(publications=_publish(user, [], fact, messages), activities=[_chat_activity(fact, user)])
+
+
+def _first_chat(
+    d: Directory, fact: Fact, settings: ChannelSettings, veil: str, contacts: dict[str, str], messages: bool,
+) -> Outcome | None:
+    """A chat from a veil no one holds: a new lead (C2) on that veil, unless the help
+    desk attaches it to a customer (D1)."""
+    msg = fact.msg
+    if settings.mu_budget is not None:
+        return None  # I17: a new MU, maybe masked
+    key = MOBILE if msg.medium == "phone" else EMAIL
+    value = None if msg.medium in EXTERNAL_MEDIA else contacts.get(key)
+    if value is not None and d.by_contact(msg.channelId, "mobile" if key == MOBILE else "email", value, qualified_only=True):
+        return None  # D1: _help_desk_match attaches it (or B1 refuses it)
+    qualified = msg.medium in QUALIFIED_MEDIA
+    user = _new_anonymous(d, msg.channelId, veil, fact.at)
+    if d.get(user.id) is not None:
+        return None  # both ids of the veil taken: on_chat replaces that user
+    user.veils[veil] = user.last_contact_at = fact.at
+    user.fields = {key: Value(value, qualified, False, fact.at) for key, value in contacts.items()}
+    user.type = "lead"
+    if user_chars(user) > limits.MAX_USER_CHARS:
+        return None  # on_chat refuses it (user_too_large)
+    d.put(user)
+    return Outcome(publications=_publish(user, [], fact, messages), activities=[_chat_activity(fact, user)])
+
+
+def _chat_activity(fact: Fact, user: User) -> Activity:
+    msg = fact.msg
+    body = {"chatId": msg.chatId, "medium": msg.medium}
+    if msg.message is not None:
+        body.update(messageId=msg.message.messageId, text=msg.message.text)
+    body["authorName"] = user.value("name") or user.value("profile.name")  # U4: kept as written
+    return Activity(msg.channelId, user.id, "chat", fact.event_id, fact.at, body)
+
+
+@handles_plainly("contact")
+def plain_contact(d: Directory, fact: Fact, settings: ChannelSettings, messages: bool) -> Outcome | None:
+    """`on_contact`: contact data typed by the visitor (C4: unqualified; U9: never
+    unifies) on its veil's user, or on a new anonymous user, either made a lead (C2).
+    None sends the fact to `on_contact`: a masked user whose message would move (I17),
+    a new MU in a channel with a limit, a user that would grow past the size limit."""
+    msg = fact.msg
+    ch, at = msg.channelId, fact.at
+    veil = clean_veil_id(msg.veilId)  # G1: refusals raise here, before any change
+    user = d.by_veil(ch, veil)
+    is_member = user is not None and user.type == "member"
+    values: dict[str, Value] = {}
+    if msg.email is not None:
+        values[EMAIL] = Value(clean_email(msg.email), False, is_member, at)
+    if msg.mobileNumber is not None:
+        values[MOBILE] = Value(clean_mobile(msg.mobileNumber), False, is_member, at)
+    created = user is None
+    if user is None:
+        user = _new_anonymous(d, ch, veil, at)
+        if d.get(user.id) is not None:
+            return None  # both ids of the veil taken: on_contact replaces that user
+        user.veils[veil] = at
+    old_fields = user.fields
+    won = {key: new for key, new in values.items() if update_wins(key, new, old_fields.get(key))}  # C4
+    new_fields = {**old_fields, **won} if won else old_fields
+    promoted = user.type == "anonymous" and any(
+        (got := new_fields.get(key)) is not None and got.v is not None for key in CONTACT_KEYS)  # C2
+    if promoted and settings.mu_budget is not None:
+        return None  # I17: a new MU, maybe masked
+    if user.masked and user.version > 0 and (won or promoted):
+        return None  # I17: publication.publish decides what a masked user's message shows
+    user.fields = new_fields
+    if (won or created) and user_chars(user) > limits.MAX_USER_CHARS:
+        user.fields = old_fields
+        return None  # on_contact refuses it (user_too_large)
+
+    # Nothing below can fail.
+    user.last_contact_at = max(user.last_contact_at or at, at)
+    if promoted:
+        user.type = "lead"
+    if won or created:
+        d.put(user)  # its contact keys (identities) moved
+    else:
+        d.touched(user)
+    # Typed contact data is unqualified and never replaces a qualified value (C4,
+    # priority.update_wins): the view's `qualified` cannot move here.
+    keys = [key for key, new in won.items() if _shown_value(old_fields.get(key)) != new.v]
+    if promoted:
+        keys.append("type")
+    return Outcome(publications=_publish(user, keys, fact, messages))
+
+
+@handles_plainly("track")
+def plain_track(d: Directory, fact: Fact, settings: ChannelSettings, messages: bool) -> Outcome | None:
+    """`on_track`: a behaviour event changes no user; a veil no one holds gets a new
+    anonymous user (C1: not published). None: on_track, for a new user past the size
+    limit (refused), or a veil whose ids are both taken."""
+    msg = fact.msg
+    ch, at = msg.channelId, fact.at
+    veil = clean_veil_id(msg.veilId)  # G1: a refusal raises here, before any change
+    user = d.by_veil(ch, veil)
+    if user is None:
+        user = _new_anonymous(d, ch, veil, at)
+        if d.get(user.id) is not None:
+            return None
+        user.veils[veil] = at
+        if user_chars(user) > limits.MAX_USER_CHARS:
+            return None
+        d.put(user)
+    body = {"name": msg.name, "properties": msg.properties}
+    return Outcome(activities=[Activity(ch, user.id, "event", fact.event_id, at, body)])
+
+
+def _offered(d: Directory, member: User, fields: dict[str, Value]) -> bool:
+    """Would saga.offer_to_leads note `member` on another user, one holding a qualified
+    contact of `fields` (U5)?"""
+    for key, kind in ((EMAIL, "email"), (MOBILE, "mobile")):
+        val = fields.get(key)
+        if val is None or val.v is None or not val.q:
+            continue
+        for other in d.by_contact(member.channel_id, kind, val.v, qualified_only=True):
+            if other is not member and other.type != "member" and other.alive and member.id not in other.offered:
+                return True
+    return False
+
+
+def _qualified(fields: dict[str, Value]) -> list[str]:
+    """The contact keys the view lists as `qualified` (C4)."""
+    return [key for key in CONTACT_KEYS if (val := fields.get(key)) is not None and val.v is not None and val.q]
+
+
+def _shown_value(value: Value | None) -> Any:
+    """What the view shows of a field: its value, None when absent."""
+    return None if value is None else value.v
+
+
+def _publish(user: User, keys: list[str], fact: Fact, messages: bool) -> list[Publication]:
+    """publication.publish for a plain path's user, whose changed keys it knows
+    (`keys`, in any order; never `blocked`): nothing for an anonymous user (C1); for one
+    never published, its first message (`created`, built by publish); else an `updated`
+    naming `keys`, or nothing when there are none (activity within a session is quiet).
+    The version and updatedAt move as publish moves them, with messages or not."""
+    if user.type == "anonymous":
+        return []
+    if user.version == 0:  # publish moves a user it has no old state of in place
+        return publish(None, user, fact.event_id, fact.at, messages=messages)[1]
+    if not keys:
+        return []
+    keys.sort()  # as publication.changed_keys sorts them
+    user.version += 1
+    user.updated_at = max(user.updated_at, fact.at)
+    if not messages:
+        return []
+    message = _message(user, user.version, "updated", keys, fact.event_id, fact.at, user_view(user))
+    return [Publication(f"{user.channel_id}:{user.id}", message)]

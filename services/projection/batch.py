@@ -371,10 +371,17 @@ def storable_text(raw: bytes) -> str:
 # -- loading ---------------------------------------------------------------------------
 
 
+_SDK = frozenset({"boot", "login", "chat", "contact", "track"})
+
+
 def _keys_of(fact: Fact) -> tuple[set[str], set[repo.Key]]:
     """Every user id and identity key this fact may look up (best effort: a value that
-    does not clean is skipped here; the handler rejects the fact)."""
+    does not clean is skipped here; the handler rejects the fact). The cleaning and the
+    ids are remembered (hygiene, ids: lru caches), so the core's handler, which cleans
+    and derives them again, finds them computed."""
     msg, ch = fact.msg, fact.channel_id
+    if msg.type in _SDK:
+        return _sdk_keys(msg, ch)
     get = _fields_of(msg)
     ids: set[str] = set()
     keys: set[repo.Key] = set()
@@ -416,6 +423,49 @@ def _keys_of(fact: Fact) -> tuple[set[str], set[repo.Key]]:
     ):
         add(kind, raw, clean)
     return ids, keys
+
+
+def _sdk_keys(msg: Any, ch: str) -> tuple[set[str], set[repo.Key]]:
+    """`_keys_of` of an SDK fact, reading the fields its type has (~2× faster than the
+    general reading for every fact type, and these are most facts): the veil, a login's
+    memberId, the contact data of a profile, a chat or a contact form."""
+    ids: set[str] = set()
+    keys: set[repo.Key] = set()
+    if (veil := _cleaned(clean_veil_id, msg.veilId)) is not None:
+        keys.add((ch, "veil", veil))
+        ids.add(veil_user_id(ch, veil))
+    kind = msg.type
+    if kind == "boot" or kind == "login":
+        if (member := _cleaned(clean_member_id, msg.memberId)) is not None:
+            keys.add((ch, "member", member))
+            ids.add(member_user_id(ch, member))
+        contact = msg.profile
+        if not contact:
+            return ids, keys
+        email, mobile = contact.get("email"), contact.get("mobileNumber")
+    elif kind == "chat":
+        if msg.contact is None:
+            return ids, keys
+        email, mobile = msg.contact.email, msg.contact.mobileNumber
+    elif kind == "contact":
+        email, mobile = msg.email, msg.mobileNumber
+    else:
+        return ids, keys
+    if (value := _cleaned(clean_email, email)) is not None:
+        keys.add((ch, "email", value))
+    if (value := _cleaned(clean_mobile, mobile)) is not None:
+        keys.add((ch, "mobile", value))
+    return ids, keys
+
+
+def _cleaned(clean: Any, raw: Any) -> str | None:
+    """`clean(raw)`, or None for a missing, non-text or refused value."""
+    if not isinstance(raw, str):
+        return None
+    try:
+        return clean(raw)  # type: ignore[no-any-return]
+    except Rejected:
+        return None
 
 
 def _fields_of(msg: Any) -> Any:

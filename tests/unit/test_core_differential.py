@@ -148,6 +148,48 @@ _streams = st.lists(
     min_size=15, max_size=60,
 )
 
+# Streams of mostly SDK facts a few minutes apart, for the core's plain paths
+# (sdk.plain_visit, plain_chat, plain_contact): visitors back within and after a session
+# (S1), devices, languages and profile values that are the same or new (S2, P3), logins
+# that make or revisit a member (U2), chats and contacts from held and new veils (C2,
+# C4); with a few commands that block, mask, delete, unify and import between them.
+_DEVICES = (True, {"browser": "chrome", "os": "mac"}, {"browser": "safari", "os": "mac", "browserName": "Safari"},
+            {"os": "ios", "appName": "shop", "appVersion": "3"})
+_PLAIN_PROFILE = {"plan": ["gold", "free"], "points": [7, 8, "x"], "name": ["Taro", "x" * 900], "utmSource": ["ads", "mail"],
+                  "email": [EMAILS[0]], "lastCheckoutCompletedAt": ["2026-01-02"], "description": ["d" * 1400]}
+_plain_profile = st.lists(
+    st.sampled_from(sorted(_PLAIN_PROFILE)).flatmap(lambda k: st.tuples(st.just(k), st.sampled_from(_PLAIN_PROFILE[k]))),
+    max_size=2,
+).map(dict)
+_SDK_STEPS: list[tuple[int, st.SearchStrategy[tuple[str, dict[str, Any]]]]] = [
+    (30, _s("boot", veil=st.sampled_from(VEILS), member=_opt(st.sampled_from(MEMBERS[:2])),
+            platform=st.sampled_from(["web", "web", "mobile"]), profile=_opt(_plain_profile),
+            name=_opt(st.sampled_from(["Taro", "花子"])), device=st.sampled_from([False, False, *_DEVICES]),
+            language=_opt(st.sampled_from(["ja", "en"])), city=_opt(st.just("Tokyo")), bad_hash=st.integers(0, 30))),
+    (12, _s("login", veil=st.sampled_from(VEILS), member=st.sampled_from(MEMBERS[:2]), profile=_opt(_plain_profile),
+            name=_opt(st.just("Jiro")), bad_hash=st.integers(0, 30))),
+    (12, _s("chat", veil=st.sampled_from(VEILS), medium=st.sampled_from(["web", "mobile", "line", "phone", "email"]),
+            email=st.sampled_from([None, None, None, *EMAILS[:2]]), phone=st.sampled_from([None, None, None, PHONES[0]]),
+            text=st.booleans())),
+    (10, _s("contact", veil=st.sampled_from(VEILS), email=_opt(st.sampled_from(EMAILS)), phone=_opt(st.sampled_from(PHONES)))),
+    (3, _s("track", veil=st.sampled_from(VEILS))),
+    (3, _STEPS[5][1]),  # member.upsert
+    (2, _STEPS[6][1]),  # profile.update
+    (2, _STEPS[7][1]),  # lead.create: qualified contacts a member's login then offers itself to (U5)
+    (6, _STEPS[9][1]),  # unification.approve
+    (3, _STEPS[11][1]),  # user.block / user.unblock
+    (1, _STEPS[12][1]),  # user.delete
+    (2, _STEPS[15][1]),  # lookup.result
+    (2, _STEPS[17][1]),  # import.row
+]
+_SDK_WEIGHTED = [strategy for weight, strategy in _SDK_STEPS for _ in range(weight)]
+_SDK_GAPS = (0, 1, 1, MIN, 5 * MIN, 5 * MIN, 20 * MIN, 29 * MIN, 31 * MIN, 40 * MIN, 2 * 24 * 60 * MIN, 400 * 24 * 60 * MIN)
+_sdk_streams = st.lists(
+    st.tuples(st.sampled_from(CHANNELS), st.sampled_from(_SDK_GAPS),
+              st.integers(0, len(_SDK_WEIGHTED) - 1).flatmap(lambda i: _SDK_WEIGHTED[i]), st.integers(0, 12)),
+    min_size=15, max_size=80,
+)
+
 
 class Builder:
     """Turns steps into parsed facts, resolving user indexes against the oracle's users."""
@@ -182,10 +224,14 @@ class Builder:
             body["veilId"] = c["veil"]
             if type_ == "boot":
                 body["platform"] = c["platform"]
-                if c["device"]:
+                if isinstance(c["device"], dict):
+                    body["device"] = c["device"]
+                elif c["device"]:
                     body["device"] = {"browser": "chrome", "os": "ios" if c["platform"] == "mobile" else "mac"}
                 if c["language"]:
                     body["language"] = c["language"]
+                if c.get("city"):
+                    body["city"] = c["city"]
             if c["member"] is not None:
                 body["memberId"] = c["member"]
                 if channel == HASHED and c["bad_hash"]:
@@ -346,6 +392,19 @@ def test_the_lean_core_applies_every_stream_as_the_oracle_does(stream: list[Any]
     """Identical outcomes and states after every fact; `messages=False` is a rebuild
     (the state moves the same, no message is built); the directory is settled every
     `batch` facts as the projection does between batches."""
+    _differential(stream, messages, batch)
+
+
+@settings(settings.get_profile(_PROFILE))
+@given(_sdk_streams, st.booleans(), st.integers(1, 8))
+def test_the_plain_paths_apply_sdk_streams_as_the_oracle_does(stream: list[Any], messages: bool, batch: int) -> None:
+    """Issue 14 item 2, the plain paths (sdk.plain_visit, plain_chat, plain_contact; S1,
+    S2, U2, C2, C4): streams of visits, chats and contacts minutes apart, as the live mix
+    is, give the oracle's outcomes and states after every fact."""
+    _differential(stream, messages, batch)
+
+
+def _differential(stream: list[Any], messages: bool, batch: int) -> None:
     old = World(old_core, old_directory, old_channel, old_imports, old_mu)
     new = World(new_core, new_directory, new_channel, new_imports, new_mu)
     builder = Builder()
@@ -391,6 +450,58 @@ def test_the_stream_meets_the_rules_it_is_meant_to() -> None:
     # Generation only: shrinking would re-run streams for nothing (`seen` accumulates).
     find(_streams, meets, settings=settings(max_examples=2_000, deadline=None, database=None, phases=[Phase.generate],
                                             suppress_health_check=list(HealthCheck)))
+
+
+def test_the_sdk_streams_take_every_plain_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The plain paths' test is not vacuous: within a few SDK streams each plain path
+    applies facts itself — first visits, quiet visits, new sessions (S1), profile values
+    (P3), visitors becoming members (U2), chats and contacts making leads (C2) or
+    updating them — and hands others over to the handlers."""
+    seen: set[tuple[str, str]] = set()
+
+    def watch(plain: Any) -> Any:
+        def watched(d: Any, fact: Any, s: Any, messages: bool) -> Any:
+            held = len(d._users)
+            out = plain(d, fact, s, messages)
+            name = plain.__name__
+            if out is None:
+                seen.add((name, "handed over"))
+                return out
+            if len(d._users) > held:
+                seen.add((name, "new user"))
+            for pub in out.publications:
+                seen.add((name, pub.value["change"]))
+                seen.update((name, key.split(".")[0]) for key in pub.value["changedKeys"])
+            if not out.publications:
+                seen.add((name, "quiet"))
+            return out
+        return watched
+
+    for type_, plain in list(new_core.PLAIN.items()):
+        monkeypatch.setitem(new_core.PLAIN, type_, watch(plain))
+    wanted = {
+        ("plain_visit", "new user"), ("plain_visit", "quiet"), ("plain_visit", "handed over"),
+        ("plain_visit", "created"), ("plain_visit", "updated"), ("plain_visit", "sessionsCount"),
+        ("plain_visit", "web"), ("plain_visit", "mobile"), ("plain_visit", "memberId"), ("plain_visit", "profile"),
+        ("plain_visit", "name"),
+        ("plain_visit", "qualified"),
+        ("plain_chat", "new user"), ("plain_chat", "created"), ("plain_chat", "quiet"), ("plain_chat", "handed over"),
+        ("plain_contact", "new user"), ("plain_contact", "created"), ("plain_contact", "updated"),
+        ("plain_contact", "quiet"), ("plain_contact", "handed over"), ("plain_track", "new user"), ("plain_track", "quiet"),
+    }
+
+    def meets(stream: list[Any]) -> bool:
+        new = World(new_core, new_directory, new_channel, new_imports, new_mu)
+        builder = Builder()
+        with _small_limits():
+            for channel, gap, step, _pick in stream:
+                users = sorted(u.id for u in new.directory.users() if u.channel_id == channel)
+                for msg in builder.facts(channel, gap, step, users):
+                    new.apply(msg, True)
+        return wanted <= seen
+
+    find(_sdk_streams, meets, settings=settings(max_examples=2_000, deadline=None, database=None,
+                                                phases=[Phase.generate], suppress_health_check=list(HealthCheck)))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -170,6 +170,7 @@ def test_core_an_exception_in_a_handler_is_internal_error_and_leaves_nothing(mon
         raise KeyError("oops")
 
     monkeypatch.setitem(core.HANDLERS, "boot", broken)
+    monkeypatch.delitem(core.PLAIN, "boot")  # the handler's undo, not the plain path's
     outcome = core.apply(d, fact("boot", T0 + 60_000, veilId="v1", platform="web", name="X"), ChannelSettings(CH))
     assert outcome.rejection is not None and outcome.rejection.code == "internal_error"
     assert outcome.rejection.reason == "KeyError: 'oops'" and not outcome.publications
@@ -178,11 +179,33 @@ def test_core_an_exception_in_a_handler_is_internal_error_and_leaves_nothing(mon
     assert core.apply(d, fact("boot", T0 + 120_000, veilId="v2", platform="web"), ChannelSettings(CH)).rejection is None
 
 
+def test_core_a_bug_met_while_a_plain_path_decides_is_the_handlers_internal_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 14 item 2: a plain path (core.PLAIN) that raises anything while deciding
+    hands the fact to its handler, which meets the bug in turn: `internal_error`, and
+    nothing of the fact stays; the batch goes on."""
+    d = Directory()
+    core.apply(d, fact("boot", T0, veilId="v1", platform="web"), ChannelSettings(CH))
+    before = snapshot(d)
+
+    def plain_bug(*_args: object) -> None:
+        raise KeyError("oops")
+
+    def broken(w: core.Work) -> None:
+        raise KeyError("oops")
+
+    monkeypatch.setitem(core.PLAIN, "boot", plain_bug)
+    monkeypatch.setitem(core.HANDLERS, "boot", broken)
+    outcome = core.apply(d, fact("boot", T0 + 60_000, veilId="v1", platform="web"), ChannelSettings(CH))
+    assert outcome.rejection is not None and outcome.rejection.reason == "KeyError: 'oops'"
+    assert snapshot(d) == before
+
+
 def test_run_facts_dead_letters_an_internal_error_with_the_type_and_no_trace(monkeypatch: pytest.MonkeyPatch) -> None:
     def broken(w: core.Work) -> None:
         raise RecursionError("maximum recursion depth exceeded")
 
     monkeypatch.setitem(core.HANDLERS, "track", broken)
+    monkeypatch.delitem(core.PLAIN, "track")
     topics = Topics("t.")
     f = fact("track", T0, veilId="v", name="n")
     record = Record(topics.sdk_events, 0, 7, T0, b"ch", b"{}")
