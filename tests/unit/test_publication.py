@@ -7,7 +7,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.domain.publication import _QUIET, _diff, _flat, _present_keys, changed_keys, publish
+from services.domain.publication import _QUIET, _diff, _first_keys, _flat, changed_keys, publish
 from services.domain.sessions import DEVICE_KEYS
 from services.domain.user import Platform, User, Value
 from services.domain.view import user_view
@@ -80,7 +80,7 @@ def test_a_rebuild_without_messages_moves_versions_exactly_as_publishing_does(
 def test_the_keys_of_a_first_message_are_every_flattened_key_with_a_value(user: User) -> None:
     """C1: a `created` message lists every key it carries (but the quiet ones)."""
     view = user_view(user)
-    assert _present_keys(view) == sorted(k for k, v in _flat(view).items() if k not in _QUIET and v is not None)
+    assert _first_keys(user, view) == sorted(k for k, v in _flat(view).items() if k not in _QUIET and v is not None)
 
 
 def test_a_platform_shows_every_device_key_in_order() -> None:
