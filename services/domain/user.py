@@ -58,8 +58,10 @@ class Platform:
 
     @staticmethod
     def from_json(raw: dict[str, Any]) -> Platform:
-        raw = dict(raw)
-        return Platform(raw.pop("sessionsCount", 0), raw.pop("lastSeenAt", None), raw)
+        n = _bare(Platform)  # the slots set here, without the dataclass __init__
+        device = dict(raw)
+        n.sessions_count, n.last_seen_at, n.device = device.pop("sessionsCount", 0), device.pop("lastSeenAt", None), device
+        return n
 
 
 @dataclass(slots=True)
@@ -213,7 +215,7 @@ class User:
     def _from_complete_json(raw: dict[str, Any]) -> User:
         return User(
             raw["id"], raw["channel_id"], raw["type"], raw["created_at"], raw["updated_at"], raw["member_id"],
-            {k: Value(v[0], v[1], v[2], v[3]) for k, v in raw["fields"].items()},
+            {k: _value(Value, v) for k, v in raw["fields"].items()},
             raw["tags"], raw["import_tags"], raw["unsubscribe_email"], raw["unsubscribe_texting"],
             raw["has_push_token"], raw["blocked"], raw["masked"], raw["deleted"], raw["merged_into"],
             raw["language"], raw["city"], raw["country"], raw["sessions_count"], raw["last_seen_at"],
@@ -228,6 +230,10 @@ _FIELDS = tuple(f.name for f in fields(User))
 FIELD_NAMES = _FIELDS
 """Every attribute of a user, in field order (core.Snapshot reads them in one call)."""
 _dumps = orjson.dumps
+# A stored value's list [v, q, m, t] as a Value, by tuple's own constructor (a named
+# tuple's __new__ is a Python function: twice the time). Stored values always have the
+# four items to_json writes.
+_value = tuple.__new__
 _bare = object.__new__  # an instance with no slot set yet (copy() sets every one)
 
 
