@@ -19,7 +19,7 @@ def user_view(user: User) -> dict[str, Any]:
     Every `user-changed` message but a tombstone's builds one (publication.py), so it is
     built in one pass over the fields, and the lists go in as they are: users never
     change a list in place (user.py), and the view is serialised before the next fact.
-    Callers that keep a view and change it must copy it. tests/unit/test_view.py holds
+    Callers that keep a view and change it must copy it. tests/unit/test_publication.py holds
     it equal to the reference definition (tests/oracle/view.py)."""
     fields = user.fields
     masked = user.masked
