@@ -75,7 +75,7 @@ from services.platform.embedded import EmbeddedBroker, free_port  # noqa: E402
 from services.platform.topics import ensure_topics  # noqa: E402
 from services.store import api_keys  # noqa: E402
 from services.store.pool import create_pool  # noqa: E402
-from services.store.repository import USER_COLUMNS, search_columns  # noqa: E402
+from services.store.repository import USER_COLUMNS  # noqa: E402
 
 LOCAL_POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
 RESULTS = ROOT / "bench" / "results" / "api.json"
@@ -102,7 +102,8 @@ def member_row(i: int) -> tuple[Any, ...]:
         "name": [f"User {i}", True, True, at], "profile.email": [f"u{i}@example.com", True, True, at],
         "profile.plan": [("free", "basic", "gold")[i % 3], True, True, at],
     })
-    return (uid, CHANNEL, 1, "member", f"m{i}", None, False, False, False, at, at, state, *search_columns(state))
+    # name_key and tags as repository.search_columns makes them: the name lowercased, no tags
+    return (uid, CHANNEL, 1, "member", f"m{i}", None, False, False, False, at, at, state, f"user {i}", [])
 
 
 async def fill(database_url: str, schema: str, users: int) -> float:

@@ -122,8 +122,28 @@ class Run:
         t = msg.type
         if t == "import.row":
             return "import.row " + ("failed" if outcome.rejection else "created" if any(
-                p.value is not None and p.value["change"] == "created" for p in outcome.publications) else "updated")
+                _change(p) == "created" for p in outcome.publications) else "updated")
         return t
+
+
+def _change(pub: Any) -> str | None:
+    """A publication's `change`: the oracle's message is a dict; the lean core's is its
+    bytes (`body`), read without decoding them: the first `"change":"` is the message's
+    own (the keys before it are fixed, and a quote inside a string is escaped)."""
+    if not hasattr(pub, "body"):
+        return None if pub.value is None else pub.value["change"]  # type: ignore[no-any-return]
+    body = pub.body
+    if body is None:
+        return None
+    start = body.index(b'"change":"') + 10
+    return body[start : body.index(b'"', start)].decode()  # type: ignore[no-any-return]
+
+
+def _message_bytes(pub: Any) -> bytes | None:
+    """The bytes sent: the lean core's `body`; the oracle's dict as the projection serialised it."""
+    if hasattr(pub, "body"):
+        return pub.body  # type: ignore[no-any-return]
+    return None if pub.value is None else orjson.dumps(pub.value)
 
 
 def forget(core: Core) -> None:
@@ -161,7 +181,7 @@ def run(core: Core, facts: list[Any], batch: int, *, check: bool, secret: set[st
         if check:
             result.digest.append((
                 None if outcome.rejection is None else (outcome.rejection.code, outcome.rejection.reason),
-                [(p.key, None if p.value is None else orjson.dumps(p.value)) for p in outcome.publications],
+                [(p.key, _message_bytes(p)) for p in outcome.publications],
                 [m.to_json() for m in outcome.merges],
                 [(a.user_id, a.kind, a.event_id) for a in outcome.activities],
             ))

@@ -12,6 +12,8 @@ from dataclasses import dataclass, replace
 from operator import attrgetter
 from typing import Any
 
+import orjson
+
 from .ids import outbound_event_id
 from .sessions import DEVICE_KEYS
 from .user import CONTACT_KEYS, Platform, User, Value
@@ -23,10 +25,17 @@ _QUIET = frozenset({"lastSeenAt", "web.lastSeenAt", "mobile.lastSeenAt", "update
 
 @dataclass(frozen=True, slots=True)
 class Publication:
-    """One outbound message: `value is None` is the tombstone after merged/deleted."""
+    """One outbound message, as the bytes sent (`body`, orjson: built once, by `publish`,
+    and copied to the outbox as they are). `body is None` is the tombstone after
+    merged/deleted."""
 
     key: str
-    value: dict[str, Any] | None
+    body: bytes | None
+
+    @property
+    def value(self) -> dict[str, Any] | None:
+        """The message decoded (tests and tools read it; the projection sends `body`)."""
+        return None if self.body is None else orjson.loads(self.body)  # type: ignore[no-any-return]
 
 
 def _flat(view: dict[str, Any]) -> dict[str, Any]:
@@ -40,30 +49,33 @@ def _flat(view: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _present_keys(view: dict[str, Any]) -> list[str]:
+_PROFILE = "profile."
+# Each platform's name, its device keys flattened (`web.os`) and its sessionsCount's.
+_PLATFORM_FLAT = tuple((p, {sub: f"{p}.{sub}" for sub in DEVICE_KEYS}, f"{p}.sessionsCount") for p in ("web", "mobile"))
+# View keys a first message never lists: the quiet ones and the three objects, whose
+# own keys it lists flattened.
+_NOT_LISTED = _QUIET | {"profile", "web", "mobile"}
+
+
+def _first_keys(user: User, view: dict[str, Any]) -> list[str]:
     """`changedKeys` of a first message: every flattened key with a value, but the quiet
     ones — `sorted(k for k, v in _flat(view).items() if k not in _QUIET and v is not None)`
-    without building the flattened dict (tests/unit/test_publication.py holds them equal)."""
-    keys = []
-    for key, val in view.items():
-        if val is None:
-            continue
-        if key in _NESTED and isinstance(val, dict):
-            joined = _NESTED[key]
-            for sub, subval in val.items():
-                if subval is not None:
-                    flat = joined.get(sub)
-                    keys.append(flat if flat is not None else f"{key}.{sub}")
-        else:
-            keys.append(key)
-    return sorted(k for k in keys if k not in _QUIET)
-
-
-# The flattened names of the platforms' keys, spelled once (profile keys are open-ended).
-_NESTED: dict[str, dict[str, str]] = {
-    "profile": {},
-    **{p: {sub: f"{p}.{sub}" for sub in ("sessionsCount", "lastSeenAt", *DEVICE_KEYS)} for p in ("web", "mobile")},
-}
+    for the `user_view` of `user` (a profile holds no null; a platform shows its
+    sessionsCount and the device keys of DEVICE_KEYS), without flattening: every
+    `created` message (every import row, every new lead) lists its keys.
+    tests/unit/test_publication.py holds the two equal."""
+    keys = [key for key, val in view.items() if val is not None and key not in _NOT_LISTED]
+    profile = view["profile"]
+    if profile:
+        keys.extend([_PROFILE + sub for sub in profile])
+    for name, flat, sessions in _PLATFORM_FLAT:
+        platform: Platform = getattr(user, name)
+        if platform.sessions_count is not None:
+            keys.append(sessions)
+        if platform.device:  # usually a few keys, or none (an imported member)
+            keys.extend([flat[k] for k, v in platform.device.items() if v is not None and k in flat])
+    keys.sort()
+    return keys
 
 
 def changed_keys(before: User | None, after: User) -> list[str]:
@@ -167,26 +179,20 @@ def publish(
             return replace(after, version=version), []
         msg = _message(after, version, change, [], causation_id, at, None)
         msg["mergedInto"] = after.merged_into
-        return replace(after, version=version), [Publication(key, msg), Publication(key, None)]
+        return replace(after, version=version), [Publication(key, _dumps(msg)), Publication(key, None)]
 
     if after.type == "anonymous":
         return after, []
 
     first = not _published(before)
-    view: dict[str, Any] | None = None
-    keys: list[str] = []
-    if first or before is None:
-        if messages:
-            view = user_view(after)  # built once: for the keys and, with updatedAt moved, the message
-            keys = _present_keys(view)
-    else:
+    keys: list[str] | None = None  # a first message's: every key it carries, from its view
+    if not first:
+        assert before is not None
         if _visible(before) == _visible(after):
             return after, []  # e.g. another boot in the same session: only quiet keys moved
         keys = _diff(before, after)
         if not keys:
             return after, []
-        if messages:
-            view = user_view(after)
     if first:
         change = "created"
     elif before is not None and before.blocked != after.blocked:
@@ -198,10 +204,15 @@ def publish(
         after = replace(after, version=version, updated_at=max(after.updated_at, at))
     else:  # the fact's own working copy (replace() of a 34-field user costs ~8 µs)
         after.version, after.updated_at = version, max(after.updated_at, at)
-    if view is None:
+    if not messages:
         return after, []
-    view["updatedAt"] = after.updated_at  # the only view key the two replaced fields feed
-    return after, [Publication(key, _message(after, version, change, keys, causation_id, at, view))]
+    view = user_view(after)  # after version and updatedAt moved: the message's as they are now
+    if keys is None:
+        keys = _first_keys(after, view)
+    return after, [Publication(key, _dumps(_message(after, version, change, keys, causation_id, at, view)))]
+
+
+_dumps = orjson.dumps
 
 
 def _message(

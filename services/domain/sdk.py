@@ -14,7 +14,7 @@ from .ids import member_user_id, veil_user_id
 from .limits import user_chars
 from .priority import update_wins
 from .profile import has_contact, profile_values, promote, set_values
-from .publication import Publication, _message, publish
+from .publication import Publication, _dumps, _message, publish
 from .saga import offer_to_leads, on_member_login
 from .sessions import (
     DEVICE_KEYS,
@@ -580,4 +580,4 @@ def _publish(user: User, keys: list[str], fact: Fact, messages: bool) -> list[Pu
     if not messages:
         return []
     message = _message(user, user.version, "updated", keys, fact.event_id, fact.at, user_view(user))
-    return [Publication(f"{user.channel_id}:{user.id}", message)]
+    return [Publication(f"{user.channel_id}:{user.id}", _dumps(message))]

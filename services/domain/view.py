@@ -7,30 +7,49 @@ from typing import Any
 from .user import CONTACT_KEYS, Platform, User
 
 _PREFIX = "profile."
+_CUT = len(_PREFIX)
+# `qualified` lists the contact keys holding a qualified value, by their profile name,
+# sorted: the pairs are in that order once and for all.
+_QUALIFIED = tuple(sorted((key[_CUT:], key) for key in CONTACT_KEYS))
 
 
 def user_view(user: User) -> dict[str, Any]:
-    """Masked users (I17) show no personal data: name, profile and memberId are null."""
-    profile = {
-        key[len(_PREFIX):]: val.v
-        for key, val in sorted(user.fields.items())
-        if key.startswith(_PREFIX) and val.v is not None
-    }
-    qualified = sorted(
-        key[len(_PREFIX):]
-        for key in CONTACT_KEYS
-        if (val := user.fields.get(key)) is not None and val.v is not None and val.q
-    )
+    """Masked users (I17) show no personal data: name, profile and memberId are null.
+
+    Every `user-changed` message but a tombstone's builds one (publication.py), so it is
+    built in one pass over the fields, and the lists go in as they are: users never
+    change a list in place (user.py), and the view is serialised before the next fact.
+    Callers that keep a view and change it must copy it. tests/unit/test_publication.py holds
+    it equal to the reference definition (tests/oracle/view.py)."""
+    fields = user.fields
     masked = user.masked
+    profile: dict[str, Any] | None = {}
+    name = None
+    qualified = []
+    if fields:
+        for key in sorted(fields):  # the profile in key order (the contract's JSON is stable)
+            v = fields[key].v
+            if v is not None:
+                if key.startswith(_PREFIX):
+                    profile[key[_CUT:]] = v  # type: ignore[index]
+                elif key == "name":
+                    name = v
+        for short, key in _QUALIFIED:
+            val = fields.get(key)
+            if val is not None and val.v is not None and val.q:
+                qualified.append(short)
+    if masked:
+        profile = name = None
+    last_seen = user.last_seen_at
     return {
         "id": user.id,
         "channelId": user.channel_id,
         "type": user.type,
         "memberId": None if masked else user.member_id,
-        "name": None if masked else user.value("name"),
-        "tags": list(user.tags),
-        "userImportTags": list(user.import_tags),
-        "profile": None if masked else profile,
+        "name": name,
+        "tags": user.tags,
+        "userImportTags": user.import_tags,
+        "profile": profile,
         "qualified": qualified,
         "unsubscribeEmail": user.unsubscribe_email,
         "unsubscribeTexting": user.unsubscribe_texting,
@@ -41,13 +60,13 @@ def user_view(user: User) -> dict[str, Any]:
         "country": user.country,
         "sessionsCount": user.sessions_count,
         # Never null: users that never visited were last seen when created (I11).
-        "lastSeenAt": user.last_seen_at if user.last_seen_at is not None else user.created_at,
+        "lastSeenAt": last_seen if last_seen is not None else user.created_at,
         "createdAt": user.created_at,
         "updatedAt": user.updated_at,
         "web": _platform(user.web),
         "mobile": _platform(user.mobile),
-        "deliveredCampaigns": list(user.delivered),
-        "mergedUserIds": list(user.merged_user_ids),
+        "deliveredCampaigns": user.delivered,
+        "mergedUserIds": user.merged_user_ids,
     }
 
 

@@ -233,7 +233,7 @@ def run_facts(
     # and the effect lists touched only when the fact has effects of that kind.
     applied, messages, dead_letters = fx.applied, fx.messages, result.dead_letters
     user_changed, commands = topics.user_changed, topics.commands
-    apply, dumps = core.apply, orjson.dumps
+    apply = core.apply
     published = rows = 0
     for p in parsed:
         fact = p.fact
@@ -270,9 +270,9 @@ def run_facts(
                     fx.lookups.extend(outcome.lookups)
                 if outcome.publications:
                     published += len(outcome.publications)
-                    if outbox:  # the message bytes are built here, once, and COPYed as they are
+                    if outbox:  # the message bytes (built once, by publish) are COPYed as they are
                         for pub in outcome.publications:
-                            messages.append((user_changed, pub.key, None if pub.value is None else dumps(pub.value)))
+                            messages.append((user_changed, pub.key, pub.body))
                 for notice in outcome.notices:  # applied, but a merge was withheld (G2)
                     if outbox:
                         messages.append(_dead_letter(topics, p.record, notice.code, notice.reason, failed_at))

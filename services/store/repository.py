@@ -217,35 +217,36 @@ USER_COLUMNS = (
 
 
 def user_row(u: User, rev: int) -> tuple[Any, ...]:
-    """The `USER_COLUMNS` of a user at revision `rev`."""
-    state = u.to_json()
+    """The `USER_COLUMNS` of a user at revision `rev`. The state goes as its bytes
+    (`User.state_json`) wrapped for the pool's json codec, which hands them on as they
+    are (orjson.dumps of a Fragment): one serialisation per user written, no dict."""
     return (
         u.id, u.channel_id, rev, u.type, u.member_id, u.merged_into,
-        u.deleted, u.blocked, u.masked, u.last_seen_at, u.updated_at, state, *search_columns(state),
+        u.deleted, u.blocked, u.masked, u.last_seen_at, u.updated_at, orjson.Fragment(u.state_json()),
+        *search_columns(u),
     )
 
 
-def search_columns(state: dict[str, Any]) -> tuple[str | None, list[str]]:
+def search_columns(u: User) -> tuple[str | None, list[str]]:
     """What the staff search indexes, kept in columns of their own rather than index
     expressions over `state`: an index on `state` would make every user update a non-HOT
     one (new entries in every index of the table, for a boot that moved only lastSeenAt).
     `name_key` is the name lowercased as `q` is (queries._q_patterns); `tags` the staff
     tags (never NUL, I9 — a NUL is dropped so that the row can always be stored)."""
-    name = (state.get("fields") or {}).get("name")
-    value = name[0] if isinstance(name, list) and name else None
+    name = u.fields.get("name")
+    value = None if name is None else name.v
     key = value.lower().replace("\x00", "") if isinstance(value, str) else None
-    return key, [t.replace("\x00", "") for t in state.get("tags") or ()]
+    return key, [t.replace("\x00", "") for t in u.tags] if u.tags else []
 
 
 async def save_users(conn: asyncpg.Connection, users: Sequence[User], revs: dict[str, int]) -> None:
     """Write changed users, fenced on the revision they were loaded at (0 = new)."""
     if not users:
         return
-    rows = [user_row(u, revs.get(u.id, 0) + 1) for u in users]
-    cols: list[list[Any]] = [list(col) for col in zip(*rows, strict=True)]
+    cols: list[list[Any]] = [list(col) for col in zip(*[user_row(u, revs.get(u.id, 0) + 1) for u in users], strict=True)]
     # an array of arrays would be read as one two-dimensional array: each user's tags go
-    # as their JSON text
-    cols[13] = [orjson.dumps(tags).decode() for tags in cols[13]]
+    # as their JSON text (most users have none: no serialisation for them)
+    cols[13] = [orjson.dumps(tags).decode() if tags else "[]" for tags in cols[13]]
     written = await conn.fetchval(
         """
         WITH w AS (

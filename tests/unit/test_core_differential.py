@@ -324,6 +324,15 @@ class Builder:
 # ------------------------------------------------------------------------ two worlds
 
 
+def _message_bytes(pub: Any) -> bytes | None:
+    """The bytes a publication is sent as: the lean core builds them itself (`body`, the
+    projection copies them to the outbox as they are); the oracle's dict is serialised
+    as the projection serialised it (orjson). Compared byte for byte (issue 14)."""
+    if hasattr(pub, "body"):
+        return pub.body  # type: ignore[no-any-return]
+    return None if pub.value is None else orjson.dumps(pub.value)
+
+
 class World:
     """One core's directory and channel settings."""
 
@@ -342,7 +351,7 @@ class World:
     def outcome(self, out: Any) -> Any:
         return {
             "rejection": None if out.rejection is None else (type(out.rejection).__name__, out.rejection.code, out.rejection.reason),
-            "publications": [(p.key, None if p.value is None else orjson.dumps(p.value)) for p in out.publications],
+            "publications": [(p.key, _message_bytes(p)) for p in out.publications],
             "merges": [m.to_json() for m in out.merges],
             "activities": [(a.channel_id, a.user_id, a.kind, a.event_id, a.at, orjson.dumps(a.body)) for a in out.activities],
             "notices": [(n.code, n.reason) for n in out.notices],

@@ -5,6 +5,10 @@ from __future__ import annotations
 
 from dataclasses import fields, replace
 
+import orjson
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from services.domain import publication
 from services.domain.user import Platform, User, Value
 
@@ -64,3 +68,49 @@ def test_publication_precheck_notices_every_visible_field() -> None:
     assert set(changes) | quiet == {f.name for f in fields(User)}
     for name, value in changes.items():
         assert publication._visible(user) != publication._visible(replace(user, **{name: value})), name
+
+
+# -- the stored state's bytes (issue 14: one serialisation per user written) ------------
+_SCALAR = st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=6)
+_KEY = st.text(max_size=8)
+_VALUES = st.builds(Value, _SCALAR | st.lists(_SCALAR, max_size=3), st.booleans(), st.booleans(), st.integers(0, 2**53))
+_PLATFORMS = st.builds(Platform, st.integers(0, 9), st.none() | st.integers(0, 2**53), st.dictionaries(_KEY, st.text(max_size=6), max_size=4))
+_NAMES = st.lists(st.text(max_size=6), max_size=3)
+
+
+@st.composite
+def _any_user(draw: st.DrawFn) -> User:
+    """Any user: profile keys in any insertion order, any text (non-ASCII, NUL, quotes),
+    floats, lists of values, unknown device keys, veils."""
+    return User(
+        id=draw(st.text(max_size=8)), channel_id=draw(st.text(max_size=4)),
+        type=draw(st.sampled_from(["anonymous", "lead", "member"])),
+        created_at=draw(st.integers(0, 2**53)), updated_at=draw(st.integers(0, 2**53)),
+        member_id=draw(st.none() | st.text(max_size=5)),
+        fields=draw(st.dictionaries(st.sampled_from(["name", "profile.email", "profile.z"]) | _KEY.map("profile.".__add__), _VALUES, max_size=5)),
+        tags=draw(_NAMES), import_tags=draw(_NAMES), unsubscribe_email=draw(st.booleans()),
+        blocked=draw(st.booleans()), masked=draw(st.booleans()), deleted=draw(st.booleans()),
+        merged_into=draw(st.none() | st.text(max_size=4)), language=draw(st.none() | st.text(max_size=3)),
+        sessions_count=draw(st.integers(0, 99)), last_seen_at=draw(st.none() | st.integers(0, 2**53)),
+        web=draw(_PLATFORMS), mobile=draw(_PLATFORMS), veils=draw(st.dictionaries(_KEY, st.integers(0, 2**53), max_size=3)),
+        delivered=draw(_NAMES), merged_user_ids=draw(_NAMES), offered=draw(_NAMES),
+        pending_since=draw(st.none() | st.integers(0, 9)), version=draw(st.integers(0, 99)), mobile_veils=draw(_NAMES),
+    )
+
+
+@settings(max_examples=1500)
+@given(_any_user())
+def test_the_state_bytes_are_to_json_serialised(user: User) -> None:
+    """issue 14 / "keep the stored state format": `state_json` (what save_users and the
+    rebuild's COPY store) is byte for byte `orjson.dumps(to_json())`, the format every
+    stored state has; and it loads back to the same user."""
+    assert user.state_json() == orjson.dumps(user.to_json())
+    assert User.from_json(orjson.loads(user.state_json())) == user
+
+
+def test_a_loaded_platform_owns_its_device_and_leaves_the_stored_form_alone() -> None:
+    """Platform.from_json takes the counters out of a copy: the caller's dict is kept."""
+    raw = {"sessionsCount": 3, "lastSeenAt": 4, "os": "ios"}
+    platform = Platform.from_json(raw)
+    assert platform == Platform(3, 4, {"os": "ios"}) and raw == {"sessionsCount": 3, "lastSeenAt": 4, "os": "ios"}
+    assert Platform.from_json({}) == Platform(0, None, {})

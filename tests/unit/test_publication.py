@@ -4,17 +4,20 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.domain.publication import _QUIET, _diff, _flat, _present_keys, changed_keys, publish
+from services.domain.publication import _QUIET, _diff, _first_keys, _flat, changed_keys, publish
 from services.domain.sessions import DEVICE_KEYS
 from services.domain.user import Platform, User, Value
 from services.domain.view import user_view
+from tests.oracle.publication import publish as reference_publish
+from tests.oracle.view import user_view as reference_view
 
-_TEXT = st.sampled_from(["a", "b", "", "x@y.z"]) | st.none()
-_VALUE = st.builds(Value, _TEXT | st.integers(0, 2), st.booleans(), st.booleans(), st.integers(0, 3))
-_FIELD_KEYS = st.sampled_from(["name", "profile.email", "profile.mobileNumber", "profile.city", "profile.x", "other"])
+_TEXT = st.sampled_from(["a", "b", "", "x@y.z", "名前", 'q"\\', "\u2028"]) | st.none()
+_VALUE = st.builds(Value, _TEXT | st.integers(0, 2) | st.just(0.5) | st.just(["a", 1]), st.booleans(), st.booleans(), st.integers(0, 3))
+_FIELD_KEYS = st.sampled_from(["name", "profile.email", "profile.mobileNumber", "profile.city", "profile.x", "profile.ä", "profile.", "other"])
 _DEVICE = st.dictionaries(st.sampled_from([*DEVICE_KEYS, "extra"]), st.sampled_from(["d1", "d2"]), max_size=3)
 _PLATFORM = st.builds(Platform, st.integers(0, 2), st.none() | st.integers(0, 5), _DEVICE)
 _LIST = st.lists(st.sampled_from(["t1", "t2", "t3"]), max_size=3)
@@ -80,7 +83,7 @@ def test_a_rebuild_without_messages_moves_versions_exactly_as_publishing_does(
 def test_the_keys_of_a_first_message_are_every_flattened_key_with_a_value(user: User) -> None:
     """C1: a `created` message lists every key it carries (but the quiet ones)."""
     view = user_view(user)
-    assert _present_keys(view) == sorted(k for k, v in _flat(view).items() if k not in _QUIET and v is not None)
+    assert _first_keys(user, view) == sorted(k for k, v in _flat(view).items() if k not in _QUIET and v is not None)
 
 
 def test_a_platform_shows_every_device_key_in_order() -> None:
@@ -88,3 +91,32 @@ def test_a_platform_shows_every_device_key_in_order() -> None:
     user = User(id="u1", channel_id="ch", type="lead", created_at=0, updated_at=0, web=Platform(1, 2, {"os": "ios", "extra": "x"}))
     assert user_view(user)["web"] == {"sessionsCount": 1, "lastSeenAt": 2, **{k: ("ios" if k == "os" else None) for k in DEVICE_KEYS}}
     assert list(user_view(user)["mobile"]) == ["sessionsCount", "lastSeenAt", *DEVICE_KEYS]
+
+
+@settings(max_examples=1500)
+@given(_pair(), st.booleans(), st.sampled_from([None, "merged", "deleted"]), st.integers(0, 4))
+def test_the_message_bytes_are_the_reference_message_serialised(
+    pair: tuple[User, User], first: bool, end: str | None, at: int,
+) -> None:
+    """issue 14 (publish): the bytes `publish` builds straight from the user — view,
+    changedKeys and message in one pass — are byte for byte those of the reference
+    (the core before, tests/oracle/publication.py, its message serialised as the
+    projection serialised it), and the user moves the same."""
+    before, after = pair
+    if end == "merged":
+        after.merged_into = "u2"
+    elif end == "deleted":
+        after.deleted = True
+    old = None if first else before
+    user, pubs = publish(old, after.copy(), "e1", at)
+    ref_user, ref = reference_publish(old, after.copy(), "e1", at)
+    assert [(p.key, p.body) for p in pubs] == [(p.key, None if p.value is None else orjson.dumps(p.value)) for p in ref]
+    assert user.to_json() == ref_user.to_json()
+
+
+@settings(max_examples=1000)
+@given(_user())
+def test_the_view_is_the_reference_view(user: User) -> None:
+    """issue 14: the one-pass `user_view` gives the reference view (tests/oracle/view.py),
+    key order included (the bytes of every message and of the API's user object)."""
+    assert orjson.dumps(user_view(user)) == orjson.dumps(reference_view(user))  # type: ignore[arg-type]
