@@ -141,12 +141,7 @@ def on_chat(w: Work) -> None:
     msg = w.fact.msg
     veil = clean_veil_id(msg.veilId)
     qualified = msg.medium in QUALIFIED_MEDIA
-    contacts: dict[str, str] = {}
-    if msg.contact is not None:
-        if msg.contact.email is not None:
-            contacts[EMAIL] = clean_email(msg.contact.email)
-        if msg.contact.mobileNumber is not None:
-            contacts[MOBILE] = clean_mobile(msg.contact.mobileNumber)
+    contacts = _chat_contacts(msg)
 
     found = w.directory.by_veil(w.channel_id, veil)
     matched = found is None and (found := _help_desk_match(w, msg.medium, contacts)) is not None  # D1
@@ -171,6 +166,17 @@ def on_chat(w: Work) -> None:
         body.update(messageId=msg.message.messageId, text=msg.message.text)
     body["authorName"] = user.value("name") or user.value("profile.name")  # U4: kept as written
     w.outcome.activities.append(Activity(w.channel_id, user.id, "chat", w.fact.event_id, w.at, body))
+
+
+def _chat_contacts(msg: Any) -> dict[str, str]:
+    """The contact data a chat carries, cleaned (G1: a bad one raises)."""
+    contacts: dict[str, str] = {}
+    if msg.contact is not None:
+        if msg.contact.email is not None:
+            contacts[EMAIL] = clean_email(msg.contact.email)
+        if msg.contact.mobileNumber is not None:
+            contacts[MOBILE] = clean_mobile(msg.contact.mobileNumber)
+    return contacts
 
 
 def _help_desk_match(w: Work, medium: str, contacts: dict[str, str]) -> User | None:
@@ -409,12 +415,7 @@ def plain_chat(d: Directory, fact: Fact, settings: ChannelSettings, messages: bo
     msg = fact.msg
     ch, at = msg.channelId, fact.at
     veil = clean_veil_id(msg.veilId)  # G1: refusals raise here, before any change
-    contacts: dict[str, str] = {}
-    if msg.contact is not None:
-        if msg.contact.email is not None:
-            contacts[EMAIL] = clean_email(msg.contact.email)
-        if msg.contact.mobileNumber is not None:
-            contacts[MOBILE] = clean_mobile(msg.contact.mobileNumber)
+    contacts = _chat_contacts(msg)
     user = d.by_veil(ch, veil)
     if user is None:
         return _first_chat(d, fact, settings, veil, contacts, messages)

@@ -58,6 +58,17 @@ def test_attribute_diff_is_the_view_diff(pair: tuple[User, User]) -> None:
     assert _diff(before, after) == changed_keys(before, after)
 
 
+def _ended(pair: tuple[User, User], first: bool, end: str | None) -> tuple[User | None, User]:
+    """(the user before — None for a first message —, the user after), the latter merged
+    (U8) or deleted (B2) when `end` says so."""
+    before, after = pair
+    if end == "merged":
+        after.merged_into = "u2"
+    elif end == "deleted":
+        after.deleted = True
+    return (None if first else before), after
+
+
 @settings(max_examples=1000)
 @given(_pair(), st.booleans(), st.sampled_from([None, "merged", "deleted"]), st.integers(0, 4))
 def test_a_rebuild_without_messages_moves_versions_exactly_as_publishing_does(
@@ -65,12 +76,7 @@ def test_a_rebuild_without_messages_moves_versions_exactly_as_publishing_does(
 ) -> None:
     """Flow 5 / Determinism: `messages=False` (replay) leaves the same version and
     updatedAt as building the user-changed messages would, for every kind of change."""
-    before, after = pair
-    if end == "merged":
-        after.merged_into = "u2"
-    elif end == "deleted":
-        after.deleted = True
-    old = None if first else before
+    old, after = _ended(pair, first, end)
     with_messages, pubs = publish(old, after.copy(), "e1", at)
     without, none = publish(old, after.copy(), "e1", at, messages=False)
     assert none == []
@@ -102,12 +108,7 @@ def test_the_message_bytes_are_the_reference_message_serialised(
     changedKeys and message in one pass — are byte for byte those of the reference
     (the core before, tests/oracle/publication.py, its message serialised as the
     projection serialised it), and the user moves the same."""
-    before, after = pair
-    if end == "merged":
-        after.merged_into = "u2"
-    elif end == "deleted":
-        after.deleted = True
-    old = None if first else before
+    old, after = _ended(pair, first, end)
     user, pubs = publish(old, after.copy(), "e1", at)
     ref_user, ref = reference_publish(old, after.copy(), "e1", at)
     assert [(p.key, p.body) for p in pubs] == [(p.key, None if p.value is None else orjson.dumps(p.value)) for p in ref]
