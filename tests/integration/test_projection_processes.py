@@ -57,7 +57,7 @@ async def _publish_backlog(settings: Settings, topics: Topics) -> None:
 def _gated(projection: Projection) -> Projection:
     """The member joins and is assigned partitions but fetches nothing: the backlog stays."""
     async def nothing(*_a: Any, **_kw: Any) -> dict[TopicPartition, list[Any]]:
-        await asyncio.sleep(0.02)
+        await asyncio.sleep(0.02)  # getmany's own wait (timeout_ms) with nothing fetched; not a wait for a condition
         return {}
 
     projection.consumer.getmany = nothing  # type: ignore[method-assign]
