@@ -33,7 +33,8 @@ _pauses = 0
 
 @contextmanager
 def paused() -> Iterator[None]:
-    """No cyclic collection while a batch is applied (services/projection/batch.py).
+    """No cyclic collection while a batch is applied (services/projection/batch.py), or
+    while a rebuild builds its resident users (services/replay/rebuild.py).
 
     A batch keeps nearly everything it allocates alive until it commits (records,
     decoded messages, the users it creates, rows to write), so each young collection

@@ -11,6 +11,7 @@ published when they happened (see `switch.py`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import sys
@@ -22,6 +23,7 @@ from typing import TextIO
 import asyncpg
 
 from contracts.topics import Topics
+from services.platform.gc_tuning import paused as gc_paused
 from services.projection.batch import apply_batch, dead_letter_record
 from services.projection.isolation import NOT_THE_RECORD, apply_isolating
 from services.projection.records import Record
@@ -245,31 +247,29 @@ async def apply_all(
     # A resident build keeps what it builds (users) or frees it by reference counting
     # (records, parsed facts, effects): the cyclic collector found ~50 garbage objects
     # in 80 young collections over 100,000 facts and cost ~4 µs of CPU per fact, 8 % of
-    # the build (docs/decisions.md, "Replay: reading the log for less"). So it is off
-    # until the users are written; memory stays bounded by the budget (OverBudget).
-    collecting = gc.isenabled()
-    if keeper is not None:
-        gc.disable()
+    # the build (docs/decisions.md, "Replay: reading the log for less"). So it is paused
+    # until the users are written, as the live projection pauses it per batch (the
+    # batch-by-batch fallback gets that from apply_batch); memory stays bounded by the
+    # budget (OverBudget).
     try:
-        while (item := await queue.get()) is not None:
-            if isinstance(item, BaseException):
-                raise item
+        with gc_paused() if keeper is not None else contextlib.nullcontext():
+            while (item := await queue.get()) is not None:
+                if isinstance(item, BaseException):
+                    raise item
+                if keeper is not None:
+                    result = await keeper.apply(item)
+                else:  # as live: a record the store refuses is found and dead-lettered (isolation.py)
+                    result = await apply_isolating(
+                        lambda rs: apply_batch(pool, topics, rs, now_ms=0, outbox=False),  # outbox discarded (switch.py)
+                        item,
+                        lambda r, code, reason: dead_letter_record(pool, topics, r, code, reason, now_ms=0, outbox=False),
+                        passthrough=NOT_THE_RECORD,
+                    )
+                tally.add(len(item), result.applied, result.skipped, sum(result.dead_letters.values()))
             if keeper is not None:
-                result = await keeper.apply(item)
-            else:  # as live: a record the store refuses is found and dead-lettered (isolation.py)
-                result = await apply_isolating(
-                    lambda rs: apply_batch(pool, topics, rs, now_ms=0, outbox=False),  # outbox discarded (switch.py)
-                    item,
-                    lambda r, code, reason: dead_letter_record(pool, topics, r, code, reason, now_ms=0, outbox=False),
-                    passthrough=NOT_THE_RECORD,
-                )
-            tally.add(len(item), result.applied, result.skipped, sum(result.dead_letters.values()))
-        if keeper is not None:
-            await keeper.finish()
-        await reader
+                await keeper.finish()
+            await reader
     finally:
-        if collecting:
-            gc.enable()
         if not reader.done():
             reader.cancel()
             await asyncio.gather(reader, return_exceptions=True)
