@@ -68,6 +68,17 @@ def side_schema(live: str, kind: str) -> str:
     return f"{live[:40]}_{kind}{_stamp()}"
 
 
+async def free_side_schema(conn: asyncpg.Connection, live: str, kind: str) -> str:
+    """`side_schema`, with `_2`, `_3` … appended while the name is taken: two rebuilds
+    within one second (a short log) would otherwise archive under the same name."""
+    base = name = side_schema(live, kind)
+    n = 1
+    while await conn.fetchval("SELECT 1 FROM pg_namespace WHERE nspname = $1", name):
+        n += 1
+        name = f"{base}_{n}"
+    return name
+
+
 async def check_log_holds(bootstrap: str, topics: Topics, live_offsets: dict[Partition, int], quiet_s: float) -> None:
     """Raise LogShort when a partition's end is below what the live state applied."""
     if not any(live_offsets.values()):
@@ -101,9 +112,9 @@ async def _rebuild(
     admin = await asyncpg.connect(database_url)
     try:
         await check_log_holds(bootstrap, topics, await stored_offsets(admin, live), options.quiet_s)
+        new, archive = await free_side_schema(admin, live, "r"), await free_side_schema(admin, live, "a")
     finally:
         await admin.close()
-    new, archive = side_schema(live, "r"), side_schema(live, "a")
     pool = await open_schema(database_url, new)
     switched = False
     try:
@@ -164,7 +175,11 @@ async def dry_run(
     """Rebuild into a scratch schema; (live digest, rebuilt digest, the changes). The
     caller must exhaust or close the iterator: its end drops the scratch schema."""
     await ensure_schema(database_url, live)
-    scratch = side_schema(live, "d")
+    admin = await asyncpg.connect(database_url)
+    try:
+        scratch = await free_side_schema(admin, live, "d")
+    finally:
+        await admin.close()
     pool = await open_schema(database_url, scratch)
     try:
         await copy_channels(pool, live, pool)

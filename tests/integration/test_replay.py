@@ -386,6 +386,30 @@ def test_side_schema_names_fit_postgresql_identifiers() -> None:
         assert len(name) <= 63 and len(f"{name}_s99") <= 63  # shard schemas of the rebuild too
 
 
+async def test_two_rebuilds_within_one_second_archive_under_two_names(
+    pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Flow 5: the archive of a rebuild never collides with the archive of the one before it
+    (CI once ran two rebuilds of a short log within the same second: DuplicateSchemaError)."""
+    from services.replay import replay as replay_module
+
+    monkeypatch.setattr(replay_module, "_stamp", lambda: "20261130080855")
+    live = "t_same_second"
+    taken = replay_module.side_schema(live, "a")
+    async with pool.acquire() as conn:
+        await conn.execute(f'CREATE SCHEMA "{taken}"')
+        try:
+            second = await replay_module.free_side_schema(conn, live, "a")
+            await conn.execute(f'CREATE SCHEMA "{second}"')
+            try:
+                third = await replay_module.free_side_schema(conn, live, "a")
+            finally:
+                await conn.execute(f'DROP SCHEMA "{second}"')
+        finally:
+            await conn.execute(f'DROP SCHEMA "{taken}"')
+    assert (second, third) == (f"{taken}_2", f"{taken}_3")
+
+
 def test_a_channel_always_lands_in_the_same_shard_and_bad_values_in_shard_0() -> None:
     from services.projection.records import Record
     from services.replay.shards import shard_of
