@@ -21,12 +21,16 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
+from . import limits
 from .channel import ChannelSettings
-from .core import Work, handles
+from .core import Fact, Outcome, Work, handles, handles_plainly
+from .directory import Directory
 from .hygiene import clean_email, clean_member_id, clean_mobile
 from .ids import fact_user_id, member_user_id
+from .limits import user_chars
 from .priority import WRITE_ONCE, update_wins
 from .profile import BUILTIN_TYPES, FLAG_ATTRS, promote
+from .publication import publish
 from .saga import BLAST_RADIUS, approve, member_candidates, refresh_candidates
 from .unification import IMPORT_TAG_LIMIT
 from .user import EMAIL, MOBILE, User, Value
@@ -346,6 +350,70 @@ def on_import_row(w: Work) -> None:
         tally.created += 1
     else:
         tally.updated += 1  # matched, even if nothing changed (I15)
+
+
+@handles_plainly("import.row")
+def plain_new_row(d: Directory, fact: Fact, settings: ChannelSettings, messages: bool) -> Outcome | None:
+    """`on_import_row` for the commonest row of a large import: a row that creates a new
+    member or lead (I2, I3, I7, I11) whose contacts no user of the channel holds, in a
+    channel without an MU limit. Decided first, from the directory as it is: whoever
+    holds the row's memberId or one of its contacts (any qualification) might be its
+    target, a unification source (I2, U1, U6, U9) or a candidate (U5, U7), so such a
+    row is handed over, as is a row that fails (I7, I9, I15: the handler records it), a
+    member id once deleted (its user id taken), a channel with an MU limit (I17: the new
+    user may be masked) and a user past the size limit (the fact is refused). What is
+    left needs none of the handler's undo log, candidates or diff: the user is built
+    with the handler's own steps (`_set`), put, counted and published as `created`.
+    Same outcome and state as the handler (tests/unit/test_core_differential.py)."""
+    msg = fact.msg
+    book = getattr(settings, "book", None)
+    if book is None or msg.rowError or settings.mu_budget is not None:
+        return None
+    ch = msg.channelId
+    definition = book.definitions.get((ch, msg.importId))
+    if definition is None:
+        return None  # unknown_import: the handler refuses it
+    try:
+        values = parse_cells(definition, msg.cells)
+    except Rejected:
+        return None  # the row fails (I9): the handler records it
+    for flag in UNSUBSCRIBE:
+        if values.get(flag, _CLEAR) is _CLEAR:
+            return None  # I7: the row fails
+    key_value = values[definition.key]
+    member = definition.mode == "member"
+    if member:
+        if d.by_member(ch, key_value) is not None:
+            return None  # I2: the row updates that member
+        uid = imported_member_user_id(ch, key_value)
+    else:
+        uid = fact_user_id(ch, fact.event_id)
+    if d.get(uid) is not None:
+        return None  # a memberId deleted once (a new person, another id), or a taken id
+    for key, kind in CONTACTS.items():
+        value = values.get(key)
+        if isinstance(value, str) and d.holders(ch, kind, value):
+            return None  # I3 target, I2 sources, U5/U7 candidates: the handler decides
+    at = fact.at
+    # _new_user, then apply_row's steps for a user that has nothing yet.
+    if member:
+        user = User(id=uid, channel_id=ch, type="member", member_id=key_value, created_at=at, updated_at=at)
+    else:
+        user = User(id=uid, channel_id=ch, type="lead", created_at=at, updated_at=at)
+    user.last_seen_at = at
+    _set(user, values, at)
+    if definition.tag is not None:  # I14
+        user.import_tags = [definition.tag]
+    user.last_contact_at = at
+    if user_chars(user) > limits.MAX_USER_CHARS:
+        return None  # the handler refuses the fact (user_too_large)
+
+    # Nothing below can fail.
+    d.put(user)
+    book.tally(ch, msg.importId).created += 1
+    outcome = Outcome()
+    outcome.publications = publish(None, user, fact.event_id, at, messages=messages)[1]  # `created`, version 1
+    return outcome
 
 
 def row_applied_before(settings: ChannelSettings, msg: Any) -> bool:

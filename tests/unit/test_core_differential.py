@@ -191,6 +191,38 @@ _sdk_streams = st.lists(
 )
 
 
+# Streams of imports, for the import rows' plain path (imports.plain_new_row): member
+# and lead imports (keep or clear blanks, a tag or none) whose rows mostly create users
+# with memberIds and contacts no one holds (I2, I3, I11), between rows that match a
+# member or a contact (I2, I3), share a contact with a lead or a member (U5, U7, G2),
+# fail (I7, I9, I15) or name a memberId once deleted, and the SDK facts and commands
+# that make those users (a login's member, a lead's contact, a delete).
+_FRESH = st.integers(0, 40)
+_IMPORT_STEPS: list[tuple[int, st.SearchStrategy[tuple[str, dict[str, Any]]]]] = [
+    (2, _STEPS[16][1]),  # import.started: member or lead, keep or clear, tag or none
+    (24, _s("import.row",
+            member=st.one_of(_FRESH.map(lambda i: f"n{i}"), st.sampled_from(MEMBERS[:2])),
+            email=st.one_of(_FRESH.map(lambda i: f"r{i}@x.jp"), st.sampled_from([*EMAILS[:3], ""])),
+            phone=st.one_of(_FRESH.map(lambda i: f"+8190{i:08d}"), st.sampled_from([PHONES[0], PHONES[2], ""])),
+            flags=st.sampled_from(["true", "no", "true", "no", ""]),
+            bad=st.sampled_from([None] * 12 + ["member", "email", "phone", "flags", "points", "likes", "tags", "error"]))),
+    (4, _STEPS[17][1]),  # import.row: the few memberIds and contacts of the other facts
+    (4, _STEPS[0][1]),  # boot (a visitor's contact data, a member's login)
+    (3, _STEPS[1][1]),  # login
+    (3, _STEPS[7][1]),  # lead.create
+    (2, _STEPS[5][1]),  # member.upsert
+    (1, _STEPS[12][1]),  # user.delete
+    (1, _STEPS[13][1]),  # member.delete: its memberId imported again is a new person
+    (2, _STEPS[11][1]),  # user.block / user.unblock
+]
+_IMPORT_WEIGHTED = [strategy for weight, strategy in _IMPORT_STEPS for _ in range(weight)]
+_import_streams = st.lists(
+    st.tuples(st.sampled_from(CHANNELS), st.sampled_from(GAPS[:4]),
+              st.integers(0, len(_IMPORT_WEIGHTED) - 1).flatmap(lambda i: _IMPORT_WEIGHTED[i]), st.integers(0, 12)),
+    min_size=15, max_size=80,
+)
+
+
 class Builder:
     """Turns steps into parsed facts, resolving user indexes against the oracle's users."""
 
@@ -413,6 +445,18 @@ def test_the_plain_paths_apply_sdk_streams_as_the_oracle_does(stream: list[Any],
     _differential(stream, messages, batch)
 
 
+@settings(settings.get_profile(_PROFILE))
+@given(_import_streams, st.booleans(), st.integers(1, 8))
+def test_the_import_rows_plain_path_applies_import_streams_as_the_oracle_does(
+    stream: list[Any], messages: bool, batch: int,
+) -> None:
+    """Issue 14 item 5, the import rows' plain path (imports.plain_new_row; I2, I3, I7,
+    I11, I14, U5, U7): member and lead imports whose rows mostly create users, between
+    rows that match, unify or fail, give the oracle's outcomes, states and import
+    counts after every fact."""
+    _differential(stream, messages, batch)
+
+
 def _differential(stream: list[Any], messages: bool, batch: int) -> None:
     old = World(old_core, old_directory, old_channel, old_imports, old_mu)
     new = World(new_core, new_directory, new_channel, new_imports, new_mu)
@@ -511,6 +555,57 @@ def test_the_sdk_streams_take_every_plain_path(monkeypatch: pytest.MonkeyPatch) 
 
     find(_sdk_streams, meets, settings=settings(max_examples=2_000, deadline=None, database=None,
                                                 phases=[Phase.generate], suppress_health_check=list(HealthCheck)))
+
+
+def test_the_import_streams_take_the_import_rows_plain_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The import rows' plain path is taken, and its test is not vacuous: within a few
+    import streams it creates members and leads itself, with and without messages'
+    tags (I14), and hands over rows that update, unify, fail or land in the MU-limited
+    channel (I17); the handler then creates, updates and fails rows too."""
+    seen: set[str] = set()
+    taken: list[bool] = []  # whether the plain path applied the row just applied
+    plain = new_core.PLAIN["import.row"]
+    assert plain is new_imports.plain_new_row
+
+    def watched(d: Any, fact: Any, s: Any, messages: bool) -> Any:
+        out = plain(d, fact, s, messages)
+        taken.append(out is not None)
+        if out is None:
+            seen.add("handed over: MU limit" if s.mu_budget is not None else "handed over")
+            return out
+        (pub,) = out.publications
+        user = pub.value["user"]
+        seen.add(f"created {user['type']}")
+        if user["userImportTags"]:
+            seen.add("tagged")
+        return out
+
+    monkeypatch.setitem(new_core.PLAIN, "import.row", watched)
+    wanted = {"created member", "created lead", "tagged", "handed over", "handed over: MU limit", "handler created",
+              "handler updated", "handler failed"}
+
+    def meets(stream: list[Any]) -> bool:
+        new = World(new_core, new_directory, new_channel, new_imports, new_mu)
+        builder = Builder()
+        with _small_limits():
+            for channel, gap, step, _pick in stream:
+                users = sorted(u.id for u in new.directory.users() if u.channel_id == channel)
+                for msg in builder.facts(channel, gap, step, users):
+                    counts = {k: (t.created, t.updated, t.failed) for k, t in new.book.tallies.items()}
+                    taken.clear()
+                    new.apply(msg, True)
+                    if msg.type != "import.row" or taken != [False]:
+                        continue
+                    t = new.book.tallies.get((msg.channelId, msg.importId))
+                    was = counts.get((msg.channelId, msg.importId), (0, 0, 0))
+                    if t is not None:
+                        for what, n, m in zip(("created", "updated", "failed"), (t.created, t.updated, t.failed), was):
+                            if n > m:
+                                seen.add(f"handler {what}")
+        return wanted <= seen
+
+    find(_import_streams, meets, settings=settings(max_examples=2_000, deadline=None, database=None,
+                                                   phases=[Phase.generate], suppress_health_check=list(HealthCheck)))
 
 
 if __name__ == "__main__":  # pragma: no cover
