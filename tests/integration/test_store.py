@@ -130,3 +130,54 @@ async def test_applied_event_ids_copied_renew_a_stored_pair_and_keep_one_row_per
         assert rows == [("ch", "new", 3000), ("ch", "old", 9000), ("ch", "twice", 9001)]
     finally:
         await pool.close()
+
+
+async def test_new_users_of_an_import_batch_are_copied_as_inserted_and_fenced_alike(pool: object, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 14 item 5 (an import's writes): from `COPY_NEW_FROM` new users a batch
+    writes them and their identities by binary COPY instead of INSERT … ON CONFLICT. The
+    rows are the ones the INSERT writes, column for column; and the fence holds as it
+    did (G3): a new user whose id another instance stored, or a memberId another user
+    holds, refuses the batch with `Conflict`."""
+    import asyncpg
+
+    from services.domain.directory import identities
+    from services.domain.user import User, Value
+
+    assert isinstance(pool, asyncpg.Pool)
+    n = repo.COPY_NEW_FROM
+
+    def member(prefix: str, i: int) -> User:
+        u = User(f"{prefix}-{i}", "ch", "member", 1, 1, member_id=f"{prefix}-m{i}", tags=["vip"] if i % 2 else [],
+                 fields={"name": Value(f"Sato {i}", True, True, 1), "profile.email": Value(f"{prefix}{i}@x.jp", True, True, 1)})
+        u.last_seen_at = 5
+        return u
+
+    async def save(users: list[User]) -> None:
+        async with pool.acquire() as conn, conn.transaction():
+            await repo.save_users(conn, users, {})
+            await repo.save_identities(conn, [(u, None, identities(u)) for u in users])
+
+    monkeypatch.setattr(repo, "COPY_NEW_FROM", 10 * n)
+    await save([member("ins", i) for i in range(n)])  # below the threshold: INSERT
+    monkeypatch.setattr(repo, "COPY_NEW_FROM", n)
+    copied = [member("cp", i) for i in range(n)]
+    await save(copied)  # at it: COPY
+
+    def strip(row: asyncpg.Record, prefix: str) -> tuple[object, ...]:
+        return tuple(str(v).replace(prefix, "P") for v in row.values())
+
+    users = {p: sorted(strip(r, p) for r in await pool.fetch(
+        "SELECT * FROM users WHERE id LIKE $1", f"{p}-%")) for p in ("ins", "cp")}
+    ids = {p: sorted(strip(r, p) for r in await pool.fetch(
+        "SELECT * FROM identities WHERE user_id LIKE $1", f"{p}-%")) for p in ("ins", "cp")}
+    assert len(users["cp"]) == n and len(ids["cp"]) == 2 * n
+    assert users["cp"] == users["ins"] and ids["cp"] == ids["ins"]
+
+    taken_id = [member("again", i) for i in range(n - 1)] + [copied[0]]  # stored by "another instance"
+    with pytest.raises(repo.Conflict):
+        await save(taken_id)
+    taken_member = [member("other", i) for i in range(n)]
+    taken_member[3].member_id = copied[3].member_id
+    with pytest.raises(repo.Conflict):
+        await save(taken_member)
+    assert await pool.fetchval("SELECT count(*) FROM users WHERE id LIKE 'again-%' OR id LIKE 'other-%'") == 0
