@@ -599,7 +599,7 @@ def test_the_import_streams_take_the_import_rows_plain_path(monkeypatch: pytest.
                     t = new.book.tallies.get((msg.channelId, msg.importId))
                     was = counts.get((msg.channelId, msg.importId), (0, 0, 0))
                     if t is not None:
-                        for what, n, m in zip(("created", "updated", "failed"), (t.created, t.updated, t.failed), was):
+                        for what, n, m in zip(("created", "updated", "failed"), (t.created, t.updated, t.failed), was, strict=True):
                             if n > m:
                                 seen.add(f"handler {what}")
         return wanted <= seen
