@@ -42,3 +42,22 @@ def test_relay_partition_memory_is_bounded(monkeypatch: pytest.MonkeyPatch) -> N
     for i in range(150):
         r._partition(b"u_%d" % i, list(range(8)))
         assert len(r._partitions_of_key) <= 50
+
+
+@settings(max_examples=500)
+@given(st.binary(min_size=0, max_size=300))
+def test_relay_murmur2_is_aiokafkas(key: bytes) -> None:
+    """The relay's faster murmur2 gives aiokafka's hash for any key, every length (the
+    words read at once, the 1–3 trailing bytes, keys past the precompiled word counts)."""
+    from aiokafka.partitioner import murmur2
+
+    assert relay_mod.murmur2(key) == murmur2(key)
+
+
+def test_relay_murmur2_of_user_keys_is_aiokafkas() -> None:
+    """The keys the relay sends most (`channelId:userId`), each length around them."""
+    from aiokafka.partitioner import murmur2
+
+    for n in range(200):
+        key = f"ch_{n}:{'u' * n}-{n * 7919:x}".encode()
+        assert relay_mod.murmur2(key) == murmur2(key)
