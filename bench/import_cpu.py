@@ -2,11 +2,15 @@
 rows (import_bench.py's file) through `apply_batch` against PostgreSQL with resident
 users, as `unifier run` applies them. Prints CPU µs per row of this process and of its
 PostgreSQL backend (read from /proc: run it on the database's machine), for the code as
-it is and, in the same run, with each of session 7's changes undone (docs/decisions.md,
-"Imports: one row mark, the collector paused, imported users not kept"):
+it is and, in the same run, with session 8's changes undone (docs/decisions.md, "Issue
+14, session 8: import rows"), each and both — the last being the code before them:
 
-- `collector not paused`: `gc_tuning.paused` replaced by a no-op;
-- `imported users kept`: `ResidentUsers.forget` a no-op (the row mark stays).
+- `handler, no plain path`: `imports.plain_new_row` not registered in `core.PLAIN`;
+- `new users by INSERT`: `repository.COPY_NEW_FROM` out of reach (no binary COPY);
+- `session 7`: both.
+
+(Session 7's own variants — the collector not paused, imported users kept — are in its
+commit; `git log bench/import_cpu.py`.)
 
 Runs alternate (now, variant, now, …) so that a shared machine's load falls on all of
 them; compare figures of one run. A benchmark, not a test.
@@ -35,10 +39,13 @@ if str(ROOT) not in sys.path:
 import orjson  # noqa: E402
 
 from contracts.topics import Topics  # noqa: E402
+from services.domain import core as core_mod  # noqa: E402
+from services.domain import imports as imports_mod  # noqa: E402
 from services.platform import gc_tuning  # noqa: E402
 from services.projection import batch as batch_mod  # noqa: E402
 from services.projection.records import Record  # noqa: E402
 from services.projection.resident import ResidentUsers  # noqa: E402
+from services.store import repository as repo_mod  # noqa: E402
 from services.store.pool import create_pool  # noqa: E402
 
 LOCAL_POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -53,14 +60,19 @@ COLUMNS = [
 ]
 
 
-class _KeepsImported(ResidentUsers):
-    def forget(self, user_ids: Any) -> None:
-        pass
-
-
 @contextlib.contextmanager
-def _not_paused() -> Iterator[None]:
-    yield
+def _undone(variant: str) -> Iterator[None]:
+    """Session 8's changes undone for the variant's run."""
+    copy_from = repo_mod.COPY_NEW_FROM
+    if variant in ("handler, no plain path", "session 7"):
+        del core_mod.PLAIN["import.row"]
+    if variant in ("new users by INSERT", "session 7"):
+        repo_mod.COPY_NEW_FROM = 1 << 62
+    try:
+        yield
+    finally:
+        core_mod.PLAIN["import.row"] = imports_mod.plain_new_row
+        repo_mod.COPY_NEW_FROM = copy_from
 
 
 def _backend_cpu(pid: int) -> float:
@@ -70,13 +82,15 @@ def _backend_cpu(pid: int) -> float:
 
 async def one(database_url: str, variant: str, rows: int, batches: int) -> tuple[float, float]:
     """(process, backend) CPU µs per row over `batches` batches after a warm-up one."""
+    with _undone(variant):
+        return await _one(database_url, rows, batches)
+
+
+async def _one(database_url: str, rows: int, batches: int) -> tuple[float, float]:
     schema = f"bench_impcpu_{secrets.token_hex(3)}"
     pool = await create_pool(database_url, schema, min_size=1, max_size=1)
     topics = Topics("t.")
-    resident = _KeepsImported(200_000) if variant == "imported users kept" else ResidentUsers(200_000)
-    paused = batch_mod.gc_paused
-    if variant == "collector not paused":
-        batch_mod.gc_paused = _not_paused  # type: ignore[assignment]
+    resident = ResidentUsers(200_000)
     offset = 0
 
     def record(body: dict[str, Any]) -> Record:
@@ -110,7 +124,6 @@ async def one(database_url: str, variant: str, rows: int, batches: int) -> tuple
         n_rows = batches * rows
         return cpu / n_rows * 1e6, db / n_rows * 1e6
     finally:
-        batch_mod.gc_paused = paused  # type: ignore[assignment]
         await pool.execute(f"DROP SCHEMA {schema} CASCADE")
         await pool.close()
 
@@ -123,7 +136,7 @@ async def main() -> None:
     p.add_argument("--database-url", default=os.environ.get("DATABASE_URL") or LOCAL_POSTGRES)
     args = p.parse_args()
     gc_tuning.tune()  # as `unifier run`
-    variants = ("now", "collector not paused", "imported users kept")
+    variants = ("now", "handler, no plain path", "new users by INSERT", "session 7")
     seen: dict[str, list[tuple[float, float]]] = {v: [] for v in variants}
     for _ in range(args.rounds):
         for v in variants:
