@@ -111,11 +111,24 @@ async def _rebuild(
     await ensure_schema(database_url, live)
     admin = await asyncpg.connect(database_url)
     try:
-        await check_log_holds(bootstrap, topics, await stored_offsets(admin, live), options.quiet_s)
+        live_offsets = await stored_offsets(admin, live)
         new, archive = await free_side_schema(admin, live, "r"), await free_side_schema(admin, live, "a")
     finally:
         await admin.close()
-    pool = await open_schema(database_url, new)
+    # The log's check (a consumer's metadata round trips) and the new schema's DDL
+    # (~0.2–0.4 s) overlap; a log too short for the live state drops the schema again.
+    opened, checked = await asyncio.gather(
+        open_schema(database_url, new), check_log_holds(bootstrap, topics, live_offsets, options.quiet_s),
+        return_exceptions=True,
+    )
+    if isinstance(checked, BaseException):
+        if not isinstance(opened, BaseException):
+            await opened.close()
+            await drop_schema(database_url, new)
+        raise checked
+    if isinstance(opened, BaseException):
+        raise opened
+    pool = opened
     switched = False
     try:
         await copy_channels(pool, live, pool)
