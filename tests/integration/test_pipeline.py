@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import asyncpg
+import orjson
 import pytest_asyncio
 
 from services.platform.config import Settings
@@ -185,3 +186,46 @@ async def test_g3_another_writer_between_two_pipelined_batches_makes_the_next_on
     assert pipe_a.redone >= 1 and a.drops >= 1  # it saw B's writes and did not trust its copy
     assert await state_digest(shared) == await state_digest(serial)
     assert await _rows(shared) == await _rows(serial)
+
+
+def _boot(offset: int, veil: str, at: int, event_id: str | None = None) -> Record:
+    body = {"type": "boot", "eventId": event_id or f"pipe-{offset}", "channelId": "ch_pipe", "occurredAt": at,
+            "veilId": veil, "platform": "web"}
+    return Record(TOPICS.sdk_events, 0, offset, at, b"ch_pipe", orjson.dumps(body))
+
+
+async def test_an_event_id_applied_by_the_batch_in_flight_is_skipped_by_the_next_one(pools: list[asyncpg.Pool]) -> None:
+    """CONTRACT (eventId idempotency), window.py: batch N+1 is prepared before N's
+    applied eventIds are in the store; the eventId window overlays what N applied, so a
+    redelivery of N's fact in N+1 is skipped (not applied twice, not refused by the
+    store's key) — as the serial path, which reads after N committed, skips it."""
+    _, piped, _ = pools
+    pipe = _pipeline(piped, ResidentUsers(10**6))
+    await pipe.feed([_boot(0, "v-a", 1_000, "same")])
+    await pipe.feed([_boot(1, "v-a", 2_000, "same"), _boot(2, "v-b", 2_500)])
+    await pipe.drain()
+    assert pipe.pipelined == 2 and pipe.redone == 0
+    assert await piped.fetchval("SELECT count(*) FROM applied_events WHERE channel_id = 'ch_pipe'") == 2
+    # The redelivery moved nothing: the user was last seen by the first delivery.
+    assert await piped.fetchval("SELECT last_seen_at FROM users WHERE channel_id = 'ch_pipe' AND state::text LIKE '%v-a%'") == 1_000
+
+
+async def test_g3_the_channel_fence_voids_a_pipelined_batch_when_another_instance_wrote_the_channel(
+    pools: list[asyncpg.Pool],
+) -> None:
+    """G3, channel fence: B writes a user of the channel that A's copy does not even hold
+    (no revision of A's users moves, so no write of A's would be refused). A's next
+    pipelined batch, prepared on its copy, finds the channel's writer token moved in its
+    transaction: it is redone serially from the store."""
+    _, pool, _ = pools
+    a, b = ResidentUsers(10**6), ResidentUsers(10**6)
+    pipe_a = _pipeline(pool, a)
+    await pipe_a.feed([_boot(0, "v-a", 1_000)])
+    await pipe_a.feed([_boot(1, "v-a", 2_000)])
+    await pipe_a.drain()
+    assert pipe_a.redone == 0 and a.hits > 0
+    await apply_batch(pool, TOPICS, [_boot(2, "v-b", 3_000)], now_ms=0, outbox=False, resident=b)
+    await pipe_a.feed([_boot(3, "v-a", 4_000)])
+    await pipe_a.drain()
+    assert pipe_a.redone == 1 and a.drops >= 1
+    assert await pool.fetchval("SELECT count(*) FROM users WHERE channel_id = 'ch_pipe'") == 2
