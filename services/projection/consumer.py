@@ -73,7 +73,7 @@ class Projection:
         self.resident = ResidentUsers(resident_users) if resident_users > 0 else None
         # Batch N+1 prepared while N commits (pipeline.py): needs the resident users.
         self.pipeline = (
-            Pipeline(pool, topics, self.resident, self.apply, self.batch_applied)
+            Pipeline(pool, topics, self.resident, self.apply, self.batch_applied, stopping=lambda: self._stop.is_set())
             if pipelined and self.resident is not None else None
         )
         self._resident_seen = (0, 0, 0)  # hits, misses, drops already counted in metrics

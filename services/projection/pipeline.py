@@ -104,9 +104,10 @@ class Written:
 class Pipeline:
     def __init__(
         self, pool: asyncpg.Pool, topics: Topics, resident: ResidentUsers, serial: Serial, done: Done,
-        *, outbox: bool = True,
+        *, outbox: bool = True, stopping: Callable[[], bool] = lambda: False,
     ) -> None:
         self.pool = pool
+        self.stopping = stopping  # a stop was asked for: no batch begins after the one in flight
         self.topics = topics
         self.resident = resident
         self.serial = serial  # the serial path: apply_batch with retries and isolation
@@ -122,8 +123,10 @@ class Pipeline:
         started = time.perf_counter()
         parsed = parse_records(self.topics, records)
         if serial_only(parsed):
+            waited = self.busy
             await self.drain()
-            await self.serial(records)
+            if not (waited and self.stopping()):
+                await self.serial(records)
             return
         generation = self.resident.drops
         prepared: Prepared | None = None
@@ -133,7 +136,13 @@ class Pipeline:
         except Exception as err:
             log.warning("batch of %d records not prepared ahead (%s: %s); applying it serially",
                         len(records), type(err).__name__, str(err)[:200])
+        waited = self.busy
         committed = await self.drain(pinned=prepared.changed if prepared is not None else ())
+        if waited and self.stopping():
+            # The batch in flight is finished (above); this one was only prepared, and
+            # is read again at the next start (its offsets were not stored).
+            self.resident.drop()
+            return
         if prepared is None or not committed or self.resident.drops != prepared.generation:
             self.resident.drop()  # it holds what `prepared` changed, which will not commit
             self.redone += 1

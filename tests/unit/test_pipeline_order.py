@@ -117,3 +117,20 @@ async def test_a_drop_of_the_resident_copy_while_a_batch_is_prepared_voids_it() 
     await pipe.drain()
     assert pipe.trace[-3:] == [("commit", 1), ("done", 1), ("serial", 2)]
     assert ("begin", 2) not in pipe.trace
+
+
+async def test_a_stop_while_a_batch_is_in_flight_finishes_it_and_begins_no_other() -> None:
+    """SIGTERM (consumer.run): the batch in flight commits; the one prepared meanwhile
+    does not begin (its offsets are not stored: it is read again at the next start)."""
+    pipe = Traced()
+    stop = asyncio.Event()
+    pipe.stopping = stop.is_set
+    await pipe.feed(_batch(1))
+    feeding = asyncio.ensure_future(pipe.feed(_batch(2)))
+    await pipe.reached("prepare", 2)
+    stop.set()
+    await _let_end(pipe, 1)
+    await feeding
+    await pipe.drain()
+    assert pipe.trace == [("prepare", 1), ("begin", 1), ("prepare", 2), ("commit", 1), ("done", 1)]
+    assert pipe.resident.drops == 1  # what 2 changed in memory is gone with it
