@@ -120,6 +120,14 @@ class Pipeline:
     async def feed(self, records: list[Record]) -> None:
         """Prepare `records` while the batch before commits, then start their write.
         Raises what the serial path raises (consumer.Stopped)."""
+        # No cyclic collection from the preparation until the batch before committed, as
+        # the serial path pauses it for a whole batch (batch.apply_batch): a collection
+        # while the write is awaited would walk everything the prepared batch allocated
+        # (and, promoted, the resident users) for nothing. Collections run between feeds.
+        with gc_paused():
+            await self._feed(records)
+
+    async def _feed(self, records: list[Record]) -> None:
         started = time.perf_counter()
         parsed = parse_records(self.topics, records)
         if serial_only(parsed):
@@ -131,8 +139,7 @@ class Pipeline:
         generation = self.resident.drops
         prepared: Prepared | None = None
         try:
-            with gc_paused():  # what a batch allocates lives until it commits (batch.apply_batch)
-                prepared = await self._prepare(records, parsed, started, generation)
+            prepared = await self._prepare(records, parsed, started, generation)
         except Exception as err:
             log.warning("batch of %d records not prepared ahead (%s: %s); applying it serially",
                         len(records), type(err).__name__, str(err)[:200])
