@@ -29,7 +29,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 
@@ -57,10 +57,25 @@ from .window import AppliedWindow
 
 log = logging.getLogger("unifier.projection")
 
+T = TypeVar("T")
 Serial = Callable[[list[Record]], Awaitable[BatchResult]]
 Done = Callable[[list[Record], BatchResult, float], None]
 
 _SERIAL_TYPES = ("import.", "grade.")
+
+
+_SLICE = 200  # records, facts or users prepared between two turns of the write in flight
+
+
+def _slices(items: list[T]) -> list[list[T]]:
+    return [items[i : i + _SLICE] for i in range(0, len(items), _SLICE)]
+
+
+async def _let_the_write_on() -> None:
+    """One turn of the event loop: the write in flight sends its next statement if
+    PostgreSQL answered the last one. Without it the write advances only where the
+    preparation reads, and PostgreSQL idles while the core runs (~25 µs a fact)."""
+    await asyncio.sleep(0)
 
 
 class Diverged(repo.Conflict):
@@ -129,7 +144,10 @@ class Pipeline:
 
     async def _feed(self, records: list[Record]) -> None:
         started = time.perf_counter()
-        parsed = parse_records(self.topics, records)
+        parsed: list[Parsed] = []
+        for part in _slices(records):
+            parsed.extend(parse_records(self.topics, part))
+            await _let_the_write_on()
         if serial_only(parsed):
             waited = self.busy
             await self.drain()
@@ -219,9 +237,21 @@ class Pipeline:
             await import_log.prepare(conn, facts, settings, directory)
         if resident.directory is not directory:
             raise Diverged("the resident users were dropped while the batch was prepared")
-        fx = run_facts(directory, parsed, settings, window, self.topics, result, outbox=self.outbox, failed_at=failed_at)
+        fx = Effects()
+        for part in _slices(parsed):
+            fx.extend(run_facts(directory, part, settings, window, self.topics, result, outbox=self.outbox, failed_at=failed_at))
+            await _let_the_write_on()
         changed_users = list(directory.changed.values())
-        users = repo.user_columns(changed_users, resident.revs) if changed_users else []
+        users: list[list[Any]] = []
+        for some in _slices(changed_users):
+            if users:
+                for col, more in zip(users, repo.user_columns(some, resident.revs), strict=True):
+                    col.extend(more)
+            else:
+                users = repo.user_columns(some, resident.revs)
+            await _let_the_write_on()
+        if resident.directory is not directory:  # dropped while it yielded
+            raise Diverged("the resident users were dropped while the batch was prepared")
         ids = [(u, old, new) for u in changed_users
                if (new := identities(u)) != (old := directory.loaded_identities(u.id))]
         stamp = sorted({u.channel_id for u in changed_users})
@@ -258,10 +288,12 @@ class Pipeline:
         resident = self.resident
         ids: set[str] = set()
         keys: set[repo.Key] = set()
-        for fact in facts:
-            f_ids, f_keys = _keys_of(fact)
-            ids |= f_ids
-            keys |= f_keys
+        for part in _slices(facts):
+            for fact in part:
+                f_ids, f_keys = _keys_of(fact)
+                ids |= f_ids
+                keys |= f_keys
+            await _let_the_write_on()
         for _ in range(_MAX_LOAD_ROUNDS):
             if not ids and not keys:
                 break

@@ -94,6 +94,7 @@ async def test_a_failed_transaction_sends_it_and_the_batch_prepared_on_it_to_the
     for n in (1, 2, 3):
         feeding = asyncio.ensure_future(pipe.feed(_batch(n)))
         if n > 1:
+            await pipe.reached("prepare", n)  # prepared on n - 1's result, which then ends
             await _let_end(pipe, n - 1)
         await feeding
     await pipe.drain()
