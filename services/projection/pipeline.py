@@ -154,6 +154,11 @@ class Pipeline:
             if not (waited and self.stopping()):
                 await self.serial(records)
             return
+        if self._inflight is not None and self._inflight[0].generation != self.resident.drops:
+            # The copy was dropped (a rebalance) after the batch in flight was prepared:
+            # it no longer holds what that batch changed, which the store shows only
+            # once it committed. So this one is prepared after it, not alongside.
+            await self.drain()
         generation = self.resident.drops
         prepared: Prepared | None = None
         try:
@@ -161,6 +166,9 @@ class Pipeline:
         except Exception as err:
             log.warning("batch of %d records not prepared ahead (%s: %s); applying it serially",
                         len(records), type(err).__name__, str(err)[:200])
+        except BaseException:
+            self.resident.drop()  # cancelled half-way: what it changed in memory goes
+            raise
         waited = self.busy
         committed = await self.drain(pinned=prepared.changed if prepared is not None else ())
         if waited and self.stopping():

@@ -135,3 +135,20 @@ async def test_a_stop_while_a_batch_is_in_flight_finishes_it_and_begins_no_other
     await pipe.drain()
     assert pipe.trace == [("prepare", 1), ("begin", 1), ("prepare", 2), ("commit", 1), ("done", 1)]
     assert pipe.resident.drops == 1  # what 2 changed in memory is gone with it
+
+
+async def test_after_a_drop_while_a_batch_is_in_flight_the_next_is_prepared_only_once_it_committed() -> None:
+    """The copy dropped (a rebalance) after batch 1 was prepared no longer holds what 1
+    changed; the store shows it only after 1's commit: 2 is prepared after that, not
+    alongside (else 2 would read 1's users as they were before it)."""
+    pipe = Traced()
+    await pipe.feed(_batch(1))
+    pipe.resident.drop()
+    feeding = asyncio.ensure_future(pipe.feed(_batch(2)))
+    await _let_end(pipe, 1)
+    await feeding
+    await _let_end(pipe, 2)
+    await pipe.drain()
+    assert pipe.trace == [
+        ("prepare", 1), ("begin", 1), ("commit", 1), ("done", 1), ("prepare", 2), ("begin", 2), ("commit", 2), ("done", 2),
+    ]
