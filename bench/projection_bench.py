@@ -50,6 +50,7 @@ import cProfile
 import functools
 import gc
 import io
+import itertools
 import json
 import logging
 import os
@@ -401,18 +402,19 @@ class TimedProjection(Projection):
         async def timed_getmany(*a: Any, **kw: Any) -> Any:
             t = time.perf_counter()
             got = await getmany(*a, **kw)
+            if got and self.cpu and self.cpu_first is None:
+                self.cpu_first = self.cpu.sample()  # CPU over the consuming time, not the join
             if got and self.batches:  # fetch time once consuming, not the group join
                 self.fetch_s += time.perf_counter() - t
             return got
 
         self.consumer.getmany = timed_getmany  # type: ignore[method-assign]
 
-    async def apply(self, records: list[Record]) -> BatchResult:
-        if not self.batches and self.cpu:
-            self.cpu_first = self.cpu.sample()  # CPU over the consuming time, not the join
-        t = time.perf_counter()
-        result = await super().apply(records)
-        self.batches.append((t, time.perf_counter(), len(records)))
+    def batch_applied(self, records: list[Record], result: BatchResult, elapsed: float) -> None:
+        """Every batch committed, by the serial path or the pipeline (pipeline.py)."""
+        super().batch_applied(records, result, elapsed)
+        now = time.perf_counter()
+        self.batches.append((now - elapsed, now, len(records)))
         self.consumed += len(records)
         self.skipped += result.skipped
         self.dead += sum(result.dead_letters.values())
@@ -421,7 +423,6 @@ class TimedProjection(Projection):
         self.offsets.update(result.next_offsets)
         if sum(self.offsets.values()) >= self.target:  # what the inbox stored, not what was fetched
             self.done.set()
-        return result
 
     async def seek_to_stored(self, partitions: list[TopicPartition]) -> None:
         self.assignments.append(time.perf_counter())
@@ -549,7 +550,7 @@ class GcTimer:
 async def run_projection(
     bootstrap: str, database_url: str, topics: Topics, schema: str, group: str, target: int,
     batch_max: int, stages: Stages | None = None, cpu: Cpu | None = None, limit_s: float = 900.0,
-    spy: Path | None = None, resident_users: int = 0,
+    spy: Path | None = None, resident_users: int = 0, pipelined: bool = True,
 ) -> dict[str, Any]:
     """Start a projection on a fresh schema and time it until `target` records are applied."""
     await _exec(database_url, f"DROP SCHEMA IF EXISTS {schema} CASCADE")
@@ -558,7 +559,7 @@ async def run_projection(
     try:
         done, stop = asyncio.Event(), asyncio.Event()
         proj = TimedProjection(pool, bootstrap, topics, group, batch_max, target=target, done=done, cpu=cpu,
-                               resident_users=resident_users)
+                               resident_users=resident_users, pipelined=pipelined)
         if stages:
             stages.install()
         spying = await _start_py_spy(spy) if spy else None
@@ -869,7 +870,8 @@ async def _projection_child(settings: Settings, gate: Path) -> None:
     pool = await create_pool(settings.database_url, settings.db_schema, min_size=4, max_size=4, migrate=False)
     try:
         proj = Projection(pool, settings.kafka_bootstrap, Topics(settings.topic_prefix), settings.consumer_group,
-                          settings.batch_max, settings.resident_users, assignor=settings.partition_assignor)
+                          settings.batch_max, settings.resident_users, assignor=settings.partition_assignor,
+                          pipelined=os.environ.get("BENCH_PIPELINED", "1") == "1")
         getmany = proj.consumer.getmany
 
         async def gated(*a: Any, **kw: Any) -> Any:  # joins and rebalances go on; nothing is fetched
@@ -954,6 +956,7 @@ async def _stop_children(children: list[asyncio.subprocess.Process]) -> None:
 async def run_instances(
     bootstrap: str, database_url: str, topics: Topics, schema: str, group: str, target: int, batch_max: int,
     instances: int, cpu: Cpu, resident_users: int, limit_s: float = 300.0, assignor: str = "load",
+    pipelined: bool = True,
 ) -> dict[str, Any]:
     """The pre-published stream applied by `instances` projection processes in one
     consumer group (range assignor: each gets a share of the partitions). The clock
@@ -971,7 +974,7 @@ async def run_instances(
         for f in files:
             env = _child_env(bootstrap, database_url, topics.prefix, group, schema, batch_max, resident_users,
                              BENCH_CHILD_MODE="projection", BENCH_GATE_FILE=str(gate), BENCH_ASSIGN_FILE=str(f),
-                             UNIFIER_PARTITION_ASSIGNOR=assignor)
+                             UNIFIER_PARTITION_ASSIGNOR=assignor, BENCH_PIPELINED="1" if pipelined else "0")
             children.append(await asyncio.create_subprocess_exec(sys.executable, str(SELF), SERVE_FLAG, env=env, cwd=ROOT))
         settle_s = await _wait_settled(files, children)
         shares = [json.loads(f.read_text().splitlines()[-1]) for f in files]
@@ -1261,6 +1264,7 @@ async def run_target(
             b = await run_projection(
                 bootstrap, db, topics, schema, f"bench-{tag}-{variant}", args.events, args.batch_max,
                 stages=stages, cpu=cpu, spy=spy, resident_users=_resident_users(variant, args),
+                pipelined=variant != "serial",
             )
             if spy:
                 b["py_spy_percent"] = summarize_py_spy(spy)
@@ -1271,20 +1275,24 @@ async def run_target(
                  f"CPU µs/event {b.get('cpu_us_per_event')}, load {os.getloadavg()[0]:.1f}")
         out["digests_equal"] = len(set(out["digests"].values())) == 1
 
-        for n, assignor in _instance_runs(args.instances, args.assignors):
-            schema = f"bench_{tag}_x{n}{assignor}"
+        for (n, assignor), piped in itertools.product(
+            _instance_runs(args.instances, args.assignors), [m == "pipelined" for m in args.instance_modes.split(",")],
+        ):
+            mode = "" if piped else "s"
+            schema = f"bench_{tag}_x{n}{assignor}{mode}"
             schemas.append(schema)
             loadavg = os.getloadavg()
             x = await run_instances(
-                bootstrap, db, topics, schema, f"bench-{tag}-x{n}-{assignor}", args.events, args.batch_max, n, cpu,
-                resident_users=args.resident_users, assignor=assignor,
+                bootstrap, db, topics, schema, f"bench-{tag}-x{n}-{assignor}{mode}", args.events, args.batch_max, n, cpu,
+                resident_users=args.resident_users, assignor=assignor, pipelined=piped,
             )
             x["loadavg_before"] = loadavg
             x["loadavg_after"] = os.getloadavg()
             x["digest"] = await _digest(db, schema)
             runs = out.setdefault("instances", {})
-            runs[f"{n} ({assignor})" + (f" #{len(runs)}" if f"{n} ({assignor})" in runs else "")] = x
-            _say(f"[{target}] {n} projection process(es), {assignor}: {x['eps']:,} events/s ({x['records']:,} in {x['consume_s']} s), "
+            name = f"{n} ({assignor}{'' if piped else ', serial'})"
+            runs[name + (f" #{len(runs)}" if name in runs else "")] = x
+            _say(f"[{target}] {n} projection process(es), {assignor}{'' if piped else ', not pipelined'}: {x['eps']:,} events/s ({x['records']:,} in {x['consume_s']} s), "
                  f"facts by instance {x['facts_by_instance']}, cores {x['cores_used']}, CPU µs/event {x['cpu_us_per_event']}, "
                  f"digest equal: {x['digest'] in out['digests'].values()}")
 
@@ -1354,9 +1362,9 @@ def _resident_users(variant: str, args: argparse.Namespace) -> int:
     stay in memory between batches, up to --resident-users."""
     if variant == "per-batch":
         return 0
-    if variant == "resident":
+    if variant in ("resident", "serial"):  # serial: resident, batches not pipelined (pipeline.py)
         return args.resident_users
-    raise SystemExit(f"unknown variant {variant!r} (per-batch, resident)")
+    raise SystemExit(f"unknown variant {variant!r} (per-batch, resident, serial)")
 
 
 async def _digest(db: str, schema: str) -> str:
@@ -1514,6 +1522,8 @@ def cli() -> None:
                    help="comma-separated: local (DATABASE_URL, the machine's server), deploy (embedded, deploy/ settings)")
     p.add_argument("--variants", default="per-batch,resident",
                    help="projection variants run one after the other in the same run (per-batch, resident)")
+    p.add_argument("--instance-modes", default="pipelined",
+                   help="--instances runs pipelined (the default) and/or serial (batches not pipelined): pipelined,serial")
     p.add_argument("--latency-variants", default="resident", help="variants of the latency run (default: resident)")
     p.add_argument("--instances", default="",
                    help="also time the resident projection in N processes of one consumer group, e.g. 1,2,3 (default: skip)")

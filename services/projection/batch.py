@@ -306,6 +306,12 @@ async def write_effects(
     await repo.save_identities(conn, [
         (u, old, ids) for u in changed if (ids := identities(u)) != (old := directory.loaded_identities(u.id))
     ])
+    await write_rest(conn, fx, stored_applied)
+
+
+async def write_rest(conn: asyncpg.Connection, fx: Effects, stored_applied: frozenset[tuple[str, str]]) -> None:
+    """`write_effects` after the users and their identities (pipeline.py writes those
+    from arguments built before the next batch changed the same users in place)."""
     await repo.save_activities(conn, fx.activities)
     await repo.save_merges(conn, fx.merges)
     await repo.erase_personal_data(conn, fx.erased)

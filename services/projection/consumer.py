@@ -27,6 +27,7 @@ from .assignor import Load, LoadBalancingAssignor, strategies
 from .batch import BatchResult, apply_batch, dead_letter_record
 from .isolation import NOT_THE_RECORD, RETRIED, ConflictPersisted, apply_isolating
 from .merge import CoPartitionMerge
+from .pipeline import Pipeline
 from .records import PartitionClocks, Record
 from .resident import ResidentUsers
 
@@ -52,6 +53,8 @@ class _SeekToStored(ConsumerRebalanceListener):
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         # aiokafka calls this before each join, the first one included (revoked empty).
+        if self.projection.pipeline is not None:
+            await self.projection.pipeline.settle()  # the batch in flight commits (or fails) first
         if self.projection.resident is not None and revoked:
             self.projection.resident.drop()  # another instance may write them next
         await self.projection.measure_load()
@@ -63,11 +66,16 @@ class _SeekToStored(ConsumerRebalanceListener):
 class Projection:
     def __init__(
         self, pool: asyncpg.Pool, bootstrap: str, topics: Topics, group: str, batch_max: int, resident_users: int = 0,
-        session_timeout_ms: int = 10_000, assignor: str = "load",
+        session_timeout_ms: int = 10_000, assignor: str = "load", pipelined: bool = True,
     ) -> None:
         self.pool = pool
         # Users kept between batches for the partitions we own (resident.py); 0: none.
         self.resident = ResidentUsers(resident_users) if resident_users > 0 else None
+        # Batch N+1 prepared while N commits (pipeline.py): needs the resident users.
+        self.pipeline = (
+            Pipeline(pool, topics, self.resident, self.apply, self.batch_applied, stopping=lambda: self._stop.is_set())
+            if pipelined and self.resident is not None else None
+        )
         self._resident_seen = (0, 0, 0)  # hits, misses, drops already counted in metrics
         self.topics = topics
         self.batch_max = batch_max
@@ -187,15 +195,25 @@ class Projection:
                 self._flow_control()
                 records = self.merge.release(self._at_end, self.batch_max)
                 more = len(records) == self.batch_max
-                if not records:
+                if not records and (self.pipeline is None or not self.pipeline.busy):
                     continue
                 # The batch in flight is finished even when a stop arrives meanwhile.
                 try:
-                    await asyncio.shield(self.apply(records))
+                    if self.pipeline is None:
+                        await asyncio.shield(self.apply(records))
+                    elif records:
+                        await asyncio.shield(self.pipeline.feed(records))
+                    else:  # nothing more to prepare: see the batch in flight through
+                        await asyncio.shield(self.pipeline.drain())
                 except Stopped:
                     log.warning("stopped while the database was unavailable; the batch in hand is re-read at the next start")
                     break
                 self._observe_lag()
+            if self.pipeline is not None:
+                try:
+                    await asyncio.shield(self.pipeline.drain())
+                except Stopped:
+                    log.warning("stopped while the database was unavailable; the batch in hand is re-read at the next start")
         finally:
             await self.consumer.stop()
 
@@ -204,8 +222,12 @@ class Projection:
         and the rest applied (isolation.py); only an outage or a stop holds it up."""
         started = time.perf_counter()
         result = await apply_isolating(self._attempt, records, self._dead_letter, passthrough=(Stopped, *NOT_THE_RECORD))
+        self.batch_applied(records, result, time.perf_counter() - started)
+        return result
+
+    def batch_applied(self, records: list[Record], result: BatchResult, elapsed: float) -> None:
+        """A batch committed (by `apply` or the pipeline): metrics, offsets, the log line."""
         self.healthy = True
-        elapsed = time.perf_counter() - started
         metrics.BATCH_SECONDS.observe(elapsed)
         metrics.EVENTS_APPLIED.inc(result.applied)
         for code, n in result.dead_letters.items():
@@ -218,7 +240,6 @@ class Projection:
             len(records), result.applied, result.skipped, sum(result.dead_letters.values()),
             result.published, elapsed * 1000,
         )
-        return result
 
     async def _attempt(self, records: list[Record]) -> BatchResult:
         """One batch with retries: a conflict with another instance is retried with fresh

@@ -37,7 +37,7 @@ user, is the third witness).
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 
 from services.domain.directory import Directory, GradeBook, identities
 from services.domain.user import User
@@ -88,14 +88,20 @@ class ResidentUsers:
         self.hits += len(ids) + len(keys) - len(want_ids) - len(want_keys)
         return want_ids, want_keys
 
-    def loaded(self, asked_ids: list[str], asked_keys: list[Key], rows: list[tuple[int, User]]) -> None:
-        """Take what the store answered for `missing`'s question."""
+    def loaded(
+        self, asked_ids: list[str], asked_keys: list[Key], rows: list[tuple[int, User]],
+        uncommitted: Collection[str] = (),
+    ) -> None:
+        """Take what the store answered for `missing`'s question. `uncommitted`: users a
+        batch still in flight changed (projection/pipeline.py): held here at the revision
+        its commit gives them, so the store may show them one revision earlier."""
         d = self.directory
         for rev, user in rows:
             held = d.get(user.id)
             if held is not None:
-                if self.revs.get(user.id) != rev:
-                    raise Stale(f"user {user.id} is at rev {rev} in the store, {self.revs.get(user.id)} here")
+                have = self.revs.get(user.id)
+                if have != rev and not (have is not None and rev == have - 1 and user.id in uncommitted):
+                    raise Stale(f"user {user.id} is at rev {rev} in the store, {have} here")
                 continue
             for kind, value, _q in identities(user):
                 if (user.channel_id, kind, value) in self.complete:
@@ -126,15 +132,32 @@ class ResidentUsers:
 
     def committed(self, tokens: dict[str, int]) -> None:
         """The batch's transaction committed: its changed users are now the store's rows."""
+        self.advance()
+        self.tokens.update(tokens)
+        self._evict()
+
+    def advance(self) -> list[str]:
+        """The batch's changed users count at the revision its commit gives them, and the
+        next batch starts from them (settled). A pipelined batch advances when it is
+        prepared, before it commits (projection/pipeline.py): a failed commit drops
+        everything. The users advanced."""
         d = self.directory
+        advanced = []
         for user_id in d.changed:
             if d.get(user_id) is not None:  # not forgotten (a rejected fact's new user)
                 self.revs[user_id] = self.revs.get(user_id, 0) + 1
                 self._use(user_id)
                 self.absent.discard(user_id)
+                advanced.append(user_id)
         d.settle()
+        return advanced
+
+    def written(self, tokens: dict[str, int], pinned: Collection[str]) -> None:
+        """A pipelined batch committed with these channel tokens; evict down to the
+        budget, but not `pinned`: users a later batch changed that is not committed yet
+        (evicted, they would be read back from the store as they were before it)."""
         self.tokens.update(tokens)
-        self._evict()
+        self._evict(pinned)
 
     def drop(self) -> None:
         """Forget everything (the next batches load from the store again)."""
@@ -166,10 +189,16 @@ class ResidentUsers:
             self._recent.pop(user_id, None)
             self._evict_one(user_id)
 
-    def _evict(self) -> None:
-        while len(self._recent) > self.budget:
+    def _evict(self, pinned: Collection[str] = ()) -> None:
+        kept: list[str] = []
+        while self._recent and len(self._recent) + len(kept) > self.budget:
             user_id, _ = self._recent.popitem(last=False)
+            if user_id in pinned:
+                kept.append(user_id)
+                continue
             self._evict_one(user_id)
+        for user_id in kept:  # most recently used: the batch in flight just changed them
+            self._recent[user_id] = None
         self._bound_negatives()
 
     def _evict_one(self, user_id: str) -> None:

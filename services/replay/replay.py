@@ -91,6 +91,17 @@ async def check_log_holds(bootstrap: str, topics: Topics, live_offsets: dict[Par
         raise LogShort(f"the log holds less than the live state applied ({shown}); refusing to replace it")
 
 
+async def _abandon(opening: asyncio.Future[asyncpg.Pool], database_url: str, schema: str) -> None:
+    """Drop the new schema of a rebuild that stopped before it began."""
+    try:
+        pool = await opening
+    except Exception:  # its own failure: whatever it made is dropped below
+        pass
+    else:
+        await pool.close()
+    await drop_schema(database_url, schema)
+
+
 async def rebuild(
     database_url: str, bootstrap: str, topics: Topics, live: str, options: Options, tally: Tally
 ) -> Rebuilt:
@@ -111,11 +122,19 @@ async def _rebuild(
     await ensure_schema(database_url, live)
     admin = await asyncpg.connect(database_url)
     try:
-        await check_log_holds(bootstrap, topics, await stored_offsets(admin, live), options.quiet_s)
+        live_offsets = await stored_offsets(admin, live)
         new, archive = await free_side_schema(admin, live, "r"), await free_side_schema(admin, live, "a")
     finally:
         await admin.close()
-    pool = await open_schema(database_url, new)
+    # The log's check (a consumer's metadata round trips) and the new schema's DDL
+    # (~0.2–0.4 s) overlap; a log too short for the live state drops the schema again.
+    opening = asyncio.ensure_future(open_schema(database_url, new))
+    try:
+        await check_log_holds(bootstrap, topics, live_offsets, options.quiet_s)
+    except BaseException:
+        await _abandon(opening, database_url, new)
+        raise
+    pool = await opening
     switched = False
     try:
         await copy_channels(pool, live, pool)

@@ -134,6 +134,24 @@ async def lock_channels(conn: asyncpg.Connection, channel_ids: Iterable[str]) ->
     return {r[0]: r[1] for r in rows}
 
 
+async def lock_channels_held(conn: asyncpg.Connection, channel_ids: Iterable[str]) -> tuple[dict[str, int], int]:
+    """`lock_channels`, and this transaction's own token: a row it found missing and
+    inserted holds that token (projection/pipeline.py checks tokens read earlier)."""
+    tokens = await lock_channels(conn, channel_ids)
+    own = await conn.fetchval("SELECT pg_current_xact_id()::text::bigint")
+    return tokens, int(own)
+
+
+async def channel_tokens(conn: asyncpg.Connection, channel_ids: Iterable[str]) -> dict[str, int]:
+    """The channels' writer tokens as committed now, without a lock (a channel without a
+    row is absent): what a pipelined batch read its users under (projection/pipeline.py)."""
+    wanted = sorted(set(channel_ids))
+    if not wanted:
+        return {}
+    rows = await conn.fetch("SELECT channel_id, token FROM channel_writers WHERE channel_id = ANY($1::text[])", wanted)
+    return {r[0]: r[1] for r in rows}
+
+
 async def stamp_channels(conn: asyncpg.Connection, channel_ids: Iterable[str]) -> dict[str, int]:
     """Mark the channels as written by this transaction; their new tokens."""
     wanted = sorted(set(channel_ids))
@@ -239,6 +257,17 @@ def search_columns(u: User) -> tuple[str | None, list[str]]:
     return key, [t.replace("\x00", "") for t in u.tags] if u.tags else []
 
 
+def user_columns(users: Sequence[User], revs: dict[str, int]) -> list[list[Any]]:
+    """`save_users`' statement arguments: the changed users at their next revision, by
+    column. Built apart so that a pipelined batch builds them before the next batch
+    changes the same users in place (projection/pipeline.py)."""
+    cols: list[list[Any]] = [list(col) for col in zip(*[user_row(u, revs.get(u.id, 0) + 1) for u in users], strict=True)]
+    # an array of arrays would be read as one two-dimensional array: each user's tags go
+    # as their JSON text (most users have none: no serialisation for them)
+    cols[13] = [orjson.dumps(tags).decode() if tags else "[]" for tags in cols[13]]
+    return cols
+
+
 # From this many new users (or new identity rows) in a batch, they go by binary COPY:
 # an import batch creates hundreds to thousands. COPY skips the `unnest` of fourteen
 # arrays (asyncpg checks every element it encodes: ~17 isinstance calls a user) and the
@@ -262,10 +291,14 @@ async def save_users(conn: asyncpg.Connection, users: Sequence[User], revs: dict
         users = [u for u in users if revs.get(u.id, 0)]
         if not users:
             return
-    cols: list[list[Any]] = [list(col) for col in zip(*[user_row(u, revs.get(u.id, 0) + 1) for u in users], strict=True)]
-    # an array of arrays would be read as one two-dimensional array: each user's tags go
-    # as their JSON text (most users have none: no serialisation for them)
-    cols[13] = [orjson.dumps(tags).decode() if tags else "[]" for tags in cols[13]]
+    await save_user_columns(conn, user_columns(users, revs))
+
+
+async def save_user_columns(conn: asyncpg.Connection, cols: list[list[Any]]) -> None:
+    """Write the users of `user_columns`, fenced on their revision."""
+    if not cols or not cols[0]:
+        return
+    count = len(cols[0])
     written = await conn.fetchval(
         """
         WITH w AS (
@@ -291,8 +324,8 @@ async def save_users(conn: asyncpg.Connection, users: Sequence[User], revs: dict
         """,
         *cols,
     )
-    if written != len(users):
-        raise Conflict(f"{len(users) - written} of {len(users)} users changed under this batch")
+    if written != count:
+        raise Conflict(f"{count - written} of {count} users changed under this batch")
 
 
 async def save_identities(

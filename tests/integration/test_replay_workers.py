@@ -14,6 +14,7 @@ from services.platform.config import Settings
 from services.replay import replay
 from services.replay.log import LogShort
 from services.replay.rebuild import Tally
+from tests.integration.test_replay import side_schemas
 
 
 async def test_workers_start_before_the_log_check_and_are_reaped_when_it_refuses(
@@ -42,3 +43,5 @@ async def test_workers_start_before_the_log_check_and_are_reaped_when_it_refuses
         )
     assert steps == ["spawn", "check the log"]
     assert len(procs) == 2 and all(p.returncode is not None for p in procs)  # reaped, none left waiting
+    # The new schema, made while the log was checked, is dropped with the refusal.
+    assert await side_schemas(settings.database_url, settings.db_schema) == []

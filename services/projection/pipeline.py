@@ -1,0 +1,347 @@
+"""The live projection, pipelined (issue 14 item 4): batch N+1 is prepared in memory —
+decoded, its users found, the core run, every statement's arguments built — while batch
+N's transaction commits, so that Python's work overlaps PostgreSQL's.
+
+Writes stay strictly sequential: N+1's transaction starts after N's committed (one
+write task at a time). What N+1 is prepared on must be what the serial path
+(batch.apply_batch) would read after N committed; why each input is (docs/decisions.md,
+"Issue 14, session 8: pipelining the live projection"):
+
+- users: the resident copy holds every user N changed (advanced to the revision N's
+  commit gives them, and pinned against eviction until N committed), so what the store
+  is asked for is a user N did not change, the same before and after N's commit;
+- the eventId window: the store's rows overlaid with what N applied (idempotent);
+- MU budgets are counted after N committed; imports and grade commands, whose state
+  is read from the store, go by the serial path with nothing in flight;
+- offsets, clocks and the channel fence are checked in N+1's own transaction.
+
+When anything fails — N's write (conflict, fence, a record the store refuses, an
+outage), N+1's preparation or its checks, a drop of the resident copy meanwhile (a
+rebalance) — everything in memory is dropped, as a restart would, and the batches in
+hand are applied by the serial path (`serial`: retries, isolation, outages waited out)
+from the committed state. Then pipelining resumes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import asyncpg
+
+from contracts.topics import Topics
+from services.domain.directory import Identity, identities
+from services.domain.user import User
+from services.platform.gc_tuning import paused as gc_paused
+from services.store import import_log
+from services.store import lookups as lookup_store
+from services.store import repository as repo
+
+from .batch import (
+    _MAX_LOAD_ROUNDS,
+    BatchResult,
+    Effects,
+    Parsed,
+    _keys_of,
+    parse_records,
+    run_facts,
+    write_rest,
+)
+from .records import Partition, Record, clocks_after
+from .resident import ResidentUsers
+from .window import AppliedWindow
+
+log = logging.getLogger("unifier.projection")
+
+T = TypeVar("T")
+Serial = Callable[[list[Record]], Awaitable[BatchResult]]
+Done = Callable[[list[Record], BatchResult, float], None]
+
+_SERIAL_TYPES = ("import.", "grade.")
+
+
+_SLICE = 200  # records, facts or users prepared between two turns of the write in flight
+
+
+def _slices(items: list[T]) -> list[list[T]]:
+    return [items[i : i + _SLICE] for i in range(0, len(items), _SLICE)]
+
+
+async def _let_the_write_on() -> None:
+    """One turn of the event loop: the write in flight sends its next statement if
+    PostgreSQL answered the last one. Without it the write advances only where the
+    preparation reads, and PostgreSQL idles while the core runs (~25 µs a fact)."""
+    await asyncio.sleep(0)
+
+
+class Diverged(repo.Conflict):
+    """The store is not where the pipelined batch was prepared to follow (another
+    instance applied its records or wrote its channels): it is applied serially."""
+
+
+def serial_only(parsed: list[Parsed]) -> bool:
+    """Facts whose state beyond users (an import's book and row marks, grade
+    definitions) is read from the store: their batch is not prepared ahead."""
+    return any(p.fact is not None and p.fact.msg.type.startswith(_SERIAL_TYPES) for p in parsed)
+
+
+@dataclass(slots=True)
+class Prepared:
+    """A batch applied in memory, with everything its transaction writes."""
+
+    records: list[Record]
+    started: float
+    generation: int  # resident.drops when it was prepared: a drop since voids it
+    result: BatchResult
+    channels: list[str]
+    observed: dict[str, int | None]  # tokens read before its users, channels not known then
+    users: list[list[Any]]  # repo.user_columns
+    identities: list[tuple[User, frozenset[Identity] | None, frozenset[Identity]]]
+    fx: Effects
+    stored_applied: frozenset[tuple[str, str]]
+    stamp: list[str]  # channels whose users it changed
+    ends: dict[Partition, int]
+    clocks: dict[Partition, int]
+    changed: list[str]  # the users it advanced: pinned until it committed
+    window_clocks: dict[str, int] = field(default_factory=dict)  # its channels' clocks after it
+
+
+@dataclass(slots=True)
+class Written:
+    tokens: dict[str, int]
+    elapsed: float
+
+
+class Pipeline:
+    def __init__(
+        self, pool: asyncpg.Pool, topics: Topics, resident: ResidentUsers, serial: Serial, done: Done,
+        *, outbox: bool = True, stopping: Callable[[], bool] = lambda: False,
+    ) -> None:
+        self.pool = pool
+        self.stopping = stopping  # a stop was asked for: no batch begins after the one in flight
+        self.topics = topics
+        self.resident = resident
+        self.serial = serial  # the serial path: apply_batch with retries and isolation
+        self.done = done  # told of every batch committed here (not of those `serial` applies)
+        self.outbox = outbox
+        self._inflight: tuple[Prepared, asyncio.Task[Written]] | None = None
+        self.pipelined = 0  # batches committed as prepared ahead
+        self.redone = 0  # batches applied serially because something failed (tests, logs)
+
+    async def feed(self, records: list[Record]) -> None:
+        """Prepare `records` while the batch before commits, then start their write.
+        Raises what the serial path raises (consumer.Stopped)."""
+        # No cyclic collection from the preparation until the batch before committed, as
+        # the serial path pauses it for a whole batch (batch.apply_batch): a collection
+        # while the write is awaited would walk everything the prepared batch allocated
+        # (and, promoted, the resident users) for nothing. Collections run between feeds.
+        with gc_paused():
+            await self._feed(records)
+
+    async def _feed(self, records: list[Record]) -> None:
+        started = time.perf_counter()
+        parsed: list[Parsed] = []
+        for part in _slices(records):
+            parsed.extend(parse_records(self.topics, part))
+            await _let_the_write_on()
+        if serial_only(parsed):
+            waited = self.busy
+            await self.drain()
+            if not (waited and self.stopping()):
+                await self.serial(records)
+            return
+        if self._inflight is not None and self._inflight[0].generation != self.resident.drops:
+            # The copy was dropped (a rebalance) after the batch in flight was prepared:
+            # it no longer holds what that batch changed, which the store shows only
+            # once it committed. So this one is prepared after it, not alongside.
+            await self.drain()
+        generation = self.resident.drops
+        prepared: Prepared | None = None
+        try:
+            prepared = await self._prepare(records, parsed, started, generation)
+        except Exception as err:
+            log.warning("batch of %d records not prepared ahead (%s: %s); applying it serially",
+                        len(records), type(err).__name__, str(err)[:200])
+        except BaseException:
+            self.resident.drop()  # cancelled half-way: what it changed in memory goes
+            raise
+        waited = self.busy
+        committed = await self.drain(pinned=prepared.changed if prepared is not None else ())
+        if waited and self.stopping():
+            # The batch in flight is finished (above); this one was only prepared, and
+            # is read again at the next start (its offsets were not stored).
+            self.resident.drop()
+            return
+        if prepared is None or not committed or self.resident.drops != prepared.generation:
+            self.resident.drop()  # it holds what `prepared` changed, which will not commit
+            self.redone += 1
+            await self.serial(records)
+            return
+        self._inflight = (prepared, asyncio.create_task(self._write(prepared)))
+
+    async def drain(self, pinned: list[str] | tuple[()] = ()) -> bool:
+        """Wait for the batch in flight. Committed: its channels' tokens noted, the
+        resident copy trimmed to its budget (but not `pinned`), `done` told; True.
+        Failed: everything in memory dropped and the batch applied by the serial path;
+        False (then a batch prepared after it is void)."""
+        if self._inflight is None:
+            return True
+        prepared, task = self._inflight
+        self._inflight = None
+        try:
+            written = await task
+        except Exception as err:
+            log.warning("pipelined batch of %d records not committed (%s: %s); applying it serially",
+                        len(prepared.records), type(err).__name__, str(err)[:200])
+            self.resident.drop()
+            self.redone += 1
+            await self.serial(prepared.records)
+            return False
+        self.pipelined += 1
+        if self.resident.drops == prepared.generation:
+            self.resident.written(written.tokens, pinned)
+        self.done(prepared.records, prepared.result, written.elapsed)
+        return True
+
+    @property
+    def busy(self) -> bool:
+        """A batch is in flight (its outcome not yet taken by `drain`)."""
+        return self._inflight is not None
+
+    async def settle(self) -> None:
+        """Wait until the batch in flight committed or failed (a rebalance reads the
+        stored offsets after it); its outcome is taken by the next `feed` or `drain`."""
+        if self._inflight is not None:
+            await asyncio.wait([self._inflight[1]])
+
+    # -- preparing ---------------------------------------------------------------------------
+
+    async def _prepare(self, records: list[Record], parsed: list[Parsed], started: float, generation: int) -> Prepared:
+        resident = self.resident
+        inflight = self._inflight[0] if self._inflight is not None else None
+        uncommitted = frozenset(inflight.changed) if inflight is not None else frozenset()
+        failed_at = int(time.time() * 1000)  # only stamps dead letters
+        result = BatchResult()
+        facts = [p.fact for p in parsed if p.fact is not None]
+        channels = sorted({f.channel_id for f in facts})
+        async with self.pool.acquire() as conn:
+            # Tokens first, users after: a write by another instance in between changes
+            # the token, which this batch's transaction then finds (Pipeline._write).
+            unknown = [c for c in channels if c not in resident.tokens]
+            read = await repo.channel_tokens(conn, unknown)
+            observed: dict[str, int | None] = {c: read.get(c) for c in unknown}
+            window = await self._window(conn, facts, channels, inflight)
+            settings = await repo.load_channels(conn, channels)
+            directory = resident.directory
+            await self._load(conn, facts, uncommitted)
+            if self._inflight is not None and any(s.mu_limit is not None for s in settings.values()):
+                # I17: the budget is counted from the store, which must hold N's users
+                # (failed, N voids this batch: counted before it, the count is not used).
+                await asyncio.wait([self._inflight[1]])
+            await import_log.prepare(conn, facts, settings, directory)
+        if resident.directory is not directory:
+            raise Diverged("the resident users were dropped while the batch was prepared")
+        fx = Effects()
+        for part in _slices(parsed):
+            fx.extend(run_facts(directory, part, settings, window, self.topics, result, outbox=self.outbox, failed_at=failed_at))
+            await _let_the_write_on()
+        changed_users = list(directory.changed.values())
+        users: list[list[Any]] = []
+        for some in _slices(changed_users):
+            if users:
+                for col, more in zip(users, repo.user_columns(some, resident.revs), strict=True):
+                    col.extend(more)
+            else:
+                users = repo.user_columns(some, resident.revs)
+            await _let_the_write_on()
+        if resident.directory is not directory:  # dropped while it yielded
+            raise Diverged("the resident users were dropped while the batch was prepared")
+        ids = [(u, old, new) for u in changed_users
+               if (new := identities(u)) != (old := directory.loaded_identities(u.id))]
+        stamp = sorted({u.channel_id for u in changed_users})
+        ends: dict[Partition, int] = {}
+        for r in records:
+            ends[(r.topic, r.partition)] = max(ends.get((r.topic, r.partition), 0), r.offset + 1)
+        advanced = resident.advance()  # the revisions its rows carry; the next batch starts from them
+        return Prepared(
+            records=records, started=started, generation=generation, result=result, channels=channels,
+            observed=observed, users=users, identities=ids, fx=fx, stored_applied=window.stored, stamp=stamp,
+            ends=ends, clocks=clocks_after(records), changed=advanced,
+            window_clocks=dict(window.clocks),
+        )
+
+    async def _window(
+        self, conn: asyncpg.Connection, facts: list[Any], channels: list[str], inflight: Prepared | None,
+    ) -> AppliedWindow:
+        """The eventId window of the facts' channels after the batch in flight: the
+        store's rows (read before or after its commit) overlaid with what it applied."""
+        pairs = sorted({(f.channel_id, f.event_id) for f in facts})
+        rows = await repo.already_applied(conn, pairs)
+        clocks = await repo.channel_clocks(conn, channels)
+        if inflight is not None:
+            wanted, mine = set(pairs), set(channels)
+            rows.extend(a for a in inflight.fx.applied if (a[0], a[1]) in wanted)  # later rows win
+            for c, t in inflight.window_clocks.items():
+                if c in mine:
+                    clocks[c] = max(clocks.get(c, t), t)
+        return AppliedWindow(rows, clocks)
+
+    async def _load(self, conn: asyncpg.Connection, facts: list[Any], uncommitted: frozenset[str]) -> None:
+        """batch._load_resident without the lock: the store is asked only for what the
+        resident copy lacks, which the batch in flight did not change."""
+        resident = self.resident
+        ids: set[str] = set()
+        keys: set[repo.Key] = set()
+        for part in _slices(facts):
+            for fact in part:
+                f_ids, f_keys = _keys_of(fact)
+                ids |= f_ids
+                keys |= f_keys
+            await _let_the_write_on()
+        for _ in range(_MAX_LOAD_ROUNDS):
+            if not ids and not keys:
+                break
+            want_ids, want_keys = resident.missing(ids, keys)
+            if want_ids or want_keys:
+                rows = await repo.load_users(conn, want_ids, want_keys)
+                resident.loaded(want_ids, want_keys, rows, uncommitted)
+            reached = resident.reached(ids, keys)
+            ids = {u.merged_into for u in reached if u.merged_into}
+            keys = {(u.channel_id, "pending", u.id) for u in reached if u.type == "member"}
+
+    # -- writing -----------------------------------------------------------------------------
+
+    async def _write(self, p: Prepared) -> Written:
+        """The prepared batch's transaction: what batch._apply_batch writes, in its order,
+        after checking that the store is where the batch was prepared to follow."""
+        partitions = sorted(p.ends)
+        async with self.pool.acquire() as conn, conn.transaction():
+            stored = await repo.lock_offsets(conn, partitions)
+            for r in p.records:
+                if r.offset < stored[(r.topic, r.partition)]:
+                    raise Diverged(f"{r.topic}/{r.partition} is stored at {stored[(r.topic, r.partition)]}, past {r.offset}")
+            tokens, own = await repo.lock_channels_held(conn, p.channels)
+            known = self.resident.tokens  # ours, as of the last commit (N's included)
+            for c, token in tokens.items():
+                if c in known:
+                    expected: int | None = known[c]
+                elif c in p.observed:  # not known when its users were read: the token then
+                    expected = p.observed[c] if p.observed[c] is not None else own  # no row: ours inserted it
+                else:  # known then, forgotten since (a drop): nothing to vouch for the reads
+                    expected = None
+                if token != expected:
+                    raise Diverged(f"channel {c} was written by another transaction ({token}, expected {expected})")
+            await repo.save_user_columns(conn, p.users)
+            await repo.save_identities(conn, p.identities)
+            await write_rest(conn, p.fx, p.stored_applied)
+            stamped = await repo.stamp_channels(conn, p.stamp)
+            if self.outbox:
+                await lookup_store.enqueue_chats(conn, p.fx.activities)
+            p.result.next_offsets = {k: max(v, stored[k]) for k, v in p.ends.items()}
+            await repo.save_offsets(conn, p.result.next_offsets)
+            await repo.save_clocks(conn, p.clocks)
+        return Written({**tokens, **stamped}, time.perf_counter() - p.started)
