@@ -376,12 +376,14 @@ def plain_profile_update(d: Directory, fact: Fact, settings: ChannelSettings, me
 def plain_delivered(d: Directory, fact: Fact, settings: ChannelSettings, messages: bool) -> Outcome | None:
     """`on_delivered`: the campaign noted on the user the id resolves to (U4), its last
     contact moved (B4). None sends the fact to the handler: an unknown or deleted user
-    (refused there), a masked user (I17), a user that would grow past the size limit."""
+    (refused there), a user that would grow past the size limit."""
     msg = fact.msg
     ch, at = msg.channelId, fact.at
     user = d.resolve(msg.userId)
-    if user is None or user.deleted or user.channel_id != ch or user.merged_into is not None or user.masked:
-        return None
+    if user is None or user.deleted or user.channel_id != ch or user.merged_into is not None:
+        return None  # _resolved refuses it
+    # A masked user's message shows its campaigns (I17 hides the personal data only): the
+    # same key as anyone's.
     old = user.delivered
     new = old if msg.campaignId in old else sorted({*old, msg.campaignId})
     if new is not old:
