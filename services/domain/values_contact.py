@@ -68,10 +68,30 @@ def normalize_mobile(raw: str) -> str:
     return e164
 
 
+# Japanese mobile numbers, most of what sites and staff send, in E.164 already
+# (`+81` and a national number of the library's own mobile pattern, no trunk 0): such a
+# number is valid (it is of a known type, mobile) and is its own E.164 form, which is
+# what phonenumbers answers for it after ~20 µs of parsing (issue 14: every staff edit
+# and import row with a new number paid it). The patterns are read from phonenumbers'
+# metadata, so the shortcut follows the library; tests/unit/test_values.py holds its
+# answers equal to the library's.
+_JP = phonenumbers.PhoneMetadata.metadata_for_region("JP")
+_JP_MOBILE = re.compile(rf"\+81((?:{_JP.mobile.national_number_pattern}))", re.ASCII)
+_JP_GENERAL = re.compile(_JP.general_desc.national_number_pattern, re.ASCII)
+
+
 # SDK facts repeat the same user's number on every boot; the cache makes those free.
 # Separators are dropped first: phonenumbers parses the compact form faster.
 @lru_cache(maxsize=16_384)
 def _e164(compact: str) -> str | None:
+    jp = _JP_MOBILE.fullmatch(compact)
+    if jp is not None and _JP_GENERAL.fullmatch(jp[1]) is not None:
+        return compact
+    return _parsed_e164(compact)
+
+
+def _parsed_e164(compact: str) -> str | None:
+    """What phonenumbers makes of a compact number: its E.164 form, None if invalid."""
     try:
         number = phonenumbers.parse(compact, None)
     except NumberParseException:

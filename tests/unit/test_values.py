@@ -576,3 +576,37 @@ def test_p2_sdk_values_of_the_declared_type_are_accepted(type_name, value, expec
 def test_p2_sdk_values_of_another_type_are_rejected(type_name, value):
     with pytest.raises(ValueRejected):
         coerce_sdk_value(type_name, value)
+
+
+@given(st.sampled_from(["+81", "+810", "+8190", "+8170", "+8180", "+8160", "+8100", "+8150", "+8120", "+82", "+1"]),
+       st.text(alphabet="0123456789", min_size=0, max_size=12))
+@example("+8190", "12345678")
+@example("+8190", "02345678")
+@example("+8160", "12345678")
+def test_u9_japanese_mobile_shortcut_answers_as_phonenumbers_does(prefix: str, digits: str) -> None:
+    """Issue 14: `_e164`'s shortcut for Japanese mobile numbers already in E.164 gives
+    what phonenumbers gives (the number itself, valid), and every other number still
+    goes through phonenumbers."""
+    from services.domain import values_contact
+
+    compact = prefix + digits
+    values_contact._e164.cache_clear()
+    assert values_contact._e164(compact) == values_contact._parsed_e164(compact)
+
+
+def test_u9_japanese_mobile_shortcut_is_taken() -> None:
+    """The shortcut is not vacuous: a JP mobile number in E.164 is answered without
+    phonenumbers (monkeypatched to fail here), and its answer is the library's."""
+    from services.domain import values_contact
+
+    number = "+819012345678"
+    values_contact._e164.cache_clear()
+    expected = values_contact._parsed_e164(number)
+    assert expected == number
+    saved = values_contact._parsed_e164
+    values_contact._parsed_e164 = None  # type: ignore[assignment]
+    try:
+        assert values_contact._e164(number) == expected
+    finally:
+        values_contact._parsed_e164 = saved
+        values_contact._e164.cache_clear()
