@@ -75,9 +75,16 @@ def normalize_mobile(raw: str) -> str:
 # and import row with a new number paid it). The patterns are read from phonenumbers'
 # metadata, so the shortcut follows the library; tests/unit/test_values.py holds its
 # answers equal to the library's.
-_JP = phonenumbers.PhoneMetadata.metadata_for_region("JP")
-_JP_MOBILE = re.compile(rf"\+81((?:{_JP.mobile.national_number_pattern}))", re.ASCII)
-_JP_GENERAL = re.compile(_JP.general_desc.national_number_pattern, re.ASCII)
+def _jp_pattern(kind: str) -> str:
+    """The national number pattern of Japan's `kind` (`mobile`, `general_desc`) in phonenumbers' metadata."""
+    desc = getattr(phonenumbers.PhoneMetadata.metadata_for_region("JP"), kind)
+    pattern = desc.national_number_pattern
+    assert isinstance(pattern, str), f"phonenumbers has no {kind} pattern for JP"
+    return pattern
+
+
+_JP_MOBILE = re.compile(rf"\+81((?:{_jp_pattern('mobile')}))", re.ASCII)
+_JP_GENERAL = re.compile(_jp_pattern("general_desc"), re.ASCII)
 
 
 # SDK facts repeat the same user's number on every boot; the cache makes those free.
