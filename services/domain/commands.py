@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
-from .core import Work, handles
+from typing import Any
+
+from . import limits
+from .channel import ChannelSettings
+from .core import Fact, Outcome, Work, handles, handles_plainly
+from .directory import Directory
 from .hygiene import clean_member_id
 from .ids import fact_user_id, member_user_id
-from .profile import profile_values, promote, set_flags, set_values
-from .saga import approve, cancel_pending, offer_to_leads, refresh_candidates
+from .limits import user_chars
+from .priority import update_wins
+from .profile import FLAG_ATTRS, profile_values, promote, set_flags, set_values
+from .saga import approve, cancel_pending, member_candidates, offer_to_leads, refresh_candidates
+from .sdk import _offered, _publish, _qualified, _shown_value
 from .user import EMAIL, MOBILE, User, Value
 from .values import Rejected, parse_tags
 
@@ -185,3 +193,206 @@ def erase(w: Work, user: User) -> None:
     user = w.directory.get(user.id) or user
     w.outcome.erased.append(user.id)
     w.put(user.husk(deleted=True))
+
+
+# -- plain paths (core.PLAIN) -----------------------------------------------------------
+# The commonest commands of the live and replay mixes (an API upsert of a member, a
+# staff edit of a member or lead, a delivery record), applied as sdk.py's plain paths
+# are: each decides first, from the user as it is, everything that could refuse the fact
+# or make it do more than it knows how to, and returns None *before any change* when
+# that is the case (the handler above then applies the fact, and refuses it with its
+# reason). What it changes it knows, so it knows the message's changed keys without the
+# undo log, the snapshot and the diff of the general path. The size (limits) is the one
+# check that needs the changed user: it comes before anything else moves, and what it
+# set for it is put back when the user would be too large.
+# tests/unit/test_core_differential.py holds every outcome and state equal to the oracle's.
+
+
+def _flag_keys(user: User, msg: Any) -> list[str] | None:
+    """set_flags' changes (P1) as the keys the view shows them by (hasPushToken is not
+    shown); None when the command sets no flag to a new value."""
+    keys: list[str] | None = None
+    for key, attr in FLAG_ATTRS.items():
+        value = getattr(msg, key)
+        if value is not None and getattr(user, attr) != value:
+            if keys is None:
+                keys = []
+            if key in _SHOWN_FLAGS:
+                keys.append(key)
+    return keys
+
+
+_SHOWN_FLAGS = frozenset({"unsubscribeEmail", "unsubscribeTexting"})  # user_view's keys of set_flags' attributes
+
+
+def _won(old_fields: dict[str, Value], values: dict[str, Value]) -> dict[str, Value]:
+    """set_values' winners (C4, P3), without changing anything."""
+    return {key: new for key, new in values.items() if update_wins(key, new, old_fields.get(key))} if values else values
+
+
+def _field_keys(old_fields: dict[str, Value], new_fields: dict[str, Value], won: dict[str, Value]) -> list[str]:
+    """The view's keys the values that won move: `name`, `profile.*` (their shown value)
+    and `qualified` (C4) when a contact moved."""
+    keys = [key for key, new in won.items() if _shown_value(old_fields.get(key)) != new.v]
+    if (EMAIL in won or MOBILE in won) and _qualified(old_fields) != _qualified(new_fields):
+        keys.append("qualified")
+    return keys
+
+
+@handles_plainly("member.upsert")
+def plain_member_upsert(d: Directory, fact: Fact, settings: ChannelSettings, messages: bool) -> Outcome | None:
+    """`on_member_upsert` for an upsert that updates a live member or creates a new one.
+    None sends the fact to the handler: a masked member (I17: publication.publish
+    decides what its message shows), a new member in a channel with an MU limit (I17:
+    maybe masked), a member whose qualified contacts are offered to leads holding them
+    (U5: saga.offer_to_leads notes it on them), both ids of the memberId taken (B3), a
+    member that would grow past the size limit."""
+    msg = fact.msg
+    ch, at = msg.channelId, fact.at
+    member_id = clean_member_id(msg.memberId)  # G1: refusals raise here, before any change
+    values = profile_values(msg.profile, settings, qualified=True, member=True, at=at) if msg.profile else {}
+    if msg.name is not None:
+        values["name"] = Value(msg.name, True, True, at)
+    user = d.by_member(ch, member_id)
+    if user is None:
+        return _new_member(d, fact, settings, member_id, values, messages)
+    if user.masked:
+        return None
+    old_fields = user.fields
+    won = _won(old_fields, values)
+    new_fields = {**old_fields, **won} if won else old_fields
+    contacts = EMAIL in won or MOBILE in won
+    if (EMAIL in new_fields or MOBILE in new_fields) and _offered(d, user, new_fields):
+        return None  # U5
+    flags = _flag_keys(user, msg)
+    if won:
+        user.fields = new_fields
+        if user_chars(user) > limits.MAX_USER_CHARS:
+            user.fields = old_fields
+            return None  # on_member_upsert refuses it (user_too_large)
+
+    # Nothing below can fail.
+    if flags is not None:
+        set_flags(user, msg)
+    user.last_contact_at = max(user.last_contact_at or at, at)
+    if contacts:
+        d.put(user)  # its contact keys (identities) moved
+    else:
+        d.touched(user)
+    keys = _field_keys(old_fields, new_fields, won) if won else []
+    if flags:
+        keys.extend(flags)
+    return Outcome(publications=_publish(user, keys, fact, messages))
+
+
+def _new_member(
+    d: Directory, fact: Fact, settings: ChannelSettings, member_id: str, values: dict[str, Value], messages: bool,
+) -> Outcome | None:
+    """A member.upsert of a memberId no live user has: a new member (its first message,
+    `created`)."""
+    msg = fact.msg
+    ch, at = msg.channelId, fact.at
+    if settings.mu_budget is not None:
+        return None  # I17: a new MU, maybe masked
+    uid = member_user_id(ch, member_id)
+    if d.get(uid) is not None:  # that memberId was deleted once (B3): a new person
+        uid = member_user_id(ch, member_id, at)
+        if d.get(uid) is not None:
+            return None  # on_member_upsert replaces that user
+    user = User(id=uid, channel_id=ch, type="member", member_id=member_id, created_at=at, updated_at=at)
+    user.fields = dict(values)  # every value wins on a user with none (set_values)
+    if (EMAIL in values or MOBILE in values) and _offered(d, user, user.fields):
+        return None  # U5
+    if user_chars(user) > limits.MAX_USER_CHARS:
+        return None  # on_member_upsert refuses it (user_too_large)
+    set_flags(user, msg)
+    user.last_contact_at = at
+    d.put(user)
+    return Outcome(publications=_publish(user, [], fact, messages))
+
+
+@handles_plainly("profile.update")
+def plain_profile_update(d: Directory, fact: Fact, settings: ChannelSettings, messages: bool) -> Outcome | None:
+    """`on_profile_update` for staff and API edits of a live member or lead (C4:
+    qualified). None sends the fact to the handler: an unknown, deleted or merged user
+    (U8: refused there), an anonymous user (C2: maybe promoted), a masked user (I17), a
+    lead with a unification candidate it was not offered yet (U5: noted on it), a member
+    whose qualified contacts are offered to leads (U5), a user that would grow past the
+    size limit."""
+    msg = fact.msg
+    ch, at = msg.channelId, fact.at
+    user = d.get(msg.userId)
+    if user is None or user.deleted or user.channel_id != ch or user.merged_into is not None:
+        return None  # _live refuses it (unknown_user, merged_user)
+    if user.type == "anonymous" or user.masked:
+        return None
+    is_member = user.type == "member"
+    values = profile_values(msg.profile, settings, qualified=True, member=is_member, at=at) if msg.profile else {}
+    if msg.name is not None:
+        values["name"] = Value(msg.name, True, is_member, at)
+    tags = None if msg.tags is None else _tags(msg.tags)  # a bad tag raises here
+    old_fields, old_tags = user.fields, user.tags
+    won = _won(old_fields, values)
+    new_fields = {**old_fields, **won} if won else old_fields
+    contacts = EMAIL in won or MOBILE in won
+    if is_member:
+        if (EMAIL in new_fields or MOBILE in new_fields) and _offered(d, user, new_fields):
+            return None  # U5
+    elif not user.blocked:  # saga.refresh_candidates, whether or not a contact moved
+        user.fields = new_fields
+        fresh = any(m not in user.offered for m in member_candidates(d, user))
+        user.fields = old_fields
+        if fresh:
+            return None  # U5: the lead's new candidates are noted on it
+    flags = _flag_keys(user, msg)
+    retagged = tags is not None and tags != old_tags
+    if won or retagged:
+        user.fields = new_fields
+        if retagged:
+            user.tags = tags  # type: ignore[assignment]
+        if user_chars(user) > limits.MAX_USER_CHARS:
+            user.fields, user.tags = old_fields, old_tags
+            return None  # on_profile_update refuses it (user_too_large)
+
+    # Nothing below can fail.
+    if tags is not None and not retagged:
+        user.tags = tags  # the same tags, as on_profile_update sets them
+    if flags is not None:
+        set_flags(user, msg)
+    user.last_contact_at = max(user.last_contact_at or at, at)
+    if contacts:
+        d.put(user)  # its contact keys (identities) moved
+    else:
+        d.touched(user)
+    keys = _field_keys(old_fields, new_fields, won) if won else []
+    if retagged:
+        keys.append("tags")
+    if flags:
+        keys.extend(flags)
+    return Outcome(publications=_publish(user, keys, fact, messages))
+
+
+@handles_plainly("marketing.delivered")
+def plain_delivered(d: Directory, fact: Fact, settings: ChannelSettings, messages: bool) -> Outcome | None:
+    """`on_delivered`: the campaign noted on the user the id resolves to (U4), its last
+    contact moved (B4). None sends the fact to the handler: an unknown or deleted user
+    (refused there), a user that would grow past the size limit."""
+    msg = fact.msg
+    ch, at = msg.channelId, fact.at
+    user = d.resolve(msg.userId)
+    if user is None or user.deleted or user.channel_id != ch or user.merged_into is not None:
+        return None  # _resolved refuses it
+    # A masked user's message shows its campaigns (I17 hides the personal data only): the
+    # same key as anyone's.
+    old = user.delivered
+    new = old if msg.campaignId in old else sorted({*old, msg.campaignId})
+    if new is not old:
+        user.delivered = new
+        if user_chars(user) > limits.MAX_USER_CHARS:
+            user.delivered = old
+            return None  # on_delivered refuses it (user_too_large)
+
+    # Nothing below can fail.
+    user.last_contact_at = max(user.last_contact_at or at, at)
+    d.touched(user)
+    return Outcome(publications=_publish(user, [] if new is old else ["deliveredCampaigns"], fact, messages))

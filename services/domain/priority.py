@@ -49,7 +49,14 @@ def update_wins(key: str, new: Value, old: Value | None) -> bool:
         return True
     if key in WRITE_ONCE:
         return _once_rank(new) < _once_rank(old)
-    return (new.q, new.t, _canon(new.v), new.m) > (old.q, old.t, _canon(old.v), old.m)
+    # (new.q, new.t, _canon(new.v), new.m) > (old.q, old.t, _canon(old.v), old.m), the
+    # canonical texts made only when qualification and time tie (rarely: they cost two
+    # orjson calls, and every profile value of every fact is decided here).
+    if new.q != old.q:
+        return new.q > old.q
+    if new.t != old.t:
+        return new.t > old.t
+    return (_canon(new.v), new.m) > (_canon(old.v), old.m)
 
 
 def _merge_rank(val: Value) -> tuple[bool, bool, bool, int, bytes]:
@@ -65,4 +72,8 @@ def merge_winner(key: str, a: Value | None, b: Value | None) -> Value | None:
         return a if b is None else b
     if key in WRITE_ONCE:
         return a if _once_rank(a) <= _once_rank(b) else b
-    return a if _merge_rank(a) >= _merge_rank(b) else b
+    # _merge_rank(a) >= _merge_rank(b), the canonical texts made only on a tie of the rest.
+    ra, rb = (a.q, a.m, a.v is not None, a.t), (b.q, b.m, b.v is not None, b.t)
+    if ra != rb:
+        return a if ra > rb else b
+    return a if _canon(a.v) >= _canon(b.v) else b

@@ -175,11 +175,18 @@ def publish(
             return after, []
         change = "merged" if after.merged_into is not None else "deleted"
         version = after.version + 1
+        # The husk is the fact's own new state (a merge's retired source, an erasure's
+        # husk): its version moves in place, as a working copy's below (replace() of a
+        # 34-field user cost ~8 µs of every merge of a published lead).
+        if after is before:  # a stored instance is never changed in place
+            after = replace(after, version=version)
+        else:
+            after.version = version
         if not messages:
-            return replace(after, version=version), []
+            return after, []
         msg = _message(after, version, change, [], causation_id, at, None)
         msg["mergedInto"] = after.merged_into
-        return replace(after, version=version), [Publication(key, _dumps(msg)), Publication(key, None)]
+        return after, [Publication(key, _dumps(msg)), Publication(key, None)]
 
     if after.type == "anonymous":
         return after, []

@@ -131,3 +131,17 @@ def test_p3_write_once_keeps_the_earliest_value_in_merges_and_updates(key: str, 
         earliest = min(v.t for v in present)
         assert cur is not None and cur.t == earliest and cur.v is not None
         assert merged is not None and merged.t == earliest and merged.v is not None
+
+
+@settings(max_examples=2_000)
+@given(keys, values, st.one_of(st.none(), values), values)
+def test_u3_c4_p3_the_lazy_comparisons_decide_as_the_reference_ranks(key: str, a: Value, b: Value | None, c: Value) -> None:
+    """Issue 14: update_wins and merge_winner build the values' canonical texts only on
+    a tie of the rest; they decide exactly as the reference definitions (tests/oracle/
+    priority.py, the full tuples compared), ties and clears included."""
+    from tests.oracle import priority as reference
+
+    assert update_wins(key, a, b) == reference.update_wins(key, a, b)
+    assert merge_winner(key, a, c) == reference.merge_winner(key, a, c)
+    assert merge_winner(key, b, c) == reference.merge_winner(key, b, c)
+    assert merge_winner(key, a, b) == reference.merge_winner(key, a, b)
