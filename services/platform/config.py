@@ -101,6 +101,9 @@ class Settings(BaseSettings):
     # their traffic (services/projection/assignor.py), "range" deals contiguous blocks.
     partition_assignor: Literal["load", "range"] = Field(
         default="load", validation_alias=_env("UNIFIER_PARTITION_ASSIGNOR", "partition_assignor"))
+    # Batch N+1 applied in memory while N commits (services/projection/pipeline.py); off:
+    # one batch at a time, the path every failure falls back to anyway.
+    pipeline: bool = Field(default=True, validation_alias=_env("UNIFIER_PIPELINE", "pipeline"))
 
     # -- Kafka clients -------------------------------------------------------------------
     # Idempotent producers: on for Apache Kafka (a retried send is never doubled);

@@ -112,7 +112,7 @@ async def _projection_only(settings: Settings) -> int:
         projection = Projection(
             pool, settings.kafka_bootstrap, Topics(settings.topic_prefix), settings.consumer_group, settings.batch_max,
             settings.resident_users, session_timeout_ms=settings.kafka_session_timeout_ms,
-            assignor=settings.partition_assignor,
+            assignor=settings.partition_assignor, pipelined=settings.pipeline,
         )
         await projection.run(stop)
     finally:

@@ -33,6 +33,7 @@ def test_defaults_when_nothing_is_set() -> None:
     assert (settings.http_addr, settings.http_host, settings.http_port) == ("127.0.0.1:8080", "127.0.0.1", 8080)
     assert settings.embedded is None and settings.embedded_allowed  # a laptop: embedded servers allowed
     assert settings.log_format == "json" and settings.log_level is None
+    assert settings.pipeline is True  # issue 14 item 4: batches pipelined unless turned off
 
 
 def test_every_variable_overrides_its_default(tmp_path: Path) -> None:
@@ -61,6 +62,7 @@ def test_every_variable_overrides_its_default(tmp_path: Path) -> None:
             "UNIFIER_LOG_LEVEL": "DEBUG",
             "UNIFIER_LOG_FORMAT": "text",
             "UNIFIER_IMPORT_STALL_AFTER_ROWS": "7",
+            "UNIFIER_PIPELINE": "false",
         }
     )
 
@@ -78,6 +80,7 @@ def test_every_variable_overrides_its_default(tmp_path: Path) -> None:
     assert settings.kafka_sasl_password is not None and settings.kafka_sasl_password.get_secret_value() == PASSWORD
     assert (settings.log_level, settings.log_format) == ("DEBUG", "text")
     assert settings.import_stall_after_rows == 7
+    assert settings.pipeline is False
 
 
 def test_every_field_is_read_from_one_documented_variable() -> None:
