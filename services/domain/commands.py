@@ -239,6 +239,18 @@ def _field_keys(old_fields: dict[str, Value], new_fields: dict[str, Value], won:
     return keys
 
 
+def _settle(d: Directory, user: User, msg: Any, flags: list[str] | None, at: int, contacts: bool) -> None:
+    """The last steps of a plain upsert or edit, once nothing can fail: the flags (P1),
+    the last contact, and the directory (re-indexed only when a contact key moved)."""
+    if flags is not None:
+        set_flags(user, msg)
+    user.last_contact_at = max(user.last_contact_at or at, at)
+    if contacts:
+        d.put(user)
+    else:
+        d.touched(user)
+
+
 @handles_plainly("member.upsert")
 def plain_member_upsert(d: Directory, fact: Fact, settings: ChannelSettings, messages: bool) -> Outcome | None:
     """`on_member_upsert` for an upsert that updates a live member or creates a new one.
@@ -272,13 +284,7 @@ def plain_member_upsert(d: Directory, fact: Fact, settings: ChannelSettings, mes
             return None  # on_member_upsert refuses it (user_too_large)
 
     # Nothing below can fail.
-    if flags is not None:
-        set_flags(user, msg)
-    user.last_contact_at = max(user.last_contact_at or at, at)
-    if contacts:
-        d.put(user)  # its contact keys (identities) moved
-    else:
-        d.touched(user)
+    _settle(d, user, msg, flags, at, contacts)
     keys = _field_keys(old_fields, new_fields, won) if won else []
     if flags:
         keys.extend(flags)
@@ -357,13 +363,7 @@ def plain_profile_update(d: Directory, fact: Fact, settings: ChannelSettings, me
     # Nothing below can fail.
     if tags is not None and not retagged:
         user.tags = tags  # the same tags, as on_profile_update sets them
-    if flags is not None:
-        set_flags(user, msg)
-    user.last_contact_at = max(user.last_contact_at or at, at)
-    if contacts:
-        d.put(user)  # its contact keys (identities) moved
-    else:
-        d.touched(user)
+    _settle(d, user, msg, flags, at, contacts)
     keys = _field_keys(old_fields, new_fields, won) if won else []
     if retagged:
         keys.append("tags")

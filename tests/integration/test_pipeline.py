@@ -21,35 +21,16 @@ from services.projection.isolation import NOT_THE_RECORD, apply_isolating
 from services.projection.pipeline import Pipeline
 from services.projection.records import Record
 from services.projection.resident import ResidentUsers
-from services.replay import workload
 from services.replay.digest import state_digest
 from services.store import repository as repo
-from services.store.pool import create_pool
-from tests.integration.test_resident import CHANNELS, MU_CHANNEL, TOPICS, _records
-from tests.integration.test_resident_live import _rows
-from tests.support.infra import drop_schema
-
-CHUNK = 250
+from tests.integration.test_resident import TOPICS, _records
+from tests.integration.test_resident_live import _chunks, _rows, channel_pools
 
 
 @pytest_asyncio.fixture
 async def pools(settings: Settings) -> AsyncIterator[list[asyncpg.Pool]]:
-    assert settings.database_url is not None
-    names = [f"{settings.db_schema}_{k}" for k in ("serial", "piped", "tiny")]
-    made = [await create_pool(settings.database_url, n) for n in names]
-    for p in made:
-        for ch in workload.hashed_channels(CHANNELS):
-            await p.execute("INSERT INTO channels (channel_id, member_hash_secret) VALUES ($1, $2)", ch, workload.HASHED_CHANNEL_SECRET)
-        await p.execute("INSERT INTO channels (channel_id, mu_limit) VALUES ($1, 25)", MU_CHANNEL)
-    yield made
-    for p in made:
-        await p.close()
-    for n in names:
-        await drop_schema(settings.database_url, n)
-
-
-def _chunks(records: list[Record]) -> list[list[Record]]:
-    return [records[i : i + CHUNK] for i in range(0, len(records), CHUNK)]
+    async for made in channel_pools(settings, ("serial", "piped", "tiny")):
+        yield made
 
 
 def _pipeline(pool: asyncpg.Pool, resident: ResidentUsers) -> Pipeline:

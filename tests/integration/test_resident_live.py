@@ -31,8 +31,15 @@ CHUNK = 250
 
 @pytest_asyncio.fixture
 async def pools(settings: Settings) -> AsyncIterator[list[asyncpg.Pool]]:
+    async for made in channel_pools(settings, ("load", "res", "tiny")):
+        yield made
+
+
+async def channel_pools(settings: Settings, kinds: tuple[str, ...]) -> AsyncIterator[list[asyncpg.Pool]]:
+    """One schema per kind with the workload's channels (hashed ones, the MU-limited
+    one); the body of a fixture: dropped after its one yield."""
     assert settings.database_url is not None
-    names = [f"{settings.db_schema}_{k}" for k in ("load", "res", "tiny")]
+    names = [f"{settings.db_schema}_{k}" for k in kinds]
     made = [await create_pool(settings.database_url, n) for n in names]
     for p in made:
         for ch in workload.hashed_channels(CHANNELS):
