@@ -37,6 +37,7 @@ _CONFLICT_RETRIES = 20
 _RETRIED: tuple[type[BaseException], ...] = (repo.Conflict, *RETRIED)
 _OUTAGE_BACKOFF_MAX_S = 5.0
 _MEASURE_S = 3.0  # the partitions' load, before a join: the group waits for it
+_HINT_WAIT_S = 2.0  # at a stop, for the last offset hint (Kafka's offsets are a hint: the store decides)
 
 
 class Stopped(Exception):
@@ -111,6 +112,7 @@ class Projection:
         self._fetched: dict[TopicPartition, int] = {}  # next offset after what we fetched
         self.clocks = PartitionClocks()  # bounds record timestamps as they are fetched
         self._clocks_stale: set[TopicPartition] = set()  # sought ahead: reload their clocks
+        self._hints: set[asyncio.Future[None]] = set()  # offset hints on their way to Kafka
 
     async def measure_load(self) -> None:
         """Each inbound partition number's (backlog, applied) for the assignor to send at
@@ -215,6 +217,10 @@ class Projection:
                 except Stopped:
                     log.warning("stopped while the database was unavailable; the batch in hand is re-read at the next start")
         finally:
+            # The last batch's hint is let through first: stopping the client under it
+            # makes aiokafka log the commit's closed connection as an error.
+            if self._hints:
+                await asyncio.wait(self._hints, timeout=_HINT_WAIT_S)
             await self.consumer.stop()
 
     async def apply(self, records: list[Record]) -> BatchResult:
@@ -300,7 +306,9 @@ class Projection:
             self.merge.drop_below((topic, partition), offset)
             hint[tp] = offset
         if hint:
-            asyncio.ensure_future(self._commit_hint(hint))
+            sent = asyncio.ensure_future(self._commit_hint(hint))
+            self._hints.add(sent)
+            sent.add_done_callback(self._hints.discard)
 
     async def _reload_clocks(self) -> None:
         """Partitions sought ahead by _follow_store: read on from the stored offset with
