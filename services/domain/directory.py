@@ -134,15 +134,32 @@ class Directory:
             return
         old = self._ids.get(user.id)
         keys = identities(user)
-        if keys == old:  # most changes (a visit, a profile edit) keep the lookup keys
-            self._users[user.id] = user
-            self._sigs[user.id] = _signature(user)
+        if keys == old or old is None:  # most changes (a visit, a profile edit) keep the lookup keys
+            if old is None:
+                self._index(user, keys)
+            else:
+                self._users[user.id] = user
+                self._sigs[user.id] = _signature(user)
         else:
-            for kind, value, _q in old or ():
-                bucket = self._by_key.get((user.channel_id, kind, value))
+            # Only the keys that moved (issue 14: a login adds one veil to a member that
+            # may hold many). A bucket is named without the qualification, so a contact
+            # that only became qualified (or not) stays in its bucket; a bucket left
+            # empty stays, as it always did here (evict drops empty ones).
+            by_key, channel_id, user_id = self._by_key, user.channel_id, user.id
+            gone = {(kind, value) for kind, value, _q in old} - {(kind, value) for kind, value, _q in keys}
+            for kind, value in gone:
+                bucket = by_key.get((channel_id, kind, value))
                 if bucket is not None:
-                    bucket.discard(user.id)
-            self._index(user, keys)
+                    bucket.discard(user_id)
+            for kind, value, _q in keys - old:
+                bucket = by_key.get((channel_id, kind, value))
+                if bucket is None:
+                    by_key[(channel_id, kind, value)] = {user_id}
+                else:
+                    bucket.add(user_id)
+            self._users[user_id] = user
+            self._ids[user_id] = keys
+            self._sigs[user_id] = _signature(user)
         self.changed[user.id] = user
 
     def touched(self, user: User) -> None:
