@@ -7,7 +7,7 @@ projection which users to write back.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, KeysView
 
 from .user import CONTACT_KEYS, EMAIL, MOBILE, User, Value
 
@@ -39,15 +39,6 @@ def _signature(user: User) -> _Sig:
     f = user.fields
     return (user.deleted, user.merged_into, user.member_id, user.pending_into, f.get(EMAIL), f.get(MOBILE),
             frozenset(user.veils))
-
-
-def _same_signature(sig: _Sig, user: User) -> bool:
-    f = user.fields
-    return (
-        sig[0] == user.deleted and sig[1] == user.merged_into and sig[2] == user.member_id
-        and sig[3] == user.pending_into and sig[4] == f.get(EMAIL) and sig[5] == f.get(MOBILE)
-        and user.veils.keys() == sig[6]
-    )
 
 
 class GradeBook:
@@ -126,24 +117,67 @@ class Directory:
         return [self._users[i] for i in sorted(self._by_key.get((channel_id, "pending", target_id), ()))]
 
     def put(self, user: User) -> None:
-        """Replace a user's state (or add a new user) and re-index it."""
-        sig = self._sigs.get(user.id)
-        if sig is not None and _same_signature(sig, user):  # the identities cannot have moved
-            self._users[user.id] = user
-            self.changed[user.id] = user
-            return
-        old = self._ids.get(user.id)
+        """Replace a user's state (or add a new user) and re-index the keys that moved."""
+        user_id = user.id
+        sig = self._sigs.get(user_id)
+        if sig is not None:
+            veils = user.veils.keys()
+            f = user.fields
+            if (sig[0] == user.deleted and sig[1] == user.merged_into and sig[2] == user.member_id
+                    and sig[3] == user.pending_into and sig[4] == f.get(EMAIL) and sig[5] == f.get(MOBILE)):
+                self._users[user_id] = user
+                self.changed[user_id] = user
+                if veils != sig[6]:  # only veils moved (a login merging a visitor adds its veils)
+                    self._move_veils(user, sig[6], veils)
+                return
+        old = self._ids.get(user_id)
         keys = identities(user)
-        if keys == old:  # most changes (a visit, a profile edit) keep the lookup keys
-            self._users[user.id] = user
-            self._sigs[user.id] = _signature(user)
-        else:
-            for kind, value, _q in old or ():
-                bucket = self._by_key.get((user.channel_id, kind, value))
-                if bucket is not None:
-                    bucket.discard(user.id)
+        if old is None:
             self._index(user, keys)
-        self.changed[user.id] = user
+        elif keys == old:  # most changes (a visit, a profile edit) keep the lookup keys
+            self._users[user_id] = user
+            self._sigs[user_id] = _signature(user)
+        else:
+            # Only the keys that moved (issue 14). A bucket is named without the
+            # qualification: a contact that only became qualified (or not) stays in it.
+            # A bucket left empty stays, as it always did here (evict drops empty ones).
+            by_key, channel_id = self._by_key, user.channel_id
+            for kind, value, q in old - keys:
+                if (kind, value, not q) not in keys:
+                    bucket = by_key.get((channel_id, kind, value))
+                    if bucket is not None:
+                        bucket.discard(user_id)
+            for kind, value, _q in keys - old:
+                bucket = by_key.get((channel_id, kind, value))
+                if bucket is None:
+                    by_key[(channel_id, kind, value)] = {user_id}
+                else:
+                    bucket.add(user_id)
+            self._users[user_id] = user
+            self._ids[user_id] = keys
+            self._sigs[user_id] = _signature(user)
+        self.changed[user_id] = user
+
+    def _move_veils(self, user: User, was: frozenset[str], now: KeysView[str]) -> None:
+        """Everything `identities` reads but the veils is as indexed: only veil keys
+        move (none for a dead user, which has no keys and stays dead)."""
+        by_key, channel_id, user_id = self._by_key, user.channel_id, user.id
+        if user.alive:
+            ids = self._ids[user_id]
+            gone, came = was - now, now - was
+            for veil in gone:
+                bucket = by_key.get((channel_id, "veil", veil))
+                if bucket is not None:
+                    bucket.discard(user_id)
+            for veil in came:
+                bucket = by_key.get((channel_id, "veil", veil))
+                if bucket is None:
+                    by_key[(channel_id, "veil", veil)] = {user_id}
+                else:
+                    bucket.add(user_id)
+            self._ids[user_id] = (ids - {("veil", v, True) for v in gone}) | {("veil", v, True) for v in came}
+        sig = self._sigs[user_id]
+        self._sigs[user_id] = (*sig[:6], frozenset(now))  # type: ignore[assignment]
 
     def touched(self, user: User) -> None:
         """`user`, held here, was changed in place in nothing `identities` reads (a

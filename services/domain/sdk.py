@@ -282,6 +282,9 @@ def plain_visit(d: Directory, fact: Fact, settings: ChannelSettings, messages: b
         if EMAIL in values or MOBILE in values:
             return None  # C2, C4: a visitor's contact data
         return _first_visit(d, fact, veil, values)
+    member = None if member_id is None else d.by_member(ch, member_id)
+    if member is not None and member is not user:
+        return None  # U2: merged into the member (or the veil released); decided first, a third of logins
 
     platform: PlatformName
     if msg.type == "boot":
@@ -297,15 +300,12 @@ def plain_visit(d: Directory, fact: Fact, settings: ChannelSettings, messages: b
         if logged_out(user, veil, at):
             return None  # S3: a new anonymous user
     else:
-        member = d.by_member(ch, member_id)
         if member is None:
             if user.type == "member":
                 return None  # another member's browser: the veil changes hands (U1)
             if user.type == "anonymous" and settings.mu_budget is not None:
                 return None  # I17: a new MU, maybe masked
             becomes = True
-        elif member is not user:
-            return None  # U2: merged into the member (or the veil released)
         if d.pending_for(ch, user.id):
             return None  # U5: the member's login fires the unifications waiting for it
     if user.type == "anonymous" and not becomes and has_contact(user):

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .priority import merge_winner
-from .user import Platform, User
+from .user import Platform, User, bare_user
 
 IMPORT_TAG_LIMIT = 30  # P5
 
@@ -57,18 +57,31 @@ def merge(source: User, target: User, at: int, causation_id: str) -> tuple[User,
     if source.channel_id != target.channel_id:  # T1
         raise MergeRefused("users of different channels never merge")
 
-    t = target.copy()
+    # The target is built in one pass, each slot set once (issue 14: a copy of the
+    # target whose lists, platforms and fields were then replaced cost twice the work).
+    # Every slot of User is set here; test_domain_unification checks the result against
+    # the copy-then-replace definition, slot for slot.
+    fields = dict(target.fields)
+    t_fields = target.fields
     contested: list[Contested] = []
-    for key in sorted(source.fields.keys() | target.fields.keys()):
-        s_val, t_val = source.fields.get(key), target.fields.get(key)
+    for key in sorted(source.fields):  # a key only the target has stays as it is
+        s_val, t_val = source.fields[key], t_fields.get(key)
+        if t_val is None:
+            fields[key] = s_val  # new keys in sorted order, after the target's, as before
+            continue
         won = merge_winner(key, s_val, t_val)
-        if won is not None:
-            t.fields[key] = won
-        if s_val is not None and t_val is not None and s_val.v is not None and t_val.v is not None:
+        fields[key] = won  # type: ignore[assignment]  # both present: never None
+        if s_val.v is not None and t_val.v is not None:
             contested.append(Contested(key, "target" if won is t_val else "source", s_val.v, t_val.v))
 
+    t = bare_user()
+    t.id, t.channel_id, t.type, t.updated_at, t.member_id = target.id, target.channel_id, target.type, target.updated_at, target.member_id
+    t.fields = fields
+    t.blocked, t.masked, t.deleted, t.merged_into = target.blocked, target.masked, target.deleted, target.merged_into
+    t.offered, t.pending_into, t.pending_since = list(target.offered), target.pending_into, target.pending_since
+    t.last_login_at, t.version = target.last_login_at, target.version
     # U4: sessions add up, lastSeenAt is the later, createdAt the earlier.
-    t.sessions_count += source.sessions_count
+    t.sessions_count = target.sessions_count + source.sessions_count
     t.web = _merge_platform(target.web, source.web)
     t.mobile = _merge_platform(target.mobile, source.mobile)
     t.last_seen_at = _max(target.last_seen_at, source.last_seen_at)
@@ -77,13 +90,13 @@ def merge(source: User, target: User, at: int, causation_id: str) -> tuple[User,
     t.created_at = min(target.created_at, source.created_at)
     if (source.last_seen_at or 0) > (target.last_seen_at or 0):
         # Locale follows the most recent visit.
-        t.language = source.language or t.language
-        t.city = source.city or t.city
-        t.country = source.country or t.country
+        t.language = source.language or target.language
+        t.city = source.city or target.city
+        t.country = source.country or target.country
     else:
-        t.language = t.language or source.language
-        t.city = t.city or source.city
-        t.country = t.country or source.country
+        t.language = target.language or source.language
+        t.city = target.city or source.city
+        t.country = target.country or source.country
     t.tags = sorted(set(target.tags) | set(source.tags))
     t.import_tags = _union(target.import_tags, source.import_tags)[-IMPORT_TAG_LIMIT:]
     t.delivered = sorted(set(target.delivered) | set(source.delivered))  # no campaign twice
@@ -91,8 +104,10 @@ def merge(source: User, target: User, at: int, causation_id: str) -> tuple[User,
     t.unsubscribe_email = target.unsubscribe_email or source.unsubscribe_email
     t.unsubscribe_texting = target.unsubscribe_texting or source.unsubscribe_texting
     t.has_push_token = target.has_push_token or source.has_push_token
+    veils = dict(target.veils)
     for veil, last in source.veils.items():
-        t.veils[veil] = max(last, t.veils.get(veil, last))
+        veils[veil] = max(last, veils.get(veil, last))
+    t.veils = veils
     t.mobile_veils = sorted({*target.mobile_veils, *source.mobile_veils})  # a veil has one owner: no conflict
     t.booted = target.booted or source.booted
     t.merged_user_ids = sorted({*target.merged_user_ids, source.id, *source.merged_user_ids})

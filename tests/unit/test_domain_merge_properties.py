@@ -145,3 +145,82 @@ def test_u3_c4_p3_the_lazy_comparisons_decide_as_the_reference_ranks(key: str, a
     assert merge_winner(key, a, c) == reference.merge_winner(key, a, c)
     assert merge_winner(key, b, c) == reference.merge_winner(key, b, c)
     assert merge_winner(key, a, b) == reference.merge_winner(key, a, b)
+
+
+# -- merge builds the target in one pass (issue 14) ---------------------------------------
+# The reference is merge's former definition: a copy of the target whose parts are then
+# replaced. The one-pass build must give the same user, slot for slot, dict order included.
+
+_words = st.one_of(st.none(), st.sampled_from(["ja", "en", "tokyo", "osaka"]))
+
+
+@st.composite
+def rich_users(draw: st.DrawFn, uid: str, type_: str) -> User:
+    user = draw(users(uid, type_))
+    user.language, user.city, user.country = draw(_words), draw(_words), draw(_words)
+    user.last_activity_at, user.last_contact_at = draw(st.none() | times), draw(st.none() | times)
+    user.import_tags = draw(st.lists(st.sampled_from([f"i{n}" for n in range(40)]), max_size=35, unique=True))
+    user.unsubscribe_email, user.unsubscribe_texting = draw(st.booleans()), draw(st.booleans())
+    user.has_push_token, user.booted = draw(st.booleans()), draw(st.booleans())
+    user.blocked, user.masked = draw(st.booleans()), draw(st.booleans())
+    veils = draw(st.dictionaries(st.sampled_from(["v1", "v2", "v3", f"{uid}_v"]), times, max_size=3))
+    user.veils = veils
+    user.mobile_veils = sorted(draw(st.lists(st.sampled_from(sorted(veils) or ["v9"]), max_size=2, unique=True)))
+    user.web.device = draw(st.dictionaries(st.sampled_from(["os", "browser"]), st.sampled_from(["a", "b"]), max_size=2))
+    user.mobile.device = draw(st.dictionaries(st.sampled_from(["os", "appName"]), st.sampled_from(["a", "b"]), max_size=2))
+    user.offered = sorted(draw(st.lists(st.sampled_from(["u_x", "u_y"]), max_size=2, unique=True)))
+    user.pending_into, user.pending_since = draw(st.none() | st.just("u_x")), draw(st.none() | times)
+    user.last_login_at, user.version, user.updated_at = draw(st.none() | times), draw(st.integers(0, 5)), draw(times)
+    return user
+
+
+def _reference_target(source: User, target: User) -> User:
+    """merge's target as it was built before issue 14 (copy, then replace)."""
+    from services.domain.unification import IMPORT_TAG_LIMIT, _max, _merge_platform, _union
+
+    t = target.copy()
+    for key in sorted(source.fields.keys() | target.fields.keys()):
+        won = merge_winner(key, source.fields.get(key), target.fields.get(key))
+        if won is not None:
+            t.fields[key] = won
+    t.sessions_count += source.sessions_count
+    t.web = _merge_platform(target.web, source.web)
+    t.mobile = _merge_platform(target.mobile, source.mobile)
+    t.last_seen_at = _max(target.last_seen_at, source.last_seen_at)
+    t.last_activity_at = _max(target.last_activity_at, source.last_activity_at)
+    t.last_contact_at = _max(target.last_contact_at, source.last_contact_at)
+    t.created_at = min(target.created_at, source.created_at)
+    if (source.last_seen_at or 0) > (target.last_seen_at or 0):
+        t.language, t.city, t.country = source.language or t.language, source.city or t.city, source.country or t.country
+    else:
+        t.language, t.city, t.country = t.language or source.language, t.city or source.city, t.country or source.country
+    t.tags = sorted(set(target.tags) | set(source.tags))
+    t.import_tags = _union(target.import_tags, source.import_tags)[-IMPORT_TAG_LIMIT:]
+    t.delivered = sorted(set(target.delivered) | set(source.delivered))
+    t.unsubscribe_email = target.unsubscribe_email or source.unsubscribe_email
+    t.unsubscribe_texting = target.unsubscribe_texting or source.unsubscribe_texting
+    t.has_push_token = target.has_push_token or source.has_push_token
+    for veil, last in source.veils.items():
+        t.veils[veil] = max(last, t.veils.get(veil, last))
+    t.mobile_veils = sorted({*target.mobile_veils, *source.mobile_veils})
+    t.booted = target.booted or source.booted
+    t.merged_user_ids = sorted({*target.merged_user_ids, source.id, *source.merged_user_ids})
+    return t
+
+
+@settings(max_examples=1_000, deadline=None, database=None)
+@given(rich_users("u_a", "lead"), rich_users("u_m", "member"))
+def test_u4_merge_builds_the_target_as_copy_then_replace_did(source: User, target: User) -> None:
+    before = (source.to_json(), target.to_json())
+    _, got, record = merge(source, target, 1, "ev")
+    want = _reference_target(source, target)
+    assert before == (source.to_json(), target.to_json())  # pure: inputs untouched
+    assert got.to_json() == want.to_json()  # every slot set (an unset one raises), equal
+    assert list(got.fields) == list(want.fields) and list(got.veils) == list(want.veils)  # dict order too
+    assert got == want
+    for mine, theirs in ((got.tags, target.tags), (got.offered, target.offered), (got.veils, target.veils),
+                         (got.fields, target.fields), (got.web.device, target.web.device)):
+        assert mine is not theirs  # nothing shared with the target, which the directory still holds
+    both = sorted(k for k in source.fields.keys() & target.fields.keys()
+                  if source.fields[k].v is not None and target.fields[k].v is not None)
+    assert [c.key for c in record.contested] == both
