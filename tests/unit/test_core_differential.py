@@ -265,6 +265,15 @@ _cmd_streams = st.lists(
 )
 
 
+def _facts_of(world: World, stream: list[Any]) -> Iterator[Any]:
+    """A stream's facts, each built when the one before it was applied to `world` (a
+    step's user index is resolved against the users `world` holds by then)."""
+    builder = Builder()
+    for channel, gap, step, _pick in stream:
+        users = sorted(u.id for u in world.directory.users() if u.channel_id == channel)
+        yield from builder.facts(channel, gap, step, users)
+
+
 class Builder:
     """Turns steps into parsed facts, resolving user indexes against the oracle's users."""
 
@@ -577,24 +586,21 @@ def test_the_stream_meets_the_rules_it_is_meant_to() -> None:
     seen: dict[str, int] = {}
     def meets(stream: list[Any]) -> bool:
         old = World(old_core, old_directory, old_channel, old_imports, old_mu)
-        builder = Builder()
         with _small_limits():
-            for channel, gap, step, _pick in stream:
-                users = sorted(u.id for u in old.directory.users() if u.channel_id == channel)
-                for msg in builder.facts(channel, gap, step, users):
-                    out = old.apply(msg, True)
-                    if out.merges:
-                        seen["merge"] = 1
-                    if out.rejection is not None:
-                        seen[out.rejection.code] = 1
-                    if out.notices:
-                        seen["G2"] = 1
-                    if out.erased:
-                        seen["erased"] = 1
-                    if any(p.value is not None and p.value["user"] and p.value["user"]["masked"] for p in out.publications):
-                        seen["masked"] = 1
-                    if any(t.failures and t.created for t in old.book.tallies.values()):
-                        seen["rows"] = 1
+            for msg in _facts_of(old, stream):
+                out = old.apply(msg, True)
+                if out.merges:
+                    seen["merge"] = 1
+                if out.rejection is not None:
+                    seen[out.rejection.code] = 1
+                if out.notices:
+                    seen["G2"] = 1
+                if out.erased:
+                    seen["erased"] = 1
+                if any(p.value is not None and p.value["user"] and p.value["user"]["masked"] for p in out.publications):
+                    seen["masked"] = 1
+                if any(t.failures and t.created for t in old.book.tallies.values()):
+                    seen["rows"] = 1
         return {"merge", "erased", "masked", "rows", "unknown_user", "user_too_large", "invalid_member_hash"} <= seen.keys()
 
     # Generation only: shrinking would re-run streams for nothing (`seen` accumulates).
@@ -671,12 +677,9 @@ def _takes_every_plain_path(monkeypatch: pytest.MonkeyPatch, streams: st.SearchS
 
     def meets(stream: list[Any]) -> bool:
         new = World(new_core, new_directory, new_channel, new_imports, new_mu)
-        builder = Builder()
         with _small_limits():
-            for channel, gap, step, _pick in stream:
-                users = sorted(u.id for u in new.directory.users() if u.channel_id == channel)
-                for msg in builder.facts(channel, gap, step, users):
-                    new.apply(msg, True)
+            for msg in _facts_of(new, stream):
+                new.apply(msg, True)
         return wanted <= seen
 
     try:
@@ -715,22 +718,19 @@ def test_the_import_streams_take_the_import_rows_plain_path(monkeypatch: pytest.
 
     def meets(stream: list[Any]) -> bool:
         new = World(new_core, new_directory, new_channel, new_imports, new_mu)
-        builder = Builder()
         with _small_limits():
-            for channel, gap, step, _pick in stream:
-                users = sorted(u.id for u in new.directory.users() if u.channel_id == channel)
-                for msg in builder.facts(channel, gap, step, users):
-                    counts = {k: (t.created, t.updated, t.failed) for k, t in new.book.tallies.items()}
-                    taken.clear()
-                    new.apply(msg, True)
-                    if msg.type != "import.row" or taken != [False]:
-                        continue
-                    t = new.book.tallies.get((msg.channelId, msg.importId))
-                    was = counts.get((msg.channelId, msg.importId), (0, 0, 0))
-                    if t is not None:
-                        for what, n, m in zip(("created", "updated", "failed"), (t.created, t.updated, t.failed), was, strict=True):
-                            if n > m:
-                                seen.add(f"handler {what}")
+            for msg in _facts_of(new, stream):
+                counts = {k: (t.created, t.updated, t.failed) for k, t in new.book.tallies.items()}
+                taken.clear()
+                new.apply(msg, True)
+                if msg.type != "import.row" or taken != [False]:
+                    continue
+                t = new.book.tallies.get((msg.channelId, msg.importId))
+                was = counts.get((msg.channelId, msg.importId), (0, 0, 0))
+                if t is not None:
+                    for what, n, m in zip(("created", "updated", "failed"), (t.created, t.updated, t.failed), was, strict=True):
+                        if n > m:
+                            seen.add(f"handler {what}")
         return wanted <= seen
 
     find(_import_streams, meets, settings=settings(max_examples=2_000, deadline=None, database=None,
