@@ -118,9 +118,16 @@ async def lock_offsets(conn: asyncpg.Connection, partitions: Sequence[tuple[str,
 async def lock_channels(conn: asyncpg.Connection, channel_ids: Iterable[str]) -> dict[str, int]:
     """The channel fence (schema.sql, channel_writers): lock the channels' rows for this
     transaction, in channel order (no deadlock between instances); their tokens."""
+    return (await lock_channels_held(conn, channel_ids))[0]
+
+
+async def lock_channels_held(conn: asyncpg.Connection, channel_ids: Iterable[str]) -> tuple[dict[str, int], int | None]:
+    """`lock_channels`, and this transaction's own token (None without channels): a row
+    it found missing and inserted holds that token (projection/pipeline.py checks tokens
+    read earlier). Read with the locked rows: no round trip of its own."""
     wanted = sorted(set(channel_ids))
     if not wanted:
-        return {}
+        return {}, None
     await conn.execute(
         """INSERT INTO channel_writers (channel_id, token)
            SELECT c, pg_current_xact_id()::text::bigint FROM unnest($1::text[]) AS c
@@ -128,18 +135,11 @@ async def lock_channels(conn: asyncpg.Connection, channel_ids: Iterable[str]) ->
         wanted,
     )
     rows = await conn.fetch(
-        "SELECT channel_id, token FROM channel_writers WHERE channel_id = ANY($1::text[]) ORDER BY channel_id FOR UPDATE",
+        """SELECT channel_id, token, pg_current_xact_id()::text::bigint FROM channel_writers
+           WHERE channel_id = ANY($1::text[]) ORDER BY channel_id FOR UPDATE""",
         wanted,
     )
-    return {r[0]: r[1] for r in rows}
-
-
-async def lock_channels_held(conn: asyncpg.Connection, channel_ids: Iterable[str]) -> tuple[dict[str, int], int]:
-    """`lock_channels`, and this transaction's own token: a row it found missing and
-    inserted holds that token (projection/pipeline.py checks tokens read earlier)."""
-    tokens = await lock_channels(conn, channel_ids)
-    own = await conn.fetchval("SELECT pg_current_xact_id()::text::bigint")
-    return tokens, int(own)
+    return {r[0]: r[1] for r in rows}, rows[0][2]
 
 
 async def channel_tokens(conn: asyncpg.Connection, channel_ids: Iterable[str]) -> dict[str, int]:
