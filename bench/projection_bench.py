@@ -801,6 +801,8 @@ async def profile_projection(
                                    resident_users=resident_users)
     finally:
         prof.disable()
+    if dump := os.environ.get("BENCH_PROFILE_DUMP"):  # the whole stats, for pstats/snakeviz
+        prof.dump_stats(dump)
     buf = io.StringIO()
     st = pstats.Stats(prof, stream=buf)
     st.sort_stats("tottime").print_stats(30)
