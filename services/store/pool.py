@@ -15,21 +15,23 @@ if TYPE_CHECKING:
     from services.platform.config import Settings
 
 
-# What asyncpg's array codec accepts as an array (or a sub-array), as concrete types.
-# asyncpg 0.32 asks `isinstance(x, collections.abc.Iterable)` and `Sized` of the value and
-# of every element of it (codecs/array.pyx, `_is_array_iterable`): a Python-level
-# ABCMeta.__instancecheck__ call each, two for a text element, ~0.3 µs an element. The
-# live projection passes ~10 array elements an event (users' columns, applied eventIds,
-# identity keys, activities): ~17 such calls an event (docs/decisions.md, "Issue 14,
-# session 9: array parameters"). Against a short tuple of types isinstance is answered
-# in C (each type in it is one more check for every element: the tuple is kept to the
-# containers this code passes). What changes: an array parameter must be a list, tuple,
-# set or frozenset (before: any sized iterable but a str, bytes or mapping; none else is
-# passed here); an element that is a str, bytes or any other non-list/tuple value is
-# encoded as one element, as before. Only the array codec reads these two names (Mapping,
-# read by the record codec too, is left as it is); tests/integration/test_store.py pins
-# the names and the encodings, so an asyncpg that reads them differently fails there.
-ARRAY_CONTAINERS: tuple[type, ...] = (list, tuple, set, frozenset)
+# What asyncpg's array codec takes for an array (or a sub-array), as concrete types.
+# asyncpg 0.32 asks `isinstance(x, collections.abc.Iterable)`, then `Sized`, of the
+# value and of every element of it (codecs/array.pyx, `_is_array_iterable`): a
+# Python-level ABCMeta.__instancecheck__ call each, two for a text element. The live
+# projection passes ~10 array elements an event (users' columns, applied eventIds,
+# identity keys, activities): ~17 such calls an event, half of the codec's work
+# (docs/decisions.md, "Issue 14, session 9: array parameters"). Against a tuple of types
+# isinstance is answered in C: an exact type match at once, each other type in the tuple
+# ~250 instructions more. So `str`, most elements, comes first (Iterable and Sized, then
+# excluded as the "trivial container" it is, as before), then the containers this code
+# passes as arrays. What changes: an array parameter must be a list, tuple, set or
+# frozenset (before: any sized iterable but a str, bytes or mapping; no other is passed
+# here); an element that is not a list, tuple, set or frozenset is one element, as
+# before. Only the array codec reads these two names (Mapping, read by the record codec
+# too, is left as it is); tests/integration/test_store.py pins the names and the
+# encodings, so an asyncpg that reads them differently fails there.
+ARRAY_CONTAINERS: tuple[type, ...] = (str, list, tuple, set, frozenset)
 
 
 def _fast_array_checks() -> None:
