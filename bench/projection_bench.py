@@ -21,8 +21,7 @@ Measures, in one run, on the embedded tansu broker and the PostgreSQL of DATABAS
    the group has settled until every record is applied, with the CPU of every process by
    party and the state digest compared with the in-process run's;
    `--latency-instances 1,2` runs the latency phase with N `run_service` processes.
-5. optional: `--profile N` runs N events again under cProfile (top functions;
-   BENCH_PROFILE_DUMP=path also writes the whole stats, for pstats);
+5. optional: `--profile N` runs N events again under cProfile (top functions);
    `--py-spy` samples the throughput run with py-spy instead of the stage timers.
 
 Every phase gets its own schema `bench_<run>_*` (dropped at the end unless --keep) and
@@ -802,8 +801,6 @@ async def profile_projection(
                                    resident_users=resident_users)
     finally:
         prof.disable()
-    if dump := os.environ.get("BENCH_PROFILE_DUMP"):  # the whole stats, for pstats/snakeviz
-        prof.dump_stats(dump)
     buf = io.StringIO()
     st = pstats.Stats(prof, stream=buf)
     st.sort_stats("tottime").print_stats(30)
