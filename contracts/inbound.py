@@ -821,7 +821,8 @@ def parse_import_rows(raw: bytes) -> list[ImportRow | InboundError] | None:
     rows = data.get("rows")
     head = {k: v for k, v in data.items() if k != "rows"}
     if type(rows) is not list or not 1 <= len(rows) <= MAX_CHUNK_ROWS:
-        shown = "missing" if rows is None else f"{len(rows)} rows" if type(rows) is list else _json_kind(rows)
+        shown = "missing" if rows is None else f"{len(rows)} rows" if type(rows) is list else (
+            "an object" if type(rows) is dict else _json_kind(rows))
         raise InboundError("invalid_fields", f"rows: a list of 1 to {MAX_CHUNK_ROWS} rows expected ({shown})")
     # The envelope alone, with a placeholder row: its errors refuse the chunk.
     envelope = _validated(_ADAPTERS["import-rows"], "import-rows", {**head, "rows": [{"rowNumber": 2, "cells": {}}]},
@@ -830,7 +831,8 @@ def parse_import_rows(raw: bytes) -> list[ImportRow | InboundError] | None:
     out: list[ImportRow | InboundError] = []
     for i, row in enumerate(rows):
         if type(row) is not dict:
-            out.append(InboundError("invalid_fields", f"rows[{i}]: expected an object, got {_json_kind(row)}"))
+            out.append(InboundError("invalid_fields", f"rows[{i}]: expected an object, got {_json_kind(row)}",
+                                    _row_bytes({"row": row})))
             continue
         extra = sorted(str(k) for k in row if k not in _CHUNK_ROW_FIELDS)
         if extra:  # a row's own fields only: it cannot override its envelope's
