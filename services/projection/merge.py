@@ -19,7 +19,7 @@ show a record before it exists.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 from .records import Record
 
@@ -30,6 +30,29 @@ Partition = tuple[str, int]
 # buffers' flow control, so a batch of chunks holds about as many rows as a batch of
 # one-row records did, and the buffers as little (docs/decisions.md, "Issue 14, session 9").
 ROW_BYTES = 128
+
+
+def by_weight(records: list[Record], heavy_topic: str, limit: int) -> Iterator[list[Record]]:
+    """`records` (canonically ordered) cut into consecutive batches of at most `limit`
+    by the weight `CoPartitionMerge.release` gives them (an import chunk a record per
+    ROW_BYTES): a rebuild's batches of chunks stay the size of the live ones. Applying
+    the parts one after another is applying the whole (a batch applies what its records
+    would one by one)."""
+    heavy = [len(r.value or b"") // ROW_BYTES for r in records if r.topic == heavy_topic]
+    if not heavy or len(records) - len(heavy) + sum(max(1, w) for w in heavy) <= limit:
+        yield records
+        return
+    part: list[Record] = []
+    spent = 0
+    for r in records:
+        w = max(1, len(r.value or b"") // ROW_BYTES) if r.topic == heavy_topic else 1
+        if part and spent + w > limit:
+            yield part
+            part, spent = [], 0
+        part.append(r)
+        spent += w
+    if part:
+        yield part
 
 
 def _order(r: Record) -> tuple[int, str, int, int]:

@@ -11,7 +11,13 @@ import orjson
 import pytest
 
 from contracts.decode import decode_import_rows
-from contracts.inbound import MAX_CHUNK_BYTES, MAX_VALUE, InboundError, parse_import_rows, parse_inbound
+from contracts.inbound import (
+    MAX_CHUNK_BYTES,
+    MAX_VALUE,
+    InboundError,
+    parse_import_rows,
+    parse_inbound,
+)
 
 HEAD = {"eventId": "imp_1:rows:2", "type": "import.rows", "channelId": "ch_1", "occurredAt": 1_000, "importId": "imp_1"}
 

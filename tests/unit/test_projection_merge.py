@@ -126,3 +126,17 @@ def test_import_chunks_weigh_by_size_in_a_batch_and_in_the_buffers() -> None:
     plain.assign([(IMP, 0)])
     plain.add((IMP, 0), [Record(IMP, 0, i, 100 + i, None, chunk) for i in range(5)])
     assert len(plain.release(lambda p: True, 250)) == 5
+
+
+def test_a_rebuilds_batch_of_import_chunks_is_cut_by_their_weight_in_order() -> None:
+    """merge.by_weight: a replay batch of chunks is cut into consecutive parts of at most
+    the limit's weight (a chunk alone when it weighs more), in order; a batch without
+    chunks, or light enough, is left whole."""
+    from services.projection.merge import ROW_BYTES, by_weight
+
+    chunk = b"x" * (100 * ROW_BYTES)
+    records = [Record(IMP if i % 2 else SDK, 0, i, 100 + i, None, chunk if i % 2 else b"{}") for i in range(7)]
+    parts = list(by_weight(records, IMP, 150))
+    assert [[r.offset for r in p] for p in parts] == [[0, 1, 2], [3, 4], [5, 6]]
+    assert list(by_weight(records, IMP, 10_000)) == [records]
+    assert [[r.offset for r in p] for p in by_weight(records, IMP, 50)] == [[0], [1], [2], [3], [4], [5], [6]]
