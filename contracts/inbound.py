@@ -570,39 +570,33 @@ class ImportStarted(_Envelope):
     columns: list[ImportColumn]
 
 
+RowNumber = Annotated[
+    int, Field(ge=2, le=_MAX_INT64, description="As a spreadsheet shows it: the header is row 1.")
+]
+Cells = Annotated[dict[Text, str], Field(
+    description="Mapped key → the cell text as in the file (a cell the service cannot store fails the row, see rowError)."
+)]
+RowError = Annotated[str | None, Field(
+    description="Why the importer could not read the row (e.g. more cells than columns); the row fails with this reason."
+)]
+
+
 class ImportRow(_Envelope):
     """One CSV data row, cells still raw text so that failures can quote them (I15)."""
 
     type: Literal["import.row"]
     importId: ImportId
-    rowNumber: Annotated[int, Field(ge=2, le=_MAX_INT64)] = Field(
-        description="As a spreadsheet shows it: the header is row 1."
-    )
-    cells: dict[Text, str] = Field(
-        description="Mapped key → the cell text as in the file (a cell the service cannot"
-        " store fails the row, see rowError)."
-    )
-    rowError: str | None = Field(
-        default=None,
-        description="Why the importer could not read the row (e.g. more cells than columns);"
-        " the row fails with this reason.",
-    )
+    rowNumber: RowNumber
+    cells: Cells
+    rowError: RowError = None
 
 
 class ImportChunkRow(_Strict):
     """One CSV data row of an `import.rows` chunk: an `import.row` without its envelope."""
 
-    rowNumber: Annotated[int, Field(ge=2, le=_MAX_INT64)] = Field(
-        description="As a spreadsheet shows it: the header is row 1."
-    )
-    cells: dict[Text, str] = Field(
-        description="Mapped key → the cell text as in the file (a cell the service cannot"
-        " store fails the row, see rowError)."
-    )
-    rowError: str | None = Field(
-        default=None,
-        description="Why the importer could not read the row; the row fails with this reason.",
-    )
+    rowNumber: RowNumber
+    cells: Cells
+    rowError: RowError = None
 
 
 class ImportRows(_Envelope):

@@ -9,14 +9,13 @@ mid-import applies every row once."""
 from __future__ import annotations
 
 import signal
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import orjson
 import pytest
-import pytest_asyncio
 
 from contracts.inbound import MAX_CHUNK_BYTES
 from contracts.topics import Topics
@@ -26,11 +25,11 @@ from services.projection.batch import apply_batch
 from services.projection.records import Record
 from services.replay.digest import state_digest
 from services.store import import_log
-from services.store.pool import create_pool
 from services.store.queries import find_user
 from tests.integration.test_faults import Service, assert_state_is_a_rebuild, service, services  # noqa: F401
+from tests.integration.test_import_resident import pools  # noqa: F401  # two schemas, dropped after
 from tests.support.imports import unifier, write_csv
-from tests.support.infra import drop_schema, wait_for
+from tests.support.infra import wait_for
 from tests.support.service import Publisher, read_topic, running_service
 
 pytestmark = pytest.mark.integration
@@ -85,18 +84,6 @@ class Log:
         return self.body({"eventId": f"{IMP}:finished:1", "type": "import.finished", "rows": rows})
 
 
-@pytest_asyncio.fixture
-async def pools(settings: Settings) -> AsyncIterator[list[asyncpg.Pool]]:
-    assert settings.database_url is not None
-    names = [f"{settings.db_schema}_{k}" for k in ("rows", "chunks")]
-    made = [await create_pool(settings.database_url, n) for n in names]
-    yield made
-    for p in made:
-        await p.close()
-    for n in names:
-        await drop_schema(settings.database_url, n)
-
-
 async def _apply(pool: asyncpg.Pool, batches: list[list[Record]]) -> None:
     for records in batches:
         await apply_batch(pool, TOPICS, records, now_ms=0)
@@ -115,7 +102,7 @@ async def _outcome(pool: asyncpg.Pool) -> tuple[Any, ...]:
     return digest, tuple(record), [tuple(f) for f in failures], [tuple(m) for m in outbox]
 
 
-async def test_rows_in_chunks_cut_anywhere_end_as_the_one_row_records_do(pools: list[asyncpg.Pool]) -> None:
+async def test_rows_in_chunks_cut_anywhere_end_as_the_one_row_records_do(pools: list[asyncpg.Pool]) -> None:  # noqa: F811
     """The format change keeps every I-rule's outcome: the same users, counts, failed
     rows and messages, with chunks cut before, inside and after rows that meet (a member
     updated by the next row, a shared e-mail, a failing row) and batches of one chunk or
@@ -137,7 +124,7 @@ async def test_rows_in_chunks_cut_anywhere_end_as_the_one_row_records_do(pools: 
 
 
 async def test_an_import_an_older_importer_left_resumes_in_chunks_without_applying_a_row_twice(
-    pools: list[asyncpg.Pool],
+    pools: list[asyncpg.Pool],  # noqa: F811
 ) -> None:
     """A log an older version wrote (one-row records) is still applied, and the row mark
     holds across the formats: rows 2…50 as one-row records, then the resumed attempt
