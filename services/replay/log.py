@@ -37,6 +37,10 @@ from services.projection.records import PartitionClocks, Record
 
 log = logging.getLogger("unifier.replay")
 
+# Values per list `merged` hands out, about: bounds a rebuild's memory for records read
+# ahead whatever their size (1,000 boots are ~200 KB, one import chunk up to 256 KiB).
+LIST_BYTES = 32 * 1024 * 1024
+
 Partition = tuple[str, int]
 
 
@@ -239,14 +243,19 @@ class LogReader:
             part.clock = record.timestamp
         return record
 
-    async def merged(self, chunk: int = 10_000) -> AsyncIterator[list[Record]]:
-        """Every record in the canonical order, in lists of up to `chunk` records."""
+    async def merged(self, chunk: int = 10_000, max_bytes: int = LIST_BYTES) -> AsyncIterator[list[Record]]:
+        """Every record in the canonical order, in lists of up to `chunk` records and about
+        `max_bytes` of values (a list ends after the record that reaches it): since 1.3.0
+        an import record carries up to 256 KiB of rows, and a rebuild holds a few lists at
+        once (read ahead, applying), so a count alone would let 10,000 chunks (~2 GB)
+        into one list."""
         # The heap holds each unfinished partition's head, keyed by the canonical order
         # (never a tie: offsets are unique in a partition, so `_Part` is never compared).
         heap: list[tuple[int, str, int, int, _Part]] = []
         waiting = [p for p in self._parts.values() if not p.done]
         push, pop, replace = heapq.heappush, heapq.heappop, heapq.heapreplace
         out: list[Record] = []
+        size = 0
         while True:
             while waiting:
                 await self._fill()
@@ -272,21 +281,25 @@ class LogReader:
                 part.position = record.offset + 1
                 if record.timestamp > 0 and (part.clock is None or record.timestamp > part.clock):
                     part.clock = record.timestamp
+                if record.value is not None:
+                    size += len(record.value)
                 if buf:
                     h = buf[0]
                     replace(heap, (h.timestamp, h.topic, h.partition, h.offset, part))
-                    continue
-                pop(heap)
-                if part.position < part.stop:
-                    waiting.append(part)  # its next records are fetched before anything else is emitted
+                else:
+                    pop(heap)
+                    if part.position < part.stop:
+                        waiting.append(part)  # its next records are fetched before anything else is emitted
+                        break
+                    self._finish(part)
+                    if not heap:
+                        break
+                if size >= max_bytes:
                     break
-                self._finish(part)
-                if not heap:
-                    break
-            if len(out) >= chunk:
+            if len(out) >= chunk or size >= max_bytes:
                 self.records_read += len(out)
                 yield out
-                out = []
+                out, size = [], 0
         if out:
             self.records_read += len(out)
             yield out

@@ -94,6 +94,34 @@ async def test_merged_hands_out_the_canonical_order_in_chunks_whatever_the_fetch
     }
 
 
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(st.lists(st.integers(min_value=1, max_value=300), max_size=25), min_size=1, max_size=4),
+    st.integers(min_value=1, max_value=900),
+    st.integers(min_value=0, max_value=1000),
+)
+async def test_merged_lists_end_once_their_values_reach_max_bytes(sizes: list[list[int]], max_bytes: int, seed: int) -> None:
+    """Memory of a rebuild (contract 1.3.0: an import record carries up to 256 KiB): a
+    list ends at the record whose value reaches `max_bytes`, so it holds less than
+    `max_bytes` plus one record; the order and every record are kept (Flow 5)."""
+    logs = {
+        TopicPartition("t", i): [
+            SimpleNamespace(offset=o, timestamp=T0 + o, timestamp_type=0, key=None, value=b"x" * n)
+            for o, n in enumerate(ns)
+        ]
+        for i, ns in enumerate(sizes)
+    }
+    reader = _reader(logs, seed)
+    lists = [c async for c in reader.merged(10_000, max_bytes=max_bytes)]
+    for c in lists:
+        assert sum(len(r.value) for r in c[:-1]) < max_bytes
+    got = [r for c in lists for r in c]
+    runs = [[Record(tp.topic, tp.partition, m.offset, m.timestamp, None, m.value) for m in msgs] for tp, msgs in logs.items()]
+    assert got == canonical_order(runs)
+    total = sum(map(sum, sizes))
+    assert len(lists) >= total // (max_bytes + 300)  # the bound cut them, not only the count
+
+
 class _Keeper:
     def __init__(self, fail: bool) -> None:
         self.fail, self.collecting = fail, []
