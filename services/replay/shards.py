@@ -45,7 +45,7 @@ from contracts.topics import Topics
 from services.projection.records import Record
 from services.store import pool as store_pool
 
-from .log import LogReader, Partition
+from .log import LIST_BYTES, LogReader, Partition
 from .rebuild import Tally, apply_all
 from .resident import OverBudget, Resident
 
@@ -219,12 +219,17 @@ async def _apply_shard(job: _Job) -> dict[str, Any]:
 
 
 async def _mine(chunks: AsyncIterator[list[Record]], index: int, workers: int, batch: int) -> AsyncIterator[list[Record]]:
+    """This worker's records, in lists of about `batch` records or LIST_BYTES of values
+    (the bound `LogReader.merged` keeps: import chunks are large)."""
     out: list[Record] = []
+    size = 0
     async for chunk in chunks:
-        out.extend(r for r in chunk if shard_of(r, workers) == index)
-        if len(out) >= batch:
+        mine = [r for r in chunk if shard_of(r, workers) == index]
+        out.extend(mine)
+        size += sum(len(r.value) for r in mine if r.value is not None)
+        if len(out) >= batch or size >= LIST_BYTES:
             yield out
-            out = []
+            out, size = [], 0
     if out:
         yield out
 

@@ -10,6 +10,7 @@ import random
 from types import SimpleNamespace
 from typing import Any
 
+import orjson
 import pytest
 from aiokafka import TopicPartition
 from hypothesis import given, settings
@@ -154,3 +155,28 @@ async def test_a_resident_build_pauses_the_cyclic_collector_only_while_it_runs(f
         assert fail
     assert keeper.collecting and not any(keeper.collecting)
     assert gc.isenabled()
+
+
+async def test_a_workers_share_of_the_log_comes_in_lists_bounded_by_bytes_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Memory of a sharded rebuild (contract 1.3.0 import chunks): a worker's lists end at
+    `batch` records or LIST_BYTES of values, whichever first, and keep its records in
+    order (Flow 5)."""
+    from services.replay import shards
+
+    monkeypatch.setattr(shards, "LIST_BYTES", 1000)
+    records = [
+        Record("t", 0, i, T0 + i, None, orjson.dumps({"channelId": f"ch_{i % 3}", "pad": "x" * 300}))
+        for i in range(60)
+    ]
+
+    async def lists() -> Any:
+        for i in range(0, len(records), 7):
+            yield records[i : i + 7]
+
+    got = [c async for c in shards._mine(lists(), 0, 2, 10_000)]
+    mine = [r for r in records if shards.shard_of(r, 2) == 0]
+    assert [r for c in got for r in c] == mine
+    assert len(got) > 1
+    for c in got[:-1]:
+        assert sum(len(r.value or b"") for r in c) >= 1000  # cut by bytes, not by the 10,000 records
+    assert all(sum(len(r.value or b"") for r in c) < 1000 + 7 * 400 for c in got)  # at most one list more
