@@ -128,8 +128,7 @@ async def _apply_batch(
         for r in records:
             ends[(r.topic, r.partition)] = max(ends.get((r.topic, r.partition), 0), r.offset + 1)
         result.next_offsets = {k: max(v, stored[k]) for k, v in ends.items()}
-        await repo.save_offsets(conn, result.next_offsets)
-        await repo.save_clocks(conn, clocks_after(records))
+        await repo.save_positions(conn, result.next_offsets, clocks_after(records))
     if resident is not None:
         resident.committed(stamped)
         resident.forget(imported)
@@ -163,8 +162,7 @@ async def dead_letter_record(
             result.dead_letters[code] += 1
             await _command_refused(conn, topics, record, code, reason, announce=outbox)
         result.next_offsets = {partition: max(record.offset + 1, stored)}
-        await repo.save_offsets(conn, result.next_offsets)
-        await repo.save_clocks(conn, clocks_after([record]))
+        await repo.save_positions(conn, result.next_offsets, clocks_after([record]))
     return result
 
 

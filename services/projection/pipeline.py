@@ -342,6 +342,5 @@ class Pipeline:
             if self.outbox:
                 await lookup_store.enqueue_chats(conn, p.fx.activities)
             p.result.next_offsets = {k: max(v, stored[k]) for k, v in p.ends.items()}
-            await repo.save_offsets(conn, p.result.next_offsets)
-            await repo.save_clocks(conn, p.clocks)
+            await repo.save_positions(conn, p.result.next_offsets, p.clocks)
         return Written({**tokens, **stamped}, time.perf_counter() - p.started)
