@@ -119,7 +119,6 @@ async def _apply_batch(
         effects = run_facts(directory, fresh, settings, window, topics, result, outbox=outbox, failed_at=failed_at)
         imported = _written_by_imports(facts, directory) if resident is not None and imports is not None else []
         await write_effects(conn, directory, revs, effects, window.stored)
-        stamped = await repo.stamp_channels(conn, {u.channel_id for u in directory.changed.values()})
         if outbox:  # live only: a rebuild's chats were looked up when they happened
             await lookup_store.enqueue_chats(conn, effects.activities)
         if imports is not None:
@@ -128,7 +127,9 @@ async def _apply_batch(
         for r in records:
             ends[(r.topic, r.partition)] = max(ends.get((r.topic, r.partition), 0), r.offset + 1)
         result.next_offsets = {k: max(v, stored[k]) for k, v in ends.items()}
-        await repo.save_positions(conn, result.next_offsets, clocks_after(records))
+        stamped = await repo.save_positions(
+            conn, result.next_offsets, clocks_after(records), {u.channel_id for u in directory.changed.values()},
+        )
     if resident is not None:
         resident.committed(stamped)
         resident.forget(imported)

@@ -338,9 +338,8 @@ class Pipeline:
             await repo.save_user_columns(conn, p.users)
             await repo.save_identities(conn, p.identities)
             await write_rest(conn, p.fx, p.stored_applied)
-            stamped = await repo.stamp_channels(conn, p.stamp)
             if self.outbox:
                 await lookup_store.enqueue_chats(conn, p.fx.activities)
             p.result.next_offsets = {k: max(v, stored[k]) for k, v in p.ends.items()}
-            await repo.save_positions(conn, p.result.next_offsets, p.clocks)
+            stamped = await repo.save_positions(conn, p.result.next_offsets, p.clocks, p.stamp)
         return Written({**tokens, **stamped}, time.perf_counter() - p.started)

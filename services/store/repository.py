@@ -163,19 +163,6 @@ async def channel_tokens(conn: asyncpg.Connection, channel_ids: Iterable[str]) -
     return {r[0]: r[1] for r in rows}
 
 
-async def stamp_channels(conn: asyncpg.Connection, channel_ids: Iterable[str]) -> dict[str, int]:
-    """Mark the channels as written by this transaction; their new tokens."""
-    wanted = sorted(set(channel_ids))
-    if not wanted:
-        return {}
-    rows = await conn.fetch(
-        """UPDATE channel_writers SET token = pg_current_xact_id()::text::bigint
-            WHERE channel_id = ANY($1::text[]) RETURNING channel_id, token""",
-        wanted,
-    )
-    return {r[0]: r[1] for r in rows}
-
-
 async def stored_offsets(conn: asyncpg.Connection | asyncpg.Pool, topics: Sequence[str]) -> dict[tuple[str, int], int]:
     rows = await conn.fetch("SELECT topic, partition, next_offset FROM inbox_offsets WHERE topic = ANY($1::text[])", list(topics))
     return {(r[0], r[1]): r[2] for r in rows}
@@ -202,18 +189,30 @@ async def stored_positions(
 
 async def save_positions(
     conn: asyncpg.Connection, offsets: dict[tuple[str, int], int], clocks: dict[tuple[str, int], int],
-) -> None:
-    """Store the partitions' next offsets and advance their clocks (never backwards),
-    those of the same records, in one statement (one round trip per batch, not two)."""
+    stamp: Iterable[str] = (),
+) -> dict[str, int]:
+    """A batch's last statement: the partitions' next offsets stored, their clocks
+    advanced (never backwards; those of the same records), and the channels `stamp`
+    marked as written by this transaction (the channel fence, schema.sql
+    channel_writers: rows lock_channels locked); their new tokens. One round trip per
+    batch where these were three (issue 14: at a paced rate a batch's round trips, not
+    its rows, set how long it takes)."""
     keys = sorted(offsets.keys() | clocks.keys())
-    if keys:
-        await conn.execute(
-            """UPDATE inbox_offsets o
-                  SET next_offset = coalesce(x.n, o.next_offset), clock = GREATEST(o.clock, x.c)
-                 FROM unnest($1::text[], $2::int[], $3::bigint[], $4::bigint[]) AS x(t, p, n, c)
-                WHERE o.topic = x.t AND o.partition = x.p""",
-            [k[0] for k in keys], [k[1] for k in keys], [offsets.get(k) for k in keys], [clocks.get(k) for k in keys],
-        )
+    channels = sorted(set(stamp))
+    if not keys and not channels:
+        return {}
+    rows = await conn.fetch(
+        """WITH moved AS (
+             UPDATE inbox_offsets o
+                SET next_offset = coalesce(x.n, o.next_offset), clock = GREATEST(o.clock, x.c)
+               FROM unnest($1::text[], $2::int[], $3::bigint[], $4::bigint[]) AS x(t, p, n, c)
+              WHERE o.topic = x.t AND o.partition = x.p)
+           UPDATE channel_writers SET token = pg_current_xact_id()::text::bigint
+            WHERE channel_id = ANY($5::text[]) RETURNING channel_id, token""",
+        [k[0] for k in keys], [k[1] for k in keys], [offsets.get(k) for k in keys], [clocks.get(k) for k in keys],
+        channels,
+    )
+    return {r[0]: r[1] for r in rows}
 
 
 async def adopt_log(conn: asyncpg.Connection | asyncpg.Pool, log_id: str) -> bool:
