@@ -13,7 +13,12 @@ Measures, in one run, on the embedded tansu broker and the PostgreSQL of DATABAS
 3. latency: `run_service` (projection + relay) in a child process, the stream published
    at a fixed rate, and publish → `user-changed` latency per message measured through
    `causationId` (only leads and members are published, so only those facts count).
-   The service runs the stage timers too (`service stages` in the report).
+   The service runs the stage timers too (`service stages` in the report), and a trace
+   of where each measured fact waited (published → fetched into the merge → released
+   into a batch → its batch committed → read from the outbox by the relay → acked by
+   the broker → received), its CPU by event-loop task, and PostgreSQL's CPU of its own
+   backends (`pg_backends`; the server's total counts other users of a shared server).
+   BENCH_CHILD_PROFILE=/tmp/x.prof dumps a cProfile of the whole service child.
 4. optional: `--instances 1,2,3` times the resident projection again in N processes of
    one consumer group (each the projection of `unifier run` with embedded off, on the
    bench's broker and database; the group's assignor splits the 12 partitions:
