@@ -352,8 +352,9 @@ class Stages:
         from services.domain import core
 
         self.patch_sync(batch_mod, "_parse", "parse (orjson + pydantic)")
-        for name in ("lock_offsets", "already_applied", "load_channels"):
-            self.patch_async(repo, name, f"sql {name}")
+        for name in ("lock_offsets", "already_applied", "load_channels", "applied_window"):
+            if hasattr(repo, name):
+                self.patch_async(repo, name, f"sql {name}")
         self.patch_async(batch_mod, "_load", "load (keys + query + User.from_json)")
         self.patch_async(repo, "load_users", "  of which sql load_users")
         self.patch_sync(core, "apply", "core.apply (handlers + publish)")

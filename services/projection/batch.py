@@ -103,10 +103,9 @@ async def _apply_batch(
         channels = {f.channel_id for f in facts}
         # The channel fence: batches writing the same channel take turns from here on.
         tokens = await repo.lock_channels(conn, channels)
-        seen = await repo.already_applied(conn, sorted({(f.channel_id, f.event_id) for f in facts}))
         # Every channel's clock, not only those with a remembered eventId: a fact applied
         # in this batch must not stand in for its channel's clock (window.py).
-        window = AppliedWindow(seen, await repo.channel_clocks(conn, channels))
+        window = AppliedWindow(*await repo.applied_window(conn, sorted({(f.channel_id, f.event_id) for f in facts}), channels))
         settings = await repo.load_channels(conn, channels)
         if resident is None:
             directory, revs = await _load(conn, facts)

@@ -280,8 +280,7 @@ class Pipeline:
         """The eventId window of the facts' channels after the batch in flight: the
         store's rows (read before or after its commit) overlaid with what it applied."""
         pairs = sorted({(f.channel_id, f.event_id) for f in facts})
-        rows = await repo.already_applied(conn, pairs)
-        clocks = await repo.channel_clocks(conn, channels)
+        rows, clocks = await repo.applied_window(conn, pairs, channels)
         if inflight is not None:
             wanted, mine = set(pairs), set(channels)
             rows.extend(a for a in inflight.fx.applied if (a[0], a[1]) in wanted)  # later rows win

@@ -69,15 +69,25 @@ async def already_applied(conn: asyncpg.Connection, pairs: Sequence[tuple[str, s
     return [(r[0], r[1], r[2]) for r in rows]
 
 
-async def channel_clocks(conn: asyncpg.Connection, channel_ids: Iterable[str]) -> dict[str, int]:
-    """Each channel's latest event time applied: the eventId window's clock."""
+async def applied_window(
+    conn: asyncpg.Connection, pairs: Sequence[tuple[str, str]], channel_ids: Iterable[str],
+) -> tuple[list[tuple[str, str, int]], dict[str, int]]:
+    """What the eventId window of a batch is read from (projection/window.py), in one
+    statement (one round trip, issue 14 session 9): the pairs still remembered, as
+    `already_applied`, and each channel's clock, its latest event time applied (a
+    channel row carries no eventId: applied_events.event_id is never NULL)."""
     wanted = sorted(set(channel_ids))
-    if not wanted:
-        return {}
+    if not pairs and not wanted:
+        return [], {}
     rows = await conn.fetch(
-        """SELECT c, (SELECT max(at) FROM applied_events WHERE channel_id = c) FROM unnest($1::text[]) AS c""", wanted
+        """SELECT a.channel_id, a.event_id, a.at FROM applied_events a
+             JOIN unnest($1::text[], $2::text[]) AS p(c, e) ON a.channel_id = p.c AND a.event_id = p.e
+           UNION ALL
+           SELECT c, NULL, (SELECT max(at) FROM applied_events WHERE channel_id = c) FROM unnest($3::text[]) AS c""",
+        [p[0] for p in pairs], [p[1] for p in pairs], wanted,
     )
-    return {r[0]: r[1] for r in rows if r[1] is not None}
+    seen = [(r[0], r[1], r[2]) for r in rows if r[1] is not None]
+    return seen, {r[0]: r[2] for r in rows if r[1] is None and r[2] is not None}
 
 
 async def forget_applied(conn: asyncpg.Connection, channel_ids: Sequence[str], window_ms: int) -> None:

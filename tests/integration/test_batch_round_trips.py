@@ -149,3 +149,16 @@ async def test_the_outbox_wakes_the_relay_at_commit_whoever_fills_it(pool: async
                 await conn.execute("INSERT INTO outbox (topic, key, value) VALUES ('t.user-changed', 'k', NULL)")
             await wait_for(lambda: heard, message="a NOTIFY at the INSERT's commit")
         await listener.remove_listener("unifier_outbox", hear)
+
+
+async def test_the_window_is_read_in_one_statement(pool: asyncpg.Pool) -> None:
+    """applied_window: the remembered (channel, eventId) pairs asked for, and every
+    channel's clock (its latest event time, remembered pair asked for or not; none for a
+    channel with nothing applied), read by one statement (projection/window.py)."""
+    async with transaction(pool) as c:
+        await repo.save_applied(c, [("ch_a", "e1", 100), ("ch_a", "e2", 300), ("ch_b", "e9", 50)])
+    async with transaction(pool) as c:
+        seen, clocks = await repo.applied_window(c, [("ch_a", "e1"), ("ch_a", "e7"), ("ch_b", "e9")], ["ch_a", "ch_b", "ch_c"])
+        assert c.statements == 1
+    assert sorted(seen) == [("ch_a", "e1", 100), ("ch_b", "e9", 50)]
+    assert clocks == {"ch_a": 300, "ch_b": 50}
