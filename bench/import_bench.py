@@ -386,8 +386,11 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 "UNIFIER_TOPIC_PREFIX": prefix, "UNIFIER_DB_SCHEMA": schema, "UNIFIER_CONSUMER_GROUP": f"g{tag}",
                 "UNIFIER_METRICS_PORT": "0", "UNIFIER_DATA_DIR": str(work / "data"), "UNIFIER_HTTP_ADDR": "127.0.0.1:0",
             }
+            # BENCH_SERVICE_RUNNER: a script run instead of `-m services.runtime.cli` (e.g. one
+            # that runs it under cProfile); the service's arguments follow.
+            runner = os.environ.get("BENCH_SERVICE_RUNNER")
             service = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "services.runtime.cli", "run", env=env, cwd=ROOT,
+                sys.executable, *([runner] if runner else ["-m", "services.runtime.cli"]), "run", env=env, cwd=ROOT,
                 stdout=subprocess.DEVNULL, stderr=open(work / "service.log", "wb"),  # noqa: ASYNC230, SIM115
             )
             peak, stop = Peak(), asyncio.Event()

@@ -9,6 +9,11 @@ it is and, in the same run, with session 8's changes undone (docs/decisions.md, 
 - `new users by INSERT`: `repository.COPY_NEW_FROM` out of reach (no binary COPY);
 - `session 7`: both.
 
+Since session 9 the rows go in `import.rows` chunks of CHUNK_ROWS, as `unifier import`
+publishes them; `one-row records` applies the same rows as one `import.row` record each
+(contract 1.2.0's records). The default runs `now` and `one-row records`; `--variants`
+picks others (session 8's, which the variants' names after "now" undo, run in chunks too).
+
 (Session 7's own variants — the collector not paused, imported users kept — are in its
 commit; `git log bench/import_cpu.py`.)
 
@@ -41,6 +46,7 @@ import orjson  # noqa: E402
 from contracts.topics import Topics  # noqa: E402
 from services.domain import core as core_mod  # noqa: E402
 from services.domain import imports as imports_mod  # noqa: E402
+from services.importer.run import CHUNK_ROWS  # noqa: E402
 from services.platform import gc_tuning  # noqa: E402
 from services.projection import batch as batch_mod  # noqa: E402
 from services.projection.records import Record  # noqa: E402
@@ -83,10 +89,13 @@ def _backend_cpu(pid: int) -> float:
 async def one(database_url: str, variant: str, rows: int, batches: int) -> tuple[float, float]:
     """(process, backend) CPU µs per row over `batches` batches after a warm-up one."""
     with _undone(variant):
-        return await _one(database_url, rows, batches)
+        return await _one(database_url, rows, batches, chunk=0 if variant == ONE_ROW else CHUNK_ROWS)
 
 
-async def _one(database_url: str, rows: int, batches: int) -> tuple[float, float]:
+ONE_ROW = "one-row records"  # contract 1.2.0's import.row, one record a row (session 9 undone)
+
+
+async def _one(database_url: str, rows: int, batches: int, chunk: int = CHUNK_ROWS) -> tuple[float, float]:
     schema = f"bench_impcpu_{secrets.token_hex(3)}"
     pool = await create_pool(database_url, schema, min_size=1, max_size=1)
     topics = Topics("t.")
@@ -107,15 +116,21 @@ async def _one(database_url: str, rows: int, batches: int) -> tuple[float, float
         cpu = db = 0.0
         for b in range(batches + 1):
             records = []
-            for i in range(rows):
-                n = b * rows + i + 2
-                records.append(record({
-                    "eventId": f"{IMP}:{n}", "type": "import.row", "importId": IMP, "rowNumber": n,
-                    "cells": {"memberId": f"M{n:08d}", "name": "山田 太郎", "profile.email": f"user{n}@example.com",
-                              "unsubscribeEmail": "false", "unsubscribeTexting": "true", "profile.plan": "gold",
-                              "profile.points": str(n % 1000), "profile.birthday": "1990-05-17",
-                              "profile.note": "a note about this member"},
-                }))
+            rows_of = [{
+                "rowNumber": n,
+                "cells": {"memberId": f"M{n:08d}", "name": "山田 太郎", "profile.email": f"user{n}@example.com",
+                          "unsubscribeEmail": "false", "unsubscribeTexting": "true", "profile.plan": "gold",
+                          "profile.points": str(n % 1000), "profile.birthday": "1990-05-17",
+                          "profile.note": "a note about this member"},
+            } for n in range(b * rows + 2, b * rows + rows + 2)]
+            if chunk:  # import.rows, as `unifier import` publishes them since contract 1.3.0
+                for i in range(0, rows, chunk):
+                    part = rows_of[i:i + chunk]
+                    records.append(record({"eventId": f"{IMP}:rows:{part[0]['rowNumber']}", "type": "import.rows",
+                                           "importId": IMP, "rows": part}))
+            else:
+                for r in rows_of:
+                    records.append(record({"eventId": f"{IMP}:{r['rowNumber']}", "type": "import.row", "importId": IMP, **r}))
             t, d = time.process_time(), _backend_cpu(backend)
             await batch_mod.apply_batch(pool, topics, records, now_ms=T0, resident=resident)
             if b > 0:  # the first batch warms up
@@ -134,9 +149,11 @@ async def main() -> None:
     p.add_argument("--batches", type=int, default=8, help="timed batches per run")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--database-url", default=os.environ.get("DATABASE_URL") or LOCAL_POSTGRES)
-    args = p.parse_args()
     gc_tuning.tune()  # as `unifier run`
-    variants = ("now", "handler, no plain path", "new users by INSERT", "session 7")
+    p.add_argument("--variants", default=f"now/{ONE_ROW}",
+                   help=f"separated by '/': now, {ONE_ROW}, handler, no plain path, new users by INSERT, session 7")
+    args = p.parse_args()
+    variants = tuple(args.variants.split("/"))
     seen: dict[str, list[tuple[float, float]]] = {v: [] for v in variants}
     for _ in range(args.rounds):
         for v in variants:

@@ -828,7 +828,7 @@ async def _first(done: asyncio.Event, task: asyncio.Task[None]) -> None:
 
 async def profile_projection(
     bootstrap: str, database_url: str, topics: Topics, schema: str, group: str, target: int, batch_max: int,
-    resident_users: int = 0,
+    resident_users: int = 0, dump: str | None = None,
 ) -> dict[str, Any]:
     prof = cProfile.Profile()
     prof.enable()
@@ -841,6 +841,8 @@ async def profile_projection(
     st = pstats.Stats(prof, stream=buf)
     st.sort_stats("tottime").print_stats(30)
     st.sort_stats("cumulative").print_stats(60)
+    if dump:  # for pstats' callers/callees, which the printed tables do not show
+        prof.dump_stats(dump)
     res["profile_text"] = buf.getvalue()
     return res
 
@@ -1543,7 +1545,7 @@ async def run_target(
             schemas.append(schema)
             out["profile"] = await profile_projection(
                 bootstrap, db, topics, schema, f"bench-{tag}-prof", min(args.profile, args.events), args.batch_max,
-                resident_users=_resident_users(args.variants.split(",")[-1], args),
+                resident_users=_resident_users(args.variants.split(",")[-1], args), dump=args.profile_dump,
             )
             _say(f"profiled {out['profile']['records']:,} records")
 
@@ -1752,6 +1754,7 @@ def cli() -> None:
     p.add_argument("--burst-ms", type=float, default=10.0, help="pacing interval of the latency producer (default 10 ms)")
     p.add_argument("--batch-max", type=int, default=Settings().batch_max, help="projection getmany max_records")
     p.add_argument("--profile", type=int, default=0, metavar="N", help="also run N events under cProfile and print the top functions")
+    p.add_argument("--profile-dump", metavar="PATH", help="with --profile: also write the cProfile stats to PATH (pstats)")
     p.add_argument("--py-spy", action="store_true", help="sample the throughput run with py-spy (instead of the stage timers)")
     p.add_argument("--gc-default", action="store_true",
                    help="keep Python's GC thresholds (default: the service's, services/platform/gc_tuning.py)")
@@ -1776,6 +1779,8 @@ def cli() -> None:
     p.add_argument("--keep", action="store_true", help="keep the bench_* schemas for inspection")
     p.add_argument("--output", type=Path, default=RESULTS)
     args = p.parse_args()
+    if args.py_spy and not Path(sys.executable).with_name("py-spy").exists():
+        p.error("--py-spy samples with py-spy, which is not a dependency: .venv/bin/pip install py-spy")
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # The projection's Kafka offset commits are hints; tansu drops them at consumer stop.
     logging.getLogger("aiokafka.consumer.group_coordinator").setLevel(logging.CRITICAL)

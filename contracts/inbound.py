@@ -64,6 +64,11 @@ MAX_CONTACT = 254  # an e-mail address or mobile number as sent (RFC 5321's path
 MAX_VALUE = 4096  # a profile string value, each string of a list value, an import cell
 MAX_CHAT_TEXT = 16 * 1024  # a chat message's text
 MAX_PROPERTIES_BYTES = 16 * 1024  # track.properties, serialised as JSON
+# An `import.rows` record (contract 1.3.0): many rows of one import in one record, so the
+# broker and the consumer pay per chunk, not per row (docs/decisions.md, "Issue 14,
+# session 9: import rows in chunks"). Each row keeps the limits of an `import.row`.
+MAX_CHUNK_BYTES = 256 * 1024
+MAX_CHUNK_ROWS = 1000
 
 EventId = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID)]
 ChannelId = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID)]
@@ -565,23 +570,45 @@ class ImportStarted(_Envelope):
     columns: list[ImportColumn]
 
 
+RowNumber = Annotated[
+    int, Field(ge=2, le=_MAX_INT64, description="As a spreadsheet shows it: the header is row 1.")
+]
+Cells = Annotated[dict[Text, str], Field(
+    description="Mapped key → the cell text as in the file (a cell the service cannot store fails the row, see rowError)."
+)]
+RowError = Annotated[str | None, Field(
+    description="Why the importer could not read the row (e.g. more cells than columns); the row fails with this reason."
+)]
+
+
 class ImportRow(_Envelope):
     """One CSV data row, cells still raw text so that failures can quote them (I15)."""
 
     type: Literal["import.row"]
     importId: ImportId
-    rowNumber: Annotated[int, Field(ge=2, le=_MAX_INT64)] = Field(
-        description="As a spreadsheet shows it: the header is row 1."
-    )
-    cells: dict[Text, str] = Field(
-        description="Mapped key → the cell text as in the file (a cell the service cannot"
-        " store fails the row, see rowError)."
-    )
-    rowError: str | None = Field(
-        default=None,
-        description="Why the importer could not read the row (e.g. more cells than columns);"
-        " the row fails with this reason.",
-    )
+    rowNumber: RowNumber
+    cells: Cells
+    rowError: RowError = None
+
+
+class ImportChunkRow(_Strict):
+    """One CSV data row of an `import.rows` chunk: an `import.row` without its envelope."""
+
+    rowNumber: RowNumber
+    cells: Cells
+    rowError: RowError = None
+
+
+class ImportRows(_Envelope):
+    """Consecutive CSV data rows of one import, in row order (contract 1.3.0). Each row is
+    applied exactly as the `import.row` `{eventId: "{importId}:{rowNumber}", channelId,
+    occurredAt, importId, rowNumber, cells, rowError}` it stands for; a row the door
+    refuses is dead-lettered alone (its letter holds that `import.row`), the others are
+    applied."""
+
+    type: Literal["import.rows"]
+    importId: ImportId
+    rows: list[ImportChunkRow] = Field(min_length=1, max_length=MAX_CHUNK_ROWS)
 
 
 class ImportFinished(_Envelope):
@@ -619,7 +646,7 @@ Command: TypeAlias = Annotated[
     Field(discriminator="type"),
 ]
 ImportMessage: TypeAlias = Annotated[
-    ImportStarted | ImportRow | ImportFinished, Field(discriminator="type")
+    ImportStarted | ImportRow | ImportRows | ImportFinished, Field(discriminator="type")
 ]
 InboundMessage: TypeAlias = (
     BootEvent
@@ -646,6 +673,7 @@ InboundMessage: TypeAlias = (
     | LookupAnswered
     | ImportStarted
     | ImportRow
+    | ImportRows
     | ImportFinished
 )
 
@@ -678,10 +706,11 @@ InboundErrorCode = Literal["bad_json", "unknown_type", "invalid_fields", "too_la
 class InboundError(ValueError):
     """Why a record cannot be applied; `code` and `message` go to the dead letter as is."""
 
-    def __init__(self, code: InboundErrorCode, message: str) -> None:
+    def __init__(self, code: InboundErrorCode, message: str, raw: bytes | None = None) -> None:
         super().__init__(f"{code}: {message}")
         self.code: InboundErrorCode = code
         self.message = message
+        self.raw = raw  # a chunk's row refused alone: that row as the `import.row` it stands for
 
 
 @overload
@@ -713,7 +742,7 @@ def parse_inbound(
 @overload
 def parse_inbound(
     topic_kind: Literal["import-rows"], raw: bytes
-) -> ImportStarted | ImportRow | ImportFinished: ...
+) -> ImportStarted | ImportRow | ImportRows | ImportFinished: ...
 @overload
 def parse_inbound(topic_kind: InboundKind, raw: bytes) -> InboundMessage: ...
 def parse_inbound(topic_kind: InboundKind, raw: bytes) -> InboundMessage:
@@ -722,9 +751,19 @@ def parse_inbound(topic_kind: InboundKind, raw: bytes) -> InboundMessage:
     Raises `KeyError` for an unknown `topic_kind`: that is the caller's bug, not the
     producer's, and must not be dead-lettered.
     """
-    adapter = _ADAPTERS[topic_kind]
-    if len(raw) > MAX_MESSAGE_BYTES:
+    adapter = _ADAPTERS[topic_kind]  # KeyError first, before anything of the record is read
+    # An import-rows record may be a chunk (MAX_CHUNK_BYTES); any other message keeps the
+    # message limit, checked once its type is known.
+    limit = MAX_CHUNK_BYTES if topic_kind == "import-rows" else MAX_MESSAGE_BYTES
+    if len(raw) > limit:
+        raise InboundError("too_large", f"the message is {len(raw)} bytes; the limit is {limit}")
+    data = _loads(raw)
+    if len(raw) > MAX_MESSAGE_BYTES and data.get("type") != "import.rows":
         raise InboundError("too_large", f"the message is {len(raw)} bytes; the limit is {MAX_MESSAGE_BYTES}")
+    return _validated(adapter, topic_kind, data, b"\\u0000" in raw, raw)  # type: ignore[no-any-return]
+
+
+def _loads(raw: bytes) -> dict[str, Any]:
     try:
         data = orjson.loads(raw)
     except (orjson.JSONDecodeError, TypeError) as exc:
@@ -733,16 +772,82 @@ def parse_inbound(topic_kind: InboundKind, raw: bytes) -> InboundMessage:
         raise InboundError("bad_json", f"not UTF-8 JSON: {exc}") from None
     if type(data) is not dict:
         raise InboundError("bad_json", f"expected a JSON object, got {_json_kind(data)}")
-    has_nul = b"\\u0000" in raw  # JSON can only carry U+0000 escaped
+    return data  # type: ignore[no-any-return]
+
+
+def _validated(adapter: TypeAdapter[Any], topic_kind: InboundKind, data: dict[str, Any], has_nul: bool, raw: bytes) -> Any:
+    """The door after the JSON is read: `has_nul` when JSON escaped U+0000 somewhere."""
     if data.get("type") == "import.row":
         data = _failing_cells(data, has_nul)
     # Counting brackets is a bound on the depth; only a message that may be deep is walked.
     if has_nul or raw.count(b"{") + raw.count(b"[") > MAX_DEPTH:
         _check_tree(data)
     try:
-        return adapter.validate_python(data)  # type: ignore[no-any-return]
+        return adapter.validate_python(data)
     except ValidationError as exc:
         raise _inbound_error(topic_kind, data, exc) from None
+
+
+_CHUNK_ROW_FIELDS = frozenset(ImportChunkRow.model_fields)
+_ONE_ROW = b"{}"  # what a row's own depth check reads: a row is flat but for its cells
+
+
+def parse_import_rows(raw: bytes) -> list[ImportRow | InboundError] | None:
+    """An `import.rows` chunk as the `import.row` messages it stands for, each as
+    `parse_inbound` answers that message: the row, or why the door refuses it (the
+    chunk's other rows are applied). Raises `InboundError` for what refuses the whole
+    chunk: its envelope, `rows` not a list of 1 to MAX_CHUNK_ROWS. None when `raw` is no
+    chunk (not a JSON object of type `import.rows`, or over MAX_CHUNK_BYTES):
+    `parse_inbound` answers for it as for any message.
+
+    A row is refused by the door as the `import.row` would be (a cell with U+0000 or too
+    long fails the row, I15; a wrong field is `invalid_fields`, its path prefixed with
+    `rows[i]`), except for the message size: a row is bounded by its chunk's."""
+    if len(raw) > MAX_CHUNK_BYTES:
+        return None
+    try:
+        data = _loads(raw)
+    except InboundError:
+        return None
+    if data.get("type") != "import.rows":
+        return None
+    has_nul = b"\\u0000" in raw
+    rows = data.get("rows")
+    head = {k: v for k, v in data.items() if k != "rows"}
+    if type(rows) is not list or not 1 <= len(rows) <= MAX_CHUNK_ROWS:
+        shown = "missing" if rows is None else f"{len(rows)} rows" if type(rows) is list else (
+            "an object" if type(rows) is dict else _json_kind(rows))
+        raise InboundError("invalid_fields", f"rows: a list of 1 to {MAX_CHUNK_ROWS} rows expected ({shown})")
+    # The envelope alone, with a placeholder row: its errors refuse the chunk.
+    envelope = _validated(_ADAPTERS["import-rows"], "import-rows", {**head, "rows": [{"rowNumber": 2, "cells": {}}]},
+                          has_nul, _ONE_ROW)
+    assert isinstance(envelope, ImportRows)
+    out: list[ImportRow | InboundError] = []
+    for i, row in enumerate(rows):
+        if type(row) is not dict:
+            out.append(InboundError("invalid_fields", f"rows[{i}]: expected an object, got {_json_kind(row)}",
+                                    _row_bytes({"row": row})))
+            continue
+        extra = sorted(str(k) for k in row if k not in _CHUNK_ROW_FIELDS)
+        if extra:  # a row's own fields only: it cannot override its envelope's
+            out.append(InboundError("invalid_fields", f"rows[{i}].{extra[0][:64]}: extra inputs are not permitted",
+                                    _row_bytes(row)))
+            continue
+        number = row.get("rowNumber")
+        msg = {"eventId": f"{envelope.importId}:{number}", "type": "import.row", "channelId": envelope.channelId,
+               "occurredAt": envelope.occurredAt, "importId": envelope.importId, **row}
+        try:
+            out.append(_validated(_ADAPTERS["import-rows"], "import-rows", msg, has_nul, _ONE_ROW))
+        except InboundError as err:
+            out.append(InboundError(err.code, f"rows[{i}]: {err.message}", _row_bytes(msg)))
+    return out
+
+
+def _row_bytes(msg: dict[str, Any]) -> bytes | None:
+    try:
+        return orjson.dumps(msg)
+    except (TypeError, orjson.JSONEncodeError):  # nested past orjson's encoder: the chunk is shown instead
+        return None
 
 
 def _check_tree(data: dict[str, Any]) -> None:

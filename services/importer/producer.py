@@ -62,12 +62,13 @@ class ImportProducer:
         await fut
         self.sent += 1
 
-    def add(self, value: bytes) -> bool:
-        """Append to the open batch; False when it is full (`await ship()`, then add again:
-        an empty batch takes any record, however large — sizes are checked by the caller)."""
+    def add(self, value: bytes, rows: int = 1) -> bool:
+        """Append a record of `rows` rows to the open batch; False when it is full (`await
+        ship()`, then add again: an empty batch takes any record, however large — sizes are
+        checked by the caller)."""
         if self._batch.append(key=self.key, value=value, timestamp=None) is None:
             return False
-        self.rows += 1
+        self.rows += rows
         return True
 
     async def ship(self) -> None:

@@ -27,7 +27,7 @@ from typing import IO, Any
 import asyncpg
 import orjson
 
-from contracts.inbound import MAX_MESSAGE_BYTES
+from contracts.inbound import MAX_CHUNK_BYTES, MAX_MESSAGE_BYTES
 from contracts.topics import Topics
 from services.domain.ids import encode_parts
 from services.domain.imports import MappingError
@@ -55,6 +55,51 @@ DEFAULT_TIMEOUT_S = 600.0
 DEFAULT_LEASE_S = 30.0
 _PROGRESS_EVERY_S = 2.0
 _MAX_TAG = 128
+
+
+# Rows per `import.rows` record, and its size at most: well inside the door's limits
+# (contracts/inbound.py, MAX_CHUNK_ROWS, MAX_CHUNK_BYTES) with a row of up to 64 KiB added.
+CHUNK_ROWS = 500
+CHUNK_BYTES = MAX_CHUNK_BYTES - MAX_ROW_BYTES - 1024
+
+
+class _Chunk:
+    """The `import.rows` record being filled: rows as their JSON, joined when it is sent
+    (each row is serialised once)."""
+
+    def __init__(self, channel: str, import_id: str) -> None:
+        self.channel, self.import_id = channel, import_id
+        self.rows: list[bytes] = []
+        self.first = 0
+        self.size = 0
+        # An `import.row` is its envelope and the row's fields: the envelope's size, with
+        # the eventId's row number and occurredAt's digits counted apart.
+        self._envelope = len(orjson.dumps({
+            "eventId": f"{import_id}:", "type": "import.row", "channelId": channel, "occurredAt": _now_ms(),
+            "importId": import_id,
+        }))
+
+    def one_row_bytes(self, row: bytes, number: int) -> int:
+        return self._envelope + len(str(number)) + len(row) - 1  # the row's braces replace one of the envelope's
+
+    def fits(self, row: bytes) -> bool:
+        return len(self.rows) < CHUNK_ROWS and self.size + len(row) + 1 <= CHUNK_BYTES
+
+    def add(self, row: bytes, number: int) -> None:
+        if not self.rows:
+            self.first = number
+        self.rows.append(row)
+        self.size += len(row) + 1
+
+    def take(self, now: int) -> tuple[bytes, int]:
+        head = orjson.dumps({
+            "eventId": f"{self.import_id}:rows:{self.first}", "type": "import.rows", "channelId": self.channel,
+            "occurredAt": now, "importId": self.import_id,
+        })
+        value = head[:-1] + b',"rows":[' + b",".join(self.rows) + b"]}"
+        n = len(self.rows)
+        self.rows, self.size = [], 0
+        return value, n
 
 
 class ImportRefused(Exception):
@@ -269,14 +314,18 @@ class Import:
             generation += 1
 
     async def _publish_rows(self, producer: ImportProducer) -> int:
-        prefix = f"{self.import_id}:"
+        """The rows in `import.rows` chunks (contract 1.3.0): consecutive rows, in row
+        order, up to CHUNK_ROWS or CHUNK_BYTES a record, so the broker and the service pay
+        per chunk rather than per row. A chunk is cut where the window stops publishing,
+        so pacing stays in rows."""
         pairs = list(zip(self.mapping.positions, self.mapping.keys, strict=True))
         reach = max(self.mapping.positions) + 1
-        width, channel, import_id = self.width, self.channel, self.import_id
-        now = _now_ms()
+        width = self.width
         stall = self.settings.import_stall_after_rows
+        chunk = _Chunk(self.channel, self.import_id)
         for number, cells, lines in csvfile.records_with_lines(self.req.path):
             if stall and self.read == stall:
+                await self._send_chunk(producer, chunk)
                 await producer.flush()
                 await asyncio.Event().wait()
             n = len(cells)
@@ -284,37 +333,44 @@ class Import:
                 mapped = {key: cells[i] for i, key in pairs}
             else:
                 mapped = {key: cells[i] if i < n else "" for i, key in pairs}
-            msg: dict[str, Any] = {
-                "eventId": prefix + str(number), "type": "import.row", "channelId": channel,
-                "occurredAt": now, "importId": import_id, "rowNumber": number, "cells": mapped,
-            }
+            row: dict[str, Any] = {"rowNumber": number, "cells": mapped}
             if n > width and any(c.strip() for c in cells[width:]):
-                msg["rowError"] = (
+                row["rowError"] = (
                     f"the row has {n} cells but the header names {width} columns;"
                     " a cell with a comma must be quoted"
                 )
             elif (swallowed := csvfile.swallowed(cells, lines)) is not None:
-                msg["cells"], msg["rowError"] = {}, swallowed
-            value = orjson.dumps(msg)
-            if len(value) > MAX_ROW_BYTES:  # checked here: a record batch takes any first record
-                msg["cells"], msg["rowError"] = {}, (
-                    f"the row is too large to import ({len(value)} bytes as a message; the limit is {MAX_ROW_BYTES})"
+                row["cells"], row["rowError"] = {}, swallowed
+            value = orjson.dumps(row)
+            # A row must fit the service's inbound limit as the one-row `import.row` it
+            # stands for (a dead letter of it holds that message; a retry applies it).
+            if (size := chunk.one_row_bytes(value, number)) > MAX_ROW_BYTES:
+                row["cells"], row["rowError"] = {}, (
+                    f"the row is too large to import ({size} bytes as a message; the limit is {MAX_ROW_BYTES})"
                 )
-                value = orjson.dumps(msg)
+                value = orjson.dumps(row)
             if self.read >= self.allowed:
+                await self._send_chunk(producer, chunk)
                 await producer.ship()
                 await self._wait_for_room(producer)
-                now = _now_ms()
-            if not producer.add(value):
-                await producer.ship()
-                producer.add(value)  # an empty batch takes any record
-                if self.lock_lost:
-                    raise ImportNotApplied("the import lock was lost (the importer stalled past its lease)", self._result(None))
-                now = _now_ms()
-                await self._report(None)
+            elif not chunk.fits(value):
+                await self._send_chunk(producer, chunk)
+            chunk.add(value, number)
             self.read += 1
+        await self._send_chunk(producer, chunk)
         await producer.flush()
         return self.read
+
+    async def _send_chunk(self, producer: ImportProducer, chunk: _Chunk) -> None:
+        if not chunk.rows:
+            return
+        value, rows = chunk.take(_now_ms())
+        if not producer.add(value, rows):
+            await producer.ship()
+            producer.add(value, rows)  # an empty batch takes any record
+            if self.lock_lost:
+                raise ImportNotApplied("the import lock was lost (the importer stalled past its lease)", self._result(None))
+            await self._report(None)
 
     async def _wait_for_room(self, producer: ImportProducer) -> None:
         """Hold publishing until the window allows more (window.py): other channels of

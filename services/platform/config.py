@@ -102,8 +102,9 @@ class Settings(BaseSettings):
     partition_assignor: Literal["load", "range"] = Field(
         default="load", validation_alias=_env("UNIFIER_PARTITION_ASSIGNOR", "partition_assignor"))
     # Batch N+1 applied in memory while N commits (services/projection/pipeline.py); off:
-    # one batch at a time, the path every failure falls back to anyway.
-    pipeline: bool = Field(default=True, validation_alias=_env("UNIFIER_PIPELINE", "pipeline"))
+    # one batch at a time, the path every failure falls back to anyway. "auto" (`pipelined`):
+    # on while the projection processes are fewer than the cores they may run on.
+    pipeline: bool | Literal["auto"] = Field(default="auto", validation_alias=_env("UNIFIER_PIPELINE", "pipeline"))
 
     # -- Kafka clients -------------------------------------------------------------------
     # Idempotent producers: on for Apache Kafka (a retried send is never doubled);
@@ -185,6 +186,20 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return (init_settings, _Environment(settings_cls))
+
+    @property
+    def pipelined(self) -> bool:
+        """Whether the projection pipelines its batches (`UNIFIER_PIPELINE`). "auto": while
+        `projection_processes` are fewer than the cores this process may run on. The
+        pipeline overlaps a process's Python with PostgreSQL's work on its batch, which
+        needs a core beside it; with a process per core, the processes already overlap
+        each other's waits, and the pipeline's own costs (the prepared batch walked by
+        the collector, the turns given to the write) made it slower than one batch at a
+        time (docs/decisions.md, "Issue 14, session 9: array parameters, and when to
+        pipeline")."""
+        if isinstance(self.pipeline, bool):
+            return self.pipeline
+        return self.projection_processes < usable_cores()
 
     def replace(self, **changes: Any) -> Settings:
         """A copy with `changes` (by field name, or `database_url`), validated."""
@@ -429,3 +444,12 @@ _VARIABLE_OF = {
 }
 VARIABLES = tuple(_VARIABLE_OF.values())
 """Every variable `Settings` reads (plus `<VAR>_FILE` for FILE_VARIABLES)."""
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity: a container's or taskset's
+    limit, not the machine's)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1

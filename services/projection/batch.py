@@ -18,7 +18,7 @@ from typing import Any
 import asyncpg
 import orjson
 
-from contracts.decode import decode_inbound
+from contracts.decode import decode_import_rows, decode_inbound
 from contracts.inbound import MAX_MESSAGE_BYTES, InboundError
 from contracts.topics import InboundKind, Topics
 from services.domain import core
@@ -63,6 +63,7 @@ class Parsed:
     record: Record
     fact: Fact | None = None
     error: tuple[str, str] | None = None  # (code, message)
+    chunk_row: bool = False  # a row of an `import.rows` chunk: `record` is the chunk's
 
 
 async def apply_batch(
@@ -273,7 +274,7 @@ def run_facts(
                             messages.append((user_changed, pub.key, pub.body))
                 for notice in outcome.notices:  # applied, but a merge was withheld (G2)
                     if outbox:
-                        messages.append(_dead_letter(topics, p.record, notice.code, notice.reason, failed_at))
+                        messages.append(_dead_letter(topics, _letter_record(p), notice.code, notice.reason, failed_at))
                     dead_letters[notice.code] += 1
                 continue
             p.error = (outcome.rejection.code, outcome.rejection.reason)
@@ -285,7 +286,7 @@ def run_facts(
                 fx.outcomes.append((channel_id, event_id, fact.at, *p.error))
         assert p.error is not None
         if outbox:
-            messages.append(_dead_letter(topics, p.record, *p.error, failed_at))
+            messages.append(_dead_letter(topics, _letter_record(p), *p.error, failed_at))
         dead_letters[p.error[0]] += 1
     result.published += published
     result.applied += len(fx.applied) + rows
@@ -332,7 +333,57 @@ async def save_command_outcomes(conn: asyncpg.Connection, fx: Effects, *, announ
 
 def parse_records(topics: Topics, records: list[Record]) -> list[Parsed]:
     kinds = {topic: topics.kind(topic) for topic in {r.topic for r in records}}  # once per topic, not per record
-    return [_parse(kinds[r.topic], r) for r in records]
+    if topics.import_rows not in kinds:
+        return [_parse(kinds[r.topic], r) for r in records]
+    out: list[Parsed] = []
+    for r in records:
+        # A chunk names its type; a one-row record (or anything else) is read as before.
+        if r.topic == topics.import_rows and r.value and b'"import.rows"' in r.value:
+            rows = _chunk_rows(r)
+            if rows is not None:
+                out.extend(rows)
+                continue
+        p = _parse(kinds[r.topic], r)
+        if p.fact is not None and p.fact.msg.type == "import.rows":  # a chunk with its type escaped
+            out.extend(_chunk_rows(r) or [])
+        else:
+            out.append(p)
+    return out
+
+
+def _chunk_rows(record: Record) -> list[Parsed] | None:
+    """The rows of an `import.rows` chunk, each applied as its own `import.row` fact, in
+    row order at the chunk's offset (docs/import.md); None when the record is no chunk. A
+    row the door refuses is dead-lettered alone, with that `import.row` as the letter's
+    value (retrying the letter applies that row as a one-row record)."""
+    try:
+        rows = decode_import_rows(record.value or b"")
+    except InboundError as err:  # the chunk as a whole: its envelope
+        return [Parsed(record, error=(err.code, err.message))]
+    if rows is None:
+        return None
+    out: list[Parsed] = []
+    for row in rows:
+        if isinstance(row, InboundError):
+            shown = record if row.raw is None else record._replace(value=row.raw)
+            out.append(Parsed(shown, error=(row.code, row.message)))
+            continue
+        at = row.occurredAt
+        if record.timestamp > 0 and at > record.timestamp:
+            at = record.timestamp  # event time never runs ahead of the log
+        out.append(Parsed(record, fact=Fact(row, at), chunk_row=True))
+    return out
+
+
+def _letter_record(p: Parsed) -> Record:
+    """The record a dead letter names: a chunk's row is named by its own `import.row`
+    (what the door read; retrying the letter applies that row alone), at the chunk's offset."""
+    if not p.chunk_row or p.fact is None:
+        return p.record
+    try:
+        return p.record._replace(value=orjson.dumps(p.fact.msg.model_dump()))
+    except (TypeError, orjson.JSONEncodeError):  # pragma: no cover - the row was decoded from JSON
+        return p.record
 
 
 def _parse(kind: InboundKind, record: Record) -> Parsed:

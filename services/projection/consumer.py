@@ -106,7 +106,7 @@ class Projection:
             heartbeat_interval_ms=max(100, session_timeout_ms // 3),
             rebalance_timeout_ms=max(10_000, session_timeout_ms),
         )
-        self.merge = CoPartitionMerge()
+        self.merge = CoPartitionMerge(heavy_topic=self.topics.import_rows)
         self.healthy = False
         self._stop = asyncio.Event()
         self._fetched: dict[TopicPartition, int] = {}  # next offset after what we fetched
@@ -196,7 +196,7 @@ class Projection:
                         self._fetched[tp] = msgs[-1].offset + 1
                 self._flow_control()
                 records = self.merge.release(self._at_end, self.batch_max)
-                more = len(records) == self.batch_max
+                more = len(records) == self.batch_max or self.merge.full
                 if not records and (self.pipeline is None or not self.pipeline.busy):
                     continue
                 # The batch in flight is finished even when a stop arrives meanwhile.

@@ -19,11 +19,40 @@ show a record before it exists.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 from .records import Record
 
 Partition = tuple[str, int]
+
+# An `import.rows` record holds up to 1,000 rows (a chunk, ~50 KB of a typical file): it
+# weighs as a record per this many bytes, about a row's, in a batch's limit and in the
+# buffers' flow control, so a batch of chunks holds about as many rows as a batch of
+# one-row records did, and the buffers as little (docs/decisions.md, "Issue 14, session 9").
+ROW_BYTES = 128
+
+
+def by_weight(records: list[Record], heavy_topic: str, limit: int) -> Iterator[list[Record]]:
+    """`records` (canonically ordered) cut into consecutive batches of at most `limit`
+    by the weight `CoPartitionMerge.release` gives them (an import chunk a record per
+    ROW_BYTES): a rebuild's batches of chunks stay the size of the live ones. Applying
+    the parts one after another is applying the whole (a batch applies what its records
+    would one by one)."""
+    heavy = [len(r.value or b"") // ROW_BYTES for r in records if r.topic == heavy_topic]
+    if not heavy or len(records) - len(heavy) + sum(max(1, w) for w in heavy) <= limit:
+        yield records
+        return
+    part: list[Record] = []
+    spent = 0
+    for r in records:
+        w = max(1, len(r.value or b"") // ROW_BYTES) if r.topic == heavy_topic else 1
+        if part and spent + w > limit:
+            yield part
+            part, spent = [], 0
+        part.append(r)
+        spent += w
+    if part:
+        yield part
 
 
 def _order(r: Record) -> tuple[int, str, int, int]:
@@ -31,14 +60,21 @@ def _order(r: Record) -> tuple[int, str, int, int]:
 
 
 class CoPartitionMerge:
-    def __init__(self) -> None:
+    def __init__(self, heavy_topic: str | None = None) -> None:
         self._buffers: dict[Partition, deque[Record]] = {}
         self._groups: dict[int, list[Partition]] = {}
+        self._heavy = heavy_topic  # the import-rows topic: its records weigh by size
+        self._weights: dict[Partition, int] = {}  # the heavy partitions' buffered weight
+        self.full = False  # the last release stopped at its limit: more may be releasable now
+
+    def _weight(self, r: Record) -> int:
+        return 1 if r.topic != self._heavy else max(1, len(r.value or b"") // ROW_BYTES)
 
     def assign(self, partitions: Iterable[Partition]) -> None:
         """A new assignment: buffers start empty (the consumer re-seeks every partition
         to the offset stored with the state, so nothing buffered is lost)."""
         self._buffers = {p: deque() for p in sorted(partitions)}
+        self._weights = {p: 0 for p in self._buffers if p[0] == self._heavy}
         self._groups = {}
         for p in self._buffers:
             self._groups.setdefault(p[1], []).append(p)
@@ -46,34 +82,57 @@ class CoPartitionMerge:
     def add(self, partition: Partition, records: Iterable[Record]) -> None:
         buffer = self._buffers.get(partition)
         if buffer is not None:  # a fetch for a partition revoked meanwhile is dropped
+            if partition[0] == self._heavy:
+                records = list(records)
+                self._weights[partition] += sum(map(self._weight, records))
             buffer.extend(records)
 
     def drop_below(self, partition: Partition, offset: int) -> None:
         """Another instance applied up to `offset`: those records are not ours to apply."""
         buffer = self._buffers.get(partition)
         while buffer and buffer[0].offset < offset:
-            buffer.popleft()
+            r = buffer.popleft()
+            if partition[0] == self._heavy:
+                self._weights[partition] -= self._weight(r)
 
     def buffered(self, partition: Partition) -> int:
+        """How much is buffered: records, an import chunk weighing by its size."""
+        if partition[0] == self._heavy:
+            return self._weights.get(partition, 0)
         buffer = self._buffers.get(partition)
         return len(buffer) if buffer is not None else 0
 
     def release(self, at_end: Callable[[Partition], bool], limit: int) -> list[Record]:
         """Up to `limit` records in the canonical order, each one that no unread record
-        of a co-partition can precede."""
+        of a co-partition can precede (an import chunk weighs by its size, see ROW_BYTES;
+        the first record of a batch goes whatever its weight)."""
         out: list[Record] = []
+        spent = 0  # len(out), but for the weight of import chunks
         for group in self._groups.values():
             buffers = [(p, self._buffers[p]) for p in group]
-            while len(out) < limit:
+            while spent < limit:
                 if any(not b and not at_end(p) for p, b in buffers):
                     break  # a co-partition may still hold an earlier record
-                heads = [b for _, b in buffers if b]
+                heads = [(p, b) for p, b in buffers if b]
                 if not heads:
                     break
-                if len(heads) == 1:  # the others are at their end: the whole run goes (the usual case)
-                    run = heads[0]
-                    out.extend(run.popleft() for _ in range(min(limit - len(out), len(run))))
+                if len(heads) == 1 and heads[0][0][0] != self._heavy:  # the others are at their end: the whole run goes (the usual case)
+                    run = heads[0][1]
+                    n = min(limit - spent, len(run))
+                    out.extend(run.popleft() for _ in range(n))
+                    spent += n
                     continue
-                out.append(min(heads, key=lambda b: _order(b[0])).popleft())
+                p, b = min(heads, key=lambda pb: _order(pb[1][0]))
+                if p[0] == self._heavy:
+                    w = self._weight(b[0])
+                    if out and spent + w > limit:
+                        spent = limit
+                        break
+                    self._weights[p] -= w
+                    spent += w
+                else:
+                    spent += 1
+                out.append(b.popleft())
+        self.full = spent >= limit
         out.sort(key=_order)  # groups are independent channels; one order for the batch
         return out

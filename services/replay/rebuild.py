@@ -26,6 +26,7 @@ from contracts.topics import Topics
 from services.platform.gc_tuning import paused as gc_paused
 from services.projection.batch import apply_batch, dead_letter_record
 from services.projection.isolation import NOT_THE_RECORD, apply_isolating
+from services.projection.merge import by_weight
 from services.projection.records import Record
 from services.store import repository as repo
 from services.store.pool import create_pool
@@ -35,6 +36,10 @@ from .log import LogReader, Partition
 from .resident import OverBudget, Resident
 
 log = logging.getLogger("unifier.replay")
+
+# The weight of a replay batch of import chunks (merge.by_weight): rows, about, as in the
+# live service's batch (UNIFIER_BATCH_MAX's default); other records keep `--batch`.
+REPLAY_WEIGHT = 10_000
 
 
 @dataclass(slots=True)
@@ -238,7 +243,10 @@ async def apply_all(
     async def read() -> None:
         try:
             async for chunk in chunks:
-                await queue.put(chunk)
+                # Import chunks weigh by their size (merge.py, ROW_BYTES): a batch of them
+                # holds about as many rows as the live service's, not up to a million.
+                for part in by_weight(chunk, topics.import_rows, REPLAY_WEIGHT):
+                    await queue.put(part)
             await queue.put(None)
         except Exception as err:  # handed to the applying side, which raises it
             await queue.put(err)

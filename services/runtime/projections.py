@@ -52,6 +52,13 @@ def settings_bytes(settings: Settings) -> bytes:
     return orjson.dumps(values, default=lambda v: str(v) if isinstance(v, Path) else repr(v))
 
 
+def child_settings(settings: Settings) -> Settings:
+    """What a projection-only process runs with: the broker and database in use (no
+    embedded ones), one process, and the main process's decision to pipeline or not
+    (alone in its settings, "auto" would count one process and pipeline it)."""
+    return settings.replace(projection_processes=1, embedded=False, pipeline=settings.pipelined)
+
+
 async def run_extra_projections(settings: Settings, stop: asyncio.Event) -> None:
     """Start `settings.projection_processes − 1` projection processes and watch them until
     `stop`; then SIGTERM them and wait for each to finish its batch. Raises
@@ -61,7 +68,7 @@ async def run_extra_projections(settings: Settings, stop: asyncio.Event) -> None
     if extra <= 0:
         await stop.wait()  # a task of the service like the others: it ends with it
         return
-    given = settings_bytes(settings.replace(projection_processes=1, embedded=False))
+    given = settings_bytes(child_settings(settings))
     procs: list[asyncio.subprocess.Process] = []
     try:
         for _ in range(extra):
@@ -112,7 +119,7 @@ async def _projection_only(settings: Settings) -> int:
         projection = Projection(
             pool, settings.kafka_bootstrap, Topics(settings.topic_prefix), settings.consumer_group, settings.batch_max,
             settings.resident_users, session_timeout_ms=settings.kafka_session_timeout_ms,
-            assignor=settings.partition_assignor, pipelined=settings.pipeline,
+            assignor=settings.partition_assignor, pipelined=settings.pipelined,
         )
         await projection.run(stop)
     finally:

@@ -87,7 +87,7 @@ async def _serve(
             log.warning("the embedded broker started with an empty log: inbound offsets restart at 0")
     projection = Projection(
         pool, bootstrap, topics, settings.consumer_group, settings.batch_max, settings.resident_users,
-        session_timeout_ms=settings.kafka_session_timeout_ms, assignor=settings.partition_assignor, pipelined=settings.pipeline,
+        session_timeout_ms=settings.kafka_session_timeout_ms, assignor=settings.partition_assignor, pipelined=settings.pipelined,
     )
     relay = Relay(
         pool, bootstrap, f"unifier-relay:{settings.db_schema}", idempotence=settings.kafka_idempotence,

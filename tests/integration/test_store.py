@@ -181,3 +181,32 @@ async def test_new_users_of_an_import_batch_are_copied_as_inserted_and_fenced_al
     with pytest.raises(repo.Conflict):
         await save(taken_member)
     assert await pool.fetchval("SELECT count(*) FROM users WHERE id LIKE 'again-%' OR id LIKE 'other-%'") == 0
+
+
+async def test_array_parameters_encode_as_before_with_the_concrete_container_checks(pool: object) -> None:
+    """Issue 14, session 9 (docs/decisions.md, "array parameters"): asyncpg's array codec
+    asks Iterable/Sized of every element through collections.abc (~17 Python-level calls
+    an event); services/store/pool.py answers them with a tuple of container types. The
+    names it replaces must still be the ones the codec reads (an asyncpg that renames them
+    would silently lose the saving), and every value the store passes encodes as before:
+    text, numbers, booleans, NULLs, JSON, sub-arrays, sets and tuples as arrays, a str
+    element as one element; a mapping is refused, as asyncpg refuses it."""
+    import asyncpg
+    import asyncpg.protocol.protocol as protocol
+    import orjson
+
+    from services.store.pool import ARRAY_CONTAINERS
+
+    assert isinstance(pool, asyncpg.Pool)
+    assert protocol.IterableABC is ARRAY_CONTAINERS and protocol.SizedABC is ARRAY_CONTAINERS  # type: ignore[attr-defined]
+    assert await pool.fetchval("SELECT $1::text[]", ["a", "", None, "日本"]) == ["a", "", None, "日本"]
+    assert await pool.fetchval("SELECT array_length($1::text[], 1)", ["abc"]) == 1  # a str is one element
+    assert await pool.fetchval("SELECT $1::bigint[]", (1, None, 2**40)) == [1, None, 2**40]
+    assert await pool.fetchval("SELECT $1::bool[]", [True, False, None]) == [True, False, None]
+    assert await pool.fetchval("SELECT $1::int[]", [[1, 2], [3, 4]]) == [[1, 2], [3, 4]]  # a list of lists: 2-D
+    assert sorted(await pool.fetchval("SELECT $1::text[]", {"x", "y"})) == ["x", "y"]
+    assert await pool.fetchval("SELECT $1::text[]", frozenset({"z"})) == ["z"]
+    assert await pool.fetchval("SELECT $1::jsonb[]", [{"a": 1}, "s", None]) == [{"a": 1}, "s", None]
+    assert await pool.fetchval("SELECT ($1::json[])[1]::text", [orjson.Fragment(b'{"k":1}')]) == '{"k":1}'
+    with pytest.raises(asyncpg.DataError, match="sized iterable container expected"):
+        await pool.fetchval("SELECT $1::text[]", {"a": "b"})

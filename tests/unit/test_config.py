@@ -33,7 +33,7 @@ def test_defaults_when_nothing_is_set() -> None:
     assert (settings.http_addr, settings.http_host, settings.http_port) == ("127.0.0.1:8080", "127.0.0.1", 8080)
     assert settings.embedded is None and settings.embedded_allowed  # a laptop: embedded servers allowed
     assert settings.log_format == "json" and settings.log_level is None
-    assert settings.pipeline is True  # issue 14 item 4: batches pipelined unless turned off
+    assert settings.pipeline == "auto"  # issue 14, session 9: pipelined while a process has a core beside it
 
 
 def test_every_variable_overrides_its_default(tmp_path: Path) -> None:
@@ -300,3 +300,42 @@ def test_kafka_session_timeout_defaults_to_10_s_and_is_bounded() -> None:
     for bad in ("999", "300001", "soon"):
         with pytest.raises(ConfigError, match="UNIFIER_KAFKA_SESSION_TIMEOUT_MS"):
             Settings.from_env({"UNIFIER_KAFKA_SESSION_TIMEOUT_MS": bad})
+
+
+@pytest.mark.parametrize(("raw", "processes", "cores", "expected"), [
+    (None, 1, 2, True), (None, 2, 2, False), (None, 3, 2, False), (None, 2, 4, True), (None, 1, 1, False),
+    ("auto", 1, 8, True), ("true", 4, 2, True), ("false", 1, 8, False), ("1", 2, 2, True),
+])
+def test_the_pipeline_runs_while_the_processes_are_fewer_than_the_cores(
+    monkeypatch: pytest.MonkeyPatch, raw: str | None, processes: int, cores: int, expected: bool,
+) -> None:
+    """Issue 14, session 9 (docs/decisions.md): with a projection process per core the
+    processes overlap each other's waits and one batch at a time was faster; a process
+    with a core beside it (for PostgreSQL) pipelines. `UNIFIER_PIPELINE` true/false
+    decides alone; the cores are the process's own (its affinity)."""
+    from services.platform import config
+
+    monkeypatch.setattr(config, "usable_cores", lambda: cores)
+    env = {"UNIFIER_PROJECTION_PROCESSES": str(processes)} | ({"UNIFIER_PIPELINE": raw} if raw is not None else {})
+    assert Settings.from_env(env).pipelined is expected
+
+
+def test_usable_cores_are_the_affinity_of_the_process() -> None:
+    import os
+
+    from services.platform.config import usable_cores
+
+    assert usable_cores() == len(os.sched_getaffinity(0)) >= 1
+
+
+def test_projection_processes_are_given_the_main_process_decision_to_pipeline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`UNIFIER_PROJECTION_PROCESSES=2` on 2 cores: the extra process (told one process)
+    must not pipeline where the main one does not."""
+    from services.platform import config
+    from services.runtime.projections import child_settings
+
+    monkeypatch.setattr(config, "usable_cores", lambda: 2)
+    main = Settings.from_env({"UNIFIER_PROJECTION_PROCESSES": "2", "KAFKA_BOOTSTRAP_SERVERS": "k:9092",
+                              "DATABASE_URL": "postgresql://db/x"})
+    child = child_settings(main)
+    assert main.pipelined is False and child.pipelined is False and child.projection_processes == 1

@@ -99,6 +99,13 @@ EXAMPLES: dict[str, dict[str, Any]] = {
         "rowNumber": 2,
         "cells": {"profile.email": " A@B.jp ", "profile.points": "1.01", "unsubscribeEmail": "no"},
     },
+    "import.rows": {
+        "importId": "imp_1",
+        "rows": [
+            {"rowNumber": 2, "cells": {"profile.email": " A@B.jp ", "unsubscribeEmail": "no"}},
+            {"rowNumber": 3, "cells": {}, "rowError": "the row has 5 cells but the header names 4 columns"},
+        ],
+    },
     "import.finished": {"importId": "imp_1", "rows": 1, "abandoned": False},
 }
 KIND_OF = {wire: kind for kind, models in MODELS.items() for wire in models}

@@ -96,3 +96,47 @@ def test_any_fetch_pace_releases_the_canonical_order(seed: int) -> None:
             run for (_, partition), run in log.items() if partition == number
         )
     assert len(out) == sum(len(run) for run in log.values())
+
+
+IMP = "p.import-rows"
+
+
+def test_import_chunks_weigh_by_size_in_a_batch_and_in_the_buffers() -> None:
+    """An `import.rows` record (a chunk of up to 1,000 rows) weighs a record per ROW_BYTES
+    of it (docs/decisions.md, "Issue 14, session 9"): a batch of chunks holds about as
+    many rows as a batch of one-row records, the buffers' flow control counts their size,
+    and a release stopped by the weight says so (`full`: the consumer does not wait)."""
+    from services.projection.merge import ROW_BYTES
+
+    merge = CoPartitionMerge(heavy_topic=IMP)
+    merge.assign([(SDK, 0), (IMP, 0)])
+    chunk = b"x" * (100 * ROW_BYTES)  # weighs 100
+    merge.add((IMP, 0), [Record(IMP, 0, i, 100 + i, None, chunk) for i in range(5)])
+    merge.add((SDK, 0), [rec(SDK, 0, i, 1_000 + i) for i in range(3)])
+    assert merge.buffered((IMP, 0)) == 500 and merge.buffered((SDK, 0)) == 3
+    first = merge.release(lambda p: True, 250)
+    assert [r.offset for r in first] == [0, 1] and merge.full  # a third chunk would pass 250
+    assert merge.buffered((IMP, 0)) == 300
+    assert [r.offset for r in merge.release(lambda p: True, 50)] == [2]  # the first record goes whatever its weight
+    rest = merge.release(lambda p: True, 1_000)
+    assert [(r.topic, r.offset) for r in rest] == [(IMP, 3), (IMP, 4), (SDK, 0), (SDK, 1), (SDK, 2)] and not merge.full
+    assert merge.buffered((IMP, 0)) == 0
+    # Without a heavy topic (the replay's reader, a test) every record weighs one, as before.
+    plain = CoPartitionMerge()
+    plain.assign([(IMP, 0)])
+    plain.add((IMP, 0), [Record(IMP, 0, i, 100 + i, None, chunk) for i in range(5)])
+    assert len(plain.release(lambda p: True, 250)) == 5
+
+
+def test_a_rebuilds_batch_of_import_chunks_is_cut_by_their_weight_in_order() -> None:
+    """merge.by_weight: a replay batch of chunks is cut into consecutive parts of at most
+    the limit's weight (a chunk alone when it weighs more), in order; a batch without
+    chunks, or light enough, is left whole."""
+    from services.projection.merge import ROW_BYTES, by_weight
+
+    chunk = b"x" * (100 * ROW_BYTES)
+    records = [Record(IMP if i % 2 else SDK, 0, i, 100 + i, None, chunk if i % 2 else b"{}") for i in range(7)]
+    parts = list(by_weight(records, IMP, 150))
+    assert [[r.offset for r in p] for p in parts] == [[0, 1, 2], [3, 4], [5, 6]]
+    assert list(by_weight(records, IMP, 10_000)) == [records]
+    assert [[r.offset for r in p] for p in by_weight(records, IMP, 50)] == [[0], [1], [2], [3], [4], [5], [6]]
