@@ -13,7 +13,12 @@ Measures, in one run, on the embedded tansu broker and the PostgreSQL of DATABAS
 3. latency: `run_service` (projection + relay) in a child process, the stream published
    at a fixed rate, and publish → `user-changed` latency per message measured through
    `causationId` (only leads and members are published, so only those facts count).
-   The service runs the stage timers too (`service stages` in the report).
+   The service runs the stage timers too (`service stages` in the report), and a trace
+   of where each measured fact waited (published → fetched into the merge → released
+   into a batch → its batch committed → read from the outbox by the relay → acked by
+   the broker → received), its CPU by event-loop task, and PostgreSQL's CPU of its own
+   backends (`pg_backends`; the server's total counts other users of a shared server).
+   BENCH_CHILD_PROFILE=/tmp/x.prof dumps a cProfile of the whole service child.
 4. optional: `--instances 1,2,3` times the resident projection again in N processes of
    one consumer group (each the projection of `unifier run` with embedded off, on the
    bench's broker and database; the group's assignor splits the 12 partitions:
@@ -347,18 +352,20 @@ class Stages:
         from services.domain import core
 
         self.patch_sync(batch_mod, "_parse", "parse (orjson + pydantic)")
-        for name in ("lock_offsets", "already_applied", "load_channels"):
-            self.patch_async(repo, name, f"sql {name}")
+        for name in ("lock_offsets", "already_applied", "load_channels", "applied_window"):
+            if hasattr(repo, name):
+                self.patch_async(repo, name, f"sql {name}")
         self.patch_async(batch_mod, "_load", "load (keys + query + User.from_json)")
         self.patch_async(repo, "load_users", "  of which sql load_users")
         self.patch_sync(core, "apply", "core.apply (handlers + publish)")
         self.patch_sync(core, "publish", "  of which publish (diff + view)")
         self.patch_async(batch_mod, "_load_resident", "load, resident (keys + missing + query)")
-        for name in ("lock_channels", "stamp_channels", "channel_clocks", "save_clocks", "forget_applied", "save_rejected"):
+        for name in ("lock_channels", "stamp_channels", "channel_clocks", "save_clocks", "forget_applied", "save_rejected",
+                     "save_offsets", "save_positions"):
             if hasattr(repo, name):
                 self.patch_async(repo, name, f"sql {name}")
         for name in ("save_users", "save_identities", "save_activities", "save_merges",
-                     "save_applied", "save_outbox", "save_offsets"):
+                     "save_applied", "save_outbox"):
             self.patch_async(repo, name, f"sql {name}")
         from services.projection.merge import CoPartitionMerge
 
@@ -503,6 +510,35 @@ class Cpu:
         if b.get("own"):
             out["pg_backends"] = round(1e6 * Cpu._spent(a, b, "pg_backends") / max(facts, 1), 1)
         return out
+
+
+def _socket_ports(pids: list[int]) -> set[int]:
+    """The local TCP ports of the processes' sockets (/proc): matched against
+    pg_stat_activity.client_port, they name the server backends serving them."""
+    inodes: set[str] = set()
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                with contextlib.suppress(OSError):
+                    link = os.readlink(f"/proc/{pid}/fd/{fd}")
+                    if link.startswith("socket:["):
+                        inodes.add(link[8:-1])
+    ports: set[int] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                cols = line.split()
+                if len(cols) > 9 and cols[9] in inodes:
+                    ports.add(int(cols[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+async def backends_of(conn: asyncpg.Connection, pids: list[int]) -> set[int]:
+    """The server pids of the backends connected from `pids` (the service's own share
+    of PostgreSQL's CPU, apart from other users of a shared server)."""
+    ports = _socket_ports(pids)
+    rows = await conn.fetch("SELECT pid FROM pg_stat_activity WHERE client_port = ANY($1::int[])", sorted(ports))
+    return {r["pid"] for r in rows}
 
 
 async def postmaster_of(database_url: str) -> int | None:
@@ -839,16 +875,192 @@ def serve_child() -> None:
     stages = Stages()
     if stages_file:
         stages.install()
+    trace_file = os.environ.get("BENCH_TRACE_FILE")
+    trace = Trace() if trace_file else None
+    if trace is not None:
+        trace.install()
+    task_cpu = TaskCpu() if trace_file else None  # CPU by task, with the trace
+    if task_cpu is not None:
+        task_cpu.install()
+    profile_file = os.environ.get("BENCH_CHILD_PROFILE")  # cProfile of the whole child, dumped at exit
+    profiler = cProfile.Profile() if profile_file else None
     started = time.perf_counter()
     try:
+        if profiler is not None:
+            profiler.enable()
         if os.environ.get("BENCH_CHILD_MODE") == "projection":
             asyncio.run(_projection_child(settings, Path(os.environ["BENCH_GATE_FILE"])))
         else:
             asyncio.run(run_service(settings))
     finally:
+        if profiler is not None:
+            profiler.disable()
+            profiler.dump_stats(str(profile_file))
         if stages_file:
             Path(stages_file).write_text(json.dumps({
                 "wall_s": time.perf_counter() - started, "seconds": stages.seconds, "calls": stages.calls}))
+        if trace is not None and trace_file:
+            Path(trace_file).write_text(json.dumps({"times": trace.times, "task_cpu": task_cpu.seconds if task_cpu else {}}))
+
+
+def _id_in(value: bytes | None, field: bytes) -> str | None:
+    """The string field `field` (b'"eventId":"') of a JSON message, without parsing it."""
+    if not value:
+        return None
+    i = value.find(field)
+    if i < 0:
+        return None
+    i += len(field)
+    j = value.find(b'"', i)
+    return value[i:j].decode() if j > 0 else None
+
+
+class TaskCpu:
+    """CPU seconds of the event loop's callbacks by what they serve: a task's steps by
+    the task's name (aiokafka's and asyncpg's own tasks by their coroutine), transport
+    callbacks by their protocol. Cumulative from the child's start; the bench reads it
+    at the start and end of the measured window (BENCH_TRACE_FILE has the end)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = defaultdict(float)
+
+    def install(self) -> None:
+        import asyncio.events as events
+
+        run = events.Handle._run
+        clock = time.thread_time
+        seconds = self.seconds
+
+        def label(handle: Any) -> str:
+            cb = handle._callback
+            owner = getattr(cb, "__self__", None)
+            if isinstance(owner, asyncio.Task):
+                name = owner.get_name()
+                if name.startswith("Task-"):
+                    coro = owner.get_coro()
+                    name = "task:" + getattr(coro, "__qualname__", type(coro).__name__)
+                return name
+            if owner is not None:
+                proto = getattr(owner, "_protocol", None)
+                return f"cb:{type(owner).__name__}" + (f"/{type(proto).__name__}" if proto is not None else "")
+            return "cb:" + getattr(cb, "__qualname__", repr(cb))[:60]
+
+        def timed_run(handle: Any) -> None:
+            t = clock()
+            try:
+                run(handle)
+            finally:
+                seconds[label(handle)] += clock() - t
+
+        events.Handle._run = timed_run  # type: ignore[method-assign]
+
+
+class Trace:
+    """When each fact passes each point of the service (CLOCK_MONOTONIC, as the driver's
+    perf_counter): fetched (into the merge), released (into a batch), committed (its
+    batch's transaction), and for each user-changed it caused, read from the outbox by
+    the relay and acknowledged by the broker. The first time only (a redone batch keeps
+    its first marks but its latest commit)."""
+
+    def __init__(self) -> None:
+        self.times: dict[str, dict[str, float]] = {}
+
+    def _mark(self, key: str | None, point: str, now: float, last: bool = False) -> None:
+        if key is None:
+            return
+        marks = self.times.setdefault(key, {})
+        if last or point not in marks:
+            marks[point] = now
+
+    def install(self) -> None:
+        from services.projection import merge as merge_mod
+        from services.projection import pipeline as pipeline_mod
+        from services.relay import relay as relay_mod
+
+        trace = self
+        eid, cid = b'"eventId":"', b'"causationId":"'
+        add, release = merge_mod.CoPartitionMerge.add, merge_mod.CoPartitionMerge.release
+
+        def traced_add(self: Any, partition: Any, records: Any) -> None:
+            records = list(records)
+            now = time.perf_counter()
+            for r in records:
+                trace._mark(_id_in(r.value, eid), "fetched", now)
+            add(self, partition, records)
+
+        def traced_release(self: Any, *a: Any, **kw: Any) -> Any:
+            out = release(self, *a, **kw)
+            now = time.perf_counter()
+            for r in out:
+                trace._mark(_id_in(r.value, eid), "released", now)
+            return out
+
+        def committed(records: list[Record]) -> None:
+            now = time.perf_counter()
+            for r in records:
+                trace._mark(_id_in(r.value, eid), "committed", now, last=True)
+
+        write = pipeline_mod.Pipeline._write
+
+        async def traced_write(self: Any, p: Any) -> Any:
+            out = await write(self, p)
+            committed(p.records)
+            return out
+
+        apply = Projection.apply
+
+        async def traced_apply(self: Any, records: list[Record]) -> Any:
+            out = await apply(self, records)
+            committed(records)
+            return out
+
+        send = relay_mod.Relay._send
+
+        async def traced_send(self: Any, rows: list[Any]) -> Any:
+            now = time.perf_counter()
+            causes = [_id_in(r["value"], cid) for r in rows]
+            for c in causes:
+                trace._mark(c, "relay_read", now)
+            futures = await send(self, rows)
+
+            def acked(_: Any) -> None:
+                t = time.perf_counter()
+                for c in causes:
+                    trace._mark(c, "acked", t)
+
+            if futures:
+                asyncio.gather(*(f for f, _ in futures), return_exceptions=True).add_done_callback(acked)
+            return futures
+
+        merge_mod.CoPartitionMerge.add = traced_add  # type: ignore[method-assign]
+        merge_mod.CoPartitionMerge.release = traced_release  # type: ignore[method-assign]
+        pipeline_mod.Pipeline._write = traced_write  # type: ignore[method-assign]
+        Projection.apply = traced_apply  # type: ignore[method-assign]
+        relay_mod.Relay._send = traced_send  # type: ignore[method-assign]
+
+
+_TRACE_POINTS = ("fetched", "released", "committed", "relay_read", "acked")
+
+
+def trace_breakdown(sent_at: dict[str, float], received: dict[str, float], times: dict[str, dict[str, float]]) -> dict[str, Any]:
+    """Where a measured fact waited: each segment's p50/p90/p99 (ms) over the facts that
+    have both its ends, and the mean share of each segment among the slowest 1 %."""
+    segments: dict[str, list[float]] = defaultdict(list)
+    slow_cut = sorted(received[e] - sent_at[e] for e in received)
+    slow_cut_at = slow_cut[int(0.99 * len(slow_cut))] if slow_cut else 0.0
+    slow: dict[str, list[float]] = defaultdict(list)
+    for e, got in received.items():
+        marks = times.get(e, {})
+        points = [("published", sent_at[e])] + [(k, marks[k]) for k in _TRACE_POINTS if k in marks] + [("received", got)]
+        for (a, ta), (b, tb) in itertools.pairwise(points):
+            segments[f"{a}→{b}"].append(1000 * (tb - ta))
+            if got - sent_at[e] >= slow_cut_at:
+                slow[f"{a}→{b}"].append(1000 * (tb - ta))
+    return {
+        name: {"n": len(xs), "p50": round(_pct(sorted(xs), 50), 1), "p90": round(_pct(sorted(xs), 90), 1),
+               "p99": round(_pct(sorted(xs), 99), 1), "slowest_1pct_mean": round(statistics.fmean(slow[name]), 1) if slow.get(name) else None}
+        for name, xs in segments.items()
+    }
 
 
 def _record_assignments(path: Path, sdk_topic: str) -> None:
@@ -1030,6 +1242,7 @@ async def measure_latency(
     received: dict[str, float] = {}
     changes = Counter[str]()
     stages_file = Path(tempfile.mkdtemp(prefix="bench-stages-")) / "stages.json"
+    trace_file = stages_file.parent / "trace.json"
 
     if instances > 1:  # migrated once here, not by several children at once
         await (await create_pool(database_url, schema)).close()
@@ -1037,7 +1250,7 @@ async def measure_latency(
     children = []
     for i, f in enumerate(assign_files):
         # the stage timers of the first child only (one file)
-        extra = {"BENCH_SERVICE_STAGES": str(stages_file)} if i == 0 else {}
+        extra = {"BENCH_SERVICE_STAGES": str(stages_file), "BENCH_TRACE_FILE": str(trace_file)} if i == 0 else {}
         env = _child_env(bootstrap, database_url, prefix, group, schema, batch_max, resident_users,
                          BENCH_ASSIGN_FILE=str(f), UNIFIER_PARTITION_ASSIGNOR=assignor, **extra)
         children.append(await asyncio.create_subprocess_exec(sys.executable, str(SELF), SERVE_FLAG, env=env, cwd=ROOT))
@@ -1090,6 +1303,8 @@ async def measure_latency(
         changes.clear()
 
         # Paced: a small burst every `burst_ms`, on a fixed schedule (no drift).
+        conn = await asyncpg.connect(database_url, server_settings={"search_path": schema})
+        own = await backends_of(conn, [c.pid for c in children])
         cpu0, child0 = cpu.sample(), sum(cpu.of(c.pid) for c in children)
         per_burst = max(1, round(rate * burst_ms / 1000))
         interval = per_burst / rate
@@ -1110,7 +1325,6 @@ async def measure_latency(
         publish_s = time.perf_counter() - started
 
         # Drain: every fact applied, the outbox empty, then a quiet second on user-changed.
-        conn = await asyncpg.connect(database_url, server_settings={"search_path": schema})
         try:
             deadline = time.monotonic() + 120
             while True:
@@ -1123,7 +1337,13 @@ async def measure_latency(
                     raise TimeoutError(f"not drained: applied {applied}/{n + len(warm)}, outbox {backlog}")
                 await asyncio.sleep(0.1)
             drained_s = time.perf_counter() - started
+            own |= await backends_of(conn, [c.pid for c in children])
             cpu1, child1 = cpu.sample(), sum(cpu.of(c.pid) for c in children)
+            cpu1["own"] = own
+            last = dict(await conn.fetch("SELECT pid, left(query, 60) FROM pg_stat_activity WHERE pid = ANY($1::int[])", sorted(own)))
+            by_backend = sorted(
+                ((round(1e6 * (cpu1["postgres"].get(p, 0.0) - cpu0["postgres"].get(p, 0.0)) / n, 1), last.get(p, "")) for p in own),
+                reverse=True)
         finally:
             await conn.close()
         seen = -1
@@ -1139,8 +1359,14 @@ async def measure_latency(
         _remove(assign_files)
 
     lat = sorted(1000 * (received[e] - sent_at[e]) for e in received)
+    traced = _read_and_remove(trace_file, keep_folder=True) or {}
+    times = traced.get("times")
+    task_cpu = sorted(((round(1e6 * v / n, 1), k) for k, v in traced.get("task_cpu", {}).items()), reverse=True)
     service_stages = _read_and_remove(stages_file)
     return {
+        "breakdown_ms": trace_breakdown(sent_at, received, times) if times else None,
+        "pg_backends_us_per_event": by_backend,  # the service's backends: (CPU µs/event, last query)
+        "service_task_us_per_event": task_cpu[:25],  # whole child run incl. warm-up, per measured fact
         "service_stages_s": service_stages and {k: round(v, 3) for k, v in service_stages["seconds"].items()},
         "service_stage_calls": service_stages and service_stages["calls"],
         "events": n,
@@ -1163,14 +1389,15 @@ async def measure_latency(
     }
 
 
-def _read_and_remove(path: Path) -> Any:
+def _read_and_remove(path: Path, keep_folder: bool = False) -> Any:
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError):
         data = None
     with contextlib.suppress(OSError):
         path.unlink()
-        path.parent.rmdir()
+        if not keep_folder:
+            path.parent.rmdir()
     return data
 
 
@@ -1428,6 +1655,16 @@ def report(r: dict[str, Any]) -> str:
         lines.append(f"latency: {la['measured']:,} user-changed measured of {la['events']:,} facts "
                      f"({la['changes']}); drained {la['drained_after_s']} s after start; late bursts {la['late_bursts']}")
         lines.append(f"latency run cores used (python = this driver): {la['cores_used']}")
+        if la.get("service_task_us_per_event"):
+            lines.append("the service's CPU by event-loop task (µs per fact, whole run): " + "; ".join(
+                f"{k} {us}" for us, k in la["service_task_us_per_event"] if us >= 0.5))
+        if la.get("pg_backends_us_per_event"):
+            lines.append("the service's PostgreSQL backends, CPU µs/event (last query): " + "; ".join(
+                f"{us} ({q!r})" for us, q in la["pg_backends_us_per_event"]))
+        if la.get("breakdown_ms"):
+            lines.append("where a measured fact waited (ms: p50 / p90 / p99; mean among the slowest 1 %):")
+            for seg, x in la["breakdown_ms"].items():
+                lines.append(f"  {seg:<26} {x['p50']:>8} / {x['p90']:>8} / {x['p99']:>8}; {x['slowest_1pct_mean']}  (n {x['n']:,})")
         if la.get("service_stages_s"):
             lines.append("service stages during the latency run (wall s, incl. warm-up): " + ", ".join(
                 f"{k} {v}" for k, v in sorted(la["service_stages_s"].items(), key=lambda kv: -kv[1]) if v >= 0.05))

@@ -104,10 +104,9 @@ async def _apply_batch(
         channels = {f.channel_id for f in facts}
         # The channel fence: batches writing the same channel take turns from here on.
         tokens = await repo.lock_channels(conn, channels)
-        seen = await repo.already_applied(conn, sorted({(f.channel_id, f.event_id) for f in facts}))
         # Every channel's clock, not only those with a remembered eventId: a fact applied
         # in this batch must not stand in for its channel's clock (window.py).
-        window = AppliedWindow(seen, await repo.channel_clocks(conn, channels))
+        window = AppliedWindow(*await repo.applied_window(conn, sorted({(f.channel_id, f.event_id) for f in facts}), channels))
         settings = await repo.load_channels(conn, channels)
         if resident is None:
             directory, revs = await _load(conn, facts)
@@ -120,7 +119,6 @@ async def _apply_batch(
         effects = run_facts(directory, fresh, settings, window, topics, result, outbox=outbox, failed_at=failed_at)
         imported = _written_by_imports(facts, directory) if resident is not None and imports is not None else []
         await write_effects(conn, directory, revs, effects, window.stored)
-        stamped = await repo.stamp_channels(conn, {u.channel_id for u in directory.changed.values()})
         if outbox:  # live only: a rebuild's chats were looked up when they happened
             await lookup_store.enqueue_chats(conn, effects.activities)
         if imports is not None:
@@ -129,8 +127,9 @@ async def _apply_batch(
         for r in records:
             ends[(r.topic, r.partition)] = max(ends.get((r.topic, r.partition), 0), r.offset + 1)
         result.next_offsets = {k: max(v, stored[k]) for k, v in ends.items()}
-        await repo.save_offsets(conn, result.next_offsets)
-        await repo.save_clocks(conn, clocks_after(records))
+        stamped = await repo.save_positions(
+            conn, result.next_offsets, clocks_after(records), {u.channel_id for u in directory.changed.values()},
+        )
     if resident is not None:
         resident.committed(stamped)
         resident.forget(imported)
@@ -164,8 +163,7 @@ async def dead_letter_record(
             result.dead_letters[code] += 1
             await _command_refused(conn, topics, record, code, reason, announce=outbox)
         result.next_offsets = {partition: max(record.offset + 1, stored)}
-        await repo.save_offsets(conn, result.next_offsets)
-        await repo.save_clocks(conn, clocks_after([record]))
+        await repo.save_positions(conn, result.next_offsets, clocks_after([record]))
     return result
 
 

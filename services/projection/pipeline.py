@@ -286,8 +286,7 @@ class Pipeline:
         """The eventId window of the facts' channels after the batch in flight: the
         store's rows (read before or after its commit) overlaid with what it applied."""
         pairs = sorted({(f.channel_id, f.event_id) for f in facts})
-        rows = await repo.already_applied(conn, pairs)
-        clocks = await repo.channel_clocks(conn, channels)
+        rows, clocks = await repo.applied_window(conn, pairs, channels)
         if inflight is not None:
             wanted, mine = set(pairs), set(channels)
             rows.extend(a for a in inflight.fx.applied if (a[0], a[1]) in wanted)  # later rows win
@@ -344,10 +343,8 @@ class Pipeline:
             await repo.save_user_columns(conn, p.users)
             await repo.save_identities(conn, p.identities)
             await write_rest(conn, p.fx, p.stored_applied)
-            stamped = await repo.stamp_channels(conn, p.stamp)
             if self.outbox:
                 await lookup_store.enqueue_chats(conn, p.fx.activities)
             p.result.next_offsets = {k: max(v, stored[k]) for k, v in p.ends.items()}
-            await repo.save_offsets(conn, p.result.next_offsets)
-            await repo.save_clocks(conn, p.clocks)
+            stamped = await repo.save_positions(conn, p.result.next_offsets, p.clocks, p.stamp)
         return Written({**tokens, **stamped}, time.perf_counter() - p.started)

@@ -69,15 +69,25 @@ async def already_applied(conn: asyncpg.Connection, pairs: Sequence[tuple[str, s
     return [(r[0], r[1], r[2]) for r in rows]
 
 
-async def channel_clocks(conn: asyncpg.Connection, channel_ids: Iterable[str]) -> dict[str, int]:
-    """Each channel's latest event time applied: the eventId window's clock."""
+async def applied_window(
+    conn: asyncpg.Connection, pairs: Sequence[tuple[str, str]], channel_ids: Iterable[str],
+) -> tuple[list[tuple[str, str, int]], dict[str, int]]:
+    """What the eventId window of a batch is read from (projection/window.py), in one
+    statement (one round trip, issue 14 session 9): the pairs still remembered, as
+    `already_applied`, and each channel's clock, its latest event time applied (a
+    channel row carries no eventId: applied_events.event_id is never NULL)."""
     wanted = sorted(set(channel_ids))
-    if not wanted:
-        return {}
+    if not pairs and not wanted:
+        return [], {}
     rows = await conn.fetch(
-        """SELECT c, (SELECT max(at) FROM applied_events WHERE channel_id = c) FROM unnest($1::text[]) AS c""", wanted
+        """SELECT a.channel_id, a.event_id, a.at FROM applied_events a
+             JOIN unnest($1::text[], $2::text[]) AS p(c, e) ON a.channel_id = p.c AND a.event_id = p.e
+           UNION ALL
+           SELECT c, NULL, (SELECT max(at) FROM applied_events WHERE channel_id = c) FROM unnest($3::text[]) AS c""",
+        [p[0] for p in pairs], [p[1] for p in pairs], wanted,
     )
-    return {r[0]: r[1] for r in rows if r[1] is not None}
+    seen = [(r[0], r[1], r[2]) for r in rows if r[1] is not None]
+    return seen, {r[0]: r[2] for r in rows if r[1] is None and r[2] is not None}
 
 
 async def forget_applied(conn: asyncpg.Connection, channel_ids: Sequence[str], window_ms: int) -> None:
@@ -95,24 +105,31 @@ async def forget_applied(conn: asyncpg.Connection, channel_ids: Sequence[str], w
 
 async def lock_offsets(conn: asyncpg.Connection, partitions: Sequence[tuple[str, int]]) -> dict[tuple[str, int], int]:
     """The inbox fence: lock each partition's stored offset for this transaction. A
-    second instance holding the same partition waits here, then skips what we applied."""
+    second instance holding the same partition waits here, then skips what we applied.
+
+    One round trip once every partition has its row (every batch but a partition's
+    first): the rows are locked as they are read. A partition without a row gets one
+    first, then all are read again (a statement of its own: in READ COMMITTED a row that
+    another instance inserted and committed while we waited on its conflict is seen
+    only by a later statement)."""
     topics, parts = [p[0] for p in partitions], [p[1] for p in partitions]
-    await conn.execute(
-        """INSERT INTO inbox_offsets (topic, partition, next_offset)
-           SELECT t, p, 0 FROM unnest($1::text[], $2::int[]) AS x(t, p)
-           ON CONFLICT DO NOTHING""",
-        topics,
-        parts,
-    )
-    rows = await conn.fetch(
-        """SELECT o.topic, o.partition, o.next_offset FROM inbox_offsets o
+    rows = await conn.fetch(_LOCK_OFFSETS, topics, parts)
+    if len(rows) < len(set(partitions)):
+        await conn.execute(
+            """INSERT INTO inbox_offsets (topic, partition, next_offset)
+               SELECT t, p, 0 FROM unnest($1::text[], $2::int[]) AS x(t, p)
+               ON CONFLICT DO NOTHING""",
+            topics,
+            parts,
+        )
+        rows = await conn.fetch(_LOCK_OFFSETS, topics, parts)
+    return {(r[0], r[1]): r[2] for r in rows}
+
+
+_LOCK_OFFSETS = """SELECT o.topic, o.partition, o.next_offset FROM inbox_offsets o
              JOIN unnest($1::text[], $2::int[]) AS x(t, p) ON o.topic = x.t AND o.partition = x.p
             ORDER BY o.topic, o.partition
-              FOR UPDATE OF o""",
-        topics,
-        parts,
-    )
-    return {(r[0], r[1]): r[2] for r in rows}
+              FOR UPDATE OF o"""
 
 
 async def lock_channels(conn: asyncpg.Connection, channel_ids: Iterable[str]) -> dict[str, int]:
@@ -128,18 +145,22 @@ async def lock_channels_held(conn: asyncpg.Connection, channel_ids: Iterable[str
     wanted = sorted(set(channel_ids))
     if not wanted:
         return {}, None
-    await conn.execute(
-        """INSERT INTO channel_writers (channel_id, token)
-           SELECT c, pg_current_xact_id()::text::bigint FROM unnest($1::text[]) AS c
-           ON CONFLICT DO NOTHING""",
-        wanted,
-    )
-    rows = await conn.fetch(
-        """SELECT channel_id, token, pg_current_xact_id()::text::bigint FROM channel_writers
-           WHERE channel_id = ANY($1::text[]) ORDER BY channel_id FOR UPDATE""",
-        wanted,
-    )
+    # As lock_offsets: one round trip when every channel has its row (a channel's first
+    # batch inserts it, then reads all again).
+    rows = await conn.fetch(_LOCK_CHANNELS, wanted)
+    if len(rows) < len(wanted):
+        await conn.execute(
+            """INSERT INTO channel_writers (channel_id, token)
+               SELECT c, pg_current_xact_id()::text::bigint FROM unnest($1::text[]) AS c
+               ON CONFLICT DO NOTHING""",
+            wanted,
+        )
+        rows = await conn.fetch(_LOCK_CHANNELS, wanted)
     return {r[0]: r[1] for r in rows}, rows[0][2]
+
+
+_LOCK_CHANNELS = """SELECT channel_id, token, pg_current_xact_id()::text::bigint FROM channel_writers
+           WHERE channel_id = ANY($1::text[]) ORDER BY channel_id FOR UPDATE"""
 
 
 async def channel_tokens(conn: asyncpg.Connection, channel_ids: Iterable[str]) -> dict[str, int]:
@@ -149,19 +170,6 @@ async def channel_tokens(conn: asyncpg.Connection, channel_ids: Iterable[str]) -
     if not wanted:
         return {}
     rows = await conn.fetch("SELECT channel_id, token FROM channel_writers WHERE channel_id = ANY($1::text[])", wanted)
-    return {r[0]: r[1] for r in rows}
-
-
-async def stamp_channels(conn: asyncpg.Connection, channel_ids: Iterable[str]) -> dict[str, int]:
-    """Mark the channels as written by this transaction; their new tokens."""
-    wanted = sorted(set(channel_ids))
-    if not wanted:
-        return {}
-    rows = await conn.fetch(
-        """UPDATE channel_writers SET token = pg_current_xact_id()::text::bigint
-            WHERE channel_id = ANY($1::text[]) RETURNING channel_id, token""",
-        wanted,
-    )
     return {r[0]: r[1] for r in rows}
 
 
@@ -189,15 +197,32 @@ async def stored_positions(
     return {(r[0], r[1]): (r[2], r[3]) for r in rows}
 
 
-async def save_clocks(conn: asyncpg.Connection, clocks: dict[tuple[str, int], int]) -> None:
-    """Advance partition clocks (never backwards), with the offsets of the same records."""
-    if clocks:
-        await conn.execute(
-            """UPDATE inbox_offsets o SET clock = GREATEST(o.clock, x.c)
-                 FROM unnest($1::text[], $2::int[], $3::bigint[]) AS x(t, p, c)
-                WHERE o.topic = x.t AND o.partition = x.p""",
-            [k[0] for k in clocks], [k[1] for k in clocks], list(clocks.values()),
-        )
+async def save_positions(
+    conn: asyncpg.Connection, offsets: dict[tuple[str, int], int], clocks: dict[tuple[str, int], int],
+    stamp: Iterable[str] = (),
+) -> dict[str, int]:
+    """A batch's last statement: the partitions' next offsets stored, their clocks
+    advanced (never backwards; those of the same records), and the channels `stamp`
+    marked as written by this transaction (the channel fence, schema.sql
+    channel_writers: rows lock_channels locked); their new tokens. One round trip per
+    batch where these were three (issue 14: at a paced rate a batch's round trips, not
+    its rows, set how long it takes)."""
+    keys = sorted(offsets.keys() | clocks.keys())
+    channels = sorted(set(stamp))
+    if not keys and not channels:
+        return {}
+    rows = await conn.fetch(
+        """WITH moved AS (
+             UPDATE inbox_offsets o
+                SET next_offset = coalesce(x.n, o.next_offset), clock = GREATEST(o.clock, x.c)
+               FROM unnest($1::text[], $2::int[], $3::bigint[], $4::bigint[]) AS x(t, p, n, c)
+              WHERE o.topic = x.t AND o.partition = x.p)
+           UPDATE channel_writers SET token = pg_current_xact_id()::text::bigint
+            WHERE channel_id = ANY($5::text[]) RETURNING channel_id, token""",
+        [k[0] for k in keys], [k[1] for k in keys], [offsets.get(k) for k in keys], [clocks.get(k) for k in keys],
+        channels,
+    )
+    return {r[0]: r[1] for r in rows}
 
 
 async def adopt_log(conn: asyncpg.Connection | asyncpg.Pool, log_id: str) -> bool:
@@ -215,17 +240,6 @@ async def adopt_log(conn: asyncpg.Connection | asyncpg.Pool, log_id: str) -> boo
             return False
         await c.execute("UPDATE inbox_offsets SET next_offset = 0, clock = NULL")
         return True
-
-
-async def save_offsets(conn: asyncpg.Connection, offsets: dict[tuple[str, int], int]) -> None:
-    await conn.execute(
-        """UPDATE inbox_offsets o SET next_offset = x.n
-             FROM unnest($1::text[], $2::int[], $3::bigint[]) AS x(t, p, n)
-            WHERE o.topic = x.t AND o.partition = x.p""",
-        [k[0] for k in offsets],
-        [k[1] for k in offsets],
-        list(offsets.values()),
-    )
 
 
 USER_COLUMNS = (
@@ -396,9 +410,9 @@ async def save_applied(
 
 async def save_outbox(conn: asyncpg.Connection, rows: Sequence[tuple[str, str | None, bytes | None]]) -> None:
     if rows:
-        # Binary COPY (the ids come from the sequence in row order, as with INSERT).
+        # Binary COPY (the ids come from the sequence in row order, as with INSERT). Its
+        # statement trigger (schema.sql, outbox_notify) wakes the relay at commit.
         await conn.copy_records_to_table("outbox", records=rows, columns=("topic", "key", "value"))
-        await conn.execute("SELECT pg_notify('unifier_outbox', '')")
 
 
 async def save_activities(conn: asyncpg.Connection, acts: Sequence[Activity]) -> None:

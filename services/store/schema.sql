@@ -145,6 +145,23 @@ CREATE TABLE IF NOT EXISTS outbox (
     value bytea
 );
 
+-- The relay LISTENs on unifier_outbox: whatever statement fills the outbox wakes it at
+-- commit (a NOTIFY is delivered then, once per transaction), with no round trip of its
+-- own for the writer (docs/decisions.md, "Issue 14, session 9: latency").
+CREATE OR REPLACE FUNCTION outbox_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('unifier_outbox', '');
+    RETURN NULL;
+END
+$$;
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = 'outbox_notify' AND tgrelid = 'outbox'::regclass) THEN
+        CREATE TRIGGER outbox_notify AFTER INSERT ON outbox FOR EACH STATEMENT EXECUTE FUNCTION outbox_notify();
+    END IF;
+END
+$$;
+
 -- G4: every merge, with the winner of every contested key. Survives the source.
 CREATE TABLE IF NOT EXISTS merges (
     channel_id   text NOT NULL,
