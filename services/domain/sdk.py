@@ -284,7 +284,8 @@ def plain_visit(d: Directory, fact: Fact, settings: ChannelSettings, messages: b
         return _first_visit(d, fact, veil, values)
     member = None if member_id is None else d.by_member(ch, member_id)
     if member is not None and member is not user:
-        return None  # U2: merged into the member (or the veil released); decided first, a third of logins
+        # U2: merged into the member (or the veil released); decided first, a third of logins
+        return _merging_visit(d, fact, settings, messages, veil, member_id, user, member)  # type: ignore[arg-type]
 
     platform: PlatformName
     if msg.type == "boot":
@@ -371,6 +372,65 @@ def plain_visit(d: Directory, fact: Fact, settings: ChannelSettings, messages: b
         if contacts and _qualified(old_fields) != _qualified(new_fields):
             keys.append("qualified")
         outcome.publications = _publish(user, keys, fact, messages)
+    return outcome
+
+
+def _merging_visit(
+    d: Directory, fact: Fact, settings: ChannelSettings, messages: bool, veil: str, member_id: str,
+    user: User, member: User,
+) -> Outcome | None:
+    """`on_visit` for a visit with the memberId of a member other than the veil's user:
+    an anonymous user or lead merged into that member at once (U2; U3 winners, U4 the
+    rest, G4 the record, U8 the husk), the visit then recorded on the merged member (S1,
+    S2) with the values it carries (P3) and its login time (the saga's trigger, with no
+    one waiting). `unification.merge` builds the husk and the merged member as new
+    states, so everything is decided and built on them and the directory changes only at
+    the end: no undo log. Messages and versions come from `publication.publish` as on
+    the general path (the husk's `merged` and tombstone, then the member's `updated`).
+    None sends the fact to `on_visit`: the veil's user is a member (U1: the veil changes
+    hands) or expired (S4), a merge `merge` refuses (U1, T1), approved unifications
+    waiting for the member (U5 saga, G2), contact data in the visit (U5: offered to
+    leads), a channel with an MU limit (I17), a member that would grow past the size limit."""
+    msg = fact.msg
+    at = fact.at
+    if user.type == "member" or settings.mu_budget is not None:
+        return None
+    if veil_expired(user, veil, at):
+        return None  # S4: the veil is released, the member gets a new veil of its own
+    if not (member.type == "member" and user.alive and member.alive and user.channel_id == member.channel_id):
+        return None  # merge() refuses it (U1, T1)
+    if d.pending_for(member.channel_id, member.id):
+        return None  # U5: the login fires the unifications waiting for it (saga.on_member_login)
+    check_member_hash(settings, member_id, msg.memberHash)  # H1: a refusal raises here
+    values = _visit_values(msg, settings, True, at)  # P2: a bad value raises here
+    if EMAIL in values or MOBILE in values:
+        return None  # U5: saga.offer_to_leads offers the member to the leads holding them
+    platform: PlatformName
+    if msg.type == "boot":
+        platform = "mobile" if msg.platform == "mobile" else "web"
+    else:  # S1: a login counts for the platform of that veil's session
+        platform = veil_platform(user, veil)
+
+    husk, merged, record = merge(user, member, at, fact.event_id)  # new states: nothing stored moved
+    record_visit(merged, veil, platform, at)
+    if msg.type == "boot":
+        if msg.device is not None:
+            record_device(merged, platform, msg.device.model_dump())
+        merged.language = msg.language or merged.language
+        merged.city = msg.city or merged.city
+        merged.country = msg.country or merged.country
+    set_values(merged, values)  # a member: profile.promote has nothing to do (C2)
+    merged.last_login_at = max(merged.last_login_at or at, at)  # saga.on_member_login, no one waiting
+    if user_chars(merged) > limits.MAX_USER_CHARS:
+        return None  # on_visit refuses it when it grew (limits.check_user_size); the husk is smaller than any user
+
+    # Nothing below can fail.
+    d.put(husk)  # U8: no keys any more; its veils go to the member
+    d.put(merged)
+    outcome = Outcome()
+    outcome.publications = publish(user, husk, fact.event_id, at, messages=messages)[1]
+    outcome.publications.extend(publish(member, merged, fact.event_id, at, messages=messages)[1])
+    outcome.merges.append(record)
     return outcome
 
 

@@ -611,14 +611,15 @@ def test_the_stream_meets_the_rules_it_is_meant_to() -> None:
 def test_the_sdk_streams_take_every_plain_path(monkeypatch: pytest.MonkeyPatch) -> None:
     """The plain paths' test is not vacuous: within a few SDK streams each plain path
     applies facts itself — first visits, quiet visits, new sessions (S1), profile values
-    (P3), visitors becoming members (U2), chats and contacts making leads (C2) or
+    (P3), visitors becoming members or merged into them (U2: `merges`, and `merged` for
+    a lead published before), chats and contacts making leads (C2) or
     updating them — and hands others over to the handlers."""
     _takes_every_plain_path(monkeypatch, _sdk_streams, {
         ("plain_visit", "new user"), ("plain_visit", "quiet"), ("plain_visit", "handed over"),
         ("plain_visit", "created"), ("plain_visit", "updated"), ("plain_visit", "sessionsCount"),
         ("plain_visit", "web"), ("plain_visit", "mobile"), ("plain_visit", "memberId"), ("plain_visit", "profile"),
         ("plain_visit", "name"),
-        ("plain_visit", "qualified"),
+        ("plain_visit", "qualified"), ("plain_visit", "merges"), ("plain_visit", "merged"),
         ("plain_chat", "new user"), ("plain_chat", "created"), ("plain_chat", "quiet"), ("plain_chat", "handed over"),
         ("plain_contact", "new user"), ("plain_contact", "created"), ("plain_contact", "updated"),
         ("plain_contact", "quiet"), ("plain_contact", "handed over"), ("plain_track", "new user"), ("plain_track", "quiet"),
@@ -650,7 +651,7 @@ def _takes_every_plain_path(monkeypatch: pytest.MonkeyPatch, streams: st.SearchS
     """Generate `streams` until every (plain path, what it did) of `wanted` was seen:
     a new user, a message's change, the first part of each changed key, `quiet` (no
     message), `handed over` (None: the handler applies it), `of a <type>` (a message
-    of a user of that type)."""
+    of a user of that type), `merges` (a merge recorded, G4)."""
     seen: set[tuple[str, str]] = set()
 
     def watch(plain: Any) -> Any:
@@ -663,7 +664,11 @@ def _takes_every_plain_path(monkeypatch: pytest.MonkeyPatch, streams: st.SearchS
                 return out
             if len(d._users) > held:
                 seen.add((name, "new user"))
+            if out.merges:
+                seen.add((name, "merges"))
             for pub in out.publications:
+                if pub.value is None:
+                    continue  # the tombstone after `merged` (U8)
                 seen.add((name, pub.value["change"]))
                 seen.add((name, f"of a {pub.value['user']['type']}"))
                 seen.update((name, key.split(".")[0]) for key in pub.value["changedKeys"])
