@@ -27,7 +27,7 @@ from .sessions import (
     veil_platform,
 )
 from .unification import merge
-from .user import CONTACT_KEYS, EMAIL, MOBILE, User, Value
+from .user import CONTACT_KEYS, EMAIL, MOBILE, User, Value, new_user
 from .values import Rejected
 from .view import user_view
 
@@ -116,14 +116,14 @@ def _new_anonymous(d: Directory, channel_id: str, veil: str, at: int) -> User:
     uid = veil_user_id(channel_id, veil)
     if d.get(uid) is not None:
         uid = veil_user_id(channel_id, veil, at)
-    return User(id=uid, channel_id=channel_id, type="anonymous", created_at=at, updated_at=at)
+    return new_user(uid, channel_id, "anonymous", at)
 
 
 def _new_member(w: Work, member_id: str) -> User:
     uid = member_user_id(w.channel_id, member_id)
     if w.directory.get(uid) is not None:  # that memberId was deleted once (B3): a new person
         uid = member_user_id(w.channel_id, member_id, w.at)
-    return User(id=uid, channel_id=w.channel_id, type="member", member_id=member_id, created_at=w.at, updated_at=w.at)
+    return new_user(uid, w.channel_id, "member", w.at, member_id)
 
 
 def _release_veil(w: Work, user: User, veil: str) -> None:
