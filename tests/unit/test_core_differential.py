@@ -37,6 +37,7 @@ from services.domain import imports as new_imports
 from services.domain import limits as new_limits
 from services.domain import mu as new_mu
 from services.domain import saga as new_saga
+from services.domain import sdk as new_sdk
 from tests.oracle import channel as old_channel
 from tests.oracle import core as old_core
 from tests.oracle import directory as old_directory
@@ -578,6 +579,68 @@ def test_the_commands_plain_paths_hand_over_what_they_must(rule: str, steps: lis
         users = list(world.directory.users())
         member = next(u for u in users if u.type == "member")
         assert any(member.id in u.offered for u in users if u.type == "lead"), "no lead was offered the member"
+
+
+def _visit(type_: str, veil: str, member: str | None = None, **more: Any) -> tuple[str, dict[str, Any]]:
+    return (type_, {"veil": veil, "member": member, "platform": "web", "device": False, "language": None, "city": None,
+                    "profile": None, "name": None, "bad_hash": 0, **more})
+
+
+_DAY = 24 * 60 * MIN
+
+
+@pytest.mark.parametrize("messages", [True, False])
+@pytest.mark.parametrize("rule, steps, merged, plain", [
+    # U2, U3, U4: a published lead logging in is merged into its member (`merged` and the
+    # tombstone, then the member's `updated`); a boot with the memberId merges as well,
+    # with its device and language (S2).
+    ("U2 lead", [(0, _visit("boot", "v2", "m1")), (MIN, _visit("boot", "v1", name="Taro")),
+                 (MIN, ("contact", {"veil": "v1", "email": EMAILS[1], "phone": None})),
+                 (MIN, _visit("login", "v1", "m1", name="Jiro", profile={"plan": "gold"}))], True, True),
+    ("U2 boot", [(0, _visit("boot", "v2", "m1")), (MIN, _visit("boot", "v1", profile={"plan": "free"})),
+                 (40 * MIN, _visit("boot", "v1", "m1", platform="mobile", device={"os": "ios", "appName": "shop"},
+                                   language="en", city="Tokyo"))], True, True),
+    # U5: a login carrying a qualified contact a lead holds offers the member to that lead.
+    ("U5", [(0, _LEAD), (MIN, _visit("boot", "v2", "m1")), (MIN, _visit("boot", "v1")),
+            (MIN, _visit("login", "v1", "m1", profile={"email": EMAILS[0]}))], True, False),
+    # S4: a veil a year without boots is released, not merged: the member gets it.
+    ("S4", [(0, _visit("boot", "v2", "m1")), (MIN, _visit("boot", "v1")),
+            (400 * _DAY, _visit("login", "v1", "m1"))], False, False),
+    # The size limit (2,500 characters here): the merged member would be too large.
+    ("size", [(0, _visit("boot", "v2", "m1", profile={"name": "x" * 1000})), (MIN, _visit("boot", "v1", profile={"description": "d" * 1000})),
+              (MIN, _visit("login", "v1", "m1"))], False, False),
+])
+def test_the_merging_visit_hands_over_what_it_must(
+    rule: str, steps: list[Any], merged: bool, plain: bool, messages: bool, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Issue 14, sdk._merging_visit (U2): merges it applies itself and the situations it
+    must hand to on_visit, applied by both cores (the differential test's checks), with
+    the oracle showing the rule met so the scenario is not vacuous."""
+    applied: list[bool] = []  # whether sdk._merging_visit applied the fact (else on_visit did)
+    merging = new_sdk._merging_visit
+
+    def watched(*args: Any) -> Any:
+        out = merging(*args)
+        applied.append(out is not None)
+        return out
+
+    monkeypatch.setattr(new_sdk, "_merging_visit", watched)
+    world, outcomes = _differential([(PLAIN, gap, step, 0) for gap, step in steps], messages, 2)
+    last = outcomes[-1]
+    assert bool(last["merges"]) is merged
+    assert applied[-1:] == [plain], "the merging visit took the wrong way"
+    if rule == "size":
+        assert last["rejection"][1] == "user_too_large"
+    elif rule == "U5":
+        users = list(world.directory.users())
+        member = next(u for u in users if u.type == "member")
+        assert any(member.id in u.offered for u in users if u.type == "lead"), "no lead was offered the member"
+    elif rule == "S4":
+        assert last["rejection"] is None and any("v1" in u.veils for u in world.directory.users() if u.type == "member")
+    else:
+        assert last["rejection"] is None
+        if messages and rule == "U2 lead":
+            assert [p[1] and orjson.loads(p[1])["change"] for p in last["publications"]] == ["merged", None, "updated"]
 
 
 def test_the_stream_meets_the_rules_it_is_meant_to() -> None:
