@@ -465,13 +465,14 @@ def _first_visit(d: Directory, fact: Fact, veil: str, values: dict[str, Value]) 
 
 @handles_plainly("chat")
 def plain_chat(d: Directory, fact: Fact, settings: ChannelSettings, messages: bool) -> Outcome | None:
-    """`on_chat` for a chat from a veil a user holds, without contact data (only the
-    user's last contact moves, and an anonymous user becomes a lead, C2), or from a veil
-    no one holds with nothing to attach it to (D1): a new lead holding the contact the
-    chat carried (C4: qualified from a phone call or an e-mail). None sends the fact to
-    `on_chat`: contact data for a held veil, a help-desk match or a blocked customer's
-    contact (D1, B1), an anonymous user published once, a new MU in a channel with a
-    limit (I17), a new lead past the size limit."""
+    """`on_chat` for a chat from a veil a user holds — its last contact moves, an
+    anonymous user becomes a lead (C2), and the contact data the chat carries is set as
+    any value is (C4: qualified from a phone call or an e-mail; P3: where it wins) — or
+    from a veil no one holds with nothing to attach it to (D1): a new lead holding the
+    contact the chat carried. None sends the fact to `on_chat`: a help-desk match or a
+    blocked customer's contact (D1, B1), an anonymous user published once, a new MU in a
+    channel with a limit (I17), a masked user whose message would move (I17), a user
+    past the size limit."""
     msg = fact.msg
     ch, at = msg.channelId, fact.at
     veil = clean_veil_id(msg.veilId)  # G1: refusals raise here, before any change
@@ -480,17 +481,38 @@ def plain_chat(d: Directory, fact: Fact, settings: ChannelSettings, messages: bo
     if user is None:
         return _first_chat(d, fact, settings, veil, contacts, messages)
     promoted = user.type == "anonymous"
-    if contacts or (promoted and (user.version > 0 or settings.mu_budget is not None)):
+    if promoted and (user.version > 0 or settings.mu_budget is not None):
         return None
+    old_fields = user.fields
+    won: dict[str, Value] = {}
+    if contacts:  # on_chat's set_values, decided first (C4, P3)
+        qualified, is_member = msg.medium in QUALIFIED_MEDIA, user.type == "member"
+        for key, value in contacts.items():
+            new = Value(value, qualified, is_member, at)
+            if update_wins(key, new, old_fields.get(key)):
+                won[key] = new
+        if won:
+            if user.masked and user.version > 0:
+                return None  # I17: publication.publish decides what a masked user's message shows
+            user.fields = {**old_fields, **won}
+            if user_chars(user) > limits.MAX_USER_CHARS:
+                user.fields = old_fields
+                return None  # on_chat refuses it (user_too_large)
 
-    # Nothing below can fail. The veil is held already and no value is set: nothing
-    # sized moves, nor any identity.
+    # Nothing below can fail. The veil is held already: of the identities, only the
+    # contacts that won may move.
     user.last_contact_at = max(user.last_contact_at or at, at)
     if promoted:
         user.type = "lead"  # C2
-    d.touched(user)
-    # A lead never published gets its first message; else only the last contact moved.
-    return Outcome(publications=_publish(user, [], fact, messages), activities=[_chat_activity(fact, user)])
+    if won:
+        d.put(user)
+    else:
+        d.touched(user)
+    # A lead never published gets its first message (`created`); else the contacts shown.
+    keys = [key for key, new in won.items() if _shown_value(old_fields.get(key)) != new.v]
+    if won and _qualified(old_fields) != _qualified(user.fields):
+        keys.append("qualified")
+    return Outcome(publications=_publish(user, keys, fact, messages), activities=[_chat_activity(fact, user)])
 
 
 def _first_chat(

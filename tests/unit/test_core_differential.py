@@ -675,7 +675,8 @@ def test_the_sdk_streams_take_every_plain_path(monkeypatch: pytest.MonkeyPatch) 
     """The plain paths' test is not vacuous: within a few SDK streams each plain path
     applies facts itself — first visits, quiet visits, new sessions (S1), profile values
     (P3), visitors becoming members or merged into them (U2: `merges`, and `merged` for
-    a lead published before), chats and contacts making leads (C2) or
+    a lead published before), chats (with the contact they carry, C4) and contacts
+    making leads (C2) or
     updating them — and hands others over to the handlers."""
     _takes_every_plain_path(monkeypatch, _sdk_streams, {
         ("plain_visit", "new user"), ("plain_visit", "quiet"), ("plain_visit", "handed over"),
@@ -684,6 +685,7 @@ def test_the_sdk_streams_take_every_plain_path(monkeypatch: pytest.MonkeyPatch) 
         ("plain_visit", "name"),
         ("plain_visit", "qualified"), ("plain_visit", "merges"), ("plain_visit", "merged"),
         ("plain_chat", "new user"), ("plain_chat", "created"), ("plain_chat", "quiet"), ("plain_chat", "handed over"),
+        ("plain_chat", "updated"), ("plain_chat", "profile"), ("plain_chat", "qualified"),
         ("plain_contact", "new user"), ("plain_contact", "created"), ("plain_contact", "updated"),
         ("plain_contact", "quiet"), ("plain_contact", "handed over"), ("plain_track", "new user"), ("plain_track", "quiet"),
     })
