@@ -56,11 +56,7 @@ def on_visit(w: Work) -> None:
     user = _visitor(w, veil, member_id)
     record_visit(user, veil, platform, w.at)
     if msg.type == "boot":
-        if msg.device is not None:
-            record_device(user, platform, msg.device.model_dump())
-        user.language = msg.language or user.language
-        user.city = msg.city or user.city
-        user.country = msg.country or user.country
+        _record_boot(user, msg, platform)
     set_values(user, values)
     promote(user)
     w.put(user)
@@ -68,6 +64,16 @@ def on_visit(w: Work) -> None:
         if EMAIL in values or MOBILE in values:
             offer_to_leads(w, user)  # U5: leads holding the contact the site sent
         on_member_login(w, user)
+
+
+def _record_boot(user: User, msg: Any, platform: PlatformName) -> None:
+    """S2: what a boot tells of the visitor besides the visit — its device fields and
+    the language, city and country it sent (absent ones keep the user's)."""
+    if msg.device is not None:
+        record_device(user, platform, msg.device.model_dump())
+    user.language = msg.language or user.language
+    user.city = msg.city or user.city
+    user.country = msg.country or user.country
 
 
 def _visitor(w: Work, veil: str, member_id: str | None) -> User:
@@ -414,11 +420,7 @@ def _merging_visit(
     husk, merged, record = merge(user, member, at, fact.event_id)  # new states: nothing stored moved
     record_visit(merged, veil, platform, at)
     if msg.type == "boot":
-        if msg.device is not None:
-            record_device(merged, platform, msg.device.model_dump())
-        merged.language = msg.language or merged.language
-        merged.city = msg.city or merged.city
-        merged.country = msg.country or merged.country
+        _record_boot(merged, msg, platform)
     set_values(merged, values)  # a member: profile.promote has nothing to do (C2)
     merged.last_login_at = max(merged.last_login_at or at, at)  # saga.on_member_login, no one waiting
     if user_chars(merged) > limits.MAX_USER_CHARS:
