@@ -82,13 +82,19 @@ def _timed(owner: Any, name: str, label: str, *, sample_server: bool = True) -> 
     return lambda: setattr(owner, name, original)
 
 
+_SAMPLING = asyncio.Lock()  # stages run side by side (the digest beside the archive's drop): one sample at a time
+
+
 async def _server_cpu() -> float | None:
-    """CPU seconds of the run's database backends so far (None: not sampled)."""
+    """CPU seconds of the run's database backends so far (None: not sampled). The
+    sampler has one connection: two stages sampling at once made `--whole` fail with
+    asyncpg's "another operation is in progress" once the drop ran beside the digest."""
     if not STAGE_PG:
         return None
     party = STAGE_PG[0]
-    await party._sample()
-    return sum(party._last[p] - party._first[p] for p in party._last)
+    async with _SAMPLING:
+        await party._sample()
+        return sum(party._last[p] - party._first[p] for p in party._last)
 
 
 def _gc_timer() -> Callable[[], None]:
@@ -139,7 +145,8 @@ def _stage_timers() -> list[Callable[[], None]]:
         _timed(resident.Resident, "_write_pending", "pending writes (awaits included)"),
         _timed(bulk, "copy_activities", "pending: COPY activities (awaits included)"),
         _timed(resident.repo, "save_merges", "pending: save_merges (awaits included)"),
-        _timed(resident, "save_command_outcomes", "pending: command outcomes (awaits included)"),
+        _timed(resident.HeldOutcomes, "save", "pending: command outcomes held"),
+        _timed(resident.HeldOutcomes, "copy", "final COPY command outcomes (awaits included)"),
         _timed(resident.import_log, "prepare", "per chunk: import_log.prepare (awaits included)"),
         _timed(resident.import_log, "save", "per chunk: import_log.save (awaits included)"),
         _timed(Directory, "settle", "directory.settle"),

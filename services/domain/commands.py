@@ -15,7 +15,7 @@ from .priority import update_wins
 from .profile import FLAG_ATTRS, profile_values, promote, set_flags, set_values
 from .saga import approve, cancel_pending, member_candidates, offer_to_leads, refresh_candidates
 from .sdk import _offered, _publish, _qualified, _shown_value
-from .user import EMAIL, MOBILE, User, Value
+from .user import EMAIL, MOBILE, User, Value, new_user
 from .values import Rejected, parse_tags
 
 
@@ -86,7 +86,7 @@ def on_member_upsert(w: Work) -> None:
         uid = member_user_id(w.channel_id, member_id)
         if w.directory.get(uid) is not None:
             uid = member_user_id(w.channel_id, member_id, w.at)
-        user = User(id=uid, channel_id=w.channel_id, type="member", member_id=member_id, created_at=w.at, updated_at=w.at)
+        user = new_user(uid, w.channel_id, "member", w.at, member_id)
     set_values(user, values)
     set_flags(user, msg)
     user.last_contact_at = max(user.last_contact_at or w.at, w.at)
@@ -305,7 +305,7 @@ def _new_member(
         uid = member_user_id(ch, member_id, at)
         if d.get(uid) is not None:
             return None  # on_member_upsert replaces that user
-    user = User(id=uid, channel_id=ch, type="member", member_id=member_id, created_at=at, updated_at=at)
+    user = new_user(uid, ch, "member", at, member_id)
     user.fields = dict(values)  # every value wins on a user with none (set_values)
     if (EMAIL in values or MOBILE in values) and _offered(d, user, user.fields):
         return None  # U5

@@ -27,7 +27,7 @@ from .sessions import (
     veil_platform,
 )
 from .unification import merge
-from .user import CONTACT_KEYS, EMAIL, MOBILE, User, Value
+from .user import CONTACT_KEYS, EMAIL, MOBILE, User, Value, new_user
 from .values import Rejected
 from .view import user_view
 
@@ -56,11 +56,7 @@ def on_visit(w: Work) -> None:
     user = _visitor(w, veil, member_id)
     record_visit(user, veil, platform, w.at)
     if msg.type == "boot":
-        if msg.device is not None:
-            record_device(user, platform, msg.device.model_dump())
-        user.language = msg.language or user.language
-        user.city = msg.city or user.city
-        user.country = msg.country or user.country
+        _record_boot(user, msg, platform)
     set_values(user, values)
     promote(user)
     w.put(user)
@@ -68,6 +64,16 @@ def on_visit(w: Work) -> None:
         if EMAIL in values or MOBILE in values:
             offer_to_leads(w, user)  # U5: leads holding the contact the site sent
         on_member_login(w, user)
+
+
+def _record_boot(user: User, msg: Any, platform: PlatformName) -> None:
+    """S2: what a boot tells of the visitor besides the visit — its device fields and
+    the language, city and country it sent (absent ones keep the user's)."""
+    if msg.device is not None:
+        record_device(user, platform, msg.device.model_dump())
+    user.language = msg.language or user.language
+    user.city = msg.city or user.city
+    user.country = msg.country or user.country
 
 
 def _visitor(w: Work, veil: str, member_id: str | None) -> User:
@@ -116,14 +122,14 @@ def _new_anonymous(d: Directory, channel_id: str, veil: str, at: int) -> User:
     uid = veil_user_id(channel_id, veil)
     if d.get(uid) is not None:
         uid = veil_user_id(channel_id, veil, at)
-    return User(id=uid, channel_id=channel_id, type="anonymous", created_at=at, updated_at=at)
+    return new_user(uid, channel_id, "anonymous", at)
 
 
 def _new_member(w: Work, member_id: str) -> User:
     uid = member_user_id(w.channel_id, member_id)
     if w.directory.get(uid) is not None:  # that memberId was deleted once (B3): a new person
         uid = member_user_id(w.channel_id, member_id, w.at)
-    return User(id=uid, channel_id=w.channel_id, type="member", member_id=member_id, created_at=w.at, updated_at=w.at)
+    return new_user(uid, w.channel_id, "member", w.at, member_id)
 
 
 def _release_veil(w: Work, user: User, veil: str) -> None:
@@ -284,7 +290,8 @@ def plain_visit(d: Directory, fact: Fact, settings: ChannelSettings, messages: b
         return _first_visit(d, fact, veil, values)
     member = None if member_id is None else d.by_member(ch, member_id)
     if member is not None and member is not user:
-        return None  # U2: merged into the member (or the veil released); decided first, a third of logins
+        # U2: merged into the member (or the veil released); decided first, a third of logins
+        return _merging_visit(d, fact, settings, messages, veil, member_id, user, member)  # type: ignore[arg-type]
 
     platform: PlatformName
     if msg.type == "boot":
@@ -374,6 +381,61 @@ def plain_visit(d: Directory, fact: Fact, settings: ChannelSettings, messages: b
     return outcome
 
 
+def _merging_visit(
+    d: Directory, fact: Fact, settings: ChannelSettings, messages: bool, veil: str, member_id: str,
+    user: User, member: User,
+) -> Outcome | None:
+    """`on_visit` for a visit with the memberId of a member other than the veil's user:
+    an anonymous user or lead merged into that member at once (U2; U3 winners, U4 the
+    rest, G4 the record, U8 the husk), the visit then recorded on the merged member (S1,
+    S2) with the values it carries (P3) and its login time (the saga's trigger, with no
+    one waiting). `unification.merge` builds the husk and the merged member as new
+    states, so everything is decided and built on them and the directory changes only at
+    the end: no undo log. Messages and versions come from `publication.publish` as on
+    the general path (the husk's `merged` and tombstone, then the member's `updated`).
+    None sends the fact to `on_visit`: the veil's user is a member (U1: the veil changes
+    hands) or expired (S4), a merge `merge` refuses (U1, T1), approved unifications
+    waiting for the member (U5 saga, G2), contact data in the visit (U5: offered to
+    leads), a channel with an MU limit (I17), a member that would grow past the size limit."""
+    msg = fact.msg
+    at = fact.at
+    if user.type == "member" or settings.mu_budget is not None:
+        return None
+    if veil_expired(user, veil, at):
+        return None  # S4: the veil is released, the member gets a new veil of its own
+    if not (member.type == "member" and user.alive and member.alive and user.channel_id == member.channel_id):
+        return None  # merge() refuses it (U1, T1)
+    if d.pending_for(member.channel_id, member.id):
+        return None  # U5: the login fires the unifications waiting for it (saga.on_member_login)
+    check_member_hash(settings, member_id, msg.memberHash)  # H1: a refusal raises here
+    values = _visit_values(msg, settings, True, at)  # P2: a bad value raises here
+    if EMAIL in values or MOBILE in values:
+        return None  # U5: saga.offer_to_leads offers the member to the leads holding them
+    platform: PlatformName
+    if msg.type == "boot":
+        platform = "mobile" if msg.platform == "mobile" else "web"
+    else:  # S1: a login counts for the platform of that veil's session
+        platform = veil_platform(user, veil)
+
+    husk, merged, record = merge(user, member, at, fact.event_id)  # new states: nothing stored moved
+    record_visit(merged, veil, platform, at)
+    if msg.type == "boot":
+        _record_boot(merged, msg, platform)
+    set_values(merged, values)  # a member: profile.promote has nothing to do (C2)
+    merged.last_login_at = max(merged.last_login_at or at, at)  # saga.on_member_login, no one waiting
+    if user_chars(merged) > limits.MAX_USER_CHARS:
+        return None  # on_visit refuses it when it grew (limits.check_user_size); the husk is smaller than any user
+
+    # Nothing below can fail.
+    d.put(husk)  # U8: no keys any more; its veils go to the member
+    d.put(merged)
+    outcome = Outcome()
+    outcome.publications = publish(user, husk, fact.event_id, at, messages=messages)[1]
+    outcome.publications.extend(publish(member, merged, fact.event_id, at, messages=messages)[1])
+    outcome.merges.append(record)
+    return outcome
+
+
 def _visit_values(msg: Any, settings: ChannelSettings, is_member: bool, at: int) -> dict[str, Value]:
     """The profile values and name a visit sets, as `on_visit` reads them (P1–P4; a
     member's are qualified member data, U3, C4). A bad value raises (P2)."""
@@ -405,13 +467,14 @@ def _first_visit(d: Directory, fact: Fact, veil: str, values: dict[str, Value]) 
 
 @handles_plainly("chat")
 def plain_chat(d: Directory, fact: Fact, settings: ChannelSettings, messages: bool) -> Outcome | None:
-    """`on_chat` for a chat from a veil a user holds, without contact data (only the
-    user's last contact moves, and an anonymous user becomes a lead, C2), or from a veil
-    no one holds with nothing to attach it to (D1): a new lead holding the contact the
-    chat carried (C4: qualified from a phone call or an e-mail). None sends the fact to
-    `on_chat`: contact data for a held veil, a help-desk match or a blocked customer's
-    contact (D1, B1), an anonymous user published once, a new MU in a channel with a
-    limit (I17), a new lead past the size limit."""
+    """`on_chat` for a chat from a veil a user holds — its last contact moves, an
+    anonymous user becomes a lead (C2), and the contact data the chat carries is set as
+    any value is (C4: qualified from a phone call or an e-mail; P3: where it wins) — or
+    from a veil no one holds with nothing to attach it to (D1): a new lead holding the
+    contact the chat carried. None sends the fact to `on_chat`: a help-desk match or a
+    blocked customer's contact (D1, B1), an anonymous user published once, a new MU in a
+    channel with a limit (I17), a masked user whose message would move (I17), a user
+    past the size limit."""
     msg = fact.msg
     ch, at = msg.channelId, fact.at
     veil = clean_veil_id(msg.veilId)  # G1: refusals raise here, before any change
@@ -420,17 +483,38 @@ def plain_chat(d: Directory, fact: Fact, settings: ChannelSettings, messages: bo
     if user is None:
         return _first_chat(d, fact, settings, veil, contacts, messages)
     promoted = user.type == "anonymous"
-    if contacts or (promoted and (user.version > 0 or settings.mu_budget is not None)):
+    if promoted and (user.version > 0 or settings.mu_budget is not None):
         return None
+    old_fields = user.fields
+    won: dict[str, Value] = {}
+    if contacts:  # on_chat's set_values, decided first (C4, P3)
+        qualified, is_member = msg.medium in QUALIFIED_MEDIA, user.type == "member"
+        for key, value in contacts.items():
+            new = Value(value, qualified, is_member, at)
+            if update_wins(key, new, old_fields.get(key)):
+                won[key] = new
+        if won:
+            if user.masked and user.version > 0:
+                return None  # I17: publication.publish decides what a masked user's message shows
+            user.fields = {**old_fields, **won}
+            if user_chars(user) > limits.MAX_USER_CHARS:
+                user.fields = old_fields
+                return None  # on_chat refuses it (user_too_large)
 
-    # Nothing below can fail. The veil is held already and no value is set: nothing
-    # sized moves, nor any identity.
+    # Nothing below can fail. The veil is held already: of the identities, only the
+    # contacts that won may move.
     user.last_contact_at = max(user.last_contact_at or at, at)
     if promoted:
         user.type = "lead"  # C2
-    d.touched(user)
-    # A lead never published gets its first message; else only the last contact moved.
-    return Outcome(publications=_publish(user, [], fact, messages), activities=[_chat_activity(fact, user)])
+    if won:
+        d.put(user)
+    else:
+        d.touched(user)
+    # A lead never published gets its first message (`created`); else the contacts shown.
+    keys = [key for key, new in won.items() if _shown_value(old_fields.get(key)) != new.v]
+    if won and _qualified(old_fields) != _qualified(user.fields):
+        keys.append("qualified")
+    return Outcome(publications=_publish(user, keys, fact, messages), activities=[_chat_activity(fact, user)])
 
 
 def _first_chat(

@@ -1,8 +1,8 @@
 """A build's secondary indexes, made after the rows are in (docs/decisions.md, "Replay:
 rebuild at the limit").
 
-A resident build (`resident.py`) writes `users`, `identities` and `applied_events` once,
-at its end, by COPY. Every secondary index of those tables would otherwise be kept up
+A resident build (`resident.py`) writes `users`, `identities`, `applied_events` and
+`command_outcomes` once, at its end, by COPY. Every secondary index of those tables would otherwise be kept up
 row by row during that COPY — a GIN entry per user for the tags and a JSON parse per
 user for the name prefix among them — where `CREATE INDEX` over the loaded table sorts
 once: measured on 35,813 users, the COPY with all indexes took 1.9–2.1 s of the
@@ -23,7 +23,7 @@ import asyncio
 
 import asyncpg
 
-DEFERRED_TABLES = ("users", "identities", "applied_events")
+DEFERRED_TABLES = ("users", "identities", "applied_events", "command_outcomes")
 
 
 async def defer(pool: asyncpg.Pool) -> list[str]:

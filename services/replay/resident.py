@@ -36,12 +36,12 @@ from services.projection.batch import (
     load_grades,
     parse_records,
     run_facts,
-    save_command_outcomes,
 )
 from services.projection.records import Record
 from services.projection.window import AppliedWindow
 from services.store import bulk, import_log
 from services.store import lookups as lookup_store
+from services.store import outcomes as command_outcomes
 from services.store import repository as repo
 from services.store.repository import survivor
 
@@ -90,6 +90,7 @@ class Resident:
         self.channels: set[str] = set()  # of every fact read (a sharded build checks them)
         self._pending = Effects()
         self._mu: dict[str, MuBudget] = {}  # I17: each MU-limited channel's count, kept current by the core
+        self.outcomes = HeldOutcomes()  # command_outcomes, written once by `finish`
 
     async def apply(self, records: list[Record]) -> BatchResult:
         parsed = parse_records(self.topics, records)
@@ -130,6 +131,7 @@ class Resident:
             # The eventIds the live projection would still hold: the window of each channel.
             self.seen.forget_expired()
             await bulk.copy_applied(conn, [(c, e, t) for (c, e), t in self.seen.at.items()])
+            await self.outcomes.copy(conn)
             await bulk.copy_users(conn, users)
             # The directory's index holds every user's identities as of the last chunk
             # (settled): no need to derive them again from each user.
@@ -147,7 +149,7 @@ class Resident:
             await repo.save_grade_changes(conn, fx.grades)
             await lookup_store.save_changes(conn, fx.lookups)
             await lookup_store.erase(conn, fx.erased)
-            await save_command_outcomes(conn, fx, announce=False)
+        self.outcomes.save(fx.outcomes)  # no one waits on a rebuild's commands: nothing to announce
 
 
 def _repointed(activities: list[Activity], merges: list[MergeRecord]) -> list[Activity]:
@@ -160,3 +162,37 @@ def _repointed(activities: list[Activity], merges: list[MergeRecord]) -> list[Ac
         return activities
     into = {m.source_id: m.target_id for m in merges}
     return [a if a.user_id not in into else replace(a, user_id=survivor(into, a.user_id)) for a in activities]
+
+
+class HeldOutcomes:
+    """The rebuild's `command_outcomes` held in memory and written once, by COPY, at the
+    end: the table is the build's alone, like the users. Upserted every `flush_every`
+    facts (an INSERT … ON CONFLICT from arrays, then the DELETE of the flushed channels'
+    old outcomes, each keeping the table's index) it cost ~2.6 µs of PostgreSQL and
+    ~1.3 µs of Python per event of a build (docs/decisions.md, "Issue 14, session 9").
+    The same rows as `outcomes.save` then `outcomes.forget_and_announce` at the same
+    points would leave (tests/integration/test_resident.py): applied wins over a later
+    rejection of one eventId, and each flush forgets its channels' outcomes older than
+    the channel's latest command minus KEEP_MS. Memory: one tuple per command kept,
+    within the build's budget (`OverBudget` reads the process's RSS)."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, dict[str, command_outcomes.Outcome]] = {}  # channel -> eventId -> outcome
+
+    def save(self, rows: list[command_outcomes.Outcome]) -> None:
+        for row in rows:  # outcomes.save's ON CONFLICT rule, row by row in fact order
+            held = self.rows.setdefault(row[0], {})
+            old = held.get(row[1])
+            if old is None or row[3] is None or old[3] is not None:
+                held[row[1]] = row
+        for channel_id in {row[0] for row in rows}:  # outcomes.forget_and_announce
+            held = self.rows[channel_id]
+            cut = max(row[2] for row in held.values()) - command_outcomes.KEEP_MS
+            if any(row[2] < cut for row in held.values()):
+                self.rows[channel_id] = {e: row for e, row in held.items() if row[2] >= cut}
+
+    async def copy(self, conn: asyncpg.Connection) -> None:
+        records = [row for held in self.rows.values() for row in held.values()]
+        if records:
+            await conn.copy_records_to_table(
+                "command_outcomes", records=records, columns=("channel_id", "event_id", "at", "code", "message"))

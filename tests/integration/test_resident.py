@@ -22,7 +22,8 @@ from services.projection.batch import apply_batch
 from services.projection.records import Record, canonical_order
 from services.replay import workload
 from services.replay.digest import state_digest
-from services.replay.resident import Resident
+from services.replay.resident import HeldOutcomes, Resident
+from services.store import outcomes
 from services.store.pool import create_pool
 from tests.support.infra import drop_schema
 
@@ -129,3 +130,39 @@ async def test_resident_rebuild_equals_batch_by_batch_apply_wherever_its_writes_
         assert await _imports_log(pool) == await _imports_log(live)
         ids = "SELECT channel_id, kind, value, user_id, qualified FROM identities ORDER BY 1, 2, 3, 4"
         assert [tuple(r) for r in await pool.fetch(ids)] == [tuple(r) for r in await live.fetch(ids)]
+        assert await _outcomes(pool) == await _outcomes(live)  # held and written once at the end (issue 14)
+    assert any(row[3] is not None for row in await _outcomes(live))  # rejected commands among them
+
+
+async def _outcomes(pool: asyncpg.Pool) -> list[tuple[Any, ...]]:
+    return [tuple(r) for r in await pool.fetch("SELECT channel_id, event_id, at, code, message FROM command_outcomes ORDER BY 1, 2")]
+
+
+async def test_held_outcomes_are_the_rows_the_store_keeps(schemas: list[asyncpg.Pool]) -> None:
+    """Issue 14: a resident build holds the commands' outcomes and COPYs them at the end;
+    at the same flush points they are the rows `outcomes.save` and `forget_and_announce`
+    leave: applied wins over a later rejection of one eventId (and replaces an earlier
+    one), repeats keep the last, and each flush forgets its channels' outcomes older than
+    their latest command minus KEEP_MS (another channel's are kept until it flushes)."""
+    store, copied, _ = schemas
+    keep = outcomes.KEEP_MS
+    flushes: list[list[outcomes.Outcome]] = [
+        [("a", "1", 10, None, None), ("a", "2", 20, "x", "no"), ("b", "1", 5, "y", "no"), ("a", "2", 21, None, None),
+         ("c", "1", 1, None, None)],
+        [("a", "2", 30, "z", "late"), ("a", "3", 31, "x", "no"), ("a", "3", 32, "x", "again"), ("b", "9", 6, None, None),
+         ("c", "1", 2, "z", "a rejection after the applied one")],
+        [("a", "4", 40 + keep, None, None)],  # a's outcomes before 40 are forgotten, b's stay
+        [("b", "2", 7, None, None), ("a", "1", 41 + keep, "r", "repeat past the window"), ("a", "5", 45 + keep, "x", "no")],
+    ]
+    held = HeldOutcomes()
+    for rows in flushes:
+        async with store.acquire() as conn, conn.transaction():
+            await outcomes.save(conn, rows)
+            await outcomes.forget_and_announce(conn, [r[0] for r in rows], [])
+        held.save(rows)
+    async with copied.acquire() as conn:
+        await held.copy(conn)
+    expected = await _outcomes(store)
+    assert ("a", "1", 41 + keep, "r", "repeat past the window") in expected and ("a", "2", 21, None, None) not in expected
+    assert ("b", "1", 5, "y", "no") in expected and ("c", "1", 1, None, None) in expected
+    assert await _outcomes(copied) == expected

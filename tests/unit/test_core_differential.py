@@ -37,6 +37,7 @@ from services.domain import imports as new_imports
 from services.domain import limits as new_limits
 from services.domain import mu as new_mu
 from services.domain import saga as new_saga
+from services.domain import sdk as new_sdk
 from tests.oracle import channel as old_channel
 from tests.oracle import core as old_core
 from tests.oracle import directory as old_directory
@@ -580,6 +581,68 @@ def test_the_commands_plain_paths_hand_over_what_they_must(rule: str, steps: lis
         assert any(member.id in u.offered for u in users if u.type == "lead"), "no lead was offered the member"
 
 
+def _visit(type_: str, veil: str, member: str | None = None, **more: Any) -> tuple[str, dict[str, Any]]:
+    return (type_, {"veil": veil, "member": member, "platform": "web", "device": False, "language": None, "city": None,
+                    "profile": None, "name": None, "bad_hash": 0, **more})
+
+
+_DAY = 24 * 60 * MIN
+
+
+@pytest.mark.parametrize("messages", [True, False])
+@pytest.mark.parametrize("rule, steps, merged, plain", [
+    # U2, U3, U4: a published lead logging in is merged into its member (`merged` and the
+    # tombstone, then the member's `updated`); a boot with the memberId merges as well,
+    # with its device and language (S2).
+    ("U2 lead", [(0, _visit("boot", "v2", "m1")), (MIN, _visit("boot", "v1", name="Taro")),
+                 (MIN, ("contact", {"veil": "v1", "email": EMAILS[1], "phone": None})),
+                 (MIN, _visit("login", "v1", "m1", name="Jiro", profile={"plan": "gold"}))], True, True),
+    ("U2 boot", [(0, _visit("boot", "v2", "m1")), (MIN, _visit("boot", "v1", profile={"plan": "free"})),
+                 (40 * MIN, _visit("boot", "v1", "m1", platform="mobile", device={"os": "ios", "appName": "shop"},
+                                   language="en", city="Tokyo"))], True, True),
+    # U5: a login carrying a qualified contact a lead holds offers the member to that lead.
+    ("U5", [(0, _LEAD), (MIN, _visit("boot", "v2", "m1")), (MIN, _visit("boot", "v1")),
+            (MIN, _visit("login", "v1", "m1", profile={"email": EMAILS[0]}))], True, False),
+    # S4: a veil a year without boots is released, not merged: the member gets it.
+    ("S4", [(0, _visit("boot", "v2", "m1")), (MIN, _visit("boot", "v1")),
+            (400 * _DAY, _visit("login", "v1", "m1"))], False, False),
+    # The size limit (2,500 characters here): the merged member would be too large.
+    ("size", [(0, _visit("boot", "v2", "m1", profile={"name": "x" * 1000})), (MIN, _visit("boot", "v1", profile={"description": "d" * 1000})),
+              (MIN, _visit("login", "v1", "m1"))], False, False),
+])
+def test_the_merging_visit_hands_over_what_it_must(
+    rule: str, steps: list[Any], merged: bool, plain: bool, messages: bool, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Issue 14, sdk._merging_visit (U2): merges it applies itself and the situations it
+    must hand to on_visit, applied by both cores (the differential test's checks), with
+    the oracle showing the rule met so the scenario is not vacuous."""
+    applied: list[bool] = []  # whether sdk._merging_visit applied the fact (else on_visit did)
+    merging = new_sdk._merging_visit
+
+    def watched(*args: Any) -> Any:
+        out = merging(*args)
+        applied.append(out is not None)
+        return out
+
+    monkeypatch.setattr(new_sdk, "_merging_visit", watched)
+    world, outcomes = _differential([(PLAIN, gap, step, 0) for gap, step in steps], messages, 2)
+    last = outcomes[-1]
+    assert bool(last["merges"]) is merged
+    assert applied[-1:] == [plain], "the merging visit took the wrong way"
+    if rule == "size":
+        assert last["rejection"][1] == "user_too_large"
+    elif rule == "U5":
+        users = list(world.directory.users())
+        member = next(u for u in users if u.type == "member")
+        assert any(member.id in u.offered for u in users if u.type == "lead"), "no lead was offered the member"
+    elif rule == "S4":
+        assert last["rejection"] is None and any("v1" in u.veils for u in world.directory.users() if u.type == "member")
+    else:
+        assert last["rejection"] is None
+        if messages and rule == "U2 lead":
+            assert [p[1] and orjson.loads(p[1])["change"] for p in last["publications"]] == ["merged", None, "updated"]
+
+
 def test_the_stream_meets_the_rules_it_is_meant_to() -> None:
     """The generator is not vacuous: within a few streams the oracle merges, deletes,
     masks (I17), creates and fails import rows, and rejects for the reasons that matter."""
@@ -611,15 +674,18 @@ def test_the_stream_meets_the_rules_it_is_meant_to() -> None:
 def test_the_sdk_streams_take_every_plain_path(monkeypatch: pytest.MonkeyPatch) -> None:
     """The plain paths' test is not vacuous: within a few SDK streams each plain path
     applies facts itself — first visits, quiet visits, new sessions (S1), profile values
-    (P3), visitors becoming members (U2), chats and contacts making leads (C2) or
+    (P3), visitors becoming members or merged into them (U2: `merges`, and `merged` for
+    a lead published before), chats (with the contact they carry, C4) and contacts
+    making leads (C2) or
     updating them — and hands others over to the handlers."""
     _takes_every_plain_path(monkeypatch, _sdk_streams, {
         ("plain_visit", "new user"), ("plain_visit", "quiet"), ("plain_visit", "handed over"),
         ("plain_visit", "created"), ("plain_visit", "updated"), ("plain_visit", "sessionsCount"),
         ("plain_visit", "web"), ("plain_visit", "mobile"), ("plain_visit", "memberId"), ("plain_visit", "profile"),
         ("plain_visit", "name"),
-        ("plain_visit", "qualified"),
+        ("plain_visit", "qualified"), ("plain_visit", "merges"), ("plain_visit", "merged"),
         ("plain_chat", "new user"), ("plain_chat", "created"), ("plain_chat", "quiet"), ("plain_chat", "handed over"),
+        ("plain_chat", "updated"), ("plain_chat", "profile"), ("plain_chat", "qualified"),
         ("plain_contact", "new user"), ("plain_contact", "created"), ("plain_contact", "updated"),
         ("plain_contact", "quiet"), ("plain_contact", "handed over"), ("plain_track", "new user"), ("plain_track", "quiet"),
     })
@@ -650,7 +716,7 @@ def _takes_every_plain_path(monkeypatch: pytest.MonkeyPatch, streams: st.SearchS
     """Generate `streams` until every (plain path, what it did) of `wanted` was seen:
     a new user, a message's change, the first part of each changed key, `quiet` (no
     message), `handed over` (None: the handler applies it), `of a <type>` (a message
-    of a user of that type)."""
+    of a user of that type), `merges` (a merge recorded, G4)."""
     seen: set[tuple[str, str]] = set()
 
     def watch(plain: Any) -> Any:
@@ -663,7 +729,11 @@ def _takes_every_plain_path(monkeypatch: pytest.MonkeyPatch, streams: st.SearchS
                 return out
             if len(d._users) > held:
                 seen.add((name, "new user"))
+            if out.merges:
+                seen.add((name, "merges"))
             for pub in out.publications:
+                if pub.value is None:
+                    continue  # the tombstone after `merged` (U8)
                 seen.add((name, pub.value["change"]))
                 seen.add((name, f"of a {pub.value['user']['type']}"))
                 seen.update((name, key.split(".")[0]) for key in pub.value["changedKeys"])

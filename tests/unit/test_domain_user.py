@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from services.domain import publication
-from services.domain.user import Platform, User, Value
+from services.domain.user import Platform, User, Value, new_user
 
 
 def _full_user() -> User:
@@ -34,6 +34,29 @@ def test_copy_keeps_every_field_and_shares_no_mutable_state() -> None:
         value = getattr(user, f.name)
         if isinstance(value, list | dict | Platform):
             assert getattr(copied, f.name) is not value, f.name
+
+
+@given(st.sampled_from(["anonymous", "lead", "member"]), st.none() | st.just("m-1"), st.integers(0, 2**40))
+def test_a_new_user_is_the_dataclass_default_and_owns_its_containers(type_: str, member_id: str | None, at: int) -> None:
+    """Issue 14: `new_user` sets every slot itself instead of the dataclass __init__ —
+    equal to it, every attribute set (a slot left unset would raise on reading), and no
+    list, dict or Platform shared between two new users."""
+    made = new_user("u_1", "ch", type_, at, member_id)  # type: ignore[arg-type]
+    assert made == User(id="u_1", channel_id="ch", type=type_, created_at=at, updated_at=at, member_id=member_id)  # type: ignore[arg-type]
+    other = new_user("u_2", "ch", type_, at, member_id)  # type: ignore[arg-type]
+    for f in fields(User):
+        value = getattr(made, f.name)
+        if isinstance(value, list | dict | Platform):
+            assert getattr(other, f.name) is not value, f.name
+    assert made.web.device is not other.web.device and made.mobile.device is not made.web.device
+
+
+def test_a_husk_keeps_only_what_u8_and_b2_keep() -> None:
+    """U8/B2: a husk holds the id, class, times, version and the mark, the rest defaults."""
+    user = _full_user()
+    husk = user.husk(merged_into="u_9")
+    assert husk == User(id="u_1", channel_id="ch", type="member", created_at=1, updated_at=2, merged_into="u_9", version=10)
+    assert user.husk(deleted=True) == replace(husk, merged_into=None, deleted=True)
 
 
 def test_json_round_trip_keeps_every_field() -> None:
