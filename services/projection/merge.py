@@ -32,20 +32,24 @@ Partition = tuple[str, int]
 ROW_BYTES = 128
 
 
+def weight(r: Record, heavy_topic: str | None) -> int:
+    """What a record counts for in a batch's limit: one, an import chunk a record per ROW_BYTES."""
+    return 1 if r.topic != heavy_topic else max(1, len(r.value or b"") // ROW_BYTES)
+
+
 def by_weight(records: list[Record], heavy_topic: str, limit: int) -> Iterator[list[Record]]:
     """`records` (canonically ordered) cut into consecutive batches of at most `limit`
     by the weight `CoPartitionMerge.release` gives them (an import chunk a record per
     ROW_BYTES): a rebuild's batches of chunks stay the size of the live ones. Applying
     the parts one after another is applying the whole (a batch applies what its records
     would one by one)."""
-    heavy = [len(r.value or b"") // ROW_BYTES for r in records if r.topic == heavy_topic]
-    if not heavy or len(records) - len(heavy) + sum(max(1, w) for w in heavy) <= limit:
+    if all(r.topic != heavy_topic for r in records) or sum(weight(r, heavy_topic) for r in records) <= limit:
         yield records
         return
     part: list[Record] = []
     spent = 0
     for r in records:
-        w = max(1, len(r.value or b"") // ROW_BYTES) if r.topic == heavy_topic else 1
+        w = weight(r, heavy_topic)
         if part and spent + w > limit:
             yield part
             part, spent = [], 0
@@ -67,9 +71,6 @@ class CoPartitionMerge:
         self._weights: dict[Partition, int] = {}  # the heavy partitions' buffered weight
         self.full = False  # the last release stopped at its limit: more may be releasable now
 
-    def _weight(self, r: Record) -> int:
-        return 1 if r.topic != self._heavy else max(1, len(r.value or b"") // ROW_BYTES)
-
     def assign(self, partitions: Iterable[Partition]) -> None:
         """A new assignment: buffers start empty (the consumer re-seeks every partition
         to the offset stored with the state, so nothing buffered is lost)."""
@@ -84,7 +85,7 @@ class CoPartitionMerge:
         if buffer is not None:  # a fetch for a partition revoked meanwhile is dropped
             if partition[0] == self._heavy:
                 records = list(records)
-                self._weights[partition] += sum(map(self._weight, records))
+                self._weights[partition] += sum(weight(r, self._heavy) for r in records)
             buffer.extend(records)
 
     def drop_below(self, partition: Partition, offset: int) -> None:
@@ -93,7 +94,7 @@ class CoPartitionMerge:
         while buffer and buffer[0].offset < offset:
             r = buffer.popleft()
             if partition[0] == self._heavy:
-                self._weights[partition] -= self._weight(r)
+                self._weights[partition] -= weight(r, self._heavy)
 
     def buffered(self, partition: Partition) -> int:
         """How much is buffered: records, an import chunk weighing by its size."""
@@ -124,7 +125,7 @@ class CoPartitionMerge:
                     continue
                 p, b = min(heads, key=lambda pb: _order(pb[1][0]))
                 if p[0] == self._heavy:
-                    w = self._weight(b[0])
+                    w = weight(b[0], self._heavy)
                     if out and spent + w > limit:
                         spent = limit
                         break

@@ -56,25 +56,12 @@ async def load_channels(conn: asyncpg.Connection, channel_ids: Iterable[str]) ->
     return {ch: found.get(ch) or ChannelSettings(ch) for ch in wanted}
 
 
-async def already_applied(conn: asyncpg.Connection, pairs: Sequence[tuple[str, str]]) -> list[tuple[str, str, int]]:
-    """(channel, eventId, event time) of the pairs still remembered (projection/window.py)."""
-    if not pairs:
-        return []
-    rows = await conn.fetch(
-        """SELECT a.channel_id, a.event_id, a.at FROM applied_events a
-             JOIN unnest($1::text[], $2::text[]) AS p(c, e) ON a.channel_id = p.c AND a.event_id = p.e""",
-        [p[0] for p in pairs],
-        [p[1] for p in pairs],
-    )
-    return [(r[0], r[1], r[2]) for r in rows]
-
-
 async def applied_window(
     conn: asyncpg.Connection, pairs: Sequence[tuple[str, str]], channel_ids: Iterable[str],
 ) -> tuple[list[tuple[str, str, int]], dict[str, int]]:
     """What the eventId window of a batch is read from (projection/window.py), in one
-    statement (one round trip, issue 14 session 9): the pairs still remembered, as
-    `already_applied`, and each channel's clock, its latest event time applied (a
+    statement (one round trip, issue 14 session 9): (channel, eventId, event time) of the
+    pairs still remembered, and each channel's clock, its latest event time applied (a
     channel row carries no eventId: applied_events.event_id is never NULL)."""
     wanted = sorted(set(channel_ids))
     if not pairs and not wanted:
@@ -113,23 +100,28 @@ async def lock_offsets(conn: asyncpg.Connection, partitions: Sequence[tuple[str,
     another instance inserted and committed while we waited on its conflict is seen
     only by a later statement)."""
     topics, parts = [p[0] for p in partitions], [p[1] for p in partitions]
-    rows = await conn.fetch(_LOCK_OFFSETS, topics, parts)
-    if len(rows) < len(set(partitions)):
-        await conn.execute(
-            """INSERT INTO inbox_offsets (topic, partition, next_offset)
-               SELECT t, p, 0 FROM unnest($1::text[], $2::int[]) AS x(t, p)
-               ON CONFLICT DO NOTHING""",
-            topics,
-            parts,
-        )
-        rows = await conn.fetch(_LOCK_OFFSETS, topics, parts)
+    rows = await _lock_rows(conn, _LOCK_OFFSETS, _ADD_OFFSETS, len(set(partitions)), topics, parts)
     return {(r[0], r[1]): r[2] for r in rows}
+
+
+async def _lock_rows(conn: asyncpg.Connection, lock: str, add: str, expected: int, *args: Any) -> list[asyncpg.Record]:
+    """The rows `lock` reads FOR UPDATE; when fewer than `expected` exist, `add` inserts
+    the missing ones first and they are read again (lock_offsets says why in two
+    statements)."""
+    rows = await conn.fetch(lock, *args)
+    if len(rows) < expected:
+        await conn.execute(add, *args)
+        rows = await conn.fetch(lock, *args)
+    return rows
 
 
 _LOCK_OFFSETS = """SELECT o.topic, o.partition, o.next_offset FROM inbox_offsets o
              JOIN unnest($1::text[], $2::int[]) AS x(t, p) ON o.topic = x.t AND o.partition = x.p
             ORDER BY o.topic, o.partition
               FOR UPDATE OF o"""
+_ADD_OFFSETS = """INSERT INTO inbox_offsets (topic, partition, next_offset)
+               SELECT t, p, 0 FROM unnest($1::text[], $2::int[]) AS x(t, p)
+               ON CONFLICT DO NOTHING"""
 
 
 async def lock_channels(conn: asyncpg.Connection, channel_ids: Iterable[str]) -> dict[str, int]:
@@ -147,20 +139,15 @@ async def lock_channels_held(conn: asyncpg.Connection, channel_ids: Iterable[str
         return {}, None
     # As lock_offsets: one round trip when every channel has its row (a channel's first
     # batch inserts it, then reads all again).
-    rows = await conn.fetch(_LOCK_CHANNELS, wanted)
-    if len(rows) < len(wanted):
-        await conn.execute(
-            """INSERT INTO channel_writers (channel_id, token)
-               SELECT c, pg_current_xact_id()::text::bigint FROM unnest($1::text[]) AS c
-               ON CONFLICT DO NOTHING""",
-            wanted,
-        )
-        rows = await conn.fetch(_LOCK_CHANNELS, wanted)
+    rows = await _lock_rows(conn, _LOCK_CHANNELS, _ADD_CHANNELS, len(wanted), wanted)
     return {r[0]: r[1] for r in rows}, rows[0][2]
 
 
 _LOCK_CHANNELS = """SELECT channel_id, token, pg_current_xact_id()::text::bigint FROM channel_writers
            WHERE channel_id = ANY($1::text[]) ORDER BY channel_id FOR UPDATE"""
+_ADD_CHANNELS = """INSERT INTO channel_writers (channel_id, token)
+               SELECT c, pg_current_xact_id()::text::bigint FROM unnest($1::text[]) AS c
+               ON CONFLICT DO NOTHING"""
 
 
 async def channel_tokens(conn: asyncpg.Connection, channel_ids: Iterable[str]) -> dict[str, int]:

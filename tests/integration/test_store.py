@@ -121,7 +121,7 @@ async def test_applied_event_ids_copied_renew_a_stored_pair_and_keep_one_row_per
     try:
         await pool.execute("INSERT INTO applied_events VALUES ('ch', 'old', 1000)")
         async with pool.acquire() as conn, conn.transaction():
-            stored = {(r[0], r[1]) for r in await repo.already_applied(conn, [("ch", "old"), ("ch", "twice")])}
+            stored = {(r[0], r[1]) for r in (await repo.applied_window(conn, [("ch", "old"), ("ch", "twice")], []))[0]}
             assert stored == {("ch", "old")}
             await repo.save_applied(
                 conn, [("ch", "twice", 2000), ("ch", "old", 9000), ("ch", "new", 3000), ("ch", "twice", 9001)], stored,
