@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv run test lint bench fuzz browser clean distclean
+.PHONY: venv core run test lint bench fuzz browser clean distclean
 
 venv: $(STAMP)
 
@@ -14,9 +14,21 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -e '.[dev]'
 	touch $@
 
+# The domain core compiled by mypyc (services/compiled_core.py, docs/decisions.md "The
+# compiled core"), out of the source tree, rebuilt when a domain source changes. A failed
+# build leaves the interpreted core (half the speed), unless UNIFIER_CORE=compiled asks
+# for the compiled one (CI does): then it fails.
+CORE := build/core/MANIFEST.json
+core: $(CORE)
+$(CORE): $(STAMP) services/compiled_core.py $(wildcard services/domain/*.py)
+	@mkdir -p build; echo "compiling the domain core with mypyc (about a minute; log: build/core.log)"; \
+	$(BIN)/python -m services.compiled_core build >build/core.log 2>&1 && tail -1 build/core.log || { \
+	  tail -25 build/core.log >&2; [ "$$UNIFIER_CORE" != compiled ] && \
+	  echo "make core: the build failed (above); the interpreted core runs" >&2; }
+
 # Without KAFKA_BOOTSTRAP_SERVERS / DATABASE_URL this starts embedded ones (data in ./.unifier),
 # plus a small demo publisher so the log shows facts flowing and user-changed going out.
-run: $(STAMP)
+run: $(STAMP) $(CORE)
 	$(BIN)/unifier run --demo --admin-key-file .unifier/api-key
 
 # pytest exits 5 when it collected no test: that must fail too, and say so.
@@ -25,12 +37,16 @@ run: $(STAMP)
 # process), each module whole on one worker (tests/conftest.py): most of a test's time is
 # spent waiting on the broker, PostgreSQL or a child process, so two overlap well on two
 # cores (docs/decisions.md, "Test suite speed"). --durations lists the slowest tests.
+# Then the unit tests once more on the interpreted core (UNIFIER_CORE=interpreted): the
+# source is the fallback wherever no compiler is, and some tests spy on its functions.
 TEST_WORKERS ?= 2
-test: $(STAMP)
+test: $(STAMP) $(CORE)
 	@[ -x "$(CHROMIUM)" ] || [ "$$(id -u)" != 0 ] || $(MAKE) --no-print-directory browser || true
 	@[ -x "$(CHROMIUM)" ] || echo "make test: $(CHROMIUM) is missing: the console's browser tests are skipped (they fail in CI); install it with 'make browser'" >&2
 	@status=0; $(BIN)/pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadgroup --durations=25 tests/ || status=$$?; \
 	if [ $$status -eq 5 ]; then echo "make test: no tests were collected" >&2; fi; \
+	echo "== the unit tests on the interpreted core"; \
+	UNIFIER_CORE=interpreted $(BIN)/pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadgroup tests/unit || status=$$((status ? status : $$?)); \
 	exit $$status
 
 # A longer run of the fuzzing test than `make test`'s seed: 3,000 hostile records, a fresh
@@ -57,7 +73,7 @@ browser:
 	  echo "make browser: run as root: apt-get update && apt-get install -y chromium fonts-ipafont-gothic" >&2; exit 1; fi; \
 	$$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq chromium fonts-ipafont-gothic
 
-bench: $(STAMP)
+bench: $(STAMP) $(CORE)
 	@set -e; found=0; for f in bench/*.py; do \
 	  [ -e "$$f" ] || continue; found=1; echo "== $$f"; $(BIN)/python "$$f"; \
 	done; [ $$found -eq 1 ] || echo "no benchmarks in bench/"

@@ -162,9 +162,12 @@ class Directory:
         """Everything `identities` reads but the veils is as indexed: only veil keys
         move (none for a dead user, which has no keys and stays dead)."""
         by_key, channel_id, user_id = self._by_key, user.channel_id, user.id
+        # A frozenset first: `frozenset - dict_keys` is computed by the keys view and is a
+        # plain set, whatever typeshed says (the compiled core checks the difference).
+        veils = frozenset(now)
         if user.alive:
             ids = self._ids[user_id]
-            gone, came = was - now, now - was
+            gone, came = was - veils, veils - was
             for veil in gone:
                 bucket = by_key.get((channel_id, "veil", veil))
                 if bucket is not None:
@@ -177,7 +180,7 @@ class Directory:
                     bucket.add(user_id)
             self._ids[user_id] = (ids - {("veil", v, True) for v in gone}) | {("veil", v, True) for v in came}
         sig = self._sigs[user_id]
-        self._sigs[user_id] = (*sig[:6], frozenset(now))  # type: ignore[assignment]
+        self._sigs[user_id] = (*sig[:6], veils)  # type: ignore[assignment]
 
     def touched(self, user: User) -> None:
         """`user`, held here, was changed in place in nothing `identities` reads (a

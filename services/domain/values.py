@@ -92,7 +92,7 @@ def _sdk_datetime(value: object) -> int:
 
 
 _SDK_COERCERS: dict[str, Callable[[object], object]] = {
-    "string": parse_string,  # type: ignore[dict-item]  # it checks the type itself
+    "string": parse_string,  # it checks the type itself
     "number": _sdk_number,
     "boolean": _sdk_boolean,
     "date": _sdk_date,

@@ -14,7 +14,7 @@ _BOOLEANS = dict.fromkeys(("true", "yes", "y", "1"), True) | dict.fromkeys(
 )
 
 
-def parse_string(raw: str) -> str:
+def parse_string(raw: object) -> str:
     """Any text, kept as typed (it is the customer's); only what PostgreSQL text and JSON
     cannot hold is refused."""
     if not isinstance(raw, str):

@@ -29,6 +29,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, find, given, settings
 from hypothesis import strategies as st
 
+import services.domain as domain
 from contracts.inbound import MODELS, InboundError, parse_inbound
 from services.domain import channel as new_channel
 from services.domain import core as new_core
@@ -590,6 +591,10 @@ _DAY = 24 * 60 * MIN
 
 
 @pytest.mark.parametrize("messages", [True, False])
+@pytest.mark.skipif(
+    domain.CORE == "compiled",
+    reason="spies on sdk._merging_visit, which compiled calls do not look up: runs in make test's interpreted pass",
+)
 @pytest.mark.parametrize("rule, steps, merged, plain", [
     # U2, U3, U4: a published lead logging in is merged into its member (`merged` and the
     # tombstone, then the member's `updated`); a boot with the memberId merges as well,
