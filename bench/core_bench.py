@@ -6,7 +6,9 @@ kept under tests/oracle/ (the oracle of tests/unit/test_core_differential.py). B
 apply the same parsed facts to their own Directory, with `user-changed` messages built
 (`messages=True`, as live), the directory settled every `--batch` facts as the resident
 projection does between batches. Each core runs `--rounds` times, alternating, and the
-fastest round counts (the machine is shared: the minimum is the least disturbed).
+fastest round counts (the machine is shared: the minimum is the least disturbed). When
+the process runs the compiled core (services/compiled_core.py), the domain's source is
+loaded beside it and measured too: compiled against interpreted in the same run.
 
 Mixes:
 - `sdk`: bench/projection_bench.py's Stream (boot 60 %, chat 15 %, contact 10 %, login
@@ -32,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import importlib
 import sys
 import time
 from collections import defaultdict
@@ -46,6 +49,7 @@ if str(ROOT) not in sys.path:
 
 import orjson  # noqa: E402
 
+import services.domain as domain  # noqa: E402
 from contracts.inbound import parse_inbound  # noqa: E402
 from services.domain import channel as new_channel  # noqa: E402
 from services.domain import core as new_core  # noqa: E402
@@ -68,8 +72,21 @@ class Core:
         self.name, self.core, self.directory, self.channel, self.imports = name, core, directory, channel, imports
 
 
-OLD = Core("oracle (today's core)", old_core, old_directory, old_channel, old_imports)
-NEW = Core("services/domain", new_core, new_directory, new_channel, new_imports)
+OLD = Core("oracle", old_core, old_directory, old_channel, old_imports)
+NEW = Core("compiled" if domain.CORE == "compiled" else "domain", new_core, new_directory, new_channel, new_imports)
+
+
+def source_core() -> Core | None:
+    """When this process runs the compiled core: the domain's source loaded beside it
+    under another package name (`domain_source`; the domain imports itself relatively),
+    so one run compares compiled and interpreted on the same facts."""
+    if domain.CORE != "compiled":
+        return None
+    pkg = ModuleType("domain_source")
+    pkg.__path__ = [str(ROOT / "services" / "domain")]
+    sys.modules["domain_source"] = pkg
+    m = {n: importlib.import_module(f"domain_source.{n}") for n in ("core", "directory", "channel", "imports")}
+    return Core("interpreted", m["core"], m["directory"], m["channel"], m["imports"])
 
 
 def sdk_mix(n: int, seed: int) -> list[tuple[str, bytes]]:
@@ -154,11 +171,12 @@ def forget(core: Core) -> None:
         for value in vars(module).values() if module is not None else ():
             if callable(getattr(value, "cache_clear", None)):
                 value.cache_clear()
-    # Both cores normalise contacts through services/domain/values_contact: its cache is
-    # emptied for each run too, so neither core meets the numbers the other parsed.
-    from services.domain import values_contact
-
-    values_contact._e164.cache_clear()
+    # The oracle normalises contacts through services/domain/values_contact: every loaded
+    # copy's cache is emptied for each run too, so no core meets the numbers another parsed.
+    for package in ("services.domain", "domain_source"):
+        module = sys.modules.get(package + ".values_contact")
+        if module is not None:
+            module._e164.cache_clear()
 
 
 def run(core: Core, facts: list[Any], batch: int, *, check: bool, secret: set[str], messages: bool = True) -> Run:
@@ -219,6 +237,9 @@ def main() -> None:
                     help="as a rebuild applies facts: no user-changed messages built (messages=False)")
     args = ap.parse_args()
     gc_tuning.tune()  # the collector as the service sets it
+    source = source_core()
+    cores = [OLD, NEW] + ([source] if source is not None else [])
+    print(f"domain core in this process: {domain.CORE}" + ("; its source loaded beside it" if source else ""))
     for mix in args.mix or list(MIXES):
         raws = MIXES[mix](args.facts if mix != "import" else args.facts // 3, args.seed)
         facts = [parse_inbound(KIND[k], raw) for k, raw in raws]  # type: ignore[arg-type]
@@ -227,27 +248,29 @@ def main() -> None:
         best: dict[str, Run] = {}
         digests: dict[str, Any] = {}
         for r in range(args.rounds):
-            for core in (OLD, NEW):
+            for core in cores:
                 got = run(core, facts, args.batch, check=r == 0, secret=secret, messages=not args.rebuild)
                 if r == 0:
                     digests[core.name] = got.digest
                 if core.name not in best or got.cpu < best[core.name].cpu:
                     best[core.name] = got
-        same = digests[OLD.name] == digests[NEW.name]
-        old, new = best[OLD.name], best[NEW.name]
-        n = len(facts)
-        print(f"\n== mix {mix}: {n} facts, best of {args.rounds}; outcomes identical: {same}")
-        print(f"{'µs per fact':<26}{'count':>8}{'oracle':>12}{'new':>10}{'speed-up':>10}")
-        for kind in sorted(old.ns, key=lambda k: -len(old.ns[k])):
-            o, nw = trimmed(old.ns[kind]), trimmed(new.ns.get(kind, []))
-            print(f"{kind:<26}{len(old.ns[kind]):>8}{o:>12.1f}{nw:>10.1f}{o / nw if nw else 0:>9.1f}×")
-        o_all, n_all = trimmed([t for ts in old.ns.values() for t in ts]), trimmed([t for ts in new.ns.values() for t in ts])
-        print(f"{'all (in core.apply)':<26}{n:>8}{o_all:>12.1f}{n_all:>10.1f}{o_all / n_all:>9.1f}×")
-        print(f"{'process CPU per fact':<26}{n:>8}{old.cpu / n * 1e6:>12.1f}{new.cpu / n * 1e6:>10.1f}"
-              f"{old.cpu / new.cpu:>9.1f}×")
-        if not same:
-            print("!! the two cores' outcomes differ: the figures compare different work", file=sys.stderr)
+        differ = [c.name for c in cores if digests[c.name] != digests[OLD.name]]
+        old, n = best[OLD.name], len(facts)
+        others = [best[c.name] for c in cores[1:]]
+        print(f"\n== mix {mix}: {n} facts, best of {args.rounds}; outcomes identical: {not differ}")
+        print(f"{'µs per fact':<26}{'count':>8}{'oracle':>10}" + "".join(f"{c.name:>13}{'×':>6}" for c in cores[1:]))
 
+        def row(label: str, count: int, o: float, figures: list[float]) -> None:
+            print(f"{label:<26}{count:>8}{o:>10.1f}" + "".join(f"{f:>13.1f}{o / f if f else 0:>5.1f}×" for f in figures))
+
+        for kind in sorted(old.ns, key=lambda k: -len(old.ns[k])):
+            row(kind, len(old.ns[kind]), trimmed(old.ns[kind]), [trimmed(r.ns.get(kind, [])) for r in others])
+        row("all (in core.apply)", n, trimmed([t for ts in old.ns.values() for t in ts]),
+            [trimmed([t for ts in r.ns.values() for t in ts]) for r in others])
+        row("process CPU per fact", n, old.cpu / n * 1e6, [r.cpu / n * 1e6 for r in others])
+        if differ:
+            print(f"!! {', '.join(differ)}: outcomes differ from the oracle's: the figures compare different work",
+                  file=sys.stderr)
 
 if __name__ == "__main__":
     main()

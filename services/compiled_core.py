@@ -110,13 +110,12 @@ def build(out: Path) -> None:
         try:
             extensions = mypycify(
                 [str(p.relative_to(ROOT)) for p in sources()],
-                opt_level="3", group_name=GROUP, multi_file=True, target_dir=str(work / "c"),
+                opt_level="3", group_name=GROUP, target_dir=str(work / "c"),
             )
             dist = Distribution({"name": "unifier-core", "ext_modules": extensions})
             cmd = dist.get_command_obj("build_ext")
             cmd.build_lib = str(work / "lib")  # type: ignore[attr-defined]
             cmd.build_temp = str(work / "temp")  # type: ignore[attr-defined]
-            cmd.parallel = os.cpu_count() or 1  # type: ignore[attr-defined]
             dist.run_command("build_ext")
         finally:
             os.chdir(cwd)

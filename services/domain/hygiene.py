@@ -10,7 +10,7 @@ row, both with the reason.
 from collections.abc import Callable
 from functools import lru_cache
 
-from services.domain.values import Rejected, ValueRejected, normalize_email, normalize_mobile
+from .values import Rejected, ValueRejected, normalize_email, normalize_mobile
 
 # What broken site code sends instead of an id (G1), compared in any case after trimming.
 PLACEHOLDERS = frozenset(

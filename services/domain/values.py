@@ -13,22 +13,22 @@ This module is the one to import; the parsers live in `values_*` by family.
 from collections.abc import Callable
 from typing import TypeVar
 
-from services.domain.rejections import Rejected, ValueRejected
-from services.domain.values_contact import normalize_email, normalize_mobile
-from services.domain.values_list import (
+from .rejections import Rejected, ValueRejected
+from .values_contact import normalize_email, normalize_mobile
+from .values_list import (
     checked_numbers,
     checked_strings,
     parse_list,
     parse_list_of_number,
     parse_tags,
 )
-from services.domain.values_scalar import (
+from .values_scalar import (
     checked_number,
     parse_boolean,
     parse_number,
     parse_string,
 )
-from services.domain.values_time import MS_PER_DAY, checked_epoch_ms, parse_date, parse_datetime
+from .values_time import MS_PER_DAY, checked_epoch_ms, parse_date, parse_datetime
 
 # fmt: off
 __all__ = [

@@ -12,7 +12,7 @@ from functools import lru_cache
 import phonenumbers
 from phonenumbers import NumberParseException, PhoneNumberFormat
 
-from services.domain.rejections import ValueRejected
+from .rejections import ValueRejected
 
 # Pragmatic, not RFC 5322: one @, no spaces, a dotted domain whose last label has at least
 # two characters. Commas, semicolons and brackets are refused because they mean two

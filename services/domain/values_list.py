@@ -4,8 +4,8 @@ import re
 
 import orjson
 
-from services.domain.rejections import ValueRejected
-from services.domain.values_scalar import checked_number, parse_string
+from .rejections import ValueRejected
+from .values_scalar import checked_number, parse_string
 
 LIST_REASON = 'list must be a JSON array of strings, e.g. ["a","b"]'
 NUMBERS_REASON = "list of numbers must be a JSON array of numbers, e.g. [1,2]"

@@ -3,7 +3,7 @@
 import math
 import re
 
-from services.domain.rejections import ValueRejected
+from .rejections import ValueRejected
 
 # Integers must fit 64 bits: orjson refuses to serialise larger ones, so they would fail
 # later, far from the row that brought them.

@@ -10,7 +10,7 @@ rules out (week dates, `20250504`, hour-only times).
 import re
 from datetime import date
 
-from services.domain.rejections import ValueRejected
+from .rejections import ValueRejected
 
 MS_PER_DAY = 86_400_000
 _EPOCH_ORDINAL = date(1970, 1, 1).toordinal()

@@ -19,6 +19,20 @@ def test_the_image_forbids_embedded_servers() -> None:
     assert re.search(r"\bUNIFIER_EMBEDDED=0\b", env_block)
 
 
+def test_the_image_runs_the_compiled_core_or_does_not_start() -> None:
+    """The compiled core (docs/decisions.md, "The compiled core"): built in the build
+    stage into the directory the runtime looks in, and required there."""
+    dockerfile = (DEPLOY / "Dockerfile").read_text()
+    build_stage, runtime = dockerfile.split("\nFROM ", 2)[1:]
+    env_block = runtime.split("ENV PYTHONUNBUFFERED", 1)[1].split("\nRUN ", 1)[0]
+
+    built = re.search(r"UNIFIER_CORE_DIR=(\S+) python -m services.compiled_core build", build_stage)
+    assert built, "the build stage compiles the core"
+    assert re.search(r"\bUNIFIER_CORE=compiled\b", env_block)
+    looked_in = re.search(r"\bUNIFIER_CORE_DIR=(\S+)", env_block)
+    assert looked_in and f"COPY --from=build {built.group(1)} {looked_in.group(1)}" in runtime
+
+
 def test_compose_has_no_default_password() -> None:
     compose = (DEPLOY / "compose.yaml").read_text()
     uses = re.findall(r"\$\{(\w*(?:PASSWORD|SECRET)\w*)([^}]*)\}", compose)
