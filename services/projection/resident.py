@@ -79,11 +79,13 @@ class ResidentUsers:
         return self.directory
 
     def missing(self, ids: Iterable[str], keys: Iterable[Key]) -> tuple[list[str], list[Key]]:
-        """What the store must be asked for: ids neither here nor known absent, keys not complete."""
-        get = self.directory.get
+        """What the store must be asked for: ids neither here nor known absent, keys not
+        complete. In the order given, not sorted: the store's answer is a set (one
+        SELECT), and sorting an import batch's keys cost ~3 µs a row (issue 14, session 10)."""
+        get, absent, complete = self.directory.get, self.absent, self.complete
         ids, keys = list(ids), list(keys)
-        want_ids = sorted(i for i in ids if get(i) is None and i not in self.absent)
-        want_keys = sorted(k for k in keys if k not in self.complete)
+        want_ids = [i for i in ids if get(i) is None and i not in absent]
+        want_keys = [k for k in keys if k not in complete]
         self.misses += len(want_ids) + len(want_keys)
         self.hits += len(ids) + len(keys) - len(want_ids) - len(want_keys)
         return want_ids, want_keys
