@@ -131,8 +131,7 @@ async def _apply_batch(
             conn, result.next_offsets, clocks_after(records), {u.channel_id for u in directory.changed.values()},
         )
     if resident is not None:
-        resident.committed(stamped)
-        resident.forget(imported)
+        resident.committed(stamped, forget=imported)
     return result
 
 
