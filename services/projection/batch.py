@@ -131,8 +131,7 @@ async def _apply_batch(
             conn, result.next_offsets, clocks_after(records), {u.channel_id for u in directory.changed.values()},
         )
     if resident is not None:
-        resident.committed(stamped)
-        resident.forget(imported)
+        resident.committed(stamped, forget=imported)
     return result
 
 
@@ -437,6 +436,8 @@ def _keys_of(fact: Fact) -> tuple[set[str], set[repo.Key]]:
     msg, ch = fact.msg, fact.channel_id
     if msg.type in _SDK:
         return _sdk_keys(msg, ch)
+    if msg.type == "import.row":
+        return _import_row_keys(msg, ch)
     get = _fields_of(msg)
     ids: set[str] = set()
     keys: set[repo.Key] = set()
@@ -451,13 +452,6 @@ def _keys_of(fact: Fact) -> tuple[set[str], set[repo.Key]]:
         keys.add((ch, kind, value))
         return value
 
-    if msg.type == "import.row":  # CSV import: cells are keyed by the mapped key (I5)
-        cells = msg.cells
-        if (member := add("member", cells.get("memberId"), clean_member_id)) is not None:
-            ids.add(imported_member_user_id(ch, member))
-        add("email", cells.get("profile.email"), clean_email)
-        add("mobile", cells.get("profile.mobileNumber"), clean_mobile)
-        return ids, keys
     if (veil := add("veil", get("veilId"), clean_veil_id)) is not None:
         ids.add(veil_user_id(ch, veil))
     if (member := add("member", get("memberId"), clean_member_id)) is not None:
@@ -509,6 +503,23 @@ def _sdk_keys(msg: Any, ch: str) -> tuple[set[str], set[repo.Key]]:
     if (value := _cleaned(clean_email, email)) is not None:
         keys.add((ch, "email", value))
     if (value := _cleaned(clean_mobile, mobile)) is not None:
+        keys.add((ch, "mobile", value))
+    return ids, keys
+
+
+def _import_row_keys(msg: Any, ch: str) -> tuple[set[str], set[repo.Key]]:
+    """`_keys_of` of an import row, the bulk of an import batch: its cells are keyed by
+    the mapped key (I5), so the memberId, e-mail and mobile cells are its keys, and the
+    memberId's user id (a lead's id derives from its eventId, never stored before)."""
+    cells = msg.cells
+    ids: set[str] = set()
+    keys: set[repo.Key] = set()
+    if (member := _cleaned(clean_member_id, cells.get("memberId"))) is not None:
+        keys.add((ch, "member", member))
+        ids.add(imported_member_user_id(ch, member))
+    if (value := _cleaned(clean_email, cells.get("profile.email"))) is not None:
+        keys.add((ch, "email", value))
+    if (value := _cleaned(clean_mobile, cells.get("profile.mobileNumber"))) is not None:
         keys.add((ch, "mobile", value))
     return ids, keys
 

@@ -339,9 +339,11 @@ async def save_identities(
     one row, not all of its rows again."""
     if not changes:
         return
-    now = [(u.id, kind, value, q) for u, _old, new in changes for kind, value, q in new]
     had = [u.id for u, old, _new in changes if old is not None]
     if had:
+        # Only the rows of users that had some can be deleted: a new user's (an import
+        # batch's thousands) are not listed.
+        now = [(u.id, kind, value, q) for u, old, new in changes if old is not None for kind, value, q in new]
         await conn.execute(
             """DELETE FROM identities i
                 WHERE i.user_id = ANY($1::text[])

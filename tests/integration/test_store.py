@@ -183,6 +183,41 @@ async def test_new_users_of_an_import_batch_are_copied_as_inserted_and_fenced_al
     assert await pool.fetchval("SELECT count(*) FROM users WHERE id LIKE 'again-%' OR id LIKE 'other-%'") == 0
 
 
+async def test_identity_deltas_of_changed_users_beside_an_import_batchs_new_users(pool: object) -> None:
+    """B2/U8 and issue 14 session 10 (save_identities lists only the identities of users
+    that had some for its DELETE): in one call, a stored user whose e-mail moved loses
+    exactly its old row and gains the new one, a stored user merged away loses all of
+    its rows, and the batch's new users (COPYed, as an import's) keep every row."""
+    import asyncpg
+
+    from services.domain.directory import identities
+    from services.domain.user import User, Value
+
+    assert isinstance(pool, asyncpg.Pool)
+
+    def member(uid: str, email: str) -> User:
+        return User(uid, "ch_delta", "member", 1, 1, member_id=f"m-{uid}",
+                    fields={"profile.email": Value(email, True, True, 1)})
+
+    moved, merged = member("d-moved", "old@x.jp"), member("d-merged", "gone@x.jp")
+    async with pool.acquire() as conn, conn.transaction():
+        await repo.save_users(conn, [moved, merged], {})
+        await repo.save_identities(conn, [(u, None, identities(u)) for u in (moved, merged)])
+    had = {u.id: identities(u) for u in (moved, merged)}
+    moved.fields["profile.email"] = Value("new@x.jp", True, True, 2)
+    merged.merged_into = "d-moved"
+    new = [member(f"d-new{i}", f"n{i}@x.jp") for i in range(repo.COPY_NEW_FROM)]
+    async with pool.acquire() as conn, conn.transaction():
+        await repo.save_users(conn, new, {})
+        await repo.save_identities(conn, [(moved, had[moved.id], identities(moved)), (merged, had[merged.id], identities(merged)),
+                                          *[(u, None, identities(u)) for u in new]])
+    rows = {(r["user_id"], r["kind"], r["value"]) for r in await pool.fetch(
+        "SELECT user_id, kind, value FROM identities WHERE channel_id = 'ch_delta'")}
+    expected = {("d-moved", "member", "m-d-moved"), ("d-moved", "email", "new@x.jp")}
+    expected |= {(u.id, kind, value) for u in new for kind, value, _q in identities(u)}
+    assert rows == expected
+
+
 async def test_array_parameters_encode_as_before_with_the_concrete_container_checks(pool: object) -> None:
     """Issue 14, session 9 (docs/decisions.md, "array parameters"): asyncpg's array codec
     asks Iterable/Sized of every element through collections.abc (~17 Python-level calls

@@ -46,3 +46,79 @@ def test_generated_streams_load_the_same_keys_both_ways(stream: list[Any]) -> No
             for msg in builder.facts(channel, gap, step, []):
                 fact = Fact(msg, msg.occurredAt)
                 assert batch._keys_of(fact) == _general(fact, monkeypatch)
+
+
+def _import_row_keys_as_before(fact: Fact) -> Any:
+    """`_keys_of` of an import row as session 9 read it, through the general reading's
+    `add` closure (the reference `_import_row_keys` must equal)."""
+    from services.domain.hygiene import clean_email, clean_member_id, clean_mobile
+    from services.domain.imports import imported_member_user_id
+    from services.domain.values import Rejected
+
+    msg, ch = fact.msg, fact.channel_id
+    ids: set[str] = set()
+    keys: set[tuple[str, str, str]] = set()
+
+    def add(kind: str, raw: Any, clean: Any) -> str | None:
+        if not isinstance(raw, str):
+            return None
+        try:
+            value = clean(raw)
+        except Rejected:
+            return None
+        keys.add((ch, kind, value))
+        return value  # type: ignore[no-any-return]
+
+    cells = msg.cells
+    if (member := add("member", cells.get("memberId"), clean_member_id)) is not None:
+        ids.add(imported_member_user_id(ch, member))
+    add("email", cells.get("profile.email"), clean_email)
+    add("mobile", cells.get("profile.mobileNumber"), clean_mobile)
+    return ids, keys
+
+
+_CELL = st.one_of(
+    st.sampled_from(["", " ", "M001", " M001 ", "m-2", "null", "unknown", "a@example.com", " A@Example.COM ",
+                     "not an e-mail", "+819012345678", "+81 090-1234-5678", "09012345678", "x" * 300]),
+    st.text(max_size=12),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.dictionaries(st.sampled_from(["memberId", "profile.email", "profile.mobileNumber", "name", "email"]), _CELL))
+def test_an_import_row_loads_its_mapped_keys_as_before(cells: dict[str, str]) -> None:
+    """I5 (a row's cells are keyed by the mapped key) and issue 14 session 10: an import
+    row's loading keys are read by `_import_row_keys`, without the general reading's
+    closure; the memberId, e-mail and mobile cells that clean are its keys (placeholders,
+    blanks and invalid values skipped), and a memberId's imported user id its id. A key
+    missed here would let the core decide a row without the user holding it."""
+    import orjson
+
+    from contracts.decode import decode_import_rows
+
+    raw = orjson.dumps({"channelId": "ch_keys", "occurredAt": 1, "eventId": "imp_k:rows:2", "type": "import.rows",
+                        "importId": "imp_k", "rows": [{"rowNumber": 2, "cells": cells}]})
+    for row in decode_import_rows(raw) or []:
+        if isinstance(row, Exception):
+            continue  # a cell the door refuses (I15: the row fails before loading)
+        fact = Fact(row, 1)
+        assert batch._keys_of(fact) == _import_row_keys_as_before(fact)
+
+
+def test_an_import_rows_member_email_and_mobile_are_loaded_cleaned() -> None:
+    """The keys themselves, cleaned as the core cleans them (I4, I9): a memberId trimmed,
+    an e-mail lowercased, a mobile in E.164; the member's user id from its memberId."""
+    import orjson
+
+    from contracts.decode import decode_import_rows
+    from services.domain.imports import imported_member_user_id
+
+    raw = orjson.dumps({"channelId": "ch_keys", "occurredAt": 1, "eventId": "imp_k:rows:2", "type": "import.rows",
+                        "importId": "imp_k", "rows": [{"rowNumber": 2, "cells": {
+                            "memberId": " M7 ", "profile.email": "Ann@Example.COM",
+                            "profile.mobileNumber": "+81 090-1234-5678", "name": "Ann"}}]})
+    (row,) = decode_import_rows(raw) or []
+    ids, keys = batch._keys_of(Fact(row, 1))
+    assert keys == {("ch_keys", "member", "M7"), ("ch_keys", "email", "ann@example.com"),
+                    ("ch_keys", "mobile", "+819012345678")}
+    assert ids == {imported_member_user_id("ch_keys", "M7")}

@@ -99,3 +99,26 @@ def test_g3_forgotten_users_leave_memory_and_their_keys_ask_the_store_again() ->
     r.forget(["u1", "u-never-held"])
     assert r.directory.get("u1") is None and len(r) == 1
     assert r.missing(["u1", "u2"], [_veil(1), _veil(2)]) == (["u1"], [_veil(1)])
+
+
+def test_an_imports_new_users_do_not_push_other_users_out_of_a_full_budget() -> None:
+    """Issue 14 session 10 (decision "imported users not kept", G3): the users an import
+    batch created are let go with its commit (`committed(…, forget=…)`) before the budget
+    is enforced, so a full budget keeps the users it held (committed first and forgotten
+    after, as before, all three were evicted); the new users are asked from the store
+    again, by id and by key (they exist now: not known absent)."""
+    r = ResidentUsers(3)
+    r.begin({CH: 1})
+    for n in (1, 2, 3):
+        r.loaded([f"u{n}"], [_veil(n)], [(1, _user(n))])
+    r.committed({CH: 1})
+    r.begin({CH: 1})  # our own stamp: nothing dropped
+    new = [f"u{n}" for n in (7, 8, 9)]
+    assert r.missing(new, [_veil(n) for n in (7, 8, 9)]) == (new, [_veil(n) for n in (7, 8, 9)])
+    r.loaded(new, [_veil(n) for n in (7, 8, 9)], [])  # asked, not found: absent, keys complete
+    for n in (7, 8, 9):
+        r.directory.put(_user(n))  # the batch creates them
+    r.committed({CH: 1}, forget=new)
+    assert sorted(u.id for u in r.directory.users()) == ["u1", "u2", "u3"]
+    assert r.revs == {"u1": 1, "u2": 1, "u3": 1}
+    assert r.missing(new, [_veil(7)]) == (new, [_veil(7)])
