@@ -339,8 +339,11 @@ async def progress(conn: asyncpg.Connection | asyncpg.Pool, channel_id: str, imp
     lock held), `finished` once every row is applied, `abandoned` when its importer
     was stopped, `timed_out` when its importer gave up waiting (the service may still
     apply the rest: the state then becomes `finished`). None: no such import."""
-    record = await import_record(conn, channel_id, import_id)
+    # The lock first: an import holds it from its upload until its record says how it
+    # ended (the release is in the finish's transaction). Read the other way round, an
+    # import applied and released between the two reads was no import at all (a 404).
     holder = await lock_holder(conn, channel_id)
+    record = await import_record(conn, channel_id, import_id)
     held = holder is not None and holder.import_id == import_id and holder.expires_in_s > 0
     if record is None and not held:
         return None

@@ -76,6 +76,39 @@ async def test_i13_i5_refusals_are_422_naming_the_problem_and_publish_nothing(mo
         assert (await http.get(f"/v1/channels/{ch}/imports")).json()["items"] == []
 
 
+async def test_i15_progress_read_as_the_import_finishes_is_never_a_404(module_api: LiveApi) -> None:
+    """A small import can be applied whole, and its lock released, between the two reads
+    of `progress` (seen under load: GET right after the 202 answered 404). The import is
+    finished here between them, and progress still finds it."""
+    ch, import_id = new_channel(), "imp_race"
+
+    class FinishedBetweenReads:
+        """The connection, with the import finished right after progress's first read."""
+
+        def __init__(self, conn: Any) -> None:
+            self.conn, self.reads = conn, 0
+
+        async def fetchrow(self, *args: Any) -> Any:
+            row = await self.conn.fetchrow(*args)
+            self.reads += 1
+            if self.reads == 1:
+                await self.conn.execute(
+                    """INSERT INTO imports (channel_id, import_id, mode, key, blank, actor, file_name, columns,
+                                            started_at, last_actor, last_started_at, status, rows, created)
+                       VALUES ($1, $2, 'member', 'memberId', 'keep', 'staff', 'm.csv', '[]', 0, 'staff', 0,
+                               'completed', 1, 1)""", ch, import_id)
+                await self.conn.execute("DELETE FROM import_locks WHERE channel_id = $1", ch)
+            return row
+
+    async with module_api.pool.acquire() as conn:
+        taken, _ = await import_log.acquire_lock(conn, ch, import_id, "here", "staff", f"{import_id}:finished", 60_000)
+        assert taken
+        racing = FinishedBetweenReads(conn)
+        got = await import_log.progress(racing, ch, import_id)  # type: ignore[arg-type]
+    assert racing.reads == 2
+    assert got is not None and got["state"] == "finished" and got["created"] == 1
+
+
 async def test_i12_another_import_running_in_the_channel_is_409(module_api: LiveApi) -> None:
     ch = new_channel()
     async with module_api.pool.acquire() as conn:  # an importer elsewhere holds the channel's lock
