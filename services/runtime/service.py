@@ -13,6 +13,7 @@ from typing import TypeVar
 import asyncpg
 from aiokafka.errors import KafkaError
 
+import services.domain as domain
 from contracts.topics import Topics
 from services.api.app import create_app
 from services.api.server import serve
@@ -119,7 +120,8 @@ async def _serve(
                 log.exception("the api_started hook failed")
 
     announcing = asyncio.create_task(announce(), name="api-started")
-    log.info("unifier running: topics %s*, schema %s", settings.topic_prefix, settings.db_schema)
+    log.info("unifier running: topics %s*, schema %s, domain core %s (UNIFIER_CORE)",
+             settings.topic_prefix, settings.db_schema, domain.CORE)
     if ready is not None:
         ready.set()
     try:

@@ -25,6 +25,7 @@ import orjson
 import pytest
 import pytest_asyncio
 
+import services.domain as domain
 from contracts.topics import Topics
 from services.platform.config import Settings
 from services.platform.embedded import free_port
@@ -66,6 +67,9 @@ class Service:
         await self.spawn()
         await wait_for(lambda: self.says("unifier running") or self.exited(), timeout=60, message=f"{self.log.name} up")
         assert not self.exited(), self.text()
+        # The service runs the core this test process runs (UNIFIER_CORE is inherited;
+        # compiled in CI: docs/decisions.md, "The compiled core").
+        assert self.says(f"domain core {domain.CORE}"), self.text()
         return self
 
     def text(self) -> str:
