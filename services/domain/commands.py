@@ -109,7 +109,7 @@ def on_lead_create(w: Work) -> None:
     if existing is not None:
         user = w.edit(existing)
     else:
-        user = User(id=fact_user_id(w.channel_id, w.fact.event_id), channel_id=w.channel_id, type="lead", created_at=w.at, updated_at=w.at)
+        user = new_user(fact_user_id(w.channel_id, w.fact.event_id), w.channel_id, "lead", w.at)
     set_values(user, values)
     user.last_contact_at = max(user.last_contact_at or w.at, w.at)
     refresh_candidates(w, user)

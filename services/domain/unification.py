@@ -36,6 +36,16 @@ class MergeRecord:
     occurred_at: int
     contested: tuple[Contested, ...]
 
+    # Written out so mypyc compiles it (see core.Fact.__init__).
+    def __init__(self, channel_id: str, source_id: str, target_id: str, causation_id: str, occurred_at: int,
+                 contested: tuple[Contested, ...]) -> None:
+        object.__setattr__(self, "channel_id", channel_id)
+        object.__setattr__(self, "source_id", source_id)
+        object.__setattr__(self, "target_id", target_id)
+        object.__setattr__(self, "causation_id", causation_id)
+        object.__setattr__(self, "occurred_at", occurred_at)
+        object.__setattr__(self, "contested", contested)
+
     def to_json(self) -> dict[str, Any]:
         return {
             "channelId": self.channel_id,
