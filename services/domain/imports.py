@@ -33,7 +33,7 @@ from .profile import BUILTIN_TYPES, FLAG_ATTRS, promote
 from .publication import publish
 from .saga import BLAST_RADIUS, approve, member_candidates, refresh_candidates
 from .unification import IMPORT_TAG_LIMIT
-from .user import EMAIL, MOBILE, User, Value, new_user
+from .user import EMAIL, MOBILE, User, Value, new_user, new_value
 from .values import PARSERS, Rejected, parse_boolean, parse_string, parse_tags
 
 # --------------------------------------------------------------------------- keys (I5, P1)
@@ -574,12 +574,12 @@ def _set(user: User, values: dict[str, Any], at: int) -> None:
         elif key == "tags":
             user.tags = [] if value is _CLEAR else sorted({*user.tags, *value})
         elif value is _CLEAR:
-            _replace(user, key, Value(None, True, member, at))
+            _replace(user, key, new_value(None, True, member, at))
         elif isinstance(value, list):  # I8: list and listOfNumber append
             old = user.value(key)
-            _append(user, key, Value([*(old if isinstance(old, list) else ()), *value], True, member, at))
+            _append(user, key, new_value([*(old if isinstance(old, list) else ()), *value], True, member, at))
         else:
-            _replace(user, key, Value(value, True, member, at))
+            _replace(user, key, new_value(value, True, member, at))
 
 
 
