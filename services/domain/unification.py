@@ -24,6 +24,13 @@ class Contested:
     source_value: Any
     target_value: Any
 
+    # Written out so mypyc compiles it (see core.Fact.__init__).
+    def __init__(self, key: str, winner: str, source_value: Any, target_value: Any) -> None:
+        object.__setattr__(self, "key", key)
+        object.__setattr__(self, "winner", winner)
+        object.__setattr__(self, "source_value", source_value)
+        object.__setattr__(self, "target_value", target_value)
+
 
 @dataclass(frozen=True, slots=True)
 class MergeRecord:
