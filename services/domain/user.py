@@ -195,7 +195,9 @@ class User:
         return _dumps({
             "id": self.id, "channel_id": self.channel_id, "type": self.type,
             "created_at": self.created_at, "updated_at": self.updated_at, "member_id": self.member_id,
-            "fields": {k: [*fields[k]] for k in sorted(fields)} if fields else {},
+            # Item by item, not [*value]: compiled, unpacking a named tuple (a tuple
+            # subclass) takes the generic iterator path, ~4× the four reads.
+            "fields": {k: [v.v, v.q, v.m, v.t] for k, v in sorted(fields.items())} if fields else {},
             "tags": self.tags, "import_tags": self.import_tags,
             "unsubscribe_email": self.unsubscribe_email, "unsubscribe_texting": self.unsubscribe_texting,
             "has_push_token": self.has_push_token, "blocked": self.blocked, "masked": self.masked,
