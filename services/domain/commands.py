@@ -15,7 +15,7 @@ from .priority import update_wins
 from .profile import FLAG_ATTRS, profile_values, promote, set_flags, set_values
 from .saga import approve, cancel_pending, member_candidates, offer_to_leads, refresh_candidates
 from .sdk import _offered, _publish, _qualified, _shown_value
-from .user import EMAIL, MOBILE, User, Value, new_user
+from .user import EMAIL, MOBILE, User, Value, new_user, new_value
 from .values import Rejected, parse_tags
 
 
@@ -50,7 +50,7 @@ def on_profile_update(w: Work) -> None:
     is_member = user.type == "member"
     values = profile_values(msg.profile, w.settings, qualified=True, member=is_member, at=w.at)
     if msg.name is not None:
-        values["name"] = Value(msg.name, True, is_member, w.at)
+        values["name"] = new_value(msg.name, True, is_member, w.at)
     if msg.tags is not None:
         user.tags = _tags(msg.tags)
     set_values(user, values)
@@ -78,7 +78,7 @@ def on_member_upsert(w: Work) -> None:
     member_id = clean_member_id(msg.memberId)
     values = profile_values(msg.profile, w.settings, qualified=True, member=True, at=w.at)
     if msg.name is not None:
-        values["name"] = Value(msg.name, True, True, w.at)
+        values["name"] = new_value(msg.name, True, True, w.at)
     found = w.directory.by_member(w.channel_id, member_id)
     if found is not None:
         user = w.edit(found)
@@ -109,7 +109,7 @@ def on_lead_create(w: Work) -> None:
     if existing is not None:
         user = w.edit(existing)
     else:
-        user = User(id=fact_user_id(w.channel_id, w.fact.event_id), channel_id=w.channel_id, type="lead", created_at=w.at, updated_at=w.at)
+        user = new_user(fact_user_id(w.channel_id, w.fact.event_id), w.channel_id, "lead", w.at)
     set_values(user, values)
     user.last_contact_at = max(user.last_contact_at or w.at, w.at)
     refresh_candidates(w, user)
@@ -264,7 +264,7 @@ def plain_member_upsert(d: Directory, fact: Fact, settings: ChannelSettings, mes
     member_id = clean_member_id(msg.memberId)  # G1: refusals raise here, before any change
     values = profile_values(msg.profile, settings, qualified=True, member=True, at=at) if msg.profile else {}
     if msg.name is not None:
-        values["name"] = Value(msg.name, True, True, at)
+        values["name"] = new_value(msg.name, True, True, at)
     user = d.by_member(ch, member_id)
     if user is None:
         return _new_member(d, fact, settings, member_id, values, messages)
@@ -335,7 +335,7 @@ def plain_profile_update(d: Directory, fact: Fact, settings: ChannelSettings, me
     is_member = user.type == "member"
     values = profile_values(msg.profile, settings, qualified=True, member=is_member, at=at) if msg.profile else {}
     if msg.name is not None:
-        values["name"] = Value(msg.name, True, is_member, at)
+        values["name"] = new_value(msg.name, True, is_member, at)
     tags = None if msg.tags is None else _tags(msg.tags)  # a bad tag raises here
     old_fields, old_tags = user.fields, user.tags
     won = _won(old_fields, values)

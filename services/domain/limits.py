@@ -27,28 +27,33 @@ _SCALAR = 24  # a number, boolean, null or time as JSON text, at most
 def user_chars(user: User) -> int:
     """The size of `user` as counted against MAX_USER_CHARS.
 
-    Summed with map/len over each container rather than item by item (~4 µs → ~1.5 µs
-    on a typical user; every fact counts each user it changes); the same number as
-    the item-by-item definition, which tests/oracle/limits.py keeps."""
+    Plain loops: compiled (services/compiled_core.py), each `len` is a native call where
+    `sum(map(len, ...))` makes two generic calls a container (~2 µs → ~0.6 µs a user of
+    the SDK mix; interpreted, within ±15 % of the map form). Every fact counts each user
+    it changes. The same number as the item-by-item definition, which
+    tests/oracle/limits.py keeps."""
     n = 1024  # the fixed fields (ids, flags, times, counts)
     fields = user.fields
     if fields:
-        n += sum(map(len, fields)) + 3 * _SCALAR * len(fields)
-        for value in fields.values():
+        n += 3 * _SCALAR * len(fields)
+        for key, value in fields.items():
             v = value.v
-            n += len(v) + _ITEM if type(v) is str else _chars(v)
+            n += len(key) + (len(v) + _ITEM if type(v) is str else _chars(v))
     for many in (user.tags, user.import_tags, user.delivered, user.merged_user_ids, user.offered, user.mobile_veils):
         if many:
-            n += sum(map(len, many)) + _ITEM * len(many)
+            n += _ITEM * len(many)
+            for item in many:
+                n += len(item)
     veils = user.veils
     if veils:
-        n += sum(map(len, veils)) + _SCALAR * len(veils)
+        n += _SCALAR * len(veils)
+        for veil in veils:
+            n += len(veil)
     for platform in (user.web, user.mobile):
         device = platform.device
         if device:
-            n += sum(map(len, device))
-            for text in device.values():
-                n += len(text) + _ITEM if type(text) is str else _chars(text)
+            for key, text in device.items():
+                n += len(key) + (len(text) + _ITEM if type(text) is str else _chars(text))
     for label in (user.member_id, user.language, user.city, user.country):
         if label is not None:
             n += len(label)

@@ -8,7 +8,7 @@ from typing import Any
 from .channel import ChannelSettings
 from .hygiene import clean_email, clean_mobile
 from .priority import update_wins
-from .user import CONTACT_KEYS, EMAIL, MOBILE, User, Value
+from .user import CONTACT_KEYS, EMAIL, MOBILE, User, Value, new_value
 from .values import Rejected, coerce_sdk_value
 
 PREFIX = "profile."
@@ -54,7 +54,7 @@ def profile_values(
                     value = coerce_sdk_value(declared, value)
                 except Rejected as err:
                     raise Rejected("invalid_value", f"profile.{key}: {err.reason}") from None
-        out[full] = Value(value, qualified, member, at)
+        out[full] = new_value(value, qualified, member, at)
     return out
 
 

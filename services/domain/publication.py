@@ -32,6 +32,11 @@ class Publication:
     key: str
     body: bytes | None
 
+    # Written out so mypyc compiles it (see core.Fact.__init__).
+    def __init__(self, key: str, body: bytes | None) -> None:
+        object.__setattr__(self, "key", key)
+        object.__setattr__(self, "body", body)
+
     @property
     def value(self) -> dict[str, Any] | None:
         """The message decoded (tests and tools read it; the projection sends `body`)."""

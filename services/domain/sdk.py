@@ -27,7 +27,7 @@ from .sessions import (
     veil_platform,
 )
 from .unification import merge
-from .user import CONTACT_KEYS, EMAIL, MOBILE, User, Value, new_user
+from .user import CONTACT_KEYS, EMAIL, MOBILE, User, Value, new_user, new_value
 from .values import Rejected
 from .view import user_view
 
@@ -46,7 +46,7 @@ def on_visit(w: Work) -> None:
     is_member = member_id is not None
     values = profile_values(msg.profile, w.settings, qualified=is_member, member=is_member, at=w.at)
     if msg.name is not None:
-        values["name"] = Value(msg.name, is_member, is_member, w.at)
+        values["name"] = new_value(msg.name, is_member, is_member, w.at)
 
     platform: PlatformName
     if msg.type == "boot":
@@ -163,7 +163,7 @@ def on_chat(w: Work) -> None:
         user.veils.setdefault(veil, w.at)
     user.last_contact_at = max(user.last_contact_at or w.at, w.at)
     is_member = user.type == "member"
-    set_values(user, {k: Value(v, qualified, is_member, w.at) for k, v in contacts.items()})
+    set_values(user, {k: new_value(v, qualified, is_member, w.at) for k, v in contacts.items()})
     if user.type == "anonymous":
         user.type = "lead"
     w.put(user)
@@ -221,9 +221,9 @@ def on_contact(w: Work) -> None:
     found = w.directory.by_veil(w.channel_id, veil)
     is_member = found is not None and found.type == "member"
     if msg.email is not None:
-        values[EMAIL] = Value(clean_email(msg.email), False, is_member, w.at)
+        values[EMAIL] = new_value(clean_email(msg.email), False, is_member, w.at)
     if msg.mobileNumber is not None:
-        values[MOBILE] = Value(clean_mobile(msg.mobileNumber), False, is_member, w.at)
+        values[MOBILE] = new_value(clean_mobile(msg.mobileNumber), False, is_member, w.at)
     user = w.edit(found) if found is not None else new_anonymous(w, veil)
     user.veils.setdefault(veil, w.at)
     user.last_contact_at = max(user.last_contact_at or w.at, w.at)
@@ -441,7 +441,7 @@ def _visit_values(msg: Any, settings: ChannelSettings, is_member: bool, at: int)
     member's are qualified member data, U3, C4). A bad value raises (P2)."""
     values = profile_values(msg.profile, settings, qualified=is_member, member=is_member, at=at) if msg.profile else {}
     if msg.name is not None:
-        values["name"] = Value(msg.name, is_member, is_member, at)
+        values["name"] = new_value(msg.name, is_member, is_member, at)
     return values
 
 
@@ -490,7 +490,7 @@ def plain_chat(d: Directory, fact: Fact, settings: ChannelSettings, messages: bo
     if contacts:  # on_chat's set_values, decided first (C4, P3)
         qualified, is_member = msg.medium in QUALIFIED_MEDIA, user.type == "member"
         for key, value in contacts.items():
-            new = Value(value, qualified, is_member, at)
+            new = new_value(value, qualified, is_member, at)
             if update_wins(key, new, old_fields.get(key)):
                 won[key] = new
         if won:
@@ -534,7 +534,7 @@ def _first_chat(
     if d.get(user.id) is not None:
         return None  # both ids of the veil taken: on_chat replaces that user
     user.veils[veil] = user.last_contact_at = fact.at
-    user.fields = {key: Value(value, qualified, False, fact.at) for key, value in contacts.items()}
+    user.fields = {key: new_value(value, qualified, False, fact.at) for key, value in contacts.items()}
     user.type = "lead"
     if user_chars(user) > limits.MAX_USER_CHARS:
         return None  # on_chat refuses it (user_too_large)
@@ -564,9 +564,9 @@ def plain_contact(d: Directory, fact: Fact, settings: ChannelSettings, messages:
     is_member = user is not None and user.type == "member"
     values: dict[str, Value] = {}
     if msg.email is not None:
-        values[EMAIL] = Value(clean_email(msg.email), False, is_member, at)
+        values[EMAIL] = new_value(clean_email(msg.email), False, is_member, at)
     if msg.mobileNumber is not None:
-        values[MOBILE] = Value(clean_mobile(msg.mobileNumber), False, is_member, at)
+        values[MOBILE] = new_value(clean_mobile(msg.mobileNumber), False, is_member, at)
     created = user is None
     if user is None:
         user = _new_anonymous(d, ch, veil, at)

@@ -24,6 +24,13 @@ class Contested:
     source_value: Any
     target_value: Any
 
+    # Written out so mypyc compiles it (see core.Fact.__init__).
+    def __init__(self, key: str, winner: str, source_value: Any, target_value: Any) -> None:
+        object.__setattr__(self, "key", key)
+        object.__setattr__(self, "winner", winner)
+        object.__setattr__(self, "source_value", source_value)
+        object.__setattr__(self, "target_value", target_value)
+
 
 @dataclass(frozen=True, slots=True)
 class MergeRecord:
@@ -35,6 +42,16 @@ class MergeRecord:
     causation_id: str
     occurred_at: int
     contested: tuple[Contested, ...]
+
+    # Written out so mypyc compiles it (see core.Fact.__init__).
+    def __init__(self, channel_id: str, source_id: str, target_id: str, causation_id: str, occurred_at: int,
+                 contested: tuple[Contested, ...]) -> None:
+        object.__setattr__(self, "channel_id", channel_id)
+        object.__setattr__(self, "source_id", source_id)
+        object.__setattr__(self, "target_id", target_id)
+        object.__setattr__(self, "causation_id", causation_id)
+        object.__setattr__(self, "occurred_at", occurred_at)
+        object.__setattr__(self, "contested", contested)
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -73,10 +73,12 @@ def user_view(user: User) -> dict[str, Any]:
 def _platform(p: Platform) -> dict[str, Any]:
     """Every device key present (null when unknown), as the contract writes absent values.
     Spelled out in DEVICE_KEYS' order (a comprehension merged in cost twice as much; every
-    message builds two); tests/unit/test_publication.py checks them against sessions.DEVICE_KEYS."""
-    get = p.device.get
+    message builds two); tests/unit/test_publication.py checks them against sessions.DEVICE_KEYS.
+    `device.get(...)` each time, not a bound `get`: compiled, that is a direct dict lookup,
+    and a bound method a generic call (~4× the cost)."""
+    device = p.device
     return {
-        "sessionsCount": p.sessions_count, "lastSeenAt": p.last_seen_at, "browser": get("browser"),
-        "browserName": get("browserName"), "os": get("os"), "osName": get("osName"), "device": get("device"),
-        "appName": get("appName"), "appVersion": get("appVersion"),
+        "sessionsCount": p.sessions_count, "lastSeenAt": p.last_seen_at, "browser": device.get("browser"),
+        "browserName": device.get("browserName"), "os": device.get("os"), "osName": device.get("osName"),
+        "device": device.get("device"), "appName": device.get("appName"), "appVersion": device.get("appVersion"),
     }
