@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 
 # The domain core compiled by mypyc (services/compiled_core.py, docs/decisions.md "The
 # compiled core"), out of the source tree, rebuilt when a domain source changes. A failed
-# build leaves the interpreted core (half the speed), unless UNIFIER_CORE=compiled asks
+# build leaves the interpreted core (slower: 1.3–1.7×), unless UNIFIER_CORE=compiled asks
 # for the compiled one (CI does): then it fails.
 CORE := build/core/MANIFEST.json
 core: $(CORE)

@@ -1,7 +1,7 @@
 """The domain core compiled by mypyc, and the choice between it and the Python source.
 
 `services/domain` is pure, fully annotated Python checked by mypy; mypyc (shipped with
-mypy) turns it into a C extension that applies facts about twice as fast
+mypy) turns it into a C extension that applies facts 1.3–1.7× as fast
 (docs/decisions.md, "The compiled core"). Same source, same rules: the extension is the
 source compiled, and the unit tests pass on both (`make test` runs them once more on
 the interpreted core).
@@ -87,7 +87,7 @@ def choose(package_path: list[str]) -> str:
     if why is not None:
         if mode == "compiled":
             raise ImportError(f"UNIFIER_CORE=compiled but {why}")
-        log.warning("domain core: interpreted, about half the speed: %s", why)
+        log.warning("domain core: interpreted, 1.3–1.7× slower than compiled: %s", why)
         return "interpreted"
     if str(out) not in sys.path:
         sys.path.append(str(out))  # the shared library the modules' stubs import by name
