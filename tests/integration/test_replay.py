@@ -196,12 +196,17 @@ async def test_rebuild_while_the_service_applies_new_facts_loses_nothing_and_res
     rebuild gives, and no user-changed message was published twice."""
     rounds = workload.mixed_rounds(4000, rounds=80, channels=CHANNELS)
     topics = Topics(settings.topic_prefix)
+    # The rebuild must still be busy when the live service has applied the next round:
+    # with 20 rounds to rebuild, the compiled core's rebuild switched before round 21 was
+    # applied (caught up 0, seen in CI). 40 rounds, published at once (the live service
+    # applies them in the canonical order as a rebuild does), give it twice the work.
+    start = 40
     async with running_service(settings):
-        done = before = await publish_rounds(settings, pool, rounds[:20])
+        done = before = await publish_rounds(settings, pool, [[f for r in rounds[:start] for f in r]])
         rebuilding = asyncio.create_task(
             cli(settings, "replay", "--rebuild", "--workers", "2", "--quiet-ms", "300", "--batch", "500")
         )
-        fed = 20
+        fed = start
         while not rebuilding.done() and fed < len(rounds):  # keep the live service busy throughout
             done = await publish_rounds(settings, pool, rounds[fed:fed + 1], already=done)
             fed += 1
@@ -211,7 +216,7 @@ async def test_rebuild_while_the_service_applies_new_facts_loses_nothing_and_res
         await wait_for(lambda: _outbox_empty(pool), message="outbox relayed")
     result = orjson.loads(out)
     caught_up = int(re.search(r"caught up ([\d,]+) records", err)[1].replace(",", ""))  # type: ignore[index]
-    print(f"rounds fed during the rebuild: {fed - 20}; records caught up: {caught_up}")
+    print(f"rounds fed during the rebuild: {fed - start}; records caught up: {caught_up}")
     assert caught_up > 0 and fed < len(rounds), err  # the live service really moved on while the rebuild ran
     assert result["events"] >= before
     assert await applied_offsets(pool) == sum(len(r) for r in rounds)
