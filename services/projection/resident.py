@@ -134,9 +134,9 @@ class ResidentUsers:
 
     def committed(self, tokens: dict[str, int], forget: Iterable[str] = ()) -> None:
         """The batch's transaction committed: its changed users are now the store's rows.
-        `forget`: users it wrote that are not kept (an import's, `forget`), let go before
-        the budget is enforced: else an import batch of 5,000 new users, counted first,
-        pushed 5,000 users of other channels out of a full budget."""
+        `forget`: users it wrote that are not kept (an import's: see `forget`), let go
+        before the budget is enforced: else an import batch of 5,000 new users, counted
+        first, pushed 5,000 users of other channels out of a full budget."""
         self.forget(forget)
         self.advance()
         self.tokens.update(tokens)
