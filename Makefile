@@ -15,13 +15,17 @@ $(STAMP): pyproject.toml
 	touch $@
 
 # The domain core compiled by mypyc (services/compiled_core.py, docs/decisions.md "The
-# compiled core"), out of the source tree, rebuilt when a domain source changes. A failed
+# compiled core"), out of the source tree, rebuilt when a compiled source changes. A failed
 # build leaves the interpreted core (slower: 1.3–1.7×), unless UNIFIER_CORE=compiled asks
 # for the compiled one (CI does): then it fails.
+# The projection's synchronous hot modules are compiled with it (compiled_core.PROJECTION;
+# tests/unit/test_compiled_core.py checks that this list is that one).
 CORE := build/core/MANIFEST.json
+CORE_SOURCES := $(wildcard services/domain/*.py) \
+  $(addprefix services/projection/,facts.py merge.py records.py resident.py window.py)
 core: $(CORE)
-$(CORE): $(STAMP) services/compiled_core.py $(wildcard services/domain/*.py)
-	@mkdir -p build; echo "compiling the domain core with mypyc (about a minute; log: build/core.log)"; \
+$(CORE): $(STAMP) services/compiled_core.py $(CORE_SOURCES)
+	@mkdir -p build; echo "compiling the domain core and the projection's hot modules with mypyc (a minute or two; log: build/core.log)"; \
 	$(BIN)/python -m services.compiled_core build >build/core.log 2>&1 && tail -1 build/core.log || { \
 	  tail -25 build/core.log >&2; [ "$$UNIFIER_CORE" != compiled ] && \
 	  echo "make core: the build failed (above); the interpreted core runs" >&2; }

@@ -11,8 +11,18 @@ command (issue 14: decode and the loop, before/after):
         .venv/bin/python bench/projection_cpu.py --events 2000 --warm 2000 --quiet
     callgrind_annotate /tmp/cg.out | head                              # Ir: instructions
 
+Instructions per fact of the loop alone: the difference of two `--loop-only` runs (e.g.
+`--events 4000` and `--events 2000`, both `--warm 2000`) less the same difference of
+`--generate-only` runs (making the records), over the events between them.
+
 Prints CPU µs per fact of: decoding alone (the projection's decoder and, for comparison,
 `parse_inbound`), and decode + run_facts.
+
+`--prepare` runs instead what the pipelined live path does in memory for a batch
+(projection/pipeline.py `_prepare`): decode, the facts' keys, the resident users' lookups
+(the store answering nothing: what is not resident is new), run_facts, the users' rows
+(`repo.user_columns`), the identities' deltas, and the resident copy advanced and trimmed:
+everything of the batch's Python but the statements' encoding and the event loop.
 """
 
 from __future__ import annotations
@@ -36,7 +46,9 @@ from services.platform import gc_tuning  # noqa: E402
 from services.projection import batch as batch_mod  # noqa: E402
 from services.projection.batch import BatchResult, parse_records, run_facts  # noqa: E402
 from services.projection.records import Record  # noqa: E402
+from services.projection.resident import ResidentUsers  # noqa: E402
 from services.projection.window import AppliedWindow  # noqa: E402
+from services.store import repository as repo  # noqa: E402
 
 
 def records(n: int, seed: int, topic: str) -> list[Record]:
@@ -64,6 +76,49 @@ def run(recs: list[Record], topics: Topics, batch: int) -> tuple[Directory, int]
     return directory, published
 
 
+def prepare(recs: list[Record], topics: Topics, batch: int) -> tuple[Directory, int]:
+    """`run`, the way the pipelined live path prepares a batch (see the docstring)."""
+    from services.domain.directory import identities
+    from services.projection.batch import _keys_of
+
+    resident = ResidentUsers(1_000_000)
+    settings: dict[str, ChannelSettings] = {}
+    window = AppliedWindow()
+    published = 0
+    for i in range(0, len(recs), batch):
+        chunk = recs[i : i + batch]
+        parsed = parse_records(topics, chunk)
+        facts = [p.fact for p in parsed if p.fact is not None]
+        for f in facts:
+            if f.channel_id not in settings:
+                settings[f.channel_id] = ChannelSettings(f.channel_id)
+        directory = resident.begin({})
+        ids: set[str] = set()
+        keys: set[repo.Key] = set()
+        for fact in facts:
+            f_ids, f_keys = _keys_of(fact)
+            ids |= f_ids
+            keys |= f_keys
+        for _ in range(3):
+            if not ids and not keys:
+                break
+            want_ids, want_keys = resident.missing(ids, keys)
+            if want_ids or want_keys:
+                resident.loaded(want_ids, want_keys, [])
+            reached = resident.reached(ids, keys)
+            ids = {u.merged_into for u in reached if u.merged_into}
+            keys = {(u.channel_id, "pending", u.id) for u in reached if u.type == "member"}
+        result = BatchResult()
+        run_facts(directory, parsed, settings, window, topics, result, outbox=True, failed_at=0)
+        changed = list(directory.changed.values())
+        repo.user_columns(changed, resident.revs) if changed else None
+        [(u, old, new) for u in changed if (new := identities(u)) != (old := directory.loaded_identities(u.id))]
+        resident.advance()
+        resident.written({}, ())
+        published += result.published
+    return resident.directory, published
+
+
 def _decode_us(decode: Any, recs: list[Any]) -> float:
     """Process CPU µs per record to decode the records (refusals included)."""
     t = time.process_time()
@@ -83,26 +138,33 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=20260101)
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--loop-only", action="store_true", help="only decode + run_facts (for callgrind counts)")
+    p.add_argument("--prepare", action="store_true", help="the pipelined live path's whole preparation instead of run_facts")
+    p.add_argument("--generate-only", action="store_true",
+                   help="only make the records (callgrind: what to subtract from a --loop-only run's difference)")
     args = p.parse_args()
     gc_tuning.tune()
     topics = Topics("")
     recs = records(args.warm + args.events, args.seed, topics.sdk_events)
+    if args.generate_only:
+        return
+    drive = prepare if args.prepare else run
     if args.warm:
-        run(recs[: args.warm], topics, args.batch)
+        drive(recs[: args.warm], topics, args.batch)
     recs = recs[args.warm :]
     n = len(recs)
     decode = getattr(batch_mod, "decode_inbound", None)
     if args.loop_only:
-        run(recs, topics, args.batch)
+        drive(recs, topics, args.batch)
         return
     pydantic_us = _decode_us(parse_inbound, recs)
     fast_us = _decode_us(decode, recs) if decode is not None else None
     t = time.process_time()
-    _directory, published = run(recs, topics, args.batch)
+    _directory, published = drive(recs, topics, args.batch)
     loop_us = (time.process_time() - t) * 1e6 / n
     if not args.quiet:
         print(f"{n:,} facts, {published:,} publications; CPU µs per fact: parse_inbound (pydantic) {pydantic_us:.2f}, "
-              f"decode_inbound {'-' if fast_us is None else f'{fast_us:.2f}'}, decode + run_facts {loop_us:.1f}")
+              f"decode_inbound {'-' if fast_us is None else f'{fast_us:.2f}'}, "
+              f"{'the preparation' if args.prepare else 'decode + run_facts'} {loop_us:.1f}")
 
 
 if __name__ == "__main__":

@@ -6,6 +6,14 @@ mypy) turns it into a C extension that applies facts 1.3–1.7× as fast
 source compiled, and the unit tests pass on both (`make test` runs them once more on
 the interpreted core).
 
+The build also holds the live projection's synchronous hot modules (`PROJECTION`: the
+records' parsing, the facts' keys and the loop around the core, the resident users, the
+co-partition merge), compiled in the same group as the domain: one shared library, one
+digest over every compiled source. A compiled module calls the domain's compiled
+functions and reads its classes' attributes directly, so the two packages run compiled
+together or interpreted together, never half and half: `services.projection` follows
+the choice `services.domain` made (`follow`).
+
 The extension is built out of the source tree (`make core`: `python -m
 services.compiled_core build`, into `build/core/`), never beside the `.py` files:
 Python prefers an extension module to a source file, so an edited source would
@@ -36,6 +44,10 @@ log = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parent.parent  # holds services/ (the repository, or site-packages)
 DOMAIN = ROOT / "services" / "domain"
+PROJECTION_DIR = ROOT / "services" / "projection"
+# The projection's modules compiled with the domain: synchronous, pure, fully annotated
+# (no asyncpg in them). The Makefile's `core` target lists them too (a test checks).
+PROJECTION = ("facts.py", "merge.py", "records.py", "resident.py", "window.py")
 GROUP = "unifier_core"  # the shared library's name: unifier_core__mypyc.<abi>.so
 MANIFEST = "MANIFEST.json"
 MODES = ("auto", "compiled", "interpreted")
@@ -47,16 +59,23 @@ def core_dir() -> Path:
 
 
 def sources() -> list[Path]:
-    """The modules compiled: the whole domain but its `__init__`, which chooses."""
-    return sorted(p for p in DOMAIN.glob("*.py") if p.name != "__init__.py")
+    """The modules compiled: the whole domain but its `__init__`, which chooses, and the
+    projection's `PROJECTION`."""
+    domain = sorted(p for p in DOMAIN.glob("*.py") if p.name != "__init__.py")
+    return domain + [PROJECTION_DIR / name for name in PROJECTION]
+
+
+def modules() -> list[str]:
+    """The compiled modules' names, as imported: services.domain.user, …"""
+    return [f"services.{p.parent.name}.{p.stem}" for p in sources()]
 
 
 def source_digest() -> str:
-    """What a build is valid for: every compiled source, byte for byte, and the Python
-    ABI the extension was built against."""
+    """What a build is valid for: every compiled source, byte for byte (named by its
+    package and file), and the Python ABI the extension was built against."""
     h = hashlib.sha256(sys.implementation.cache_tag.encode())
     for path in sources():
-        h.update(b"\0" + path.name.encode() + b"\0" + path.read_bytes())
+        h.update(b"\0" + f"{path.parent.name}/{path.name}".encode() + b"\0" + path.read_bytes())
     return h.hexdigest()
 
 
@@ -95,8 +114,17 @@ def choose(package_path: list[str]) -> str:
     return "compiled"
 
 
+def follow(package_path: list[str], package: str, core: str) -> None:
+    """Called by `services/projection/__init__.py` with its `__path__`, its name and the
+    domain's choice (`services.domain.CORE`): its compiled modules go first on its path
+    exactly when the domain's did, from the same build (checked then, for every compiled
+    source), so the two packages never run one compiled and the other not."""
+    if core == "compiled":
+        package_path.insert(0, str(core_dir().joinpath(*package.split("."))))
+
+
 def build(out: Path) -> None:
-    """Compile the domain into `out`, replacing what was there only once the whole build
+    """Compile `sources()` into `out`, replacing what was there only once the whole build
     has succeeded (a process starting meanwhile sees the old build or none, never half)."""
     from mypyc.build import mypycify  # a build-time dependency: mypy, in the dev extras
     from setuptools import Distribution
@@ -130,7 +158,7 @@ def main(argv: list[str]) -> int:
     if argv[:1] == ["build"]:
         out = core_dir()
         build(out)
-        print(f"domain core compiled into {out} ({len(sources())} modules)")
+        print(f"domain core and projection compiled into {out} ({len(sources())} modules)")
         return 0
     if argv[:1] == ["check"]:
         why = _mismatch(core_dir())

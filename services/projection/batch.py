@@ -11,59 +11,44 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import Counter
-from dataclasses import dataclass, field
-from typing import Any
 
 import asyncpg
 import orjson
 
-from contracts.decode import decode_import_rows, decode_inbound
-from contracts.inbound import MAX_MESSAGE_BYTES, InboundError
-from contracts.topics import InboundKind, Topics
-from services.domain import core
-from services.domain.channel import ChannelSettings
-from services.domain.core import Activity, Fact
+from contracts.topics import Topics
+from services.domain.core import Fact
 from services.domain.directory import Directory, identities
-from services.domain.grades import GradeChange
-from services.domain.hygiene import clean_email, clean_member_id, clean_mobile, clean_veil_id
-from services.domain.ids import member_user_id, veil_user_id
-from services.domain.imports import imported_member_user_id, row_applied, row_applied_before
-from services.domain.lookups import LookupChange
-from services.domain.unification import MergeRecord
 from services.domain.user import User
-from services.domain.values import Rejected
 from services.platform.gc_tuning import paused as gc_paused
 from services.store import import_log
 from services.store import lookups as lookup_store
 from services.store import outcomes as command_outcomes
 from services.store import repository as repo
 
+# The facts' synchronous part (parsing, keys, the core's loop) is facts.py, compiled with
+# the domain; its names are imported from here too (pipeline.py, the rebuild, tests).
+from .facts import (
+    BatchResult,
+    Effects,
+    Parsed,
+    _dead_letter,
+    _keys_of,
+    parse_records,
+    run_facts,
+    storable_text,
+)
 from .records import Record, clocks_after
 from .resident import ResidentUsers
-from .window import WINDOW_MS, Applied, AppliedWindow
+from .window import WINDOW_MS, AppliedWindow
+
+__all__ = [
+    "BatchResult", "Effects", "Parsed", "apply_batch", "dead_letter_record", "parse_records", "run_facts",
+    "storable_text", "write_effects", "write_rest",
+]
 
 _MAX_LOAD_ROUNDS = 3
-_LETTER_KEY_BYTES = 1024
 
 log = logging.getLogger("unifier.projection")
-
-
-@dataclass(slots=True)
-class BatchResult:
-    applied: int = 0
-    skipped: int = 0  # already applied (redelivery or duplicate eventId)
-    dead_letters: Counter[str] = field(default_factory=Counter)
-    published: int = 0
-    next_offsets: dict[tuple[str, int], int] = field(default_factory=dict)
-
-
-@dataclass(slots=True)
-class Parsed:
-    record: Record
-    fact: Fact | None = None
-    error: tuple[str, str] | None = None  # (code, message)
-    chunk_row: bool = False  # a row of an `import.rows` chunk: `record` is the chunk's
 
 
 async def apply_batch(
@@ -190,108 +175,6 @@ async def _command_refused(
     await command_outcomes.forget_and_announce(conn, [channel_id], [(channel_id, event_id, False)] if announce else [])
 
 
-@dataclass(slots=True)
-class Effects:
-    """What the core made of a run of facts, for the store to write (besides the users
-    in `directory.changed`)."""
-
-    applied: list[Applied] = field(default_factory=list)  # (channel, eventId, event time)
-    merges: list[MergeRecord] = field(default_factory=list)
-    erased: list[str] = field(default_factory=list)
-    activities: list[Activity] = field(default_factory=list)
-    messages: list[tuple[str, str | None, bytes | None]] = field(default_factory=list)  # outbox rows
-    grades: list[GradeChange] = field(default_factory=list)  # D2, in fact order
-    lookups: list[LookupChange] = field(default_factory=list)  # seed 004 §2, in fact order
-    # Commands decided (applied, or rejected with code and reason) for command_outcomes,
-    # and commands skipped as repeats of an applied eventId: both told to the API's waiters.
-    outcomes: list[command_outcomes.Outcome] = field(default_factory=list)
-    repeats: list[tuple[str, str]] = field(default_factory=list)
-
-    def extend(self, other: Effects) -> None:
-        self.applied.extend(other.applied)
-        self.grades.extend(other.grades)
-        self.lookups.extend(other.lookups)
-        self.merges.extend(other.merges)
-        self.erased.extend(other.erased)
-        self.activities.extend(other.activities)
-        self.messages.extend(other.messages)
-        self.outcomes.extend(other.outcomes)
-        self.repeats.extend(other.repeats)
-
-
-def run_facts(
-    directory: Directory, parsed: list[Parsed], settings: dict[str, ChannelSettings], seen: AppliedWindow,
-    topics: Topics, result: BatchResult, *, outbox: bool, failed_at: int,
-) -> Effects:
-    """Run the core over `parsed` in order: facts whose eventId is in `seen` are skipped
-    (and applied ones added to it), bad records and rejected facts become dead letters.
-    Pure but for `directory`, `seen` and `result`, which it updates."""
-    fx = Effects()
-    # Per fact this loop is the service's own overhead around the core: names bound once,
-    # and the effect lists touched only when the fact has effects of that kind.
-    applied, messages, dead_letters = fx.applied, fx.messages, result.dead_letters
-    user_changed, commands = topics.user_changed, topics.commands
-    apply = core.apply
-    published = rows = 0
-    for p in parsed:
-        fact = p.fact
-        if fact is not None:
-            channel_id, event_id = fact.channel_id, fact.event_id
-            # An import row is remembered by its import's row mark, not by its eventId
-            # (imports.row_applied_before); the eventId is still looked up, for rows an
-            # earlier version remembered that way.
-            is_row = fact.msg.type == "import.row"
-            if seen.seen(channel_id, event_id) or (is_row and row_applied_before(settings[channel_id], fact.msg)):
-                result.skipped += 1  # idempotency on eventId (CONTRACT)
-                if p.record.topic == commands:  # a retried request: its waiter hears "applied"
-                    fx.repeats.append((channel_id, event_id))
-                continue
-            outcome = apply(directory, fact, settings[channel_id], messages=outbox)
-            if outcome.rejection is None:
-                if is_row:
-                    row_applied(settings[channel_id], fact.msg)
-                    rows += 1
-                else:
-                    seen.add(channel_id, event_id, fact.at)
-                    applied.append((channel_id, event_id, fact.at))
-                if p.record.topic == commands:
-                    fx.outcomes.append((channel_id, event_id, fact.at, None, None))
-                if outcome.merges:
-                    fx.merges.extend(outcome.merges)
-                if outcome.erased:
-                    fx.erased.extend(outcome.erased)
-                if outcome.activities:
-                    fx.activities.extend(outcome.activities)
-                if outcome.grades:
-                    fx.grades.extend(outcome.grades)
-                if outcome.lookups:
-                    fx.lookups.extend(outcome.lookups)
-                if outcome.publications:
-                    published += len(outcome.publications)
-                    if outbox:  # the message bytes (built once, by publish) are COPYed as they are
-                        for pub in outcome.publications:
-                            messages.append((user_changed, pub.key, pub.body))
-                for notice in outcome.notices:  # applied, but a merge was withheld (G2)
-                    if outbox:
-                        messages.append(_dead_letter(topics, _letter_record(p), notice.code, notice.reason, failed_at))
-                    dead_letters[notice.code] += 1
-                continue
-            p.error = (outcome.rejection.code, outcome.rejection.reason)
-            if outcome.rejection.__cause__ is not None:  # internal_error: a bug this fact met
-                log.error("fact %s of channel %s failed in the core; dead-lettered", event_id,
-                          channel_id, exc_info=outcome.rejection.__cause__,
-                          extra={"eventId": event_id, "channelId": channel_id})
-            if p.record.topic == commands:  # the API answers "rejected, because …"
-                fx.outcomes.append((channel_id, event_id, fact.at, *p.error))
-        assert p.error is not None
-        if outbox:
-            messages.append(_dead_letter(topics, _letter_record(p), *p.error, failed_at))
-        dead_letters[p.error[0]] += 1
-    result.published += published
-    result.applied += len(fx.applied) + rows
-    return fx
-
-
 async def write_effects(
     conn: asyncpg.Connection, directory: Directory, revs: dict[str, int], fx: Effects,
     stored_applied: frozenset[tuple[str, str]] = frozenset(),
@@ -328,227 +211,6 @@ async def save_command_outcomes(conn: asyncpg.Connection, fx: Effects, *, announ
     await command_outcomes.save(conn, fx.outcomes)
     decided = [(o[0], o[1], o[3] is None) for o in fx.outcomes] + [(c, e, True) for c, e in fx.repeats]
     await command_outcomes.forget_and_announce(conn, [o[0] for o in fx.outcomes], decided if announce else [])
-
-
-def parse_records(topics: Topics, records: list[Record]) -> list[Parsed]:
-    kinds = {topic: topics.kind(topic) for topic in {r.topic for r in records}}  # once per topic, not per record
-    if topics.import_rows not in kinds:
-        return [_parse(kinds[r.topic], r) for r in records]
-    out: list[Parsed] = []
-    for r in records:
-        # A chunk names its type; a one-row record (or anything else) is read as before.
-        if r.topic == topics.import_rows and r.value and b'"import.rows"' in r.value:
-            rows = _chunk_rows(r)
-            if rows is not None:
-                out.extend(rows)
-                continue
-        p = _parse(kinds[r.topic], r)
-        if p.fact is not None and p.fact.msg.type == "import.rows":  # a chunk with its type escaped
-            out.extend(_chunk_rows(r) or [])
-        else:
-            out.append(p)
-    return out
-
-
-def _chunk_rows(record: Record) -> list[Parsed] | None:
-    """The rows of an `import.rows` chunk, each applied as its own `import.row` fact, in
-    row order at the chunk's offset (docs/import.md); None when the record is no chunk. A
-    row the door refuses is dead-lettered alone, with that `import.row` as the letter's
-    value (retrying the letter applies that row as a one-row record)."""
-    try:
-        rows = decode_import_rows(record.value or b"")
-    except InboundError as err:  # the chunk as a whole: its envelope
-        return [Parsed(record, error=(err.code, err.message))]
-    if rows is None:
-        return None
-    out: list[Parsed] = []
-    for row in rows:
-        if isinstance(row, InboundError):
-            shown = record if row.raw is None else record._replace(value=row.raw)
-            out.append(Parsed(shown, error=(row.code, row.message)))
-            continue
-        at = row.occurredAt
-        if record.timestamp > 0 and at > record.timestamp:
-            at = record.timestamp  # event time never runs ahead of the log
-        out.append(Parsed(record, fact=Fact(row, at), chunk_row=True))
-    return out
-
-
-def _letter_record(p: Parsed) -> Record:
-    """The record a dead letter names: a chunk's row is named by its own `import.row`
-    (what the door read; retrying the letter applies that row alone), at the chunk's offset."""
-    if not p.chunk_row or p.fact is None:
-        return p.record
-    try:
-        return p.record._replace(value=orjson.dumps(p.fact.msg.model_dump()))
-    except (TypeError, orjson.JSONEncodeError):  # pragma: no cover - the row was decoded from JSON
-        return p.record
-
-
-def _parse(kind: InboundKind, record: Record) -> Parsed:
-    try:
-        msg = decode_inbound(kind, record.value or b"")  # parse_inbound's answers, faster
-    except InboundError as err:
-        return Parsed(record, error=(err.code, err.message))
-    at = msg.occurredAt
-    if record.timestamp > 0 and at > record.timestamp:
-        at = record.timestamp  # event time never runs ahead of the log
-    return Parsed(record, fact=Fact(msg, at))
-
-
-def _dead_letter(topics: Topics, r: Record, code: str, message: str, failed_at: int) -> tuple[str, str | None, bytes]:
-    # Cut to sizes that keep every letter far below the broker's message limit (1 MiB):
-    # a value over the door's limit could not be applied anyway (`too_large` says how
-    # large it was), and a real key is a channelId.
-    key = storable_text(r.key[:_LETTER_KEY_BYTES]) if r.key is not None else None
-    body = {
-        "sourceTopic": r.topic,
-        "partition": r.partition,
-        "offset": r.offset,
-        "key": key,
-        "value": storable_text((r.value or b"")[:MAX_MESSAGE_BYTES]),
-        "error": {"code": code, "message": storable_text(message.encode("utf-8", "backslashreplace"))},
-        "failedAt": failed_at,
-    }
-    return (topics.dead_letter, key, orjson.dumps(body))
-
-
-def storable_text(raw: bytes) -> str:
-    """The record's bytes as text any consumer and PostgreSQL can hold: UTF-8 as it is;
-    bytes that are not UTF-8 as `\\xNN` (Python's backslashreplace, as the contract
-    says), and U+0000, which no PostgreSQL text can hold, as `\\x00` too. Only a junk
-    key or value is changed by this (docs/contract.md, "identity.dead-letter")."""
-    text = raw.decode("utf-8", "backslashreplace")
-    return text.replace("\x00", "\\x00") if "\x00" in text else text
-
-
-# -- loading ---------------------------------------------------------------------------
-
-
-_SDK = frozenset({"boot", "login", "chat", "contact", "track"})
-
-
-def _keys_of(fact: Fact) -> tuple[set[str], set[repo.Key]]:
-    """Every user id and identity key this fact may look up (best effort: a value that
-    does not clean is skipped here; the handler rejects the fact). The cleaning and the
-    ids are remembered (hygiene, ids: lru caches), so the core's handler, which cleans
-    and derives them again, finds them computed."""
-    msg, ch = fact.msg, fact.channel_id
-    if msg.type in _SDK:
-        return _sdk_keys(msg, ch)
-    if msg.type == "import.row":
-        return _import_row_keys(msg, ch)
-    get = _fields_of(msg)
-    ids: set[str] = set()
-    keys: set[repo.Key] = set()
-
-    def add(kind: str, raw: Any, clean: Any) -> str | None:
-        if not isinstance(raw, str):
-            return None
-        try:
-            value = clean(raw)
-        except Rejected:
-            return None
-        keys.add((ch, kind, value))
-        return value
-
-    if (veil := add("veil", get("veilId"), clean_veil_id)) is not None:
-        ids.add(veil_user_id(ch, veil))
-    if (member := add("member", get("memberId"), clean_member_id)) is not None:
-        ids.add(member_user_id(ch, member))
-    for attr in ("userId", "sourceUserId", "targetUserId"):
-        if isinstance(uid := get(attr), str):
-            ids.add(uid)
-    contact = get("contact")
-    contact_of = _fields_of(contact) if contact is not None else {}.get
-    profile = get("profile") or {}
-    for raw, kind, clean in (
-        (get("email"), "email", clean_email),
-        (get("mobileNumber"), "mobile", clean_mobile),
-        (contact_of("email"), "email", clean_email),
-        (contact_of("mobileNumber"), "mobile", clean_mobile),
-        (profile.get("email"), "email", clean_email),
-        (profile.get("mobileNumber"), "mobile", clean_mobile),
-    ):
-        add(kind, raw, clean)
-    return ids, keys
-
-
-def _sdk_keys(msg: Any, ch: str) -> tuple[set[str], set[repo.Key]]:
-    """`_keys_of` of an SDK fact, reading the fields its type has (~2× faster than the
-    general reading for every fact type, and these are most facts): the veil, a login's
-    memberId, the contact data of a profile, a chat or a contact form."""
-    ids: set[str] = set()
-    keys: set[repo.Key] = set()
-    if (veil := _cleaned(clean_veil_id, msg.veilId)) is not None:
-        keys.add((ch, "veil", veil))
-        ids.add(veil_user_id(ch, veil))
-    kind = msg.type
-    if kind == "boot" or kind == "login":
-        if (member := _cleaned(clean_member_id, msg.memberId)) is not None:
-            keys.add((ch, "member", member))
-            ids.add(member_user_id(ch, member))
-        contact = msg.profile
-        if not contact:
-            return ids, keys
-        email, mobile = contact.get("email"), contact.get("mobileNumber")
-    elif kind == "chat":
-        if msg.contact is None:
-            return ids, keys
-        email, mobile = msg.contact.email, msg.contact.mobileNumber
-    elif kind == "contact":
-        email, mobile = msg.email, msg.mobileNumber
-    else:
-        return ids, keys
-    if (value := _cleaned(clean_email, email)) is not None:
-        keys.add((ch, "email", value))
-    if (value := _cleaned(clean_mobile, mobile)) is not None:
-        keys.add((ch, "mobile", value))
-    return ids, keys
-
-
-def _import_row_keys(msg: Any, ch: str) -> tuple[set[str], set[repo.Key]]:
-    """`_keys_of` of an import row, the bulk of an import batch: its cells are keyed by
-    the mapped key (I5), so the memberId, e-mail and mobile cells are its keys, and the
-    memberId's user id (a lead's id derives from its eventId, never stored before)."""
-    cells = msg.cells
-    ids: set[str] = set()
-    keys: set[repo.Key] = set()
-    if (member := _cleaned(clean_member_id, cells.get("memberId"))) is not None:
-        keys.add((ch, "member", member))
-        ids.add(imported_member_user_id(ch, member))
-    if (value := _cleaned(clean_email, cells.get("profile.email"))) is not None:
-        keys.add((ch, "email", value))
-    if (value := _cleaned(clean_mobile, cells.get("profile.mobileNumber"))) is not None:
-        keys.add((ch, "mobile", value))
-    return ids, keys
-
-
-def _cleaned(clean: Any, raw: Any) -> str | None:
-    """`clean(raw)`, or None for a missing, non-text or refused value."""
-    if not isinstance(raw, str):
-        return None
-    try:
-        return clean(raw)  # type: ignore[no-any-return]
-    except Rejected:
-        return None
-
-
-def _fields_of(msg: Any) -> Any:
-    """`get(name)` → the message's field or None. A pydantic model's fields are in its
-    __dict__ (getattr of a field the model lacks goes through pydantic's __getattr__ and
-    an AttributeError, ~4 µs each); a decoded struct (contracts/decode.py) has none."""
-    fields = getattr(msg, "__dict__", None)
-    if fields is not None:
-        return fields.get
-    # A struct: getattr of a field it lacks raises inside; its field names say which it has.
-    names = _STRUCT_FIELDS.get(type(msg))
-    if names is None:
-        names = _STRUCT_FIELDS[type(msg)] = frozenset(type(msg).__struct_fields__)
-    return lambda name: getattr(msg, name) if name in names else None
-
-
-_STRUCT_FIELDS: dict[type, frozenset[str]] = {}
 
 
 async def load_grades(conn: asyncpg.Connection, directory: Directory, facts: list[Fact]) -> None:

@@ -1,12 +1,15 @@
 """The choice between the compiled domain core and its source (services/compiled_core.py,
 docs/decisions.md "The compiled core"): a build is used only for the sources it was built
 from, UNIFIER_CORE=compiled never falls back silently, and a process running compiled
-runs every domain module compiled."""
+runs every domain module compiled — and the projection's compiled modules with them
+(issue 14, session 11: one build, one digest, never half compiled)."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -67,34 +70,58 @@ def test_a_source_changed_after_the_build_invalidates_it(monkeypatch: pytest.Mon
     assert compiled_core.source_digest() != before
 
 
-def test_unifier_core_compiled_refuses_to_fall_back(core_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("UNIFIER_CORE", "compiled")
-    with pytest.raises(ImportError, match="UNIFIER_CORE=compiled but no compiled core in"):
-        compiled_core.choose([])
+def test_a_compiled_projection_module_is_in_the_digest_and_the_others_are_not(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+) -> None:
+    """One build, one digest: an edited `PROJECTION` module makes the whole build stale
+    (domain included); the projection's asyncpg modules are not compiled, not digested."""
+    fake = tmp_path / "services" / "projection"
+    fake.mkdir(parents=True)
+    for name in (*compiled_core.PROJECTION, "__init__.py", "batch.py"):
+        (fake / name).write_text("x = 1\n")
+    monkeypatch.setattr(compiled_core, "PROJECTION_DIR", fake)
+    before = compiled_core.source_digest()
+    for name in ("__init__.py", "batch.py"):
+        (fake / name).write_text("x = 2\n")
+    assert compiled_core.source_digest() == before
+    (fake / "facts.py").write_text("x = 2\n")
+    assert compiled_core.source_digest() != before
 
 
-def test_unifier_core_interpreted_ignores_a_valid_build(core_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("UNIFIER_CORE", "interpreted")
-    _manifest(core_dir, compiled_core.source_digest())
-    path: list[str] = []
-    assert compiled_core.choose(path) == "interpreted" and path == []
+def test_a_package_follows_the_domains_choice(core_dir: Path) -> None:
+    """services.projection's compiled modules come from the domain's build exactly when
+    the domain's do: a compiled module calls the compiled domain directly."""
+    path = ["/src/services/projection"]
+    compiled_core.follow(path, "services.projection", "interpreted")
+    assert path == ["/src/services/projection"]
+    compiled_core.follow(path, "services.projection", "compiled")
+    assert path == [str(core_dir / "services" / "projection"), "/src/services/projection"]
 
 
-def test_an_unknown_unifier_core_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("UNIFIER_CORE", "fast")
-    with pytest.raises(ImportError, match="UNIFIER_CORE must be one of auto, compiled, interpreted"):
-        compiled_core.choose([])
+def test_make_core_is_rebuilt_when_any_compiled_source_changes() -> None:
+    """The Makefile's `core` target depends on every compiled source (else an edited
+    projection module would leave `make core` content with a build that no longer runs)."""
+    makefile = (compiled_core.ROOT / "Makefile").read_text().replace("\\\n", " ")
+    sources = re.search(r"^CORE_SOURCES :=(.*)$", makefile, re.M)
+    assert sources is not None and re.search(r"^\$\(CORE\):.*\$\(CORE_SOURCES\)", makefile, re.M)
+    assert "$(wildcard services/domain/*.py)" in sources.group(1)
+    projection = re.search(r"\$\(addprefix services/projection/,([^)]*)\)", sources.group(1))
+    assert projection is not None and sorted(projection.group(1).split()) == sorted(compiled_core.PROJECTION)
 
 
 def test_this_process_runs_the_core_it_was_asked_for() -> None:
     """CI sets UNIFIER_CORE=compiled (and `make test`'s second pass interpreted): every
-    domain module then comes from the build, none from its source, or all from source."""
+    domain module and every compiled projection module then comes from the build, none
+    from its source, or all from source; the projection's other modules from source."""
     import services.domain.core  # noqa: F401  (loads the whole core)
+    import services.projection.batch  # noqa: F401  (imports every compiled projection module)
 
     asked = os.environ.get("UNIFIER_CORE", "auto")
     if asked != "auto":
         assert domain.CORE == asked
     loaded = {name: m.__file__ for name, m in sys.modules.items() if name.startswith("services.domain.")}
-    assert len(loaded) == len(compiled_core.sources())
+    assert len(loaded) == len([m for m in compiled_core.modules() if m.startswith("services.domain.")])
+    loaded |= {name: importlib.import_module(name).__file__ for name in compiled_core.modules()}
     suffix = ".so" if domain.CORE == "compiled" else ".py"
     assert all(str(f).endswith(suffix) for f in loaded.values()), loaded
+    assert str(sys.modules["services.projection.batch"].__file__).endswith(".py")
