@@ -349,16 +349,23 @@ class Stages:
     def install(self) -> None:
         from asyncpg import transaction as tx_mod
 
+        from services import domain
         from services.domain import core
+        from services.projection import facts
 
-        self.patch_sync(batch_mod, "_parse", "parse (orjson + pydantic)")
+        # Compiled (services/compiled_core.py), the facts' loop calls the core and the
+        # decoder directly and the merge is a native class: those stages are not timed.
+        compiled = domain.CORE == "compiled"
+        if not compiled:
+            self.patch_sync(facts, "_parse", "parse (orjson + pydantic)")
         for name in ("lock_offsets", "already_applied", "load_channels", "applied_window"):
             if hasattr(repo, name):
                 self.patch_async(repo, name, f"sql {name}")
         self.patch_async(batch_mod, "_load", "load (keys + query + User.from_json)")
         self.patch_async(repo, "load_users", "  of which sql load_users")
-        self.patch_sync(core, "apply", "core.apply (handlers + publish)")
-        self.patch_sync(core, "publish", "  of which publish (diff + view)")
+        if not compiled:
+            self.patch_sync(core, "apply", "core.apply (handlers + publish)")
+            self.patch_sync(core, "publish", "  of which publish (diff + view)")
         self.patch_async(batch_mod, "_load_resident", "load, resident (keys + missing + query)")
         for name in ("lock_channels", "stamp_channels", "channel_clocks", "save_clocks", "forget_applied", "save_rejected",
                      "save_offsets", "save_positions"):
@@ -369,7 +376,8 @@ class Stages:
             self.patch_async(repo, name, f"sql {name}")
         from services.projection.merge import CoPartitionMerge
 
-        self.patch_sync(CoPartitionMerge, "release", "merge.release (canonical order)")
+        if not compiled:
+            self.patch_sync(CoPartitionMerge, "release", "merge.release (canonical order)")
         orig_exit = tx_mod.Transaction.__aexit__
 
         async def aexit(tx: Any, *exc: Any) -> Any:

@@ -6,28 +6,14 @@ mypy) turns it into a C extension that applies facts 1.3–1.7× as fast
 source compiled, and the unit tests pass on both (`make test` runs them once more on
 the interpreted core).
 
-The build also holds the live projection's synchronous hot modules (`PROJECTION`: the
+The build also holds the live projection's synchronous hot modules (`COMPILED`: the
 records' parsing, the facts' keys and the loop around the core, the resident users, the
-co-partition merge), compiled in the same group as the domain: one shared library, one
-digest over every compiled source. A compiled module calls the domain's compiled
-functions and reads its classes' attributes directly, so the two packages run compiled
-together or interpreted together, never half and half: `services.projection` follows
-the choice `services.domain` made (`follow`).
-
-The extension is built out of the source tree (`make core`: `python -m
-services.compiled_core build`, into `build/core/`), never beside the `.py` files:
-Python prefers an extension module to a source file, so an edited source would
-silently run as its stale compiled self. The build records a digest of the sources it
-compiled; `services.domain` loads the extension only while the sources still have that
-digest, and otherwise runs the source and says why.
-
-UNIFIER_CORE chooses, in every process (a projection's child processes inherit it):
-- `auto` (the default): the compiled core when a build matches the sources, else the
-  source, with a warning;
-- `compiled`: the compiled core or an error (CI, production images);
-- `interpreted`: always the source (the tests' second pass; debugging with pdb).
-It is read from the environment at import, not from the service's settings: which code
-a process runs is decided before any setting is loaded.
+co-partition merge, the users' rows for the statements), compiled in the same group as
+the domain: one shared library, one digest over every compiled source. A compiled module
+calls the domain's compiled functions and reads its classes' attributes directly, so the
+packages run compiled together or interpreted together, never half and half:
+`services.projection` and `services.store` follow the choice `services.domain` made
+(`follow`).
 """
 
 from __future__ import annotations
@@ -44,10 +30,14 @@ log = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parent.parent  # holds services/ (the repository, or site-packages)
 DOMAIN = ROOT / "services" / "domain"
-PROJECTION_DIR = ROOT / "services" / "projection"
-# The projection's modules compiled with the domain: synchronous, pure, fully annotated
-# (no asyncpg in them). The Makefile's `core` target lists them too (a test checks).
-PROJECTION = ("facts.py", "merge.py", "records.py", "resident.py", "window.py")
+SERVICES = ROOT / "services"
+# Modules of other packages compiled with the domain, by package: synchronous, pure, fully
+# annotated (no asyncpg in them). Each package's `__init__` calls `follow`; the
+# Makefile's `core` target lists them too (tests/unit/test_compiled_core.py checks both).
+COMPILED = {
+    "projection": ("facts.py", "merge.py", "records.py", "resident.py", "window.py"),
+    "store": ("rows.py",),
+}
 GROUP = "unifier_core"  # the shared library's name: unifier_core__mypyc.<abi>.so
 MANIFEST = "MANIFEST.json"
 MODES = ("auto", "compiled", "interpreted")
@@ -59,10 +49,10 @@ def core_dir() -> Path:
 
 
 def sources() -> list[Path]:
-    """The modules compiled: the whole domain but its `__init__`, which chooses, and the
-    projection's `PROJECTION`."""
+    """The modules compiled: the whole domain but its `__init__`, which chooses, and
+    the `COMPILED` modules of other packages."""
     domain = sorted(p for p in DOMAIN.glob("*.py") if p.name != "__init__.py")
-    return domain + [PROJECTION_DIR / name for name in PROJECTION]
+    return domain + [SERVICES / package / name for package, names in COMPILED.items() for name in names]
 
 
 def modules() -> list[str]:
@@ -115,10 +105,10 @@ def choose(package_path: list[str]) -> str:
 
 
 def follow(package_path: list[str], package: str, core: str) -> None:
-    """Called by `services/projection/__init__.py` with its `__path__`, its name and the
-    domain's choice (`services.domain.CORE`): its compiled modules go first on its path
-    exactly when the domain's did, from the same build (checked then, for every compiled
-    source), so the two packages never run one compiled and the other not."""
+    """Called by the `__init__` of a package with `COMPILED` modules, with its `__path__`,
+    its name and the domain's choice (`services.domain.CORE`): its compiled modules go
+    first on its path exactly when the domain's did, from the same build (checked then,
+    for every compiled source), so no package runs compiled beside an interpreted one."""
     if core == "compiled":
         package_path.insert(0, str(core_dir().joinpath(*package.split("."))))
 

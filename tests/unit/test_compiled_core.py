@@ -73,13 +73,15 @@ def test_a_source_changed_after_the_build_invalidates_it(monkeypatch: pytest.Mon
 def test_a_compiled_projection_module_is_in_the_digest_and_the_others_are_not(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
 ) -> None:
-    """One build, one digest: an edited `PROJECTION` module makes the whole build stale
+    """One build, one digest: an edited `COMPILED` module makes the whole build stale
     (domain included); the projection's asyncpg modules are not compiled, not digested."""
     fake = tmp_path / "services" / "projection"
     fake.mkdir(parents=True)
-    for name in (*compiled_core.PROJECTION, "__init__.py", "batch.py"):
+    for name in (*compiled_core.COMPILED["projection"], "__init__.py", "batch.py"):
         (fake / name).write_text("x = 1\n")
-    monkeypatch.setattr(compiled_core, "PROJECTION_DIR", fake)
+    (tmp_path / "services" / "store").mkdir()
+    (tmp_path / "services" / "store" / "rows.py").write_text("x = 1\n")
+    monkeypatch.setattr(compiled_core, "SERVICES", tmp_path / "services")
     before = compiled_core.source_digest()
     for name in ("__init__.py", "batch.py"):
         (fake / name).write_text("x = 2\n")
@@ -104,9 +106,13 @@ def test_make_core_is_rebuilt_when_any_compiled_source_changes() -> None:
     makefile = (compiled_core.ROOT / "Makefile").read_text().replace("\\\n", " ")
     sources = re.search(r"^CORE_SOURCES :=(.*)$", makefile, re.M)
     assert sources is not None and re.search(r"^\$\(CORE\):.*\$\(CORE_SOURCES\)", makefile, re.M)
-    assert "$(wildcard services/domain/*.py)" in sources.group(1)
-    projection = re.search(r"\$\(addprefix services/projection/,([^)]*)\)", sources.group(1))
-    assert projection is not None and sorted(projection.group(1).split()) == sorted(compiled_core.PROJECTION)
+    listed = sources.group(1)
+    assert "$(wildcard services/domain/*.py)" in listed
+    projection = re.search(r"\$\(addprefix services/projection/,([^)]*)\)", listed)
+    assert projection is not None and sorted(projection.group(1).split()) == sorted(compiled_core.COMPILED["projection"])
+    for name in compiled_core.COMPILED["store"]:
+        assert f"services/store/{name}" in listed.split()
+    assert set(compiled_core.COMPILED) == {"projection", "store"}  # a new package: list it above
 
 
 def test_this_process_runs_the_core_it_was_asked_for() -> None:
@@ -114,7 +120,7 @@ def test_this_process_runs_the_core_it_was_asked_for() -> None:
     domain module and every compiled projection module then comes from the build, none
     from its source, or all from source; the projection's other modules from source."""
     import services.domain.core  # noqa: F401  (loads the whole core)
-    import services.projection.batch  # noqa: F401  (imports every compiled projection module)
+    import services.projection.batch  # noqa: F401  (imports every compiled module)
 
     asked = os.environ.get("UNIFIER_CORE", "auto")
     if asked != "auto":
@@ -125,3 +131,4 @@ def test_this_process_runs_the_core_it_was_asked_for() -> None:
     suffix = ".so" if domain.CORE == "compiled" else ".py"
     assert all(str(f).endswith(suffix) for f in loaded.values()), loaded
     assert str(sys.modules["services.projection.batch"].__file__).endswith(".py")
+    assert str(sys.modules["services.store.repository"].__file__).endswith(".py")
