@@ -49,11 +49,7 @@ def user_columns(users: Sequence[User], revs: dict[str, int]) -> list[list[Any]]
     """`save_users`' statement arguments: the changed users at their next revision, by
     column. Built apart so that a pipelined batch builds them before the next batch
     changes the same users in place (projection/pipeline.py)."""
-    cols: list[list[Any]] = [[] for _ in USER_COLUMNS]
-    for u in users:  # column by column: zip(*rows) and zip(…, strict=True) are generic calls compiled
-        row = user_row(u, revs.get(u.id, 0) + 1)
-        for i, col in enumerate(cols):
-            col.append(row[i])
+    cols: list[list[Any]] = [list(col) for col in zip(*[user_row(u, revs.get(u.id, 0) + 1) for u in users], strict=True)]
     # an array of arrays would be read as one two-dimensional array: each user's tags go
     # as their JSON text (most users have none: no serialisation for them)
     cols[13] = [orjson.dumps(tags).decode() if tags else "[]" for tags in cols[13]]
