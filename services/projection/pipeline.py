@@ -123,6 +123,7 @@ class Prepared:
     window_clocks: dict[str, int] = field(default_factory=dict)  # its channels' clocks after it
     book: ImportBook | None = None  # its import rows' book: written with it, read by the next
     imported: list[str] = field(default_factory=list)  # users its import rows wrote: not kept after it
+    new_users: list[tuple[Any, ...]] = field(default_factory=list)  # repo.user_row of those it copies (COPY_NEW_FROM)
 
 
 @dataclass(slots=True)
@@ -285,8 +286,18 @@ class Pipeline:
             fx.extend(run_facts(directory, part, settings, window, self.topics, result, outbox=self.outbox, failed_at=failed_at))
             await _let_the_write_on()
         changed_users = list(directory.changed.values())
+        # As repo.save_users: from COPY_NEW_FROM new users (an import batch's) the new ones
+        # go by COPY, built here like the others' columns.
+        revs = resident.revs
+        new_users: list[tuple[Any, ...]] = []
+        updated_users = changed_users
+        if sum(1 for u in changed_users if not revs.get(u.id, 0)) >= repo.COPY_NEW_FROM:
+            updated_users = [u for u in changed_users if revs.get(u.id, 0)]
+            for some in _slices([u for u in changed_users if not revs.get(u.id, 0)]):
+                new_users.extend(repo.user_row(u, 1) for u in some)
+                await _let_the_write_on()
         users: list[list[Any]] = []
-        for some in _slices(changed_users):
+        for some in _slices(updated_users):
             if users:
                 for col, more in zip(users, repo.user_columns(some, resident.revs), strict=True):
                     col.extend(more)
@@ -306,7 +317,7 @@ class Pipeline:
         advanced = resident.advance()  # the revisions its rows carry; the next batch starts from them
         return Prepared(
             records=records, started=started, generation=generation, result=result, channels=channels,
-            observed=observed, users=users, identities=ids, fx=fx, stored_applied=window.stored, stamp=stamp,
+            observed=observed, users=users, new_users=new_users, identities=ids, fx=fx, stored_applied=window.stored, stamp=stamp,
             ends=ends, clocks=clocks_after(records), changed=advanced,
             window_clocks=dict(window.clocks), book=book, imported=imported,
         )
@@ -371,6 +382,8 @@ class Pipeline:
                     expected = None
                 if token != expected:
                     raise Diverged(f"channel {c} was written by another transaction ({token}, expected {expected})")
+            if p.new_users:
+                await repo.copy_new_users(conn, p.new_users)
             await repo.save_user_columns(conn, p.users)
             await repo.save_identities(conn, p.identities)
             await write_rest(conn, p.fx, p.stored_applied)

@@ -10,6 +10,8 @@ update, share a contact and fail)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import asyncpg
 import pytest
 
@@ -19,23 +21,25 @@ from services.projection.pipeline import Pipeline
 from services.projection.records import Record
 from services.projection.resident import ResidentUsers
 from services.store import repository as repo
-from tests.integration.test_import_chunks import CH, LAST, TOPICS, Log, _outcome
+from tests.integration.test_import_chunks import CH, TOPICS, Log, _outcome
 from tests.integration.test_import_resident import pools  # noqa: F401  # two schemas, dropped after
 from tests.integration.test_pipeline import _fail_commit
 
 pytestmark = pytest.mark.integration
 
+LAST = 801  # rows 2…801
+ROWS = 50  # a chunk's; two chunks a batch: ~80 new users, which go by COPY (repo.COPY_NEW_FROM)
 DUPLICATED = 6  # the chunk that comes twice, last of a batch and first of the next
 
 
 def _batches() -> list[list[Record]]:
     """An import's records in batches as the consumer cuts them: its start with the first
-    chunk, then two chunks of 8 rows a batch, one chunk published twice (the second copy
+    chunk, then two chunks of 50 rows a batch, one chunk published twice (the second copy
     at the head of the next batch), the last chunk with the finish."""
     log = Log()
     started = log.started()
-    chunks = [log.chunk(range(a, min(a + 8, LAST + 1))) for a in range(2, LAST + 1, 8)]
-    again = log.chunk(range(2 + 8 * DUPLICATED, 2 + 8 * DUPLICATED + 8))  # a retried produce: the same rows
+    chunks = [log.chunk(range(a, min(a + ROWS, LAST + 1))) for a in range(2, LAST + 1, ROWS)]
+    again = log.chunk(range(2 + ROWS * DUPLICATED, 2 + ROWS * DUPLICATED + ROWS))  # a retried produce: the same rows
     rows = chunks[1:-1]
     batches = [[started, chunks[0]]]
     for i in range(0, len(rows), 2):
@@ -91,7 +95,7 @@ async def _hold_commits_of_the_import_log(pool: asyncpg.Pool) -> None:
 
 
 async def test_i16_an_imports_rows_prepared_ahead_end_as_the_serial_path_with_a_chunk_delivered_twice(
-    pools: list[asyncpg.Pool],  # noqa: F811
+    pools: list[asyncpg.Pool], monkeypatch: pytest.MonkeyPatch,  # noqa: F811
 ) -> None:
     """I15, I16 (every row once, counted once), issue 14 item 5: the import's batches of
     rows are prepared while the batch before commits (its start and finish go serially),
@@ -99,25 +103,39 @@ async def test_i16_an_imports_rows_prepared_ahead_end_as_the_serial_path_with_a_
     messages. A chunk delivered again in the batch after its first delivery has its rows
     skipped by the row mark that batch left in memory — not yet stored when the next one
     read the import log. The users the import wrote are not kept resident (as the serial
-    path lets them go)."""
+    path lets them go); its new users are written by COPY, as the serial path writes them."""
     serial, piped = pools
     batches = _batches()
-    await _serial(serial, batches)
+    serial_resident = ResidentUsers(10**6)
+    for records in batches:
+        await apply_batch(serial, TOPICS, records, now_ms=0, resident=serial_resident)
     expected = await _outcome(serial)
     status, rows, created, updated, failed, mark = expected[1]
     assert (status, rows, mark) == ("completed", LAST - 1, LAST) and created and updated and failed
 
     await _hold_commits_of_the_import_log(piped)
+    copied: list[int] = []
+    real_copy = repo.copy_new_users
+
+    async def copy_new_users(conn: asyncpg.Connection, rows: list[tuple[Any, ...]]) -> None:
+        copied.append(len(rows))  # counted, then written by the real COPY
+        await real_copy(conn, rows)
+
+    monkeypatch.setattr(repo, "copy_new_users", copy_new_users)
     resident = ResidentUsers(10**6)
     pipe = _pipeline(piped, resident)
     for records in batches:
         await pipe.feed(records)
     await pipe.drain()
+    assert len(copied) >= pipe.pipelined - 1 > 0  # its new users went by COPY, as apply_batch's
     assert pipe.redone == 0 and resident.drops == 0
     assert pipe.serial.batches == 2  # type: ignore[attr-defined]  # the start's batch and the finish's
     assert pipe.pipelined == len(batches) - 2  # every batch of rows alone was prepared ahead
     assert await _outcome(piped) == expected
-    assert not [u for u in resident.directory.users() if u.channel_id == CH]  # the import's users let go
+    # The users the import wrote are let go after each commit, as the serial path lets
+    # them go (it keeps only those a batch read and did not change): no more are kept.
+    kept = {u.id for u in resident.directory.users() if u.channel_id == CH}
+    assert kept <= {u.id for u in serial_resident.directory.users() if u.channel_id == CH}
 
 
 @pytest.mark.parametrize("how", ["check", "kill"])
