@@ -10,20 +10,25 @@ update, share a contact and fail)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import asyncpg
 import pytest
 
+from services.platform.config import Settings
 from services.projection.batch import BatchResult, apply_batch, dead_letter_record
 from services.projection.isolation import NOT_THE_RECORD, apply_isolating
 from services.projection.pipeline import Pipeline
 from services.projection.records import Record
 from services.projection.resident import ResidentUsers
+from services.store import import_log
 from services.store import repository as repo
+from tests.integration.test_faults import Service, assert_state_is_a_rebuild, service, services  # noqa: F401
 from tests.integration.test_import_chunks import CH, TOPICS, Log, _outcome
 from tests.integration.test_import_resident import pools  # noqa: F401  # two schemas, dropped after
 from tests.integration.test_pipeline import _fail_commit
+from tests.support.imports import unifier, write_csv
 
 pytestmark = pytest.mark.integration
 
@@ -165,3 +170,64 @@ async def test_a_commit_failing_mid_import_after_the_next_batch_was_prepared_end
     assert await _outcome(piped) == await _outcome(serial)
     stored = await repo.stored_offsets(piped, [TOPICS.import_rows])
     assert stored == await repo.stored_offsets(serial, [TOPICS.import_rows])
+
+
+LIVE_CH, LIVE_ROWS = "ch_pipe_import", 3000
+
+
+def _live_file(path: Path) -> tuple[Path, dict[str, int]]:
+    """A member file whose rows meet: every 7th updates the member of the row before
+    (I2), every 11th has a bad e-mail (fails, I9); a list column appends (I8), so a row
+    applied twice shows twice. With the counts its import must report."""
+    members: set[str] = set()
+    counts = {"created": 0, "updated": 0, "failed": 0}
+    lines = ["memberId,email,purchases,unsubscribeEmail,unsubscribeTexting\n"]
+    for i in range(LIVE_ROWS):
+        member = f"m-{i - 1:05d}" if i % 7 == 0 and i else f"m-{i:05d}"
+        email = "not-an-email" if i % 11 == 0 else f"u{i}@example.jp"
+        lines.append(f'{member},{email},"[""p{i}""]",false,false\n')
+        if i % 11 == 0:
+            counts["failed"] += 1
+        elif member in members:
+            counts["updated"] += 1
+        else:
+            counts["created"] += 1
+            members.add(member)
+    return write_csv(path, "".join(lines)), counts
+
+
+async def test_an_import_through_unifier_run_with_commits_killed_ends_as_a_rebuild_with_its_counts(
+    settings: Settings, pool: asyncpg.Pool, tmp_path: Path, services: list[Service],  # noqa: F811
+) -> None:
+    """I15, I16, crash safety, issue 14 item 5: `unifier import` of 3,000 rows into
+    `unifier run` (real broker and PostgreSQL, batches of ~300 rows, so most are
+    prepared while the one before commits), with every 5th statement writing users
+    killing its own backend — mostly a pipelined import batch's, with the next one
+    prepared on its import book. The import reports every row once with the counts the
+    file implies, its record and failed rows say the same, and the state is a rebuild's."""
+    await pool.execute("""
+        CREATE SEQUENCE fault_count;
+        CREATE FUNCTION fault() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+          IF nextval('fault_count') % 5 = 0 THEN PERFORM pg_terminate_backend(pg_backend_pid()); END IF;
+          RETURN NULL;
+        END $$;
+        CREATE TRIGGER fault AFTER INSERT OR UPDATE ON users FOR EACH STATEMENT EXECUTE FUNCTION fault();
+    """)
+    path, counts = _live_file(tmp_path / "members.csv")
+    svc = await service(settings, tmp_path, services, "run", UNIFIER_BATCH_MAX="150").start()
+    ran = await unifier(settings, "import", str(path), "--channel", LIVE_CH, "--mode", "member",
+                        "--map", "purchases=profile.purchases:list", timeout=300)
+    assert ran.code == 0, ran.err[-3000:]
+    assert await svc.stop() == 0, svc.text()[-3000:]
+    await pool.execute("DROP TRIGGER fault ON users")
+
+    report = ran.json()
+    assert {k: report[k] for k in counts} == counts
+    assert await pool.fetchval("SELECT last_value FROM fault_count") >= 10  # the faults fired
+    assert svc.says("pipelined batch of") and svc.says("not committed")  # a pipelined commit failed
+    [record] = await import_log.list_imports(pool, LIVE_CH)
+    assert (record["status"], record["rows"]) == ("completed", LIVE_ROWS)
+    assert {k: record[k] for k in counts} == counts
+    assert await pool.fetchval("SELECT count(*) FROM import_failures WHERE channel_id = $1", LIVE_CH) == counts["failed"]
+    await assert_state_is_a_rebuild(settings)
