@@ -5,16 +5,18 @@ N's transaction commits, so that Python's work overlaps PostgreSQL's.
 Writes stay strictly sequential: N+1's transaction starts after N's committed (one
 write task at a time). What N+1 is prepared on must be what the serial path
 (batch.apply_batch) would read after N committed; why each input is (docs/decisions.md,
-"Issue 14, session 8: pipelining the live projection"):
+"Issue 14, session 8: pipelining the live projection"; imports: "Issue 14, session 11:
+an import's rows on the pipelined path"):
 
 - users: the resident copy holds every user N changed (advanced to the revision N's
   commit gives them, and pinned against eviction until N committed), so what the store
   is asked for is a user N did not change, the same before and after N's commit;
 - the eventId window: the store's rows overlaid with what N applied (idempotent);
 - MU budgets are counted after N committed; grade commands and an import's start and
-  finish, whose state is read from the store, go by the serial path with nothing in flight;
+  finish go by the serial path with nothing in flight (`serial_only`);
 - an import's rows (`import.row`, chunks): the import book read from the store, its row
-  marks overlaid with N's (`_book_after`), as the eventId window is;
+  marks overlaid with N's (`_book_after`), as the eventId window is; the users N's rows
+  wrote are let go once N committed, as apply_batch lets them go;
 - offsets, clocks and the channel fence are checked in N+1's own transaction.
 
 When anything fails — N's write (conflict, fence, a record the store refuses, an
@@ -89,11 +91,12 @@ class Diverged(repo.Conflict):
 
 
 def serial_only(parsed: list[Parsed]) -> bool:
-    """Facts whose state beyond users is read from the store and not carried from the
-    batch in flight: grade definitions, an import's start (its definition, the channel's
-    imported types) and finish (its status, the lock). Their batch is not prepared ahead.
-    An import's rows are: what they read beyond users (the definition, the row mark) is
-    what the batch before leaves (`_book_after`)."""
+    """Facts whose batch is not prepared ahead: grade commands (their definitions are
+    read from the store) and an import's start (it writes the import's definition and
+    the channel's imported types, which the next batch reads), and, once an import too,
+    its finish (kept on the path that needs no argument). An import's rows are prepared
+    ahead: what they read beyond users (the definition, the row mark) is what the batch
+    before leaves (`_book_after`). So the batch in flight never holds a start."""
     for p in parsed:
         if p.fact is not None:
             kind = p.fact.msg.type
