@@ -34,13 +34,14 @@ pytestmark = pytest.mark.integration
 
 LAST = 801  # rows 2…801
 ROWS = 50  # a chunk's; two chunks a batch: ~80 new users, which go by COPY (repo.COPY_NEW_FROM)
-DUPLICATED = 6  # the chunk that comes twice, last of a batch and first of the next
+DUPLICATED = 6  # the chunk that comes twice: last of a batch, then alone as the next batch
 
 
 def _batches() -> list[list[Record]]:
     """An import's records in batches as the consumer cuts them: its start with the first
-    chunk, then two chunks of 50 rows a batch, one chunk published twice (the second copy
-    at the head of the next batch), the last chunk with the finish."""
+    chunk, then two chunks of 50 rows a batch, one chunk published twice (the copy, a
+    batch of its own, right after the batch holding the first), the last chunk with the
+    finish."""
     log = Log()
     started = log.started()
     chunks = [log.chunk(range(a, min(a + ROWS, LAST + 1))) for a in range(2, LAST + 1, ROWS)]
@@ -200,8 +201,8 @@ async def test_an_import_through_unifier_run_with_commits_killed_ends_as_a_rebui
     settings: Settings, pool: asyncpg.Pool, tmp_path: Path, services: list[Service],  # noqa: F811
 ) -> None:
     """I15, I16, crash safety, issue 14 item 5: `unifier import` of 3,000 rows into
-    `unifier run` (real broker and PostgreSQL, batches of ~300 rows, so most are
-    prepared while the one before commits), with every 5th statement writing users
+    `unifier run` (real broker and PostgreSQL, small batches, UNIFIER_BATCH_MAX=150, so
+    most are prepared while the one before commits), with every 5th statement writing users
     killing its own backend — mostly a pipelined import batch's, with the next one
     prepared on its import book. The import reports every row once with the counts the
     file implies, its record and failed rows say the same, and the state is a rebuild's."""
