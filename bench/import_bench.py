@@ -39,6 +39,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import hashlib
 import json
 import os
 import resource
@@ -349,7 +350,9 @@ async def timed_import(
     probe.stop.set()
     await probing
     rows = full["result"]["created"] + full["result"]["updated"] + full["result"]["failed"]
+    digest = await import_digest(env["DATABASE_URL"], env["UNIFIER_DB_SCHEMA"], channel)
     return {
+        "import_digest": digest,
         "lead_s": float(env["UNIFIER_IMPORT_LEAD_S"]),
         "import_seconds": round(full["seconds"], 2),
         "import_rows_per_s": round(rows / full["seconds"]),
@@ -365,6 +368,50 @@ async def timed_import(
         "result": full["result"],
         "progress_tail": full["progress"],
     }
+
+
+_EPOCH_MS = 10**12  # an integer this large in a user's state is a time (ms), not a cell's value
+
+
+def _timeless(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _timeless(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_timeless(v) for v in value]
+    if isinstance(value, int) and not isinstance(value, bool) and value >= _EPOCH_MS:
+        return 0
+    return value
+
+
+async def import_digest(database_url: str, schema: str, channel: str) -> str:
+    """What the import left, comparable between runs and versions: the channel's users'
+    states (canonical JSON, as services/replay/digest.py, with times read as 0: the
+    importer stamps rows with its clock), their identity rows, the import's record
+    (status, rows, counts, row mark) and its failed rows. Equal digests: the same rows
+    created, updated and failed the same way (issue 14 item 5: pipelined or serial)."""
+    h = hashlib.sha256()
+    conn = await asyncpg.connect(database_url, server_settings={"search_path": schema})
+    try:
+        for row in await conn.fetch("SELECT state::text FROM users WHERE channel_id = $1 ORDER BY id", channel):
+            h.update(orjson.dumps(_timeless(orjson.loads(row[0])), option=orjson.OPT_SORT_KEYS) + b"\n")
+        h.update(b"--identities--\n")
+        for row in await conn.fetch(
+            "SELECT kind, value, user_id, qualified FROM identities WHERE channel_id = $1 ORDER BY 1, 2, 3", channel,
+        ):
+            h.update(orjson.dumps(list(row)) + b"\n")
+        h.update(b"--import--\n")
+        for row in await conn.fetch(
+            "SELECT status, rows, created, updated, failed, last_row FROM imports WHERE channel_id = $1", channel,
+        ):
+            h.update(orjson.dumps(list(row)) + b"\n")
+        for row in await conn.fetch(
+            "SELECT row_number, error_columns, error_reason, cells::text FROM import_failures"
+            " WHERE channel_id = $1 ORDER BY row_number", channel,
+        ):
+            h.update(orjson.dumps([row[0], list(row[1]), row[2], orjson.loads(row[3])], option=orjson.OPT_SORT_KEYS) + b"\n")
+    finally:
+        await conn.close()
+    return h.hexdigest()[:16]
 
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:
@@ -461,7 +508,7 @@ def report(r: dict[str, Any]) -> str:
                 f" {'OK' if o['p99_ms'] is not None and o['received'] == o['sent'] and o['p99_ms'] < r['target_other_p99_ms'] else 'MISSED'}"
                 for kind, o in v["other_channels_during_import"].items()
             ),
-            f"    result: {json.dumps(v['result'])}",
+            f"    result: {json.dumps(v['result'])}; import digest {v['import_digest']}",
         ]
     lines.append(
         f"  peak RSS: importer {rss.get('importer')} MB (a tenth of the file: {rss.get('importer_tenth')} MB),"

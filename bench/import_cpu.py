@@ -14,6 +14,12 @@ publishes them; `one-row records` applies the same rows as one `import.row` reco
 (contract 1.2.0's records). The default runs `now` and `one-row records`; `--variants`
 picks others (session 8's, which the variants' names after "now" undo, run in chunks too).
 
+`pipelined` (session 11) feeds the same chunks to the pipelined projection
+(projection/pipeline.py: batch N+1 prepared while N commits, on a second connection),
+as `unifier run` does since import rows are prepared ahead; `now` is apply_batch, one
+batch after the other. Beside CPU per row, each run's rows/s (wall clock, the timed
+batches only) shows the overlap; PostgreSQL's CPU is then both backends'.
+
 (Session 7's own variants — the collector not paused, imported users kept — are in its
 commit; `git log bench/import_cpu.py`.)
 
@@ -49,6 +55,7 @@ from services.domain import imports as imports_mod  # noqa: E402
 from services.importer.run import CHUNK_ROWS  # noqa: E402
 from services.platform import gc_tuning  # noqa: E402
 from services.projection import batch as batch_mod  # noqa: E402
+from services.projection.pipeline import Pipeline  # noqa: E402
 from services.projection.records import Record  # noqa: E402
 from services.projection.resident import ResidentUsers  # noqa: E402
 from services.store import repository as repo_mod  # noqa: E402
@@ -86,21 +93,31 @@ def _backend_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def one(database_url: str, variant: str, rows: int, batches: int) -> tuple[float, float]:
-    """(process, backend) CPU µs per row over `batches` batches after a warm-up one."""
+async def one(database_url: str, variant: str, rows: int, batches: int) -> tuple[float, float, float]:
+    """(process, backend) CPU µs per row over `batches` batches after a warm-up one, and rows/s."""
     with _undone(variant):
-        return await _one(database_url, rows, batches, chunk=0 if variant == ONE_ROW else CHUNK_ROWS)
+        return await _one(database_url, rows, batches, chunk=0 if variant == ONE_ROW else CHUNK_ROWS,
+                          piped=variant == PIPELINED)
 
 
 ONE_ROW = "one-row records"  # contract 1.2.0's import.row, one record a row (session 9 undone)
+PIPELINED = "pipelined"  # through projection/pipeline.py, as `unifier run` (session 11)
 
 
-async def _one(database_url: str, rows: int, batches: int, chunk: int = CHUNK_ROWS) -> tuple[float, float]:
+async def _one(
+    database_url: str, rows: int, batches: int, chunk: int = CHUNK_ROWS, piped: bool = False,
+) -> tuple[float, float, float]:
     schema = f"bench_impcpu_{secrets.token_hex(3)}"
-    pool = await create_pool(database_url, schema, min_size=1, max_size=1)
+    size = 2 if piped else 1  # the pipeline prepares on one connection while it writes on the other
+    pool = await create_pool(database_url, schema, min_size=size, max_size=size)
     topics = Topics("t.")
     resident = ResidentUsers(200_000)
     offset = 0
+
+    async def serial(records: list[Record]) -> batch_mod.BatchResult:
+        return await batch_mod.apply_batch(pool, topics, records, now_ms=T0, resident=resident)
+
+    pipe = Pipeline(pool, topics, resident, serial, lambda _r, _res, _e: None) if piped else None
 
     def record(body: dict[str, Any]) -> Record:
         nonlocal offset
@@ -108,12 +125,14 @@ async def _one(database_url: str, rows: int, batches: int, chunk: int = CHUNK_RO
         return Record(topics.import_rows, 0, offset - 1, T0, CH.encode(), orjson.dumps({"channelId": CH, "occurredAt": T0, **body}))
 
     try:
-        backend = await pool.fetchval("SELECT pg_backend_pid()")
+        async with contextlib.AsyncExitStack() as held:  # every connection of the pool: its backend
+            conns = [await held.enter_async_context(pool.acquire()) for _ in range(size)]
+            backends = [await c.fetchval("SELECT pg_backend_pid()") for c in conns]
         await batch_mod.apply_batch(pool, topics, [record({
             "eventId": f"{IMP}:started:1", "type": "import.started", "importId": IMP, "mode": "member", "key": "memberId",
             "blank": "keep", "tag": "bench", "actor": "bench", "fileName": "m.csv", "columns": COLUMNS,
         })], now_ms=T0, resident=resident)
-        cpu = db = 0.0
+        prepared: list[list[Record]] = []  # built before the clock starts
         for b in range(batches + 1):
             records = []
             rows_of = [{
@@ -131,13 +150,23 @@ async def _one(database_url: str, rows: int, batches: int, chunk: int = CHUNK_RO
             else:
                 for r in rows_of:
                     records.append(record({"eventId": f"{IMP}:{r['rowNumber']}", "type": "import.row", "importId": IMP, **r}))
-            t, d = time.process_time(), _backend_cpu(backend)
-            await batch_mod.apply_batch(pool, topics, records, now_ms=T0, resident=resident)
-            if b > 0:  # the first batch warms up
-                cpu += time.process_time() - t
-                db += _backend_cpu(backend) - d
+            prepared.append(records)
+        t = d = w = 0.0
+        for b, records in enumerate(prepared):
+            if b == 1:  # the first batch warms up: timed from the second on
+                if pipe is not None:
+                    await pipe.drain()
+                t, d, w = time.process_time(), sum(map(_backend_cpu, backends)), time.perf_counter()
+            if pipe is not None:
+                await pipe.feed(records)
+            else:
+                await batch_mod.apply_batch(pool, topics, records, now_ms=T0, resident=resident)
+        if pipe is not None:
+            await pipe.drain()
+            assert pipe.redone == 0 and pipe.pipelined == batches + 1, (pipe.redone, pipe.pipelined)
+        cpu, db, wall = time.process_time() - t, sum(map(_backend_cpu, backends)) - d, time.perf_counter() - w
         n_rows = batches * rows
-        return cpu / n_rows * 1e6, db / n_rows * 1e6
+        return cpu / n_rows * 1e6, db / n_rows * 1e6, n_rows / wall
     finally:
         await pool.execute(f"DROP SCHEMA {schema} CASCADE")
         await pool.close()
@@ -151,18 +180,19 @@ async def main() -> None:
     p.add_argument("--database-url", default=os.environ.get("DATABASE_URL") or LOCAL_POSTGRES)
     gc_tuning.tune()  # as `unifier run`
     p.add_argument("--variants", default=f"now/{ONE_ROW}",
-                   help=f"separated by '/': now, {ONE_ROW}, handler, no plain path, new users by INSERT, session 7")
+                   help=f"separated by '/': now, {PIPELINED}, {ONE_ROW}, handler, no plain path, new users by INSERT, session 7")
     args = p.parse_args()
     variants = tuple(args.variants.split("/"))
-    seen: dict[str, list[tuple[float, float]]] = {v: [] for v in variants}
+    seen: dict[str, list[tuple[float, float, float]]] = {v: [] for v in variants}
     for _ in range(args.rounds):
         for v in variants:
             seen[v].append(await one(args.database_url, v, args.rows, args.batches))
     print(f"import rows through apply_batch: {args.batches} x {args.rows} rows per run, CPU µs per row (load {os.getloadavg()[0]:.1f})")
     for v, runs in seen.items():
-        process = " / ".join(f"{c:.1f}" for c, _ in runs)
-        backend = " / ".join(f"{d:.1f}" for _, d in runs)
-        print(f"  {v:<22} service {process:<24} PostgreSQL backend {backend}")
+        process = " / ".join(f"{c:.1f}" for c, _, _ in runs)
+        backend = " / ".join(f"{d:.1f}" for _, d, _ in runs)
+        rate = " / ".join(f"{r:,.0f}" for _, _, r in runs)
+        print(f"  {v:<22} service {process:<24} PostgreSQL backend {backend:<24} rows/s {rate}")
 
 
 if __name__ == "__main__":

@@ -5,14 +5,18 @@ N's transaction commits, so that Python's work overlaps PostgreSQL's.
 Writes stay strictly sequential: N+1's transaction starts after N's committed (one
 write task at a time). What N+1 is prepared on must be what the serial path
 (batch.apply_batch) would read after N committed; why each input is (docs/decisions.md,
-"Issue 14, session 8: pipelining the live projection"):
+"Issue 14, session 8: pipelining the live projection"; imports: "Issue 14, session 11:
+an import's rows on the pipelined path"):
 
 - users: the resident copy holds every user N changed (advanced to the revision N's
   commit gives them, and pinned against eviction until N committed), so what the store
   is asked for is a user N did not change, the same before and after N's commit;
 - the eventId window: the store's rows overlaid with what N applied (idempotent);
-- MU budgets are counted after N committed; imports and grade commands, whose state
-  is read from the store, go by the serial path with nothing in flight;
+- MU budgets are counted after N committed; grade commands and an import's start and
+  finish go by the serial path with nothing in flight (`serial_only`);
+- an import's rows (`import.row`, chunks): the import book read from the store, its row
+  marks overlaid with N's (`_book_after`), as the eventId window is; the users N's rows
+  wrote are let go once N committed, as apply_batch lets them go;
 - offsets, clocks and the channel fence are checked in N+1's own transaction.
 
 When anything fails — N's write (conflict, fence, a record the store refuses, an
@@ -35,6 +39,7 @@ import asyncpg
 
 from contracts.topics import Topics
 from services.domain.directory import Identity, identities
+from services.domain.imports import ImportBook
 from services.domain.user import User
 from services.platform.gc_tuning import paused as gc_paused
 from services.store import import_log
@@ -47,6 +52,7 @@ from .batch import (
     Effects,
     Parsed,
     _keys_of,
+    _written_by_imports,
     parse_records,
     run_facts,
     write_rest,
@@ -62,6 +68,7 @@ Serial = Callable[[list[Record]], Awaitable[BatchResult]]
 Done = Callable[[list[Record], BatchResult, float], None]
 
 _SERIAL_TYPES = ("import.", "grade.")
+_PIPELINED_IMPORT = "import.row"  # of the import facts, only rows are prepared ahead
 
 
 _SLICE = 200  # records, facts or users prepared between two turns of the write in flight
@@ -84,9 +91,18 @@ class Diverged(repo.Conflict):
 
 
 def serial_only(parsed: list[Parsed]) -> bool:
-    """Facts whose state beyond users (an import's book and row marks, grade
-    definitions) is read from the store: their batch is not prepared ahead."""
-    return any(p.fact is not None and p.fact.msg.type.startswith(_SERIAL_TYPES) for p in parsed)
+    """Facts whose batch is not prepared ahead: grade commands (their definitions are
+    read from the store) and an import's start (it writes the import's definition and
+    the channel's imported types, which the next batch reads), and, once an import too,
+    its finish (kept on the path that needs no argument). An import's rows are prepared
+    ahead: what they read beyond users (the definition, the row mark) is what the batch
+    before leaves (`_book_after`). So the batch in flight never holds a start."""
+    for p in parsed:
+        if p.fact is not None:
+            kind = p.fact.msg.type
+            if kind.startswith(_SERIAL_TYPES) and kind != _PIPELINED_IMPORT:
+                return True
+    return False
 
 
 @dataclass(slots=True)
@@ -108,6 +124,9 @@ class Prepared:
     clocks: dict[Partition, int]
     changed: list[str]  # the users it advanced: pinned until it committed
     window_clocks: dict[str, int] = field(default_factory=dict)  # its channels' clocks after it
+    book: ImportBook | None = None  # its import rows' book: written with it, read by the next
+    imported: list[str] = field(default_factory=list)  # users its import rows wrote: not kept after it
+    new_users: list[tuple[Any, ...]] = field(default_factory=list)  # repo.user_row of those it copies (COPY_NEW_FROM)
 
 
 @dataclass(slots=True)
@@ -144,17 +163,8 @@ class Pipeline:
 
     async def _feed(self, records: list[Record]) -> None:
         started = time.perf_counter()
-        parsed: list[Parsed] = []
-        # Import facts are applied serially (serial_only): a batch with an import-rows
-        # record goes there unparsed, not parsed here only to be parsed again by
-        # apply_batch (~7 µs a row; every import batch).
-        imports = self.topics.import_rows
-        has_import = any(r.topic == imports for r in records)
-        if not has_import:
-            for part in _slices(records):
-                parsed.extend(parse_records(self.topics, part))
-                await _let_the_write_on()
-        if has_import or serial_only(parsed):
+        parsed = await self._parse(records)
+        if serial_only(parsed):
             waited = self.busy
             await self.drain()
             if not (waited and self.stopping()):
@@ -189,6 +199,27 @@ class Pipeline:
             return
         self._inflight = (prepared, asyncio.create_task(self._write(prepared)))
 
+    async def _parse(self, records: list[Record]) -> list[Parsed]:
+        """parse_records, yielding to the write in flight every ~_SLICE facts: a chunk of
+        import rows is up to 500 facts (~7 µs each), so records are counted by the rows
+        they hold, not one a record."""
+        topics = self.topics
+        parsed: list[Parsed] = []
+        if not any(r.topic == topics.import_rows for r in records):
+            for part in _slices(records):
+                parsed.extend(parse_records(topics, part))
+                await _let_the_write_on()
+            return parsed
+        since = 0
+        for r in records:
+            more = parse_records(topics, [r])
+            parsed.extend(more)
+            since += len(more)
+            if since >= _SLICE:
+                since = 0
+                await _let_the_write_on()
+        return parsed
+
     async def drain(self, pinned: list[str] | tuple[()] = ()) -> bool:
         """Wait for the batch in flight. Committed: its channels' tokens noted, the
         resident copy trimmed to its budget (but not `pinned`), `done` told; True.
@@ -209,7 +240,7 @@ class Pipeline:
             return False
         self.pipelined += 1
         if self.resident.drops == prepared.generation:
-            self.resident.written(written.tokens, pinned)
+            self.resident.written(written.tokens, pinned, forget=prepared.imported)
         self.done(prepared.records, prepared.result, written.elapsed)
         return True
 
@@ -248,7 +279,9 @@ class Pipeline:
                 # I17: the budget is counted from the store, which must hold N's users
                 # (failed, N voids this batch: counted before it, the count is not used).
                 await asyncio.wait([self._inflight[1]])
-            await import_log.prepare(conn, facts, settings, directory)
+            book = await import_log.prepare(conn, facts, settings, directory)
+            if book is not None and inflight is not None and inflight.book is not None:
+                _book_after(book, inflight.book)
         if resident.directory is not directory:
             raise Diverged("the resident users were dropped while the batch was prepared")
         fx = Effects()
@@ -256,8 +289,18 @@ class Pipeline:
             fx.extend(run_facts(directory, part, settings, window, self.topics, result, outbox=self.outbox, failed_at=failed_at))
             await _let_the_write_on()
         changed_users = list(directory.changed.values())
+        # As repo.save_users: from COPY_NEW_FROM new users (an import batch's) the new ones
+        # go by COPY, built here like the others' columns.
+        revs = resident.revs
+        new_users: list[tuple[Any, ...]] = []
+        updated_users = changed_users
+        if sum(1 for u in changed_users if not revs.get(u.id, 0)) >= repo.COPY_NEW_FROM:
+            updated_users = [u for u in changed_users if revs.get(u.id, 0)]
+            for some in _slices([u for u in changed_users if not revs.get(u.id, 0)]):
+                new_users.extend(repo.user_row(u, 1) for u in some)
+                await _let_the_write_on()
         users: list[list[Any]] = []
-        for some in _slices(changed_users):
+        for some in _slices(updated_users):
             if users:
                 for col, more in zip(users, repo.user_columns(some, resident.revs), strict=True):
                     col.extend(more)
@@ -269,15 +312,17 @@ class Pipeline:
         ids = [(u, old, new) for u in changed_users
                if (new := identities(u)) != (old := directory.loaded_identities(u.id))]
         stamp = sorted({u.channel_id for u in changed_users})
+        # As apply_batch: the users an import's rows wrote are let go once it committed.
+        imported = _written_by_imports(facts, directory) if book is not None else []
         ends: dict[Partition, int] = {}
         for r in records:
             ends[(r.topic, r.partition)] = max(ends.get((r.topic, r.partition), 0), r.offset + 1)
         advanced = resident.advance()  # the revisions its rows carry; the next batch starts from them
         return Prepared(
             records=records, started=started, generation=generation, result=result, channels=channels,
-            observed=observed, users=users, identities=ids, fx=fx, stored_applied=window.stored, stamp=stamp,
+            observed=observed, users=users, new_users=new_users, identities=ids, fx=fx, stored_applied=window.stored, stamp=stamp,
             ends=ends, clocks=clocks_after(records), changed=advanced,
-            window_clocks=dict(window.clocks),
+            window_clocks=dict(window.clocks), book=book, imported=imported,
         )
 
     async def _window(
@@ -340,11 +385,34 @@ class Pipeline:
                     expected = None
                 if token != expected:
                     raise Diverged(f"channel {c} was written by another transaction ({token}, expected {expected})")
+            if p.new_users:
+                await repo.copy_new_users(conn, p.new_users)
             await repo.save_user_columns(conn, p.users)
             await repo.save_identities(conn, p.identities)
             await write_rest(conn, p.fx, p.stored_applied)
             if self.outbox:
                 await lookup_store.enqueue_chats(conn, p.fx.activities)
+            if p.book is not None:
+                await import_log.save(conn, p.book)
             p.result.next_offsets = {k: max(v, stored[k]) for k, v in p.ends.items()}
             stamped = await repo.save_positions(conn, p.result.next_offsets, p.clocks, p.stamp)
         return Written({**tokens, **stamped}, time.perf_counter() - p.started)
+
+
+def _book_after(book: ImportBook, inflight: ImportBook) -> None:
+    """The import book of a batch prepared while `inflight` (a batch of import rows, no
+    start or finish: serial_only) commits, as the store holds it after that commit.
+
+    `book` was read from the store before or after that commit. Definitions: written
+    only by an import's start, which `inflight` has none of, so the same either way.
+    Row marks (`imports.last_row`): `inflight` began from the stored mark (or the one
+    the batch before it left, overlaid likewise), only moved it up (imports.row_applied),
+    and its commit stores the greater of the two (import_log._save_tallies): so the
+    mark after the commit is `inflight`'s, and the greater of the two is right whichever
+    was read. Nothing else moves a mark: an import's rows are on its channel's
+    partition, whose records the batch's transaction checks no one else applied
+    (Pipeline._write). Counts and failed rows are added by each batch to what is
+    stored: not read."""
+    for key, mark in inflight.through.items():
+        if key in book.through and mark > book.through[key]:
+            book.through[key] = mark

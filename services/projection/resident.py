@@ -158,10 +158,14 @@ class ResidentUsers:
         d.settle()
         return advanced
 
-    def written(self, tokens: dict[str, int], pinned: Collection[str]) -> None:
+    def written(self, tokens: dict[str, int], pinned: Collection[str], forget: Collection[str] = ()) -> None:
         """A pipelined batch committed with these channel tokens; evict down to the
         budget, but not `pinned`: users a later batch changed that is not committed yet
-        (evicted, they would be read back from the store as they were before it)."""
+        (evicted, they would be read back from the store as they were before it).
+        `forget`: the users its import rows wrote, as `committed`'s, but for `pinned`."""
+        if forget:
+            keep = set(pinned)
+            self.forget(u for u in forget if u not in keep)
         self.tokens.update(tokens)
         self._evict(pinned)
 

@@ -248,16 +248,22 @@ async def save_users(conn: asyncpg.Connection, users: Sequence[User], revs: dict
         return
     new = [u for u in users if not revs.get(u.id, 0)]
     if len(new) >= COPY_NEW_FROM:
-        # A new user's row must not exist (the fence below: rev 0 → 1). COPY refuses a
-        # taken id as the unique violation it is: another instance created that user.
-        try:
-            await conn.copy_records_to_table("users", records=[user_row(u, 1) for u in new], columns=USER_COLUMNS)
-        except asyncpg.UniqueViolationError as err:
-            raise Conflict(f"a new user was created by another instance: {err.detail}") from err
+        await copy_new_users(conn, [user_row(u, 1) for u in new])
         users = [u for u in users if revs.get(u.id, 0)]
         if not users:
             return
     await save_user_columns(conn, user_columns(users, revs))
+
+
+async def copy_new_users(conn: asyncpg.Connection, rows: list[tuple[Any, ...]]) -> None:
+    """New users (`user_row` at revision 1) by binary COPY: `save_users` from
+    COPY_NEW_FROM of them; a pipelined batch builds the rows before it writes them."""
+    # A new user's row must not exist (the fence: rev 0 → 1). COPY refuses a taken id as
+    # the unique violation it is: another instance created that user.
+    try:
+        await conn.copy_records_to_table("users", records=rows, columns=USER_COLUMNS)
+    except asyncpg.UniqueViolationError as err:
+        raise Conflict(f"a new user was created by another instance: {err.detail}") from err
 
 
 async def save_user_columns(conn: asyncpg.Connection, cols: list[list[Any]]) -> None:
