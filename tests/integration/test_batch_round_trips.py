@@ -130,15 +130,20 @@ async def test_the_last_statement_stores_offsets_clocks_and_stamps(pool: asyncpg
 async def test_the_outbox_wakes_the_relay_at_commit_whoever_fills_it(pool: asyncpg.Pool) -> None:
     """The relay LISTENs on unifier_outbox; the outbox's statement trigger notifies at
     the commit of any statement that fills it (save_outbox's COPY, or any INSERT), so
-    the writer spends no round trip on it, and nothing is announced before the commit."""
+    the writer spends no round trip on it, and nothing is announced before the commit.
+    Only this writer's notifications count: a channel is database-wide, and other tests
+    running alongside in other schemas fill their outboxes too."""
     heard: list[str] = []
+    writer = 0  # the writing backend's pid, set below
 
-    def hear(*a: Any) -> None:
-        heard.append(a[2])
+    def hear(_conn: Any, pid: int, channel: str, _payload: str) -> None:
+        if pid == writer:
+            heard.append(channel)
 
     async with pool.acquire() as listener:
         await listener.add_listener("unifier_outbox", hear)
         async with pool.acquire() as conn:
+            writer = conn.get_server_pid()
             async with conn.transaction():
                 await repo.save_outbox(conn, [("t.user-changed", "k", b"{}")])
                 await listener.execute("SELECT 1")  # a round trip on the listener: it would have heard by now
