@@ -57,3 +57,29 @@ def paused() -> Iterator[None]:
         _pauses -= 1
         if _pauses == 0:
             gc.enable()
+
+
+# How many committed batches the survivors are frozen for before they are handed back to
+# the collector (settle): the cyclic garbage among them waits at most this long.
+THAW_EVERY = 1_000
+_settled = 0
+
+
+def settle() -> None:
+    """After a batch committed: what is alive now (the resident users, the batch in
+    flight) is moved out of the collector's generations (`gc.freeze`, O(1)), so the next
+    collections walk only what is allocated after it. Without it, the survivors of each
+    batch were walked again by every older collection: in a paced live run (5,000/s)
+    the service spent ~4 % of its time collecting, with single young collections of
+    50-190 ms, each a pause every fact in flight waited out. What is frozen and dies by
+    reference counting is freed as usual; only cycles among it would wait, so every
+    THAW_EVERY batches everything is handed back (`gc.unfreeze`) and walked by one full
+    collection: the pause today's older collections took several times a minute, taken
+    once every THAW_EVERY batches."""
+    global _settled
+    _settled += 1
+    if _settled >= THAW_EVERY:
+        _settled = 0
+        gc.unfreeze()
+        gc.collect()
+    gc.freeze()

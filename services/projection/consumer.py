@@ -18,7 +18,7 @@ import asyncpg
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 
 from contracts.topics import Topics
-from services.platform import metrics
+from services.platform import gc_tuning, metrics
 from services.platform.kafka import client_options
 from services.store import repository as repo
 from services.store.pool import DATABASE_UNAVAILABLE
@@ -234,6 +234,7 @@ class Projection:
     def batch_applied(self, records: list[Record], result: BatchResult, elapsed: float) -> None:
         """A batch committed (by `apply` or the pipeline): metrics, offsets, the log line."""
         self.healthy = True
+        gc_tuning.settle()
         metrics.BATCH_SECONDS.observe(elapsed)
         metrics.EVENTS_APPLIED.inc(result.applied)
         for code, n in result.dead_letters.items():
