@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 # tests/unit/test_compiled_core.py checks that this list is that one).
 CORE := build/core/MANIFEST.json
 CORE_SOURCES := $(wildcard services/domain/*.py) \
-  $(addprefix services/projection/,facts.py merge.py records.py resident.py window.py) \
+  $(addprefix services/projection/,decoding.py facts.py merge.py records.py resident.py window.py) \
   services/store/rows.py
 core: $(CORE)
 $(CORE): $(STAMP) services/compiled_core.py $(CORE_SOURCES)

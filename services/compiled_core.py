@@ -35,7 +35,7 @@ SERVICES = ROOT / "services"
 # annotated (no asyncpg in them). Each package's `__init__` calls `follow`; the
 # Makefile's `core` target lists them too (tests/unit/test_compiled_core.py checks both).
 COMPILED = {
-    "projection": ("facts.py", "merge.py", "records.py", "resident.py", "window.py"),
+    "projection": ("decoding.py", "facts.py", "merge.py", "records.py", "resident.py", "window.py"),
     "store": ("rows.py",),
 }
 GROUP = "unifier_core"  # the shared library's name: unifier_core__mypyc.<abi>.so

@@ -17,7 +17,6 @@ from typing import Any
 
 import orjson
 
-from contracts.decode import decode_import_rows, decode_inbound
 from contracts.inbound import MAX_MESSAGE_BYTES, InboundError
 from contracts.topics import InboundKind, Topics
 from services.domain import core
@@ -31,6 +30,7 @@ from services.domain.imports import imported_member_user_id, row_applied, row_ap
 from services.domain.lookups import LookupChange
 from services.domain.unification import MergeRecord
 from services.domain.values import Rejected
+from services.projection.decoding import decode_import_rows, decode_inbound
 from services.store.outcomes import Outcome
 
 from .records import Record

@@ -16,7 +16,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from contracts.decode import decode_inbound
 from contracts.inbound import (
     MAX_CONTACT,
     MAX_ID,
@@ -26,6 +25,7 @@ from contracts.inbound import (
     InboundError,
     parse_inbound,
 )
+from services.projection.decoding import decode_inbound
 from tests.support import fuzz
 
 KINDS = ["sdk-events", "import-rows", "commands"]

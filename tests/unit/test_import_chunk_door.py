@@ -10,7 +10,6 @@ from typing import Any
 import orjson
 import pytest
 
-from contracts.decode import decode_import_rows
 from contracts.inbound import (
     MAX_CHUNK_BYTES,
     MAX_VALUE,
@@ -18,6 +17,7 @@ from contracts.inbound import (
     parse_import_rows,
     parse_inbound,
 )
+from services.projection.decoding import decode_import_rows
 
 HEAD = {"eventId": "imp_1:rows:2", "type": "import.rows", "channelId": "ch_1", "occurredAt": 1_000, "importId": "imp_1"}
 

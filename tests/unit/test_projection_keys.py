@@ -11,10 +11,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bench.projection_bench import Stream
-from contracts.decode import decode_inbound
 from contracts.inbound import parse_inbound
 from services.domain.core import Fact
 from services.projection import batch, facts
+from services.projection.decoding import decode_inbound
 from tests.unit.test_core_differential import Builder, _sdk_streams, _streams
 
 
@@ -93,7 +93,7 @@ def test_an_import_row_loads_its_mapped_keys_as_before(cells: dict[str, str]) ->
     missed here would let the core decide a row without the user holding it."""
     import orjson
 
-    from contracts.decode import decode_import_rows
+    from services.projection.decoding import decode_import_rows
 
     raw = orjson.dumps({"channelId": "ch_keys", "occurredAt": 1, "eventId": "imp_k:rows:2", "type": "import.rows",
                         "importId": "imp_k", "rows": [{"rowNumber": 2, "cells": cells}]})
@@ -109,8 +109,8 @@ def test_an_import_rows_member_email_and_mobile_are_loaded_cleaned() -> None:
     an e-mail lowercased, a mobile in E.164; the member's user id from its memberId."""
     import orjson
 
-    from contracts.decode import decode_import_rows
     from services.domain.imports import imported_member_user_id
+    from services.projection.decoding import decode_import_rows
 
     raw = orjson.dumps({"channelId": "ch_keys", "occurredAt": 1, "eventId": "imp_k:rows:2", "type": "import.rows",
                         "importId": "imp_k", "rows": [{"rowNumber": 2, "cells": {

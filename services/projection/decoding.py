@@ -1,0 +1,162 @@
+"""The projection's fast decoder's per-record work (issue 14, item 1), compiled by mypyc
+with the core (services/compiled_core.py `COMPILED`).
+
+contracts/decode.py holds the msgspec structs that mirror the contract's pydantic models
+and their decoders, and says why the two paths stay equal (the fast path only ever
+accepts; whatever it does not accept plainly goes to `parse_inbound`, which words it).
+The structs stay plain Python classes there (mypyc cannot compile a msgspec.Struct);
+what runs per record around them — the escapes and size checks, the models' validators
+msgspec has no type for, a chunk's rows — is here, so that it runs compiled: unchanged
+code, moved (issue 14, session 11). tests/unit/test_decode_differential.py checks that
+it accepts nothing pydantic refuses, with equal values, on both cores.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+import msgspec
+import orjson
+
+from contracts.decode import (
+    _CHUNK_DECODER,
+    _DECODERS,
+    BootEvent,
+    ChatEvent,
+    ContactEvent,
+    ImportRow,
+    LoginEvent,
+    TrackEvent,
+    _Message,
+)
+from contracts.inbound import (
+    _MAX_INT64,
+    MAX_CHUNK_BYTES,
+    MAX_DEPTH,
+    MAX_ID,
+    MAX_MESSAGE_BYTES,
+    MAX_PROPERTIES_BYTES,
+    MAX_VALUE,
+    InboundError,
+    InboundMessage,
+    parse_import_rows,
+    parse_inbound,
+)
+from contracts.topics import InboundKind
+
+# The door's limits as this module's constants (compiled: read as C globals, not looked
+# up in contracts.inbound's namespace per use).
+_MAX_MESSAGE_BYTES: Final = MAX_MESSAGE_BYTES
+_MAX_CHUNK_BYTES: Final = MAX_CHUNK_BYTES
+_MAX_DEPTH: Final = MAX_DEPTH
+_MAX_ID: Final = MAX_ID
+_MAX_PROPERTIES_BYTES: Final = MAX_PROPERTIES_BYTES
+_MAX_VALUE: Final = MAX_VALUE
+_ROW_DIGITS: Final = len(str(_MAX_INT64))
+# orjson reads integers in this range as int and any other as a float; msgspec keeps them
+# all as int, so only these are the same value on both paths.
+_INT_MIN: Final = -(2**63)
+_INT_MAX: Final = 2**64 - 1
+
+
+def decode_inbound(topic_kind: InboundKind, raw: bytes) -> InboundMessage | _Message:
+    """What `parse_inbound` returns or raises for `raw`, as a struct when the fast path
+    accepts it (see contracts/decode.py's docstring)."""
+    decoder = _DECODERS.get(topic_kind)
+    # What the door must walk or word goes the old way: U+0000 and UTF-16 surrogate
+    # escapes (orjson and msgspec read lone ones differently); other escapes are fine.
+    if decoder is None or len(raw) > _MAX_MESSAGE_BYTES or (
+        b"\\u" in raw and (b"\\u0000" in raw or b"\\ud" in raw or b"\\uD" in raw)
+    ):
+        return parse_inbound(topic_kind, raw)
+    try:
+        # Typed as the structs' base: compiled, one type check here rather than one per
+        # member of the returned union.
+        msg: _Message = decoder.decode(raw)
+    except msgspec.DecodeError:  # bad JSON, a wrong field, an unknown type: the door words it
+        return parse_inbound(topic_kind, raw)
+    if not _rules_ok(msg, raw):
+        return parse_inbound(topic_kind, raw)
+    return msg
+
+
+def decode_import_rows(raw: bytes) -> list[ImportRow | InboundError] | list[Any] | None:
+    """What `parse_import_rows` returns or raises for an `import.rows` chunk (None: no
+    chunk), each row an `ImportRow` struct when the fast path accepts the chunk (see
+    contracts/decode.py's docstring: whatever it does not accept plainly goes to
+    `parse_import_rows`, which words it)."""
+    if len(raw) > _MAX_CHUNK_BYTES or (b"\\u" in raw and (b"\\u0000" in raw or b"\\ud" in raw or b"\\uD" in raw)):
+        return parse_import_rows(raw)
+    try:
+        chunk = _CHUNK_DECODER.decode(raw)
+    except msgspec.DecodeError:
+        return parse_import_rows(raw)
+    import_id, channel_id, at = chunk.importId, chunk.channelId, chunk.occurredAt
+    rows = chunk.rows
+    # A row's eventId ("{importId}:{rowNumber}") must be an eventId; a cell too long fails
+    # its row: parse_import_rows words both.
+    if len(import_id) + 1 + _ROW_DIGITS > _MAX_ID and any(
+        len(import_id) + 1 + len(str(r.rowNumber)) > _MAX_ID for r in rows
+    ):
+        return parse_import_rows(raw)
+    for r in rows:
+        for cell in r.cells.values():
+            if len(cell) > _MAX_VALUE:
+                return parse_import_rows(raw)
+    prefix = import_id + ":"
+    return [
+        ImportRow(eventId=prefix + str(r.rowNumber), channelId=channel_id, occurredAt=at, importId=import_id,
+                  rowNumber=r.rowNumber, cells=r.cells, rowError=r.rowError)
+        for r in rows
+    ]
+
+
+def _rules_ok(msg: _Message, raw: bytes) -> bool:
+    """The models' validators, the value unions msgspec has no type for, and the depth
+    limit: the structs nest three levels at most but for track.properties (free JSON),
+    so only a track can be too deep; the brackets bound its depth, as in the door."""
+    t = type(msg)
+    if t is BootEvent or t is LoginEvent:
+        return msg.profile is None or _profile_ok(msg.profile)  # type: ignore[attr-defined]
+    if t is TrackEvent:
+        if raw.count(b"{") + raw.count(b"[") > _MAX_DEPTH:
+            return False
+        try:
+            return len(orjson.dumps(msg.properties)) <= _MAX_PROPERTIES_BYTES  # type: ignore[attr-defined]
+        except orjson.JSONEncodeError:  # an integer past 64 bits, which orjson reads as a float
+            return False
+    if t is ChatEvent:
+        contact = msg.contact  # type: ignore[attr-defined]
+        return contact is None or contact.email is not None or contact.mobileNumber is not None
+    if t is ContactEvent:
+        return msg.email is not None or msg.mobileNumber is not None  # type: ignore[attr-defined]
+    if t is ImportRow:  # a cell too long for the service fails the row: parse_inbound words it
+        return all(len(cell) <= _MAX_VALUE for cell in msg.cells.values())  # type: ignore[attr-defined]
+    return True
+
+
+def _profile_ok(profile: dict[str, Any]) -> bool:
+    for key, value in profile.items():
+        # ProfileKey: `^[^.](?s:.*[^.])?$`, at most MAX_ID characters.
+        if not key or len(key) > _MAX_ID or key[0] == "." or key[-1] == ".":
+            return False
+        if not _value_ok(value):
+            return False
+    return True
+
+
+def _value_ok(value: Any) -> bool:
+    """InboundProfileValue: a string within MAX_VALUE, int, float, bool, null, a list of
+    such strings or a list of numbers (bools are not numbers in strict mode)."""
+    t = type(value)
+    if t is str:
+        return len(value) <= _MAX_VALUE
+    if t is int:
+        return _INT_MIN <= value <= _INT_MAX
+    if value is None or t is float or t is bool:
+        return True
+    if t is not list:
+        return False
+    if all(type(v) is str and len(v) <= _MAX_VALUE for v in value):
+        return True
+    return all((type(v) is int and _INT_MIN <= v <= _INT_MAX) or type(v) is float for v in value)
