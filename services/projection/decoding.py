@@ -57,6 +57,10 @@ _ROW_DIGITS: Final = len(str(_MAX_INT64))
 # all as int, so only these are the same value on both paths.
 _INT_MIN: Final = -(2**63)
 _INT_MAX: Final = 2**64 - 1
+# The escapes the door must word all start with a backslash, which most records lack:
+# looking for one byte (an int) is a memchr, ~20 ns on a record, while `bytes in bytes`
+# first tries its operand as an int and raises and clears that TypeError, ~500 ns.
+_BACKSLASH: Final = ord("\\")
 
 
 def decode_inbound(topic_kind: InboundKind, raw: bytes) -> InboundMessage | _Message:
@@ -65,8 +69,9 @@ def decode_inbound(topic_kind: InboundKind, raw: bytes) -> InboundMessage | _Mes
     decoder = _DECODERS.get(topic_kind)
     # What the door must walk or word goes the old way: U+0000 and UTF-16 surrogate
     # escapes (orjson and msgspec read lone ones differently); other escapes are fine.
+    # Only a record with a backslash can hold one (`_BACKSLASH`).
     if decoder is None or len(raw) > _MAX_MESSAGE_BYTES or (
-        b"\\u" in raw and (b"\\u0000" in raw or b"\\ud" in raw or b"\\uD" in raw)
+        _BACKSLASH in raw and (b"\\u0000" in raw or b"\\ud" in raw or b"\\uD" in raw)
     ):
         return parse_inbound(topic_kind, raw)
     try:
@@ -85,7 +90,7 @@ def decode_import_rows(raw: bytes) -> list[ImportRow | InboundError] | list[Any]
     chunk), each row an `ImportRow` struct when the fast path accepts the chunk (see
     contracts/decode.py's docstring: whatever it does not accept plainly goes to
     `parse_import_rows`, which words it)."""
-    if len(raw) > _MAX_CHUNK_BYTES or (b"\\u" in raw and (b"\\u0000" in raw or b"\\ud" in raw or b"\\uD" in raw)):
+    if len(raw) > _MAX_CHUNK_BYTES or (_BACKSLASH in raw and (b"\\u0000" in raw or b"\\ud" in raw or b"\\uD" in raw)):
         return parse_import_rows(raw)
     try:
         chunk = _CHUNK_DECODER.decode(raw)
