@@ -79,7 +79,7 @@ def run(recs: list[Record], topics: Topics, batch: int) -> tuple[Directory, int]
 def prepare(recs: list[Record], topics: Topics, batch: int) -> tuple[Directory, int]:
     """`run`, the way the pipelined live path prepares a batch (see the docstring)."""
     from services.domain.directory import identities
-    from services.projection.batch import _keys_of
+    from services.projection.facts import add_keys
 
     resident = ResidentUsers(1_000_000)
     settings: dict[str, ChannelSettings] = {}
@@ -95,10 +95,7 @@ def prepare(recs: list[Record], topics: Topics, batch: int) -> tuple[Directory, 
         directory = resident.begin({})
         ids: set[str] = set()
         keys: set[repo.Key] = set()
-        for fact in facts:
-            f_ids, f_keys = _keys_of(fact)
-            ids |= f_ids
-            keys |= f_keys
+        add_keys(facts, ids, keys)
         for _ in range(3):
             if not ids and not keys:
                 break

@@ -32,12 +32,13 @@ from .facts import (
     Effects,
     Parsed,
     _dead_letter,
-    _keys_of,
+    _keys_of,  # noqa: F401  (re-exported: tests and bench read it from here)
+    add_keys,
     parse_records,
     run_facts,
     storable_text,
 )
-from .records import Record, clocks_after
+from .records import Record, clocks_after, ends_after
 from .resident import ResidentUsers
 from .window import WINDOW_MS, AppliedWindow
 
@@ -108,10 +109,7 @@ async def _apply_batch(
             await lookup_store.enqueue_chats(conn, effects.activities)
         if imports is not None:
             await import_log.save(conn, imports)
-        ends: dict[tuple[str, int], int] = {}
-        for r in records:
-            ends[(r.topic, r.partition)] = max(ends.get((r.topic, r.partition), 0), r.offset + 1)
-        result.next_offsets = {k: max(v, stored[k]) for k, v in ends.items()}
+        result.next_offsets = {k: max(v, stored[k]) for k, v in ends_after(records).items()}
         stamped = await repo.save_positions(
             conn, result.next_offsets, clocks_after(records), {u.channel_id for u in directory.changed.values()},
         )
@@ -228,10 +226,7 @@ async def _load_resident(
     resident.begin(tokens)
     ids: set[str] = set()
     keys: set[repo.Key] = set()
-    for fact in facts:
-        f_ids, f_keys = _keys_of(fact)
-        ids |= f_ids
-        keys |= f_keys
+    add_keys(facts, ids, keys)
     for _ in range(_MAX_LOAD_ROUNDS):
         if not ids and not keys:
             break
@@ -249,10 +244,7 @@ async def _load(conn: asyncpg.Connection, facts: list[Fact]) -> tuple[Directory,
     merged id (U8) and the sources waiting for a loaded member's login (U5)."""
     ids: set[str] = set()
     keys: set[repo.Key] = set()
-    for fact in facts:
-        f_ids, f_keys = _keys_of(fact)
-        ids |= f_ids
-        keys |= f_keys
+    add_keys(facts, ids, keys)
     revs: dict[str, int] = {}
     users: dict[str, User] = {}
     asked_ids: set[str] = set()

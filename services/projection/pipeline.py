@@ -51,13 +51,13 @@ from .batch import (
     BatchResult,
     Effects,
     Parsed,
-    _keys_of,
     _written_by_imports,
+    add_keys,
     parse_records,
     run_facts,
     write_rest,
 )
-from .records import Partition, Record, clocks_after
+from .records import Partition, Record, clocks_after, ends_after
 from .resident import ResidentUsers
 from .window import AppliedWindow
 
@@ -314,9 +314,7 @@ class Pipeline:
         stamp = sorted({u.channel_id for u in changed_users})
         # As apply_batch: the users an import's rows wrote are let go once it committed.
         imported = _written_by_imports(facts, directory) if book is not None else []
-        ends: dict[Partition, int] = {}
-        for r in records:
-            ends[(r.topic, r.partition)] = max(ends.get((r.topic, r.partition), 0), r.offset + 1)
+        ends = ends_after(records)
         advanced = resident.advance()  # the revisions its rows carry; the next batch starts from them
         return Prepared(
             records=records, started=started, generation=generation, result=result, channels=channels,
@@ -347,10 +345,7 @@ class Pipeline:
         ids: set[str] = set()
         keys: set[repo.Key] = set()
         for part in _slices(facts):
-            for fact in part:
-                f_ids, f_keys = _keys_of(fact)
-                ids |= f_ids
-                keys |= f_keys
+            add_keys(part, ids, keys)
             await _let_the_write_on()
         for _ in range(_MAX_LOAD_ROUNDS):
             if not ids and not keys:

@@ -133,3 +133,11 @@ def clocks_after(records: Iterable[Record]) -> dict[Partition, int]:
         if r.timestamp > 0 and r.timestamp > out.get((r.topic, r.partition), 0):
             out[(r.topic, r.partition)] = r.timestamp
     return out
+
+
+def ends_after(records: Iterable[Record]) -> dict[Partition, int]:
+    """Each partition's next offset after `records`: one past the highest offset read."""
+    out: dict[Partition, int] = {}
+    for r in records:
+        out[(r.topic, r.partition)] = max(out.get((r.topic, r.partition), 0), r.offset + 1)
+    return out
