@@ -6,7 +6,14 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from services.projection.records import LOG_APPEND_TIME, MAX_AHEAD_MS, PartitionClocks, clocks_after
+from services.projection.records import (
+    LOG_APPEND_TIME,
+    MAX_AHEAD_MS,
+    PartitionClocks,
+    Record,
+    clocks_after,
+    ends_after,
+)
 
 P = ("identity.sdk-events", 0)
 T = 1_746_316_800_000
@@ -74,3 +81,15 @@ def test_extend_bounds_a_fetched_run_as_record_does_one_by_one(stamps: list[tupl
     run.extend(got.append, P[0], P[1], messages, stop)
     assert got == expected
     assert run.at == one.at
+
+
+@given(st.lists(st.tuples(st.sampled_from([P, ("identity.commands", 0), ("identity.sdk-events", 3)]),
+                          st.integers(0, 10**12)), max_size=40))
+def test_a_batchs_next_offsets_are_one_past_each_partitions_highest_offset(rows: list[tuple[tuple[str, int], int]]):
+    """`ends_after` (a batch's next offsets to store, compiled; issue 14 session 11), in
+    whatever order the records come (the merge interleaves partitions)."""
+    records = [Record(p[0], p[1], offset, T, None, None) for p, offset in rows]
+    want: dict[tuple[str, int], int] = {}
+    for p, offset in rows:
+        want[p] = max(want.get(p, 0), offset + 1)
+    assert ends_after(records) == want

@@ -121,3 +121,20 @@ def test_an_import_rows_member_email_and_mobile_are_loaded_cleaned() -> None:
     assert keys == {("ch_keys", "member", "M7"), ("ch_keys", "email", "ann@example.com"),
                     ("ch_keys", "mobile", "+819012345678")}
     assert ids == {imported_member_user_id("ch_keys", "M7")}
+
+
+def test_add_keys_adds_every_facts_keys_to_the_loaders_sets() -> None:
+    """`facts.add_keys` (the loaders' first round, compiled; issue 14 session 11) adds the
+    union of each fact's `_keys_of` to the sets it is handed, keeping what they held."""
+    facts_ = [Fact(msg, msg.occurredAt) for _c, _e, raw in Stream(5).events(500)
+              for msg in [decode_inbound("sdk-events", raw)]]
+    seed_ids, seed_keys = {"u-already"}, {("c", "email", "already@example.com")}
+    ids, keys = set(seed_ids), set(seed_keys)
+    facts.add_keys(facts_, ids, keys)
+    want_ids, want_keys = set(seed_ids), set(seed_keys)
+    for fact in facts_:
+        f_ids, f_keys = batch._keys_of(fact)
+        want_ids |= f_ids
+        want_keys |= f_keys
+    assert len(want_ids) > 100 and len(want_keys) > 100  # the stream names many users
+    assert (ids, keys) == (want_ids, want_keys)
