@@ -1,5 +1,6 @@
-"""Issue 14, item 1: the projection's msgspec decoder (contracts/decode.py) and the
-pydantic door (contracts.inbound.parse_inbound) accept the same records with equal
+"""Issue 14, item 1: the projection's msgspec decoder (contracts/decode.py's structs,
+services/projection/decoding.py's checks, compiled with the core since session 11) and
+the pydantic door (contracts.inbound.parse_inbound) accept the same records with equal
 values and refuse the same records with the same code and reason — for arbitrary
 bytes, for messages generated from the JSON Schemas and mutated the hostile ways of
 tests/support/fuzz.py, and for values at and past every limit of the door (the limits
