@@ -117,12 +117,20 @@ def _gc_timer() -> Callable[[], None]:
 
 
 def _stage_timers() -> list[Callable[[], None]]:
+    from services import domain
+    from services.domain import core
     from services.domain.directory import Directory
-    from services.projection import batch
     from services.replay import indexes, log, replay, resident, switch
     from services.store import bulk
 
-    return [
+    # Compiled (services/compiled_core.py), the core and its classes are native: their
+    # functions are called directly by the compiled loop and cannot be patched, so they
+    # are timed only on the interpreted core (UNIFIER_CORE=interpreted).
+    interpreted = [
+        _timed(core, "apply", "core.apply"),
+        _timed(Directory, "settle", "directory.settle"),
+    ] if domain.CORE != "compiled" else []
+    return interpreted + [
         _gc_timer(),
         _timed(replay, "build", "build (awaits included)"),
         _timed(replay, "catch_up", "catch_up (awaits included)"),
@@ -138,7 +146,6 @@ def _stage_timers() -> list[Callable[[], None]]:
         _timed(log.LogReader, "_fill", "read: fetch + records", sample_server=False),  # runs beside the others
         _timed(resident, "parse_records", "decode (parse_records)"),
         _timed(resident, "run_facts", "run_facts (core included)"),
-        _timed(batch.core, "apply", "core.apply"),
         _timed(bulk, "copy_users", "final COPY users (awaits included)"),
         _timed(bulk, "copy_identities", "final COPY identities (awaits included)"),
         _timed(bulk, "copy_applied", "final COPY applied (awaits included)"),
@@ -149,7 +156,6 @@ def _stage_timers() -> list[Callable[[], None]]:
         _timed(resident.HeldOutcomes, "copy", "final COPY command outcomes (awaits included)"),
         _timed(resident.import_log, "prepare", "per chunk: import_log.prepare (awaits included)"),
         _timed(resident.import_log, "save", "per chunk: import_log.save (awaits included)"),
-        _timed(Directory, "settle", "directory.settle"),
     ]
 
 
