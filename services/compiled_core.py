@@ -6,6 +6,21 @@ mypy) turns it into a C extension that applies facts 1.3–1.7× as fast
 source compiled, and the unit tests pass on both (`make test` runs them once more on
 the interpreted core).
 
+The extension is built out of the source tree (`make core`: `python -m
+services.compiled_core build`, into `build/core/`), never beside the `.py` files:
+Python prefers an extension module to a source file, so an edited source would
+silently run as its stale compiled self. The build records a digest of the sources it
+compiled; `services.domain` loads the extension only while the sources still have that
+digest, and otherwise runs the source and says why.
+
+UNIFIER_CORE chooses, in every process (a projection's child processes inherit it):
+- `auto` (the default): the compiled core when a build matches the sources, else the
+  source, with a warning;
+- `compiled`: the compiled core or an error (CI, production images);
+- `interpreted`: always the source (the tests' second pass; debugging with pdb).
+It is read from the environment at import, not from the service's settings: which code
+a process runs is decided before any setting is loaded.
+
 The build also holds the live projection's synchronous hot modules (`COMPILED`: the
 records' parsing, the facts' keys and the loop around the core, the resident users, the
 co-partition merge, the users' rows for the statements), compiled in the same group as
