@@ -58,6 +58,13 @@ def records(n: int, seed: int, topic: str) -> list[Record]:
     ]
 
 
+def _default_settings(facts: list[Any], settings: dict[str, ChannelSettings]) -> None:
+    """Every channel of `facts` with the default settings, as the store gives a new one."""
+    for f in facts:
+        if f.channel_id not in settings:
+            settings[f.channel_id] = ChannelSettings(f.channel_id)
+
+
 def run(recs: list[Record], topics: Topics, batch: int) -> tuple[Directory, int]:
     directory = Directory()
     settings: dict[str, ChannelSettings] = {}
@@ -66,9 +73,7 @@ def run(recs: list[Record], topics: Topics, batch: int) -> tuple[Directory, int]
     for i in range(0, len(recs), batch):
         chunk = recs[i : i + batch]
         parsed = parse_records(topics, chunk)
-        for p in parsed:
-            if p.fact is not None and p.fact.channel_id not in settings:
-                settings[p.fact.channel_id] = ChannelSettings(p.fact.channel_id)
+        _default_settings([p.fact for p in parsed if p.fact is not None], settings)
         result = BatchResult()
         run_facts(directory, parsed, settings, window, topics, result, outbox=True, failed_at=0)
         published += result.published
@@ -89,9 +94,7 @@ def prepare(recs: list[Record], topics: Topics, batch: int) -> tuple[Directory, 
         chunk = recs[i : i + batch]
         parsed = parse_records(topics, chunk)
         facts = [p.fact for p in parsed if p.fact is not None]
-        for f in facts:
-            if f.channel_id not in settings:
-                settings[f.channel_id] = ChannelSettings(f.channel_id)
+        _default_settings(facts, settings)
         directory = resident.begin({})
         ids: set[str] = set()
         keys: set[repo.Key] = set()

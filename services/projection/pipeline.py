@@ -289,16 +289,13 @@ class Pipeline:
             fx.extend(run_facts(directory, part, settings, window, self.topics, result, outbox=self.outbox, failed_at=failed_at))
             await _let_the_write_on()
         changed_users = list(directory.changed.values())
-        # As repo.save_users: from COPY_NEW_FROM new users (an import batch's) the new ones
-        # go by COPY, built here like the others' columns.
-        revs = resident.revs
+        # As repo.save_users: many new users (an import batch's) go by COPY, their rows
+        # built here like the others' columns.
+        copied, updated_users = repo.new_to_copy(changed_users, resident.revs)
         new_users: list[tuple[Any, ...]] = []
-        updated_users = changed_users
-        if sum(1 for u in changed_users if not revs.get(u.id, 0)) >= repo.COPY_NEW_FROM:
-            updated_users = [u for u in changed_users if revs.get(u.id, 0)]
-            for some in _slices([u for u in changed_users if not revs.get(u.id, 0)]):
-                new_users.extend(repo.user_row(u, 1) for u in some)
-                await _let_the_write_on()
+        for some in _slices(copied):
+            new_users.extend(repo.user_row(u, 1) for u in some)
+            await _let_the_write_on()
         users: list[list[Any]] = []
         for some in _slices(updated_users):
             if users:

@@ -246,13 +246,21 @@ async def save_users(conn: asyncpg.Connection, users: Sequence[User], revs: dict
     """Write changed users, fenced on the revision they were loaded at (0 = new)."""
     if not users:
         return
-    new = [u for u in users if not revs.get(u.id, 0)]
-    if len(new) >= COPY_NEW_FROM:
+    new, users = new_to_copy(users, revs)
+    if new:
         await copy_new_users(conn, [user_row(u, 1) for u in new])
-        users = [u for u in users if revs.get(u.id, 0)]
         if not users:
             return
     await save_user_columns(conn, user_columns(users, revs))
+
+
+def new_to_copy(users: Sequence[User], revs: dict[str, int]) -> tuple[list[User], list[User]]:
+    """(the new users that go by COPY, the users that go by `save_user_columns`): the new
+    ones (revision 0) are copied from COPY_NEW_FROM of them, else none are."""
+    new = [u for u in users if not revs.get(u.id, 0)]
+    if len(new) < COPY_NEW_FROM:
+        return [], list(users)
+    return new, [u for u in users if revs.get(u.id, 0)]
 
 
 async def copy_new_users(conn: asyncpg.Connection, rows: list[tuple[Any, ...]]) -> None:
