@@ -674,13 +674,18 @@ async def run_projection(
 
 async def run_trivial(
     bootstrap: str, database_url: str, topics: Topics, schema: str, target: int, batch_max: int,
-    cpu: Cpu | None = None, limit_s: float = 300.0,
+    cpu: Cpu | None = None, limit_s: float = 300.0, min_s: float = 5.0,
 ) -> dict[str, Any]:
     """The ceiling: the simplest batched pipeline, no rules. Per batch of records (the
     projection's getmany size): decode each value (orjson), one set-based upsert of a row
     per (channel, veil) keeping a count and the last event, and the partition offsets, in
     one transaction. What a fact costs when the work is only "decode, write, remember
-    where we are"."""
+    where we are".
+
+    The stream is read again from the start until at least `min_s` seconds were timed:
+    one pass of 60,000 events takes this pipeline well under a second, and a rate timed
+    over a fraction of a second moved 2.5x between runs (67k-179k events/s, session 11),
+    which made the live / trivial ratio noise."""
     await _exec(database_url, f"DROP SCHEMA IF EXISTS {schema} CASCADE")
     await _exec(database_url, f"""CREATE SCHEMA {schema};
         CREATE TABLE {schema}.visitors (channel_id text, veil_id text, n bigint NOT NULL, last json NOT NULL,
@@ -699,11 +704,16 @@ async def run_trivial(
         started = time.perf_counter()
         cpu0: dict[str, Any] | None = None
         first = 0.0
-        records = batches = 0
+        records = batches = passed = 0
         deadline = time.monotonic() + limit_s
-        while records < target:
+        while True:
+            if passed >= target:
+                if time.perf_counter() - first >= min_s:
+                    break
+                await consumer.seek_to_beginning(*tps)
+                passed = 0
             if time.monotonic() > deadline:
-                raise TimeoutError(f"trivial pipeline: {records}/{target} after {limit_s} s")
+                raise TimeoutError(f"trivial pipeline: {passed}/{target} after {limit_s} s")
             got = await consumer.getmany(timeout_ms=200, max_records=batch_max)
             if not got:
                 continue
@@ -724,6 +734,7 @@ async def run_trivial(
                         row[1] = m.value
                 ends[(tp.topic, tp.partition)] = msgs[-1].offset + 1
                 records += len(msgs)
+                passed += len(msgs)
             async with conn.transaction():
                 await conn.execute(
                     """INSERT INTO visitors AS v (channel_id, veil_id, n, last)
@@ -745,7 +756,7 @@ async def run_trivial(
         await consumer.stop()
         await conn.close()
     out: dict[str, Any] = {
-        "records": records, "batches": batches, "consume_s": round(finished - first, 2),
+        "records": records, "passes": round(records / target, 1), "batches": batches, "consume_s": round(finished - first, 2),
         "wall_s": round(finished - started, 2), "eps": round(records / (finished - first)),
     }
     if cpu0 and cpu1:
