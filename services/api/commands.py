@@ -234,18 +234,17 @@ class CommandBus:
 
 
 async def _outcomes(conn: asyncpg.Pool | asyncpg.Connection, pairs: list[Pair]) -> dict[Pair, Outcome]:
-    """The decided outcomes among `pairs`: `command_outcomes` (applied wins over a
-    rejection there), else applied if `applied_events` remembers the eventId (a fact of
-    another topic, or a command applied before command_outcomes existed)."""
+    """The decided outcomes among `pairs`, from `command_outcomes` alone: an eventId
+    that is not a command has no command status (`pending`, docs/contract.md), so the
+    eventId window is not asked for single eventIds and may keep them in any layout
+    (docs/decisions.md, "Issue 14, session 12: the eventId window's runs")."""
     rows = await conn.fetch(
-        """SELECT p.c, p.e, o.event_id IS NOT NULL AS known, o.code, o.message
-             FROM unnest($1::text[], $2::text[]) AS p(c, e)
-             LEFT JOIN command_outcomes o ON o.channel_id = p.c AND o.event_id = p.e
-            WHERE o.event_id IS NOT NULL
-               OR EXISTS (SELECT 1 FROM applied_events a WHERE a.channel_id = p.c AND a.event_id = p.e)""",
+        """SELECT o.channel_id, o.event_id, o.code, o.message
+             FROM command_outcomes o
+             JOIN unnest($1::text[], $2::text[]) AS p(c, e) ON o.channel_id = p.c AND o.event_id = p.e""",
         [p[0] for p in pairs], [p[1] for p in pairs],
     )
     return {
-        (r[0], r[1]): Outcome("rejected", r[3], r[4]) if r[2] and r[3] is not None else APPLIED
+        (r[0], r[1]): Outcome("rejected", r[2], r[3]) if r[2] is not None else APPLIED
         for r in rows
     }

@@ -198,6 +198,25 @@ async def test_command_status_outlives_the_event_id_window_and_is_kept_90_days_o
         assert [r[0] for r in kept] == ["season-later", "week-later"]
 
 
+async def test_an_event_id_that_is_not_a_command_has_no_command_status(module_api: LiveApi) -> None:
+    """Contract "HTTP API", command status: it is read from the commands' outcomes alone,
+    so an SDK event applied under an eventId reads `pending`, like an eventId never seen
+    (the eventId window is not asked for single eventIds: docs/decisions.md, "Issue 14,
+    session 12")."""
+    ch = new_channel()
+    async with await _client(module_api, "read") as http, Publisher(module_api.settings) as pub:
+        await pub.sdk({"eventId": "sdk-boot", "type": "boot", "channelId": ch, "occurredAt": 1_746_316_800_000,
+                       "veilId": "v1", "platform": "web"})
+
+        async def remembered() -> bool:  # applied, and within the eventId window ...
+            return bool(await module_api.pool.fetchval(
+                "SELECT count(*) FROM applied_events WHERE channel_id = $1 AND event_id = 'sdk-boot'", ch))
+
+        await wait_for(remembered, timeout=30)
+        status = (await http.get(f"/v1/channels/{ch}/commands/sdk-boot")).json()
+        assert status == {"state": "pending"}  # ... yet no command
+
+
 async def test_wait_is_answered_for_a_retry_of_an_applied_command(module_api: LiveApi) -> None:
     """Idempotency (contract, Commands): a retried request with `?wait=` is skipped by the
     projection as a repeat, and its waiter still hears "applied" (200 with the user)."""

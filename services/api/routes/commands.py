@@ -18,5 +18,6 @@ router = APIRouter(prefix="/v1/channels/{ch}/commands", tags=["commands"])
 async def command_status(
     request: Request, ch: Channel, eventId: Annotated[str, Path(min_length=1, max_length=128)], _: Reader,
 ) -> dict[str, Any]:
-    """`pending` also for an eventId never seen: the log may not have reached the service."""
+    """`pending` also for an eventId never seen (the log may not have reached the
+    service) and for one that is not a command's: only commands have a status."""
     return (await bus_of(request).outcome(ch, eventId)).to_json()
