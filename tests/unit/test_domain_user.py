@@ -96,7 +96,7 @@ def test_publication_precheck_notices_every_visible_field() -> None:
 # -- the stored state's bytes (issue 14: one serialisation per user written) ------------
 _SCALAR = st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=6)
 _KEY = st.text(max_size=8)
-_VALUES = st.builds(Value, _SCALAR | st.lists(_SCALAR, max_size=3), st.booleans(), st.booleans(), st.integers(0, 2**53))
+_VALUES = st.builds(Value, _SCALAR | st.lists(_SCALAR, max_size=3) | st.dictionaries(_KEY, _SCALAR, max_size=3), st.booleans(), st.booleans(), st.integers(0, 2**53))
 _PLATFORMS = st.builds(Platform, st.integers(0, 9), st.none() | st.integers(0, 2**53), st.dictionaries(_KEY, st.text(max_size=6), max_size=4))
 _NAMES = st.lists(st.text(max_size=6), max_size=3)
 
