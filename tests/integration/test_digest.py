@@ -11,16 +11,16 @@ import random
 from dataclasses import replace
 
 import asyncpg
-import orjson
 import hypothesis
+import orjson
 from hypothesis import HealthCheck, given
 from hypothesis import strategies as st
 
 from services.domain.user import User, new_user
 from services.platform.config import Settings
 from services.replay import digest
-from services.store.rows import USER_COLUMNS, user_row
 from services.store.repository import copy_new_users
+from services.store.rows import USER_COLUMNS, user_row
 from tests.oracle import digest as oracle
 from tests.unit.test_domain_user import _any_user
 
