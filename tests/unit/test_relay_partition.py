@@ -73,3 +73,15 @@ def test_relay_murmur2_of_extreme_words_is_aiokafkas() -> None:
     for n in range(300):
         for key in (b"\xff" * n, b"\x00" * n, b"\x80" * n, bytes(range(256))[:n]):
             assert partitioner.murmur2(key) == murmur2(key)
+
+
+@settings(max_examples=500)
+@given(st.one_of(st.none(), st.text(max_size=60)), st.one_of(st.none(), st.binary(max_size=3000)), st.integers(min_value=0, max_value=4000))
+def test_a_message_the_relay_sends_unestimated_is_within_the_limit(key: str | None, value: bytes | None, limit: int) -> None:
+    """The relay skips the producer's size estimate only when the lengths prove the
+    message fits: whatever it lets through unestimated, the estimate keeps within the
+    limit (else a message over it would be sent, refused, and not parked as too large)."""
+    from aiokafka.record.default_records import DefaultRecordBatchBuilder
+
+    if relay_mod._surely_fits(key, value, limit):
+        assert DefaultRecordBatchBuilder.estimate_size_in_bytes(key.encode() if key is not None else None, value, []) <= limit
