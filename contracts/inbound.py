@@ -153,6 +153,12 @@ class Device(_Strict):
     appName: Text | None = None
     appVersion: Text | None = None
 
+    @property
+    def as_tuple(self) -> tuple[str | None, ...]:
+        """The fields in their order here (services/domain/sessions.py DEVICE_KEYS), as the
+        fast decoder's struct gives them (contracts/decode.py) in one call."""
+        return (self.browser, self.browserName, self.os, self.osName, self.device, self.appName, self.appVersion)
+
 
 class ChatMessage(_Strict):
     """One chat message; `text` is absent for stickers, images and the like."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from operator import attrgetter
 from typing import Any
 
 from . import limits
@@ -49,13 +48,13 @@ def on_visit(w: Work) -> None:
         values["name"] = new_value(msg.name, is_member, is_member, w.at)
 
     platform: PlatformName
-    if msg.type == "boot":
+    if w.fact.type == "boot":
         platform = "mobile" if msg.platform == "mobile" else "web"
     else:  # S1: a login counts for the platform of that veil's session
         platform = veil_platform(w.directory.by_veil(w.channel_id, veil), veil)
     user = _visitor(w, veil, member_id)
     record_visit(user, veil, platform, w.at)
-    if msg.type == "boot":
+    if w.fact.type == "boot":
         _record_boot(user, msg, platform)
     set_values(user, values)
     promote(user)
@@ -177,11 +176,11 @@ def on_chat(w: Work) -> None:
 def _chat_contacts(msg: Any) -> dict[str, str]:
     """The contact data a chat carries, cleaned (G1: a bad one raises)."""
     contacts: dict[str, str] = {}
-    if msg.contact is not None:
-        if msg.contact.email is not None:
-            contacts[EMAIL] = clean_email(msg.contact.email)
-        if msg.contact.mobileNumber is not None:
-            contacts[MOBILE] = clean_mobile(msg.contact.mobileNumber)
+    if (sent := msg.contact) is not None:  # each field read once: a generic lookup compiled
+        if (email := sent.email) is not None:
+            contacts[EMAIL] = clean_email(email)
+        if (mobile := sent.mobileNumber) is not None:
+            contacts[MOBILE] = clean_mobile(mobile)
     return contacts
 
 
@@ -258,8 +257,6 @@ def on_track(w: Work) -> None:
 # else moves, and what it changed for it is put back when the user would be too large.
 # test_core_differential holds every outcome and state equal to the oracle's.
 
-_DEVICE = attrgetter(*DEVICE_KEYS)  # a message's device fields, in DEVICE_KEYS' order
-
 
 @handles_plainly("boot", "login")
 def plain_visit(d: Directory, fact: Fact, settings: ChannelSettings, messages: bool) -> Outcome | None:
@@ -276,13 +273,13 @@ def plain_visit(d: Directory, fact: Fact, settings: ChannelSettings, messages: b
     # Where the visit leads first (cheap), then what it carries (the member hash, the
     # values): a visit handed over is not validated twice for nothing.
     msg = fact.msg
-    ch, at = msg.channelId, fact.at
+    ch, at = fact.channel_id, fact.at
     veil = clean_veil_id(msg.veilId)  # G1: refusals raise here, before any change
-    member_id = None if msg.memberId is None else clean_member_id(msg.memberId)
+    member_id = None if (sent_member := msg.memberId) is None else clean_member_id(sent_member)
     is_member = member_id is not None
     user = d.by_veil(ch, veil)
     if user is None:
-        if is_member or msg.type != "boot":
+        if is_member or fact.type != "boot":
             return None
         values = _visit_values(msg, settings, False, at)
         if EMAIL in values or MOBILE in values:
@@ -293,8 +290,9 @@ def plain_visit(d: Directory, fact: Fact, settings: ChannelSettings, messages: b
         # U2: merged into the member (or the veil released); decided first, a third of logins
         return _merging_visit(d, fact, settings, messages, veil, member_id, user, member)  # type: ignore[arg-type]
 
+    boot = fact.type == "boot"
     platform: PlatformName
-    if msg.type == "boot":
+    if boot:
         platform = "mobile" if msg.platform == "mobile" else "web"
         if (veil in user.mobile_veils) != (platform == "mobile"):
             return None  # the veil changes platform: its mobile_veils move (S1)
@@ -318,9 +316,9 @@ def plain_visit(d: Directory, fact: Fact, settings: ChannelSettings, messages: b
     if user.type == "anonymous" and not becomes and has_contact(user):
         return None  # C2: promoted to lead
     plat = user.web if platform == "web" else user.mobile
-    if msg.type == "boot":
-        if msg.device is not None:
-            for key, value in zip(DEVICE_KEYS, _DEVICE(msg.device), strict=True):
+    if boot:
+        if (device := msg.device) is not None:
+            for key, value in zip(DEVICE_KEYS, device.as_tuple, strict=True):
                 if value is not None and plat.device.get(key) != value:
                     return None  # S2: a device field moves (shown, and counted in the size)
         if ((msg.language or user.language) != user.language or (msg.city or user.city) != user.city
@@ -412,14 +410,14 @@ def _merging_visit(
     if EMAIL in values or MOBILE in values:
         return None  # U5: saga.offer_to_leads offers the member to the leads holding them
     platform: PlatformName
-    if msg.type == "boot":
+    if fact.type == "boot":
         platform = "mobile" if msg.platform == "mobile" else "web"
     else:  # S1: a login counts for the platform of that veil's session
         platform = veil_platform(user, veil)
 
     husk, merged, record = merge(user, member, at, fact.event_id)  # new states: nothing stored moved
     record_visit(merged, veil, platform, at)
-    if msg.type == "boot":
+    if fact.type == "boot":
         _record_boot(merged, msg, platform)
     set_values(merged, values)  # a member: profile.promote has nothing to do (C2)
     merged.last_login_at = max(merged.last_login_at or at, at)  # saga.on_member_login, no one waiting
@@ -439,9 +437,10 @@ def _merging_visit(
 def _visit_values(msg: Any, settings: ChannelSettings, is_member: bool, at: int) -> dict[str, Value]:
     """The profile values and name a visit sets, as `on_visit` reads them (P1–P4; a
     member's are qualified member data, U3, C4). A bad value raises (P2)."""
-    values = profile_values(msg.profile, settings, qualified=is_member, member=is_member, at=at) if msg.profile else {}
-    if msg.name is not None:
-        values["name"] = new_value(msg.name, is_member, is_member, at)
+    profile = msg.profile
+    values = profile_values(profile, settings, qualified=is_member, member=is_member, at=at) if profile else {}
+    if (name := msg.name) is not None:
+        values["name"] = new_value(name, is_member, is_member, at)
     return values
 
 
@@ -449,13 +448,13 @@ def _first_visit(d: Directory, fact: Fact, veil: str, values: dict[str, Value]) 
     """A boot on a veil no user holds, without memberId: a new anonymous user (S1, S2),
     which is not published (C1) and counts for no MU limit (I17)."""
     msg = fact.msg
-    user = _new_anonymous(d, msg.channelId, veil, fact.at)
+    user = _new_anonymous(d, fact.channel_id, veil, fact.at)
     if d.get(user.id) is not None:
         return None  # both ids of the veil taken: on_visit replaces that user
     platform: PlatformName = "mobile" if msg.platform == "mobile" else "web"
     record_visit(user, veil, platform, fact.at)
-    if msg.device is not None:  # record_device on a user with none yet: the fields sent, in its order (S2)
-        device = {key: value for key, value in zip(DEVICE_KEYS, _DEVICE(msg.device), strict=True) if value is not None}
+    if (sent := msg.device) is not None:  # record_device on a user with none yet: the fields sent, in its order (S2)
+        device = {key: value for key, value in zip(DEVICE_KEYS, sent.as_tuple, strict=True) if value is not None}
         (user.mobile if platform == "mobile" else user.web).device = device
     user.language, user.city, user.country = msg.language or None, msg.city or None, msg.country or None
     set_values(user, values)
@@ -476,7 +475,7 @@ def plain_chat(d: Directory, fact: Fact, settings: ChannelSettings, messages: bo
     channel with a limit (I17), a masked user whose message would move (I17), a user
     past the size limit."""
     msg = fact.msg
-    ch, at = msg.channelId, fact.at
+    ch, at = fact.channel_id, fact.at
     veil = clean_veil_id(msg.veilId)  # G1: refusals raise here, before any change
     contacts = _chat_contacts(msg)
     user = d.by_veil(ch, veil)
@@ -527,10 +526,10 @@ def _first_chat(
         return None  # I17: a new MU, maybe masked
     key = MOBILE if msg.medium == "phone" else EMAIL
     value = None if msg.medium in EXTERNAL_MEDIA else contacts.get(key)
-    if value is not None and d.by_contact(msg.channelId, "mobile" if key == MOBILE else "email", value, qualified_only=True):
+    if value is not None and d.by_contact(fact.channel_id, "mobile" if key == MOBILE else "email", value, qualified_only=True):
         return None  # D1: _help_desk_match attaches it (or B1 refuses it)
     qualified = msg.medium in QUALIFIED_MEDIA
-    user = _new_anonymous(d, msg.channelId, veil, fact.at)
+    user = _new_anonymous(d, fact.channel_id, veil, fact.at)
     if d.get(user.id) is not None:
         return None  # both ids of the veil taken: on_chat replaces that user
     user.veils[veil] = user.last_contact_at = fact.at
@@ -545,10 +544,10 @@ def _first_chat(
 def _chat_activity(fact: Fact, user: User) -> Activity:
     msg = fact.msg
     body = {"chatId": msg.chatId, "medium": msg.medium}
-    if msg.message is not None:
-        body.update(messageId=msg.message.messageId, text=msg.message.text)
+    if (message := msg.message) is not None:
+        body.update(messageId=message.messageId, text=message.text)
     body["authorName"] = user.value("name") or user.value("profile.name")  # U4: kept as written
-    return Activity(msg.channelId, user.id, "chat", fact.event_id, fact.at, body)
+    return Activity(fact.channel_id, user.id, "chat", fact.event_id, fact.at, body)
 
 
 @handles_plainly("contact")
@@ -558,7 +557,7 @@ def plain_contact(d: Directory, fact: Fact, settings: ChannelSettings, messages:
     None sends the fact to `on_contact`: a masked user whose message would move (I17),
     a new MU in a channel with a limit, a user that would grow past the size limit."""
     msg = fact.msg
-    ch, at = msg.channelId, fact.at
+    ch, at = fact.channel_id, fact.at
     veil = clean_veil_id(msg.veilId)  # G1: refusals raise here, before any change
     user = d.by_veil(ch, veil)
     is_member = user is not None and user.type == "member"
@@ -609,7 +608,7 @@ def plain_track(d: Directory, fact: Fact, settings: ChannelSettings, messages: b
     anonymous user (C1: not published). None: on_track, for a new user past the size
     limit (refused), or a veil whose ids are both taken."""
     msg = fact.msg
-    ch, at = msg.channelId, fact.at
+    ch, at = fact.channel_id, fact.at
     veil = clean_veil_id(msg.veilId)  # G1: a refusal raises here, before any change
     user = d.by_veil(ch, veil)
     if user is None:

@@ -122,7 +122,7 @@ def _written_by_imports(facts: list[Fact], directory: Directory) -> list[str]:
     """The users this batch changed in channels it has only import facts of: written by
     an import's rows, not kept resident after the commit (ResidentUsers.forget). A
     channel with any other fact in the batch keeps its users."""
-    others = {f.channel_id for f in facts if not f.msg.type.startswith("import.")}
+    others = {f.channel_id for f in facts if not f.type.startswith("import.")}
     return [user_id for user_id, user in directory.changed.items() if user.channel_id not in others]
 
 
@@ -213,7 +213,7 @@ async def save_command_outcomes(conn: asyncpg.Connection, fx: Effects, *, announ
 
 async def load_grades(conn: asyncpg.Connection, directory: Directory, facts: list[Fact]) -> None:
     """The grade definitions of the channels whose grade commands are in `facts` (D2)."""
-    channels = {f.channel_id for f in facts if f.msg.type.startswith("grade.") and f.channel_id not in directory.grades.defined}
+    channels = {f.channel_id for f in facts if f.type.startswith("grade.") and f.channel_id not in directory.grades.defined}
     for channel_id, grades in (await repo.load_grades(conn, channels)).items():
         directory.grades.load(channel_id, grades)
 

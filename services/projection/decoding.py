@@ -122,7 +122,8 @@ def _rules_ok(msg: _Message, raw: bytes) -> bool:
     so only a track can be too deep; the brackets bound its depth, as in the door."""
     t = type(msg)
     if t is BootEvent or t is LoginEvent:
-        return msg.profile is None or _profile_ok(msg.profile)  # type: ignore[attr-defined]
+        profile = msg.profile  # type: ignore[attr-defined]
+        return profile is None or _profile_ok(profile)
     if t is TrackEvent:
         if raw.count(b"{") + raw.count(b"[") > _MAX_DEPTH:
             return False

@@ -99,7 +99,7 @@ def serial_only(parsed: list[Parsed]) -> bool:
     before leaves (`_book_after`). So the batch in flight never holds a start."""
     for p in parsed:
         if p.fact is not None:
-            kind = p.fact.msg.type
+            kind = p.fact.type
             if kind.startswith(_SERIAL_TYPES) and kind != _PIPELINED_IMPORT:
                 return True
     return False

@@ -50,7 +50,7 @@ async def prepare(
     )
     wanted: set[tuple[str, str]] = set()
     for fact in facts:
-        if fact.msg.type.startswith("import."):
+        if fact.type.startswith("import."):
             wanted.add((fact.channel_id, fact.msg.importId))
     if not wanted:
         return None

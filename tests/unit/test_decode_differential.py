@@ -26,6 +26,7 @@ from contracts.inbound import (
     InboundError,
     parse_inbound,
 )
+from services.domain.sessions import DEVICE_KEYS
 from services.projection.decoding import decode_inbound
 from tests.support import fuzz
 
@@ -264,3 +265,21 @@ def test_decode_structs_drive_the_core_as_the_models_do(seed: int, n: int) -> No
         assert seen[0] == seen[1], h
     users = [{u.id: u.to_json() for u in d.users()} for _, d in worlds]
     assert users[0] == users[1]
+
+
+@pytest.mark.parametrize("device", [
+    {},
+    {"os": "ios", "osName": "iOS", "device": "iPhone", "appName": "shop", "appVersion": "3.2.1"},
+    {"browser": "chrome", "browserName": "Chrome", "os": "mac", "osName": "macOS"},
+    {key: f"{key}-{i}" for i, key in enumerate(DEVICE_KEYS)},
+])
+def test_a_devices_fields_in_one_read_are_the_models_in_device_keys_order(device: dict[str, Any]) -> None:
+    """S2: the core compares and records a boot's device by `device.as_tuple`, zipped with
+    DEVICE_KEYS (issue 14, session 12: one C call for the struct instead of seven
+    generic reads): the struct's and the model's must be each field by its name."""
+    raw = orjson.dumps({"eventId": "e", "type": "boot", "channelId": "c", "occurredAt": 1, "veilId": "v",
+                        "platform": "web", "device": device})
+    fast, model = decode_inbound("sdk-events", raw), parse_inbound("sdk-events", raw)
+    assert _fast("sdk-events", raw)
+    by_name = tuple(device.get(key) for key in DEVICE_KEYS)
+    assert fast.device.as_tuple == model.device.as_tuple == by_name  # type: ignore[union-attr]

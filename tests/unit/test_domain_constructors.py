@@ -9,6 +9,8 @@ import dataclasses
 
 import pytest
 
+from contracts.decode import BootEvent
+from contracts.inbound import parse_inbound
 from services.domain.core import Activity, Fact
 from services.domain.publication import Publication
 from services.domain.unification import Contested, MergeRecord
@@ -33,7 +35,7 @@ def test_platform_defaults_give_each_platform_its_own_device() -> None:
 
 
 @pytest.mark.parametrize("instance", [
-    Fact({"eventId": "e"}, 1),
+    Fact(BootEvent(eventId="e", channelId="ch", occurredAt=1, veilId="v", platform="web"), 1),
     Activity("ch", "u_1", "chat", "e", 1, {"text": "hi"}),
     Publication("ch:u_1", b"{}"),
     Contested("profile.email", "target", "a@x.jp", "b@x.jp"),
@@ -42,8 +44,21 @@ def test_platform_defaults_give_each_platform_its_own_device() -> None:
 def test_written_out_constructors_set_every_field_and_stay_frozen(instance: object) -> None:
     """G4, U4: records and activities are values: every field set from its argument,
     equal to a copy built by keyword, and not changeable after."""
-    names = [f.name for f in dataclasses.fields(instance)]  # type: ignore[arg-type]
+    names = [f.name for f in dataclasses.fields(instance) if f.init]  # type: ignore[arg-type]
     values = {name: getattr(instance, name) for name in names}
     assert type(instance)(**values) == instance
     with pytest.raises(dataclasses.FrozenInstanceError):
         setattr(instance, names[0], values[names[0]])
+
+
+@pytest.mark.parametrize("msg", [
+    BootEvent(eventId="e-1", channelId="ch-1", occurredAt=5, veilId="v", platform="web"),
+    parse_inbound("sdk-events", b'{"eventId":"e-1","type":"boot","channelId":"ch-1","occurredAt":5,"veilId":"v","platform":"web"}'),
+], ids=["struct", "model"])
+def test_a_fact_holds_its_messages_envelope(msg: object) -> None:
+    """The projection's loop, the keys and the core read a fact's type, channel and
+    eventId from the fact (read from the message once, issue 14 session 12): they are
+    the message's own, for the fast decoder's struct and the contract's model alike."""
+    fact = Fact(msg, 5)
+    assert (fact.type, fact.channel_id, fact.event_id) == ("boot", "ch-1", "e-1")
+    assert fact == Fact(msg, 5) and fact != Fact(msg, 6)
