@@ -21,8 +21,8 @@ must guarantee is only that it accepts nothing pydantic refuses, with equal valu
 tests/unit/test_decode_differential.py checks exactly that on arbitrary and hostile bytes.
 
 The structs answer `msg.type` and the attributes the domain reads, like the models do;
-`model_dump()` (the one pydantic method the core calls on an sdk-event: the device) gives
-the same dict.
+`model_dump()` gives the same dict (a dead letter's import row), and a device's
+`as_tuple` (what the core reads of a boot's device) the same fields in the same order.
 """
 
 from __future__ import annotations

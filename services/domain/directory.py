@@ -243,4 +243,7 @@ class Directory:
         if not ids:
             return None
         # A veil or member id belongs to one live user; the store's unique index holds it.
+        if len(ids) == 1:  # the usual case, without min(): a generic call compiled (~1.2 k instructions)
+            for only in ids:
+                return self._users[only]
         return self._users[min(ids)]

@@ -68,8 +68,8 @@ def on_visit(w: Work) -> None:
 def _record_boot(user: User, msg: Any, platform: PlatformName) -> None:
     """S2: what a boot tells of the visitor besides the visit — its device fields and
     the language, city and country it sent (absent ones keep the user's)."""
-    if msg.device is not None:
-        record_device(user, platform, msg.device.model_dump())
+    if (device := msg.device) is not None:
+        record_device(user, platform, device.as_tuple)  # not model_dump(): interpreted Python for a struct
     user.language = msg.language or user.language
     user.city = msg.city or user.city
     user.country = msg.country or user.country

@@ -42,11 +42,11 @@ def veil_platform(user: User | None, veil_id: str) -> PlatformName:
     return "mobile" if user is not None and veil_id in user.mobile_veils else "web"
 
 
-def record_device(user: User, platform: PlatformName, device: dict[str, str | None]) -> None:
-    """S2: the latest boot's device fields replace the previous ones."""
+def record_device(user: User, platform: PlatformName, device: tuple[str | None, ...]) -> None:
+    """S2: the latest boot's device fields (a message's `device.as_tuple`, in DEVICE_KEYS'
+    order) replace the previous ones."""
     plat = user.web if platform == "web" else user.mobile
-    for key in DEVICE_KEYS:
-        value = device.get(key)
+    for key, value in zip(DEVICE_KEYS, device, strict=True):
         if value is not None:
             plat.device[key] = value
 
