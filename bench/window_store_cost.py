@@ -14,7 +14,7 @@ as remembered in each batch, one eventId in ~600 sent again (found).
 - `lazy`: today's (repository.applied_window, save_applied, raise_clocks, called as the
   projection calls them): rows without the (channel_id, at) index, each channel's clock
   in `applied_clocks`, a channel's expired rows swept by the batch that moves its clock
-  a quarter of a window past its last sweep (the rule ignores them meanwhile).
+  half a window past its last sweep (the rule ignores them meanwhile).
 - `gin`: the runs with a GIN index on the eventIds (fastupdate off: a pending list is
   scanned whole by every lookup), which answers the lookup in PostgreSQL.
 

@@ -6,7 +6,7 @@ event time applied in the channel so far. Older eventIds are forgotten, so
 `applied_events` holds about a week of each channel's facts instead of growing for
 ever. Defined on event times and the canonical order only, so the live projection
 (which keeps each channel's clock in `applied_clocks` and sweeps a channel's expired
-rows once every quarter of a window: until then `seen` ignores them) and a rebuild
+rows once every half window: until then `seen` ignores them) and a rebuild
 (which keeps the window in memory) skip exactly the same facts.
 """
 

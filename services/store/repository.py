@@ -85,13 +85,15 @@ async def applied_window(
 
 async def raise_clocks(conn: asyncpg.Connection, applied: Sequence[tuple[str, str, int]], window_ms: int) -> None:
     """After `save_applied`: raise the clocks of the channels of `applied` to their
-    latest event time, and sweep each channel whose clock moved `window_ms`/4 past its
+    latest event time, and sweep each channel whose clock moved `window_ms`/2 past its
     last sweep: delete its rows out of the window (projection/window.py). In between,
     the expired rows stay, ignored by the rule (AppliedWindow.seen), so the table holds
-    at most ~5/4 of each channel's window and a batch pays no forgetting (issue 14,
+    at most ~3/2 of each channel's window and a batch pays no forgetting (issue 14,
     session 12). The sweep reads all the channel's rows (there is no index on event
-    time): a channel's whole window, once every quarter of a window of its event time
-    (an eighth cost ~1.6 µs an event more in bench/window_store_cost.py).
+    time): its rows, once every half window of its event time. A channel's rows share
+    their pages with other channels', so a sweep reads most of the table's pages: more
+    often (a quarter, an eighth of a window) cost more than forgetting in every batch
+    did (bench/window_store_cost.py, 100 channels).
     A channel's first clock is no sweep (xmax 0: inserted): its rows are this batch's."""
     if not applied:
         return
@@ -103,7 +105,7 @@ async def raise_clocks(conn: asyncpg.Connection, applied: Sequence[tuple[str, st
         """INSERT INTO applied_clocks AS k (channel_id, clock, swept)
            SELECT c, t, t FROM unnest($1::text[], $2::bigint[]) AS x(c, t)
            ON CONFLICT (channel_id) DO UPDATE SET clock = EXCLUDED.clock,
-               swept = CASE WHEN EXCLUDED.clock >= k.swept + $3::bigint / 4 THEN EXCLUDED.clock ELSE k.swept END
+               swept = CASE WHEN EXCLUDED.clock >= k.swept + $3::bigint / 2 THEN EXCLUDED.clock ELSE k.swept END
             WHERE k.clock < EXCLUDED.clock
            RETURNING k.channel_id, k.clock, k.swept = k.clock AND xmax <> 0""",
         list(latest), list(latest.values()), window_ms,

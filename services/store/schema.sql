@@ -125,9 +125,9 @@ BEGIN
 END $$;
 -- Each channel's clock, the latest event time applied in it (window.py), raised by the
 -- batch that applies a later fact, and where its rows were last swept: the batch that
--- raises the clock WINDOW_MS/4 past `swept` deletes the channel's rows out of the window
+-- raises the clock WINDOW_MS/2 past `swept` deletes the channel's rows out of the window
 -- (repository.raise_clocks). Between two sweeps the expired rows stay, ignored by the
--- rule (AppliedWindow.seen), so `applied_events` holds at most ~5/4 of a window of each
+-- rule (AppliedWindow.seen), so `applied_events` holds at most ~3/2 of a window of each
 -- channel, without an index on event time (issue 14, session 12: ~6 µs of PostgreSQL
 -- an event less than that index with max(at) as the clock and forgetting in each batch).
 CREATE TABLE IF NOT EXISTS applied_clocks (

@@ -151,8 +151,8 @@ async def test_event_ids_are_remembered_for_seven_days_of_event_time_and_the_tab
     settings: Settings, pool: asyncpg.Pool
 ) -> None:
     """A duplicate eventId within the window is skipped; the channel's facts eight days
-    later forget it (its row is swept in that batch: the clock moved more than a quarter
-    of a window), so `applied_events` holds a window, not the history; the same eventId
+    later forget it (its row is swept in that batch: the clock moved more than half a
+    window), so `applied_events` holds a window, not the history; the same eventId
     sent after that is a new fact. A rebuild skips the same facts and keeps the same rows."""
     async with running_service(settings), Publisher(settings) as pub:
         await pub.sdk(
@@ -182,7 +182,7 @@ async def test_an_expired_event_id_not_yet_swept_is_forgotten_and_a_rebuild_reme
     settings: Settings, pool: asyncpg.Pool
 ) -> None:
     """Issue 14, session 12 (helper "forget"): a channel's expired rows are swept only
-    when its clock moves a quarter of a window past the last sweep (repository.
+    when its clock moves half a window past the last sweep (repository.
     raise_clocks). Until then the row is in the table but forgotten all the same
     (contract "Inbound envelope": the window is 7 days of event time): the eventId is
     a new fact, its row renewed. The remembered set — the rows within each channel's
