@@ -1,4 +1,4 @@
-"""Every message of docs/contract.md, contract version 1.0.0, as pydantic v2 models.
+"""Every message of docs/contract.md as pydantic v2 models; `CONTRACT_VERSION` is its version.
 
 - `contracts.topics`: the five topic names for a prefix (`identity.` by default).
 - `contracts.inbound`: `sdk-events`, `commands` and `import-rows` messages, strict and
@@ -12,4 +12,4 @@ A change of the external contract bumps `CONTRACT_VERSION` (major for a breaking
 and is written down in docs/contract.md. Nothing in this package does I/O at import time.
 """
 
-CONTRACT_VERSION = "1.0.0"
+CONTRACT_VERSION = "1.3.1"

@@ -27,7 +27,7 @@ co-partition merge, the users' rows for the statements), compiled in the same gr
 the domain: one shared library, one digest over every compiled source. A compiled module
 calls the domain's compiled functions and reads its classes' attributes directly, so the
 packages run compiled together or interpreted together, never half and half:
-`services.projection` and `services.store` follow the choice `services.domain` made
+`services.projection`, `services.store` and `services.relay` follow the choice `services.domain` made
 (`follow`).
 """
 
@@ -52,6 +52,7 @@ SERVICES = ROOT / "services"
 COMPILED = {
     "projection": ("decoding.py", "facts.py", "merge.py", "records.py", "resident.py", "window.py"),
     "store": ("rows.py",),
+    "relay": ("partitioner.py",),  # murmur2 of every new user's key (issue 14, session 12)
 }
 GROUP = "unifier_core"  # the shared library's name: unifier_core__mypyc.<abi>.so
 MANIFEST = "MANIFEST.json"

@@ -11,6 +11,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
+from contracts import CONTRACT_VERSION
 from contracts.topics import Topics
 from services.platform.config import Settings
 from services.platform.kafka import client_options
@@ -35,7 +36,7 @@ with warnings.catch_warnings():  # "moved to faststream_fastapi": still the 0.7 
     from faststream.kafka.fastapi import KafkaRouter
 from faststream.security import BaseSecurity, SASLPlaintext, SASLScram256, SASLScram512
 
-API_VERSION = "1.1.0"
+API_VERSION = CONTRACT_VERSION  # the HTTP API is part of the one contract (docs/contract.md)
 POOL_SIZE = 10
 HOT_POOL_SIZE = 4
 

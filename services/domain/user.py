@@ -182,32 +182,37 @@ class User:
         }
 
     def state_json(self) -> bytes:
-        """`orjson.dumps(self.to_json())`, the stored state's text, in one step: no
-        container copied (the bytes cannot follow later changes), a platform's device
-        spread in place. Every batch writes each changed user and a rebuild every user
-        through here; tests/unit/test_domain_user.py holds the bytes equal to
-        `to_json()`'s, which stays the definition of the format."""
+        """The stored state's text: `orjson.dumps(self.to_json())` with every object's
+        keys sorted, in one step: no container copied (the bytes cannot follow later
+        changes), a platform's device spread in place. Every batch writes each changed
+        user and a rebuild every user through here; tests/unit/test_domain_user.py holds
+        the bytes equal to `to_json()`'s sorted dump, which stays the definition of the
+        format.
+
+        Sorted because that is the digest's canonical form (replay/digest.py): a state
+        written here is hashed as stored, where one in an older order is decoded and
+        dumped again (issue 14, session 12). The keys are written in sorted order, so
+        orjson's sort finds the top level sorted and only orders what facts order
+        (veils and device keys as first seen, profile keys)."""
         fields, web, mobile = self.fields, self.web, self.mobile
         return _dumps({
-            "id": self.id, "channel_id": self.channel_id, "type": self.type,
-            "created_at": self.created_at, "updated_at": self.updated_at, "member_id": self.member_id,
+            "blocked": self.blocked, "booted": self.booted, "channel_id": self.channel_id, "city": self.city,
+            "country": self.country, "created_at": self.created_at, "deleted": self.deleted, "delivered": self.delivered,
             # Item by item, not [*value]: compiled, unpacking a named tuple (a tuple
             # subclass) takes the generic iterator path, ~4× the four reads.
-            "fields": {k: [v.v, v.q, v.m, v.t] for k, v in sorted(fields.items())} if fields else {},
-            "tags": self.tags, "import_tags": self.import_tags,
-            "unsubscribe_email": self.unsubscribe_email, "unsubscribe_texting": self.unsubscribe_texting,
-            "has_push_token": self.has_push_token, "blocked": self.blocked, "masked": self.masked,
-            "deleted": self.deleted, "merged_into": self.merged_into, "language": self.language,
-            "city": self.city, "country": self.country, "sessions_count": self.sessions_count,
-            "last_seen_at": self.last_seen_at, "last_activity_at": self.last_activity_at,
-            "last_contact_at": self.last_contact_at,
-            "web": {"sessionsCount": web.sessions_count, "lastSeenAt": web.last_seen_at, **web.device},
+            "fields": {k: [v.v, v.q, v.m, v.t] for k, v in fields.items()} if fields else {},
+            "has_push_token": self.has_push_token, "id": self.id, "import_tags": self.import_tags,
+            "language": self.language, "last_activity_at": self.last_activity_at,
+            "last_contact_at": self.last_contact_at, "last_login_at": self.last_login_at,
+            "last_seen_at": self.last_seen_at, "masked": self.masked, "member_id": self.member_id,
+            "merged_into": self.merged_into, "merged_user_ids": self.merged_user_ids,
             "mobile": {"sessionsCount": mobile.sessions_count, "lastSeenAt": mobile.last_seen_at, **mobile.device},
-            "veils": self.veils, "booted": self.booted, "delivered": self.delivered,
-            "merged_user_ids": self.merged_user_ids, "offered": self.offered,
-            "pending_into": self.pending_into, "pending_since": self.pending_since,
-            "last_login_at": self.last_login_at, "version": self.version, "mobile_veils": self.mobile_veils,
-        })
+            "mobile_veils": self.mobile_veils, "offered": self.offered, "pending_into": self.pending_into,
+            "pending_since": self.pending_since, "sessions_count": self.sessions_count, "tags": self.tags,
+            "type": self.type, "unsubscribe_email": self.unsubscribe_email, "unsubscribe_texting": self.unsubscribe_texting,
+            "updated_at": self.updated_at, "veils": self.veils, "version": self.version,
+            "web": {"sessionsCount": web.sessions_count, "lastSeenAt": web.last_seen_at, **web.device},
+        }, option=_SORTED)
 
     @staticmethod
     def from_json(raw: dict[str, Any]) -> User:
@@ -252,6 +257,11 @@ _FIELDS = tuple(f.name for f in fields(User))
 FIELD_NAMES = _FIELDS
 """Every attribute of a user, in field order (core.Snapshot reads them in one call)."""
 _dumps = orjson.dumps
+_SORTED = orjson.OPT_SORT_KEYS
+STATE_START = '{"blocked":'
+"""How every state `state_json` writes begins (its first key in sorted order): the digest
+hashes a stored state that begins so as it is; one stored before states were sorted
+begins with `{"id":` and is put in the canonical form first (replay/digest.py)."""
 # A stored value's list [v, q, m, t] as a Value, by tuple's own constructor (a named
 # tuple's __new__ is a Python function: twice the time). Stored values always have the
 # four items to_json writes.

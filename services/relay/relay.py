@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import struct
 from collections import Counter
 from typing import Any
 
@@ -44,6 +43,7 @@ from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
 from services.platform import metrics
 from services.platform.kafka import client_options
+from services.relay.partitioner import partition_of
 from services.store.pool import DATABASE_UNAVAILABLE
 
 log = logging.getLogger("unifier.relay")
@@ -155,6 +155,9 @@ class Relay:
         refused: dict[int, tuple[str, str]] = {}  # outbox id -> (code, reason)
         sendable = []
         for r in rows:
+            if _surely_fits(r["key"], r["value"], self.max_message_bytes):
+                sendable.append(r)  # most rows: far under the limit, no estimate needed
+                continue
             size = _size(r)
             if size > self.max_message_bytes:
                 refused[r["id"]] = ("message_too_large", f"{size} bytes; the limit is {self.max_message_bytes} (UNIFIER_MAX_MESSAGE_BYTES)")
@@ -248,13 +251,14 @@ class Relay:
         uses: murmur2 of the key over the sorted partitions), remembered: the same users
         are published again and again. Bounded: cleared when it grows past
         _KEYS_REMEMBERED. A key seen for the first time — every `created` of an import —
-        is hashed by `murmur2`, 2–3× faster than aiokafka's."""
+        is hashed by the compiled `partitioner.murmur2` (~6× fewer instructions than
+        the struct-based Python one it replaces, ~8 k a key)."""
         memo = self._partitions_of_key
         partition = memo.get((key, len(partitions)))
         if partition is None:
             if len(memo) >= _KEYS_REMEMBERED:
                 memo.clear()
-            partition = memo[(key, len(partitions))] = partitions[(murmur2(key) & 0x7FFFFFFF) % len(partitions)]
+            partition = memo[(key, len(partitions))] = partition_of(key, partitions)
         return partition
 
     async def _send(self, rows: list[asyncpg.Record]) -> list[tuple[asyncio.Future[Any], list[asyncpg.Record]]]:
@@ -288,35 +292,6 @@ class Relay:
         return futures
 
 
-_M, _MASK = 0x5BD1E995, 0xFFFFFFFF
-_WORDS = [struct.Struct(f"<{n}I").unpack_from for n in range(64)]  # keys are ~45 bytes
-
-
-def murmur2(data: bytes) -> int:
-    """aiokafka.partitioner.murmur2 (the Java client's Utils.murmur2), the same numbers
-    with fewer Python steps: the little-endian words read by one struct call, and a mask
-    only where a product can pass 32 bits (~3 µs a key against ~8; tests hold the two
-    equal)."""
-    length = len(data)
-    h = (0x9747B28C ^ length) & _MASK
-    n4 = length >> 2
-    for k in (_WORDS[n4] if n4 < 64 else struct.Struct(f"<{n4}I").unpack_from)(data):
-        k = (k * _M) & _MASK
-        k = ((k ^ (k >> 24)) * _M) & _MASK
-        h = ((h * _M) & _MASK) ^ k
-    extra = length & 3
-    if extra:
-        tail = length & ~3
-        if extra >= 3:
-            h ^= data[tail + 2] << 16
-        if extra >= 2:
-            h ^= data[tail + 1] << 8
-        h = ((h ^ data[tail]) * _M) & _MASK
-    h ^= h >> 13
-    h = (h * _M) & _MASK
-    return h ^ (h >> 15)
-
-
 def _ids(r: asyncpg.Record) -> dict[str, str]:
     """The fact ids of a message for its log line (never its content): a user-changed
     names its eventId, causationId and channelId; a dead letter its key's channel."""
@@ -328,6 +303,17 @@ def _ids(r: asyncpg.Record) -> dict[str, str]:
     if isinstance(body, dict):
         ids.update({k: body[k] for k in ("eventId", "causationId", "channelId") if isinstance(body.get(k), str)})
     return {k: v for k, v in ids.items() if v}
+
+
+_SIZE_SLACK = 128  # > the producer's estimate beyond key and value: 61 + 21 + 5 + 5 + 1 bytes
+
+
+def _surely_fits(key: str | None, value: bytes | None, limit: int) -> bool:
+    """Whether the record's estimate (`_size`) is certainly within `limit`, from the
+    lengths alone: a UTF-8 key is at most 4 bytes a character, and the estimate adds
+    under `_SIZE_SLACK` to the key and value. Skips the estimate for every row but the
+    large ones (~1 µs a message)."""
+    return (len(value) if value is not None else 0) + 4 * (len(key) if key is not None else 0) + _SIZE_SLACK <= limit
 
 
 def _size(r: asyncpg.Record) -> int:

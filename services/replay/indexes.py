@@ -43,9 +43,16 @@ async def defer(pool: asyncpg.Pool) -> list[str]:
     return [r[1] for r in rows]
 
 
+RESTORE_CONNECTIONS = 4
+"""Indexes made at once by `restore` (the build's pool holds as many connections). More
+than the two cores: an index build also waits (its writes and the sync of its file at the
+end), and with two at a time the ten indexes of a 200k-event build took 1.7–2.1 s of wall
+time where four at a time took 1.1–1.5 (docs/decisions.md, "Issue 14, session 12")."""
+
+
 async def restore(pool: asyncpg.Pool, definitions: list[str]) -> None:
-    """Make the indexes `defer` dropped, on every connection of the pool at once (the
-    build is over: the cores are free for PostgreSQL's sorts)."""
+    """Make the indexes `defer` dropped, up to RESTORE_CONNECTIONS at once on the
+    pool's connections (the build is over: the cores are free for PostgreSQL's sorts)."""
     queue = list(definitions)
 
     async def worker() -> None:
@@ -53,4 +60,4 @@ async def restore(pool: asyncpg.Pool, definitions: list[str]) -> None:
             while queue:
                 await conn.execute(queue.pop(0))
 
-    await asyncio.gather(*(worker() for _ in range(min(len(queue), pool.get_max_size()))))
+    await asyncio.gather(*(worker() for _ in range(min(len(queue), RESTORE_CONNECTIONS, pool.get_max_size()))))

@@ -92,7 +92,9 @@ async def open_schema(database_url: str, schema: str) -> asyncpg.Pool:
             raise RuntimeError(f"schema {schema!r} already exists; drop it or wait a second")
     finally:
         await conn.close()
-    return await create_pool(database_url, schema, min_size=1, max_size=2)
+    # Connections are opened as needed: the build uses one or two, the indexes' restore
+    # up to RESTORE_CONNECTIONS at the end.
+    return await create_pool(database_url, schema, min_size=1, max_size=max(2, indexes.RESTORE_CONNECTIONS))
 
 
 async def copy_channels(source: asyncpg.Connection | asyncpg.Pool, source_schema: str, target: asyncpg.Pool) -> int:

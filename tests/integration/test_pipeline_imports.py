@@ -225,7 +225,11 @@ async def test_an_import_through_unifier_run_with_commits_killed_ends_as_a_rebui
 
     report = ran.json()
     assert {k: report[k] for k in counts} == counts
-    assert await pool.fetchval("SELECT last_value FROM fault_count") >= 10  # the faults fired
+    # At least one backend was killed (every 5th statement): how many statements an
+    # import makes depends on how its chunks fall into batches, which load shifts (7 seen
+    # under load, 10+ quiet), so only "the fault fired" is asserted here, and the next line
+    # that it hit a pipelined commit.
+    assert await pool.fetchval("SELECT last_value FROM fault_count") >= 5
     assert svc.says("pipelined batch of") and svc.says("not committed")  # a pipelined commit failed
     [record] = await import_log.list_imports(pool, LIVE_CH)
     assert (record["status"], record["rows"]) == ("completed", LIVE_ROWS)

@@ -79,8 +79,10 @@ def test_a_compiled_projection_module_is_in_the_digest_and_the_others_are_not(
     fake.mkdir(parents=True)
     for name in (*compiled_core.COMPILED["projection"], "__init__.py", "batch.py"):
         (fake / name).write_text("x = 1\n")
-    (tmp_path / "services" / "store").mkdir()
-    (tmp_path / "services" / "store" / "rows.py").write_text("x = 1\n")
+    for package in ("store", "relay"):
+        (tmp_path / "services" / package).mkdir()
+        for name in compiled_core.COMPILED[package]:
+            (tmp_path / "services" / package / name).write_text("x = 1\n")
     monkeypatch.setattr(compiled_core, "SERVICES", tmp_path / "services")
     before = compiled_core.source_digest()
     for name in ("__init__.py", "batch.py"):
@@ -110,9 +112,10 @@ def test_make_core_is_rebuilt_when_any_compiled_source_changes() -> None:
     assert "$(wildcard services/domain/*.py)" in listed
     projection = re.search(r"\$\(addprefix services/projection/,([^)]*)\)", listed)
     assert projection is not None and sorted(projection.group(1).split()) == sorted(compiled_core.COMPILED["projection"])
-    for name in compiled_core.COMPILED["store"]:
-        assert f"services/store/{name}" in listed.split()
-    assert set(compiled_core.COMPILED) == {"projection", "store"}  # a new package: list it above
+    for package in ("store", "relay"):
+        for name in compiled_core.COMPILED[package]:
+            assert f"services/{package}/{name}" in listed.split()
+    assert set(compiled_core.COMPILED) == {"projection", "store", "relay"}  # a new package: list it above
 
 
 def test_this_process_runs_the_core_it_was_asked_for() -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import re
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -475,5 +477,11 @@ def test_generated_contract_files_are_current() -> None:
     assert stale() == [], "models changed: run `python -m contracts.export` and commit"
 
 
-def test_contract_version_is_1_0_0() -> None:
-    assert CONTRACT_VERSION == "1.0.0"
+def test_contract_version_is_the_one_docs_contract_declares() -> None:
+    """A change of the contract is documented and versioned: the version the code
+    publishes (AsyncAPI, OpenAPI) is the one docs/contract.md declares in its first line
+    and lists last under "Versions"."""
+    text = (Path(__file__).resolve().parents[2] / "docs" / "contract.md").read_text()
+    assert text.splitlines()[0] == f"<!-- Contract version: {CONTRACT_VERSION}. Changes are listed under \"Versions\" at the end. -->"
+    listed = re.findall(r"^- \*\*(\d+\.\d+\.\d+)\*\* —", text, flags=re.M)
+    assert listed[-1] == CONTRACT_VERSION

@@ -83,3 +83,46 @@ def test_i15_a_failures_file_row_reads_back_as_the_original_cells(tmp_path: Path
     path = _file(tmp_path, out.getvalue())
 
     assert [cells for _, cells in csvfile.records(path)] == [row]
+
+
+def _records_as_before(path: Path) -> list[tuple[int, list[str], tuple[int, int]]]:
+    """records_with_lines before issue 14 session 12: every cell restored, every row."""
+    out = []
+    with path.open(encoding="utf-8-sig", newline="") as f:
+        reader = csv.reader(f)
+        next(reader, None)
+        number, last = 1, reader.line_num
+        for cells in reader:
+            number += 1
+            first, last = last + 1, reader.line_num
+            if cells and "".join(cells).strip():
+                out.append((number, [csvfile._restore(c) for c in cells], (first, last)))
+    return out
+
+
+def _swallowed_as_before(cells: list[str]) -> bool:
+    return any("\n" in cell and len(cell) > csvfile.MAX_CELL for cell in cells)
+
+
+_CELL = st.one_of(
+    st.text(alphabet="ab '=+-@\t\r\n,\"", max_size=8),
+    st.sampled_from(["'=SUM(A1)", "O'Brien", "'", "''", "'\r", "a\nb", "\r\n", " ", ""]),
+    st.builds(lambda n: "x\n" * n, st.integers(min_value=2_100, max_value=2_300)),  # longer than MAX_CELL
+)
+
+
+@given(st.lists(st.lists(_CELL, min_size=1, max_size=4), max_size=6), st.sampled_from(["\n", "\r\n", "\r"]))
+def test_i15_rows_read_with_the_fast_paths_are_the_rows_read_before(rows: list[list[str]], eol: str) -> None:
+    """The importer's fast paths (a row without a quote mark yielded as read; a row read
+    from one line never checked for a swallowing cell) change no row, no line span and
+    no verdict, with quote marks, formulas, line breaks of every kind and long cells."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        buf = io.StringIO()
+        csv.writer(buf, lineterminator=eol).writerows([["memberId", "memo"], *rows])
+        path = _file(Path(tmp), buf.getvalue())
+        got = list(csvfile.records_with_lines(path))
+        assert got == _records_as_before(path)
+        for _number, cells, lines in got:
+            assert (csvfile.swallowed(cells, lines) is not None) == _swallowed_as_before(cells)

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from services.domain import publication
-from services.domain.user import Platform, User, Value, new_user
+from services.domain.user import STATE_START, Platform, User, Value, new_user
 
 
 def _full_user() -> User:
@@ -96,7 +96,7 @@ def test_publication_precheck_notices_every_visible_field() -> None:
 # -- the stored state's bytes (issue 14: one serialisation per user written) ------------
 _SCALAR = st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=6)
 _KEY = st.text(max_size=8)
-_VALUES = st.builds(Value, _SCALAR | st.lists(_SCALAR, max_size=3), st.booleans(), st.booleans(), st.integers(0, 2**53))
+_VALUES = st.builds(Value, _SCALAR | st.lists(_SCALAR, max_size=3) | st.dictionaries(_KEY, _SCALAR, max_size=3), st.booleans(), st.booleans(), st.integers(0, 2**53))
 _PLATFORMS = st.builds(Platform, st.integers(0, 9), st.none() | st.integers(0, 2**53), st.dictionaries(_KEY, st.text(max_size=6), max_size=4))
 _NAMES = st.lists(st.text(max_size=6), max_size=3)
 
@@ -123,12 +123,18 @@ def _any_user(draw: st.DrawFn) -> User:
 
 @settings(max_examples=1500)
 @given(_any_user())
-def test_the_state_bytes_are_to_json_serialised(user: User) -> None:
+def test_the_state_bytes_are_to_json_serialised_canonically(user: User) -> None:
     """issue 14 / "keep the stored state format": `state_json` (what save_users and the
-    rebuild's COPY store) is byte for byte `orjson.dumps(to_json())`, the format every
-    stored state has; and it loads back to the same user."""
-    assert user.state_json() == orjson.dumps(user.to_json())
-    assert User.from_json(orjson.loads(user.state_json())) == user
+    rebuild's COPY store) is byte for byte `orjson.dumps(to_json())` with sorted keys, and
+    it loads back to the same user. Session 12: that is the digest's canonical form of the
+    state (its old computation, decoding and dumping again, leaves the bytes as they are)
+    and it begins with STATE_START, which is how the digest knows it may hash it as
+    stored (replay/digest.py)."""
+    stored = user.state_json()
+    assert stored == orjson.dumps(user.to_json(), option=orjson.OPT_SORT_KEYS)
+    assert stored == orjson.dumps(orjson.loads(stored), option=orjson.OPT_SORT_KEYS)
+    assert stored.startswith(STATE_START.encode())
+    assert User.from_json(orjson.loads(stored)) == user
 
 
 def test_a_loaded_platform_owns_its_device_and_leaves_the_stored_form_alone() -> None:
