@@ -367,7 +367,7 @@ class Stages:
             self.patch_sync(core, "apply", "core.apply (handlers + publish)")
             self.patch_sync(core, "publish", "  of which publish (diff + view)")
         self.patch_async(batch_mod, "_load_resident", "load, resident (keys + missing + query)")
-        for name in ("lock_channels", "stamp_channels", "channel_clocks", "save_clocks", "forget_applied", "save_rejected",
+        for name in ("lock_channels", "stamp_channels", "channel_clocks", "save_clocks", "forget_applied", "raise_clocks", "save_rejected",
                      "save_offsets", "save_positions"):
             if hasattr(repo, name):
                 self.patch_async(repo, name, f"sql {name}")

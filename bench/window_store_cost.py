@@ -2,15 +2,19 @@
 by layout, in the steady state: a window held per channel, as many eventIds forgotten
 as remembered in each batch, one eventId in ~600 sent again (found).
 
-- `rows`: today's layout and statements (`applied_events`, a row per fact:
-  repository.applied_window, save_applied, forget_applied, called as the projection
-  calls them).
+- `rows`: the layout and statements before session 12's helper "forget" (`applied_events`,
+  a row per fact with an index on (channel_id, at); each channel's clock max(at), its
+  expired rows deleted by every batch).
 - `runs`: one row per channel and batch with the batch's eventIds and event times as
   arrays, written by binary COPY and forgotten a run at a time once its latest event
   time is out of the window. It has no way to find one eventId: the lookup would be
   answered from memory (docs/decisions.md, "Issue 14, session 12"), so only the writes
   and the forgetting are priced; `--load` also prices reading a channel's whole window
   back (what a mirror in memory costs on a channel's first batch).
+- `lazy`: today's (repository.applied_window, save_applied, raise_clocks, called as the
+  projection calls them): rows without the (channel_id, at) index, each channel's clock
+  in `applied_clocks`, a channel's expired rows swept by the batch that moves its clock
+  half a window past its last sweep (the rule ignores them meanwhile).
 - `gin`: the runs with a GIN index on the eventIds (fastupdate off: a pending list is
   scanned whole by every lookup), which answers the lookup in PostgreSQL.
 
@@ -45,12 +49,23 @@ from services.store import repository as repo  # noqa: E402
 
 LOCAL_POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
 
+ROWS_LOOKUP = """SELECT a.channel_id, a.event_id, a.at FROM applied_events a
+                   JOIN unnest($1::text[], $2::text[]) AS p(c, e) ON a.channel_id = p.c AND a.event_id = p.e
+                 UNION ALL
+                 SELECT c, NULL, (SELECT max(at) FROM applied_events WHERE channel_id = c) FROM unnest($3::text[]) AS c"""
+ROWS_FORGET = """DELETE FROM applied_events a
+                  USING (SELECT c, (SELECT max(at) FROM applied_events WHERE channel_id = c) AS clock
+                           FROM unnest($1::text[]) AS c) k
+                  WHERE a.channel_id = k.c AND a.at < k.clock - $2::bigint"""
 ROWS_DDL = """CREATE TABLE applied_events (channel_id text NOT NULL, event_id text NOT NULL, at bigint NOT NULL,
                                            PRIMARY KEY (channel_id, event_id));
               CREATE INDEX applied_events_clock ON applied_events (channel_id, at)"""
 RUNS_DDL = """CREATE TABLE applied_runs (channel_id text NOT NULL, last_at bigint NOT NULL,
                                          event_ids text[] NOT NULL, ats bigint[] NOT NULL);
               CREATE INDEX applied_runs_clock ON applied_runs (channel_id, last_at)"""
+LAZY_DDL = """CREATE TABLE applied_events (channel_id text NOT NULL, event_id text NOT NULL, at bigint NOT NULL,
+                                           PRIMARY KEY (channel_id, event_id));
+              CREATE TABLE applied_clocks (channel_id text PRIMARY KEY, clock bigint NOT NULL, swept bigint NOT NULL)"""
 GIN_DDL = "CREATE INDEX applied_runs_event_ids ON applied_runs USING gin (event_ids) WITH (fastupdate = off)"
 
 # The runs holding any of the batch's eventIds (one GIN scan of all of them: per pair,
@@ -114,6 +129,8 @@ async def one_batch(conn: asyncpg.Connection, variant: str, facts: list[tuple[st
     async with conn.transaction():
         t = backend_ns(pid)
         if variant == "rows":
+            seen = {(r[0], r[1]) for r in await conn.fetch(ROWS_LOOKUP, cs, es, chans) if r[1] is not None}
+        elif variant == "lazy":
             seen_rows, _clocks = await repo.applied_window(conn, list(zip(cs, es, strict=True)), chans)
             seen = {(c, e) for c, e, _t in seen_rows}
         elif variant == "gin":
@@ -123,9 +140,13 @@ async def one_batch(conn: asyncpg.Connection, variant: str, facts: list[tuple[st
         t = tick("lookup", t)
         new = [f for f in facts if (f[0], f[1]) not in seen]
         if variant == "rows":
+            await conn.copy_records_to_table("applied_events", records=new, columns=("channel_id", "event_id", "at"))
+            t = tick("remember", t)
+            await conn.execute(ROWS_FORGET, chans, window)
+        elif variant == "lazy":
             await repo.save_applied(conn, new)
             t = tick("remember", t)
-            await repo.forget_applied(conn, chans, window)
+            await repo.raise_clocks(conn, new, window)  # the clocks, and a channel's sweep when due
         else:
             runs: dict[str, tuple[list[str], list[int]]] = defaultdict(lambda: ([], []))
             for c, e, at in new:
@@ -144,7 +165,7 @@ async def measure(url: str, variant: str, args: argparse.Namespace) -> dict[str,
     schema = f"window_cost_{variant}_{os.getpid()}"
     try:
         await conn.execute(f"CREATE SCHEMA {schema}; SET search_path = {schema}")
-        await conn.execute(ROWS_DDL if variant == "rows" else RUNS_DDL)
+        await conn.execute({"rows": ROWS_DDL, "lazy": LAZY_DDL}.get(variant, RUNS_DDL))
         if variant == "gin":
             await conn.execute(GIN_DDL)
             await conn.execute("SET enable_seqscan = off")  # the GIN index, not a scan of every run
@@ -163,9 +184,9 @@ async def measure(url: str, variant: str, args: argparse.Namespace) -> dict[str,
         out["total"] = sum(spent.values()) / events / 1000
         out["wall"] = (time.perf_counter() - wall) / events * 1e6
         out["found"] = found
-        table = "applied_events" if variant == "rows" else "applied_runs"
+        table = "applied_events" if variant in ("rows", "lazy") else "applied_runs"
         out["mb"] = await conn.fetchval(f"SELECT pg_total_relation_size('{table}')") / 1e6
-        if args.load and variant != "rows":
+        if args.load and variant not in ("rows", "lazy"):
             chans = [f"ch_{i}" for i in range(args.channels)]
             t, c = time.perf_counter(), backend_ns(pid)
             rows = await conn.fetch(RUNS_LOAD, chans)
@@ -188,7 +209,7 @@ async def measure(url: str, variant: str, args: argparse.Namespace) -> dict[str,
 async def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--database-url", default=os.environ.get("DATABASE_URL") or LOCAL_POSTGRES)
-    p.add_argument("--variants", default="rows,runs,gin")
+    p.add_argument("--variants", default="rows,lazy,runs,gin")
     p.add_argument("--channels", type=int, default=12)
     p.add_argument("--per-batch", type=int, default=600, help="events a batch (over all channels)")
     p.add_argument("--held", type=int, default=60_000, help="eventIds the window holds (all channels)")

@@ -198,7 +198,7 @@ async def write_rest(conn: asyncpg.Connection, fx: Effects, stored_applied: froz
     await lookup_store.save_changes(conn, fx.lookups)
     await lookup_store.erase(conn, fx.erased)
     await repo.save_applied(conn, fx.applied, stored_applied)
-    await repo.forget_applied(conn, sorted({c for c, _e, _t in fx.applied}), WINDOW_MS)
+    await repo.raise_clocks(conn, fx.applied, WINDOW_MS)
     await save_command_outcomes(conn, fx)
     await repo.save_outbox(conn, fx.messages)
 

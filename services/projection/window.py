@@ -5,8 +5,9 @@ earlier fact is within `WINDOW_MS` of event time of the channel's clock, the lat
 event time applied in the channel so far. Older eventIds are forgotten, so
 `applied_events` holds about a week of each channel's facts instead of growing for
 ever. Defined on event times and the canonical order only, so the live projection
-(which prunes the table in each batch's transaction) and a rebuild (which keeps the
-window in memory) skip exactly the same facts.
+(which keeps each channel's clock in `applied_clocks` and sweeps a channel's expired
+rows once every half window: until then `seen` ignores them) and a rebuild
+(which keeps the window in memory) skip exactly the same facts.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ class AppliedWindow:
         self.at: dict[tuple[str, str], int] = {(c, e): t for c, e, t in rows}
         self.clocks: dict[str, int] = dict(clocks or {})
         # The pairs the store held when the window was read: an eventId applied again
-        # after it was forgotten still has its row there until the prune (repo.save_applied).
+        # after it was forgotten still has its row there until the sweep (repo.save_applied).
         self.stored: frozenset[tuple[str, str]] = frozenset(self.at)
 
     def seen(self, channel_id: str, event_id: str) -> bool:

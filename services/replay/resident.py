@@ -134,7 +134,7 @@ class Resident:
             await self._write_pending(conn)
             # The eventIds the live projection would still hold: the window of each channel.
             self.seen.forget_expired()
-            await bulk.copy_applied(conn, [(c, e, t) for (c, e), t in self.seen.at.items()])
+            await bulk.copy_applied(conn, [(c, e, t) for (c, e), t in self.seen.at.items()], self.seen.clocks)
             await self.outcomes.copy(conn)
             await bulk.copy_users(conn, users)
             # The directory's index holds every user's identities as of the last chunk

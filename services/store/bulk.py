@@ -8,7 +8,7 @@ handling of the live projection's (repository.py). The rows are the live writers
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import asyncpg
 
@@ -45,8 +45,16 @@ async def copy_activities(conn: asyncpg.Connection, acts: Sequence[Activity]) ->
         )
 
 
-async def copy_applied(conn: asyncpg.Connection, applied: Sequence[tuple[str, str, int]]) -> None:
-    """A rebuild's applied eventIds (channel, eventId, event time). Each is written once:
-    an eventId applied again after it was forgotten is written by `save_applied`."""
+async def copy_applied(
+    conn: asyncpg.Connection, applied: Sequence[tuple[str, str, int]], clocks: Mapping[str, int] | None = None,
+) -> None:
+    """A rebuild's applied eventIds (channel, eventId, event time), and each channel's
+    clock (`applied_clocks`, swept at it: a rebuild writes only the window). Each is
+    written once: an eventId applied again after it was forgotten is written by
+    `save_applied`."""
     if applied:
         await conn.copy_records_to_table("applied_events", records=applied, columns=("channel_id", "event_id", "at"))
+    if clocks:
+        await conn.copy_records_to_table(
+            "applied_clocks", records=[(c, t, t) for c, t in clocks.items()], columns=("channel_id", "clock", "swept"),
+        )

@@ -66,8 +66,9 @@ async def applied_window(
 ) -> tuple[list[tuple[str, str, int]], dict[str, int]]:
     """What the eventId window of a batch is read from (projection/window.py), in one
     statement (one round trip, issue 14 session 9): (channel, eventId, event time) of the
-    pairs still remembered, and each channel's clock, its latest event time applied (a
-    channel row carries no eventId: applied_events.event_id is never NULL)."""
+    pairs the table holds (expired ones too: the sweep is lazy, raise_clocks), and each
+    channel's clock, its latest event time applied (a channel row carries no eventId:
+    applied_events.event_id is never NULL)."""
     wanted = sorted(set(channel_ids))
     if not pairs and not wanted:
         return [], {}
@@ -75,24 +76,61 @@ async def applied_window(
         """SELECT a.channel_id, a.event_id, a.at FROM applied_events a
              JOIN unnest($1::text[], $2::text[]) AS p(c, e) ON a.channel_id = p.c AND a.event_id = p.e
            UNION ALL
-           SELECT c, NULL, (SELECT max(at) FROM applied_events WHERE channel_id = c) FROM unnest($3::text[]) AS c""",
+           SELECT channel_id, NULL, clock FROM applied_clocks WHERE channel_id = ANY($3::text[])""",
         [p[0] for p in pairs], [p[1] for p in pairs], wanted,
     )
     seen = [(r[0], r[1], r[2]) for r in rows if r[1] is not None]
     return seen, {r[0]: r[2] for r in rows if r[1] is None and r[2] is not None}
 
 
-async def forget_applied(conn: asyncpg.Connection, channel_ids: Sequence[str], window_ms: int) -> None:
-    """Forget the eventIds of `channel_ids` older than their channel's clock - window
-    (projection/window.py): the table keeps a window of each channel, not its history."""
-    if channel_ids:
+async def raise_clocks(conn: asyncpg.Connection, applied: Sequence[tuple[str, str, int]], window_ms: int) -> None:
+    """After `save_applied`: raise the clocks of the channels of `applied` to their
+    latest event time, and sweep each channel whose clock moved `window_ms`/2 past its
+    last sweep: delete its rows out of the window (projection/window.py). In between,
+    the expired rows stay, ignored by the rule (AppliedWindow.seen), so the table holds
+    at most ~3/2 of each channel's window and a batch pays no forgetting (issue 14,
+    session 12). The sweep reads all the channel's rows (there is no index on event
+    time): its rows, once every half window of its event time. A channel's rows share
+    their pages with other channels', so a sweep reads most of the table's pages: more
+    often (a quarter, an eighth of a window) cost more than forgetting in every batch
+    did (bench/window_store_cost.py, 100 channels).
+    A channel's first clock is no sweep (xmax 0: inserted): its rows are this batch's."""
+    if not applied:
+        return
+    latest: dict[str, int] = {}
+    for c, _e, t in applied:
+        if t > latest.get(c, t - 1):
+            latest[c] = t
+    due = await conn.fetch(
+        """INSERT INTO applied_clocks AS k (channel_id, clock, swept)
+           SELECT c, t, t FROM unnest($1::text[], $2::bigint[]) AS x(c, t)
+           ON CONFLICT (channel_id) DO UPDATE SET clock = EXCLUDED.clock,
+               swept = CASE WHEN EXCLUDED.clock >= k.swept + $3::bigint / 2 THEN EXCLUDED.clock ELSE k.swept END
+            WHERE k.clock < EXCLUDED.clock
+           RETURNING k.channel_id, k.clock, k.swept = k.clock AND xmax <> 0""",
+        list(latest), list(latest.values()), window_ms,
+    )
+    # A statement of its own, only when a sweep is due: in the one above, as a CTE, its
+    # generic plan scanned the whole table in every batch.
+    sweep = [r for r in due if r[2]]
+    if sweep:
         await conn.execute(
-            """DELETE FROM applied_events a
-                 USING (SELECT c, (SELECT max(at) FROM applied_events WHERE channel_id = c) AS clock
-                          FROM unnest($1::text[]) AS c) k
-                WHERE a.channel_id = k.c AND a.at < k.clock - $2::bigint""",
-            list(channel_ids), window_ms,
+            """DELETE FROM applied_events a USING unnest($1::text[], $2::bigint[]) AS k(c, clock)
+                WHERE a.channel_id = k.c AND a.at < k.clock - $3::bigint""",
+            [r[0] for r in sweep], [r[1] for r in sweep], window_ms,
         )
+
+
+async def sweep_applied(conn: asyncpg.Connection | asyncpg.Pool, window_ms: int) -> int:
+    """Delete every row out of its channel's window now (what the batches' sweeps do a
+    channel at a time, raise_clocks): for an operator, and for tests that compare the
+    remembered eventIds of two stores row for row. Returns how many were deleted."""
+    done = await conn.execute(
+        """DELETE FROM applied_events a USING applied_clocks k
+            WHERE a.channel_id = k.channel_id AND a.at < k.clock - $1::bigint""",
+        window_ms,
+    )
+    return int(done.split()[-1])
 
 
 async def lock_offsets(conn: asyncpg.Connection, partitions: Sequence[tuple[str, int]]) -> dict[tuple[str, int], int]:

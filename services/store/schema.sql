@@ -114,8 +114,8 @@ CREATE TABLE IF NOT EXISTS applied_events (
     PRIMARY KEY (channel_id, event_id)
 );
 -- The eventId window (projection/window.py): each row's event time; rows more than the
--- window behind their channel's latest are deleted by the batches. Rows stored before
--- the column existed get 0: forgotten by the channel's next batch.
+-- window behind their channel's clock (applied_clocks) are ignored, and deleted by the
+-- channel's next sweep. Rows stored before the column existed get 0.
 DO $$
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM information_schema.columns
@@ -123,7 +123,30 @@ BEGIN
         ALTER TABLE applied_events ADD COLUMN IF NOT EXISTS at bigint NOT NULL DEFAULT 0;
     END IF;
 END $$;
-CREATE INDEX IF NOT EXISTS applied_events_clock ON applied_events (channel_id, at);
+-- Each channel's clock, the latest event time applied in it (window.py), raised by the
+-- batch that applies a later fact, and where its rows were last swept: the batch that
+-- raises the clock WINDOW_MS/2 past `swept` deletes the channel's rows out of the window
+-- (repository.raise_clocks). Between two sweeps the expired rows stay, ignored by the
+-- rule (AppliedWindow.seen), so `applied_events` holds at most ~3/2 of a window of each
+-- channel, without an index on event time (issue 14, session 12: ~6 µs of PostgreSQL
+-- an event less than that index with max(at) as the clock and forgetting in each batch).
+CREATE TABLE IF NOT EXISTS applied_clocks (
+    channel_id text PRIMARY KEY,
+    clock      bigint NOT NULL,
+    swept      bigint NOT NULL
+);
+-- Upgrade from the index on (channel_id, at): each channel's clock was max(at), read
+-- through it; fill the clocks from it once, then drop it. Instances of the older
+-- version neither read nor raise these clocks: stop them first (docs/operations.md).
+DO $$
+BEGIN
+    IF to_regclass('applied_events_clock') IS NOT NULL THEN
+        INSERT INTO applied_clocks (channel_id, clock, swept)
+            SELECT channel_id, max(at), min(at) FROM applied_events GROUP BY channel_id
+            ON CONFLICT (channel_id) DO UPDATE SET clock = greatest(applied_clocks.clock, EXCLUDED.clock);
+        DROP INDEX applied_events_clock;
+    END IF;
+END $$;
 
 -- The channel fence of resident users (services/projection/resident.py): each batch
 -- locks its channels' rows before it reads users, and a batch that writes a channel's

@@ -151,9 +151,9 @@ async def test_event_ids_are_remembered_for_seven_days_of_event_time_and_the_tab
     settings: Settings, pool: asyncpg.Pool
 ) -> None:
     """A duplicate eventId within the window is skipped; the channel's facts eight days
-    later forget it (its row is deleted in that batch), so `applied_events` holds a
-    window, not the history; the same eventId sent after that is a new fact. A rebuild
-    skips the same facts and keeps the same rows."""
+    later forget it (its row is swept in that batch: the clock moved more than half a
+    window), so `applied_events` holds a window, not the history; the same eventId
+    sent after that is a new fact. A rebuild skips the same facts and keeps the same rows."""
     async with running_service(settings), Publisher(settings) as pub:
         await pub.sdk(
             ev("e1", "contact", T0, veilId="v1", email="first@example.jp"),
@@ -174,6 +174,53 @@ async def test_event_ids_are_remembered_for_seven_days_of_event_time_and_the_tab
     try:
         assert await replay(settings, "--rebuild", "--drop-archive") == {"events": 4, "digest": live}
         assert sorted(tuple(r) for r in await pool.fetch("SELECT channel_id, event_id, at FROM applied_events")) == rows
+    finally:
+        await _drop_side_schemas(settings)
+
+
+async def test_an_expired_event_id_not_yet_swept_is_forgotten_and_a_rebuild_remembers_the_same_window(
+    settings: Settings, pool: asyncpg.Pool
+) -> None:
+    """Issue 14, session 12 (helper "forget"): a channel's expired rows are swept only
+    when its clock moves half a window past the last sweep (repository.
+    raise_clocks). Until then the row is in the table but forgotten all the same
+    (contract "Inbound envelope": the window is 7 days of event time): the eventId is
+    a new fact, its row renewed. The remembered set — the rows within each channel's
+    window, and the clocks — is what a rebuild writes; a sweep makes the tables equal."""
+    from services.projection.window import WINDOW_MS
+    from services.store import repository as repo
+
+    async with running_service(settings), Publisher(settings) as pub:
+        await pub.sdk(ev("e0", "boot", T0, veilId="v0", platform="web"),
+                      ev("e1", "contact", T0, veilId="v1", email="first@example.jp"))
+        await wait_for(lambda: applied(pool, 2))
+        await pub.sdk(ev("e2", "boot", T0 + 6 * DAY, veilId="v2", platform="web"))  # swept: nothing expired yet
+        await wait_for(lambda: applied(pool, 3))
+        await pub.sdk(ev("e3", "boot", T0 + 7 * DAY + HOUR, veilId="v3", platform="web"))  # a day past: no sweep
+        await wait_for(lambda: applied(pool, 4))
+        rows = sorted(tuple(r) for r in await pool.fetch("SELECT event_id, at FROM applied_events"))
+        assert rows == [("e0", T0), ("e1", T0), ("e2", T0 + 6 * DAY), ("e3", T0 + 7 * DAY + HOUR)]
+        await pub.sdk(ev("e1", "contact", T0 + 7 * DAY + 2 * HOUR, veilId="v1", email="second@example.jp"))
+        await wait_for(lambda: applied(pool, 5))
+    assert (await find_user(pool, CH, "veil", "v1") or {})["profile"] == {"email": "second@example.jp"}  # not a duplicate
+    remembered_sql = """SELECT a.channel_id, a.event_id, a.at FROM applied_events a
+                          JOIN applied_clocks k ON k.channel_id = a.channel_id AND a.at >= k.clock - $1::bigint"""
+    everything = sorted(tuple(r) for r in await pool.fetch("SELECT channel_id, event_id, at FROM applied_events"))
+    assert everything == [(CH, "e0", T0), (CH, "e1", T0 + 7 * DAY + 2 * HOUR), (CH, "e2", T0 + 6 * DAY),
+                          (CH, "e3", T0 + 7 * DAY + HOUR)]  # e1 renewed, e0 expired and not swept
+    remembered = sorted(tuple(r) for r in await pool.fetch(remembered_sql, WINDOW_MS))
+    clocks = sorted(tuple(r) for r in await pool.fetch("SELECT channel_id, clock FROM applied_clocks"))
+    assert clocks == [(CH, T0 + 7 * DAY + 2 * HOUR)]
+    assert remembered == [r for r in everything if r[1] != "e0"]
+    # What the batches' sweeps do a channel at a time, all at once: e0 goes, nothing else.
+    assert await repo.sweep_applied(pool, WINDOW_MS) == 1
+    assert sorted(tuple(r) for r in await pool.fetch("SELECT channel_id, event_id, at FROM applied_events")) == remembered
+
+    live = await state_digest(pool)
+    try:
+        assert await replay(settings, "--rebuild", "--drop-archive") == {"events": 5, "digest": live}
+        assert sorted(tuple(r) for r in await pool.fetch("SELECT channel_id, event_id, at FROM applied_events")) == remembered
+        assert sorted(tuple(r) for r in await pool.fetch("SELECT channel_id, clock FROM applied_clocks")) == clocks
     finally:
         await _drop_side_schemas(settings)
 

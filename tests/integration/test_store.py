@@ -48,6 +48,29 @@ async def test_rejected_commands_of_an_older_schema_move_to_command_outcomes(set
         await pool.close()
 
 
+async def test_the_clock_index_of_an_older_schema_becomes_the_channels_clocks(settings: Settings) -> None:
+    """Upgrading (docs/operations.md, issue 14 session 12): a schema with the index on
+    applied_events (channel_id, at) gets each channel's clock from max(at) in
+    applied_clocks, swept from min(at), and loses the index; a second start changes
+    nothing."""
+    assert settings.database_url
+    pool = await create_pool(settings.database_url, settings.db_schema)
+    try:
+        await pool.execute("INSERT INTO applied_events VALUES ('ch', 'e0', 1000), ('ch', 'e1', 5000), ('ch2', 'e0', 0)")
+        await pool.execute("INSERT INTO applied_clocks VALUES ('ch', 3000, 3000)")  # a downgrade's stale clock
+        await pool.execute("CREATE INDEX applied_events_clock ON applied_events (channel_id, at)")
+    finally:
+        await pool.close()
+    for _ in range(2):
+        pool = await create_pool(settings.database_url, settings.db_schema)  # migrates
+        try:
+            rows = sorted(tuple(r) for r in await pool.fetch("SELECT channel_id, clock, swept FROM applied_clocks"))
+            assert rows == [("ch", 5000, 3000), ("ch2", 0, 0)]
+            assert await pool.fetchval("SELECT to_regclass('applied_events_clock')") is None
+        finally:
+            await pool.close()
+
+
 async def test_a_user_update_that_moves_no_searched_column_is_hot_and_search_columns_follow(pool: object) -> None:
     """Issue 14 (writes that scale with change): a boot moves lastSeenAt and the state,
     never a searched column, so its update is HOT — no new entry in any index of `users`.
