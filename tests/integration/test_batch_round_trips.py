@@ -14,6 +14,7 @@ from typing import Any
 import asyncpg
 import pytest
 
+from services.projection.window import WINDOW_MS
 from services.store import repository as repo
 from tests.support.infra import wait_for
 
@@ -161,7 +162,9 @@ async def test_the_window_is_read_in_one_statement(pool: asyncpg.Pool) -> None:
     channel's clock (its latest event time, remembered pair asked for or not; none for a
     channel with nothing applied), read by one statement (projection/window.py)."""
     async with transaction(pool) as c:
-        await repo.save_applied(c, [("ch_a", "e1", 100), ("ch_a", "e2", 300), ("ch_b", "e9", 50)])
+        applied = [("ch_a", "e1", 100), ("ch_a", "e2", 300), ("ch_b", "e9", 50)]
+        await repo.save_applied(c, applied)
+        await repo.raise_clocks(c, applied, WINDOW_MS)  # the clocks, as write_rest raises them
     async with transaction(pool) as c:
         seen, clocks = await repo.applied_window(c, [("ch_a", "e1"), ("ch_a", "e7"), ("ch_b", "e9")], ["ch_a", "ch_b", "ch_c"])
         assert c.statements == 1

@@ -14,14 +14,15 @@ from tests.unit.test_domain_user import _any_user
 
 
 def _reference_row(u: User, rev: int) -> tuple[Any, ...]:
-    """The row as it was built from the state's JSON form (before issue 14)."""
+    """The row as it was built from the state's JSON form (before issue 14), the state
+    in the digest's canonical form, sorted keys (issue 14, session 12: stored canonical)."""
     state = u.to_json()
     name = (state.get("fields") or {}).get("name")
     value = name[0] if isinstance(name, list) and name else None
     key = value.lower().replace("\x00", "") if isinstance(value, str) else None
     tags = [t.replace("\x00", "") for t in state.get("tags") or ()]
     return (u.id, u.channel_id, rev, u.type, u.member_id, u.merged_into, u.deleted, u.blocked, u.masked,
-            u.last_seen_at, u.updated_at, orjson.dumps(state), key, tags)
+            u.last_seen_at, u.updated_at, orjson.dumps(state, option=orjson.OPT_SORT_KEYS), key, tags)
 
 
 @settings(max_examples=1000)
