@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 from operator import attrgetter
 from typing import Any
 
+import msgspec
 import orjson
 
 from .ids import outbound_event_id
@@ -218,13 +219,149 @@ def publish(
         after.version, after.updated_at = version, max(after.updated_at, at)
     if not messages:
         return after, []
-    view = user_view(after)  # after version and updatedAt moved: the message's as they are now
-    if keys is None:
-        keys = _first_keys(after, view)
-    return after, [Publication(key, _dumps(_message(after, version, change, keys, causation_id, at, view)))]
+    return after, [Publication(key, message_body(after, version, change, keys, causation_id, at))]
 
 
 _dumps = orjson.dumps
+
+
+# -- the message's bytes -------------------------------------------------------------
+# `orjson.dumps(_message(..., user_view(user)))` built the view's dicts (~40 keys) only
+# for orjson to walk them: a third of what a publishing fact cost (issue 14, session 13).
+# The message is now a msgspec struct per object (made by `defstruct`, which mypyc need
+# not compile), filled positionally and encoded in C, fields in the view's key order.
+# msgspec writes strings, integers, booleans and null exactly as orjson does (escapes
+# included; tests/unit/test_publication.py checks every code point), but not floats
+# (`1e+16` against `1e16`), integers beyond 64 bits (orjson refuses them) or lone
+# surrogates (another error): the only values of no fixed type, profile values and the
+# name, must be plain (`_plain`), and a message holding another, or that msgspec
+# refuses, is built the reference way. Every other value has a fixed type (str, int,
+# bool, a list of str).
+_PLATFORM = msgspec.defstruct("PlatformView", ["sessionsCount", "lastSeenAt", *DEVICE_KEYS], gc=False)
+_VIEW = msgspec.defstruct("UserView", [
+    "id", "channelId", "type", "memberId", "name", "tags", "userImportTags", "profile", "qualified",
+    "unsubscribeEmail", "unsubscribeTexting", "blocked", "masked", "language", "city", "country",
+    "sessionsCount", "lastSeenAt", "createdAt", "updatedAt", "web", "mobile", "deliveredCampaigns", "mergedUserIds",
+], gc=False)
+_MESSAGE = msgspec.defstruct("UserChanged", [
+    "eventId", "channelId", "userId", "version", "change", "changedKeys", "causationId", "occurredAt", "mergedInto", "user",
+], gc=False)
+_encode = msgspec.json.Encoder().encode
+_INT_MIN, _INT_MAX = -(2**63), 2**64 - 1  # the integers orjson writes (it refuses others)
+_PROFILE_CUT = len(_PROFILE)
+
+
+def _plain(v: Any) -> bool:
+    """A value msgspec writes exactly as orjson does, whatever its content."""
+    return v is None or isinstance(v, (str, bool)) or (type(v) is int and _INT_MIN <= v <= _INT_MAX)
+
+
+def _platform_struct(p: Platform) -> Any:
+    device = p.device
+    if not device:
+        return _PLATFORM(p.sessions_count, p.last_seen_at, None, None, None, None, None, None, None)
+    return _PLATFORM(
+        p.sessions_count, p.last_seen_at, device.get("browser"), device.get("browserName"), device.get("os"),
+        device.get("osName"), device.get("device"), device.get("appName"), device.get("appVersion"),
+    )
+
+
+def message_body(user: User, version: int, change: str, keys: list[str] | None, causation_id: str, at: int) -> bytes:
+    """The bytes of the `user-changed` message of `user` at `version` (its view as it is
+    now): `orjson.dumps(_message(...))`, with `changedKeys` `keys`, or for a first
+    message (`keys is None`) every key it carries (`_first_keys`). Every message of a
+    lead or member but a tombstone's is built here; tests/unit/test_publication.py holds
+    the bytes equal to the reference message serialised."""
+    fields = user.fields
+    masked = user.masked
+    profile: dict[str, Any] = {}
+    name = None
+    qualified: list[str] = []
+    plain = True
+    if fields:
+        for key in sorted(fields):  # the profile in key order (the contract's JSON is stable)
+            v = fields[key].v
+            if v is not None:
+                if key.startswith(_PROFILE):
+                    profile[key[_PROFILE_CUT:]] = v
+                    plain = plain and _plain(v)
+                elif key == "name":
+                    name = v
+                    plain = plain and _plain(v)
+        for short, full in _QUALIFIED:
+            val = fields.get(full)
+            if val is not None and val.v is not None and val.q:
+                qualified.append(short)
+    if keys is None:
+        keys = _keys_of_first(user, profile, name)
+    if plain:
+        last_seen = user.last_seen_at
+        view = _VIEW(
+            user.id, user.channel_id, user.type, None if masked else user.member_id, None if masked else name,
+            user.tags, user.import_tags, None if masked else profile, qualified, user.unsubscribe_email,
+            user.unsubscribe_texting, user.blocked, masked, user.language, user.city, user.country,
+            user.sessions_count, last_seen if last_seen is not None else user.created_at, user.created_at,
+            user.updated_at, _platform_struct(user.web), _platform_struct(user.mobile), user.delivered,
+            user.merged_user_ids,
+        )
+        try:
+            return _encode(_MESSAGE(  # type: ignore[no-any-return]
+                outbound_event_id(user.id, version), user.channel_id, user.id, version, change, keys,
+                causation_id, at, None, view,
+            ))
+        except (TypeError, ValueError):  # e.g. a lone surrogate: orjson says it its way below
+            pass
+    return _dumps(_message(user, version, change, keys, causation_id, at, user_view(user)))
+
+
+# `qualified` lists the contact keys holding a qualified value, by their profile name,
+# sorted (as view.py writes it).
+_QUALIFIED = tuple(sorted((key[len(_PROFILE):], key) for key in CONTACT_KEYS))
+
+
+def _keys_of_first(user: User, profile: dict[str, Any], name: Any) -> list[str]:
+    """`_first_keys(user, user_view(user))` from the user itself, already in sorted
+    order (the view's keys that are never null, those with a value, the profile's and
+    each platform's written where `sorted` puts them): every `created` message (every
+    new lead, every import row) lists its keys. tests/unit/test_publication.py holds the
+    two equal."""
+    masked = user.masked
+    keys = ["blocked", "channelId"]
+    if user.city is not None:
+        keys.append("city")
+    if user.country is not None:
+        keys.append("country")
+    keys.extend(("createdAt", "deliveredCampaigns", "id"))
+    if user.language is not None:
+        keys.append("language")
+    keys.append("masked")
+    if not masked and user.member_id is not None:
+        keys.append("memberId")
+    keys.append("mergedUserIds")
+    _platform_keys_of_first(keys, user.mobile.device, _MOBILE_SORTED, "mobile.sessionsCount")
+    if not masked:
+        if name is not None:
+            keys.append("name")
+        for sub in profile:
+            keys.append(_PROFILE + sub)
+    keys.extend(("qualified", "sessionsCount", "tags", "type", "unsubscribeEmail", "unsubscribeTexting", "userImportTags"))
+    _platform_keys_of_first(keys, user.web.device, _WEB_SORTED, "web.sessionsCount")
+    return keys
+
+
+def _platform_keys_of_first(keys: list[str], device: dict[str, str], flat: tuple[tuple[str, str], ...], sessions: str) -> None:
+    """A platform's flattened keys, sorted: its device keys with a value, and sessionsCount
+    (which sorts after every device key)."""
+    if device:
+        for key, dotted in flat:
+            if device.get(key) is not None:
+                keys.append(dotted)
+    keys.append(sessions)
+
+
+# Each platform's device keys and their flattened names, in sorted order.
+_WEB_SORTED = tuple((k, f"web.{k}") for k in sorted(DEVICE_KEYS))
+_MOBILE_SORTED = tuple((k, f"mobile.{k}") for k in sorted(DEVICE_KEYS))
 
 
 def _message(

@@ -13,7 +13,7 @@ from .ids import member_user_id, veil_user_id
 from .limits import user_chars
 from .priority import update_wins
 from .profile import has_contact, profile_values, promote, set_values
-from .publication import Publication, _dumps, _message, publish
+from .publication import Publication, message_body, publish
 from .saga import offer_to_leads, on_member_login
 from .sessions import (
     DEVICE_KEYS,
@@ -28,7 +28,6 @@ from .sessions import (
 from .unification import merge
 from .user import CONTACT_KEYS, EMAIL, MOBILE, User, Value, new_user, new_value
 from .values import Rejected
-from .view import user_view
 
 EXTERNAL_MEDIA = frozenset({"line", "instagram"})
 QUALIFIED_MEDIA = frozenset({"phone", "email"})  # C4: caller id / sender address
@@ -663,5 +662,5 @@ def _publish(user: User, keys: list[str], fact: Fact, messages: bool) -> list[Pu
     user.updated_at = max(user.updated_at, fact.at)
     if not messages:
         return []
-    message = _message(user, user.version, "updated", keys, fact.event_id, fact.at, user_view(user))
-    return [Publication(f"{user.channel_id}:{user.id}", _dumps(message))]
+    body = message_body(user, user.version, "updated", keys, fact.event_id, fact.at)
+    return [Publication(f"{user.channel_id}:{user.id}", body)]

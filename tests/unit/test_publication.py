@@ -4,11 +4,22 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
 import orjson
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.domain.publication import _QUIET, _diff, _first_keys, _flat, changed_keys, publish
+from services.domain.publication import (
+    _QUIET,
+    _diff,
+    _first_keys,
+    _flat,
+    _message,
+    changed_keys,
+    message_body,
+    publish,
+)
 from services.domain.sessions import DEVICE_KEYS
 from services.domain.user import Platform, User, Value
 from services.domain.view import user_view
@@ -121,3 +132,58 @@ def test_the_view_is_the_reference_view(user: User) -> None:
     """issue 14: the one-pass `user_view` gives the reference view (tests/oracle/view.py),
     key order included (the bytes of every message and of the API's user object)."""
     assert orjson.dumps(user_view(user)) == orjson.dumps(reference_view(user))  # type: ignore[arg-type]
+
+
+# Values of every kind a profile value or a name may hold, and text of every kind: what
+# msgspec writes as orjson does and what it does not (floats, integers beyond 64 bits,
+# lone surrogates), so that both ways of building a message are taken.
+_ODD_TEXT = st.text(st.characters(codec=None, exclude_categories=()), max_size=6)
+_ANY_VALUE = (
+    _ODD_TEXT | st.none() | st.booleans() | st.integers(-(2**65), 2**65) | st.floats(allow_nan=False)
+    | st.lists(st.integers(0, 3) | st.floats(0, 1) | _ODD_TEXT, max_size=2)
+)
+
+
+@st.composite
+def _hostile_user(draw: st.DrawFn) -> User:
+    user = draw(_user())
+    user.channel_id, user.member_id = draw(_ODD_TEXT), draw(st.none() | _ODD_TEXT)
+    keys = st.sampled_from(["name", "profile.email", "profile.mobileNumber"]) | _ODD_TEXT.map(lambda k: "profile." + k)
+    user.fields = draw(st.dictionaries(keys, st.builds(Value, _ANY_VALUE, st.booleans(), st.booleans(), st.just(0)), max_size=4))
+    user.tags = draw(st.lists(_ODD_TEXT, max_size=2))
+    user.language = draw(st.none() | _ODD_TEXT)
+    user.web = Platform(1, None, draw(st.dictionaries(st.sampled_from([*DEVICE_KEYS, "extra"]), _ODD_TEXT, max_size=3)))
+    return user
+
+
+@settings(max_examples=1500)
+@given(_hostile_user(), st.none() | st.lists(_ODD_TEXT, max_size=3), _ODD_TEXT, st.sampled_from(["created", "updated"]))
+def test_a_message_built_as_structs_is_the_reference_message_serialised_whatever_it_holds(
+    user: User, keys: list[str] | None, cause: str, change: str,
+) -> None:
+    """issue 14 session 13: `message_body` (msgspec structs, or the reference way for a
+    value msgspec writes otherwise) gives exactly `orjson.dumps` of the reference message
+    — any text (quotes, backslashes, controls, U+2028, non-ASCII, lone surrogates: then
+    the same refusal), floats, integers past 64 bits, lists — and a first message lists
+    `_first_keys` of the view."""
+    listed = _first_keys(user, user_view(user)) if keys is None else keys
+    try:
+        want = orjson.dumps(_message(user, 3, change, listed, cause, 7, user_view(user)))
+    except orjson.JSONEncodeError as err:
+        with pytest.raises(orjson.JSONEncodeError, match=str(err)):
+            message_body(user, 3, change, keys, cause, 7)
+        return
+    assert message_body(user, 3, change, keys, cause, 7) == want
+
+
+def test_msgspec_writes_every_string_and_64_bit_integer_as_orjson_does() -> None:
+    """Why `message_body` may hand msgspec any text and integer of the view: the same
+    bytes for every code point but the surrogates (orjson refuses those, and so the
+    message is built the reference way) and at both ends of the 64-bit range."""
+    encode = msgspec.json.Encoder().encode
+    for point in range(0x110000):
+        if not 0xD800 <= point < 0xE000:
+            char = chr(point)
+            assert encode(char) == orjson.dumps(char), hex(point)
+    edges = [-(2**63), 2**63 - 1, 2**64 - 1, 0, -1, True, False, None]
+    assert encode(edges) == orjson.dumps(edges)
