@@ -67,9 +67,9 @@ def _first_keys(user: User, view: dict[str, Any]) -> list[str]:
     """`changedKeys` of a first message: every flattened key with a value, but the quiet
     ones — `sorted(k for k, v in _flat(view).items() if k not in _QUIET and v is not None)`
     for the `user_view` of `user` (a profile holds no null; a platform shows its
-    sessionsCount and the device keys of DEVICE_KEYS), without flattening: every
-    `created` message (every import row, every new lead) lists its keys.
-    tests/unit/test_publication.py holds the two equal."""
+    sessionsCount and the device keys of DEVICE_KEYS), without flattening.
+    tests/unit/test_publication.py holds the two equal, and `_keys_of_first` (what a
+    message lists, from the user without its view) equal to this."""
     keys = [key for key, val in view.items() if val is not None and key not in _NOT_LISTED]
     profile = view["profile"]
     if profile:

@@ -16,9 +16,11 @@ _QUALIFIED = tuple(sorted((key[_CUT:], key) for key in CONTACT_KEYS))
 def user_view(user: User) -> dict[str, Any]:
     """Masked users (I17) show no personal data: name, profile and memberId are null.
 
-    Every `user-changed` message but a tombstone's builds one (publication.py), so it is
-    built in one pass over the fields, and the lists go in as they are: users never
-    change a list in place (user.py), and the view is serialised before the next fact.
+    The API's reads build one per user, and a `user-changed` message holding a value
+    msgspec would write otherwise (publication.message_body; the others are written
+    from structs in this key order), so it is built in one pass over the fields, and
+    the lists go in as they are: users never change a list in place (user.py), and the
+    view is serialised before the next fact.
     Callers that keep a view and change it must copy it. tests/unit/test_publication.py holds
     it equal to the reference definition (tests/oracle/view.py)."""
     fields = user.fields
