@@ -205,7 +205,12 @@ def backend_ns(pid: int) -> int:
         return int(f.read().split()[0])
 
 
+SEQUENTIAL = False  # --ids sequential: projection_bench's eventIds
+
+
 def event_id(n: int) -> str:
+    if SEQUENTIAL:
+        return f"e{n:08d}"  # short and increasing: each channel's text keys append at the right
     return hashlib.md5(str(n).encode()).hexdigest() + f"-{n}"  # ~40 characters, like a uuid
 
 
@@ -347,7 +352,11 @@ async def main() -> None:
     p.add_argument("--rounds", type=int, default=1)
     p.add_argument("--explain", action="store_true", help="print the lookup's plan after the measured batches")
     p.add_argument("--load", action="store_true", help="also price reading every channel's window back from the runs")
+    p.add_argument("--ids", choices=("random", "sequential"), default="random",
+                   help="eventIds like uuids (random), or like projection_bench's (e00000001, …)")
     args = p.parse_args()
+    global SEQUENTIAL
+    SEQUENTIAL = args.ids == "sequential"
     print(f"load average {os.getloadavg()[0]:.1f}; {args.held:,} eventIds held over {args.channels} channels, "
           f"{args.per_batch} a batch; backend CPU µs per event")
     for r in range(args.rounds):
