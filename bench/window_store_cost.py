@@ -306,8 +306,10 @@ async def measure(url: str, variant: str, args: argparse.Namespace) -> dict[str,
         for _ in range(warm):
             await one_batch(conn, variant, stream.batch(), window, pid, defaultdict(int))
         n0, found, wall = stream.n, 0, time.perf_counter()
-        for _ in range(args.batches):
+        for b in range(args.batches):
             found += await one_batch(conn, variant, stream.batch(), window, pid, spent)
+            if args.vacuum and (b + 1) % args.vacuum == 0:  # what autovacuum would do (not counted)
+                await conn.execute("VACUUM " + ("applied_runs" if variant in ("runs", "gin") else "applied_events"))
         events = stream.n - n0
         if args.explain and variant in KEY_DDL and variant != "hashpy":
             facts = stream.batch()
@@ -350,6 +352,8 @@ async def main() -> None:
     p.add_argument("--held", type=int, default=60_000, help="eventIds the window holds (all channels)")
     p.add_argument("--batches", type=int, default=300, help="batches measured, after the window is full")
     p.add_argument("--rounds", type=int, default=1)
+    p.add_argument("--vacuum", type=int, default=0, metavar="N",
+                   help="VACUUM the table every N measured batches (autovacuum is off on the bench's server)")
     p.add_argument("--explain", action="store_true", help="print the lookup's plan after the measured batches")
     p.add_argument("--load", action="store_true", help="also price reading every channel's window back from the runs")
     p.add_argument("--ids", choices=("random", "sequential"), default="random",
