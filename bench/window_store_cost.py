@@ -24,6 +24,7 @@ machine's load falls on all of them.
 
     .venv/bin/python bench/window_store_cost.py                      # ~2 minutes
     .venv/bin/python bench/window_store_cost.py --held 120000 --batches 500 --variants rows,runs
+    .venv/bin/python bench/window_store_cost.py --variants textl,hashpk --batches 300 --rounds 2 --vacuum 25
 
 A benchmark, not a test.
 """
