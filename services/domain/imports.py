@@ -566,14 +566,16 @@ def _set(user: User, values: dict[str, Any], at: int) -> None:
     """Apply parsed cells: I4 qualified; I8 lists append, everything else replaces; I6
     blanks clear (`_CLEAR`) or were left out (keep); I7 flags overwrite when present."""
     member = user.type == "member"
+    # Module names bound once: compiled, each use of one is a lookup in the module's dict.
+    member_id, flags, flag_attrs, clear = MEMBER_ID, FLAGS, FLAG_ATTRS, _CLEAR
     for key, value in values.items():
-        if key == MEMBER_ID:
+        if key == member_id:
             continue  # the row's identity: already the user's memberId
-        if key in FLAGS:
-            setattr(user, FLAG_ATTRS[key], False if value is _CLEAR else value)
+        if key in flags:
+            setattr(user, flag_attrs[key], False if value is clear else value)
         elif key == "tags":
-            user.tags = [] if value is _CLEAR else sorted({*user.tags, *value})
-        elif value is _CLEAR:
+            user.tags = [] if value is clear else sorted({*user.tags, *value})
+        elif value is clear:
             _replace(user, key, new_value(None, True, member, at))
         elif isinstance(value, list):  # I8: list and listOfNumber append
             old = user.value(key)
