@@ -10,10 +10,11 @@ from __future__ import annotations
 import hashlib
 import uuid
 from functools import lru_cache
+from typing import Final
 
 _NAMESPACE = uuid.UUID("5b0c6f5e-3d0a-4a8e-9a51-6e1f0c2d7a11")
-_NS = _NAMESPACE.bytes
-_SEP = "\x1f"
+_NS: Final = _NAMESPACE.bytes
+_SEP: Final = "\x1f"
 # Ids version 2 (contract 1.1.0): a name must be an unambiguous encoding of its parts.
 # Version 1 joined the parts with U+001F, which a part (a veilId, a memberId, an eventId)
 # may itself contain, so two different inputs could derive one id. Joining stays

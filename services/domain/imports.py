@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any
+from typing import Any, Final
 
 from . import limits
 from .channel import ChannelSettings
@@ -39,7 +39,7 @@ from .values import PARSERS, Rejected, parse_boolean, parse_string, parse_tags
 # --------------------------------------------------------------------------- keys (I5, P1)
 
 MEMBER_ID = "memberId"
-UNSUBSCRIBE = ("unsubscribeEmail", "unsubscribeTexting")
+UNSUBSCRIBE: Final = ("unsubscribeEmail", "unsubscribeTexting")
 FLAGS = frozenset({*UNSUBSCRIBE, "hasPushToken"})
 TOP_LEVEL = frozenset({MEMBER_ID, "name", "tags", *FLAGS})
 """Editable keys outside `profile.*` (P1)."""
@@ -57,7 +57,7 @@ SYSTEM_KEYS = frozenset(
 SYSTEM_PREFIXES = ("web.", "mobile.")
 
 
-CONTACTS = {EMAIL: "email", MOBILE: "mobile"}
+CONTACTS: Final = {EMAIL: "email", MOBILE: "mobile"}
 LEAD_KEYS = {"email": EMAIL, "mobileNumber": MOBILE}
 LIST_TYPES = frozenset({"list", "listOfNumber"})
 
@@ -453,7 +453,7 @@ class RowFailed(Rejected):
 # ------------------------------------------------------------------------------- a row
 
 
-_CLEAR = object()  # a blank cell under `--blank clear` (I6)
+_CLEAR: Final = object()  # a blank cell under `--blank clear` (I6)
 
 
 def parse_cells(definition: ImportDef, cells: dict[str, str]) -> dict[str, Any]:
