@@ -41,3 +41,15 @@ def test_ids_v2_encoding_is_injective(a: list[str], b: list[str]):
 def test_ids_v2_distinct_member_inputs_give_distinct_ids(ch1: str, m1: str, ch2: str, m2: str):
     if (ch1, m1) != (ch2, m2):
         assert member_user_id(ch1, m1) != member_user_id(ch2, m2)
+
+
+@given(st.text(max_size=40) | st.just("u_0123abcd") | st.just("u\x1f1"), st.integers(1, 10**6))
+def test_an_outbound_event_id_is_the_name_based_id_of_its_user_and_version(user_id: str, version: int):
+    """Every user-changed carries an eventId derived from (user, version) (Determinism):
+    the name built directly for a user id without U+001F (issue 14, session 13) gives
+    the id the generic parts encoding gives, which for such ids is version 1's uuid5."""
+    from services.domain.ids import _name_uuid, outbound_event_id
+
+    assert outbound_event_id(user_id, version) == _name_uuid("user-changed", user_id, str(version))
+    if "\x1f" not in user_id:
+        assert outbound_event_id(user_id, version) == uuid.uuid5(_V1_NAMESPACE, f"user-changed\x1f{user_id}\x1f{version}").hex
