@@ -12,7 +12,7 @@ as remembered in each batch, one eventId in ~600 sent again (found).
   and the forgetting are priced; `--load` also prices reading a channel's whole window
   back (what a mirror in memory costs on a channel's first batch).
 - `lazy`: today's (repository.applied_window, save_applied, raise_clocks, called as the
-  projection calls them): rows without the (channel_id, at) index, each channel's clock
+  projection calls them, on the tree's schema.sql): rows without the (channel_id, at) index, each channel's clock
   in `applied_clocks`, a channel's expired rows swept by the batch that moves its clock
   half a window past its last sweep (the rule ignores them meanwhile).
 - `gin`: the runs with a GIN index on the eventIds (fastupdate off: a pending list is
@@ -24,6 +24,7 @@ machine's load falls on all of them.
 
     .venv/bin/python bench/window_store_cost.py                      # ~2 minutes
     .venv/bin/python bench/window_store_cost.py --held 120000 --batches 500 --variants rows,runs
+    .venv/bin/python bench/window_store_cost.py --variants textl,hashpk --batches 300 --rounds 2 --vacuum 25
 
 A benchmark, not a test.
 """
@@ -37,6 +38,7 @@ import os
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,9 +65,123 @@ ROWS_DDL = """CREATE TABLE applied_events (channel_id text NOT NULL, event_id te
 RUNS_DDL = """CREATE TABLE applied_runs (channel_id text NOT NULL, last_at bigint NOT NULL,
                                          event_ids text[] NOT NULL, ats bigint[] NOT NULL);
               CREATE INDEX applied_runs_clock ON applied_runs (channel_id, last_at)"""
-LAZY_DDL = """CREATE TABLE applied_events (channel_id text NOT NULL, event_id text NOT NULL, at bigint NOT NULL,
-                                           PRIMARY KEY (channel_id, event_id));
-              CREATE TABLE applied_clocks (channel_id text PRIMARY KEY, clock bigint NOT NULL, swept bigint NOT NULL)"""
+# `lazy` runs on the tree's own schema.sql (the whole of it, in the bench's schema).
+LAZY_DDL = (ROOT / "services" / "store" / "schema.sql").read_text()
+# Session 13 (helper "window"): cheaper keys for the same rows and statements as `lazy`.
+# `textl`: lazy's statements inlined (session 12's layout, whatever repository.py now does).
+# `textc`: its key columns under COLLATE "C" (btree steps compare by memcmp, not strcoll).
+# `hash`: one bigint key, the channel's hashtext in its high half and the eventId's in its
+# low half, a stored generated column (PostgreSQL computes it, COPY and INSERTs unchanged),
+# in a non-unique btree; a hit is confirmed on the exact pair in the row. `hashpk`: the same
+# key as a primary key (k, channel_id, event_id). `hashpy`: a key from blake2b computed by the
+# client (sent with COPY and the lookup) instead of a generated column.
+HASH_SQL = "((hashtext({c})::bigint << 32) | (hashtext({e})::bigint & 4294967295))"
+LAZY_TABLE = """CREATE TABLE applied_events (channel_id text {coll} NOT NULL, event_id text {coll} NOT NULL, at bigint NOT NULL{extra});
+                CREATE TABLE applied_clocks (channel_id text PRIMARY KEY, clock bigint NOT NULL, swept bigint NOT NULL)"""
+KEY_DDL = {
+    "textl": LAZY_TABLE.format(coll="", extra=", PRIMARY KEY (channel_id, event_id)"),
+    "textc": LAZY_TABLE.format(coll='COLLATE "C"', extra=", PRIMARY KEY (channel_id, event_id)"),
+    # What a database created under a linguistic locale (en_US, typical of a packaged
+    # server; this machine's servers are C.UTF-8) pays for the text key: ICU's en-US.
+    "texticu": LAZY_TABLE.format(coll='COLLATE "en-US-x-icu"', extra=", PRIMARY KEY (channel_id, event_id)"),
+    "hash": LAZY_TABLE.format(coll='COLLATE "C"', extra=", k bigint GENERATED ALWAYS AS ("
+                              + HASH_SQL.format(c="channel_id", e="event_id") + ") STORED")
+    + "; CREATE INDEX applied_events_key ON applied_events (k)",
+    "hashpk": LAZY_TABLE.format(coll='COLLATE "C"', extra=", k bigint GENERATED ALWAYS AS ("
+                                + HASH_SQL.format(c="channel_id", e="event_id") + ") STORED, PRIMARY KEY (k, channel_id, event_id)"),
+    "hashany": LAZY_TABLE.format(coll="", extra=", k bigint GENERATED ALWAYS AS ("
+                                 + HASH_SQL.format(c="channel_id", e="event_id") + ") STORED, PRIMARY KEY (k, channel_id, event_id)"),
+    "hashpy": LAZY_TABLE.format(coll='COLLATE "C"', extra=", k bigint NOT NULL")
+    + "; CREATE INDEX applied_events_key ON applied_events (k)",
+}
+TEXT_LOOKUP = """SELECT a.channel_id, a.event_id, a.at FROM applied_events a
+                   JOIN unnest($1::text[], $2::text[]) AS p(c, e) ON a.channel_id = p.c AND a.event_id = p.e
+                 UNION ALL
+                 SELECT channel_id, NULL, clock FROM applied_clocks WHERE channel_id = ANY($3::text[])"""
+# Per pair, one probe of the key (LATERAL … LIMIT 1: never a hash or merge join over the
+# whole table, which the planner picked for a small table without statistics).
+HASH_LOOKUP = """SELECT p.c, a.event_id, a.at FROM unnest($1::text[], $2::text[]) AS p(c, e)
+                   CROSS JOIN LATERAL (SELECT a.event_id, a.at FROM applied_events a
+                                        WHERE a.k = """ + HASH_SQL.format(c="p.c", e="p.e") + """
+                                          AND a.channel_id = p.c AND a.event_id = p.e LIMIT 1) a
+                 UNION ALL
+                 SELECT channel_id, NULL, clock FROM applied_clocks WHERE channel_id = ANY($3::text[])"""
+# `hashany`: hashpk's table, its lookup one index scan of all the batch's keys (= ANY),
+# the rows of equal keys but other pairs dropped by the client.
+HASHANY_LOOKUP = """SELECT a.channel_id, a.event_id, a.at FROM applied_events a
+                     WHERE a.k = ANY(ARRAY(SELECT """ + HASH_SQL.format(c="p.c", e="p.e") + """
+                                             FROM unnest($1::text[], $2::text[]) AS p(c, e)))
+                   UNION ALL
+                   SELECT channel_id, NULL, clock FROM applied_clocks WHERE channel_id = ANY($3::text[])"""
+HASHPY_LOOKUP = """SELECT p.c, a.event_id, a.at FROM unnest($1::text[], $2::text[], $4::bigint[]) AS p(c, e, k)
+                     CROSS JOIN LATERAL (SELECT a.event_id, a.at FROM applied_events a
+                                          WHERE a.k = p.k AND a.channel_id = p.c AND a.event_id = p.e LIMIT 1) a
+                   UNION ALL
+                   SELECT channel_id, NULL, clock FROM applied_clocks WHERE channel_id = ANY($3::text[])"""
+CLOCKS_RAISE = """INSERT INTO applied_clocks AS k (channel_id, clock, swept)
+                  SELECT c, t, t FROM unnest($1::text[], $2::bigint[]) AS x(c, t)
+                  ON CONFLICT (channel_id) DO UPDATE SET clock = EXCLUDED.clock,
+                      swept = CASE WHEN EXCLUDED.clock >= k.swept + $3::bigint / 2 THEN EXCLUDED.clock ELSE k.swept END
+                   WHERE k.clock < EXCLUDED.clock
+                  RETURNING k.channel_id, k.clock, k.swept = k.clock AND xmax <> 0"""
+TEXT_SWEEP = """DELETE FROM applied_events a USING unnest($1::text[], $2::bigint[]) AS k(c, clock)
+                 WHERE a.channel_id = k.c AND a.at < k.clock - $3::bigint"""
+# A channel's keys are one range: its hashtext in the high half.
+HASH_SWEEP = """DELETE FROM applied_events a USING unnest($1::text[], $2::bigint[]) AS k(c, clock)
+                 WHERE a.k BETWEEN hashtext(k.c)::bigint << 32 AND (hashtext(k.c)::bigint << 32) | 4294967295
+                   AND a.channel_id = k.c AND a.at < k.clock - $3::bigint"""
+HASHPY_SWEEP = """DELETE FROM applied_events a USING unnest($1::text[], $2::bigint[], $4::bigint[]) AS k(c, clock, h)
+                   WHERE a.k BETWEEN k.h << 32 AND (k.h << 32) | 4294967295
+                     AND a.channel_id = k.c AND a.at < k.clock - $3::bigint"""
+RENEW = """DELETE FROM applied_events a USING unnest($1::text[], $2::text[]) AS r(c, e)
+            WHERE a.channel_id = r.c AND a.event_id = r.e"""
+
+
+def half(data: bytes) -> int:
+    """A signed 32-bit hash (blake2b), for `hashpy`."""
+    return int.from_bytes(hashlib.blake2b(data, digest_size=4).digest(), "little", signed=True)
+
+
+def py_key(c: str, e: str) -> int:
+    return (half(c.encode()) << 32) | (half(e.encode()) & 0xFFFFFFFF)
+
+
+async def keyed_batch(conn: asyncpg.Connection, variant: str, facts: list[tuple[str, str, int]], window: int,
+                      tick: Callable[[str], None], chans: list[str]) -> int:
+    """lazy's three statements (applied_window, save_applied, raise_clocks) on a variant's key."""
+    cs, es = [f[0] for f in facts], [f[1] for f in facts]
+    if variant == "hashpy":
+        ks = [py_key(c, e) for c, e in zip(cs, es, strict=True)]
+        rows = await conn.fetch(HASHPY_LOOKUP, cs, es, chans, ks)
+    elif variant == "hashany":
+        wanted = set(zip(cs, es, strict=True))
+        rows = [r for r in await conn.fetch(HASHANY_LOOKUP, cs, es, chans) if r[1] is None or (r[0], r[1]) in wanted]
+    else:
+        rows = await conn.fetch(HASH_LOOKUP if variant.startswith("hash") else TEXT_LOOKUP, cs, es, chans)
+    seen = {(r[0], r[1]) for r in rows if r[1] is not None}
+    tick("lookup")
+    new = [f for f in facts if (f[0], f[1]) not in seen]
+    if variant == "hashpy":
+        await conn.copy_records_to_table("applied_events", records=[(c, e, t, py_key(c, e)) for c, e, t in new],
+                                         columns=("channel_id", "event_id", "at", "k"))
+    else:
+        await conn.copy_records_to_table("applied_events", records=new, columns=("channel_id", "event_id", "at"))
+    tick("remember")
+    latest: dict[str, int] = {}
+    for c, _e, t in new:
+        latest[c] = max(t, latest.get(c, t))
+    due = [r for r in await conn.fetch(CLOCKS_RAISE, list(latest), list(latest.values()), window) if r[2]]
+    if due:
+        if variant == "hashpy":
+            await conn.execute(HASHPY_SWEEP, [r[0] for r in due], [r[1] for r in due], window,
+                               [half(r[0].encode()) for r in due])
+        else:
+            await conn.execute(HASH_SWEEP if variant.startswith("hash") else TEXT_SWEEP,
+                               [r[0] for r in due], [r[1] for r in due], window)
+    tick("forget")
+    return len(facts) - len(new)
+
+
 GIN_DDL = "CREATE INDEX applied_runs_event_ids ON applied_runs USING gin (event_ids) WITH (fastupdate = off)"
 
 # The runs holding any of the batch's eventIds (one GIN scan of all of them: per pair,
@@ -90,7 +206,12 @@ def backend_ns(pid: int) -> int:
         return int(f.read().split()[0])
 
 
+SEQUENTIAL = False  # --ids sequential: projection_bench's eventIds
+
+
 def event_id(n: int) -> str:
+    if SEQUENTIAL:
+        return f"e{n:08d}"  # short and increasing: each channel's text keys append at the right
     return hashlib.md5(str(n).encode()).hexdigest() + f"-{n}"  # ~40 characters, like a uuid
 
 
@@ -125,6 +246,15 @@ async def one_batch(conn: asyncpg.Connection, variant: str, facts: list[tuple[st
         now = backend_ns(pid)
         spent[name] += now - since
         return now
+
+    if variant in KEY_DDL:
+        async with conn.transaction():
+            mark = [backend_ns(pid)]
+
+            def step(name: str) -> None:
+                mark[0] = tick(name, mark[0])
+
+            return await keyed_batch(conn, variant, facts, window, step, chans)
 
     async with conn.transaction():
         t = backend_ns(pid)
@@ -165,7 +295,7 @@ async def measure(url: str, variant: str, args: argparse.Namespace) -> dict[str,
     schema = f"window_cost_{variant}_{os.getpid()}"
     try:
         await conn.execute(f"CREATE SCHEMA {schema}; SET search_path = {schema}")
-        await conn.execute({"rows": ROWS_DDL, "lazy": LAZY_DDL}.get(variant, RUNS_DDL))
+        await conn.execute({"rows": ROWS_DDL, "lazy": LAZY_DDL, **KEY_DDL}.get(variant, RUNS_DDL))
         if variant == "gin":
             await conn.execute(GIN_DDL)
             await conn.execute("SET enable_seqscan = off")  # the GIN index, not a scan of every run
@@ -177,16 +307,24 @@ async def measure(url: str, variant: str, args: argparse.Namespace) -> dict[str,
         for _ in range(warm):
             await one_batch(conn, variant, stream.batch(), window, pid, defaultdict(int))
         n0, found, wall = stream.n, 0, time.perf_counter()
-        for _ in range(args.batches):
+        for b in range(args.batches):
             found += await one_batch(conn, variant, stream.batch(), window, pid, spent)
+            if args.vacuum and (b + 1) % args.vacuum == 0:  # what autovacuum would do (not counted)
+                await conn.execute("VACUUM " + ("applied_runs" if variant in ("runs", "gin") else "applied_events"))
         events = stream.n - n0
+        if args.explain and variant in KEY_DDL and variant != "hashpy":
+            facts = stream.batch()
+            sql = HASHANY_LOOKUP if variant == "hashany" else HASH_LOOKUP if variant.startswith("hash") else TEXT_LOOKUP
+            plan = await conn.fetch("EXPLAIN (ANALYZE, COSTS OFF) " + sql, [f[0] for f in facts], [f[1] for f in facts],
+                                    sorted({f[0] for f in facts}))
+            print("\n".join(r[0] for r in plan))
         out = {k: v / events / 1000 for k, v in spent.items()}
         out["total"] = sum(spent.values()) / events / 1000
         out["wall"] = (time.perf_counter() - wall) / events * 1e6
         out["found"] = found
-        table = "applied_events" if variant in ("rows", "lazy") else "applied_runs"
+        table = "applied_runs" if variant in ("runs", "gin") else "applied_events"
         out["mb"] = await conn.fetchval(f"SELECT pg_total_relation_size('{table}')") / 1e6
-        if args.load and variant not in ("rows", "lazy"):
+        if args.load and variant in ("runs", "gin"):
             chans = [f"ch_{i}" for i in range(args.channels)]
             t, c = time.perf_counter(), backend_ns(pid)
             rows = await conn.fetch(RUNS_LOAD, chans)
@@ -215,8 +353,15 @@ async def main() -> None:
     p.add_argument("--held", type=int, default=60_000, help="eventIds the window holds (all channels)")
     p.add_argument("--batches", type=int, default=300, help="batches measured, after the window is full")
     p.add_argument("--rounds", type=int, default=1)
+    p.add_argument("--vacuum", type=int, default=0, metavar="N",
+                   help="VACUUM the table every N measured batches (autovacuum is off on the bench's server)")
+    p.add_argument("--explain", action="store_true", help="print the lookup's plan after the measured batches")
     p.add_argument("--load", action="store_true", help="also price reading every channel's window back from the runs")
+    p.add_argument("--ids", choices=("random", "sequential"), default="random",
+                   help="eventIds like uuids (random), or like projection_bench's (e00000001, …)")
     args = p.parse_args()
+    global SEQUENTIAL
+    SEQUENTIAL = args.ids == "sequential"
     print(f"load average {os.getloadavg()[0]:.1f}; {args.held:,} eventIds held over {args.channels} channels, "
           f"{args.per_batch} a batch; backend CPU µs per event")
     for r in range(args.rounds):

@@ -10,10 +10,11 @@ from __future__ import annotations
 import hashlib
 import uuid
 from functools import lru_cache
+from typing import Final
 
 _NAMESPACE = uuid.UUID("5b0c6f5e-3d0a-4a8e-9a51-6e1f0c2d7a11")
-_NS = _NAMESPACE.bytes
-_SEP = "\x1f"
+_NS: Final = _NAMESPACE.bytes
+_SEP: Final = "\x1f"
 # Ids version 2 (contract 1.1.0): a name must be an unambiguous encoding of its parts.
 # Version 1 joined the parts with U+001F, which a part (a veilId, a memberId, an eventId)
 # may itself contain, so two different inputs could derive one id. Joining stays
@@ -46,7 +47,12 @@ def _name(*parts: str) -> bytes:
 
 def _name_uuid(*parts: str) -> str:
     """`uuid.uuid5(namespace, name).hex` without the UUID objects (~1 µs against ~5 µs)."""
-    h = bytearray(hashlib.sha1(_name(*parts)).digest()[:16])
+    return _uuid_of(_name(*parts))
+
+
+def _uuid_of(name: bytes) -> str:
+    """The name-based (version 5) UUID of a namespaced name, as hex."""
+    h = bytearray(hashlib.sha1(name).digest()[:16])
     h[6] = (h[6] & 0x0F) | 0x50  # version 5
     h[8] = (h[8] & 0x3F) | 0x80  # RFC 4122 variant
     return h.hex()
@@ -79,18 +85,12 @@ def fact_user_id(channel_id: str, event_id: str) -> str:
 def outbound_event_id(user_id: str, version: int) -> str:
     """The eventId of a user-changed message: one per (user, version), so a replayed
     or re-sent publication carries the same id and consumers can dedupe.
-
-    `_name_uuid("user-changed", user_id, str(version))`, in fewer steps: every message
-    derives one (issue 14, session 13). For a user id without U+001F (every one: `u_` and
-    hex) the name is the joined one, and the id the hex digest's first 32 digits with the
-    version digit (12) and the variant's (16) set as `_name_uuid` sets their bits.
-    tests/unit/test_ids.py holds the two equal."""
+    Every published message derives one: its name is built here as `_name` builds it
+    for parts without U+001F (a user id is "u_" and hex), without `_name`'s generic
+    steps; a user id holding one takes them."""
     if _SEP in user_id:
         return _name_uuid("user-changed", user_id, str(version))
-    d = hashlib.sha1(_CHANGED + f"{user_id}\x1f{version}".encode()).hexdigest()
-    return f"{d[:12]}5{d[13:16]}{_VARIANT[d[16]]}{d[17:32]}"
+    return _uuid_of(_OUTBOUND + (user_id + _SEP + str(version)).encode())
 
 
-_CHANGED = _NS + b"user-changed\x1f"
-# The variant's hex digit: its two high bits set to 10 (RFC 4122), the two low ones kept.
-_VARIANT = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
+_OUTBOUND = _NS + ("user-changed" + _SEP).encode()  # _name("user-changed", …)'s start

@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any
+from typing import Any, Final
 
 from . import limits
 from .channel import ChannelSettings
@@ -39,7 +39,7 @@ from .values import PARSERS, Rejected, parse_boolean, parse_string, parse_tags
 # --------------------------------------------------------------------------- keys (I5, P1)
 
 MEMBER_ID = "memberId"
-UNSUBSCRIBE = ("unsubscribeEmail", "unsubscribeTexting")
+UNSUBSCRIBE: Final = ("unsubscribeEmail", "unsubscribeTexting")
 FLAGS = frozenset({*UNSUBSCRIBE, "hasPushToken"})
 TOP_LEVEL = frozenset({MEMBER_ID, "name", "tags", *FLAGS})
 """Editable keys outside `profile.*` (P1)."""
@@ -57,7 +57,7 @@ SYSTEM_KEYS = frozenset(
 SYSTEM_PREFIXES = ("web.", "mobile.")
 
 
-CONTACTS = {EMAIL: "email", MOBILE: "mobile"}
+CONTACTS: Final = {EMAIL: "email", MOBILE: "mobile"}
 LEAD_KEYS = {"email": EMAIL, "mobileNumber": MOBILE}
 LIST_TYPES = frozenset({"list", "listOfNumber"})
 
@@ -453,7 +453,7 @@ class RowFailed(Rejected):
 # ------------------------------------------------------------------------------- a row
 
 
-_CLEAR = object()  # a blank cell under `--blank clear` (I6)
+_CLEAR: Final = object()  # a blank cell under `--blank clear` (I6)
 
 
 def parse_cells(definition: ImportDef, cells: dict[str, str]) -> dict[str, Any]:
@@ -566,14 +566,16 @@ def _set(user: User, values: dict[str, Any], at: int) -> None:
     """Apply parsed cells: I4 qualified; I8 lists append, everything else replaces; I6
     blanks clear (`_CLEAR`) or were left out (keep); I7 flags overwrite when present."""
     member = user.type == "member"
+    # Module names bound once: compiled, each use of one is a lookup in the module's dict.
+    member_id, flags, flag_attrs, clear = MEMBER_ID, FLAGS, FLAG_ATTRS, _CLEAR
     for key, value in values.items():
-        if key == MEMBER_ID:
+        if key == member_id:
             continue  # the row's identity: already the user's memberId
-        if key in FLAGS:
-            setattr(user, FLAG_ATTRS[key], False if value is _CLEAR else value)
+        if key in flags:
+            setattr(user, flag_attrs[key], False if value is clear else value)
         elif key == "tags":
-            user.tags = [] if value is _CLEAR else sorted({*user.tags, *value})
-        elif value is _CLEAR:
+            user.tags = [] if value is clear else sorted({*user.tags, *value})
+        elif value is clear:
             _replace(user, key, new_value(None, True, member, at))
         elif isinstance(value, list):  # I8: list and listOfNumber append
             old = user.value(key)

@@ -8,7 +8,7 @@ decided from that provenance (U3), never from the order facts happened to arrive
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from typing import Any, Literal, NamedTuple
+from typing import Any, Final, Literal, NamedTuple
 
 import orjson
 
@@ -40,7 +40,7 @@ class Value(NamedTuple):
         return new_value(raw[0], raw[1], raw[2], raw[3])
 
 
-_tuple_new = tuple.__new__
+_tuple_new: Final = tuple.__new__
 
 
 def new_value(v: Any, q: bool, m: bool, t: int) -> Value:

@@ -29,11 +29,12 @@ def user_view(user: User) -> dict[str, Any]:
     name = None
     qualified = []
     if fields:
+        prefix, cut = _PREFIX, _CUT  # bound once: compiled, a module name is a dict lookup a use
         for key in sorted(fields):  # the profile in key order (the contract's JSON is stable)
             v = fields[key].v
             if v is not None:
-                if key.startswith(_PREFIX):
-                    profile[key[_CUT:]] = v  # type: ignore[index]
+                if key.startswith(prefix):
+                    profile[key[cut:]] = v  # type: ignore[index]
                 elif key == "name":
                     name = v
         for short, key in _QUALIFIED:
@@ -79,6 +80,11 @@ def _platform(p: Platform) -> dict[str, Any]:
     `device.get(...)` each time, not a bound `get`: compiled, that is a direct dict lookup,
     and a bound method a generic call (~4× the cost)."""
     device = p.device
+    if not device:  # no device described (every imported user): ~1 k instructions less a platform
+        return {
+            "sessionsCount": p.sessions_count, "lastSeenAt": p.last_seen_at, "browser": None, "browserName": None,
+            "os": None, "osName": None, "device": None, "appName": None, "appVersion": None,
+        }
     return {
         "sessionsCount": p.sessions_count, "lastSeenAt": p.last_seen_at, "browser": device.get("browser"),
         "browserName": device.get("browserName"), "os": device.get("os"), "osName": device.get("osName"),

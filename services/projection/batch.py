@@ -34,6 +34,7 @@ from .facts import (
     _dead_letter,
     _keys_of,  # noqa: F401  (re-exported: tests and bench read it from here)
     add_keys,
+    grade_channels,
     parse_records,
     run_facts,
     storable_text,
@@ -213,7 +214,8 @@ async def save_command_outcomes(conn: asyncpg.Connection, fx: Effects, *, announ
 
 async def load_grades(conn: asyncpg.Connection, directory: Directory, facts: list[Fact]) -> None:
     """The grade definitions of the channels whose grade commands are in `facts` (D2)."""
-    channels = {f.channel_id for f in facts if f.type.startswith("grade.") and f.channel_id not in directory.grades.defined}
+    defined = directory.grades.defined
+    channels = {ch for ch in grade_channels(facts) if ch not in defined}
     for channel_id, grades in (await repo.load_grades(conn, channels)).items():
         directory.grades.load(channel_id, grades)
 

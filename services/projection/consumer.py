@@ -58,6 +58,7 @@ class _SeekToStored(ConsumerRebalanceListener):
             await self.projection.pipeline.settle()  # the batch in flight commits (or fails) first
         if self.projection.resident is not None and revoked:
             self.projection.resident.drop()  # another instance may write them next
+        self.projection.forget_assignment()
         await self.projection.measure_load()
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
@@ -132,6 +133,15 @@ class Projection:
             log.warning("partition load not measured (%s: %s); joining without it", type(err).__name__, err)
             loads = {}
         self.balancing.loads = loads
+
+    def forget_assignment(self) -> None:
+        """Revoked (aiokafka revokes every partition before a join): nothing buffered or
+        fetched is ours until seek_to_stored positions the new assignment. aiokafka sets
+        that assignment before it calls on_partitions_assigned and the loop runs in
+        between: a merge still holding a partition that went to another member would ask
+        its high watermark, which aiokafka refuses for a partition not assigned."""
+        self.merge.assign(())
+        self._fetched = {}
 
     async def seek_to_stored(self, partitions: list[TopicPartition]) -> None:
         if self.resident is not None:
@@ -334,6 +344,8 @@ class Projection:
         The high watermark comes with every fetch response, empty or not (exact on tansu
         and Kafka), so an idle co-partition holds the others back for one fetch at most."""
         tp = TopicPartition(*partition)
+        if tp not in self.consumer.assignment():  # moved by a rebalance under way: wait for it
+            return False
         high = self.consumer.highwater(tp)
         return high is not None and self._fetched.get(tp, 0) >= high
 

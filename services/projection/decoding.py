@@ -24,9 +24,12 @@ from contracts.decode import (
     BootEvent,
     ChatEvent,
     ContactEvent,
+    CreateLead,
     ImportRow,
     LoginEvent,
     TrackEvent,
+    UpdateProfile,
+    UpsertMember,
     _Message,
 )
 from contracts.inbound import (
@@ -119,7 +122,8 @@ def decode_import_rows(raw: bytes) -> list[ImportRow | InboundError] | list[Any]
 def _rules_ok(msg: _Message, raw: bytes) -> bool:
     """The models' validators, the value unions msgspec has no type for, and the depth
     limit: the structs nest three levels at most but for track.properties (free JSON),
-    so only a track can be too deep; the brackets bound its depth, as in the door."""
+    so only a track can be too deep; the brackets bound its depth, as in the door (a
+    profile's values are scalars or lists of them once `_profile_ok` passed them)."""
     t = type(msg)
     if t is BootEvent or t is LoginEvent:
         profile = msg.profile  # type: ignore[attr-defined]
@@ -138,7 +142,12 @@ def _rules_ok(msg: _Message, raw: bytes) -> bool:
         return msg.email is not None or msg.mobileNumber is not None  # type: ignore[attr-defined]
     if t is ImportRow:  # a cell too long for the service fails the row: parse_inbound words it
         return all(len(cell) <= _MAX_VALUE for cell in msg.cells.values())  # type: ignore[attr-defined]
-    return True
+    if t is UpdateProfile or t is UpsertMember:
+        return _profile_ok(msg.profile)  # type: ignore[attr-defined]
+    if t is CreateLead:  # and the model's validator: a contact to create the lead by
+        profile = msg.profile  # type: ignore[attr-defined]
+        return _profile_ok(profile) and (type(profile.get("email")) is str or type(profile.get("mobileNumber")) is str)
+    return True  # the other commands: ids only, each within its length
 
 
 def _profile_ok(profile: dict[str, Any]) -> bool:

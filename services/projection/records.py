@@ -11,8 +11,9 @@ and in a rebuild, so no producer clock can date a record far ahead of its partit
 from __future__ import annotations
 
 import heapq
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 Partition = tuple[str, int]
 
@@ -124,6 +125,59 @@ class PartitionClocks:
         if clock is None or timestamp > clock:
             self.at[partition] = timestamp
         return timestamp
+
+
+class LogPart:
+    """One partition a replay reads (replay/log.py `LogReader`): the offset it stops
+    before, the next offset to hand out, its records fetched and not handed out yet, and
+    its clock after those handed out. Here, compiled, for `take_merged`."""
+
+    def __init__(self, tp: Any, stop: int, position: int, clock: int | None = None) -> None:
+        self.tp = tp  # aiokafka's TopicPartition
+        self.stop = stop  # never read past it
+        self.position = position
+        self.buf: deque[Record] = deque()
+        self.clock = clock
+        self.idle_since: float | None = None
+        self.done = False
+
+
+MergeHeap = list[tuple[int, str, int, int, LogPart]]
+
+
+def take_merged(heap: MergeHeap, out: list[Record], room: int, size: int, max_bytes: int) -> tuple[int, LogPart | None]:
+    """`LogReader.merged`'s loop, run once per record of the log: up to `room` records
+    appended to `out` in the canonical order, each taken from the head of the partition
+    on top of `heap` (its next record keyed by (timestamp, topic, partition, offset)),
+    while every partition still to read has its head in `heap`. Returns the bytes of
+    values so far (`size` plus those taken) and the partition whose buffer it emptied,
+    if it stopped for that: the caller fetches its next records, or finishes it, before
+    anything else is taken. Also stops once `size` reaches `max_bytes`. Compiled with the
+    core (issue 14, session 13): interpreted it was ~1 µs of every record a rebuild reads."""
+    replace, pop = heapq.heapreplace, heapq.heappop
+    for _ in range(room):
+        part = heap[0][4]
+        buf = part.buf
+        record = buf.popleft()
+        out.append(record)
+        part.position = record.offset + 1
+        timestamp = record.timestamp
+        if timestamp > 0:
+            clock = part.clock
+            if clock is None or timestamp > clock:
+                part.clock = timestamp
+        value = record.value
+        if value is not None:
+            size += len(value)
+        if buf:
+            h = buf[0]
+            replace(heap, (h.timestamp, h.topic, h.partition, h.offset, part))
+        else:
+            pop(heap)
+            return size, part
+        if size >= max_bytes:
+            break
+    return size, None
 
 
 def clocks_after(records: Iterable[Record]) -> dict[Partition, int]:

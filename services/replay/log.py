@@ -25,15 +25,13 @@ from __future__ import annotations
 import heapq
 import logging
 import time
-from collections import deque
 from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass, field
 from types import TracebackType
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from services.platform.kafka import client_options
-from services.projection.records import PartitionClocks, Record
+from services.projection.records import LogPart, PartitionClocks, Record, take_merged
 
 log = logging.getLogger("unifier.replay")
 
@@ -46,17 +44,6 @@ Partition = tuple[str, int]
 
 class LogShort(RuntimeError):
     """The log does not hold records up to the offsets asked for (lost broker storage?)."""
-
-
-@dataclass(slots=True)
-class _Part:
-    tp: TopicPartition
-    stop: int  # never read past it
-    position: int  # next offset to hand out
-    buf: deque[Record] = field(default_factory=deque)
-    clock: int | None = None  # the partition's clock after the records handed out
-    idle_since: float | None = None
-    done: bool = False
 
 
 class LogReader:
@@ -100,7 +87,7 @@ class LogReader:
             fetch_max_bytes=32 * 1024 * 1024,
             fetch_max_wait_ms=50,
         )
-        self._parts: dict[TopicPartition, _Part] = {}
+        self._parts: dict[TopicPartition, LogPart] = {}
         self.reported_ends: dict[Partition, int] = {}
         self.records_read = 0
 
@@ -154,7 +141,7 @@ class LogReader:
         else:
             stops = await self._probe_ends({tp: max(ends[tp], starts[tp]) for tp in tps})
         for tp in tps:
-            part = _Part(tp, stop=stops[tp], position=starts[tp], clock=self._clocks.at.get((tp.topic, tp.partition)))
+            part = LogPart(tp, stop=stops[tp], position=starts[tp], clock=self._clocks.at.get((tp.topic, tp.partition)))
             self._parts[tp] = part
             self.consumer.seek(tp, part.position)
             if part.position >= part.stop:
@@ -231,12 +218,12 @@ class LogReader:
                     f"records up to {part.stop} were expected"
                 )
 
-    def _finish(self, part: _Part) -> None:
+    def _finish(self, part: LogPart) -> None:
         part.done = True
         part.position = max(part.position, part.stop)
         self.consumer.pause(part.tp)  # stop prefetching what we will not read
 
-    def _take(self, part: _Part) -> Record:
+    def _take(self, part: LogPart) -> Record:
         record = part.buf.popleft()
         part.position = record.offset + 1
         if record.timestamp > 0 and (part.clock is None or record.timestamp > part.clock):
@@ -250,10 +237,10 @@ class LogReader:
         once (read ahead, applying), so a count alone would let 10,000 chunks (~2 GB)
         into one list."""
         # The heap holds each unfinished partition's head, keyed by the canonical order
-        # (never a tie: offsets are unique in a partition, so `_Part` is never compared).
-        heap: list[tuple[int, str, int, int, _Part]] = []
+        # (never a tie: offsets are unique in a partition, so `LogPart` is never compared).
+        heap: list[tuple[int, str, int, int, LogPart]] = []
         waiting = [p for p in self._parts.values() if not p.done]
-        push, pop, replace = heapq.heappush, heapq.heappop, heapq.heapreplace
+        push = heapq.heappush
         out: list[Record] = []
         size = 0
         while True:
@@ -269,32 +256,19 @@ class LogReader:
                 waiting = still
             if not heap:
                 break
-            # Emit while every unfinished partition has its head in the heap. This loop
-            # runs once per record of the log: `_take` inlined, and the partition that
-            # was on top goes back with one `heapreplace` instead of a pop and a push.
-            append = out.append
-            for _ in range(chunk - len(out)):
-                part = heap[0][4]
-                buf = part.buf
-                record = buf.popleft()
-                append(record)
-                part.position = record.offset + 1
-                if record.timestamp > 0 and (part.clock is None or record.timestamp > part.clock):
-                    part.clock = record.timestamp
-                if record.value is not None:
-                    size += len(record.value)
-                if buf:
-                    h = buf[0]
-                    replace(heap, (h.timestamp, h.topic, h.partition, h.offset, part))
-                else:
-                    pop(heap)
-                    if part.position < part.stop:
-                        waiting.append(part)  # its next records are fetched before anything else is emitted
-                        break
-                    self._finish(part)
-                    if not heap:
-                        break
-                if size >= max_bytes:
+            # Emit while every unfinished partition has its head in the heap: the loop
+            # that runs once per record of the log is `take_merged`, compiled; it stops
+            # at a partition whose buffer it emptied, which is fetched again before
+            # anything else is emitted, or finished.
+            while True:
+                size, emptied = take_merged(heap, out, chunk - len(out), size, max_bytes)
+                if emptied is None:
+                    break
+                if emptied.position < emptied.stop:
+                    waiting.append(emptied)  # its next records are fetched before anything else is emitted
+                    break
+                self._finish(emptied)
+                if not heap or size >= max_bytes or len(out) >= chunk:
                     break
             if len(out) >= chunk or size >= max_bytes:
                 self.records_read += len(out)

@@ -38,6 +38,7 @@ from services.projection.batch import (
     parse_records,
     run_facts,
 )
+from services.projection.facts import facts_of
 from services.projection.records import Record
 from services.projection.window import AppliedWindow
 from services.store import bulk, import_log
@@ -95,11 +96,11 @@ class Resident:
 
     async def apply(self, records: list[Record]) -> BatchResult:
         parsed = parse_records(self.topics, records)
-        facts = [p.fact for p in parsed if p.fact is not None]
-        self.channels.update(f.channel_id for f in facts)
+        facts, channels = facts_of(parsed)
+        self.channels |= channels
         result = BatchResult()
         async with self.pool.acquire() as conn:
-            settings = await repo.load_channels(conn, {f.channel_id for f in facts})
+            settings = await repo.load_channels(conn, channels)
             await load_grades(conn, self.directory, facts)  # none stored yet: marks the channels known
             # CSV import (I12-I17): definitions written by earlier chunks; MU counts
             # from the directory, which holds every user (none is in the store yet).

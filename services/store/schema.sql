@@ -108,19 +108,35 @@ BEGIN
         ALTER TABLE inbox_offsets ADD COLUMN IF NOT EXISTS clock bigint;
     END IF;
 END $$;
+-- The eventId window (projection/window.py): the pairs applied, each with its event time
+-- `at`; rows more than the window behind their channel's clock (applied_clocks) are
+-- ignored, and deleted by the channel's next sweep. Keyed by `k`, a bigint made from the
+-- pair by the server (repository.applied_key: the channel's hashtext in the high half,
+-- the eventId's in the low half), then the pair itself, which settles the rare equal
+-- keys: a btree step compares one integer instead of two texts under the database's
+-- collation (issue 14, session 13), and a channel's rows are one range of keys.
 CREATE TABLE IF NOT EXISTS applied_events (
     channel_id text NOT NULL,
     event_id   text NOT NULL,
-    PRIMARY KEY (channel_id, event_id)
+    at         bigint NOT NULL,
+    k          bigint GENERATED ALWAYS AS ((hashtext(channel_id)::bigint << 32) | (hashtext(event_id)::bigint & 4294967295)) STORED,
+    PRIMARY KEY (k, channel_id, event_id)
 );
--- The eventId window (projection/window.py): each row's event time; rows more than the
--- window behind their channel's clock (applied_clocks) are ignored, and deleted by the
--- channel's next sweep. Rows stored before the column existed get 0.
+-- Older tables: `at` came later (rows stored before it get 0), and the key was
+-- (channel_id, event_id) until session 13; adding `k` rewrites the table and the new key
+-- is built once, under the migration lock (docs/operations.md, "Upgrading").
 DO $$
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM information_schema.columns
                     WHERE table_schema = current_schema() AND table_name = 'applied_events' AND column_name = 'at') THEN
         ALTER TABLE applied_events ADD COLUMN IF NOT EXISTS at bigint NOT NULL DEFAULT 0;
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM information_schema.columns
+                    WHERE table_schema = current_schema() AND table_name = 'applied_events' AND column_name = 'k') THEN
+        ALTER TABLE applied_events
+            ADD COLUMN k bigint GENERATED ALWAYS AS ((hashtext(channel_id)::bigint << 32) | (hashtext(event_id)::bigint & 4294967295)) STORED,
+            DROP CONSTRAINT applied_events_pkey;
+        ALTER TABLE applied_events ADD CONSTRAINT applied_events_pkey PRIMARY KEY (k, channel_id, event_id);
     END IF;
 END $$;
 -- Each channel's clock, the latest event time applied in it (window.py), raised by the
@@ -274,10 +290,10 @@ DO $$
 BEGIN
     IF to_regclass('rejected_commands') IS NOT NULL THEN
         INSERT INTO command_outcomes (channel_id, event_id, at, code, message)
-        SELECT r.channel_id, r.event_id,
-               coalesce((SELECT max(a.at) FROM applied_events a WHERE a.channel_id = r.channel_id), 0),
-               r.code, r.message
+        SELECT r.channel_id, r.event_id, coalesce(a.clock, 0), r.code, r.message
           FROM rejected_commands r
+          LEFT JOIN (SELECT channel_id, max(at) AS clock FROM applied_events GROUP BY channel_id) a
+                 ON a.channel_id = r.channel_id
         ON CONFLICT DO NOTHING;
         DROP TABLE rejected_commands;
     END IF;

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncpg
 import pytest
 
 from services.platform.config import Settings
@@ -69,6 +70,78 @@ async def test_the_clock_index_of_an_older_schema_becomes_the_channels_clocks(se
             assert await pool.fetchval("SELECT to_regclass('applied_events_clock')") is None
         finally:
             await pool.close()
+
+
+async def test_an_older_applied_events_key_becomes_the_bigint_key_and_keeps_its_rows(settings: Settings) -> None:
+    """Upgrading (docs/operations.md, issue 14 session 13): a table keyed by (channel_id,
+    event_id) gains the generated key `k` and is keyed by (k, channel_id, event_id); its
+    rows are found by the window's lookup, a pair is still refused twice, and a second
+    start changes nothing."""
+    assert settings.database_url
+    pool = await create_pool(settings.database_url, settings.db_schema)
+    try:
+        await pool.execute("""DROP TABLE applied_events;
+                              CREATE TABLE applied_events (channel_id text NOT NULL, event_id text NOT NULL,
+                                                           at bigint NOT NULL DEFAULT 0, PRIMARY KEY (channel_id, event_id))""")
+        await pool.execute("INSERT INTO applied_events VALUES ('ch', 'e0', 1000), ('ch', 'e1', 5000), ('ch2', 'e0', 0)")
+    finally:
+        await pool.close()
+    for _ in range(2):
+        pool = await create_pool(settings.database_url, settings.db_schema)  # migrates
+        try:
+            key = await pool.fetchval("SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conname = 'applied_events_pkey'"
+                                      " AND conrelid = to_regclass('applied_events')")
+            assert key == "PRIMARY KEY (k, channel_id, event_id)"
+            async with pool.acquire() as conn:
+                seen, _ = await repo.applied_window(conn, [("ch", "e0"), ("ch", "e1"), ("ch", "e2"), ("ch2", "e0")], [])
+            assert sorted(seen) == [("ch", "e0", 1000), ("ch", "e1", 5000), ("ch2", "e0", 0)]
+            assert await pool.fetchval("SELECT count(*) FROM applied_events WHERE k <> " + repo.applied_key("channel_id", "event_id")) == 0
+            with pytest.raises(Exception, match="applied_events_pkey"):
+                await pool.execute("INSERT INTO applied_events VALUES ('ch', 'e1', 6000)")
+        finally:
+            await pool.close()
+
+
+async def test_pairs_with_equal_keys_are_told_apart_by_the_pair(pool: asyncpg.Pool) -> None:
+    """Contract "Inbound envelope" (eventId window): the window is exact although its key
+    `k` (repository.applied_key, 32 bits of the channel's hash and 32 of the eventId's)
+    is not unique. Two channels and two eventIds whose hashes collide give four pairs with
+    one key: each is remembered, found, renewed and swept as itself (a lookup, renewal or
+    sweep by key alone would mix them)."""
+    async def colliding(prefix: str) -> tuple[str, str]:
+        row = await pool.fetchrow(
+            """SELECT min(s), max(s) FROM (SELECT $1 || g AS s FROM generate_series(1, 400000) g) x
+                GROUP BY hashtext(s) HAVING count(*) > 1 LIMIT 1""", prefix)
+        assert row is not None
+        return row[0], row[1]
+
+    c1, c2 = await colliding("ch_")
+    e1, e2 = await colliding("ev-")
+    window = 1_000_000
+    pairs = [(c1, e1), (c1, e2), (c2, e1), (c2, e2)]
+    async with pool.acquire() as conn:
+        one = await conn.fetchval(f"SELECT count(DISTINCT {repo.applied_key('c', 'e')}) FROM unnest($1::text[], $2::text[]) AS p(c, e)",
+                                  [p[0] for p in pairs], [p[1] for p in pairs])
+        assert one == 1
+        async with conn.transaction():
+            await repo.save_applied(conn, [(c1, e1, 1000)])
+            await repo.raise_clocks(conn, [(c1, e1, 1000)], window)
+        seen, _ = await repo.applied_window(conn, pairs, [])
+        assert seen == [(c1, e1, 1000)]
+        async with conn.transaction():
+            rest = [(c1, e2, 1100), (c2, e1, 1200), (c2, e2, 1300)]
+            await repo.save_applied(conn, rest)
+            await repo.raise_clocks(conn, rest, window)
+        seen, _ = await repo.applied_window(conn, pairs, [])
+        assert sorted(seen) == sorted([(c1, e1, 1000), (c1, e2, 1100), (c2, e1, 1200), (c2, e2, 1300)])
+        async with conn.transaction():  # (c1, e1) renewed alone
+            await repo.save_applied(conn, [(c1, e1, 1500)], frozenset({(c1, e1)}))
+        async with conn.transaction():  # c2's clock a window on: its two rows swept, c1's kept
+            late = [(c2, "late", 1300 + window + 1)]
+            await repo.save_applied(conn, late)
+            await repo.raise_clocks(conn, late, window)
+        rows = sorted(tuple(r) for r in await pool.fetch("SELECT channel_id, event_id, at FROM applied_events"))
+        assert rows == sorted([(c1, e1, 1500), (c1, e2, 1100), (c2, "late", 1300 + window + 1)])
 
 
 async def test_a_user_update_that_moves_no_searched_column_is_hot_and_search_columns_follow(pool: object) -> None:

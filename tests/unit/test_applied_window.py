@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from services.projection.window import WINDOW_MS, AppliedWindow
 
 T = 1_746_316_800_000
@@ -42,3 +45,31 @@ def test_a_channels_clock_comes_from_its_history_not_from_the_first_fact_of_a_ba
     w = AppliedWindow([], {"ch": T + 30 * DAY})
     w.add("ch", "old", T)
     assert not w.seen("ch", "old")
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.tuples(st.sampled_from(["a", "b", "c"]), st.integers(0, 40), st.integers(0, 20 * DAY)), max_size=60),
+    st.lists(st.tuples(st.sampled_from(["a", "b", "c"]), st.integers(0, 40), st.integers(0, 20 * DAY)), max_size=60),
+    st.integers(0, 3),
+)
+def test_forgetting_keeps_exactly_the_ids_within_their_channels_window(
+    stored: list[tuple[str, int, int]], added: list[tuple[str, int, int]], forgets: int,
+) -> None:
+    """The window's rule (docs/contract.md, "Inbound envelope") whenever a rebuild
+    forgets: an eventId stays while its event time is within WINDOW_MS of its channel's
+    clock. Session 13 lets `forget_expired` return without walking the ids when the
+    oldest one is within the window of the latest clock: the ids kept are still those."""
+    clocks: dict[str, int] = {}
+    for c, _e, t in stored:  # as the store holds them: each channel's clock at least its latest id's time
+        clocks[c] = max(clocks.get(c, 0), T + t)
+    w = AppliedWindow([(c, f"e{e}", T + t) for c, e, t in stored], clocks)
+    for i, (c, e, t) in enumerate(added):
+        w.add(c, f"e{e}", T + t)
+        if forgets and i % (forgets + 1) == 0:
+            before = dict(w.at)
+            w.forget_expired()
+            assert w.at == {k: v for k, v in before.items() if v >= w.clocks[k[0]] - WINDOW_MS}
+    before = dict(w.at)
+    w.forget_expired()
+    assert w.at == {k: v for k, v in before.items() if v >= w.clocks[k[0]] - WINDOW_MS}

@@ -98,6 +98,7 @@ class _Consumer:
         return set(self.position)
 
     def highwater(self, tp: TopicPartition) -> int:
+        assert tp in self.position, "Partition is not assigned"  # as aiokafka asserts
         return len(LOG[tp])
 
     def paused(self) -> set[TopicPartition]:
@@ -141,7 +142,7 @@ class _Consumer:
         want = step.split(" only")[0]  # "sdk only": the commands partition's fetch comes later
         out = {}
         for tp in (SDK, CMD):
-            if want == "sdk" and tp != SDK:
+            if (want == "sdk" and tp != SDK) or tp not in self.position:
                 continue
             start = self.position[tp]
             msgs = [_Msg(o, ts) for o, ts in enumerate(LOG[tp]) if o >= start][:max_records]
@@ -193,3 +194,46 @@ async def test_d_b4_records_fetched_during_a_rebalance_are_bounded_with_the_cloc
     assert rebuilt[(SDK.topic, 0, 3)] == T + 2 + MAX_AHEAD_MS  # the round's first record is lowered
     assert store.applied == {k: ts for k, ts in rebuilt.items() if k[2] >= stored.get(TopicPartition(k[0], k[1]), 0)}
     assert store.clocks == {(SDK.topic, 0): T + 26 * H + 2, (CMD.topic, 0): T + 26 * H + 3}
+
+
+
+class _LateListener(_Consumer):
+    """aiokafka's order at a join (group_coordinator._on_join_complete): the new
+    assignment is set, then the coordinator awaits (its commit refresh task) before it
+    calls on_partitions_assigned, and getmany goes on meanwhile."""
+
+    async def getmany(self, timeout_ms: int, max_records: int) -> dict[TopicPartition, list[_Msg]]:
+        if self.script and self.script[0] == "rebalance, listener late":
+            self.script.pop(0)
+            assert self.listener is not None
+            await self.listener.on_partitions_revoked(list(self.position))
+            self.position = {SDK: self.committed.get(SDK, 0)}  # the commands partition went to the other member
+            return {}
+        if self.script and self.script[0] == "listener":
+            self.script.pop(0)
+            assert self.listener is not None
+            await self.listener.on_partitions_assigned(list(self.position))
+            return {}
+        return await super().getmany(timeout_ms, max_records)
+
+
+async def test_a_partition_moved_to_another_member_never_stops_the_consumer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The merge held the sdk records back (nothing fetched from the commands partition
+    yet); a second member joined and took the commands partition. aiokafka narrowed the
+    assignment before calling our listener, the loop asked the high watermark of the
+    partition no longer assigned, aiokafka's assertion raised and the projection stopped
+    for good (seen in CI: test_two_members_split_a_skewed_backlog_evenly_where_range_blocks_do_not).
+    A revocation now empties the merge; what stays ours is read again from the store."""
+    store = _Store()
+    monkeypatch.setattr(repo, "stored_positions", store.stored_positions)
+    monkeypatch.setattr(consumer_module, "apply_batch", store.apply_batch)
+    stop = asyncio.Event()
+    projection = Projection(None, "127.0.0.1:1", TOPICS, "g", batch_max=3)  # type: ignore[arg-type]
+    await projection.consumer.stop()  # never started: replaced by the fake
+    script = ["assign", "sdk only", "rebalance, listener late", "records", "listener", "records", "records", "records"]
+    projection.consumer = _LateListener(script, store, stop)  # type: ignore[assignment]
+
+    await asyncio.wait_for(projection.run(stop), 10)
+
+    assert sorted(o for (t, _, o) in store.applied if t == SDK.topic) == list(range(len(LOG[SDK])))
+    assert not [k for k in store.applied if k[0] == CMD.topic]  # the other member's now

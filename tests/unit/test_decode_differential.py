@@ -106,11 +106,16 @@ FIELDS = [
     "eventId", "channelId", "occurredAt", "veilId", "platform", "memberId", "memberHash", "device", "language",
     "city", "country", "profile", "name", "chatId", "medium", "message", "contact", "email", "mobileNumber",
     "properties", "importId", "rowNumber", "cells", "rowError", "rows", "abandoned", "mode", "key", "blank",
-    "tag", "actor", "fileName", "columns", "extra",
+    "tag", "actor", "fileName", "columns", "extra", "userId", "tags", "unsubscribeEmail", "unsubscribeTexting",
+    "hasPushToken", "sourceUserId", "targetUserId", "campaignId",
 ]
 BASE = {
     "sdk-events": ["boot", "login", "chat", "contact", "track"],
     "import-rows": ["import.started", "import.row", "import.finished"],
+    # The commands with a struct (contracts/decode.py), and two that keep the door's path.
+    "commands": ["profile.update", "member.upsert", "lead.create", "unification.approve", "user.block",
+                 "user.unblock", "user.delete", "member.delete", "marketing.delivered", "unification.cancel",
+                 "grade.define", "lookup.result"],
 }
 
 
@@ -149,6 +154,27 @@ def test_decode_profiles_same_outcome(wire: str, profile: dict[str, Any]) -> Non
     assert_same("sdk-events", json.dumps(body).encode())
 
 
+@settings(max_examples=400, deadline=None)
+@given(
+    st.sampled_from(["profile.update", "member.upsert", "lead.create"]),
+    st.dictionaries(st.sampled_from(["email", "mobileNumber"]) | EDGE_STRINGS, VALUES, max_size=4),
+)
+def test_decode_command_profiles_same_outcome(wire: str, profile: dict[str, Any]) -> None:
+    """The same rules on the commands' profiles (C4, P2), and lead.create's own: a
+    contact to create the lead by, as a string."""
+    body = {"eventId": "e", "type": wire, "channelId": "c", "occurredAt": 1, "actor": "api", "userId": "u",
+            "memberId": "m", "profile": profile}
+    body = {k: v for k, v in body.items() if k in _COMMAND_FIELDS[wire]}
+    assert_same("commands", json.dumps(body).encode())
+
+
+_COMMAND_FIELDS = {
+    "profile.update": {"eventId", "type", "channelId", "occurredAt", "actor", "userId", "profile"},
+    "member.upsert": {"eventId", "type", "channelId", "occurredAt", "actor", "memberId", "profile"},
+    "lead.create": {"eventId", "type", "channelId", "occurredAt", "actor", "profile"},
+}
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.dictionaries(EDGE_STRINGS, VALUES, max_size=4), st.integers(min_value=0, max_value=3))
 def test_decode_track_properties_same_outcome(properties: dict[str, Any], padding: int) -> None:
@@ -173,10 +199,23 @@ def test_decode_track_properties_same_outcome(properties: dict[str, Any], paddin
     {"type": "import.started", "importId": "i", "mode": "member", "key": "memberId", "blank": "keep",
      "actor": "a", "fileName": "f.csv", "columns": [{"column": "c", "key": "memberId"}]},
     {"type": "import.finished", "importId": "i", "rows": 3},
+    {"type": "profile.update", "actor": "staff-1", "userId": "u", "profile": {"mobileNumber": "+8190", "n": [1, 2.5]},
+     "name": "N", "tags": ["vip"], "unsubscribeEmail": True, "unsubscribeTexting": False, "hasPushToken": None},
+    {"type": "profile.update", "actor": "staff-1", "userId": "u", "profile": {}},
+    {"type": "member.upsert", "actor": "api", "memberId": "m", "profile": {"email": "a@b", "plan": "gold"}},
+    {"type": "member.upsert", "actor": "api", "memberId": "m", "profile": {}, "name": None, "hasPushToken": True},
+    {"type": "lead.create", "actor": "api", "profile": {"mobileNumber": "+81", "x": None}},
+    {"type": "unification.approve", "actor": "staff-1", "sourceUserId": "a", "targetUserId": "b"},
+    {"type": "unification.cancel", "actor": "staff-1", "sourceUserId": "a"},
+    {"type": "user.block", "actor": "staff-1", "userId": "u"},
+    {"type": "user.unblock", "actor": "staff-1", "userId": "u"},
+    {"type": "user.delete", "actor": "system", "userId": "u"},
+    {"type": "member.delete", "actor": "api", "memberId": "m"},
+    {"type": "marketing.delivered", "actor": "system", "userId": "u", "campaignId": "cmp-1"},
 ])
 def test_decode_common_messages_take_the_fast_path_with_equal_values(body: dict[str, Any]) -> None:
     body = {"eventId": "e", "channelId": "c", "occurredAt": 1, **body}
-    kind = "import-rows" if body["type"].startswith("import.") else "sdk-events"
+    kind = _kind_of(body["type"])
     raw = orjson.dumps(body)
     assert_same(kind, raw)
     assert _fast(kind, raw)  # not the fallback: the differential tests above would pass without it
@@ -195,11 +234,31 @@ def test_decode_common_messages_take_the_fast_path_with_equal_values(body: dict[
     {"type": "import.row", "importId": "i", "rowNumber": 2, "cells": {"a": "x" * (MAX_VALUE + 1)}},
     {"type": "import.row", "importId": "i", "rowNumber": 1, "cells": {}},
     {"type": "track", "veilId": "v", "name": "n", "properties": {"p": "x" * MAX_PROPERTIES_BYTES}},
+    {"type": "lead.create", "actor": "api", "profile": {"email": 1, "name": "x"}},  # missing_contact, a validator
+    {"type": "lead.create", "actor": "api", "profile": {}},
+    {"type": "profile.update", "actor": "", "userId": "u", "profile": {}},
+    {"type": "profile.update", "actor": "a", "userId": "u"},
+    {"type": "profile.update", "actor": "a", "userId": "u", "profile": {"a.": 1}},
+    {"type": "profile.update", "actor": "a", "userId": "u", "profile": {}, "tags": ["t" * (MAX_ID + 1)]},
+    {"type": "profile.update", "actor": "a", "userId": "u", "profile": {}, "unsubscribeEmail": 1},
+    {"type": "profile.update", "actor": "a", "userId": "u", "profile": {}, "memberId": "m"},
+    {"type": "member.upsert", "actor": "a", "memberId": "m", "profile": {"a": {"b": 1}}},
+    {"type": "member.upsert", "actor": "a", "memberId": "m", "profile": {"a": "x" * (MAX_VALUE + 1)}},
+    {"type": "marketing.delivered", "actor": "a", "userId": "u"},
+    {"type": "user.block", "actor": "a", "userId": "u" * (MAX_ID + 1)},
+    {"type": "grade.define", "actor": "a", "name": "gold", "colour": "#ffffff"},  # no struct: the door's path
+    {"type": "teleport", "actor": "a", "userId": "u"},
 ])
 def test_decode_refusals_are_worded_by_the_door(body: dict[str, Any]) -> None:
     body = {"eventId": "e", "channelId": "c", "occurredAt": 1, **body}
-    kind = "import-rows" if body["type"].startswith("import.") else "sdk-events"
+    kind = _kind_of(body["type"])
     assert_same(kind, json.dumps(body).encode())  # json: ints past 64 bits too (orjson reads them as floats)
+
+
+def _kind_of(wire: str) -> str:
+    if wire.startswith("import."):
+        return "import-rows"
+    return "sdk-events" if wire in BASE["sdk-events"] else "commands"
 
 
 @pytest.mark.parametrize("raw", [
@@ -222,6 +281,12 @@ def test_decode_refusals_are_worded_by_the_door(body: dict[str, Any]) -> None:
     b'{"eventId":"e","type":["boot"],"channelId":"c","occurredAt":1,"veilId":"v","platform":"web"}',
     b'{"eventId":"e","channelId":"c","occurredAt":1,"veilId":"v","platform":"web"}',
     b'[{"eventId":"e","type":"boot","channelId":"c","occurredAt":1,"veilId":"v","platform":"web"}]',
+    b'{"eventId":"e","type":"user.block","channelId":"c","occurredAt":1,"actor":"a","userId":"u","type":"user.unblock"}',
+    b'{"eventId":"e","type":"user.block","channelId":"c","occurredAt":1,"actor":"a","userId":"u","userId":"w"}',
+    b'{"eventId":"e","type":"member.upsert","channelId":"c","occurredAt":1,"actor":"a","memberId":"m","profile":{"a":1,"a":"x"}}',
+    b'{"eventId":"e","type":"member.upsert","channelId":"c","occurredAt":1,"actor":"a","memberId":"m","profile":{"a":18446744073709551616}}',
+    b'{"eventId":"e","type":"member.upsert","channelId":"c","occurredAt":1,"actor":"a","memberId":"m","profile":{"a":[1,1e400]}}',
+    b'{"eventId":"e","type":"lead.create","channelId":"c","occurredAt":1,"actor":"a","profile":{"email":"\\ud800"}}',
 ])
 def test_decode_json_corners_same_outcome(raw: bytes) -> None:
     """Where orjson (the door's reader) and msgspec read JSON differently: duplicate keys,

@@ -17,8 +17,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from contracts.topics import Topics
-from services.projection.records import PartitionClocks, Record, canonical_order
-from services.replay.log import LogReader, _Part
+from services.projection.records import LogPart, PartitionClocks, Record, canonical_order
+from services.replay.log import LogReader
 from services.replay.rebuild import Tally, apply_all
 
 T0 = 1_746_316_800_000
@@ -55,7 +55,7 @@ def _reader(logs: dict[TopicPartition, list[Any]], seed: int) -> LogReader:
     reader.fetch_records = 5000
     reader.short_timeout_s = 30.0
     reader.records_read = 0
-    reader._parts = {tp: _Part(tp, stop=len(msgs), position=0) for tp, msgs in logs.items()}
+    reader._parts = {tp: LogPart(tp, stop=len(msgs), position=0) for tp, msgs in logs.items()}
     for part in reader._parts.values():
         if part.stop == 0:
             reader._finish(part)
