@@ -18,7 +18,7 @@ import orjson
 from .ids import outbound_event_id
 from .sessions import DEVICE_KEYS
 from .user import CONTACT_KEYS, Platform, User, Value
-from .view import user_view
+from .view import profile_parts, user_view
 
 # Keys whose change alone is activity within a session, not a visible change.
 _QUIET = frozenset({"lastSeenAt", "web.lastSeenAt", "mobile.lastSeenAt", "updatedAt"})
@@ -63,59 +63,14 @@ _PLATFORM_FLAT = tuple((p, {sub: f"{p}.{sub}" for sub in DEVICE_KEYS}, f"{p}.ses
 _NOT_LISTED = _QUIET | {"profile", "web", "mobile"}
 
 
-# The keys a first message can list besides the profile's and the device keys, in sorted
-# order: the view's own (but _VIEW_UNLISTED) and the platforms' sessionsCount.
-# `user_view` builds exactly _VIEW_SIZE keys; a view of another size (a key
-# added there and not here) takes the sorting path. No key here starts with "profile.", so
-# the profile's keys (each "profile." + a key of the view's profile, which is in key order)
-# go in as one block, after the _PROFILE_AT keys that sort before "profile.".
-_FIRST_ORDER = tuple(sorted((
-    "id", "channelId", "type", "memberId", "name", "tags", "userImportTags", "qualified", "unsubscribeEmail",
-    "unsubscribeTexting", "blocked", "masked", "language", "city", "country", "sessionsCount", "createdAt",
-    "deliveredCampaigns", "mergedUserIds", "web.sessionsCount", "mobile.sessionsCount",
-)))
-_PROFILE_AT = sum(1 for key in _FIRST_ORDER if key < _PROFILE)
-_VIEW_UNLISTED = ("lastSeenAt", "updatedAt", "profile", "web", "mobile")  # the view's other keys
-_VIEW_SIZE = len(_FIRST_ORDER) - 2 + len(_VIEW_UNLISTED)
-
-
 def _first_keys(user: User, view: dict[str, Any]) -> list[str]:
     """`changedKeys` of a first message: every flattened key with a value, but the quiet
     ones — `sorted(k for k, v in _flat(view).items() if k not in _QUIET and v is not None)`
     for the `user_view` of `user` (a profile holds no null; a platform shows its
     sessionsCount and the device keys of DEVICE_KEYS), without flattening: every
     `created` message (every import row, every new lead) lists its keys.
-
-    Without device keys (every imported user, and any user no boot has described), the
-    keys are taken in their sorted order (_FIRST_ORDER) rather than gathered and sorted:
-    ~21 k instructions a `created` of an import row → ~7 k (compiled; issue 14, session 13).
-    tests/unit/test_publication.py holds both paths equal to the definition, and
-    `_keys_of_first` (what a message lists, from the user without its view) equal to this."""
-    web, mobile = user.web, user.mobile
-    if web.device or mobile.device or len(view) != _VIEW_SIZE:
-        return _first_keys_sorted(user, view)
-    profile = view["profile"]
-    keys: list[str] = []
-    # Module names bound once: compiled, each use of one is a lookup in the module's dict.
-    at, prefix = _PROFILE_AT, _PROFILE
-    for i, key in enumerate(_FIRST_ORDER):
-        if i == at and profile:
-            keys.extend([prefix + sub for sub in profile])
-        if key == "web.sessionsCount":
-            if web.sessions_count is not None:
-                keys.append(key)
-        elif key == "mobile.sessionsCount":
-            if mobile.sessions_count is not None:
-                keys.append(key)
-        elif view[key] is not None:
-            keys.append(key)
-    if at == len(_FIRST_ORDER) and profile:
-        keys.extend([prefix + sub for sub in profile])
-    return keys
-
-
-def _first_keys_sorted(user: User, view: dict[str, Any]) -> list[str]:
-    """`_first_keys` for any view: the keys gathered, then sorted."""
+    The definition that messages' `_keys_of_first` (from the user, without its view) is
+    held equal to by tests/unit/test_publication.py."""
     keys = [key for key, val in view.items() if val is not None and key not in _NOT_LISTED]
     profile = view["profile"]
     if profile:
@@ -294,7 +249,6 @@ _MESSAGE = msgspec.defstruct("UserChanged", [
 ], gc=False)
 _encode = msgspec.json.Encoder().encode
 _INT_MIN, _INT_MAX = -(2**63), 2**64 - 1  # the integers orjson writes (it refuses others)
-_PROFILE_CUT = len(_PROFILE)
 
 
 def _plain(v: Any) -> bool:
@@ -318,26 +272,9 @@ def message_body(user: User, version: int, change: str, keys: list[str] | None, 
     message (`keys is None`) every key it carries (`_first_keys`). Every message of a
     lead or member but a tombstone's is built here; tests/unit/test_publication.py holds
     the bytes equal to the reference message serialised."""
-    fields = user.fields
     masked = user.masked
-    profile: dict[str, Any] = {}
-    name = None
-    qualified: list[str] = []
-    plain = True
-    if fields:
-        for key in sorted(fields):  # the profile in key order (the contract's JSON is stable)
-            v = fields[key].v
-            if v is not None:
-                if key.startswith(_PROFILE):
-                    profile[key[_PROFILE_CUT:]] = v
-                    plain = plain and _plain(v)
-                elif key == "name":
-                    name = v
-                    plain = plain and _plain(v)
-        for short, full in _QUALIFIED:
-            val = fields.get(full)
-            if val is not None and val.v is not None and val.q:
-                qualified.append(short)
+    profile, name, qualified = profile_parts(user)
+    plain = _plain(name) and all(_plain(v) for v in profile.values())
     if keys is None:
         keys = _keys_of_first(user, profile, name)
     if plain:
@@ -358,11 +295,6 @@ def message_body(user: User, version: int, change: str, keys: list[str] | None, 
         except (TypeError, ValueError):  # e.g. a lone surrogate: orjson says it its way below
             pass
     return _dumps(_message(user, version, change, keys, causation_id, at, user_view(user)))
-
-
-# `qualified` lists the contact keys holding a qualified value, by their profile name,
-# sorted (as view.py writes it).
-_QUALIFIED = tuple(sorted((key[len(_PROFILE):], key) for key in CONTACT_KEYS))
 
 
 def _keys_of_first(user: User, profile: dict[str, Any], name: Any) -> list[str]:

@@ -23,26 +23,10 @@ def user_view(user: User) -> dict[str, Any]:
     view is serialised before the next fact.
     Callers that keep a view and change it must copy it. tests/unit/test_publication.py holds
     it equal to the reference definition (tests/oracle/view.py)."""
-    fields = user.fields
     masked = user.masked
-    profile: dict[str, Any] | None = {}
-    name = None
-    qualified = []
-    if fields:
-        prefix, cut = _PREFIX, _CUT  # bound once: compiled, a module name is a dict lookup a use
-        for key in sorted(fields):  # the profile in key order (the contract's JSON is stable)
-            v = fields[key].v
-            if v is not None:
-                if key.startswith(prefix):
-                    profile[key[cut:]] = v  # type: ignore[index]
-                elif key == "name":
-                    name = v
-        for short, key in _QUALIFIED:
-            val = fields.get(key)
-            if val is not None and val.v is not None and val.q:
-                qualified.append(short)
+    profile, name, qualified = profile_parts(user)
     if masked:
-        profile = name = None
+        profile = name = None  # type: ignore[assignment]
     last_seen = user.last_seen_at
     return {
         "id": user.id,
@@ -71,6 +55,30 @@ def user_view(user: User) -> dict[str, Any]:
         "deliveredCampaigns": user.delivered,
         "mergedUserIds": user.merged_user_ids,
     }
+
+
+def profile_parts(user: User) -> tuple[dict[str, Any], Any, list[str]]:
+    """The view's `profile` (its keys in order: the contract's JSON is stable), `name` and
+    `qualified`, unmasked, in one pass over the fields (user_view and
+    publication.message_body)."""
+    fields = user.fields
+    profile: dict[str, Any] = {}
+    name = None
+    qualified: list[str] = []
+    if fields:
+        prefix, cut = _PREFIX, _CUT  # bound once: compiled, a module name is a dict lookup a use
+        for key in sorted(fields):
+            v = fields[key].v
+            if v is not None:
+                if key.startswith(prefix):
+                    profile[key[cut:]] = v
+                elif key == "name":
+                    name = v
+        for short, key in _QUALIFIED:
+            val = fields.get(key)
+            if val is not None and val.v is not None and val.q:
+                qualified.append(short)
+    return profile, name, qualified
 
 
 def _platform(p: Platform) -> dict[str, Any]:
