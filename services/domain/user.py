@@ -8,8 +8,9 @@ decided from that provenance (U3), never from the order facts happened to arrive
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from typing import Any, Final, Literal, NamedTuple
+from typing import Any, Final, Literal, NamedTuple, cast
 
+import msgspec
 import orjson
 
 UserType = Literal["anonymous", "lead", "member"]
@@ -183,17 +184,47 @@ class User:
 
     def state_json(self) -> bytes:
         """The stored state's text: `orjson.dumps(self.to_json())` with every object's
-        keys sorted, in one step: no container copied (the bytes cannot follow later
-        changes), a platform's device spread in place. Every batch writes each changed
-        user and a rebuild every user through here; tests/unit/test_domain_user.py holds
-        the bytes equal to `to_json()`'s sorted dump, which stays the definition of the
-        format.
+        keys sorted, byte for byte. Every batch writes each changed user and a rebuild
+        every user through here; tests/unit/test_domain_user.py holds the bytes equal to
+        `to_json()`'s sorted dump, which stays the definition of the format.
 
         Sorted because that is the digest's canonical form (replay/digest.py): a state
         written here is hashed as stored, where one in an older order is decoded and
-        dumped again (issue 14, session 12). The keys are written in sorted order, so
-        orjson's sort finds the top level sorted and only orders what facts order
-        (veils and device keys as first seen, profile keys)."""
+        dumped again (issue 14, session 12).
+
+        Written by msgspec from a struct whose fields are the state's keys in sorted
+        order, the objects inside (profile fields, veils, a platform with a device) sorted
+        by msgspec's `deterministic` order: no dict of 37 keys built and sorted again per
+        user (~31 k → ~12 k instructions; issue 14, session 14). msgspec writes strings,
+        64-bit integers, booleans and null as orjson does and a named tuple as an array;
+        it writes floats otherwise, accepts integers past 64 bits (orjson refuses them)
+        and refuses lone surrogates with another error. So the values of no fixed type
+        (the profile values, a device's) must be plain (`_plain_value`), and a state
+        holding another, or one msgspec refuses, is written the reference way
+        (`_state_json_reference`, raising what it raised)."""
+        fields = self.fields
+        for value in fields.values():
+            if not _plain_value(value.v):
+                return self._state_json_reference()
+        web, mobile = self.web, self.mobile
+        web_state, mobile_state = _platform_state(web), _platform_state(mobile)
+        if web_state is None or mobile_state is None:
+            return self._state_json_reference()
+        try:
+            return _encode_state(_STATE(  # type: ignore[no-any-return]
+                self.blocked, self.booted, self.channel_id, self.city, self.country, self.created_at, self.deleted,
+                self.delivered, fields, self.has_push_token, self.id, self.import_tags, self.language,
+                self.last_activity_at, self.last_contact_at, self.last_login_at, self.last_seen_at, self.masked,
+                self.member_id, self.merged_into, self.merged_user_ids, mobile_state, self.mobile_veils, self.offered,
+                self.pending_into, self.pending_since, self.sessions_count, self.tags, self.type,
+                self.unsubscribe_email, self.unsubscribe_texting, self.updated_at, self.veils, self.version, web_state,
+            ))
+        except (UnicodeEncodeError, msgspec.EncodeError, TypeError, OverflowError):
+            return self._state_json_reference()  # a lone surrogate (orjson raises its own error)
+
+    def _state_json_reference(self) -> bytes:
+        """`state_json` by orjson from one dict in sorted key order (the way before
+        session 14): the definition's bytes, for the states msgspec would write otherwise."""
         fields, web, mobile = self.fields, self.web, self.mobile
         return _dumps({
             "blocked": self.blocked, "booted": self.booted, "channel_id": self.channel_id, "city": self.city,
@@ -258,6 +289,56 @@ FIELD_NAMES = _FIELDS
 """Every attribute of a user, in field order (core.Snapshot reads them in one call)."""
 _dumps = orjson.dumps
 _SORTED = orjson.OPT_SORT_KEYS
+# The stored state as msgspec writes it (`User.state_json`): a struct per state, its fields
+# the state's keys in sorted order (a struct's fields are written in their order), filled
+# positionally; the objects inside sorted by the `deterministic` order, which sorts a
+# dict's keys as orjson's OPT_SORT_KEYS does (by their UTF-8 bytes). A struct type made at
+# import time is a value mypyc need not compile (a class deriving from msgspec.Struct it
+# cannot). No cyclic collection needed: each is a temporary holding the user's containers.
+_STATE: Final = msgspec.defstruct("UserState", [
+    "blocked", "booted", "channel_id", "city", "country", "created_at", "deleted", "delivered", "fields",
+    "has_push_token", "id", "import_tags", "language", "last_activity_at", "last_contact_at", "last_login_at",
+    "last_seen_at", "masked", "member_id", "merged_into", "merged_user_ids", "mobile", "mobile_veils", "offered",
+    "pending_into", "pending_since", "sessions_count", "tags", "type", "unsubscribe_email", "unsubscribe_texting",
+    "updated_at", "veils", "version", "web",
+], gc=False)
+_PLATFORM_STATE: Final = msgspec.defstruct("PlatformState", ["lastSeenAt", "sessionsCount"], gc=False)
+_encode_state: Final = msgspec.json.Encoder(order="deterministic").encode
+_INT_MIN: Final = -(2**63)
+_INT_MAX: Final = 2**64 - 1  # the integers orjson writes (it refuses others)
+
+
+def _plain_value(v: Any) -> bool:
+    """A profile value msgspec writes exactly as orjson does (or refuses, as orjson
+    does, for a lone surrogate): null, text, a boolean, an integer orjson writes, or a
+    list of text (a list field's value)."""
+    if v is None or type(v) is str or type(v) is bool:
+        return True
+    if type(v) is int:
+        return _INT_MIN <= v <= _INT_MAX  # type: ignore[no-any-return]
+    if type(v) is list:
+        for item in v:
+            if type(item) is not str:
+                return False
+        return True
+    return False
+
+
+def _platform_state(p: Platform) -> Any:
+    """A platform's object in the state: a struct without a device; with one, the dict
+    `to_json` builds (its keys sorted by the encoder), if every device value is text;
+    None otherwise (the reference way writes it)."""
+    device = p.device
+    if not device:
+        return _PLATFORM_STATE(p.last_seen_at, p.sessions_count)
+    # As objects: compiled, a `dict[str, str]`'s values are checked to be text as they are
+    # read, and a stored state's device could hold anything.
+    for value in cast("dict[str, object]", device).values():
+        if type(value) is not str:
+            return None
+    return {"sessionsCount": p.sessions_count, "lastSeenAt": p.last_seen_at, **device}
+
+
 STATE_START = '{"blocked":'
 """How every state `state_json` writes begins (its first key in sorted order): the digest
 hashes a stored state that begins so as it is; one stored before states were sorted

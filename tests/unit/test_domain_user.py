@@ -4,6 +4,7 @@ publication pre-check sees every key the view shows."""
 from __future__ import annotations
 
 from dataclasses import fields, replace
+from typing import Any
 
 import orjson
 from hypothesis import given, settings
@@ -135,6 +136,39 @@ def test_the_state_bytes_are_to_json_serialised_canonically(user: User) -> None:
     assert stored == orjson.dumps(orjson.loads(stored), option=orjson.OPT_SORT_KEYS)
     assert stored.startswith(STATE_START.encode())
     assert User.from_json(orjson.loads(stored)) == user
+
+
+_HOSTILE_TEXT = st.text(st.characters(min_codepoint=0, max_codepoint=0x10FFFF, blacklist_categories=()), max_size=4)
+_HOSTILE = (st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats() | _HOSTILE_TEXT
+            | st.lists(_HOSTILE_TEXT | st.integers(), max_size=2))
+
+
+def _outcome(write: Any) -> tuple[str, Any]:
+    try:
+        return "bytes", write()
+    except Exception as err:  # the same refusal, whichever way the state is written
+        return "raised", type(err)
+
+
+@settings(max_examples=1500)
+@given(_any_user(), st.dictionaries(_HOSTILE_TEXT.map("profile.".__add__), st.builds(Value, _HOSTILE, st.booleans(), st.booleans(), st.integers(0, 2**53)), max_size=3),
+       st.dictionaries(_HOSTILE_TEXT, _HOSTILE_TEXT | st.integers(0, 9), max_size=3), _NAMES | st.lists(_HOSTILE_TEXT, max_size=2),
+       st.dictionaries(_HOSTILE_TEXT, st.integers(0, 2**53), max_size=3))
+def test_the_state_bytes_are_the_reference_bytes_whatever_the_state_holds(
+    user: User, fields_: dict[str, Value], device: dict[str, Any], tags: list[str], veils: dict[str, int],
+) -> None:
+    """issue 14 session 14: `state_json` writes a state through msgspec structs, and the
+    values msgspec writes otherwise than orjson (floats, integers past 64 bits, lone
+    surrogates, a device's non-text values) the reference way (orjson over one dict). Any
+    code point (surrogates included) in profile keys and values, device keys and values,
+    tags and veils: the same bytes as the reference, or the same error. Dropping the
+    plainness check, or catching no encoding error, fails it."""
+    user.fields.update(fields_)
+    user.web.device.update(device)
+    user.tags, user.veils = tags, {**user.veils, **veils}
+    got = _outcome(user.state_json)
+    assert got == _outcome(user._state_json_reference)
+    assert got == _outcome(lambda: orjson.dumps(user.to_json(), option=orjson.OPT_SORT_KEYS))
 
 
 def test_a_loaded_platform_owns_its_device_and_leaves_the_stored_form_alone() -> None:
