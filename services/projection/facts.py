@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 import orjson
 
@@ -303,8 +303,13 @@ def _keys_of(fact: Fact) -> tuple[set[str], set[Key]]:
 
 def add_keys(facts: list[Fact], ids: set[str], keys: set[Key]) -> None:
     """Adds every fact's `_keys_of` to `ids` and `keys`: the loaders' first round (batch.py,
-    pipeline.py), here so that its per-fact loop runs compiled."""
+    pipeline.py), here so that its per-fact loop runs compiled. An SDK fact's keys are
+    added as they are found (`_add_sdk_keys`), no sets of its own built and merged."""
     for fact in facts:
+        kind = fact.type
+        if kind in _SDK:
+            _add_sdk_keys(fact.msg, fact.channel_id, kind, ids, keys)
+            continue
         f_ids, f_keys = _keys_of(fact)
         ids |= f_ids
         keys |= f_keys
@@ -349,35 +354,133 @@ def _general_keys(msg: Any, ch: str) -> tuple[set[str], set[Key]]:
 
 
 def _sdk_keys(msg: Any, ch: str, kind: str) -> tuple[set[str], set[Key]]:
-    """`_keys_of` of an SDK fact, reading the fields its type has (~2× faster than the
-    general reading for every fact type, and these are most facts): the veil, a login's
-    memberId, the contact data of a profile, a chat or a contact form."""
+    """`_keys_of` of an SDK fact (`_add_sdk_keys` into sets of its own)."""
     ids: set[str] = set()
     keys: set[Key] = set()
-    if (veil := _cleaned(clean_veil_id, msg.veilId)) is not None:
-        keys.add((ch, "veil", veil))
-        ids.add(veil_user_id(ch, veil))
+    _add_sdk_keys(msg, ch, kind, ids, keys)
+    return ids, keys
+
+
+def _add_sdk_keys(msg: Any, ch: str, kind: str, ids: set[str], keys: set[Key]) -> None:
+    """Adds an SDK fact's keys to `ids` and `keys`, reading the fields its type has (~2×
+    faster than the general reading for every fact type, and these are most facts): the
+    veil, a boot's or login's memberId, the contact data of a profile, a chat or a
+    contact form. A veil's and a memberId's key and user id are remembered per raw text
+    (`_KEYS`): a visitor's facts repeat them, and cleaning and hashing them again cost
+    ~5 k instructions a fact (issue 14, session 14)."""
+    memo = _KEYS
+    if (veil := memo.veil(ch, msg.veilId)) is not None:
+        keys.add(veil[0])
+        ids.add(veil[1])
     if kind == "boot" or kind == "login":
-        if (member := _cleaned(clean_member_id, msg.memberId)) is not None:
-            keys.add((ch, "member", member))
-            ids.add(member_user_id(ch, member))
+        if (member := memo.member(ch, msg.memberId)) is not None:
+            keys.add(member[0])
+            ids.add(member[1])
         contact = msg.profile
         if not contact:
-            return ids, keys
+            return
         email, mobile = contact.get("email"), contact.get("mobileNumber")
     elif kind == "chat":
         if (chat_contact := msg.contact) is None:
-            return ids, keys
+            return
         email, mobile = chat_contact.email, chat_contact.mobileNumber
     elif kind == "contact":
         email, mobile = msg.email, msg.mobileNumber
     else:
-        return ids, keys
-    if (value := _cleaned(clean_email, email)) is not None:
-        keys.add((ch, "email", value))
-    if (value := _cleaned(clean_mobile, mobile)) is not None:
-        keys.add((ch, "mobile", value))
-    return ids, keys
+        return
+    if email is not None and (key := memo.contact(ch, "email", email)) is not None:
+        keys.add(key)
+    if mobile is not None and (key := memo.contact(ch, "mobile", mobile)) is not None:
+        keys.add(key)
+
+
+# An identity key and the user id it derives (a veil's, a member's): a tuple `(Key, str)`
+# built once, held as an object. Typed as a tuple, compiled code would keep it unboxed and
+# build a new tuple (and a new key tuple) at every read.
+_Found = Any
+_MEMO_SIZE: Final = 65_536  # entries kept, as the lru caches of hygiene and ids
+
+
+class _KeyMemo:
+    """The keys of raw identifiers as `_add_sdk_keys` derives them, per channel and raw
+    text: pure functions of the two (hygiene's cleaning, ids' name-based ids), so
+    remembering them changes nothing (a refused identifier is not remembered: it is
+    refused again, and skipped). Emptied when it holds `_MEMO_SIZE` entries."""
+
+    def __init__(self) -> None:
+        self.veils: dict[str, dict[str, _Found]] = {}
+        self.members: dict[str, dict[str, _Found]] = {}
+        self.contacts: dict[tuple[str, str], dict[str, Any]] = {}  # Any: a Key, boxed (above)
+        self.size = 0
+
+    def veil(self, ch: str, raw: Any) -> _Found | None:
+        if not isinstance(raw, str):
+            return None
+        of = self.veils.get(ch)
+        if of is None:
+            of = self.veils[ch] = {}
+        else:
+            found = of.get(raw)
+            if found is not None:
+                return found
+        try:
+            veil = clean_veil_id(raw)
+        except Rejected:
+            return None
+        found = ((ch, "veil", veil), veil_user_id(ch, veil))
+        self._count()
+        of[raw] = found
+        return found
+
+    def member(self, ch: str, raw: Any) -> _Found | None:
+        if not isinstance(raw, str):
+            return None
+        of = self.members.get(ch)
+        if of is None:
+            of = self.members[ch] = {}
+        else:
+            found = of.get(raw)
+            if found is not None:
+                return found
+        try:
+            member = clean_member_id(raw)
+        except Rejected:
+            return None
+        found = ((ch, "member", member), member_user_id(ch, member))
+        self._count()
+        of[raw] = found
+        return found
+
+    def contact(self, ch: str, kind: str, raw: Any) -> Any:
+        """`kind`: "email" or "mobile"."""
+        if not isinstance(raw, str):
+            return None
+        of = self.contacts.get((ch, kind))
+        if of is None:
+            of = self.contacts[(ch, kind)] = {}
+        else:
+            key = of.get(raw)
+            if key is not None:
+                return key
+        try:
+            value = clean_email(raw) if kind == "email" else clean_mobile(raw)
+        except Rejected:
+            return None
+        key = (ch, kind, value)
+        self._count()
+        of[raw] = key
+        return key
+
+    def _count(self) -> None:
+        self.size += 1
+        if self.size > _MEMO_SIZE:
+            self.veils.clear()
+            self.members.clear()
+            self.contacts.clear()
+            self.size = 0  # the entry being added is not kept either
+
+
+_KEYS: Final = _KeyMemo()
 
 
 def _import_row_keys(msg: Any, ch: str) -> tuple[set[str], set[Key]]:

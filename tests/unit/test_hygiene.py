@@ -125,3 +125,25 @@ def test_g1_member_ids_are_rejected_only_when_blank_or_a_placeholder(raw):
         assert rejection(clean_member_id, raw).code == "placeholder_identifier"
     else:
         assert clean_member_id(raw) == trimmed
+
+
+@pytest.mark.parametrize("clean", CLEANERS)
+def test_g1_remembered_identifiers_clean_as_they_did_and_refusals_are_refused_every_time(clean):
+    """issue 14 session 14: each cleaner remembers what a text cleaned to (plain dicts,
+    emptied when full). A remembered text cleans to what it cleaned to the first time; a
+    refused one (G1) raises every time, never remembered; past the memo's size the
+    cleaning goes on the same (the memo is emptied, not grown)."""
+    from services.domain import hygiene
+
+    raws = [f" {i}@Example.com " if clean is clean_email else f"+81 90-12{i:02d}-5678" if clean is clean_mobile
+            else f" id-{i} " for i in range(50)]
+    first = [clean(raw) for raw in raws]
+    assert [clean(raw) for raw in raws] == first  # remembered
+    hygiene.forget()
+    assert [clean(raw) for raw in raws] == first  # derived again
+    for _ in range(2):
+        assert rejection(clean, "undefined").code == "placeholder_identifier"
+    for i in range(hygiene._REMEMBERED + 5):
+        clean_veil_id(f"veil-{i}")
+    assert len(hygiene._VEIL_IDS) <= hygiene._REMEMBERED
+    assert [clean(raw) for raw in raws] == first

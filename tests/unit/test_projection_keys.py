@@ -138,3 +138,30 @@ def test_add_keys_adds_every_facts_keys_to_the_loaders_sets() -> None:
         want_keys |= f_keys
     assert len(want_ids) > 100 and len(want_keys) > 100  # the stream names many users
     assert (ids, keys) == (want_ids, want_keys)
+
+
+def test_remembered_keys_are_the_keys_derived_again_even_past_the_memos_size() -> None:
+    """issue 14 session 14: an SDK fact's veil, memberId and contact keys (and the veil's
+    and member's user ids) are remembered per channel and raw text (`facts._KEYS`), so a
+    visitor's later facts take them without cleaning and hashing. Pure functions of the
+    text: every fact's keys, read with the memo warm, cold, and after it was emptied for
+    being full (more distinct veils than `_MEMO_SIZE`), are the general reading's, which
+    cleans and derives each anew."""
+    from services.domain.hygiene import clean_veil_id
+    from services.domain.ids import veil_user_id
+
+    facts_ = [Fact(msg, msg.occurredAt) for _c, _e, raw in Stream(11).events(1_500)
+              for msg in [decode_inbound("sdk-events", raw)]]
+    for _round in range(2):  # cold (for this stream), then warm
+        for fact in facts_:
+            assert batch._keys_of(fact) == _general(fact)
+    memo = facts._KEYS
+    for i in range(facts._MEMO_SIZE + 10):  # distinct veils: the memo empties itself once
+        memo.veil("ch_full", f" v{i} ")
+    assert memo.size <= facts._MEMO_SIZE
+    assert memo.veil("ch_full", " v7 ") == (("ch_full", "veil", clean_veil_id(" v7 ")), veil_user_id("ch_full", "v7"))
+    for fact in facts_:
+        assert batch._keys_of(fact) == _general(fact)
+    # A refused identifier is not remembered: refused (skipped) every time.
+    assert memo.veil("ch_full", "undefined") is None and memo.veil("ch_full", "undefined") is None
+    assert memo.member("ch_full", " null ") is None and memo.contact("ch_full", "email", "not-an-email") is None
