@@ -7,26 +7,32 @@ projection which users to write back.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, KeysView
+from collections.abc import Collection, Iterable, KeysView
 
-from .user import CONTACT_KEYS, EMAIL, MOBILE, User, Value
+from .user import EMAIL, MOBILE, User, Value
 
 Identity = tuple[str, str, bool]  # (kind, value, qualified); kind: veil | member | email | mobile | pending
 
 
 def identities(user: User) -> frozenset[Identity]:
     """The lookup keys of a live user. Merged and deleted users have none (U8, B2)."""
-    if not user.alive:
+    if user.deleted or user.merged_into is not None:  # not `alive`
         return frozenset()
-    keys: set[Identity] = {("veil", v, True) for v in user.veils}
+    # Gathered in a list, hashed once by the frozenset (a set first hashed every key
+    # twice), the contact keys read by name: every new user and every put that moves
+    # what identities read comes here (issue 14, session 14).
+    keys: list[Identity] = [("veil", v, True) for v in user.veils]
     if user.member_id is not None:
-        keys.add(("member", user.member_id, True))
+        keys.append(("member", user.member_id, True))
     if user.pending_into is not None:
-        keys.add(("pending", user.pending_into, True))  # the saga finds waiting sources by target
-    for key in CONTACT_KEYS:
-        val = user.fields.get(key)
-        if val is not None and val.v is not None:
-            keys.add(("email" if key == EMAIL else "mobile", val.v, val.q))
+        keys.append(("pending", user.pending_into, True))  # the saga finds waiting sources by target
+    fields = user.fields
+    email = fields.get(EMAIL)
+    if email is not None and email.v is not None:
+        keys.append(("email", email.v, email.q))
+    mobile = fields.get(MOBILE)
+    if mobile is not None and mobile.v is not None:
+        keys.append(("mobile", mobile.v, mobile.q))
     return frozenset(keys)
 
 
@@ -224,6 +230,12 @@ class Directory:
     def holders(self, channel_id: str, kind: str, value: str) -> frozenset[str]:
         """Ids of the users held here that are found by the key (any qualification)."""
         return frozenset(self._by_key.get((channel_id, kind, value), ()))
+
+    def holding(self, key: tuple[str, str, str]) -> Collection[str]:
+        """`holders` of a `(channel_id, kind, value)` key as it is held here, not copied:
+        to be read at once, before the directory changes (resident.reached, per key
+        of a batch)."""
+        return self._by_key.get(key, ())
 
     def _index(self, user: User, keys: frozenset[Identity]) -> None:
         """Hold `user` and find it by `keys`, its identities."""

@@ -16,9 +16,9 @@ import orjson
 UserType = Literal["anonymous", "lead", "member"]
 
 # The profile keys that are contact data (C2, C4, U9).
-EMAIL = "profile.email"
-MOBILE = "profile.mobileNumber"
-CONTACT_KEYS = (EMAIL, MOBILE)
+EMAIL: Final = "profile.email"
+MOBILE: Final = "profile.mobileNumber"
+CONTACT_KEYS: Final = (EMAIL, MOBILE)
 
 
 class Value(NamedTuple):

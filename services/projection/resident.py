@@ -122,8 +122,8 @@ class ResidentUsers:
         for i in ids:
             if (u := d.get(i)) is not None:
                 found[u.id] = u
-        for ch, kind, value in keys:
-            for i in d.holders(ch, kind, value):
+        for key in keys:
+            for i in d.holding(key):
                 if (u := d.get(i)) is not None:
                     found[u.id] = u
         for i in found:
