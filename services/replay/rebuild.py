@@ -33,7 +33,7 @@ from services.store.pool import create_pool
 
 from . import indexes
 from .log import LogReader, Partition
-from .resident import OverBudget, Resident
+from .resident import HELD, OverBudget, Resident
 
 log = logging.getLogger("unifier.replay")
 
@@ -150,8 +150,10 @@ async def build(
                     memory_budget=memory_budget,
                 )
             except OverBudget as err:
+                HELD.clear()  # shard 0's users: the fallback needs the memory
                 failed = err
             except ShardOverlap as overlap:
+                HELD.clear()
                 log.warning("replay: %s; rebuilding with every worker reading the whole log", overlap)
                 await reap(procs)
                 await _empty(pool)
@@ -163,6 +165,7 @@ async def build(
                         memory_budget=memory_budget,
                     )
                 except RuntimeError as err:  # a worker failed again
+                    HELD.clear()
                     failed = err
         finally:
             await reap(procs)

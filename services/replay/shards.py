@@ -48,7 +48,7 @@ from services.store import pool as store_pool
 
 from .log import LIST_BYTES, LogReader, Partition
 from .rebuild import Tally, apply_all
-from .resident import OverBudget, Resident
+from .resident import HELD, OverBudget, Resident
 
 log = logging.getLogger("unifier.replay")
 
@@ -161,15 +161,20 @@ async def _here(job: _Job) -> tuple[bytes, int]:
     """Shard 0, applied by the process that started the workers (it would only wait
     for them otherwise: one interpreter fewer to start, ~0.35 s of CPU). Its outcome as
     a worker's last output line and exit code."""
+    HELD.clear()  # a build redone (by channel) replaces the users of the first
     try:
-        return orjson.dumps(await _apply_shard(job)), 0
+        done = await _apply_shard(job, HELD)
     except OverBudget as err:
+        HELD.clear()
         gc.unfreeze()  # Resident froze the heap; nothing of it is needed any more
         return orjson.dumps({"overBudget": str(err)}), 3
     except Exception as err:  # as a worker's non-zero exit: the caller decides what it means
+        HELD.clear()
         gc.unfreeze()
         log.warning("replay: shard 1 of %d failed: %s: %s", job.workers, type(err).__name__, str(err)[:200])
         return b"", 1
+    gc.freeze()  # the users held (HELD) are never walked by the collector again
+    return orjson.dumps(done), 0
 
 
 def share_partitions(stops: dict[Partition, int], workers: int) -> list[list[int]]:

@@ -33,7 +33,8 @@ unless it is dropped.
 
 The digest is taken on a second connection whose REPEATABLE READ snapshot is opened
 after the catch-up and before the commit: it sees exactly the rebuilt state the live
-service continues from, without holding the lock while it reads every user.
+service continues from, without holding the lock while it reads every user. A third
+connection imports that snapshot and reads the digest's other tables meanwhile.
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ async def switch(
     (e.g. dropping the archive) after the switch committed, beside the digest."""
     conn = await asyncpg.connect(database_url)
     snap = await asyncpg.connect(database_url, server_settings={"search_path": live})
+    other = await asyncpg.connect(database_url, server_settings={"search_path": live})  # the digest's other tables
     try:
         snapshot = snap.transaction(isolation="repeatable_read", readonly=True)
         async with conn.transaction():
@@ -85,13 +87,19 @@ async def switch(
                        GREATEST((SELECT last_value FROM "{live}".outbox_id_seq), 1))"""
             )
             await snapshot.start()
-            await snap.fetchval("SELECT 1")  # the snapshot is taken at the first statement
+            # The snapshot is taken at the first statement; `other` shares it.
+            shared = await snap.fetchval("SELECT pg_export_snapshot()")
+            beside = other.transaction(isolation="repeatable_read", readonly=True)
+            await beside.start()
+            await other.execute(f"SET TRANSACTION SNAPSHOT '{shared}'")
             await conn.execute(f'ALTER SCHEMA "{live}" RENAME TO "{archive}"')
             await conn.execute(f'ALTER SCHEMA "{rebuilt}" RENAME TO "{live}"')
-        digest, _ = await asyncio.gather(digest_in_transaction(snap), then() if then is not None else _nothing())
+        digest, _ = await asyncio.gather(digest_in_transaction(snap, other), then() if then is not None else _nothing())
+        await beside.commit()
         await snapshot.commit()
         return digest
     finally:
+        await other.close()
         await snap.close()
         await conn.close()
 
