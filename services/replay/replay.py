@@ -30,8 +30,8 @@ from services.store.pool import ensure_schema
 
 from .digest import state_digest
 from .log import LogReader, LogShort, Partition
+from .procs import reap, spawn
 from .rebuild import Tally, build, catch_up, copy_channels, drop_schema, open_schema, stored_offsets
-from .shards import reap, spawn
 from .switch import switch
 
 log = logging.getLogger("unifier.replay")
@@ -103,11 +103,14 @@ async def _abandon(opening: asyncio.Future[asyncpg.Pool], database_url: str, sch
 
 
 async def rebuild(
-    database_url: str, bootstrap: str, topics: Topics, live: str, options: Options, tally: Tally
+    database_url: str, bootstrap: str, topics: Topics, live: str, options: Options, tally: Tally,
+    started: list[asyncio.subprocess.Process] | None = None,
 ) -> Rebuilt:
     # The workers first: their interpreters start (~0.35 s of imports each) while this
-    # one checks the log and makes the new schema (~0.5 s), instead of after.
-    procs = await spawn(options.workers) if options.workers > 1 else None
+    # one checks the log and makes the new schema (~0.5 s), instead of after. `started`:
+    # the `options.workers` - 1 workers, spawned by the caller earlier still (`cli`);
+    # reaped here whatever happens.
+    procs = started if started is not None else await spawn(options.workers) if options.workers > 1 else None
     try:
         return await _rebuild(database_url, bootstrap, topics, live, options, tally, procs)
     finally:
