@@ -32,6 +32,7 @@ from .digest import state_digest
 from .log import LogReader, LogShort, Partition
 from .procs import reap, spawn
 from .rebuild import Tally, build, catch_up, copy_channels, drop_schema, open_schema, stored_offsets
+from .resident import HELD
 from .switch import switch
 
 log = logging.getLogger("unifier.replay")
@@ -209,6 +210,7 @@ async def dry_run(
             pool, bootstrap, topics, batch=options.batch, quiet_s=options.quiet_s, tally=tally,
             workers=options.workers, database_url=database_url, schema=scratch, memory_budget=options.memory_budget,
         )
+        HELD.clear()  # a dry run reads the users back from both schemas: shard 0's are not needed
         rebuilt_digest = await state_digest(pool)
     except BaseException:
         await pool.close()

@@ -43,6 +43,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 
 import asyncpg
+from asyncpg.transaction import Transaction
 
 from .digest import digest_in_transaction
 from .log import Partition
@@ -87,21 +88,37 @@ async def switch(
                        GREATEST((SELECT last_value FROM "{live}".outbox_id_seq), 1))"""
             )
             await snapshot.start()
-            # The snapshot is taken at the first statement; `other` shares it.
+            # The snapshot is taken at the first statement, and exported for the digest's
+            # second reader (`_share`).
             shared = await snap.fetchval("SELECT pg_export_snapshot()")
-            beside = other.transaction(isolation="repeatable_read", readonly=True)
-            await beside.start()
-            await other.execute(f"SET TRANSACTION SNAPSHOT '{shared}'")
             await conn.execute(f'ALTER SCHEMA "{live}" RENAME TO "{archive}"')
             await conn.execute(f'ALTER SCHEMA "{rebuilt}" RENAME TO "{live}"')
-        digest, _ = await asyncio.gather(digest_in_transaction(snap, other), then() if then is not None else _nothing())
-        await beside.commit()
+        beside = await _share(other, shared)
+        digest, _ = await asyncio.gather(
+            digest_in_transaction(snap, other if beside is not None else None), then() if then is not None else _nothing(),
+        )
+        if beside is not None:
+            await beside.commit()
         await snapshot.commit()
         return digest
     finally:
         await other.close()
         await snap.close()
         await conn.close()
+
+
+async def _share(other: asyncpg.Connection, shared: str) -> Transaction | None:
+    """A transaction on `other` seeing the exported snapshot `shared`, for the digest's
+    second reader; None where the server refuses to import it (the digest then reads
+    everything on the snapshot's own connection, as before)."""
+    beside = other.transaction(isolation="repeatable_read", readonly=True)
+    await beside.start()
+    try:
+        await other.execute(f"SET TRANSACTION SNAPSHOT '{shared}'")
+    except asyncpg.PostgresError:
+        await beside.rollback()
+        return None
+    return beside
 
 
 async def _nothing() -> None:
