@@ -433,11 +433,48 @@ async def save_applied(
     await conn.copy_records_to_table("applied_events", records=applied, columns=("channel_id", "event_id", "at"))
 
 
+_SAVE_PACK = "INSERT INTO outbox (topic, n, keys, vals) VALUES ($1, $2, $3, $4)"
+PACK_BYTES = 16 * 1024 * 1024
+"""A pack's values, at most (a larger batch is split): a pack is one row, and a value of
+PostgreSQL is at most 1 GB; past this size a pack buys nothing more per message."""
+
+
 async def save_outbox(conn: asyncpg.Connection, rows: Sequence[tuple[str, str | None, bytes | None]]) -> None:
+    """The batch's messages (topic, key, value), in order, as packs: one outbox row per
+    topic (schema.sql, `outbox`), one INSERT each (the ids come from the sequence in
+    order). Its statement trigger (outbox_notify) wakes the relay at commit."""
     if rows:
-        # Binary COPY (the ids come from the sequence in row order, as with INSERT). Its
-        # statement trigger (schema.sql, outbox_notify) wakes the relay at commit.
-        await conn.copy_records_to_table("outbox", records=rows, columns=("topic", "key", "value"))
+        packs = outbox_packs(rows)
+        if len(packs) == 1:
+            await conn.execute(_SAVE_PACK, *packs[0])
+        else:
+            await conn.executemany(_SAVE_PACK, packs)
+
+
+def outbox_packs(
+    rows: Sequence[tuple[str, str | None, bytes | None]], limit: int = PACK_BYTES,
+) -> list[tuple[str, int, list[str | None], list[bytes | None]]]:
+    """The messages as packs (topic, n, keys, values): each topic's messages in their
+    order, a new pack where the values would pass `limit` bytes. The relay publishes the
+    packs in id order, so each key's messages keep their order."""
+    topic = rows[0][0]
+    if all(r[0] == topic for r in rows) and sum(len(r[2]) for r in rows if r[2] is not None) <= limit:
+        return [(topic, len(rows), [r[1] for r in rows], [r[2] for r in rows])]  # a batch's usual case
+    packs: list[tuple[str, int, list[str | None], list[bytes | None]]] = []
+    open_: dict[str, tuple[list[str | None], list[bytes | None], list[int]]] = {}
+    for topic, key, value in rows:
+        pack = open_.get(topic)
+        size = len(value) if value is not None else 0
+        if pack is not None and pack[2][0] + size > limit:
+            packs.append((topic, len(pack[0]), pack[0], pack[1]))
+            pack = None
+        if pack is None:
+            pack = open_[topic] = ([], [], [0])
+        pack[0].append(key)
+        pack[1].append(value)
+        pack[2][0] += size
+    packs.extend((topic, len(keys), keys, values) for topic, (keys, values, _) in open_.items())
+    return packs
 
 
 async def save_activities(conn: asyncpg.Connection, acts: Sequence[Activity]) -> None:
