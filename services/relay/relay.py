@@ -1,9 +1,11 @@
 """The outbox relay: publish outbox rows in id order, then delete them.
 
-At least once: a crash between publishing and deleting re-sends rows; consumers dedupe
+A row is one message or a pack of a batch's messages of one topic, in order
+(schema.sql, `outbox`); a pack is deleted once all of it was published. At least once:
+a crash between publishing and deleting re-sends rows (a whole pack); consumers dedupe
 user-changed by (userId, version), and every message carries a stable eventId. One
-relay at a time holds a PostgreSQL advisory lock, so per-user order (= outbox id order)
-holds with several instances running. A NOTIFY from the projection's commit wakes it
+relay at a time holds a PostgreSQL advisory lock, so per-user order (= outbox id order,
+then order within a pack) holds with several instances running. A NOTIFY from the projection's commit wakes it
 at once; a short poll covers a missed notification.
 
 A message the broker refuses for good — larger than `max_message_bytes` (checked before
