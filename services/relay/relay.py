@@ -290,41 +290,51 @@ class Relay:
         said by position: the partition's messages `first` to `first + count` of this
         round, in order (`_batch_messages`)."""
         futures: list[_Sent] = []
-        batches: dict[tuple[str, int], list[Any]] = {}  # -> [batch, append, count, first]
+        batches: dict[str, dict[int, list[Any]]] = {}  # topic -> partition -> [batch, append, count, first]
         partitions_of = self._round_partitions = {}  # the producer's metadata, as of this call
         memo = self._partitions_of_key  # `_partition`'s, looked up here first
         timestamp = int(time.time() * 1000)
         for ri, r in enumerate(rows):
             topic = r[1]
             if r[5] is None:
-                keys, values = (r[2],), (r[3],)
+                keys, values = [r[2]], [r[3]]
             else:
                 keys, values = r[5], r[6]
+            if refused or None in keys:  # the refused left out; no key, no order to keep: the partitioner picks
+                kept_keys, kept_values = [], []
+                for mi, (text_key, value) in enumerate(zip(keys, values, strict=True)):
+                    if (ri, mi) in refused:
+                        continue
+                    if text_key is None:
+                        futures.append((await self.producer.send(topic, value=value), topic, -1, ri, mi))
+                        continue
+                    kept_keys.append(text_key)
+                    kept_values.append(value)
+                keys, values = kept_keys, kept_values
             partitions = partitions_of.get(topic)
             if partitions is None:
                 partitions = partitions_of[topic] = sorted(await self.producer.partitions_for(topic))
+                batches[topic] = {}
             n = len(partitions)
-            for mi, (text_key, value) in enumerate(zip(keys, values, strict=True)):
-                if text_key is None or refused and (ri, mi) in refused:
-                    if (ri, mi) not in refused:  # no key, no order to keep: the partitioner picks
-                        futures.append((await self.producer.send(topic, value=value), topic, -1, ri, mi))
-                    continue
+            open_of = batches[topic]
+            for text_key, value in zip(keys, values, strict=True):
                 key = text_key.encode()
                 partition = memo.get((key, n))
                 if partition is None:
                     partition = self._partition(key, partitions)
-                open_ = batches.get((topic, partition))
+                open_ = open_of.get(partition)
                 if open_ is None:
                     batch = self.producer.create_batch()
-                    open_ = batches[(topic, partition)] = [batch, _appender(batch), 0, 0]
+                    open_ = open_of[partition] = [batch, _appender(batch), 0, 0]
                 if open_[1](open_[2], timestamp, key, value, _NO_HEADERS) is None:  # full: send it, start another
                     futures.append(await self._queue(open_, topic, partition))
                     batch = self.producer.create_batch()
                     open_[:] = [batch, _appender(batch), 0, open_[3] + open_[2]]
                     open_[1](0, timestamp, key, value, _NO_HEADERS)
                 open_[2] += 1
-        for (topic, partition), open_ in batches.items():
-            futures.append(await self._queue(open_, topic, partition))
+        for topic, open_of in batches.items():
+            for partition, open_ in open_of.items():
+                futures.append(await self._queue(open_, topic, partition))
         return futures
 
     async def _queue(self, open_: list[Any], topic: str, partition: int) -> _Sent:
