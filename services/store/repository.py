@@ -459,9 +459,9 @@ def outbox_packs(
     """The messages as packs (topic, n, keys, values): each topic's messages in their
     order, a new pack where the values would pass `limit` bytes. The relay publishes the
     packs in id order, so each key's messages keep their order."""
-    topic = rows[0][0]
-    if all(r[0] == topic for r in rows) and sum(len(r[2]) for r in rows if r[2] is not None) <= limit:
-        return [(topic, len(rows), [r[1] for r in rows], [r[2] for r in rows])]  # a batch's usual case
+    values: list[Any] = [r[2] for r in rows]
+    if len({r[0] for r in rows}) == 1 and None not in values and sum(map(len, values)) <= limit:  # a batch's usual case
+        return [(rows[0][0], len(rows), [r[1] for r in rows], values)]
     packs: list[tuple[str, int, list[str | None], list[bytes | None]]] = []
     open_: dict[str, tuple[list[str | None], list[bytes | None], list[int]]] = {}
     for topic, key, value in rows:
