@@ -359,13 +359,14 @@ class Relay:
                     mine.append(m)
         return mine[first:first + count]
 
-_FETCH: Final = """SELECT id, topic, key, value, n, keys, vals FROM (
-    SELECT id, topic, key, value, n, keys, vals, sum(n) OVER (ORDER BY id) - n AS before
-    FROM outbox ORDER BY id LIMIT $1) o
-WHERE before < $1 ORDER BY id"""
+_FETCH: Final = """SELECT id, topic, key, value, n, keys, vals FROM outbox
+WHERE id <= (SELECT max(id) FROM (
+    SELECT id, sum(n) OVER (ORDER BY id) - n AS before FROM outbox ORDER BY id LIMIT $1) c WHERE before < $1)
+ORDER BY id"""
 """The next rows in id order, up to `$1` messages (a row holds `n`): whole rows, the last
-one possibly past it. Columns by position: 0 id, 1 topic, 2 key, 3 value (a one-message
-row), 4 n, 5 keys, 6 vals (a pack; NULL for a one-message row)."""
+one possibly past it (the running sum over ids and counts only: the window never holds a
+row's messages). Columns by position: 0 id, 1 topic, 2 key, 3 value (a one-message row),
+4 n, 5 keys, 6 vals (a pack; NULL for a one-message row)."""
 
 _Message = tuple[int, int, str, str | None, bytes | None]
 """A message of a round, for the slow paths (sizes, refusals, parking): (row, message in
