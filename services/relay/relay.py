@@ -5,8 +5,8 @@ A row is one message or a pack of a batch's messages of one topic, in order
 a crash between publishing and deleting re-sends rows (a whole pack); consumers dedupe
 user-changed by (userId, version), and every message carries a stable eventId. One
 relay at a time holds a PostgreSQL advisory lock, so per-user order (= outbox id order,
-then order within a pack) holds with several instances running. A NOTIFY from the projection's commit wakes it
-at once; a short poll covers a missed notification.
+then order within a pack) holds with several instances running. A NOTIFY from the
+projection's commit wakes it at once; a short poll covers a missed notification.
 
 A message the broker refuses for good — larger than `max_message_bytes` (checked before
 sending: match the broker's `message.max.bytes`), or answered with an error about the
