@@ -248,9 +248,11 @@ async def _sparse(conn: asyncpg.Connection | asyncpg.Pool, sql: str, args: list[
 
 
 def tag_matches_sql(channel_id: str, tag: str) -> tuple[str, list[Any]]:
-    """Ids of live users with staff tag `tag`, at most Q_SPARSE + 1 (the users_tag_list GIN)."""
+    """Ids of live users with staff tag `tag`, at most Q_SPARSE + 1 (the users_tag_list GIN,
+    which holds only users with tags: `tags <> '{}'`, implied by `@>` a tag but written
+    out, as the planner uses a partial index only for a predicate the query states)."""
     return (
-        f"""SELECT id FROM users WHERE tags @> ARRAY[$2]::text[] AND channel_id = $1
+        f"""SELECT id FROM users WHERE tags @> ARRAY[$2]::text[] AND tags <> '{{}}'::text[] AND channel_id = $1
               AND NOT deleted AND merged_into IS NULL LIMIT {Q_SPARSE + 1}""",
         [channel_id, tag],
     )
