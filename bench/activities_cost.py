@@ -8,6 +8,7 @@ alternated round by round; backend CPU read around each statement from
 meaningful on a server nobody else writes to).
 
     .venv/bin/python bench/activities_cost.py --database-url postgresql://postgres@127.0.0.1:55432/postgres
+    cd ../base && .venv/bin/python ../writes/bench/activities_cost.py --variants repo   # another tree's
 
 A benchmark, not a test.
 """
@@ -23,12 +24,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path.cwd()  # the tree measured (variant repo): run it from there
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import asyncpg  # noqa: E402
 
+from services.domain.core import Activity  # noqa: E402
+from services.store import repository as repo  # noqa: E402
 from services.store.pool import create_pool  # noqa: E402
 
 LOCAL_POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -39,7 +42,7 @@ CREATE INDEX activities_user_recent ON activities (user_id, occurred_at DESC, ev
 INSERT = """INSERT INTO activities (channel_id, event_id, user_id, kind, occurred_at, body)
             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::jsonb[])
             ON CONFLICT DO NOTHING"""
-VARIANTS = {"insert": True, "insert_noidx": False, "copy_noidx": False}  # name: with activities_user
+VARIANTS = {"insert": True, "insert_noidx": False, "copy_noidx": False, "json_noidx": False, "repo": False}  # name: with activities_user; repo: the tree's statement and indexes
 
 
 def _rows(rng: random.Random, start: int, n: int) -> list[tuple[Any, ...]]:
@@ -58,8 +61,11 @@ async def one(url: str, variant: str, held: int, per_batch: int, batches: int, s
     rng = random.Random(seed)
     try:
         async with pool.acquire() as conn:
-            await conn.execute("DROP TABLE activities CASCADE")
-            await conn.execute(TABLE)
+            if variant != "repo":  # else the tree's own table and indexes
+                await conn.execute("DROP TABLE activities CASCADE")
+                await conn.execute(TABLE)
+            if variant.startswith("json"):  # the body as json (text kept as sent) instead of jsonb
+                await conn.execute("ALTER TABLE activities ALTER COLUMN body TYPE json")
             if VARIANTS[variant]:
                 await conn.execute("CREATE INDEX activities_user ON activities (user_id)")
             cols = ("channel_id", "event_id", "user_id", "kind", "occurred_at", "body")
@@ -76,10 +82,13 @@ async def one(url: str, variant: str, held: int, per_batch: int, batches: int, s
                 rows = _rows(rng, held + b * per_batch, per_batch)
                 t = _ns(pid)
                 async with conn.transaction():
-                    if variant.startswith("copy"):
+                    if variant == "repo":  # this tree's repository.save_activities
+                        await repo.save_activities(conn, [Activity(c, u, k, e, at, body) for c, e, u, k, at, body in rows])
+                    elif variant.startswith("copy"):
                         await conn.copy_records_to_table("activities", records=rows, columns=cols)
                     else:
-                        await conn.execute(INSERT, *[list(c) for c in zip(*rows, strict=True)])
+                        sql = INSERT.replace("$6::jsonb[]", "$6::json[]") if variant.startswith("json") else INSERT
+                        await conn.execute(sql, *[list(c) for c in zip(*rows, strict=True)])
                 ns += _ns(pid) - t
             lsn1 = await conn.fetchval("SELECT pg_current_wal_insert_lsn() - '0/0'::pg_lsn")
         n = per_batch * batches

@@ -40,6 +40,8 @@ WRAPPED: dict[Any, tuple[str, ...]] = {
     import_log: ("save",),
 }
 SPENT: dict[str, list[int]] = {}
+STATEMENTS: dict[str, list[int]] = {}
+"""With WRITES_STATEMENTS=1 in the environment, asyncpg's calls too, by statement (first words)."""
 
 
 def backend_ns(pid: int) -> int:
@@ -92,9 +94,41 @@ def show() -> None:
         if calls:
             each = f"{ns / items / 1000:6.2f} µs per item" if items else ""
             print(f"  {ns / EVENTS / 1000:6.2f} µs  {calls:6d} calls {items:8d} items {each}  {label}")
+    if STATEMENTS:
+        print("by statement:")
+        for label, (ns, calls) in sorted(STATEMENTS.items(), key=lambda kv: -kv[1][0])[:25]:
+            print(f"  {ns / EVENTS / 1000:6.2f} µs  {calls:6d} calls  {label}")
+
+
+def wrap_statements() -> None:
+    import asyncpg
+
+    for name in ("fetch", "fetchval", "fetchrow", "execute", "copy_records_to_table"):
+        orig = getattr(asyncpg.connection.Connection, name)
+
+        def make(name: str, orig: Any) -> Any:
+            async def counted(self: Any, *args: Any, **kwargs: Any) -> Any:
+                what = args[0] if args and isinstance(args[0], str) else ""
+                label = f"{name}: {' '.join(what.split())[:90]}"
+                pid = self.get_server_pid()
+                t = backend_ns(pid)
+                try:
+                    return await orig(self, *args, **kwargs)
+                finally:
+                    st = STATEMENTS.setdefault(label, [0, 0])
+                    st[0] += backend_ns(pid) - t
+                    st[1] += 1
+
+            return counted
+
+        setattr(asyncpg.connection.Connection, name, make(name, orig))
 
 
 if __name__ == "__main__":
+    import os
+
+    if os.environ.get("WRITES_STATEMENTS"):
+        wrap_statements()
     for module, names in WRAPPED.items():
         for name in names:
             wrap(module, name)
