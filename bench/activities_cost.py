@@ -28,7 +28,6 @@ ROOT = Path.cwd()  # the tree measured (variant repo): run it from there
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-import asyncpg  # noqa: E402
 
 from services.domain.core import Activity  # noqa: E402
 from services.store import repository as repo  # noqa: E402
