@@ -53,6 +53,7 @@ async def main() -> None:
                  FROM users u, generate_series(1, 2) k WHERE u.type = 'member'""", ch)
         await pool.execute("VACUUM ANALYZE users")
         await pool.execute("VACUUM ANALYZE activities")
+        await pool.execute("VACUUM ANALYZE identities")
         m = api_bench.member_user_id(ch, f"m{n // 2}")
         cases: dict[str, tuple[str, list[Any]]] = {}
         out = await api_bench.explain(a.database_url, a.schema, n)  # prints its plans

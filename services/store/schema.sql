@@ -78,10 +78,15 @@ END $$;
 -- pending unifications (kind 'pending', value = target member id). Derived from
 -- users.state; rewritten with the user. A veil or member id has one live owner per
 -- channel: the unique index is the last line of defence against a racing instance.
+-- `value` collates as "C" (byte order; equality is byte equality under any collation):
+-- the primary key then serves `q`'s prefix of an e-mail or phone number (`value LIKE
+-- 'abc%'` is a range of it), which needed an index of its own, an entry every contact
+-- row (identities_contact_prefix, text_pattern_ops), and its comparisons are memcmp
+-- whatever the database's collation (issue 14, session 14).
 CREATE TABLE IF NOT EXISTS identities (
     channel_id text NOT NULL,
     kind       text NOT NULL,
-    value      text NOT NULL,
+    value      text COLLATE "C" NOT NULL,
     user_id    text NOT NULL,
     qualified  boolean NOT NULL,
     PRIMARY KEY (channel_id, kind, value, user_id)
@@ -89,6 +94,18 @@ CREATE TABLE IF NOT EXISTS identities (
 CREATE UNIQUE INDEX IF NOT EXISTS identities_one_owner
     ON identities (channel_id, kind, value) WHERE kind IN ('veil', 'member');
 CREATE INDEX IF NOT EXISTS identities_user ON identities (user_id);
+-- Older tables: `value` under the database's collation, and the prefix index beside the
+-- key. The index goes first, then the column takes "C": no table rewrite (a collation
+-- is not a new type), the key and identities_one_owner are built again, under the
+-- migration lock (docs/operations.md, "Upgrading").
+DROP INDEX IF EXISTS identities_contact_prefix;
+DO $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_attribute a JOIN pg_collation c ON c.oid = a.attcollation
+                WHERE a.attrelid = 'identities'::regclass AND a.attname = 'value' AND c.collname <> 'C') THEN
+        ALTER TABLE identities ALTER COLUMN value TYPE text COLLATE "C";
+    END IF;
+END $$;
 
 -- The inbox: the next offset to apply per inbound partition, committed with the state
 -- it produced (Kafka's own commits are only a hint), and the eventIds applied.
@@ -339,8 +356,7 @@ BEGIN
 END $$;
 CREATE INDEX IF NOT EXISTS users_name_key_prefix ON users (channel_id, name_key text_pattern_ops)
     WHERE NOT deleted AND merged_into IS NULL AND name_key IS NOT NULL;
-CREATE INDEX IF NOT EXISTS identities_contact_prefix ON identities (channel_id, value text_pattern_ops)
-    WHERE kind IN ('email', 'mobile');
+-- (An e-mail or phone prefix is a range of identities' primary key: `value` collates as "C".)
 -- `tag=`: staff tags. Only users with tags: a GIN entry stands for an empty array too,
 -- one a user without tags (most of them) for nothing; the reads name the same
 -- `tags <> '{}'` so that the planner may use it (queries.tag_matches_sql; issue 14,

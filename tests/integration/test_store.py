@@ -391,7 +391,7 @@ async def test_the_read_side_indexes_hold_only_what_their_reads_ask_and_serve_th
     `activities_user_recent`. Plans checked with sequential scans off (a small table)."""
     import asyncpg
 
-    from services.store.queries import q_matches_sql, tag_matches_sql
+    from services.store.queries import GRADES, q_matches_sql, tag_matches_sql
 
     assert isinstance(pool, asyncpg.Pool)
     defs = {r[0]: r[1] for r in await pool.fetch(
@@ -413,7 +413,15 @@ async def test_the_read_side_indexes_hold_only_what_their_reads_ask_and_serve_th
                 await tr.rollback()
 
     assert "users_tag_list" in await plan(*tag_matches_sql("ch", "vip"))
-    assert "users_name_key_prefix" in await plan(*q_matches_sql("ch", "sato"))
+    q_plan = await plan(*q_matches_sql("ch", "sato"))
+    assert "users_name_key_prefix" in q_plan
+    # The e-mail or phone prefix: a range of identities' key (`value` collates as "C").
+    assert "identities_contact_prefix" not in defs and "identities_pkey" in q_plan and "value >= 'sato'" in q_plan
+    # A user's grades (queries.GRADES): each key held is one probe of grade_holders_key by
+    # channel, kind and value, though identities.value and grade_holders.value collate apart.
+    grades_plan = (await plan(f"SELECT u.state, {GRADES} FROM users u WHERE u.id = $1", ["u1"])).split("\n")
+    probe = [line for i, line in enumerate(grades_plan) if i and "grade_holders_key" in grades_plan[i - 1]]
+    assert probe and "value = " in probe[0], grades_plan
     for sql, args in (
         ("SELECT event_id FROM activities WHERE user_id = $2 AND channel_id = $1 ORDER BY occurred_at DESC, event_id DESC LIMIT 51",
          ["ch", "u1"]),
@@ -427,8 +435,12 @@ async def test_the_read_side_indexes_hold_only_what_their_reads_ask_and_serve_th
 async def test_read_side_indexes_of_an_older_schema_are_made_again_for_the_rows_they_serve(settings: Settings) -> None:
     """Upgrading (docs/operations.md, issue 14 session 14): a schema with `users_channel`,
     `activities_user`, and the name and tag indexes over every live user loses the first
-    two and gets the other two again with their new predicates; a second start changes
-    nothing, and the search still finds a user by name and tag."""
+    two and gets the other two again with their new predicates; identities' `value`
+    under the database's collation with `identities_contact_prefix` beside the key takes
+    "C" and loses that index. A second start changes nothing, and the search still finds
+    the user by name, tag, e-mail prefix and e-mail, with its grade (the holder's value
+    compared across the two collations)."""
+    from services.domain.directory import identities
     from services.domain.user import User, Value
     from services.store.queries import UserFilter, search_users
 
@@ -440,10 +452,17 @@ async def test_read_side_indexes_of_an_older_schema_are_made_again_for_the_rows_
             CREATE INDEX activities_user ON activities (user_id);
             CREATE INDEX users_name_key_prefix ON users (channel_id, name_key text_pattern_ops)
                 WHERE NOT deleted AND merged_into IS NULL;
-            CREATE INDEX users_tag_list ON users USING gin (tags) WHERE NOT deleted AND merged_into IS NULL;""")
-        u = User("u-old", "ch", "lead", 1, 1, fields={"name": Value("Sato Taro", True, False, 1)}, tags=["vip"])
+            CREATE INDEX users_tag_list ON users USING gin (tags) WHERE NOT deleted AND merged_into IS NULL;
+            ALTER TABLE identities ALTER COLUMN value TYPE text COLLATE "default";
+            CREATE INDEX identities_contact_prefix ON identities (channel_id, value text_pattern_ops)
+                WHERE kind IN ('email', 'mobile');
+            INSERT INTO grades VALUES ('ch', 'gold', 'yellow');
+            INSERT INTO grade_holders VALUES ('ch', 'gold', 'email', 'taro@x.jp');""")
+        u = User("u-old", "ch", "lead", 1, 1, tags=["vip"], fields={
+            "name": Value("Sato Taro", True, False, 1), "profile.email": Value("taro@x.jp", True, True, 1)})
         async with pool.acquire() as conn, conn.transaction():
             await repo.save_users(conn, [u], {})
+            await repo.save_identities(conn, [(u, None, identities(u))])
     finally:
         await pool.close()
     for _ in range(2):
@@ -453,8 +472,12 @@ async def test_read_side_indexes_of_an_older_schema_are_made_again_for_the_rows_
                 "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = current_schema()")}
             assert "users_channel" not in defs and "activities_user" not in defs
             assert "name_key IS NOT NULL" in defs["users_name_key_prefix"] and "tags <> " in defs["users_tag_list"]
-            for f in (UserFilter(q="sato"), UserFilter(tag="vip")):
+            assert "identities_contact_prefix" not in defs
+            assert await pool.fetchval("""SELECT c.collname FROM pg_attribute a JOIN pg_collation c ON c.oid = a.attcollation
+                                           WHERE a.attrelid = 'identities'::regclass AND a.attname = 'value'""") == "C"
+            for f in (UserFilter(q="sato"), UserFilter(tag="vip"), UserFilter(q="taro@"), UserFilter(email="taro@x.jp"),
+                      UserFilter(grade="gold")):
                 items, _next = await search_users(pool, "ch", f, limit=10)
-                assert [x["id"] for x in items] == ["u-old"]
+                assert [(x["id"], x["grades"]) for x in items] == [("u-old", [{"name": "gold", "colour": "yellow"}])]
         finally:
             await pool.close()
