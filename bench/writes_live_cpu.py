@@ -40,6 +40,12 @@ WRAPPED: dict[Any, tuple[str, ...]] = {
     import_log: ("save",),
 }
 SPENT: dict[str, list[int]] = {}
+WAL: dict[str, int] = {}
+WITH_WAL = bool(__import__("os").environ.get("WRITES_WAL"))
+"""With WRITES_WAL=1, the WAL each function wrote too (bytes an event: deterministic where
+nobody else writes to the server, but for full-page images after a checkpoint; the CPU
+figures then include the two LSN reads a call)."""
+_LSN = "SELECT pg_current_wal_insert_lsn() - '0/0'::pg_lsn"
 STATEMENTS: dict[str, list[int]] = {}
 """With WRITES_STATEMENTS=1 in the environment, asyncpg's calls too, by statement (first words)."""
 
@@ -55,16 +61,20 @@ def wrap(module: Any, name: str) -> None:
         return
     label = f"{module.__name__.rsplit('.', 1)[-1]}.{name}"
     SPENT[label] = [0, 0, 0]
+    WAL[label] = 0
 
     @functools.wraps(orig)
     async def counted(conn: Any, *args: Any, **kwargs: Any) -> Any:
         pid = conn.get_server_pid() if hasattr(conn, "get_server_pid") else None
+        lsn = await conn.fetchval(_LSN) if pid and WITH_WAL else 0
         t = backend_ns(pid) if pid else 0
         try:
             return await orig(conn, *args, **kwargs)
         finally:
             if pid:
                 SPENT[label][0] += backend_ns(pid) - t
+            if pid and WITH_WAL:
+                WAL[label] += int(await conn.fetchval(_LSN)) - int(lsn)
             SPENT[label][1] += 1
             first = args[0] if args else None
             if isinstance(first, (list, tuple)):
@@ -93,7 +103,8 @@ def show() -> None:
     for label, (ns, calls, items) in sorted(SPENT.items(), key=lambda kv: -kv[1][0]):
         if calls:
             each = f"{ns / items / 1000:6.2f} µs per item" if items else ""
-            print(f"  {ns / EVENTS / 1000:6.2f} µs  {calls:6d} calls {items:8d} items {each}  {label}")
+            wal = f"  WAL {WAL[label] / EVENTS:7.1f} B" if WITH_WAL else ""
+            print(f"  {ns / EVENTS / 1000:6.2f} µs{wal}  {calls:6d} calls {items:8d} items {each}  {label}")
     if STATEMENTS:
         print("by statement:")
         for label, (ns, calls) in sorted(STATEMENTS.items(), key=lambda kv: -kv[1][0])[:25]:
