@@ -101,7 +101,7 @@ async def one(database_url: str, drop: list[str], rows: int, batches: int) -> tu
 
     import_cpu.create_pool = pool_with_probe
     try:
-        cpu, _db, _rate = await import_cpu.one(database_url, "now", rows, batches)
+        cpu, db, *_ = await import_cpu.one(database_url, "now", rows, batches)
     finally:
         watch.uninstall()
         import_cpu.create_pool = create_pool
