@@ -80,8 +80,8 @@ async def switch(
                     await conn.execute(f'INSERT INTO "{rebuilt}".{table} SELECT * FROM "{live}".{table}')
             await conn.execute(f'TRUNCATE "{rebuilt}".outbox')
             await conn.execute(
-                f'INSERT INTO "{rebuilt}".outbox (id, topic, key, value) '
-                f'SELECT id, topic, key, value FROM "{live}".outbox ORDER BY id'
+                f'INSERT INTO "{rebuilt}".outbox (id, topic, key, value, n, keys, vals) '  # packs too (schema.sql)
+                f'SELECT id, topic, key, value, n, keys, vals FROM "{live}".outbox ORDER BY id'
             )
             await conn.execute(
                 f"""SELECT setval('"{rebuilt}".outbox_id_seq',
