@@ -40,7 +40,7 @@ import import_cpu  # noqa: E402
 
 from services.platform import gc_tuning  # noqa: E402
 
-_CALLS = ("fetch", "fetchval", "fetchrow", "execute", "copy_records_to_table")
+_CALLS = ("fetch", "fetchval", "fetchrow", "execute", "executemany", "copy_records_to_table")
 
 
 def _schedstat_ns(pid: int) -> int:
@@ -101,7 +101,7 @@ async def one(database_url: str, drop: list[str], rows: int, batches: int) -> tu
 
     import_cpu.create_pool = pool_with_probe
     try:
-        cpu, db = await import_cpu.one(database_url, "now", rows, batches)
+        cpu, db, *_ = await import_cpu.one(database_url, "now", rows, batches)
     finally:
         watch.uninstall()
         import_cpu.create_pool = create_pool

@@ -632,7 +632,7 @@ async def run_projection(
                       (SELECT count(*) FROM users WHERE type = 'member') AS members,
                       (SELECT count(*) FROM users WHERE type = 'lead') AS leads,
                       (SELECT count(*) FROM merges) AS merges,
-                      (SELECT count(*) FROM outbox) AS outbox,
+                      (SELECT coalesce(sum(n), 0) FROM outbox) AS outbox,  -- messages (a row may be a pack)
                       (SELECT count(*) FROM applied_events) AS applied"""
         )
     finally:

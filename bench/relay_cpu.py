@@ -4,7 +4,7 @@ have) written to the outbox of a fresh schema, then drained by `Relay.publish_on
 the embedded broker as `unifier run` drains them. Prints CPU µs per message of this
 process (the relay's client side: fetch, partition, batch, send, delete) and of the
 PostgreSQL backend serving it (read from /proc: run it on the database's machine), per
-round; `--profile` prints a cProfile of one more drain. A benchmark, not a test
+round, and the same for writing them (`save_outbox`, as a projection batch does); `--profile` prints a cProfile of one more drain. A benchmark, not a test
 (docs/decisions.md, "Issue 14, session 12").
 
     .venv/bin/python bench/relay_cpu.py --rows 20000 --rounds 3
@@ -32,9 +32,11 @@ from bench.import_broker import CH, values  # noqa: E402
 from services.platform.embedded import EmbeddedBroker  # noqa: E402
 from services.relay.relay import Relay  # noqa: E402
 from services.store.pool import create_pool  # noqa: E402
+from services.store.repository import save_outbox  # noqa: E402
 
 LOCAL_POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
 TOPIC = "bench-relay-user-changed"
+FILL_BATCH = 1000  # messages a projection batch writes (an import batch's; live ones are fewer)
 
 
 def _cpu(pid: int) -> float:
@@ -42,11 +44,19 @@ def _cpu(pid: int) -> float:
         return int(f.read().split()[0]) / 1e9
 
 
-async def _fill(pool, rows: int) -> None:  # type: ignore[no-untyped-def]
+async def _fill(pool, rows: int) -> tuple[float, float]:  # type: ignore[no-untyped-def]
+    """The outbox as the projection writes it: `save_outbox` per batch of `FILL_BATCH`
+    (each in a transaction of its own). CPU µs a message of this process and of the
+    backend, for the writing alone."""
     value = values("user-changed, one a row", 1)[0]
     records = [(TOPIC, f"{CH}:u_{uuid.uuid4().hex}", value) for _ in range(rows)]
     async with pool.acquire() as conn:
-        await conn.copy_records_to_table("outbox", records=records, columns=["topic", "key", "value"])
+        backend = await conn.fetchval("SELECT pg_backend_pid()")
+        c0, b0 = time.process_time(), _cpu(backend)
+        for at in range(0, rows, FILL_BATCH):
+            async with conn.transaction():
+                await save_outbox(conn, records[at:at + FILL_BATCH])
+        return (time.process_time() - c0) / rows * 1e6, (_cpu(backend) - b0) / rows * 1e6
 
 
 async def _drain(relay: Relay, pool, rows: int) -> tuple[float, float]:  # type: ignore[no-untyped-def]
@@ -71,9 +81,10 @@ async def main(args: argparse.Namespace) -> None:
                     await _fill(pool, 100)
                     await _drain(relay, pool, 100)  # metadata, connections
                     for r in range(args.rounds):
-                        await _fill(pool, args.rows)
+                        w_client, w_backend = await _fill(pool, args.rows)
                         client, backend = await _drain(relay, pool, args.rows)
-                        print(f"round {r + 1}: relay {client:.1f} µs, PostgreSQL {backend:.1f} µs a message"
+                        print(f"round {r + 1}: relay {client:.1f} µs, PostgreSQL {backend:.1f} µs a message;"
+                              f" writing them {w_client:.1f} µs, PostgreSQL {w_backend:.1f} µs"
                               f" (load {os.getloadavg()[0]:.1f})")
                     if args.profile:
                         await _fill(pool, args.rows)

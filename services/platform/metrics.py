@@ -23,7 +23,7 @@ BATCH_SECONDS = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 CONSUMER_LAG = Gauge("unifier_consumer_lag", "Records behind the partition end (approximate on tansu)", ["topic", "partition"])
-OUTBOX_BACKLOG = Gauge("unifier_outbox_backlog", "Outbox rows waiting to be published")
+OUTBOX_BACKLOG = Gauge("unifier_outbox_backlog", "Outbox messages waiting to be published")
 PUBLISHED = Counter("unifier_published_total", "Messages published by the relay", ["topic"])
 PARKED = Counter("unifier_outbox_parked_total", "Outbox messages the broker refused, parked by the relay", ["topic", "code"])
 RESIDENT_USERS = Gauge("unifier_resident_users", "Users the projection holds in memory between batches")

@@ -29,6 +29,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from types import TracebackType
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.consumer import fetcher as _fetcher
 
 from services.platform.kafka import client_options
 from services.projection.records import LogPart, PartitionClocks, Record, take_merged
@@ -40,6 +41,54 @@ log = logging.getLogger("unifier.replay")
 LIST_BYTES = 32 * 1024 * 1024
 
 Partition = tuple[str, int]
+
+
+# aiokafka's class, kept on its module so that a second import of this one (a reload)
+# subclasses it and not the function below.
+_PartitionRecords = _fetcher.__dict__.setdefault("_unifier_partition_records", _fetcher.PartitionRecords)
+
+
+class _RawRecords(_PartitionRecords):  # type: ignore[misc,valid-type]
+    """A fetched partition's records as the record batch's own (aiokafka's compiled
+    `DefaultRecord`: offset, timestamp, timestamp_type, key, value — all that
+    `PartitionClocks.extend` reads), not a `ConsumerRecord` each: that dataclass, built
+    in Python with eleven fields, its sizes and its headers' tuple, was ~1 µs of every
+    record a rebuild reads (issue 14, session 14). aiokafka's own unpacking still runs
+    (control batches, transactions, compacted offsets, `next_fetch_offset` for the
+    consumer's position). Iterated directly (`__iter__` hands out the generator), not
+    through `__next__`'s extra frame. Only `LogReader`'s consumer gets these
+    (`_partition_records` keys on its `_RAW` deserializer)."""
+
+    def _consumer_record(self, tp: TopicPartition, record: object) -> object:
+        return record
+
+    def __iter__(self) -> object:
+        it = self._records_iterator
+        return it if it is not None else iter(())
+
+
+def _RAW(raw: bytes | None) -> bytes | None:
+    """LogReader's consumer's deserializer: never called (`_RawRecords` hands out the
+    batch's records); its identity selects `_RawRecords`."""
+    return raw
+
+
+def _partition_records(
+    tp: TopicPartition, records: object, aborted_transactions: object, fetch_offset: int,
+    key_deserializer: object, value_deserializer: object, check_crcs: bool, isolation_level: int,
+) -> object:
+    """What aiokafka's fetcher builds for each fetched partition: `_RawRecords` for a
+    `LogReader`'s consumer, aiokafka's own class for every other consumer."""
+    cls = _RawRecords if value_deserializer is _RAW else _PartitionRecords
+    return cls(
+        tp, records, aborted_transactions, fetch_offset, key_deserializer, value_deserializer, check_crcs,
+        isolation_level,
+    )
+
+
+# aiokafka (pinned, pyproject.toml) names the class at the one place it builds one
+# (Fetcher._proc_fetch_request); tests/unit/test_replay_log.py checks both kinds.
+_fetcher.PartitionRecords = _partition_records
 
 
 class LogShort(RuntimeError):
@@ -86,6 +135,8 @@ class LogReader:
             max_partition_fetch_bytes=1024 * 1024,
             fetch_max_bytes=32 * 1024 * 1024,
             fetch_max_wait_ms=50,
+            key_deserializer=_RAW,
+            value_deserializer=_RAW,  # selects _RawRecords
         )
         self._parts: dict[TopicPartition, LogPart] = {}
         self.reported_ends: dict[Partition, int] = {}

@@ -33,7 +33,7 @@ from services.store.pool import create_pool
 
 from . import indexes
 from .log import LogReader, Partition
-from .resident import OverBudget, Resident
+from .resident import HELD, OverBudget, Resident
 
 log = logging.getLogger("unifier.replay")
 
@@ -123,7 +123,7 @@ async def copy_channels(source: asyncpg.Connection | asyncpg.Pool, source_schema
 async def build(
     pool: asyncpg.Pool, bootstrap: str, topics: Topics, *, batch: int, quiet_s: float, tally: Tally,
     workers: int = 1, database_url: str | None = None, schema: str | None = None, memory_budget: int | None = None,
-    started: list[asyncio.subprocess.Process] | None = None,
+    started: list[asyncio.subprocess.Process] | None = None, stops: dict[Partition, int] | None = None,
 ) -> dict[Partition, int]:
     """Apply the whole retained log to the (fresh) schema of `pool`; the end offsets
     consumed per partition (every inbound partition, 0 for an empty one). With
@@ -131,7 +131,8 @@ async def build(
     `memory_budget` (bytes, all workers together) bounds the users held in memory: past
     it the log is applied batch by batch instead (`resident.OverBudget`). `started`:
     the `workers` - 1 worker processes, spawned by the caller (`shards.spawn`) as early
-    as it could; they are reaped here.
+    as it could; they are reaped here. `stops`: the log's end, already probed by the
+    caller (`replay.check_log_holds`): the build reads up to it, without a probe of its own.
     The tables written once at the end get their secondary indexes after (`indexes.py`)."""
     deferred = await indexes.defer(pool)
     if workers > 1:
@@ -141,17 +142,22 @@ async def build(
         failed: Exception | None = None
         procs = started if started is not None else await spawn(workers)
         try:
-            async with LogReader(bootstrap, topics.inbound, quiet_s=quiet_s) as reader:
-                tally.total = reader.total
-                stops = reader.stops
+            if stops is None:
+                async with LogReader(bootstrap, topics.inbound, quiet_s=quiet_s) as reader:
+                    tally.total = reader.total
+                    stops = reader.stops
+            else:
+                tally.total = sum(stops.values())  # about: a log's first offsets are 0 unless retention moved them
             try:
                 clocks = await build_sharded(
                     procs, database_url, bootstrap, topics, schema, stops, batch=batch, tally=tally,
                     memory_budget=memory_budget,
                 )
             except OverBudget as err:
+                HELD.clear()  # shard 0's users: the fallback needs the memory
                 failed = err
             except ShardOverlap as overlap:
+                HELD.clear()
                 log.warning("replay: %s; rebuilding with every worker reading the whole log", overlap)
                 await reap(procs)
                 await _empty(pool)
@@ -163,11 +169,12 @@ async def build(
                         memory_budget=memory_budget,
                     )
                 except RuntimeError as err:  # a worker failed again
+                    HELD.clear()
                     failed = err
         finally:
             await reap(procs)
     else:
-        async with LogReader(bootstrap, topics.inbound, quiet_s=quiet_s) as reader:
+        async with LogReader(bootstrap, topics.inbound, quiet_s=quiet_s, stop=stops) as reader:
             tally.total = reader.total
             try:
                 await apply_all(pool, topics, reader.merged(batch), tally, keeper=Resident(pool, topics, memory_budget=memory_budget))

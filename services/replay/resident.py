@@ -50,6 +50,14 @@ from services.store.repository import survivor
 DEFAULT_FLUSH_EVERY = 50_000
 
 
+HELD: list[Resident] = []
+"""The users of shard 0 (`shards._here`), applied in the process that runs the rebuild,
+kept until it ends: freeing a directory object by object cost ~0.18 s of CPU for
+36,000 users (issue 14, session 14), on the rebuild's path before the switch, and the
+`unifier replay` command ends without freeing them (`cli._replay`, as a worker does).
+Emptied when the build failed (the fallback builds batch by batch)."""
+
+
 class OverBudget(RuntimeError):
     """The process holding the users outgrew its memory budget."""
 

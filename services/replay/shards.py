@@ -47,8 +47,9 @@ from services.projection.records import Record
 from services.store import pool as store_pool
 
 from .log import LIST_BYTES, LogReader, Partition
+from .procs import reap, spawn  # noqa: F401  (also imported from here)
 from .rebuild import Tally, apply_all
-from .resident import OverBudget, Resident
+from .resident import HELD, OverBudget, Resident
 
 log = logging.getLogger("unifier.replay")
 
@@ -80,34 +81,6 @@ def shard_of(record: Record, workers: int) -> int:
     if not isinstance(channel, str):
         return 0
     return zlib.crc32(channel.encode()) % workers
-
-
-async def spawn(workers: int) -> list[asyncio.subprocess.Process]:
-    """Start the worker processes for shards 1 … `workers`-1 (shard 0 is applied by the
-    caller, `build_sharded`); each waits for its job on stdin. Started first thing
-    (`replay.rebuild`), so that their imports (~0.35 s of CPU each) overlap the log
-    check, the new schema's DDL and the probe of the log's end."""
-    # Plain child interpreters (`python -m services.replay.shards`), not
-    # multiprocessing: nothing of this process (event loop, sockets, __main__) is copied
-    # or re-imported, whatever program called us.
-    procs = []
-    try:
-        for _ in range(workers - 1):
-            procs.append(await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "services.replay.shards", stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-            ))
-    except BaseException:
-        await reap(procs)
-        raise
-    return procs
-
-
-async def reap(procs: list[asyncio.subprocess.Process]) -> None:
-    """Kill the workers still running (the build failed or was cancelled)."""
-    for p in procs:
-        if p.returncode is None:
-            p.kill()
-            await p.wait()
 
 
 async def build_sharded(
@@ -161,15 +134,20 @@ async def _here(job: _Job) -> tuple[bytes, int]:
     """Shard 0, applied by the process that started the workers (it would only wait
     for them otherwise: one interpreter fewer to start, ~0.35 s of CPU). Its outcome as
     a worker's last output line and exit code."""
+    HELD.clear()  # a build redone (by channel) replaces the users of the first
     try:
-        return orjson.dumps(await _apply_shard(job)), 0
+        done = await _apply_shard(job, HELD)
     except OverBudget as err:
+        HELD.clear()
         gc.unfreeze()  # Resident froze the heap; nothing of it is needed any more
         return orjson.dumps({"overBudget": str(err)}), 3
     except Exception as err:  # as a worker's non-zero exit: the caller decides what it means
+        HELD.clear()
         gc.unfreeze()
         log.warning("replay: shard 1 of %d failed: %s: %s", job.workers, type(err).__name__, str(err)[:200])
         return b"", 1
+    gc.freeze()  # the users held (HELD) are never walked by the collector again
+    return orjson.dumps(done), 0
 
 
 def share_partitions(stops: dict[Partition, int], workers: int) -> list[list[int]]:

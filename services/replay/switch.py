@@ -33,7 +33,8 @@ unless it is dropped.
 
 The digest is taken on a second connection whose REPEATABLE READ snapshot is opened
 after the catch-up and before the commit: it sees exactly the rebuilt state the live
-service continues from, without holding the lock while it reads every user.
+service continues from, without holding the lock while it reads every user. A third
+connection imports that snapshot and reads the digest's other tables meanwhile.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 
 import asyncpg
+from asyncpg.transaction import Transaction
 
 from .digest import digest_in_transaction
 from .log import Partition
@@ -63,6 +65,7 @@ async def switch(
     (e.g. dropping the archive) after the switch committed, beside the digest."""
     conn = await asyncpg.connect(database_url)
     snap = await asyncpg.connect(database_url, server_settings={"search_path": live})
+    other = await asyncpg.connect(database_url, server_settings={"search_path": live})  # the digest's other tables
     try:
         snapshot = snap.transaction(isolation="repeatable_read", readonly=True)
         async with conn.transaction():
@@ -77,23 +80,45 @@ async def switch(
                     await conn.execute(f'INSERT INTO "{rebuilt}".{table} SELECT * FROM "{live}".{table}')
             await conn.execute(f'TRUNCATE "{rebuilt}".outbox')
             await conn.execute(
-                f'INSERT INTO "{rebuilt}".outbox (id, topic, key, value) '
-                f'SELECT id, topic, key, value FROM "{live}".outbox ORDER BY id'
+                f'INSERT INTO "{rebuilt}".outbox (id, topic, key, value, n, keys, vals) '  # packs too (schema.sql)
+                f'SELECT id, topic, key, value, n, keys, vals FROM "{live}".outbox ORDER BY id'
             )
             await conn.execute(
                 f"""SELECT setval('"{rebuilt}".outbox_id_seq',
                        GREATEST((SELECT last_value FROM "{live}".outbox_id_seq), 1))"""
             )
             await snapshot.start()
-            await snap.fetchval("SELECT 1")  # the snapshot is taken at the first statement
+            # The snapshot is taken at the first statement, and exported for the digest's
+            # second reader (`_share`).
+            shared = await snap.fetchval("SELECT pg_export_snapshot()")
             await conn.execute(f'ALTER SCHEMA "{live}" RENAME TO "{archive}"')
             await conn.execute(f'ALTER SCHEMA "{rebuilt}" RENAME TO "{live}"')
-        digest, _ = await asyncio.gather(digest_in_transaction(snap), then() if then is not None else _nothing())
+        beside = await _share(other, shared)
+        digest, _ = await asyncio.gather(
+            digest_in_transaction(snap, other if beside is not None else None), then() if then is not None else _nothing(),
+        )
+        if beside is not None:
+            await beside.commit()
         await snapshot.commit()
         return digest
     finally:
+        await other.close()
         await snap.close()
         await conn.close()
+
+
+async def _share(other: asyncpg.Connection, shared: str) -> Transaction | None:
+    """A transaction on `other` seeing the exported snapshot `shared`, for the digest's
+    second reader; None where the server refuses to import it (the digest then reads
+    everything on the snapshot's own connection, as before)."""
+    beside = other.transaction(isolation="repeatable_read", readonly=True)
+    await beside.start()
+    try:
+        await other.execute(f"SET TRANSACTION SNAPSHOT '{shared}'")
+    except asyncpg.PostgresError:
+        await beside.rollback()
+        return None
+    return beside
 
 
 async def _nothing() -> None:

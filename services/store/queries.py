@@ -49,7 +49,7 @@ GRADES = """(SELECT json_agg(json_build_object('name', g.name, 'colour', g.colou
                FROM grades g
               WHERE g.channel_id = u.channel_id AND NOT u.masked AND g.name IN (
                     SELECT h.name FROM identities i
-                      JOIN grade_holders h ON h.channel_id = i.channel_id AND h.value = i.value
+                      JOIN grade_holders h ON h.channel_id = i.channel_id AND h.value = i.value COLLATE "default"
                            AND h.kind = CASE i.kind WHEN 'member' THEN 'memberId' WHEN 'mobile' THEN 'mobileNumber'
                                                     ELSE 'email' END
                      WHERE i.user_id = u.id AND i.channel_id = u.channel_id AND i.kind IN ('member', 'email', 'mobile')
@@ -60,7 +60,10 @@ and the *qualified* e-mail and mobile number, none when masked (I17) — are the
 `identities` rows of those kinds (directory.identities writes exactly the live user's
 current keys, in the user's transaction), each an index lookup; not the state's JSON,
 which PostgreSQL would parse whole for every key. `[{"name", "colour"}]` by name, or
-NULL for none; tests/integration/test_grades.py checks both give the same."""
+NULL for none; tests/integration/test_grades.py checks both give the same. The holder's
+value is compared under the database's collation (`COLLATE "default"`: identities.value
+collates as "C", grade_holders.value does not, and an index serves only a comparison
+under its own column's collation; equal values are equal bytes under either)."""
 
 
 def grade_keys(user_json: dict[str, Any]) -> list[tuple[str, str]]:
@@ -248,9 +251,11 @@ async def _sparse(conn: asyncpg.Connection | asyncpg.Pool, sql: str, args: list[
 
 
 def tag_matches_sql(channel_id: str, tag: str) -> tuple[str, list[Any]]:
-    """Ids of live users with staff tag `tag`, at most Q_SPARSE + 1 (the users_tag_list GIN)."""
+    """Ids of live users with staff tag `tag`, at most Q_SPARSE + 1 (the users_tag_list GIN,
+    which holds only users with tags: `tags <> '{}'`, implied by `@>` a tag but written
+    out, as the planner uses a partial index only for a predicate the query states)."""
     return (
-        f"""SELECT id FROM users WHERE tags @> ARRAY[$2]::text[] AND channel_id = $1
+        f"""SELECT id FROM users WHERE tags @> ARRAY[$2]::text[] AND tags <> '{{}}'::text[] AND channel_id = $1
               AND NOT deleted AND merged_into IS NULL LIMIT {Q_SPARSE + 1}""",
         [channel_id, tag],
     )
@@ -265,7 +270,8 @@ def _q_patterns(q: str) -> tuple[str, str | None]:
 
 def q_matches_sql(channel_id: str, q: str) -> tuple[str, list[Any]]:
     """Ids of users whose e-mail, phone or name starts with `q`, at most Q_SPARSE + 1
-    (each branch an index range scan: identities_contact_prefix, users_name_key_prefix)."""
+    (each branch an index range scan: identities' primary key, whose `value` collates as
+    "C", and users_name_key_prefix)."""
     prefix, phone = _q_patterns(q)
     branches = [
         "SELECT user_id FROM identities WHERE channel_id = $1 AND kind IN ('email', 'mobile') AND value LIKE $2",

@@ -26,7 +26,10 @@ CREATE TABLE IF NOT EXISTS users (
     name_key     text,
     tags         text[] NOT NULL DEFAULT '{}'
 );
-CREATE INDEX IF NOT EXISTS users_channel ON users (channel_id);
+-- No index on channel_id alone: every read of a channel's users is of its live ones
+-- (users_listing, users_visible_mu); `users_channel` cost every new user and every
+-- non-HOT update an entry no read used (issue 14, session 14). Dropped where it exists.
+DROP INDEX IF EXISTS users_channel;
 -- Every batch rewrites the users it changes, usually only columns no index covers
 -- (rev, last_seen_at, state): room left in each page lets PostgreSQL put the new
 -- version beside the old one (a HOT update: no new index entries, no page elsewhere).
@@ -75,10 +78,15 @@ END $$;
 -- pending unifications (kind 'pending', value = target member id). Derived from
 -- users.state; rewritten with the user. A veil or member id has one live owner per
 -- channel: the unique index is the last line of defence against a racing instance.
+-- `value` collates as "C" (byte order; equality is byte equality under any collation):
+-- the primary key then serves `q`'s prefix of an e-mail or phone number (`value LIKE
+-- 'abc%'` is a range of it), which needed an index of its own, an entry every contact
+-- row (identities_contact_prefix, text_pattern_ops), and its comparisons are memcmp
+-- whatever the database's collation (issue 14, session 14).
 CREATE TABLE IF NOT EXISTS identities (
     channel_id text NOT NULL,
     kind       text NOT NULL,
-    value      text NOT NULL,
+    value      text COLLATE "C" NOT NULL,
     user_id    text NOT NULL,
     qualified  boolean NOT NULL,
     PRIMARY KEY (channel_id, kind, value, user_id)
@@ -86,6 +94,18 @@ CREATE TABLE IF NOT EXISTS identities (
 CREATE UNIQUE INDEX IF NOT EXISTS identities_one_owner
     ON identities (channel_id, kind, value) WHERE kind IN ('veil', 'member');
 CREATE INDEX IF NOT EXISTS identities_user ON identities (user_id);
+-- Older tables: `value` under the database's collation, and the prefix index beside the
+-- key. The index goes first, then the column takes "C": no table rewrite (a collation
+-- is not a new type), the key and identities_one_owner are built again, under the
+-- migration lock (docs/operations.md, "Upgrading").
+DROP INDEX IF EXISTS identities_contact_prefix;
+DO $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_attribute a JOIN pg_collation c ON c.oid = a.attcollation
+                WHERE a.attrelid = 'identities'::regclass AND a.attname = 'value' AND c.collname <> 'C') THEN
+        ALTER TABLE identities ALTER COLUMN value TYPE text COLLATE "C";
+    END IF;
+END $$;
 
 -- The inbox: the next offset to apply per inbound partition, committed with the state
 -- it produced (Kafka's own commits are only a hint), and the eventIds applied.
@@ -175,14 +195,52 @@ CREATE TABLE IF NOT EXISTS channel_writers (
     token      bigint NOT NULL
 );
 
--- The outbox (Debezium's shape): what the relay publishes, in id order. A NULL value
--- is a tombstone. Dead letters go through it too, so they are as crash-safe as state.
+-- The outbox: what the relay publishes, in id order. A NULL value is a tombstone. Dead
+-- letters go through it too, so they are as crash-safe as state. A row is one message
+-- (key, value; n = 1: rows of versions before issue 14 session 14, and parked messages
+-- put back) or a pack of n messages of one topic, in order (keys[i], vals[i]; key and
+-- value NULL): the projection writes one pack per batch and topic, one statement, and
+-- the relay deletes a pack once the broker took all of it (docs/decisions.md, "Issue 14,
+-- session 14: the outbox in packs").
 CREATE TABLE IF NOT EXISTS outbox (
     id    bigserial PRIMARY KEY,
     topic text NOT NULL,
     key   text,
-    value bytea
+    value bytea,
+    n     integer NOT NULL DEFAULT 1,
+    keys  text[],
+    vals  bytea[]
 );
+-- Upgrade: the pack columns added when missing (existing rows are single messages, n = 1,
+-- and are relayed as before). A pack's keys and values are stored compressed with lz4
+-- where the server has it (the messages of a pack share most of their bytes: ~8x
+-- smaller, and PostgreSQL's CPU a message about halved), else uncompressed: pglz, the
+-- default, costs more CPU than it saves. Checked first, so a normal start takes no lock on the outbox.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM information_schema.columns
+                   WHERE table_schema = current_schema() AND table_name = 'outbox' AND column_name = 'vals') THEN
+        ALTER TABLE outbox ADD COLUMN IF NOT EXISTS n integer NOT NULL DEFAULT 1,
+                           ADD COLUMN IF NOT EXISTS keys text[], ADD COLUMN IF NOT EXISTS vals bytea[];
+    END IF;
+    IF (SELECT count(*) FROM pg_attribute WHERE attrelid = 'outbox'::regclass AND attname IN ('keys', 'vals')
+        AND (attcompression = 'l' OR attstorage = 'e')) < 2 THEN
+        BEGIN
+            ALTER TABLE outbox ALTER COLUMN keys SET COMPRESSION lz4, ALTER COLUMN vals SET COMPRESSION lz4;
+        EXCEPTION WHEN feature_not_supported OR invalid_parameter_value THEN
+            ALTER TABLE outbox ALTER COLUMN keys SET STORAGE EXTERNAL, ALTER COLUMN vals SET STORAGE EXTERNAL;
+        END;
+    END IF;
+END
+$$;
+
+-- The outbox message by message, whatever the rows (for operators and tests; the relay
+-- reads the rows): `SELECT topic, key, value FROM outbox_messages ORDER BY id, ordinal`.
+CREATE OR REPLACE VIEW outbox_messages AS
+    SELECT o.id, m.ordinal, o.topic, m.key, m.value
+    FROM outbox o CROSS JOIN LATERAL unnest(
+        CASE WHEN o.keys IS NULL THEN ARRAY[o.key] ELSE o.keys END,
+        CASE WHEN o.keys IS NULL THEN ARRAY[o.value] ELSE o.vals END) WITH ORDINALITY AS m(key, value, ordinal);
 
 -- The relay LISTENs on unifier_outbox: whatever statement fills the outbox wakes it at
 -- commit (a NOTIFY is delivered then, once per transaction), with no round trip of its
@@ -222,7 +280,10 @@ CREATE TABLE IF NOT EXISTS activities (
     body        jsonb NOT NULL,
     PRIMARY KEY (channel_id, event_id)
 );
-CREATE INDEX IF NOT EXISTS activities_user ON activities (user_id);
+-- A user's activities are found through activities_user_recent (user_id first): the
+-- list, the merge's re-pointing (U4) and erasure (B2). `activities_user` (user_id) was
+-- the same prefix again, an entry a row no read needed (issue 14, session 14).
+DROP INDEX IF EXISTS activities_user;
 
 -- Grades (D2): staff-defined labels held by keys (an e-mail, a mobile number in E.164,
 -- a memberId), not by users, so a customer shows the grades of the keys it holds after
@@ -320,12 +381,33 @@ CREATE INDEX IF NOT EXISTS users_listing ON users (channel_id, id) WHERE NOT del
 CREATE INDEX IF NOT EXISTS users_blocked ON users (channel_id, id) WHERE blocked AND NOT deleted AND merged_into IS NULL;
 -- `q`: prefix of a name (case-insensitive), of an e-mail or of a phone number.
 -- text_pattern_ops: LIKE 'abc%' uses the index whatever the database's collation.
+-- Only users with a name: `name_key LIKE …` implies it (the planner proves a strict
+-- operator's argument is not null), and the anonymous users, most of a channel, cost
+-- no entry (issue 14, session 14; older schemas had the index without `name_key IS NOT
+-- NULL`: made again once).
+DO $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_index WHERE indexrelid = to_regclass('users_name_key_prefix')
+                  AND pg_get_expr(indpred, indrelid) NOT LIKE '%name_key IS NOT NULL%') THEN
+        DROP INDEX users_name_key_prefix;
+    END IF;
+END $$;
 CREATE INDEX IF NOT EXISTS users_name_key_prefix ON users (channel_id, name_key text_pattern_ops)
-    WHERE NOT deleted AND merged_into IS NULL;
-CREATE INDEX IF NOT EXISTS identities_contact_prefix ON identities (channel_id, value text_pattern_ops)
-    WHERE kind IN ('email', 'mobile');
--- `tag=`: staff tags.
-CREATE INDEX IF NOT EXISTS users_tag_list ON users USING gin (tags) WHERE NOT deleted AND merged_into IS NULL;
+    WHERE NOT deleted AND merged_into IS NULL AND name_key IS NOT NULL;
+-- (An e-mail or phone prefix is a range of identities' primary key: `value` collates as "C".)
+-- `tag=`: staff tags. Only users with tags: a GIN entry stands for an empty array too,
+-- one a user without tags (most of them) for nothing; the reads name the same
+-- `tags <> '{}'` so that the planner may use it (queries.tag_matches_sql; issue 14,
+-- session 14; older schemas had the index without it: made again once).
+DO $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_index WHERE indexrelid = to_regclass('users_tag_list')
+                  AND pg_get_expr(indpred, indrelid) NOT LIKE '%tags <> %') THEN
+        DROP INDEX users_tag_list;
+    END IF;
+END $$;
+CREATE INDEX IF NOT EXISTS users_tag_list ON users USING gin (tags)
+    WHERE NOT deleted AND merged_into IS NULL AND tags <> '{}'::text[];
 -- Activities newest first, and the merges into a user (G4).
 CREATE INDEX IF NOT EXISTS activities_user_recent ON activities (user_id, occurred_at DESC, event_id DESC);
 CREATE INDEX IF NOT EXISTS merges_target ON merges (channel_id, target_id);

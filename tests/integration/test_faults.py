@@ -140,7 +140,7 @@ async def assert_every_record_applied_or_dead_lettered_once(settings: Settings, 
     remembered = {(r[0], r[1]) for r in await pool.fetch("SELECT channel_id, event_id FROM applied_events")}
     clocks = {r[0]: r[1] for r in await pool.fetch("SELECT channel_id, max(at) FROM applied_events GROUP BY channel_id")}
     letters = [v for _, v in await read_topic(settings, topics.dead_letter) if v is not None]
-    letters += [orjson.loads(r[0]) for r in await pool.fetch("SELECT value FROM outbox WHERE topic = $1", topics.dead_letter)]
+    letters += [orjson.loads(r[0]) for r in await pool.fetch("SELECT value FROM outbox_messages WHERE topic = $1", topics.dead_letter)]
     dead = {(v["sourceTopic"], v["partition"], v["offset"]) for v in letters}
     applied = forgotten = 0
     lost: list[tuple[str, int, int]] = []

@@ -98,7 +98,7 @@ async def _outcome(pool: asyncpg.Pool) -> tuple[Any, ...]:
         "SELECT status, rows, created, updated, failed, last_row FROM imports WHERE channel_id = $1", CH)
     failures = await pool.fetch(
         "SELECT row_number, error_columns, error_reason, cells FROM import_failures ORDER BY row_number")
-    outbox = await pool.fetch("SELECT topic, key, value FROM outbox ORDER BY id")
+    outbox = await pool.fetch("SELECT topic, key, value FROM outbox_messages ORDER BY id, ordinal")
     return digest, tuple(record), [tuple(f) for f in failures], [tuple(m) for m in outbox]
 
 
@@ -170,7 +170,7 @@ async def test_a_hostile_chunk_is_refused_with_its_reason_and_a_bad_row_alone_an
 
     assert dict(result.dead_letters) == {"invalid_fields": 5, "too_large": 1, "bad_json": 1}
     letters = [orjson.loads(v) for (v,) in await pool.fetch(
-        "SELECT value FROM outbox WHERE topic = $1 ORDER BY id", TOPICS.dead_letter)]
+        "SELECT value FROM outbox_messages WHERE topic = $1 ORDER BY id, ordinal", TOPICS.dead_letter)]
     reasons = [(lt["offset"], lt["error"]["code"], lt["error"]["message"]) for lt in letters]
     assert [r[:2] for r in reasons] == [(1, "invalid_fields")] * 3 + [
         (2, "too_large"), (3, "invalid_fields"), (4, "invalid_fields"), (5, "bad_json")]

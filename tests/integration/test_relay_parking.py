@@ -104,11 +104,16 @@ async def _parked_ids_above(pool: asyncpg.Pool, old: int, n: int) -> bool:
 
 
 class _Batch:
+    """A record batch, appended to as the relay does: through its builder
+    (`_builder.append(offset, timestamp, key, value, headers)`, aiokafka's C builder) or
+    `append` (one message alone)."""
+
     def __init__(self) -> None:
         self.values: list[bytes] = []
+        self._builder = self
 
-    def append(self, *, key: bytes | None, value: bytes, timestamp: None) -> object:
-        self.values.append(value)
+    def append(self, *args: Any, **kwargs: Any) -> object:
+        self.values.append(kwargs["value"] if kwargs else args[3])
         return object()
 
 

@@ -341,3 +341,143 @@ async def test_array_parameters_encode_as_before_with_the_concrete_container_che
     assert await pool.fetchval("SELECT ($1::json[])[1]::text", [orjson.Fragment(b'{"k":1}')]) == '{"k":1}'
     with pytest.raises(asyncpg.DataError, match="sized iterable container expected"):
         await pool.fetchval("SELECT $1::text[]", {"a": "b"})
+
+
+async def test_activities_by_copy_keep_the_first_of_an_event_id_applied_again_as_the_insert_does(
+    pool: object, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Contract "Inbound envelope" (an eventId applied again after the 7-day window) and
+    U4: an activity is kept once by (channel, eventId), the first one. From COPY_NEW_FROM
+    activities a batch writes them by binary COPY in a savepoint (issue 14, session 14);
+    one already stored, or twice in the batch, undoes the COPY and the INSERT … ON
+    CONFLICT DO NOTHING writes them as before. Both paths leave the same rows; without
+    the savepoint the failed COPY would abort the batch's transaction."""
+    import asyncpg
+
+    from services.domain.core import Activity
+
+    assert isinstance(pool, asyncpg.Pool)
+    n = repo.COPY_NEW_FROM
+
+    def acts(ch: str, tag: str) -> list[Activity]:
+        return [Activity(ch, f"u{i % 3}", "chat", f"e{i}", 1000 + i, {"text": f"{tag} {i}"}) for i in range(n)]
+
+    async def save(batch: list[Activity]) -> None:
+        async with pool.acquire() as conn, conn.transaction():
+            await repo.save_activities(conn, batch)
+            await conn.execute("SELECT 1")  # the transaction is still usable
+
+    async def stored(ch: str) -> list[tuple[object, ...]]:
+        return sorted(tuple(r) for r in await pool.fetch(
+            "SELECT event_id, user_id, kind, occurred_at, body FROM activities WHERE channel_id = $1", ch))
+
+    for ch, copy_from in (("by_insert", 10 * n), ("by_copy", n)):
+        monkeypatch.setattr(repo, "COPY_NEW_FROM", copy_from)
+        await save(acts(ch, "first")[:5])  # stored before: e0..e4
+        await save(acts(ch, "fresh")[5:] + acts(ch, "fresh")[5:8] + acts(ch, "again"))  # no conflict with e5.. but in-batch twice
+        await save([Activity(ch, "u9", "event", f"x{i}", 1, {}) for i in range(n)])  # nothing stored before: COPY
+    assert await stored("by_copy") == await stored("by_insert")
+    rows = {r[0]: r[4] for r in await stored("by_copy")}
+    assert rows["e0"] == {"text": "first 0"} and rows["e5"] == {"text": "fresh 5"} and len(rows) == 2 * n
+
+
+async def test_the_read_side_indexes_hold_only_what_their_reads_ask_and_serve_them(pool: object) -> None:
+    """Issue 14, session 14 (writes that scale with change): `users_name_key_prefix`
+    holds only users with a name and `users_tag_list` only users with tags (most users,
+    anonymous ones, cost neither an entry), and the reads still use them: `q`'s
+    `name_key LIKE` implies the name, and the tag read names `tags <> '{}'` as the
+    index's predicate does. `users_channel` and `activities_user` are gone; a user's
+    activities (the list, U4's re-pointing, B2's erasure) go through
+    `activities_user_recent`. Plans checked with sequential scans off (a small table)."""
+    import asyncpg
+
+    from services.store.queries import GRADES, q_matches_sql, tag_matches_sql
+
+    assert isinstance(pool, asyncpg.Pool)
+    defs = {r[0]: r[1] for r in await pool.fetch(
+        "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = current_schema()")}
+    assert "users_channel" not in defs and "activities_user" not in defs
+    assert "name_key IS NOT NULL" in defs["users_name_key_prefix"] and "tags <> " in defs["users_tag_list"]
+
+    async def plan(sql: str, args: list[object]) -> str:
+        """The plan with sequential scans off and without `users_listing` (which an empty
+        table's planner prefers for any read of a channel's live users): a partial index
+        whose predicate the read does not imply is not a candidate at all."""
+        async with pool.acquire() as conn:
+            tr = conn.transaction()
+            await tr.start()
+            try:
+                await conn.execute("SET LOCAL enable_seqscan = off; DROP INDEX users_listing")
+                return "\n".join(r[0] for r in await conn.fetch("EXPLAIN " + sql, *args))
+            finally:
+                await tr.rollback()
+
+    assert "users_tag_list" in await plan(*tag_matches_sql("ch", "vip"))
+    q_plan = await plan(*q_matches_sql("ch", "sato"))
+    assert "users_name_key_prefix" in q_plan
+    # The e-mail or phone prefix: a range of identities' key (`value` collates as "C").
+    assert "identities_contact_prefix" not in defs and "identities_pkey" in q_plan and "value >= 'sato'" in q_plan
+    # A user's grades (queries.GRADES): each key held is one probe of grade_holders_key by
+    # channel, kind and value, though identities.value and grade_holders.value collate apart.
+    grades_plan = (await plan(f"SELECT u.state, {GRADES} FROM users u WHERE u.id = $1", ["u1"])).split("\n")
+    probe = [line for i, line in enumerate(grades_plan) if i and "grade_holders_key" in grades_plan[i - 1]]
+    assert probe and "value = " in probe[0], grades_plan
+    for sql, args in (
+        ("SELECT event_id FROM activities WHERE user_id = $2 AND channel_id = $1 ORDER BY occurred_at DESC, event_id DESC LIMIT 51",
+         ["ch", "u1"]),
+        ("UPDATE activities a SET user_id = x.t FROM unnest($1::text[], $2::text[]) AS x(s, t) WHERE a.user_id = x.s",
+         [["u1"], ["u2"]]),
+        ("DELETE FROM activities WHERE user_id = ANY($1::text[]) AND kind = 'event'", [["u1"]]),
+    ):
+        assert "activities_user_recent" in await plan(sql, args)
+
+
+async def test_read_side_indexes_of_an_older_schema_are_made_again_for_the_rows_they_serve(settings: Settings) -> None:
+    """Upgrading (docs/operations.md, issue 14 session 14): a schema with `users_channel`,
+    `activities_user`, and the name and tag indexes over every live user loses the first
+    two and gets the other two again with their new predicates; identities' `value`
+    under the database's collation with `identities_contact_prefix` beside the key takes
+    "C" and loses that index. A second start changes nothing, and the search still finds
+    the user by name, tag, e-mail prefix and e-mail, with its grade (the holder's value
+    compared across the two collations)."""
+    from services.domain.directory import identities
+    from services.domain.user import User, Value
+    from services.store.queries import UserFilter, search_users
+
+    assert settings.database_url
+    pool = await create_pool(settings.database_url, settings.db_schema)
+    try:
+        await pool.execute("""DROP INDEX users_name_key_prefix; DROP INDEX users_tag_list;
+            CREATE INDEX users_channel ON users (channel_id);
+            CREATE INDEX activities_user ON activities (user_id);
+            CREATE INDEX users_name_key_prefix ON users (channel_id, name_key text_pattern_ops)
+                WHERE NOT deleted AND merged_into IS NULL;
+            CREATE INDEX users_tag_list ON users USING gin (tags) WHERE NOT deleted AND merged_into IS NULL;
+            ALTER TABLE identities ALTER COLUMN value TYPE text COLLATE "default";
+            CREATE INDEX identities_contact_prefix ON identities (channel_id, value text_pattern_ops)
+                WHERE kind IN ('email', 'mobile');
+            INSERT INTO grades VALUES ('ch', 'gold', 'yellow');
+            INSERT INTO grade_holders VALUES ('ch', 'gold', 'email', 'taro@x.jp');""")
+        u = User("u-old", "ch", "lead", 1, 1, tags=["vip"], fields={
+            "name": Value("Sato Taro", True, False, 1), "profile.email": Value("taro@x.jp", True, True, 1)})
+        async with pool.acquire() as conn, conn.transaction():
+            await repo.save_users(conn, [u], {})
+            await repo.save_identities(conn, [(u, None, identities(u))])
+    finally:
+        await pool.close()
+    for _ in range(2):
+        pool = await create_pool(settings.database_url, settings.db_schema)  # migrates
+        try:
+            defs = {r[0]: r[1] for r in await pool.fetch(
+                "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = current_schema()")}
+            assert "users_channel" not in defs and "activities_user" not in defs
+            assert "name_key IS NOT NULL" in defs["users_name_key_prefix"] and "tags <> " in defs["users_tag_list"]
+            assert "identities_contact_prefix" not in defs
+            assert await pool.fetchval("""SELECT c.collname FROM pg_attribute a JOIN pg_collation c ON c.oid = a.attcollation
+                                           WHERE a.attrelid = 'identities'::regclass AND a.attname = 'value'""") == "C"
+            for f in (UserFilter(q="sato"), UserFilter(tag="vip"), UserFilter(q="taro@"), UserFilter(email="taro@x.jp"),
+                      UserFilter(grade="gold")):
+                items, _next = await search_users(pool, "ch", f, limit=10)
+                assert [(x["id"], x["grades"]) for x in items] == [("u-old", [{"name": "gold", "colour": "yellow"}])]
+        finally:
+            await pool.close()

@@ -16,6 +16,7 @@ from services.domain.publication import (
     _first_keys,
     _flat,
     _message,
+    _moves,
     changed_keys,
     message_body,
     publish,
@@ -67,6 +68,16 @@ def _pair(draw: st.DrawFn) -> tuple[User, User]:
 def test_attribute_diff_is_the_view_diff(pair: tuple[User, User]) -> None:
     before, after = pair
     assert _diff(before, after) == changed_keys(before, after)
+
+
+@settings(max_examples=3000)
+@given(_pair())
+def test_whether_a_rebuild_moves_the_version_is_whether_the_view_diff_has_keys(pair: tuple[User, User]) -> None:
+    """Flow 5 / Determinism: the no-message path's decision (`_moves`, a rebuild's) is
+    exactly whether any view key changed — the version moves then and only then."""
+    before, after = pair
+    assert _moves(before, after) == bool(changed_keys(before, after))
+    assert _moves(after, before) == bool(changed_keys(after, before))
 
 
 def _ended(pair: tuple[User, User], first: bool, end: str | None) -> tuple[User | None, User]:

@@ -180,3 +180,79 @@ async def test_a_workers_share_of_the_log_comes_in_lists_bounded_by_bytes_too(mo
     for c in got[:-1]:
         assert sum(len(r.value or b"") for r in c) >= 1000  # cut by bytes, not by the 10,000 records
     assert all(sum(len(r.value or b"") for r in c) < 1000 + 7 * 400 for c in got)  # at most one list more
+
+
+# -- the fetched records a LogReader's consumer hands out --------------------------------
+
+
+def _batches(spans: list[list[tuple[int | None, bytes | None, bytes | None]]], codec: int) -> bytes:
+    """Record batches (message format v2) of consecutive offsets from 0, as a fetch
+    response holds them."""
+    from aiokafka.record.default_records import DefaultRecordBatchBuilder
+
+    out, offset = b"", 0
+    for span in spans:
+        builder = DefaultRecordBatchBuilder(2, codec, 0, -1, -1, -1, 1 << 20)
+        for i, (ts, key, value) in enumerate(span):
+            builder.append(i, ts, key, value, [("h", b"x")] if i % 2 else [])
+        data = bytearray(builder.build())
+        data[0:8] = offset.to_bytes(8, "big")  # the batch's base offset
+        out += bytes(data)
+        offset += len(span)
+    return out
+
+
+_SPAN = st.lists(
+    st.tuples(st.none() | st.integers(1, 2**41), st.none() | st.binary(max_size=8), st.none() | st.binary(max_size=40)),
+    min_size=1, max_size=6,
+)
+
+
+@settings(max_examples=200)
+@given(st.lists(_SPAN, min_size=1, max_size=4), st.sampled_from([0, 1]), st.integers(0, 8), st.integers(1, 7), st.integers(0, 30))
+def test_a_log_readers_consumer_hands_out_what_consumer_records_hold(
+    spans: list[list[tuple[int | None, bytes | None, bytes | None]]], codec: int, fetch_offset: int, max_records: int,
+    stop: int,
+) -> None:
+    """Flow 5: a rebuild reads the very records the live consumer would — offsets (those
+    below the fetch offset skipped), timestamps, keys, values, the position after — from
+    the record batches' own records (`log._RawRecords`) instead of aiokafka's
+    ConsumerRecords, taken `max_records` at a time as `getmany` takes them. Other
+    consumers still get aiokafka's class."""
+    from aiokafka.consumer import fetcher
+    from aiokafka.record.memory_records import MemoryRecords
+    from aiokafka.structs import ConsumerRecord
+
+    from services.replay import log
+
+    data = _batches(spans, codec)
+    tp = TopicPartition("t", 3)
+    fetch_offset %= len(spans[0])  # within the first batch, as a broker answers a fetch
+
+    def taken(deserializer: Any) -> tuple[list[Any], int]:
+        records = fetcher.PartitionRecords(tp, MemoryRecords(data), [], fetch_offset, deserializer, deserializer, True, 0)
+        out: list[Any] = []
+        while True:  # FetchResult.getall's loop, a piece at a time
+            piece = []
+            for msg in records:
+                piece.append(msg)
+                if len(piece) >= max_records:
+                    break
+            out.extend(piece)
+            if len(piece) < max_records:
+                return out, records.next_fetch_offset
+
+    raw, raw_next = taken(log._RAW)
+    plain, plain_next = taken(None)
+    assert all(type(m) is ConsumerRecord for m in plain)
+    assert not any(type(m) is ConsumerRecord for m in raw)
+    assert raw_next == plain_next
+    fields = ("offset", "timestamp", "timestamp_type", "key", "value")
+    assert [tuple(getattr(m, f) for f in fields) for m in raw] == [tuple(getattr(m, f) for f in fields) for m in plain]
+    assert [m.offset for m in raw] == list(range(fetch_offset, sum(len(s) for s in spans)))
+    clocks_raw, clocks_plain = PartitionClocks(), PartitionClocks()
+    got_raw: list[Record] = []
+    got_plain: list[Record] = []
+    clocks_raw.extend(got_raw.append, "t", 3, raw, stop)
+    clocks_plain.extend(got_plain.append, "t", 3, plain, stop)
+    assert got_raw == got_plain and clocks_raw.at == clocks_plain.at

@@ -1,0 +1,40 @@
+"""The replay's worker processes, started and reaped (`shards.py` hands them their jobs).
+
+A module of its own, importing nothing heavy: `unifier replay` starts its workers
+before it imports the rebuild (`cli._replay`), so that their interpreters start
+(~0.35–0.6 s of imports each) while it imports and prepares (issue 14, session 14).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+
+async def spawn(workers: int) -> list[asyncio.subprocess.Process]:
+    """Start the worker processes for shards 1 … `workers`-1 (shard 0 is applied by the
+    caller, `build_sharded`); each waits for its job on stdin. Started first thing
+    (`cli._replay`, else `replay.rebuild`), so that their imports (~0.35 s of CPU each)
+    overlap this process's own, the log check, the new schema's DDL and the probe of
+    the log's end."""
+    # Plain child interpreters (`python -m services.replay.shards`), not
+    # multiprocessing: nothing of this process (event loop, sockets, __main__) is copied
+    # or re-imported, whatever program called us.
+    procs = []
+    try:
+        for _ in range(workers - 1):
+            procs.append(await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "services.replay.shards", stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            ))
+    except BaseException:
+        await reap(procs)
+        raise
+    return procs
+
+
+async def reap(procs: list[asyncio.subprocess.Process]) -> None:
+    """Kill the workers still running (the build failed or was cancelled)."""
+    for p in procs:
+        if p.returncode is None:
+            p.kill()
+            await p.wait()
