@@ -414,39 +414,32 @@ class _KeyMemo:
         self.size = 0
 
     def veil(self, ch: str, raw: Any) -> _Found | None:
-        if not isinstance(raw, str):
-            return None
-        of = self.veils.get(ch)
-        if of is None:
-            of = self.veils[ch] = {}
-        else:
-            found = of.get(raw)
-            if found is not None:
-                return found
-        try:
-            veil = clean_veil_id(raw)
-        except Rejected:
-            return None
-        found = ((ch, "veil", veil), veil_user_id(ch, veil))
-        self._count()
-        of[raw] = found
-        return found
+        return self._identifier(self.veils, ch, raw, "veil")
 
     def member(self, ch: str, raw: Any) -> _Found | None:
+        return self._identifier(self.members, ch, raw, "member")
+
+    def _identifier(self, memo: dict[str, dict[str, _Found]], ch: str, raw: Any, kind: str) -> _Found | None:
+        """A veilId's or memberId's key and user id (`kind` picks the cleaning and the id,
+        as direct calls: compiled, they stay native)."""
         if not isinstance(raw, str):
             return None
-        of = self.members.get(ch)
+        of = memo.get(ch)
         if of is None:
-            of = self.members[ch] = {}
+            of = memo[ch] = {}
         else:
             found = of.get(raw)
             if found is not None:
                 return found
         try:
-            member = clean_member_id(raw)
+            if kind == "veil":
+                value = clean_veil_id(raw)
+                found = ((ch, "veil", value), veil_user_id(ch, value))
+            else:
+                value = clean_member_id(raw)
+                found = ((ch, "member", value), member_user_id(ch, value))
         except Rejected:
             return None
-        found = ((ch, "member", member), member_user_id(ch, member))
         self._count()
         of[raw] = found
         return found
