@@ -8,7 +8,19 @@ before it imports the rebuild (`cli._replay`), so that their interpreters start
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
+import time
+
+_PHASES = bool(os.environ.get("UNIFIER_REPLAY_PHASES"))
+
+
+def phase(name: str) -> None:
+    """With UNIFIER_REPLAY_PHASES set, a line on stderr: this process, the wall clock, its
+    CPU so far and `name` (bench/replay_phases.py reads them: where a rebuild's time goes)."""
+    if _PHASES:
+        sys.stderr.write(f"phase {os.getpid()} {time.time():.4f} {time.process_time():.4f} {name}\n")
+        sys.stderr.flush()
 
 
 async def spawn(workers: int) -> list[asyncio.subprocess.Process]:

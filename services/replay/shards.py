@@ -49,7 +49,7 @@ from services.store import pool as store_pool
 from .log import LIST_BYTES, LogReader, Partition
 from .procs import reap, spawn  # noqa: F401  (also imported from here)
 from .rebuild import Tally, apply_all
-from .resident import HELD, OverBudget, Resident
+from .resident import FINISH_CONNECTIONS, HELD, OverBudget, Resident
 
 log = logging.getLogger("unifier.replay")
 
@@ -170,7 +170,7 @@ async def _apply_shard(job: _Job, kept: list[Resident] | None = None) -> dict[st
     worker process, which exits right after, need not free them one by one)."""
     topics = Topics(job.prefix)
     pool = await asyncpg.create_pool(
-        job.database_url, min_size=1, max_size=2, init=store_pool._init,
+        job.database_url, min_size=1, max_size=FINISH_CONNECTIONS, init=store_pool._init,
         server_settings={"search_path": job.schema, "application_name": "unifier-replay"},
     )
     # Worker 0 shows progress for all: the shards are about the same size.
@@ -218,6 +218,9 @@ async def _mine(chunks: AsyncIterator[list[Record]], index: int, workers: int, b
 
 
 if __name__ == "__main__":  # a worker: python -m services.replay.shards, its job as a JSON line on stdin
+    from .procs import phase
+
+    phase("worker: imported")
     _line = sys.stdin.readline()
     if not _line:
         sys.exit(1)  # the parent gave up before handing out the jobs
@@ -226,6 +229,7 @@ if __name__ == "__main__":  # a worker: python -m services.replay.shards, its jo
 
     gc_tuning.tune()
     kafka.use(Settings.from_env())  # the configured broker's TLS/SASL, as in the parent
+    phase("worker: job read")
     _raw = orjson.loads(_line)
     _raw["stops"] = [tuple(x) for x in _raw["stops"]]
     _kept: list[Resident] = []
@@ -235,6 +239,7 @@ if __name__ == "__main__":  # a worker: python -m services.replay.shards, its jo
         sys.stdout.write(orjson.dumps({"overBudget": str(_err)}).decode() + "\n")
         sys.exit(3)
     sys.stdout.write(orjson.dumps(_done).decode() + "\n")
+    phase("worker: done")
     # Done: the parent waits for this process to end, and freeing the users held (a
     # directory of every user of the shard) and then the interpreter, object by object,
     # was ~0.1–0.2 s of CPU on its way out (issue 14, session 13). Everything it wrote
