@@ -43,7 +43,8 @@ async def _once(env: dict[str, str], workers: int, unifier: str = UNIFIER) -> tu
         cmd += ["--workers", str(workers)]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.time()
-    proc = await asyncio.create_subprocess_exec(*cmd, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    proc = await asyncio.create_subprocess_exec(*cmd, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+                                                cwd=Path(unifier).parents[2])  # the tree's own (base: its workers' `-m`)
     out, err = await proc.communicate()
     wall = time.time() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)

@@ -23,6 +23,13 @@ def phase(name: str) -> None:
         sys.stderr.flush()
 
 
+# `-m` puts the working directory first on a child's path: run from another checkout
+# (a bench comparing two worktrees, an operator's shell in a source tree), the workers
+# would import that tree's `services` while this process runs its own. PYTHONSAFEPATH
+# (Python 3.11+) leaves it off: the workers import what this interpreter does.
+_WORKER_ENV = {**os.environ, "PYTHONSAFEPATH": "1"}
+
+
 async def spawn(workers: int) -> list[asyncio.subprocess.Process]:
     """Start the worker processes for shards 1 … `workers`-1 (shard 0 is applied by the
     caller, `build_sharded`); each waits for its job on stdin. Started first thing
@@ -37,6 +44,7 @@ async def spawn(workers: int) -> list[asyncio.subprocess.Process]:
         for _ in range(workers - 1):
             procs.append(await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "services.replay.shards", stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+                env=_WORKER_ENV,
             ))
     except BaseException:
         await reap(procs)
