@@ -28,7 +28,7 @@ import orjson
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.replay_bench import LOCAL_POSTGRES, UNIFIER, _prepare, _with_database  # noqa: E402
+from bench.replay_bench import LOCAL_POSTGRES, UNIFIER, PartyCpu, _prepare, _with_database  # noqa: E402
 from contracts.topics import Topics  # noqa: E402
 from services.platform.embedded import EmbeddedBroker  # noqa: E402
 from services.platform.topics import ensure_topics  # noqa: E402
@@ -37,7 +37,8 @@ from services.replay import workload  # noqa: E402
 _LINE = re.compile(rb"^phase (\d+) ([\d.]+) ([\d.]+) (.*)$", re.M)
 
 
-async def _once(env: dict[str, str], workers: int, unifier: str = UNIFIER) -> tuple[str, float]:
+async def _once(env: dict[str, str], workers: int, unifier: str = UNIFIER, extra: dict[str, str] | None = None) -> tuple[str, float]:
+    env = {**env, **(extra or {})}
     cmd = [unifier, "replay", "--rebuild", "--drop-archive"]
     if workers:
         cmd += ["--workers", str(workers)]
@@ -66,6 +67,8 @@ async def main() -> int:
     ap.add_argument("--channels", type=int, default=48)
     ap.add_argument("--runs", type=int, default=2)
     ap.add_argument("--workers", type=int, default=0)
+    ap.add_argument("--variant", action="append", default=[], metavar="KEY=VALUE",
+                    help="also run this tree with this variable set (repeatable: one run each)")
     ap.add_argument("--compare", metavar="TREE",
                     help="another worktree (its .venv built): its `unifier replay` and this one's alternate, "
                          "base first, --runs times each")
@@ -93,16 +96,25 @@ async def main() -> int:
                 "UNIFIER_DATA_DIR": str(work), "UNIFIER_REPLAY_PHASES": "1",
             }
             digests = []
-            trees = [("this", UNIFIER)]
+            trees: list[tuple[str, str, dict[str, str]]] = [("this", UNIFIER, {})]
             if args.compare:
-                trees.insert(0, ("base", str(Path(args.compare) / ".venv" / "bin" / "unifier")))
-            walls: dict[str, list[float]] = {name: [] for name, _ in trees}
+                trees.insert(0, ("base", str(Path(args.compare) / ".venv" / "bin" / "unifier"), {}))
+            for v in args.variant:
+                key, _, value = v.partition("=")
+                trees.append((v, UNIFIER, {key: value}))
+            walls: dict[str, list[float]] = {name: [] for name, _, _ in trees}
+            sampler = await asyncpg.connect(database_url)
+            cpu = PartyCpu(sampler, database, broker.pid)
             for _ in range(args.runs):
-                for name, unifier in trees:
-                    digest, wall = await _once(env, args.workers, unifier)
+                for name, unifier, extra in trees:
+                    await cpu.start()
+                    digest, wall = await _once(env, args.workers, unifier, extra)
+                    used = await cpu.stop(args.events)
                     digests.append(digest)
                     walls[name].append(wall)
-                    print(f"run ({name}): {args.events / wall:,.0f} events/s, digest {digest[:12]}", file=sys.stderr)
+                    print(f"run ({name}): {args.events / wall:,.0f} events/s, CPU µs an event {used}, "
+                          f"digest {digest[:12]}", file=sys.stderr)
+            await sampler.close()
             for name, ws in walls.items():
                 print(f"{name}: {', '.join(f'{w:.2f}' for w in ws)} s", file=sys.stderr)
             if len(set(digests)) != 1:
