@@ -288,7 +288,7 @@ async def apply_all(
                     )
                 tally.add(len(item), result.applied, result.skipped, sum(result.dead_letters.values()))
             if keeper is not None:
-                phase(f"shard: log applied ({tally.events} records, {len(keeper.directory.users())} users)")
+                phase(f"shard: log applied ({tally.events} records)")
                 await keeper.finish()
                 phase("shard: written")
             await reader
