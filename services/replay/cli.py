@@ -70,12 +70,15 @@ def _out(obj: Any) -> None:
 async def _replay(settings: Settings, args: argparse.Namespace) -> int:
     if args.since is not None and not args.dry_run:
         raise UsageError("--since only goes with --dry-run")
-    from .procs import reap, spawn
+    from .procs import phase, reap, spawn
+
+    phase("command: start")
 
     # The workers of a rebuild are started before this process imports the rebuild
     # (~0.2 s of CPU): their own imports (~0.35–0.6 s) overlap it, and they are ready
     # when their jobs are (issue 14, session 14).
     procs = await spawn(args.workers) if args.workers > 1 and not args.dry_run else None
+    phase("command: workers spawned")
     try:
         return await _replay_with(settings, args, procs)
     finally:
@@ -87,10 +90,12 @@ async def _replay_with(settings: Settings, args: argparse.Namespace, procs: list
     from services.platform import gc_tuning
     from services.platform.embedded import infrastructure
 
+    from .procs import phase
     from .replay import Options, dry_run, rebuild
     from .resident import HELD, default_budget
 
     gc_tuning.tune()
+    phase("command: imported")
 
     options = Options(batch=args.batch, workers=args.workers, quiet_s=args.quiet_ms / 1000, lock_timeout_s=args.lock_timeout,
                       drop_archive=args.drop_archive,
@@ -118,6 +123,7 @@ async def _replay_with(settings: Settings, args: argparse.Namespace, procs: list
     kept = "dropped" if options.drop_archive else f"kept as schema {result.archive!r}"
     print(f"replay: the previous state is {kept}", file=sys.stderr)
     _out({"events": result.events, "digest": result.digest})
+    phase("command: done")
     if HELD and os.path.basename(sys.argv[0]) == "unifier":
         # The `unifier` command, done: everything is committed and written out. Freeing
         # the users it held (HELD) and then the interpreter, object by object, is CPU

@@ -8,7 +8,26 @@ before it imports the rebuild (`cli._replay`), so that their interpreters start
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
+import time
+
+_PHASES = bool(os.environ.get("UNIFIER_REPLAY_PHASES"))
+
+
+def phase(name: str) -> None:
+    """With UNIFIER_REPLAY_PHASES set, a line on stderr: this process, the wall clock, its
+    CPU so far and `name` (bench/replay_phases.py reads them: where a rebuild's time goes)."""
+    if _PHASES:
+        sys.stderr.write(f"phase {os.getpid()} {time.time():.4f} {time.process_time():.4f} {name}\n")
+        sys.stderr.flush()
+
+
+# `-m` puts the working directory first on a child's path: run from another checkout
+# (a bench comparing two worktrees, an operator's shell in a source tree), the workers
+# would import that tree's `services` while this process runs its own. PYTHONSAFEPATH
+# (Python 3.11+) leaves it off: the workers import what this interpreter does.
+_WORKER_ENV = {**os.environ, "PYTHONSAFEPATH": "1"}
 
 
 async def spawn(workers: int) -> list[asyncio.subprocess.Process]:
@@ -25,6 +44,7 @@ async def spawn(workers: int) -> list[asyncio.subprocess.Process]:
         for _ in range(workers - 1):
             procs.append(await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "services.replay.shards", stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+                env=_WORKER_ENV,
             ))
     except BaseException:
         await reap(procs)

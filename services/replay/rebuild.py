@@ -33,6 +33,7 @@ from services.store.pool import create_pool
 
 from . import indexes
 from .log import LogReader, Partition
+from .procs import phase
 from .resident import HELD, OverBudget, Resident
 
 log = logging.getLogger("unifier.replay")
@@ -135,6 +136,7 @@ async def build(
     caller (`replay.check_log_holds`): the build reads up to it, without a probe of its own.
     The tables written once at the end get their secondary indexes after (`indexes.py`)."""
     deferred = await indexes.defer(pool)
+    phase("build: indexes dropped")
     if workers > 1:
         from .shards import ShardOverlap, build_sharded, reap, spawn
 
@@ -186,9 +188,11 @@ async def build(
             # Failed part-way (OverBudget), the batch-by-batch build reads to the log's end.
             stops = reader.next_offsets if failed is None else reader.stops
             clocks = reader.next_clocks
+    phase("build: shards done")
     await indexes.restore(pool, deferred)  # before anything reads the schema, the fallback included
     if failed is not None:
         clocks = await _batch_by_batch(pool, bootstrap, topics, stops, batch=batch, tally=tally, failed=failed)
+    phase("build: indexes restored")
     await store_offsets(pool, stops, clocks)
     return stops
 
@@ -284,7 +288,9 @@ async def apply_all(
                     )
                 tally.add(len(item), result.applied, result.skipped, sum(result.dead_letters.values()))
             if keeper is not None:
+                phase(f"shard: log applied ({tally.events} records)")
                 await keeper.finish()
+                phase("shard: written")
             await reader
     finally:
         if not reader.done():

@@ -30,7 +30,7 @@ from services.store.pool import ensure_schema
 
 from .digest import state_digest
 from .log import LogReader, LogShort, Partition
-from .procs import reap, spawn
+from .procs import phase, reap, spawn
 from .rebuild import Tally, build, catch_up, copy_channels, drop_schema, open_schema, stored_offsets
 from .resident import HELD
 from .switch import switch
@@ -130,12 +130,14 @@ async def _rebuild(
     procs: list[asyncio.subprocess.Process] | None,
 ) -> Rebuilt:
     await ensure_schema(database_url, live)
+    phase("rebuild: live schema ensured")
     admin = await asyncpg.connect(database_url)
     try:
         live_offsets = await stored_offsets(admin, live)
         new, archive = await free_side_schema(admin, live, "r"), await free_side_schema(admin, live, "a")
     finally:
         await admin.close()
+    phase("rebuild: names chosen")
     # The log's check (a consumer's metadata round trips) and the new schema's DDL
     # (~0.2–0.4 s) overlap; a log too short for the live state drops the schema again.
     opening = asyncio.ensure_future(open_schema(database_url, new))
@@ -144,16 +146,20 @@ async def _rebuild(
     except BaseException:
         await _abandon(opening, database_url, new)
         raise
+    phase("rebuild: log checked")
     pool = await opening
+    phase("rebuild: schema opened")
     switched = False
     try:
         await copy_channels(pool, live, pool)
+        phase("rebuild: channels copied")
         built = offsets = await build(
             pool, bootstrap, topics, batch=options.batch, quiet_s=options.quiet_s, tally=tally,
             workers=options.workers, database_url=database_url, schema=new, memory_budget=options.memory_budget,
             started=procs, stops=ends,
         )
         tally.show("replay: log read")
+        phase("rebuild: built")
         await pool.execute("TRUNCATE outbox")  # history, never re-sent (switch.py)
         for _ in range(_UNLOCKED_ROUNDS):
             live_offsets = await stored_offsets(pool, live)
@@ -162,17 +168,22 @@ async def _rebuild(
                 break
             offsets = await catch_up(pool, bootstrap, topics, offsets, live_offsets, batch=options.batch, tally=tally)
 
+        phase("rebuild: caught up unlocked")
+
         async def final(conn: asyncpg.Connection, live_offsets: dict[Partition, int]) -> None:
             nonlocal offsets
+            phase("switch: locked")
             await copy_channels(conn, live, pool)  # under the lock: no change can slip in
             offsets = await catch_up(pool, bootstrap, topics, offsets, live_offsets, batch=options.batch, tally=tally)
             await pool.close()
+            phase("switch: caught up")
 
         # The archive is dropped while the digest reads the switched state (both
         # PostgreSQL work on their own connections: ~0.2 s of wall time less).
         then = (lambda: drop_schema(database_url, archive)) if options.drop_archive else None
         digest = await switch(database_url, live, new, archive, final, lock_timeout_s=options.lock_timeout_s, then=then)
         switched = True
+        phase("switch: digest taken")
     finally:
         if not switched:
             await pool.close()

@@ -19,6 +19,7 @@ by the batch (`rebuild._batch_by_batch`): slower, never out of memory.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import os
 from dataclasses import replace
@@ -47,7 +48,13 @@ from services.store import outcomes as command_outcomes
 from services.store import repository as repo
 from services.store.repository import survivor
 
+from .procs import phase
+
 DEFAULT_FLUSH_EVERY = 50_000
+
+FINISH_CONNECTIONS = 3
+"""`Resident.finish` writes on up to this many connections at once (its pool's size:
+with fewer, the parts wait for one another)."""
 
 
 HELD: list[Resident] = []
@@ -134,22 +141,48 @@ class Resident:
         return result
 
     async def finish(self) -> None:
-        """Write what is pending and every user with its identities."""
+        """Write what is pending and every user with its identities: three parts that
+        touch different tables (the pending effects never read or write `users` or
+        `identities`: activities, merges, grades, lookups), each in its own transaction
+        on its own connection, at once. One after the other on one connection, the
+        server's COPYs and the users' rows made here took turns; at once, the rows of
+        one are made while the server takes in another's (issue 14, session 14). The
+        schema is the build's own and is never switched to before the build ends: a
+        part that fails fails the build (its fallback empties every table first), the
+        others' commits change nothing."""
         # In id order: the rows land in the heap in the order the digest reads them
         # (by the primary key, replay/digest.py), which then reads pages in turn rather
         # than one page per user (issue 14, session 12).
         users = sorted(self.directory.users(), key=_by_id)
-        async with self.pool.acquire() as conn, conn.transaction():
-            await self._write_pending(conn)
-            # The eventIds the live projection would still hold: the window of each channel.
-            self.seen.forget_expired()
-            await bulk.copy_applied(conn, [(c, e, t) for (c, e), t in self.seen.at.items()], self.seen.clocks)
-            await self.outcomes.copy(conn)
-            await bulk.copy_users(conn, users)
+
+        async def pending() -> None:
+            async with self.pool.acquire() as conn, conn.transaction():
+                await self._write_pending(conn)
+                # The eventIds the live projection would still hold: the window of each channel.
+                self.seen.forget_expired()
+                await bulk.copy_applied(conn, [(c, e, t) for (c, e), t in self.seen.at.items()], self.seen.clocks)
+                await self.outcomes.copy(conn)
+                phase("finish: pending, applied, outcomes written")
+
+        async def user_rows() -> None:
+            async with self.pool.acquire() as conn, conn.transaction():
+                await bulk.copy_users(conn, users)
+                phase("finish: users written")
+
+        async def identity_rows() -> None:
             # The directory's index holds every user's identities as of the last chunk
             # (settled): no need to derive them again from each user.
             known = self.directory.loaded_identities
-            await bulk.copy_identities(conn, [(u, ids) for u in users if (ids := known(u.id) or identities(u))])
+            async with self.pool.acquire() as conn, conn.transaction():
+                await bulk.copy_identities(conn, [(u, ids) for u in users if (ids := known(u.id) or identities(u))])
+                phase("finish: identities written")
+
+        # Every part runs to its end before a failure is raised: none is left writing
+        # while the caller empties the schema or closes the pool.
+        done = await asyncio.gather(pending(), user_rows(), identity_rows(), return_exceptions=True)
+        for outcome in done:
+            if isinstance(outcome, BaseException):
+                raise outcome
         gc.unfreeze()
 
     async def _write_pending(self, conn: asyncpg.Connection) -> None:

@@ -166,3 +166,27 @@ async def test_held_outcomes_are_the_rows_the_store_keeps(schemas: list[asyncpg.
     assert ("a", "1", 41 + keep, "r", "repeat past the window") in expected and ("a", "2", 21, None, None) not in expected
     assert ("b", "1", 5, "y", "no") in expected and ("c", "1", 1, None, None) in expected
     assert await _outcomes(copied) == expected
+
+
+async def test_a_part_of_the_end_refused_fails_it_once_every_part_has_stopped(schemas: list[asyncpg.Pool]) -> None:
+    """Flow 5: `Resident.finish` writes the users, their identities and the rest on
+    connections of their own at once (issue 14, session 14). A part the store refuses
+    (here the users' COPY: a row with the first user's id is there already) fails the
+    build, which then empties the schema and redoes the log batch by batch
+    (rebuild._batch_by_batch): so the failure is raised only once no other part still
+    writes, every connection back in the pool."""
+    live, target, _ = schemas
+    records = _records()
+    await apply_batch(live, TOPICS, records, now_ms=0, outbox=False)
+    keeper = Resident(target, TOPICS, flush_every=10**9)  # everything pending until the end
+    for i in range(0, len(records), 250):
+        await keeper.apply(records[i : i + 250])
+    source = await live.fetchval("SELECT current_schema()")
+    await target.execute(f'INSERT INTO users SELECT * FROM "{source}".users ORDER BY id LIMIT 1')
+    try:
+        await keeper.finish()
+    except asyncpg.UniqueViolationError:
+        pass
+    else:
+        raise AssertionError("the users' COPY was not refused")
+    assert target.get_idle_size() == target.get_size()  # no part left writing
