@@ -1035,12 +1035,13 @@ class Trace:
 
         send = relay_mod.Relay._send
 
-        async def traced_send(self: Any, rows: list[Any]) -> Any:
+        async def traced_send(self: Any, rows: list[Any], refused: Any) -> Any:
             now = time.perf_counter()
-            causes = [_id_in(r["value"], cid) for r in rows]
+            # a row is one message (value) or a pack (vals): relay.py `_send`
+            causes = [_id_in(v, cid) for r in rows for v in ([r["value"]] if r["vals"] is None else r["vals"])]
             for c in causes:
                 trace._mark(c, "relay_read", now)
-            futures = await send(self, rows)
+            futures = await send(self, rows, refused)
 
             def acked(_: Any) -> None:
                 t = time.perf_counter()
@@ -1048,7 +1049,7 @@ class Trace:
                     trace._mark(c, "acked", t)
 
             if futures:
-                asyncio.gather(*(f for f, _ in futures), return_exceptions=True).add_done_callback(acked)
+                asyncio.gather(*(f[0] for f in futures), return_exceptions=True).add_done_callback(acked)
             return futures
 
         merge_mod.CoPartitionMerge.add = traced_add  # type: ignore[method-assign]
