@@ -168,8 +168,8 @@ def forget(core: Core) -> None:
     """Empty the core's remembered ids (lru caches, hygiene's dicts), so no round starts warmer than the first."""
     for name in ("hygiene", "ids", "imports"):
         module = sys.modules.get(core.core.__name__.rsplit(".", 1)[0] + "." + name)
-        if name == "hygiene" and callable(getattr(module, "forget", None)):
-            module.forget()  # type: ignore[union-attr]  # plain dicts since issue 14, session 14
+        if name in ("hygiene", "ids") and callable(getattr(module, "forget", None)):
+            module.forget()  # type: ignore[union-attr]  # plain dicts since issue 14, sessions 14 (hygiene) and 15 (ids)
         for value in vars(module).values() if module is not None else ():
             if callable(getattr(value, "cache_clear", None)):
                 value.cache_clear()

@@ -7,9 +7,8 @@ the same member compute the same id (the primary key then fences them, G3).
 
 from __future__ import annotations
 
-import hashlib
 import uuid
-from functools import lru_cache
+from hashlib import sha1
 from typing import Final
 
 _NAMESPACE = uuid.UUID("5b0c6f5e-3d0a-4a8e-9a51-6e1f0c2d7a11")
@@ -51,30 +50,91 @@ def _name_uuid(*parts: str) -> str:
 
 
 def _uuid_of(name: bytes) -> str:
-    """The name-based (version 5) UUID of a namespaced name, as hex."""
-    h = bytearray(hashlib.sha1(name).digest()[:16])
-    h[6] = (h[6] & 0x0F) | 0x50  # version 5
-    h[8] = (h[8] & 0x3F) | 0x80  # RFC 4122 variant
-    return h.hex()
+    """The name-based (version 5) UUID of a namespaced name, as hex: the SHA-1's first 16
+    bytes with the version nibble (hex digit 12) set to 5 and the RFC 4122 variant's two
+    high bits (hex digit 16) set to 10. Read off the hex digest as text: compiled, the
+    bytearray's item reads and writes were generic calls (~1.6 k instructions an id
+    besides the hash; issue 14, session 15); tests/unit/test_ids.py holds it equal to
+    uuid.uuid5 and to the oracle's bytearray form."""
+    x = sha1(name).hexdigest()
+    return f"{x[:12]}5{x[13:16]}{_VARIANT[x[16]]}{x[17:32]}"  # one string built (compiled)
 
 
-# Remembered: the projection derives the id of every fact's veil and member to load them,
-# and the handler derives it again when it creates the user (issue 14: ids once per fact).
-@lru_cache(maxsize=65_536)
+# Hex digit 16 of a version-5 UUID: the digest's digit with its two high bits set to 10.
+_VARIANT: Final = {d: "0123456789abcdef"[(int(d, 16) & 0x3) | 0x8] for d in "0123456789abcdef"}
+
+
+# The ids of veils and memberIds without `since`, remembered per channel and text: the
+# projection derives the id of every fact's veil and member to load them, and the handler
+# derives it again when it creates the user (issue 14: ids once per fact). Plain dicts
+# emptied when full (hygiene's way), not lru caches: compiled, a call of an lru-cached
+# function is a generic call into functools' wrapper (~1.4 k instructions a hit), and a
+# new veil's id went through it and `_name_uuid`'s generic steps (~4 k besides the hash;
+# issue 14, session 15). Pure functions of the text: remembering changes no id.
+_REMEMBERED: Final = 65_536
+
+
+class _Remembered:
+    def __init__(self) -> None:
+        self.veils: dict[str, dict[str, str]] = {}
+        self.members: dict[str, dict[str, str]] = {}
+        self.size = 0
+
+    def keep(self, memo: dict[str, dict[str, str]], channel_id: str, text: str, uid: str) -> str:
+        """Remember `uid` as the id of `text` in `channel_id` (everything is forgotten
+        first when `_REMEMBERED` ids are held); `uid`."""
+        self.size += 1
+        if self.size > _REMEMBERED:
+            self.forget()
+        of = memo.get(channel_id)
+        if of is None:
+            of = memo[channel_id] = {}
+        of[text] = uid
+        return uid
+
+    def forget(self) -> None:
+        self.veils.clear()
+        self.members.clear()
+        self.size = 0
+
+
+_IDS: Final = _Remembered()
+
+
+def forget() -> None:
+    """Empty the remembered ids (benchmarks start each round cold)."""
+    _IDS.forget()
+
+
+def _joined_id(channel_id: str, kind: str, value: str) -> str:
+    """`"u_" + _name_uuid(channel_id, kind, value)`, the name built directly when no part
+    holds U+001F (`kind` is a literal without one), as `_name` builds it."""
+    if _SEP in channel_id or _SEP in value:
+        return "u_" + _name_uuid(channel_id, kind, value)
+    return "u_" + _uuid_of(_NS + (channel_id + _SEP + kind + _SEP + value).encode())
+
+
 def veil_user_id(channel_id: str, veil_id: str, since: int | None = None) -> str:
     """An anonymous user first seen on a veil; `since` tells later generations apart
     (S3: a new anonymous user after logout, S4: after the veil expired)."""
-    parts = (channel_id, "veil", veil_id) if since is None else (channel_id, "veil", veil_id, str(since))
-    return "u_" + _name_uuid(*parts)
+    if since is not None:
+        return "u_" + _name_uuid(channel_id, "veil", veil_id, str(since))
+    of = _IDS.veils.get(channel_id)
+    if of is not None and (known := of.get(veil_id)) is not None:
+        return known
+    return _IDS.keep(_IDS.veils, channel_id, veil_id, _joined_id(channel_id, "veil", veil_id))
 
 
-@lru_cache(maxsize=65_536)
 def member_user_id(channel_id: str, member_id: str, since: int | None = None) -> str:
     """A user created as a member (login on an unknown veil, member.upsert, member
     import): keyed by memberId so every path that creates that member agrees; `since`
     tells a later person with a memberId deleted once (B3) apart."""
-    parts = (channel_id, "member", member_id) if since is None else (channel_id, "member", member_id, str(since))
-    return "u_" + _name_uuid(*parts)
+    if since is not None:
+        return "u_" + _name_uuid(channel_id, "member", member_id, str(since))
+    of = _IDS.members.get(channel_id)
+    if of is not None and (known := of.get(member_id)) is not None:
+        return known
+    return _IDS.keep(_IDS.members, channel_id, member_id, _joined_id(channel_id, "member", member_id))
 
 
 def fact_user_id(channel_id: str, event_id: str) -> str:

@@ -39,25 +39,40 @@ def user_chars(user: User) -> int:
         for key, value in fields.items():
             v = value.v
             n += len(key) + (len(v) + _ITEM if type(v) is str else _chars(v))
-    for many in (user.tags, user.import_tags, user.delivered, user.merged_user_ids, user.offered, user.mobile_veils):
-        if many:
-            n += _ITEM * len(many)
-            for item in many:
-                n += len(item)
+    # Each container by name, not by looping over a tuple of them: compiled, a loop over
+    # a tuple built for it is generic iteration (~1 k instructions a user; issue 14,
+    # session 15).
+    n += _items(user.tags) + _items(user.import_tags) + _items(user.delivered)
+    n += _items(user.merged_user_ids) + _items(user.offered) + _items(user.mobile_veils)
     veils = user.veils
     if veils:
         n += _SCALAR * len(veils)
         for veil in veils:
             n += len(veil)
-    for platform in (user.web, user.mobile):
-        device = platform.device
-        if device:
-            for key, text in device.items():
-                n += len(key) + (len(text) + _ITEM if type(text) is str else _chars(text))
-    for label in (user.member_id, user.language, user.city, user.country):
-        if label is not None:
-            n += len(label)
+    n += _device_chars(user.web.device) + _device_chars(user.mobile.device)
+    n += _label(user.member_id) + _label(user.language) + _label(user.city) + _label(user.country)
     return n
+
+
+def _items(many: list[str]) -> int:
+    """A list of text: its items and their separators."""
+    if not many:
+        return 0
+    n = _ITEM * len(many)
+    for item in many:
+        n += len(item)
+    return n
+
+
+def _device_chars(device: dict[str, str]) -> int:
+    n = 0
+    for key, text in device.items():
+        n += len(key) + (len(text) + _ITEM if type(text) is str else _chars(text))
+    return n
+
+
+def _label(label: str | None) -> int:
+    return 0 if label is None else len(label)
 
 
 def _chars(value: Any) -> int:

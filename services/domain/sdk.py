@@ -18,6 +18,7 @@ from .saga import offer_to_leads, on_member_login
 from .sessions import (
     DEVICE_KEYS,
     PlatformName,
+    device_values,
     logged_out,
     record_device,
     record_visit,
@@ -317,8 +318,10 @@ def plain_visit(d: Directory, fact: Fact, settings: ChannelSettings, messages: b
     plat = user.web if platform == "web" else user.mobile
     if boot:
         if (device := msg.device) is not None:
-            for key, value in zip(DEVICE_KEYS, device.as_tuple, strict=True):
-                if value is not None and plat.device.get(key) != value:
+            sent = device_values(device.as_tuple)
+            for i in range(len(DEVICE_KEYS)):
+                value = sent[i]
+                if value is not None and plat.device.get(DEVICE_KEYS[i]) != value:
                     return None  # S2: a device field moves (shown, and counted in the size)
         if ((msg.language or user.language) != user.language or (msg.city or user.city) != user.city
                 or (msg.country or user.country) != user.country):
@@ -453,7 +456,12 @@ def _first_visit(d: Directory, fact: Fact, veil: str, values: dict[str, Value]) 
     platform: PlatformName = "mobile" if msg.platform == "mobile" else "web"
     record_visit(user, veil, platform, fact.at)
     if (sent := msg.device) is not None:  # record_device on a user with none yet: the fields sent, in its order (S2)
-        device = {key: value for key, value in zip(DEVICE_KEYS, sent.as_tuple, strict=True) if value is not None}
+        fields = device_values(sent.as_tuple)
+        device: dict[str, str] = {}
+        for i in range(len(DEVICE_KEYS)):
+            value = fields[i]
+            if value is not None:
+                device[DEVICE_KEYS[i]] = value
         (user.mobile if platform == "mobile" else user.web).device = device
     user.language, user.city, user.country = msg.language or None, msg.city or None, msg.country or None
     set_values(user, values)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Final, Literal
 
 from .user import User
 
@@ -10,7 +10,19 @@ SESSION_GAP_MS = 30 * 60 * 1000  # S1: a session ends after 30 minutes without a
 VEIL_TTL_MS = 365 * 24 * 60 * 60 * 1000  # S4: an anonymous veil expires a year after its last boot
 
 PlatformName = Literal["web", "mobile"]
-DEVICE_KEYS = ("browser", "browserName", "os", "osName", "device", "appName", "appVersion")
+DEVICE_KEYS: Final = ("browser", "browserName", "os", "osName", "device", "appName", "appVersion")
+
+
+def device_values(sent: Any) -> tuple[str | None, ...]:
+    """A boot's device fields (`device.as_tuple`), one per DEVICE_KEYS in its order, for
+    loops by index over both: compiled, `zip(DEVICE_KEYS, sent, strict=True)` was a
+    generic call and generic iteration (~2.7 k instructions a boot with a device; issue
+    14, session 15). A tuple of another length raises as that zip raised."""
+    values: tuple[str | None, ...] = sent
+    if len(values) != len(DEVICE_KEYS):
+        side = "shorter" if len(values) < len(DEVICE_KEYS) else "longer"
+        raise ValueError(f"zip() argument 2 is {side} than argument 1")
+    return values
 
 
 def session_ended(last_activity: int | None, at: int) -> bool:
@@ -46,9 +58,11 @@ def record_device(user: User, platform: PlatformName, device: tuple[str | None, 
     """S2: the latest boot's device fields (a message's `device.as_tuple`, in DEVICE_KEYS'
     order) replace the previous ones."""
     plat = user.web if platform == "web" else user.mobile
-    for key, value in zip(DEVICE_KEYS, device, strict=True):
+    values = device_values(device)
+    for i in range(len(DEVICE_KEYS)):
+        value = values[i]
         if value is not None:
-            plat.device[key] = value
+            plat.device[DEVICE_KEYS[i]] = value
 
 
 def veil_expired(user: User, veil_id: str, at: int) -> bool:
