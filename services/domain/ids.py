@@ -50,18 +50,15 @@ def _name_uuid(*parts: str) -> str:
 
 
 def _uuid_of(name: bytes) -> str:
-    """The name-based (version 5) UUID of a namespaced name, as hex: the SHA-1's first 16
-    bytes with the version nibble (hex digit 12) set to 5 and the RFC 4122 variant's two
-    high bits (hex digit 16) set to 10. Read off the hex digest as text: compiled, the
-    bytearray's item reads and writes were generic calls (~1.6 k instructions an id
-    besides the hash; issue 14, session 15); tests/unit/test_ids.py holds it equal to
-    uuid.uuid5 and to the oracle's bytearray form."""
-    x = sha1(name).hexdigest()
-    return f"{x[:12]}5{x[13:16]}{_VARIANT[x[16]]}{x[17:32]}"  # one string built (compiled)
-
-
-# Hex digit 16 of a version-5 UUID: the digest's digit with its two high bits set to 10.
-_VARIANT: Final = {d: "0123456789abcdef"[(int(d, 16) & 0x3) | 0x8] for d in "0123456789abcdef"}
+    """The name-based (version 5) UUID of a namespaced name, as hex.
+    The SHA-1 (~5.3 k instructions, OpenSSL's context set-up and digest) is most of it; a
+    hash of the fixed prefix fed once and copied per id costs the same, and reading the
+    digits off `hexdigest()` as text costs more compiled than these bytearray steps
+    (measured, issue 14, session 15)."""
+    h = bytearray(sha1(name).digest()[:16])
+    h[6] = (h[6] & 0x0F) | 0x50  # version 5
+    h[8] = (h[8] & 0x3F) | 0x80  # RFC 4122 variant
+    return h.hex()
 
 
 # The ids of veils and memberIds without `since`, remembered per channel and text: the
@@ -111,7 +108,7 @@ def _joined_id(channel_id: str, kind: str, value: str) -> str:
     holds U+001F (`kind` is a literal without one), as `_name` builds it."""
     if _SEP in channel_id or _SEP in value:
         return "u_" + _name_uuid(channel_id, kind, value)
-    return "u_" + _uuid_of(_NS + (channel_id + _SEP + kind + _SEP + value).encode())
+    return "u_" + _uuid_of(_NS + f"{channel_id}\x1f{kind}\x1f{value}".encode())  # one string built (compiled)
 
 
 def veil_user_id(channel_id: str, veil_id: str, since: int | None = None) -> str:
@@ -150,7 +147,7 @@ def outbound_event_id(user_id: str, version: int) -> str:
     steps; a user id holding one takes them."""
     if _SEP in user_id:
         return _name_uuid("user-changed", user_id, str(version))
-    return _uuid_of(_OUTBOUND + (user_id + _SEP + str(version)).encode())
+    return _uuid_of(_OUTBOUND + f"{user_id}\x1f{version}".encode())  # one string built (compiled)
 
 
 _OUTBOUND = _NS + ("user-changed" + _SEP).encode()  # _name("user-changed", …)'s start

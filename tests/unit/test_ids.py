@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -53,3 +54,42 @@ def test_an_outbound_event_id_is_the_name_based_id_of_its_user_and_version(user_
     assert outbound_event_id(user_id, version) == _name_uuid("user-changed", user_id, str(version))
     if "\x1f" not in user_id:
         assert outbound_event_id(user_id, version) == uuid.uuid5(_V1_NAMESPACE, f"user-changed\x1f{user_id}\x1f{version}").hex
+
+
+# -- issue 14, session 15: ids remembered in plain dicts, names built directly -----------
+
+_ANY_PART = st.text(max_size=12) | st.sampled_from(["", "v\x1f", "\x1f", "ch_1", "u_0123abcd"])
+
+
+@given(st.lists(st.tuples(st.sampled_from(["veil", "member"]), _ANY_PART, _ANY_PART,
+                          st.none() | st.integers(0, 2**63)), min_size=1, max_size=12),
+       st.integers(0, 3))
+def test_remembered_ids_are_the_oracles_ids_even_past_the_memos_size(calls: list[Any], near_full: int) -> None:
+    """Determinism (replay derives the same ids; ids version 2): `veil_user_id` and
+    `member_user_id`, remembered per channel and text in plain dicts and named without
+    `_name`'s generic steps, give the ids of the oracle (tests/oracle/ids.py, the
+    derivation before), cold, warm, and across the memo emptying itself when full; a
+    part holding U+001F still takes the length-prefixed encoding."""
+    from services.domain import ids
+    from tests.oracle import ids as oracle
+
+    ids.forget()
+    ids._IDS.size = ids._REMEMBERED - near_full  # the memo empties itself within the stream
+    for _round in range(2):  # cold, then warm (and past the emptying)
+        for kind, ch, text, since in calls:
+            new = ids.veil_user_id if kind == "veil" else ids.member_user_id
+            old = oracle.veil_user_id if kind == "veil" else oracle.member_user_id
+            assert new(ch, text, since) == old(ch, text, since)
+            assert new(ch, text) == old(ch, text)
+    assert ids._IDS.size <= ids._REMEMBERED
+    ids.forget()
+
+
+@given(st.text(max_size=40) | st.sampled_from(["u_0123abcd", "u\x1f1"]), st.integers(0, 10**12))
+def test_an_outbound_event_id_is_the_oracles(user_id: str, version: int) -> None:
+    """Determinism: the eventId of every user-changed (its name built as one string,
+    issue 14, session 15) is the one the oracle derives for (user, version)."""
+    from services.domain.ids import outbound_event_id
+    from tests.oracle.ids import outbound_event_id as oracle_event_id
+
+    assert outbound_event_id(user_id, version) == oracle_event_id(user_id, version)

@@ -1,0 +1,70 @@
+"""The size a user is counted at (limits.user_chars, docs/contract.md "Limits"), and a
+boot's device fields read by index (S2): both rewritten for the compiled core in issue
+14, session 15 (no generic iteration), held here to the oracle's definitions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from services.domain.limits import user_chars
+from services.domain.sessions import DEVICE_KEYS, device_values, record_device
+from services.domain.user import Platform, User, Value, new_user
+from tests.oracle.limits import user_chars as oracle_user_chars
+from tests.oracle.sessions import record_device as oracle_record_device
+
+_TEXT = st.text(max_size=8)
+_VALUE = st.none() | _TEXT | st.booleans() | st.integers() | st.lists(_TEXT | st.integers(), max_size=3)
+# Device fields are text (Platform.device: dict[str, str]; the compiled core checks it).
+_DEVICE = st.dictionaries(st.sampled_from([*DEVICE_KEYS, "extra"]), _TEXT, max_size=4)
+
+
+@st.composite
+def _users(draw: st.DrawFn) -> User:
+    user = new_user("u_1", "ch", draw(st.sampled_from(["anonymous", "lead", "member"])), 1, draw(st.none() | _TEXT))
+    user.fields = draw(st.dictionaries(_TEXT, st.builds(Value, _VALUE, st.booleans(), st.booleans(), st.just(0)), max_size=4))
+    user.tags, user.import_tags = draw(st.lists(_TEXT, max_size=3)), draw(st.lists(_TEXT, max_size=2))
+    user.delivered, user.merged_user_ids = draw(st.lists(_TEXT, max_size=2)), draw(st.lists(_TEXT, max_size=2))
+    user.offered, user.mobile_veils = draw(st.lists(_TEXT, max_size=2)), draw(st.lists(_TEXT, max_size=2))
+    user.veils = draw(st.dictionaries(_TEXT, st.integers(0, 10), max_size=3))
+    user.language, user.city, user.country = draw(st.none() | _TEXT), draw(st.none() | _TEXT), draw(st.none() | _TEXT)
+    user.web, user.mobile = Platform(1, None, draw(_DEVICE)), Platform(0, None, draw(_DEVICE))
+    return user
+
+
+@settings(max_examples=500)
+@given(_users())
+def test_the_size_of_a_user_is_the_oracles_count(user: User) -> None:
+    """user_too_large (contract "Limits"): every container counted by name, not by a loop
+    over a tuple of them, gives the oracle's item-by-item count whatever the user holds
+    (text, lists, numbers in profile values; device fields; empty containers)."""
+    assert user_chars(user) == oracle_user_chars(user)  # type: ignore[arg-type]
+
+
+@given(st.tuples(*[st.none() | _TEXT for _ in DEVICE_KEYS]), _DEVICE)
+def test_s2_a_boots_device_fields_replace_the_previous_ones_as_the_oracle_records_them(
+    sent: tuple[str | None, ...], had: dict[str, Any],
+) -> None:
+    """S2: the fields a boot sends replace the previous ones, the absent ones are kept —
+    read by index over DEVICE_KEYS now, the same device as the oracle's zip."""
+    new, old = new_user("u_1", "ch", "anonymous", 1), new_user("u_1", "ch", "anonymous", 1)
+    new.mobile.device, old.mobile.device = dict(had), dict(had)
+    record_device(new, "mobile", sent)
+    oracle_record_device(old, "mobile", dict(zip(DEVICE_KEYS, sent, strict=True)))  # type: ignore[arg-type]
+    assert new.mobile.device == old.mobile.device and list(new.mobile.device) == list(old.mobile.device)
+    assert new.web.device == {}
+
+
+@pytest.mark.parametrize("sent", [(), ("a",) * (len(DEVICE_KEYS) - 1), ("a",) * (len(DEVICE_KEYS) + 1)])
+def test_a_device_of_another_length_raises_as_the_strict_zip_did(sent: tuple[str, ...]) -> None:
+    """A device that is not one value per DEVICE_KEYS is a bug: it raises the ValueError
+    `zip(DEVICE_KEYS, sent, strict=True)` raised (the fact is refused as internal_error
+    with the same reason, never applied half)."""
+    with pytest.raises(ValueError) as new:
+        device_values(sent)
+    with pytest.raises(ValueError) as old:
+        list(zip(DEVICE_KEYS, sent, strict=True))
+    assert str(new.value) == str(old.value)
