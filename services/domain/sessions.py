@@ -34,17 +34,31 @@ def record_visit(user: User, veil_id: str, platform: PlatformName, at: int) -> N
     lastSeenAt forward (S2; a late fact never moves it back) and keeps the veil's last
     activity for logout (S3) and expiry (S4). Mutates the working copy."""
     plat = user.web if platform == "web" else user.mobile
-    if session_ended(user.last_activity_at, at):
+    # The times move only forward (a late fact never moves them back), each set to `now`,
+    # the event time boxed once: compiled, each store of an `int` into an `int | None`
+    # attribute allocates a new int object (six a visit before; issue 14, session 15).
+    now: int | None = at
+    last = user.last_activity_at
+    if session_ended(last, at):
         user.sessions_count += 1
-    if session_ended(plat.last_seen_at, at):  # per platform: a first app boot inside a web session is an app session
+    if last is None or at > last:
+        user.last_activity_at = now
+    last = plat.last_seen_at
+    if session_ended(last, at):  # per platform: a first app boot inside a web session is an app session
         plat.sessions_count += 1
-    user.last_activity_at = _later(user.last_activity_at, at)
-    user.last_seen_at = _later(user.last_seen_at, at)
-    plat.last_seen_at = _later(plat.last_seen_at, at)
-    user.veils[veil_id] = max(user.veils.get(veil_id, at), at)
+    if last is None or at > last:
+        plat.last_seen_at = now
+    last = user.last_seen_at
+    if last is None or at > last:
+        user.last_seen_at = now
+    last = user.veils.get(veil_id)
+    if last is None or at > last:
+        user.veils[veil_id] = at
     if (veil_id in user.mobile_veils) != (platform == "mobile"):
         user.mobile_veils = sorted({*user.mobile_veils} ^ {veil_id})
-    user.last_contact_at = _later(user.last_contact_at, at)
+    last = user.last_contact_at
+    if last is None or at > last:
+        user.last_contact_at = now
     user.booted = True
 
 
@@ -76,7 +90,3 @@ def logged_out(user: User, veil_id: str, at: int) -> bool:
     a new anonymous user; within the session it is still that member."""
     last = user.veils.get(veil_id)
     return user.type == "member" and (last is None or at - last > SESSION_GAP_MS)
-
-
-def _later(a: int | None, b: int) -> int:
-    return b if a is None or b > a else a

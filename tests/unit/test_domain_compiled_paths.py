@@ -1,6 +1,7 @@
-"""The size a user is counted at (limits.user_chars, docs/contract.md "Limits"), and a
-boot's device fields read by index (S2): both rewritten for the compiled core in issue
-14, session 15 (no generic iteration), held here to the oracle's definitions."""
+"""Rewritten for the compiled core in issue 14, session 15, held here to the oracle's
+definitions (tests/oracle): the size a user is counted at (limits.user_chars, docs/
+contract.md "Limits") and a boot's device fields read by index (S2), without generic
+iteration; a visit's times set from one boxed event time (S1–S4)."""
 
 from __future__ import annotations
 
@@ -11,10 +12,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from services.domain.limits import user_chars
-from services.domain.sessions import DEVICE_KEYS, device_values, record_device
+from services.domain.sessions import DEVICE_KEYS, device_values, record_device, record_visit
 from services.domain.user import Platform, User, Value, new_user
 from tests.oracle.limits import user_chars as oracle_user_chars
 from tests.oracle.sessions import record_device as oracle_record_device
+from tests.oracle.sessions import record_visit as oracle_record_visit
 
 _TEXT = st.text(max_size=8)
 _VALUE = st.none() | _TEXT | st.booleans() | st.integers() | st.lists(_TEXT | st.integers(), max_size=3)
@@ -68,3 +70,30 @@ def test_a_device_of_another_length_raises_as_the_strict_zip_did(sent: tuple[str
     with pytest.raises(ValueError) as old:
         list(zip(DEVICE_KEYS, sent, strict=True))
     assert str(new.value) == str(old.value)
+
+
+_TIME = st.none() | st.integers(0, 10**13)
+
+
+@given(st.lists(st.tuples(st.sampled_from(["v1", "v2", "v3"]), st.sampled_from(["web", "mobile"]), st.integers(0, 10**13)),
+                min_size=1, max_size=6),
+       _TIME, _TIME, _TIME, _TIME, st.dictionaries(st.sampled_from(["v1", "v2"]), st.integers(0, 10**13), max_size=2))
+def test_s1_s4_a_visit_is_recorded_as_the_oracle_records_it(
+    visits: list[Any], activity: int | None, seen: int | None, contact: int | None, web_seen: int | None,
+    veils: dict[str, int],
+) -> None:
+    """S1 (sessions per user and per platform), S2 (lastSeenAt never moves back), S3/S4
+    (each veil's last activity): `record_visit` with the times set from one boxed event
+    time (issue 14, session 15) leaves the user exactly as the oracle's does, late facts
+    and equal times included."""
+    users = []
+    for _ in range(2):
+        user = new_user("u_1", "ch", "anonymous", 1)
+        user.last_activity_at, user.last_seen_at, user.last_contact_at = activity, seen, contact
+        user.web.last_seen_at, user.veils = web_seen, dict(veils)
+        users.append(user)
+    new, old = users
+    for veil, platform, at in visits:
+        record_visit(new, veil, platform, at)
+        oracle_record_visit(old, veil, platform, at)  # type: ignore[arg-type]
+        assert new.to_json() == old.to_json() and list(new.veils) == list(old.veils)
