@@ -8,7 +8,7 @@ from typing import Any
 from .channel import ChannelSettings
 from .hygiene import clean_email, clean_mobile
 from .priority import update_wins
-from .user import CONTACT_KEYS, EMAIL, MOBILE, User, Value, new_value
+from .user import EMAIL, MOBILE, User, Value, new_value
 from .values import Rejected, coerce_sdk_value
 
 PREFIX = "profile."
@@ -62,8 +62,10 @@ def _bad(key: str, reason: str) -> Any:
     raise Rejected("invalid_value", f"profile.{key}: {reason}")
 
 
-def set_values(user: User, values: Mapping[str, Value]) -> None:
-    """Apply values to a working copy; each key decided by provenance (C4, P3)."""
+def set_values(user: User, values: dict[str, Value]) -> None:
+    """Apply values to a working copy; each key decided by provenance (C4, P3). A dict,
+    not any Mapping: compiled, its items are then read natively (a Mapping's `items()`
+    is a generic method call and iteration; issue 14, session 15)."""
     for key, new in values.items():
         if update_wins(key, new, user.fields.get(key)):
             user.fields[key] = new
@@ -82,7 +84,7 @@ def set_flags(user: User, msg: Any) -> None:
 
 
 def has_contact(user: User) -> bool:
-    return any(user.value(k) is not None for k in CONTACT_KEYS)
+    return user.value(EMAIL) is not None or user.value(MOBILE) is not None  # CONTACT_KEYS, by name
 
 
 def promote(user: User) -> None:

@@ -39,7 +39,8 @@ class AppliedWindow:
 
     def add(self, channel_id: str, event_id: str, at: int) -> None:
         self.at[(channel_id, event_id)] = at
-        if at > self.clocks.get(channel_id, at - 1):
+        clock = self.clocks.get(channel_id)  # no default `at - 1` boxed for the lookup (compiled)
+        if clock is None or at > clock:
             self.clocks[channel_id] = at
         oldest = self.oldest
         if oldest is None or at < oldest:
