@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
 from . import limits
 from .channel import ChannelSettings
@@ -162,7 +162,7 @@ def on_block(w: Work) -> None:
         cancel_pending(w, changed)
 
 
-RETENTION_MS = 2 * 365 * 24 * 60 * 60 * 1000  # B4: two years without contact
+RETENTION_MS: Final = 2 * 365 * 24 * 60 * 60 * 1000  # B4: two years without contact
 
 
 @handles("user.delete")

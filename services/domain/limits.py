@@ -14,14 +14,14 @@ characters stay well inside 1 MiB with the message's own fields.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
 from .user import User
 from .values import Rejected
 
 MAX_USER_CHARS = 128 * 1024
-_ITEM = 8  # quotes, separators and the like per stored item
-_SCALAR = 24  # a number, boolean, null or time as JSON text, at most
+_ITEM: Final = 8  # quotes, separators and the like per stored item
+_SCALAR: Final = 24  # a number, boolean, null or time as JSON text, at most
 
 
 def user_chars(user: User) -> int:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
 from . import limits
 from .channel import ChannelSettings, check_member_hash
@@ -30,8 +30,8 @@ from .unification import merge
 from .user import CONTACT_KEYS, EMAIL, MOBILE, User, Value, new_user, new_value
 from .values import Rejected
 
-EXTERNAL_MEDIA = frozenset({"line", "instagram"})
-QUALIFIED_MEDIA = frozenset({"phone", "email"})  # C4: caller id / sender address
+EXTERNAL_MEDIA: Final = frozenset({"line", "instagram"})
+QUALIFIED_MEDIA: Final = frozenset({"phone", "email"})  # C4: caller id / sender address
 
 
 @handles("boot", "login")

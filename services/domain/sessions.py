@@ -6,8 +6,8 @@ from typing import Any, Final, Literal
 
 from .user import User
 
-SESSION_GAP_MS = 30 * 60 * 1000  # S1: a session ends after 30 minutes without activity
-VEIL_TTL_MS = 365 * 24 * 60 * 60 * 1000  # S4: an anonymous veil expires a year after its last boot
+SESSION_GAP_MS: Final = 30 * 60 * 1000  # S1: a session ends after 30 minutes without activity
+VEIL_TTL_MS: Final = 365 * 24 * 60 * 60 * 1000  # S4: an anonymous veil expires a year after its last boot
 
 PlatformName = Literal["web", "mobile"]
 DEVICE_KEYS: Final = ("browser", "browserName", "os", "osName", "device", "appName", "appVersion")

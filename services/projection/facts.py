@@ -285,7 +285,7 @@ def storable_text(raw: bytes) -> str:
 # -- the identity keys a fact looks up (the batch loads their users) ---------------
 
 
-_SDK = frozenset({"boot", "login", "chat", "contact", "track"})
+_SDK: Final = frozenset({"boot", "login", "chat", "contact", "track"})
 
 
 def _keys_of(fact: Fact) -> tuple[set[str], set[Key]]:

@@ -13,8 +13,9 @@ rows once every half window: until then `seen` ignores them) and a rebuild
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Final
 
-WINDOW_MS = 7 * 24 * 60 * 60 * 1000
+WINDOW_MS: Final = 7 * 24 * 60 * 60 * 1000
 
 Applied = tuple[str, str, int]  # (channel_id, event_id, event time)
 
