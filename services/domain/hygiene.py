@@ -16,7 +16,7 @@ from .values import Rejected, ValueRejected, normalize_email, normalize_mobile
 PLACEHOLDERS = frozenset(
     {"null", "undefined", "none", "nan", "0", "-1", "anonymous", "guest", "[object Object]"}
 )
-_PLACEHOLDER_KEYS = frozenset(p.lower() for p in PLACEHOLDERS)
+_PLACEHOLDER_KEYS: Final = frozenset(p.lower() for p in PLACEHOLDERS)
 
 
 class IdentifierRejected(Rejected):

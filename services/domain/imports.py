@@ -38,13 +38,13 @@ from .values import PARSERS, Rejected, parse_boolean, parse_string, parse_tags
 
 # --------------------------------------------------------------------------- keys (I5, P1)
 
-MEMBER_ID = "memberId"
+MEMBER_ID: Final = "memberId"
 UNSUBSCRIBE: Final = ("unsubscribeEmail", "unsubscribeTexting")
-FLAGS = frozenset({*UNSUBSCRIBE, "hasPushToken"})
-TOP_LEVEL = frozenset({MEMBER_ID, "name", "tags", *FLAGS})
+FLAGS: Final = frozenset({*UNSUBSCRIBE, "hasPushToken"})
+TOP_LEVEL: Final = frozenset({MEMBER_ID, "name", "tags", *FLAGS})
 """Editable keys outside `profile.*` (P1)."""
 
-SYSTEM_KEYS = frozenset(
+SYSTEM_KEYS: Final = frozenset(
     {
         # P1: set by the service only.
         "id", "createdAt", "updatedAt", "lastSeenAt", "sessionsCount", "member",
@@ -54,12 +54,12 @@ SYSTEM_KEYS = frozenset(
         "unification", "profile",
     }
 )
-SYSTEM_PREFIXES = ("web.", "mobile.")
+SYSTEM_PREFIXES: Final = ("web.", "mobile.")
 
 
 CONTACTS: Final = {EMAIL: "email", MOBILE: "mobile"}
-LEAD_KEYS = {"email": EMAIL, "mobileNumber": MOBILE}
-LIST_TYPES = frozenset({"list", "listOfNumber"})
+LEAD_KEYS: Final = {"email": EMAIL, "mobileNumber": MOBILE}
+LIST_TYPES: Final = frozenset({"list", "listOfNumber"})
 
 
 class MappingError(Rejected):

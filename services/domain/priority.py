@@ -15,13 +15,13 @@ deterministic when two facts carry the same time.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
 import orjson
 
 from .user import Value
 
-WRITE_ONCE = frozenset(
+WRITE_ONCE: Final = frozenset(
     {
         "profile.referrer",
         "profile.utmSource",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Final
 
 from .channel import ChannelSettings
 from .hygiene import clean_email, clean_mobile
@@ -11,10 +11,10 @@ from .priority import update_wins
 from .user import EMAIL, MOBILE, User, Value, new_value
 from .values import Rejected, coerce_sdk_value
 
-PREFIX = "profile."
+PREFIX: Final = "profile."
 
 # P1: set by the service only; no fact may write them through `profile`.
-SYSTEM_KEYS = frozenset(
+SYSTEM_KEYS: Final = frozenset(
     {"id", "createdAt", "updatedAt", "lastSeenAt", "sessionsCount", "member", "web", "mobile"}
 )
 
@@ -31,7 +31,7 @@ BUILTIN_TYPES: dict[str, str] = {
 # What a site, staff or the API may send for the built-in keys. The order time is sent
 # as an epoch-ms timestamp (seed 001: "Date … timestampを millisecond単位形式で"), so any
 # instant is accepted there, and a `YYYY-MM-DD` date as its UTC midnight, as imported.
-_SENT_BUILTIN_TYPES = {**BUILTIN_TYPES, "profile.lastCheckoutCompletedAt": "datetime"}
+_SENT_BUILTIN_TYPES: Final = {**BUILTIN_TYPES, "profile.lastCheckoutCompletedAt": "datetime"}
 
 
 def profile_values(

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from .priority import merge_winner
 from .user import Platform, User, bare_user
 
-IMPORT_TAG_LIMIT = 30  # P5
+IMPORT_TAG_LIMIT: Final = 30  # P5
 
 
 class MergeRefused(Exception):

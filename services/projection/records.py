@@ -13,14 +13,14 @@ from __future__ import annotations
 import heapq
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, NamedTuple, Protocol
+from typing import Any, Final, NamedTuple, Protocol
 
 Partition = tuple[str, int]
 
 # How far a record's timestamp may run ahead of its partition's clock (docs/decisions.md,
 # "Event time"). Large enough that a partition idle for a night or a weekend is not
 # touched; small enough that one record cannot pin a value or dodge B4 for long.
-MAX_AHEAD_MS = 24 * 60 * 60 * 1000
+MAX_AHEAD_MS: Final = 24 * 60 * 60 * 1000
 LOG_APPEND_TIME = 1  # Kafka timestamp type: set by the broker at append, not by the producer
 
 
