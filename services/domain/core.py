@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from operator import attrgetter, itemgetter
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from . import limits, mu
 from .channel import ChannelSettings
@@ -277,7 +277,7 @@ class Work:
 
 
 Handler = Callable[[Work], None]
-HANDLERS: dict[str, Handler] = {}
+HANDLERS: Final[dict[str, Handler]] = {}
 
 # A plain path for the commonest facts (sdk.plain_visit, …): it applies a fact whose
 # effect it can tell in advance — decided first, then a few assignments, no undo log,
@@ -287,7 +287,7 @@ HANDLERS: dict[str, Handler] = {}
 # then meets it again and refuses the fact, undoing what it did. Same outcome and state
 # as the handler, byte for byte (tests/unit/test_core_differential.py).
 PlainHandler = Callable[[Directory, Fact, ChannelSettings, bool], "Outcome | None"]
-PLAIN: dict[str, PlainHandler] = {}
+PLAIN: Final[dict[str, PlainHandler]] = {}
 
 
 def handles(*types: str) -> Callable[[Handler], Handler]:
