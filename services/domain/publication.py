@@ -309,7 +309,7 @@ _MESSAGE: Final = msgspec.defstruct("UserChanged", [
     "eventId", "channelId", "userId", "version", "change", "changedKeys", "causationId", "occurredAt", "mergedInto", "user",
 ], gc=False)
 _ENCODER: Final = msgspec.json.Encoder()
-_encode = _ENCODER.encode
+_encode: Final = _ENCODER.encode
 # `encode` starts from a small buffer and grows it by reallocations (a `created` is
 # ~1.1 kB: three of them, then a shrink); `encode_into` a buffer of this size, then one
 # copy into bytes, is ~6 % cheaper a message (issue 14, session 15). A buffer per call:
@@ -339,8 +339,26 @@ def _platform_struct(p: Platform) -> Any:
     )
 
 
-# The platform of a user never seen on it: one instance, only ever encoded (never changed).
-_NO_VISIT: Final = _PLATFORM(0, None, None, None, None, None, None, None, None)
+# The platform of a user never seen on it (every imported user's), encoded once: msgspec
+# writes a `Raw`'s bytes as they are.
+_NO_VISIT: Final = msgspec.Raw(_ENCODER.encode(_PLATFORM(0, None, None, None, None, None, None, None, None)))
+# A first message's `changedKeys`, encoded, by the keys: the rows of an import fill the
+# same columns, so their `created` messages list the same keys (~3 k instructions to
+# encode a message's ~22). Bounded: emptied when full.
+_FIRST_KEYS_RAW: Final[dict[tuple[str, ...], Any]] = {}
+_FIRST_KEYS_KEPT: Final = 1024
+
+
+def _first_keys_raw(keys: list[str]) -> Any:
+    """`keys` as msgspec writes them, remembered (`_FIRST_KEYS_RAW`)."""
+    memo = _FIRST_KEYS_RAW
+    listed = tuple(keys)
+    raw = memo.get(listed)
+    if raw is None:
+        if len(memo) >= _FIRST_KEYS_KEPT:
+            memo.clear()
+        raw = memo[listed] = msgspec.Raw(_encode(keys))
+    return raw
 
 
 def message_body(user: User, version: int, change: str, keys: list[str] | None, causation_id: str, at: int) -> bytes:
@@ -378,6 +396,7 @@ def message_body(user: User, version: int, change: str, keys: list[str] | None, 
             val = fields.get(key)
             if val is not None and val.v is not None and val.q:
                 qualified.append(short)
+    first = keys is None
     if keys is None:
         keys = _keys_of_first(user, listed, name)
     if plain:
@@ -393,8 +412,8 @@ def message_body(user: User, version: int, change: str, keys: list[str] | None, 
         buffer = bytearray(_BUFFER_BYTES)
         try:
             _encode_into(_MESSAGE(
-                outbound_event_id(user.id, version), user.channel_id, user.id, version, change, keys,
-                causation_id, at, None, view,
+                outbound_event_id(user.id, version), user.channel_id, user.id, version, change,
+                _first_keys_raw(keys) if first else keys, causation_id, at, None, view,
             ), buffer)
             return bytes(buffer)
         except (TypeError, ValueError):  # e.g. a lone surrogate: orjson says it its way below

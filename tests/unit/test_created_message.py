@@ -129,3 +129,16 @@ def test_an_imported_member_shares_the_never_visited_platform_and_leaves_it_as_i
     assert publication._platform_struct(Platform(1, None)) is not _NO_VISIT
     user.web = Platform(2, 7)
     assert orjson.loads(message_body(user, 2, "updated", ["web.sessionsCount"], "e2", 7))["user"]["web"]["sessionsCount"] == 2
+
+
+def test_a_first_messages_keys_are_remembered_encoded_as_orjson_writes_them_and_bounded() -> None:
+    """The remembered `changedKeys` of first messages: the bytes orjson writes for the
+    list, the same object for the same keys, and never more than `_FIRST_KEYS_KEPT` lists
+    kept (profile keys are the channel's: many channels, many lists)."""
+    keys = ["blocked", "profile.\u00e4", 'profile.q"\\', "profile.\u2028"]
+    raw = publication._first_keys_raw(keys)
+    assert bytes(raw) == orjson.dumps(keys)
+    assert publication._first_keys_raw(list(keys)) is raw
+    for i in range(publication._FIRST_KEYS_KEPT + 10):
+        publication._first_keys_raw(["blocked", f"profile.k{i}"])
+        assert len(publication._FIRST_KEYS_RAW) <= publication._FIRST_KEYS_KEPT
