@@ -132,13 +132,29 @@ def test_an_imported_member_shares_the_never_visited_platform_and_leaves_it_as_i
 
 
 def test_a_first_messages_keys_are_remembered_encoded_as_orjson_writes_them_and_bounded() -> None:
-    """The remembered `changedKeys` of first messages: the bytes orjson writes for the
-    list, the same object for the same keys, and never more than `_FIRST_KEYS_KEPT` lists
-    kept (profile keys are the channel's: many channels, many lists)."""
-    keys = ["blocked", "profile.\u00e4", 'profile.q"\\', "profile.\u2028"]
-    raw = publication._first_keys_raw(keys)
-    assert bytes(raw) == orjson.dumps(keys)
-    assert publication._first_keys_raw(list(keys)) is raw
+    """The remembered `changedKeys` of a first message without device keys: the bytes
+    orjson writes for `_keys_of_first`, the same object for a user with the same facts
+    and profile keys, another for each fact that changes the list, and never more than
+    `_FIRST_KEYS_KEPT` lists kept (profile keys are the channel's: many channels, many
+    lists)."""
+    user = User(id="u1", channel_id="ch", type="member", created_at=0, updated_at=0, member_id="m1")
+    listed = ["profile.\u00e4", 'profile.q"\\', "profile.\u2028"]
+    raw = publication._first_keys_raw(user, listed, "N")
+    assert bytes(raw) == orjson.dumps(publication._keys_of_first(user, listed, "N"))
+    other = User(id="u2", channel_id="ch", type="member", created_at=1, updated_at=1, member_id="m2")
+    assert publication._first_keys_raw(other, list(listed), "M") is raw
+    for change in ("city", "country", "language", "masked", "member_id", "name"):
+        user = User(id="u1", channel_id="ch", type="member", created_at=0, updated_at=0, member_id="m1")
+        name: Any = "N"
+        if change == "name":
+            name = None
+        elif change == "member_id":
+            user.member_id = None
+        else:
+            setattr(user, change, True if change == "masked" else "x")
+        got = publication._first_keys_raw(user, listed, name)
+        assert bytes(got) == orjson.dumps(publication._keys_of_first(user, listed, name)), change
+        assert bytes(got) != bytes(raw), change
     for i in range(publication._FIRST_KEYS_KEPT + 10):
-        publication._first_keys_raw(["blocked", f"profile.k{i}"])
+        publication._first_keys_raw(user, [f"profile.k{i}"], None)
         assert len(publication._FIRST_KEYS_RAW) <= publication._FIRST_KEYS_KEPT
