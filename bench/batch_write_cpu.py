@@ -147,7 +147,7 @@ async def run(args: argparse.Namespace) -> None:
         recs = [Record(topics.sdk_events, 0, i, 1_767_225_600_000 + 10 * i, c.encode(), v)
                 for i, (c, _e, v) in enumerate(events)]
         gc_tuning.tune()
-        proc = back = 0.0
+        proc = back = wall = 0.0
         trips = batches = counted = 0
         rows: Counter[str] = Counter()
         for i in range(0, len(recs), args.batch):
@@ -159,10 +159,10 @@ async def run(args: argparse.Namespace) -> None:
                 prepared = await pipe._prepare(chunk, parsed, time.perf_counter(), resident.drops)
                 meter.on = measured
                 meter.trips = 0
-                t, b = time.process_time(), backend_ns(meter.pid)
+                w, t, b = time.perf_counter(), time.process_time(), backend_ns(meter.pid)
                 task = asyncio.create_task(pipe._write(prepared))
                 await asyncio.wait([task])
-                dp, db = time.process_time() - t, backend_ns(meter.pid) - b
+                dp, db, dw = time.process_time() - t, backend_ns(meter.pid) - b, time.perf_counter() - w
                 meter.on = False
                 pipe._inflight = (prepared, task)
                 assert await pipe.drain()
@@ -174,6 +174,7 @@ async def run(args: argparse.Namespace) -> None:
                 rows["messages"] += len(prepared.fx.messages)
                 rows["merges"] += len(prepared.fx.merges)
                 proc += dp
+                wall += dw
                 back += db
                 trips += meter.trips
                 batches += 1
@@ -184,7 +185,7 @@ async def run(args: argparse.Namespace) -> None:
         print(f"tree {ROOT.name}: {counted:,} events in {batches} batches of {args.batch}; "
               f"load {os.getloadavg()[0]:.1f}")
         print(f"  write, µs an event: service {proc * 1e6 / counted:.2f}, PostgreSQL {back / 1e3 / counted:.2f}; "
-              f"round trips a batch {trips / batches:.1f}")
+              f"round trips a batch {trips / batches:.1f}; wall {wall * 1e3 / batches:.2f} ms a batch")
         print("  rows an event: " + ", ".join(f"{k} {v / counted:.3f}" for k, v in rows.items()))
         print(f"  digest {digest[:16]}…, outbox messages {outbox}")
         if args.by_function:

@@ -1,6 +1,7 @@
 """PostgreSQL's and the service's CPU a user update, by statement form (issue 14, session
 15, helper "batchsql"): `repository.save_user_columns`' INSERT … ON CONFLICT DO UPDATE
-against the forms tried instead, on the users of a schema that batch_write_cpu.py
+("now"), as session 14 left it ("before": the tags' subquery for every row) and a plain
+UPDATE tried instead ("update"), on the users of a schema that batch_write_cpu.py
 `--keep` left (real states, ~1 KB each). Each round updates `--users` random users at
 their next revision (last_seen_at moved: a boot), alternating the forms.
 
@@ -31,6 +32,40 @@ from services.store import repository as repo  # noqa: E402
 from services.store.pool import create_pool  # noqa: E402
 
 LOCAL = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+async def save_user_columns_before(conn: Any, cols: list[list[Any]]) -> None:
+    """`repository.save_user_columns` as session 14 left it (the tags' subquery for every row)."""
+    if not cols or not cols[0]:
+        return
+    count = len(cols[0])
+    written = await conn.fetchval(
+        """
+        WITH w AS (
+          INSERT INTO users AS u (id, channel_id, rev, type, member_id, merged_into, deleted,
+                                  blocked, masked, last_seen_at, updated_at, state, name_key, tags)
+          SELECT x.id, x.channel_id, x.rev, x.type, x.member_id, x.merged_into, x.deleted,
+                 x.blocked, x.masked, x.last_seen_at, x.updated_at, x.state, x.name_key,
+                 ARRAY(SELECT json_array_elements_text(x.tags::json))
+          FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[],
+                      $6::text[], $7::bool[], $8::bool[], $9::bool[], $10::bigint[],
+                      $11::bigint[], $12::json[], $13::text[], $14::text[])
+               AS x(id, channel_id, rev, type, member_id, merged_into, deleted, blocked, masked,
+                    last_seen_at, updated_at, state, name_key, tags)
+          ON CONFLICT (id) DO UPDATE SET
+              rev = EXCLUDED.rev, type = EXCLUDED.type, member_id = EXCLUDED.member_id,
+              merged_into = EXCLUDED.merged_into, deleted = EXCLUDED.deleted,
+              blocked = EXCLUDED.blocked, masked = EXCLUDED.masked,
+              last_seen_at = EXCLUDED.last_seen_at, updated_at = EXCLUDED.updated_at,
+              state = EXCLUDED.state, name_key = EXCLUDED.name_key, tags = EXCLUDED.tags
+          WHERE u.rev = EXCLUDED.rev - 1
+          RETURNING 1)
+        SELECT count(*) FROM w
+        """,
+        *cols,
+    )
+    if written != count:
+        raise repo.Conflict(f"{count - written} of {count} users changed under this batch")
+
 
 async def update_user_columns(conn: Any, cols: list[list[Any]]) -> None:
     """The form tried instead: `save_user_columns` for users that are all stored already
@@ -76,7 +111,7 @@ async def main() -> None:
     p.add_argument("--database-url", default=os.environ.get("DATABASE_URL") or LOCAL)
     args = p.parse_args()
     pool = await create_pool(args.database_url, args.schema, min_size=1, max_size=1, migrate=False)
-    forms = {"on conflict": repo.save_user_columns, "update": update_user_columns}
+    forms = {"before": save_user_columns_before, "now": repo.save_user_columns, "update": update_user_columns}
     spent: dict[str, list[float]] = {k: [0.0, 0.0] for k in forms}
     rng = random.Random(7)
     async with pool.acquire() as conn:
@@ -107,7 +142,7 @@ async def main() -> None:
     n = args.users * args.rounds
     print(f"{n:,} user updates a form, load {os.getloadavg()[0]:.1f}")
     for name, (dp, db) in spent.items():
-        print(f"  {name:12s} service {dp * 1e6 / n:6.2f} µs, PostgreSQL {db / 1e3 / n:6.2f} µs a user")
+        print(f"  {name:8s} service {dp * 1e6 / n:6.2f} µs, PostgreSQL {db / 1e3 / n:6.2f} µs a user")
     await pool.close()
 
 
