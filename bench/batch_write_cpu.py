@@ -75,6 +75,7 @@ class Meter:
         self.pid = 0
         self.trips = 0
         self.by: dict[str, list[float]] = {}  # label -> [process s, backend ns, calls]
+        self.statements: dict[str, list[float]] = {}  # by statement (its first words), likewise
 
     def count_statements(self) -> None:
         conn_cls = asyncpg.connection.Connection
@@ -85,9 +86,19 @@ class Meter:
             def make(orig: Any, trips: int) -> Any:
                 @functools.wraps(orig)
                 async def counted(conn: Any, *args: Any, **kwargs: Any) -> Any:
-                    if self.on:
-                        self.trips += trips
-                    return await orig(conn, *args, **kwargs)
+                    if not self.on:
+                        return await orig(conn, *args, **kwargs)
+                    self.trips += trips
+                    what = args[0] if args and isinstance(args[0], str) else ""
+                    label = f"{orig.__name__}: {' '.join(what.split())[:80]}"
+                    t, b = time.process_time(), backend_ns(self.pid)
+                    try:
+                        return await orig(conn, *args, **kwargs)
+                    finally:
+                        by = self.statements.setdefault(label, [0.0, 0.0, 0.0])
+                        by[0] += time.process_time() - t
+                        by[1] += backend_ns(self.pid) - b
+                        by[2] += 1
                 return counted
 
             setattr(conn_cls, name, make(orig, trips))
@@ -192,6 +203,10 @@ async def run(args: argparse.Namespace) -> None:
             for label, (p, b, calls) in sorted(meter.by.items(), key=lambda kv: -(kv[1][0] * 1e9 + kv[1][1])):
                 if calls:
                     print(f"    {p * 1e6 / counted:6.2f} {b / 1e3 / counted:6.2f}  {int(calls):5d}  {label}")
+        if args.by_statement:
+            print("  by statement (service, PostgreSQL µs an event; calls):")
+            for label, (p, b, calls) in sorted(meter.statements.items(), key=lambda kv: -kv[1][1])[:20]:
+                print(f"    {p * 1e6 / counted:6.2f} {b / 1e3 / counted:6.2f}  {int(calls):5d}  {label}")
     finally:
         await pool.close()
         conn = await asyncpg.connect(url)
@@ -211,6 +226,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=500)
     p.add_argument("--seed", type=int, default=20260101)
     p.add_argument("--by-function", action="store_true", help="each store function's service and backend µs an event")
+    p.add_argument("--by-statement", action="store_true", help="each statement's service and backend µs an event")
     p.add_argument("--keep", action="store_true", help="keep the schema (user_update_cost.py reads it)")
     p.add_argument("--plan-mode", default="", help="experiment: SET plan_cache_mode for the whole session")
     p.add_argument("--database-url", default=os.environ.get("DATABASE_URL") or LOCAL)

@@ -191,15 +191,8 @@ async def write_effects(
 
 async def write_rest(conn: asyncpg.Connection, fx: Effects, stored_applied: frozenset[tuple[str, str]]) -> None:
     """`write_effects` after the users and their identities."""
-    await repo.save_activities(conn, fx.activities)
-    await repo.save_merges(conn, fx.merges)
-    await repo.erase_personal_data(conn, fx.erased)
-    await repo.save_grade_changes(conn, fx.grades)
-    await lookup_store.save_changes(conn, fx.lookups)
-    await lookup_store.erase(conn, fx.erased)
-    await repo.save_applied(conn, fx.applied, stored_applied)
+    await write_rest_unfinished(conn, fx, stored_applied)
     await repo.raise_clocks(conn, fx.applied, WINDOW_MS)
-    await save_command_outcomes(conn, fx)
     await repo.save_outbox(conn, fx.messages)
 
 
