@@ -181,6 +181,8 @@ async def run(args: argparse.Namespace) -> None:
                 rows["users updated"] += len(prepared.users[0]) if prepared.users else 0
                 rows["users copied"] += len(prepared.new_users)
                 rows["identity changes"] += len(prepared.identities)
+                rows["of stored users"] += sum(1 for _u, old, _n in prepared.identities if old is not None)
+                rows["losing a row"] += sum(1 for _u, old, new in prepared.identities if old is not None and old - new)
                 rows["activities"] += len(prepared.fx.activities)
                 rows["messages"] += len(prepared.fx.messages)
                 rows["merges"] += len(prepared.fx.merges)
