@@ -634,19 +634,19 @@ async def save_merges(conn: asyncpg.Connection, merges: Sequence[MergeRecord]) -
     """Record merges (G4) and re-point the sources' chats and events to the target (U4)."""
     if not merges:
         return
+    # One UPDATE matches each row once: with A merged into B and B into C in the same
+    # batch, A's chats must go to C directly, as they would across two batches (U4).
+    # The records and the re-pointing are one statement (two tables: one round trip).
+    into = {m.source_id: m.target_id for m in merges}
     await conn.execute(
-        """INSERT INTO merges (channel_id, source_id, target_id, causation_id, occurred_at, contested)
-           SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::jsonb[])""",
+        """WITH recorded AS (
+             INSERT INTO merges (channel_id, source_id, target_id, causation_id, occurred_at, contested)
+             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::jsonb[]))
+           UPDATE activities a SET user_id = x.t FROM unnest($7::text[], $8::text[]) AS x(s, t)
+            WHERE a.user_id = x.s""",
         [m.channel_id for m in merges], [m.source_id for m in merges], [m.target_id for m in merges],
         [m.causation_id for m in merges], [m.occurred_at for m in merges],
         [m.to_json()["contested"] for m in merges],
-    )
-    # One UPDATE matches each row once: with A merged into B and B into C in the same
-    # batch, A's chats must go to C directly, as they would across two batches (U4).
-    into = {m.source_id: m.target_id for m in merges}
-    await conn.execute(
-        """UPDATE activities a SET user_id = x.t FROM unnest($1::text[], $2::text[]) AS x(s, t)
-            WHERE a.user_id = x.s""",
         list(into),
         [survivor(into, s) for s in into],
     )
