@@ -308,6 +308,8 @@ async def apply_all(
         if not reader.done():
             reader.cancel()
             await asyncio.gather(reader, return_exceptions=True)
+        if keeper is not None:
+            await keeper.abandon()  # failed: its write of pending effects ends first
 
 
 async def store_offsets(pool: asyncpg.Pool, offsets: dict[Partition, int], clocks: dict[Partition, int] | None = None) -> None:

@@ -9,6 +9,7 @@ state the live projection's batch-by-batch `apply_batch` builds from the same re
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections.abc import AsyncIterator
 from typing import Any
@@ -112,7 +113,8 @@ async def _imports_log(pool: asyncpg.Pool) -> list[tuple[Any, ...]]:
 async def test_resident_rebuild_equals_batch_by_batch_apply_wherever_its_writes_fall(schemas: list[asyncpg.Pool]) -> None:
     """Flow 5, U4, G4, I17: the same records give the same users, merges, chats and
     import log whether applied as the live projection does (batches of 250, load and
-    write each) or resident with chats and eventIds written every 333 facts or only at the end."""
+    write each) or resident with chats and eventIds written every 333 facts or only at the end
+    (written beside the chunks that follow, here slowly: issue 14, session 15)."""
     live, small, whole = schemas
     records = _records()
     chunk = 250
@@ -120,9 +122,17 @@ async def test_resident_rebuild_equals_batch_by_batch_apply_wherever_its_writes_
         await apply_batch(live, TOPICS, records[i : i + chunk], now_ms=0, outbox=False)
     for pool, flush_every in ((small, 333), (whole, 10**9)):
         keeper = Resident(pool, TOPICS, flush_every=flush_every)
+        write = keeper._write_apart
+
+        async def slow_write(fx: Effects, write: Any = write) -> None:  # a slow server: writes overlap the chunks after
+            await asyncio.sleep(0.1)
+            await write(fx)
+
+        keeper._write_apart = slow_write  # type: ignore[method-assign]
         for i in range(0, len(records), chunk):
             await keeper.apply(records[i : i + chunk])
         await keeper.finish()
+        assert await _activities(pool) == await _activities(live)  # every write done once `finish` returns
 
     expected = await state_digest(live)
     assert await live.fetchval("SELECT count(*) FROM merges") > 0  # the stream does unify
@@ -242,3 +252,30 @@ async def test_a_later_merge_moves_exactly_the_chats_save_merges_would(schemas: 
     for table in ("SELECT channel_id, event_id, user_id, kind, body::text FROM activities ORDER BY 1, 2",
                   "SELECT channel_id, source_id, target_id, causation_id, occurred_at, contested::text FROM merges ORDER BY 1, 2"):
         assert [tuple(r) for r in await resident.fetch(table)] == [tuple(r) for r in await reference.fetch(table)]
+
+
+async def test_a_write_beside_the_build_refused_fails_the_build_with_nothing_left_writing(
+    schemas: list[asyncpg.Pool],
+) -> None:
+    """Flow 5 (issue 14, session 15): the pending effects are written beside the next
+    chunks, one write at a time. A write the store refuses (here an activity whose
+    eventId is there already) fails the build — at the next write or at the end — and
+    once the build has failed nothing still writes (rebuild.apply_all's `abandon`): the
+    fallback empties the schema next."""
+    live, target, _ = schemas
+    records = _records()
+    await apply_batch(live, TOPICS, records, now_ms=0, outbox=False)
+    source = await live.fetchval("SELECT current_schema()")
+    await target.execute(f'INSERT INTO activities SELECT * FROM "{source}".activities ORDER BY event_id DESC LIMIT 1')
+    keeper = Resident(target, TOPICS, flush_every=333)
+    try:
+        for i in range(0, len(records), 250):
+            await keeper.apply(records[i : i + 250])
+        await keeper.finish()
+    except asyncpg.UniqueViolationError:
+        pass
+    else:
+        raise AssertionError("the activities' COPY was not refused")
+    finally:
+        await keeper.abandon()
+    assert target.get_idle_size() == target.get_size()  # no write left running
