@@ -150,11 +150,12 @@ async def _rebuild(
     pool = await opening
     phase("rebuild: schema opened")
     switched = False
-    # The built schema's digest, read while its indexes are made (~0.3–0.7 s of the
-    # command's hashing and the server's reading, on two cores otherwise left to the
-    # index builds' sorts): it is the digest of the state switched to when nothing is
-    # caught up after the build, as nothing else writes the schema before the switch
-    # (issue 14, session 15). When something is, the switch reads the digest again.
+    # The built schema's digest, read while its indexes are made (0.4–0.7 s of the
+    # command's hashing and the server's reading, beside the index builds: on two cores
+    # both are CPU and it measured neutral, with cores to spare they overlap): it is the
+    # digest of the state switched to when nothing is caught up after the build, as
+    # nothing else writes the schema before the switch (issue 14, session 15). When
+    # something is, the switch reads the digest again, on its snapshot.
     early: list[str] = []
 
     async def built_digest() -> None:
@@ -189,8 +190,9 @@ async def _rebuild(
             await pool.close()
             phase("switch: caught up")
 
-        # The archive is dropped while the digest reads the switched state (both
-        # PostgreSQL work on their own connections: ~0.2 s of wall time less).
+        # The archive is dropped while the digest reads the switched state, when it is
+        # read there (both PostgreSQL work on their own connections: ~0.2 s of wall
+        # time less); after the switch otherwise.
         then = (lambda: drop_schema(database_url, archive)) if options.drop_archive else None
         def known() -> str | None:  # after the last catch-up, under the switch's lock
             return early[0] if early and offsets == built else None
