@@ -358,7 +358,7 @@ class Stages:
         compiled = domain.CORE == "compiled"
         if not compiled:
             self.patch_sync(facts, "_parse", "parse (orjson + pydantic)")
-        for name in ("lock_offsets", "already_applied", "load_channels", "applied_window"):
+        for name in ("lock_offsets", "already_applied", "load_channels", "applied_window", "lock_batch"):
             if hasattr(repo, name):
                 self.patch_async(repo, name, f"sql {name}")
         self.patch_async(batch_mod, "_load", "load (keys + query + User.from_json)")
@@ -368,7 +368,7 @@ class Stages:
             self.patch_sync(core, "publish", "  of which publish (diff + view)")
         self.patch_async(batch_mod, "_load_resident", "load, resident (keys + missing + query)")
         for name in ("lock_channels", "stamp_channels", "channel_clocks", "save_clocks", "forget_applied", "raise_clocks", "save_rejected",
-                     "save_offsets", "save_positions"):
+                     "save_offsets", "save_positions", "finish_batch"):
             if hasattr(repo, name):
                 self.patch_async(repo, name, f"sql {name}")
         for name in ("save_users", "save_identities", "save_activities", "save_merges",

@@ -216,11 +216,16 @@ async def _replay(env: dict[str, str], args: argparse.Namespace) -> tuple[float,
     cmd = [UNIFIER, "replay", "--rebuild", "--drop-archive", "--batch", str(args.batch)]
     if args.workers:
         cmd += ["--workers", str(args.workers)]
-    started = time.perf_counter()
+    started, t0 = time.perf_counter(), time.time()
     code, out, err = await _run(env, *cmd)
     replay_s = time.perf_counter() - started
     if code != 0:
         raise RuntimeError(f"replay failed: {err.decode()}")
+    if env.get("UNIFIER_REPLAY_PHASES"):  # the command's and its workers' phases (procs.phase), as replay_phases.py
+        pids: dict[bytes, str] = {}
+        for pid, at, cpu, name in re.findall(rb"^phase (\d+) ([\d.]+) ([\d.]+) (.*)$", err, re.M):
+            who = pids.setdefault(pid, "command" if not pids else f"worker{len(pids)}")
+            print(f"{float(at) - t0:7.3f} {float(cpu):6.3f}  {who:8} {name.decode()}", file=sys.stderr)
     rates = re.findall(rb"log read: .*?([\d,]+) records/s", err)
     build_rate = int(rates[-1].replace(b",", b"")) if rates else None
     print(f"replay: {args.events / replay_s:,.0f} events/s ({replay_s:.2f} s)", file=sys.stderr)

@@ -40,6 +40,8 @@ _LINE = re.compile(rb"^phase (\d+) ([\d.]+) ([\d.]+) (.*)$", re.M)
 async def _once(env: dict[str, str], workers: int, unifier: str = UNIFIER, extra: dict[str, str] | None = None) -> tuple[str, float]:
     env = {**env, **(extra or {})}
     cmd = [unifier, "replay", "--rebuild", "--drop-archive"]
+    if spy := os.environ.get("REPLAY_PHASES_SPY"):  # a sampling profiler's command line to run it under
+        cmd = [*spy.split(), *cmd]
     if workers:
         cmd += ["--workers", str(workers)]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -58,7 +60,7 @@ async def _once(env: dict[str, str], workers: int, unifier: str = UNIFIER, extra
         print(f"{float(at) - t0:7.3f} {float(cpu):6.3f}  {who:8} {name.decode()}", file=sys.stderr)
     used = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     print(f"{wall:7.3f}  exit; CPU of the command and its workers {used:.2f} s", file=sys.stderr)
-    return orjson.loads(out)["digest"], wall
+    return orjson.loads(next(line for line in out.splitlines() if line.startswith(b"{")))["digest"], wall
 
 
 async def main() -> int:

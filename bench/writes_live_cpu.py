@@ -33,7 +33,7 @@ from services.store import repository as repo  # noqa: E402
 WRAPPED: dict[Any, tuple[str, ...]] = {
     repo: ("load_users", "copy_new_users", "save_user_columns", "save_identities", "save_activities",
            "save_merges", "erase_personal_data", "save_grade_changes", "applied_window", "save_applied",
-           "raise_clocks", "save_outbox", "lock_offsets", "lock_channels_held", "save_positions",
+           "raise_clocks", "save_outbox", "lock_offsets", "lock_channels_held", "save_positions", "lock_batch", "finish_batch",
            "load_channels", "load_grades", "channel_tokens"),
     lookup_store: ("save_changes", "erase", "enqueue_chats"),
     outcomes: ("save", "forget_and_announce"),

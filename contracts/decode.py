@@ -32,7 +32,7 @@ from typing import Annotated, Any, Literal, Union
 import msgspec
 from msgspec import Meta
 
-from contracts.inbound import (
+from contracts.limits import (  # the limits only: pydantic's models are the door's (inbound.py)
     _MAX_INT64,
     MAX_CHAT_TEXT,
     MAX_CHUNK_ROWS,

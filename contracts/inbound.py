@@ -27,6 +27,23 @@ from pydantic import (
 )
 from pydantic_core import CoreSchema, PydanticCustomError, core_schema
 
+# The limits (the door) and InboundError live in contracts.limits, without pydantic, and
+# are this module's names too (issue 14, session 15).
+from contracts.limits import (
+    _MAX_INT64,
+    MAX_CHAT_TEXT,
+    MAX_CHUNK_BYTES,
+    MAX_CHUNK_ROWS,
+    MAX_CONTACT,
+    MAX_DEPTH,
+    MAX_ID,
+    MAX_MESSAGE_BYTES,
+    MAX_PROPERTIES_BYTES,
+    MAX_TEXT,
+    MAX_VALUE,
+    InboundError,
+)
+from contracts.limits import InboundErrorCode as InboundErrorCode
 from contracts.topics import InboundKind
 
 # --------------------------------------------------------------------------- value types
@@ -50,25 +67,6 @@ class _OneError:
         )
 
 
-_MAX_INT64 = 2**63 - 1
-
-# ------------------------------------------------------------------ limits (the door)
-# Checked before anything is stored, so that no record can make PostgreSQL, the broker
-# or the JSON encoder fail later (docs/contract.md, "Limits"; docs/decisions.md,
-# "Hostile input"). Lengths count characters, sizes count bytes.
-MAX_MESSAGE_BYTES = 64 * 1024  # a whole inbound record value
-MAX_DEPTH = 10  # objects/arrays nested in a message; the envelope is level 1
-MAX_ID = 128  # every identifier and key: eventId, veilId, memberId, chatId, profile keys…
-MAX_TEXT = 256  # names and short labels: name, device fields, language, track name…
-MAX_CONTACT = 254  # an e-mail address or mobile number as sent (RFC 5321's path limit)
-MAX_VALUE = 4096  # a profile string value, each string of a list value, an import cell
-MAX_CHAT_TEXT = 16 * 1024  # a chat message's text
-MAX_PROPERTIES_BYTES = 16 * 1024  # track.properties, serialised as JSON
-# An `import.rows` record (contract 1.3.0): many rows of one import in one record, so the
-# broker and the consumer pay per chunk, not per row (docs/decisions.md, "Issue 14,
-# session 9: import rows in chunks"). Each row keeps the limits of an `import.row`.
-MAX_CHUNK_BYTES = 256 * 1024
-MAX_CHUNK_ROWS = 1000
 
 EventId = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID)]
 ChannelId = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID)]
@@ -705,19 +703,6 @@ _ADAPTERS: dict[InboundKind, TypeAdapter[Any]] = {
 
 
 # ------------------------------------------------------------------------------- parsing
-
-InboundErrorCode = Literal["bad_json", "unknown_type", "invalid_fields", "too_large", "too_deep", "bad_text"]
-
-
-class InboundError(ValueError):
-    """Why a record cannot be applied; `code` and `message` go to the dead letter as is."""
-
-    def __init__(self, code: InboundErrorCode, message: str, raw: bytes | None = None) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code: InboundErrorCode = code
-        self.message = message
-        self.raw = raw  # a chunk's row refused alone: that row as the `import.row` it stands for
-
 
 @overload
 def parse_inbound(

@@ -13,11 +13,12 @@ An embedded broker's address is never recorded, so it is always reached in plain
 from __future__ import annotations
 
 import ssl
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiokafka.helpers import create_ssl_context
 
-from .config import Settings
+if TYPE_CHECKING:  # annotations only: a replay worker reaches the broker without the settings' pydantic
+    from .config import Settings
 
 _SECURED: dict[str, dict[str, Any]] = {}
 

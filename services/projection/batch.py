@@ -45,7 +45,7 @@ from .window import WINDOW_MS, AppliedWindow
 
 __all__ = [
     "BatchResult", "Effects", "Parsed", "apply_batch", "dead_letter_record", "parse_records", "run_facts",
-    "storable_text", "write_effects", "write_rest",
+    "storable_text", "write_effects", "write_rest", "write_rest_unfinished",
 ]
 
 _MAX_LOAD_ROUNDS = 3
@@ -190,8 +190,17 @@ async def write_effects(
 
 
 async def write_rest(conn: asyncpg.Connection, fx: Effects, stored_applied: frozenset[tuple[str, str]]) -> None:
-    """`write_effects` after the users and their identities (pipeline.py writes those
-    from arguments built before the next batch changed the same users in place)."""
+    """`write_effects` after the users and their identities."""
+    await write_rest_unfinished(conn, fx, stored_applied)
+    await repo.raise_clocks(conn, fx.applied, WINDOW_MS)
+    await repo.save_outbox(conn, fx.messages)
+
+
+async def write_rest_unfinished(conn: asyncpg.Connection, fx: Effects, stored_applied: frozenset[tuple[str, str]]) -> None:
+    """`write_rest` but its clocks and outbox, which the pipelined batch writes with its
+    offsets and chats in one statement (repository.finish_batch; pipeline.py writes the
+    users and identities before, from arguments built before the next batch changed the
+    same users in place)."""
     await repo.save_activities(conn, fx.activities)
     await repo.save_merges(conn, fx.merges)
     await repo.erase_personal_data(conn, fx.erased)
@@ -199,9 +208,7 @@ async def write_rest(conn: asyncpg.Connection, fx: Effects, stored_applied: froz
     await lookup_store.save_changes(conn, fx.lookups)
     await lookup_store.erase(conn, fx.erased)
     await repo.save_applied(conn, fx.applied, stored_applied)
-    await repo.raise_clocks(conn, fx.applied, WINDOW_MS)
     await save_command_outcomes(conn, fx)
-    await repo.save_outbox(conn, fx.messages)
 
 
 async def save_command_outcomes(conn: asyncpg.Connection, fx: Effects, *, announce: bool = True) -> None:

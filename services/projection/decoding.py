@@ -13,7 +13,7 @@ it accepts nothing pydantic refuses, with equal values, on both cores.
 
 from __future__ import annotations
 
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
 import orjson
@@ -32,7 +32,7 @@ from contracts.decode import (
     UpsertMember,
     _Message,
 )
-from contracts.inbound import (
+from contracts.limits import (
     _MAX_INT64,
     MAX_CHUNK_BYTES,
     MAX_DEPTH,
@@ -41,11 +41,11 @@ from contracts.inbound import (
     MAX_PROPERTIES_BYTES,
     MAX_VALUE,
     InboundError,
-    InboundMessage,
-    parse_import_rows,
-    parse_inbound,
 )
 from contracts.topics import InboundKind
+
+if TYPE_CHECKING:
+    from contracts.inbound import InboundMessage
 
 # The door's limits as this module's constants (compiled: read as C globals, not looked
 # up in contracts.inbound's namespace per use).
@@ -76,16 +76,33 @@ def decode_inbound(topic_kind: InboundKind, raw: bytes) -> InboundMessage | _Mes
     if decoder is None or len(raw) > _MAX_MESSAGE_BYTES or (
         _BACKSLASH in raw and (b"\\u0000" in raw or b"\\ud" in raw or b"\\uD" in raw)
     ):
-        return parse_inbound(topic_kind, raw)
+        return _door(topic_kind, raw)
     try:
         # Typed as the structs' base: compiled, one type check here rather than one per
         # member of the returned union.
         msg: _Message = decoder.decode(raw)
     except msgspec.DecodeError:  # bad JSON, a wrong field, an unknown type: the door words it
-        return parse_inbound(topic_kind, raw)
+        return _door(topic_kind, raw)
     if not _rules_ok(msg, raw):
-        return parse_inbound(topic_kind, raw)
+        return _door(topic_kind, raw)
     return msg
+
+
+def _door(topic_kind: InboundKind, raw: bytes) -> InboundMessage:
+    """`parse_inbound`: the door's pydantic models, imported the first time a record
+    needs them (`contracts.inbound` and pydantic are ~0.1 s of an interpreter's start,
+    which a replay worker whose records all take the fast path never needs: issue 14,
+    session 15). Its answer or its refusal, as before."""
+    from contracts.inbound import parse_inbound
+
+    return parse_inbound(topic_kind, raw)
+
+
+def _door_rows(raw: bytes) -> list[Any] | None:
+    """`parse_import_rows`, imported on first use as `_door`."""
+    from contracts.inbound import parse_import_rows
+
+    return parse_import_rows(raw)
 
 
 def decode_import_rows(raw: bytes) -> list[ImportRow | InboundError] | list[Any] | None:
@@ -94,11 +111,11 @@ def decode_import_rows(raw: bytes) -> list[ImportRow | InboundError] | list[Any]
     contracts/decode.py's docstring: whatever it does not accept plainly goes to
     `parse_import_rows`, which words it)."""
     if len(raw) > _MAX_CHUNK_BYTES or (_BACKSLASH in raw and (b"\\u0000" in raw or b"\\ud" in raw or b"\\uD" in raw)):
-        return parse_import_rows(raw)
+        return _door_rows(raw)
     try:
         chunk = _CHUNK_DECODER.decode(raw)
     except msgspec.DecodeError:
-        return parse_import_rows(raw)
+        return _door_rows(raw)
     import_id, channel_id, at = chunk.importId, chunk.channelId, chunk.occurredAt
     rows = chunk.rows
     # A row's eventId ("{importId}:{rowNumber}") must be an eventId; a cell too long fails
@@ -106,11 +123,11 @@ def decode_import_rows(raw: bytes) -> list[ImportRow | InboundError] | list[Any]
     if len(import_id) + 1 + _ROW_DIGITS > _MAX_ID and any(
         len(import_id) + 1 + len(str(r.rowNumber)) > _MAX_ID for r in rows
     ):
-        return parse_import_rows(raw)
+        return _door_rows(raw)
     for r in rows:
         for cell in r.cells.values():
             if len(cell) > _MAX_VALUE:
-                return parse_import_rows(raw)
+                return _door_rows(raw)
     prefix = import_id + ":"
     return [
         ImportRow(eventId=prefix + str(r.rowNumber), channelId=channel_id, occurredAt=at, importId=import_id,

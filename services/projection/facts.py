@@ -17,7 +17,7 @@ from typing import Any, Final
 
 import orjson
 
-from contracts.inbound import MAX_MESSAGE_BYTES, InboundError
+from contracts.limits import MAX_MESSAGE_BYTES, InboundError
 from contracts.topics import InboundKind, Topics
 from services.domain import core
 from services.domain.channel import ChannelSettings

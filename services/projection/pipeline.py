@@ -43,7 +43,6 @@ from services.domain.imports import ImportBook
 from services.domain.user import User
 from services.platform.gc_tuning import paused as gc_paused
 from services.store import import_log
-from services.store import lookups as lookup_store
 from services.store import repository as repo
 
 from .batch import (
@@ -55,11 +54,11 @@ from .batch import (
     add_keys,
     parse_records,
     run_facts,
-    write_rest,
+    write_rest_unfinished,
 )
 from .records import Partition, Record, clocks_after, ends_after
 from .resident import ResidentUsers
-from .window import AppliedWindow
+from .window import WINDOW_MS, AppliedWindow
 
 log = logging.getLogger("unifier.projection")
 
@@ -362,11 +361,11 @@ class Pipeline:
         after checking that the store is where the batch was prepared to follow."""
         partitions = sorted(p.ends)
         async with self.pool.acquire() as conn, conn.transaction():
-            stored = await repo.lock_offsets(conn, partitions)
+            # The inbox fence and the channel fence in one round trip (repo.lock_batch).
+            stored, tokens, own = await repo.lock_batch(conn, partitions, p.channels)
             for r in p.records:
                 if r.offset < stored[(r.topic, r.partition)]:
                     raise Diverged(f"{r.topic}/{r.partition} is stored at {stored[(r.topic, r.partition)]}, past {r.offset}")
-            tokens, own = await repo.lock_channels_held(conn, p.channels)
             known = self.resident.tokens  # ours, as of the last commit (N's included)
             for c, token in tokens.items():
                 if c in known:
@@ -381,13 +380,16 @@ class Pipeline:
                 await repo.copy_new_users(conn, p.new_users)
             await repo.save_user_columns(conn, p.users)
             await repo.save_identities(conn, p.identities)
-            await write_rest(conn, p.fx, p.stored_applied)
-            if self.outbox:
-                await lookup_store.enqueue_chats(conn, p.fx.activities)
+            await write_rest_unfinished(conn, p.fx, p.stored_applied)
             if p.book is not None:
                 await import_log.save(conn, p.book)
             p.result.next_offsets = {k: max(v, stored[k]) for k, v in p.ends.items()}
-            stamped = await repo.save_positions(conn, p.result.next_offsets, p.clocks, p.stamp)
+            # write_rest's clocks and outbox, the chats' lookups and the positions: one
+            # statement (issue 14, session 15).
+            stamped = await repo.finish_batch(
+                conn, p.fx.applied, WINDOW_MS, p.fx.messages, p.fx.activities if self.outbox else (),
+                p.result.next_offsets, p.clocks, p.stamp,
+            )
         return Written({**tokens, **stamped}, time.perf_counter() - p.started)
 
 

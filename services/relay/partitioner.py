@@ -54,3 +54,29 @@ def murmur2(data: bytes) -> int:
 def partition_of(key: bytes, partitions: list[int]) -> int:
     """The default partitioner's choice for `key` among the sorted `partitions`."""
     return partitions[(murmur2(key) & 0x7FFFFFFF) % len(partitions)]
+
+
+def keyed(
+    keys: list[str], partitions: list[int], memo: dict[tuple[bytes, int], int], remembered: int,
+) -> tuple[list[bytes], list[int]]:
+    """Each text key encoded (UTF-8) and its partition, as `partition_of` chooses it,
+    through `memo` ((key, partition count) -> partition), which is emptied when it
+    holds `remembered` keys: the relay's per-message steps for a row's messages, in one
+    compiled call (every `created` of an import has a key never seen; issue 14,
+    session 15). tests/unit/test_relay_partition.py holds it equal to the default
+    partitioner."""
+    n = len(partitions)
+    encoded: list[bytes] = []
+    chosen: list[int] = []
+    for text in keys:
+        key = text.encode()
+        mk = (key, n)
+        partition = memo.get(mk)
+        if partition is None:
+            if len(memo) >= remembered:
+                memo.clear()
+            partition = partitions[(murmur2(key) & 0x7FFFFFFF) % n]
+            memo[mk] = partition
+        encoded.append(key)
+        chosen.append(partition)
+    return encoded, chosen

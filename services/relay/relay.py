@@ -47,7 +47,7 @@ from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
 from services.platform import metrics
 from services.platform.kafka import client_options
-from services.relay.partitioner import partition_of
+from services.relay.partitioner import keyed, partition_of
 from services.store.pool import DATABASE_UNAVAILABLE
 
 log = logging.getLogger("unifier.relay")
@@ -288,11 +288,12 @@ class Relay:
         (aiokafka's C `DefaultRecordBatchBuilder.append`, what `BatchBuilder.append` calls
         after its Python checks), with one timestamp a round. What each batch holds is
         said by position: the partition's messages `first` to `first + count` of this
-        round, in order (`_batch_messages`)."""
+        round, in order (`_batch_messages`). A row's keys are encoded and given their
+        partitions by one compiled call (`partitioner.keyed`), not step by step here."""
         futures: list[_Sent] = []
         batches: dict[str, dict[int, list[Any]]] = {}  # topic -> partition -> [batch, append, count, first]
         partitions_of = self._round_partitions = {}  # the producer's metadata, as of this call
-        memo = self._partitions_of_key  # `_partition`'s, looked up here first
+        memo = self._partitions_of_key  # `_partition`'s memo, which `keyed` shares
         timestamp = int(time.time() * 1000)
         for ri, r in enumerate(rows):
             topic = r[1]
@@ -315,13 +316,9 @@ class Relay:
             if partitions is None:
                 partitions = partitions_of[topic] = sorted(await self.producer.partitions_for(topic))
                 batches[topic] = {}
-            n = len(partitions)
             open_of = batches[topic]
-            for text_key, value in zip(keys, values, strict=True):
-                key = text_key.encode()
-                partition = memo.get((key, n))
-                if partition is None:
-                    partition = self._partition(key, partitions)
+            encoded, chosen = keyed(keys, partitions, memo, _KEYS_REMEMBERED)
+            for key, value, partition in zip(encoded, values, chosen, strict=True):
                 open_ = open_of.get(partition)
                 if open_ is None:
                     batch = self.producer.create_batch()

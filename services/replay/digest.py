@@ -18,6 +18,7 @@ from typing import Any
 
 import asyncpg
 import orjson
+from asyncpg.transaction import Transaction
 
 from services.domain.user import STATE_START
 from services.store.pool import borrow
@@ -29,6 +30,41 @@ _CANONICAL = STATE_START.encode()
 async def state_digest(conn: asyncpg.Connection | asyncpg.Pool) -> str:
     async with borrow(conn) as c, c.transaction(isolation="repeatable_read", readonly=True):
         return await digest_in_transaction(c)
+
+
+async def schema_digest(database_url: str, schema: str) -> str:
+    """The digest of `schema` as one snapshot sees it, the users hashed on one connection
+    while a second, on the same snapshot (`share`), reads the other tables, as the
+    switch does. A rebuild takes it of its built schema while the indexes are made, and
+    prints it when nothing was caught up after (replay._rebuild)."""
+    c = await asyncpg.connect(database_url, server_settings={"search_path": schema})
+    try:
+        other = await asyncpg.connect(database_url, server_settings={"search_path": schema})
+        try:
+            async with c.transaction(isolation="repeatable_read", readonly=True):
+                beside = await share(other, await c.fetchval("SELECT pg_export_snapshot()"))
+                digest = await digest_in_transaction(c, other if beside is not None else None)
+                if beside is not None:
+                    await beside.commit()
+                return digest
+        finally:
+            await other.close()
+    finally:
+        await c.close()
+
+
+async def share(other: asyncpg.Connection, shared: str) -> Transaction | None:
+    """A transaction on `other` seeing the exported snapshot `shared`, for the digest's
+    second reader; None where the server refuses to import it (the digest then reads
+    everything on the snapshot's own connection, as before)."""
+    beside = other.transaction(isolation="repeatable_read", readonly=True)
+    await beside.start()
+    try:
+        await other.execute(f"SET TRANSACTION SNAPSHOT '{shared}'")
+    except asyncpg.PostgresError:
+        await beside.rollback()
+        return None
+    return beside
 
 
 async def digest_in_transaction(c: asyncpg.Connection, other: asyncpg.Connection | None = None) -> str:

@@ -16,7 +16,7 @@ import gc
 import logging
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TextIO
 
@@ -125,6 +125,7 @@ async def build(
     pool: asyncpg.Pool, bootstrap: str, topics: Topics, *, batch: int, quiet_s: float, tally: Tally,
     workers: int = 1, database_url: str | None = None, schema: str | None = None, memory_budget: int | None = None,
     started: list[asyncio.subprocess.Process] | None = None, stops: dict[Partition, int] | None = None,
+    beside_restore: Callable[[], Awaitable[None]] | None = None,
 ) -> dict[Partition, int]:
     """Apply the whole retained log to the (fresh) schema of `pool`; the end offsets
     consumed per partition (every inbound partition, 0 for an empty one). With
@@ -134,7 +135,9 @@ async def build(
     the `workers` - 1 worker processes, spawned by the caller (`shards.spawn`) as early
     as it could; they are reaped here. `stops`: the log's end, already probed by the
     caller (`replay.check_log_holds`): the build reads up to it, without a probe of its own.
-    The tables written once at the end get their secondary indexes after (`indexes.py`)."""
+    The tables written once at the end get their secondary indexes after (`indexes.py`);
+    `beside_restore()` runs while they are made, once the resident build succeeded
+    (every row is written: a rebuild reads its digest then, replay._rebuild)."""
     deferred = await indexes.defer(pool)
     phase("build: indexes dropped")
     if workers > 1:
@@ -189,7 +192,16 @@ async def build(
             stops = reader.next_offsets if failed is None else reader.stops
             clocks = reader.next_clocks
     phase("build: shards done")
-    await indexes.restore(pool, deferred)  # before anything reads the schema, the fallback included
+    # Before anything reads the schema through them, the fallback included.
+    if failed is None and beside_restore is not None:
+        # Both run to their end before a failure is raised: nothing still reads or
+        # writes the schema when the caller drops it.
+        done = await asyncio.gather(indexes.restore(pool, deferred), beside_restore(), return_exceptions=True)
+        for outcome in done:
+            if isinstance(outcome, BaseException):
+                raise outcome
+    else:
+        await indexes.restore(pool, deferred)
     if failed is not None:
         clocks = await _batch_by_batch(pool, bootstrap, topics, stops, batch=batch, tally=tally, failed=failed)
     phase("build: indexes restored")
@@ -296,6 +308,8 @@ async def apply_all(
         if not reader.done():
             reader.cancel()
             await asyncio.gather(reader, return_exceptions=True)
+        if keeper is not None:
+            await keeper.abandon()  # failed: its write of pending effects ends first
 
 
 async def store_offsets(pool: asyncpg.Pool, offsets: dict[Partition, int], clocks: dict[Partition, int] | None = None) -> None:

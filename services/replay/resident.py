@@ -52,7 +52,7 @@ from .procs import phase
 
 DEFAULT_FLUSH_EVERY = 50_000
 
-FINISH_CONNECTIONS = 3
+FINISH_CONNECTIONS = 4
 """`Resident.finish` writes on up to this many connections at once (its pool's size:
 with fewer, the parts wait for one another)."""
 
@@ -108,6 +108,10 @@ class Resident:
         self._pending = Effects()
         self._mu: dict[str, MuBudget] = {}  # I17: each MU-limited channel's count, kept current by the core
         self.outcomes = HeldOutcomes()  # command_outcomes, written once by `finish`
+        # The user ids of the activities written so far (every row's `user_id` is one):
+        # the only ones a later merge may have to re-point in the table (`_save_merges`).
+        self._written: set[str] = set()
+        self._writing: asyncio.Future[None] | None = None  # the last write of pending effects, beside the build
 
     async def apply(self, records: list[Record]) -> BatchResult:
         parsed = parse_records(self.topics, records)
@@ -125,8 +129,15 @@ class Resident:
             if imports is not None:
                 async with conn.transaction():
                     await import_log.save(conn, imports)
-            if len(self._pending.applied) >= self.flush_every:
-                await self._write_pending(conn)
+        if len(self._pending.applied) >= self.flush_every:
+            # Written beside the next chunks, on a connection of its own: the core goes
+            # on while the server takes the rows in (0.2–0.4 s a write of 50,000 facts
+            # that the build waited for, issue 14 session 15). Nothing the build reads
+            # is written there (activities, merges, erasures, grades of channels already
+            # loaded, lookups); one write at a time, in order: a write re-points the
+            # activities of those before it (U4).
+            await self._wait_written()
+            self._writing = asyncio.ensure_future(self._write_apart(self._take_pending()))
         # Users are written at the end from the directory, not from `changed`.
         self.directory.settle()
         # The users held here are long-lived and (nearly) free of reference cycles, yet
@@ -141,28 +152,34 @@ class Resident:
         return result
 
     async def finish(self) -> None:
-        """Write what is pending and every user with its identities: three parts that
-        touch different tables (the pending effects never read or write `users` or
-        `identities`: activities, merges, grades, lookups), each in its own transaction
-        on its own connection, at once. One after the other on one connection, the
-        server's COPYs and the users' rows made here took turns; at once, the rows of
-        one are made while the server takes in another's (issue 14, session 14). The
-        schema is the build's own and is never switched to before the build ends: a
-        part that fails fails the build (its fallback empties every table first), the
-        others' commits change nothing."""
+        """Write what is pending and every user with its identities: four parts that
+        touch different tables (the pending effects never read or write `users`,
+        `identities`, `applied_events` or `command_outcomes`: activities, merges,
+        grades, lookups), each in its own transaction on its own connection, at once.
+        One after the other on one connection, the server's COPYs and the rows made here
+        took turns; at once, the rows of one are made while the server takes in
+        another's (issue 14, sessions 14 and 15). The schema is the build's own and is
+        never switched to before the build ends: a part that fails fails the build (its
+        fallback empties every table first), the others' commits change nothing."""
         # In id order: the rows land in the heap in the order the digest reads them
         # (by the primary key, replay/digest.py), which then reads pages in turn rather
         # than one page per user (issue 14, session 12).
         users = sorted(self.directory.users(), key=_by_id)
+        fx = self._take_pending()  # its outcomes join those held, written below
+        # The eventIds the live projection would still hold: the window of each channel.
+        self.seen.forget_expired()
 
         async def pending() -> None:
+            await self._wait_written()
+            async with self.pool.acquire() as conn:
+                await self._write_effects(conn, fx)
+                phase("finish: pending written")
+
+        async def applied() -> None:
             async with self.pool.acquire() as conn, conn.transaction():
-                await self._write_pending(conn)
-                # The eventIds the live projection would still hold: the window of each channel.
-                self.seen.forget_expired()
                 await bulk.copy_applied(conn, [(c, e, t) for (c, e), t in self.seen.at.items()], self.seen.clocks)
                 await self.outcomes.copy(conn)
-                phase("finish: pending, applied, outcomes written")
+                phase("finish: applied, outcomes written")
 
         async def user_rows() -> None:
             async with self.pool.acquire() as conn, conn.transaction():
@@ -171,31 +188,98 @@ class Resident:
 
         async def identity_rows() -> None:
             # The directory's index holds every user's identities as of the last chunk
-            # (settled): no need to derive them again from each user.
+            # (settled): no need to derive them again from each user. The rows go in the
+            # primary key's order (channel, kind, value, user; identities_one_owner's is
+            # its prefix): each entry of the two unique indexes then lands at the right
+            # end of its btree instead of anywhere in it. 65,000 rows: the server's CPU
+            # 0.25 → 0.14 s, the COPY's wall 0.52 → 0.30 s, for ~0.05 s of sorting here
+            # (bench/replay_identity_order.py; issue 14, session 15).
             known = self.directory.loaded_identities
+            rows = sorted([(u.channel_id, kind, value, u.id, q)
+                           for u in users if (ids := known(u.id) or identities(u)) for kind, value, q in ids])
             async with self.pool.acquire() as conn, conn.transaction():
-                await bulk.copy_identities(conn, [(u, ids) for u in users if (ids := known(u.id) or identities(u))])
+                await conn.copy_records_to_table("identities", records=rows, columns=_IDENTITY_COLUMNS)
                 phase("finish: identities written")
 
         # Every part runs to its end before a failure is raised: none is left writing
         # while the caller empties the schema or closes the pool.
-        done = await asyncio.gather(pending(), user_rows(), identity_rows(), return_exceptions=True)
+        done = await asyncio.gather(pending(), applied(), user_rows(), identity_rows(), return_exceptions=True)
         for outcome in done:
             if isinstance(outcome, BaseException):
                 raise outcome
         gc.unfreeze()
 
-    async def _write_pending(self, conn: asyncpg.Connection) -> None:
+    async def abandon(self) -> None:
+        """The build failed: wait for a write still running beside it (its outcome no
+        longer matters), so that nothing writes while the caller empties the schema or
+        closes the pool."""
+        task, self._writing = self._writing, None
+        if task is not None:
+            await asyncio.gather(task, return_exceptions=True)
+
+    async def _wait_written(self) -> None:
+        """Wait for the write running beside the build; raise its failure (the build's)."""
+        task, self._writing = self._writing, None
+        if task is not None:
+            await task
+
+    async def _write_apart(self, fx: Effects) -> None:
+        async with self.pool.acquire() as conn:
+            await self._write_effects(conn, fx)
+
+    def _take_pending(self) -> Effects:
+        """The effects pending since the last write; their command outcomes join those
+        held (no one waits on a rebuild's commands: nothing to announce)."""
         fx, self._pending = self._pending, Effects()
         self.seen.forget_expired()  # memory bounded by the window, not the log
+        self.outcomes.save(fx.outcomes)
+        return fx
+
+    async def _write_effects(self, conn: asyncpg.Connection, fx: Effects) -> None:
         async with conn.transaction():
-            await bulk.copy_activities(conn, _repointed(fx.activities, fx.merges))
-            await repo.save_merges(conn, fx.merges)  # re-points chats written by earlier flushes (U4)
+            acts = _repointed(fx.activities, fx.merges)
+            await bulk.copy_activities(conn, acts)
+            await _save_merges(conn, fx.merges, self._written)  # re-points chats written by earlier writes (U4)
+            self._written.update([a.user_id for a in acts])
             await repo.erase_personal_data(conn, fx.erased)
             await repo.save_grade_changes(conn, fx.grades)
             await lookup_store.save_changes(conn, fx.lookups)
             await lookup_store.erase(conn, fx.erased)
-        self.outcomes.save(fx.outcomes)  # no one waits on a rebuild's commands: nothing to announce
+
+
+_IDENTITY_COLUMNS = ("channel_id", "kind", "value", "user_id", "qualified")  # bulk.copy_identities' rows
+_MERGE_COLUMNS = ("channel_id", "source_id", "target_id", "causation_id", "occurred_at", "contested")
+
+
+async def _save_merges(conn: asyncpg.Connection, merges: list[MergeRecord], written: set[str]) -> None:
+    """`repository.save_merges` for a build: record the merges (G4), by COPY, and
+    re-point to each source's survivor (U4) the activities already in the table, which
+    only a user in `written` (the user ids of every activity written so far) can have.
+    `save_merges` matched every merge's source against the whole table, at every write:
+    a sort of all the activities written so far that found nothing to move nearly every
+    time (0–5 rows of ~50,000, 80–110 ms of the server's time at a 200,000-event
+    build's last write, measured, issue 14 session 15): a build's activities are held
+    until the next write, and `_repointed` re-points those before they are written.
+    The same rows move, to the same users; `written` gains the survivors."""
+    if not merges:
+        return
+    await conn.copy_records_to_table(
+        "merges", columns=_MERGE_COLUMNS,
+        records=[(m.channel_id, m.source_id, m.target_id, m.causation_id, m.occurred_at, m.to_json()["contested"])
+                 for m in merges],
+    )
+    into = {m.source_id: m.target_id for m in merges}
+    moved = [s for s in into if s in written]
+    if moved:
+        # One UPDATE matches each row once: with A merged into B and B into C in the same
+        # write, A's chats go to C directly, as across two writes (as save_merges does).
+        targets = [survivor(into, s) for s in moved]
+        await conn.execute(
+            """UPDATE activities a SET user_id = x.t FROM unnest($1::text[], $2::text[]) AS x(s, t)
+                WHERE a.user_id = x.s""",
+            moved, targets,
+        )
+        written.update(targets)
 
 
 _by_id = attrgetter("id")

@@ -43,6 +43,7 @@ import asyncpg
 import orjson
 
 from contracts.topics import Topics
+from services.platform.kafka import client_options
 from services.projection.records import Record
 from services.store import pool as store_pool
 
@@ -67,6 +68,9 @@ class _Job:
     by: str  # "partition" | "channel"
     partitions: list[int]  # by partition: the partition numbers this worker reads
     memory_budget: int | None = None  # bytes, this worker's share (resident.OverBudget)
+    # Whether the broker is reached with TLS/SASL (kafka.use): only then does a worker
+    # read the settings (pydantic_settings, ~0.1 s of its start) to set them up.
+    secured: bool = True
 
 
 class ShardOverlap(RuntimeError):
@@ -93,9 +97,10 @@ async def build_sharded(
     workers = len(procs) + 1
     stop_list = [(t, p, n) for (t, p), n in sorted(stops.items())]
     shares = share_partitions(stops, workers)
+    secured = client_options(bootstrap) != {"bootstrap_servers": bootstrap}
     jobs = [
         _Job(i, workers, database_url, bootstrap, topics.prefix, schema, stop_list, batch, by, shares[i],
-             None if memory_budget is None else memory_budget // workers)
+             None if memory_budget is None else memory_budget // workers, secured)
         for i in range(workers)
     ]
 
@@ -256,12 +261,14 @@ if __name__ == "__main__":  # a worker: python -m services.replay.shards, its jo
     if not _line:
         sys.exit(1)  # the parent gave up before handing out the jobs
     from services.platform import gc_tuning, kafka
-    from services.platform.config import Settings
 
     gc_tuning.tune()
-    kafka.use(Settings.from_env())  # the configured broker's TLS/SASL, as in the parent
-    phase("worker: job read")
     _raw = orjson.loads(_line)
+    if _raw.get("secured", True):
+        from services.platform.config import Settings
+
+        kafka.use(Settings.from_env())  # the configured broker's TLS/SASL, as in the parent
+    phase("worker: job read")
     _raw["stops"] = [tuple(x) for x in _raw["stops"]]
     _kept: list[Resident] = []
     try:

@@ -34,7 +34,10 @@ unless it is dropped.
 The digest is taken on a second connection whose REPEATABLE READ snapshot is opened
 after the catch-up and before the commit: it sees exactly the rebuilt state the live
 service continues from, without holding the lock while it reads every user. A third
-connection imports that snapshot and reads the digest's other tables meanwhile.
+connection imports that snapshot and reads the digest's other tables meanwhile. A
+rebuild that caught up nothing after its build has the digest already (taken of the
+built schema while its indexes were made, replay._rebuild): the state switched to is
+that one, and the switch returns it without reading it again.
 """
 
 from __future__ import annotations
@@ -43,9 +46,8 @@ import asyncio
 from collections.abc import Awaitable, Callable
 
 import asyncpg
-from asyncpg.transaction import Transaction
 
-from .digest import digest_in_transaction
+from .digest import digest_in_transaction, share
 from .log import Partition
 from .rebuild import stored_offsets
 
@@ -58,11 +60,14 @@ CatchUp = Callable[[asyncpg.Connection, dict[Partition, int]], Awaitable[None]]
 
 async def switch(
     database_url: str, live: str, rebuilt: str, archive: str, catch_up: CatchUp, *, lock_timeout_s: float = 60.0,
-    then: Callable[[], Awaitable[None]] | None = None,
+    then: Callable[[], Awaitable[None]] | None = None, known: Callable[[], str | None] | None = None,
 ) -> str:
     """Swap `rebuilt` in as `live` (renaming `live` to `archive`); the digest of the
     state switched to. `catch_up(conn, live_offsets)` runs under the lock; `then()`
-    (e.g. dropping the archive) after the switch committed, beside the digest."""
+    (e.g. dropping the archive) after the switch committed, beside the digest.
+    `known()`, asked after the catch-up: the digest of the state switched to when the
+    caller has it already (a rebuild that caught up nothing took it while its indexes
+    were made), else None: then it is read here, on the snapshot of the switch."""
     conn = await asyncpg.connect(database_url)
     snap = await asyncpg.connect(database_url, server_settings={"search_path": live})
     other = await asyncpg.connect(database_url, server_settings={"search_path": live})  # the digest's other tables
@@ -74,6 +79,7 @@ async def switch(
             locked = ", ".join(f'"{live}".{t}' for t in ("inbox_offsets", "outbox", *operational))
             await conn.execute(f"LOCK TABLE {locked} IN ACCESS EXCLUSIVE MODE")
             await catch_up(conn, await stored_offsets(conn, live))
+            digest = known() if known is not None else None
             for table in operational:
                 if table != "channels":  # copied by catch_up, before it applies anything
                     await conn.execute(f'DELETE FROM "{rebuilt}".{table}')
@@ -87,38 +93,29 @@ async def switch(
                 f"""SELECT setval('"{rebuilt}".outbox_id_seq',
                        GREATEST((SELECT last_value FROM "{live}".outbox_id_seq), 1))"""
             )
-            await snapshot.start()
-            # The snapshot is taken at the first statement, and exported for the digest's
-            # second reader (`_share`).
-            shared = await snap.fetchval("SELECT pg_export_snapshot()")
+            if digest is None:
+                await snapshot.start()
+                # The snapshot is taken at the first statement, and exported for the
+                # digest's second reader (`digest.share`).
+                shared = await snap.fetchval("SELECT pg_export_snapshot()")
             await conn.execute(f'ALTER SCHEMA "{live}" RENAME TO "{archive}"')
             await conn.execute(f'ALTER SCHEMA "{rebuilt}" RENAME TO "{live}"')
-        beside = await _share(other, shared)
-        digest, _ = await asyncio.gather(
+        if digest is not None:
+            if then is not None:
+                await then()
+            return digest
+        beside = await share(other, shared)
+        read, _ = await asyncio.gather(
             digest_in_transaction(snap, other if beside is not None else None), then() if then is not None else _nothing(),
         )
         if beside is not None:
             await beside.commit()
         await snapshot.commit()
-        return digest
+        return read
     finally:
         await other.close()
         await snap.close()
         await conn.close()
-
-
-async def _share(other: asyncpg.Connection, shared: str) -> Transaction | None:
-    """A transaction on `other` seeing the exported snapshot `shared`, for the digest's
-    second reader; None where the server refuses to import it (the digest then reads
-    everything on the snapshot's own connection, as before)."""
-    beside = other.transaction(isolation="repeatable_read", readonly=True)
-    await beside.start()
-    try:
-        await other.execute(f"SET TRANSACTION SNAPSHOT '{shared}'")
-    except asyncpg.PostgresError:
-        await beside.rollback()
-        return None
-    return beside
 
 
 async def _nothing() -> None:

@@ -132,12 +132,12 @@ async def raise_clocks(conn: asyncpg.Connection, applied: Sequence[tuple[str, st
     # of the key with its hashtext in the high half (applied_key).
     sweep = [r for r in due if r[2]]
     if sweep:
-        await conn.execute(
-            """DELETE FROM applied_events a USING unnest($1::text[], $2::bigint[]) AS k(c, clock)
-                WHERE a.k BETWEEN hashtext(k.c)::bigint << 32 AND (hashtext(k.c)::bigint << 32) | 4294967295
-                  AND a.channel_id = k.c AND a.at < k.clock - $3::bigint""",
-            [r[0] for r in sweep], [r[1] for r in sweep], window_ms,
-        )
+        await conn.execute(_SWEEP, [r[0] for r in sweep], [r[1] for r in sweep], window_ms)
+
+
+_SWEEP = """DELETE FROM applied_events a USING unnest($1::text[], $2::bigint[]) AS k(c, clock)
+             WHERE a.k BETWEEN hashtext(k.c)::bigint << 32 AND (hashtext(k.c)::bigint << 32) | 4294967295
+               AND a.channel_id = k.c AND a.at < k.clock - $3::bigint"""
 
 
 async def sweep_applied(conn: asyncpg.Connection | asyncpg.Pool, window_ms: int) -> int:
@@ -212,6 +212,46 @@ _ADD_CHANNELS = """INSERT INTO channel_writers (channel_id, token)
                ON CONFLICT DO NOTHING"""
 
 
+async def lock_batch(
+    conn: asyncpg.Connection, partitions: Sequence[tuple[str, int]], channel_ids: Iterable[str],
+) -> tuple[dict[tuple[str, int], int], dict[str, int], int | None]:
+    """`lock_offsets` then `lock_channels_held`, in one round trip once every partition
+    and channel has its row (every batch of a running projection but the first ones): the
+    pipelined batch's first statement (projection/pipeline.py `_write`; issue 14, session
+    15). The same rows are locked in the same order (the offsets, then the channels in
+    channel order); the channels only when every partition's row was found, so that a
+    partition's first batch goes the two functions' way (insert the missing rows, read all
+    again) as before, and a channel's first batch `lock_channels_held`'s way."""
+    pairs = sorted(set(partitions))
+    wanted = sorted(set(channel_ids))
+    rows = await conn.fetch(_LOCK_BATCH, [p[0] for p in pairs], [p[1] for p in pairs], wanted, len(pairs))
+    offsets = {(r[1], r[2]): r[3] for r in rows if r[0]}
+    if len(offsets) < len(pairs):  # nothing of the channels was locked
+        return await lock_offsets(conn, partitions), *await lock_channels_held(conn, wanted)
+    tokens = {r[1]: r[2] for r in rows if not r[0]}
+    if len(tokens) < len(wanted):  # the rows found are locked: lock_channels_held adds the others
+        return offsets, *await lock_channels_held(conn, wanted)
+    own = next((r[3] for r in rows if not r[0]), None)
+    return offsets, tokens, own
+
+
+# `o` is read by `c` (so evaluated first): the channels are locked only when every
+# partition's row was.
+_LOCK_BATCH = """WITH o AS (
+                 SELECT o.topic, o.partition, o.next_offset FROM inbox_offsets o
+                   JOIN unnest($1::text[], $2::int[]) AS x(t, p) ON o.topic = x.t AND o.partition = x.p
+                  ORDER BY o.topic, o.partition
+                    FOR UPDATE OF o),
+             c AS (
+                 SELECT channel_id, token FROM channel_writers
+                  WHERE channel_id = ANY($3::text[]) AND (SELECT count(*) FROM o) = $4::int
+                  ORDER BY channel_id
+                    FOR UPDATE)
+           SELECT true, topic, partition::bigint, next_offset FROM o
+           UNION ALL
+           SELECT false, channel_id, token, pg_current_xact_id()::text::bigint FROM c"""
+
+
 async def channel_tokens(conn: asyncpg.Connection, channel_ids: Iterable[str]) -> dict[str, int]:
     """The channels' writer tokens as committed now, without a lock (a channel without a
     row is absent): what a pipelined batch read its users under (projection/pipeline.py)."""
@@ -274,6 +314,86 @@ async def save_positions(
     return {r[0]: r[1] for r in rows}
 
 
+async def finish_batch(
+    conn: asyncpg.Connection, applied: Sequence[tuple[str, str, int]], window_ms: int,
+    messages: Sequence[tuple[str, str | None, bytes | None]], chats: Sequence[Activity],
+    offsets: dict[tuple[str, int], int], clocks: dict[tuple[str, int], int], stamp: Iterable[str] = (),
+) -> dict[str, int]:
+    """A pipelined batch's last statements in one round trip (issue 14, session 15): what
+    `raise_clocks(applied, window_ms)`, `save_outbox(messages)`, `lookups.enqueue_chats(chats)`
+    and `save_positions(offsets, clocks, stamp)` write, in that order, as one statement
+    of data-modifying CTEs (each runs once, to completion; they write four different
+    tables, so their order within the statement does not matter). Returns the channels'
+    new tokens as save_positions does. A due sweep of the eventId window follows as the
+    statement of its own raise_clocks runs; messages that make more than one pack go by
+    save_outbox first. A part without rows is left out of the statement: the outbox's
+    statement trigger (outbox_notify) fires for an INSERT of no rows too."""
+    latest: dict[str, int] = {}
+    for c, _e, t in applied:
+        if t > latest.get(c, t - 1):
+            latest[c] = t
+    packs = outbox_packs(messages) if messages else []
+    if len(packs) > 1:
+        await conn.executemany(_SAVE_PACK, packs)
+        packs = []
+    queued = [a for a in chats if a.kind == "chat" and isinstance(a.body.get("medium"), str)]
+    keys = sorted(offsets.keys() | clocks.keys())
+    channels = sorted(set(stamp))
+    args: list[Any] = [
+        [k[0] for k in keys], [k[1] for k in keys], [offsets.get(k) for k in keys], [clocks.get(k) for k in keys],
+        channels,
+    ]
+    parts = []
+    if latest:
+        parts.append(_numbered(_FINISH_CLOCKS, len(args)))
+        args += [list(latest), list(latest.values()), window_ms]
+    if packs:
+        parts.append(_numbered(_FINISH_PACK, len(args)))
+        args += list(packs[0])
+    if queued:
+        parts.append(_numbered(_FINISH_CHATS, len(args)))
+        args += [[a.channel_id for a in queued], [a.event_id for a in queued], [a.user_id for a in queued],
+                 [a.body["medium"] for a in queued]]
+    sql = "WITH " + ",\n".join([*parts, _FINISH_POSITIONS]) + "\nSELECT false, channel_id, token FROM stamped"
+    if latest:
+        sql += "\nUNION ALL SELECT true, channel_id, clock FROM clocks WHERE due"
+    rows = await conn.fetch(sql, *args)
+    sweep = [(r[1], r[2]) for r in rows if r[0]]
+    if sweep:
+        await conn.execute(_SWEEP, [r[0] for r in sweep], [r[1] for r in sweep], window_ms)
+    return {r[1]: r[2] for r in rows if not r[0]}
+
+
+def _numbered(part: str, before: int) -> str:
+    """`part` with its parameters ${n}, ${n1}, … numbered after the `before` ones."""
+    return part.format(n=before + 1, n1=before + 2, n2=before + 3, n3=before + 4)
+
+
+_FINISH_POSITIONS = """moved AS (
+             UPDATE inbox_offsets o
+                SET next_offset = coalesce(x.n, o.next_offset), clock = GREATEST(o.clock, x.c)
+               FROM unnest($1::text[], $2::int[], $3::bigint[], $4::bigint[]) AS x(t, p, n, c)
+              WHERE o.topic = x.t AND o.partition = x.p),
+           stamped AS (
+             UPDATE channel_writers SET token = pg_current_xact_id()::text::bigint
+              WHERE channel_id = ANY($5::text[]) RETURNING channel_id, token)"""
+_FINISH_CLOCKS = """clocks AS (
+             INSERT INTO applied_clocks AS k (channel_id, clock, swept)
+             SELECT c, t, t FROM unnest(${n}::text[], ${n1}::bigint[]) AS x(c, t)
+             ON CONFLICT (channel_id) DO UPDATE SET clock = EXCLUDED.clock,
+                 swept = CASE WHEN EXCLUDED.clock >= k.swept + ${n2}::bigint / 2 THEN EXCLUDED.clock ELSE k.swept END
+              WHERE k.clock < EXCLUDED.clock
+             RETURNING k.channel_id, k.clock, k.swept = k.clock AND xmax <> 0 AS due)"""
+_FINISH_PACK = """pack AS (
+             INSERT INTO outbox (topic, n, keys, vals) VALUES (${n}, ${n1}, ${n2}, ${n3}))"""
+_FINISH_CHATS = """chats AS (
+             INSERT INTO lookup_queue (channel_id, event_id, name, user_id)
+             SELECT c.channel_id, c.event_id, l.name, c.user_id
+             FROM unnest(${n}::text[], ${n1}::text[], ${n2}::text[], ${n3}::text[]) AS c(channel_id, event_id, user_id, medium)
+             JOIN lookups l ON l.channel_id = c.channel_id AND l.definition->'media' ? c.medium
+             ON CONFLICT DO NOTHING)"""
+
+
 async def adopt_log(conn: asyncpg.Connection | asyncpg.Pool, log_id: str) -> bool:
     """Note that the inbound log is `log_id`; if it is a different log than the stored
     offsets refer to (the embedded broker keeps its log in memory and starts empty),
@@ -332,7 +452,10 @@ async def copy_new_users(conn: asyncpg.Connection, rows: list[tuple[Any, ...]]) 
 
 
 async def save_user_columns(conn: asyncpg.Connection, cols: list[list[Any]]) -> None:
-    """Write the users of `user_columns`, fenced on their revision."""
+    """Write the users of `user_columns`, fenced on their revision. Most users have no
+    tags (`user_columns` sends them as '[]'): their empty array is a constant, not a
+    subquery over the JSON run for each row (−0.7 to −1.5 µs of PostgreSQL's CPU a
+    user, bench/user_update_cost.py; issue 14, session 15)."""
     if not cols or not cols[0]:
         return
     count = len(cols[0])
@@ -343,7 +466,7 @@ async def save_user_columns(conn: asyncpg.Connection, cols: list[list[Any]]) -> 
                                   blocked, masked, last_seen_at, updated_at, state, name_key, tags)
           SELECT x.id, x.channel_id, x.rev, x.type, x.member_id, x.merged_into, x.deleted,
                  x.blocked, x.masked, x.last_seen_at, x.updated_at, x.state, x.name_key,
-                 ARRAY(SELECT json_array_elements_text(x.tags::json))
+                 CASE WHEN x.tags = '[]' THEN '{}' ELSE ARRAY(SELECT json_array_elements_text(x.tags::json)) END
           FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[],
                       $6::text[], $7::bool[], $8::bool[], $9::bool[], $10::bigint[],
                       $11::bigint[], $12::json[], $13::text[], $14::text[])
@@ -511,19 +634,19 @@ async def save_merges(conn: asyncpg.Connection, merges: Sequence[MergeRecord]) -
     """Record merges (G4) and re-point the sources' chats and events to the target (U4)."""
     if not merges:
         return
+    # One UPDATE matches each row once: with A merged into B and B into C in the same
+    # batch, A's chats must go to C directly, as they would across two batches (U4).
+    # The records and the re-pointing are one statement (two tables: one round trip).
+    into = {m.source_id: m.target_id for m in merges}
     await conn.execute(
-        """INSERT INTO merges (channel_id, source_id, target_id, causation_id, occurred_at, contested)
-           SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::jsonb[])""",
+        """WITH recorded AS (
+             INSERT INTO merges (channel_id, source_id, target_id, causation_id, occurred_at, contested)
+             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::jsonb[]))
+           UPDATE activities a SET user_id = x.t FROM unnest($7::text[], $8::text[]) AS x(s, t)
+            WHERE a.user_id = x.s""",
         [m.channel_id for m in merges], [m.source_id for m in merges], [m.target_id for m in merges],
         [m.causation_id for m in merges], [m.occurred_at for m in merges],
         [m.to_json()["contested"] for m in merges],
-    )
-    # One UPDATE matches each row once: with A merged into B and B into C in the same
-    # batch, A's chats must go to C directly, as they would across two batches (U4).
-    into = {m.source_id: m.target_id for m in merges}
-    await conn.execute(
-        """UPDATE activities a SET user_id = x.t FROM unnest($1::text[], $2::text[]) AS x(s, t)
-            WHERE a.user_id = x.s""",
         list(into),
         [survivor(into, s) for s in into],
     )

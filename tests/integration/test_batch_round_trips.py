@@ -170,3 +170,155 @@ async def test_the_window_is_read_in_one_statement(pool: asyncpg.Pool) -> None:
         assert c.statements == 1
     assert sorted(seen) == [("ch_a", "e1", 100), ("ch_b", "e9", 50)]
     assert clocks == {"ch_a": 300, "ch_b": 50}
+
+
+# -- issue 14, session 15: the pipelined batch's fences and last statements, merged -----------
+
+
+async def test_a_pipelined_batch_locks_both_fences_in_one_statement_once_their_rows_exist(pool: asyncpg.Pool) -> None:
+    """repo.lock_batch (Pipeline._write's first statement) answers what lock_offsets then
+    lock_channels_held answer — offsets, tokens, this transaction's own token — in one
+    statement once every row exists, and falls back to them (inserting the missing
+    rows) for a partition's or a channel's first batch; the rows stay locked."""
+    parts = [(TOPIC, 0), (TOPIC, 1)]
+    async with transaction(pool) as c:  # nothing stored: both functions' way
+        offsets, tokens, own = await repo.lock_batch(c, parts, ["ch_b", "ch_a"])
+        assert c.statements > 1
+        assert own == await c.fetchval("SELECT pg_current_xact_id()::text::bigint")
+        assert offsets == {(TOPIC, 0): 0, (TOPIC, 1): 0} and tokens == {"ch_a": own, "ch_b": own}
+        await repo.save_positions(c, {(TOPIC, 0): 7}, {}, ["ch_a"])
+    async with transaction(pool) as c:  # every row stored: one statement, the same answers
+        offsets2, tokens2, own2 = await repo.lock_batch(c, parts, ["ch_a", "ch_b"])
+        assert c.statements == 1
+        assert own2 == await c.fetchval("SELECT pg_current_xact_id()::text::bigint") and own2 != own
+        assert offsets2 == await repo.lock_offsets(c, parts)
+        assert (tokens2, own2) == await repo.lock_channels_held(c, ["ch_a", "ch_b"])
+        assert tokens2 == {"ch_a": own, "ch_b": own}
+        async with pool.acquire() as other:  # both fences held: another writer waits on each
+            await other.execute("SET lock_timeout = '50ms'")
+            for sql in ("SELECT 1 FROM inbox_offsets WHERE partition = 1 FOR UPDATE",
+                        "SELECT 1 FROM channel_writers WHERE channel_id = 'ch_b' FOR UPDATE"):
+                with pytest.raises(asyncpg.LockNotAvailableError):
+                    async with other.transaction():
+                        await other.execute(sql)
+    async with transaction(pool) as c:  # a new channel: its row inserted, the others' tokens read
+        offsets3, tokens3, own3 = await repo.lock_batch(c, parts, ["ch_a", "ch_c"])
+        assert offsets3 == {(TOPIC, 0): 7, (TOPIC, 1): 0}
+        assert own3 is not None and tokens3 == {"ch_a": own, "ch_c": own3}
+    async with transaction(pool) as c:  # a new partition beside a stored one, no channel
+        offsets4, tokens4, own4 = await repo.lock_batch(c, [(TOPIC, 0), (TOPIC, 5)], [])
+        assert offsets4 == {(TOPIC, 0): 7, (TOPIC, 5): 0} and (tokens4, own4) == ({}, None)
+
+
+async def _tables(c: Any) -> dict[str, list[tuple[Any, ...]]]:
+    """What the batch's last statements write, comparable across two transactions
+    (outbox ids relative to the first, a channel's token as whether it is ours)."""
+    own = await c.fetchval("SELECT pg_current_xact_id()::text::bigint")
+    first = await c.fetchval("SELECT min(id) FROM outbox") or 0
+    return {
+        "clocks": [tuple(r) for r in await c.fetch("SELECT * FROM applied_clocks ORDER BY 1")],
+        "applied": [tuple(r) for r in await c.fetch("SELECT channel_id, event_id, at FROM applied_events ORDER BY 1, 2")],
+        "outbox": [(r[0] - first, *r[1:]) for r in await c.fetch("SELECT id, topic, key, value, n, keys, vals FROM outbox ORDER BY id")],
+        "queue": [tuple(r) for r in await c.fetch("SELECT channel_id, event_id, name, user_id FROM lookup_queue ORDER BY 1, 2, 3")],
+        "offsets": [tuple(r) for r in await c.fetch("SELECT * FROM inbox_offsets ORDER BY 1, 2")],
+        "tokens": [(r[0], r[1] == own) for r in await c.fetch("SELECT channel_id, token FROM channel_writers ORDER BY 1")],
+    }
+
+
+async def test_finish_batch_writes_what_the_four_statements_it_replaces_write(pool: asyncpg.Pool) -> None:
+    """repo.finish_batch (Pipeline._write's last statement) leaves the tables exactly as
+    raise_clocks, save_outbox, lookups.enqueue_chats and save_positions do on the same
+    batch, each case rolled back and done again the other way: clocks raised and a
+    sweep due (the channel's expired rows deleted), one pack or several topics' packs,
+    chats queued only for a medium a definition links, nothing to write but offsets."""
+    from services.domain.core import Activity
+    from services.domain.lookups import LookupChange
+    from services.store import lookups as lookup_store
+
+    window = 1_000_000
+    parts = [(TOPIC, 0), (TOPIC, 1)]
+    async with transaction(pool) as c:  # the state both ways start from
+        await repo.lock_batch(c, parts, ["ch_a", "ch_b"])
+        old = [("ch_a", "e-old", 100), ("ch_a", "e-mid", 400_000), ("ch_b", "e-b", 500)]
+        await repo.save_applied(c, old)
+        await repo.raise_clocks(c, old, window)
+        await lookup_store.save_changes(c, [LookupChange("ch_a", "define", "CRM", definition={"media": ["line"]})])
+        await repo.save_positions(c, {(TOPIC, 0): 3, (TOPIC, 1): 4}, {(TOPIC, 0): 10}, ["ch_a", "ch_b"])
+
+    def chat(event_id: str, medium: str | None, kind: str = "chat") -> Activity:
+        body = {"text": "hi"} if medium is None else {"text": "hi", "medium": medium}
+        return Activity("ch_a", "u-1", kind, event_id, 700_000, body)
+
+    # ch_a's clock 400,000 (swept there) → 1,200,000: a sweep is due, e-old goes
+    applied = [("ch_a", "e1", 600_000), ("ch_a", "e2", 1_200_000), ("ch_b", "e3", 600), ("ch_c", "e4", 5)]
+    one_topic = [("t.user-changed", "k1", b'{"a":1}'), ("t.user-changed", None, None), ("t.user-changed", "k2", b"{}")]
+    two_topics = [("t.user-changed", "k1", b"x"), ("t.dead-letter", "k2", b"y"), ("t.user-changed", "k1", b"z")]
+    chats = [chat("e1", "line"), chat("e2", "mail"), chat("e5", None), chat("e6", "line", kind="event")]
+    cases = [
+        (applied, one_topic, chats, {(TOPIC, 0): 9}, {(TOPIC, 0): 20, (TOPIC, 1): 30}, ["ch_a"]),
+        (applied[:1], two_topics, [], {(TOPIC, 0): 9, (TOPIC, 1): 8}, {(TOPIC, 0): 5}, ["ch_a", "ch_b"]),
+        ([], [], [], {(TOPIC, 1): 6}, {}, []),
+    ]
+    for case in cases:
+        seen: list[Any] = []
+        for merged in (False, True):
+            async with pool.acquire() as conn:
+                tx = conn.transaction()
+                await tx.start()
+                c = Counted(conn)
+                await repo.lock_batch(c, parts, ["ch_a", "ch_b"])
+                c.statements = 0
+                a, messages, acts, offsets, clocks, stamp = case
+                await repo.save_applied(c, a)
+                if merged:
+                    stamped = await repo.finish_batch(c, a, window, messages, acts, offsets, clocks, stamp)
+                else:
+                    await repo.raise_clocks(c, a, window)
+                    await repo.save_outbox(c, messages)
+                    await lookup_store.enqueue_chats(c, acts)
+                    stamped = await repo.save_positions(c, offsets, clocks, stamp)
+                own = await conn.fetchval("SELECT pg_current_xact_id()::text::bigint")
+                seen.append((stamped == dict.fromkeys(stamp, own), await _tables(conn), c.statements))
+                await tx.rollback()
+        (same_old, tables_old, _), (same_new, tables_new, statements) = seen
+        assert same_old and same_new
+        assert tables_new == tables_old
+        if case is cases[0]:  # save_applied's COPY (not counted), then the statement and the sweep
+            assert statements == 2
+            assert [r[1] for r in tables_new["applied"] if r[0] == "ch_a"] == ["e-mid", "e1", "e2"]
+            assert tables_new["queue"] == [("ch_a", "e1", "CRM", "u-1")]
+            assert len(tables_new["outbox"]) == 1 and tables_new["outbox"][0][4] == 3
+        else:  # (several packs go by executemany before it, not counted)
+            assert statements == 1
+        if case is cases[1]:
+            assert [r[1] for r in tables_new["outbox"]] == ["t.user-changed", "t.dead-letter"]
+        if case is cases[2]:
+            assert tables_new["outbox"] == [] and tables_new["tokens"] == [("ch_a", False), ("ch_b", False)]
+
+
+async def test_finish_batch_wakes_the_relay_only_when_it_fills_the_outbox(pool: asyncpg.Pool) -> None:
+    """The outbox's statement trigger fires for an INSERT of no rows too: finish_batch
+    leaves the outbox out of its statement when the batch has no message, so a batch
+    without messages does not wake the relay; one with messages does, at its commit."""
+    heard: list[str] = []
+    writer = 0
+
+    def hear(_conn: Any, pid: int, channel: str, _payload: str) -> None:
+        if pid == writer:
+            heard.append(channel)
+
+    async with pool.acquire() as listener:
+        await listener.add_listener("unifier_outbox", hear)
+        async with pool.acquire() as conn:
+            writer = conn.get_server_pid()
+            for messages in ([], [("t.user-changed", "k", b"{}")]):
+                async with conn.transaction():
+                    await repo.lock_batch(conn, [(TOPIC, 0)], [])
+                    await repo.finish_batch(conn, [("ch", "e", 1)], WINDOW_MS, messages, [], {(TOPIC, 0): 1}, {}, [])
+                if messages:
+                    await wait_for(lambda: heard, message="a NOTIFY at the commit")
+                else:
+                    await asyncio.sleep(0.2)
+                    await listener.execute("SELECT 1")
+                    assert heard == []
+        await listener.remove_listener("unifier_outbox", hear)

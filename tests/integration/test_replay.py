@@ -466,3 +466,51 @@ async def test_p2_a_type_an_import_declares_later_does_not_reject_earlier_facts_
     assert (await replay(settings, "--rebuild", "--drop-archive"))["digest"] == live
     types = await pool.fetchrow("SELECT field_types, imported_types FROM channels WHERE channel_id = $1", ch)
     assert (types["field_types"], types["imported_types"]) == ({"profile.plan": "string"}, {"profile.age": "number"})
+
+
+async def test_the_digest_taken_beside_the_indexes_is_printed_only_when_nothing_was_caught_up(
+    settings: Settings, pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Flow 5, "Rebuild = live" (issue 14, session 15): a rebuild reads its built schema's
+    digest while the indexes are made, and prints it without reading the switched state
+    again when nothing was caught up after the build; when the live service applied more
+    meanwhile, the printed digest is the state switched to, read on the switch's snapshot."""
+    from services.replay import digest as digest_module
+    from services.replay import replay as replay_module
+    from services.replay.rebuild import Tally
+
+    await configure_hashed_channels(pool)
+    rounds = workload.mixed_rounds(1500, rounds=3, channels=CHANNELS)
+    async with running_service(settings):
+        done = await publish_rounds(settings, pool, rounds[:2])
+    reads: list[str] = []
+    hash_users = digest_module._hash_users
+
+    async def counted(c: asyncpg.Connection, h: Any) -> None:
+        reads.append(await c.fetchval("SELECT current_schema()"))
+        await hash_users(c, h)
+
+    monkeypatch.setattr(digest_module, "_hash_users", counted)
+    assert settings.database_url and settings.kafka_bootstrap
+    topics, options = Topics(settings.topic_prefix), replay_module.Options(workers=1, quiet_s=0.3, drop_archive=True)
+
+    quiet = await replay_module.rebuild(settings.database_url, settings.kafka_bootstrap, topics, settings.db_schema,
+                                        options, Tally(out=None))
+    assert len(reads) == 1  # read once, beside the indexes
+    assert quiet.digest == await state_digest(pool)
+
+    built = replay_module.build
+
+    async def build_while_live_moves_on(*args: Any, **kwargs: Any) -> Any:
+        ends = await built(*args, **kwargs)
+        async with running_service(settings):  # applies the third round to the live schema
+            await publish_rounds(settings, pool, rounds[2:], already=done)
+        return ends
+
+    monkeypatch.setattr(replay_module, "build", build_while_live_moves_on)
+    reads.clear()
+    moved = await replay_module.rebuild(settings.database_url, settings.kafka_bootstrap, topics, settings.db_schema,
+                                        options, Tally(out=None))
+    assert sum(moved.offsets.values()) == done + len(rounds[2])  # caught up the third round
+    assert len(reads) == 2 and moved.digest != quiet.digest  # the built state's, then the switched state's
+    assert moved.digest == await state_digest(pool)

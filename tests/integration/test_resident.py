@@ -9,6 +9,8 @@ state the live projection's batch-by-batch `apply_batch` builds from the same re
 
 from __future__ import annotations
 
+import asyncio
+import random
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -17,13 +19,16 @@ import orjson
 import pytest_asyncio
 
 from contracts.topics import Topics
+from services.domain.core import Activity
+from services.domain.unification import MergeRecord
 from services.platform.config import Settings
-from services.projection.batch import apply_batch
+from services.projection.batch import Effects, apply_batch
 from services.projection.records import Record, canonical_order
 from services.replay import workload
 from services.replay.digest import state_digest
-from services.replay.resident import HeldOutcomes, Resident
-from services.store import outcomes
+from services.replay.resident import HeldOutcomes, Resident, _repointed
+from services.store import bulk, outcomes
+from services.store import repository as repo
 from services.store.pool import create_pool
 from tests.support.infra import drop_schema
 
@@ -108,7 +113,8 @@ async def _imports_log(pool: asyncpg.Pool) -> list[tuple[Any, ...]]:
 async def test_resident_rebuild_equals_batch_by_batch_apply_wherever_its_writes_fall(schemas: list[asyncpg.Pool]) -> None:
     """Flow 5, U4, G4, I17: the same records give the same users, merges, chats and
     import log whether applied as the live projection does (batches of 250, load and
-    write each) or resident with chats and eventIds written every 333 facts or only at the end."""
+    write each) or resident with chats and eventIds written every 333 facts or only at the end
+    (written beside the chunks that follow, here slowly: issue 14, session 15)."""
     live, small, whole = schemas
     records = _records()
     chunk = 250
@@ -116,9 +122,17 @@ async def test_resident_rebuild_equals_batch_by_batch_apply_wherever_its_writes_
         await apply_batch(live, TOPICS, records[i : i + chunk], now_ms=0, outbox=False)
     for pool, flush_every in ((small, 333), (whole, 10**9)):
         keeper = Resident(pool, TOPICS, flush_every=flush_every)
+        write = keeper._write_apart
+
+        async def slow_write(fx: Effects, write: Any = write) -> None:  # a slow server: writes overlap the chunks after
+            await asyncio.sleep(0.1)
+            await write(fx)
+
+        keeper._write_apart = slow_write  # type: ignore[method-assign]
         for i in range(0, len(records), chunk):
             await keeper.apply(records[i : i + chunk])
         await keeper.finish()
+        assert await _activities(pool) == await _activities(live)  # every write done once `finish` returns
 
     expected = await state_digest(live)
     assert await live.fetchval("SELECT count(*) FROM merges") > 0  # the stream does unify
@@ -190,3 +204,78 @@ async def test_a_part_of_the_end_refused_fails_it_once_every_part_has_stopped(sc
     else:
         raise AssertionError("the users' COPY was not refused")
     assert target.get_idle_size() == target.get_size()  # no part left writing
+
+
+async def test_a_later_merge_moves_exactly_the_chats_save_merges_would(schemas: list[asyncpg.Pool]) -> None:
+    """U4, G4 (issue 14, session 15): a resident build records its merges by COPY and
+    re-points only the activities of users it has written activities for
+    (`resident._save_merges`), where `repository.save_merges` matched every source against
+    the whole table at every write. Over random writes — chats of users merged in the
+    same write, in a later one, chains across writes (A into B, later B into C), users
+    never merged — the activities and merges are the rows `save_merges` leaves."""
+    reference, resident, _ = schemas
+
+    async def write(keeper: Resident, acts: list[Activity], merges: list[MergeRecord]) -> None:
+        async with reference.acquire() as conn, conn.transaction():  # the writes before session 15
+            await bulk.copy_activities(conn, _repointed(acts, merges))
+            await repo.save_merges(conn, merges)
+        async with resident.acquire() as conn:
+            await keeper._write_effects(conn, Effects(activities=acts, merges=merges))
+
+    # A's chat written; A into B (no chat of its own); then B into C: the chat goes on to C.
+    keeper = Resident(resident, TOPICS)
+    await write(keeper, [Activity("ch", "a", "chat", "e-a", 1, {})], [])
+    await write(keeper, [], [MergeRecord("ch", "a", "b", "c1", 2, ())])
+    await write(keeper, [], [MergeRecord("ch", "b", "c", "c2", 3, ())])
+    assert await resident.fetchval("SELECT user_id FROM activities WHERE event_id = 'e-a'") == "c"
+    for seed in range(6):
+        rng = random.Random(seed)
+        keeper = Resident(resident, TOPICS)
+        alive = [f"u{seed}-{n}" for n in range(14)]
+        event = 0
+        moved_later = 0
+        for _write in range(5):
+            acts = []
+            for _ in range(rng.randint(0, 12)):
+                event += 1
+                acts.append(Activity("ch", rng.choice(alive), "chat", f"e{seed}-{event}", event, {"n": event}))
+            merges = []
+            for _ in range(rng.randint(0, 3)):
+                if len(alive) < 2:
+                    break
+                source, target = rng.sample(alive, 2)
+                alive.remove(source)
+                merges.append(MergeRecord("ch", source, target, f"c{event}", event, ()))
+            moved_later += sum(1 for m in merges if m.source_id in keeper._written)
+            await write(keeper, acts, merges)
+        assert moved_later > 0  # some merge found chats written before it
+    for table in ("SELECT channel_id, event_id, user_id, kind, body::text FROM activities ORDER BY 1, 2",
+                  "SELECT channel_id, source_id, target_id, causation_id, occurred_at, contested::text FROM merges ORDER BY 1, 2"):
+        assert [tuple(r) for r in await resident.fetch(table)] == [tuple(r) for r in await reference.fetch(table)]
+
+
+async def test_a_write_beside_the_build_refused_fails_the_build_with_nothing_left_writing(
+    schemas: list[asyncpg.Pool],
+) -> None:
+    """Flow 5 (issue 14, session 15): the pending effects are written beside the next
+    chunks, one write at a time. A write the store refuses (here an activity whose
+    eventId is there already) fails the build — at the next write or at the end — and
+    once the build has failed nothing still writes (rebuild.apply_all's `abandon`): the
+    fallback empties the schema next."""
+    live, target, _ = schemas
+    records = _records()
+    await apply_batch(live, TOPICS, records, now_ms=0, outbox=False)
+    source = await live.fetchval("SELECT current_schema()")
+    await target.execute(f'INSERT INTO activities SELECT * FROM "{source}".activities ORDER BY event_id DESC LIMIT 1')
+    keeper = Resident(target, TOPICS, flush_every=333)
+    try:
+        for i in range(0, len(records), 250):
+            await keeper.apply(records[i : i + 250])
+        await keeper.finish()
+    except asyncpg.UniqueViolationError:
+        pass
+    else:
+        raise AssertionError("the activities' COPY was not refused")
+    finally:
+        await keeper.abandon()
+    assert target.get_idle_size() == target.get_size()  # no write left running

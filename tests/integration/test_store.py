@@ -481,3 +481,26 @@ async def test_read_side_indexes_of_an_older_schema_are_made_again_for_the_rows_
                 assert [(x["id"], x["grades"]) for x in items] == [("u-old", [{"name": "gold", "colour": "yellow"}])]
         finally:
             await pool.close()
+
+
+async def test_save_users_stores_each_users_tags_whether_it_has_none_or_some(pool: object) -> None:
+    """I9 / the tag search (users_tag_list holds only users with tags): save_users writes
+    a user without tags as the empty array by a constant, not the subquery over its
+    tags' JSON (issue 14, session 15), and any other list as that subquery reads it —
+    a tag spelled like an empty list too; tags gained and lost on later revisions."""
+    from services.domain.user import User
+
+    assert isinstance(pool, asyncpg.Pool)
+    lists = [[], ["[]"], ["vip", "[]", "a,b", '"q"'], ["{}"]]
+    users = [User(f"u-{i}", "ch", "lead", 1, 1, tags=list(tags)) for i, tags in enumerate(lists)]
+    revs: dict[str, int] = {}
+    for step in range(3):  # 0: new users (INSERT), 1: updates, 2: updates with the lists rotated
+        async with pool.acquire() as conn, conn.transaction():
+            await repo.save_users(conn, users, revs)
+        stored = {r[0]: r[1] for r in await pool.fetch("SELECT id, tags FROM users")}
+        assert stored == {u.id: u.tags for u in users}
+        revs = {u.id: step + 1 for u in users}
+        for u, tags in zip(users, lists[step + 1 :] + lists[: step + 1], strict=True):
+            u.tags = list(tags)
+            u.updated_at += 1
+    assert await pool.fetchval("SELECT count(*) FROM users WHERE tags = '{}'") == 1

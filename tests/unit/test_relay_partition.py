@@ -85,3 +85,32 @@ def test_a_message_the_relay_sends_unestimated_is_within_the_limit(key: str | No
 
     if relay_mod._surely_fits(key, value, limit):
         assert DefaultRecordBatchBuilder.estimate_size_in_bytes(key.encode() if key is not None else None, value, []) <= limit
+
+
+@settings(max_examples=300)
+@given(st.lists(st.text(max_size=40), max_size=20), st.integers(min_value=1, max_value=24), st.integers(1, 5))
+def test_a_rows_keys_go_where_the_default_partitioner_sends_them(keys: list[str], n: int, remembered: int) -> None:
+    """issue 14, session 15: `keyed` (the relay's per-row step, compiled) encodes each key
+    as UTF-8 and gives it the default partitioner's partition, remembered or not, and
+    never remembers more than it is told (C: ordered per user)."""
+    partitions = list(range(n))
+    memo: dict[tuple[bytes, int], int] = {}
+    for _ in range(2):
+        encoded, chosen = partitioner.keyed(keys, partitions, memo, remembered)
+        assert encoded == [k.encode() for k in keys]
+        assert chosen == [DefaultPartitioner()(k.encode(), partitions, partitions) for k in keys]
+        assert len(memo) <= remembered
+        assert all(memo[key] == DefaultPartitioner()(key[0], partitions, partitions) for key in memo)
+
+
+def test_keyed_shares_the_relays_memory_and_its_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The memo `keyed` fills is the relay's own (`_partition` reads the same choice), and
+    the relay's bound applies to it."""
+    r = _relay()
+    partitions = list(range(12))
+    keys = [f"ch:u_{i}" for i in range(40)]
+    _encoded, chosen = partitioner.keyed(keys, partitions, r._partitions_of_key, relay_mod._KEYS_REMEMBERED)
+    assert len(r._partitions_of_key) == 40
+    assert [r._partition(k.encode(), partitions) for k in keys] == chosen
+    partitioner.keyed([f"x{i}" for i in range(100)], partitions, r._partitions_of_key, 50)
+    assert len(r._partitions_of_key) <= 50

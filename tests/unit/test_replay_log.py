@@ -136,6 +136,9 @@ class _Keeper:
     async def finish(self) -> None:
         self.collecting.append(gc.isenabled())
 
+    async def abandon(self) -> None:  # Resident's: waits for a write beside the build (none here)
+        self.abandoned = True
+
 
 @pytest.mark.parametrize("fail", [False, True])
 async def test_a_resident_build_pauses_the_cyclic_collector_only_while_it_runs(fail: bool) -> None:
