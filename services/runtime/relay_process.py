@@ -18,7 +18,7 @@ projection (and the extra projection processes) committed their last batches.
 Supervision: the child reports its health and its relay metrics (published, parked, the
 backlog and parked gauges) as one JSON line on its stdout about every
 `REPORT_S`; the main process's `/healthz` part `relay` is "the child is running and
-says it relays", its `/metrics` carries the child's counts. A child that exits while the
+said it relays less than `SILENT_S` ago", its `/metrics` carries the child's counts. A child that exits while the
 service is not stopping stops the service with exit 1 (`RelayProcessDied`), as a dying
 extra projection process does: no service that applies facts but publishes nothing,
 looking half healthy; the process manager restarts the whole. A main process that dies,
@@ -47,6 +47,7 @@ from services.runtime.projections import settings_bytes
 log = logging.getLogger("unifier")
 
 REPORT_S = 0.25  # how often the child reports its health and metrics
+SILENT_S = 10.0  # a child that has not reported for this long is not healthy (hung)
 
 
 class RelayProcessDied(RuntimeError):
@@ -64,10 +65,16 @@ class _Reported:
 
     def __init__(self) -> None:
         self.healthy = False
+        self.at = 0.0  # the event loop's clock at the last report
         self._counted: dict[tuple[str, ...], float] = {}
 
-    def apply(self, report: dict[str, Any]) -> None:
+    def fresh(self) -> bool:
+        """Healthy as of its last report, which is recent."""
+        return self.healthy and asyncio.get_running_loop().time() - self.at < SILENT_S
+
+    def apply(self, report: dict[str, Any], at: float = 0.0) -> None:
         self.healthy = bool(report.get("healthy"))
+        self.at = at
         metrics.OUTBOX_BACKLOG.set(report.get("backlog", 0))
         metrics.OUTBOX_PARKED.set(report.get("parked_messages", 0))
         for topic, total in report.get("published", {}).items():
@@ -93,7 +100,7 @@ async def run_relay_process(
         sys.executable, "-m", "services.runtime.relay_process",
         stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
     )
-    parts["relay"] = lambda: proc.returncode is None and reported.healthy
+    parts["relay"] = lambda: proc.returncode is None and reported.fresh()
     reading: asyncio.Task[None] | None = None
     try:
         assert proc.stdin is not None and proc.stdout is not None
@@ -123,7 +130,7 @@ async def run_relay_process(
 async def _read_reports(stdout: asyncio.StreamReader, reported: _Reported) -> None:
     while line := await stdout.readline():
         try:
-            reported.apply(orjson.loads(line))
+            reported.apply(orjson.loads(line), asyncio.get_running_loop().time())
         except (orjson.JSONDecodeError, TypeError, ValueError, AttributeError):
             log.warning("the relay's process wrote an unreadable report: %r", line[:200])
 
