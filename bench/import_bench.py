@@ -143,8 +143,8 @@ class Cpu:
     process's waited-for children. Their sum against the machine's cores is the budget
     any end-to-end rate must fit in."""
 
-    def __init__(self, service: int, broker: int | None) -> None:
-        self.procs = {"service": service, **({"broker": broker} if broker else {})}
+    def __init__(self, service: int, broker: int | None, relay: int | None = None) -> None:
+        self.procs = {"service": service, **({"broker": broker} if broker else {}), **({"relay": relay} if relay else {})}
 
     @staticmethod
     def _seconds(proc: psutil.Process) -> float:
@@ -187,9 +187,11 @@ class Cpu:
             ours = {pid for pid in self._pg_after if pid == postmaster or _parent(pid) == postmaster}
             return sum(self._pg_after[pid] - self._pg.get(pid, 0.0) for pid in ours)
         ports = []
-        with contextlib.suppress(psutil.Error):
-            ports = [c.laddr.port for c in psutil.Process(self.procs["service"]).net_connections(kind="tcp")
-                     if c.raddr and c.raddr.port == 5432]
+        for party in ("service", "relay"):  # the relay's process (UNIFIER_RELAY_PROCESS) is the service's too
+            if party in self.procs:
+                with contextlib.suppress(psutil.Error):
+                    ports += [c.laddr.port for c in psutil.Process(self.procs[party]).net_connections(kind="tcp")
+                              if c.raddr and c.raddr.port == 5432]
         conn = await asyncpg.connect(database_url)
         try:
             pids = await conn.fetch("SELECT pid FROM pg_stat_activity WHERE client_port = ANY($1::int[])", ports)
@@ -321,7 +323,9 @@ async def timed_import(
 ) -> dict[str, Any]:
     """One import of the big file, with the CPU of every party and another channel's
     latency measured while it runs."""
-    cpu = Cpu(service, broker.pid)
+    # With UNIFIER_RELAY_PROCESS the service's one child is the relay: its CPU is counted apart.
+    relay = next((c.pid for c in psutil.Process(service).children() if "relay_process" in " ".join(c.cmdline())), None)
+    cpu = Cpu(service, broker.pid, relay)
     probe = Probe(broker.bootstrap, prefix, channel)
     probing = asyncio.create_task(probe.run())
     await asyncio.sleep(1.0)  # the probe's first facts arrive before the import starts
@@ -354,6 +358,7 @@ async def timed_import(
     return {
         "import_digest": digest,
         "lead_s": float(env["UNIFIER_IMPORT_LEAD_S"]),
+        "relay_process": relay is not None,
         "import_seconds": round(full["seconds"], 2),
         "import_rows_per_s": round(rows / full["seconds"]),
         # µs of CPU per row by party, all that was spent during the import (the probe's
@@ -432,6 +437,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 **os.environ, "KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap, "DATABASE_URL": args.database_url,
                 "UNIFIER_TOPIC_PREFIX": prefix, "UNIFIER_DB_SCHEMA": schema, "UNIFIER_CONSUMER_GROUP": f"g{tag}",
                 "UNIFIER_METRICS_PORT": "0", "UNIFIER_DATA_DIR": str(work / "data"), "UNIFIER_HTTP_ADDR": "127.0.0.1:0",
+                **({"UNIFIER_RELAY_PROCESS": args.relay_process} if args.relay_process else {}),
             }
             # BENCH_SERVICE_RUNNER: a script run instead of `-m services.runtime.cli` (e.g. one
             # that runs it under cProfile); the service's arguments follow.
@@ -494,7 +500,8 @@ def report(r: dict[str, Any]) -> str:
     ]
     for variant, v in r["imports"].items():
         lines += [
-            f"  {variant} (UNIFIER_IMPORT_LEAD_S={v['lead_s']:g}): {v['import_rows_per_s']:>8,} rows/s ({v['import_seconds']} s)"
+            f"  {variant} (UNIFIER_IMPORT_LEAD_S={v['lead_s']:g}, relay {'in a process of its own' if v.get('relay_process') else 'in the service'}):"
+            f" {v['import_rows_per_s']:>8,} rows/s ({v['import_seconds']} s)"
             f"  target {r['target_rows_per_s']:,} {'OK' if v['import_rows_per_s'] >= r['target_rows_per_s'] else 'MISSED'}",
             f"    CPU per row: {v['cpu_us_per_row_total']} µs in all (the background, with no import:"
             f" {', '.join(f'{k} {n:.2f}' for k, n in v['background_cpu_per_s'].items() if k != 'importer')} CPU s/s) ("
@@ -533,6 +540,9 @@ def cli() -> None:
     p.add_argument("--leads", default="0,0.4",
                    help="UNIFIER_IMPORT_LEAD_S of each timed import: 0 publishes the whole file at once (the baseline),"
                         " above 0 paces the importer (services/importer/window.py)")
+    p.add_argument("--relay-process", choices=("true", "false"),
+                   help="UNIFIER_RELAY_PROCESS for the service (default: the environment's, else the setting's default);"
+                        " the relay's process is then measured as a party of its own (`relay`)")
     p.add_argument("--profile", action="store_true", help="py-spy the service during each timed import")
     p.add_argument("--database-url", default=os.environ.get("DATABASE_URL") or LOCAL_POSTGRES)
     p.add_argument("--postgres", choices=("local", "deploy"), default="local",

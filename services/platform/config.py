@@ -105,6 +105,10 @@ class Settings(BaseSettings):
     # one batch at a time, the path every failure falls back to anyway. "auto" (`pipelined`):
     # on while the projection processes are fewer than the cores they may run on.
     pipeline: bool | Literal["auto"] = Field(default="auto", validation_alias=_env("UNIFIER_PIPELINE", "pipeline"))
+    # The outbox relay in a process of its own that `unifier run` starts and supervises
+    # (services/runtime/relay_process.py), off the projection's thread; false: a task
+    # of the main process. docs/operations.md, "The relay's process".
+    relay_process: bool = Field(default=False, validation_alias=_env("UNIFIER_RELAY_PROCESS", "relay_process"))
 
     # -- Kafka clients -------------------------------------------------------------------
     # Idempotent producers: on for Apache Kafka (a retried send is never doubled);

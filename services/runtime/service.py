@@ -25,6 +25,7 @@ from services.platform.topics import ensure_topics
 from services.projection.consumer import Projection
 from services.relay.relay import Relay
 from services.runtime.projections import run_extra_projections
+from services.runtime.relay_process import run_relay_process
 from services.store import repository as repo
 from services.store.pool import DATABASE_UNAVAILABLE, create_pool
 
@@ -90,19 +91,23 @@ async def _serve(
         pool, bootstrap, topics, settings.consumer_group, settings.batch_max, settings.resident_users,
         session_timeout_ms=settings.kafka_session_timeout_ms, assignor=settings.partition_assignor, pipelined=settings.pipelined,
     )
-    relay = Relay(
-        pool, bootstrap, f"unifier-relay:{settings.db_schema}", idempotence=settings.kafka_idempotence,
-        max_message_bytes=settings.max_message_bytes,
-    )
     parts["projection"] = lambda: projection.healthy
-    parts["relay"] = lambda: relay.healthy
+    api_settings, bound, api_started = api
     # The relay stops only after the projection has committed its last batch, so that
     # batch's changes leave with this process instead of waiting for the next start.
     relay_stop = asyncio.Event()
     consuming = asyncio.create_task(projection.run(stop), name="projection")
-    relaying = asyncio.create_task(relay.run(relay_stop), name="relay")
+    if settings.relay_process:  # in a process of its own (relay_process.py), given the broker and database in use
+        parts["relay"] = lambda: False
+        relaying = asyncio.create_task(run_relay_process(api_settings, relay_stop, parts), name="relay")
+    else:
+        relay = Relay(
+            pool, bootstrap, f"unifier-relay:{settings.db_schema}", idempotence=settings.kafka_idempotence,
+            max_message_bytes=settings.max_message_bytes,
+        )
+        parts["relay"] = lambda: relay.healthy
+        relaying = asyncio.create_task(relay.run(relay_stop), name="relay")
     # The HTTP API stops with `stop` too: requests in flight finish, new ones are refused.
-    api_settings, bound, api_started = api
     bound = bound if bound is not None else asyncio.get_running_loop().create_future()
     serving = asyncio.create_task(serve(create_app(api_settings), settings.http_addr, stop, bound=bound), name="http-api")
     # Automatic lookups (seed 004 §2): outside the projection's transactions.

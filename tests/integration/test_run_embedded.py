@@ -21,11 +21,17 @@ UNIFIER = str(Path(sys.executable).with_name("unifier"))
 
 # Not beside the other embedded-PostgreSQL test on another xdist worker: the wheel
 # creates its system user with useradd on first use, and two first uses would race.
+# relay_process: the relay in a process of its own (UNIFIER_RELAY_PROCESS, issue 14
+# session 15) is handed the embedded servers the main process started (never starts its
+# own), ignores the Ctrl-C that reaches the whole process group, and still publishes the
+# last batch before the main process stops the embedded servers.
 @pytest.mark.xdist_group("embedded-postgres")
-async def test_run_demo_on_embedded_infrastructure_publishes_merges_and_stops_cleanly_on_ctrl_c() -> None:
+@pytest.mark.parametrize("relay_process", ["false", "true"])
+async def test_run_demo_on_embedded_infrastructure_publishes_merges_and_stops_cleanly_on_ctrl_c(relay_process: str) -> None:
     with private_dir("unifier-run-") as work:
         env = {k: v for k, v in os.environ.items() if k not in ("KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL")}
-        env |= {"UNIFIER_DATA_DIR": str(work / "data"), "UNIFIER_METRICS_PORT": "0", "UNIFIER_HTTP_ADDR": "127.0.0.1:0"}
+        env |= {"UNIFIER_DATA_DIR": str(work / "data"), "UNIFIER_METRICS_PORT": "0", "UNIFIER_HTTP_ADDR": "127.0.0.1:0",
+                "UNIFIER_RELAY_PROCESS": relay_process}
         log = work / "run.log"
         with log.open("wb") as out:
             # A session of its own, so the Ctrl-C below reaches its process group only.
@@ -48,4 +54,5 @@ async def test_run_demo_on_embedded_infrastructure_publishes_merges_and_stops_cl
         assert "user-changed" in said and "unifier stopped cleanly" in said
         # The embedded servers outlive the stop signal: nothing was cut off mid-drain.
         assert "WARNING" not in said and "Traceback" not in said, said[-3000:]
+        assert ("relay process stopped cleanly" in said) == (relay_process == "true")
         assert not (work / "data" / "pg" / "postmaster.pid").exists()  # and they were stopped after
