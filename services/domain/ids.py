@@ -77,6 +77,14 @@ class _Remembered:
         self.members: dict[str, dict[str, str]] = {}
         self.size = 0
 
+    def id_of(self, memo: dict[str, dict[str, str]], channel_id: str, kind: str, text: str) -> str:
+        """The id of `text` (a veilId or memberId, as `kind` says) in `channel_id`: the
+        remembered one, else derived and kept."""
+        of = memo.get(channel_id)
+        if of is not None and (known := of.get(text)) is not None:
+            return known
+        return self.keep(memo, channel_id, text, _joined_id(channel_id, kind, text))
+
     def keep(self, memo: dict[str, dict[str, str]], channel_id: str, text: str, uid: str) -> str:
         """Remember `uid` as the id of `text` in `channel_id` (everything is forgotten
         first when `_REMEMBERED` ids are held); `uid`."""
@@ -116,10 +124,7 @@ def veil_user_id(channel_id: str, veil_id: str, since: int | None = None) -> str
     (S3: a new anonymous user after logout, S4: after the veil expired)."""
     if since is not None:
         return "u_" + _name_uuid(channel_id, "veil", veil_id, str(since))
-    of = _IDS.veils.get(channel_id)
-    if of is not None and (known := of.get(veil_id)) is not None:
-        return known
-    return _IDS.keep(_IDS.veils, channel_id, veil_id, _joined_id(channel_id, "veil", veil_id))
+    return _IDS.id_of(_IDS.veils, channel_id, "veil", veil_id)
 
 
 def member_user_id(channel_id: str, member_id: str, since: int | None = None) -> str:
@@ -128,10 +133,7 @@ def member_user_id(channel_id: str, member_id: str, since: int | None = None) ->
     tells a later person with a memberId deleted once (B3) apart."""
     if since is not None:
         return "u_" + _name_uuid(channel_id, "member", member_id, str(since))
-    of = _IDS.members.get(channel_id)
-    if of is not None and (known := of.get(member_id)) is not None:
-        return known
-    return _IDS.keep(_IDS.members, channel_id, member_id, _joined_id(channel_id, "member", member_id))
+    return _IDS.id_of(_IDS.members, channel_id, "member", member_id)
 
 
 def fact_user_id(channel_id: str, event_id: str) -> str:

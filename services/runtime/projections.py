@@ -129,18 +129,9 @@ async def _projection_only(settings: Settings) -> int:
 
 
 def _main() -> int:
-    from services.platform import kafka, logs
-    from services.platform.process import die_with_parent
+    from services.platform.process import run_child
 
-    die_with_parent()
-    settings = Settings.model_validate(orjson.loads(sys.stdin.buffer.read()))
-    logs.setup(settings.log_level or "INFO", settings.log_format)
-    kafka.use(settings)
-    try:
-        return asyncio.run(_projection_only(settings))
-    except Exception:
-        log.critical("projection process stopped by an unexpected error", exc_info=True)
-        return 1
+    return run_child(_projection_only, "projection process")
 
 
 if __name__ == "__main__":

@@ -211,19 +211,10 @@ async def _relay_only(settings: Settings) -> int:
 
 
 def _main() -> int:
-    from services.platform import kafka, logs
-    from services.platform.process import die_with_parent
+    from services.platform.process import run_child
 
-    die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C reaches us too: the main process says when
-    settings = Settings.model_validate(orjson.loads(sys.stdin.buffer.read()))
-    logs.setup(settings.log_level or "INFO", settings.log_format)
-    kafka.use(settings)
-    try:
-        return asyncio.run(_relay_only(settings))
-    except Exception:
-        log.critical("relay process stopped by an unexpected error", exc_info=True)
-        return 1
+    return run_child(_relay_only, "relay process")
 
 
 if __name__ == "__main__":

@@ -134,27 +134,16 @@ async def test_the_outbox_wakes_the_relay_at_commit_whoever_fills_it(pool: async
     the writer spends no round trip on it, and nothing is announced before the commit.
     Only this writer's notifications count: a channel is database-wide, and other tests
     running alongside in other schemas fill their outboxes too."""
-    heard: list[str] = []
-    writer = 0  # the writing backend's pid, set below
-
-    def hear(_conn: Any, pid: int, channel: str, _payload: str) -> None:
-        if pid == writer:
-            heard.append(channel)
-
-    async with pool.acquire() as listener:
-        await listener.add_listener("unifier_outbox", hear)
-        async with pool.acquire() as conn:
-            writer = conn.get_server_pid()
-            async with conn.transaction():
-                await repo.save_outbox(conn, [("t.user-changed", "k", b"{}")])
-                await listener.execute("SELECT 1")  # a round trip on the listener: it would have heard by now
-                assert heard == []
-            await wait_for(lambda: heard, message="a NOTIFY at the COPY's commit")
-            heard.clear()
-            async with conn.transaction():
-                await conn.execute("INSERT INTO outbox (topic, key, value) VALUES ('t.user-changed', 'k', NULL)")
-            await wait_for(lambda: heard, message="a NOTIFY at the INSERT's commit")
-        await listener.remove_listener("unifier_outbox", hear)
+    async with _outbox_notifications(pool) as (listener, conn, heard):
+        async with conn.transaction():
+            await repo.save_outbox(conn, [("t.user-changed", "k", b"{}")])
+            await listener.execute("SELECT 1")  # a round trip on the listener: it would have heard by now
+            assert heard == []
+        await wait_for(lambda: heard, message="a NOTIFY at the COPY's commit")
+        heard.clear()
+        async with conn.transaction():
+            await conn.execute("INSERT INTO outbox (topic, key, value) VALUES ('t.user-changed', 'k', NULL)")
+        await wait_for(lambda: heard, message="a NOTIFY at the INSERT's commit")
 
 
 async def test_the_window_is_read_in_one_statement(pool: asyncpg.Pool) -> None:
@@ -300,8 +289,28 @@ async def test_finish_batch_wakes_the_relay_only_when_it_fills_the_outbox(pool: 
     """The outbox's statement trigger fires for an INSERT of no rows too: finish_batch
     leaves the outbox out of its statement when the batch has no message, so a batch
     without messages does not wake the relay; one with messages does, at its commit."""
+    async with _outbox_notifications(pool) as (listener, conn, heard):
+        for messages in ([], [("t.user-changed", "k", b"{}")]):
+            async with conn.transaction():
+                await repo.lock_batch(conn, [(TOPIC, 0)], [])
+                await repo.finish_batch(conn, [("ch", "e", 1)], WINDOW_MS, messages, [], {(TOPIC, 0): 1}, {}, [])
+            if messages:
+                await wait_for(lambda: heard, message="a NOTIFY at the commit")
+            else:
+                await asyncio.sleep(0.2)
+                await listener.execute("SELECT 1")
+                assert heard == []
+
+
+@asynccontextmanager
+async def _outbox_notifications(
+    pool: asyncpg.Pool,
+) -> AsyncIterator[tuple[asyncpg.Connection, asyncpg.Connection, list[str]]]:
+    """A connection LISTENing on unifier_outbox, a writing connection, and the channels
+    heard from that writer alone: a channel is database-wide, and other tests running
+    alongside in other schemas fill their outboxes too."""
     heard: list[str] = []
-    writer = 0
+    writer = 0  # the writing backend's pid, set below
 
     def hear(_conn: Any, pid: int, channel: str, _payload: str) -> None:
         if pid == writer:
@@ -309,16 +318,9 @@ async def test_finish_batch_wakes_the_relay_only_when_it_fills_the_outbox(pool: 
 
     async with pool.acquire() as listener:
         await listener.add_listener("unifier_outbox", hear)
-        async with pool.acquire() as conn:
-            writer = conn.get_server_pid()
-            for messages in ([], [("t.user-changed", "k", b"{}")]):
-                async with conn.transaction():
-                    await repo.lock_batch(conn, [(TOPIC, 0)], [])
-                    await repo.finish_batch(conn, [("ch", "e", 1)], WINDOW_MS, messages, [], {(TOPIC, 0): 1}, {}, [])
-                if messages:
-                    await wait_for(lambda: heard, message="a NOTIFY at the commit")
-                else:
-                    await asyncio.sleep(0.2)
-                    await listener.execute("SELECT 1")
-                    assert heard == []
-        await listener.remove_listener("unifier_outbox", hear)
+        try:
+            async with pool.acquire() as conn:
+                writer = conn.get_server_pid()
+                yield listener, conn, heard
+        finally:
+            await listener.remove_listener("unifier_outbox", hear)
