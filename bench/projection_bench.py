@@ -1711,7 +1711,10 @@ def report(r: dict[str, Any]) -> str:
         lines.append(f"  digests equal across variants: {t.get('digests_equal')} {t['digests']}")
         for n, x in t.get("instances", {}).items():
             c = x["cpu_us_per_event"]
-            lines.append(f"  {n} projection process(es): {x['eps']:,} events/s; CPU µs/event service {c['python']}, "
+            # The issue's 0.67 is a ratio to the trivial pipeline of the same run, whatever the
+            # number of processes: print it for the instances too, not only for the variants.
+            ratio = f" ({x['eps'] / t['trivial']['eps']:.2f} of trivial)" if "trivial" in t else ""
+            lines.append(f"  {n} projection process(es): {x['eps']:,} events/s{ratio}; CPU µs/event service {c['python']}, "
                          f"postgres {c['postgres']}, broker {c['broker']}; cores {x['cores_used']} "
                          f"(by instance {x['cores_by_instance']}); facts by instance {x['facts_by_instance']}; "
                          f"digest equal to the variants': {x['digest'] in t['digests'].values()}; "
