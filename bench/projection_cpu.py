@@ -83,7 +83,6 @@ def run(recs: list[Record], topics: Topics, batch: int) -> tuple[Directory, int]
 
 def prepare(recs: list[Record], topics: Topics, batch: int) -> tuple[Directory, int]:
     """`run`, the way the pipelined live path prepares a batch (see the docstring)."""
-    from services.domain.directory import identities
     from services.projection.facts import add_keys
 
     resident = ResidentUsers(1_000_000)
@@ -112,7 +111,7 @@ def prepare(recs: list[Record], topics: Topics, batch: int) -> tuple[Directory, 
         run_facts(directory, parsed, settings, window, topics, result, outbox=True, failed_at=0)
         changed = list(directory.changed.values())
         repo.user_columns(changed, resident.revs) if changed else None
-        [(u, old, new) for u in changed if (new := identities(u)) != (old := directory.loaded_identities(u.id))]
+        directory.moved_identities(changed)
         resident.advance()
         resident.written({}, ())
         published += result.published

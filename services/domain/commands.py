@@ -191,7 +191,7 @@ def erase(w: Work, user: User) -> None:
     """B2: irreversible; personal data removed, the id kept so it never comes back."""
     cancel_pending(w, user)
     user = w.directory.get(user.id) or user
-    w.outcome.erased.append(user.id)
+    w.outcome.erased += (user.id,)
     w.put(user.husk(deleted=True))
 
 

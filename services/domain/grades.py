@@ -65,7 +65,7 @@ def on_define(w: Work) -> None:
     if grades.get(msg.name) == colour:
         return
     grades[msg.name] = colour
-    w.outcome.grades.append(GradeChange(w.channel_id, "define", msg.name, colour=colour))
+    w.outcome.grades += (GradeChange(w.channel_id, "define", msg.name, colour=colour),)
 
 
 @handles("grade.remove")
@@ -74,7 +74,7 @@ def on_remove(w: Work) -> None:
     msg = w.fact.msg
     grades = _known(w, msg.name)
     del grades[msg.name]
-    w.outcome.grades.append(GradeChange(w.channel_id, "remove", msg.name))
+    w.outcome.grades += (GradeChange(w.channel_id, "remove", msg.name),)
 
 
 @handles("grade.assign", "grade.unassign")
@@ -85,4 +85,4 @@ def on_assign(w: Work) -> None:
     _known(w, msg.name)
     value = _holder(msg.kind, msg.value)
     op: Literal["assign", "unassign"] = "assign" if msg.type == "grade.assign" else "unassign"
-    w.outcome.grades.append(GradeChange(w.channel_id, op, msg.name, kind=msg.kind, value=value))
+    w.outcome.grades += (GradeChange(w.channel_id, op, msg.name, kind=msg.kind, value=value),)

@@ -46,12 +46,12 @@ _DEFINITION_FIELDS = ("url", "method", "encrypted", "wrappedKey", "params", "res
 def on_define(w: Work) -> None:
     msg = w.fact.msg
     definition = msg.model_dump(mode="json", include=set(_DEFINITION_FIELDS))
-    w.outcome.lookups.append(LookupChange(w.channel_id, "define", msg.name, definition=definition))
+    w.outcome.lookups += (LookupChange(w.channel_id, "define", msg.name, definition=definition),)
 
 
 @handles("lookup.remove")
 def on_remove(w: Work) -> None:
-    w.outcome.lookups.append(LookupChange(w.channel_id, "remove", w.fact.msg.name))
+    w.outcome.lookups += (LookupChange(w.channel_id, "remove", w.fact.msg.name),)
 
 
 def _survivor(w: Work, user_id: str) -> User:
@@ -100,6 +100,6 @@ def on_result(w: Work) -> None:
         record["refused"] = refused
     if msg.error is not None:
         record["error"] = msg.error.model_dump()
-    w.outcome.lookups.append(
-        LookupChange(w.channel_id, "result", msg.name, user_id=user.id, event_id=w.fact.event_id, at=w.at, record=record)
+    w.outcome.lookups += (
+        LookupChange(w.channel_id, "result", msg.name, user_id=user.id, event_id=w.fact.event_id, at=w.at, record=record),
     )

@@ -136,10 +136,10 @@ def on_member_login(w: Work, member: User) -> None:
     if len(waiting) > BLAST_RADIUS:
         # G2: a login that would merge more than 50 sources merges none; they stay pending
         # (listed for staff) and the fact says so.
-        w.outcome.notices.append(Rejected(
+        w.outcome.notices += (Rejected(
             "blast_radius",
             f"{len(waiting)} approved unifications wait for this member, more than {BLAST_RADIUS}: none merged automatically",
-        ))
+        ),)
         return
     for source in waiting:
         target = w.directory.get(member.id)
@@ -163,4 +163,4 @@ def do_merge(w: Work, source: User, target: User) -> None:
     retired_source, merged_target, record = merge(source, target, w.at, w.fact.event_id)
     w.put(retired_source)
     w.put(merged_target)
-    w.outcome.merges.append(record)
+    w.outcome.merges += (record,)

@@ -105,7 +105,7 @@ def _visitor(w: Work, veil: str, member_id: str | None) -> User:
         return w.edit(member)
     source, target, record = merge(cur, member, at, w.fact.event_id)  # U2: merged at once
     w.put(source)
-    w.outcome.merges.append(record)
+    w.outcome.merges += (record,)
     return target
 
 
@@ -170,7 +170,7 @@ def on_chat(w: Work) -> None:
     if msg.message is not None:
         body.update(messageId=msg.message.messageId, text=msg.message.text)
     body["authorName"] = user.value("name") or user.value("profile.name")  # U4: kept as written
-    w.outcome.activities.append(Activity(w.channel_id, user.id, "chat", w.fact.event_id, w.at, body))
+    w.outcome.activities += (Activity(w.channel_id, user.id, "chat", w.fact.event_id, w.at, body),)
 
 
 def _chat_contacts(msg: Any) -> dict[str, str]:
@@ -244,7 +244,7 @@ def on_track(w: Work) -> None:
     else:
         user = found
     body = {"name": msg.name, "properties": msg.properties}
-    w.outcome.activities.append(Activity(w.channel_id, user.id, "event", w.fact.event_id, w.at, body))
+    w.outcome.activities += (Activity(w.channel_id, user.id, "event", w.fact.event_id, w.at, body),)
 
 
 # -- plain paths (core.PLAIN) -----------------------------------------------------------
@@ -432,7 +432,7 @@ def _merging_visit(
     outcome = Outcome()
     outcome.publications = publish(user, husk, fact.event_id, at, messages=messages)[1]
     outcome.publications.extend(publish(member, merged, fact.event_id, at, messages=messages)[1])
-    outcome.merges.append(record)
+    outcome.merges += (record,)
     return outcome
 
 
@@ -520,7 +520,7 @@ def plain_chat(d: Directory, fact: Fact, settings: ChannelSettings, messages: bo
     keys = [key for key, new in won.items() if _shown_value(old_fields.get(key)) != new.v]
     if won and _qualified(old_fields) != _qualified(user.fields):
         keys.append("qualified")
-    return Outcome(publications=_publish(user, keys, fact, messages), activities=[_chat_activity(fact, user)])
+    return Outcome(publications=_publish(user, keys, fact, messages), activities=(_chat_activity(fact, user),))
 
 
 def _first_chat(
@@ -545,7 +545,7 @@ def _first_chat(
     if user_chars(user) > limits.MAX_USER_CHARS:
         return None  # on_chat refuses it (user_too_large)
     d.put(user)
-    return Outcome(publications=_publish(user, [], fact, messages), activities=[_chat_activity(fact, user)])
+    return Outcome(publications=_publish(user, [], fact, messages), activities=(_chat_activity(fact, user),))
 
 
 def _chat_activity(fact: Fact, user: User) -> Activity:
@@ -627,7 +627,7 @@ def plain_track(d: Directory, fact: Fact, settings: ChannelSettings, messages: b
             return None
         d.put(user)
     body = {"name": msg.name, "properties": msg.properties}
-    return Outcome(activities=[Activity(ch, user.id, "event", fact.event_id, at, body)])
+    return Outcome(activities=(Activity(ch, user.id, "event", fact.event_id, at, body),))
 
 
 def _offered(d: Directory, member: User, fields: dict[str, Value]) -> bool:

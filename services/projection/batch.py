@@ -17,7 +17,7 @@ import orjson
 
 from contracts.topics import Topics
 from services.domain.core import Fact
-from services.domain.directory import Directory, identities
+from services.domain.directory import Directory
 from services.domain.user import User
 from services.platform.gc_tuning import paused as gc_paused
 from services.store import import_log
@@ -183,9 +183,7 @@ async def write_effects(
     batch began (AppliedWindow.stored)."""
     changed = list(directory.changed.values())
     await repo.save_users(conn, changed, revs)
-    await repo.save_identities(conn, [
-        (u, old, ids) for u in changed if (ids := identities(u)) != (old := directory.loaded_identities(u.id))
-    ])
+    await repo.save_identities(conn, directory.moved_identities(changed))
     await write_rest(conn, fx, stored_applied)
 
 

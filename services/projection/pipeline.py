@@ -38,7 +38,7 @@ from typing import Any, TypeVar
 import asyncpg
 
 from contracts.topics import Topics
-from services.domain.directory import Identity, identities
+from services.domain.directory import Identity
 from services.domain.imports import ImportBook
 from services.domain.user import User
 from services.platform.gc_tuning import paused as gc_paused
@@ -305,8 +305,7 @@ class Pipeline:
             await _let_the_write_on()
         if resident.directory is not directory:  # dropped while it yielded
             raise Diverged("the resident users were dropped while the batch was prepared")
-        ids = [(u, old, new) for u in changed_users
-               if (new := identities(u)) != (old := directory.loaded_identities(u.id))]
+        ids = directory.moved_identities(changed_users)
         stamp = sorted({u.channel_id for u in changed_users})
         # As apply_batch: the users an import's rows wrote are let go once it committed.
         imported = _written_by_imports(facts, directory) if book is not None else []

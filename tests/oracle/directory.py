@@ -58,6 +58,11 @@ class Directory:
             self._index(user, identities(user))
         self._loaded = dict(self._ids)
 
+    def index(self) -> dict[tuple[str, str, str], set[str]]:
+        """The index by `(channel, kind, value)`: the new core's `Directory.index()`, read
+        by the differential tests."""
+        return self._by_key
+
     def loaded_identities(self, user_id: str) -> frozenset[Identity] | None:
         """The identities a user had when loaded (None: created in this batch), so the
         store rewrites identity rows only for users whose keys changed."""

@@ -56,7 +56,7 @@ def snapshot(directory: Directory) -> dict[str, Any]:
     return {
         "users": {u.id: u.to_json() for u in directory.users()},
         "changed": [(uid, u.to_json()) for uid, u in directory.changed.items()],
-        "index": {k: frozenset(v) for k, v in directory._by_key.items() if v},
+        "index": {k: frozenset(v) for k, v in directory.index().items() if v},
     }
 
 

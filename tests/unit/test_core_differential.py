@@ -425,6 +425,7 @@ class World:
 
     def __init__(self, core: Any, directory: Any, channel: Any, imports: Any, mu: Any) -> None:
         self.core, self.imports = core, imports
+        self.identities = directory.identities
         self.directory = directory.Directory()
         self.book = imports.ImportBook()
         self.settings = {
@@ -447,14 +448,26 @@ class World:
             "lookups": [(x.channel_id, x.op, x.name, x.user_id, x.event_id, x.at, orjson.dumps(x.record)) for x in out.lookups],
         }
 
+    def moved(self) -> Any:
+        """The identity rows a batch would write (issue 14, session 17): the new core's
+        from its index (Directory.moved_identities), the oracle's derived from each user."""
+        d = self.directory
+        if hasattr(d, "moved_identities"):
+            rows = d.moved_identities(d.changed.values())
+        else:
+            rows = [(u, old, new) for u in d.changed.values()
+                    if (new := self.identities(u)) != (old := d.loaded_identities(u.id))]
+        return [(u.id, None if old is None else sorted(old), sorted(new)) for u, old, new in rows]
+
     def state(self) -> Any:
         d = self.directory
         users = {u.id: orjson.dumps(u.to_json()) for u in d.users()}
         return {
             "users": users,
             "changed": [(uid, orjson.dumps(u.to_json())) for uid, u in d.changed.items()],
-            "index": {k: sorted(v) for k, v in d._by_key.items() if v},
+            "index": {k: sorted(v) for k, v in d.index().items() if v},
             "loaded": {uid: sorted(ids) for uid in users if (ids := d.loaded_identities(uid)) is not None},
+            "moved": self.moved(),
             "grades": d.grades.defined,
             "book": (
                 sorted((k, v.import_id, v.mode, v.blank, v.tag) for k, v in self.book.definitions.items()),

@@ -104,8 +104,22 @@ def test_put_reindexes_only_what_moved_and_lookups_equal_a_fresh_directory(ops: 
         held = [u for u in d.users()]
         fresh = Directory(u.copy() for u in held)
         assert _lookups(d) == _lookups(fresh)
+        # The nested index holds the very keys a fresh directory's does (issue 14, session 17).
+        assert {k: v for k, v in d.index().items() if v} == {k: v for k, v in fresh.index().items() if v}
         for user in held:
-            assert d._ids[user.id] == identities(user)  # what later puts diff against
+            # What later puts diff against, and what the batch writes as the user's
+            # identity rows (batch.write_effects, pipeline: identities_of, not identities).
+            assert d.identities_of(user.id) == identities(user)
+        # The identity rows a batch writes, from the index, are those derived from each
+        # user; a state the directory does not hold (a copy, here without its veils and
+        # contacts) is derived from itself, not read from the index.
+        changed = list(d.changed.values())
+        copies = [u.copy() for u in changed]
+        for c in copies:
+            c.veils, c.fields = {}, {}
+        for users in (changed, copies):
+            assert d.moved_identities(users) == [
+                (u, old, new) for u in users if (new := identities(u)) != (old := d.loaded_identities(u.id))]
 
 
 class _Untouchable(set[str]):
@@ -128,7 +142,7 @@ def test_put_moves_only_the_new_veil_of_a_member() -> None:
     d.put(member)
     kept = [("veil", "v1"), ("veil", "v2"), ("member", "m1"), ("email", "a@x.example")]
     for kind, value in kept:
-        d._by_key[("ch_a", kind, value)] = _Untouchable({"u1"})
+        d._by_key["ch_a"][kind][value] = _Untouchable({"u1"})
     grown = member.copy()
     grown.veils["v3"] = 1
     d.put(grown)

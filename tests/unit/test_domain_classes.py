@@ -44,7 +44,7 @@ def test_t1_login_in_another_channel_does_not_merge_into_that_channels_member():
     w.boot("v9", T0 + MIN, channel=CH_B)
     out = w.boot("v9", T0 + 2 * MIN, channel=CH_B, memberId="m1")
 
-    assert out.merges == []
+    assert out.merges == ()
     assert w.user(m.id).sessions_count == 0
     assert w.veil("v9", channel=CH_B).id != m.id
 

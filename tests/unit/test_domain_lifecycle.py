@@ -142,7 +142,7 @@ def test_h1_wrong_member_hash_changes_nothing(type_: str, given: str | None):
     out = w.send(type_, T0 + 2 * MIN, veilId="v1", memberId="m1", **extra)
 
     assert out.rejection is not None and out.rejection.code == "invalid_member_hash"
-    assert out.publications == [] and out.merges == []
+    assert out.publications == [] and out.merges == ()
     assert snapshot(w.directory) == before
 
 
@@ -346,7 +346,7 @@ def test_rejected_fact_leaves_the_directory_exactly_as_before(
     out = w.send(type_, T0 + HOUR, **fields)
 
     assert out.rejection is not None and out.rejection.code == code
-    assert (out.publications, out.merges, out.activities) == ([], [], [])
+    assert (out.publications, out.merges, out.activities) == ([], (), ())
     assert snapshot(w.directory) == before
 
 

@@ -35,7 +35,7 @@ def test_u1_member_login_on_another_members_veil_never_merges():
     out = w.boot("v1", T0 + MIN, memberId="m2")
 
     m1 = w.member("m1")
-    assert out.merges == []
+    assert out.merges == ()
     assert m1.alive and m1.merged_user_ids == [] and "v1" not in m1.veils
     assert w.veil("v1").id == m2.id
     assert w.user(m2.id).merged_user_ids == []
@@ -104,7 +104,7 @@ def test_u2_login_with_unknown_member_id_makes_the_same_user_a_member():
     member = w.member("m1")
     assert member.id == lead.id
     assert member.type == "member"
-    assert out.merges == []
+    assert out.merges == ()
     (pub,) = out.publications
     assert pub.value["change"] == "updated"
     assert {"memberId", "type"} <= set(pub.value["changedKeys"])
@@ -244,7 +244,7 @@ def test_u4_login_merge_adds_sessions_and_keeps_earliest_created_at():
     assert member.merged_user_ids == [anon]
     assert sorted(member.veils) == ["v1", "v2"]
     # Chats and events are re-pointed by the store from this record.
-    assert out.merges == [MergeRecord(CH, anon, m, "ev-login", T0 + 2 * HOUR + 10 * MIN, ())]
+    assert out.merges == (MergeRecord(CH, anon, m, "ev-login", T0 + 2 * HOUR + 10 * MIN, ()),)
 
 
 def test_u4_chat_message_keeps_the_author_name_it_was_written_under():
@@ -298,7 +298,7 @@ def test_u5_approval_of_booted_source_waits_for_the_members_next_login():
     assert candidates(w, lead) == [m.id]
 
     out = w.ok("unification.approve", T0 + HOUR, sourceUserId=lead.id, targetUserId=m.id)
-    assert out.merges == []
+    assert out.merges == ()
     waiting = w.user(lead.id)
     assert (waiting.pending_into, waiting.pending_since) == (m.id, T0 + HOUR)
     assert waiting.alive and w.user(m.id).alive  # both still readable separately
@@ -318,7 +318,7 @@ def test_u5_a_login_before_the_approval_in_event_time_does_not_fire_it():
     w.ok("unification.approve", T0 + 2 * HOUR, sourceUserId=lead.id, targetUserId=m.id)
 
     late = w.ok("login", T0 + HOUR, veilId="v9", memberId="m1")  # happened before, consumed after
-    assert late.merges == []
+    assert late.merges == ()
     assert w.user(lead.id).pending_into == m.id
 
     out = w.ok("login", T0 + 3 * HOUR, veilId="v9", memberId="m1")
@@ -352,7 +352,7 @@ def test_u6_pending_cancelled_when_source_is_blocked():
     w.ok("user.block", T0 + 2 * HOUR, userId=lead.id)
     w.ok("user.unblock", T0 + 3 * HOUR, userId=lead.id)
     assert w.user(lead.id).pending_into is None
-    assert w.ok("login", T0 + 4 * HOUR, veilId="v9", memberId="m1").merges == []
+    assert w.ok("login", T0 + 4 * HOUR, veilId="v9", memberId="m1").merges == ()
 
 
 def test_u6_pending_cancelled_when_target_is_blocked():
@@ -367,7 +367,7 @@ def test_u6_pending_cancelled_when_source_is_deleted():
     w = World()
     lead, m = _pending(w)
     w.ok("user.delete", T0 + 2 * HOUR, userId=lead.id)
-    assert w.ok("login", T0 + 3 * HOUR, veilId="v9", memberId="m1").merges == []
+    assert w.ok("login", T0 + 3 * HOUR, veilId="v9", memberId="m1").merges == ()
     assert w.user(m.id).merged_user_ids == []
 
 
@@ -387,7 +387,7 @@ def test_u6_pending_cancelled_when_source_is_merged_elsewhere_first():
     assert w.user(lead.id).merged_into == m2.id
 
     out = w.ok("login", T0 + 3 * HOUR, veilId="v9", memberId="m1")
-    assert out.merges == []
+    assert out.merges == ()
     assert w.user(m1.id).merged_user_ids == []
 
 
@@ -404,7 +404,7 @@ def test_u6_pending_cancelled_when_source_becomes_member():
     assert w.directory.pending_for(CH, m.id) == []
 
     out = w.ok("login", T0 + 3 * HOUR, veilId="v9", memberId="m1")
-    assert out.merges == []
+    assert out.merges == ()
     assert w.user(m.id).merged_user_ids == [] and w.user(lead.id).alive
 
 
@@ -416,7 +416,7 @@ def test_u6_u1_a_stored_pending_member_source_is_not_merged_at_the_targets_login
     stale.type, stale.member_id = "member", "m2"
     w.directory.put(stale)
     out = w.ok("login", T0 + 3 * HOUR, veilId="v9", memberId="m1")
-    assert out.merges == []
+    assert out.merges == ()
 
 
 def test_u6_pending_unification_never_fires_twice():
@@ -427,7 +427,7 @@ def test_u6_pending_unification_never_fires_twice():
     reapproved = w.ok("unification.approve", T0 + 6 * HOUR, sourceUserId=lead.id, targetUserId=m.id)
 
     assert len(first.merges) == 1
-    assert again.merges == [] and reapproved.merges == []
+    assert again.merges == () and reapproved.merges == ()
     assert reapproved.publications == []
     assert w.user(m.id).merged_user_ids == [lead.id]
 
@@ -678,7 +678,7 @@ def test_g2_a_login_that_would_merge_more_than_blast_radius_merges_none_and_says
 
     out = w.ok("login", T0 + HOUR, veilId="vm", memberId="m1")
 
-    assert out.merges == []
+    assert out.merges == ()
     assert [n.code for n in out.notices] == ["blast_radius"]
     assert all(w.user(s).alive and w.user(s).pending_into == m.id for s in sources)  # still listed
 
