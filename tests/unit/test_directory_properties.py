@@ -148,3 +148,26 @@ def test_put_moves_only_the_new_veil_of_a_member() -> None:
     d.put(grown)
     assert d.by_veil("ch_a", "v3") is grown and d.by_member("ch_a", "m1") is grown
     assert all(d.by_veil("ch_a", v) is grown for v in ("v1", "v2"))
+
+
+def test_issue14_the_index_is_keyed_channel_kind_value_and_its_flat_view_is_the_old_keys() -> None:
+    """Issue 14, session 17: the index is nested (channel → kind → value → ids), one
+    channel's keys never find another's users (T1), and `index()` lists exactly the
+    `(channel, kind, value)` buckets the tuple-keyed index held."""
+    d = Directory()
+    a = User(id="u1", channel_id="ch_a", type="member", created_at=0, updated_at=0, member_id="m1",
+             fields={EMAIL: Value("a@x.example", False, False, 0)}, veils={"v1": 0})
+    b = User(id="u2", channel_id="ch_b", type="member", created_at=0, updated_at=0, member_id="m1", veils={"v1": 0})
+    d.put(a)
+    d.put(b)
+    assert d.by_veil("ch_a", "v1") is a and d.by_veil("ch_b", "v1") is b and d.by_veil("ch_c", "v1") is None
+    assert d.by_member("ch_b", "m1") is b and d.by_contact("ch_b", "email", "a@x.example") == []
+    assert d.by_contact("ch_a", "email", "a@x.example") == [a]
+    assert d.by_contact("ch_a", "email", "a@x.example", qualified_only=True) == []
+    assert d.index() == {("ch_a", "veil", "v1"): {"u1"}, ("ch_a", "member", "m1"): {"u1"},
+                         ("ch_a", "email", "a@x.example"): {"u1"},
+                         ("ch_b", "veil", "v1"): {"u2"}, ("ch_b", "member", "m1"): {"u2"}}
+    assert d.holding(("ch_a", "email", "a@x.example")) == {"u1"} and d.holding(("ch_a", "email", "b@x.example")) == ()
+    assert d.identities_of("u2") == {("veil", "v1", True), ("member", "m1", True)} and d.identities_of("u9") is None
+    d.evict("u2")  # evict drops the buckets it empties; put and forget leave them
+    assert ("ch_b", "veil", "v1") not in d.index() and d.by_veil("ch_b", "v1") is None

@@ -97,3 +97,16 @@ def test_s1_s4_a_visit_is_recorded_as_the_oracle_records_it(
         record_visit(new, veil, platform, at)
         oracle_record_visit(old, veil, platform, at)  # type: ignore[arg-type]
         assert new.to_json() == old.to_json() and list(new.veils) == list(old.veils)
+
+
+def test_issue14_an_outcomes_rare_fields_are_empty_tuples_unless_filled() -> None:
+    """Issue 14, session 17: an Outcome builds no list for its rarely filled fields (a
+    tuple, `()` by default); a handler adds to them, and the publications stay a list."""
+    from services.domain.core import Outcome
+
+    out = Outcome()
+    assert (out.merges, out.activities, out.notices, out.erased, out.grades, out.lookups) == ((),) * 6
+    assert out.publications == [] and out.rejection is None
+    out.erased += ("u_1",)
+    out.erased += ("u_2",)
+    assert out.erased == ("u_1", "u_2") and Outcome().erased == ()
