@@ -18,7 +18,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Any, Final
 
 from . import limits
@@ -109,11 +108,6 @@ def key_type(key: str, given: str | None, declared: dict[str, str]) -> str | Non
             f" (types: {', '.join(sorted(PARSERS))})"
         )
     return given
-
-
-# The projection derives the id of every row's member to preload it; the row handler
-# derives it again. uuid5 costs ~12 µs, a lookup here well under one.
-imported_member_user_id = lru_cache(maxsize=32_768)(member_user_id)
 
 
 # ------------------------------------------------------------------------ definitions
@@ -389,7 +383,7 @@ def plain_new_row(d: Directory, fact: Fact, settings: ChannelSettings, messages:
     if member:
         if d.by_member(ch, key_value) is not None:
             return None  # I2: the row updates that member
-        uid = imported_member_user_id(ch, key_value)
+        uid = member_user_id(ch, key_value)
     else:
         uid = fact_user_id(ch, fact.event_id)
     if d.get(uid) is not None:
@@ -551,7 +545,7 @@ def _new_user(w: Work, definition: ImportDef, key_value: str) -> User:
     """I11: created and last seen at import time. (Masked beyond the MU limit by the core
     after the row, as every new user is: mu.py, I17.)"""
     if definition.mode == "member":
-        uid = imported_member_user_id(w.channel_id, key_value)
+        uid = member_user_id(w.channel_id, key_value)
         if w.directory.get(uid) is not None:  # that memberId was deleted once: a new person
             uid = member_user_id(w.channel_id, key_value, w.at)
         user = new_user(uid, w.channel_id, "member", w.at, key_value)
