@@ -145,7 +145,48 @@ def _parser(col: Column) -> Parser:
     if col.key in FLAGS:
         return parse_boolean
     assert col.type is not None
-    return PARSERS[col.type]
+    return _REMEMBERED_PARSERS.get(col.type) or PARSERS[col.type]
+
+
+# An import's number and date cells repeat (points, plans' prices, birthdays, years): a
+# parse is a regular expression, int() and checks (~6–10 k instructions compiled), a
+# remembered value one dict lookup (issue 14). Bounded by `_REMEMBERED_CELLS` a parser,
+# emptied when full (hygiene's way), so a file of distinct values costs a parse and a
+# store a cell, and memory stays flat in the file size.
+_REMEMBERED_CELLS: Final = 32_768
+
+
+class _RememberedCells:
+    """`parse` (a number or date parser) with its values remembered by the cell's text.
+    The values are ints and floats, shared safely. A refused cell is not remembered: it
+    is parsed again, so it fails with the same error each time (I9)."""
+
+    def __init__(self, parse: Parser) -> None:
+        self.parse = parse
+        self.known: dict[str, Any] = {}
+
+    def __call__(self, raw: str) -> Any:
+        known = self.known
+        value = known.get(raw)  # a parsed value is never None
+        if value is None:
+            value = self.parse(raw)  # raises for a refused cell: nothing remembered
+            if len(known) >= _REMEMBERED_CELLS:
+                known.clear()
+            known[raw] = value
+        return value
+
+
+_REMEMBERED_PARSERS: Final[dict[str, Parser]] = {
+    "number": _RememberedCells(PARSERS["number"]),
+    "date": _RememberedCells(PARSERS["date"]),
+}
+
+
+def forget() -> None:
+    """Empty the remembered cells (benchmarks start each round cold)."""
+    for parse in _REMEMBERED_PARSERS.values():
+        assert isinstance(parse, _RememberedCells)
+        parse.known.clear()
 
 
 @dataclass(frozen=True, slots=True)
