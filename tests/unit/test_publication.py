@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from operator import attrgetter
 from typing import Any
 
 import msgspec
@@ -22,7 +23,7 @@ from services.domain.publication import (
     publish,
 )
 from services.domain.sessions import DEVICE_KEYS
-from services.domain.user import Platform, User, Value
+from services.domain.user import CONTACT_KEYS, Platform, User, Value
 from services.domain.view import user_view
 from tests.oracle.publication import publish as reference_publish
 from tests.oracle.view import user_view as reference_view
@@ -68,6 +69,106 @@ def _pair(draw: st.DrawFn) -> tuple[User, User]:
 def test_attribute_diff_is_the_view_diff(pair: tuple[User, User]) -> None:
     before, after = pair
     assert _diff(before, after) == changed_keys(before, after)
+
+
+# -- the changed keys as publish found them before session 17: kept as the reference ----
+# `publish` compared a tuple of every visible attribute of each user (`_visible`) and,
+# when they differed, listed the keys by attrgetter tuples and sorted them.
+_PREVIOUS_PLAIN = (
+    ("id", "id"), ("channel_id", "channelId"), ("type", "type"), ("member_id", "memberId"),
+    ("unsubscribe_email", "unsubscribeEmail"), ("unsubscribe_texting", "unsubscribeTexting"),
+    ("blocked", "blocked"), ("masked", "masked"), ("language", "language"), ("city", "city"),
+    ("country", "country"), ("sessions_count", "sessionsCount"), ("created_at", "createdAt"),
+)
+_PREVIOUS_LISTS = (
+    ("tags", "tags"), ("import_tags", "userImportTags"), ("delivered", "deliveredCampaigns"),
+    ("merged_user_ids", "mergedUserIds"),
+)
+_PLAIN_KEYS, _PLAIN_OF = tuple(k for _a, k in _PREVIOUS_PLAIN), attrgetter(*(a for a, _k in _PREVIOUS_PLAIN))
+_LIST_KEYS, _LISTS_OF = tuple(k for _a, k in _PREVIOUS_LISTS), attrgetter(*(a for a, _k in _PREVIOUS_LISTS))
+
+
+def _previous_visible(u: User) -> tuple[Any, ...]:
+    return (
+        u.type, u.masked, u.member_id, u.fields, u.tags, u.import_tags, u.unsubscribe_email,
+        u.unsubscribe_texting, u.blocked, u.language, u.city, u.country, u.sessions_count,
+        u.created_at, u.web.sessions_count, u.web.device, u.mobile.sessions_count,
+        u.mobile.device, u.delivered, u.merged_user_ids, u.id, u.channel_id,
+    )
+
+
+def _previous_field_keys(old: dict[str, Value], new: dict[str, Value]) -> list[str]:
+    keys = []
+    for key in old.keys() | new.keys():
+        if key == "name" or key.startswith("profile."):
+            o, n = old.get(key), new.get(key)
+            if (None if o is None else o.v) != (None if n is None else n.v):
+                keys.append(key)
+    if _previous_qualified(old) != _previous_qualified(new):
+        keys.append("qualified")
+    return keys
+
+
+def _previous_qualified(fields: dict[str, Value]) -> list[str]:
+    return [key for key in CONTACT_KEYS if (val := fields.get(key)) is not None and val.v is not None and val.q]
+
+
+def _previous_platform_keys(name: str, old: Platform, new: Platform) -> list[str]:
+    keys = [f"{name}.sessionsCount"] if old.sessions_count != new.sessions_count else []
+    if old.device != new.device:
+        keys.extend(f"{name}.{k}" for k in DEVICE_KEYS if old.device.get(k) != new.device.get(k))
+    return keys
+
+
+def _previous_diff(before: User, after: User) -> list[str]:
+    """The keys `publish` listed before session 17 ([] when the pre-check found the
+    visible tuples equal)."""
+    if _previous_visible(before) == _previous_visible(after):
+        return []
+    if before.masked or after.masked:
+        return changed_keys(before, after)
+    keys = [key for key, old, new in zip(_PLAIN_KEYS, _PLAIN_OF(before), _PLAIN_OF(after), strict=True) if old != new]
+    for key, old, new in zip(_LIST_KEYS, _LISTS_OF(before), _LISTS_OF(after), strict=True):
+        if old != new and list(old) != list(new):
+            keys.append(key)
+    if before.fields != after.fields:
+        keys.extend(_previous_field_keys(before.fields, after.fields))
+    keys.extend(_previous_platform_keys("web", before.web, after.web))
+    keys.extend(_previous_platform_keys("mobile", before.mobile, after.mobile))
+    return sorted(keys)
+
+
+# Field keys that sort anywhere among the profile's (before `name`'s neighbours, after
+# `qualified`'s in code points, non-ASCII), and the contact keys.
+_ODD_FIELD_KEYS = st.sampled_from(["name", "profile.", "profile.A", "profile.z", "profile.~", "profile.é", "nam", "qualified", *CONTACT_KEYS])
+
+
+@st.composite
+def _pair_of_any_change(draw: st.DrawFn) -> tuple[User, User]:
+    """A pair as `_pair`, and sometimes: the same containers shared (a fact that moved
+    nothing but quiet keys), equal copies, field keys sorting anywhere among the profile's."""
+    before, after = draw(_pair())
+    if draw(st.booleans()):
+        after.fields = draw(st.dictionaries(_ODD_FIELD_KEYS, _VALUE, max_size=5))
+    if draw(st.booleans()):
+        after.fields = before.fields
+    if draw(st.booleans()):
+        after.tags = list(before.tags)  # equal, not the same list
+    if draw(st.booleans()):
+        after.web = Platform(before.web.sessions_count, before.web.last_seen_at, before.web.device)
+    return before, after
+
+
+@settings(max_examples=3000)
+@given(_pair_of_any_change())
+def test_the_attribute_diff_lists_the_keys_publish_listed_before(pair: tuple[User, User]) -> None:
+    """issue 14, session 17: `_diff`, attribute by attribute with its keys appended in
+    sorted order (no visible-attribute tuples compared first, no sort), gives exactly the
+    list the pre-check and the previous attribute diff gave — empty when only quiet keys
+    moved — both ways round, and it is the view diff."""
+    before, after = pair
+    assert _diff(before, after) == _previous_diff(before, after) == changed_keys(before, after)
+    assert _diff(after, before) == _previous_diff(after, before) == changed_keys(after, before)
 
 
 @settings(max_examples=3000)
