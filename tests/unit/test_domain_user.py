@@ -172,6 +172,24 @@ def test_the_state_bytes_are_the_reference_bytes_whatever_the_state_holds(
     assert got == _outcome(lambda: orjson.dumps(user.to_json(), option=orjson.OPT_SORT_KEYS))
 
 
+@settings(max_examples=300)
+@given(st.lists(st.tuples(_any_user(), st.integers(0, 3000), st.booleans()), min_size=2, max_size=6))
+def test_states_written_one_after_another_through_the_kept_buffer_are_each_their_own(
+    users: list[tuple[User, int, bool]],
+) -> None:
+    """issue 14 session 17: `state_json` writes every state into one kept buffer
+    (`_STATE_KEPT`) and copies it out. States written in a row — longer and shorter than
+    the one before (a tag of up to 3,000 characters), some refused midway (a lone
+    surrogate) — are each, once all are written, the reference bytes of their own state
+    (or its refusal): nothing of an earlier state stays in a later one, and no returned
+    bytes change when the buffer is written again."""
+    written = []
+    for user, length, refused in users:
+        user.tags = [*user.tags, "x" * length, *(["\ud800"] if refused else [])]
+        written.append(_outcome(user.state_json))
+    assert written == [_outcome(user._state_json_reference) for user, _length, _refused in users]
+
+
 def test_a_loaded_platform_owns_its_device_and_leaves_the_stored_form_alone() -> None:
     """Platform.from_json takes the counters out of a copy: the caller's dict is kept."""
     raw = {"sessionsCount": 3, "lastSeenAt": 4, "os": "ios"}

@@ -304,6 +304,36 @@ def test_a_message_built_as_structs_is_the_reference_message_serialised_whatever
     assert message_body(user, 3, change, keys, cause, 7) == want
 
 
+@settings(max_examples=300)
+@given(st.lists(st.tuples(_hostile_user(), st.integers(0, 5000)), min_size=2, max_size=6))
+def test_messages_built_one_after_another_through_the_kept_buffer_are_each_their_own(
+    users: list[tuple[User, int]],
+) -> None:
+    """issue 14 session 17: `message_body` writes every message into one kept buffer
+    (`_KEPT`) and copies it out. Messages built in a row — longer and shorter than the
+    one before (a tag of up to 5,000 characters: past the buffer's first 4 kB), some
+    refused by msgspec midway (then built the reference way, or refused) — are each, once
+    all are built, the reference message serialised: nothing of an earlier message stays
+    in a later one, and no returned bytes change when the buffer is written again."""
+    def build(user: User) -> tuple[str, Any]:
+        try:
+            return "bytes", message_body(user, 3, "updated", ["tags"], "e1", 7)
+        except orjson.JSONEncodeError as err:
+            return "raised", str(err)
+
+    def reference(user: User) -> tuple[str, Any]:
+        try:
+            return "bytes", orjson.dumps(_message(user, 3, "updated", ["tags"], "e1", 7, user_view(user)))
+        except orjson.JSONEncodeError as err:
+            return "raised", str(err)
+
+    built = []
+    for user, length in users:
+        user.tags = [*user.tags, "t" * length]
+        built.append(build(user))
+    assert built == [reference(user) for user, _length in users]
+
+
 def test_msgspec_writes_every_string_and_64_bit_integer_as_orjson_does() -> None:
     """Why `message_body` may hand msgspec any text and integer of the view: the same
     bytes for every code point but the surrogates (orjson refuses those, and so the
