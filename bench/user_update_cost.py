@@ -1,7 +1,8 @@
 """PostgreSQL's and the service's CPU a user update, by statement form (issue 14, session
 15, helper "batchsql"): `repository.save_user_columns`' INSERT … ON CONFLICT DO UPDATE
-("now"), as session 14 left it ("before": the tags' subquery for every row) and a plain
-UPDATE tried instead ("update"), on the users of a schema that batch_write_cpu.py
+("unnest"), as session 14 left it ("before": the tags' subquery for every row), a plain
+UPDATE tried instead ("update") and session 17's COPY into `users_staged` then INSERT …
+SELECT ("staged": `repository.save_user_rows`, the rows' encoding timed with it), on the users of a schema that batch_write_cpu.py
 `--keep` left (real states, ~1 KB each). Each round updates `--users` random users at
 their next revision (last_seen_at moved: a boot), alternating the forms.
 
@@ -29,6 +30,7 @@ if str(ROOT) not in sys.path:
 import orjson  # noqa: E402
 
 from services.store import repository as repo  # noqa: E402
+from services.store import rowcodec  # noqa: E402
 from services.store.pool import create_pool  # noqa: E402
 
 LOCAL = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -65,6 +67,50 @@ async def save_user_columns_before(conn: Any, cols: list[list[Any]]) -> None:
     )
     if written != count:
         raise repo.Conflict(f"{count - written} of {count} users changed under this batch")
+
+
+async def save_user_columns_unnest(conn: Any, cols: list[list[Any]]) -> None:
+    """`repository.save_user_columns` as session 15 left it (fourteen arrays of
+    `unnest`, the empty tags by a constant), replaced in session 17 by `save_user_rows`."""
+    if not cols or not cols[0]:
+        return
+    count = len(cols[0])
+    written = await conn.fetchval(
+        """
+        WITH w AS (
+          INSERT INTO users AS u (id, channel_id, rev, type, member_id, merged_into, deleted,
+                                  blocked, masked, last_seen_at, updated_at, state, name_key, tags)
+          SELECT x.id, x.channel_id, x.rev, x.type, x.member_id, x.merged_into, x.deleted,
+                 x.blocked, x.masked, x.last_seen_at, x.updated_at, x.state, x.name_key,
+                 CASE WHEN x.tags = '[]' THEN '{}' ELSE ARRAY(SELECT json_array_elements_text(x.tags::json)) END
+          FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[],
+                      $6::text[], $7::bool[], $8::bool[], $9::bool[], $10::bigint[],
+                      $11::bigint[], $12::json[], $13::text[], $14::text[])
+               AS x(id, channel_id, rev, type, member_id, merged_into, deleted, blocked, masked,
+                    last_seen_at, updated_at, state, name_key, tags)
+          ON CONFLICT (id) DO UPDATE SET
+              rev = EXCLUDED.rev, type = EXCLUDED.type, member_id = EXCLUDED.member_id,
+              merged_into = EXCLUDED.merged_into, deleted = EXCLUDED.deleted,
+              blocked = EXCLUDED.blocked, masked = EXCLUDED.masked,
+              last_seen_at = EXCLUDED.last_seen_at, updated_at = EXCLUDED.updated_at,
+              state = EXCLUDED.state, name_key = EXCLUDED.name_key, tags = EXCLUDED.tags
+          WHERE u.rev = EXCLUDED.rev - 1
+          RETURNING 1)
+        SELECT count(*) FROM w
+        """,
+        *cols,
+    )
+    if written != count:
+        raise repo.Conflict(f"{count - written} of {count} users changed under this batch")
+
+
+async def save_user_rows_staged(conn: Any, cols: list[list[Any]]) -> None:
+    """This tree's `repository.save_user_rows` (issue 14, session 17): the rows encoded
+    (timed with it) and copied into the session's `users_staged`, then one INSERT … SELECT."""
+    if not cols or not cols[0]:
+        return
+    rows = [(*r[:11], bytes(r[11]), r[12], orjson.loads(r[13])) for r in zip(*cols, strict=True)]
+    await repo.save_user_rows(conn, rowcodec.encode(rows, repo.USER_TYPES), len(rows))
 
 
 async def update_user_columns(conn: Any, cols: list[list[Any]]) -> None:
@@ -111,7 +157,8 @@ async def main() -> None:
     p.add_argument("--database-url", default=os.environ.get("DATABASE_URL") or LOCAL)
     args = p.parse_args()
     pool = await create_pool(args.database_url, args.schema, min_size=1, max_size=1, migrate=False)
-    forms = {"before": save_user_columns_before, "now": repo.save_user_columns, "update": update_user_columns}
+    forms = {"before": save_user_columns_before, "unnest": save_user_columns_unnest, "update": update_user_columns,
+             "staged": save_user_rows_staged}
     spent: dict[str, list[float]] = {k: [0.0, 0.0] for k in forms}
     rng = random.Random(7)
     async with pool.acquire() as conn:
