@@ -57,60 +57,64 @@ static int reserve(Writer *w, Py_ssize_t n) {
     return 0;
 }
 
-static char *at(Writer *w) { return PyBytes_AS_STRING(w->bytes) + w->len; }
+/* Big-endian stores into room `reserve` made; each returns the position after it. */
+static char *store_u16(char *p, uint16_t v) {
+    p[0] = (char)(v >> 8);
+    p[1] = (char)v;
+    return p + 2;
+}
 
-static int put_raw(Writer *w, const void *data, Py_ssize_t n) {
+static char *store_u32(char *p, uint32_t v) {
+    p[0] = (char)(v >> 24);
+    p[1] = (char)(v >> 16);
+    p[2] = (char)(v >> 8);
+    p[3] = (char)v;
+    return p + 4;
+}
+
+/* `n` bytes of room at the end of the payload, or NULL with an exception set; the
+ * caller writes exactly `n` bytes there. */
+static char *room(Writer *w, Py_ssize_t n) {
     if (reserve(w, n) < 0) {
-        return -1;
+        return NULL;
     }
-    memcpy(at(w), data, (size_t)n);
+    char *p = PyBytes_AS_STRING(w->bytes) + w->len;
     w->len += n;
-    return 0;
+    return p;
 }
 
-static int put_u16(Writer *w, uint16_t v) {
-    unsigned char b[2] = {(unsigned char)(v >> 8), (unsigned char)v};
-    return put_raw(w, b, 2);
-}
-
-static int put_u32(Writer *w, uint32_t v) {
-    unsigned char b[4] = {(unsigned char)(v >> 24), (unsigned char)(v >> 16), (unsigned char)(v >> 8), (unsigned char)v};
-    return put_raw(w, b, 4);
-}
-
-static int put_u64(Writer *w, uint64_t v) {
-    if (put_u32(w, (uint32_t)(v >> 32)) < 0) {
-        return -1;
-    }
-    return put_u32(w, (uint32_t)v);
-}
-
-/* A field's length word, refused past int32. */
-static int put_length(Writer *w, Py_ssize_t n) {
+/* A field of `n` bytes after its length word: its room, or NULL past int32 (raised). */
+static char *field(Writer *w, Py_ssize_t n) {
     if (n > FIELD_MAX) {
         PyErr_SetString(PyExc_OverflowError, "a COPY field is limited to 2**31-1 bytes");
-        return -1;
+        return NULL;
     }
-    return put_u32(w, (uint32_t)n);
+    char *p = room(w, 4 + n);
+    return p == NULL ? NULL : store_u32(p, (uint32_t)n);
 }
 
-/* The field (length and bytes) of `s` as UTF-8; its bytes also into *data, *size. */
+/* The UTF-8 bytes of `s` into *data, *size (cached in the str). */
 static int utf8_of(PyObject *s, const char **data, Py_ssize_t *size, const char *what) {
     if (!PyUnicode_Check(s)) {
         PyErr_Format(PyExc_TypeError, "%s: expected str, got %.100s", what, Py_TYPE(s)->tp_name);
         return -1;
     }
-    *data = PyUnicode_AsUTF8AndSize(s, size); /* cached in the str; raises on a lone surrogate */
+    *data = PyUnicode_AsUTF8AndSize(s, size); /* raises on a lone surrogate */
     return *data == NULL ? -1 : 0;
 }
 
 static int put_text(Writer *w, PyObject *v) {
     const char *data;
     Py_ssize_t size;
-    if (utf8_of(v, &data, &size, "text column") < 0 || put_length(w, size) < 0) {
+    if (utf8_of(v, &data, &size, "text column") < 0) {
         return -1;
     }
-    return put_raw(w, data, size);
+    char *p = field(w, size);
+    if (p == NULL) {
+        return -1;
+    }
+    memcpy(p, data, (size_t)size);
+    return 0;
 }
 
 static int put_int8(Writer *w, PyObject *v) {
@@ -122,10 +126,13 @@ static int put_int8(Writer *w, PyObject *v) {
     if (x == -1 && PyErr_Occurred()) {
         return -1;
     }
-    if (put_u32(w, 8) < 0) {
+    char *p = field(w, 8);
+    if (p == NULL) {
         return -1;
     }
-    return put_u64(w, (uint64_t)x);
+    uint64_t u = (uint64_t)x;
+    store_u32(store_u32(p, (uint32_t)(u >> 32)), (uint32_t)u);
+    return 0;
 }
 
 static int put_bool(Writer *w, PyObject *v) {
@@ -133,14 +140,15 @@ static int put_bool(Writer *w, PyObject *v) {
         PyErr_Format(PyExc_TypeError, "boolean column: expected bool, got %.100s", Py_TYPE(v)->tp_name);
         return -1;
     }
-    unsigned char b = v == Py_True;
-    if (put_u32(w, 1) < 0) {
+    char *p = field(w, 1);
+    if (p == NULL) {
         return -1;
     }
-    return put_raw(w, &b, 1);
+    *p = v == Py_True;
+    return 0;
 }
 
-/* bytes as they are, after `prefix` (jsonb's version byte) when prefixed. */
+/* bytes as they are, after jsonb's version byte 1 when `prefixed`. */
 static int put_bytes(Writer *w, PyObject *v, int prefixed) {
     if (!PyBytes_Check(v)) {
         PyErr_Format(PyExc_TypeError, "%s column: expected bytes, got %.100s", prefixed ? "jsonb" : "bytes",
@@ -148,20 +156,19 @@ static int put_bytes(Writer *w, PyObject *v, int prefixed) {
         return -1;
     }
     Py_ssize_t size = PyBytes_GET_SIZE(v);
-    if (size > FIELD_MAX - prefixed) {
+    if (size > FIELD_MAX - prefixed) { /* before the sum below, which must not overflow */
         PyErr_SetString(PyExc_OverflowError, "a COPY field is limited to 2**31-1 bytes");
         return -1;
     }
-    if (put_length(w, size + prefixed) < 0) {
+    char *p = field(w, size + prefixed);
+    if (p == NULL) {
         return -1;
     }
     if (prefixed) {
-        unsigned char version = 1;
-        if (put_raw(w, &version, 1) < 0) {
-            return -1;
-        }
+        *p++ = 1;
     }
-    return put_raw(w, PyBytes_AS_STRING(v), size);
+    memcpy(p, PyBytes_AS_STRING(v), (size_t)size);
+    return 0;
 }
 
 /* A one-dimensional text[]: ndim, has-nulls flag, element type, then the dimension
@@ -178,7 +185,8 @@ static int put_text_array(Writer *w, PyObject *v) {
         PyErr_SetString(PyExc_OverflowError, "text[] too long for a COPY field");
         return -1;
     }
-    /* The field's length: the header, then 4 bytes a length plus each element's bytes. */
+    /* The field's length: the header, then 4 bytes a length plus each element's bytes,
+     * each step checked against int32 before it is added. */
     Py_ssize_t size = n ? 20 : 12;
     for (Py_ssize_t i = 0; i < n; i++) {
         const char *data;
@@ -192,26 +200,31 @@ static int put_text_array(Writer *w, PyObject *v) {
         }
         size += 4 + len;
     }
-    if (put_length(w, size) < 0 || put_u32(w, n ? 1 : 0) < 0 || put_u32(w, 0) < 0 || put_u32(w, TEXT_OID) < 0) {
+    char *p = field(w, size);
+    if (p == NULL) {
         return -1;
     }
+    p = store_u32(store_u32(store_u32(p, n ? 1 : 0), 0), TEXT_OID);
     if (n == 0) {
         return 0;
     }
-    if (put_u32(w, (uint32_t)n) < 0 || put_u32(w, 1) < 0) {
-        return -1;
-    }
+    p = store_u32(store_u32(p, (uint32_t)n), 1);
     for (Py_ssize_t i = 0; i < n; i++) {
-        if (put_text(w, items[i]) < 0) { /* the list cannot change meanwhile: no Python code runs */
-            return -1;
-        }
+        /* No Python code has run since the sizes were taken: the same elements, their
+         * UTF-8 cached in them. */
+        Py_ssize_t len;
+        const char *data = PyUnicode_AsUTF8AndSize(items[i], &len);
+        p = store_u32(p, (uint32_t)len);
+        memcpy(p, data, (size_t)len);
+        p += len;
     }
     return 0;
 }
 
 static int put_field(Writer *w, char type, PyObject *v) {
     if (v == Py_None) {
-        return put_u32(w, (uint32_t)-1);
+        char *p = room(w, 4);
+        return p == NULL ? -1 : (store_u32(p, (uint32_t)-1), 0);
     }
     switch (type) {
     case 't':
@@ -252,9 +265,9 @@ static PyObject *encode(PyObject *Py_UNUSED(self), PyObject *args) {
     if (w.bytes == NULL) {
         return NULL;
     }
-    if (put_raw(&w, SIGNATURE, sizeof SIGNATURE) < 0 || put_u32(&w, 0) < 0 || put_u32(&w, 0) < 0) {
-        goto fail;
-    }
+    char *p = room(&w, sizeof SIGNATURE + 8); /* within the first 4096 bytes */
+    memcpy(p, SIGNATURE, sizeof SIGNATURE);
+    store_u32(store_u32(p + sizeof SIGNATURE, 0), 0); /* no flags, no header extension */
     Py_ssize_t nrows = PyList_GET_SIZE(rows);
     for (Py_ssize_t r = 0; r < nrows; r++) {
         /* Borrowed references: nothing below runs Python code that could change the list. */
@@ -263,16 +276,21 @@ static PyObject *encode(PyObject *Py_UNUSED(self), PyObject *args) {
             PyErr_Format(PyExc_TypeError, "row %zd: expected a tuple of %zd values", r, ncols);
             goto fail;
         }
-        if (put_u16(&w, (uint16_t)ncols) < 0) {
+        if ((p = room(&w, 2)) == NULL) {
             goto fail;
         }
+        store_u16(p, (uint16_t)ncols);
         for (Py_ssize_t c = 0; c < ncols; c++) {
             if (put_field(&w, types[c], PyTuple_GET_ITEM(row, c)) < 0) {
                 goto fail;
             }
         }
     }
-    if (put_u16(&w, 0xFFFF) < 0 || _PyBytes_Resize(&w.bytes, w.len) < 0) {
+    if ((p = room(&w, 2)) == NULL) {
+        goto fail;
+    }
+    store_u16(p, 0xFFFF); /* the trailer */
+    if (_PyBytes_Resize(&w.bytes, w.len) < 0) {
         goto fail;
     }
     return w.bytes;
