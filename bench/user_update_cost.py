@@ -106,11 +106,27 @@ async def save_user_columns_unnest(conn: Any, cols: list[list[Any]]) -> None:
 
 async def save_user_rows_staged(conn: Any, cols: list[list[Any]]) -> None:
     """This tree's `repository.save_user_rows` (issue 14, session 17): the rows encoded
-    (timed with it) and copied into the session's `users_staged`, then one INSERT … SELECT."""
+    (timed with it; the tags' JSON turned back into lists too) and copied into the
+    session's `users_staged`, then one INSERT … SELECT."""
     if not cols or not cols[0]:
         return
-    rows = [(*r[:11], bytes(r[11]), r[12], orjson.loads(r[13])) for r in zip(*cols, strict=True)]
+    rows = [(*r[:11], r[11], r[12], orjson.loads(r[13])) for r in zip(*cols, strict=True)]  # the state's bytes: below
     await repo.save_user_rows(conn, rowcodec.encode(rows, repo.USER_TYPES), len(rows))
+
+
+async def save_user_rows_taken(conn: Any, cols: list[list[Any]]) -> None:
+    """`save_user_rows_staged` taking the rows out of `users_staged` as it reads them (a
+    DELETE … RETURNING, the form first written; the commit empties it anyway): what
+    that costs."""
+    if not cols or not cols[0]:
+        return
+    rows = [(*r[:11], r[11], r[12], orjson.loads(r[13])) for r in zip(*cols, strict=True)]
+    await repo.copy_rows(conn, "users_staged", repo.USER_COLUMNS, rowcodec.encode(rows, repo.USER_TYPES), schema="pg_temp")
+    sql = repo._SAVE_STAGED.replace("FROM pg_temp.users_staged x", "FROM x").replace(
+        "WITH w AS (", "WITH x AS (DELETE FROM pg_temp.users_staged RETURNING *), w AS (")
+    assert sql != repo._SAVE_STAGED
+    if await conn.fetchval(sql) != len(rows):
+        raise repo.Conflict("users changed under this batch")
 
 
 async def update_user_columns(conn: Any, cols: list[list[Any]]) -> None:
@@ -158,7 +174,7 @@ async def main() -> None:
     args = p.parse_args()
     pool = await create_pool(args.database_url, args.schema, min_size=1, max_size=1, migrate=False)
     forms = {"before": save_user_columns_before, "unnest": save_user_columns_unnest, "update": update_user_columns,
-             "staged": save_user_rows_staged}
+             "staged": save_user_rows_staged, "taken": save_user_rows_taken}
     spent: dict[str, list[float]] = {k: [0.0, 0.0] for k in forms}
     rng = random.Random(7)
     async with pool.acquire() as conn:
@@ -175,7 +191,8 @@ async def main() -> None:
                     vals = list(r)
                     vals[2] += 1
                     vals[9] = (vals[9] or 0) + 1
-                    vals[11] = orjson.Fragment(vals[11].encode())
+                    # the state as the pool's json codec takes it, or as its bytes for the payload
+                    vals[11] = vals[11].encode() if name in ("staged", "taken") else orjson.Fragment(vals[11].encode())
                     vals[13] = orjson.dumps(list(vals[13])).decode() if vals[13] else "[]"
                     for c, v in zip(cols, vals, strict=True):
                         c.append(v)

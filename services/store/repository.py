@@ -469,10 +469,16 @@ async def save_user_rows(conn: asyncpg.Connection, payload: bytes, count: int) -
     """Write `count` users (`user_records` at their next revision, encoded as
     `USER_TYPES`), fenced on their revision: the rows by binary COPY into the session's
     `users_staged` (STAGE_USERS), then one INSERT … SELECT … ON CONFLICT DO UPDATE from
-    it, which takes the rows out of it. Instead of fourteen arrays of `unnest`, each
-    element encoded by asyncpg (issue 14, session 17). A user not at the revision before
-    its row's (another instance wrote it), or a new one another created, is not written:
-    Conflict."""
+    it. Instead of fourteen arrays of `unnest`, each element encoded by asyncpg (issue
+    14, session 17). A user not at the revision before its row's (another instance wrote
+    it), or a new one another created, is not written: Conflict.
+
+    The commit empties `users_staged` (ON COMMIT DELETE ROWS), a rollback (to a
+    savepoint too) its rows of the transaction; the statement only reads it (a DELETE …
+    RETURNING cost PostgreSQL ~0.5–1.3 µs a user more, bench/user_update_cost.py). So
+    it is called once a transaction (batch.write_effects, Pipeline._write): a second call
+    would find the first's rows again, each already at its revision (not written again,
+    not counted) or, for a user in both, the second row of one id (an error)."""
     if not count:
         return
     if not conn.is_in_transaction():  # the staged rows live until the commit: one transaction
@@ -486,13 +492,12 @@ async def save_user_rows(conn: asyncpg.Connection, payload: bytes, count: int) -
 
 
 _SAVE_STAGED = """
-        WITH x AS (DELETE FROM pg_temp.users_staged RETURNING *),
-        w AS (
+        WITH w AS (
           INSERT INTO users AS u (id, channel_id, rev, type, member_id, merged_into, deleted,
                                   blocked, masked, last_seen_at, updated_at, state, name_key, tags)
           SELECT x.id, x.channel_id, x.rev, x.type, x.member_id, x.merged_into, x.deleted,
                  x.blocked, x.masked, x.last_seen_at, x.updated_at, x.state, x.name_key, x.tags
-            FROM x
+            FROM pg_temp.users_staged x
           ON CONFLICT (id) DO UPDATE SET
               rev = EXCLUDED.rev, type = EXCLUDED.type, member_id = EXCLUDED.member_id,
               merged_into = EXCLUDED.merged_into, deleted = EXCLUDED.deleted,

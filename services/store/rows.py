@@ -29,8 +29,7 @@ STAGE_USERS = """CREATE TEMP TABLE IF NOT EXISTS users_staged (
 """The session's table `repository.save_user_rows` copies the users' rows into: `USER_COLUMNS`
 with `users`' types (tests/integration/test_user_rows.py compares them), no constraint.
 Created once a connection (pool.py `_init`): the role needs the TEMPORARY privilege
-(docs/operations.md, "Upgrading"). Emptied at each commit of a transaction that used it,
-and by the statement that reads it."""
+(docs/operations.md, "Upgrading"). Emptied at each commit of a transaction that used it."""
 
 
 def user_row(u: User, rev: int) -> tuple[Any, ...]:

@@ -60,13 +60,13 @@ async def test_the_staged_write_keeps_the_revision_fence(pool: asyncpg.Pool) -> 
     """G3 (issue 14, session 17): `save_user_rows` writes a user only from the revision
     before its row's — new users at 0, then updates — and a stale row (another instance
     wrote the user) is Conflict, the whole transaction undone; the staging table is empty
-    after each statement and each transaction, committed or not; outside a transaction
-    the call opens its own."""
+    after each transaction, committed or not; outside a transaction the call opens its
+    own (its rows live until the commit)."""
     users = [User(f"u-{i}", "ch", "lead", 1, 1, tags=["t"] if i % 2 else []) for i in range(5)]
     async with pool.acquire() as conn:
         async with conn.transaction():
             await repo.save_users(conn, users, {})  # five new users: below COPY_NEW_FROM, staged
-            assert await conn.fetchval("SELECT count(*) FROM pg_temp.users_staged") == 0
+        assert await conn.fetchval("SELECT count(*) FROM pg_temp.users_staged") == 0
         for u in users:
             u.updated_at = 2
         await repo.save_users(conn, users, {u.id: 1 for u in users})  # no transaction of its own
