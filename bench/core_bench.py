@@ -168,8 +168,9 @@ def forget(core: Core) -> None:
     """Empty the core's remembered ids (lru caches, hygiene's dicts), so no round starts warmer than the first."""
     for name in ("hygiene", "ids", "imports"):
         module = sys.modules.get(core.core.__name__.rsplit(".", 1)[0] + "." + name)
-        if name in ("hygiene", "ids") and callable(getattr(module, "forget", None)):
-            module.forget()  # type: ignore[union-attr]  # plain dicts since issue 14, sessions 14 (hygiene) and 15 (ids)
+        if callable(getattr(module, "forget", None)):
+            # plain dicts since issue 14, sessions 14 (hygiene), 15 (ids) and 17 (imports' cells)
+            module.forget()  # type: ignore[union-attr]
         for value in vars(module).values() if module is not None else ():
             if callable(getattr(value, "cache_clear", None)):
                 value.cache_clear()

@@ -113,7 +113,7 @@ _TYPE, _VERSION, _DELETED, _MERGED_INTO = _AT["type"], _AT["version"], _AT["dele
 _BLOCKED, _MASKED = _AT["blocked"], _AT["masked"]
 # The attributes `user_view` shows, but for the quiet ones (publication._QUIET) and the
 # containers compared separately (fields, the platforms): equal before and after means
-# the fact made no visible change (publication._visible is the same list).
+# the fact made no visible change (publication._diff compares the same attributes).
 _SHOWN_NAMES = (
     "type", "masked", "member_id", "tags", "import_tags", "unsubscribe_email", "unsubscribe_texting", "blocked",
     "language", "city", "country", "sessions_count", "created_at", "delivered", "merged_user_ids", "id", "channel_id",
@@ -190,7 +190,7 @@ class Snapshot:
         return s[_TYPE] != "anonymous" and not s[_DELETED] and s[_MERGED_INTO] is None and not s[_BLOCKED] and not s[_MASKED]
 
     def looks_the_same(self, after: User) -> bool:
-        """Nothing `user_view` shows moved but the quiet keys (publication._visible)."""
+        """Nothing `user_view` shows moved but the quiet keys (publication._diff empty)."""
         if after.fields != self.fields or _SHOWN(after) != _SHOWN_WAS(self.state):
             return False
         web, mobile = after.web, after.mobile

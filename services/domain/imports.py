@@ -18,7 +18,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Any, Final
 
 from . import limits
@@ -111,11 +110,6 @@ def key_type(key: str, given: str | None, declared: dict[str, str]) -> str | Non
     return given
 
 
-# The projection derives the id of every row's member to preload it; the row handler
-# derives it again. uuid5 costs ~12 µs, a lookup here well under one.
-imported_member_user_id = lru_cache(maxsize=32_768)(member_user_id)
-
-
 # ------------------------------------------------------------------------ definitions
 
 
@@ -151,7 +145,48 @@ def _parser(col: Column) -> Parser:
     if col.key in FLAGS:
         return parse_boolean
     assert col.type is not None
-    return PARSERS[col.type]
+    return _REMEMBERED_PARSERS.get(col.type) or PARSERS[col.type]
+
+
+# An import's number and date cells repeat (points, plans' prices, birthdays, years): a
+# parse is a regular expression, int() and checks (~6–10 k instructions compiled), a
+# remembered value one dict lookup (issue 14). Bounded by `_REMEMBERED_CELLS` a parser,
+# emptied when full (hygiene's way), so a file of distinct values costs a parse and a
+# store a cell, and memory stays flat in the file size.
+_REMEMBERED_CELLS: Final = 32_768
+
+
+class _RememberedCells:
+    """`parse` (a number or date parser) with its values remembered by the cell's text.
+    The values are ints and floats, shared safely. A refused cell is not remembered: it
+    is parsed again, so it fails with the same error each time (I9)."""
+
+    def __init__(self, parse: Parser) -> None:
+        self.parse = parse
+        self.known: dict[str, Any] = {}
+
+    def __call__(self, raw: str) -> Any:
+        known = self.known
+        value = known.get(raw)  # a parsed value is never None
+        if value is None:
+            value = self.parse(raw)  # raises for a refused cell: nothing remembered
+            if len(known) >= _REMEMBERED_CELLS:
+                known.clear()
+            known[raw] = value
+        return value
+
+
+_REMEMBERED_PARSERS: Final[dict[str, Parser]] = {
+    "number": _RememberedCells(PARSERS["number"]),
+    "date": _RememberedCells(PARSERS["date"]),
+}
+
+
+def forget() -> None:
+    """Empty the remembered cells (benchmarks start each round cold)."""
+    for parse in _REMEMBERED_PARSERS.values():
+        assert isinstance(parse, _RememberedCells)
+        parse.known.clear()
 
 
 @dataclass(frozen=True, slots=True)
@@ -389,7 +424,7 @@ def plain_new_row(d: Directory, fact: Fact, settings: ChannelSettings, messages:
     if member:
         if d.by_member(ch, key_value) is not None:
             return None  # I2: the row updates that member
-        uid = imported_member_user_id(ch, key_value)
+        uid = member_user_id(ch, key_value)
     else:
         uid = fact_user_id(ch, fact.event_id)
     if d.get(uid) is not None:
@@ -551,7 +586,7 @@ def _new_user(w: Work, definition: ImportDef, key_value: str) -> User:
     """I11: created and last seen at import time. (Masked beyond the MU limit by the core
     after the row, as every new user is: mu.py, I17.)"""
     if definition.mode == "member":
-        uid = imported_member_user_id(w.channel_id, key_value)
+        uid = member_user_id(w.channel_id, key_value)
         if w.directory.get(uid) is not None:  # that memberId was deleted once: a new person
             uid = member_user_id(w.channel_id, key_value, w.at)
         user = new_user(uid, w.channel_id, "member", w.at, key_value)

@@ -9,7 +9,6 @@ message of a user.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from operator import attrgetter
 from typing import Any, Final
 
 import msgspec
@@ -92,85 +91,114 @@ def changed_keys(before: User | None, after: User) -> list[str]:
     return sorted(k for k in old.keys() | new.keys() if k not in _QUIET and old.get(k) != new.get(k))
 
 
-# View key of each plain attribute `user_view` shows as is (quiet ones left out).
-_PLAIN = (
-    ("id", "id"), ("channel_id", "channelId"), ("type", "type"), ("member_id", "memberId"),
-    ("unsubscribe_email", "unsubscribeEmail"), ("unsubscribe_texting", "unsubscribeTexting"),
-    ("blocked", "blocked"), ("masked", "masked"), ("language", "language"), ("city", "city"),
-    ("country", "country"), ("sessions_count", "sessionsCount"), ("created_at", "createdAt"),
-)
-# ... and of each list attribute (the view copies it into a list).
-_LISTS = (
-    ("tags", "tags"), ("import_tags", "userImportTags"), ("delivered", "deliveredCampaigns"),
-    ("merged_user_ids", "mergedUserIds"),
-)
-
-
-# Read in one C call each (attrgetter) rather than attribute by attribute.
-_PLAIN_KEYS, _PLAIN_OF = tuple(k for _a, k in _PLAIN), attrgetter(*(a for a, _k in _PLAIN))
-_LIST_KEYS, _LISTS_OF = tuple(k for _a, k in _LISTS), attrgetter(*(a for a, _k in _LISTS))
+# Each platform's device keys and their flattened names, in sorted order.
+_WEB_SORTED: Final = tuple((k, f"web.{k}") for k in sorted(DEVICE_KEYS))
+_MOBILE_SORTED: Final = tuple((k, f"mobile.{k}") for k in sorted(DEVICE_KEYS))
 
 
 def _diff(before: User, after: User) -> list[str]:
     """`changed_keys(before, after)` for two users, from their attributes: building and
-    flattening both views cost more than the rest of a typical fact. Masking nulls whole
-    parts of the view, so a masked user (rare) takes the reference path.
-    tests/unit/test_publication.py holds the two equal."""
+    flattening both views cost more than the rest of a typical fact. Attribute by
+    attribute, each key appended in the sorted order `changed_keys` returns (only the
+    fields' own keys, `name` and `profile.*`, are sorted among themselves): no tuple of
+    the visible attributes built per user and compared first (the pre-check `_visible`
+    was), no attrgetter tuples, no sort (issue 14, session 17). Empty when nothing
+    visible moved. Masking nulls whole parts of the view, so a masked user (rare) takes
+    the reference path. tests/unit/test_publication.py holds it equal to
+    `changed_keys` and to the definition before session 17."""
     if before.masked or after.masked:
         return changed_keys(before, after)
-    keys = [key for key, old, new in zip(_PLAIN_KEYS, _PLAIN_OF(before), _PLAIN_OF(after), strict=True) if old != new]
-    for key, old, new in zip(_LIST_KEYS, _LISTS_OF(before), _LISTS_OF(after), strict=True):
-        if old != new and list(old) != list(new):
-            keys.append(key)
-    if before.fields != after.fields:
-        keys.extend(_field_keys(before.fields, after.fields))
-    keys.extend(_platform_keys("web", before.web, after.web))
-    keys.extend(_platform_keys("mobile", before.mobile, after.mobile))
-    return sorted(keys)
+    keys: list[str] = []
+    if before.blocked != after.blocked:
+        keys.append("blocked")
+    if before.channel_id != after.channel_id:
+        keys.append("channelId")
+    if before.city != after.city:
+        keys.append("city")
+    if before.country != after.country:
+        keys.append("country")
+    if before.created_at != after.created_at:
+        keys.append("createdAt")
+    if _list_moved(before.delivered, after.delivered):
+        keys.append("deliveredCampaigns")
+    if before.id != after.id:
+        keys.append("id")
+    if before.language != after.language:
+        keys.append("language")
+    # `masked`: neither is masked here.
+    if before.member_id != after.member_id:
+        keys.append("memberId")
+    if _list_moved(before.merged_user_ids, after.merged_user_ids):
+        keys.append("mergedUserIds")
+    _platform_diff(keys, before.mobile, after.mobile, _MOBILE_SORTED, "mobile.sessionsCount")
+    old, new = before.fields, after.fields
+    if old is not new and old != new:
+        _field_diff(keys, old, new)
+    if before.sessions_count != after.sessions_count:
+        keys.append("sessionsCount")
+    if _list_moved(before.tags, after.tags):
+        keys.append("tags")
+    if before.type != after.type:
+        keys.append("type")
+    if before.unsubscribe_email != after.unsubscribe_email:
+        keys.append("unsubscribeEmail")
+    if before.unsubscribe_texting != after.unsubscribe_texting:
+        keys.append("unsubscribeTexting")
+    if _list_moved(before.import_tags, after.import_tags):
+        keys.append("userImportTags")
+    _platform_diff(keys, before.web, after.web, _WEB_SORTED, "web.sessionsCount")
+    return keys
 
 
-def _field_keys(old: dict[str, Value], new: dict[str, Value]) -> list[str]:
-    """`name`, `profile.*` (the view shows a profile key's value, absent when None) and
-    `qualified` (the contact keys holding a qualified value)."""
-    keys = []
-    for key in old.keys() | new.keys():
-        if key == "name" or key.startswith("profile."):
-            o, n = old.get(key), new.get(key)
-            if (None if o is None else o.v) != (None if n is None else n.v):
-                keys.append(key)
+def _list_moved(old: list[str], new: list[str]) -> bool:
+    """The view shows a list attribute copied into a list: a tuple equal item by item
+    is no change. Lists are never changed in place (user.py): the same list is equal."""
+    return old is not new and old != new and list(old) != list(new)
+
+
+def _field_diff(keys: list[str], old: dict[str, Value], new: dict[str, Value]) -> None:
+    """Appends `name` and the `profile.*` keys whose shown value (absent: None) moved,
+    sorted (they sort after `mobile.*` and before `qualified`), then `qualified` if the
+    contact keys holding a qualified value moved."""
+    moved: list[str] = []
+    for key, val in new.items():
+        if key == "name" or key.startswith(_PROFILE):
+            was = old.get(key)
+            if (None if was is None else was.v) != val.v:
+                moved.append(key)
+    for key, val in old.items():
+        if (key == "name" or key.startswith(_PROFILE)) and key not in new and val.v is not None:
+            moved.append(key)
+    if len(moved) > 1:
+        moved.sort()
+    keys.extend(moved)
     if _qualified(old) != _qualified(new):
         keys.append("qualified")
-    return keys
 
 
 def _qualified(fields: dict[str, Value]) -> list[str]:
     return [key for key in CONTACT_KEYS if (val := fields.get(key)) is not None and val.v is not None and val.q]
 
 
-def _platform_keys(name: str, old: Platform, new: Platform) -> list[str]:
-    keys = [f"{name}.sessionsCount"] if old.sessions_count != new.sessions_count else []
-    if old.device != new.device:
-        keys.extend(f"{name}.{k}" for k in DEVICE_KEYS if old.device.get(k) != new.device.get(k))
-    return keys
-
-
-def _visible(u: User) -> tuple[Any, ...]:
-    """Everything `user_view` reads except the quiet keys: equal tuples mean no changed
-    keys (an exact pre-check; unequal ones still go through the view diff)."""
-    return (
-        u.type, u.masked, u.member_id, u.fields, u.tags, u.import_tags, u.unsubscribe_email,
-        u.unsubscribe_texting, u.blocked, u.language, u.city, u.country, u.sessions_count,
-        u.created_at, u.web.sessions_count, u.web.device, u.mobile.sessions_count,
-        u.mobile.device, u.delivered, u.merged_user_ids, u.id, u.channel_id,
-    )
+def _platform_diff(keys: list[str], old: Platform, new: Platform, flat: tuple[tuple[str, str], ...], sessions: str) -> None:
+    """Appends a platform's flattened device keys whose value moved, in sorted order,
+    then its sessionsCount (which sorts after every device key) if it moved."""
+    before, after = old.device, new.device
+    if before is not after and before != after:
+        for key, dotted in flat:
+            if before.get(key) != after.get(key):
+                keys.append(dotted)
+    if old.sessions_count != new.sessions_count:
+        keys.append(sessions)
 
 
 def _moves(before: User, after: User) -> bool:
     """`bool(_diff(before, after))`, decided at the first visible difference: all that a
     rebuild (`publish(..., messages=False)`) needs of a change is whether the version
-    moves. `_visible`'s two tuples and `_diff`'s key list (its attrgetters, the fields'
-    key union, the platforms' generators, the sort) cost ~40 k instructions for a
-    merging login, whose mergedUserIds always moves (issue 14, session 14). A masked
+    moves. The pre-check's two tuples of visible attributes and `_diff`'s key list (as
+    they were then: its attrgetters, the fields' key union, the platforms' generators,
+    the sort) cost ~40 k instructions for a merging login, whose mergedUserIds always
+    moves (issue 14, session 14). A masked
     user (rare) takes the reference path, as in `_diff`. tests/unit/test_publication.py
     holds the two equal, and `publish` with and without messages."""
     if before.masked or after.masked:
@@ -262,12 +290,10 @@ def publish(
         if not messages:  # a rebuild: whether the version moves, not which keys changed
             if not _moves(before, after):
                 return after, []
-        elif _visible(before) == _visible(after):
-            return after, []  # e.g. another boot in the same session: only quiet keys moved
         else:
             keys = _diff(before, after)
             if not keys:
-                return after, []
+                return after, []  # e.g. another boot in the same session: only quiet keys moved
     if first:
         change = "created"
     elif before is not None and before.blocked != after.blocked:
@@ -312,10 +338,17 @@ _ENCODER: Final = msgspec.json.Encoder()
 _encode: Final = _ENCODER.encode
 # `encode` starts from a small buffer and grows it by reallocations (a `created` is
 # ~1.1 kB: three of them, then a shrink); `encode_into` a buffer of this size, then one
-# copy into bytes, is ~6 % cheaper a message (issue 14, session 15). A buffer per call:
-# nothing shared between callers.
+# copy into bytes, is ~6 % cheaper a message (issue 14, session 15). The buffer is kept
+# (`_KEPT`) rather than made per call: a new zero-filled 2 kB bytearray and its freeing
+# cost ~2.5 k instructions a message (issue 14, session 17). `encode_into` writes from
+# its start and leaves the buffer's length at the message's end, its memory as it was;
+# a longer message grows it by bytearray's own resizing, which also gives memory back
+# when a message needs less than half of it: its size follows the recent messages'
+# (~1.5× them). Shared, and safe so: the domain core runs on one thread, and nothing
+# runs between `encode_into` and the copy into bytes.
 _encode_into: Final = _ENCODER.encode_into
-_BUFFER_BYTES: Final = 2048
+_BUFFER_BYTES: Final = 4096
+_KEPT: Final = bytearray(_BUFFER_BYTES)
 _INT_MIN: Final = -(2**63)  # the integers orjson writes (it refuses others)
 _INT_MAX: Final = 2**64 - 1
 _PROFILE_CUT: Final = len(_PROFILE)
@@ -418,7 +451,7 @@ def message_body(user: User, version: int, change: str, keys: list[str] | None, 
             user.updated_at, _platform_struct(user.web), _platform_struct(user.mobile), user.delivered,
             user.merged_user_ids,
         )
-        buffer = bytearray(_BUFFER_BYTES)
+        buffer = _KEPT
         try:
             _encode_into(_MESSAGE(
                 outbound_event_id(user.id, version), user.channel_id, user.id, version, change,
@@ -471,10 +504,6 @@ def _platform_keys_of_first(keys: list[str], device: dict[str, str], flat: tuple
                 keys.append(dotted)
     keys.append(sessions)
 
-
-# Each platform's device keys and their flattened names, in sorted order.
-_WEB_SORTED = tuple((k, f"web.{k}") for k in sorted(DEVICE_KEYS))
-_MOBILE_SORTED = tuple((k, f"mobile.{k}") for k in sorted(DEVICE_KEYS))
 
 
 def _message(

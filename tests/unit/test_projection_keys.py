@@ -51,7 +51,7 @@ def _import_row_keys_as_before(fact: Fact) -> Any:
     """`_keys_of` of an import row as session 9 read it, through the general reading's
     `add` closure (the reference `_import_row_keys` must equal)."""
     from services.domain.hygiene import clean_email, clean_member_id, clean_mobile
-    from services.domain.imports import imported_member_user_id
+    from services.domain.ids import member_user_id
     from services.domain.values import Rejected
 
     msg, ch = fact.msg, fact.channel_id
@@ -70,7 +70,7 @@ def _import_row_keys_as_before(fact: Fact) -> Any:
 
     cells = msg.cells
     if (member := add("member", cells.get("memberId"), clean_member_id)) is not None:
-        ids.add(imported_member_user_id(ch, member))
+        ids.add(member_user_id(ch, member))
     add("email", cells.get("profile.email"), clean_email)
     add("mobile", cells.get("profile.mobileNumber"), clean_mobile)
     return ids, keys
@@ -109,7 +109,7 @@ def test_an_import_rows_member_email_and_mobile_are_loaded_cleaned() -> None:
     an e-mail lowercased, a mobile in E.164; the member's user id from its memberId."""
     import orjson
 
-    from services.domain.imports import imported_member_user_id
+    from services.domain.ids import member_user_id
     from services.projection.decoding import decode_import_rows
 
     raw = orjson.dumps({"channelId": "ch_keys", "occurredAt": 1, "eventId": "imp_k:rows:2", "type": "import.rows",
@@ -120,7 +120,7 @@ def test_an_import_rows_member_email_and_mobile_are_loaded_cleaned() -> None:
     ids, keys = batch._keys_of(Fact(row, 1))
     assert keys == {("ch_keys", "member", "M7"), ("ch_keys", "email", "ann@example.com"),
                     ("ch_keys", "mobile", "+819012345678")}
-    assert ids == {imported_member_user_id("ch_keys", "M7")}
+    assert ids == {member_user_id("ch_keys", "M7")}
 
 
 def test_add_keys_adds_every_facts_keys_to_the_loaders_sets() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from operator import attrgetter
 from typing import Any
 
 import msgspec
@@ -22,7 +23,7 @@ from services.domain.publication import (
     publish,
 )
 from services.domain.sessions import DEVICE_KEYS
-from services.domain.user import Platform, User, Value
+from services.domain.user import CONTACT_KEYS, Platform, User, Value
 from services.domain.view import user_view
 from tests.oracle.publication import publish as reference_publish
 from tests.oracle.view import user_view as reference_view
@@ -68,6 +69,106 @@ def _pair(draw: st.DrawFn) -> tuple[User, User]:
 def test_attribute_diff_is_the_view_diff(pair: tuple[User, User]) -> None:
     before, after = pair
     assert _diff(before, after) == changed_keys(before, after)
+
+
+# -- the changed keys as publish found them before session 17: kept as the reference ----
+# `publish` compared a tuple of every visible attribute of each user (`_visible`) and,
+# when they differed, listed the keys by attrgetter tuples and sorted them.
+_PREVIOUS_PLAIN = (
+    ("id", "id"), ("channel_id", "channelId"), ("type", "type"), ("member_id", "memberId"),
+    ("unsubscribe_email", "unsubscribeEmail"), ("unsubscribe_texting", "unsubscribeTexting"),
+    ("blocked", "blocked"), ("masked", "masked"), ("language", "language"), ("city", "city"),
+    ("country", "country"), ("sessions_count", "sessionsCount"), ("created_at", "createdAt"),
+)
+_PREVIOUS_LISTS = (
+    ("tags", "tags"), ("import_tags", "userImportTags"), ("delivered", "deliveredCampaigns"),
+    ("merged_user_ids", "mergedUserIds"),
+)
+_PLAIN_KEYS, _PLAIN_OF = tuple(k for _a, k in _PREVIOUS_PLAIN), attrgetter(*(a for a, _k in _PREVIOUS_PLAIN))
+_LIST_KEYS, _LISTS_OF = tuple(k for _a, k in _PREVIOUS_LISTS), attrgetter(*(a for a, _k in _PREVIOUS_LISTS))
+
+
+def _previous_visible(u: User) -> tuple[Any, ...]:
+    return (
+        u.type, u.masked, u.member_id, u.fields, u.tags, u.import_tags, u.unsubscribe_email,
+        u.unsubscribe_texting, u.blocked, u.language, u.city, u.country, u.sessions_count,
+        u.created_at, u.web.sessions_count, u.web.device, u.mobile.sessions_count,
+        u.mobile.device, u.delivered, u.merged_user_ids, u.id, u.channel_id,
+    )
+
+
+def _previous_field_keys(old: dict[str, Value], new: dict[str, Value]) -> list[str]:
+    keys = []
+    for key in old.keys() | new.keys():
+        if key == "name" or key.startswith("profile."):
+            o, n = old.get(key), new.get(key)
+            if (None if o is None else o.v) != (None if n is None else n.v):
+                keys.append(key)
+    if _previous_qualified(old) != _previous_qualified(new):
+        keys.append("qualified")
+    return keys
+
+
+def _previous_qualified(fields: dict[str, Value]) -> list[str]:
+    return [key for key in CONTACT_KEYS if (val := fields.get(key)) is not None and val.v is not None and val.q]
+
+
+def _previous_platform_keys(name: str, old: Platform, new: Platform) -> list[str]:
+    keys = [f"{name}.sessionsCount"] if old.sessions_count != new.sessions_count else []
+    if old.device != new.device:
+        keys.extend(f"{name}.{k}" for k in DEVICE_KEYS if old.device.get(k) != new.device.get(k))
+    return keys
+
+
+def _previous_diff(before: User, after: User) -> list[str]:
+    """The keys `publish` listed before session 17 ([] when the pre-check found the
+    visible tuples equal)."""
+    if _previous_visible(before) == _previous_visible(after):
+        return []
+    if before.masked or after.masked:
+        return changed_keys(before, after)
+    keys = [key for key, old, new in zip(_PLAIN_KEYS, _PLAIN_OF(before), _PLAIN_OF(after), strict=True) if old != new]
+    for key, old, new in zip(_LIST_KEYS, _LISTS_OF(before), _LISTS_OF(after), strict=True):
+        if old != new and list(old) != list(new):
+            keys.append(key)
+    if before.fields != after.fields:
+        keys.extend(_previous_field_keys(before.fields, after.fields))
+    keys.extend(_previous_platform_keys("web", before.web, after.web))
+    keys.extend(_previous_platform_keys("mobile", before.mobile, after.mobile))
+    return sorted(keys)
+
+
+# Field keys that sort anywhere among the profile's (before `name`'s neighbours, after
+# `qualified`'s in code points, non-ASCII), and the contact keys.
+_ODD_FIELD_KEYS = st.sampled_from(["name", "profile.", "profile.A", "profile.z", "profile.~", "profile.é", "nam", "qualified", *CONTACT_KEYS])
+
+
+@st.composite
+def _pair_of_any_change(draw: st.DrawFn) -> tuple[User, User]:
+    """A pair as `_pair`, and sometimes: the same containers shared (a fact that moved
+    nothing but quiet keys), equal copies, field keys sorting anywhere among the profile's."""
+    before, after = draw(_pair())
+    if draw(st.booleans()):
+        after.fields = draw(st.dictionaries(_ODD_FIELD_KEYS, _VALUE, max_size=5))
+    if draw(st.booleans()):
+        after.fields = before.fields
+    if draw(st.booleans()):
+        after.tags = list(before.tags)  # equal, not the same list
+    if draw(st.booleans()):
+        after.web = Platform(before.web.sessions_count, before.web.last_seen_at, before.web.device)
+    return before, after
+
+
+@settings(max_examples=3000)
+@given(_pair_of_any_change())
+def test_the_attribute_diff_lists_the_keys_publish_listed_before(pair: tuple[User, User]) -> None:
+    """issue 14, session 17: `_diff`, attribute by attribute with its keys appended in
+    sorted order (no visible-attribute tuples compared first, no sort), gives exactly the
+    list the pre-check and the previous attribute diff gave — empty when only quiet keys
+    moved — both ways round, and it is the view diff."""
+    before, after = pair
+    assert _diff(before, after) == _previous_diff(before, after) == changed_keys(before, after)
+    assert _diff(after, before) == _previous_diff(after, before) == changed_keys(after, before)
 
 
 @settings(max_examples=3000)
@@ -201,6 +302,36 @@ def test_a_message_built_as_structs_is_the_reference_message_serialised_whatever
             message_body(user, 3, change, keys, cause, 7)
         return
     assert message_body(user, 3, change, keys, cause, 7) == want
+
+
+@settings(max_examples=300)
+@given(st.lists(st.tuples(_hostile_user(), st.integers(0, 5000)), min_size=2, max_size=6))
+def test_messages_built_one_after_another_through_the_kept_buffer_are_each_their_own(
+    users: list[tuple[User, int]],
+) -> None:
+    """issue 14 session 17: `message_body` writes every message into one kept buffer
+    (`_KEPT`) and copies it out. Messages built in a row — longer and shorter than the
+    one before (a tag of up to 5,000 characters: past the buffer's first 4 kB), some
+    refused by msgspec midway (then built the reference way, or refused) — are each, once
+    all are built, the reference message serialised: nothing of an earlier message stays
+    in a later one, and no returned bytes change when the buffer is written again."""
+    def build(user: User) -> tuple[str, Any]:
+        try:
+            return "bytes", message_body(user, 3, "updated", ["tags"], "e1", 7)
+        except orjson.JSONEncodeError as err:
+            return "raised", str(err)
+
+    def reference(user: User) -> tuple[str, Any]:
+        try:
+            return "bytes", orjson.dumps(_message(user, 3, "updated", ["tags"], "e1", 7, user_view(user)))
+        except orjson.JSONEncodeError as err:
+            return "raised", str(err)
+
+    built = []
+    for user, length in users:
+        user.tags = [*user.tags, "t" * length]
+        built.append(build(user))
+    assert built == [reference(user) for user, _length in users]
 
 
 def test_msgspec_writes_every_string_and_64_bit_integer_as_orjson_does() -> None:
