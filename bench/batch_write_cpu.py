@@ -53,7 +53,7 @@ from services.store.pool import create_pool  # noqa: E402
 
 LOCAL = "postgresql://postgres@127.0.0.1:5432/postgres"
 WRITE_FUNCTIONS: dict[Any, tuple[str, ...]] = {
-    repo: ("copy_new_users", "save_user_columns", "save_identities", "save_activities", "save_merges",
+    repo: ("copy_new_users", "save_user_columns", "save_user_rows", "save_identities", "save_activities", "save_merges",
            "erase_personal_data", "save_grade_changes", "save_applied", "raise_clocks", "save_outbox",
            "lock_offsets", "lock_channels_held", "save_positions", "lock_batch", "finish_batch"),
     lookup_store: ("save_changes", "erase", "enqueue_chats"),
@@ -80,7 +80,7 @@ class Meter:
     def count_statements(self) -> None:
         conn_cls = asyncpg.connection.Connection
         for name, trips in (("execute", 1), ("fetch", 1), ("fetchval", 1), ("fetchrow", 1), ("executemany", 1),
-                            ("copy_records_to_table", 2)):
+                            ("copy_records_to_table", 2), ("copy_to_table", 2)):
             orig = getattr(conn_cls, name)
 
             def make(orig: Any, trips: int) -> Any:
@@ -90,6 +90,8 @@ class Meter:
                         return await orig(conn, *args, **kwargs)
                     self.trips += trips
                     what = args[0] if args and isinstance(args[0], str) else ""
+                    if orig.__name__ == "copy_to_table":  # a payload: its table (session 17)
+                        what = f"{kwargs.get('schema_name') or ''}.{what}"
                     label = f"{orig.__name__}: {' '.join(what.split())[:80]}"
                     t, b = time.process_time(), backend_ns(self.pid)
                     try:
@@ -178,8 +180,11 @@ async def run(args: argparse.Namespace) -> None:
                 pipe._inflight = (prepared, task)
                 assert await pipe.drain()
             if measured:
-                rows["users updated"] += len(prepared.users[0]) if prepared.users else 0
-                rows["users copied"] += len(prepared.new_users)
+                # a payload and its count since session 17 ("rowcodec"), columns and rows before
+                updated = getattr(prepared, "updated", None)
+                rows["users updated"] += updated if updated is not None else len(prepared.users[0]) if prepared.users else 0
+                copied = getattr(prepared, "copied", None)
+                rows["users copied"] += copied if copied is not None else len(prepared.new_users)
                 rows["identity changes"] += len(prepared.identities)
                 rows["of stored users"] += sum(1 for _u, old, _n in prepared.identities if old is not None)
                 rows["losing a row"] += sum(1 for _u, old, new in prepared.identities if old is not None and old - new)

@@ -21,7 +21,7 @@ Prints CPU µs per fact of: decoding alone (the projection's decoder and, for co
 `--prepare` runs instead what the pipelined live path does in memory for a batch
 (projection/pipeline.py `_prepare`): decode, the facts' keys, the resident users' lookups
 (the store answering nothing: what is not resident is new), run_facts, the users' rows
-(`repo.user_columns`), the identities' deltas, and the resident copy advanced and trimmed:
+(`repo.user_records`, encoded by `rowcodec.encode`), the identities' deltas, and the resident copy advanced and trimmed:
 everything of the batch's Python but the statements' encoding and the event loop.
 """
 
@@ -49,6 +49,7 @@ from services.projection.records import Record  # noqa: E402
 from services.projection.resident import ResidentUsers  # noqa: E402
 from services.projection.window import AppliedWindow  # noqa: E402
 from services.store import repository as repo  # noqa: E402
+from services.store import rowcodec  # noqa: E402
 
 
 def records(n: int, seed: int, topic: str) -> list[Record]:
@@ -110,7 +111,7 @@ def prepare(recs: list[Record], topics: Topics, batch: int) -> tuple[Directory, 
         result = BatchResult()
         run_facts(directory, parsed, settings, window, topics, result, outbox=True, failed_at=0)
         changed = list(directory.changed.values())
-        repo.user_columns(changed, resident.revs) if changed else None
+        rowcodec.encode(repo.user_records(changed, resident.revs), repo.USER_TYPES) if changed else None
         directory.moved_identities(changed)
         resident.advance()
         resident.written({}, ())

@@ -31,7 +31,7 @@ from services.store import lookups as lookup_store  # noqa: E402
 from services.store import repository as repo  # noqa: E402
 
 WRAPPED: dict[Any, tuple[str, ...]] = {
-    repo: ("load_users", "copy_new_users", "save_user_columns", "save_identities", "save_activities",
+    repo: ("load_users", "copy_new_users", "save_user_columns", "save_user_rows", "save_identities", "save_activities",
            "save_merges", "erase_personal_data", "save_grade_changes", "applied_window", "save_applied",
            "raise_clocks", "save_outbox", "lock_offsets", "lock_channels_held", "save_positions", "lock_batch", "finish_batch",
            "load_channels", "load_grades", "channel_tokens"),
@@ -114,7 +114,7 @@ def show() -> None:
 def wrap_statements() -> None:
     import asyncpg
 
-    for name in ("fetch", "fetchval", "fetchrow", "execute", "copy_records_to_table"):
+    for name in ("fetch", "fetchval", "fetchrow", "execute", "copy_records_to_table", "copy_to_table"):
         orig = getattr(asyncpg.connection.Connection, name)
 
         def make(name: str, orig: Any) -> Any:

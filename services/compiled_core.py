@@ -29,6 +29,12 @@ calls the domain's compiled functions and reads its classes' attributes directly
 packages run compiled together or interpreted together, never half and half:
 `services.projection`, `services.store` and `services.relay` follow the choice `services.domain` made
 (`follow`).
+
+The build also holds the few hand-written C extensions (`EXTENSIONS`: the binary COPY
+encoder of the batch's rows, services/store/_rowcodec.c), compiled beside the mypyc
+modules into the same package directories and covered by the same digest: a process
+running compiled finds them first on its packages' paths; an interpreted one never sees
+them and runs their Python reference (services/store/rowcodec.py).
 """
 
 from __future__ import annotations
@@ -54,6 +60,11 @@ COMPILED = {
     "store": ("rows.py",),
     "relay": ("partitioner.py",),  # murmur2 of every new user's key (issue 14, session 12)
 }
+# Hand-written C extensions built with them, by package: each `<name>.c` becomes the
+# module `services.<package>.<name>` (the Makefile's `core` target lists them too).
+EXTENSIONS = {
+    "store": ("_rowcodec.c",),  # rows as binary COPY payloads (issue 14, session 17)
+}
 GROUP = "unifier_core"  # the shared library's name: unifier_core__mypyc.<abi>.so
 MANIFEST = "MANIFEST.json"
 MODES = ("auto", "compiled", "interpreted")
@@ -71,16 +82,22 @@ def sources() -> list[Path]:
     return domain + [SERVICES / package / name for package, names in COMPILED.items() for name in names]
 
 
+def c_sources() -> list[Path]:
+    """The `EXTENSIONS`' C files."""
+    return [SERVICES / package / name for package, names in EXTENSIONS.items() for name in names]
+
+
 def modules() -> list[str]:
     """The compiled modules' names, as imported: services.domain.user, …"""
     return [f"services.{p.parent.name}.{p.stem}" for p in sources()]
 
 
 def source_digest() -> str:
-    """What a build is valid for: every compiled source, byte for byte (named by its
-    package and file), and the Python ABI the extension was built against."""
+    """What a build is valid for: every compiled source and C extension's source, byte
+    for byte (named by its package and file), and the Python ABI the extension was
+    built against."""
     h = hashlib.sha256(sys.implementation.cache_tag.encode())
-    for path in sources():
+    for path in sources() + c_sources():
         h.update(b"\0" + f"{path.parent.name}/{path.name}".encode() + b"\0" + path.read_bytes())
     return h.hexdigest()
 
@@ -133,7 +150,7 @@ def build(out: Path) -> None:
     """Compile `sources()` into `out`, replacing what was there only once the whole build
     has succeeded (a process starting meanwhile sees the old build or none, never half)."""
     from mypyc.build import mypycify  # a build-time dependency: mypy, in the dev extras
-    from setuptools import Distribution
+    from setuptools import Distribution, Extension
 
     out.parent.mkdir(parents=True, exist_ok=True)
     digest = source_digest()
@@ -146,6 +163,10 @@ def build(out: Path) -> None:
                 [str(p.relative_to(ROOT)) for p in sources()],
                 opt_level="3", group_name=GROUP, target_dir=str(work / "c"),
             )
+            extensions += [
+                Extension(f"services.{p.parent.name}.{p.stem}", [str(p.relative_to(ROOT))], extra_compile_args=["-O2"])
+                for p in c_sources()
+            ]
             dist = Distribution({"name": "unifier-core", "ext_modules": extensions})
             cmd = dist.get_command_obj("build_ext")
             cmd.build_lib = str(work / "lib")  # type: ignore[attr-defined]
@@ -164,7 +185,7 @@ def main(argv: list[str]) -> int:
     if argv[:1] == ["build"]:
         out = core_dir()
         build(out)
-        print(f"domain core and projection compiled into {out} ({len(sources())} modules)")
+        print(f"domain core and projection compiled into {out} ({len(sources())} modules, {len(c_sources())} C extensions)")
         return 0
     if argv[:1] == ["check"]:
         why = _mismatch(core_dir())

@@ -42,7 +42,7 @@ from services.domain.directory import Identity
 from services.domain.imports import ImportBook
 from services.domain.user import User
 from services.platform.gc_tuning import paused as gc_paused
-from services.store import import_log
+from services.store import import_log, rowcodec
 from services.store import repository as repo
 
 from .batch import (
@@ -114,7 +114,8 @@ class Prepared:
     result: BatchResult
     channels: list[str]
     observed: dict[str, int | None]  # tokens read before its users, channels not known then
-    users: list[list[Any]]  # repo.user_columns
+    users: bytes  # repo.save_user_rows' payload: the rows of the users it updates, encoded
+    updated: int  # how many rows `users` holds
     identities: list[tuple[User, frozenset[Identity] | None, frozenset[Identity]]]
     fx: Effects
     stored_applied: frozenset[tuple[str, str]]
@@ -125,7 +126,8 @@ class Prepared:
     window_clocks: dict[str, int] = field(default_factory=dict)  # its channels' clocks after it
     book: ImportBook | None = None  # its import rows' book: written with it, read by the next
     imported: list[str] = field(default_factory=list)  # users its import rows wrote: not kept after it
-    new_users: list[tuple[Any, ...]] = field(default_factory=list)  # repo.user_row of those it copies (COPY_NEW_FROM)
+    new_users: bytes = b""  # repo.copy_new_users' payload: the new users it copies (COPY_NEW_FROM), encoded
+    copied: int = 0  # how many rows `new_users` holds
 
 
 @dataclass(slots=True)
@@ -289,20 +291,18 @@ class Pipeline:
             await _let_the_write_on()
         changed_users = list(directory.changed.values())
         # As repo.save_users: many new users (an import batch's) go by COPY, their rows
-        # built here like the others' columns.
+        # built here like the others', each set encoded at once as its COPY's payload.
         copied, updated_users = repo.new_to_copy(changed_users, resident.revs)
-        new_users: list[tuple[Any, ...]] = []
+        new_rows: list[tuple[Any, ...]] = []
         for some in _slices(copied):
-            new_users.extend(repo.user_row(u, 1) for u in some)
+            new_rows.extend(repo.user_records(some, resident.revs))
             await _let_the_write_on()
-        users: list[list[Any]] = []
+        rows: list[tuple[Any, ...]] = []
         for some in _slices(updated_users):
-            if users:
-                for col, more in zip(users, repo.user_columns(some, resident.revs), strict=True):
-                    col.extend(more)
-            else:
-                users = repo.user_columns(some, resident.revs)
+            rows.extend(repo.user_records(some, resident.revs))
             await _let_the_write_on()
+        new_users = rowcodec.encode(new_rows, repo.USER_TYPES) if new_rows else b""
+        users = rowcodec.encode(rows, repo.USER_TYPES) if rows else b""
         if resident.directory is not directory:  # dropped while it yielded
             raise Diverged("the resident users were dropped while the batch was prepared")
         ids = directory.moved_identities(changed_users)
@@ -313,7 +313,7 @@ class Pipeline:
         advanced = resident.advance()  # the revisions its rows carry; the next batch starts from them
         return Prepared(
             records=records, started=started, generation=generation, result=result, channels=channels,
-            observed=observed, users=users, new_users=new_users, identities=ids, fx=fx, stored_applied=window.stored, stamp=stamp,
+            observed=observed, users=users, updated=len(rows), new_users=new_users, copied=len(new_rows), identities=ids, fx=fx, stored_applied=window.stored, stamp=stamp,
             ends=ends, clocks=clocks_after(records), changed=advanced,
             window_clocks=dict(window.clocks), book=book, imported=imported,
         )
@@ -377,7 +377,7 @@ class Pipeline:
                     raise Diverged(f"channel {c} was written by another transaction ({token}, expected {expected})")
             if p.new_users:
                 await repo.copy_new_users(conn, p.new_users)
-            await repo.save_user_columns(conn, p.users)
+            await repo.save_user_rows(conn, p.users, p.updated)
             await repo.save_identities(conn, p.identities)
             await write_rest_unfinished(conn, p.fx, p.stored_applied)
             if p.book is not None:

@@ -11,6 +11,8 @@ import asyncpg
 import asyncpg.protocol.protocol as _protocol
 import orjson
 
+from services.store.rows import STAGE_USERS
+
 if TYPE_CHECKING:
     from services.platform.config import Settings
 
@@ -57,6 +59,8 @@ async def _init(conn: asyncpg.Connection) -> None:
     )
     # json's binary form is the text itself (users.state).
     await conn.set_type_codec("json", schema="pg_catalog", encoder=orjson.dumps, decoder=orjson.loads, format="binary")
+    # The session's staging table of the users' rows (repository.save_user_rows).
+    await conn.execute(STAGE_USERS)
 
 
 async def _keep_session(conn: asyncpg.Connection) -> None:

@@ -18,10 +18,12 @@ from services.domain.unification import MergeRecord
 from services.domain.user import User
 from services.store.pool import borrow
 
-# The users' rows are built in rows.py, compiled with the domain core; named here too.
-from .rows import USER_COLUMNS, search_columns, user_columns, user_row
+from . import rowcodec
 
-__all__ = ["USER_COLUMNS", "search_columns", "user_columns", "user_row"]  # besides this module's own
+# The users' rows are built in rows.py, compiled with the domain core; named here too.
+from .rows import STAGE_USERS, USER_COLUMNS, USER_TYPES, search_columns, user_records, user_row
+
+__all__ = ["STAGE_USERS", "USER_COLUMNS", "USER_TYPES", "search_columns", "user_records", "user_row"]  # and its own
 
 
 class Conflict(Exception):
@@ -425,53 +427,77 @@ async def save_users(conn: asyncpg.Connection, users: Sequence[User], revs: dict
         return
     new, users = new_to_copy(users, revs)
     if new:
-        await copy_new_users(conn, [user_row(u, 1) for u in new])
+        await copy_new_users(conn, rowcodec.encode(user_records(new, revs), USER_TYPES))
         if not users:
             return
-    await save_user_columns(conn, user_columns(users, revs))
+    await save_user_rows(conn, rowcodec.encode(user_records(users, revs), USER_TYPES), len(users))
 
 
 def new_to_copy(users: Sequence[User], revs: dict[str, int]) -> tuple[list[User], list[User]]:
-    """(the new users that go by COPY, the users that go by `save_user_columns`): the new
-    ones (revision 0) are copied from COPY_NEW_FROM of them, else none are."""
+    """(the new users that go by COPY into `users`, the users that go by
+    `save_user_rows`): the new ones (revision 0) are copied from COPY_NEW_FROM of them,
+    else none are."""
     new = [u for u in users if not revs.get(u.id, 0)]
     if len(new) < COPY_NEW_FROM:
         return [], list(users)
     return new, [u for u in users if revs.get(u.id, 0)]
 
 
-async def copy_new_users(conn: asyncpg.Connection, rows: list[tuple[Any, ...]]) -> None:
-    """New users (`user_row` at revision 1) by binary COPY: `save_users` from
-    COPY_NEW_FROM of them; a pipelined batch builds the rows before it writes them."""
+async def copy_rows(
+    conn: asyncpg.Connection, table: str, columns: Sequence[str], payload: bytes, schema: str | None = None,
+) -> None:
+    """A binary COPY payload (`rowcodec.encode` of the rows) into `table`'s `columns`:
+    the rows' bytes are sent as they are, instead of asyncpg encoding each value
+    (`copy_records_to_table`; issue 14, session 17). Passed as a memoryview: asyncpg
+    takes a `bytes` source for a file's path (os.fspath accepts bytes)."""
+    await conn.copy_to_table(table, schema_name=schema, source=memoryview(payload), columns=list(columns), format="binary")
+
+
+async def copy_new_users(conn: asyncpg.Connection, payload: bytes) -> None:
+    """New users (`user_records` at revision 1, encoded as `USER_TYPES`) by binary COPY:
+    `save_users` from COPY_NEW_FROM of them; a pipelined batch encodes them before it
+    writes them."""
     # A new user's row must not exist (the fence: rev 0 → 1). COPY refuses a taken id as
     # the unique violation it is: another instance created that user.
     try:
-        await conn.copy_records_to_table("users", records=rows, columns=USER_COLUMNS)
+        await copy_rows(conn, "users", USER_COLUMNS, payload)
     except asyncpg.UniqueViolationError as err:
         raise Conflict(f"a new user was created by another instance: {err.detail}") from err
 
 
-async def save_user_columns(conn: asyncpg.Connection, cols: list[list[Any]]) -> None:
-    """Write the users of `user_columns`, fenced on their revision. Most users have no
-    tags (`user_columns` sends them as '[]'): their empty array is a constant, not a
-    subquery over the JSON run for each row (−0.7 to −1.5 µs of PostgreSQL's CPU a
-    user, bench/user_update_cost.py; issue 14, session 15)."""
-    if not cols or not cols[0]:
+async def save_user_rows(conn: asyncpg.Connection, payload: bytes, count: int) -> None:
+    """Write `count` users (`user_records` at their next revision, encoded as
+    `USER_TYPES`), fenced on their revision: the rows by binary COPY into the session's
+    `users_staged` (STAGE_USERS), then one INSERT … SELECT … ON CONFLICT DO UPDATE from
+    it. Instead of fourteen arrays of `unnest`, each element encoded by asyncpg (issue
+    14, session 17). A user not at the revision before its row's (another instance wrote
+    it), or a new one another created, is not written: Conflict.
+
+    The commit empties `users_staged` (ON COMMIT DELETE ROWS), a rollback (to a
+    savepoint too) its rows of the transaction; the statement only reads it (a DELETE …
+    RETURNING cost PostgreSQL ~0.5–1.3 µs a user more, bench/user_update_cost.py). So
+    it is called once a transaction (batch.write_effects, Pipeline._write): a second call
+    would find the first's rows again, each already at its revision (not written again,
+    not counted) or, for a user in both, the second row of one id (an error)."""
+    if not count:
         return
-    count = len(cols[0])
-    written = await conn.fetchval(
-        """
+    if not conn.is_in_transaction():  # the staged rows live until the commit: one transaction
+        async with conn.transaction():
+            await save_user_rows(conn, payload, count)
+        return
+    await copy_rows(conn, "users_staged", USER_COLUMNS, payload, schema="pg_temp")
+    written = await conn.fetchval(_SAVE_STAGED)
+    if written != count:
+        raise Conflict(f"{count - written} of {count} users changed under this batch")
+
+
+_SAVE_STAGED = """
         WITH w AS (
           INSERT INTO users AS u (id, channel_id, rev, type, member_id, merged_into, deleted,
                                   blocked, masked, last_seen_at, updated_at, state, name_key, tags)
           SELECT x.id, x.channel_id, x.rev, x.type, x.member_id, x.merged_into, x.deleted,
-                 x.blocked, x.masked, x.last_seen_at, x.updated_at, x.state, x.name_key,
-                 CASE WHEN x.tags = '[]' THEN '{}' ELSE ARRAY(SELECT json_array_elements_text(x.tags::json)) END
-          FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[],
-                      $6::text[], $7::bool[], $8::bool[], $9::bool[], $10::bigint[],
-                      $11::bigint[], $12::json[], $13::text[], $14::text[])
-               AS x(id, channel_id, rev, type, member_id, merged_into, deleted, blocked, masked,
-                    last_seen_at, updated_at, state, name_key, tags)
+                 x.blocked, x.masked, x.last_seen_at, x.updated_at, x.state, x.name_key, x.tags
+            FROM pg_temp.users_staged x
           ON CONFLICT (id) DO UPDATE SET
               rev = EXCLUDED.rev, type = EXCLUDED.type, member_id = EXCLUDED.member_id,
               merged_into = EXCLUDED.merged_into, deleted = EXCLUDED.deleted,
@@ -481,11 +507,11 @@ async def save_user_columns(conn: asyncpg.Connection, cols: list[list[Any]]) -> 
           WHERE u.rev = EXCLUDED.rev - 1
           RETURNING 1)
         SELECT count(*) FROM w
-        """,
-        *cols,
-    )
-    if written != count:
-        raise Conflict(f"{count - written} of {count} users changed under this batch")
+        """
+
+
+IDENTITY_COLUMNS = ("channel_id", "kind", "value", "user_id", "qualified")
+IDENTITY_TYPES = "ttttb"
 
 
 async def save_identities(
@@ -516,7 +542,7 @@ async def save_identities(
     fresh = [(u.channel_id, kind, value, u.id, q) for u, old, new in changes if old is None for kind, value, q in new]
     if len(fresh) >= COPY_NEW_FROM:
         try:
-            await conn.copy_records_to_table("identities", records=fresh, columns=("channel_id", "kind", "value", "user_id", "qualified"))
+            await copy_rows(conn, "identities", IDENTITY_COLUMNS, rowcodec.encode(fresh, IDENTITY_TYPES))
         except asyncpg.UniqueViolationError as err:
             raise Conflict(f"identity taken by another instance: {err.detail}") from err
     else:
@@ -553,7 +579,11 @@ async def save_applied(
                 [k[0] for k in renewed], [k[1] for k in renewed],
             )
         applied = [(c, e, t) for (c, e), t in latest.items()]
-    await conn.copy_records_to_table("applied_events", records=applied, columns=("channel_id", "event_id", "at"))
+    await copy_rows(conn, "applied_events", APPLIED_COLUMNS, rowcodec.encode(list(applied), APPLIED_TYPES))
+
+
+APPLIED_COLUMNS = ("channel_id", "event_id", "at")
+APPLIED_TYPES = "ttq"
 
 
 _SAVE_PACK = "INSERT INTO outbox (topic, n, keys, vals) VALUES ($1, $2, $3, $4)"
@@ -603,6 +633,7 @@ def outbox_packs(
 
 
 ACTIVITY_COLUMNS = ("channel_id", "event_id", "user_id", "kind", "occurred_at", "body")
+ACTIVITY_TYPES = "ttttqJ"  # the body as jsonb: its JSON text after the version byte
 
 
 async def save_activities(conn: asyncpg.Connection, acts: Sequence[Activity]) -> None:
@@ -614,14 +645,16 @@ async def save_activities(conn: asyncpg.Connection, acts: Sequence[Activity]) ->
     ON CONFLICT DO NOTHING writes the batch's activities as before."""
     if not acts:
         return
-    rows = [(a.channel_id, a.event_id, a.user_id, a.kind, a.at, a.body) for a in acts]
-    if len(rows) >= COPY_NEW_FROM:
+    if len(acts) >= COPY_NEW_FROM:
+        payload = rowcodec.encode([(a.channel_id, a.event_id, a.user_id, a.kind, a.at, orjson.dumps(a.body)) for a in acts],
+                                  ACTIVITY_TYPES)
         try:
             async with conn.transaction():  # nested: a savepoint
-                await conn.copy_records_to_table("activities", records=rows, columns=ACTIVITY_COLUMNS)
+                await copy_rows(conn, "activities", ACTIVITY_COLUMNS, payload)
             return
         except asyncpg.UniqueViolationError:
             pass
+    rows = [(a.channel_id, a.event_id, a.user_id, a.kind, a.at, a.body) for a in acts]
     await conn.execute(
         """INSERT INTO activities (channel_id, event_id, user_id, kind, occurred_at, body)
            SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::jsonb[])

@@ -1,5 +1,5 @@
 """The `users` rows of changed users, as the statements take them (repository.py
-`save_users`, the rebuild's COPY, the pipelined batch's arguments).
+`save_users`, the rebuild's COPY, the pipelined batch's COPY payloads).
 
 Pure and synchronous, apart from the asyncpg statements that send them, so that it runs
 compiled by mypyc with the domain core (services/compiled_core.py): every live batch
@@ -19,6 +19,17 @@ USER_COLUMNS = (
     "id", "channel_id", "rev", "type", "member_id", "merged_into", "deleted", "blocked", "masked",
     "last_seen_at", "updated_at", "state", "name_key", "tags",
 )
+# The columns' types for rowcodec.encode: text, int8, boolean, json's bytes, text[].
+USER_TYPES = "ttqtttbbbqqBta"
+
+STAGE_USERS = """CREATE TEMP TABLE IF NOT EXISTS users_staged (
+    id text, channel_id text, rev bigint, type text, member_id text, merged_into text, deleted boolean,
+    blocked boolean, masked boolean, last_seen_at bigint, updated_at bigint, state json, name_key text, tags text[]
+) ON COMMIT DELETE ROWS"""
+"""The session's table `repository.save_user_rows` copies the users' rows into: `USER_COLUMNS`
+with `users`' types (tests/integration/test_user_rows.py compares them), no constraint.
+Created once a connection (pool.py `_init`): the role needs the TEMPORARY privilege
+(docs/operations.md, "Upgrading"). Emptied at each commit of a transaction that used it."""
 
 
 def user_row(u: User, rev: int) -> tuple[Any, ...]:
@@ -45,12 +56,20 @@ def search_columns(u: User) -> tuple[str | None, list[str]]:
     return key, [t.replace("\x00", "") for t in u.tags] if u.tags else []
 
 
-def user_columns(users: Sequence[User], revs: dict[str, int]) -> list[list[Any]]:
-    """`save_users`' statement arguments: the changed users at their next revision, by
-    column. Built apart so that a pipelined batch builds them before the next batch
-    changes the same users in place (projection/pipeline.py)."""
-    cols: list[list[Any]] = [list(col) for col in zip(*[user_row(u, revs.get(u.id, 0) + 1) for u in users], strict=True)]
-    # an array of arrays would be read as one two-dimensional array: each user's tags go
-    # as their JSON text (most users have none: no serialisation for them)
-    cols[13] = [orjson.dumps(tags).decode() if tags else "[]" for tags in cols[13]]
-    return cols
+def user_record(u: User, rev: int) -> tuple[Any, ...]:
+    """`user_row` with the state as its bytes, for `rowcodec.encode` (`USER_TYPES`):
+    the binary COPY of the batch's users (issue 14, session 17)."""
+    name_key, tags = search_columns(u)
+    return (
+        u.id, u.channel_id, rev, u.type, u.member_id, u.merged_into,
+        u.deleted, u.blocked, u.masked, u.last_seen_at, u.updated_at, u.state_json(),
+        name_key, tags,
+    )
+
+
+def user_records(users: Sequence[User], revs: dict[str, int]) -> list[tuple[Any, ...]]:
+    """The changed users' rows at their next revision (`revs`: the revision each was
+    loaded at, 0 or absent for a new one), for `repository.save_user_rows` and
+    `copy_new_users` once encoded. Built apart so that a pipelined batch builds them
+    before the next batch changes the same users in place (projection/pipeline.py)."""
+    return [user_record(u, revs.get(u.id, 0) + 1) for u in users]

@@ -20,7 +20,8 @@ from services.domain.user import User, new_user
 from services.platform.config import Settings
 from services.replay import digest
 from services.store.repository import copy_new_users
-from services.store.rows import USER_COLUMNS, user_row
+from services.store.rowcodec import encode
+from services.store.rows import USER_COLUMNS, USER_TYPES, user_record
 from tests.oracle import digest as oracle
 from tests.unit.test_domain_user import _any_user
 
@@ -66,14 +67,14 @@ async def test_the_digest_equals_its_old_computation_on_generated_states(
         # Ids and the other text columns without NUL (PostgreSQL's text refuses it; the
         # state's JSON escapes it): the states are what is drawn.
         user = replace(drawn, id=f"u{i:03d}", channel_id="ch", member_id=None, merged_into=None)
-        row = list(user_row(user, 1))
+        row = list(user_record(user, 1))
         if old_form:
-            row[USER_COLUMNS.index("state")] = orjson.Fragment(orjson.dumps(user.to_json()))
+            row[USER_COLUMNS.index("state")] = orjson.dumps(user.to_json())
         rows.append(tuple(row))
     random.Random(len(rows)).shuffle(rows)  # written in no particular order; hashed in id order
     async with pool.acquire() as conn:
         await conn.execute("TRUNCATE users")
-        await copy_new_users(conn, rows)
+        await copy_new_users(conn, encode(rows, USER_TYPES))
     expected = await oracle.state_digest(pool)
     assert await digest.state_digest(pool) == expected
     plain = await asyncpg.connect(settings.database_url, server_settings={"search_path": settings.db_schema})
@@ -91,10 +92,10 @@ async def test_a_fetch_of_canonical_states_is_hashed_whole_and_a_mixed_one_state
     state)."""
     base = new_user("u", "ch", "anonymous", 1)
     base.veils = {"v2": 2, "v1": 1}  # first seen in this order: sorted when written
-    rows = [user_row(replace(base, id=f"u{i:05d}", created_at=i), 1) for i in range(10_500)]
+    rows = [user_record(replace(base, id=f"u{i:05d}", created_at=i), 1) for i in range(10_500)]
     old = list(rows[10_200])
-    old[USER_COLUMNS.index("state")] = orjson.Fragment(orjson.dumps(replace(base, id="u10200").to_json()))
+    old[USER_COLUMNS.index("state")] = orjson.dumps(replace(base, id="u10200").to_json())
     rows[10_200] = tuple(old)
     async with pool.acquire() as conn:
-        await copy_new_users(conn, rows)
+        await copy_new_users(conn, encode(rows, USER_TYPES))
     assert await digest.state_digest(pool) == await oracle.state_digest(pool)

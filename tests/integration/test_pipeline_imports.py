@@ -11,7 +11,6 @@ update, share a contact and fail)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import asyncpg
 import pytest
@@ -123,9 +122,9 @@ async def test_i16_an_imports_rows_prepared_ahead_end_as_the_serial_path_with_a_
     copied: list[int] = []
     real_copy = repo.copy_new_users
 
-    async def copy_new_users(conn: asyncpg.Connection, rows: list[tuple[Any, ...]]) -> None:
-        copied.append(len(rows))  # counted, then written by the real COPY
-        await real_copy(conn, rows)
+    async def copy_new_users(conn: asyncpg.Connection, payload: bytes) -> None:
+        copied.append(len(payload))  # counted, then written by the real COPY
+        await real_copy(conn, payload)
 
     monkeypatch.setattr(repo, "copy_new_users", copy_new_users)
     resident = ResidentUsers(10**6)

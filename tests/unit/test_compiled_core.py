@@ -81,7 +81,7 @@ def test_a_compiled_projection_module_is_in_the_digest_and_the_others_are_not(
         (fake / name).write_text("x = 1\n")
     for package in ("store", "relay"):
         (tmp_path / "services" / package).mkdir()
-        for name in compiled_core.COMPILED[package]:
+        for name in (*compiled_core.COMPILED[package], *compiled_core.EXTENSIONS.get(package, ())):
             (tmp_path / "services" / package / name).write_text("x = 1\n")
     monkeypatch.setattr(compiled_core, "SERVICES", tmp_path / "services")
     before = compiled_core.source_digest()
@@ -89,6 +89,20 @@ def test_a_compiled_projection_module_is_in_the_digest_and_the_others_are_not(
         (fake / name).write_text("x = 2\n")
     assert compiled_core.source_digest() == before
     (fake / "facts.py").write_text("x = 2\n")
+    assert compiled_core.source_digest() != before
+
+
+def test_an_edited_c_extension_makes_the_build_stale(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """issue 14, session 17: the C encoder of the COPY payloads (`EXTENSIONS`) is in the
+    build's digest: an edited `_rowcodec.c` must not run as its stale self."""
+    for package, names in (*compiled_core.COMPILED.items(), *compiled_core.EXTENSIONS.items()):
+        (tmp_path / "services" / package).mkdir(parents=True, exist_ok=True)
+        for name in names:
+            (tmp_path / "services" / package / name).write_text("x = 1\n")
+    monkeypatch.setattr(compiled_core, "SERVICES", tmp_path / "services")
+    monkeypatch.setattr(compiled_core, "DOMAIN", tmp_path / "services" / "domain")
+    before = compiled_core.source_digest()
+    (tmp_path / "services" / "store" / "_rowcodec.c").write_text("x = 2\n")
     assert compiled_core.source_digest() != before
 
 
@@ -116,6 +130,9 @@ def test_make_core_is_rebuilt_when_any_compiled_source_changes() -> None:
         for name in compiled_core.COMPILED[package]:
             assert f"services/{package}/{name}" in listed.split()
     assert set(compiled_core.COMPILED) == {"projection", "store", "relay"}  # a new package: list it above
+    for package, names in compiled_core.EXTENSIONS.items():  # issue 14, session 17: the C extensions too
+        for name in names:
+            assert f"services/{package}/{name}" in listed.split()
 
 
 def test_this_process_runs_the_core_it_was_asked_for() -> None:
@@ -135,3 +152,8 @@ def test_this_process_runs_the_core_it_was_asked_for() -> None:
     assert all(str(f).endswith(suffix) for f in loaded.values()), loaded
     assert str(sys.modules["services.projection.batch"].__file__).endswith(".py")
     assert str(sys.modules["services.store.repository"].__file__).endswith(".py")
+    # The COPY payloads' C encoder runs exactly when the compiled core does (issue 14,
+    # session 17): its Python reference otherwise.
+    from services.store import rowcodec
+
+    assert rowcodec.NATIVE == (domain.CORE == "compiled")
