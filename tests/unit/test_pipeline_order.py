@@ -44,7 +44,7 @@ class Traced(Pipeline):
         self.mark("prepare", n)
         await asyncio.sleep(0)  # a read: the write in flight runs meanwhile
         return Prepared(records=records, started=started, generation=generation, result=BatchResult(),
-                        channels=[], observed={}, users=[], identities=[], fx=Effects(),
+                        channels=[], observed={}, users=b"", updated=0, identities=[], fx=Effects(),
                         stored_applied=frozenset(), stamp=[], ends={}, clocks={}, changed=[])
 
     async def _write(self, p: Prepared) -> Written:
