@@ -41,7 +41,7 @@ from .facts import (
 )
 from .records import Record, clocks_after, ends_after
 from .resident import ResidentUsers
-from .window import WINDOW_MS, AppliedWindow
+from .window import WINDOW_MS, AppliedWindow, event_pairs
 
 __all__ = [
     "BatchResult", "Effects", "Parsed", "apply_batch", "dead_letter_record", "parse_records", "run_facts",
@@ -93,7 +93,7 @@ async def _apply_batch(
         tokens = await repo.lock_channels(conn, channels)
         # Every channel's clock, not only those with a remembered eventId: a fact applied
         # in this batch must not stand in for its channel's clock (window.py).
-        window = AppliedWindow(*await repo.applied_window(conn, sorted({(f.channel_id, f.event_id) for f in facts}), channels))
+        window = AppliedWindow(*await repo.applied_window(conn, event_pairs(facts), channels))
         settings = await repo.load_channels(conn, channels)
         if resident is None:
             directory, revs = await _load(conn, facts)
@@ -263,7 +263,8 @@ async def _load(conn: asyncpg.Connection, facts: list[Fact]) -> tuple[Directory,
             break
         asked_ids |= ids
         asked_keys |= keys
-        for rev, user in await repo.load_users(conn, sorted(ids), sorted(keys)):
+        # Not sorted: the store's answer is a set (one SELECT), whatever the order asked.
+        for rev, user in await repo.load_users(conn, list(ids), list(keys)):
             revs[user.id] = rev
             users[user.id] = user
         ids = {u.merged_into for u in users.values() if u.merged_into and u.merged_into not in users}

@@ -58,7 +58,7 @@ from .batch import (
 )
 from .records import Partition, Record, clocks_after, ends_after
 from .resident import ResidentUsers
-from .window import WINDOW_MS, AppliedWindow
+from .window import WINDOW_MS, AppliedWindow, event_pairs
 
 log = logging.getLogger("unifier.projection")
 
@@ -323,7 +323,7 @@ class Pipeline:
     ) -> AppliedWindow:
         """The eventId window of the facts' channels after the batch in flight: the
         store's rows (read before or after its commit) overlaid with what it applied."""
-        pairs = sorted({(f.channel_id, f.event_id) for f in facts})
+        pairs = event_pairs(facts)
         rows, clocks = await repo.applied_window(conn, pairs, channels)
         if inflight is not None:
             wanted, mine = set(pairs), set(channels)

@@ -13,11 +13,22 @@ rows once every half window: until then `seen` ignores them) and a rebuild
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Final
+from typing import TYPE_CHECKING, Final
+
+if TYPE_CHECKING:
+    from services.domain.core import Fact
 
 WINDOW_MS: Final = 7 * 24 * 60 * 60 * 1000
 
 Applied = tuple[str, str, int]  # (channel_id, event_id, event time)
+
+
+def event_pairs(facts: Iterable[Fact]) -> list[tuple[str, str]]:
+    """The (channelId, eventId) pairs a batch reads its window for: each once, in the
+    facts' order. Not sorted: the store answers the set whatever the order asked, and
+    sorting a batch of 5,000 pairs (tuples of text, compared element by element) cost
+    ~5,100 instructions a fact against ~660 for this (issue 14, session 18)."""
+    return list(dict.fromkeys([(f.channel_id, f.event_id) for f in facts]))
 
 
 class AppliedWindow:

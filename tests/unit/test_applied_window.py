@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.projection.window import WINDOW_MS, AppliedWindow
+from services.domain.core import Fact
+from services.projection.window import WINDOW_MS, AppliedWindow, event_pairs
 
 T = 1_746_316_800_000
 DAY = 24 * 60 * 60 * 1000
@@ -29,6 +32,14 @@ def test_channels_have_clocks_of_their_own_and_late_facts_do_not_move_them_back(
     assert w.seen("a", "e1") and not w.seen("b", "e1")
     w.add("a", "late", T - 3 * DAY)
     assert w.clocks["a"] == T
+
+
+def test_a_batch_reads_its_window_for_each_pair_once_in_the_facts_order():
+    # Issue 14, session 18: the pairs are no longer sorted (the store answers a set);
+    # a repeated eventId is asked for once, in the order of its first fact.
+    facts = [Fact(SimpleNamespace(type="boot", channelId=c, eventId=e), T) for c, e in
+             [("b", "e2"), ("a", "e9"), ("b", "e2"), ("a", "e1"), ("b", "e1")]]
+    assert event_pairs(facts) == [("b", "e2"), ("a", "e9"), ("a", "e1"), ("b", "e1")]
 
 
 def test_forgetting_drops_only_what_can_never_be_seen_again():
