@@ -28,7 +28,7 @@ from .hygiene import clean_email, clean_member_id, clean_mobile
 from .ids import fact_user_id, member_user_id
 from .limits import user_chars
 from .priority import WRITE_ONCE, update_wins
-from .profile import BUILTIN_TYPES, FLAG_ATTRS, promote
+from .profile import BUILTIN_TYPES, promote
 from .publication import publish
 from .saga import BLAST_RADIUS, approve, member_candidates, refresh_candidates
 from .unification import IMPORT_TAG_LIMIT
@@ -615,12 +615,18 @@ def _set(user: User, values: dict[str, Any], at: int) -> None:
     blanks clear (`_CLEAR`) or were left out (keep); I7 flags overwrite when present."""
     member = user.type == "member"
     # Module names bound once: compiled, each use of one is a lookup in the module's dict.
-    member_id, flags, flag_attrs, clear = MEMBER_ID, FLAGS, FLAG_ATTRS, _CLEAR
+    member_id, flags, clear = MEMBER_ID, FLAGS, _CLEAR
     for key, value in values.items():
         if key == member_id:
             continue  # the row's identity: already the user's memberId
-        if key in flags:
-            setattr(user, flag_attrs[key], False if value is clear else value)
+        if key in flags:  # I7; each attribute by name (FLAG_ATTRS): compiled, a setattr is generic
+            flag = False if value is clear else value
+            if key == "unsubscribeEmail":
+                user.unsubscribe_email = flag
+            elif key == "unsubscribeTexting":
+                user.unsubscribe_texting = flag
+            else:
+                user.has_push_token = flag
         elif key == "tags":
             user.tags = [] if value is clear else sorted({*user.tags, *value})
         elif value is clear:
