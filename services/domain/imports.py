@@ -439,28 +439,27 @@ def plain_new_row(d: Directory, fact: Fact, settings: ChannelSettings, messages:
         return None  # a memberId deleted once (a new person, another id), or a taken id
     for key, kind in CONTACTS.items():
         value = values.get(key)
-        if isinstance(value, str) and d.holders(ch, kind, value):
+        if isinstance(value, str) and d.holding((ch, kind, value)):  # read at once: not copied
             return None  # I3 target, I2 sources, U5/U7 candidates: the handler decides
     at = fact.at
+    seen: int | None = at  # boxed once for the two times below (compiled, each store of `at` boxed it)
     # _new_user, then apply_row's steps for a user that has nothing yet.
     if member:
         user = new_user(uid, ch, "member", at, key_value)
     else:
         user = new_user(uid, ch, "lead", at)
-    user.last_seen_at = at
+    user.last_seen_at = seen
     _set(user, values, at)
     if definition.tag is not None:  # I14
         user.import_tags = [definition.tag]
-    user.last_contact_at = at
+    user.last_contact_at = seen
     if user_chars(user) > limits.MAX_USER_CHARS:
         return None  # the handler refuses the fact (user_too_large)
 
     # Nothing below can fail.
     d.put(user)
     book.tally(ch, import_id).created += 1
-    outcome = Outcome()
-    outcome.publications = publish(None, user, fact.event_id, at, messages=messages)[1]  # `created`, version 1
-    return outcome
+    return Outcome(publications=publish(None, user, fact.event_id, at, messages=messages)[1])  # `created`, version 1
 
 
 def row_applied_before(settings: ChannelSettings, fact: Fact) -> bool:
