@@ -272,6 +272,22 @@ def test_i7_update_without_the_column_keeps_and_with_a_value_overwrites() -> Non
     assert m.unsubscribe_email is True and m.unsubscribe_texting is False
 
 
+@pytest.mark.parametrize("flag", ["unsubscribeEmail", "unsubscribeTexting", "hasPushToken"])
+def test_i7_each_flag_cell_sets_its_own_attribute_on_a_new_and_an_updated_user(flag: str) -> None:
+    """I7/P1: `_set` writes each flag by attribute name (issue 14, session 18, not a
+    setattr through FLAG_ATTRS): each cell moves its own attribute, the others keep."""
+    from services.domain.profile import FLAG_ATTRS
+
+    columns = (col("memberId"), col("unsubscribeEmail"), col("unsubscribeTexting"), col("hasPushToken"))
+    h = Harness(member("m-1"), columns=columns)
+    others = {k: "false" for k in FLAG_ATTRS if k != flag}
+    h.row(memberId="m-new", **{flag: "true"}, **others)  # plain path: a new member
+    h.row(memberId="m-1", **{flag: "true"})  # the handler: an update
+    for member_id in ("m-new", "m-1"):
+        user = h.member(member_id)
+        assert {k: getattr(user, attr) for k, attr in FLAG_ATTRS.items()} == {k: k == flag for k in FLAG_ATTRS}
+
+
 # -------------------------------------------------------------------------------- I8
 
 
@@ -531,6 +547,23 @@ def test_i16_a_row_an_earlier_version_remembered_by_its_eventid_is_still_skipped
     fx, result = _run_rows(h, [2, 3, 4], seen)
     assert (result.applied, result.skipped) == (1, 2) and h.tally.created == 1
     assert h.book.through[(CH, IMP)] == 4
+
+
+def test_i16_a_channel_without_an_import_book_has_no_row_mark() -> None:
+    """I16: the row mark lives in the import book the projection attaches to the
+    channel's settings (`ImportChannel`); settings without one (read by type since issue
+    14, session 18) mark no row applied, and an ImportChannel without a book neither."""
+    from services.domain.channel import ChannelSettings
+    from services.domain.imports import row_applied_before
+
+    h = Harness()
+    h.book.through[(CH, IMP)] = 9
+    msg = ImportRow(eventId=f"{IMP}:2", type="import.row", channelId=CH, occurredAt=T0, importId=IMP,
+                    rowNumber=2, cells={"memberId": "m2", **UNSUB})
+    fact = Fact(msg, T0)
+    assert row_applied_before(h.settings, fact)
+    assert not row_applied_before(ChannelSettings(CH), fact)
+    assert not row_applied_before(ImportChannel(CH), fact)
 
 
 @settings(max_examples=200, deadline=None)
