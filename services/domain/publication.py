@@ -334,7 +334,11 @@ _VIEW: Final = msgspec.defstruct("UserView", [
 _MESSAGE: Final = msgspec.defstruct("UserChanged", [
     "eventId", "channelId", "userId", "version", "change", "changedKeys", "causationId", "occurredAt", "mergedInto", "user",
 ], gc=False)
-_ENCODER: Final = msgspec.json.Encoder()
+# `deterministic`: the profile's keys written sorted (by their UTF-8 bytes, which is the
+# order of their code points, `sorted`'s), the one dict of a message; structs are written
+# in field order all the same. The profile is gathered in the fields' own order: no
+# `sorted(fields)` and a lookup a key in Python (issue 14, session 18).
+_ENCODER: Final = msgspec.json.Encoder(order="deterministic")
 _encode: Final = _ENCODER.encode
 # `encode` starts from a small buffer and grows it by reallocations (a `created` is
 # ~1.1 kB: three of them, then a shrink); `encode_into` a buffer of this size, then one
@@ -357,7 +361,33 @@ _QUALIFIED_PAIRS: Final = tuple(sorted((key[_PROFILE_CUT:], key) for key in CONT
 
 def _plain(v: Any) -> bool:
     """A value msgspec writes exactly as orjson does, whatever its content."""
-    return v is None or isinstance(v, (str, bool)) or (type(v) is int and _INT_MIN <= v <= _INT_MAX)
+    if v is None or type(v) is str or type(v) is bool:
+        return True
+    if type(v) is int:
+        n: int = v
+        # Compiled, an integer within ±2**62 is held unboxed and compared natively; the
+        # comparison with the 64-bit bounds is a generic one (~220 instructions a value).
+        return -_SHORT_INT <= n <= _SHORT_INT or _INT_MIN <= n <= _INT_MAX
+    return False
+
+
+_SHORT_INT: Final = 4611686018427387903  # 2**62 - 1, mypyc's largest unboxed integer
+
+
+def _profile_key(key: str) -> str:
+    """A field's profile key without `profile.`, remembered (`_SHORT_KEYS`): a slice would
+    be a new string a message, hashed again as the profile dict's key (issue 14,
+    session 18). Bounded as `_FIRST_KEYS_RAW`: emptied when full."""
+    short = _SHORT_KEYS.get(key)
+    if short is None:
+        if len(_SHORT_KEYS) >= _SHORT_KEYS_KEPT:
+            _SHORT_KEYS.clear()
+        short = _SHORT_KEYS[key] = key[_PROFILE_CUT:]
+    return short
+
+
+_SHORT_KEYS: Final[dict[str, str]] = {}
+_SHORT_KEYS_KEPT: Final = 4096
 
 
 def _platform_struct(p: Platform) -> Any:
@@ -386,8 +416,10 @@ _FIRST_KEYS_KEPT: Final = 1024
 
 
 def _first_keys_raw(user: User, listed: list[str], name: Any) -> Any:
-    """`_keys_of_first(user, listed, name)` as msgspec writes it, remembered
-    (`_FIRST_KEYS_RAW`), for a user with no device keys on either platform."""
+    """`_keys_of_first(user, sorted(listed), name)` as msgspec writes it, remembered
+    (`_FIRST_KEYS_RAW`), for a user with no device keys on either platform. `listed` in
+    the fields' order: sorted only when not remembered (an import's rows give their
+    fields in the same order)."""
     facts = (
         (1 if user.city is not None else 0) | (2 if user.country is not None else 0)
         | (4 if user.language is not None else 0) | (8 if user.member_id is not None else 0)
@@ -399,7 +431,7 @@ def _first_keys_raw(user: User, listed: list[str], name: Any) -> Any:
     if raw is None:
         if len(memo) >= _FIRST_KEYS_KEPT:
             memo.clear()
-        raw = msgspec.Raw(_encode(_keys_of_first(user, listed, name)))
+        raw = msgspec.Raw(_encode(_keys_of_first(user, sorted(listed), name)))
         memo[key] = raw
     return raw
 
@@ -413,21 +445,22 @@ def message_body(user: User, version: int, change: str, keys: list[str] | None, 
     The profile, name, qualified keys, the profile's flattened keys (a first message
     lists them: each is its field's own key) and whether every value is plain are
     gathered in one pass over the fields (`view.profile_parts`' pass, and `_plain` and
-    `_keys_of_first`'s profile loop folded in: issue 14, session 15)."""
+    `_keys_of_first`'s profile loop folded in: issue 14, session 15), in the fields' own
+    order: the encoder sorts the profile, `listed` is sorted when it is read (session 18)."""
     masked = user.masked
     fields = user.fields
     profile: dict[str, Any] = {}
     name: Any = None
     qualified: list[str] = []
-    listed: list[str] = []  # the profile's keys with a value, as flattened: the fields' own keys
+    listed: list[str] = []  # the profile's keys with a value, as flattened (the fields' own keys), unsorted
     plain = True
     if fields:
-        prefix, cut = _PROFILE, _PROFILE_CUT
-        for key in sorted(fields):
-            v = fields[key].v
+        prefix = _PROFILE
+        for key, field in fields.items():
+            v = field.v
             if v is not None:
                 if key.startswith(prefix):
-                    profile[key[cut:]] = v
+                    profile[_profile_key(key)] = v
                     listed.append(key)
                 elif key == "name":
                     name = v
@@ -440,7 +473,7 @@ def message_body(user: User, version: int, change: str, keys: list[str] | None, 
             if val is not None and val.v is not None and val.q:
                 qualified.append(short)
     if keys is None and (user.web.device or user.mobile.device):
-        keys = _keys_of_first(user, listed, name)
+        keys = _keys_of_first(user, sorted(listed), name)
     if plain:
         last_seen = user.last_seen_at
         view = _VIEW(
@@ -461,7 +494,7 @@ def message_body(user: User, version: int, change: str, keys: list[str] | None, 
         except (TypeError, ValueError):  # e.g. a lone surrogate: orjson says it its way below
             pass
     if keys is None:
-        keys = _keys_of_first(user, listed, name)
+        keys = _keys_of_first(user, sorted(listed), name)
     return _dumps(_message(user, version, change, keys, causation_id, at, user_view(user)))
 
 

@@ -204,7 +204,8 @@ class User:
         (`_state_json_reference`, raising what it raised)."""
         fields = self.fields
         for value in fields.values():
-            if not _plain_value(value.v):
+            v = value.v
+            if type(v) is not str and not _plain_value(v):  # text, most values, without a call
                 return self._state_json_reference()
         web, mobile = self.web, self.mobile
         web_state, mobile_state = _platform_state(web), _platform_state(mobile)
@@ -311,8 +312,12 @@ _PLATFORM_STATE: Final = msgspec.defstruct("PlatformState", ["lastSeenAt", "sess
 # why sharing it is safe).
 _encode_state_into: Final = msgspec.json.Encoder(order="deterministic").encode_into
 _STATE_KEPT: Final = bytearray(4096)
+# The platform of a user never seen on it, encoded once: msgspec writes a `Raw`'s bytes as
+# they are (publication._NO_VISIT does the same for the message).
+_NO_VISIT_STATE: Final = msgspec.Raw(msgspec.json.encode(_PLATFORM_STATE(None, 0)))
 _INT_MIN: Final = -(2**63)
 _INT_MAX: Final = 2**64 - 1  # the integers orjson writes (it refuses others)
+_SHORT_INT: Final = 4611686018427387903  # 2**62 - 1, mypyc's largest unboxed integer
 
 
 def _plain_value(v: Any) -> bool:
@@ -322,7 +327,9 @@ def _plain_value(v: Any) -> bool:
     if v is None or type(v) is str or type(v) is bool:
         return True
     if type(v) is int:
-        return _INT_MIN <= v <= _INT_MAX  # type: ignore[no-any-return]
+        n: int = v
+        # Compiled, an integer within ±2**62 is unboxed and compared natively (publication._plain).
+        return -_SHORT_INT <= n <= _SHORT_INT or _INT_MIN <= n <= _INT_MAX
     if type(v) is list:
         for item in v:
             if type(item) is not str:
@@ -337,6 +344,8 @@ def _platform_state(p: Platform) -> Any:
     None otherwise (the reference way writes it)."""
     device = p.device
     if not device:
+        if p.sessions_count == 0 and p.last_seen_at is None:  # never visited (every imported user)
+            return _NO_VISIT_STATE
         return _PLATFORM_STATE(p.last_seen_at, p.sessions_count)
     # As objects: compiled, a `dict[str, str]`'s values are checked to be text as they are
     # read, and a stored state's device could hold anything.

@@ -140,7 +140,9 @@ def test_a_first_messages_keys_are_remembered_encoded_as_orjson_writes_them_and_
     user = User(id="u1", channel_id="ch", type="member", created_at=0, updated_at=0, member_id="m1")
     listed = ["profile.\u00e4", 'profile.q"\\', "profile.\u2028"]
     raw = publication._first_keys_raw(user, listed, "N")
-    assert bytes(raw) == orjson.dumps(publication._keys_of_first(user, listed, "N"))
+    assert bytes(raw) == orjson.dumps(publication._keys_of_first(user, sorted(listed), "N"))
+    # issue 14, session 18: `listed` comes in the fields' order; the keys are written sorted.
+    assert bytes(publication._first_keys_raw(user, listed[::-1], "N")) == bytes(raw)
     other = User(id="u2", channel_id="ch", type="member", created_at=1, updated_at=1, member_id="m2")
     assert publication._first_keys_raw(other, list(listed), "M") is raw
     for change in ("city", "country", "language", "masked", "member_id", "name"):
@@ -153,8 +155,22 @@ def test_a_first_messages_keys_are_remembered_encoded_as_orjson_writes_them_and_
         else:
             setattr(user, change, True if change == "masked" else "x")
         got = publication._first_keys_raw(user, listed, name)
-        assert bytes(got) == orjson.dumps(publication._keys_of_first(user, listed, name)), change
+        assert bytes(got) == orjson.dumps(publication._keys_of_first(user, sorted(listed), name)), change
         assert bytes(got) != bytes(raw), change
     for i in range(publication._FIRST_KEYS_KEPT + 10):
         publication._first_keys_raw(user, [f"profile.k{i}"], None)
         assert len(publication._FIRST_KEYS_RAW) <= publication._FIRST_KEYS_KEPT
+
+
+@settings(max_examples=300)
+@given(st.lists(st.sampled_from(["name", "profile.b", "profile.a", "profile.\u00e4", "profile.Z", "profile.\u2028", "other"]),
+                unique=True))
+def test_the_profile_is_written_sorted_whatever_order_the_fields_were_set_in(order: list[str]) -> None:
+    """issue 14, session 18: `message_body` gathers the profile in the fields' own order
+    and the encoder sorts it (by UTF-8 bytes, the code points' order): the bytes are
+    session 14's (which sorted the fields first) for any insertion order, created
+    (changedKeys listed) or not. An encoder that kept insertion order fails it."""
+    user = User(id="u1", channel_id="ch", type="member", created_at=0, updated_at=0, member_id="m1")
+    user.fields = {k: Value(f"v{i}", i % 2 == 0, False, i) for i, k in enumerate(order)}
+    _same(user, None, "e1", "created")
+    _same(user, ["profile.a"], "e1", "updated")
