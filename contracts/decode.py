@@ -170,16 +170,20 @@ class ImportStarted(_Message, frozen=True, kw_only=True, tag="import.started"):
     columns: list[ImportColumn]
 
 
+# A row's cells as `dict[str, str]`: the model's keys are `Text` (at most MAX_TEXT), which
+# decoding.py checks as it checks the cells' lengths. A constrained key type turns off
+# msgspec's cache of short dict keys, and an import's rows repeat the same keys: decoding
+# an import_bench row's nine cells cost ~40 % more with it (issue 14, session 18).
 class ImportRow(_Message, frozen=True, kw_only=True, tag="import.row"):
     importId: EventId
     rowNumber: Annotated[int, Meta(ge=2, le=_MAX_INT64)]
-    cells: dict[Text, str]
+    cells: dict[str, str]  # keys within MAX_TEXT: decoding.py
     rowError: str | None = None
 
 
 class ImportChunkRow(_Struct, frozen=True, kw_only=True):
     rowNumber: Annotated[int, Meta(ge=2, le=_MAX_INT64)]
-    cells: dict[Text, str]
+    cells: dict[str, str]  # keys within MAX_TEXT: decoding.py (see ImportRow)
     rowError: str | None = None
 
 
