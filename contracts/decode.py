@@ -39,6 +39,7 @@ from contracts.limits import (  # the limits only: pydantic's models are the doo
     MAX_CONTACT,
     MAX_ID,
     MAX_TEXT,
+    MAX_VALUE,
 )
 
 EventId = Annotated[str, Meta(min_length=1, max_length=MAX_ID)]
@@ -170,16 +171,24 @@ class ImportStarted(_Message, frozen=True, kw_only=True, tag="import.started"):
     columns: list[ImportColumn]
 
 
+# A row's cells as `dict[str, Cell]`: the model's keys are `Text` (at most MAX_TEXT), which
+# decoding.py checks. A constrained key type turns off msgspec's cache of short dict keys,
+# and an import's rows repeat the same keys: decoding an import_bench row's nine cells cost
+# ~25 % more with it (issue 14, session 18). A cell is bounded here, in C: one too long
+# fails the fast path, and the door fails its row (I15), as a check after decoding did.
+Cell = Annotated[str, Meta(max_length=MAX_VALUE)]
+
+
 class ImportRow(_Message, frozen=True, kw_only=True, tag="import.row"):
     importId: EventId
     rowNumber: Annotated[int, Meta(ge=2, le=_MAX_INT64)]
-    cells: dict[Text, str]
+    cells: dict[str, Cell]  # keys within MAX_TEXT: decoding.py
     rowError: str | None = None
 
 
 class ImportChunkRow(_Struct, frozen=True, kw_only=True):
     rowNumber: Annotated[int, Meta(ge=2, le=_MAX_INT64)]
-    cells: dict[Text, str]
+    cells: dict[str, Cell]  # keys within MAX_TEXT: decoding.py (see ImportRow)
     rowError: str | None = None
 
 

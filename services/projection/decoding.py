@@ -39,6 +39,7 @@ from contracts.limits import (
     MAX_ID,
     MAX_MESSAGE_BYTES,
     MAX_PROPERTIES_BYTES,
+    MAX_TEXT,
     MAX_VALUE,
     InboundError,
 )
@@ -55,6 +56,7 @@ _MAX_DEPTH: Final = MAX_DEPTH
 _MAX_ID: Final = MAX_ID
 _MAX_PROPERTIES_BYTES: Final = MAX_PROPERTIES_BYTES
 _MAX_VALUE: Final = MAX_VALUE
+_MAX_TEXT: Final = MAX_TEXT
 _ROW_DIGITS: Final = len(str(_MAX_INT64))
 # orjson reads integers in this range as int and any other as a float; msgspec keeps them
 # all as int, so only these are the same value on both paths.
@@ -64,23 +66,38 @@ _INT_MAX: Final = 2**64 - 1
 # looking for one byte (an int) is a memchr, ~20 ns on a record, while `bytes in bytes`
 # first tries its operand as an int and raises and clears that TypeError, ~500 ns.
 _BACKSLASH: Final = ord("\\")
+# The decoders' `decode` methods, bound once: compiled, `decoder.decode(raw)` on an object
+# mypyc does not know looks the method up by name at every record (~300 instructions).
+_DECODE: Final = {kind: decoder.decode for kind, decoder in _DECODERS.items()}
+# The structs `_rules_ok` tells apart, as this module's constants: compiled, a name imported
+# from another module is read from this module's globals dict at every use (a dict lookup,
+# ~130 instructions, up to five a record), a Final one is a C global (issue 14, session 18).
+_BOOT: Final = BootEvent
+_LOGIN: Final = LoginEvent
+_TRACK: Final = TrackEvent
+_CHAT: Final = ChatEvent
+_CONTACT: Final = ContactEvent
+_IMPORT_ROW: Final = ImportRow
+_UPDATE_PROFILE: Final = UpdateProfile
+_UPSERT_MEMBER: Final = UpsertMember
+_CREATE_LEAD: Final = CreateLead
 
 
 def decode_inbound(topic_kind: InboundKind, raw: bytes) -> InboundMessage | _Message:
     """What `parse_inbound` returns or raises for `raw`, as a struct when the fast path
     accepts it (see contracts/decode.py's docstring)."""
-    decoder = _DECODERS.get(topic_kind)
+    decode = _DECODE.get(topic_kind)
     # What the door must walk or word goes the old way: U+0000 and UTF-16 surrogate
     # escapes (orjson and msgspec read lone ones differently); other escapes are fine.
     # Only a record with a backslash can hold one (`_BACKSLASH`).
-    if decoder is None or len(raw) > _MAX_MESSAGE_BYTES or (
+    if decode is None or len(raw) > _MAX_MESSAGE_BYTES or (
         _BACKSLASH in raw and (b"\\u0000" in raw or b"\\ud" in raw or b"\\uD" in raw)
     ):
         return _door(topic_kind, raw)
     try:
         # Typed as the structs' base: compiled, one type check here rather than one per
         # member of the returned union.
-        msg: _Message = decoder.decode(raw)
+        msg: _Message = decode(raw)
     except msgspec.DecodeError:  # bad JSON, a wrong field, an unknown type: the door words it
         return _door(topic_kind, raw)
     if not _rules_ok(msg, raw):
@@ -125,9 +142,8 @@ def decode_import_rows(raw: bytes) -> list[ImportRow | InboundError] | list[Any]
     ):
         return _door_rows(raw)
     for r in rows:
-        for cell in r.cells.values():
-            if len(cell) > _MAX_VALUE:
-                return _door_rows(raw)
+        if not _cells_ok(r.cells):
+            return _door_rows(raw)
     prefix = import_id + ":"
     return [
         ImportRow(eventId=prefix + str(r.rowNumber), channelId=channel_id, occurredAt=at, importId=import_id,
@@ -142,29 +158,38 @@ def _rules_ok(msg: _Message, raw: bytes) -> bool:
     so only a track can be too deep; the brackets bound its depth, as in the door (a
     profile's values are scalars or lists of them once `_profile_ok` passed them)."""
     t = type(msg)
-    if t is BootEvent or t is LoginEvent:
+    if t is _BOOT or t is _LOGIN:
         profile = msg.profile  # type: ignore[attr-defined]
         return profile is None or _profile_ok(profile)
-    if t is TrackEvent:
+    if t is _TRACK:
         if raw.count(b"{") + raw.count(b"[") > _MAX_DEPTH:
             return False
         try:
             return len(orjson.dumps(msg.properties)) <= _MAX_PROPERTIES_BYTES  # type: ignore[attr-defined]
         except orjson.JSONEncodeError:  # an integer past 64 bits, which orjson reads as a float
             return False
-    if t is ChatEvent:
+    if t is _CHAT:
         contact = msg.contact  # type: ignore[attr-defined]
         return contact is None or contact.email is not None or contact.mobileNumber is not None
-    if t is ContactEvent:
+    if t is _CONTACT:
         return msg.email is not None or msg.mobileNumber is not None  # type: ignore[attr-defined]
-    if t is ImportRow:  # a cell too long for the service fails the row: parse_inbound words it
-        return all(len(cell) <= _MAX_VALUE for cell in msg.cells.values())  # type: ignore[attr-defined]
-    if t is UpdateProfile or t is UpsertMember:
+    if t is _IMPORT_ROW:
+        return _cells_ok(msg.cells)  # type: ignore[attr-defined]
+    if t is _UPDATE_PROFILE or t is _UPSERT_MEMBER:
         return _profile_ok(msg.profile)  # type: ignore[attr-defined]
-    if t is CreateLead:  # and the model's validator: a contact to create the lead by
+    if t is _CREATE_LEAD:  # and the model's validator: a contact to create the lead by
         profile = msg.profile  # type: ignore[attr-defined]
         return _profile_ok(profile) and (type(profile.get("email")) is str or type(profile.get("mobileNumber")) is str)
     return True  # the other commands: ids only, each within its length
+
+
+def _cells_ok(cells: dict[str, str]) -> bool:
+    """A row's cells' keys as the model takes them: `Text` (the structs leave their length
+    to this check, contracts/decode.py `ImportRow`; the cells' own are bounded there)."""
+    for key in cells:
+        if len(key) > _MAX_TEXT:
+            return False
+    return True
 
 
 def _profile_ok(profile: dict[str, Any]) -> bool:

@@ -305,12 +305,16 @@ def _keys_of(fact: Fact) -> tuple[set[str], set[Key]]:
 
 def add_keys(facts: list[Fact], ids: set[str], keys: set[Key]) -> None:
     """Adds every fact's `_keys_of` to `ids` and `keys`: the loaders' first round (batch.py,
-    pipeline.py), here so that its per-fact loop runs compiled. An SDK fact's keys are
-    added as they are found (`_add_sdk_keys`), no sets of its own built and merged."""
+    pipeline.py), here so that its per-fact loop runs compiled. An SDK fact's and an import
+    row's keys are added as they are found (`_add_sdk_keys`, `_add_import_row_keys`), no
+    sets of their own built and merged (~2 k instructions an import row)."""
     for fact in facts:
         kind = fact.type
         if kind in _SDK:
             _add_sdk_keys(fact.msg, fact.channel_id, kind, ids, keys)
+            continue
+        if kind == "import.row":
+            _add_import_row_keys(fact.msg.cells, fact.channel_id, ids, keys)
             continue
         f_ids, f_keys = _keys_of(fact)
         ids |= f_ids
@@ -479,12 +483,19 @@ _KEYS: Final = _KeyMemo()
 
 
 def _import_row_keys(msg: Any, ch: str) -> tuple[set[str], set[Key]]:
-    """`_keys_of` of an import row, the bulk of an import batch: its cells are keyed by
-    the mapped key (I5), so the memberId, e-mail and mobile cells are its keys, and the
-    memberId's user id (a lead's id derives from its eventId, never stored before)."""
-    cells = msg.cells
+    """`_keys_of` of an import row (`_add_import_row_keys` into sets of its own)."""
     ids: set[str] = set()
     keys: set[Key] = set()
+    _add_import_row_keys(msg.cells, ch, ids, keys)
+    return ids, keys
+
+
+def _add_import_row_keys(cells: dict[str, str], ch: str, ids: set[str], keys: set[Key]) -> None:
+    """Adds an import row's keys, the bulk of an import batch: its cells are keyed by the
+    mapped key (I5), so the memberId, e-mail and mobile cells are its keys, and the
+    memberId's user id (a lead's id derives from its eventId, never stored before). The
+    cells typed as the dict they are: compiled, a read is a dict lookup, not a generic
+    method call (~0.4 k instructions each)."""
     if (member := _cleaned(clean_member_id, cells.get("memberId"))) is not None:
         keys.add((ch, "member", member))
         ids.add(member_user_id(ch, member))  # remembered by ids.py: the row's handler looks it up again
@@ -492,7 +503,6 @@ def _import_row_keys(msg: Any, ch: str) -> tuple[set[str], set[Key]]:
         keys.add((ch, "email", value))
     if (value := _cleaned(clean_mobile, cells.get("profile.mobileNumber"))) is not None:
         keys.add((ch, "mobile", value))
-    return ids, keys
 
 
 def _cleaned(clean: Any, raw: Any) -> str | None:

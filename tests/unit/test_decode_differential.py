@@ -233,6 +233,9 @@ def test_decode_common_messages_take_the_fast_path_with_equal_values(body: dict[
     {"type": "boot", "veilId": "v" * (MAX_ID + 1), "platform": "web"},
     {"type": "import.row", "importId": "i", "rowNumber": 2, "cells": {"a": "x" * (MAX_VALUE + 1)}},
     {"type": "import.row", "importId": "i", "rowNumber": 1, "cells": {}},
+    # A cell's key is Text: the struct reads it as plain str (msgspec's key cache) and
+    # decoding.py's `_cells_ok` bounds it (issue 14, session 18).
+    {"type": "import.row", "importId": "i", "rowNumber": 2, "cells": {"k" * (MAX_TEXT + 1): "x"}},
     {"type": "track", "veilId": "v", "name": "n", "properties": {"p": "x" * MAX_PROPERTIES_BYTES}},
     {"type": "lead.create", "actor": "api", "profile": {"email": 1, "name": "x"}},  # missing_contact, a validator
     {"type": "lead.create", "actor": "api", "profile": {}},

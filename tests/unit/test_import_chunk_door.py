@@ -12,6 +12,7 @@ import pytest
 
 from contracts.inbound import (
     MAX_CHUNK_BYTES,
+    MAX_TEXT,
     MAX_VALUE,
     InboundError,
     parse_import_rows,
@@ -49,6 +50,9 @@ def both(raw: bytes) -> tuple[Any, Any]:
 CASES = {
     "plain": chunk([row(2), row(3, name="B"), {**row(4), "rowError": "unreadable"}]),
     "a cell too long": chunk([row(2), row(3, name="x" * (MAX_VALUE + 1))]),
+    # Keys are Text: bounded by decoding.py `_cells_ok`, not the struct (issue 14, session 18).
+    "a cell's key too long": chunk([row(2), {"rowNumber": 3, "cells": {"k" * (MAX_TEXT + 1): "x"}}]),
+    "a cell's key at the limit": chunk([row(2), {"rowNumber": 3, "cells": {"k" * MAX_TEXT: "x"}}]),
     "U+0000 in a cell": chunk([row(2, name="a\u0000b"), row(3)]),
     "a lone surrogate": chunk([row(2)]).replace(b'"m2"', b'"m\\ud800"'),
     "a row number as text": chunk([row(2), {"rowNumber": "3", "cells": {}}]),

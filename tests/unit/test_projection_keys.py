@@ -102,6 +102,11 @@ def test_an_import_row_loads_its_mapped_keys_as_before(cells: dict[str, str]) ->
             continue  # a cell the door refuses (I15: the row fails before loading)
         fact = Fact(row, 1)
         assert batch._keys_of(fact) == _import_row_keys_as_before(fact)
+        # What the loaders read: `add_keys` adds a row's keys in place (issue 14, session 18).
+        ids: set[str] = set()
+        keys: set[Any] = set()
+        facts.add_keys([fact], ids, keys)
+        assert (ids, keys) == _import_row_keys_as_before(fact)
 
 
 def test_an_import_rows_member_email_and_mobile_are_loaded_cleaned() -> None:
