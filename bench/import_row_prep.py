@@ -59,6 +59,7 @@ from services.projection.records import Record  # noqa: E402
 from services.projection.resident import ResidentUsers  # noqa: E402
 from services.projection.window import AppliedWindow  # noqa: E402
 from services.store import repository as repo  # noqa: E402
+from services.store import rowcodec  # noqa: E402
 
 CH, IMP, T0 = "bench_ch", "imp_bench", 1_767_225_600_000
 # import_bench.py's file as `unifier import --map` (its MAPS) maps it.
@@ -124,9 +125,10 @@ class Prep:
         run_facts(directory, parsed, self.settings, self.window, self.topics, result, outbox=True, failed_at=0)
         changed = list(directory.changed.values())
         copied, updated = repo.new_to_copy(changed, resident.revs)
-        [repo.user_row(u, 1) for u in copied]
-        if updated:
-            repo.user_columns(updated, resident.revs)
+        # As Pipeline._prepare: each set's rows encoded at once as its COPY's payload.
+        for users in (copied, updated):
+            if users:
+                rowcodec.encode(repo.user_records(users, resident.revs), repo.USER_TYPES)
         [(u, old, new) for u in changed if (new := identities(u)) != (old := directory.loaded_identities(u.id))]
         imported = _written_by_imports(facts, directory)
         resident.advance()
