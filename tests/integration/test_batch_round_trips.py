@@ -297,9 +297,12 @@ async def test_finish_batch_wakes_the_relay_only_when_it_fills_the_outbox(pool: 
             if messages:
                 await wait_for(lambda: heard, message="a NOTIFY at the commit")
             else:
-                await asyncio.sleep(0.2)
-                await listener.execute("SELECT 1")
-                assert heard == []
+                # A marker of our own after the commit: one session's notifications arrive in
+                # commit order, so once it is heard, a NOTIFY of the batch would have been too.
+                await conn.execute("SELECT pg_notify('unifier_outbox', 'marker')")
+                await wait_for(lambda: "marker" in heard, message="the marker NOTIFY after the commit")
+                assert heard == ["marker"]
+                heard.clear()
 
 
 @asynccontextmanager
@@ -312,9 +315,9 @@ async def _outbox_notifications(
     heard: list[str] = []
     writer = 0  # the writing backend's pid, set below
 
-    def hear(_conn: Any, pid: int, channel: str, _payload: str) -> None:
+    def hear(_conn: Any, pid: int, channel: str, payload: str) -> None:
         if pid == writer:
-            heard.append(channel)
+            heard.append(payload or channel)  # the trigger's NOTIFY has no payload
 
     async with pool.acquire() as listener:
         await listener.add_listener("unifier_outbox", hear)
