@@ -16,7 +16,7 @@ import orjson
 
 from .ids import outbound_event_id
 from .sessions import DEVICE_KEYS
-from .user import CONTACT_KEYS, Platform, User, Value
+from .user import CONTACT_KEYS, Platform, User, Value, json_int
 from .view import user_view
 
 # Keys whose change alone is activity within a session, not a visible change.
@@ -353,8 +353,6 @@ _encode: Final = _ENCODER.encode
 _encode_into: Final = _ENCODER.encode_into
 _BUFFER_BYTES: Final = 4096
 _KEPT: Final = bytearray(_BUFFER_BYTES)
-_INT_MIN: Final = -(2**63)  # the integers orjson writes (it refuses others)
-_INT_MAX: Final = 2**64 - 1
 _PROFILE_CUT: Final = len(_PROFILE)
 _QUALIFIED_PAIRS: Final = tuple(sorted((key[_PROFILE_CUT:], key) for key in CONTACT_KEYS))  # as view._QUALIFIED
 
@@ -364,14 +362,8 @@ def _plain(v: Any) -> bool:
     if v is None or type(v) is str or type(v) is bool:
         return True
     if type(v) is int:
-        n: int = v
-        # Compiled, an integer within ±2**62 is held unboxed and compared natively; the
-        # comparison with the 64-bit bounds is a generic one (~220 instructions a value).
-        return -_SHORT_INT <= n <= _SHORT_INT or _INT_MIN <= n <= _INT_MAX
+        return json_int(v)
     return False
-
-
-_SHORT_INT: Final = 4611686018427387903  # 2**62 - 1, mypyc's largest unboxed integer
 
 
 def _profile_key(key: str) -> str:

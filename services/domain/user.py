@@ -320,6 +320,13 @@ _INT_MAX: Final = 2**64 - 1  # the integers orjson writes (it refuses others)
 _SHORT_INT: Final = 4611686018427387903  # 2**62 - 1, mypyc's largest unboxed integer
 
 
+def json_int(n: int) -> bool:
+    """An integer orjson writes (it refuses others), which msgspec writes the same. Compiled,
+    one within ±2**62 is unboxed and compared natively; the comparison with the 64-bit
+    bounds is a generic one (~220 instructions a value; issue 14, session 18)."""
+    return -_SHORT_INT <= n <= _SHORT_INT or _INT_MIN <= n <= _INT_MAX
+
+
 def _plain_value(v: Any) -> bool:
     """A profile value msgspec writes exactly as orjson does (or refuses, as orjson
     does, for a lone surrogate): null, text, a boolean, an integer orjson writes, or a
@@ -327,9 +334,7 @@ def _plain_value(v: Any) -> bool:
     if v is None or type(v) is str or type(v) is bool:
         return True
     if type(v) is int:
-        n: int = v
-        # Compiled, an integer within ±2**62 is unboxed and compared natively (publication._plain).
-        return -_SHORT_INT <= n <= _SHORT_INT or _INT_MIN <= n <= _INT_MAX
+        return json_int(v)
     if type(v) is list:
         for item in v:
             if type(item) is not str:
