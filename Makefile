@@ -20,12 +20,13 @@ $(STAMP): pyproject.toml
 # for the compiled one (CI does): then it fails.
 # The projection's synchronous hot modules are compiled with it (compiled_core.COMPILED;
 # tests/unit/test_compiled_core.py checks that this list is that one), and the C
-# extensions (compiled_core.EXTENSIONS: the batch's rows as binary COPY payloads).
+# extensions (compiled_core.EXTENSIONS: a user's state and messages as JSON, the batch's rows
+# as binary COPY payloads).
 CORE := build/core/MANIFEST.json
 CORE_SOURCES := $(wildcard services/domain/*.py) \
   $(addprefix services/projection/,decoding.py facts.py merge.py records.py resident.py window.py) \
   services/store/rows.py services/relay/partitioner.py \
-  services/store/_rowcodec.c
+  services/domain/_userjson.c services/store/_rowcodec.c
 core: $(CORE)
 $(CORE): $(STAMP) services/compiled_core.py $(CORE_SOURCES)
 	@mkdir -p build; echo "compiling the domain core and the projection's hot modules with mypyc (a minute or two; log: build/core.log)"; \

@@ -11,12 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any, Final
 
-import msgspec
 import orjson
 
 from .ids import outbound_event_id
 from .sessions import DEVICE_KEYS
-from .user import CONTACT_KEYS, Platform, User, Value, json_int
+from .user import CONTACT_KEYS, Platform, User, Value
 from .view import user_view
 
 # Keys whose change alone is activity within a session, not a visible change.
@@ -68,8 +67,8 @@ def _first_keys(user: User, view: dict[str, Any]) -> list[str]:
     for the `user_view` of `user` (a profile holds no null; a platform shows its
     sessionsCount and the device keys of DEVICE_KEYS), without flattening: every
     `created` message (every import row, every new lead) lists its keys.
-    The definition that messages' `_keys_of_first` (from the user, without its view) is
-    held equal to by tests/unit/test_publication.py."""
+    The definition the C writer's first keys (`_userjson.c` `write_first_keys`, from the
+    user, without its view) are held equal to by tests/unit/test_publication.py."""
     keys = [key for key, val in view.items() if val is not None and key not in _NOT_LISTED]
     profile = view["profile"]
     if profile:
@@ -314,118 +313,17 @@ _dumps = orjson.dumps
 
 
 # -- the message's bytes -------------------------------------------------------------
+# The C writer built with the compiled core (services/domain/_userjson.c, `EXTENSIONS` of
+# services/compiled_core.py) writes the message straight from the user's attributes:
 # `orjson.dumps(_message(..., user_view(user)))` built the view's dicts (~40 keys) only
-# for orjson to walk them: a third of what a publishing fact cost (issue 14, session 13).
-# The message is now a msgspec struct per object (made by `defstruct`, which mypyc need
-# not compile), filled positionally and encoded in C, fields in the view's key order.
-# msgspec writes strings, integers, booleans and null exactly as orjson does (escapes
-# included; tests/unit/test_publication.py checks every code point), but not floats
-# (`1e+16` against `1e16`), integers beyond 64 bits (orjson refuses them) or lone
-# surrogates (another error): the only values of no fixed type, profile values and the
-# name, must be plain (`_plain`), and a message holding another, or that msgspec
-# refuses, is built the reference way. Every other value has a fixed type (str, int,
-# bool, a list of str).
-_PLATFORM: Final = msgspec.defstruct("PlatformView", ["sessionsCount", "lastSeenAt", *DEVICE_KEYS], gc=False)
-_VIEW: Final = msgspec.defstruct("UserView", [
-    "id", "channelId", "type", "memberId", "name", "tags", "userImportTags", "profile", "qualified",
-    "unsubscribeEmail", "unsubscribeTexting", "blocked", "masked", "language", "city", "country",
-    "sessionsCount", "lastSeenAt", "createdAt", "updatedAt", "web", "mobile", "deliveredCampaigns", "mergedUserIds",
-], gc=False)
-_MESSAGE: Final = msgspec.defstruct("UserChanged", [
-    "eventId", "channelId", "userId", "version", "change", "changedKeys", "causationId", "occurredAt", "mergedInto", "user",
-], gc=False)
-# `deterministic`: the profile's keys written sorted (by their UTF-8 bytes, which is the
-# order of their code points, `sorted`'s), the one dict of a message; structs are written
-# in field order all the same. The profile is gathered in the fields' own order: no
-# `sorted(fields)` and a lookup a key in Python (issue 14, session 18).
-_ENCODER: Final = msgspec.json.Encoder(order="deterministic")
-_encode: Final = _ENCODER.encode
-# `encode` starts from a small buffer and grows it by reallocations (a `created` is
-# ~1.1 kB: three of them, then a shrink); `encode_into` a buffer of this size, then one
-# copy into bytes, is ~6 % cheaper a message (issue 14, session 15). The buffer is kept
-# (`_KEPT`) rather than made per call: a new zero-filled 2 kB bytearray and its freeing
-# cost ~2.5 k instructions a message (issue 14, session 17). `encode_into` writes from
-# its start and leaves the buffer's length at the message's end, its memory as it was;
-# a longer message grows it by bytearray's own resizing, which also gives memory back
-# when a message needs less than half of it: its size follows the recent messages'
-# (~1.5× them). Shared, and safe so: the domain core runs on one thread, and nothing
-# runs between `encode_into` and the copy into bytes.
-_encode_into: Final = _ENCODER.encode_into
-_BUFFER_BYTES: Final = 4096
-_KEPT: Final = bytearray(_BUFFER_BYTES)
-_PROFILE_CUT: Final = len(_PROFILE)
-_QUALIFIED_PAIRS: Final = tuple(sorted((key[_PROFILE_CUT:], key) for key in CONTACT_KEYS))  # as view._QUALIFIED
-
-
-def _plain(v: Any) -> bool:
-    """A value msgspec writes exactly as orjson does, whatever its content."""
-    if v is None or type(v) is str or type(v) is bool:
-        return True
-    if type(v) is int:
-        return json_int(v)
-    return False
-
-
-def _profile_key(key: str) -> str:
-    """A field's profile key without `profile.`, remembered (`_SHORT_KEYS`): a slice would
-    be a new string a message, hashed again as the profile dict's key (issue 14,
-    session 18). Bounded as `_FIRST_KEYS_RAW`: emptied when full."""
-    short = _SHORT_KEYS.get(key)
-    if short is None:
-        if len(_SHORT_KEYS) >= _SHORT_KEYS_KEPT:
-            _SHORT_KEYS.clear()
-        short = _SHORT_KEYS[key] = key[_PROFILE_CUT:]
-    return short
-
-
-_SHORT_KEYS: Final[dict[str, str]] = {}
-_SHORT_KEYS_KEPT: Final = 4096
-
-
-def _platform_struct(p: Platform) -> Any:
-    device = p.device
-    if not device:
-        if p.sessions_count == 0 and p.last_seen_at is None:  # never visited (every imported user)
-            return _NO_VISIT
-        return _PLATFORM(p.sessions_count, p.last_seen_at, None, None, None, None, None, None, None)
-    return _PLATFORM(
-        p.sessions_count, p.last_seen_at, device.get("browser"), device.get("browserName"), device.get("os"),
-        device.get("osName"), device.get("device"), device.get("appName"), device.get("appVersion"),
-    )
-
-
-# The platform of a user never seen on it (every imported user's), encoded once: msgspec
-# writes a `Raw`'s bytes as they are.
-_NO_VISIT: Final = msgspec.Raw(_ENCODER.encode(_PLATFORM(0, None, None, None, None, None, None, None, None)))
-# A first message's `changedKeys`, encoded, for a user without device keys (every
-# imported one): its keys follow from which of city, country, language, memberId and name
-# have a value, whether it is masked, and its profile's keys (`_keys_of_first`); the rows
-# of an import fill the same columns, so their `created` messages list the same keys.
-# Looked up by those (~1 k instructions) instead of listing (~2.4 k) and encoding ~22 keys
-# (~3 k). Bounded: emptied when full.
-_FIRST_KEYS_RAW: Final[dict[tuple[int, tuple[str, ...]], Any]] = {}
-_FIRST_KEYS_KEPT: Final = 1024
-
-
-def _first_keys_raw(user: User, listed: list[str], name: Any) -> Any:
-    """`_keys_of_first(user, sorted(listed), name)` as msgspec writes it, remembered
-    (`_FIRST_KEYS_RAW`), for a user with no device keys on either platform. `listed` in
-    the fields' order: sorted only when not remembered (an import's rows give their
-    fields in the same order)."""
-    facts = (
-        (1 if user.city is not None else 0) | (2 if user.country is not None else 0)
-        | (4 if user.language is not None else 0) | (8 if user.member_id is not None else 0)
-        | (16 if name is not None else 0) | (32 if user.masked else 0)
-    )
-    memo = _FIRST_KEYS_RAW
-    key = (facts, tuple(listed))
-    raw = memo.get(key)
-    if raw is None:
-        if len(memo) >= _FIRST_KEYS_KEPT:
-            memo.clear()
-        raw = msgspec.Raw(_encode(_keys_of_first(user, sorted(listed), name)))
-        memo[key] = raw
-    return raw
+# for orjson to walk them (a third of a publishing fact, issue 14 session 13), and the
+# msgspec structs that replaced them still cost ~29 k instructions a `created` (session
+# 19: ~3 k). Found on the package's path only when the process runs the compiled core;
+# interpreted, the reference writes.
+try:
+    from ._userjson import message as _write_message
+except ImportError:
+    _write_message = None  # type: ignore[assignment]
 
 
 def message_body(user: User, version: int, change: str, keys: list[str] | None, causation_id: str, at: int) -> bytes:
@@ -433,102 +331,25 @@ def message_body(user: User, version: int, change: str, keys: list[str] | None, 
     now): `orjson.dumps(_message(...))`, with `changedKeys` `keys`, or for a first
     message (`keys is None`) every key it carries (`_first_keys`). Every message of a
     lead or member but a tombstone's is built here; tests/unit/test_publication.py holds
-    the bytes equal to the reference message serialised.
-    The profile, name, qualified keys, the profile's flattened keys (a first message
-    lists them: each is its field's own key) and whether every value is plain are
-    gathered in one pass over the fields (`view.profile_parts`' pass, and `_plain` and
-    `_keys_of_first`'s profile loop folded in: issue 14, session 15), in the fields' own
-    order: the encoder sorts the profile, `listed` is sorted when it is read (session 18)."""
-    masked = user.masked
-    fields = user.fields
-    profile: dict[str, Any] = {}
-    name: Any = None
-    qualified: list[str] = []
-    listed: list[str] = []  # the profile's keys with a value, as flattened (the fields' own keys), unsorted
-    plain = True
-    if fields:
-        prefix = _PROFILE
-        for key, field in fields.items():
-            v = field.v
-            if v is not None:
-                if key.startswith(prefix):
-                    profile[_profile_key(key)] = v
-                    listed.append(key)
-                elif key == "name":
-                    name = v
-                else:
-                    continue
-                if plain and type(v) is not str and not _plain(v):
-                    plain = False
-        for short, key in _QUALIFIED_PAIRS:
-            val = fields.get(key)
-            if val is not None and val.v is not None and val.q:
-                qualified.append(short)
-    if keys is None and (user.web.device or user.mobile.device):
-        keys = _keys_of_first(user, sorted(listed), name)
-    if plain:
-        last_seen = user.last_seen_at
-        view = _VIEW(
-            user.id, user.channel_id, user.type, None if masked else user.member_id, None if masked else name,
-            user.tags, user.import_tags, None if masked else profile, qualified, user.unsubscribe_email,
-            user.unsubscribe_texting, user.blocked, masked, user.language, user.city, user.country,
-            user.sessions_count, last_seen if last_seen is not None else user.created_at, user.created_at,
-            user.updated_at, _platform_struct(user.web), _platform_struct(user.mobile), user.delivered,
-            user.merged_user_ids,
+    the bytes equal to the reference message serialised, whatever the user holds.
+    The C writer answers None for a value it does not write exactly as orjson does (a
+    float, an integer past 64 bits, a lone surrogate, a subclass): such a message, and
+    every message of the interpreted core, is written the reference way, which raises
+    what orjson raises."""
+    if _write_message is not None:
+        web, mobile = user.web, user.mobile
+        written: bytes | None = _write_message(
+            outbound_event_id(user.id, version), version, change, keys, causation_id, at,
+            user.id, user.channel_id, user.type, user.member_id, user.fields, user.tags, user.import_tags,
+            user.unsubscribe_email, user.unsubscribe_texting, user.blocked, user.masked, user.language, user.city,
+            user.country, user.sessions_count, user.last_seen_at, user.created_at, user.updated_at,
+            web.sessions_count, web.last_seen_at, web.device, mobile.sessions_count, mobile.last_seen_at, mobile.device,
+            user.delivered, user.merged_user_ids,
         )
-        buffer = _KEPT
-        try:
-            _encode_into(_MESSAGE(
-                outbound_event_id(user.id, version), user.channel_id, user.id, version, change,
-                _first_keys_raw(user, listed, name) if keys is None else keys, causation_id, at, None, view,
-            ), buffer)
-            return bytes(buffer)
-        except (TypeError, ValueError):  # e.g. a lone surrogate: orjson says it its way below
-            pass
-    if keys is None:
-        keys = _keys_of_first(user, sorted(listed), name)
-    return _dumps(_message(user, version, change, keys, causation_id, at, user_view(user)))
-
-
-def _keys_of_first(user: User, listed: list[str], name: Any) -> list[str]:
-    """`_first_keys(user, user_view(user))` from the user itself, already in sorted
-    order (the view's keys that are never null, those with a value, the profile's and
-    each platform's written where `sorted` puts them): every `created` message (every
-    new lead, every import row) lists its keys. `listed`: the profile's flattened keys
-    with a value, in order (`message_body` gathers them). tests/unit/test_publication.py
-    holds the two equal."""
-    masked = user.masked
-    keys = ["blocked", "channelId"]
-    if user.city is not None:
-        keys.append("city")
-    if user.country is not None:
-        keys.append("country")
-    keys.extend(("createdAt", "deliveredCampaigns", "id"))
-    if user.language is not None:
-        keys.append("language")
-    keys.append("masked")
-    if not masked and user.member_id is not None:
-        keys.append("memberId")
-    keys.append("mergedUserIds")
-    _platform_keys_of_first(keys, user.mobile.device, _MOBILE_SORTED, "mobile.sessionsCount")
-    if not masked:
-        if name is not None:
-            keys.append("name")
-        keys.extend(listed)
-    keys.extend(("qualified", "sessionsCount", "tags", "type", "unsubscribeEmail", "unsubscribeTexting", "userImportTags"))
-    _platform_keys_of_first(keys, user.web.device, _WEB_SORTED, "web.sessionsCount")
-    return keys
-
-
-def _platform_keys_of_first(keys: list[str], device: dict[str, str], flat: tuple[tuple[str, str], ...], sessions: str) -> None:
-    """A platform's flattened keys, sorted: its device keys with a value, and sessionsCount
-    (which sorts after every device key)."""
-    if device:
-        for key, dotted in flat:
-            if device.get(key) is not None:
-                keys.append(dotted)
-    keys.append(sessions)
-
+        if written is not None:
+            return written
+    view = user_view(user)
+    return _dumps(_message(user, version, change, _first_keys(user, view) if keys is None else keys, causation_id, at, view))
 
 
 def _message(

@@ -8,9 +8,8 @@ decided from that provenance (U3), never from the order facts happened to arrive
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from typing import Any, Final, Literal, NamedTuple, cast
+from typing import Any, Final, Literal, NamedTuple
 
-import msgspec
 import orjson
 
 UserType = Literal["anonymous", "lead", "member"]
@@ -192,42 +191,33 @@ class User:
         written here is hashed as stored, where one in an older order is decoded and
         dumped again (issue 14, session 12).
 
-        Written by msgspec from a struct whose fields are the state's keys in sorted
-        order, the objects inside (profile fields, veils, a platform with a device) sorted
-        by msgspec's `deterministic` order: no dict of 37 keys built and sorted again per
-        user (~31 k → ~12 k instructions; issue 14, session 14). msgspec writes strings,
-        64-bit integers, booleans and null as orjson does and a named tuple as an array;
-        it writes floats otherwise, accepts integers past 64 bits (orjson refuses them)
-        and refuses lone surrogates with another error. So the values of no fixed type
-        (the profile values, a device's) must be plain (`_plain_value`), and a state
-        holding another, or one msgspec refuses, is written the reference way
-        (`_state_json_reference`, raising what it raised)."""
-        fields = self.fields
-        for value in fields.values():
-            v = value.v
-            if type(v) is not str and not _plain_value(v):  # text, most values, without a call
-                return self._state_json_reference()
-        web, mobile = self.web, self.mobile
-        web_state, mobile_state = _platform_state(web), _platform_state(mobile)
-        if web_state is None or mobile_state is None:
-            return self._state_json_reference()
-        buffer = _STATE_KEPT
-        try:
-            _encode_state_into(_STATE(
+        Written by the C writer built with the compiled core (`_userjson.state`,
+        services/domain/_userjson.c): the state's keys in sorted order, each value as
+        orjson writes it, with no dict (or msgspec struct) built for an encoder to walk
+        (~15 k → ~3 k instructions an imported user; issue 14, session 19). It answers
+        None for a value it does not write exactly as orjson does (a float, an integer
+        past 64 bits, a lone surrogate, a subclass); the state is then written the
+        reference way (`_state_json_reference`, raising what orjson raises), as it is
+        always by the interpreted core."""
+        if _write_state is not None:
+            web, mobile = self.web, self.mobile
+            written: bytes | None = _write_state(
                 self.blocked, self.booted, self.channel_id, self.city, self.country, self.created_at, self.deleted,
-                self.delivered, fields, self.has_push_token, self.id, self.import_tags, self.language,
+                self.delivered, self.fields, self.has_push_token, self.id, self.import_tags, self.language,
                 self.last_activity_at, self.last_contact_at, self.last_login_at, self.last_seen_at, self.masked,
-                self.member_id, self.merged_into, self.merged_user_ids, mobile_state, self.mobile_veils, self.offered,
-                self.pending_into, self.pending_since, self.sessions_count, self.tags, self.type,
-                self.unsubscribe_email, self.unsubscribe_texting, self.updated_at, self.veils, self.version, web_state,
-            ), buffer)
-            return bytes(buffer)
-        except (UnicodeEncodeError, msgspec.EncodeError, TypeError, OverflowError):
-            return self._state_json_reference()  # a lone surrogate (orjson raises its own error)
+                self.member_id, self.merged_into, self.merged_user_ids,
+                mobile.sessions_count, mobile.last_seen_at, mobile.device,
+                self.mobile_veils, self.offered, self.pending_into, self.pending_since, self.sessions_count, self.tags,
+                self.type, self.unsubscribe_email, self.unsubscribe_texting, self.updated_at, self.veils, self.version,
+                web.sessions_count, web.last_seen_at, web.device,
+            )
+            if written is not None:
+                return written
+        return self._state_json_reference()
 
     def _state_json_reference(self) -> bytes:
-        """`state_json` by orjson from one dict in sorted key order (the way before
-        session 14): the definition's bytes, for the states msgspec would write otherwise."""
+        """`state_json` by orjson from one dict in sorted key order: the definition's
+        bytes, for the interpreted core and the states the C writer leaves to it."""
         fields, web, mobile = self.fields, self.web, self.mobile
         return _dumps({
             "blocked": self.blocked, "booted": self.booted, "channel_id": self.channel_id, "city": self.city,
@@ -292,73 +282,13 @@ FIELD_NAMES = _FIELDS
 """Every attribute of a user, in field order (core.Snapshot reads them in one call)."""
 _dumps = orjson.dumps
 _SORTED = orjson.OPT_SORT_KEYS
-# The stored state as msgspec writes it (`User.state_json`): a struct per state, its fields
-# the state's keys in sorted order (a struct's fields are written in their order), filled
-# positionally; the objects inside sorted by the `deterministic` order, which sorts a
-# dict's keys as orjson's OPT_SORT_KEYS does (by their UTF-8 bytes). A struct type made at
-# import time is a value mypyc need not compile (a class deriving from msgspec.Struct it
-# cannot). No cyclic collection needed: each is a temporary holding the user's containers.
-_STATE: Final = msgspec.defstruct("UserState", [
-    "blocked", "booted", "channel_id", "city", "country", "created_at", "deleted", "delivered", "fields",
-    "has_push_token", "id", "import_tags", "language", "last_activity_at", "last_contact_at", "last_login_at",
-    "last_seen_at", "masked", "member_id", "merged_into", "merged_user_ids", "mobile", "mobile_veils", "offered",
-    "pending_into", "pending_since", "sessions_count", "tags", "type", "unsubscribe_email", "unsubscribe_texting",
-    "updated_at", "veils", "version", "web",
-], gc=False)
-_PLATFORM_STATE: Final = msgspec.defstruct("PlatformState", ["lastSeenAt", "sessionsCount"], gc=False)
-# Written into a kept buffer, then copied into bytes: `encode` grows its own 512-byte
-# buffer by reallocations for every state longer (most are ~1 kB), ~0.7 k instructions a
-# state more (issue 14, session 17; publication._KEPT says how the buffer behaves and
-# why sharing it is safe).
-_encode_state_into: Final = msgspec.json.Encoder(order="deterministic").encode_into
-_STATE_KEPT: Final = bytearray(4096)
-# The platform of a user never seen on it, encoded once: msgspec writes a `Raw`'s bytes as
-# they are (publication._NO_VISIT does the same for the message).
-_NO_VISIT_STATE: Final = msgspec.Raw(msgspec.json.encode(_PLATFORM_STATE(None, 0)))
-_INT_MIN: Final = -(2**63)
-_INT_MAX: Final = 2**64 - 1  # the integers orjson writes (it refuses others)
-_SHORT_INT: Final = 4611686018427387903  # 2**62 - 1, mypyc's largest unboxed integer
-
-
-def json_int(n: int) -> bool:
-    """An integer orjson writes (it refuses others), which msgspec writes the same. Compiled,
-    one within ±2**62 is unboxed and compared natively; the comparison with the 64-bit
-    bounds is a generic one (~220 instructions a value; issue 14, session 18)."""
-    return -_SHORT_INT <= n <= _SHORT_INT or _INT_MIN <= n <= _INT_MAX
-
-
-def _plain_value(v: Any) -> bool:
-    """A profile value msgspec writes exactly as orjson does (or refuses, as orjson
-    does, for a lone surrogate): null, text, a boolean, an integer orjson writes, or a
-    list of text (a list field's value)."""
-    if v is None or type(v) is str or type(v) is bool:
-        return True
-    if type(v) is int:
-        return json_int(v)
-    if type(v) is list:
-        for item in v:
-            if type(item) is not str:
-                return False
-        return True
-    return False
-
-
-def _platform_state(p: Platform) -> Any:
-    """A platform's object in the state: a struct without a device; with one, the dict
-    `to_json` builds (its keys sorted by the encoder), if every device value is text;
-    None otherwise (the reference way writes it)."""
-    device = p.device
-    if not device:
-        if p.sessions_count == 0 and p.last_seen_at is None:  # never visited (every imported user)
-            return _NO_VISIT_STATE
-        return _PLATFORM_STATE(p.last_seen_at, p.sessions_count)
-    # As objects: compiled, a `dict[str, str]`'s values are checked to be text as they are
-    # read, and a stored state's device could hold anything.
-    for value in cast("dict[str, object]", device).values():
-        if type(value) is not str:
-            return None
-    return {"sessionsCount": p.sessions_count, "lastSeenAt": p.last_seen_at, **device}
-
+# The C writer of the stored state (services/domain/_userjson.c), built beside the compiled
+# modules by `make core` (services/compiled_core.py `EXTENSIONS`): found on the package's
+# path only when the process runs the compiled core. Interpreted, the reference writes.
+try:
+    from ._userjson import state as _write_state
+except ImportError:
+    _write_state = None  # type: ignore[assignment]
 
 STATE_START = '{"blocked":'
 """How every state `state_json` writes begins (its first key in sorted order): the digest

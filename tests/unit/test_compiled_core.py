@@ -81,7 +81,11 @@ def test_a_compiled_projection_module_is_in_the_digest_and_the_others_are_not(
         (fake / name).write_text("x = 1\n")
     for package in ("store", "relay"):
         (tmp_path / "services" / package).mkdir()
-        for name in (*compiled_core.COMPILED[package], *compiled_core.EXTENSIONS.get(package, ())):
+        for name in compiled_core.COMPILED[package]:
+            (tmp_path / "services" / package / name).write_text("x = 1\n")
+    for package, names in compiled_core.EXTENSIONS.items():
+        (tmp_path / "services" / package).mkdir(exist_ok=True)
+        for name in names:
             (tmp_path / "services" / package / name).write_text("x = 1\n")
     monkeypatch.setattr(compiled_core, "SERVICES", tmp_path / "services")
     before = compiled_core.source_digest()
@@ -94,16 +98,19 @@ def test_a_compiled_projection_module_is_in_the_digest_and_the_others_are_not(
 
 def test_an_edited_c_extension_makes_the_build_stale(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """issue 14, session 17: the C encoder of the COPY payloads (`EXTENSIONS`) is in the
-    build's digest: an edited `_rowcodec.c` must not run as its stale self."""
+    build's digest: an edited `_rowcodec.c` (or session 19's `_userjson.c`) must not run
+    as its stale self."""
     for package, names in (*compiled_core.COMPILED.items(), *compiled_core.EXTENSIONS.items()):
         (tmp_path / "services" / package).mkdir(parents=True, exist_ok=True)
         for name in names:
             (tmp_path / "services" / package / name).write_text("x = 1\n")
     monkeypatch.setattr(compiled_core, "SERVICES", tmp_path / "services")
     monkeypatch.setattr(compiled_core, "DOMAIN", tmp_path / "services" / "domain")
-    before = compiled_core.source_digest()
-    (tmp_path / "services" / "store" / "_rowcodec.c").write_text("x = 2\n")
-    assert compiled_core.source_digest() != before
+    for package, names in compiled_core.EXTENSIONS.items():  # session 19: the domain's _userjson.c too
+        for name in names:
+            before = compiled_core.source_digest()
+            (tmp_path / "services" / package / name).write_text("x = 2\n")
+            assert compiled_core.source_digest() != before, name
 
 
 def test_a_package_follows_the_domains_choice(core_dir: Path) -> None:
@@ -146,6 +153,9 @@ def test_this_process_runs_the_core_it_was_asked_for() -> None:
     if asked != "auto":
         assert domain.CORE == asked
     loaded = {name: m.__file__ for name, m in sys.modules.items() if name.startswith("services.domain.")}
+    # The domain's C writer (issue 14, session 19) is loaded exactly when the core is compiled.
+    writer = loaded.pop("services.domain._userjson", None)
+    assert (writer is not None) == (domain.CORE == "compiled")
     assert len(loaded) == len([m for m in compiled_core.modules() if m.startswith("services.domain.")])
     loaded |= {name: importlib.import_module(name).__file__ for name in compiled_core.modules()}
     suffix = ".so" if domain.CORE == "compiled" else ".py"
