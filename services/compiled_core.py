@@ -63,7 +63,7 @@ COMPILED = {
 # Hand-written C extensions built with them, by package: each `<name>.c` becomes the
 # module `services.<package>.<name>` (the Makefile's `core` target lists them too).
 EXTENSIONS = {
-    "domain": ("_userjson.c",),  # a user's state and user-changed message as JSON (issue 14, session 19)
+    "domain": ("_native.c",),  # a user's state and user-changed message as JSON (issue 14, session 19)
     "store": ("_rowcodec.c",),  # rows as binary COPY payloads (issue 14, session 17)
 }
 GROUP = "unifier_core"  # the shared library's name: unifier_core__mypyc.<abi>.so

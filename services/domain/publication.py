@@ -67,7 +67,7 @@ def _first_keys(user: User, view: dict[str, Any]) -> list[str]:
     for the `user_view` of `user` (a profile holds no null; a platform shows its
     sessionsCount and the device keys of DEVICE_KEYS), without flattening: every
     `created` message (every import row, every new lead) lists its keys.
-    The definition the C writer's first keys (`_userjson.c` `write_first_keys`, from the
+    The definition the C writer's first keys (`_native.c` `write_first_keys`, from the
     user, without its view) are held equal to by tests/unit/test_publication.py."""
     keys = [key for key, val in view.items() if val is not None and key not in _NOT_LISTED]
     profile = view["profile"]
@@ -313,7 +313,7 @@ _dumps = orjson.dumps
 
 
 # -- the message's bytes -------------------------------------------------------------
-# The C writer built with the compiled core (services/domain/_userjson.c, `EXTENSIONS` of
+# The C writer built with the compiled core (services/domain/_native.c, `EXTENSIONS` of
 # services/compiled_core.py) writes the message straight from the user's attributes:
 # `orjson.dumps(_message(..., user_view(user)))` built the view's dicts (~40 keys) only
 # for orjson to walk them (a third of a publishing fact, issue 14 session 13), and the
@@ -321,7 +321,7 @@ _dumps = orjson.dumps
 # 19: ~3 k). Found on the package's path only when the process runs the compiled core;
 # interpreted, the reference writes.
 try:
-    from ._userjson import message as _write_message
+    from ._native import message as _write_message
 except ImportError:
     _write_message = None  # type: ignore[assignment]
 

@@ -98,7 +98,7 @@ def test_a_compiled_projection_module_is_in_the_digest_and_the_others_are_not(
 
 def test_an_edited_c_extension_makes_the_build_stale(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """issue 14, session 17: the C encoder of the COPY payloads (`EXTENSIONS`) is in the
-    build's digest: an edited `_rowcodec.c` (or session 19's `_userjson.c`) must not run
+    build's digest: an edited `_rowcodec.c` (or session 19's `_native.c`) must not run
     as its stale self."""
     for package, names in (*compiled_core.COMPILED.items(), *compiled_core.EXTENSIONS.items()):
         (tmp_path / "services" / package).mkdir(parents=True, exist_ok=True)
@@ -106,7 +106,7 @@ def test_an_edited_c_extension_makes_the_build_stale(monkeypatch: pytest.MonkeyP
             (tmp_path / "services" / package / name).write_text("x = 1\n")
     monkeypatch.setattr(compiled_core, "SERVICES", tmp_path / "services")
     monkeypatch.setattr(compiled_core, "DOMAIN", tmp_path / "services" / "domain")
-    for package, names in compiled_core.EXTENSIONS.items():  # session 19: the domain's _userjson.c too
+    for package, names in compiled_core.EXTENSIONS.items():  # session 19: the domain's _native.c too
         for name in names:
             before = compiled_core.source_digest()
             (tmp_path / "services" / package / name).write_text("x = 2\n")
@@ -154,7 +154,7 @@ def test_this_process_runs_the_core_it_was_asked_for() -> None:
         assert domain.CORE == asked
     loaded = {name: m.__file__ for name, m in sys.modules.items() if name.startswith("services.domain.")}
     # The domain's C writer (issue 14, session 19) is loaded exactly when the core is compiled.
-    writer = loaded.pop("services.domain._userjson", None)
+    writer = loaded.pop("services.domain._native", None)
     assert (writer is not None) == (domain.CORE == "compiled")
     assert len(loaded) == len([m for m in compiled_core.modules() if m.startswith("services.domain.")])
     loaded |= {name: importlib.import_module(name).__file__ for name in compiled_core.modules()}

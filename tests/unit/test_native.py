@@ -1,6 +1,6 @@
-"""issue 14, session 19: the C writer of a user's state and `user-changed` message
-(services/domain/_userjson.c), which the compiled core writes every state and message
-with. Its bytes must be the references' (orjson over the view and `_first_keys`, the
+"""issue 14, session 19: the domain's C helpers (services/domain/_native.c), which the
+compiled core writes every state and message with, makes every Value and derives every
+name-based id with. The writer's bytes must be the references' (orjson over the view and `_first_keys`, the
 definition: docs/contract.md, user-changed; C1; the state's sorted dump, the digest's
 canonical form) for every user — first message or not, masked, visited or not, any
 field, in any order, past its buffers — and it must leave to the reference exactly what
@@ -9,6 +9,7 @@ test_publication.py and test_domain_user.py; run compiled, they pin this writer 
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import orjson
@@ -17,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import services.domain as domain
-from services.domain import publication
+from services.domain import ids, publication
 from services.domain import user as user_module
 from services.domain.publication import _first_keys, _message, message_body
 from services.domain.sessions import DEVICE_KEYS
@@ -184,3 +185,46 @@ def _state_written(user: User) -> bytes | None:
         user.tags, user.type, user.unsubscribe_email, user.unsubscribe_texting, user.updated_at, user.veils,
         user.version, web.sessions_count, web.last_seen_at, web.device,
     )
+
+
+# -- a Value and a name-based id (issue 14, session 19) -----------------------------------
+
+
+@settings(max_examples=300)
+@given(st.none() | st.text() | st.integers() | st.booleans() | st.lists(st.text(), max_size=2), st.booleans(), st.booleans(),
+       st.integers(-(2**70), 2**70))
+def test_new_value_is_the_named_tuples_own_value(v: Any, q: bool, m: bool, t: int) -> None:
+    """`new_value` (the C helper, compiled) makes what `Value(...)` makes: the same type,
+    items, equality, hash, attributes and repr. A helper that made a plain tuple, or
+    dropped or reordered an item, fails it."""
+    made, want = user_module.new_value(v, q, m, t), Value(v, q, m, t)
+    assert type(made) is Value and made == want and tuple(made) == tuple(want) and repr(made) == repr(want)
+    assert (made.v, made.q, made.m, made.t) == (v, q, m, t)
+    if not isinstance(v, list):
+        assert hash(made) == hash(want)
+
+
+@settings(max_examples=2000)
+@given(st.binary(max_size=300))
+def test_a_name_based_id_is_the_reference_whatever_the_names_length(name: bytes) -> None:
+    """`ids._uuid_of` (the C helper's own SHA-1, compiled) is hashlib's version 5 UUID of
+    the name for every length, the one- and two-block tails (55, 56, 63, 64 bytes …)
+    included; and it is the uuid module's `uuid5` for a name in its namespace."""
+    assert ids._uuid_of(name) == ids._uuid_of_reference(name)
+
+
+def test_a_name_based_id_at_the_block_edges_and_as_the_uuid_module_makes_it() -> None:
+    """Every length from 0 to 200 bytes, and the ids the service derives (a member's)."""
+    for n in range(201):
+        name = bytes((i * 7 + n) % 256 for i in range(n))
+        assert ids._uuid_of(name) == ids._uuid_of_reference(name), n
+    assert ids.member_user_id("ch_1", "m-1") == "u_" + uuid.uuid5(ids._NAMESPACE, "ch_1\x1fmember\x1fm-1").hex
+
+
+@compiled_only
+def test_the_compiled_core_makes_values_and_ids_with_the_c_helpers() -> None:
+    """Compiled, `new_value` and `_uuid_of` take the C helpers (the tests above then pin
+    them); `value` refuses a wrong number of items."""
+    assert user_module._make_value is not None and ids._native_uuid is not None
+    with pytest.raises(TypeError):
+        user_module._make_value(1, 2, 3)  # type: ignore[call-arg]

@@ -1,5 +1,12 @@
-/* A user's stored state and its `user-changed` message as JSON bytes, written directly
- * (issue 14, session 19): what `User._state_json_reference` and publication's reference
+/* The domain's hottest few steps in hand-written C (issue 14, session 19), built with the
+ * compiled core (services/compiled_core.py `EXTENSIONS`); an interpreted process runs
+ * their Python references, which the tests hold these equal to:
+ *   state, message   a user's stored state and user-changed message as JSON (below);
+ *   value            a profile Value (user.new_value);
+ *   uuid_hex         a name-based id (ids._uuid_of).
+ *
+ * A user's stored state and its `user-changed` message as JSON bytes, written directly:
+ * what `User._state_json_reference` and publication's reference
  * message (`orjson.dumps` of `_message(..., user_view(user))`) write, byte for byte,
  * without building the dicts (or msgspec structs) only for an encoder to walk them.
  * Every batch writes each changed user's state and most facts a message; an import row
@@ -895,6 +902,155 @@ static PyObject *message(PyObject *self, PyObject *const *args, Py_ssize_t nargs
     return finish(&o, r);
 }
 
+/* -- a profile value ------------------------------------------------------------------- */
+
+/* user.Value (a named tuple), registered once by user.py (`value_type`). */
+static PyTypeObject *VALUE_TYPE;
+
+static PyObject *value_type(PyObject *self, PyObject *type) {
+    (void)self;
+    if (!PyType_Check(type) || !PyType_IsSubtype((PyTypeObject *)type, &PyTuple_Type)) {
+        PyErr_SetString(PyExc_TypeError, "value_type() takes a subclass of tuple");
+        return NULL;
+    }
+    Py_INCREF(type);
+    Py_XSETREF(VALUE_TYPE, (PyTypeObject *)type);
+    Py_RETURN_NONE;
+}
+
+/* value(v, q, m, t) -> Value: what `tuple.__new__(Value, (v, q, m, t))` makes (the
+ * subclass's instance, allocated by its tp_alloc, holding the four), without the plain
+ * tuple that call builds first and the generic call path: every profile value of every
+ * fact and import cell is one (~1.4 k → ~0.3 k instructions; issue 14, session 19). */
+static PyObject *value(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    if (nargs != 4) {
+        PyErr_Format(PyExc_TypeError, "value() takes 4 values, not %zd", nargs);
+        return NULL;
+    }
+    if (VALUE_TYPE == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "value(): no type registered (value_type)");
+        return NULL;
+    }
+    PyObject *made = VALUE_TYPE->tp_alloc(VALUE_TYPE, 4);
+    if (made == NULL) {
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < 4; i++) {
+        Py_INCREF(args[i]);
+        PyTuple_SET_ITEM(made, i, args[i]);
+    }
+    return made;
+}
+
+/* -- name-based ids ------------------------------------------------------------------------ */
+
+/* SHA-1 (FIPS 180-4) of a short name, for name-based (version 5) UUIDs: an id, not a
+ * secret. hashlib's OpenSSL SHA-1 spends ~5 k instructions a call on its context's set-up
+ * and clean-up; the hash of a one- or two-block name is ~1.3 k here. tests/unit/
+ * test_native.py holds it equal to hashlib's for every length around the block edges. */
+static inline uint32_t rol(uint32_t x, int n) {
+    return (x << n) | (x >> (32 - n));
+}
+
+static void sha1_block(uint32_t h[5], const unsigned char *p) {
+    uint32_t w[80];
+    for (int i = 0; i < 16; i++) {
+        w[i] = (uint32_t)p[4 * i] << 24 | (uint32_t)p[4 * i + 1] << 16 | (uint32_t)p[4 * i + 2] << 8 | (uint32_t)p[4 * i + 3];
+    }
+    for (int i = 16; i < 80; i++) {
+        w[i] = rol(w[i - 3] ^ w[i - 8] ^ w[i - 14] ^ w[i - 16], 1);
+    }
+    uint32_t a = h[0], b = h[1], c = h[2], d = h[3], e = h[4];
+    /* Five steps a turn with the variables' roles rotated instead of moved, and each
+     * round's function in its own loop: no moves, no branch a step. */
+#define F1(b, c, d) (((b) & (c)) | (~(b) & (d)))
+#define F2(b, c, d) ((b) ^ (c) ^ (d))
+#define F3(b, c, d) (((b) & (c)) | ((b) & (d)) | ((c) & (d)))
+#define STEP(a, b, c, d, e, f, k, i)                         \
+    e += rol(a, 5) + f(b, c, d) + (uint32_t)(k) + w[i]; \
+    b = rol(b, 30);
+#define TURN(f, k, i)                  \
+    STEP(a, b, c, d, e, f, k, i)       \
+    STEP(e, a, b, c, d, f, k, i + 1)   \
+    STEP(d, e, a, b, c, f, k, i + 2)   \
+    STEP(c, d, e, a, b, f, k, i + 3)   \
+    STEP(b, c, d, e, a, f, k, i + 4)
+    for (int i = 0; i < 20; i += 5) {
+        TURN(F1, 0x5A827999, i)
+    }
+    for (int i = 20; i < 40; i += 5) {
+        TURN(F2, 0x6ED9EBA1, i)
+    }
+    for (int i = 40; i < 60; i += 5) {
+        TURN(F3, 0x8F1BBCDC, i)
+    }
+    for (int i = 60; i < 80; i += 5) {
+        TURN(F2, 0xCA62C1D6, i)
+    }
+#undef TURN
+#undef STEP
+#undef F3
+#undef F2
+#undef F1
+    h[0] += a;
+    h[1] += b;
+    h[2] += c;
+    h[3] += d;
+    h[4] += e;
+}
+
+static void sha1(const unsigned char *data, size_t n, unsigned char out[20]) {
+    uint32_t h[5] = {0x67452301, 0xEFCDAB89, 0x98BADCFE, 0x10325476, 0xC3D2E1F0};
+    size_t i = 0;
+    for (; i + 64 <= n; i += 64) {
+        sha1_block(h, data + i);
+    }
+    unsigned char tail[128] = {0};
+    size_t rest = n - i;
+    memcpy(tail, data + i, rest);
+    tail[rest] = 0x80;
+    size_t end = rest + 9 <= 64 ? 64 : 128; /* the 0x80 and the 64-bit length fit, or take a block more */
+    uint64_t bits = (uint64_t)n * 8;
+    for (int j = 0; j < 8; j++) {
+        tail[end - 1 - j] = (unsigned char)(bits >> (8 * j));
+    }
+    sha1_block(h, tail);
+    if (end == 128) {
+        sha1_block(h, tail + 64);
+    }
+    for (int j = 0; j < 5; j++) {
+        out[4 * j] = (unsigned char)(h[j] >> 24);
+        out[4 * j + 1] = (unsigned char)(h[j] >> 16);
+        out[4 * j + 2] = (unsigned char)(h[j] >> 8);
+        out[4 * j + 3] = (unsigned char)h[j];
+    }
+}
+
+/* uuid_hex(name: bytes) -> str: the version 5 UUID of a namespaced name (ids._uuid_of),
+ * as 32 lowercase hex digits: SHA-1's first 16 bytes, the version and variant bits set. */
+static PyObject *uuid_hex(PyObject *self, PyObject *name) {
+    (void)self;
+    if (!PyBytes_Check(name)) {
+        PyErr_SetString(PyExc_TypeError, "uuid_hex() takes bytes");
+        return NULL;
+    }
+    unsigned char digest[20];
+    sha1((const unsigned char *)PyBytes_AS_STRING(name), (size_t)PyBytes_GET_SIZE(name), digest);
+    digest[6] = (unsigned char)((digest[6] & 0x0F) | 0x50); /* version 5 */
+    digest[8] = (unsigned char)((digest[8] & 0x3F) | 0x80); /* RFC 4122 variant */
+    PyObject *hex = PyUnicode_New(32, 127);
+    if (hex == NULL) {
+        return NULL;
+    }
+    Py_UCS1 *out = PyUnicode_1BYTE_DATA(hex);
+    for (int i = 0; i < 16; i++) {
+        out[2 * i] = (Py_UCS1)HEX[digest[i] >> 4];
+        out[2 * i + 1] = (Py_UCS1)HEX[digest[i] & 15];
+    }
+    return hex;
+}
+
 /* -- the module ------------------------------------------------------------------------- */
 
 static PyMethodDef methods[] = {
@@ -902,11 +1058,15 @@ static PyMethodDef methods[] = {
      "state(<39 values>) -> bytes | None: a user's stored state (user.py state_json)"},
     {"message", (PyCFunction)(void (*)(void))message, METH_FASTCALL,
      "message(<32 values>) -> bytes | None: a user-changed message (publication.message_body)"},
+    {"value_type", value_type, METH_O, "value_type(Value): the type `value` makes (user.py registers it)"},
+    {"value", (PyCFunction)(void (*)(void))value, METH_FASTCALL, "value(v, q, m, t) -> Value (user.new_value)"},
+    {"uuid_hex", uuid_hex, METH_O, "uuid_hex(name: bytes) -> str: a version 5 UUID's hex (ids._uuid_of)"},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, .m_name = "_userjson", .m_doc = "a user's state and user-changed message as JSON bytes",
+    PyModuleDef_HEAD_INIT, .m_name = "_native",
+    .m_doc = "the domain's hot paths in C: a user's state and message as JSON, a Value, a name-based id",
     .m_size = -1, .m_methods = methods,
 };
 
@@ -914,7 +1074,7 @@ static PyObject *interned(const char *s) {
     return PyUnicode_InternFromString(s);
 }
 
-PyMODINIT_FUNC PyInit__userjson(void) {
+PyMODINIT_FUNC PyInit__native(void) {
     init_escapes();
     init_device_fields();
     init_state_keys();

@@ -1,6 +1,0 @@
-# The C writer of a user's state and user-changed message (_userjson.c), built with the
-# compiled core; an interpreted process has no such module (user.py, publication.py).
-from typing import Any
-
-def state(*values: Any) -> bytes | None: ...
-def message(*values: Any) -> bytes | None: ...
