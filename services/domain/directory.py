@@ -8,16 +8,21 @@ projection which users to write back.
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable, KeysView
+from typing import Final
 
 from .user import EMAIL, MOBILE, User, Value
 
 Identity = tuple[str, str, bool]  # (kind, value, qualified); kind: veil | member | email | mobile | pending
 
+# Shared empty sets (immutable): `frozenset()` allocates a new one on each call.
+_NO_KEYS: Final[frozenset[Identity]] = frozenset()
+_NO_VEILS: Final[frozenset[str]] = frozenset()
+
 
 def identities(user: User) -> frozenset[Identity]:
     """The lookup keys of a live user. Merged and deleted users have none (U8, B2)."""
     if user.deleted or user.merged_into is not None:  # not `alive`
-        return frozenset()
+        return _NO_KEYS
     # Gathered in a list, hashed once by the frozenset (a set first hashed every key
     # twice), the contact keys read by name: every new user and every put that moves
     # what identities read comes here (issue 14, session 14).
@@ -42,9 +47,10 @@ _Sig = tuple[bool, "str | None", "str | None", "str | None", "Value | None", "Va
 
 
 def _signature(user: User) -> _Sig:
-    f = user.fields
+    f, veils = user.fields, user.veils
+    # Most members (an import's every one) have no veils: no empty set built for them.
     return (user.deleted, user.merged_into, user.member_id, user.pending_into, f.get(EMAIL), f.get(MOBILE),
-            frozenset(user.veils))
+            frozenset(veils) if veils else _NO_VEILS)
 
 
 class GradeBook:
@@ -168,21 +174,22 @@ class Directory:
         """Replace a user's state (or add a new user) and re-index the keys that moved."""
         user_id = user.id
         sig = self._sigs.get(user_id)
-        if sig is not None:
-            veils = user.veils.keys()
-            f = user.fields
-            if (sig[0] == user.deleted and sig[1] == user.merged_into and sig[2] == user.member_id
-                    and sig[3] == user.pending_into and sig[4] == f.get(EMAIL) and sig[5] == f.get(MOBILE)):
-                self._users[user_id] = user
-                self.changed[user_id] = user
-                if veils != sig[6]:  # only veils moved (a login merging a visitor adds its veils)
-                    self._move_veils(user, sig[6], veils)
-                return
-        old = self._ids.get(user_id)
+        if sig is None:  # not held (every held user has a signature, `_index`): a new user
+            self._index(user, identities(user))
+            self.changed[user_id] = user
+            return
+        veils = user.veils.keys()
+        f = user.fields
+        if (sig[0] == user.deleted and sig[1] == user.merged_into and sig[2] == user.member_id
+                and sig[3] == user.pending_into and sig[4] == f.get(EMAIL) and sig[5] == f.get(MOBILE)):
+            self._users[user_id] = user
+            self.changed[user_id] = user
+            if veils != sig[6]:  # only veils moved (a login merging a visitor adds its veils)
+                self._move_veils(user, sig[6], veils)
+            return
+        old = self._ids[user_id]
         keys = identities(user)
-        if old is None:
-            self._index(user, keys)
-        elif keys == old:  # most changes (a visit, a profile edit) keep the lookup keys
+        if keys == old:  # most changes (a visit, a profile edit) keep the lookup keys
             self._users[user_id] = user
             self._sigs[user_id] = _signature(user)
         else:
@@ -237,7 +244,7 @@ class Directory:
 
     def forget(self, user_id: str) -> None:
         """Undo the creation of a user (a rejected fact leaves nothing behind)."""
-        for kind, value, _q in self._ids.pop(user_id, frozenset()):
+        for kind, value, _q in self._ids.pop(user_id, _NO_KEYS):
             bucket = self._bucket(self._users[user_id].channel_id, kind, value)
             if bucket is not None:
                 bucket.discard(user_id)
@@ -257,9 +264,15 @@ class Directory:
 
     def evict(self, user_id: str) -> frozenset[Identity]:
         """Stop holding an unchanged user (a memory budget); the keys it was found by."""
-        user = self._users.pop(user_id)
-        keys = self._ids.pop(user_id, frozenset())
-        self._sigs.pop(user_id, None)
+        # `del` and `in`, not `dict.pop(key, default)`: a method call compiled (~380
+        # instructions each), its default built before the call. A held user has its
+        # identities and signature (`_index`); `_loaded` and `changed` may lack it.
+        users, ids, loaded, changed = self._users, self._ids, self._loaded, self.changed
+        user = users[user_id]
+        del users[user_id]
+        keys = ids[user_id]
+        del ids[user_id]
+        del self._sigs[user_id]
         kinds = self._by_key.get(user.channel_id)
         if kinds is not None:
             for kind, value, _q in keys:
@@ -270,8 +283,10 @@ class Directory:
                         bucket.discard(user_id)
                         if not bucket:
                             del values[value]
-        self._loaded.pop(user_id, None)
-        self.changed.pop(user_id, None)
+        if user_id in loaded:
+            del loaded[user_id]
+        if user_id in changed:
+            del changed[user_id]
         return keys
 
     def holders(self, channel_id: str, kind: str, value: str) -> frozenset[str]:
