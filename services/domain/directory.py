@@ -114,7 +114,7 @@ class Directory:
             user_id = user.id
             now = sigs[user_id][7] if held.get(user_id) is user else identities(user)
             old = loaded.get(user_id)
-            if now is not old and now != old:
+            if old is None or (now is not old and now != old):  # a new user's are all new (no set compared to None)
                 out.append((user, old, now))
         return out
 
