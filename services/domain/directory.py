@@ -8,7 +8,7 @@ projection which users to write back.
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable, KeysView
-from typing import Final
+from typing import Final, cast
 
 from .user import EMAIL, MOBILE, User, Value
 
@@ -39,6 +39,11 @@ def identities(user: User) -> frozenset[Identity]:
     if mobile is not None and mobile.v is not None:
         keys.append(("mobile", mobile.v, mobile.q))
     return frozenset(keys)
+
+
+# `_sigs` as the compiled core may read it without unpacking: a value typed `_Sig` is
+# unpacked item by item (eight references taken and dropped) even to read one item.
+_Held = dict[str, tuple[object, ...]]
 
 
 # What `identities` reads of a user, cheap to compare, then its identities (the last
@@ -108,11 +113,11 @@ class Directory:
         index holds for a user held as that very state (each `put` keeps it equal to
         `identities(user)`), derived only for another state: ~600 instructions a changed
         user fewer (issue 14, session 17)."""
-        held, sigs, loaded = self._users, self._sigs, self._loaded
+        held, sigs, loaded = self._users, cast(_Held, self._sigs), self._loaded
         out: list[tuple[User, frozenset[Identity] | None, frozenset[Identity]]] = []
         for user in users:
             user_id = user.id
-            now = sigs[user_id][7] if held.get(user_id) is user else identities(user)
+            now = cast("frozenset[Identity]", sigs[user_id][7]) if held.get(user_id) is user else identities(user)
             old = loaded.get(user_id)
             if old is None or (now is not old and now != old):  # a new user's are all new (no set compared to None)
                 out.append((user, old, now))
@@ -130,12 +135,13 @@ class Directory:
         """Start a new batch on the same users (a directory kept across batches, as a
         rebuild keeps its channels' users): nothing has changed yet, and the current
         identities count as the loaded ones."""
+        sigs = cast(_Held, self._sigs)
         for user_id in self.changed:
-            sig = self._sigs.get(user_id)
+            sig = sigs.get(user_id)
             if sig is None:
                 self._loaded.pop(user_id, None)
             else:
-                self._loaded[user_id] = sig[7]
+                self._loaded[user_id] = cast("frozenset[Identity]", sig[7])
         self.changed.clear()
 
     def get(self, user_id: str) -> User | None:
@@ -272,7 +278,7 @@ class Directory:
         users, sigs, loaded, changed = self._users, self._sigs, self._loaded, self.changed
         user = users[user_id]
         del users[user_id]
-        keys = sigs[user_id][7]
+        keys = cast("frozenset[Identity]", cast(_Held, sigs)[user_id][7])
         del sigs[user_id]
         kinds = self._by_key.get(user.channel_id)
         if kinds is not None:
