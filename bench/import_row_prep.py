@@ -49,7 +49,6 @@ from bench.core_counts import inclusive, total  # noqa: E402
 from bench.import_bench import _NAMES, _PLANS  # noqa: E402
 from contracts.topics import Topics  # noqa: E402
 from services.domain.channel import ChannelSettings  # noqa: E402
-from services.domain.directory import identities  # noqa: E402
 from services.domain.imports import Column, ImportBook, ImportChannel, ImportDef  # noqa: E402
 from services.importer.run import CHUNK_ROWS  # noqa: E402
 from services.platform import gc_tuning  # noqa: E402
@@ -129,7 +128,7 @@ class Prep:
         for users in (copied, updated):
             if users:
                 rowcodec.encode(repo.user_records(users, resident.revs), repo.USER_TYPES)
-        [(u, old, new) for u in changed if (new := identities(u)) != (old := directory.loaded_identities(u.id))]
+        directory.moved_identities(changed)  # as Pipeline._prepare (it derived them again here)
         imported = _written_by_imports(facts, directory)
         resident.advance()
         resident.written({}, (), forget=imported)

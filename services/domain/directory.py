@@ -8,16 +8,21 @@ projection which users to write back.
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable, KeysView
+from typing import Final, cast
 
 from .user import EMAIL, MOBILE, User, Value
 
 Identity = tuple[str, str, bool]  # (kind, value, qualified); kind: veil | member | email | mobile | pending
 
+# Shared empty sets (immutable): `frozenset()` allocates a new one on each call.
+_NO_KEYS: Final[frozenset[Identity]] = frozenset()
+_NO_VEILS: Final[frozenset[str]] = frozenset()
+
 
 def identities(user: User) -> frozenset[Identity]:
     """The lookup keys of a live user. Merged and deleted users have none (U8, B2)."""
     if user.deleted or user.merged_into is not None:  # not `alive`
-        return frozenset()
+        return _NO_KEYS
     # Gathered in a list, hashed once by the frozenset (a set first hashed every key
     # twice), the contact keys read by name: every new user and every put that moves
     # what identities read comes here (issue 14, session 14).
@@ -36,15 +41,25 @@ def identities(user: User) -> frozenset[Identity]:
     return frozenset(keys)
 
 
-# What `identities` reads of a user, cheap to compare: when it is unchanged, so are the
-# identities (a visit, a profile edit), and `put` need not rebuild and compare them.
-_Sig = tuple[bool, "str | None", "str | None", "str | None", "Value | None", "Value | None", frozenset[str]]
+# `_sigs` as the compiled core may read it without unpacking: a value typed `_Sig` is
+# unpacked item by item (eight references taken and dropped) even to read one item.
+_Held = dict[str, tuple[object, ...]]
 
 
-def _signature(user: User) -> _Sig:
-    f = user.fields
+# What `identities` reads of a user, cheap to compare, then its identities (the last
+# item): when the rest is unchanged, so are the identities (a visit, a profile edit),
+# and `put` need not rebuild and compare them. One entry a held user for both, one dict
+# to write and to drop it from (issue 14, session 19).
+_Sig = tuple[bool, "str | None", "str | None", "str | None", "Value | None", "Value | None", frozenset[str],
+             frozenset[Identity]]
+
+
+def _signature(user: User, keys: frozenset[Identity]) -> _Sig:
+    """`user`'s signature, `keys` its identities."""
+    f, veils = user.fields, user.veils
+    # Most members (an import's every one) have no veils: no empty set built for them.
     return (user.deleted, user.merged_into, user.member_id, user.pending_into, f.get(EMAIL), f.get(MOBILE),
-            frozenset(user.veils))
+            frozenset(veils) if veils else _NO_VEILS, keys)
 
 
 class GradeBook:
@@ -73,12 +88,11 @@ class Directory:
         # value)` key was a tuple built and hashed each time (issue 14, session 17).
         # `index()` is the flat view. A bucket left empty stays (evict drops its own).
         self._by_key: dict[str, dict[str, dict[str, set[str]]]] = {}
-        self._ids: dict[str, frozenset[Identity]] = {}
-        self._sigs: dict[str, _Sig] = {}  # what each user's identities were computed from
+        self._sigs: dict[str, _Sig] = {}  # each held user's identities and what they come from
         self.changed: dict[str, User] = {}  # id -> latest state, in first-change order
         for user in users:
             self._index(user, identities(user))
-        self._loaded = dict(self._ids)
+        self._loaded = {user_id: sig[7] for user_id, sig in self._sigs.items()}
 
     def loaded_identities(self, user_id: str) -> frozenset[Identity] | None:
         """The identities a user had when loaded (None: created in this batch), so the
@@ -88,7 +102,8 @@ class Directory:
     def identities_of(self, user_id: str) -> frozenset[Identity] | None:
         """`identities` of the user held as `user_id` (None: not held), as indexed: every
         `put` keeps them equal, so the writes need not derive them again."""
-        return self._ids.get(user_id)
+        sig = self._sigs.get(user_id)
+        return None if sig is None else sig[7]
 
     def moved_identities(
         self, users: Iterable[User],
@@ -98,15 +113,13 @@ class Directory:
         index holds for a user held as that very state (each `put` keeps it equal to
         `identities(user)`), derived only for another state: ~600 instructions a changed
         user fewer (issue 14, session 17)."""
-        held, ids, loaded = self._users, self._ids, self._loaded
+        held, sigs, loaded = self._users, cast(_Held, self._sigs), self._loaded
         out: list[tuple[User, frozenset[Identity] | None, frozenset[Identity]]] = []
         for user in users:
             user_id = user.id
-            now = ids.get(user_id) if held.get(user_id) is user else None
-            if now is None:
-                now = identities(user)
+            now = cast("frozenset[Identity]", sigs[user_id][7]) if held.get(user_id) is user else identities(user)
             old = loaded.get(user_id)
-            if now is not old and now != old:
+            if old is None or (now is not old and now != old):  # a new user's are all new (no set compared to None)
                 out.append((user, old, now))
         return out
 
@@ -122,12 +135,13 @@ class Directory:
         """Start a new batch on the same users (a directory kept across batches, as a
         rebuild keeps its channels' users): nothing has changed yet, and the current
         identities count as the loaded ones."""
+        sigs = cast(_Held, self._sigs)
         for user_id in self.changed:
-            ids = self._ids.get(user_id)
-            if ids is None:
+            sig = sigs.get(user_id)
+            if sig is None:
                 self._loaded.pop(user_id, None)
             else:
-                self._loaded[user_id] = ids
+                self._loaded[user_id] = cast("frozenset[Identity]", sig[7])
         self.changed.clear()
 
     def get(self, user_id: str) -> User | None:
@@ -154,7 +168,7 @@ class Directory:
             return []
         users = [self._users[i] for i in sorted(bucket)]
         if qualified_only:
-            users = [u for u in users if (kind, value, True) in self._ids[u.id]]
+            users = [u for u in users if (kind, value, True) in self._sigs[u.id][7]]
         return users
 
     def pending_for(self, channel_id: str, target_id: str) -> list[User]:
@@ -168,23 +182,24 @@ class Directory:
         """Replace a user's state (or add a new user) and re-index the keys that moved."""
         user_id = user.id
         sig = self._sigs.get(user_id)
-        if sig is not None:
-            veils = user.veils.keys()
-            f = user.fields
-            if (sig[0] == user.deleted and sig[1] == user.merged_into and sig[2] == user.member_id
-                    and sig[3] == user.pending_into and sig[4] == f.get(EMAIL) and sig[5] == f.get(MOBILE)):
-                self._users[user_id] = user
-                self.changed[user_id] = user
-                if veils != sig[6]:  # only veils moved (a login merging a visitor adds its veils)
-                    self._move_veils(user, sig[6], veils)
-                return
-        old = self._ids.get(user_id)
-        keys = identities(user)
-        if old is None:
-            self._index(user, keys)
-        elif keys == old:  # most changes (a visit, a profile edit) keep the lookup keys
+        if sig is None:  # not held (every held user has a signature, `_index`): a new user
+            self._index(user, identities(user))
+            self.changed[user_id] = user
+            return
+        veils = user.veils.keys()
+        f = user.fields
+        if (sig[0] == user.deleted and sig[1] == user.merged_into and sig[2] == user.member_id
+                and sig[3] == user.pending_into and sig[4] == f.get(EMAIL) and sig[5] == f.get(MOBILE)):
             self._users[user_id] = user
-            self._sigs[user_id] = _signature(user)
+            self.changed[user_id] = user
+            if veils != sig[6]:  # only veils moved (a login merging a visitor adds its veils)
+                self._move_veils(user, sig[6], veils)
+            return
+        old = sig[7]
+        keys = identities(user)
+        if keys == old:  # most changes (a visit, a profile edit) keep the lookup keys
+            self._users[user_id] = user
+            self._sigs[user_id] = _signature(user, old)
         else:
             # Only the keys that moved (issue 14). A bucket is named without the
             # qualification: a contact that only became qualified (or not) stays in it.
@@ -198,8 +213,7 @@ class Directory:
             for kind, value, _q in keys - old:
                 _add(kinds, kind, value, user_id)
             self._users[user_id] = user
-            self._ids[user_id] = keys
-            self._sigs[user_id] = _signature(user)
+            self._sigs[user_id] = _signature(user, keys)
         self.changed[user_id] = user
 
     def _move_veils(self, user: User, was: frozenset[str], now: KeysView[str]) -> None:
@@ -209,8 +223,9 @@ class Directory:
         # A frozenset first: `frozenset - dict_keys` is computed by the keys view and is a
         # plain set, whatever typeshed says (the compiled core checks the difference).
         veils = frozenset(now)
+        sig = self._sigs[user_id]
+        ids = sig[7]
         if user.alive:
-            ids = self._ids[user_id]
             gone, came = was - veils, veils - was
             kinds = self._kinds(user.channel_id)
             by_veil = kinds.get("veil")
@@ -226,9 +241,8 @@ class Directory:
                     by_veil[veil] = {user_id}
                 else:
                     bucket.add(user_id)
-            self._ids[user_id] = (ids - {("veil", v, True) for v in gone}) | {("veil", v, True) for v in came}
-        sig = self._sigs[user_id]
-        self._sigs[user_id] = (*sig[:6], veils)  # type: ignore[assignment]
+            ids = (ids - {("veil", v, True) for v in gone}) | {("veil", v, True) for v in came}
+        self._sigs[user_id] = (*sig[:6], veils, ids)  # type: ignore[assignment]
 
     def touched(self, user: User) -> None:
         """`user`, held here, was changed in place in nothing `identities` reads (a
@@ -237,12 +251,12 @@ class Directory:
 
     def forget(self, user_id: str) -> None:
         """Undo the creation of a user (a rejected fact leaves nothing behind)."""
-        for kind, value, _q in self._ids.pop(user_id, frozenset()):
+        sig = self._sigs.pop(user_id, None)
+        for kind, value, _q in _NO_KEYS if sig is None else sig[7]:
             bucket = self._bucket(self._users[user_id].channel_id, kind, value)
             if bucket is not None:
                 bucket.discard(user_id)
         self._users.pop(user_id, None)
-        self._sigs.pop(user_id, None)
         self.changed.pop(user_id, None)
 
     def users(self) -> Iterable[User]:
@@ -252,14 +266,20 @@ class Directory:
 
     def admit(self, user: User) -> None:
         """Hold a user as loaded from the store: indexed, unchanged."""
-        self._index(user, identities(user))
-        self._loaded[user.id] = self._ids[user.id]
+        keys = identities(user)
+        self._index(user, keys)
+        self._loaded[user.id] = keys
 
     def evict(self, user_id: str) -> frozenset[Identity]:
         """Stop holding an unchanged user (a memory budget); the keys it was found by."""
-        user = self._users.pop(user_id)
-        keys = self._ids.pop(user_id, frozenset())
-        self._sigs.pop(user_id, None)
+        # `del` and `in`, not `dict.pop(key, default)`: a method call compiled (~380
+        # instructions each), its default built before the call. A held user has its
+        # signature (`_index`); `_loaded` and `changed` may lack it.
+        users, sigs, loaded, changed = self._users, self._sigs, self._loaded, self.changed
+        user = users[user_id]
+        del users[user_id]
+        keys = cast("frozenset[Identity]", cast(_Held, sigs)[user_id][7])
+        del sigs[user_id]
         kinds = self._by_key.get(user.channel_id)
         if kinds is not None:
             for kind, value, _q in keys:
@@ -270,8 +290,10 @@ class Directory:
                         bucket.discard(user_id)
                         if not bucket:
                             del values[value]
-        self._loaded.pop(user_id, None)
-        self.changed.pop(user_id, None)
+        if user_id in loaded:
+            del loaded[user_id]
+        if user_id in changed:
+            del changed[user_id]
         return keys
 
     def holders(self, channel_id: str, kind: str, value: str) -> frozenset[str]:
@@ -291,8 +313,7 @@ class Directory:
         """Hold `user` and find it by `keys`, its identities."""
         user_id = user.id
         self._users[user_id] = user
-        self._ids[user_id] = keys
-        self._sigs[user_id] = _signature(user)
+        self._sigs[user_id] = _signature(user, keys)
         if keys:
             kinds = self._kinds(user.channel_id)
             for kind, value, _q in keys:

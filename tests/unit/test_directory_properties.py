@@ -171,3 +171,26 @@ def test_issue14_the_index_is_keyed_channel_kind_value_and_its_flat_view_is_the_
     assert d.identities_of("u2") == {("veil", "v1", True), ("member", "m1", True)} and d.identities_of("u9") is None
     d.evict("u2")  # evict drops the buckets it empties; put and forget leave them
     assert ("ch_b", "veil", "v1") not in d.index() and d.by_veil("ch_b", "v1") is None
+
+
+def test_issue14_an_evicted_user_leaves_nothing_and_comes_back_as_new() -> None:
+    """Issue 14, session 19: `evict` drops a user's one entry (signature and identities
+    together) with the user, so a later `put` of that id indexes it afresh (a stale
+    signature kept would take the path for held users and find the old keys), and a new
+    user's identities are all moved ones (loaded: None)."""
+    d = Directory()
+    member = User(id="u1", channel_id="ch_a", type="member", created_at=0, updated_at=0, member_id="m1",
+                  fields={EMAIL: Value("a@x.example", True, True, 0)})
+    d.put(member)
+    assert d.moved_identities([member]) == [(member, None, identities(member))]
+    d.settle()
+    assert d.loaded_identities("u1") == identities(member)
+    d.evict("u1")
+    assert d.get("u1") is None and d.identities_of("u1") is None and d.loaded_identities("u1") is None
+    assert d.index() == {} and d.changed == {}
+    again = member.copy()
+    again.member_id = "m2"
+    d.put(again)
+    assert d.by_member("ch_a", "m2") is again and d.by_member("ch_a", "m1") is None
+    assert d.identities_of("u1") == identities(again) and d.changed == {"u1": again}
+    assert d.moved_identities([again]) == [(again, None, identities(again))]
