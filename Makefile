@@ -26,7 +26,7 @@ CORE := build/core/MANIFEST.json
 CORE_SOURCES := $(wildcard services/domain/*.py) \
   $(addprefix services/projection/,decoding.py facts.py merge.py records.py resident.py window.py) \
   services/store/rows.py services/relay/partitioner.py \
-  services/domain/_userjson.c services/store/_rowcodec.c
+  services/domain/_native.c services/store/_rowcodec.c
 core: $(CORE)
 $(CORE): $(STAMP) services/compiled_core.py $(CORE_SOURCES)
 	@mkdir -p build; echo "compiling the domain core and the projection's hot modules with mypyc (a minute or two; log: build/core.log)"; \
