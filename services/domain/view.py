@@ -17,8 +17,8 @@ def user_view(user: User) -> dict[str, Any]:
     """Masked users (I17) show no personal data: name, profile and memberId are null.
 
     The API's reads build one per user, and a `user-changed` message holding a value
-    msgspec would write otherwise (publication.message_body; the others are written
-    from structs in this key order), so it is built in one pass over the fields, and
+    the C writer leaves to the reference (publication.message_body; the others are
+    written by it in this key order), so it is built in one pass over the fields, and
     the lists go in as they are: users never change a list in place (user.py), and the
     view is serialised before the next fact.
     Callers that keep a view and change it must copy it. tests/unit/test_publication.py holds
@@ -59,8 +59,7 @@ def user_view(user: User) -> dict[str, Any]:
 
 def profile_parts(user: User) -> tuple[dict[str, Any], Any, list[str]]:
     """The view's `profile` (its keys in order: the contract's JSON is stable), `name` and
-    `qualified`, unmasked, in one pass over the fields (user_view and
-    publication.message_body)."""
+    `qualified`, unmasked, in one pass over the fields (user_view)."""
     fields = user.fields
     profile: dict[str, Any] = {}
     name = None

@@ -158,9 +158,10 @@ def _outcome(write: Any) -> tuple[str, Any]:
 def test_the_state_bytes_are_the_reference_bytes_whatever_the_state_holds(
     user: User, fields_: dict[str, Value], device: dict[str, Any], tags: list[str], veils: dict[str, int],
 ) -> None:
-    """issue 14 session 14: `state_json` writes a state through msgspec structs, and the
-    values msgspec writes otherwise than orjson (floats, integers past 64 bits, lone
-    surrogates, a device's non-text values) the reference way (orjson over one dict). Any
+    """issue 14 session 14 (session 19: the C writer, `_native.state`): `state_json`
+    writes a state by the C writer, and the values it leaves to the reference (floats,
+    integers past 64 bits, lone surrogates, a device key that is a platform's own) the
+    reference way (orjson over one dict). Any
     code point (surrogates included) in profile keys and values, device keys and values,
     tags and veils: the same bytes as the reference, or the same error. Dropping the
     plainness check, or catching no encoding error, fails it."""
@@ -177,8 +178,8 @@ def test_the_state_bytes_are_the_reference_bytes_whatever_the_state_holds(
 def test_states_written_one_after_another_through_the_kept_buffer_are_each_their_own(
     users: list[tuple[User, int, bool]],
 ) -> None:
-    """issue 14 session 17: `state_json` writes every state into one kept buffer
-    (`_STATE_KEPT`) and copies it out. States written in a row — longer and shorter than
+    """issue 14 session 17 (session 19: the C writer's buffer): `state_json` writes every
+    state into one kept buffer and copies it out. States written in a row — longer and shorter than
     the one before (a tag of up to 3,000 characters), some refused midway (a lone
     surrogate) — are each, once all are written, the reference bytes of their own state
     (or its refusal): nothing of an earlier state stays in a later one, and no returned

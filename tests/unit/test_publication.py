@@ -219,8 +219,8 @@ def test_the_keys_of_a_first_message_are_every_flattened_key_with_a_value(user: 
 @given(_user(), st.booleans())
 def test_the_keys_of_a_first_message_without_device_keys_are_taken_in_order(user: User, both: bool) -> None:
     """C1, issue 14 (session 13): a user no boot described (every imported one) has its
-    `created` keys taken in their sorted order rather than sorted (`_keys_of_first`, what
-    `message_body` lists): the same list as the definition. Fails if a view key is
+    `created` keys taken in their sorted order rather than sorted (the C writer's first
+    keys, session 19, what `message_body` lists): the same list as the definition. Fails if a view key is
     missing from the order or the profile's block goes in the wrong place."""
     user.web = Platform(user.web.sessions_count, user.web.last_seen_at)
     if both:
@@ -263,8 +263,9 @@ def test_the_view_is_the_reference_view(user: User) -> None:
 
 
 # Values of every kind a profile value or a name may hold, and text of every kind: what
-# msgspec writes as orjson does and what it does not (floats, integers beyond 64 bits,
-# lone surrogates), so that both ways of building a message are taken.
+# the C writer writes as orjson does and what it leaves to the reference (floats,
+# integers beyond 64 bits, lone surrogates), so that both ways of building a message are
+# taken.
 _ODD_TEXT = st.text(st.characters(codec=None, exclude_categories=()), max_size=6)
 _ANY_VALUE = (
     _ODD_TEXT | st.none() | st.booleans() | st.integers(-(2**65), 2**65) | st.floats(allow_nan=False)
@@ -289,8 +290,8 @@ def _hostile_user(draw: st.DrawFn) -> User:
 def test_a_message_built_as_structs_is_the_reference_message_serialised_whatever_it_holds(
     user: User, keys: list[str] | None, cause: str, change: str,
 ) -> None:
-    """issue 14 session 13: `message_body` (msgspec structs, or the reference way for a
-    value msgspec writes otherwise) gives exactly `orjson.dumps` of the reference message
+    """issue 14 session 13 (session 19: the C writer): `message_body` (the C writer, or
+    the reference way for a value it leaves to it) gives exactly `orjson.dumps` of the reference message
     — any text (quotes, backslashes, controls, U+2028, non-ASCII, lone surrogates: then
     the same refusal), floats, integers past 64 bits, lists — and a first message lists
     `_first_keys` of the view."""
@@ -309,10 +310,10 @@ def test_a_message_built_as_structs_is_the_reference_message_serialised_whatever
 def test_messages_built_one_after_another_through_the_kept_buffer_are_each_their_own(
     users: list[tuple[User, int]],
 ) -> None:
-    """issue 14 session 17: `message_body` writes every message into one kept buffer
-    (`_KEPT`) and copies it out. Messages built in a row — longer and shorter than the
-    one before (a tag of up to 5,000 characters: past the buffer's first 4 kB), some
-    refused by msgspec midway (then built the reference way, or refused) — are each, once
+    """issue 14 session 17 (session 19: the C writer's buffer, `kept` in _native.c):
+    `message_body` writes every message into one kept buffer and copies it out. Messages
+    built in a row — longer and shorter than the one before (a tag of up to 5,000
+    characters: past the buffer's first 4 kB), some left by the C writer midway (then built the reference way, or refused) — are each, once
     all are built, the reference message serialised: nothing of an earlier message stays
     in a later one, and no returned bytes change when the buffer is written again."""
     def build(user: User) -> tuple[str, Any]:
@@ -335,7 +336,8 @@ def test_messages_built_one_after_another_through_the_kept_buffer_are_each_their
 
 
 def test_msgspec_writes_every_string_and_64_bit_integer_as_orjson_does() -> None:
-    """Why `message_body` may hand msgspec any text and integer of the view: the same
+    """Kept from session 13, when msgspec wrote messages (since session 19 the C writer
+    does, pinned for every code point by test_native.py): the same
     bytes for every code point but the surrogates (orjson refuses those, and so the
     message is built the reference way) and at both ends of the 64-bit range."""
     encode = msgspec.json.Encoder().encode
