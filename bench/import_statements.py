@@ -40,7 +40,7 @@ import import_cpu  # noqa: E402
 
 from services.platform import gc_tuning  # noqa: E402
 
-_CALLS = ("fetch", "fetchval", "fetchrow", "execute", "executemany", "copy_records_to_table")
+_CALLS = ("fetch", "fetchval", "fetchrow", "execute", "executemany", "copy_records_to_table", "copy_to_table")
 
 
 def _schedstat_ns(pid: int) -> int:

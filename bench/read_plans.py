@@ -64,8 +64,8 @@ async def main() -> None:
                                 AND type <> 'anonymous' AND NOT deleted AND merged_into IS NULL AND NOT blocked
                                 AND NOT masked GROUP BY channel_id""", [[ch]]),
             "retention": ("""SELECT channel_id, id FROM users WHERE type IN ('lead', 'member') AND NOT deleted
-                               AND merged_into IS NULL AND coalesce((state->>'last_contact_at')::bigint,
-                               (state->>'created_at')::bigint) < $1 ORDER BY channel_id, id""", [0]),
+                               AND merged_into IS NULL AND coalesce((state::json->>'last_contact_at')::bigint,
+                               (state::json->>'created_at')::bigint) < $1 ORDER BY channel_id, id""", [0]),
             "activities_page": ("""SELECT event_id, kind, occurred_at, body FROM activities WHERE user_id = $2
                                      AND channel_id = $1 ORDER BY occurred_at DESC, event_id DESC LIMIT 51""", [ch, m]),
             "merge_repoint": ("""UPDATE activities a SET user_id = x.t FROM unnest($1::text[], $2::text[]) AS x(s, t)

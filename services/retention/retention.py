@@ -24,7 +24,7 @@ async def expired_users(pool: asyncpg.Pool, now_ms: int) -> list[tuple[str, str]
     rows = await pool.fetch(
         """SELECT channel_id, id FROM users
             WHERE type IN ('lead', 'member') AND NOT deleted AND merged_into IS NULL
-              AND coalesce((state->>'last_contact_at')::bigint, (state->>'created_at')::bigint) < $1
+              AND coalesce((state::json->>'last_contact_at')::bigint, (state::json->>'created_at')::bigint) < $1
             ORDER BY channel_id, id""",
         now_ms - RETENTION_MS,
     )

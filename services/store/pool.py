@@ -57,7 +57,7 @@ async def _init(conn: asyncpg.Connection) -> None:
     await conn.set_type_codec(
         "jsonb", schema="pg_catalog", encoder=_encode_jsonb, decoder=_decode_jsonb, format="binary"
     )
-    # json's binary form is the text itself (users.state).
+    # json's binary form is its text (what a query such as `state::json -> 'k'` answers).
     await conn.set_type_codec("json", schema="pg_catalog", encoder=orjson.dumps, decoder=orjson.loads, format="binary")
     # The session's staging table of the users' rows (repository.save_user_rows).
     await conn.execute(STAGE_USERS)

@@ -12,6 +12,7 @@ import orjson
 
 from services.domain.user import EMAIL, MOBILE, User
 from services.domain.view import user_view
+from services.store.rows import stored_user
 
 
 async def find_user(conn: asyncpg.Connection | asyncpg.Pool, channel_id: str, by: str, value: str) -> dict[str, Any] | None:
@@ -33,7 +34,7 @@ async def find_user(conn: asyncpg.Connection | asyncpg.Pool, channel_id: str, by
         )
     if row is None:
         return None
-    user = User.from_json(row["state"])
+    user = stored_user(row["state"])
     if user.deleted:
         return None
     if user.merged_into is not None:
@@ -145,7 +146,7 @@ async def review_candidates(
     )
     out = []
     for row in rows:
-        source = User.from_json(row["state"])
+        source = stored_user(row["state"])
         out.append((source.id, await member_candidates(conn, source)))
     return out
 
@@ -226,7 +227,7 @@ async def search_users(
     tag_ids = await _sparse(conn, *tag_matches_sql(channel_id, f.tag)) if f.tag is not None else None
     sql, args = search_sql(channel_id, f, limit=limit, cursor=cursor, q_ids=q_ids, tag_ids=tag_ids)
     rows = await conn.fetch(sql, *args)
-    users = [User.from_json(r["state"]) for r in rows[:limit]]
+    users = [stored_user(r["state"]) for r in rows[:limit]]
     items = []
     for user, row in zip(users, rows, strict=False):
         view = user_view(user)
@@ -428,7 +429,7 @@ async def review_queue(
     if state == "candidate":
         queue = await review_candidates(conn, channel_id, after=after or None, limit=limit + 1)
         states = {
-            r["id"]: User.from_json(r["state"])
+            r["id"]: stored_user(r["state"])
             for r in await conn.fetch("SELECT id, state FROM users WHERE id = ANY($1::text[])", [s for s, _ in queue])
         }
         sources = [states[s] for s, _ in queue]
@@ -440,11 +441,11 @@ async def review_queue(
                 ORDER BY i.user_id LIMIT $3""",
             channel_id, after, limit + 1,
         )
-        sources = [User.from_json(r["state"]) for r in rows]
+        sources = [stored_user(r["state"]) for r in rows]
         pairs = [(u, [u.pending_into] if u.pending_into else []) for u in sources[:limit]]
     wanted = sorted({t for _, targets in pairs for t in targets})
     found = {
-        r["id"]: User.from_json(r["state"])
+        r["id"]: stored_user(r["state"])
         for r in await conn.fetch("SELECT id, state FROM users WHERE id = ANY($1::text[])", wanted)
     }
     items = []

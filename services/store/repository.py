@@ -21,9 +21,17 @@ from services.store.pool import borrow
 from . import rowcodec
 
 # The users' rows are built in rows.py, compiled with the domain core; named here too.
-from .rows import STAGE_USERS, USER_COLUMNS, USER_TYPES, search_columns, user_records, user_row
+from .rows import (
+    STAGE_USERS,
+    USER_COLUMNS,
+    USER_TYPES,
+    search_columns,
+    stored_user,
+    user_records,
+    user_row,
+)
 
-__all__ = ["STAGE_USERS", "USER_COLUMNS", "USER_TYPES", "search_columns", "user_records", "user_row"]  # and its own
+__all__ = ["STAGE_USERS", "USER_COLUMNS", "USER_TYPES", "search_columns", "stored_user", "user_records", "user_row"]  # and its own
 
 
 class Conflict(Exception):
@@ -49,7 +57,7 @@ async def load_users(conn: asyncpg.Connection, ids: Sequence[str], keys: Sequenc
         [k[1] for k in keys],
         [k[2] for k in keys],
     )
-    return [(r["rev"], User.from_json(r["state"])) for r in rows]
+    return [(r["rev"], stored_user(r["state"])) for r in rows]
 
 
 async def load_channels(conn: asyncpg.Connection, channel_ids: Iterable[str]) -> dict[str, ChannelSettings]:

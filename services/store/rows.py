@@ -19,12 +19,13 @@ USER_COLUMNS = (
     "id", "channel_id", "rev", "type", "member_id", "merged_into", "deleted", "blocked", "masked",
     "last_seen_at", "updated_at", "state", "name_key", "tags",
 )
-# The columns' types for rowcodec.encode: text, int8, boolean, json's bytes, text[].
+# The columns' types for rowcodec.encode: text, int8, boolean, the state's bytes (text's
+# binary form is its UTF-8), text[].
 USER_TYPES = "ttqtttbbbqqBta"
 
 STAGE_USERS = """CREATE TEMP TABLE IF NOT EXISTS users_staged (
     id text, channel_id text, rev bigint, type text, member_id text, merged_into text, deleted boolean,
-    blocked boolean, masked boolean, last_seen_at bigint, updated_at bigint, state json, name_key text, tags text[]
+    blocked boolean, masked boolean, last_seen_at bigint, updated_at bigint, state text, name_key text, tags text[]
 ) ON COMMIT DELETE ROWS"""
 """The session's table `repository.save_user_rows` copies the users' rows into: `USER_COLUMNS`
 with `users`' types (tests/integration/test_user_rows.py compares them), no constraint.
@@ -33,15 +34,20 @@ Created once a connection (pool.py `_init`): the role needs the TEMPORARY privil
 
 
 def user_row(u: User, rev: int) -> tuple[Any, ...]:
-    """The `USER_COLUMNS` of a user at revision `rev`. The state goes as its bytes
-    (`User.state_json`) wrapped for the pool's json codec, which hands them on as they
-    are (orjson.dumps of a Fragment): one serialisation per user written, no dict."""
+    """The `USER_COLUMNS` of a user at revision `rev`, as asyncpg's codecs take them: the
+    state as its text (`User.state_json`, decoded: asyncpg's text codec takes a str)."""
     name_key, tags = search_columns(u)
     return (
         u.id, u.channel_id, rev, u.type, u.member_id, u.merged_into,
-        u.deleted, u.blocked, u.masked, u.last_seen_at, u.updated_at, orjson.Fragment(u.state_json()),
+        u.deleted, u.blocked, u.masked, u.last_seen_at, u.updated_at, u.state_json().decode(),
         name_key, tags,
     )
+
+
+def stored_user(state: str) -> User:
+    """The user a `users.state` holds (the text `User.state_json` wrote; any older
+    writer's JSON, too)."""
+    return User.from_json(orjson.loads(state))
 
 
 def search_columns(u: User) -> tuple[str | None, list[str]]:

@@ -3,9 +3,13 @@
 
 -- One row per user ever created (T1: channel_id on every row). `state` is the domain's
 -- User as JSON; the other columns are derived from it for queries and constraints.
--- `state` is json, not jsonb: the service reads and writes it whole, and converting to
--- and from jsonb cost PostgreSQL ~25 µs per row written and ~25 per row read (of a
--- batch's ~70 µs of SQL per user); `->>` still works for the rare query inside it.
+-- `state` is the JSON text as the service wrote it (`User.state_json`), stored as text:
+-- the service reads and writes it whole and never asks PostgreSQL to look inside on a
+-- hot path. Not jsonb: converting to and from it cost PostgreSQL ~25 µs per row written
+-- and ~25 per row read (of a batch's ~70 µs of SQL per user). Not json either: json
+-- parses every value it takes in to check it, ~2–4 µs of a ~1.3 KB state, on every
+-- user a batch writes (issue 14, session 20), for text only the service writes. The
+-- rare query inside it casts: `state::json ->> 'key'`.
 -- `rev` is the optimistic-concurrency fence: a batch writes a user only if the row
 -- is still at the revision it loaded (G3: two instances never overwrite each other).
 CREATE TABLE IF NOT EXISTS users (
@@ -20,7 +24,7 @@ CREATE TABLE IF NOT EXISTS users (
     masked       boolean NOT NULL,
     last_seen_at bigint,
     updated_at   bigint NOT NULL,
-    state        json NOT NULL,
+    state        text NOT NULL,
     -- What staff search by (repository.search_columns): columns of their own, because
     -- an index over `state` would make every update of a user a non-HOT one.
     name_key     text,
@@ -41,16 +45,6 @@ BEGIN
         ALTER TABLE users SET (fillfactor = 70);
     END IF;
 END $$;
--- Schemas created while `state` was jsonb: convert once (rewrites the table, under the
--- migration lock of ensure_schema).
-DO $$
-BEGIN
-    IF EXISTS (SELECT 1 FROM information_schema.columns
-                WHERE table_schema = current_schema() AND table_name = 'users'
-                  AND column_name = 'state' AND data_type = 'jsonb') THEN
-        ALTER TABLE users ALTER COLUMN state TYPE json USING state::json;
-    END IF;
-END $$;
 
 -- Schemas from before name_key/tags (contract 1.1.0): add and fill the columns once, then
 -- drop the expression indexes over `state` they replace. Python fills them on every
@@ -65,13 +59,27 @@ BEGIN
                       AND column_name = 'name_key') THEN
         ALTER TABLE users ADD COLUMN name_key text, ADD COLUMN tags text[] NOT NULL DEFAULT '{}';
         UPDATE users SET
-            name_key = CASE WHEN json_typeof(state->'fields'->'name'->0) = 'string'
-                             AND strpos((state->'fields'->'name'->0)::text, '\u0000') = 0
-                            THEN lower(state->'fields'->'name'->>0) END,
-            tags = ARRAY(SELECT json_array_elements_text(coalesce(state->'tags', '[]'::json)));
+            name_key = CASE WHEN json_typeof(state::json->'fields'->'name'->0) = 'string'
+                             AND strpos((state::json->'fields'->'name'->0)::text, '\u0000') = 0
+                            THEN lower(state::json->'fields'->'name'->>0) END,
+            tags = ARRAY(SELECT json_array_elements_text(coalesce(state::json->'tags', '[]'::json)));
     END IF;
     DROP INDEX IF EXISTS users_name_prefix;
     DROP INDEX IF EXISTS users_tags;
+END $$;
+
+-- Schemas created while `state` was jsonb or json: convert once (rewrites the table,
+-- under the migration lock of ensure_schema; docs/operations.md, "Upgrading"), after
+-- the block above dropped the indexes over `state`, which text could not carry. A json
+-- state keeps its text byte for byte; a jsonb one takes jsonb's own text, which the
+-- digest reads as it reads any state not in the sorted form (replay/digest.py).
+DO $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM information_schema.columns
+                WHERE table_schema = current_schema() AND table_name = 'users'
+                  AND column_name = 'state' AND data_type IN ('json', 'jsonb')) THEN
+        ALTER TABLE users ALTER COLUMN state TYPE text USING state::text;
+    END IF;
 END $$;
 
 -- How facts find users: veils, member ids, contacts (with their qualification) and

@@ -13,6 +13,7 @@ from typing import Any, TypeAlias
 import asyncpg
 
 from services.domain.user import User
+from services.store.rows import stored_user
 
 Conn: TypeAlias = asyncpg.Connection | asyncpg.Pool
 
@@ -41,7 +42,7 @@ async def user_state(conn: Conn, channel_id: str, user_id: str) -> User | None:
     """The domain's User as stored (values with their provenance), merged and deleted
     users included: the caller decides what a gone user means."""
     row = await conn.fetchrow("SELECT state FROM users WHERE id = $1 AND channel_id = $2", user_id, channel_id)
-    return None if row is None else User.from_json(row["state"])
+    return None if row is None else stored_user(row["state"])
 
 
 async def grade_list(conn: Conn, channel_id: str) -> list[dict[str, Any]]:

@@ -191,7 +191,7 @@ async def test_a_fact_that_breaks_a_rule_inside_the_core_never_stops_the_service
 
 
 async def _pending(pool: asyncpg.Pool, user_id: str) -> bool:
-    row = await pool.fetchval("SELECT state->>'pending_into' FROM users WHERE id = $1", user_id)
+    row = await pool.fetchval("SELECT state::json->>'pending_into' FROM users WHERE id = $1", user_id)
     return row is not None
 
 

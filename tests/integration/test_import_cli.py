@@ -242,7 +242,7 @@ async def test_i17_new_users_beyond_the_mu_limit_are_masked_and_published_withou
         else:
             assert user["name"] is not None and user["profile"]["email"] is not None
     assert sorted(m["change"] for m in published) == ["created"] * 4 + ["updated"] * 2
-    hidden = await pool.fetch("SELECT state FROM users WHERE masked")
+    hidden = await pool.fetch("SELECT state::json AS state FROM users WHERE masked")
     assert len(hidden) == 2  # I17: the update applied, and the users stayed masked
     assert all(r["state"]["fields"]["name"][0].startswith("New ") for r in hidden)
 

@@ -77,7 +77,7 @@ async def member(http: httpx.AsyncClient, ch: str, member_id: str, **profile: An
 
 async def provenance(api: LiveApi, user_id: str, key: str) -> list[Any]:
     """[value, qualified, member data] of a profile value as stored (docs/domain.md, U3)."""
-    stored = await api.pool.fetchval("SELECT state->'fields'->$2 FROM users WHERE id = $1", user_id, key)
+    stored = await api.pool.fetchval("SELECT state::json->'fields'->$2 FROM users WHERE id = $1", user_id, key)
     return list(stored[:3])
 
 

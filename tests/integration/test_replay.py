@@ -461,7 +461,7 @@ async def test_p2_a_type_an_import_declares_later_does_not_reject_earlier_facts_
                        "platform": "web", "memberId": "m-1", "profile": {"age": "fifty"}})
         await wait_for(lambda: _at_least(pool, 5), message="the late boot consumed")
     live = await state_digest(pool)
-    ages = await pool.fetch("SELECT member_id, state->'fields'->'profile.age'->>0 AS age FROM users ORDER BY 1")
+    ages = await pool.fetch("SELECT member_id, state::json->'fields'->'profile.age'->>0 AS age FROM users ORDER BY 1")
     assert [tuple(r) for r in ages] == [("m-1", "forty"), ("m-2", "30")]  # b2 was dead-lettered (P2)
     assert (await replay(settings, "--rebuild", "--drop-archive"))["digest"] == live
     types = await pool.fetchrow("SELECT field_types, imported_types FROM channels WHERE channel_id = $1", ch)

@@ -183,9 +183,10 @@ async def test_a_user_update_that_moves_no_searched_column_is_hot_and_search_col
 
 
 async def test_a_schema_from_before_the_search_columns_is_upgraded_in_place(pool: object, settings: Settings) -> None:
-    """Contract 1.1.0 schemas had the name and tags indexed as expressions over `state`:
-    starting the service fills the new columns from the stored states and drops those
-    indexes, so search keeps finding old users and updates become HOT."""
+    """Contract 1.1.0 schemas had the name and tags indexed as expressions over `state`
+    (then json): starting the service turns `state` into text (issue 14, session 20),
+    fills the new columns from the stored states and drops those indexes, so search keeps
+    finding old users, updates become HOT, and the old user reads back as it was stored."""
     import asyncpg
     import orjson
 
@@ -194,7 +195,7 @@ async def test_a_schema_from_before_the_search_columns_is_upgraded_in_place(pool
     assert isinstance(pool, asyncpg.Pool) and settings.database_url
     state = {"fields": {"name": ["Sato Taro", True, False, 1]}, "tags": ["vip", "jp"]}
     await pool.execute(
-        """ALTER TABLE users DROP COLUMN name_key, DROP COLUMN tags;
+        """ALTER TABLE users DROP COLUMN name_key, DROP COLUMN tags, ALTER COLUMN state TYPE json USING state::json;
            CREATE INDEX users_tags ON users USING gin (((state->'tags')::jsonb));"""
     )
     await pool.execute(
@@ -205,6 +206,10 @@ async def test_a_schema_from_before_the_search_columns_is_upgraded_in_place(pool
     row = await pool.fetchrow("SELECT name_key, tags FROM users WHERE id = 'old'")
     assert (row["name_key"], row["tags"]) == ("sato taro", ["vip", "jp"])
     assert await pool.fetchval("SELECT count(*) FROM pg_indexes WHERE schemaname = current_schema() AND indexname = 'users_tags'") == 0
+    assert await pool.fetchval(
+        "SELECT data_type FROM information_schema.columns WHERE table_schema = current_schema()"
+        " AND table_name = 'users' AND column_name = 'state'") == "text"
+    assert await pool.fetchval("SELECT state FROM users WHERE id = 'old'") == orjson.dumps(state).decode()
 
 
 async def test_applied_event_ids_copied_renew_a_stored_pair_and_keep_one_row_per_pair(settings: Settings) -> None:

@@ -9,7 +9,7 @@ import orjson
 from hypothesis import given, settings
 
 from services.domain.user import User
-from services.store.repository import USER_COLUMNS, user_row
+from services.store.repository import USER_COLUMNS, stored_user, user_row
 from tests.unit.test_domain_user import _any_user
 
 
@@ -28,10 +28,18 @@ def _reference_row(u: User, rev: int) -> tuple[Any, ...]:
 @settings(max_examples=1000)
 @given(_any_user())
 def test_a_row_is_the_reference_row_with_the_state_as_its_bytes(user: User) -> None:
-    """issue 14 item 3: the state goes as its bytes (an orjson Fragment the pool's json
-    codec passes on as they are), the search columns come from the user, not from a
+    """issue 14 item 3: the state goes as its text (`state_json` decoded, for the text
+    column's codec; session 20), the search columns come from the user, not from a
     JSON dict — and every column is what it was."""
     row = user_row(user, 7)
     assert len(row) == len(USER_COLUMNS)
-    assert isinstance(row[11], orjson.Fragment)
-    assert (*row[:11], orjson.dumps(row[11]), *row[12:]) == _reference_row(user, 7)
+    assert isinstance(row[11], str)
+    assert (*row[:11], row[11].encode(), *row[12:]) == _reference_row(user, 7)
+
+
+@settings(max_examples=300)
+@given(_any_user())
+def test_a_stored_state_reads_back_as_the_user_it_stores(user: User) -> None:
+    """issue 14, session 20: `users.state` is text; `stored_user` reads what `user_row`
+    writes (and what an older json column's text held) back to the same user."""
+    assert stored_user(user_row(user, 1)[11]).state_json() == user.state_json()
