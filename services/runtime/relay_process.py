@@ -11,7 +11,9 @@ embedded broker's and database's addresses filled in: embedded ones are started 
 by the main process) on stdin, not in its environment. The child runs `Relay` exactly as
 the main process would have, with the same advisory lock (one relay per schema: order
 and one publication per outbox id hold, with several instances too), until SIGTERM; then
-it drains what the last batches wrote and exits 0. It ignores SIGINT (a Ctrl-C reaches
+it drains what the last batches wrote and exits 0. A child still starting (its SIGTERM
+handler is set before its first report) is given up to `START_S` to report first: a
+SIGTERM before the handler would kill it undrained (exit -15, seen once in CI). It ignores SIGINT (a Ctrl-C reaches
 the whole process group): it stops only when the main process says so, after the
 projection (and the extra projection processes) committed their last batches.
 
@@ -48,6 +50,7 @@ log = logging.getLogger("unifier")
 
 REPORT_S = 0.25  # how often the child reports its health and metrics
 SILENT_S = 10.0  # a child that has not reported for this long is not healthy (hung)
+START_S = 30.0  # how long a stopping service waits for a child still starting to report
 
 
 class RelayProcessDied(RuntimeError):
@@ -67,6 +70,9 @@ class _Reported:
         self.healthy = False
         self.at = 0.0  # the event loop's clock at the last report
         self._counted: dict[tuple[str, ...], float] = {}
+        # Set by the first report, which the child writes only once its SIGTERM handler
+        # is in place: a SIGTERM before it would kill the child (exit -15) undrained.
+        self.first = asyncio.Event()
 
     def fresh(self) -> bool:
         """Healthy as of its last report, which is recent."""
@@ -75,6 +81,7 @@ class _Reported:
     def apply(self, report: dict[str, Any], at: float = 0.0) -> None:
         self.healthy = bool(report.get("healthy"))
         self.at = at
+        self.first.set()
         metrics.OUTBOX_BACKLOG.set(report.get("backlog", 0))
         metrics.OUTBOX_PARKED.set(report.get("parked_messages", 0))
         for topic, total in report.get("published", {}).items():
@@ -116,6 +123,13 @@ async def run_relay_process(
         if not stop.is_set():
             raise RelayProcessDied(f"the relay's process {proc.pid} exited ({proc.returncode}); stopping the service")
     finally:
+        if proc.returncode is None and not reported.first.is_set():
+            # Still starting (a loaded machine's interpreter start and imports take
+            # seconds): its SIGTERM handler is set when it first reports.
+            first = asyncio.ensure_future(reported.first.wait())
+            await asyncio.wait([first, asyncio.ensure_future(proc.wait())], timeout=START_S,
+                               return_when=asyncio.FIRST_COMPLETED)
+            first.cancel()
         if proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 proc.send_signal(signal.SIGTERM)

@@ -140,6 +140,31 @@ async def test_sigterm_drains_through_the_relay_process_after_the_last_batch(
     await assert_every_record_applied_or_dead_lettered_once(settings, pool)
 
 
+_SLOW_START = """import os, time
+# Test fault injection: the relay's process starts slowly (as on a loaded machine), before
+# it sets its SIGTERM handler. Only that process: every other one starts as usual.
+with open("/proc/self/cmdline", "rb") as f:
+    if b"services.runtime.relay_process" in f.read():
+        time.sleep(float(os.environ["TEST_RELAY_START_S"]))
+"""
+
+
+async def test_a_service_stopped_while_its_relay_process_starts_waits_for_it_and_exits_0(
+    settings: Settings, pool: asyncpg.Pool, tmp_path: Path, services: list[Service],  # noqa: F811
+) -> None:
+    """The relay's process sets its SIGTERM handler only once its interpreter and imports
+    are up (seconds on a loaded machine; CI once saw exit -15, "the relay's process
+    stopped with exit -15"): a service stopped before that waits for the child's first
+    report before signalling it, so the child drains and the service exits 0."""
+    (tmp_path / "sitecustomize.py").write_text(_SLOW_START)
+    svc = await service(settings, tmp_path, services, "slow", PYTHONPATH=str(tmp_path), TEST_RELAY_START_S="4", **ON).start()
+    child = await wait_for(lambda: _relay_pid(svc), timeout=30, message="the relay process started")
+    svc.signal(signal.SIGTERM)  # the child is still in its slow start
+    assert await svc.wait() == 0, svc.text()[-3000:]
+    assert not svc.says("stopped with exit"), svc.text()[-3000:]
+    assert _gone(child)
+
+
 async def _at_least_one_applied(pool: asyncpg.Pool) -> bool:
     return await applied_offsets(pool) > 0
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
-
 from services.domain.user import EMAIL, User, Value
 from services.store.queries import find_user
 
@@ -21,7 +19,7 @@ class FakeConn:
 
     async def fetchrow(self, sql: str, user_id: str, channel_id: str) -> dict[str, Any] | None:
         user = self.users.get(user_id)
-        return None if user is None or user.channel_id != channel_id else {"state": orjson.loads(orjson.dumps(user.to_json())), "grades": None}
+        return None if user is None or user.channel_id != channel_id else {"state": user.state_json().decode(), "grades": None}
 
     async def fetch(self, sql: str, *args: Any) -> list[dict[str, Any]]:
         raise AssertionError("a user without a qualified contact has no candidates to look up")
