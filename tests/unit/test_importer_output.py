@@ -1,0 +1,202 @@
+"""What `unifier import` publishes, byte for byte, is what it published before issue 14
+session 20 cut its CPU per row (docs/decisions.md, "Issue 14, session 20: the importer's
+CPU per row"): the same file through services/importer and through its copy in
+tests/oracle/importer.py gives the same refusal and wording (I13, issue 11), the same
+records with their row numbers and lines (I15), and the same `import.rows` records
+(contract "identity.import-rows": rows in row order, chunks cut at the same rows, the
+same bytes), added to the same record batches, shipped at the same points — paced or not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import tests.oracle.importer as before
+from services.importer import csvfile
+from services.importer import run as importer_run
+from services.importer.mapping import Plan, plan
+from services.importer.producer import ImportProducer
+from services.importer.run import CHUNK_ROWS, Import, ImportRequest
+
+CH, IMP, NOW = "ch_out", "imp_out", 1_767_225_600_000
+HEADER = ["memberId", "name", "errorReason", "email", "memo", "skipme", "unsubscribeEmail", "unsubscribeTexting"]
+MAPS = ("memo=profile.memo:string", "skipme=")
+
+
+class Captured(ImportProducer):
+    """The real producer's `add` (aiokafka's record batches, 512 KiB each), never
+    started: every call is recorded, nothing is sent."""
+
+    def __init__(self) -> None:
+        super().__init__("127.0.0.1:9", "t.import-rows", CH)
+        self._batch = self.producer.create_batch()
+        self.calls: list[Any] = []
+
+    def add(self, value: bytes, rows: int = 1) -> bool:
+        added = super().add(value, rows)
+        self.calls.append(("add", value, rows, added))
+        return added
+
+    async def ship(self) -> None:
+        batch, self._batch = self._batch, self.producer.create_batch()
+        self.calls.append(("ship", batch.record_count()))
+
+    async def flush(self) -> None:
+        self.calls.append(("flush",))
+        await self.ship()
+
+
+def _import(path: Path, mapping: Plan, width: int, allowed: int | None) -> Import:
+    settings: Any = SimpleNamespace(import_lead_s=0.0 if allowed is None else 0.4, import_stall_after_rows=0)
+    req = ImportRequest(path, CH, "member", maps=MAPS, actor="test")
+    run = Import(settings, req, None, "127.0.0.1:9", mapping, None, width, None)  # type: ignore[arg-type]
+    run.import_id = IMP
+    if allowed is not None:  # paced: each wait lets `allowed` more rows through
+        run.allowed = allowed
+
+        async def room(producer: ImportProducer) -> None:
+            producer.calls.append(("wait", run.read))  # type: ignore[attr-defined]
+            run.allowed += allowed
+
+        run._wait_for_room = room  # type: ignore[method-assign]
+    return run
+
+
+async def _published(path: Path, publish: Any, allowed: int | None) -> tuple[list[Any], int]:
+    headers = csvfile.header(path)
+    mapping = plan(headers, MAPS, "member", None, {})
+    producer = Captured()
+    rows = await publish(_import(path, mapping, len(headers), allowed), producer)
+    await producer.stop()
+    return producer.calls, rows
+
+
+def _facts(fn: Any, path: Path) -> Any:
+    """(size, sha256) of the file, or the words that refuse it."""
+    try:
+        facts = fn(path)
+    except (csvfile.FileRefused, before.FileRefused) as err:
+        return ("refused", str(err))
+    return ("ok", facts.size, facts.sha256)
+
+
+def _outcome(fn: Any, *args: Any) -> Any:
+    try:
+        return ("ok", fn(*args))
+    except (csvfile.FileRefused, before.FileRefused) as err:
+        return ("refused", str(err))
+
+
+async def assert_as_before(path: Path, monkeypatch: pytest.MonkeyPatch, paced: tuple[int | None, ...] = (None,)) -> None:
+    monkeypatch.setattr(importer_run, "_now_ms", lambda: NOW)
+    monkeypatch.setattr(before, "_now_ms", lambda: NOW)
+    now, then = _facts(csvfile.inspect, path), _facts(before.inspect, path)
+    assert now == then
+    if now[0] == "refused":
+        return
+    header = _outcome(csvfile.header, path)
+    assert header == _outcome(before.header, path)
+    assert list(csvfile.records_with_lines(path)) == list(before.records_with_lines(path))
+    assert list(csvfile.records(path)) == list(before.records(path))
+    if header != ("ok", HEADER):
+        return
+    for allowed in paced:
+        assert await _published(path, Import._publish_rows, allowed) == await _published(path, before._publish_rows, allowed)
+
+
+def _varied(path: Path) -> Path:
+    """Odd cells of every kind the importer treats apart, in one file."""
+    out = io.StringIO()
+    w = csv.writer(out, lineterminator="\n")
+    w.writerow(HEADER)
+    rows: list[list[str]] = [
+        ["m1", "山田 太郎", "", "taro@example.jp", "plain", "x", "false", "false"],
+        ["m2", 'say "hi", twice', "", "a@example.jp", "two\nlines", "", "true", "false"],  # quoted, doubled, a break
+        ["m3", "'=SUM(A1)", "", "'+81 90", "'-2", "'@x", "false", "true"],  # neutralised formulas come back
+        ["m4", "back\\slash", "", "tab\there", "ctl\x01\x1f\x7f", "", "false", "false"],  # escaped in JSON
+        ["m5", "😀 e\u0301 \u2028 \ufeff", "", "", "", "", "", ""],  # astral, combining, separators, a BOM mid-file
+        ["", "", "", "", "", "", "", ""],  # a record of empty cells: skipped, counted
+        ["m6", "short"],  # fewer cells than columns
+        ["m7", "many", "", "", "", "", "false", "false", "", "  "],  # more cells, the extra blank
+        ["m8", "many", "", "", "", "", "false", "false", "extra"],  # more cells, one not blank: rowError
+        ["m9", "x" * 70_000, "", "", "", "", "false", "false"],  # too large for one message: rowError
+        ["m10", "swallowed\n" + "m,x\n" * 1_000, "", "", "", "", "false", "false"],  # a cell longer than any may be
+    ]
+    # Rows that fit one message each: they cut chunks by bytes, and fill a record batch.
+    rows += [[f"b{i}", "x" * 60_000, "", "", "", "", "false", "false"] for i in range(12)]
+    for row in rows:
+        w.writerow(row)
+    out.write("\n")  # an empty line: skipped, counted
+    out.write('m15,"quoted, and ""odd""",,,,,false,false\r\n')  # CRLF
+    out.write("m16,lone cr,,,,,false,false\r")  # a lone CR ends a line too
+    out.write('m17,in"side,,,,,false,false\n')  # a quote inside an unquoted cell is a character
+    for i in range(CHUNK_ROWS * 2 + 37):  # chunks cut by rows
+        out.write(f"n{i},名前{i},,u{i}@example.jp,memo {i},,{'true' if i % 3 else 'false'},false\n")
+    out.write("m18,no newline at the end,,,,,false,false")
+    path.write_text(out.getvalue(), encoding="utf-8")
+    return path
+
+
+async def test_i15_contract_import_rows_a_varied_file_is_published_byte_for_byte_as_before(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    path = _varied(tmp_path / "varied.csv")
+    calls, rows = await _published(path, Import._publish_rows, None)
+    added = [(c[2], c[3]) for c in calls if c[0] == "add"]
+    assert rows > CHUNK_ROWS * 2 and (CHUNK_ROWS, True) in added  # a chunk cut by rows
+    assert any(n < CHUNK_ROWS for n, _ in added[:-1])  # one cut by bytes
+    assert any(not ok for _, ok in added)  # a full record batch shipped
+    await assert_as_before(path, monkeypatch, paced=(None, 1, 7, 500))
+
+
+async def test_i15_a_file_with_a_bom_and_no_quote_is_published_as_before(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "bom.csv"
+    lines = [",".join(HEADER)] + [f"m{i},名前 {i},,u{i}@example.jp,{'' if i % 5 else ' '},,false,true" for i in range(1_200)]
+    path.write_bytes("\ufeff".encode() + "\r\n".join(lines).encode() + b"\r\n\r\n,,,\r\n")
+    await assert_as_before(path, monkeypatch, paced=(None, 300))
+
+
+@pytest.mark.parametrize("text", [
+    'memberId,name\nm-1,Taro\nm-2,"Hanako\nm-3,Jiro\n',  # never closed (I13)
+    'memberId,name\nm-1,Taro\nm-2,"Ha"nako\n',  # text after a closing quote
+    'memberId,name\nm-1,"a"\r\nm-2,"b"x\r\n',
+    'memberId,name\nm-1,"a\rb"c\n',
+    "memberId,name\nm-1,\x00\n",  # NUL
+    'memberId,name\nm-1,"open',
+    "",  # empty
+    "\n\n",  # no header
+])
+async def test_i13_a_refused_file_is_refused_with_the_same_words(text: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "bad.csv"
+    path.write_text(text, encoding="utf-8", newline="")
+    await assert_as_before(path, monkeypatch)
+
+
+async def test_i13_a_file_that_is_not_utf8_is_refused_as_before(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "sjis.csv"
+    path.write_bytes(b'memberId,name\nm1,"ok"\nm2,' + "山田".encode("shift_jis") + b"\n")
+    await assert_as_before(path, monkeypatch)
+
+
+# Raw text, not written by a CSV writer: valid and invalid quoting, every kind of line end.
+_PIECES = st.sampled_from(["a", "m1", "山田", " ", ",", ",", '"', '""', "\n", "\r\n", "\r", "\t", "\\", "'", "'=",
+                           "x\x01", "😀", "\u2028", "false"])
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=st.lists(_PIECES, max_size=60), ending=st.sampled_from(["", "\n", "\r\n", "\r"]))
+def test_i13_i15_any_text_is_read_and_published_as_before(
+    body: list[str], ending: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    path = tmp_path / "any.csv"
+    path.write_text(",".join(HEADER) + "\n" + "".join(body) + ending, encoding="utf-8", newline="")
+    asyncio.run(assert_as_before(path, monkeypatch, paced=(None, 2)))
