@@ -20,9 +20,11 @@ from __future__ import annotations
 import codecs
 import csv
 import hashlib
+import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
 from contracts.inbound import MAX_VALUE
 
@@ -63,9 +65,11 @@ def inspect(path: Path) -> FileFacts:
     digest = hashlib.sha256()
     decoder = codecs.getincrementaldecoder("utf-8")()
     lines = 1
+    quoted = False  # no quote mark anywhere: no record can break the CSV syntax
     with path.open("rb") as f:
         while chunk := f.read(_CHUNK):
             digest.update(chunk)
+            quoted = quoted or b'"' in chunk
             if b"\x00" in chunk:
                 line = lines + chunk[: chunk.index(b"\x00")].count(b"\n")
                 raise FileRefused(f"{path.name} has NUL bytes (line {line}): it is not a CSV text file")
@@ -79,28 +83,38 @@ def inspect(path: Path) -> FileFacts:
         decoder.decode(b"", final=True)
     except UnicodeDecodeError:
         raise FileRefused(_not_utf8(path, lines)) from None
-    _check_syntax(path)
+    if quoted:
+        _check_syntax(path)
     return FileFacts(size, digest.hexdigest())
 
 
 def _check_syntax(path: Path) -> None:
-    """Parse every record strictly; FileRefused naming the line of the first error."""
+    """Parse every record strictly; FileRefused naming the line of the first error.
+
+    Only a record with a quote mark can break the syntax (the file has no NUL, and a
+    line ends at its line break: a line break inside a cell needs quotes), so only those
+    are parsed, as the records are (`records_with_lines`)."""
     with path.open(encoding="utf-8-sig", newline="") as f:
-        reader = csv.reader(f, strict=True)
-        started = 1  # the line the record being read starts on
-        try:
-            for _ in reader:
-                started = reader.line_num + 1
-        except csv.Error as err:
-            if "unexpected end of data" in str(err):
+        before = 0  # the lines before the record being read
+        for line in f:
+            if '"' not in line:
+                before += 1
+                continue
+            reader = csv.reader(itertools.chain((line,), f), strict=True)
+            try:
+                next(reader)
+            except csv.Error as err:
+                if "unexpected end of data" in str(err):
+                    raise FileRefused(
+                        f"{path.name}: the quoted cell that starts on line {before + 1} is never closed, so it"
+                        " would take in the rest of the file; close the quote (a quote inside a cell is written"
+                        " as \"\")"
+                    ) from None
                 raise FileRefused(
-                    f"{path.name}: the quoted cell that starts on line {started} is never closed, so it would"
-                    " take in the rest of the file; close the quote (a quote inside a cell is written as \"\")"
+                    f"{path.name}, line {before + reader.line_num}: not valid CSV ({err}); quote the whole cell"
+                    " and write each quote inside it as \"\""
                 ) from None
-            raise FileRefused(
-                f"{path.name}, line {reader.line_num}: not valid CSV ({err}); quote the whole cell and write"
-                " each quote inside it as \"\""
-            ) from None
+            before += reader.line_num
 
 
 def _not_utf8(path: Path, line: int) -> str:
@@ -126,19 +140,37 @@ def records(path: Path) -> Iterator[tuple[int, list[str]]]:
 
 
 def records_with_lines(path: Path) -> Iterator[tuple[int, list[str], tuple[int, int]]]:
-    """(rowNumber, cells, (first line, last line)) of every non-blank data record."""
+    """(rowNumber, cells, (first line, last line)) of every non-blank data record.
+
+    Read as csv.reader reads them, ~5× faster (issue 14, session 20): a line without a
+    quote mark is a whole record, its cells what lies between its commas — the reader
+    finds exactly those, stepping through every character; a line with one starts a
+    record that the csv module reads, from that line on, as many lines as it spans (a
+    record always starts afresh: what the reader read before does not matter)."""
     with path.open(encoding="utf-8-sig", newline="") as f:
-        reader = csv.reader(f)
-        next(reader, None)
-        number, last = 1, reader.line_num
-        for cells in reader:
+        first_line = next(f, None)
+        number, last = 1, 0 if first_line is None else _quoted(first_line, f)[1]
+        for line in f:
             number += 1
-            first, last = last + 1, reader.line_num
+            if '"' in line:
+                cells, spans = _quoted(line, f)
+                first, last = last + 1, last + spans
+            else:
+                first = last = last + 1
+                text = line.rstrip("\r\n")
+                cells = text.split(",") if text else []
             joined = "".join(cells)
             if cells and joined.strip():
                 # Only a cell starting with a quote mark is restored: a row with none
                 # anywhere is yielded as read (most rows; ~2 µs a row of nine cells).
                 yield number, [_restore(c) for c in cells] if "'" in joined else cells, (first, last)
+
+
+def _quoted(line: str, f: TextIO) -> tuple[list[str], int]:
+    """The record that starts with `line`, read by the csv module, more lines from `f` as
+    it needs them, and how many lines it spans."""
+    reader = csv.reader(itertools.chain((line,), f))
+    return next(reader), reader.line_num
 
 
 def _restore(cell: str) -> str:

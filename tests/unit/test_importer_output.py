@@ -172,6 +172,9 @@ async def test_i15_a_file_with_a_bom_and_no_quote_is_published_as_before(tmp_pat
     'memberId,name\nm-1,"a\rb"c\n',
     "memberId,name\nm-1,\x00\n",  # NUL
     'memberId,name\nm-1,"open',
+    'memberId,name\nm-1,"two\nlines"\nm-2,"x"y\n',  # lines counted across a quoted line break
+    'memberId,name\nm-1,"two\r\nlines"\r\nm-2,"open\r\nm-3,x\r\n',
+    '"member\nId",name\nm-1,"two\nlines"\n\nm-2,"x""\n\n"y\n',
     "",  # empty
     "\n\n",  # no header
 ])
@@ -188,11 +191,11 @@ async def test_i13_a_file_that_is_not_utf8_is_refused_as_before(tmp_path: Path, 
 
 
 # Raw text, not written by a CSV writer: valid and invalid quoting, every kind of line end.
-_PIECES = st.sampled_from(["a", "m1", "山田", " ", ",", ",", '"', '""', "\n", "\r\n", "\r", "\t", "\\", "'", "'=",
-                           "x\x01", "😀", "\u2028", "false"])
+_PIECES = st.sampled_from(["a", "m1", "山田", " ", ",", ",", '"', '"', '""', ',"', '",', "\n", "\n", "\r\n", "\r", "\t",
+                           "\\", "'", "'=", "x\x01", "😀", "\u2028", "false"])
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(body=st.lists(_PIECES, max_size=60), ending=st.sampled_from(["", "\n", "\r\n", "\r"]))
 def test_i13_i15_any_text_is_read_and_published_as_before(
     body: list[str], ending: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
