@@ -72,28 +72,37 @@ def inspect(path: Path) -> FileFacts:
         raise FileRefused(f"{path.name} is empty: the first row must name the columns")
     digest = hashlib.sha256()
     decoder = codecs.getincrementaldecoder("utf-8")()
-    lines = 1
+    read = 0  # bytes before the chunk (lines are counted only to name one: `_line_at`)
     quoted = False  # no quote mark anywhere: no record can break the CSV syntax
     with path.open("rb") as f:
         while chunk := f.read(_CHUNK):
             digest.update(chunk)
             quoted = quoted or b'"' in chunk
             if b"\x00" in chunk:
-                line = lines + chunk[: chunk.index(b"\x00")].count(b"\n")
+                line = _line_at(path, read + chunk.index(b"\x00"))
                 raise FileRefused(f"{path.name} has NUL bytes (line {line}): it is not a CSV text file")
             try:
                 decoder.decode(chunk)
             except UnicodeDecodeError as err:
-                line = lines + chunk[: max(err.start, 0)].count(b"\n")
-                raise FileRefused(_not_utf8(path, line)) from None
-            lines += chunk.count(b"\n")
+                raise FileRefused(_not_utf8(path, _line_at(path, read + max(err.start, 0)))) from None
+            read += len(chunk)
     try:
         decoder.decode(b"", final=True)
     except UnicodeDecodeError:
-        raise FileRefused(_not_utf8(path, lines)) from None
+        raise FileRefused(_not_utf8(path, _line_at(path, read))) from None
     if quoted:
         _check_syntax(path)
     return FileFacts(size, digest.hexdigest())
+
+
+def _line_at(path: Path, offset: int) -> int:
+    """The line the file's byte at `offset` is on."""
+    lines = 1
+    with path.open("rb") as f:
+        while offset > 0 and (chunk := f.read(min(_CHUNK, offset))):
+            lines += chunk.count(b"\n")
+            offset -= len(chunk)
+    return lines
 
 
 def _check_syntax(path: Path) -> None:

@@ -55,9 +55,9 @@ class Captured(ImportProducer):
         await self.ship()
 
 
-def _import(path: Path, mapping: Plan, width: int, allowed: int | None) -> Import:
+def _import(path: Path, mapping: Plan, width: int, allowed: int | None, maps: tuple[str, ...]) -> Import:
     settings: Any = SimpleNamespace(import_lead_s=0.0 if allowed is None else 0.4, import_stall_after_rows=0)
-    req = ImportRequest(path, CH, "member", maps=MAPS, actor="test")
+    req = ImportRequest(path, CH, "member", maps=maps, actor="test")
     run = Import(settings, req, None, "127.0.0.1:9", mapping, None, width, None)  # type: ignore[arg-type]
     run.import_id = IMP
     if allowed is not None:  # paced: each wait lets `allowed` more rows through
@@ -71,11 +71,11 @@ def _import(path: Path, mapping: Plan, width: int, allowed: int | None) -> Impor
     return run
 
 
-async def _published(path: Path, publish: Any, allowed: int | None) -> tuple[list[Any], int]:
+async def _published(path: Path, publish: Any, allowed: int | None, maps: tuple[str, ...] = MAPS) -> tuple[list[Any], int]:
     headers = csvfile.header(path)
-    mapping = plan(headers, MAPS, "member", None, {})
+    mapping = plan(headers, maps, "member", None, {})
     producer = Captured()
-    rows = await publish(_import(path, mapping, len(headers), allowed), producer)
+    rows = await publish(_import(path, mapping, len(headers), allowed, maps), producer)
     await producer.stop()
     return producer.calls, rows
 
@@ -96,21 +96,25 @@ def _outcome(fn: Any, *args: Any) -> Any:
         return ("refused", str(err))
 
 
-async def assert_as_before(path: Path, monkeypatch: pytest.MonkeyPatch, paced: tuple[int | None, ...] = (None,)) -> None:
+async def assert_as_before(
+    path: Path, monkeypatch: pytest.MonkeyPatch, paced: tuple[int | None, ...] = (None,),
+    header: list[str] = HEADER, maps: tuple[str, ...] = MAPS,
+) -> None:
     monkeypatch.setattr(importer_run, "_now_ms", lambda: NOW)
     monkeypatch.setattr(before, "_now_ms", lambda: NOW)
     now, then = _facts(csvfile.inspect, path), _facts(before.inspect, path)
     assert now == then
     if now[0] == "refused":
         return
-    header = _outcome(csvfile.header, path)
-    assert header == _outcome(before.header, path)
+    read = _outcome(csvfile.header, path)
+    assert read == _outcome(before.header, path)
     assert list(csvfile.records_with_lines(path)) == list(before.records_with_lines(path))
     assert list(csvfile.records(path)) == list(before.records(path))
-    if header != ("ok", HEADER):
+    if read != ("ok", header):
         return
     for allowed in paced:
-        assert await _published(path, Import._publish_rows, allowed) == await _published(path, before._publish_rows, allowed)
+        now_published = await _published(path, Import._publish_rows, allowed, maps)
+        assert now_published == await _published(path, before._publish_rows, allowed, maps)
 
 
 def _varied(path: Path) -> Path:
@@ -165,6 +169,28 @@ async def test_i15_a_file_with_a_bom_and_no_quote_is_published_as_before(tmp_pat
     await assert_as_before(path, monkeypatch, paced=(None, 300))
 
 
+@pytest.mark.parametrize(("header", "maps"), [
+    (["memberId", "メモ%", 'quo"te', "back\\slash", "unsubscribeEmail"],
+     ("メモ%=メモ%:string", 'quo"te=quo"te:string', "back\\slash=back\\slash%d:string")),
+    (["memberId"], ()),  # one mapped column
+    (["x", "memberId", "y"], ("x=", "y=")),  # the mapped column between skipped ones
+])
+async def test_i5_keys_of_any_spelling_are_published_as_before(
+    header: list[str], maps: tuple[str, ...], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Keys with a percent sign, a quote, a backslash, non-ASCII: the row's JSON escapes
+    them as before."""
+    out = io.StringIO()
+    w = csv.writer(out, lineterminator="\n")
+    w.writerow(header)
+    for i in range(40):
+        w.writerow([f"v{i}%d%s\\{j}" if i % 3 else f"m{i}" for j in range(max(1, len(header) + i % 3 - 1))])
+    path = tmp_path / "keys.csv"
+    path.write_text(out.getvalue(), encoding="utf-8")
+    assert (await _published(path, Import._publish_rows, None, maps))[1] == 40
+    await assert_as_before(path, monkeypatch, paced=(None, 6), header=header, maps=maps)
+
+
 @pytest.mark.parametrize("text", [
     'memberId,name\nm-1,Taro\nm-2,"Hanako\nm-3,Jiro\n',  # never closed (I13)
     'memberId,name\nm-1,Taro\nm-2,"Ha"nako\n',  # text after a closing quote
@@ -187,6 +213,27 @@ async def test_i13_a_refused_file_is_refused_with_the_same_words(text: str, tmp_
 async def test_i13_a_file_that_is_not_utf8_is_refused_as_before(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "sjis.csv"
     path.write_bytes(b'memberId,name\nm1,"ok"\nm2,' + "山田".encode("shift_jis") + b"\n")
+    await assert_as_before(path, monkeypatch)
+
+
+def _big(tail: bytes, at: int = 0) -> bytes:
+    """A file of more than two read chunks whose bytes from `at` (default: after them) are `tail`."""
+    body = b"memberId,name\n" + b"m1,\xe5\xb1\xb1\xe7\x94\xb0 x\n" * (2 * csvfile._CHUNK // 17 + 5)
+    at = at or len(body)
+    return body[:at] + tail + body[at + len(tail):]
+
+
+@pytest.mark.parametrize("data", [
+    _big(b"m2,\x00\n"),  # NUL after the first chunks
+    _big(b"m2,\xff\n"),  # a bad byte after them
+    _big(b"m2,\xe5\xb1"),  # a sequence cut by the end of the file
+    _big(b"\xe5\xb1,", at=csvfile._CHUNK - 1),  # a bad sequence across two chunks
+    _big(b""),  # valid: published as before
+    _big(b'"a",b\n'),
+])
+async def test_i13_a_large_file_is_refused_naming_the_same_line_or_published_as_before(data: bytes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "big.csv"
+    path.write_bytes(data)
     await assert_as_before(path, monkeypatch)
 
 
