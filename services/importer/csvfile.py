@@ -159,7 +159,7 @@ def records(path: Path) -> Iterator[tuple[int, list[str]]]:
 def records_with_lines(path: Path) -> Iterator[tuple[int, list[str], tuple[int, int]]]:
     """(rowNumber, cells, (first line, last line)) of every non-blank data record."""
     for number, cells, lines in rows(path):
-        yield number, cells.split(",") if type(cells) is str else cells, lines
+        yield number, cells.split(",") if isinstance(cells, str) else cells, lines
 
 
 def rows(path: Path) -> Iterator[tuple[int, str | list[str], tuple[int, int]]]:

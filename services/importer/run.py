@@ -72,7 +72,9 @@ CHUNK_BYTES = MAX_CHUNK_BYTES - MAX_ROW_BYTES - 1024
 
 class _Chunk:
     """The `import.rows` record being filled: rows as their JSON, joined when it is sent
-    (each row is serialised once)."""
+    (each row is serialised once). `_publish_rows` adds them, inline (a call a row cost
+    more than the rest of adding it): up to CHUNK_ROWS rows, `size` at most CHUNK_BYTES
+    with a comma a row."""
 
     def __init__(self, channel: str, import_id: str) -> None:
         self.channel, self.import_id = channel, import_id
@@ -88,15 +90,6 @@ class _Chunk:
 
     def one_row_bytes(self, row: bytes, number: int) -> int:
         return self._envelope + len(str(number)) + len(row) - 1  # the row's braces replace one of the envelope's
-
-    def fits(self, row: bytes) -> bool:
-        return len(self.rows) < CHUNK_ROWS and self.size + len(row) + 1 <= CHUNK_BYTES
-
-    def add(self, row: bytes, number: int) -> None:
-        if not self.rows:
-            self.first = number
-        self.rows.append(row)
-        self.size += len(row) + 1
 
     def take(self, now: int) -> tuple[bytes, int]:
         head = orjson.dumps({
@@ -129,25 +122,18 @@ def _row_value(
     return orjson.dumps(row)
 
 
-class _PlainRows:
+def _plain_row(positions: tuple[int, ...], keys: list[str]) -> tuple[bytes, Callable[[list[bytes]], tuple[bytes, ...]]]:
     """The JSON of a plain line's row (csvfile.rows) with every mapped cell in it, as
     `_row_value` makes it, ~2× cheaper: the line's text is escaped once, and as no
     escape holds a comma, its parts between commas are the cells' escaped values, put
-    in a template of the row with its keys."""
-
-    def __init__(self, positions: tuple[int, ...], keys: list[str]) -> None:
-        self.template = (
-            b'{"rowNumber":%d,"cells":{'
-            + b",".join(orjson.dumps(key).replace(b"%", b"%%") + b':"%s"' for key in keys)
-            + b"}}"
-        )
-        pick = operator.itemgetter(*positions)
-        self.pick: Callable[[list[bytes]], tuple[bytes, ...]] = (
-            pick if len(positions) > 1 else lambda parts: (pick(parts),)
-        )
-
-    def value(self, number: int, text: str) -> bytes:
-        return self.template % (number, *self.pick(orjson.dumps(text)[1:-1].split(b",")))
+    in a template of the row with its keys: `template % (number, *pick(parts))`."""
+    template = (
+        b'{"rowNumber":%d,"cells":{'
+        + b",".join(orjson.dumps(key).replace(b"%", b"%%") + b':"%s"' for key in keys)
+        + b"}}"
+    )
+    pick = operator.itemgetter(*positions)
+    return template, pick if len(positions) > 1 else lambda parts: (pick(parts),)
 
 
 class ImportRefused(Exception):
@@ -372,7 +358,8 @@ class Import:
         width = self.width
         stall = self.settings.import_stall_after_rows
         chunk = _Chunk(self.channel, self.import_id)
-        plain = _PlainRows(positions, keys)
+        template, pick = _plain_row(positions, keys)
+        dumps = orjson.dumps
         # A row this long may be too large as a message (one_row_bytes, with a row
         # number of up to 20 digits): only such rows are measured exactly.
         long_row = MAX_ROW_BYTES - chunk.one_row_bytes(b"", 0) - 20
@@ -381,14 +368,12 @@ class Import:
                 await self._send_chunk(producer, chunk)
                 await producer.flush()
                 await asyncio.Event().wait()
-            if type(cells) is str:  # a plain line (csvfile.rows): its cells are between its commas
-                n = cells.count(",") + 1
-                if reach <= n <= width:
-                    value = plain.value(number, cells)
-                else:
-                    value = _row_value(number, cells.split(","), lines, pairs, reach, width)
-            else:
+            if not isinstance(cells, str):
                 value = _row_value(number, cells, lines, pairs, reach, width)
+            elif reach <= cells.count(",") + 1 <= width:  # a plain line with every mapped cell (_plain_row)
+                value = template % (number, *pick(dumps(cells)[1:-1].split(b",")))
+            else:
+                value = _row_value(number, cells.split(","), lines, pairs, reach, width)
             # A row must fit the service's inbound limit as the one-row `import.row` it
             # stands for (a dead letter of it holds that message; a retry applies it).
             if len(value) > long_row and (size := chunk.one_row_bytes(value, number)) > MAX_ROW_BYTES:
@@ -399,9 +384,12 @@ class Import:
                 await self._send_chunk(producer, chunk)
                 await producer.ship()
                 await self._wait_for_room(producer)
-            elif len(chunk.rows) >= CHUNK_ROWS or chunk.size + len(value) >= CHUNK_BYTES:  # chunk.fits, inline
+            elif len(chunk.rows) >= CHUNK_ROWS or chunk.size + len(value) >= CHUNK_BYTES:  # it does not fit
                 await self._send_chunk(producer, chunk)
-            chunk.add(value, number)
+            if not chunk.rows:
+                chunk.first = number
+            chunk.rows.append(value)
+            chunk.size += len(value) + 1
             self.read += 1
         await self._send_chunk(producer, chunk)
         await producer.flush()
