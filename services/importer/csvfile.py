@@ -112,12 +112,14 @@ def _check_syntax(path: Path) -> None:
     line ends at its line break: a line break inside a cell needs quotes), so only those
     are parsed, as the records are (`records_with_lines`)."""
     with path.open(encoding="utf-8-sig", newline="") as f:
+        held, reader = _quoted_records(f, strict=True)
         before = 0  # the lines before the record being read
         for line in f:
             if '"' not in line:
                 before += 1
                 continue
-            reader = csv.reader(itertools.chain((line,), f), strict=True)
+            held.append(line)
+            at = reader.line_num
             try:
                 next(reader)
             except csv.Error as err:
@@ -128,10 +130,10 @@ def _check_syntax(path: Path) -> None:
                         " as \"\")"
                     ) from None
                 raise FileRefused(
-                    f"{path.name}, line {before + reader.line_num}: not valid CSV ({err}); quote the whole cell"
-                    " and write each quote inside it as \"\""
+                    f"{path.name}, line {before + reader.line_num - at}: not valid CSV ({err}); quote the whole"
+                    " cell and write each quote inside it as \"\""
                 ) from None
-            before += reader.line_num
+            before += reader.line_num - at
 
 
 def _not_utf8(path: Path, line: int) -> str:
@@ -169,11 +171,14 @@ def rows(path: Path) -> Iterator[tuple[int, str | list[str], tuple[int, int]]]:
     Read as csv.reader reads them, ~5× faster (issue 14, session 20): a line without a
     quote mark is a whole record, its cells what lies between its commas — the reader
     finds exactly those, stepping through every character; a line with one starts a
-    record that the csv module reads, from that line on, as many lines as it spans (a
-    record always starts afresh: what the reader read before does not matter)."""
+    record that the csv module reads (`_quoted_records`), from that line on, as many
+    lines as it spans (a record starts in the reader's first state whatever it read
+    before, so the lines it skips do not matter)."""
     with path.open(encoding="utf-8-sig", newline="") as f:
-        first_line = next(f, None)
-        number, last = 1, 0 if first_line is None else _quoted(first_line, f)[1]
+        held, reader = _quoted_records(f)
+        held.extend(itertools.islice(f, 1))  # the header
+        next(reader, None)
+        number, last = 1, reader.line_num
         for line in f:
             number += 1
             if '"' not in line:
@@ -185,8 +190,10 @@ def rows(path: Path) -> Iterator[tuple[int, str | list[str], tuple[int, int]]]:
                     continue
                 cells = text.split(",") if text else []
             else:
-                cells, spans = _quoted(line, f)
-                first, last = last + 1, last + spans
+                held.append(line)
+                at = reader.line_num
+                cells = next(reader)
+                first, last = last + 1, last + reader.line_num - at
             joined = "".join(cells)
             if cells and joined.strip():
                 # Only a cell starting with a quote mark is restored: a row with none
@@ -194,11 +201,18 @@ def rows(path: Path) -> Iterator[tuple[int, str | list[str], tuple[int, int]]]:
                 yield number, [_restore(c) for c in cells] if "'" in joined else cells, (first, last)
 
 
-def _quoted(line: str, f: TextIO) -> tuple[list[str], int]:
-    """The record that starts with `line`, read by the csv module, more lines from `f` as
-    it needs them, and how many lines it spans."""
-    reader = csv.reader(itertools.chain((line,), f))
-    return next(reader), reader.line_num
+def _quoted_records(f: TextIO, strict: bool = False) -> tuple[list[str], Iterator[list[str]]]:
+    """A csv.reader for the records that start on a line with a quote mark: put the
+    line in `held`, and the reader's next record is the one that starts there, read on
+    from `f` as far as it spans (its `line_num` counts the lines it read). One reader
+    for the file: a reader a record cost more than the csv module's parsing saved."""
+    held: list[str] = []
+
+    def lines() -> Iterator[str]:
+        while line := held.pop() if held else f.readline():  # "": the end of the file
+            yield line
+
+    return held, csv.reader(lines(), strict=strict)
 
 
 def _restore(cell: str) -> str:
