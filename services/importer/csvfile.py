@@ -24,7 +24,10 @@ import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
+
+if TYPE_CHECKING:
+    import _csv
 
 from contracts.inbound import MAX_VALUE
 
@@ -201,7 +204,7 @@ def rows(path: Path) -> Iterator[tuple[int, str | list[str], tuple[int, int]]]:
                 yield number, [_restore(c) for c in cells] if "'" in joined else cells, (first, last)
 
 
-def _quoted_records(f: TextIO, strict: bool = False) -> tuple[list[str], Iterator[list[str]]]:
+def _quoted_records(f: TextIO, strict: bool = False) -> tuple[list[str], _csv.Reader]:
     """A csv.reader for the records that start on a line with a quote mark: put the
     line in `held`, and the reader's next record is the one that starts there, read on
     from `f` as far as it spans (its `line_num` counts the lines it read). One reader
