@@ -375,7 +375,8 @@ class Import:
             else:
                 value = _row_value(number, cells.split(","), lines, pairs, reach, width)
             # A row must fit the service's inbound limit as the one-row `import.row` it
-            # stands for (a dead letter of it holds that message; a retry applies it).
+            # stands for (a dead letter of it holds that message; a retry applies it). Its
+            # cells are dropped and the reason replaces any other.
             if len(value) > long_row and (size := chunk.one_row_bytes(value, number)) > MAX_ROW_BYTES:
                 value = orjson.dumps({"rowNumber": number, "cells": {}, "rowError": (
                     f"the row is too large to import ({size} bytes as a message; the limit is {MAX_ROW_BYTES})"
