@@ -210,6 +210,19 @@ async def test_i13_a_refused_file_is_refused_with_the_same_words(text: str, tmp_
     await assert_as_before(path, monkeypatch)
 
 
+@pytest.mark.parametrize("text", [
+    '"member\nId",name\nm-1,"a\n\nb"\n"m-2",x\n',  # a header over two lines, a cell over three
+    'memberId,name\r\n"m-1","x"\r\nm-2,y\r\n"m-3"',
+])
+async def test_i15_records_over_several_lines_keep_their_numbers_and_lines(
+    text: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    path = tmp_path / "lines.csv"
+    path.write_text(text, encoding="utf-8", newline="")
+    assert list(csvfile.records_with_lines(path))
+    await assert_as_before(path, monkeypatch)
+
+
 async def test_i13_a_file_that_is_not_utf8_is_refused_as_before(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "sjis.csv"
     path.write_bytes(b'memberId,name\nm1,"ok"\nm2,' + "山田".encode("shift_jis") + b"\n")
