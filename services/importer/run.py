@@ -72,9 +72,7 @@ CHUNK_BYTES = MAX_CHUNK_BYTES - MAX_ROW_BYTES - 1024
 
 class _Chunk:
     """The `import.rows` record being filled: rows as their JSON, joined when it is sent
-    (each row is serialised once). `_publish_rows` adds them, inline (a call a row cost
-    more than the rest of adding it): up to CHUNK_ROWS rows, `size` at most CHUNK_BYTES
-    with a comma a row."""
+    (each row is serialised once)."""
 
     def __init__(self, channel: str, import_id: str) -> None:
         self.channel, self.import_id = channel, import_id
@@ -90,6 +88,15 @@ class _Chunk:
 
     def one_row_bytes(self, row: bytes, number: int) -> int:
         return self._envelope + len(str(number)) + len(row) - 1  # the row's braces replace one of the envelope's
+
+    def fits(self, row: bytes) -> bool:
+        return len(self.rows) < CHUNK_ROWS and self.size + len(row) + 1 <= CHUNK_BYTES
+
+    def add(self, row: bytes, number: int) -> None:
+        if not self.rows:
+            self.first = number
+        self.rows.append(row)
+        self.size += len(row) + 1
 
     def take(self, now: int) -> tuple[bytes, int]:
         head = orjson.dumps({
@@ -385,12 +392,9 @@ class Import:
                 await self._send_chunk(producer, chunk)
                 await producer.ship()
                 await self._wait_for_room(producer)
-            elif len(chunk.rows) >= CHUNK_ROWS or chunk.size + len(value) >= CHUNK_BYTES:  # it does not fit
+            elif not chunk.fits(value):
                 await self._send_chunk(producer, chunk)
-            if not chunk.rows:
-                chunk.first = number
-            chunk.rows.append(value)
-            chunk.size += len(value) + 1
+            chunk.add(value, number)
             self.read += 1
         await self._send_chunk(producer, chunk)
         await producer.flush()

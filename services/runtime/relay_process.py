@@ -11,9 +11,9 @@ embedded broker's and database's addresses filled in: embedded ones are started 
 by the main process) on stdin, not in its environment. The child runs `Relay` exactly as
 the main process would have, with the same advisory lock (one relay per schema: order
 and one publication per outbox id hold, with several instances too), until SIGTERM; then
-it drains what the last batches wrote and exits 0. A child still starting (its SIGTERM
-handler is set before its first report) is given up to `START_S` to report first: a
-SIGTERM before the handler would kill it undrained (exit -15, seen once in CI). It ignores SIGINT (a Ctrl-C reaches
+it drains what the last batches wrote and exits 0 (a child still starting is first given
+up to `START_S` to report: it sets its SIGTERM handler before its first report, and a
+SIGTERM before that would kill it undrained, exit -15). It ignores SIGINT (a Ctrl-C reaches
 the whole process group): it stops only when the main process says so, after the
 projection (and the extra projection processes) committed their last batches.
 
@@ -70,9 +70,7 @@ class _Reported:
         self.healthy = False
         self.at = 0.0  # the event loop's clock at the last report
         self._counted: dict[tuple[str, ...], float] = {}
-        # Set by the first report, which the child writes only once its SIGTERM handler
-        # is in place: a SIGTERM before it would kill the child (exit -15) undrained.
-        self.first = asyncio.Event()
+        self.first = asyncio.Event()  # set by the first report (the module's docstring)
 
     def fresh(self) -> bool:
         """Healthy as of its last report, which is recent."""
