@@ -74,7 +74,7 @@ and the *qualified* e-mail and mobile number, none when masked (I17) — are rea
 the row itself: `member_id`, and the contacts in `state` (STATE_FIELDS), parsed once
 (OFFSET 0) and only for a channel that has grades; a dead user
 (deleted, merged away) holds no keys, as `directory.identities` says. Not through
-`identities` by user id: that index cost every identity row an entry (~3 µs of
+`identities` by user id: that index cost every identity row an entry (~6 µs of
 PostgreSQL an imported member) for this read alone (docs/decisions.md, "Issue 14,
 session 21"). Each key is one probe of grade_holders_key. `[{"name", "colour"}]` by
 name, or NULL for none; tests/integration/test_grades.py checks both give the same."""

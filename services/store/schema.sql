@@ -104,7 +104,7 @@ CREATE UNIQUE INDEX IF NOT EXISTS identities_one_owner
 -- No index on user_id: the rows stored for a user are exactly `identities` of its stored
 -- state (written together, fenced by `rev`), so a batch deletes the rows it knows it had
 -- by the key, and the reads find a user's own keys in its users row (member_id, state).
--- `identities_user` cost each identity row an entry (~3 µs of PostgreSQL an imported
+-- `identities_user` cost each identity row an entry (~6 µs of PostgreSQL an imported
 -- member) for reads by user id that no longer exist (docs/decisions.md, "Issue 14,
 -- session 21"). Dropped where it exists.
 DROP INDEX IF EXISTS identities_user;
