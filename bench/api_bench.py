@@ -103,7 +103,9 @@ def member_row(i: int) -> tuple[Any, ...]:
         "profile.plan": [("free", "basic", "gold")[i % 3], True, True, at],
     })
     # name_key and tags as repository.search_columns makes them: the name lowercased, no tags
-    return (uid, CHANNEL, 1, "member", f"m{i}", None, False, False, False, at, at, state, f"user {i}", [])
+    # `state` is stored as text (the sorted JSON User.state_json writes; schema.sql)
+    text = orjson.dumps(state, option=orjson.OPT_SORT_KEYS).decode()
+    return (uid, CHANNEL, 1, "member", f"m{i}", None, False, False, False, at, at, text, f"user {i}", [])
 
 
 async def fill(database_url: str, schema: str, users: int) -> float:
@@ -124,7 +126,7 @@ async def fill(database_url: str, schema: str, users: int) -> float:
             for start in range(0, users, _CHUNK):
                 rows = [member_row(i) for i in range(start, min(start + _CHUNK, users))]
                 keys = [(CHANNEL, kind, value, r[0], True) for r in rows
-                        for kind, value in (("member", r[4]), ("email", r[11]["fields"]["profile.email"][0]))]
+                        for kind, value in (("member", r[4]), ("email", f"u{r[4][1:]}@example.com"))]
                 async with conn.transaction():
                     await conn.copy_records_to_table("users", records=rows, columns=USER_COLUMNS)
                     await conn.copy_records_to_table(

@@ -12,7 +12,7 @@ service does not run without these indexes (they serve reads); the figures say w
 each costs an import row.
 
     .venv/bin/python bench/import_statements.py                  # 6 batches of 5,000 rows
-    .venv/bin/python bench/import_statements.py --rounds 3 --drop '-/identities_user/users_listing,users_name_key_prefix'
+    .venv/bin/python bench/import_statements.py --rounds 3 --drop '-/users_listing,users_name_key_prefix'
 
 A benchmark, not a test.
 """

@@ -5,7 +5,7 @@ the COPY's wall time, the baseline (users' order, as before) printed in the same
     .venv/bin/python bench/replay_identity_order.py [--users 36000] [--rounds 3]
 
 A scratch schema on DATABASE_URL's server (or the local one) with the identities table
-as schema.sql has it (its key and identities_one_owner: a build defers identities_user),
+as schema.sql has it (its key and identities_one_owner, its only indexes since session 21),
 made anew for each COPY; ~1.8 identities a user (a veil each, an e-mail for half, a
 memberId for a third), as replay_bench's workload. Also the Python sort's CPU."""
 

@@ -46,25 +46,38 @@ async def find_user(conn: asyncpg.Connection | asyncpg.Pool, channel_id: str, by
     return view
 
 
+STATE_FIELDS = "replace(u.state, '\\u0000', '\\u0020')::json -> 'fields'"
+"""The `fields` object of a users row `u`'s state (User.to_json: key → `[value,
+qualified, merged, time]`), for the rare read of a user's own contacts (its grades, the
+`q` walk). json's `->` unescapes every string of the text it walks and refuses an
+escaped U+0000 (text cannot hold one) wherever it is, e.g. in a name; such an escape is
+read as a space here. No stored contact holds one (PostgreSQL cannot store it in
+`identities`, whose row is written with the state), so the contacts read are exact."""
+
+
 GRADES = """(SELECT json_agg(json_build_object('name', g.name, 'colour', g.colour) ORDER BY g.name)
                FROM grades g
-              WHERE g.channel_id = u.channel_id AND NOT u.masked AND g.name IN (
-                    SELECT h.name FROM identities i
-                      JOIN grade_holders h ON h.channel_id = i.channel_id AND h.value = i.value COLLATE "default"
-                           AND h.kind = CASE i.kind WHEN 'member' THEN 'memberId' WHEN 'mobile' THEN 'mobileNumber'
-                                                    ELSE 'email' END
-                     WHERE i.user_id = u.id AND i.channel_id = u.channel_id AND i.kind IN ('member', 'email', 'mobile')
-                       AND (i.kind = 'member' OR i.qualified))) AS grades"""
+              WHERE g.channel_id = u.channel_id AND NOT u.masked AND NOT u.deleted AND u.merged_into IS NULL
+                AND g.name IN (
+                    SELECT h.name FROM grade_holders h
+                     WHERE h.channel_id = u.channel_id AND (h.kind, h.value) IN (
+                           SELECT 'memberId', u.member_id
+                           UNION ALL
+                           SELECT k.kind, k.held ->> 0
+                             FROM (SELECT """ + STATE_FIELDS + """ AS f OFFSET 0) s,
+                                  LATERAL (VALUES ('email', s.f -> 'profile.email'),
+                                                  ('mobileNumber', s.f -> 'profile.mobileNumber')) k(kind, held)
+                            WHERE (k.held ->> 1)::boolean))) AS grades"""
 """The `grades` column of a users row `u`, in the same statement as the row (one round
 trip per read instead of two): `grades_of` in SQL. The keys of `grade_keys` — memberId
-and the *qualified* e-mail and mobile number, none when masked (I17) — are the user's
-`identities` rows of those kinds (directory.identities writes exactly the live user's
-current keys, in the user's transaction), each an index lookup; not the state's JSON,
-which PostgreSQL would parse whole for every key. `[{"name", "colour"}]` by name, or
-NULL for none; tests/integration/test_grades.py checks both give the same. The holder's
-value is compared under the database's collation (`COLLATE "default"`: identities.value
-collates as "C", grade_holders.value does not, and an index serves only a comparison
-under its own column's collation; equal values are equal bytes under either)."""
+and the *qualified* e-mail and mobile number, none when masked (I17) — are read from
+the row itself: `member_id`, and the contacts in `state` (STATE_FIELDS), parsed once
+(OFFSET 0) and only for a channel that has grades; a dead user
+(deleted, merged away) holds no keys, as `directory.identities` says. Not through
+`identities` by user id: that index cost every identity row an entry (~6 µs of
+PostgreSQL an imported member) for this read alone (docs/decisions.md, "Issue 14,
+session 21"). Each key is one probe of grade_holders_key. `[{"name", "colour"}]` by
+name, or NULL for none; tests/integration/test_grades.py checks both give the same."""
 
 
 def grade_keys(user_json: dict[str, Any]) -> list[tuple[str, str]]:
@@ -310,13 +323,21 @@ def search_sql(
         if q_ids is not None:
             where.append(f"u.id = ANY({arg(q_ids)}::text[])")
         else:
+            # Many match: the walk tests each live user it passes with its own e-mail and
+            # mobile number (the values of its `identities` rows of those kinds), read
+            # from its state, parsed once (OFFSET 0: not inlined, which parsed it once per
+            # test); the page ends the walk. Not `u.id IN (identities matching q)`: the
+            # planner hashes those matches when they fit in work_mem, and when they do
+            # not (a walk is taken because they are many) it tests each user against the
+            # whole list (docs/decisions.md, "Issue 14, session 21").
             prefix, phone = _q_patterns(f.q)
             pattern = arg(prefix)
-            likes = f"i.value LIKE {pattern}" + (f" OR i.value LIKE {arg(phone)}" if phone else "")
+            phone_arg = arg(phone) if phone else None
+            likes = " OR ".join(f"c.f -> '{field}' ->> 0 LIKE {p}" for field in (EMAIL, MOBILE)
+                                for p in (pattern, phone_arg) if p is not None)
             where.append(
                 f"""(u.name_key LIKE {pattern}
-                     OR EXISTS (SELECT 1 FROM identities i WHERE i.user_id = u.id AND i.channel_id = $1
-                                   AND i.kind IN ('email', 'mobile') AND ({likes})))"""
+                     OR EXISTS (SELECT 1 FROM (SELECT {STATE_FIELDS} AS f OFFSET 0) c WHERE {likes}))"""
             )
     if f.type is not None:
         where.append(f"u.type = {arg(f.type)}")

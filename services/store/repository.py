@@ -526,23 +526,23 @@ async def save_identities(
     conn: asyncpg.Connection, changes: Sequence[tuple[User, frozenset[Identity] | None, frozenset[Identity]]],
 ) -> None:
     """Write the identity rows of users whose identities changed, as deltas: `(user,
-    identities when loaded (None: new user), identities now)`. Only rows that are not in
-    the new set are deleted (so a row the loaded set did not know of goes too) and only
-    rows that were not in the loaded set are inserted: a user who gained a veil writes
-    one row, not all of its rows again."""
+    identities when loaded (None: new user), identities now)`. The rows stored for a user
+    are exactly `identities` of its stored state (every writer writes both in one
+    transaction, and the state is fenced by `rev`: docs/decisions.md, "Issue 14, session
+    21"), so the loaded set *is* what the table holds: the rows of `loaded - now` are
+    deleted by their primary key, those of `now - loaded` inserted, and a user who only
+    gained a veil writes one row and deletes none. No read by user id: `identities` has
+    no index on `user_id`."""
     if not changes:
         return
-    had = [u.id for u, old, _new in changes if old is not None]
-    if had:
-        # Only the rows of users that had some can be deleted: a new user's (an import
-        # batch's thousands) are not listed.
-        now = [(u.id, kind, value, q) for u, old, new in changes if old is not None for kind, value, q in new]
+    # By the primary key (channel, kind, value, user): a contact whose qualification
+    # changed is deleted here and inserted again below with the new one.
+    gone = [(u.channel_id, kind, value, u.id) for u, old, new in changes if old is not None for kind, value, _q in old - new]
+    if gone:
         await conn.execute(
-            """DELETE FROM identities i
-                WHERE i.user_id = ANY($1::text[])
-                  AND (i.user_id, i.kind, i.value, i.qualified) NOT IN (
-                      SELECT * FROM unnest($2::text[], $3::text[], $4::text[], $5::bool[]))""",
-            had, *([list(col) for col in zip(*now, strict=True)] if now else [[], [], [], []]),
+            """DELETE FROM identities i USING unnest($1::text[], $2::text[], $3::text[], $4::text[]) AS g(c, k, v, u)
+                WHERE i.channel_id = g.c AND i.kind = g.k AND i.value = g.v AND i.user_id = g.u""",
+            *[list(col) for col in zip(*gone, strict=True)],
         )
     rows = [(u.channel_id, kind, value, u.id, q) for u, old, new in changes if old is not None for kind, value, q in new - old]
     # A new user's rows (no identities when loaded): none can be stored yet, as its users

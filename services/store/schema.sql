@@ -101,7 +101,13 @@ CREATE TABLE IF NOT EXISTS identities (
 );
 CREATE UNIQUE INDEX IF NOT EXISTS identities_one_owner
     ON identities (channel_id, kind, value) WHERE kind IN ('veil', 'member');
-CREATE INDEX IF NOT EXISTS identities_user ON identities (user_id);
+-- No index on user_id: the rows stored for a user are exactly `identities` of its stored
+-- state (written together, fenced by `rev`), so a batch deletes the rows it knows it had
+-- by the key, and the reads find a user's own keys in its users row (member_id, state).
+-- `identities_user` cost each identity row an entry (~6 µs of PostgreSQL an imported
+-- member) for reads by user id that no longer exist (docs/decisions.md, "Issue 14,
+-- session 21"). Dropped where it exists.
+DROP INDEX IF EXISTS identities_user;
 -- Older tables: `value` under the database's collation, and the prefix index beside the
 -- key. The index goes first, then the column takes "C": no table rewrite (a collation
 -- is not a new type), the key and identities_one_owner are built again, under the
