@@ -14,6 +14,10 @@ The rule (`Gathering.due`):
   weighs `LEAST`, then it goes at once, so that its preparation overlaps the write
   (pipeline.py: the point of pipelining is that PostgreSQL and Python work together).
 
+While a write is in flight the loop keeps fetching, and waits on the write's end only
+when something is held (consumer.py): it no longer blocks on a write it has nothing to
+prepare behind, when what arrived meanwhile was then applied a first record alone.
+
 No time bound is needed beside it: writes are sequential, so a record held while a
 write is in flight could not have committed before that write anyway; what holding it
 adds is only its preparation after the write instead of during it, and what is held is
@@ -34,8 +38,8 @@ from .records import Partition, Record
 
 # What a batch must weigh (records; an import chunk by its size, merge.ROW_BYTES) to be
 # prepared while another batch writes: about the pipeline's unit of preparation between
-# two turns of the write (pipeline._SLICE), ~5 ms of Python. Below it, the batch's own
-# transaction costs more than preparing it after the write does.
+# two turns of the write (pipeline._SLICE), ~5 ms of Python. Below it, preparing the
+# batch after the write costs a few ms, less than a transaction of its own would.
 LEAST = 200
 
 
