@@ -885,6 +885,10 @@ def serve_child() -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("aiokafka.consumer.group_coordinator").setLevel(logging.CRITICAL)
     settings = Settings.from_env()
+    if os.environ.get("BENCH_GROUPING") == "off":  # before/after pairs on one build (bench/batch_trace.py)
+        from batch_trace import grouping_off
+
+        grouping_off()
     if os.environ.get("BENCH_GC_DEFAULT") != "1":
         gc_tuning.tune()  # as `unifier run` does
     assign_file = os.environ.get("BENCH_ASSIGN_FILE")

@@ -25,6 +25,7 @@ from services.store.pool import DATABASE_UNAVAILABLE
 
 from .assignor import Load, LoadBalancingAssignor, strategies
 from .batch import BatchResult, apply_batch, dead_letter_record
+from .gathering import Gathering
 from .isolation import NOT_THE_RECORD, RETRIED, ConflictPersisted, apply_isolating
 from .merge import CoPartitionMerge
 from .pipeline import Pipeline
@@ -38,6 +39,10 @@ _RETRIED: tuple[type[BaseException], ...] = (repo.Conflict, *RETRIED)
 _OUTAGE_BACKOFF_MAX_S = 5.0
 _MEASURE_S = 3.0  # the partitions' load, before a join: the group waits for it
 _HINT_WAIT_S = 2.0  # at a stop, for the last offset hint (Kafka's offsets are a hint: the store decides)
+# While records are held for the write in flight (gathering.py), how often the loop looks
+# at what arrived meanwhile: the write's end wakes it at once; an arrival that makes the
+# next batch worth preparing ahead is seen this late at most.
+_LOOK_S = 0.01
 
 
 class Stopped(Exception):
@@ -108,6 +113,8 @@ class Projection:
             rebalance_timeout_ms=max(10_000, session_timeout_ms),
         )
         self.merge = CoPartitionMerge(heavy_topic=self.topics.import_rows)
+        # Released records held for the next batch while one writes (group commit).
+        self.gathered = Gathering(self.topics.import_rows, batch_max)
         self.healthy = False
         self._stop = asyncio.Event()
         self._fetched: dict[TopicPartition, int] = {}  # next offset after what we fetched
@@ -141,12 +148,14 @@ class Projection:
         between: a merge still holding a partition that went to another member would ask
         its high watermark, which aiokafka refuses for a partition not assigned."""
         self.merge.assign(())
+        self.gathered.clear()
         self._fetched = {}
 
     async def seek_to_stored(self, partitions: list[TopicPartition]) -> None:
         if self.resident is not None:
             self.resident.drop()  # a new assignment: start from the store
         self.merge.assign((tp.topic, tp.partition) for tp in partitions)
+        self.gathered.clear()
         self._fetched = {}  # until sought, fetched records are dropped (run)
         # Without the stored offsets no position is right: wait the database out here
         # (the rebalance waits with us) rather than consume from a guessed offset.
@@ -163,6 +172,7 @@ class Projection:
                     return  # stopping: nothing will be consumed
         # A batch in flight may have finished meanwhile (_follow_store): start clean.
         self.merge.assign((tp.topic, tp.partition) for tp in partitions)
+        self.gathered.clear()
         self._fetched = {}
         for tp in partitions:
             self._position(tp, *stored.get((tp.topic, tp.partition), (0, None)))
@@ -176,6 +186,7 @@ class Projection:
         self._fetched[tp] = offset
         self.clocks.reset((tp.topic, tp.partition), clock if offset else None)
         self.merge.drop_below((tp.topic, tp.partition), offset)
+        self.gathered.drop_below((tp.topic, tp.partition), offset)
 
     async def run(self, stop: asyncio.Event) -> None:
         self._stop = stop
@@ -183,10 +194,16 @@ class Projection:
         self.consumer.subscribe(list(self.topics.inbound), listener=_SeekToStored(self))
         try:
             more = False  # records left releasable after the last batch: do not wait
+            gathered, pipeline = self.gathered, self.pipeline
             while not stop.is_set():
                 if self._clocks_stale:
                     await self._reload_clocks()
-                fetched = await self.consumer.getmany(timeout_ms=0 if more else 200, max_records=self.batch_max)
+                if gathered.records and pipeline is not None and pipeline.writing:
+                    # Held for the write in flight (group commit, gathering.py): go on
+                    # when it ends, or look at what arrived meanwhile every _LOOK_S.
+                    await pipeline.written(_LOOK_S)
+                wait_ms = 0 if more or gathered.records else 200
+                fetched = await self.consumer.getmany(timeout_ms=wait_ms, max_records=self.batch_max)
                 self.healthy = True
                 for tp, msgs in fetched.items():
                     # Only records from where we positioned the partition: aiokafka makes
@@ -206,18 +223,33 @@ class Projection:
                         self.merge.add((tp.topic, tp.partition), bounded)
                         self._fetched[tp] = msgs[-1].offset + 1
                 self._flow_control()
-                records = self.merge.release(self._at_end, self.batch_max)
-                more = len(records) == self.batch_max or self.merge.full
-                if not records and (self.pipeline is None or not self.pipeline.busy):
+                released: list[Record] = []
+                if gathered.room > 0:
+                    # Into what is held (below gathering.LEAST, or it would have gone): an
+                    # import chunk heavier than the room still comes, as the first record
+                    # of a batch does, so a batch may pass the limit by that little.
+                    released = self.merge.release(self._at_end, gathered.room)
+                    gathered.add(released)
+                more = self.merge.full
+                if gathered.due(pipeline is not None and pipeline.writing):
+                    records = gathered.take()
+                else:
+                    records = []
+                    if released:
+                        log.debug("%d records held for the next batch while one writes", len(gathered.records))
+                if not records and (pipeline is None or not pipeline.busy or pipeline.writing or gathered.records):
+                    # Nothing to apply, or held for the write in flight, or nothing yet
+                    # but a write in flight: the loop goes on fetching (and gathering)
+                    # while it writes; once it ended, its outcome is taken (drain) below.
                     continue
                 # The batch in flight is finished even when a stop arrives meanwhile.
                 try:
-                    if self.pipeline is None:
+                    if pipeline is None:
                         await asyncio.shield(self.apply(records))
                     elif records:
-                        await asyncio.shield(self.pipeline.feed(records))
-                    else:  # nothing more to prepare: see the batch in flight through
-                        await asyncio.shield(self.pipeline.drain())
+                        await asyncio.shield(pipeline.feed(records))
+                    else:  # nothing more to prepare: the batch that wrote is seen through
+                        await asyncio.shield(pipeline.drain())
                 except Stopped:
                     log.warning("stopped while the database was unavailable; the batch in hand is re-read at the next start")
                     break
@@ -316,6 +348,7 @@ class Projection:
                 self._fetched[tp] = offset
                 self._clocks_stale.add(tp)  # the clock at that offset is the one stored with it
             self.merge.drop_below((topic, partition), offset)
+            self.gathered.drop_below((topic, partition), offset)
             hint[tp] = offset
         if hint:
             sent = asyncio.ensure_future(self._commit_hint(hint))

@@ -250,6 +250,18 @@ class Pipeline:
         """A batch is in flight (its outcome not yet taken by `drain`)."""
         return self._inflight is not None
 
+    @property
+    def writing(self) -> bool:
+        """A batch's transaction is still running (consumer.py gathers the next batch
+        meanwhile: gathering.py)."""
+        return self._inflight is not None and not self._inflight[1].done()
+
+    async def written(self, within: float) -> None:
+        """Wait until the batch in flight has finished writing, `within` seconds at most;
+        its outcome is left to `drain`."""
+        if self._inflight is not None:
+            await asyncio.wait([self._inflight[1]], timeout=within)
+
     async def settle(self) -> None:
         """Wait until the batch in flight committed or failed (a rebalance reads the
         stored offsets after it); its outcome is taken by the next `feed` or `drain`."""
