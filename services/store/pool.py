@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib import resources
@@ -15,6 +18,8 @@ from services.store.rows import STAGE_USERS
 
 if TYPE_CHECKING:
     from services.platform.config import Settings
+
+log = logging.getLogger(__name__)
 
 
 # What asyncpg's array codec takes for an array (or a sub-array), as concrete types.
@@ -113,21 +118,63 @@ async def schema_exists(database_url: str, schema: str) -> bool:
 
 # schema.sql first: the later scripts may index its tables.
 _SCRIPTS = ("schema.sql", "imports.sql", "operations.sql", "lookups.sql")
+# The `meta` row naming the scripts a schema was last migrated with (their SHA-256).
+SCRIPTS_KEY = "schema.scripts"
+_DEADLOCK_ATTEMPTS = 5
+
+
+def _scripts() -> tuple[list[str], str]:
+    """The migration scripts' texts, and their digest."""
+    texts = [resources.files("services.store").joinpath(script).read_text() for script in _SCRIPTS]
+    return texts, hashlib.sha256("\0".join(texts).encode()).hexdigest()
 
 
 async def ensure_schema(database_url: str, schema: str) -> None:
-    """Create the schema and its tables if missing (idempotent; safe for racing instances)."""
+    """Create the schema and its tables if missing, and bring an older one up to this
+    version (idempotent; safe for racing instances).
+
+    A schema already migrated by these very scripts is left alone, without a statement
+    that locks a table: DDL does, even `CREATE INDEX IF NOT EXISTS` of an index that
+    exists, and an importer or admin command starting beside a running projection then
+    queued behind its batch and it behind them — PostgreSQL saw a deadlock and the import
+    failed (issue 14, session 21). A migration that still meets one (a new version's first
+    start beside running instances) is retried."""
+    texts, digest = _scripts()
     conn = await asyncpg.connect(database_url)
     try:
-        async with conn.transaction():
-            # Serialise concurrent migrations of the same schema.
-            await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"unifier-migrate:{schema}")
-            await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
-            await conn.execute(f'SET LOCAL search_path TO "{schema}"')
-            for script in _SCRIPTS:
-                await conn.execute(resources.files("services.store").joinpath(script).read_text())
+        if await _migrated_with(conn, schema) == digest:
+            return
+        for attempt in range(1, _DEADLOCK_ATTEMPTS + 1):
+            try:
+                async with conn.transaction():
+                    # Serialise concurrent migrations of the same schema.
+                    await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"unifier-migrate:{schema}")
+                    await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+                    await conn.execute(f'SET LOCAL search_path TO "{schema}"')
+                    for text in texts:
+                        await conn.execute(text)
+                    await conn.execute(
+                        "INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = $2",
+                        SCRIPTS_KEY, digest,
+                    )
+                return
+            except asyncpg.DeadlockDetectedError:
+                # PostgreSQL rolled this migration back and let the other side through.
+                if attempt == _DEADLOCK_ATTEMPTS:
+                    raise
+                log.warning("schema migration of %s deadlocked with a running transaction; retrying", schema)
+                await asyncio.sleep(0.1 * attempt)
     finally:
         await conn.close()
+
+
+async def _migrated_with(conn: asyncpg.Connection, schema: str) -> str | None:
+    """The digest of the scripts `schema` was last migrated with (None: none recorded)."""
+    meta = await conn.fetchval("SELECT to_regclass($1)::text", f'"{schema}".meta')
+    if meta is None:
+        return None
+    value: str | None = await conn.fetchval(f'SELECT value FROM "{schema}".meta WHERE key = $1', SCRIPTS_KEY)
+    return value
 
 
 DATABASE_UNAVAILABLE: tuple[type[BaseException], ...] = (

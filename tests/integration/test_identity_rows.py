@@ -25,6 +25,7 @@ from services.store.queries import (
     search_sql,
     search_users,
 )
+from tests.support.infra import as_older_version
 
 pytestmark = pytest.mark.integration
 
@@ -91,6 +92,7 @@ async def test_an_older_schema_loses_identities_user_and_deletes_by_the_primary_
     pool = await create_pool(settings.database_url, settings.db_schema)
     try:
         await pool.execute("CREATE INDEX identities_user ON identities (user_id)")
+        await as_older_version(pool)
     finally:
         await pool.close()
     for _ in range(2):

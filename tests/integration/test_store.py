@@ -8,6 +8,7 @@ import pytest
 from services.platform.config import Settings
 from services.store import repository as repo
 from services.store.pool import create_pool
+from tests.support.infra import as_older_version
 
 pytestmark = pytest.mark.integration
 
@@ -38,6 +39,7 @@ async def test_rejected_commands_of_an_older_schema_move_to_command_outcomes(set
                                   code text NOT NULL, message text NOT NULL, PRIMARY KEY (channel_id, event_id))""")
         await pool.execute("INSERT INTO rejected_commands VALUES ('ch', 'e1', 'unknown_user', 'no u_x')")
         await pool.execute("INSERT INTO applied_events VALUES ('ch', 'e0', 1000)")
+        await as_older_version(pool)
     finally:
         await pool.close()
     pool = await create_pool(settings.database_url, settings.db_schema)  # migrates
@@ -60,6 +62,7 @@ async def test_the_clock_index_of_an_older_schema_becomes_the_channels_clocks(se
         await pool.execute("INSERT INTO applied_events VALUES ('ch', 'e0', 1000), ('ch', 'e1', 5000), ('ch2', 'e0', 0)")
         await pool.execute("INSERT INTO applied_clocks VALUES ('ch', 3000, 3000)")  # a downgrade's stale clock
         await pool.execute("CREATE INDEX applied_events_clock ON applied_events (channel_id, at)")
+        await as_older_version(pool)
     finally:
         await pool.close()
     for _ in range(2):
@@ -84,6 +87,7 @@ async def test_an_older_applied_events_key_becomes_the_bigint_key_and_keeps_its_
                               CREATE TABLE applied_events (channel_id text NOT NULL, event_id text NOT NULL,
                                                            at bigint NOT NULL DEFAULT 0, PRIMARY KEY (channel_id, event_id))""")
         await pool.execute("INSERT INTO applied_events VALUES ('ch', 'e0', 1000), ('ch', 'e1', 5000), ('ch2', 'e0', 0)")
+        await as_older_version(pool)
     finally:
         await pool.close()
     for _ in range(2):
@@ -100,6 +104,34 @@ async def test_an_older_applied_events_key_becomes_the_bigint_key_and_keeps_its_
                 await pool.execute("INSERT INTO applied_events VALUES ('ch', 'e1', 6000)")
         finally:
             await pool.close()
+
+
+async def test_a_start_beside_a_running_batch_takes_no_table_lock(settings: Settings) -> None:
+    """Issue 14, session 21 (pool.ensure_schema): a schema already migrated by these
+    scripts is left alone. An importer or admin command starting while a batch holds its
+    tables' row locks must not queue DDL behind it (which PostgreSQL once resolved as a
+    deadlock, failing the import); without the recorded scripts the same start waits."""
+    import asyncio
+
+    from services.store.pool import ensure_schema
+
+    assert settings.database_url
+    pool = await create_pool(settings.database_url, settings.db_schema)
+    try:
+        async with pool.acquire() as batch, batch.transaction():
+            # What a batch holds while it writes.
+            await batch.execute("LOCK TABLE users, identities, imports IN ROW EXCLUSIVE MODE")
+            await asyncio.wait_for(ensure_schema(settings.database_url, settings.db_schema), 10)
+            await as_older_version(batch)  # committed with the batch: the next start is an older schema's
+        # An older schema's start runs the DDL, which waits for a batch holding its tables.
+        async with pool.acquire() as batch, batch.transaction():
+            await batch.execute("LOCK TABLE users IN ROW EXCLUSIVE MODE")
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(ensure_schema(settings.database_url, settings.db_schema), 2)
+        await ensure_schema(settings.database_url, settings.db_schema)  # and records the scripts again
+        assert await pool.fetchval("SELECT count(*) FROM meta WHERE key = 'schema.scripts'") == 1
+    finally:
+        await pool.close()
 
 
 async def test_pairs_with_equal_keys_are_told_apart_by_the_pair(pool: asyncpg.Pool) -> None:
@@ -202,6 +234,7 @@ async def test_a_schema_from_before_the_search_columns_is_upgraded_in_place(pool
         "INSERT INTO users (id, channel_id, rev, type, deleted, blocked, masked, updated_at, state) "
         "VALUES ('old', 'ch', 1, 'lead', false, false, false, 1, $1::text::json)", orjson.dumps(state).decode(),
     )
+    await as_older_version(pool)
     await ensure_schema(settings.database_url, settings.db_schema)
     row = await pool.fetchrow("SELECT name_key, tags FROM users WHERE id = 'old'")
     assert (row["name_key"], row["tags"]) == ("sato taro", ["vip", "jp"])
@@ -468,6 +501,7 @@ async def test_read_side_indexes_of_an_older_schema_are_made_again_for_the_rows_
         async with pool.acquire() as conn, conn.transaction():
             await repo.save_users(conn, [u], {})
             await repo.save_identities(conn, [(u, None, identities(u))])
+        await as_older_version(pool)
     finally:
         await pool.close()
     for _ in range(2):

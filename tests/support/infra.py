@@ -226,3 +226,12 @@ async def wait_for(
                 f"last value: {value!r}"
             )
         await asyncio.sleep(interval)
+
+
+async def as_older_version(pool: Any) -> None:
+    """The schema as an older version left it: no record of this version's migration
+    scripts, so the next start runs them (pool.ensure_schema skips a schema already
+    migrated by the same scripts). A test that builds an older layout by hand calls this."""
+    from services.store.pool import SCRIPTS_KEY
+
+    await pool.execute("DELETE FROM meta WHERE key = $1", SCRIPTS_KEY)
