@@ -23,15 +23,15 @@ from services.store import api_keys
 from services.store.pool import database
 
 
-def register(sub: Any) -> None:
-    api = sub.add_parser("api", help="serve the HTTP API alone (stateless: run as many as needed)")
+def define_api(api: argparse.ArgumentParser) -> None:
     api.add_argument("--workers", type=positive_int, default=1, metavar="N",
                      help="serve from N processes sharing the address (default 1: this process; "
                           "one per core: a request's CPU is Python's)")
     # uvloop: the event loop of libuv, less CPU per request (docs/decisions.md, "HTTP API: reads measured").
     api.set_defaults(handler=_api, uvloop=True)
 
-    keys = sub.add_parser("api-key", help="API keys: create (printed once), list, revoke")
+
+def define_keys(keys: argparse.ArgumentParser) -> None:
     ksub = keys.add_subparsers(dest="key_command", required=True)
     create = ksub.add_parser("create", help="create a key and print it once (only its hash is kept)")
     create.add_argument("--scope", required=True, choices=api_keys.SCOPES, help="read < write < admin")

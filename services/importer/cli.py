@@ -15,13 +15,14 @@ import argparse
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from services.platform.args import UsageError, positive_seconds
-from services.platform.config import Settings
-from services.store.pool import database
+
+if TYPE_CHECKING:
+    from services.platform.config import Settings
 
 _USAGE = """unifier import FILE --channel C --mode member|lead [--key email|mobileNumber]
                       [--map "CSV column=key[:type]"]... [--blank keep|clear] [--tag TAG]
@@ -30,11 +31,8 @@ _USAGE = """unifier import FILE --channel C --mode member|lead [--key email|mobi
        unifier import failures CHANNEL IMPORT_ID [--failures OUT.csv]"""
 
 
-def register(sub: Any) -> None:
-    p = sub.add_parser(
-        "import", usage=_USAGE, help="import members or leads from a CSV file; the import log; failed rows",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+def define(p: argparse.ArgumentParser) -> None:
+    p.usage, p.description, p.formatter_class = _USAGE, __doc__, argparse.RawDescriptionHelpFormatter
     p.add_argument("file", metavar="FILE", help="the CSV file (UTF-8, up to 100 MB), or `log` / `failures`")
     p.add_argument("more", nargs="*", help=argparse.SUPPRESS)
     p.add_argument("--channel", help="the channel to import into")
@@ -98,6 +96,7 @@ async def _import(settings: Settings, args: argparse.Namespace) -> int:
 
 async def _log(settings: Settings, channel: str) -> int:
     from services.store import import_log
+    from services.store.pool import database
 
     now = int(time.time() * 1000)
     async with database(settings) as pool:
@@ -109,6 +108,7 @@ async def _log(settings: Settings, channel: str) -> int:
 
 async def _failures(settings: Settings, channel: str, import_id: str, out: Path | None) -> int:
     from services.store import import_log
+    from services.store.pool import database
 
     from .failures import write_failures, write_failures_file
 

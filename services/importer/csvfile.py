@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, TextIO
 if TYPE_CHECKING:
     import _csv
 
-from contracts.inbound import MAX_VALUE
+from contracts.limits import MAX_VALUE
 
 MAX_BYTES = 100 * 1024 * 1024  # I13
 MAX_CELL = MAX_VALUE  # characters of one cell (what the service accepts in one)

@@ -29,7 +29,7 @@ from typing import IO, Any
 import asyncpg
 import orjson
 
-from contracts.inbound import MAX_CHUNK_BYTES, MAX_MESSAGE_BYTES
+from contracts.limits import MAX_CHUNK_BYTES, MAX_MESSAGE_BYTES
 from contracts.topics import Topics
 from services.domain.ids import encode_parts
 from services.domain.imports import MappingError
@@ -65,7 +65,7 @@ _MAX_TAG = 128
 
 
 # Rows per `import.rows` record, and its size at most: well inside the door's limits
-# (contracts/inbound.py, MAX_CHUNK_ROWS, MAX_CHUNK_BYTES) with a row of up to 64 KiB added.
+# (contracts/limits.py, MAX_CHUNK_ROWS, MAX_CHUNK_BYTES) with a row of up to 64 KiB added.
 CHUNK_ROWS = 500
 CHUNK_BYTES = MAX_CHUNK_BYTES - MAX_ROW_BYTES - 1024
 

@@ -15,8 +15,6 @@ from __future__ import annotations
 import ssl
 from typing import TYPE_CHECKING, Any
 
-from aiokafka.helpers import create_ssl_context
-
 if TYPE_CHECKING:  # annotations only: a replay worker reaches the broker without the settings' pydantic
     from .config import Settings
 
@@ -41,7 +39,11 @@ def security_options(settings: Settings) -> dict[str, Any]:
 
 def _tls(settings: Settings) -> ssl.SSLContext:
     """Verifies the broker's certificate and host name: against KAFKA_SSL_CA_FILE when
-    set, else the system's CAs (managed Kafka uses public ones)."""
+    set, else the system's CAs (managed Kafka uses public ones). aiokafka is imported
+    here, not with the module: `unifier` records the settings for every command, and
+    most commands never reach the broker (issue 14, session 21)."""
+    from aiokafka.helpers import create_ssl_context
+
     return create_ssl_context(
         cafile=str(settings.kafka_ssl_cafile) if settings.kafka_ssl_cafile else None,
         certfile=str(settings.kafka_ssl_certfile) if settings.kafka_ssl_certfile else None,

@@ -23,8 +23,7 @@ from services.platform.config import Settings
 from services.store.pool import database
 
 
-def register(subparsers: Any) -> None:
-    p = subparsers.add_parser("outbox", help="the relay's outbox: messages the broker refused")
+def define(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="outbox_command", required=True)
     parked = sub.add_parser("parked", help="messages parked because the broker refused them").add_subparsers(
         dest="parked_command", required=True

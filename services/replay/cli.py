@@ -7,28 +7,23 @@ import argparse
 import logging
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from contracts.topics import Topics
 from services.platform.args import UsageError, positive_int
-from services.platform.config import Settings
 
-from .log import LogShort
-from .rebuild import Tally
+if TYPE_CHECKING:
+    from services.platform.config import Settings
 
 
-def register(subparsers: Any) -> None:
-    p = subparsers.add_parser(
-        "replay",
-        help="rebuild state from the retained topics into a fresh schema and switch to it",
-        description=(
-            "Rebuild every table from the retained inbound topics into a fresh schema, "
-            "switch the live schema to it while the service keeps running, and print "
-            '{"events": N, "digest": "<sha256>"}. With --dry-run, change nothing: print '
-            "one JSON line per user the rebuild would change."
-        ),
+def define(p: argparse.ArgumentParser) -> None:
+    p.description = (
+        "Rebuild every table from the retained inbound topics into a fresh schema, "
+        "switch the live schema to it while the service keeps running, and print "
+        '{"events": N, "digest": "<sha256>"}. With --dry-run, change nothing: print '
+        "one JSON line per user the rebuild would change."
     )
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--rebuild", action="store_true", help="rebuild and switch (the default)")
@@ -90,7 +85,9 @@ async def _replay_with(settings: Settings, args: argparse.Namespace, procs: list
     from services.platform import gc_tuning
     from services.platform.embedded import infrastructure
 
+    from .log import LogShort
     from .procs import phase
+    from .rebuild import Tally
     from .replay import Options, dry_run, rebuild
     from .resident import HELD, default_budget
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import time
-from typing import Any
 
 import orjson
 
@@ -13,10 +12,8 @@ from services.platform.config import Settings
 from services.store.pool import database
 
 
-def register(sub: Any) -> None:
-    retention = sub.add_parser("retention", help="B4: delete leads and members silent for two years").add_subparsers(
-        dest="retention_command", required=True
-    )
+def define(p: argparse.ArgumentParser) -> None:
+    retention = p.add_subparsers(dest="retention_command", required=True)
     sweep = retention.add_parser("sweep", help="publish user.delete for every expired user")
     sweep.add_argument("--now", type=int, help="decision time, epoch ms (default: the clock now)")
     sweep.set_defaults(handler=_sweep)

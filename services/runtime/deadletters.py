@@ -34,8 +34,7 @@ from services.replay.replay import parse_time
 from services.store.pool import create_pool
 
 
-def register(subparsers: Any) -> None:
-    p = subparsers.add_parser("dead-letters", help="list or retry dead-lettered inbound records")
+def define(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="dead_letters_command", required=True)
     ls = sub.add_parser("list", help="print one JSON line per dead letter, oldest first per partition")
     ls.add_argument("--code", help="only letters with this error code (e.g. invalid_member_hash)")
