@@ -299,3 +299,18 @@ def test_the_new_rows_cell_kinds_parse_with_the_columns_own_parsers() -> None:
         assert cell.parse is parse
         assert native.get(cell.kind, parse) is parse, cell.key
     assert {c.kind for c in plan.cells} == {*native, imports._OTHER_CELL}
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.one_of(st.sampled_from(["true", "yes", "y", "1", "false", "no", "n", "0", " TRUE", "No ", "Y\t", "\u0130"]),
+                 st.text(st.characters(codec=None), max_size=6)))
+def test_i9_a_flag_cell_taken_as_it_is_reads_as_its_stripped_lowered_word(raw: str) -> None:
+    """parse_boolean looks the cell up as it is first (a listed word: no copies made):
+    the same value, or the same refusal, as the word stripped and lowered (I9)."""
+    words = {"true": True, "yes": True, "y": True, "1": True, "false": False, "no": False, "n": False, "0": False}
+    want = words.get(raw.strip().lower())
+    if want is None:
+        with pytest.raises(imports.Rejected, match="boolean must be true, yes, y, 1 or false, no, n, 0"):
+            parse_boolean(raw)
+    else:
+        assert parse_boolean(raw) is want
