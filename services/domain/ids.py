@@ -12,9 +12,10 @@ from hashlib import sha1
 from typing import Final
 
 try:  # the C helper built with the compiled core (services/domain/_native.c); interpreted, hashlib
-    from ._native import uuid_hex as _native_uuid
+    from ._native import uuid_hex as _native_uuid_hex
 except ImportError:
-    _native_uuid = None  # type: ignore[assignment]
+    _native_uuid_hex = None  # type: ignore[assignment]
+_native_uuid: Final = _native_uuid_hex  # compiled, a static read (not the module's dict)
 
 _NAMESPACE = uuid.UUID("5b0c6f5e-3d0a-4a8e-9a51-6e1f0c2d7a11")
 _NS: Final = _NAMESPACE.bytes

@@ -166,6 +166,10 @@ class _RememberedCells:
         self.known: dict[str, Any] = {}
 
     def __call__(self, raw: str) -> Any:
+        return self.value(raw)
+
+    def value(self, raw: str) -> Any:
+        """The parsed cell (`self(raw)`; a native call for the compiled new-row path)."""
         known = self.known
         value = known.get(raw)  # a parsed value is never None
         if value is None:
@@ -176,10 +180,9 @@ class _RememberedCells:
         return value
 
 
-_REMEMBERED_PARSERS: Final[dict[str, Parser]] = {
-    "number": _RememberedCells(PARSERS["number"]),
-    "date": _RememberedCells(PARSERS["date"]),
-}
+_NUMBER_CELLS: Final = _RememberedCells(PARSERS["number"])
+_DATE_CELLS: Final = _RememberedCells(PARSERS["date"])
+_REMEMBERED_PARSERS: Final[dict[str, Parser]] = {"number": _NUMBER_CELLS, "date": _DATE_CELLS}
 
 
 def forget() -> None:
@@ -187,6 +190,157 @@ def forget() -> None:
     for parse in _REMEMBERED_PARSERS.values():
         assert isinstance(parse, _RememberedCells)
         parse.known.clear()
+
+
+# ------------------------------------------------------------- a row that creates a user
+
+# How each mapped cell of a row that creates a new user is read, and where its value goes
+# in that user, decided once an import (`_NewRows`, built with the definition) rather than
+# once a cell. `parse_cells` calls each column's parser as a Python object (compiled, a
+# generic call a cell) into a dict that `_set` then walks, asking of every key whether it
+# is the member id, a flag, the tags, a list to append to (I8) or a write-once key (P3):
+# for a user that holds nothing yet none of these has a second answer, so the plain path
+# (`plain_new_row`) reads the cells straight into the new user's fields, each parser
+# named and called natively (issue 14, session 22). `_cell_kind` mirrors `_parser`.
+_MEMBER_CELL: Final = 0  # memberId (clean_member_id): the row's key, not a field
+_EMAIL_CELL: Final = 1  # profile.email (clean_email): a field, and a contact no one may hold
+_MOBILE_CELL: Final = 2  # profile.mobileNumber (clean_mobile): likewise
+_TEXT_CELL: Final = 3  # name, or a string key (parse_string): a field
+_NUMBER_CELL: Final = 4  # a number key (remembered): a field
+_DATE_CELL: Final = 5  # a date key (remembered): a field
+_OTHER_CELL: Final = 6  # any other type, its parser called as an object: a field
+_TAGS_CELL: Final = 7  # tags (parse_tags): the user's tags
+_UNSUBSCRIBE_EMAIL_CELL: Final = 8  # the flags (parse_boolean): their attributes (I7)
+_UNSUBSCRIBE_TEXTING_CELL: Final = 9
+_PUSH_CELL: Final = 10
+
+
+def _cell_kind(col: Column) -> int:
+    """What `_parser(col)` parses `col`'s cells with, and what `_set` does with the value."""
+    key = col.key
+    if key == MEMBER_ID:
+        return _MEMBER_CELL
+    if key == EMAIL:
+        return _EMAIL_CELL
+    if key == MOBILE:
+        return _MOBILE_CELL
+    if key == "name":
+        return _TEXT_CELL
+    if key == "tags":
+        return _TAGS_CELL
+    if key in FLAGS:
+        return _UNSUBSCRIBE_EMAIL_CELL if key == UNSUBSCRIBE[0] else _UNSUBSCRIBE_TEXTING_CELL if key == UNSUBSCRIBE[1] else _PUSH_CELL
+    if col.type == "string":
+        return _TEXT_CELL
+    if col.type == "number":
+        return _NUMBER_CELL
+    if col.type == "date":
+        return _DATE_CELL
+    return _OTHER_CELL
+
+
+class _NewCell:
+    """One mapped column, as a new row reads it."""
+
+    def __init__(self, key: str, kind: int, parse: Parser) -> None:
+        self.key = key
+        self.kind = kind
+        self.parse = parse  # the column's parser (`_parser`), called for _OTHER_CELL only
+
+
+class _NewRow:
+    """A row read for a new user (`_NewRows.read`): what `parse_cells` then `_set` would
+    give a user that holds nothing yet."""
+
+    def __init__(self) -> None:
+        self.key_value = ""  # the memberId, or a lead's key contact
+        self.fields: dict[str, Value] = {}
+        self.email: str | None = None  # the contacts read, to check that no one holds them
+        self.mobile: str | None = None
+        self.tags: list[str] | None = None  # None: not set
+        self.push: bool | None = None
+        self.unsubscribe_email: bool | None = None  # None: absent (I7 fails a new row)
+        self.unsubscribe_texting: bool | None = None
+
+
+class _NewRows:
+    """How the rows of one import read as new users (`plain_new_row`)."""
+
+    def __init__(self, definition_key: str, member: bool, clear: bool, cells: list[_NewCell]) -> None:
+        self.key = definition_key
+        self.member = member
+        self.clear = clear
+        self.cells = cells
+
+    def read(self, cells: dict[str, str], at: int) -> _NewRow | None:
+        """The row as its new user holds it (imported values qualified, I4; member data
+        for a member), or None when the handler must decide: a cell it refuses (I9), the
+        key blank, an unsubscribe flag absent or blank (I7; I6: never cleared). The
+        handler then fails the row with every reason."""
+        member, key = self.member, self.key
+        row = _NewRow()
+        fields = row.fields
+        for cell in self.cells:
+            raw = cells.get(cell.key, "")
+            kind = cell.kind
+            if not raw.strip():
+                if cell.key == key or kind == _UNSUBSCRIBE_EMAIL_CELL or kind == _UNSUBSCRIBE_TEXTING_CELL:
+                    return None
+                if self.clear:  # I6: a blank clears (a new user has nothing to clear, but says so)
+                    if kind == _PUSH_CELL:
+                        row.push = False
+                    elif kind == _TAGS_CELL:
+                        row.tags = []
+                    else:
+                        fields[cell.key] = new_value(None, True, member, at)
+                continue
+            value: Any
+            try:
+                if kind == _MEMBER_CELL:
+                    row.key_value = clean_member_id(raw)
+                    continue
+                if kind == _EMAIL_CELL:
+                    value = row.email = clean_email(raw)
+                elif kind == _MOBILE_CELL:
+                    value = row.mobile = clean_mobile(raw)
+                elif kind == _TEXT_CELL:
+                    value = parse_string(raw)
+                elif kind == _NUMBER_CELL:
+                    value = _NUMBER_CELLS.value(raw)
+                elif kind == _DATE_CELL:
+                    value = _DATE_CELLS.value(raw)
+                elif kind == _OTHER_CELL:
+                    value = cell.parse(raw)
+                    if isinstance(value, list):  # I8: appended to nothing, a list of its own
+                        value = [*value]
+                elif kind == _TAGS_CELL:
+                    row.tags = sorted({*parse_tags(raw)})
+                    continue
+                elif kind == _UNSUBSCRIBE_EMAIL_CELL:
+                    row.unsubscribe_email = parse_boolean(raw)
+                    continue
+                elif kind == _UNSUBSCRIBE_TEXTING_CELL:
+                    row.unsubscribe_texting = parse_boolean(raw)
+                    continue
+                else:
+                    row.push = parse_boolean(raw)
+                    continue
+            except Rejected:
+                return None
+            fields[cell.key] = new_value(value, True, member, at)
+        if row.unsubscribe_email is None or row.unsubscribe_texting is None:
+            return None  # I7
+        if not member:  # a lead's key is its contact (I3), read above: it was not blank
+            contact = row.email if key == EMAIL else row.mobile
+            if contact is None:
+                return None
+            row.key_value = contact
+        return row
+
+
+def _new_rows(definition_key: str, mode: str, blank: str, parsers: dict[str, tuple[Column, Parser]]) -> _NewRows:
+    cells = [_NewCell(key, _cell_kind(col), parse) for key, (col, parse) in parsers.items()]
+    return _NewRows(definition_key, mode == "member", blank == "clear", cells)
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,6 +355,9 @@ class ImportDef:
     tag: str | None
     columns: tuple[Column, ...]
     parsers: dict[str, tuple[Column, Parser]] = field(compare=False, repr=False)
+    # How a row that creates a user reads (`plain_new_row`); None (a definition not made
+    # by `build`): such rows go to the handler.
+    new_rows: _NewRows | None = field(default=None, compare=False, repr=False)
 
     @staticmethod
     def build(
@@ -228,7 +385,8 @@ class ImportDef:
         if mode == "lead" and MEMBER_ID in seen:
             raise MappingError("a lead import cannot set memberId; import members separately (I1)")
         parsers = {col.key: (col, _parser(col)) for col in cols}
-        return ImportDef(channel_id, import_id, mode, full_key, blank, tag, cols, parsers)
+        return ImportDef(channel_id, import_id, mode, full_key, blank, tag, cols, parsers,
+                         _new_rows(full_key, mode, blank, parsers))
 
     def new_types(self, declared: dict[str, str]) -> dict[str, str]:
         """Profile keys this import creates, with their types (I5), to declare in the
@@ -409,9 +567,10 @@ def plain_new_row(d: Directory, fact: Fact, settings: ChannelSettings, messages:
     row is handed over, as is a row that fails (I7, I9, I15: the handler records it), a
     member id once deleted (its user id taken), a channel with an MU limit (I17: the new
     user may be masked) and a user past the size limit (the fact is refused). What is
-    left needs none of the handler's undo log, candidates or diff: the user is built
-    with the handler's own steps (`_set`), put, counted and published as `created`.
-    Same outcome and state as the handler (tests/unit/test_core_differential.py)."""
+    left needs none of the handler's undo log, candidates or diff: the cells are read
+    into the new user as `parse_cells` then `_set` would (`_NewRows.read`), and the user
+    put, counted and published as `created`. Same outcome and state as the handler
+    (tests/unit/test_core_differential.py, tests/unit/test_import_new_rows.py)."""
     msg = fact.msg
     book = book_of(settings)
     if book is None or msg.rowError or settings.mu_budget is not None:
@@ -420,14 +579,14 @@ def plain_new_row(d: Directory, fact: Fact, settings: ChannelSettings, messages:
     definition = book.definitions.get((ch, import_id))
     if definition is None:
         return None  # unknown_import: the handler refuses it
-    try:
-        values = parse_cells(definition, msg.cells)
-    except Rejected:
-        return None  # the row fails (I9): the handler records it
-    # I7: the row fails. Both flags named: a loop over the Final tuple iterated generically.
-    if values.get(UNSUBSCRIBE[0], _CLEAR) is _CLEAR or values.get(UNSUBSCRIBE[1], _CLEAR) is _CLEAR:
+    new_rows = definition.new_rows
+    if new_rows is None:
         return None
-    key_value = values[definition.key]
+    at = fact.at
+    row = new_rows.read(msg.cells, at)  # parse_cells, then _set's steps for a user holding nothing
+    if row is None:
+        return None  # the row fails (I7, I9): the handler records it
+    key_value = row.key_value
     member = definition.mode == "member"
     if member:
         if d.by_member(ch, key_value) is not None:
@@ -437,11 +596,9 @@ def plain_new_row(d: Directory, fact: Fact, settings: ChannelSettings, messages:
         uid = fact_user_id(ch, fact.event_id)
     if d.get(uid) is not None:
         return None  # a memberId deleted once (a new person, another id), or a taken id
-    for key, kind in CONTACTS.items():
-        value = values.get(key)
-        if isinstance(value, str) and d.holding((ch, kind, value)):  # read at once: not copied
-            return None  # I3 target, I2 sources, U5/U7 candidates: the handler decides
-    at = fact.at
+    email, mobile = row.email, row.mobile  # read at once: the buckets are not copied
+    if (email is not None and d.holding((ch, "email", email))) or (mobile is not None and d.holding((ch, "mobile", mobile))):
+        return None  # I3 target, I2 sources, U5/U7 candidates: the handler decides
     seen: int | None = at  # boxed once for the two times below (compiled, each store of `at` boxed it)
     # _new_user, then apply_row's steps for a user that has nothing yet.
     if member:
@@ -449,7 +606,14 @@ def plain_new_row(d: Directory, fact: Fact, settings: ChannelSettings, messages:
     else:
         user = new_user(uid, ch, "lead", at)
     user.last_seen_at = seen
-    _set(user, values, at)
+    user.fields = row.fields
+    if row.tags is not None:
+        user.tags = row.tags
+    unsubscribe_email, unsubscribe_texting, push = row.unsubscribe_email, row.unsubscribe_texting, row.push
+    assert unsubscribe_email is not None and unsubscribe_texting is not None  # `read` checked them (I7)
+    user.unsubscribe_email, user.unsubscribe_texting = unsubscribe_email, unsubscribe_texting
+    if push is not None:
+        user.has_push_token = push
     if definition.tag is not None:  # I14
         user.import_tags = [definition.tag]
     user.last_contact_at = seen

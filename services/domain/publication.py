@@ -321,9 +321,10 @@ _dumps = orjson.dumps
 # 19: ~3 k). Found on the package's path only when the process runs the compiled core;
 # interpreted, the reference writes.
 try:
-    from ._native import message as _write_message
+    from ._native import message as _native_message
 except ImportError:
-    _write_message = None  # type: ignore[assignment]
+    _native_message = None  # type: ignore[assignment]
+_write_message: Final = _native_message  # compiled, a static read (not the module's dict)
 
 
 def message_body(user: User, version: int, change: str, keys: list[str] | None, causation_id: str, at: int) -> bytes:

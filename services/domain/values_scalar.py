@@ -2,6 +2,7 @@
 
 import math
 import re
+from typing import Final
 
 from .rejections import ValueRejected
 
@@ -9,7 +10,7 @@ from .rejections import ValueRejected
 # later, far from the row that brought them.
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 _NUMBER = re.compile(r"-?(\d+)(\.\d+)?", re.ASCII)
-_BOOLEANS = dict.fromkeys(("true", "yes", "y", "1"), True) | dict.fromkeys(
+_BOOLEANS: Final = dict.fromkeys(("true", "yes", "y", "1"), True) | dict.fromkeys(
     ("false", "no", "n", "0"), False
 )
 
@@ -64,6 +65,9 @@ def checked_number(value: object, reason: str = "value must be a number") -> int
 
 def parse_boolean(raw: str) -> bool:
     """`true yes y 1` / `false no n 0`, any case (I9)."""
+    known = _BOOLEANS.get(raw)  # most cells are a word as listed: no stripped, lowered copies
+    if known is not None:
+        return known
     try:
         return _BOOLEANS[raw.strip().lower()]
     except KeyError:
