@@ -131,23 +131,6 @@ class Column:
         return {"column": self.column, "key": self.key, "type": self.type}
 
 
-def _parser(col: Column) -> Parser:
-    if col.key == MEMBER_ID:
-        return clean_member_id
-    if col.key == EMAIL:
-        return clean_email
-    if col.key == MOBILE:
-        return clean_mobile
-    if col.key == "name":
-        return parse_string
-    if col.key == "tags":
-        return parse_tags
-    if col.key in FLAGS:
-        return parse_boolean
-    assert col.type is not None
-    return _REMEMBERED_PARSERS.get(col.type) or PARSERS[col.type]
-
-
 # An import's number and date cells repeat (points, plans' prices, birthdays, years): a
 # parse is a regular expression, int() and checks (~6–10 k instructions compiled), a
 # remembered value one dict lookup (issue 14). Bounded by `_REMEMBERED_CELLS` a parser,
@@ -201,7 +184,8 @@ def forget() -> None:
 # is the member id, a flag, the tags, a list to append to (I8) or a write-once key (P3):
 # for a user that holds nothing yet none of these has a second answer, so the plain path
 # (`plain_new_row`) reads the cells straight into the new user's fields, each parser
-# named and called natively (issue 14, session 22). `_cell_kind` mirrors `_parser`.
+# named and called natively (issue 14, session 22). A column's parser (`_parser`) is
+# chosen by its kind, so the two cannot disagree.
 _MEMBER_CELL: Final = 0  # memberId (clean_member_id): the row's key, not a field
 _EMAIL_CELL: Final = 1  # profile.email (clean_email): a field, and a contact no one may hold
 _MOBILE_CELL: Final = 2  # profile.mobileNumber (clean_mobile): likewise
@@ -216,7 +200,7 @@ _PUSH_CELL: Final = 10
 
 
 def _cell_kind(col: Column) -> int:
-    """What `_parser(col)` parses `col`'s cells with, and what `_set` does with the value."""
+    """How `col`'s cells parse (`_parser`) and where a new row puts the value (`_NewRows.read`)."""
     key = col.key
     if key == MEMBER_ID:
         return _MEMBER_CELL
@@ -237,6 +221,22 @@ def _cell_kind(col: Column) -> int:
     if col.type == "date":
         return _DATE_CELL
     return _OTHER_CELL
+
+
+_KIND_PARSERS: Final[dict[int, Parser]] = {
+    _MEMBER_CELL: clean_member_id, _EMAIL_CELL: clean_email, _MOBILE_CELL: clean_mobile,
+    _TEXT_CELL: parse_string, _NUMBER_CELL: _NUMBER_CELLS, _DATE_CELL: _DATE_CELLS, _TAGS_CELL: parse_tags,
+    _UNSUBSCRIBE_EMAIL_CELL: parse_boolean, _UNSUBSCRIBE_TEXTING_CELL: parse_boolean, _PUSH_CELL: parse_boolean,
+}
+
+
+def _parser(col: Column) -> Parser:
+    """The parser of `col`'s cells (I9): by its kind; any other type's from `PARSERS`."""
+    kind = _cell_kind(col)
+    if kind == _OTHER_CELL:
+        assert col.type is not None
+        return PARSERS[col.type]
+    return _KIND_PARSERS[kind]
 
 
 class _NewCell:
@@ -799,8 +799,6 @@ def _set(user: User, values: dict[str, Any], at: int) -> None:
             _append(user, key, new_value([*(old if isinstance(old, list) else ()), *value], True, member, at))
         else:
             _replace(user, key, new_value(value, True, member, at))
-
-
 
 
 def _replace(user: User, key: str, new: Value) -> None:
