@@ -90,7 +90,7 @@ async def _apply_batch(
         facts = [p.fact for p in fresh if p.fact is not None]
         channels = {f.channel_id for f in facts}
         # The channel fence: batches writing the same channel take turns from here on.
-        tokens = await repo.lock_channels(conn, channels)
+        tokens, own = await repo.lock_channels_held(conn, channels)
         # Every channel's clock, not only those with a remembered eventId: a fact applied
         # in this batch must not stand in for its channel's clock (window.py).
         window = AppliedWindow(*await repo.applied_window(conn, event_pairs(facts), channels))
@@ -98,7 +98,9 @@ async def _apply_batch(
         if resident is None:
             directory, revs = await _load(conn, facts)
         else:
-            directory, revs = await _load_resident(conn, facts, resident, tokens)
+            # A row this transaction inserted: the channel had none, so no users
+            # (schema.sql, channel_writers): a fresh channel (resident.py).
+            directory, revs = await _load_resident(conn, facts, resident, tokens, [c for c, t in tokens.items() if t == own])
         await load_grades(conn, directory, facts)
         # CSV import (I12-I17): definitions, MU budgets; written back below.
         imports = await import_log.prepare(conn, facts, settings, directory)
@@ -227,10 +229,13 @@ async def load_grades(conn: asyncpg.Connection, directory: Directory, facts: lis
 
 async def _load_resident(
     conn: asyncpg.Connection, facts: list[Fact], resident: ResidentUsers, tokens: dict[str, int],
+    empty: list[str],
 ) -> tuple[Directory, dict[str, int]]:
     """`_load` over the resident users: the same rounds, asking the store only for ids
-    and keys the resident state cannot answer."""
+    and keys the resident state cannot answer. `empty`: channels the store holds no
+    user of (their fence rows are this transaction's)."""
     resident.begin(tokens)
+    resident.seen_empty(empty)
     ids: set[str] = set()
     keys: set[repo.Key] = set()
     add_keys(facts, ids, keys)

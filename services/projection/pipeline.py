@@ -284,6 +284,10 @@ class Pipeline:
             unknown = [c for c in channels if c not in resident.tokens]
             read = await repo.channel_tokens(conn, unknown)
             observed: dict[str, int | None] = {c: read.get(c) for c in unknown}
+            # No row: the store holds none of the channel's users (schema.sql,
+            # channel_writers); `_write` voids the batch if another writer's row is
+            # there by then (expected: ours).
+            resident.seen_empty(c for c in unknown if c not in read)
             window = await self._window(conn, facts, channels, inflight)
             settings = await repo.load_channels(conn, channels)
             directory = resident.directory

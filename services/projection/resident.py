@@ -21,11 +21,19 @@ committed rows, exactly as they were committed:
   stamps the row with its transaction id. If a channel's row names a transaction other
   than the last one of ours that wrote it — another instance wrote it (a rebalance, a
   producer keying one channel to two partitions), a replay switched the schema (its
-  fresh table names nobody) — everything here is dropped before the batch reads.
+  rebuilt rows name no instance) — everything here is dropped before the batch reads.
 - **Dropped** on a rebalance (the consumer's assignment changes), when a batch fails for
   any reason (what it changed here was not committed), and when a loaded row disagrees
   with what is here (a `rev` that moved, a holder of a complete key that is not here:
   raised as a conflict, so the batch is retried on fresh state).
+- **Fresh channels.** A channel the store held no user of when this instance first met
+  it (no `channel_writers` row: schema.sql says why none means no users) has only users
+  this instance wrote since, while the fence holds. Those still here answer for
+  themselves; those that left (evicted, an import's let go) are remembered in
+  `departed`, a Bloom filter of their ids and keys. So a key or a name-derived id of a
+  fresh channel that no user here holds and `departed` does not name is known absent
+  without asking the store: an import of new members into a new channel, a new
+  channel's first visitors (docs/decisions.md, "Issue 14, session 23").
 - **Bounded** by `budget` users (least recently used evicted after each batch; ~5 KB a
   user, docs/operations.md). A budget of 0 turns it off: every batch loads.
 
@@ -41,6 +49,7 @@ from collections.abc import Collection, Iterable
 from typing import cast
 
 from services.domain.directory import Directory, GradeBook, identities
+from services.domain.ids import member_user_id, veil_user_id
 from services.domain.user import User
 from services.store import repository as repo
 
@@ -51,6 +60,53 @@ class Stale(repo.Conflict):
     """A row in the store disagrees with the resident copy: someone else wrote it."""
 
 
+DEPARTED_MAX = 8_000_000  # entries (~2 bytes each, doubled by the filters' growth): then fresh channels are forgotten
+_FIRST_ROOM = 1 << 16  # entries of the first filter; each next one takes twice its predecessor's
+_BITS_PER_ENTRY = 16  # with three bits an entry: ~0.5 % false positives a filter (a store lookup each)
+_HALF = 0x3FFFFFFF  # 30 bits of the hash: the filter's arithmetic stays in small ints
+
+
+class Departed:
+    """The ids and keys of fresh channels' users that left memory: a Bloom filter, so a
+    million departed users cost a few megabytes, not their strings. It can say yes for
+    an item never added (a store lookup that finds nothing, as without it) but never no
+    for one added. Grows as a chain of filters, each twice the size of the last (an
+    item is added to the newest; a lookup tries all): a filter cannot be resized without
+    its items, which are not kept. Python's `hash`: the filter lives in one process."""
+
+    def __init__(self) -> None:
+        self.filters: list[bytearray] = []
+        self.count = 0
+        self._room = 0  # items the newest filter takes before the next is added
+
+    def add(self, item: object) -> None:
+        if self._room == 0:
+            size = _FIRST_ROOM << len(self.filters)
+            self.filters.append(bytearray(size * _BITS_PER_ENTRY // 8))
+            self._room = size
+        self._room -= 1
+        self.count += 1
+        bits = self.filters[-1]
+        mask = len(bits) * 8 - 1
+        h = hash(item)
+        a, b = h & _HALF, ((h >> 30) & _HALF) | 1
+        for i in range(3):
+            p = (a + i * b) & mask
+            bits[p >> 3] |= 1 << (p & 7)
+
+    def __contains__(self, item: object) -> bool:
+        if not self.filters:
+            return False
+        h = hash(item)
+        a, b = h & _HALF, ((h >> 30) & _HALF) | 1
+        for bits in self.filters:
+            mask = len(bits) * 8 - 1
+            p, q, r = a & mask, (a + b) & mask, (a + 2 * b) & mask
+            if bits[p >> 3] & (1 << (p & 7)) and bits[q >> 3] & (1 << (q & 7)) and bits[r >> 3] & (1 << (r & 7)):
+                return True
+        return False
+
+
 class ResidentUsers:
     def __init__(self, budget: int) -> None:
         self.budget = budget
@@ -59,6 +115,8 @@ class ResidentUsers:
         self.complete: set[Key] = set()
         self.absent: set[str] = set()
         self.tokens: dict[str, int] = {}  # channel -> our last writer token seen/stamped
+        self.fresh: set[str] = set()  # channels whose every stored user this instance wrote
+        self.departed = Departed()  # fresh channels' users that left memory
         self._recent: OrderedDict[str, None] = OrderedDict()
         self.drops = 0  # how often everything was dropped (tests, logs)
         self.hits = 0  # lookups answered here (ids and keys), for the bench
@@ -90,11 +148,46 @@ class ResidentUsers:
         # Keys as plain tuples: a `Key` read from a list is unpacked by the compiled
         # core and packed into a new tuple again for the set test and for the append.
         asked: list[tuple[str, ...]] = list(keys)
-        want_ids = [i for i in ids if d.get(i) is None and i not in absent]
+        told = len(ids) + len(asked)
+        if self.fresh:
+            asked, known_absent = self._fresh(asked)
+            want_ids = [i for i in ids if d.get(i) is None and i not in absent and i not in known_absent]
+        else:
+            want_ids = [i for i in ids if d.get(i) is None and i not in absent]
         want_keys = [k for k in asked if k not in complete]
         self.misses += len(want_ids) + len(want_keys)
-        self.hits += len(ids) + len(asked) - len(want_ids) - len(want_keys)
+        self.hits += told - len(want_ids) - len(want_keys)
         return want_ids, cast("list[Key]", want_keys)
+
+    def _fresh(self, keys: list[tuple[str, ...]]) -> tuple[list[tuple[str, ...]], set[str]]:
+        """The keys the store must still be asked for, and the ids known absent: of a
+        fresh channel, a key `departed` does not name is held only by users here, and the
+        id a member or veil key names (ids.py derives it from the channel and the key)
+        is absent unless here or departed."""
+        fresh, departed = self.fresh, self.departed
+        left: list[tuple[str, ...]] = []
+        known_absent: set[str] = set()
+        for k in keys:
+            channel_id = k[0]
+            if channel_id not in fresh or k in departed:
+                left.append(k)
+                continue
+            kind = k[1]
+            if kind == "member":
+                user_id = member_user_id(channel_id, k[2])
+            elif kind == "veil":
+                user_id = veil_user_id(channel_id, k[2])
+            else:
+                continue
+            if user_id not in departed:
+                known_absent.add(user_id)
+        return left, known_absent
+
+    def seen_empty(self, channel_ids: Iterable[str]) -> None:
+        """The store held no user of these channels when this instance's batch read
+        their `channel_writers` rows and found none (a batch whose transaction then finds
+        another writer's row there is void: the fence drops everything, this too)."""
+        self.fresh.update(channel_ids)
 
     def loaded(
         self, asked_ids: list[str], asked_keys: list[Key], rows: list[tuple[int, User]],
@@ -184,6 +277,8 @@ class ResidentUsers:
         self.complete.clear()
         self.absent.clear()
         self.tokens.clear()
+        self.fresh.clear()
+        self.departed = Departed()
         self._recent.clear()
         self.drops += 1
 
@@ -229,8 +324,16 @@ class ResidentUsers:
         if user is None:
             return
         channel_id, complete, revs = user.channel_id, self.complete, self.revs
-        for kind, value, _q in d.evict(user_id):
-            complete.discard((channel_id, kind, value))
+        if channel_id in self.fresh:  # the store holds it: lookups of its id and keys must ask
+            departed = self.departed
+            departed.add(user_id)
+            for kind, value, _q in d.evict(user_id):
+                key = (channel_id, kind, value)
+                complete.discard(key)
+                departed.add(key)
+        else:
+            for kind, value, _q in d.evict(user_id):
+                complete.discard((channel_id, kind, value))
         if user_id in revs:  # not `pop(user_id, None)`: a method call compiled
             del revs[user_id]
 
@@ -240,4 +343,7 @@ class ResidentUsers:
             self.absent.clear()
         if len(self.complete) > 8 * max(self.budget, 1):
             self.complete.clear()
+        if self.departed.count > DEPARTED_MAX:
+            self.fresh.clear()
+            self.departed = Departed()
 

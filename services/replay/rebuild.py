@@ -205,6 +205,7 @@ async def build(
     if failed is not None:
         clocks = await _batch_by_batch(pool, bootstrap, topics, stops, batch=batch, tally=tally, failed=failed)
     phase("build: indexes restored")
+    await stamp_channels(pool)
     await store_offsets(pool, stops, clocks)
     return stops
 
@@ -310,6 +311,17 @@ async def apply_all(
             await asyncio.gather(reader, return_exceptions=True)
         if keeper is not None:
             await keeper.abandon()  # failed: its write of pending effects ends first
+
+
+async def stamp_channels(pool: asyncpg.Pool) -> None:
+    """A `channel_writers` row for every channel the build holds users of (token 0: no
+    instance's transaction), as every live write leaves one: a channel without a row has
+    no users (schema.sql), which instances rely on (projection/resident.py, fresh
+    channels). The catch-up's batches lock, so insert, their channels' rows themselves."""
+    await pool.execute(
+        """INSERT INTO channel_writers (channel_id, token)
+           SELECT DISTINCT channel_id, 0 FROM users ON CONFLICT DO NOTHING"""
+    )
 
 
 async def store_offsets(pool: asyncpg.Pool, offsets: dict[Partition, int], clocks: dict[Partition, int] | None = None) -> None:

@@ -202,12 +202,22 @@ END $$;
 -- locks its channels' rows before it reads users, and a batch that writes a channel's
 -- users stamps its row with its transaction id (xid8: never reused in the cluster). An
 -- instance whose last stamp is no longer there knows someone else wrote the channel and
--- drops what it holds in memory. Not copied by a replay: after a switch every row is
--- new, so every resident copy is dropped.
+-- drops what it holds in memory. Not copied by a replay: a rebuild writes a row of
+-- token 0 for each channel it holds users of (replay/rebuild.py), so after a switch no
+-- row names a live instance's transaction and every resident copy is dropped.
+-- A channel with a user in `users` has a row here: every transaction that writes users
+-- locks its channels' rows, inserting the missing ones (repository.lock_channels_held),
+-- a rebuild writes them as said, and schemas older than that rule get them below. So a
+-- channel without a row has no users, and an instance that finds none may answer that
+-- channel's lookups from memory (resident.py, fresh channels; issue 14, session 23).
 CREATE TABLE IF NOT EXISTS channel_writers (
     channel_id text PRIMARY KEY,
     token      bigint NOT NULL
 );
+INSERT INTO channel_writers (channel_id, token)
+SELECT DISTINCT channel_id, 0 FROM users
+ WHERE NOT EXISTS (SELECT 1 FROM channel_writers w WHERE w.channel_id = users.channel_id)
+ON CONFLICT DO NOTHING;
 
 -- The outbox: what the relay publishes, in id order. A NULL value is a tombstone. Dead
 -- letters go through it too, so they are as crash-safe as state. A row is one message
