@@ -147,6 +147,10 @@ async def test_rebuild_reproduces_the_live_state_and_two_rebuilds_print_the_same
     archives = await side_schemas(settings.database_url or "", settings.db_schema)
     assert len(archives) == 1 and "_a" in archives[0]  # the first rebuild's; the second dropped its own
     assert await pool.fetchval("SELECT count(*) FROM outbox") == 0  # history is not re-sent
+    # Every channel with users has its fence row (token 0: no instance's), as live writes
+    # leave them: a channel without one has no users (resident.py, fresh channels).
+    assert await pool.fetch("SELECT channel_id FROM users EXCEPT SELECT channel_id FROM channel_writers") == []
+    assert await pool.fetchval("SELECT count(*) FROM channel_writers WHERE token = 0") > 0
 
 
 async def test_a_stream_published_all_at_once_ends_live_in_the_state_a_rebuild_gives(settings: Settings, pool: asyncpg.Pool) -> None:

@@ -174,3 +174,23 @@ async def test_g3_the_channel_fence_drops_the_copy_when_another_instance_wrote_t
     await apply_batch(pool, TOPICS, [_boot(3, "v-a", 4_000)], now_ms=0, resident=a)
     assert a.drops == 1
     assert await pool.fetchval("SELECT count(*) FROM users WHERE channel_id = 'ch_fence'") == 2
+
+
+async def test_g3_a_fresh_channel_is_answered_from_memory_until_another_instance_writes_it(
+    pools: list[asyncpg.Pool],
+) -> None:
+    """G3, fresh channels (resident.py; issue 14, session 23): A's first batch on a
+    channel with no fence row asks the store nothing for its new visitor. B then writes
+    a user of the channel that A never saw; A's next batch on that user's veil must find
+    it — the fence drops A's copy, and with it what A knew of the channel — and not
+    create a second user for the veil."""
+    _, pool, _ = pools
+    a, b = ResidentUsers(10**6), ResidentUsers(10**6)
+    await apply_batch(pool, TOPICS, [_boot(0, "v-a", 1_000)], now_ms=0, resident=a)
+    assert "ch_fence" in a.fresh and a.misses == 0  # nothing asked of the store
+    await apply_batch(pool, TOPICS, [_boot(1, "v-b", 2_000)], now_ms=0, resident=b)
+    assert "ch_fence" not in b.fresh  # A's row was there: B asks the store
+    await apply_batch(pool, TOPICS, [_boot(2, "v-b", 3_000)], now_ms=0, resident=a)
+    assert a.drops == 1 and not a.fresh
+    assert await pool.fetchval("SELECT count(*) FROM users WHERE channel_id = 'ch_fence'") == 2
+    assert await pool.fetchval("SELECT count(*) FROM identities WHERE channel_id = 'ch_fence' AND value = 'v-b'") == 1

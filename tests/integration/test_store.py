@@ -51,6 +51,30 @@ async def test_rejected_commands_of_an_older_schema_move_to_command_outcomes(set
         await pool.close()
 
 
+async def test_g3_every_channel_with_users_in_an_older_schema_gets_its_fence_row(settings: Settings) -> None:
+    """Upgrading (schema.sql, channel_writers; issue 14, session 23): a channel without a
+    fence row is taken for one without users (resident.py, fresh channels), so a schema
+    from before that rule — or one a rebuild switched to before it — gets a row of token
+    0 for every channel it holds users of; rows already there keep their tokens."""
+    assert settings.database_url
+    pool = await create_pool(settings.database_url, settings.db_schema)
+    try:
+        for user_id, channel_id in (("u_old", "ch-old"), ("u_kept", "ch-kept")):
+            await pool.execute(
+                """INSERT INTO users (id, channel_id, rev, type, deleted, blocked, masked, updated_at, state)
+                   VALUES ($1, $2, 1, 'anonymous', false, false, false, 0, '{}')""", user_id, channel_id)
+        await pool.execute("INSERT INTO channel_writers VALUES ('ch-kept', 5), ('ch-empty', 7)")
+        await as_older_version(pool)
+    finally:
+        await pool.close()
+    pool = await create_pool(settings.database_url, settings.db_schema)  # migrates
+    try:
+        rows = {r[0]: r[1] for r in await pool.fetch("SELECT channel_id, token FROM channel_writers")}
+        assert rows == {"ch-old": 0, "ch-kept": 5, "ch-empty": 7}
+    finally:
+        await pool.close()
+
+
 async def test_the_clock_index_of_an_older_schema_becomes_the_channels_clocks(settings: Settings) -> None:
     """Upgrading (docs/operations.md, issue 14 session 12): a schema with the index on
     applied_events (channel_id, at) gets each channel's clock from max(at) in

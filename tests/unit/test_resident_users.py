@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import pytest
 
+from services.domain.ids import member_user_id, veil_user_id
 from services.domain.user import User
-from services.projection.resident import ResidentUsers, Stale
+from services.projection.resident import Departed, ResidentUsers, Stale
 
 CH = "ch1"
 
@@ -122,3 +123,71 @@ def test_an_imports_new_users_do_not_push_other_users_out_of_a_full_budget() -> 
     assert sorted(u.id for u in r.directory.users()) == ["u1", "u2", "u3"]
     assert r.revs == {"u1": 1, "u2": 1, "u3": 1}
     assert r.missing(new, [_veil(7)]) == (new, [_veil(7)])
+
+
+# -- fresh channels (issue 14, session 23) --------------------------------------------------
+
+
+def _member_user(member: str, **kw: object) -> User:
+    """A user created by a member import row: its id derives from channel and member id."""
+    return User(id=member_user_id(CH, member), channel_id=CH, type="member", member_id=member,  # type: ignore[arg-type]
+                created_at=0, updated_at=0, **kw)
+
+
+def _member(member: str) -> tuple[str, str, str]:
+    return (CH, "member", member)
+
+
+def test_g3_departed_never_forgets_an_item_it_was_given_across_its_growth() -> None:
+    """A Bloom filter may name an item never added (a store lookup for nothing) but must
+    never miss one added: a miss would make a stored user's key look absent (G3)."""
+    departed = Departed()
+    items: list[object] = [f"u_{n:032x}" for n in range(150_000)] + [(CH, "member", f"M{n}") for n in range(150_000)]
+    for item in items:
+        departed.add(item)
+    assert departed.count == len(items) and len(departed.filters) >= 3  # it grew
+    assert all(item in departed for item in items)
+    others = [(CH, "member", f"X{n}") for n in range(20_000)]
+    assert sum(item in departed for item in others) < len(others) * 0.05  # few false positives
+
+
+def test_g3_a_fresh_channels_new_keys_and_their_ids_are_not_asked_of_the_store() -> None:
+    """A channel the store holds no user of (no fence row): a member or veil key no user
+    here holds, and the id it derives, are known absent; other kinds of the channel
+    (e-mail) too; ids not derived from its keys (a command's userId) and other channels'
+    keys are still asked."""
+    r = ResidentUsers(10)
+    r.begin({})
+    r.seen_empty([CH])
+    mid = member_user_id(CH, "m1")
+    vid = veil_user_id(CH, "v1")
+    email = (CH, "email", "a@example.com")
+    other = ("ch-other", "member", "m1")
+    assert r.missing([mid, vid, "u-named"], [_member("m1"), _veil(1), email, other]) == (["u-named"], [other])
+
+
+def test_g3_a_fresh_channels_user_that_left_memory_is_asked_of_the_store_again() -> None:
+    """A user of a fresh channel that was written and then let go (an import's, or
+    evicted): the store holds it, so its id and keys are asked again; a user still here
+    answers for itself."""
+    r = ResidentUsers(10)
+    r.begin({CH: 1})
+    r.seen_empty([CH])
+    gone, kept = _member_user("m1", fields={}), _member_user("m2")
+    for u in (gone, kept):
+        r.directory.put(u)
+    r.committed({CH: 2}, forget=[gone.id])
+    asked = r.missing([gone.id, kept.id], [_member("m1"), _member("m2"), _member("m3")])
+    assert asked == ([gone.id], [_member("m1")])
+
+
+def test_g3_dropping_the_copy_forgets_which_channels_were_fresh() -> None:
+    """Another writer's stamp (or a failed batch) drops everything: the channel is no
+    longer known to hold only our users, so its keys are asked again."""
+    r = ResidentUsers(10)
+    r.begin({CH: 1})
+    r.seen_empty([CH])
+    assert r.missing([], [_member("m1")]) == ([], [])
+    r.begin({CH: 9})  # not our stamp
+    assert r.drops == 1
+    assert r.missing([member_user_id(CH, "m1")], [_member("m1")]) == ([member_user_id(CH, "m1")], [_member("m1")])
