@@ -46,7 +46,9 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Collection, Iterable
-from typing import cast
+from typing import Final, cast
+
+from mypy_extensions import i64
 
 from services.domain.directory import Directory, GradeBook, identities
 from services.domain.ids import member_user_id, veil_user_id
@@ -63,7 +65,7 @@ class Stale(repo.Conflict):
 DEPARTED_MAX = 8_000_000  # entries (~2 bytes each, doubled by the filters' growth): then fresh channels are forgotten
 _FIRST_ROOM = 1 << 16  # entries of the first filter; each next one takes twice its predecessor's
 _BITS_PER_ENTRY = 16  # with three bits an entry: ~0.5 % false positives a filter (a store lookup each)
-_HALF = 0x3FFFFFFF  # 30 bits of the hash: the filter's arithmetic stays in small ints
+_HALF: Final = 0x3FFFFFFF  # 30 bits of the hash: the filter's arithmetic stays in small ints
 
 
 class Departed:
@@ -87,21 +89,25 @@ class Departed:
         self._room -= 1
         self.count += 1
         bits = self.filters[-1]
-        mask = len(bits) * 8 - 1
-        h = hash(item)
-        a, b = h & _HALF, ((h >> 30) & _HALF) | 1
+        mask: i64 = len(bits) * 8 - 1
+        h: i64 = hash(item)
+        a: i64 = h & _HALF
+        b: i64 = ((h >> 30) & _HALF) | 1
         for i in range(3):
-            p = (a + i * b) & mask
+            p: i64 = (a + i * b) & mask
             bits[p >> 3] |= 1 << (p & 7)
 
     def __contains__(self, item: object) -> bool:
         if not self.filters:
             return False
-        h = hash(item)
-        a, b = h & _HALF, ((h >> 30) & _HALF) | 1
+        h: i64 = hash(item)
+        a: i64 = h & _HALF
+        b: i64 = ((h >> 30) & _HALF) | 1
         for bits in self.filters:
-            mask = len(bits) * 8 - 1
-            p, q, r = a & mask, (a + b) & mask, (a + 2 * b) & mask
+            mask: i64 = len(bits) * 8 - 1
+            p: i64 = a & mask
+            q: i64 = (a + b) & mask
+            r: i64 = (a + 2 * b) & mask
             if bits[p >> 3] & (1 << (p & 7)) and bits[q >> 3] & (1 << (q & 7)) and bits[r >> 3] & (1 << (r & 7)):
                 return True
         return False
