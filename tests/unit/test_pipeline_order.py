@@ -152,3 +152,23 @@ async def test_after_a_drop_while_a_batch_is_in_flight_the_next_is_prepared_only
     assert pipe.trace == [
         ("prepare", 1), ("begin", 1), ("commit", 1), ("done", 1), ("prepare", 2), ("begin", 2), ("commit", 2), ("done", 2),
     ]
+
+
+async def test_the_next_write_begins_when_the_one_before_commits_before_its_outcome_is_taken() -> None:
+    """Issue 14, session 23: batch 2's write is queued behind 1's (`_write_after`) and
+    begins the moment 1 commits, before `drain` takes 1's outcome (its bookkeeping, the
+    `done` callback): the loop does not stand between two transactions."""
+    pipe = Traced()
+    await pipe.feed(_batch(1))
+    feeding = asyncio.ensure_future(pipe.feed(_batch(2)))
+    await pipe.reached("prepare", 2)
+    for _ in range(5):  # 2 prepared, queued behind 1, its feed waiting on 1's outcome
+        await asyncio.sleep(0)
+    await _let_end(pipe, 1)
+    await feeding
+    await _let_end(pipe, 2)
+    await pipe.drain()
+    assert pipe.trace == [
+        ("prepare", 1), ("begin", 1), ("prepare", 2), ("commit", 1), ("begin", 2), ("done", 1), ("commit", 2), ("done", 2),
+    ]
+    assert pipe.pipelined == 2 and pipe.redone == 0
