@@ -329,16 +329,15 @@ class ResidentUsers:
         if user is None:
             return
         channel_id, complete, revs = user.channel_id, self.complete, self.revs
-        if channel_id in self.fresh:  # the store holds it: lookups of its id and keys must ask
-            departed = self.departed
+        # Of a fresh channel: the store holds it, so lookups of its id and keys must ask.
+        departed = self.departed if channel_id in self.fresh else None
+        if departed is not None:
             departed.add(user_id)
-            for kind, value, _q in d.evict(user_id):
-                key = (channel_id, kind, value)
-                complete.discard(key)
+        for kind, value, _q in d.evict(user_id):
+            key = (channel_id, kind, value)
+            complete.discard(key)
+            if departed is not None:
                 departed.add(key)
-        else:
-            for kind, value, _q in d.evict(user_id):
-                complete.discard((channel_id, kind, value))
         if user_id in revs:  # not `pop(user_id, None)`: a method call compiled
             del revs[user_id]
 

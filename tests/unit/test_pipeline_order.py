@@ -13,6 +13,7 @@ from services.projection.batch import BatchResult, Effects, Parsed
 from services.projection.pipeline import Pipeline, Prepared, Written
 from services.projection.records import Record
 from services.projection.resident import ResidentUsers
+from tests.support.infra import wait_for
 
 TOPICS = Topics("t")
 
@@ -162,8 +163,8 @@ async def test_the_next_write_begins_when_the_one_before_commits_before_its_outc
     await pipe.feed(_batch(1))
     feeding = asyncio.ensure_future(pipe.feed(_batch(2)))
     await pipe.reached("prepare", 2)
-    for _ in range(5):  # 2 prepared, queued behind 1, its feed waiting on 1's outcome
-        await asyncio.sleep(0)
+    # 2 prepared and queued behind 1; its feed took 1 to wait on its outcome (`drain`).
+    await wait_for(lambda: pipe._inflight is None, timeout=5, interval=0, message="feed(2) waiting on batch 1")
     await _let_end(pipe, 1)
     await feeding
     await _let_end(pipe, 2)
