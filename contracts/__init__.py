@@ -12,4 +12,4 @@ A change of the external contract bumps `CONTRACT_VERSION` (major for a breaking
 and is written down in docs/contract.md. Nothing in this package does I/O at import time.
 """
 
-CONTRACT_VERSION = "1.3.1"
+CONTRACT_VERSION = "1.4.0"

@@ -14,7 +14,7 @@ from fastapi import FastAPI
 from contracts import CONTRACT_VERSION
 from contracts.topics import Topics
 from services.platform.config import Settings
-from services.platform.kafka import client_options
+from services.platform.kafka import client_options, compression
 from services.store.pool import create_pool, schema_exists
 
 from . import problems
@@ -81,9 +81,11 @@ def create_app(settings: Settings) -> FastAPI:
             await app.state.pool.close()
 
     # The producer settings of the rest (relay, importer): acks from every replica,
-    # idempotence only where the broker supports it (tansu refuses it, docs/design.md).
+    # idempotence only where the broker supports it (tansu refuses it, docs/design.md),
+    # the configured codec (kafka.producer_options).
     kafka = KafkaRouter(
         settings.kafka_bootstrap, acks="all", enable_idempotence=settings.kafka_idempotence, linger_ms=1,
+        compression_type=compression(),
         security=_security(client_options(settings.kafka_bootstrap)),
         schema_url=None, include_in_schema=False, lifespan=lifespan, logger=None,
     )

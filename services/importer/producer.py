@@ -18,7 +18,7 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import DefaultPartitioner
 
-from services.platform.kafka import client_options
+from services.platform.kafka import producer_options
 
 _BATCH_BYTES = 512 * 1024
 _IN_FLIGHT = 8
@@ -29,7 +29,7 @@ class ImportProducer:
         self.topic = topic
         self.key = channel_id.encode()
         self.producer = AIOKafkaProducer(
-            **client_options(bootstrap),
+            **producer_options(bootstrap),
             enable_idempotence=False,
             acks="all",
             linger_ms=5,

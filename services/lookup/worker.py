@@ -135,9 +135,9 @@ async def run_worker(
     from aiokafka import AIOKafkaProducer
     from aiokafka.errors import KafkaError
 
-    from services.platform.kafka import client_options
+    from services.platform.kafka import producer_options
 
-    producer = AIOKafkaProducer(**client_options(bootstrap), acks="all", enable_idempotence=settings.kafka_idempotence)
+    producer = AIOKafkaProducer(**producer_options(bootstrap), acks="all", enable_idempotence=settings.kafka_idempotence)
     lookups = Lookups(settings)
     delay = 0.5
     while True:  # a broker away at start delays automatic lookups; it never stops the service

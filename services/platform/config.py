@@ -114,6 +114,12 @@ class Settings(BaseSettings):
     # Idempotent producers: on for Apache Kafka (a retried send is never doubled);
     # off by default because tansu, the embedded broker, refuses them.
     kafka_idempotence: bool = Field(default=False, validation_alias=_env("UNIFIER_KAFKA_IDEMPOTENCE", "kafka_idempotence"))
+    # The codec of every record batch the service produces (user-changed, import rows,
+    # dead letters, commands): zstd cuts the broker's work on an import's ~1 KB `created`
+    # messages by ~8 µs a row (docs/decisions.md, "Issue 14, session 24"). "none" for
+    # consumers whose Kafka client cannot read zstd (kafkajs without its codec plugin).
+    kafka_compression: Literal["none", "gzip", "snappy", "lz4", "zstd"] = Field(
+        default="zstd", validation_alias=_env("UNIFIER_KAFKA_COMPRESSION", "kafka_compression"))
     # The projection's consumer-group session: an instance that sends no heartbeat for
     # this long is dropped from the group and its partitions handed on. tansu also holds
     # every group join for half of it (at least 1 s), so the tests run with 3000.

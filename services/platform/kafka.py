@@ -2,7 +2,8 @@
 
 `client_options(bootstrap)` gives the aiokafka keyword arguments (`bootstrap_servers`,
 and for the configured broker its TLS/SASL settings) that every producer, consumer and
-admin client is built with: `AIOKafkaProducer(**client_options(bootstrap), acks="all")`.
+admin client is built with, and `producer_options(bootstrap)` adds the codec of what
+producers send: `AIOKafkaProducer(**producer_options(bootstrap), acks="all")`.
 
 The broker address travels through the code as a plain string (to replay's worker
 processes too), so the security settings are looked up by it: `use(settings)` records
@@ -13,12 +14,14 @@ An embedded broker's address is never recorded, so it is always reached in plain
 from __future__ import annotations
 
 import ssl
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:  # annotations only: a replay worker reaches the broker without the settings' pydantic
     from .config import Settings
 
 _SECURED: dict[str, dict[str, Any]] = {}
+Codec = Literal["gzip", "snappy", "lz4", "zstd"]
+_COMPRESSION: Codec | None = "zstd"  # see Settings.kafka_compression
 
 
 def security_options(settings: Settings) -> dict[str, Any]:
@@ -52,14 +55,30 @@ def _tls(settings: Settings) -> ssl.SSLContext:
 
 
 def use(settings: Settings) -> None:
-    """Remember the configured broker's security for `client_options`."""
+    """Remember the configured broker's security for `client_options`, and the codec
+    for `producer_options` (every broker of the process: the embedded one too)."""
+    global _COMPRESSION
     if settings.kafka_bootstrap:
         _SECURED[settings.kafka_bootstrap] = security_options(settings)
+    _COMPRESSION = None if settings.kafka_compression == "none" else settings.kafka_compression
 
 
 def client_options(bootstrap: str) -> dict[str, Any]:
     """Keyword arguments for any aiokafka client talking to `bootstrap`."""
     return {"bootstrap_servers": bootstrap, **_SECURED.get(bootstrap, {})}
+
+
+def producer_options(bootstrap: str) -> dict[str, Any]:
+    """`client_options` and the codec of the batches a producer sends
+    (UNIFIER_KAFKA_COMPRESSION; zstd when `use` was not called: a test's relay, a
+    benchmark's). Every Kafka client reads any codec; the consumers of the service read
+    them with cramjam, which aiokafka needs for all but gzip."""
+    return {**client_options(bootstrap), "compression_type": _COMPRESSION}
+
+
+def compression() -> Codec | None:
+    """The codec `producer_options` gives (None: uncompressed)."""
+    return _COMPRESSION
 
 
 def faststream_security(bootstrap: str) -> Any:

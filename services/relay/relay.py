@@ -46,7 +46,7 @@ from aiokafka.producer.message_accumulator import BatchBuilder
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
 from services.platform import metrics
-from services.platform.kafka import client_options
+from services.platform.kafka import producer_options
 from services.relay.partitioner import keyed, partition_of
 from services.store.pool import DATABASE_UNAVAILABLE
 
@@ -83,7 +83,7 @@ class Relay:
         # still holds with one in-flight request per connection, and a retried send may
         # repeat a message, which consumers dedupe by (userId, version).
         self.producer = AIOKafkaProducer(
-            **client_options(bootstrap), acks="all", enable_idempotence=idempotence, linger_ms=2,
+            **producer_options(bootstrap), acks="all", enable_idempotence=idempotence, linger_ms=2,
             max_batch_size=256 * 1024, max_request_size=max_message_bytes,
         )
         self._partitions_of_key: dict[tuple[bytes, int], int] = {}  # see _partition

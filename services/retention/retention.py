@@ -16,7 +16,7 @@ from aiokafka import AIOKafkaProducer
 
 from contracts.topics import Topics
 from services.domain.commands import RETENTION_MS
-from services.platform.kafka import client_options
+from services.platform.kafka import producer_options
 
 
 async def expired_users(pool: asyncpg.Pool, now_ms: int) -> list[tuple[str, str]]:
@@ -36,7 +36,7 @@ async def sweep(pool: asyncpg.Pool, bootstrap: str, topics: Topics, now_ms: int,
     expired = await expired_users(pool, now_ms)
     if not expired:
         return 0
-    producer = AIOKafkaProducer(**client_options(bootstrap), acks="all", enable_idempotence=idempotence, linger_ms=5)
+    producer = AIOKafkaProducer(**producer_options(bootstrap), acks="all", enable_idempotence=idempotence, linger_ms=5)
     await producer.start()
     try:
         futures = []

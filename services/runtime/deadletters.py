@@ -28,7 +28,7 @@ from contracts.topics import Topics
 from services.platform.args import positive_int
 from services.platform.config import Settings
 from services.platform.embedded import infrastructure
-from services.platform.kafka import client_options
+from services.platform.kafka import producer_options
 from services.replay.log import LogReader
 from services.replay.replay import parse_time
 from services.store.pool import create_pool
@@ -100,7 +100,7 @@ async def retry(
     one of our inbound topics is never written to)."""
     inbound = set(topics.inbound)
     counts = {"retried": 0, "alreadyRetried": 0, "skipped": 0}
-    producer = AIOKafkaProducer(**client_options(bootstrap), acks="all", enable_idempotence=idempotence, linger_ms=5)
+    producer = AIOKafkaProducer(**producer_options(bootstrap), acks="all", enable_idempotence=idempotence, linger_ms=5)
     await producer.start()
     try:
         async with pool.acquire() as conn, conn.transaction():

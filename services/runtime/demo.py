@@ -13,7 +13,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from contracts.topics import Topics
 from services.platform.config import Settings
 from services.platform.embedded import running_broker
-from services.platform.kafka import client_options
+from services.platform.kafka import client_options, producer_options
 
 log = logging.getLogger("unifier.demo")
 CHANNEL = "ch_demo"
@@ -43,7 +43,7 @@ async def run_demo(settings: Settings, stop: asyncio.Event) -> None:
     if bootstrap is None:
         log.warning("demo: no broker found; publishing nothing")
         return
-    producer = AIOKafkaProducer(**client_options(bootstrap), enable_idempotence=False)
+    producer = AIOKafkaProducer(**producer_options(bootstrap), enable_idempotence=False)
     consumer = AIOKafkaConsumer(topics.user_changed, **client_options(bootstrap), auto_offset_reset="latest", group_id=None)
     await producer.start()
     await consumer.start()

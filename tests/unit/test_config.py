@@ -29,6 +29,7 @@ def test_defaults_when_nothing_is_set() -> None:
     assert settings.metrics_read_timeout == 5.0
     assert settings.batch_max == 5000
     assert settings.kafka_idempotence is False  # tansu refuses idempotent producers
+    assert settings.kafka_compression == "zstd"  # contract 1.4.0, "Compression"
     assert settings.kafka_security_protocol == "PLAINTEXT"
     assert (settings.http_addr, settings.http_host, settings.http_port) == ("127.0.0.1:8080", "127.0.0.1", 8080)
     assert settings.embedded is None and settings.embedded_allowed  # a laptop: embedded servers allowed
@@ -54,6 +55,7 @@ def test_every_variable_overrides_its_default(tmp_path: Path) -> None:
             "UNIFIER_METRICS_READ_TIMEOUT": "2.5",
             "UNIFIER_BATCH_MAX": "100",
             "UNIFIER_KAFKA_IDEMPOTENCE": "true",
+            "UNIFIER_KAFKA_COMPRESSION": "none",
             "UNIFIER_HTTP_ADDR": "[::1]:9000",
             "KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
             "KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
@@ -74,6 +76,7 @@ def test_every_variable_overrides_its_default(tmp_path: Path) -> None:
     assert settings.data_dir == Path("/var/lib/unifier")
     assert (settings.metrics_host, settings.metrics_port, settings.metrics_read_timeout) == ("127.0.0.1", 0, 2.5)
     assert settings.kafka_idempotence is True
+    assert settings.kafka_compression == "none"
     assert (settings.http_host, settings.http_port) == ("::1", 9000)
     assert settings.kafka_security_protocol == "SASL_SSL" and settings.kafka_sasl_mechanism == "SCRAM-SHA-512"
     assert settings.kafka_sasl_username == "unifier"
@@ -274,6 +277,22 @@ def test_the_cli_refuses_a_bad_database_url_without_echoing_its_password(
     assert main(["digest"]) == 2
     err = capsys.readouterr().err
     assert "DATABASE_URL" in err and PASSWORD not in err
+
+
+def test_producers_get_the_configured_codec_and_zstd_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Contract 1.4.0, "Compression": every producer of the process sends batches in
+    UNIFIER_KAFKA_COMPRESSION's codec ("none": uncompressed); consumers and admin
+    clients get no codec option (aiokafka's consumer has none)."""
+    monkeypatch.setattr(kafka, "_COMPRESSION", kafka.compression())  # use() sets it for the process
+    kafka.use(Settings.from_env({"KAFKA_BOOTSTRAP_SERVERS": "k:9092"}))
+    assert kafka.producer_options("k:9092") == {"bootstrap_servers": "k:9092", "compression_type": "zstd"}
+    assert "compression_type" not in kafka.client_options("k:9092")
+    kafka.use(Settings.from_env({"KAFKA_BOOTSTRAP_SERVERS": "k:9092", "UNIFIER_KAFKA_COMPRESSION": "none"}))
+    assert kafka.producer_options("127.0.0.1:40000")["compression_type"] is None  # the embedded broker's too
+    kafka.use(Settings.from_env({"UNIFIER_KAFKA_COMPRESSION": "lz4"}))
+    assert kafka.compression() == "lz4"
+    with pytest.raises(ConfigError, match="UNIFIER_KAFKA_COMPRESSION"):
+        Settings.from_env({"UNIFIER_KAFKA_COMPRESSION": "brotli"})
 
 
 def test_faststream_gets_the_same_security_as_aiokafka() -> None:
