@@ -9,7 +9,6 @@ records, imports with an MU limit), fed in the same batches to both paths.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 
 import asyncpg
@@ -26,7 +25,6 @@ from services.replay.digest import state_digest
 from services.store import repository as repo
 from tests.integration.test_resident import TOPICS, _records
 from tests.integration.test_resident_live import _chunks, _rows, channel_pools
-from tests.support.infra import wait_for
 
 
 @pytest_asyncio.fixture
@@ -212,46 +210,3 @@ async def test_g3_the_channel_fence_voids_a_pipelined_batch_when_another_instanc
     await pipe_a.drain()
     assert pipe_a.redone == 1 and a.drops >= 1
     assert await pool.fetchval("SELECT count(*) FROM users WHERE channel_id = 'ch_pipe'") == 2
-
-
-async def test_the_queued_write_waits_in_postgresql_on_the_locks_of_the_batch_before_and_reads_its_commit(
-    pools: list[asyncpg.Pool],
-) -> None:
-    """Issue 14, session 24 (Pipeline._write): once a partition's and a channel's rows
-    exist, batch 2's transaction opens while batch 1 writes and its first statement (the
-    fence's locks) waits in PostgreSQL on the rows 1 holds — seen here as a lock wait
-    while 1's users statement is slowed — then reads them as 1's commit left them: all
-    pipelined, nothing redone, the offsets and users those of the serial path (G3: the
-    fence still holds)."""
-    serial, piped, _ = pools
-    batches = [[_boot(0, "v-a", 1_000)], [_boot(1, "v-b", 1_500), _boot(2, "v-a", 2_000)], [_boot(3, "v-c", 2_500)]]
-    for batch in batches:
-        await apply_batch(serial, TOPICS, batch, now_ms=0, outbox=False)
-    pipe = _pipeline(piped, ResidentUsers(10**6))
-    await pipe.feed(batches[0])  # the partition's and the channel's rows exist from here on
-    await pipe.drain()
-    await piped.execute("""
-        CREATE SEQUENCE slow_count;
-        CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS $$
-        BEGIN
-          IF nextval('slow_count') = 1 THEN PERFORM pg_sleep(1.5); END IF;
-          RETURN NULL;
-        END $$;
-        CREATE TRIGGER slow AFTER INSERT OR UPDATE ON users FOR EACH STATEMENT EXECUTE FUNCTION slow();
-    """)
-    await pipe.feed(batches[1])  # its write is in flight, slowed in its users statement
-    feeding = asyncio.ensure_future(pipe.feed(batches[2]))
-
-    async def lock_waiting() -> bool:
-        return bool(await serial.fetchval(
-            """SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()
-                 AND wait_event_type = 'Lock' AND query LIKE 'WITH o AS%'"""))
-
-    await wait_for(lock_waiting, timeout=10, interval=0.01, message="batch 2's locks waiting on batch 1's")
-    await feeding
-    await pipe.drain()
-    assert pipe.pipelined == 3 and pipe.redone == 0
-    assert await piped.fetchval("SELECT last_value FROM slow_count") >= 2  # both wrote users
-    assert await state_digest(piped) == await state_digest(serial)
-    assert await _rows(piped) == await _rows(serial)
-    assert await repo.stored_offsets(piped, [TOPICS.sdk_events]) == await repo.stored_offsets(serial, [TOPICS.sdk_events])
