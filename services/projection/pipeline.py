@@ -2,8 +2,8 @@
 decoded, its users found, the core run, every statement's arguments built — while batch
 N's transaction commits, so that Python's work overlaps PostgreSQL's.
 
-Writes stay strictly sequential: N+1 writes after N committed (its transaction opens
-before, and its first statement waits in PostgreSQL on N's locks: `Pipeline._write`). What N+1 is prepared on must be what the serial path
+Writes stay strictly sequential: N+1's transaction starts after N's committed (one
+write task at a time). What N+1 is prepared on must be what the serial path
 (batch.apply_batch) would read after N committed; why each input is (docs/decisions.md,
 "Issue 14, session 8: pipelining the live projection"; imports: "Issue 14, session 11:
 an import's rows on the pipelined path"):
@@ -85,7 +85,7 @@ async def _let_the_write_on() -> None:
 
 
 class _Void(Exception):
-    """A prepared batch whose write did not begin (`Pipeline._write` after another)."""
+    """A prepared batch whose write did not begin (`Pipeline._write_after`)."""
 
 
 class Diverged(repo.Conflict):
@@ -132,9 +132,6 @@ class Prepared:
     imported: list[str] = field(default_factory=list)  # users its import rows wrote: not kept after it
     new_users: bytes = b""  # repo.copy_new_users' payload: the new users it copies (COPY_NEW_FROM), encoded
     copied: int = 0  # how many rows `new_users` holds
-    # Set once its write holds every lock it takes, or ended: the write queued behind it
-    # sends its own locks then, not before (Pipeline._write).
-    locked: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 @dataclass(slots=True)
@@ -201,13 +198,13 @@ class Pipeline:
         chained = None
         if prepared is not None:
             if self._inflight is not None:
-                chained = asyncio.create_task(self._write(prepared, self._inflight))
+                chained = asyncio.create_task(self._write_after(self._inflight[1], prepared))
             elif self.resident.drops == prepared.generation:  # nothing in flight: it begins now
                 chained = asyncio.create_task(self._write(prepared))
         committed = await self.drain(pinned=prepared.changed if prepared is not None else ())
         if chained is not None and prepared is not None and committed:
             # Writing, or void (a drop or a stop met when the batch before committed,
-            # `_write`): the next `drain` takes its outcome either way.
+            # `_write_after`): the next `drain` takes its outcome either way.
             self._inflight = (prepared, chained)
             return
         if chained is not None:  # the batch before failed: it did not write (_Void, taken here)
@@ -252,7 +249,7 @@ class Pipeline:
         prepared, task = self._inflight
         self._inflight = None
         try:
-            # A turn first and one after: a write queued behind this one (`_write`)
+            # A turn first and one after: a write queued behind this one (`_write_after`)
             # then waits on it before this does and begins before the bookkeeping below.
             await _let_the_write_on()
             written = await task
@@ -406,92 +403,57 @@ class Pipeline:
 
     # -- writing -----------------------------------------------------------------------------
 
-    def _follow(self, before: asyncio.Task[Written], p: Prepared) -> None:
-        """`before` ended: raise `_Void` if `p` must not be written — `before` did not
-        commit, the resident copy `p` was prepared on was dropped meanwhile, or a stop
-        was asked for (`_feed`'s checks, made when they can first be) — else note the
-        channels `before` stamped: what `p`'s fence expects of them (`drain` notes them
-        too, maybe after this write began)."""
+    async def _write_after(self, before: asyncio.Task[Written], p: Prepared) -> Written:
+        """`_write(p)` as soon as `before` (the batch in flight when `p` was prepared)
+        committed; `_Void` without writing if it did not, or if the resident copy `p` was
+        prepared on was dropped meanwhile, or a stop was asked for (`_feed`'s checks,
+        made when they can first be)."""
+        await asyncio.wait([before])
         if before.cancelled() or before.exception() is not None:
             raise _Void("the batch before it did not commit")
         if self.resident.drops != p.generation:
             raise _Void("the resident users were dropped after it was prepared")
         if self.stopping():
             raise _Void("a stop was asked for")
+        # The channels `before` stamped: what this write's fence expects of them (`drain`
+        # notes them too, maybe after this write began).
         self.resident.tokens.update(before.result().tokens)
+        return await self._write(p)
 
-    async def _write(self, p: Prepared, after: tuple[Prepared, asyncio.Task[Written]] | None = None) -> Written:
+    async def _write(self, p: Prepared) -> Written:
         """The prepared batch's transaction: what batch._apply_batch writes, in its order,
-        after checking that the store is where the batch was prepared to follow.
-
-        `after`: the batch in flight when `p` was prepared, and its write. Queued behind
-        it, the transaction opens at once and sends its first statement (the fence's
-        locks, repo.lock_batch) as soon as that write holds its own locks: the statement
-        waits in PostgreSQL on the rows both lock (partitions' offsets, channels' fence
-        rows) and reads them as the commit left them (READ COMMITTED: a locked row is read
-        again once its lock is granted), so its answer is on the wire when the batch before
-        commits — not a begin and a lock sent then, each answered only once the loop comes
-        back from preparing the next batch (~7 and ~3 ms a batch during an import; issue
-        14, session 24). Nothing is written before that batch ended and `_follow` let it.
-        No deadlock: the batch before locks nothing after its first statements (its later
-        ones write rows it locked, and rows no lock statement reads), and this one waits
-        for those; rows it inserts (a partition's or channel's first) the batch before
-        never touches."""
+        after checking that the store is where the batch was prepared to follow."""
         partitions = sorted(p.ends)
-        try:
-            async with self.pool.acquire() as conn, conn.transaction():
-                if after is None:
-                    locking = asyncio.ensure_future(repo.lock_batch(conn, partitions, p.channels))
-                else:
-                    first, before = after
-                    await first.locked.wait()  # set when it holds its locks, or ended
-                    locking = asyncio.ensure_future(repo.lock_batch(conn, partitions, p.channels))
-                    try:
-                        await asyncio.wait([before])
-                    finally:  # the statement ends before the transaction does
-                        if not before.done():  # cancelled meanwhile (a stop)
-                            locking.cancel()
-                        await asyncio.wait([locking])
-                        if not locking.cancelled():
-                            locking.exception()  # taken: `_follow` may void the batch first
-                    self._follow(before, p)
-                return await self._write_locked(conn, p, await locking)
-        finally:
-            p.locked.set()
-
-    async def _write_locked(
-        self, conn: asyncpg.Connection, p: Prepared, locked: tuple[dict[Partition, int], dict[str, int], int | None],
-    ) -> Written:
-        """`_write`'s transaction once its locks are held (`locked`: repo.lock_batch's answer)."""
-        stored, tokens, own = locked
-        p.locked.set()
-        for r in p.records:
-            if r.offset < stored[(r.topic, r.partition)]:
-                raise Diverged(f"{r.topic}/{r.partition} is stored at {stored[(r.topic, r.partition)]}, past {r.offset}")
-        known = self.resident.tokens  # ours, as of the last commit (N's included)
-        for c, token in tokens.items():
-            if c in known:
-                expected: int | None = known[c]
-            elif c in p.observed:  # not known when its users were read: the token then
-                expected = p.observed[c] if p.observed[c] is not None else own  # no row: ours inserted it
-            else:  # known then, forgotten since (a drop): nothing to vouch for the reads
-                expected = None
-            if token != expected:
-                raise Diverged(f"channel {c} was written by another transaction ({token}, expected {expected})")
-        if p.new_users:
-            await repo.copy_new_users(conn, p.new_users)
-        await repo.save_user_rows(conn, p.users, p.updated)
-        await repo.save_identities(conn, p.identities)
-        await write_rest_unfinished(conn, p.fx, p.stored_applied)
-        if p.book is not None:
-            await import_log.save(conn, p.book)
-        p.result.next_offsets = {k: max(v, stored[k]) for k, v in p.ends.items()}
-        # write_rest's clocks and outbox, the chats' lookups and the positions: one
-        # statement (issue 14, session 15).
-        stamped = await repo.finish_batch(
-            conn, p.fx.applied, WINDOW_MS, p.fx.messages, p.fx.activities if self.outbox else (),
-            p.result.next_offsets, p.clocks, p.stamp,
-        )
+        async with self.pool.acquire() as conn, conn.transaction():
+            # The inbox fence and the channel fence in one round trip (repo.lock_batch).
+            stored, tokens, own = await repo.lock_batch(conn, partitions, p.channels)
+            for r in p.records:
+                if r.offset < stored[(r.topic, r.partition)]:
+                    raise Diverged(f"{r.topic}/{r.partition} is stored at {stored[(r.topic, r.partition)]}, past {r.offset}")
+            known = self.resident.tokens  # ours, as of the last commit (N's included)
+            for c, token in tokens.items():
+                if c in known:
+                    expected: int | None = known[c]
+                elif c in p.observed:  # not known when its users were read: the token then
+                    expected = p.observed[c] if p.observed[c] is not None else own  # no row: ours inserted it
+                else:  # known then, forgotten since (a drop): nothing to vouch for the reads
+                    expected = None
+                if token != expected:
+                    raise Diverged(f"channel {c} was written by another transaction ({token}, expected {expected})")
+            if p.new_users:
+                await repo.copy_new_users(conn, p.new_users)
+            await repo.save_user_rows(conn, p.users, p.updated)
+            await repo.save_identities(conn, p.identities)
+            await write_rest_unfinished(conn, p.fx, p.stored_applied)
+            if p.book is not None:
+                await import_log.save(conn, p.book)
+            p.result.next_offsets = {k: max(v, stored[k]) for k, v in p.ends.items()}
+            # write_rest's clocks and outbox, the chats' lookups and the positions: one
+            # statement (issue 14, session 15).
+            stamped = await repo.finish_batch(
+                conn, p.fx.applied, WINDOW_MS, p.fx.messages, p.fx.activities if self.outbox else (),
+                p.result.next_offsets, p.clocks, p.stamp,
+            )
         return Written({**tokens, **stamped}, time.perf_counter() - p.started)
 
 

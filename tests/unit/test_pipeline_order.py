@@ -1,7 +1,6 @@
 """The pipeline's ordering (services/projection/pipeline.py), with the database left out:
-batch N+1 is prepared while N's transaction is open, N+1 writes only after N's
-ended ("begin" here: its first write; the real transaction opens before and waits on N's
-locks in PostgreSQL, tests/integration/test_pipeline.py), and when N's fails, N and N+1 go by the serial path in order with the
+batch N+1 is prepared while N's transaction is open, N+1's transaction starts only
+after N's ended, and when N's fails, N and N+1 go by the serial path in order with the
 resident copy dropped (nothing prepared on N's in-memory result survives)."""
 
 from __future__ import annotations
@@ -49,11 +48,8 @@ class Traced(Pipeline):
                         channels=[], observed={}, users=b"", updated=0, identities=[], fx=Effects(),
                         stored_applied=frozenset(), stamp=[], ends={}, clocks={}, changed=[])
 
-    async def _write(self, p: Prepared, after: tuple[Prepared, asyncio.Task[Written]] | None = None) -> Written:
+    async def _write(self, p: Prepared) -> Written:
         n = p.records[0].offset
-        if after is not None:  # as Pipeline._write: nothing written before the batch before ended
-            await asyncio.wait([after[1]])
-            self._follow(after[1], p)
         self.mark("begin", n)
         gate = self.release.setdefault(n, asyncio.Event())
         await gate.wait()
@@ -160,7 +156,7 @@ async def test_after_a_drop_while_a_batch_is_in_flight_the_next_is_prepared_only
 
 
 async def test_the_next_write_begins_when_the_one_before_commits_before_its_outcome_is_taken() -> None:
-    """Issue 14, session 23: batch 2's write is queued behind 1's (`_write` after it) and
+    """Issue 14, session 23: batch 2's write is queued behind 1's (`_write_after`) and
     begins the moment 1 commits, before `drain` takes 1's outcome (its bookkeeping, the
     `done` callback): the loop does not stand between two transactions."""
     pipe = Traced()
