@@ -71,8 +71,9 @@ def client_options(bootstrap: str) -> dict[str, Any]:
 def producer_options(bootstrap: str) -> dict[str, Any]:
     """`client_options` and the codec of the batches a producer sends
     (UNIFIER_KAFKA_COMPRESSION; zstd when `use` was not called: a test's relay, a
-    benchmark's). Every Kafka client reads any codec; the consumers of the service read
-    them with cramjam, which aiokafka needs for all but gzip."""
+    benchmark's). The consumers of the service read every codec with cramjam, which
+    aiokafka needs for all but gzip; a downstream consumer's client may not (contract
+    1.4.0, "Compression")."""
     return {**client_options(bootstrap), "compression_type": _COMPRESSION}
 
 
