@@ -48,9 +48,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+T = TypeVar("T")
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
@@ -450,14 +452,15 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             peak.watch("service", service.pid)
             sampler = asyncio.create_task(peak.run(stop))
             try:
-                await run_import(env, warm, "bench_warm", peak, "warmup")
-                tenth = await run_import(env, small, "bench_tenth", peak, "importer_tenth")
+                log = work / "service.log"
+                await while_alive(service, log, run_import(env, warm, "bench_warm", peak, "warmup"))
+                tenth = await while_alive(service, log, run_import(env, small, "bench_tenth", peak, "importer_tenth"))
                 variants = {}
                 for lead in args.leads.split(","):
                     variant = "unpaced" if float(lead) == 0 else f"paced_{lead.replace('.', '_')}"
-                    variants[variant] = await timed_import(
+                    variants[variant] = await while_alive(service, log, timed_import(
                         {**env, "UNIFIER_IMPORT_LEAD_S": lead}, broker, service.pid, prefix, big, f"bench_{variant}", peak,
-                        profile=args.profile)
+                        profile=args.profile))
                 service.terminate()
                 await service.wait()
                 # The importer alone (check, read, publish): with no service to apply the
@@ -488,6 +491,22 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         "imports": variants,
         "peak_rss_mb": {k: round(v / 2**20, 1) for k, v in peak.peaks.items()},
     }
+
+
+async def while_alive(service: asyncio.subprocess.Process, log: Path, step: Awaitable[T]) -> T:
+    """`step`, unless the service exits first: then the bench stops with the end of the
+    service's log (a dead service would leave the importer waiting for ever)."""
+    task = asyncio.ensure_future(step)
+    died = asyncio.ensure_future(service.wait())
+    await asyncio.wait([task, died], return_when=asyncio.FIRST_COMPLETED)
+    if task.done():
+        died.cancel()
+        return task.result()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    tail = log.read_text(errors="replace")[-3000:]  # noqa: ASYNC240 (the bench ends here)
+    raise SystemExit(f"the service exited with {service.returncode} during the bench; its log ends:\n{tail}")
 
 
 def report(r: dict[str, Any]) -> str:
